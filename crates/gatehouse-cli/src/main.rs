@@ -1,0 +1,141 @@
+//! The `gatehouse` binary: thin on purpose (mini-redis's habit). It parses the
+//! command line, loads and checks the configuration, sets up logging, and hands a
+//! service to the library's `Server::run` until SIGINT or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context as _};
+use clap::{Args, Parser, Subcommand};
+use gatehouse::bench_service::BenchService;
+use gatehouse::{Config, Server, Service};
+use tracing::info;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "gatehouse",
+    version,
+    about = "A supervised connection front end for game servers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve a service until SIGINT or SIGTERM.
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// TOML configuration file; without it, the embedded defaults.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Port to listen on (overrides `server.port` and servers.csv; 0 picks one).
+    #[arg(long, short)]
+    port: Option<u16>,
+    /// Address to listen on (overrides `server.host`).
+    #[arg(long)]
+    host: Option<std::net::IpAddr>,
+    /// The service to serve (overrides `server.service`): bench.
+    #[arg(long, short)]
+    service: Option<String>,
+    /// Take the port from the servers.csv row with this server_id (the seed's
+    /// `server_csv:get_my_port()`).
+    #[arg(long)]
+    server_id: Option<String>,
+    /// The server table read with --server-id.
+    #[arg(long, default_value = "servers.csv")]
+    servers_csv: PathBuf,
+    /// Enable the fault-injection routes (crash the hub, panic a handler). Tests only.
+    #[arg(long)]
+    allow_fault_injection: bool,
+    /// Log filter (tracing's EnvFilter syntax); `RUST_LOG` overrides it.
+    #[arg(long, default_value = "info")]
+    log: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Serve(args) => serve(args).await,
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&args.log))
+        .context("--log")?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    let mut config = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(id) = &args.server_id {
+        config.server.port = gatehouse::config::port_from_servers_csv(&args.servers_csv, id)?;
+    }
+    if let Some(port) = args.port {
+        config.server.port = port;
+    }
+    if let Some(host) = args.host {
+        config.server.host = host;
+    }
+    if let Some(service) = args.service {
+        config.server.service = service;
+    }
+    config.server.allow_fault_injection |= args.allow_fault_injection;
+    config.validate()?;
+
+    match config.server.service.as_str() {
+        "bench" => run(config, BenchService).await,
+        other => bail!("unknown service {other:?}; available: bench"),
+    }
+}
+
+async fn run<S: Service>(config: Config, service: S) -> anyhow::Result<()> {
+    let addr = SocketAddr::new(config.server.host, config.server.port);
+    let name = config.server.service.clone();
+    let fault_injection = config.server.allow_fault_injection;
+    let server = Server::new(config, service)?;
+    let stats = server.stats();
+    let listener = gatehouse::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let addr = listener.local_addr()?;
+    info!(%addr, service = %name, fault_injection, "listening");
+    let result = server.run(listener, shutdown_signal()).await;
+    let s = stats.snapshot();
+    info!(
+        accepted = s.accepted,
+        closed = s.closed,
+        disconnect_hooks = s.disconnect_hooks,
+        hub_restarts = s.hub_restarts,
+        refused = s.refused_server_full + s.refused_per_ip,
+        "final stats"
+    );
+    Ok(result?)
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install the SIGTERM handler; SIGINT only");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => info!(signal = "SIGINT", "shutdown requested"),
+        _ = term.recv() => info!(signal = "SIGTERM", "shutdown requested"),
+    }
+}

@@ -1,0 +1,359 @@
+//! Configuration: the TOML file, its defaults, its validation, and the seed's
+//! `servers.csv` port table.
+//!
+//! Every key has a safe default, so an empty file (or none) is a working server.
+//! Unknown keys are rejected by serde with the key's name and position; values are
+//! checked by [`Config::validate`], whose errors name the key and the allowed range.
+//! The reference of every key is in the README's "Configuration" section.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::protocol::{DEFAULT_MAX_FRAME_LEN, HEADER_LEN};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[server]`: where to listen and how many to admit.
+    pub server: ServerConfig,
+    /// `[limits]`: the DoS checker, timers and queues of each connection.
+    pub limits: LimitsConfig,
+    /// `[supervisor]`: restart intensity and shutdown.
+    pub supervisor: SupervisorConfig,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on. Loopback by default: serving a network is a decision.
+    pub host: IpAddr,
+    /// TCP port (0 picks a free one).
+    pub port: u16,
+    /// The service the `gatehouse` binary serves (`bench`, …). Unused by embedders.
+    pub service: String,
+    /// Connections held at once; one more is accepted, kicked `server_full` and closed.
+    pub max_connections: usize,
+    /// Connections held at once from one IP address; one more is kicked
+    /// `too_many_from_ip`.
+    pub max_connections_per_ip: usize,
+    /// Commands waiting for the hub; senders wait (backpressure) when it is full.
+    pub hub_queue: usize,
+    /// Enables the framework's fault-injection routes (crash the hub, panic a
+    /// handler). For tests and drills only.
+    pub allow_fault_injection: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            host: IpAddr::from([127, 0, 0, 1]),
+            port: 7000,
+            service: "bench".into(),
+            max_connections: 10_000,
+            max_connections_per_ip: 256,
+            hub_queue: 65_536,
+            allow_fault_injection: false,
+        }
+    }
+}
+
+/// `[limits]`: the seed's DoS checker and connection timer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest frame body; a header announcing more closes the connection
+    /// (`frame_too_large`) before any of the body is read.
+    pub max_frame_bytes: usize,
+    /// Sustained inbound bytes per second per connection (headers included).
+    pub inbound_bytes_per_sec: u32,
+    /// Inbound bytes a connection may send at once before the rate applies.
+    pub inbound_bytes_burst: u32,
+    /// Sustained inbound frames per second per connection.
+    pub inbound_frames_per_sec: u32,
+    /// Inbound frames a connection may send at once before the rate applies.
+    pub inbound_frames_burst: u32,
+    /// A connection that sends no frame this long after connecting is closed
+    /// (`login_timeout`): the slowloris guard.
+    #[serde(with = "humantime_serde")]
+    pub first_frame_timeout: Duration,
+    /// A connection that sends no frame this long is closed (`idle`). Only inbound
+    /// frames reset it; clients send pings to stay connected.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Unsent bytes a connection may have queued; more and it is kicked
+    /// `slow_consumer`.
+    pub outbound_queue_bytes: usize,
+    /// Queued output making no progress this long closes the connection.
+    #[serde(with = "humantime_serde")]
+    pub send_timeout: Duration,
+    /// How long a closing connection may take to deliver its kick and see the peer
+    /// close, before the socket is dropped.
+    #[serde(with = "humantime_serde")]
+    pub close_linger: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_frame_bytes: DEFAULT_MAX_FRAME_LEN,
+            inbound_bytes_per_sec: 1 << 20,
+            inbound_bytes_burst: 2 << 20,
+            inbound_frames_per_sec: 200,
+            inbound_frames_burst: 400,
+            first_frame_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            outbound_queue_bytes: 1 << 20,
+            send_timeout: Duration::from_secs(30),
+            close_linger: Duration::from_secs(1),
+        }
+    }
+}
+
+/// `[supervisor]`: OTP's restart intensity and the graceful shutdown.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupervisorConfig {
+    /// More than this many hub restarts within `restart_window` shuts the server down
+    /// with an error (exit non-zero) for systemd or Kubernetes to restart it.
+    pub max_restarts: u32,
+    /// The window of `max_restarts`.
+    #[serde(with = "humantime_serde")]
+    pub restart_window: Duration,
+    /// On shutdown, how long to wait for connections to be kicked and their disconnect
+    /// hooks to finish.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for SupervisorConfig {
+    fn default() -> Self {
+        SupervisorConfig {
+            max_restarts: 3,
+            restart_window: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Not TOML, an unknown key, or a value of the wrong type (the message names it).
+    #[error("{0}")]
+    Parse(#[from] toml::de::Error),
+    /// A value outside its allowed range.
+    #[error("{key}: {message}")]
+    Invalid {
+        /// The dotted key, e.g. `limits.max_frame_bytes`.
+        key: &'static str,
+        /// What is allowed.
+        message: String,
+    },
+    /// The servers.csv table is unreadable or lacks the server id.
+    #[error("{path}: {message}")]
+    ServersCsv {
+        /// The table.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Largest `max_frame_bytes` accepted: 16 MiB, far above any game message.
+const MAX_FRAME_CEILING: usize = 16 << 20;
+
+impl Config {
+    /// Parses and validates a TOML document.
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads, parses and validates a TOML file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::from_toml_str(&text)
+    }
+
+    /// Checks every value against its allowed range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: String| Err(ConfigError::Invalid { key, message });
+        let s = &self.server;
+        let l = &self.limits;
+        let v = &self.supervisor;
+        if s.max_connections == 0 {
+            return invalid("server.max_connections", "must be at least 1".into());
+        }
+        if s.max_connections_per_ip == 0 {
+            return invalid("server.max_connections_per_ip", "must be at least 1".into());
+        }
+        if s.hub_queue == 0 {
+            return invalid("server.hub_queue", "must be at least 1".into());
+        }
+        if s.service.trim().is_empty() {
+            return invalid("server.service", "must name a service".into());
+        }
+        if l.max_frame_bytes == 0 || l.max_frame_bytes > MAX_FRAME_CEILING {
+            return invalid(
+                "limits.max_frame_bytes",
+                format!(
+                    "{} is out of range: must be between 1 and {MAX_FRAME_CEILING}",
+                    l.max_frame_bytes
+                ),
+            );
+        }
+        let largest_frame = l.max_frame_bytes + HEADER_LEN;
+        for (key, value) in [
+            ("limits.inbound_bytes_per_sec", l.inbound_bytes_per_sec),
+            ("limits.inbound_frames_per_sec", l.inbound_frames_per_sec),
+            ("limits.inbound_frames_burst", l.inbound_frames_burst),
+        ] {
+            if value == 0 {
+                return invalid(key, "must be at least 1".into());
+            }
+        }
+        if (l.inbound_bytes_burst as usize) < largest_frame {
+            return invalid(
+                "limits.inbound_bytes_burst",
+                format!(
+                    "{} is smaller than one largest frame ({largest_frame} bytes = max_frame_bytes + 4), so such a frame could never pass",
+                    l.inbound_bytes_burst
+                ),
+            );
+        }
+        if l.outbound_queue_bytes < largest_frame {
+            return invalid(
+                "limits.outbound_queue_bytes",
+                format!(
+                    "{} is smaller than one largest frame ({largest_frame} bytes)",
+                    l.outbound_queue_bytes
+                ),
+            );
+        }
+        for (key, value) in [
+            ("limits.first_frame_timeout", l.first_frame_timeout),
+            ("limits.idle_timeout", l.idle_timeout),
+            ("limits.send_timeout", l.send_timeout),
+            ("limits.close_linger", l.close_linger),
+            ("supervisor.restart_window", v.restart_window),
+            ("supervisor.drain_timeout", v.drain_timeout),
+        ] {
+            if value.is_zero() {
+                return invalid(key, "must be longer than zero".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One row of the seed's server table: `server_id,host,port,…` (more columns are
+/// allowed and ignored).
+#[derive(Debug, Deserialize)]
+struct ServerRow {
+    server_id: String,
+    #[allow(dead_code)] // part of the table's format; the bind address comes from config
+    host: String,
+    port: u16,
+}
+
+/// The port of `server_id` in a `servers.csv` table, as the seed's
+/// `server_csv:get_my_port()`.
+pub fn port_from_servers_csv(path: &Path, server_id: &str) -> Result<u16, ConfigError> {
+    let fail = |message: String| ConfigError::ServersCsv {
+        path: path.display().to_string(),
+        message,
+    };
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .flexible(true)
+        .from_path(path)
+        .map_err(|e| fail(e.to_string()))?;
+    for (index, row) in reader.deserialize::<ServerRow>().enumerate() {
+        let row = row.map_err(|e| fail(format!("row {}: {e}", index + 2)))?;
+        if row.server_id == server_id {
+            return Ok(row.port);
+        }
+    }
+    Err(fail(format!("no row with server_id {server_id}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error_of(text: &str) -> String {
+        Config::from_toml_str(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn an_empty_file_is_the_safe_default() {
+        let c = Config::from_toml_str("").unwrap();
+        assert_eq!(c.limits.max_frame_bytes, 262_144);
+        assert!(c.server.host.is_loopback());
+        assert!(!c.server.allow_fault_injection);
+    }
+
+    #[test]
+    fn durations_are_human_readable() {
+        let c = Config::from_toml_str("[limits]\nidle_timeout = \"1m 30s\"\n").unwrap();
+        assert_eq!(c.limits.idle_timeout, Duration::from_secs(90));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_by_name() {
+        assert!(error_of("[server]\nprot = 1\n").contains("unknown field `prot`"));
+        assert!(error_of("[limitz]\n").contains("unknown field `limitz`"));
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        assert!(error_of("[server]\nport = 70000\n").contains("port"));
+        assert!(error_of("[server]\nmax_connections = 0\n").starts_with("server.max_connections"));
+        assert!(error_of("[limits]\nmax_frame_bytes = 0\n").starts_with("limits.max_frame_bytes"));
+        assert!(error_of("[limits]\nidle_timeout = \"0s\"\n").starts_with("limits.idle_timeout"));
+        assert!(error_of("[limits]\nidle_timeout = \"soon\"\n").contains("idle_timeout"));
+        assert!(error_of("[limits]\ninbound_bytes_burst = 1000\n")
+            .starts_with("limits.inbound_bytes_burst"));
+        assert!(error_of("[server]\nhost = \"nowhere\"\n").contains("host"));
+    }
+
+    #[test]
+    fn servers_csv_gives_the_port_of_the_server_id() {
+        let dir = std::env::temp_dir().join(format!("gatehouse-csv-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("servers.csv");
+        std::fs::write(
+            &path,
+            "server_id,host,port,name\n1, 10.0.0.1, 7001, alpha\n2,10.0.0.2,7002,beta\n",
+        )
+        .unwrap();
+        assert_eq!(port_from_servers_csv(&path, "2").unwrap(), 7002);
+        assert!(port_from_servers_csv(&path, "3")
+            .unwrap_err()
+            .to_string()
+            .contains("no row with server_id 3"));
+        std::fs::write(&path, "server_id,host,port\n1,h,notaport\n").unwrap();
+        assert!(port_from_servers_csv(&path, "1")
+            .unwrap_err()
+            .to_string()
+            .contains("row 2"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,599 @@
+//! One task per connection (the seed's `connection` process): read frames, dispatch
+//! them to the service in arrival order, write what is queued, keep its timers, and
+//! close with a kick and exactly one disconnect hook, whatever ends it.
+//!
+//! The task owns its socket outright and waits on four things at once: the
+//! connection group's cancellation (shutdown, hub restart), its mailbox, socket
+//! readiness, and a single timer. The timer is armed at the earliest of the
+//! connection's deadlines (first frame or idle, and a stuck write) and re-armed
+//! lazily when it fires, so an idle connection costs no wakeups until its deadline.
+//! While waiting for input it holds no read buffer (see [`FrameReader`]).
+
+use std::any::Any;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::time::{sleep_until, Instant};
+use tokio_util::codec::{Decoder, LengthDelimitedCodec};
+use tracing::{debug, error, info, warn, Instrument};
+
+use crate::limits::{DosChecker, Permit};
+use crate::outbound::{Delivery, Mailbox, WriteQueue};
+use crate::protocol::{
+    Message, Status, HEADER_LEN, RESERVED_ROUTES_START, ROUTE_FAULT_CRASH_HUB,
+    ROUTE_FAULT_PANIC_HANDLER,
+};
+use crate::service::{ConnId, Context, Disconnect, DisconnectReason, Outbox, Reply, Service};
+use crate::supervisor::{Generation, Shared};
+
+/// Runs one accepted connection to its end. `permit` holds its admission slot.
+pub(crate) async fn serve<S: Service>(
+    socket: TcpStream,
+    peer: SocketAddr,
+    id: ConnId,
+    shared: Arc<Shared<S>>,
+    generation: Arc<Generation<S::Message>>,
+    permit: Permit,
+) {
+    let span = tracing::info_span!("conn", id = %id, %peer);
+    run(socket, peer, id, shared, generation)
+        .instrument(span)
+        .await;
+    drop(permit);
+}
+
+async fn run<S: Service>(
+    socket: TcpStream,
+    peer: SocketAddr,
+    id: ConnId,
+    shared: Arc<Shared<S>>,
+    generation: Arc<Generation<S::Message>>,
+) {
+    let limits = &shared.config.limits;
+    let mailbox = Arc::new(Mailbox::new(limits.outbound_queue_bytes));
+    let mut conn = Connection {
+        id,
+        peer,
+        reader: FrameReader::new(limits.max_frame_bytes),
+        dos: DosChecker::new(limits),
+        out: Outbox {
+            queue: WriteQueue::default(),
+            mailbox: mailbox.clone(),
+            close: None,
+            close_text: String::new(),
+        },
+        socket,
+        shared: &shared,
+        generation: &generation,
+    };
+    debug!("accepted");
+
+    let reason = if generation
+        .hub
+        .register(id, peer, mailbox.clone())
+        .await
+        .is_err()
+    {
+        // The hub died between accept and now; the group is being cancelled.
+        Err(DisconnectReason::ServerRestart)
+    } else {
+        let mut ctx = conn.context();
+        let connected = guarded(shared.service.connect(&mut ctx)).await;
+        match connected {
+            Ok(mut session) => {
+                let reason = conn.serve(&mut session).await;
+                Ok((session, reason))
+            }
+            Err(panic) => {
+                error!(panic = %panic, "connect handler panicked; no session, no disconnect hook");
+                Err(DisconnectReason::HandlerPanic)
+            }
+        }
+    };
+
+    mailbox.close();
+    generation.hub.unregister(id).await;
+    let (session, reason) = match reason {
+        Ok((session, reason)) => (Some(session), reason),
+        Err(reason) => (None, reason),
+    };
+    conn.begin_close(&reason);
+    if let Some(session) = session {
+        let info = Disconnect {
+            id,
+            peer,
+            reason: reason.clone(),
+        };
+        if let Err(panic) = guarded(shared.service.disconnect(session, info)).await {
+            error!(panic = %panic, "disconnect hook panicked");
+        }
+        shared.stats.count_disconnect_hook();
+    }
+    conn.finish_close(&reason).await;
+    shared.stats.count_close(&reason);
+    log_close(&reason);
+}
+
+fn log_close(reason: &DisconnectReason) {
+    match reason {
+        DisconnectReason::PeerClosed | DisconnectReason::Shutdown => {
+            debug!(%reason, "closed")
+        }
+        DisconnectReason::Dos
+        | DisconnectReason::FrameTooLarge
+        | DisconnectReason::ProtocolError
+        | DisconnectReason::SlowConsumer
+        | DisconnectReason::SendTimeout
+        | DisconnectReason::HandlerPanic => warn!(%reason, "closed"),
+        _ => info!(%reason, "closed"),
+    }
+}
+
+/// Polls a handler's future on the heap (so a large handler future does not enlarge
+/// every idle connection) and turns a panic into an error carrying its message.
+async fn guarded<F: Future>(future: F) -> Result<F::Output, String> {
+    AssertUnwindSafe(Box::pin(future))
+        .catch_unwind()
+        .await
+        .map_err(|panic| panic_message(&*panic))
+}
+
+fn panic_message(panic: &(dyn Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}
+
+struct Connection<'a, S: Service> {
+    id: ConnId,
+    peer: SocketAddr,
+    socket: TcpStream,
+    reader: FrameReader,
+    /// The seed's DoS checker: inbound byte and frame rates.
+    dos: DosChecker,
+    out: Outbox<S::Message>,
+    shared: &'a Shared<S>,
+    generation: &'a Generation<S::Message>,
+}
+
+/// The connection's deadlines, folded into one timer.
+struct Deadlines {
+    /// Last inbound frame; `None` until the first one (then the first-frame timeout
+    /// applies instead of the idle timeout).
+    last_input: Option<Instant>,
+    accepted: Instant,
+    /// Since when queued output has made no progress.
+    stalled_since: Option<Instant>,
+}
+
+impl<S: Service> Connection<'_, S> {
+    fn context(&mut self) -> Context<'_, S::Message> {
+        Context {
+            id: self.id,
+            peer: self.peer,
+            hub: &self.generation.hub,
+            out: &mut self.out,
+        }
+    }
+
+    /// The main loop; returns why the connection must end.
+    async fn serve(&mut self, session: &mut S::Session) -> DisconnectReason {
+        let limits = &self.shared.config.limits;
+        let mut deadlines = Deadlines {
+            last_input: None,
+            accepted: Instant::now(),
+            stalled_since: None,
+        };
+        let timer = sleep_until(deadlines.next(limits));
+        tokio::pin!(timer);
+        let mut deliveries = Vec::new();
+        loop {
+            if let Some(reason) = self.out.close.take() {
+                return reason;
+            }
+            if let Err(e) = self.write_now(&mut deadlines, timer.as_mut()) {
+                return DisconnectReason::SocketError(e.kind());
+            }
+            tokio::select! {
+                biased;
+                () = self.generation.token.cancelled() => return self.generation.stop_reason(),
+                () = self.out.mailbox.wait() => {
+                    if self.out.mailbox.drain(&mut deliveries) {
+                        return DisconnectReason::SlowConsumer;
+                    }
+                    for delivery in deliveries.drain(..) {
+                        if let Some(reason) = self.deliver(delivery, session).await {
+                            return reason;
+                        }
+                    }
+                    deliveries.shrink_to(8);
+                }
+                ready = self.socket.writable(), if !self.out.queue.is_empty() => {
+                    if let Err(e) = ready {
+                        return DisconnectReason::SocketError(e.kind());
+                    }
+                }
+                frame = self.reader.next_frame(&self.socket) => match frame {
+                    Ok(Some(frame)) => {
+                        deadlines.last_input = Some(Instant::now());
+                        self.on_frame(frame, session).await;
+                    }
+                    Ok(None) => return DisconnectReason::PeerClosed,
+                    Err(ReadError::TooLarge(announced)) => {
+                        warn!(announced, max = limits.max_frame_bytes, "frame header over the maximum");
+                        return DisconnectReason::FrameTooLarge;
+                    }
+                    Err(ReadError::Io(e)) => return DisconnectReason::SocketError(e.kind()),
+                },
+                () = &mut timer => {
+                    let now = Instant::now();
+                    if let Some(reason) = deadlines.expired(now, limits) {
+                        return reason;
+                    }
+                    timer.as_mut().reset(deadlines.next(limits));
+                }
+            }
+        }
+    }
+
+    /// Writes what the socket takes now and keeps the stall clock.
+    fn write_now(
+        &mut self,
+        deadlines: &mut Deadlines,
+        timer: std::pin::Pin<&mut tokio::time::Sleep>,
+    ) -> io::Result<()> {
+        if self.out.queue.is_empty() {
+            return Ok(());
+        }
+        let written = self.out.queue.write_now(&self.socket)?;
+        self.out.mailbox.release(written);
+        if self.out.queue.is_empty() {
+            deadlines.stalled_since = None;
+        } else if written > 0 || deadlines.stalled_since.is_none() {
+            let now = Instant::now();
+            deadlines.stalled_since = Some(now);
+            let stuck_at = now + self.shared.config.limits.send_timeout;
+            if stuck_at < timer.deadline() {
+                timer.reset(stuck_at);
+            }
+        }
+        Ok(())
+    }
+
+    async fn deliver(
+        &mut self,
+        delivery: Delivery<S::Message>,
+        session: &mut S::Session,
+    ) -> Option<DisconnectReason> {
+        match delivery {
+            // Its bytes were reserved by whoever delivered it.
+            Delivery::Frame(frame) => self.out.queue.push(frame),
+            Delivery::Kick(reason, text) => {
+                self.out.close_text = text;
+                return Some(DisconnectReason::Kicked(reason));
+            }
+            Delivery::Message(message) => {
+                let service = &self.shared.service;
+                let mut ctx = self.context();
+                if let Err(panic) = guarded(service.message(session, &mut ctx, message)).await {
+                    error!(panic = %panic, "message handler panicked");
+                    return Some(DisconnectReason::HandlerPanic);
+                }
+            }
+        }
+        None
+    }
+
+    /// Accounts, decodes and dispatches one inbound frame. Sets `out.close` when the
+    /// connection must end.
+    async fn on_frame(&mut self, frame: Bytes, session: &mut S::Session) {
+        if let Err(violation) = self.dos.on_frame(frame.len() + HEADER_LEN) {
+            warn!(?violation, "inbound rate exceeded");
+            self.out.close = Some(DisconnectReason::Dos);
+            return;
+        }
+        let message = match Message::decode(frame) {
+            Ok(message) => message,
+            Err(e) => {
+                warn!(error = %e, "malformed envelope");
+                self.out.close = Some(DisconnectReason::ProtocolError);
+                return;
+            }
+        };
+        match message {
+            Message::Empty | Message::Pong(_) => {}
+            Message::Ping(nonce) => {
+                self.out.enqueue(Message::Pong(nonce).to_frame());
+            }
+            Message::Request { id, route, payload } => {
+                let reply = if route >= RESERVED_ROUTES_START {
+                    self.framework_request(route).await
+                } else {
+                    self.service_request(session, route, payload).await
+                };
+                if let Some(reply) = reply {
+                    let frame = Message::Response {
+                        id,
+                        status: reply.status,
+                        payload: reply.payload,
+                    }
+                    .to_frame();
+                    self.out.enqueue(frame);
+                }
+            }
+            Message::Notify { route, payload } => {
+                let service = &self.shared.service;
+                let len = payload.len();
+                let mut ctx = self.context();
+                match guarded(service.notify(session, &mut ctx, route, payload)).await {
+                    Ok(status) if status == Status::UNKNOWN_ROUTE => {
+                        warn!(route, len, "unknown notify route")
+                    }
+                    Ok(_) => {}
+                    Err(panic) => {
+                        error!(panic = %panic, route, "notify handler panicked");
+                        self.out.close = Some(DisconnectReason::HandlerPanic);
+                    }
+                }
+            }
+            other @ (Message::Response { .. } | Message::Push { .. } | Message::Kick { .. }) => {
+                warn!(kind = other.kind_name(), "a client may not send this kind");
+                self.out.close = Some(DisconnectReason::ProtocolError);
+            }
+        }
+    }
+
+    /// Runs the service's request handler; `None` if it panicked (the connection then
+    /// closes and no response is sent).
+    async fn service_request(
+        &mut self,
+        session: &mut S::Session,
+        route: u16,
+        payload: Bytes,
+    ) -> Option<Reply> {
+        let service = &self.shared.service;
+        let len = payload.len();
+        let mut ctx = self.context();
+        match guarded(service.request(session, &mut ctx, route, payload)).await {
+            Ok(reply) => {
+                if reply.status == Status::UNKNOWN_ROUTE {
+                    warn!(route, len, "unknown request route");
+                }
+                Some(reply)
+            }
+            Err(panic) => {
+                let name = service.route_name(route).unwrap_or("?");
+                error!(panic = %panic, route, name, "request handler panicked");
+                self.out.close = Some(DisconnectReason::HandlerPanic);
+                None
+            }
+        }
+    }
+
+    /// The framework's own routes: fault injection.
+    async fn framework_request(&mut self, route: u16) -> Option<Reply> {
+        let fault = matches!(route, ROUTE_FAULT_CRASH_HUB | ROUTE_FAULT_PANIC_HANDLER);
+        if !fault {
+            warn!(route, "unknown framework route");
+            return Some(Reply::unknown_route(route));
+        }
+        if !self.shared.config.server.allow_fault_injection {
+            warn!(route, "fault injection requested but disabled");
+            return Some(Reply::error(
+                Status::FORBIDDEN,
+                "fault injection is disabled (server.allow_fault_injection)",
+            ));
+        }
+        if route == ROUTE_FAULT_CRASH_HUB {
+            return Some(match self.generation.hub.crash(self.id).await {
+                Ok(()) => Reply::empty(),
+                Err(e) => Reply::error(Status::UNAVAILABLE, e.to_string()),
+            });
+        }
+        let panicked = guarded(async {
+            panic!("fault injection: handler panic requested");
+        })
+        .await;
+        if let Err(panic) = panicked {
+            error!(panic = %panic, "request handler panicked");
+            self.out.close = Some(DisconnectReason::HandlerPanic);
+        }
+        None
+    }
+
+    /// Queues the kick (if the reason has one) and writes what goes without waiting.
+    /// The disconnect hook runs after this, so a slow socket never delays a save.
+    fn begin_close(&mut self, reason: &DisconnectReason) {
+        let Some(kick) = reason.kick() else {
+            return;
+        };
+        if *reason == DisconnectReason::SlowConsumer {
+            // What is queued cannot be delivered in time; the kick can.
+            let dropped = self.out.queue.discard_unstarted();
+            self.out.mailbox.release(dropped);
+        }
+        let text = std::mem::take(&mut self.out.close_text);
+        let text = if text.is_empty() {
+            self.describe(reason)
+        } else {
+            text
+        };
+        self.out.queue.push(kick.frame(&text));
+        let _ = self.out.queue.write_now(&self.socket);
+    }
+
+    fn describe(&self, reason: &DisconnectReason) -> String {
+        let limits = &self.shared.config.limits;
+        match reason {
+            DisconnectReason::Idle => format!("no frame for {:?}", limits.idle_timeout),
+            DisconnectReason::LoginTimeout => {
+                format!("no first frame within {:?}", limits.first_frame_timeout)
+            }
+            DisconnectReason::Dos => "inbound rate limit exceeded".into(),
+            DisconnectReason::FrameTooLarge => {
+                format!("frame larger than {} bytes", limits.max_frame_bytes)
+            }
+            DisconnectReason::ProtocolError => "malformed or unexpected frame".into(),
+            DisconnectReason::SlowConsumer => format!(
+                "outbound queue over {} bytes: the client does not read",
+                limits.outbound_queue_bytes
+            ),
+            DisconnectReason::Shutdown => "server shutting down".into(),
+            DisconnectReason::ServerRestart => "server restarting, reconnect".into(),
+            DisconnectReason::HandlerPanic => "internal server error".into(),
+            other => other.to_string(),
+        }
+    }
+
+    /// Delivers the rest of the output and the kick, closes our side, and waits for
+    /// the peer to close (discarding what it still sends), within `close_linger`.
+    /// Waiting for the peer's FIN keeps the kernel from answering late input with a
+    /// reset that could destroy the kick before the client read it.
+    async fn finish_close(mut self, reason: &DisconnectReason) {
+        let peer_gone = matches!(
+            reason,
+            DisconnectReason::PeerClosed
+                | DisconnectReason::SocketError(_)
+                | DisconnectReason::SendTimeout
+        );
+        if peer_gone {
+            return;
+        }
+        let linger = self.shared.config.limits.close_linger;
+        let _ = tokio::time::timeout(linger, async {
+            while !self.out.queue.is_empty() {
+                self.socket.writable().await?;
+                self.out.queue.write_now(&self.socket)?;
+            }
+            self.socket.shutdown().await?;
+            let mut sink = vec![0u8; 4096];
+            loop {
+                self.socket.readable().await?;
+                match self.socket.try_read(&mut sink) {
+                    Ok(0) => return Ok(()),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        })
+        .await
+        .map(|r: io::Result<()>| r.ok());
+    }
+}
+
+impl Deadlines {
+    fn input_deadline(&self, limits: &crate::config::LimitsConfig) -> Instant {
+        match self.last_input {
+            None => self.accepted + limits.first_frame_timeout,
+            Some(at) => at + limits.idle_timeout,
+        }
+    }
+
+    fn next(&self, limits: &crate::config::LimitsConfig) -> Instant {
+        let input = self.input_deadline(limits);
+        match self.stalled_since {
+            Some(at) => input.min(at + limits.send_timeout),
+            None => input,
+        }
+    }
+
+    fn expired(
+        &self,
+        now: Instant,
+        limits: &crate::config::LimitsConfig,
+    ) -> Option<DisconnectReason> {
+        if now >= self.input_deadline(limits) {
+            return Some(match self.last_input {
+                None => DisconnectReason::LoginTimeout,
+                Some(_) => DisconnectReason::Idle,
+            });
+        }
+        match self.stalled_since {
+            Some(at) if now >= at + limits.send_timeout => Some(DisconnectReason::SendTimeout),
+            _ => None,
+        }
+    }
+}
+
+/// Why reading a frame failed.
+enum ReadError {
+    /// The header announced this many bytes, over the maximum.
+    TooLarge(u64),
+    Io(io::Error),
+}
+
+/// Most bytes read per `read` call while no large frame is in progress.
+const READ_CHUNK: usize = 4096;
+
+/// Reads `{packet, 4}` frames: tokio-util's length-delimited decoder over a buffer
+/// that is only allocated while bytes are in flight. Cancel-safe: all progress lives
+/// in `self`, and the only await is socket readiness.
+struct FrameReader {
+    codec: LengthDelimitedCodec,
+    buf: BytesMut,
+}
+
+impl FrameReader {
+    fn new(max_frame_len: usize) -> Self {
+        FrameReader {
+            codec: LengthDelimitedCodec::builder()
+                .length_field_length(HEADER_LEN)
+                .big_endian()
+                .max_frame_length(max_frame_len)
+                .new_codec(),
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// The next frame's body; `Ok(None)` when the peer closed.
+    async fn next_frame(&mut self, socket: &TcpStream) -> Result<Option<Bytes>, ReadError> {
+        loop {
+            match self.codec.decode(&mut self.buf) {
+                Ok(Some(frame)) => {
+                    if self.buf.is_empty() {
+                        self.buf = BytesMut::new(); // the frame keeps its bytes alive
+                    }
+                    return Ok(Some(frame.freeze()));
+                }
+                Ok(None) => {}
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    // The decoder rejected the header without consuming it.
+                    let announced = self
+                        .buf
+                        .get(..HEADER_LEN)
+                        .and_then(|h| <[u8; 4]>::try_from(h).ok())
+                        .map_or(0, |h| u64::from(u32::from_be_bytes(h)));
+                    return Err(ReadError::TooLarge(announced));
+                }
+                Err(e) => return Err(ReadError::Io(e)),
+            }
+            if self.buf.is_empty() {
+                self.buf = BytesMut::new(); // hold nothing while waiting
+            }
+            socket.readable().await.map_err(ReadError::Io)?;
+            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+                self.buf.reserve(READ_CHUNK);
+            }
+            match socket.try_read_buf(&mut self.buf) {
+                // A close in the middle of a frame is still just the peer leaving.
+                Ok(0) => return Ok(None),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(ReadError::Io(e)),
+            }
+        }
+    }
+}

@@ -1,0 +1,316 @@
+//! The hub: the seed's `gs_svr`, one actor task.
+//!
+//! It owns the registry of live connections (their mailboxes) and the named groups
+//! (game rooms), and does everything that involves more than one connection:
+//! broadcast, group broadcast, send to one, kick one, count. It never waits on a
+//! connection: deliveries go into mailboxes that refuse (and mark a slow consumer)
+//! rather than grow. A broadcast is encoded once by the caller; the hub only clones
+//! the `Bytes` handle per recipient.
+//!
+//! The hub holds no state that outlives it on purpose: when it crashes, the
+//! supervisor closes every connection and starts a fresh hub, so the registry and
+//! the sockets never disagree.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tracing::{debug, error};
+
+use crate::outbound::{Delivery, Mailbox};
+use crate::protocol::{KickReason, Message};
+use crate::service::ConnId;
+
+/// The hub is restarting or stopped; the caller's connection is about to close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the hub is unavailable (restarting or stopped)")]
+pub struct HubUnavailable;
+
+/// A cheap, cloneable handle to the hub; every method is a message to the actor.
+pub struct HubHandle<M> {
+    tx: mpsc::Sender<Command<M>>,
+}
+
+impl<M> Clone for HubHandle<M> {
+    fn clone(&self) -> Self {
+        HubHandle {
+            tx: self.tx.clone(),
+        }
+    }
+}
+
+enum Command<M> {
+    Register {
+        id: ConnId,
+        peer: SocketAddr,
+        mailbox: Arc<Mailbox<M>>,
+    },
+    Unregister {
+        id: ConnId,
+    },
+    Broadcast {
+        frame: Bytes,
+        except: Option<ConnId>,
+    },
+    Send {
+        to: ConnId,
+        delivery: Delivery<M>,
+    },
+    Join {
+        id: ConnId,
+        group: Arc<str>,
+    },
+    Leave {
+        id: ConnId,
+        group: Arc<str>,
+    },
+    GroupBroadcast {
+        group: Arc<str>,
+        frame: Bytes,
+        except: Option<ConnId>,
+    },
+    Count {
+        group: Option<Arc<str>>,
+        reply: oneshot::Sender<usize>,
+    },
+    /// Fault injection: panic inside the hub.
+    Crash {
+        by: ConnId,
+    },
+}
+
+impl<M: Send + 'static> HubHandle<M> {
+    async fn send(&self, command: Command<M>) -> Result<(), HubUnavailable> {
+        self.tx.send(command).await.map_err(|_| HubUnavailable)
+    }
+
+    pub(crate) async fn register(
+        &self,
+        id: ConnId,
+        peer: SocketAddr,
+        mailbox: Arc<Mailbox<M>>,
+    ) -> Result<(), HubUnavailable> {
+        self.send(Command::Register { id, peer, mailbox }).await
+    }
+
+    pub(crate) async fn unregister(&self, id: ConnId) {
+        // A stopped hub has no registry left to clean: nothing to do then.
+        let _ = self.send(Command::Unregister { id }).await;
+    }
+
+    pub(crate) async fn crash(&self, by: ConnId) -> Result<(), HubUnavailable> {
+        self.send(Command::Crash { by }).await
+    }
+
+    /// Pushes `payload` on `route` to every connection (encoded once).
+    pub async fn broadcast(&self, route: u16, payload: Bytes) -> Result<(), HubUnavailable> {
+        self.broadcast_frame(push_frame(route, payload), None).await
+    }
+
+    /// Sends an already encoded frame to every connection but `except`.
+    pub async fn broadcast_frame(
+        &self,
+        frame: Bytes,
+        except: Option<ConnId>,
+    ) -> Result<(), HubUnavailable> {
+        self.send(Command::Broadcast { frame, except }).await
+    }
+
+    /// Pushes `payload` on `route` to one connection; dropped if it is gone.
+    pub async fn push_to(
+        &self,
+        to: ConnId,
+        route: u16,
+        payload: Bytes,
+    ) -> Result<(), HubUnavailable> {
+        let delivery = Delivery::Frame(push_frame(route, payload));
+        self.send(Command::Send { to, delivery }).await
+    }
+
+    /// Sends a message to one connection's service `message` handler.
+    pub async fn send_message(&self, to: ConnId, message: M) -> Result<(), HubUnavailable> {
+        let delivery = Delivery::Message(message);
+        self.send(Command::Send { to, delivery }).await
+    }
+
+    /// Kicks one connection: it is sent `reason` and closed.
+    pub async fn kick(
+        &self,
+        to: ConnId,
+        reason: KickReason,
+        text: impl Into<String>,
+    ) -> Result<(), HubUnavailable> {
+        let delivery = Delivery::Kick(reason, text.into());
+        self.send(Command::Send { to, delivery }).await
+    }
+
+    /// Adds a connection to a named group (created on first join).
+    pub async fn join(&self, id: ConnId, group: &str) -> Result<(), HubUnavailable> {
+        let group = Arc::from(group);
+        self.send(Command::Join { id, group }).await
+    }
+
+    /// Removes a connection from a group (removed when empty).
+    pub async fn leave(&self, id: ConnId, group: &str) -> Result<(), HubUnavailable> {
+        let group = Arc::from(group);
+        self.send(Command::Leave { id, group }).await
+    }
+
+    /// Pushes to every member of a group but `except`.
+    pub async fn group_broadcast(
+        &self,
+        group: &str,
+        route: u16,
+        payload: Bytes,
+        except: Option<ConnId>,
+    ) -> Result<(), HubUnavailable> {
+        let frame = push_frame(route, payload);
+        let group = Arc::from(group);
+        self.send(Command::GroupBroadcast {
+            group,
+            frame,
+            except,
+        })
+        .await
+    }
+
+    /// Live connections registered with the hub.
+    pub async fn count(&self) -> Result<usize, HubUnavailable> {
+        self.ask_count(None).await
+    }
+
+    /// Members of a group.
+    pub async fn group_count(&self, group: &str) -> Result<usize, HubUnavailable> {
+        self.ask_count(Some(Arc::from(group))).await
+    }
+
+    async fn ask_count(&self, group: Option<Arc<str>>) -> Result<usize, HubUnavailable> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Count { group, reply }).await?;
+        answer.await.map_err(|_| HubUnavailable)
+    }
+}
+
+fn push_frame(route: u16, payload: Bytes) -> Bytes {
+    Message::Push { route, payload }.to_frame()
+}
+
+/// Starts a hub; the task ends when every handle is dropped, or panics on a crash.
+pub(crate) fn spawn<M: Send + 'static>(queue: usize) -> (HubHandle<M>, JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(queue);
+    let hub = Hub {
+        rx,
+        conns: HashMap::new(),
+        groups: HashMap::new(),
+    };
+    (HubHandle { tx }, tokio::spawn(hub.run()))
+}
+
+struct Hub<M> {
+    rx: mpsc::Receiver<Command<M>>,
+    conns: HashMap<ConnId, Entry<M>>,
+    groups: HashMap<Arc<str>, HashSet<ConnId>>,
+}
+
+struct Entry<M> {
+    mailbox: Arc<Mailbox<M>>,
+    /// The groups this connection is in, to leave them when it ends.
+    groups: Vec<Arc<str>>,
+}
+
+impl<M: Send + 'static> Hub<M> {
+    async fn run(mut self) {
+        while let Some(command) = self.rx.recv().await {
+            self.handle(command);
+        }
+    }
+
+    fn handle(&mut self, command: Command<M>) {
+        match command {
+            Command::Register { id, peer, mailbox } => {
+                debug!(conn = %id, %peer, total = self.conns.len() + 1, "connection_new");
+                self.conns.insert(
+                    id,
+                    Entry {
+                        mailbox,
+                        groups: Vec::new(),
+                    },
+                );
+            }
+            Command::Unregister { id } => {
+                if let Some(entry) = self.conns.remove(&id) {
+                    for group in entry.groups {
+                        self.remove_member(&group, id);
+                    }
+                }
+                debug!(conn = %id, total = self.conns.len(), "connection_ended");
+            }
+            Command::Broadcast { frame, except } => {
+                for (id, entry) in &self.conns {
+                    if Some(*id) != except {
+                        entry.mailbox.deliver(Delivery::Frame(frame.clone()));
+                    }
+                }
+            }
+            Command::Send { to, delivery } => {
+                if let Some(entry) = self.conns.get(&to) {
+                    entry.mailbox.deliver(delivery);
+                }
+            }
+            Command::Join { id, group } => {
+                let Some(entry) = self.conns.get_mut(&id) else {
+                    return;
+                };
+                if self.groups.entry(group.clone()).or_default().insert(id) {
+                    entry.groups.push(group);
+                }
+            }
+            Command::Leave { id, group } => {
+                if let Some(entry) = self.conns.get_mut(&id) {
+                    entry.groups.retain(|g| *g != group);
+                }
+                self.remove_member(&group, id);
+            }
+            Command::GroupBroadcast {
+                group,
+                frame,
+                except,
+            } => {
+                let Some(members) = self.groups.get(&group) else {
+                    return;
+                };
+                for id in members {
+                    if Some(*id) == except {
+                        continue;
+                    }
+                    if let Some(entry) = self.conns.get(id) {
+                        entry.mailbox.deliver(Delivery::Frame(frame.clone()));
+                    }
+                }
+            }
+            Command::Count { group, reply } => {
+                let count = match group {
+                    None => self.conns.len(),
+                    Some(group) => self.groups.get(&group).map_or(0, HashSet::len),
+                };
+                let _ = reply.send(count); // the asker may have given up
+            }
+            Command::Crash { by } => {
+                error!(conn = %by, "fault injection: crashing the hub");
+                panic!("fault injection: hub crash requested by connection {by}");
+            }
+        }
+    }
+
+    fn remove_member(&mut self, group: &Arc<str>, id: ConnId) {
+        if let Some(members) = self.groups.get_mut(group) {
+            members.remove(&id);
+            if members.is_empty() {
+                self.groups.remove(group);
+            }
+        }
+    }
+}

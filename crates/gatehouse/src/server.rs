@@ -1,0 +1,55 @@
+//! The public entry point: a [`Server`] is a configured service, run on a listener
+//! until a shutdown future resolves (mini-redis's `server::run`, shared by the binary
+//! and the tests).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ConfigError};
+use crate::service::Service;
+use crate::stats::Stats;
+use crate::supervisor::{self, ServerError, Shared};
+
+/// A gatehouse server for one service.
+pub struct Server<S: Service> {
+    shared: Arc<Shared<S>>,
+}
+
+impl<S: Service> Server<S> {
+    /// Checks the configuration and prepares a server for `service`.
+    pub fn new(config: Config, service: S) -> Result<Self, ConfigError> {
+        config.validate()?;
+        Ok(Server {
+            shared: Arc::new(Shared::new(config, service)),
+        })
+    }
+
+    /// The server's counters, readable while it runs and after.
+    pub fn stats(&self) -> Arc<Stats> {
+        self.shared.stats.clone()
+    }
+
+    /// Serves connections from `listener` (see [`crate::bind`]) until `shutdown`
+    /// resolves, then kicks every connection `shutdown`, runs every disconnect hook and
+    /// returns `Ok` (within `supervisor.drain_timeout`). Returns `Err` if the hub
+    /// crashed more often than the restart intensity allows.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServerError> {
+        let token = CancellationToken::new();
+        let supervised = supervisor::supervise(listener, self.shared, token.clone());
+        tokio::pin!(supervised, shutdown);
+        tokio::select! {
+            result = &mut supervised => result,
+            () = &mut shutdown => {
+                token.cancel();
+                supervised.await
+            }
+        }
+    }
+}

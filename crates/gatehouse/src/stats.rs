@@ -1,0 +1,117 @@
+//! Server-wide counters: what was accepted, refused, closed and why, and how many
+//! disconnect hooks ran. Relaxed atomics, read as a [`StatsSnapshot`]; the
+//! binary logs one at shutdown, tests assert on them, a metrics exporter can poll it.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crate::service::DisconnectReason;
+
+/// Live counters, shared by every task of a server.
+#[derive(Debug, Default)]
+pub struct Stats {
+    accepted: AtomicU64,
+    refused_server_full: AtomicU64,
+    refused_per_ip: AtomicU64,
+    closed: AtomicU64,
+    disconnect_hooks: AtomicU64,
+    hub_restarts: AtomicU64,
+    frames_too_large: AtomicU64,
+    protocol_errors: AtomicU64,
+    dos_kicks: AtomicU64,
+    slow_consumers: AtomicU64,
+    send_timeouts: AtomicU64,
+    idle_kicks: AtomicU64,
+    login_timeouts: AtomicU64,
+    handler_panics: AtomicU64,
+}
+
+/// A copy of the counters at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// Connections admitted.
+    pub accepted: u64,
+    /// Connections refused at `max_connections`.
+    pub refused_server_full: u64,
+    /// Connections refused at `max_connections_per_ip`.
+    pub refused_per_ip: u64,
+    /// Admitted connections that have ended.
+    pub closed: u64,
+    /// Disconnect hooks that ran (one per session).
+    pub disconnect_hooks: u64,
+    /// Hub restarts after a crash.
+    pub hub_restarts: u64,
+    /// Connections closed for an oversized frame header.
+    pub frames_too_large: u64,
+    /// Connections closed for a malformed envelope.
+    pub protocol_errors: u64,
+    /// Connections closed for exceeding the inbound rates.
+    pub dos_kicks: u64,
+    /// Connections closed because they did not read.
+    pub slow_consumers: u64,
+    /// Connections closed because a write made no progress.
+    pub send_timeouts: u64,
+    /// Connections closed for idleness.
+    pub idle_kicks: u64,
+    /// Connections closed for sending no first frame.
+    pub login_timeouts: u64,
+    /// Handlers that panicked.
+    pub handler_panics: u64,
+}
+
+impl Stats {
+    /// Reads every counter.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            accepted: self.accepted.load(Relaxed),
+            refused_server_full: self.refused_server_full.load(Relaxed),
+            refused_per_ip: self.refused_per_ip.load(Relaxed),
+            closed: self.closed.load(Relaxed),
+            disconnect_hooks: self.disconnect_hooks.load(Relaxed),
+            hub_restarts: self.hub_restarts.load(Relaxed),
+            frames_too_large: self.frames_too_large.load(Relaxed),
+            protocol_errors: self.protocol_errors.load(Relaxed),
+            dos_kicks: self.dos_kicks.load(Relaxed),
+            slow_consumers: self.slow_consumers.load(Relaxed),
+            send_timeouts: self.send_timeouts.load(Relaxed),
+            idle_kicks: self.idle_kicks.load(Relaxed),
+            login_timeouts: self.login_timeouts.load(Relaxed),
+            handler_panics: self.handler_panics.load(Relaxed),
+        }
+    }
+
+    pub(crate) fn count_accept(&self) {
+        self.accepted.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn count_refusal(&self, refusal: crate::limits::Refusal) {
+        match refusal {
+            crate::limits::Refusal::ServerFull => &self.refused_server_full,
+            crate::limits::Refusal::TooManyFromIp => &self.refused_per_ip,
+        }
+        .fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn count_hub_restart(&self) {
+        self.hub_restarts.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn count_disconnect_hook(&self) {
+        self.disconnect_hooks.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn count_close(&self, reason: &DisconnectReason) {
+        self.closed.fetch_add(1, Relaxed);
+        let counter = match reason {
+            DisconnectReason::FrameTooLarge => &self.frames_too_large,
+            DisconnectReason::ProtocolError => &self.protocol_errors,
+            DisconnectReason::Dos => &self.dos_kicks,
+            DisconnectReason::SlowConsumer => &self.slow_consumers,
+            DisconnectReason::SendTimeout => &self.send_timeouts,
+            DisconnectReason::Idle => &self.idle_kicks,
+            DisconnectReason::LoginTimeout => &self.login_timeouts,
+            DisconnectReason::HandlerPanic => &self.handler_panics,
+            _ => return,
+        };
+        counter.fetch_add(1, Relaxed);
+    }
+}

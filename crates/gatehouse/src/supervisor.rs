@@ -1,0 +1,248 @@
+//! The supervision tree, all of it, in one place: the seed's flaw fixed.
+//!
+//! ```text
+//! root (rest_for_one)                 supervise(): this function's loop
+//!  ├─ store writer                    (the game's, outlives hub restarts; see arena)
+//!  ├─ hub                             hub::spawn — gs_svr: registry, groups, broadcast
+//!  └─ connection group (Generation)   cancelled and awaited whenever the hub restarts
+//!      ├─ acceptor                    listener::accept_loop; stops with its group
+//!      └─ connections                 connection::serve, one task each
+//! ```
+//!
+//! - The hub ends (a panic, or any exit while the server runs): the whole connection
+//!   group is stopped with reason `server_restart`. Every connection sends that kick,
+//!   runs its disconnect hook once, and closes; the acceptor stops (new connects wait
+//!   in the kernel's backlog). Once the group has drained, a fresh hub and group
+//!   start, and accepting resumes.
+//! - More than `supervisor.max_restarts` restarts within `supervisor.restart_window`
+//!   (OTP's restart intensity) ends `supervise` with an error, after the connections
+//!   were closed as above: the process exits non-zero for systemd or Kubernetes.
+//! - Shutdown: the group is stopped with reason `shutdown` and drained within
+//!   `supervisor.drain_timeout`.
+//!
+//! A connection that panics is not a supervisor matter: its handler runs under
+//! `catch_unwind` in its own task (see `connection`), so only it ends.
+
+use std::collections::VecDeque;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinError;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::hub::{self, HubHandle};
+use crate::limits::Admission;
+use crate::listener;
+use crate::service::{DisconnectReason, Service};
+use crate::stats::Stats;
+
+/// Why a server stopped other than by a requested shutdown.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The hub kept crashing: OTP's restart intensity was exceeded.
+    #[error("hub restarted more than {max_restarts} times within {window:?}; giving up")]
+    TooManyRestarts {
+        /// `supervisor.max_restarts`.
+        max_restarts: u32,
+        /// `supervisor.restart_window`.
+        window: Duration,
+    },
+}
+
+/// State shared by every task of one server, for its whole life.
+pub(crate) struct Shared<S> {
+    pub(crate) config: Config,
+    pub(crate) service: S,
+    /// Outside the hub so that counts survive its restarts.
+    pub(crate) admission: Admission,
+    pub(crate) next_id: AtomicU64,
+    pub(crate) stats: Arc<Stats>,
+}
+
+impl<S> Shared<S> {
+    pub(crate) fn new(config: Config, service: S) -> Self {
+        Shared {
+            admission: Admission::new(
+                config.server.max_connections,
+                config.server.max_connections_per_ip,
+            ),
+            config,
+            service,
+            next_id: AtomicU64::new(1),
+            stats: Arc::new(Stats::default()),
+        }
+    }
+}
+
+/// One life of the hub and the connection group that depends on it.
+pub(crate) struct Generation<M> {
+    /// Cancels the acceptor and every connection of this generation.
+    pub(crate) token: CancellationToken,
+    /// Tracks them, so the supervisor can wait until every hook ran.
+    pub(crate) tracker: TaskTracker,
+    pub(crate) hub: HubHandle<M>,
+    /// Why the group was stopped; read by each connection for its kick.
+    stop_reason: OnceLock<DisconnectReason>,
+}
+
+impl<M> Generation<M> {
+    fn stop(&self, reason: DisconnectReason) {
+        let _ = self.stop_reason.set(reason); // first reason wins
+        self.token.cancel();
+        self.tracker.close();
+    }
+
+    /// The reason the group was stopped; a bare cancellation of the root token is a
+    /// shutdown.
+    pub(crate) fn stop_reason(&self) -> DisconnectReason {
+        self.stop_reason
+            .get()
+            .cloned()
+            .unwrap_or(DisconnectReason::Shutdown)
+    }
+
+    /// Waits (bounded) until every task of the group has ended.
+    async fn drain(&self, timeout: Duration) {
+        if tokio::time::timeout(timeout, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                remaining = self.tracker.len(),
+                ?timeout,
+                "drain timeout: abandoning connections that have not finished"
+            );
+        }
+    }
+}
+
+/// Runs the tree until `shutdown` is cancelled (`Ok`) or the restart intensity is
+/// exceeded (`Err`).
+pub(crate) async fn supervise<S: Service>(
+    listener: TcpListener,
+    shared: Arc<Shared<S>>,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
+    let listener = Arc::new(listener);
+    let limits = &shared.config.supervisor;
+    let mut restarts = RestartIntensity::new(limits.max_restarts, limits.restart_window);
+    loop {
+        let (hub, mut hub_task) = hub::spawn::<S::Message>(shared.config.server.hub_queue);
+        let generation = Arc::new(Generation {
+            token: shutdown.child_token(),
+            tracker: TaskTracker::new(),
+            hub,
+            stop_reason: OnceLock::new(),
+        });
+        generation.tracker.spawn(listener::accept_loop(
+            listener.clone(),
+            shared.clone(),
+            generation.clone(),
+        ));
+
+        let crash = tokio::select! {
+            joined = &mut hub_task => describe_hub_exit(joined),
+            () = shutdown.cancelled() => {
+                info!("shutting down: kicking every connection");
+                generation.stop(DisconnectReason::Shutdown);
+                generation.drain(limits.drain_timeout).await;
+                hub_task.abort();
+                info!("shutdown complete");
+                return Ok(());
+            }
+        };
+
+        error!(cause = %crash, "hub crashed; closing every connection, then restarting it");
+        shared.stats.count_hub_restart();
+        generation.stop(DisconnectReason::ServerRestart);
+        generation.drain(limits.drain_timeout).await;
+        if !restarts.allow(Instant::now()) {
+            error!(
+                max_restarts = limits.max_restarts,
+                window = ?limits.restart_window,
+                "restart intensity exceeded; shutting down"
+            );
+            return Err(ServerError::TooManyRestarts {
+                max_restarts: limits.max_restarts,
+                window: limits.restart_window,
+            });
+        }
+        info!("hub restarted; accepting again");
+    }
+}
+
+fn describe_hub_exit(joined: Result<(), JoinError>) -> String {
+    match joined {
+        Ok(()) => "the hub stopped unexpectedly".into(),
+        Err(e) if e.is_panic() => {
+            let panic = e.into_panic();
+            panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_else(|| "panic".into())
+        }
+        Err(e) => e.to_string(),
+    }
+}
+
+/// OTP's restart intensity: at most `max` restarts within any `window`.
+struct RestartIntensity {
+    max: u32,
+    window: Duration,
+    recent: VecDeque<Instant>,
+}
+
+impl RestartIntensity {
+    fn new(max: u32, window: Duration) -> Self {
+        RestartIntensity {
+            max,
+            window,
+            recent: VecDeque::new(),
+        }
+    }
+
+    /// Records a restart at `now`; false if it is one too many.
+    fn allow(&mut self, now: Instant) -> bool {
+        while self
+            .recent
+            .front()
+            .is_some_and(|&at| now.duration_since(at) > self.window)
+        {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(now);
+        self.recent.len() <= self.max as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_intensity_allows_max_within_window_and_forgets_old_ones() {
+        let start = Instant::now();
+        let mut intensity = RestartIntensity::new(2, Duration::from_secs(5));
+        assert!(intensity.allow(start));
+        assert!(intensity.allow(start + Duration::from_secs(1)));
+        assert!(!intensity.allow(start + Duration::from_secs(2)));
+        let mut intensity = RestartIntensity::new(2, Duration::from_secs(5));
+        assert!(intensity.allow(start));
+        assert!(intensity.allow(start + Duration::from_secs(3)));
+        assert!(intensity.allow(start + Duration::from_secs(6)));
+        assert!(!intensity.allow(start + Duration::from_secs(7)));
+    }
+
+    #[test]
+    fn zero_max_restarts_gives_up_on_the_first_crash() {
+        let mut intensity = RestartIntensity::new(0, Duration::from_secs(5));
+        assert!(!intensity.allow(Instant::now()));
+    }
+}
