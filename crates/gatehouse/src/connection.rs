@@ -105,6 +105,7 @@ async fn run<S: Service>(
         Err(reason) => (None, reason),
     };
     conn.begin_close(&reason);
+    shared.stats.count_close(&reason);
     if let Some(session) = session {
         let info = Disconnect {
             id,
@@ -117,7 +118,6 @@ async fn run<S: Service>(
         shared.stats.count_disconnect_hook();
     }
     conn.finish_close(&reason).await;
-    shared.stats.count_close(&reason);
     log_close(&reason);
 }
 
@@ -226,7 +226,12 @@ impl<S: Service> Connection<'_, S> {
                 }
                 frame = self.reader.next_frame(&self.socket) => match frame {
                     Ok(Some(frame)) => {
+                        let first = deadlines.last_input.is_none();
                         deadlines.last_input = Some(Instant::now());
+                        if first {
+                            // From now on the idle timeout applies, which may be sooner.
+                            timer.as_mut().reset(deadlines.next(limits));
+                        }
                         self.on_frame(frame, session).await;
                     }
                     Ok(None) => return DisconnectReason::PeerClosed,
@@ -331,6 +336,9 @@ impl<S: Service> Connection<'_, S> {
                     .to_frame();
                     self.out.enqueue(frame);
                 }
+            }
+            Message::Notify { route, .. } if route >= RESERVED_ROUTES_START => {
+                warn!(route, "notify on a framework route; ignored");
             }
             Message::Notify { route, payload } => {
                 let service = &self.shared.service;

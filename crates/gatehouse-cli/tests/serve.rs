@@ -1,0 +1,230 @@
+//! The `gatehouse serve` binary end to end, from outside: signals, fault injection,
+//! restart intensity, configuration errors and the servers.csv port table.
+
+#![allow(clippy::unwrap_used)]
+
+mod process;
+#[path = "../../gatehouse/tests/support/mod.rs"]
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use gatehouse::bench_service::routes;
+use gatehouse::protocol::ROUTE_FAULT_CRASH_HUB;
+use gatehouse::{KickReason, Message, Status};
+use process::{gatehouse, scratch, write_file, ServerProcess};
+use support::Client;
+
+#[tokio::test]
+async fn sigterm_kicks_every_client_runs_every_hook_and_exits_zero() {
+    let mut server = ServerProcess::start(&["--service", "bench"]);
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        let mut client = Client::connect(server.addr).await;
+        assert_eq!(client.request(routes::ECHO, "x").await.1, "x");
+        clients.push(client);
+    }
+    server.signal("TERM");
+    for client in &mut clients {
+        assert_eq!(client.expect_kick().await, KickReason::SHUTDOWN);
+    }
+    let status = server.wait(Duration::from_secs(15));
+    let log = server.log();
+    assert!(status.success(), "exit {status:?}\n{log}");
+    assert!(log.contains("disconnect_hooks=20"), "{log}");
+    assert!(log.contains("SIGTERM"), "{log}");
+}
+
+#[tokio::test]
+async fn sigint_also_shuts_down_cleanly() {
+    let mut server = ServerProcess::start(&[]);
+    let mut client = Client::connect(server.addr).await;
+    assert!(client.request(routes::COUNT, "").await.0.is_ok());
+    server.signal("INT");
+    assert_eq!(client.expect_kick().await, KickReason::SHUTDOWN);
+    assert!(server.wait(Duration::from_secs(15)).success());
+}
+
+#[tokio::test]
+async fn an_injected_hub_crash_restarts_the_hub_and_clients_reconnect_at_once() {
+    let server = ServerProcess::start(&["--allow-fault-injection"]);
+    let mut clients = Vec::new();
+    for _ in 0..10 {
+        let mut client = Client::connect(server.addr).await;
+        assert!(client.request(routes::COUNT, "").await.0.is_ok());
+        clients.push(client);
+    }
+    clients[0]
+        .send(&Message::Request {
+            id: 1,
+            route: ROUTE_FAULT_CRASH_HUB,
+            payload: Bytes::new(),
+        })
+        .await;
+    for client in &mut clients {
+        assert_eq!(client.expect_kick().await, KickReason::SERVER_RESTART);
+    }
+    let mut again = Client::connect(server.addr).await;
+    let (status, count) = again.request(routes::COUNT, "").await;
+    assert_eq!(status, Status::OK);
+    assert_eq!(count[..], 1u32.to_be_bytes());
+    let log = server.log();
+    assert!(log.contains("hub crashed"), "{log}");
+}
+
+#[tokio::test]
+async fn fault_injection_is_off_by_default() {
+    let server = ServerProcess::start(&[]);
+    let mut client = Client::connect(server.addr).await;
+    let (status, _) = client.request(ROUTE_FAULT_CRASH_HUB, "").await;
+    assert_eq!(status, Status::FORBIDDEN);
+    assert_eq!(client.request(routes::ECHO, "still").await.1, "still");
+}
+
+#[tokio::test]
+async fn crashing_past_the_restart_intensity_exits_non_zero() {
+    let dir = scratch("intensity");
+    let config = write_file(
+        &dir,
+        "gatehouse.toml",
+        "[supervisor]\nmax_restarts = 1\nrestart_window = \"1m\"\n",
+    );
+    let mut server = ServerProcess::start(&[
+        "--allow-fault-injection",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    for _ in 0..2 {
+        let mut client = Client::connect(server.addr).await;
+        client
+            .send(&Message::Request {
+                id: 1,
+                route: ROUTE_FAULT_CRASH_HUB,
+                payload: Bytes::new(),
+            })
+            .await;
+        assert_eq!(client.expect_kick().await, KickReason::SERVER_RESTART);
+    }
+    let status = server.wait(Duration::from_secs(15));
+    assert!(!status.success());
+    assert!(server.log().contains("restart intensity exceeded"));
+}
+
+#[test]
+fn bad_configurations_are_rejected_with_the_key_named() {
+    let dir = scratch("badconfig");
+    for (text, expected) in [
+        (
+            "[server]\nmax_conections = 5\n",
+            "unknown field `max_conections`",
+        ),
+        ("[limits]\nmax_frame_bytes = 0\n", "limits.max_frame_bytes"),
+        ("[limits]\nidle_timeout = \"forever\"\n", "idle_timeout"),
+        ("[server]\nport = \"seven\"\n", "port"),
+        (
+            "[supervisor]\ndrain_timeout = \"0s\"\n",
+            "supervisor.drain_timeout",
+        ),
+        ("this is not toml", "expected"),
+    ] {
+        let path = write_file(&dir, "bad.toml", text);
+        let output = gatehouse()
+            .args(["serve", "--port", "0", "--config", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{text:?} was accepted");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(expected), "{text:?}: {stderr}");
+    }
+    let output = gatehouse()
+        .args(["serve", "--service", "chess"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("unknown service \"chess\""));
+}
+
+#[tokio::test]
+async fn the_port_can_come_from_servers_csv_by_server_id() {
+    let dir = scratch("csv");
+    // Find a free port, then hand it to the server through the table.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let csv = write_file(
+        &dir,
+        "servers.csv",
+        &format!("server_id,host,port,comment\n1,127.0.0.1,1,other\n7,127.0.0.1,{port},this one\n"),
+    );
+    let mut child = gatehouse()
+        .args([
+            "serve",
+            "--server-id",
+            "7",
+            "--servers-csv",
+            csv.to_str().unwrap(),
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut connected = None;
+    for _ in 0..100 {
+        if let Ok(stream) = tokio::net::TcpStream::connect(addr).await {
+            connected = Some(Client::from_stream(stream));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut client = connected.expect("server listens on the port from servers.csv");
+    assert_eq!(client.request(routes::ECHO, "csv").await.1, "csv");
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let output = gatehouse()
+        .args([
+            "serve",
+            "--server-id",
+            "9",
+            "--servers-csv",
+            csv.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no row with server_id 9"));
+}
+
+#[tokio::test]
+async fn the_bench_service_echoes_broadcasts_and_counts() {
+    let server = ServerProcess::start(&["--service", "bench"]);
+    let mut a = Client::connect(server.addr).await;
+    let mut b = Client::connect(server.addr).await;
+    assert_eq!(
+        a.request(routes::ECHO, "e").await,
+        (Status::OK, Bytes::from_static(b"e"))
+    );
+    assert_eq!(b.request(routes::COUNT, "").await.1[..], 2u32.to_be_bytes());
+    assert_eq!(a.request(routes::BROADCAST, "all").await.0, Status::OK);
+    assert_eq!(
+        b.expect_push().await,
+        (routes::BROADCAST, Bytes::from_static(b"all"))
+    );
+    assert_eq!(
+        a.expect_push().await,
+        (routes::BROADCAST, Bytes::from_static(b"all"))
+    );
+    // Notify forms: echo pushes back, broadcast pushes to all without a response.
+    a.send(&Message::Notify {
+        route: routes::ECHO,
+        payload: Bytes::from_static(b"n"),
+    })
+    .await;
+    assert_eq!(
+        a.expect_push().await,
+        (routes::ECHO, Bytes::from_static(b"n"))
+    );
+}

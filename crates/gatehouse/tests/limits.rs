@@ -1,0 +1,207 @@
+//! The seed's DoS checker and timers, and the admission caps, over real sockets:
+//! floods, slow readers, stuck writes, idle and silent clients, too many connections.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use gatehouse::{DisconnectReason, KickReason, Message};
+use support::{routes, test_config, Client, TestServer};
+use tokio::net::TcpSocket;
+
+fn spam(n: u32, size: u32) -> Bytes {
+    let mut p = BytesMut::new();
+    p.put_u32(n);
+    p.put_u32(size);
+    p.freeze()
+}
+
+#[tokio::test]
+async fn a_frame_flood_is_kicked_dos_while_a_polite_client_goes_on() {
+    let mut config = test_config();
+    config.limits.inbound_frames_per_sec = 50;
+    config.limits.inbound_frames_burst = 100;
+    let server = TestServer::start(config).await;
+    let mut polite = server.connect().await;
+    let mut flooder = server.connect().await;
+    let mut flood = BytesMut::new();
+    for _ in 0..1000 {
+        flood.put(Message::Ping(Bytes::new()).to_frame());
+    }
+    flooder.send_raw(&flood).await;
+    assert_eq!(flooder.expect_kick().await, KickReason::DOS);
+    assert_eq!(polite.request(routes::ECHO, "calm").await.1, "calm");
+    let hooks = server.record.wait_hooks(1).await;
+    assert_eq!(hooks[0].1, DisconnectReason::Dos);
+    assert_eq!(server.stats.snapshot().dos_kicks, 1);
+}
+
+#[tokio::test]
+async fn a_byte_flood_is_kicked_dos() {
+    let mut config = test_config();
+    config.limits.max_frame_bytes = 16 * 1024;
+    config.limits.inbound_bytes_per_sec = 64 * 1024;
+    config.limits.inbound_bytes_burst = 128 * 1024;
+    let server = TestServer::start(config).await;
+    let mut flooder = server.connect().await;
+    let frame = Message::Notify {
+        route: 4242,
+        payload: Bytes::from(vec![0u8; 16 * 1024 - 3]),
+    }
+    .to_frame();
+    let mut flood = BytesMut::new();
+    for _ in 0..20 {
+        flood.put(frame.clone()); // 320 KiB at once, burst is 128 KiB
+    }
+    flooder.send_raw(&flood).await;
+    assert_eq!(flooder.expect_kick().await, KickReason::DOS);
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_read_is_kicked_slow_consumer_while_others_are_served() {
+    let mut config = test_config();
+    config.limits.max_frame_bytes = 16 * 1024;
+    config.limits.outbound_queue_bytes = 64 * 1024;
+    let server = TestServer::start(config).await;
+
+    // A small receive window so that the kernel buffers fill quickly.
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut sleeper = Client::from_stream(socket.connect(server.addr).await.unwrap());
+    let mut reader = server.connect().await;
+    // Register both with the hub before the broadcasts.
+    let _ = sleeper.whoami().await;
+    let _ = reader.whoami().await;
+
+    let payload = Bytes::from(vec![1u8; 8 * 1024]);
+    for _ in 0..400 {
+        // 400 x 8 KiB = 3.2 MiB: far over the sleeper's queue and kernel buffers.
+        assert!(reader
+            .request(routes::BROADCAST, payload.clone())
+            .await
+            .0
+            .is_ok());
+        assert_eq!(reader.expect_push().await.1.len(), payload.len());
+    }
+    let hooks = server.record.wait_hooks(1).await;
+    assert_eq!(hooks[0].1, DisconnectReason::SlowConsumer);
+    // The sleeper wakes up: it finds what fitted, then the kick, then the close.
+    assert_eq!(sleeper.expect_kick().await, KickReason::SLOW_CONSUMER);
+    assert_eq!(reader.request(routes::ECHO, "on").await.1, "on");
+    assert_eq!(server.stats.snapshot().slow_consumers, 1);
+}
+
+#[tokio::test]
+async fn a_write_that_makes_no_progress_is_closed_after_the_send_timeout() {
+    let mut config = test_config();
+    config.limits.outbound_queue_bytes = 64 << 20; // the queue is not what stops it
+    config.limits.send_timeout = Duration::from_millis(500);
+    let server = TestServer::start(config).await;
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut sleeper = Client::from_stream(socket.connect(server.addr).await.unwrap());
+    // 32 MiB of pushes to itself: more than any kernel buffer, less than the queue.
+    sleeper
+        .send(&Message::Request {
+            id: 1,
+            route: routes::SPAM,
+            payload: spam(2048, 16 * 1024),
+        })
+        .await;
+    let started = Instant::now();
+    let hooks = server.record.wait_hooks(1).await;
+    assert_eq!(hooks[0].1, DisconnectReason::SendTimeout);
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    assert_eq!(server.stats.snapshot().send_timeouts, 1);
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_kicked_and_only_inbound_frames_reset_the_timer() {
+    let mut config = test_config();
+    config.limits.idle_timeout = Duration::from_millis(600);
+    let server = TestServer::start(config).await;
+    let mut pinger = server.connect().await;
+    let mut idler = server.connect().await;
+    let mut listener = server.connect().await;
+    for client in [&mut pinger, &mut idler, &mut listener] {
+        client.send(&Message::Empty).await; // the first frame
+    }
+    let started = Instant::now();
+    // The listener receives pushes but sends nothing: outbound traffic keeps no one alive.
+    let id = listener.whoami().await;
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        pinger.send(&Message::Ping(Bytes::new())).await;
+        let _ = pinger.recv().await;
+        let id_bytes = Bytes::copy_from_slice(&id.0.to_be_bytes());
+        let _ = pinger.request(routes::SEND_TO, id_bytes).await;
+    }
+    assert_eq!(idler.expect_kick().await, KickReason::IDLE);
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    assert_eq!(listener.expect_kick().await, KickReason::IDLE);
+    assert_eq!(pinger.request(routes::ECHO, "alive").await.1, "alive");
+    assert_eq!(server.stats.snapshot().idle_kicks, 2);
+}
+
+#[tokio::test]
+async fn a_connection_that_never_speaks_is_closed_after_the_first_frame_timeout() {
+    let mut config = test_config();
+    config.limits.first_frame_timeout = Duration::from_millis(300);
+    config.limits.idle_timeout = Duration::from_secs(60);
+    let server = TestServer::start(config).await;
+    let started = Instant::now();
+    let mut silent = server.connect().await;
+    assert_eq!(silent.expect_kick().await, KickReason::LOGIN_TIMEOUT);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    let hooks = server.record.wait_hooks(1).await;
+    assert_eq!(hooks[0].1, DisconnectReason::LoginTimeout);
+}
+
+#[tokio::test]
+async fn at_max_connections_a_new_client_is_kicked_server_full_and_others_go_on() {
+    let mut config = test_config();
+    config.server.max_connections = 3;
+    let server = TestServer::start(config).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut c = server.connect().await;
+        let _ = c.whoami().await;
+        held.push(c);
+    }
+    let mut extra = server.connect().await;
+    assert_eq!(extra.expect_kick().await, KickReason::SERVER_FULL);
+    assert_eq!(held[0].request(routes::ECHO, "in").await.1, "in");
+    assert_eq!(server.stats.snapshot().refused_server_full, 1);
+    // A refused connection never had a session: no hook ran for it.
+    assert!(server.record.hooks().is_empty());
+    // A freed slot is usable again.
+    drop(held.pop());
+    server.record.wait_hooks(1).await;
+    let mut next = server.connect().await;
+    assert_eq!(next.request(routes::ECHO, "now").await.1, "now");
+}
+
+#[tokio::test]
+async fn the_per_ip_cap_refuses_one_address_and_not_another() {
+    let mut config = test_config();
+    config.server.max_connections_per_ip = 2;
+    let server = TestServer::start(config).await;
+    let a: IpAddr = [127, 0, 0, 1].into();
+    let b: IpAddr = [127, 0, 0, 2].into();
+    let mut first = Client::connect_from(a, server.addr).await;
+    let mut second = Client::connect_from(a, server.addr).await;
+    let _ = (first.whoami().await, second.whoami().await);
+    let mut third = Client::connect_from(a, server.addr).await;
+    assert_eq!(third.expect_kick().await, KickReason::TOO_MANY_FROM_IP);
+    let mut other = Client::connect_from(b, server.addr).await;
+    assert_eq!(other.request(routes::ECHO, "b").await.1, "b");
+    assert_eq!(server.stats.snapshot().refused_per_ip, 1);
+}

@@ -1,0 +1,234 @@
+//! Supervision over real sockets: a hub crash closes every connection with
+//! `server_restart` and runs each disconnect hook once, then service resumes; too
+//! many crashes stop the server with an error; a handler panic stays local; shutdown
+//! kicks everyone and runs every hook. Together: the disconnect hook runs exactly
+//! once on every exit path.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use bytes::Bytes;
+use gatehouse::protocol::{ROUTE_FAULT_CRASH_HUB, ROUTE_FAULT_PANIC_HANDLER};
+use gatehouse::{DisconnectReason, KickReason, Message, ServerError};
+use support::{routes, test_config, Client, TestServer};
+
+async fn connected(server: &TestServer, n: usize) -> Vec<Client> {
+    let mut clients = Vec::new();
+    for _ in 0..n {
+        let mut client = server.connect().await;
+        let _ = client.whoami().await; // registered with the hub
+        clients.push(client);
+    }
+    clients
+}
+
+#[tokio::test]
+async fn a_hub_crash_kicks_every_client_server_restart_runs_each_hook_once_and_service_resumes() {
+    let server = TestServer::start(test_config()).await;
+    let n = 50;
+    let mut clients = connected(&server, n).await;
+    clients[0]
+        .send(&Message::Request {
+            id: 99,
+            route: ROUTE_FAULT_CRASH_HUB,
+            payload: Bytes::new(),
+        })
+        .await;
+    for client in &mut clients {
+        assert_eq!(client.expect_kick().await, KickReason::SERVER_RESTART);
+    }
+    let hooks = server.record.wait_hooks(n).await;
+    assert!(hooks
+        .iter()
+        .all(|(_, r)| *r == DisconnectReason::ServerRestart));
+    let ids: HashSet<_> = hooks.iter().map(|(id, _)| *id).collect();
+    assert_eq!(ids.len(), n, "one hook per connection");
+
+    // Reconnecting right away works, against a fresh hub that counts only the new ones.
+    let mut again = connected(&server, 2).await;
+    assert_eq!(
+        again[0].request(routes::COUNT, "").await.1[..],
+        2u32.to_be_bytes()
+    );
+    assert!(again[1].request(routes::BROADCAST, "back").await.0.is_ok());
+    assert_eq!(again[0].expect_push().await.1, "back");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(server.record.hooks().len(), n, "no hook ran twice");
+    let stats = server.stats.snapshot();
+    assert_eq!(stats.hub_restarts, 1);
+    assert_eq!(stats.disconnect_hooks, n as u64);
+    assert!(server.shutdown().await.is_ok());
+}
+
+#[tokio::test]
+async fn more_crashes_than_the_restart_intensity_allows_stop_the_server_with_an_error() {
+    let mut config = test_config();
+    config.supervisor.max_restarts = 2;
+    config.supervisor.restart_window = Duration::from_secs(30);
+    let server = TestServer::start(config).await;
+    for round in 0..3 {
+        let mut client = server.connect().await;
+        let _ = client.whoami().await;
+        client
+            .send(&Message::Request {
+                id: 1,
+                route: ROUTE_FAULT_CRASH_HUB,
+                payload: Bytes::new(),
+            })
+            .await;
+        assert_eq!(
+            client.expect_kick().await,
+            KickReason::SERVER_RESTART,
+            "round {round}"
+        );
+    }
+    let hooks = server.record.wait_hooks(3).await;
+    assert_eq!(hooks.len(), 3);
+    let result = server.join().await;
+    assert!(
+        matches!(
+            result,
+            Err(ServerError::TooManyRestarts {
+                max_restarts: 2,
+                ..
+            })
+        ),
+        "{result:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_handler_panic_ends_only_its_connection_and_still_runs_its_hook() {
+    let server = TestServer::start(test_config()).await;
+    let mut bystander = server.connect().await;
+    let mut victim = server.connect().await;
+    let mut injected = server.connect().await;
+    let victim_id = victim.whoami().await;
+    victim
+        .send(&Message::Request {
+            id: 5,
+            route: routes::PANIC,
+            payload: Bytes::new(),
+        })
+        .await;
+    assert_eq!(victim.expect_kick().await, KickReason::INTERNAL_ERROR);
+    injected
+        .send(&Message::Request {
+            id: 6,
+            route: ROUTE_FAULT_PANIC_HANDLER,
+            payload: Bytes::new(),
+        })
+        .await;
+    assert_eq!(injected.expect_kick().await, KickReason::INTERNAL_ERROR);
+
+    assert_eq!(
+        bystander.request(routes::ECHO, "unaffected").await.1,
+        "unaffected"
+    );
+    let hooks = server.record.wait_hooks(2).await;
+    assert!(hooks.contains(&(victim_id, DisconnectReason::HandlerPanic)));
+    assert!(hooks
+        .iter()
+        .all(|(_, r)| *r == DisconnectReason::HandlerPanic));
+    let stats = server.stats.snapshot();
+    assert_eq!((stats.handler_panics, stats.hub_restarts), (2, 0));
+}
+
+#[tokio::test]
+async fn shutdown_kicks_every_client_runs_every_hook_and_returns_ok() {
+    let server = TestServer::start(test_config()).await;
+    let n = 40;
+    let mut clients = connected(&server, n).await;
+    let record = server.record.clone();
+    let stats = server.stats.clone();
+    let stopping = tokio::spawn(server.shutdown());
+    for client in &mut clients {
+        assert_eq!(client.expect_kick().await, KickReason::SHUTDOWN);
+    }
+    assert!(stopping.await.unwrap().is_ok());
+    // `run` returned only after every hook had run.
+    let hooks = record.hooks();
+    assert_eq!(hooks.len(), n);
+    assert!(hooks.iter().all(|(_, r)| *r == DisconnectReason::Shutdown));
+    assert_eq!(stats.snapshot().disconnect_hooks, n as u64);
+}
+
+#[tokio::test]
+async fn the_disconnect_hook_runs_exactly_once_on_every_exit_path() {
+    let mut config = test_config();
+    config.limits.inbound_frames_per_sec = 20;
+    config.limits.inbound_frames_burst = 20;
+    config.limits.idle_timeout = Duration::from_millis(400);
+    let server = TestServer::start(config).await;
+    let mut clients = connected(&server, 7).await;
+    let mut ids = Vec::new();
+    for c in &mut clients {
+        ids.push(c.whoami().await);
+    }
+    let mut clients = clients.into_iter();
+    let (peer, idle, dos, kicked, protocol, panic, shutdown) = (
+        clients.next().unwrap(),
+        clients.next().unwrap(),
+        clients.next().unwrap(),
+        clients.next().unwrap(),
+        clients.next().unwrap(),
+        clients.next().unwrap(),
+        clients.next().unwrap(),
+    );
+    drop(peer);
+    let mut dos = dos;
+    for _ in 0..50 {
+        dos.send(&Message::Empty).await;
+    }
+    assert_eq!(dos.expect_kick().await, KickReason::DOS);
+    let mut protocol = protocol;
+    protocol.send_raw(&[0, 0, 0, 1, 200]).await;
+    assert_eq!(protocol.expect_kick().await, KickReason::PROTOCOL_ERROR);
+    let mut panic = panic;
+    panic
+        .send(&Message::Request {
+            id: 1,
+            route: routes::PANIC,
+            payload: Bytes::new(),
+        })
+        .await;
+    assert_eq!(panic.expect_kick().await, KickReason::INTERNAL_ERROR);
+    let mut shutdown = shutdown;
+    let mut kicked = kicked;
+    let kicked_id = Bytes::copy_from_slice(&ids[3].0.to_be_bytes());
+    assert!(shutdown.request(routes::KICK, kicked_id).await.0.is_ok());
+    assert_eq!(kicked.expect_kick().await, KickReason::DUPLICATE_LOGIN);
+    let mut idle = idle;
+    assert_eq!(idle.expect_kick().await, KickReason::IDLE);
+    let record = server.record.clone();
+    let stopping = tokio::spawn(server.shutdown());
+    assert_eq!(shutdown.expect_kick().await, KickReason::SHUTDOWN);
+    assert!(stopping.await.unwrap().is_ok());
+
+    let hooks = record.hooks();
+    let reason_of = |i: usize| {
+        let matching: Vec<_> = hooks.iter().filter(|(id, _)| *id == ids[i]).collect();
+        assert_eq!(
+            matching.len(),
+            1,
+            "connection {i} had {} hooks",
+            matching.len()
+        );
+        matching[0].1.clone()
+    };
+    assert_eq!(reason_of(0), DisconnectReason::PeerClosed);
+    assert_eq!(reason_of(1), DisconnectReason::Idle);
+    assert_eq!(reason_of(2), DisconnectReason::Dos);
+    assert_eq!(
+        reason_of(3),
+        DisconnectReason::Kicked(KickReason::DUPLICATE_LOGIN)
+    );
+    assert_eq!(reason_of(4), DisconnectReason::ProtocolError);
+    assert_eq!(reason_of(5), DisconnectReason::HandlerPanic);
+    assert_eq!(reason_of(6), DisconnectReason::Shutdown);
+    assert_eq!(hooks.len(), 7);
+}

@@ -1,0 +1,372 @@
+//! Test support: a real server on 127.0.0.1:0 with a recording service, and a raw
+//! client that speaks the wire protocol over a real socket.
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use gatehouse::stats::Stats;
+use gatehouse::{
+    Config, ConnId, Context, Disconnect, DisconnectReason, KickReason, Message, Reply, Server,
+    ServerError, Service, Status,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// How long a test waits for anything before failing.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// Routes of the [`Recorder`] service.
+pub mod routes {
+    pub const ECHO: u16 = 1;
+    /// Payload: a group name; joins it.
+    pub const JOIN: u16 = 10;
+    /// Payload: a group name; leaves it.
+    pub const LEAVE: u16 = 11;
+    /// Payload: `group\0text`; pushes text on PUSH to the group except the sender.
+    pub const GROUP_SAY: u16 = 12;
+    /// Payload: anything; broadcast on PUSH to everyone.
+    pub const BROADCAST: u16 = 13;
+    /// Payload: u64 BE connection id; pushes "hello" to it.
+    pub const SEND_TO: u16 = 14;
+    /// Payload: u64 BE connection id; kicks it with DUPLICATE_LOGIN.
+    pub const KICK: u16 = 15;
+    /// Answers this connection's id, u64 BE.
+    pub const WHOAMI: u16 = 16;
+    /// Payload: u32 BE count n, u32 BE size s: pushes n frames of s bytes to itself.
+    pub const SPAM: u16 = 17;
+    /// Sends a service message to itself through the hub.
+    pub const MESSAGE_SELF: u16 = 18;
+    /// Panics.
+    pub const PANIC: u16 = 19;
+    /// Answers the group's size; payload: group name.
+    pub const GROUP_COUNT: u16 = 20;
+    /// Answers hub.count(), u32 BE.
+    pub const COUNT: u16 = 21;
+    /// Push route for everything the service pushes.
+    pub const PUSH: u16 = 100;
+}
+
+/// What the recording service saw.
+#[derive(Default)]
+pub struct Record {
+    pub connects: AtomicUsize,
+    pub disconnects: Mutex<Vec<(ConnId, DisconnectReason)>>,
+    pub messages: AtomicUsize,
+}
+
+impl Record {
+    pub fn hooks(&self) -> Vec<(ConnId, DisconnectReason)> {
+        self.disconnects.lock().unwrap().clone()
+    }
+
+    /// Waits until `n` disconnect hooks ran.
+    pub async fn wait_hooks(&self, n: usize) -> Vec<(ConnId, DisconnectReason)> {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let hooks = self.hooks();
+            if hooks.len() >= n {
+                return hooks;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "only {} of {n} disconnect hooks ran: {hooks:?}",
+                hooks.len()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// A service that records connects and disconnects and offers routes to exercise
+/// the hub.
+#[derive(Clone, Default)]
+pub struct Recorder {
+    pub record: Arc<Record>,
+}
+
+pub struct Session {
+    pub id: ConnId,
+}
+
+impl Service for Recorder {
+    type Session = Session;
+    type Message = String;
+
+    async fn connect(&self, ctx: &mut Context<'_, String>) -> Session {
+        self.record.connects.fetch_add(1, Ordering::SeqCst);
+        Session { id: ctx.id() }
+    }
+
+    async fn request(
+        &self,
+        session: &mut Session,
+        ctx: &mut Context<'_, String>,
+        route: u16,
+        payload: Bytes,
+    ) -> Reply {
+        let text = || String::from_utf8_lossy(&payload).into_owned();
+        let id_of = |p: &Bytes| ConnId(u64::from_be_bytes(p[..8].try_into().unwrap()));
+        let hub = ctx.hub().clone();
+        let done = |r: Result<(), gatehouse::HubUnavailable>| match r {
+            Ok(()) => Reply::empty(),
+            Err(e) => Reply::error(Status::UNAVAILABLE, e.to_string()),
+        };
+        match route {
+            routes::ECHO => Reply::ok(payload),
+            routes::JOIN => done(hub.join(session.id, &text()).await),
+            routes::LEAVE => done(hub.leave(session.id, &text()).await),
+            routes::GROUP_SAY => {
+                let t = text();
+                let (group, said) = t.split_once('\0').unwrap();
+                done(
+                    hub.group_broadcast(
+                        group,
+                        routes::PUSH,
+                        said.to_owned().into(),
+                        Some(session.id),
+                    )
+                    .await,
+                )
+            }
+            routes::BROADCAST => done(hub.broadcast(routes::PUSH, payload).await),
+            routes::SEND_TO => done(
+                hub.push_to(id_of(&payload), routes::PUSH, "hello".into())
+                    .await,
+            ),
+            routes::KICK => done(
+                hub.kick(
+                    id_of(&payload),
+                    KickReason::DUPLICATE_LOGIN,
+                    "logged in elsewhere",
+                )
+                .await,
+            ),
+            routes::WHOAMI => Reply::ok(Bytes::copy_from_slice(&session.id.0.to_be_bytes())),
+            routes::SPAM => {
+                let mut p = payload.clone();
+                let (n, size) = (p.get_u32(), p.get_u32() as usize);
+                for _ in 0..n {
+                    if !ctx.push(routes::PUSH, vec![b'x'; size]) {
+                        break;
+                    }
+                }
+                Reply::empty()
+            }
+            routes::MESSAGE_SELF => done(hub.send_message(session.id, text()).await),
+            routes::PANIC => panic!("test handler panic"),
+            routes::GROUP_COUNT => {
+                let n = hub.group_count(&text()).await.unwrap() as u32;
+                Reply::ok(Bytes::copy_from_slice(&n.to_be_bytes()))
+            }
+            routes::COUNT => {
+                let n = hub.count().await.unwrap() as u32;
+                Reply::ok(Bytes::copy_from_slice(&n.to_be_bytes()))
+            }
+            other => Reply::unknown_route(other),
+        }
+    }
+
+    async fn message(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Context<'_, String>,
+        message: String,
+    ) {
+        self.record.messages.fetch_add(1, Ordering::SeqCst);
+        ctx.push(routes::PUSH, format!("message: {message}"));
+    }
+
+    async fn disconnect(&self, session: Session, info: Disconnect) {
+        assert_eq!(session.id, info.id);
+        self.record
+            .disconnects
+            .lock()
+            .unwrap()
+            .push((info.id, info.reason));
+    }
+}
+
+/// A server running in this process on 127.0.0.1:0.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub record: Arc<Record>,
+    pub stats: Arc<Stats>,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), ServerError>>,
+}
+
+impl TestServer {
+    pub async fn start(config: Config) -> TestServer {
+        let recorder = Recorder::default();
+        let record = recorder.record.clone();
+        let server = Server::new(config, recorder).expect("valid config");
+        let stats = server.stats();
+        let listener = gatehouse::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(server.run(listener, shutdown.clone().cancelled_owned()));
+        TestServer {
+            addr,
+            record,
+            stats,
+            shutdown,
+            task,
+        }
+    }
+
+    pub async fn connect(&self) -> Client {
+        Client::connect(self.addr).await
+    }
+
+    /// Requests shutdown and waits for `run` to return.
+    pub async fn shutdown(self) -> Result<(), ServerError> {
+        self.shutdown.cancel();
+        tokio::time::timeout(PATIENCE, self.task)
+            .await
+            .expect("server stops in time")
+            .expect("server task does not panic")
+    }
+
+    /// Waits for `run` to return by itself.
+    pub async fn join(self) -> Result<(), ServerError> {
+        tokio::time::timeout(PATIENCE, self.task)
+            .await
+            .expect("server stops in time")
+            .expect("server task does not panic")
+    }
+}
+
+/// A config with fault injection on and generous limits, for tests to adjust.
+pub fn test_config() -> Config {
+    let mut config = Config::default();
+    config.server.allow_fault_injection = true;
+    config.server.max_connections_per_ip = 5_000;
+    config.limits.inbound_frames_per_sec = 100_000;
+    config.limits.inbound_frames_burst = 100_000;
+    config.limits.inbound_bytes_per_sec = 1 << 30;
+    config.limits.inbound_bytes_burst = 1 << 30;
+    config
+}
+
+/// A raw protocol client.
+pub struct Client {
+    pub stream: TcpStream,
+    buf: BytesMut,
+    next_id: u32,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Client {
+        Client::from_stream(TcpStream::connect(addr).await.expect("connect"))
+    }
+
+    /// Connects from a chosen loopback source address (127.0.0.x).
+    pub async fn connect_from(source: IpAddr, addr: SocketAddr) -> Client {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(source, 0)).unwrap();
+        Client::from_stream(socket.connect(addr).await.expect("connect"))
+    }
+
+    pub fn from_stream(stream: TcpStream) -> Client {
+        stream.set_nodelay(true).unwrap();
+        Client {
+            stream,
+            buf: BytesMut::new(),
+            next_id: 1,
+        }
+    }
+
+    pub async fn send(&mut self, message: &Message) {
+        self.stream
+            .write_all(&message.to_frame())
+            .await
+            .expect("send");
+    }
+
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("send raw");
+    }
+
+    /// The next frame, or `None` at EOF (or reset).
+    pub async fn recv(&mut self) -> Option<Message> {
+        tokio::time::timeout(PATIENCE, self.recv_forever())
+            .await
+            .expect("a frame or EOF in time")
+    }
+
+    async fn recv_forever(&mut self) -> Option<Message> {
+        loop {
+            if self.buf.len() >= 4 {
+                let len = u32::from_be_bytes(self.buf[..4].try_into().unwrap()) as usize;
+                if self.buf.len() >= 4 + len {
+                    self.buf.advance(4);
+                    let body = self.buf.split_to(len).freeze();
+                    return Some(Message::decode(body).expect("server sends valid frames"));
+                }
+            }
+            match self.stream.read_buf(&mut self.buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Sends a request and waits for its response, skipping pushes.
+    pub async fn request(&mut self, route: u16, payload: impl Into<Bytes>) -> (Status, Bytes) {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.send(&Message::Request {
+            id,
+            route,
+            payload: payload.into(),
+        })
+        .await;
+        loop {
+            match self.recv().await {
+                Some(Message::Response {
+                    id: rid,
+                    status,
+                    payload,
+                }) if rid == id => return (status, payload),
+                Some(Message::Push { .. }) => continue,
+                other => panic!("expected response {id}, got {other:?}"),
+            }
+        }
+    }
+
+    /// Reads until a kick arrives (skipping other frames), then expects EOF.
+    pub async fn expect_kick(&mut self) -> KickReason {
+        loop {
+            match self.recv().await {
+                Some(Message::Kick { reason, .. }) => {
+                    assert_eq!(self.recv().await, None, "the server closes after a kick");
+                    return reason;
+                }
+                Some(_) => continue,
+                None => panic!("connection closed without a kick"),
+            }
+        }
+    }
+
+    /// Reads the next push's payload, skipping nothing.
+    pub async fn expect_push(&mut self) -> (u16, Bytes) {
+        match self.recv().await {
+            Some(Message::Push { route, payload }) => (route, payload),
+            other => panic!("expected a push, got {other:?}"),
+        }
+    }
+
+    pub async fn whoami(&mut self) -> ConnId {
+        let (status, payload) = self.request(routes::WHOAMI, Bytes::new()).await;
+        assert!(status.is_ok());
+        ConnId(u64::from_be_bytes(payload[..8].try_into().unwrap()))
+    }
+}
