@@ -111,6 +111,8 @@ async fn run<S: Service>(config: Config, service: S) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {addr}"))?;
     let addr = listener.local_addr()?;
     info!(%addr, service = %name, fault_injection, "listening");
+    // For scripts and tests, whatever the log filter: the one line on stdout.
+    println!("listening on {addr}");
     let result = server.run(listener, shutdown_signal()).await;
     let s = stats.snapshot();
     info!(

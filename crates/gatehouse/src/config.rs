@@ -15,7 +15,7 @@ use serde::Deserialize;
 use crate::protocol::{DEFAULT_MAX_FRAME_LEN, HEADER_LEN};
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// `[server]`: where to listen and how many to admit.
@@ -27,7 +27,7 @@ pub struct Config {
 }
 
 /// `[server]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Address to listen on. Loopback by default: serving a network is a decision.
@@ -63,7 +63,7 @@ impl Default for ServerConfig {
 }
 
 /// `[limits]`: the seed's DoS checker and connection timer.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Largest frame body; a header announcing more closes the connection
@@ -115,7 +115,7 @@ impl Default for LimitsConfig {
 }
 
 /// `[supervisor]`: OTP's restart intensity and the graceful shutdown.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SupervisorConfig {
     /// More than this many hub restarts within `restart_window` shuts the server down

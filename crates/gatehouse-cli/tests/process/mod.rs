@@ -38,31 +38,33 @@ pub fn gatehouse() -> Command {
 }
 
 impl ServerProcess {
-    /// Starts `gatehouse serve --port 0 ARGS…` and waits for its "listening" line.
+    /// Starts `gatehouse serve --port 0 ARGS…` and waits for its "listening on" line.
     pub fn start(args: &[&str]) -> ServerProcess {
         let mut child = gatehouse()
             .args(["serve", "--port", "0"])
             .args(args)
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn gatehouse");
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(addr.to_owned());
+                }
+            }
+        });
         let stderr = child.stderr.take().unwrap();
         let sink = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                let line = strip_ansi(&line);
-                if let Some(rest) = line.split("addr=").nth(1) {
-                    if line.contains("listening") {
-                        let addr = rest.split_whitespace().next().unwrap().to_owned();
-                        let _ = tx.send(addr);
-                    }
-                }
                 let mut log = sink.lock().unwrap();
-                log.push_str(&line);
+                log.push_str(&strip_ansi(&line));
                 log.push('\n');
             }
         });
