@@ -5,9 +5,9 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod process;
 #[path = "../../gatehouse/tests/support/mod.rs"]
 mod support;
-mod process;
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -69,6 +69,10 @@ async fn a_storm_of_15000_connects_is_answered_fast_and_then_idles_cheaply() {
     assert!(storm < Duration::from_secs(2), "storm took {storm:?}");
     // The seed wakes every connection every second; here nothing runs while idle.
     // (/proc counts in 10 ms ticks: 3 ticks in 3 s is 1 %.)
-    assert!(idle_share < 0.02, "idle server used {:.2}% of a core", idle_share * 100.0);
+    assert!(
+        idle_share < 0.02,
+        "idle server used {:.2}% of a core",
+        idle_share * 100.0
+    );
     drop(clients);
 }

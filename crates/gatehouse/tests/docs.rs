@@ -6,9 +6,12 @@
 use gatehouse::Config;
 
 fn readme_config_block() -> String {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
-        .unwrap();
-    let start = readme.find("```toml\n").expect("a toml block in the README") + 8;
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    let start = readme
+        .find("```toml\n")
+        .expect("a toml block in the README")
+        + 8;
     let len = readme[start..].find("```").unwrap();
     readme[start..start + len].to_owned()
 }
