@@ -74,6 +74,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // A panic is logged like any error, inside the span of the task that panicked
+    // (a connection's carries its id and peer); the library decides what it ends.
+    std::panic::set_hook(Box::new(|info| tracing::error!(panic = %info, "panic")));
 
     let mut config = match &args.config {
         Some(path) => Config::from_file(path)?,

@@ -111,6 +111,45 @@ async fn crashing_past_the_restart_intensity_exits_non_zero() {
     assert!(server.log().contains("restart intensity exceeded"));
 }
 
+#[tokio::test]
+async fn running_out_of_descriptors_pauses_accepting_without_ending_the_acceptor() {
+    let server = ServerProcess::start_with_fd_limit(64, &[]);
+    // More clients than the server has descriptors: the kernel completes every
+    // handshake, the server's accept fails with EMFILE for the late ones.
+    let mut clients = Vec::new();
+    for _ in 0..100 {
+        let mut client = Client::connect(server.addr).await;
+        client.send(&Message::Ping(Bytes::new())).await;
+        clients.push(client);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut answered = Vec::new();
+    for (i, client) in clients.iter_mut().enumerate() {
+        let mut pong = [0u8; 5];
+        if client.stream.try_read(&mut pong).is_ok_and(|n| n == 5) {
+            answered.push(i);
+        }
+    }
+    assert!(answered.len() < 100, "the fd limit did not bite");
+    let log = server.log();
+    assert!(log.contains("accept failed; backing off"), "{log}");
+    // Free descriptors by closing the answered clients (the filter drops them): the
+    // acceptor is still there and takes the waiting ones, pings already sent.
+    let freed = answered.len();
+    let mut waiting: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| !answered.contains(i))
+        .map(|(_, c)| c)
+        .collect();
+    for client in waiting.iter_mut().take(freed.saturating_sub(5)) {
+        assert_eq!(client.recv().await, Some(Message::Pong(Bytes::new())));
+    }
+    drop(waiting);
+    let mut fresh = Client::connect(server.addr).await;
+    assert_eq!(fresh.request(routes::ECHO, "back").await.1, "back");
+}
+
 #[test]
 fn bad_configurations_are_rejected_with_the_key_named() {
     let dir = scratch("badconfig");

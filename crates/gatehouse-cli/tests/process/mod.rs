@@ -40,9 +40,26 @@ pub fn gatehouse() -> Command {
 impl ServerProcess {
     /// Starts `gatehouse serve --port 0 ARGS…` and waits for its "listening on" line.
     pub fn start(args: &[&str]) -> ServerProcess {
-        let mut child = gatehouse()
+        let mut command = gatehouse();
+        command.args(["serve", "--port", "0"]).args(args);
+        ServerProcess::spawn(command)
+    }
+
+    /// Starts the server under a lower open-file limit (`ulimit -n`).
+    pub fn start_with_fd_limit(limit: u32, args: &[&str]) -> ServerProcess {
+        let mut command = Command::new("bash");
+        command
+            .arg("-c")
+            .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
+            .arg(env!("CARGO_BIN_EXE_gatehouse"))
             .args(["serve", "--port", "0"])
             .args(args)
+            .env_remove("RUST_LOG");
+        ServerProcess::spawn(command)
+    }
+
+    fn spawn(mut command: Command) -> ServerProcess {
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
