@@ -7,7 +7,7 @@
 //! The reference of every key is in the README's "Configuration" section.
 
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -24,6 +24,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// `[supervisor]`: restart intensity and shutdown.
     pub supervisor: SupervisorConfig,
+    /// `[store]`: where services that persist (arena) save.
+    pub store: StoreConfig,
 }
 
 /// `[server]`.
@@ -136,6 +138,42 @@ impl Default for SupervisorConfig {
             max_restarts: 3,
             restart_window: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[store]`: the database of saved states.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `sqlite` (embedded, a file in `data_dir`) or `postgres` (`postgres_url`).
+    pub backend: StoreBackend,
+    /// Directory of the SQLite file, created on first run.
+    pub data_dir: PathBuf,
+    /// PostgreSQL connection URL, for `backend = "postgres"`.
+    pub postgres_url: String,
+    /// On shutdown, how long to wait for queued saves to land.
+    #[serde(with = "humantime_serde")]
+    pub flush_timeout: Duration,
+}
+
+/// Which database `[store]` uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    /// A SQLite file in `data_dir`: no server needed.
+    Sqlite,
+    /// A PostgreSQL server at `postgres_url`.
+    Postgres,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            backend: StoreBackend::Sqlite,
+            data_dir: PathBuf::from("data"),
+            postgres_url: String::new(),
+            flush_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -254,10 +292,17 @@ impl Config {
             ("limits.close_linger", l.close_linger),
             ("supervisor.restart_window", v.restart_window),
             ("supervisor.drain_timeout", v.drain_timeout),
+            ("store.flush_timeout", self.store.flush_timeout),
         ] {
             if value.is_zero() {
                 return invalid(key, "must be longer than zero".into());
             }
+        }
+        if self.store.backend == StoreBackend::Postgres && self.store.postgres_url.is_empty() {
+            return invalid(
+                "store.postgres_url",
+                "must be set when store.backend = \"postgres\"".into(),
+            );
         }
         Ok(())
     }
@@ -332,6 +377,8 @@ mod tests {
         assert!(error_of("[limits]\ninbound_bytes_burst = 1000\n")
             .starts_with("limits.inbound_bytes_burst"));
         assert!(error_of("[server]\nhost = \"nowhere\"\n").contains("host"));
+        assert!(error_of("[store]\nbackend = \"postgres\"\n").starts_with("store.postgres_url"));
+        assert!(error_of("[store]\nbackend = \"mysql\"\n").contains("unknown variant `mysql`"));
     }
 
     #[test]

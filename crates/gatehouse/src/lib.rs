@@ -16,6 +16,7 @@
 //! - [`limits`]: the DoS checker and the connection caps.
 //! - [`service`]: the trait a game implements and its handler context.
 //! - [`stats`]: server-wide counters.
+//! - [`store`]: persistence: the store trait, SQLite and PostgreSQL, the save writer.
 //! - [`bench_service`]: the built-in `bench` service.
 //! - `server`: [`Server`], the entry point.
 
@@ -30,6 +31,7 @@ pub mod protocol;
 mod server;
 pub mod service;
 pub mod stats;
+pub mod store;
 mod supervisor;
 
 pub use config::Config;
