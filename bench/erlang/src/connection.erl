@@ -14,18 +14,25 @@ spawn_connection(ListenSocket) ->
 
 -spec parallel_connect(ListenSocket :: gen_tcp:socket()) -> ok.
 parallel_connect(ListenSocket) ->
-    %% The seed matches {ok, Socket} = gen_tcp:accept(ListenSocket): one
-    %% accept error (emfile under a connection flood) would kill the only
-    %% acceptor and the server would never accept again. Added: retry.
+    parallel_connect(ListenSocket, none).
+
+%% The seed matches {ok, Socket} = gen_tcp:accept(ListenSocket): one accept
+%% error (emfile under a connection flood) would kill the only acceptor and
+%% the server would never accept again. Added: retry every 10 ms, logging
+%% once per run of the same error.
+parallel_connect(ListenSocket, LastError) ->
     case gen_tcp:accept(ListenSocket) of
         {ok, Socket} ->
             connected(ListenSocket, Socket);
         {error, closed} ->
             ok;
-        {error, Reason} ->
-            logger:error("accept: ~p", [Reason]),
+        {error, LastError} ->
             timer:sleep(10),
-            ?MODULE:parallel_connect(ListenSocket)
+            parallel_connect(ListenSocket, LastError);
+        {error, Reason} ->
+            logger:error("accept: ~p (retrying every 10 ms)", [Reason]),
+            timer:sleep(10),
+            parallel_connect(ListenSocket, Reason)
     end.
 
 connected(ListenSocket, Socket) ->

@@ -15,6 +15,7 @@ start(Args) ->
             [P, I] -> {list_to_integer(P), list_to_integer(I)};
             _ -> usage()
         end,
+    preload(),
     ok = application:set_env(gs, port, Port),
     persistent_term:put(gs_idle_sec, IdleSec),
     %% The seed's save_on_end would write the player to storage; here it
@@ -24,6 +25,16 @@ start(Args) ->
     %% start_link links gs_svr to this -run process, which exits normally
     %% when start/1 returns; unlink so that gs_svr stays up.
     unlink(Pid),
+    ok.
+
+%% Loads every module of kernel, stdlib and this server now. In interactive
+%% mode modules load on first use, which needs a file descriptor: at the fd
+%% limit (emfile) the error path itself (logger, timer, ...) could not load.
+preload() ->
+    Dirs = [code:lib_dir(kernel, ebin), code:lib_dir(stdlib, ebin),
+            filename:dirname(code:which(?MODULE))],
+    _ = [code:ensure_loaded(list_to_atom(filename:basename(F, ".beam")))
+         || D <- Dirs, F <- filelib:wildcard(filename:join(D, "*.beam"))],
     ok.
 
 usage() ->

@@ -6,8 +6,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context as _};
+use arena::Arena;
 use clap::{Args, Parser, Subcommand};
 use gatehouse::bench_service::BenchService;
+use gatehouse::store::{AnyStore, SaveWriter};
 use gatehouse::{Config, Server, Service};
 use tracing::info;
 use tracing_subscriber::EnvFilter;
@@ -40,7 +42,7 @@ struct ServeArgs {
     /// Address to listen on (overrides `server.host`).
     #[arg(long)]
     host: Option<std::net::IpAddr>,
-    /// The service to serve (overrides `server.service`): bench.
+    /// The service to serve (overrides `server.service`): arena, bench.
     #[arg(long, short)]
     service: Option<String>,
     /// Take the port from the servers.csv row with this server_id (the seed's
@@ -98,9 +100,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.validate()?;
 
     match config.server.service.as_str() {
+        "arena" => serve_arena(config).await,
         "bench" => run(config, BenchService).await,
-        other => bail!("unknown service {other:?}; available: bench"),
+        other => bail!("unknown service {other:?}; available: arena, bench"),
     }
+}
+
+/// arena with its store: the save writer outlives the server (and every hub restart
+/// in it) and is flushed after the last disconnect hook has queued its save.
+async fn serve_arena(config: Config) -> anyhow::Result<()> {
+    let store = AnyStore::open(&config.store)
+        .await
+        .with_context(|| format!("cannot open the {:?} store", config.store.backend))?;
+    let writer = SaveWriter::start(store);
+    let flush_timeout = config.store.flush_timeout;
+    let served = run(config, Arena::new(writer.clone())).await;
+    let flushed = writer.close(flush_timeout).await;
+    served?;
+    Ok(flushed?)
 }
 
 async fn run<S: Service>(config: Config, service: S) -> anyhow::Result<()> {

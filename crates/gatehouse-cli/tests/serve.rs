@@ -38,7 +38,7 @@ async fn sigterm_kicks_every_client_runs_every_hook_and_exits_zero() {
 
 #[tokio::test]
 async fn sigint_also_shuts_down_cleanly() {
-    let mut server = ServerProcess::start(&[]);
+    let mut server = ServerProcess::start(&["--service", "bench"]);
     let mut client = Client::connect(server.addr).await;
     assert!(client.request(routes::COUNT, "").await.0.is_ok());
     server.signal("INT");
@@ -48,7 +48,7 @@ async fn sigint_also_shuts_down_cleanly() {
 
 #[tokio::test]
 async fn an_injected_hub_crash_restarts_the_hub_and_clients_reconnect_at_once() {
-    let server = ServerProcess::start(&["--allow-fault-injection"]);
+    let server = ServerProcess::start(&["--service", "bench", "--allow-fault-injection"]);
     let mut clients = Vec::new();
     for _ in 0..10 {
         let mut client = Client::connect(server.addr).await;
@@ -75,7 +75,7 @@ async fn an_injected_hub_crash_restarts_the_hub_and_clients_reconnect_at_once() 
 
 #[tokio::test]
 async fn fault_injection_is_off_by_default() {
-    let server = ServerProcess::start(&[]);
+    let server = ServerProcess::start(&["--service", "bench"]);
     let mut client = Client::connect(server.addr).await;
     let (status, _) = client.request(ROUTE_FAULT_CRASH_HUB, "").await;
     assert_eq!(status, Status::FORBIDDEN);
@@ -91,6 +91,8 @@ async fn crashing_past_the_restart_intensity_exits_non_zero() {
         "[supervisor]\nmax_restarts = 1\nrestart_window = \"1m\"\n",
     );
     let mut server = ServerProcess::start(&[
+        "--service",
+        "bench",
         "--allow-fault-injection",
         "--config",
         config.to_str().unwrap(),
@@ -113,7 +115,7 @@ async fn crashing_past_the_restart_intensity_exits_non_zero() {
 
 #[tokio::test]
 async fn running_out_of_descriptors_pauses_accepting_without_ending_the_acceptor() {
-    let server = ServerProcess::start_with_fd_limit(64, &[]);
+    let server = ServerProcess::start_with_fd_limit(64, &["--service", "bench"]);
     // More clients than the server has descriptors: the kernel completes every
     // handshake, the server's accept fails with EMFILE for the late ones.
     let mut clients = Vec::new();
@@ -201,6 +203,8 @@ async fn the_port_can_come_from_servers_csv_by_server_id() {
     let mut child = gatehouse()
         .args([
             "serve",
+            "--service",
+            "bench",
             "--server-id",
             "7",
             "--servers-csv",

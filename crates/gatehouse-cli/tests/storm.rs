@@ -37,7 +37,14 @@ async fn a_storm_of_15000_connects_is_answered_fast_and_then_idles_cheaply() {
         "storm.toml",
         "[server]\nmax_connections = 16000\nmax_connections_per_ip = 16000\n",
     );
-    let server = ServerProcess::start(&["--config", config.to_str().unwrap(), "--log", "warn"]);
+    let server = ServerProcess::start(&[
+        "--service",
+        "bench",
+        "--config",
+        config.to_str().unwrap(),
+        "--log",
+        "warn",
+    ]);
     let rss_before = server.rss_bytes();
 
     let started = Instant::now();

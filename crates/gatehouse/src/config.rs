@@ -36,7 +36,7 @@ pub struct ServerConfig {
     pub host: IpAddr,
     /// TCP port (0 picks a free one).
     pub port: u16,
-    /// The service the `gatehouse` binary serves (`bench`, …). Unused by embedders.
+    /// The service the `gatehouse` binary serves (`arena`, `bench`). Unused by embedders.
     pub service: String,
     /// Connections held at once; one more is accepted, kicked `server_full` and closed.
     pub max_connections: usize,
@@ -55,7 +55,7 @@ impl Default for ServerConfig {
         ServerConfig {
             host: IpAddr::from([127, 0, 0, 1]),
             port: 7000,
-            service: "bench".into(),
+            service: "arena".into(),
             max_connections: 10_000,
             max_connections_per_ip: 256,
             hub_queue: 65_536,

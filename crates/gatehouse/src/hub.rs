@@ -76,6 +76,9 @@ enum Command<M> {
         group: Option<Arc<str>>,
         reply: oneshot::Sender<usize>,
     },
+    Groups {
+        reply: oneshot::Sender<Vec<(String, usize)>>,
+    },
     /// Fault injection: panic inside the hub.
     Crash {
         by: ConnId,
@@ -185,6 +188,13 @@ impl<M: Send + 'static> HubHandle<M> {
     /// Members of a group.
     pub async fn group_count(&self, group: &str) -> Result<usize, HubUnavailable> {
         self.ask_count(Some(Arc::from(group))).await
+    }
+
+    /// Every group with its member count, sorted by name.
+    pub async fn groups(&self) -> Result<Vec<(String, usize)>, HubUnavailable> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Groups { reply }).await?;
+        answer.await.map_err(|_| HubUnavailable)
     }
 
     async fn ask_count(&self, group: Option<Arc<str>>) -> Result<usize, HubUnavailable> {
@@ -297,6 +307,15 @@ impl<M: Send + 'static> Hub<M> {
                     Some(group) => self.groups.get(&group).map_or(0, HashSet::len),
                 };
                 let _ = reply.send(count); // the asker may have given up
+            }
+            Command::Groups { reply } => {
+                let mut groups: Vec<_> = self
+                    .groups
+                    .iter()
+                    .map(|(name, members)| (name.to_string(), members.len()))
+                    .collect();
+                groups.sort_unstable();
+                let _ = reply.send(groups);
             }
             Command::Crash { by } => {
                 error!(conn = %by, "fault injection: crashing the hub");
