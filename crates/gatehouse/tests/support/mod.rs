@@ -205,7 +205,16 @@ impl TestServer {
     pub async fn start(config: Config) -> TestServer {
         let recorder = Recorder::default();
         let record = recorder.record.clone();
-        let server = Server::new(config, recorder).expect("valid config");
+        TestServer::start_service(config, recorder, record).await
+    }
+
+    /// Serves any service; `record` is whatever the test wants to keep with it.
+    pub async fn start_service<S: Service>(
+        config: Config,
+        service: S,
+        record: Arc<Record>,
+    ) -> TestServer {
+        let server = Server::new(config, service).expect("valid config");
         let stats = server.stats();
         let listener = gatehouse::bind("127.0.0.1:0".parse().unwrap())
             .await

@@ -1,0 +1,568 @@
+//! arena's promise, over real sockets: a player's state survives every kind of
+//! disconnect. Restarting the server, a hub crash with players online, duplicate
+//! logins racing each other, and a database that is down while players leave lose
+//! nothing, and leave no ghost sessions.
+//!
+//! Runs against SQLite always, and against PostgreSQL when
+//! `GATEHOUSE_TEST_POSTGRES_URL` is set (`.ci/run` sets it).
+
+#![allow(clippy::unwrap_used)]
+
+#[path = "../../gatehouse/tests/support/mod.rs"]
+mod support;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arena::{pb, routes, status, Arena};
+use bytes::Bytes;
+use gatehouse::protocol::ROUTE_FAULT_CRASH_HUB;
+use gatehouse::store::{postgres, sqlite, Record, SaveWriter, Store, StoreError};
+use gatehouse::{KickReason, Message, Status};
+use prost::Message as _;
+use support::{test_config, Client, TestServer};
+use tokio::net::{TcpListener, TcpStream};
+
+fn scratch(name: &str) -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    std::env::temp_dir().join(format!("arena-{name}-{}-{nanos}", std::process::id()))
+}
+
+/// A name unique to this run, so tests sharing a PostgreSQL database do not collide.
+fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{name}{}", nanos % 1_000_000)
+}
+
+fn postgres_url() -> Option<String> {
+    let url = std::env::var("GATEHOUSE_TEST_POSTGRES_URL").ok();
+    if url.is_none() {
+        println!("GATEHOUSE_TEST_POSTGRES_URL is unset: skipping the PostgreSQL variant");
+    }
+    url
+}
+
+/// Wraps a store: counts what landed per key, and can be switched off.
+#[derive(Clone)]
+struct Watched<S> {
+    inner: S,
+    down: Arc<AtomicBool>,
+    landed: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl<S> Watched<S> {
+    fn new(inner: S) -> Self {
+        Watched {
+            inner,
+            down: Arc::default(),
+            landed: Arc::default(),
+        }
+    }
+
+    fn landed(&self, key: &str) -> usize {
+        self.landed.lock().unwrap().get(key).copied().unwrap_or(0)
+    }
+}
+
+impl<S: Store> Store for Watched<S> {
+    async fn load(&self, key: &str) -> Result<Option<Record>, StoreError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(StoreError::Other("database down".into()));
+        }
+        self.inner.load(key).await
+    }
+
+    async fn save_batch(&self, records: &[Record]) -> Result<(), StoreError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(StoreError::Other("database down".into()));
+        }
+        self.inner.save_batch(records).await?;
+        let mut landed = self.landed.lock().unwrap();
+        for record in records {
+            *landed.entry(record.key.clone()).or_default() += 1;
+        }
+        Ok(())
+    }
+}
+
+async fn serve<S: Store + Clone>(store: S) -> (TestServer, SaveWriter<S>) {
+    let writer = SaveWriter::start(store);
+    let server =
+        TestServer::start_service(test_config(), Arena::new(writer.clone()), Arc::default()).await;
+    (server, writer)
+}
+
+/// A logged-in arena player over a raw protocol client.
+struct Player {
+    client: Client,
+}
+
+impl Player {
+    async fn login(addr: SocketAddr, name: &str) -> (Player, pb::PlayerState) {
+        let mut client = Client::connect(addr).await;
+        let (status, payload) = client
+            .request(
+                routes::LOGIN,
+                pb::LoginRequest { name: name.into() }.encode_to_vec(),
+            )
+            .await;
+        assert_eq!(status, Status::OK, "{}", String::from_utf8_lossy(&payload));
+        let state = pb::LoginReply::decode(payload).unwrap().state.unwrap();
+        (Player { client }, state)
+    }
+
+    async fn call(&mut self, route: u16, payload: Vec<u8>) -> (Status, Bytes) {
+        self.client.request(route, payload).await
+    }
+
+    async fn move_to(&mut self, x: i32, y: i32) -> pb::PlayerState {
+        let (status, payload) = self
+            .call(routes::MOVE, pb::Move { x, y }.encode_to_vec())
+            .await;
+        assert_eq!(status, Status::OK);
+        pb::PlayerState::decode(payload).unwrap()
+    }
+
+    async fn join(&mut self, room: &str) -> pb::PlayerState {
+        let (status, payload) = self
+            .call(
+                routes::JOIN,
+                pb::JoinRoom { room: room.into() }.encode_to_vec(),
+            )
+            .await;
+        assert_eq!(status, Status::OK);
+        pb::PlayerState::decode(payload).unwrap()
+    }
+
+    async fn who(&mut self) -> pb::WhoReply {
+        let (status, payload) = self.call(routes::WHO, Vec::new()).await;
+        assert_eq!(status, Status::OK);
+        pb::WhoReply::decode(payload).unwrap()
+    }
+}
+
+/// `before` and `after` are the same database opened twice, as two server processes
+/// would.
+async fn state_survives_a_server_restart<S: Store + Clone>(before: S, after: S) {
+    let name = unique("alice");
+    let (server, writer) = serve(before).await;
+    let (mut alice, fresh) = Player::login(server.addr, &name).await;
+    assert_eq!(
+        (fresh.x, fresh.y, fresh.room.as_str()),
+        (0, 0, arena::LOBBY)
+    );
+    alice.join("cave").await;
+    alice.move_to(12, -7).await;
+    drop(alice);
+    assert!(server.shutdown().await.is_ok());
+    writer.close(Duration::from_secs(10)).await.unwrap();
+
+    let (server, _writer) = serve(after).await;
+    let (_alice, state) = Player::login(server.addr, &name).await;
+    assert_eq!((state.x, state.y, state.room.as_str()), (12, -7, "cave"));
+    assert_eq!((state.moves, state.logins), (1, 2));
+}
+
+#[tokio::test]
+async fn a_player_is_where_they_left_after_a_server_restart_sqlite() {
+    let dir = scratch("restart");
+    let before = sqlite::open(&dir).await.unwrap();
+    let after = sqlite::open(&dir).await.unwrap();
+    state_survives_a_server_restart(before, after).await;
+}
+
+#[tokio::test]
+async fn a_player_is_where_they_left_after_a_server_restart_postgres() {
+    let Some(url) = postgres_url() else { return };
+    let before = postgres::connect(&url).await.unwrap();
+    let after = postgres::connect(&url).await.unwrap();
+    state_survives_a_server_restart(before, after).await;
+}
+
+#[tokio::test]
+async fn a_hub_crash_with_players_online_saves_every_state_exactly_once() {
+    let store = Watched::new(sqlite::open(&scratch("crash")).await.unwrap());
+    let (server, writer) = serve(store.clone()).await;
+    let mut players = Vec::new();
+    for i in 0..20 {
+        let name = format!("p{i}");
+        let (mut player, _) = Player::login(server.addr, &name).await;
+        player.move_to(i, 100 + i).await;
+        players.push((name, player));
+    }
+    players[0]
+        .1
+        .client
+        .send(&Message::Request {
+            id: 77,
+            route: ROUTE_FAULT_CRASH_HUB,
+            payload: Bytes::new(),
+        })
+        .await;
+    for (_, player) in &mut players {
+        assert_eq!(
+            player.client.expect_kick().await,
+            KickReason::SERVER_RESTART
+        );
+    }
+    writer.flush(Duration::from_secs(10)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for (i, (name, _)) in players.iter().enumerate() {
+        assert_eq!(store.landed(name), 1, "{name} saved once");
+        let saved =
+            pb::PlayerState::decode(store.inner.load(name).await.unwrap().unwrap().data).unwrap();
+        assert_eq!((saved.x, saved.y), (i as i32, 100 + i as i32));
+    }
+    // The restarted hub serves the same players again, from their saves.
+    let (_p3, state) = Player::login(server.addr, "p3").await;
+    assert_eq!((state.x, state.y), (3, 103));
+}
+
+#[tokio::test]
+async fn duplicate_logins_never_lose_an_update_or_leave_a_ghost() {
+    let store = Watched::new(sqlite::open(&scratch("dup")).await.unwrap());
+    let (server, writer) = serve(store.clone()).await;
+    let name = unique("bob");
+    let (mut current, _) = Player::login(server.addr, &name).await;
+    for round in 1..=30 {
+        current.move_to(round, -round).await;
+        // A new login takes over: the old connection is kicked after saving, and the
+        // new one sees that save.
+        let (mut next, state) = Player::login(server.addr, &name).await;
+        assert_eq!(
+            (state.x, state.y),
+            (round, -round),
+            "round {round}: an update was lost"
+        );
+        assert_eq!(
+            current.client.expect_kick().await,
+            KickReason::DUPLICATE_LOGIN
+        );
+        let who = next.who().await;
+        assert_eq!(
+            who.players.iter().filter(|p| **p == name).count(),
+            1,
+            "one session"
+        );
+        current = next;
+    }
+
+    // Two logins at once against one online session: one wins, the loser is either
+    // kicked by the winner or told to retry; never two sessions, never a ghost.
+    for round in 0..10 {
+        let a = tokio::spawn(try_login(server.addr, name.clone()));
+        let b = tokio::spawn(try_login(server.addr, name.clone()));
+        let (a, b) = (a.await.unwrap(), b.await.unwrap());
+        assert_eq!(
+            current.client.expect_kick().await,
+            KickReason::DUPLICATE_LOGIN
+        );
+        let mut winners: Vec<Player> = [a, b].into_iter().flatten().collect();
+        assert!(!winners.is_empty(), "round {round}: nobody got in");
+        // If both logins succeeded, the later one kicked the earlier.
+        let mut alive = Vec::new();
+        for mut player in winners.drain(..) {
+            let (status, _) = probe(&mut player).await;
+            if status == Some(Status::OK) {
+                alive.push(player);
+            }
+        }
+        assert_eq!(alive.len(), 1, "round {round}: exactly one live session");
+        current = alive.pop().unwrap();
+        let who = current.who().await;
+        assert_eq!(who.players.iter().filter(|p| **p == name).count(), 1);
+    }
+    drop(current);
+    writer.flush(Duration::from_secs(10)).await.unwrap();
+    // Once everyone left, the name is free: a login needs no takeover.
+    let (mut last, state) = Player::login(server.addr, &name).await;
+    assert_eq!((state.x, state.y), (30, -30));
+    assert_eq!(last.who().await.online, 1);
+}
+
+/// Logs in, or returns `None` if the server answered LOGIN_BUSY or kicked us.
+async fn try_login(addr: SocketAddr, name: String) -> Option<Player> {
+    let mut client = Client::connect(addr).await;
+    client
+        .send(&Message::Request {
+            id: 1,
+            route: routes::LOGIN,
+            payload: pb::LoginRequest { name }.encode_to_vec().into(),
+        })
+        .await;
+    match client.recv().await {
+        Some(Message::Response {
+            status: Status::OK, ..
+        }) => Some(Player { client }),
+        Some(Message::Response { status, .. }) => {
+            assert_eq!(status, status::LOGIN_BUSY);
+            None
+        }
+        Some(Message::Kick { reason, .. }) => {
+            assert_eq!(reason, KickReason::DUPLICATE_LOGIN);
+            None
+        }
+        other => panic!("unexpected answer to a login: {other:?}"),
+    }
+}
+
+/// Whether a player's session is still alive: a `who` answered, or the kick it got.
+async fn probe(player: &mut Player) -> (Option<Status>, Option<KickReason>) {
+    player
+        .client
+        .send(&Message::Request {
+            id: 9,
+            route: routes::WHO,
+            payload: Bytes::new(),
+        })
+        .await;
+    loop {
+        match player.client.recv().await {
+            Some(Message::Response { id: 9, status, .. }) => return (Some(status), None),
+            Some(Message::Kick { reason, .. }) => return (None, Some(reason)),
+            Some(_) => continue,
+            None => return (None, None),
+        }
+    }
+}
+
+#[tokio::test]
+async fn saves_made_while_the_database_is_down_land_once_it_is_back() {
+    let store = Watched::new(sqlite::open(&scratch("down")).await.unwrap());
+    let (server, writer) = serve(store.clone()).await;
+    let mut players = Vec::new();
+    for i in 0..10 {
+        let (mut player, _) = Player::login(server.addr, &format!("d{i}")).await;
+        player.move_to(i, i).await;
+        players.push(player);
+    }
+    store.down.store(true, Ordering::SeqCst);
+    drop(players);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(writer.stats().queued, 10);
+    assert!(writer.stats().failed_attempts >= 1);
+    // A returning player is served from the queue, database or not.
+    let (returning, state) = Player::login(server.addr, "d4").await;
+    assert_eq!((state.x, state.y), (4, 4));
+    drop(returning);
+
+    store.down.store(false, Ordering::SeqCst);
+    writer.flush(Duration::from_secs(10)).await.unwrap();
+    for i in 0..10 {
+        let saved = store.inner.load(&format!("d{i}")).await.unwrap().unwrap();
+        let saved = pb::PlayerState::decode(saved.data).unwrap();
+        assert_eq!((saved.x, saved.y), (i, i));
+    }
+}
+
+/// A TCP proxy in front of PostgreSQL that can cut every connection and refuse new
+/// ones, as a database that went down would.
+struct Proxy {
+    addr: SocketAddr,
+    up: Arc<AtomicBool>,
+    generation: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Proxy {
+    async fn start(target: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = Arc::new(AtomicBool::new(true));
+        let generation = Arc::new(tokio::sync::watch::Sender::new(0u64));
+        let (up2, generation2) = (up.clone(), generation.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                if !up2.load(Ordering::SeqCst) {
+                    continue; // dropped: refused
+                }
+                let mut cut = generation2.subscribe();
+                tokio::spawn(async move {
+                    let Ok(server) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let (mut client, mut server) = (client, server);
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Proxy {
+            addr,
+            up,
+            generation,
+        }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn postgres_going_down_while_players_leave_loses_no_save() {
+    let Some(url) = postgres_url() else { return };
+    let target: SocketAddr = {
+        let rest = url.split('@').nth(1).unwrap_or(&url);
+        let host_port = rest.split('/').next().unwrap();
+        tokio::net::lookup_host(host_port)
+            .await
+            .unwrap()
+            .next()
+            .unwrap()
+    };
+    let proxy = Proxy::start(target).await;
+    let proxied = url.replacen(&target.to_string(), &proxy.addr.to_string(), 1);
+    let proxied = if proxied == url {
+        // The URL named the host differently (e.g. localhost): rebuild it.
+        let (scheme_user, rest) = url.split_once('@').unwrap();
+        let path = rest.split_once('/').map_or("", |(_, p)| p);
+        format!("{scheme_user}@{}/{path}", proxy.addr)
+    } else {
+        proxied
+    };
+    let store = postgres::connect(&proxied).await.unwrap();
+    let (server, writer) = serve(store.clone()).await;
+    let names: Vec<String> = (0..8).map(|i| unique(&format!("pg{i}x"))).collect();
+    let mut players = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let (mut player, _) = Player::login(server.addr, name).await;
+        player.move_to(i as i32, 50).await;
+        players.push(player);
+    }
+    proxy.cut();
+    drop(players);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        writer.stats().failed_attempts >= 1,
+        "the outage was noticed"
+    );
+    assert!(writer.stats().queued > 0);
+    proxy.restore();
+    writer.flush(Duration::from_secs(30)).await.unwrap();
+    let direct = postgres::connect(&url).await.unwrap();
+    for (i, name) in names.iter().enumerate() {
+        let saved = direct.load(name).await.unwrap().expect("landed");
+        let saved = pb::PlayerState::decode(saved.data).unwrap();
+        assert_eq!((saved.x, saved.y), (i as i32, 50));
+    }
+}
+
+#[tokio::test]
+async fn arena_rules_answer_with_their_statuses() {
+    let (server, _writer) = serve(sqlite::open(&scratch("rules")).await.unwrap()).await;
+    let mut anonymous = Client::connect(server.addr).await;
+    let (status, _) = anonymous.request(routes::WHO, Vec::new()).await;
+    assert_eq!(status, status::NOT_LOGGED_IN);
+    let (status, _) = anonymous
+        .request(
+            routes::LOGIN,
+            pb::LoginRequest {
+                name: "no spaces".into(),
+            }
+            .encode_to_vec(),
+        )
+        .await;
+    assert_eq!(status, status::BAD_NAME);
+    let (status, _) = anonymous.request(routes::LOGIN, vec![0xff, 0xff]).await;
+    assert_eq!(status, Status::BAD_REQUEST);
+
+    let (mut carol, _) = Player::login(server.addr, "carol").await;
+    let (mut dave, _) = Player::login(server.addr, "dave").await;
+    assert_eq!(
+        carol
+            .call(
+                routes::LOGIN,
+                pb::LoginRequest { name: "x".into() }.encode_to_vec()
+            )
+            .await
+            .0,
+        status::ALREADY_LOGGED_IN
+    );
+    assert_eq!(
+        carol
+            .call(routes::MOVE, pb::Move { x: 1001, y: 0 }.encode_to_vec())
+            .await
+            .0,
+        status::OUT_OF_RANGE
+    );
+    let whisper = pb::Whisper {
+        to: "nobody".into(),
+        text: "hi".into(),
+    };
+    assert_eq!(
+        carol.call(routes::WHISPER, whisper.encode_to_vec()).await.0,
+        status::NO_SUCH_PLAYER
+    );
+
+    // Chat reaches the room, moves reach the others, whispers cross rooms.
+    let (status, _) = carol
+        .call(
+            routes::SAY,
+            pb::Say {
+                text: "hello".into(),
+            }
+            .encode_to_vec(),
+        )
+        .await;
+    assert_eq!(status, Status::OK);
+    let (route, chat) = dave.client.expect_push().await;
+    assert_eq!(route, routes::CHAT);
+    assert_eq!(pb::Chat::decode(chat).unwrap().text, "hello");
+    carol.move_to(3, 4).await;
+    let moved = loop {
+        let (route, payload) = dave.client.expect_push().await;
+        if route == routes::MOVED {
+            break pb::Moved::decode(payload).unwrap();
+        }
+    };
+    assert_eq!((moved.name.as_str(), moved.x, moved.y), ("carol", 3, 4));
+    dave.join("tower").await;
+    let whisper = pb::Whisper {
+        to: "dave".into(),
+        text: "psst".into(),
+    };
+    assert_eq!(
+        carol.call(routes::WHISPER, whisper.encode_to_vec()).await.0,
+        Status::OK
+    );
+    let chat = loop {
+        let (route, payload) = dave.client.expect_push().await;
+        if route == routes::CHAT {
+            break pb::Chat::decode(payload).unwrap();
+        }
+    };
+    assert!(chat.whisper);
+    assert_eq!(chat.from, "carol");
+    let (_, rooms) = carol.call(routes::ROOMS, Vec::new()).await;
+    let rooms = pb::RoomList::decode(rooms).unwrap().rooms;
+    let count = |room: &str| {
+        rooms
+            .iter()
+            .find(|r| r.name == room)
+            .map_or(0, |r| r.players)
+    };
+    assert_eq!((count("lobby"), count("tower")), (1, 1));
+    let who = carol.who().await;
+    assert_eq!((who.online, who.in_room), (2, 1));
+    assert_eq!(who.players, vec!["carol".to_owned(), "dave".to_owned()]);
+}
