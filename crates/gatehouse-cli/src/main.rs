@@ -71,9 +71,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&args.log))
         .context("--log")?;
+    // Logs are written by a thread of their own and dropped (counted) when it falls
+    // behind, so a slow stderr (a full pipe, journald under load) never stalls a
+    // connection. The guard flushes what is buffered when serve returns.
+    let (writer, _log_guard) = tracing_appender::non_blocking(std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     // A panic is logged like any error, inside the span of the task that panicked

@@ -22,16 +22,30 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::codec::{Decoder, LengthDelimitedCodec};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn, Instrument};
 
 use crate::limits::{DosChecker, Permit};
-use crate::outbound::{Delivery, Mailbox, WriteQueue};
+use crate::outbound::{Delivery, Mailbox, WriteQueue, MESSAGE_COST};
 use crate::protocol::{
     Message, Status, HEADER_LEN, RESERVED_ROUTES_START, ROUTE_FAULT_CRASH_HUB,
     ROUTE_FAULT_PANIC_HANDLER,
 };
 use crate::service::{ConnId, Context, Disconnect, DisconnectReason, Outbox, Reply, Service};
 use crate::supervisor::{Generation, Shared};
+
+/// A handler's context, borrowing only the fields it needs (so the service, the
+/// cancellation token and the rest of the connection stay borrowable beside it).
+macro_rules! context {
+    ($conn:ident) => {
+        Context {
+            id: $conn.id,
+            peer: $conn.peer,
+            hub: &$conn.generation.hub,
+            out: &mut $conn.out,
+        }
+    };
+}
 
 /// Runs one accepted connection to its end. `permit` holds its admission slot.
 pub(crate) async fn serve<S: Service>(
@@ -61,6 +75,9 @@ async fn run<S: Service>(
     let mut conn = Connection {
         id,
         peer,
+        // Its own token: waiting on it touches no lock shared with other connections.
+        cancel: generation.token.child_token(),
+        unknown_route_warnings: 0,
         reader: FrameReader::new(limits.max_frame_bytes),
         dos: DosChecker::new(limits),
         out: Outbox {
@@ -84,7 +101,7 @@ async fn run<S: Service>(
         // The hub died between accept and now; the group is being cancelled.
         Err(DisconnectReason::ServerRestart)
     } else {
-        let mut ctx = conn.context();
+        let mut ctx = context!(conn);
         let connected = guarded(shared.service.connect(&mut ctx)).await;
         match connected {
             Ok(mut session) => {
@@ -155,9 +172,33 @@ fn panic_message(panic: &(dyn Any + Send)) -> String {
     }
 }
 
+/// How a handler ended.
+enum Outcome<T> {
+    Done(T),
+    Panicked(String),
+    /// The connection group was cancelled first; the handler was dropped.
+    Cancelled,
+}
+
+/// Runs a handler to its end unless the connection group is cancelled first: a
+/// handler that never returns must not hold up a shutdown or a hub restart.
+async fn cancellable<F: Future>(cancel: &CancellationToken, future: F) -> Outcome<F::Output> {
+    tokio::select! {
+        result = guarded(future) => match result {
+            Ok(value) => Outcome::Done(value),
+            Err(panic) => Outcome::Panicked(panic),
+        },
+        () = cancel.cancelled() => Outcome::Cancelled,
+    }
+}
+
 struct Connection<'a, S: Service> {
     id: ConnId,
     peer: SocketAddr,
+    /// Cancelled with the connection group (shutdown, hub restart).
+    cancel: CancellationToken,
+    /// Unknown routes logged at warn so far; past a few, a client cannot flood the log.
+    unknown_route_warnings: u8,
     socket: TcpStream,
     reader: FrameReader,
     /// The seed's DoS checker: inbound byte and frame rates.
@@ -178,15 +219,6 @@ struct Deadlines {
 }
 
 impl<S: Service> Connection<'_, S> {
-    fn context(&mut self) -> Context<'_, S::Message> {
-        Context {
-            id: self.id,
-            peer: self.peer,
-            hub: &self.generation.hub,
-            out: &mut self.out,
-        }
-    }
-
     /// The main loop; returns why the connection must end.
     async fn serve(&mut self, session: &mut S::Session) -> DisconnectReason {
         let limits = &self.shared.config.limits;
@@ -196,18 +228,31 @@ impl<S: Service> Connection<'_, S> {
             stalled_since: None,
         };
         let timer = sleep_until(deadlines.next(limits));
-        tokio::pin!(timer);
+        let cancelled = self.cancel.clone().cancelled_owned();
+        tokio::pin!(timer, cancelled);
         let mut deliveries = Vec::new();
         loop {
             if let Some(reason) = self.out.close.take() {
                 return reason;
             }
+            // Frames already buffered are handled before anything is written, so the
+            // answers to pipelined requests leave in one write.
+            let frame = match self.reader.buffered_frame() {
+                Ok(Some(frame)) => Some(frame),
+                Ok(None) => None,
+                Err(e) => return self.read_failed(e),
+            };
+            if let Some(frame) = frame {
+                deadlines.last_input = Some(Instant::now());
+                self.on_frame(frame, session).await;
+                continue;
+            }
             if let Err(e) = self.write_now(&mut deadlines, timer.as_mut()) {
                 return DisconnectReason::SocketError(e.kind());
             }
+            // Unbiased: a busy mailbox cannot starve the socket, nor the reverse.
             tokio::select! {
-                biased;
-                () = self.generation.token.cancelled() => return self.generation.stop_reason(),
+                () = &mut cancelled => return self.generation.stop_reason(),
                 () = self.out.mailbox.wait() => {
                     if self.out.mailbox.drain(&mut deliveries) {
                         return DisconnectReason::SlowConsumer;
@@ -217,7 +262,7 @@ impl<S: Service> Connection<'_, S> {
                             return reason;
                         }
                     }
-                    deliveries.shrink_to(8);
+                    deliveries.shrink_to(4);
                 }
                 ready = self.socket.writable(), if !self.out.queue.is_empty() => {
                     if let Err(e) = ready {
@@ -235,11 +280,7 @@ impl<S: Service> Connection<'_, S> {
                         self.on_frame(frame, session).await;
                     }
                     Ok(None) => return DisconnectReason::PeerClosed,
-                    Err(ReadError::TooLarge(announced)) => {
-                        warn!(announced, max = limits.max_frame_bytes, "frame header over the maximum");
-                        return DisconnectReason::FrameTooLarge;
-                    }
-                    Err(ReadError::Io(e)) => return DisconnectReason::SocketError(e.kind()),
+                    Err(e) => return self.read_failed(e),
                 },
                 () = &mut timer => {
                     let now = Instant::now();
@@ -249,6 +290,17 @@ impl<S: Service> Connection<'_, S> {
                     timer.as_mut().reset(deadlines.next(limits));
                 }
             }
+        }
+    }
+
+    fn read_failed(&self, error: ReadError) -> DisconnectReason {
+        match error {
+            ReadError::TooLarge(announced) => {
+                let max = self.shared.config.limits.max_frame_bytes;
+                warn!(announced, max, "frame header over the maximum");
+                DisconnectReason::FrameTooLarge
+            }
+            ReadError::Io(e) => DisconnectReason::SocketError(e.kind()),
         }
     }
 
@@ -289,11 +341,18 @@ impl<S: Service> Connection<'_, S> {
                 return Some(DisconnectReason::Kicked(reason));
             }
             Delivery::Message(message) => {
+                self.out.mailbox.release(MESSAGE_COST); // charged when it was queued
                 let service = &self.shared.service;
-                let mut ctx = self.context();
-                if let Err(panic) = guarded(service.message(session, &mut ctx, message)).await {
-                    error!(panic = %panic, "message handler panicked");
-                    return Some(DisconnectReason::HandlerPanic);
+                let mut ctx = context!(self);
+                let handled =
+                    cancellable(&self.cancel, service.message(session, &mut ctx, message));
+                match handled.await {
+                    Outcome::Done(()) => {}
+                    Outcome::Panicked(panic) => {
+                        error!(panic = %panic, "message handler panicked");
+                        return Some(DisconnectReason::HandlerPanic);
+                    }
+                    Outcome::Cancelled => return Some(self.generation.stop_reason()),
                 }
             }
         }
@@ -337,22 +396,27 @@ impl<S: Service> Connection<'_, S> {
                     self.out.enqueue(frame);
                 }
             }
-            Message::Notify { route, .. } if route >= RESERVED_ROUTES_START => {
-                warn!(route, "notify on a framework route; ignored");
+            Message::Notify { route, payload } if route >= RESERVED_ROUTES_START => {
+                self.warn_unknown_route("notify", route, payload.len());
             }
             Message::Notify { route, payload } => {
                 let service = &self.shared.service;
                 let len = payload.len();
-                let mut ctx = self.context();
-                match guarded(service.notify(session, &mut ctx, route, payload)).await {
-                    Ok(status) if status == Status::UNKNOWN_ROUTE => {
-                        warn!(route, len, "unknown notify route")
+                let mut ctx = context!(self);
+                let handled = cancellable(
+                    &self.cancel,
+                    service.notify(session, &mut ctx, route, payload),
+                );
+                match handled.await {
+                    Outcome::Done(status) if status == Status::UNKNOWN_ROUTE => {
+                        self.warn_unknown_route("notify", route, len);
                     }
-                    Ok(_) => {}
-                    Err(panic) => {
+                    Outcome::Done(_) => {}
+                    Outcome::Panicked(panic) => {
                         error!(panic = %panic, route, "notify handler panicked");
                         self.out.close = Some(DisconnectReason::HandlerPanic);
                     }
+                    Outcome::Cancelled => self.out.close = Some(self.generation.stop_reason()),
                 }
             }
             other @ (Message::Response { .. } | Message::Push { .. } | Message::Kick { .. }) => {
@@ -372,20 +436,43 @@ impl<S: Service> Connection<'_, S> {
     ) -> Option<Reply> {
         let service = &self.shared.service;
         let len = payload.len();
-        let mut ctx = self.context();
-        match guarded(service.request(session, &mut ctx, route, payload)).await {
-            Ok(reply) => {
+        let mut ctx = context!(self);
+        let handled = cancellable(
+            &self.cancel,
+            service.request(session, &mut ctx, route, payload),
+        );
+        match handled.await {
+            Outcome::Done(reply) => {
                 if reply.status == Status::UNKNOWN_ROUTE {
-                    warn!(route, len, "unknown request route");
+                    self.warn_unknown_route("request", route, len);
                 }
                 Some(reply)
             }
-            Err(panic) => {
+            Outcome::Panicked(panic) => {
                 let name = service.route_name(route).unwrap_or("?");
                 error!(panic = %panic, route, name, "request handler panicked");
                 self.out.close = Some(DisconnectReason::HandlerPanic);
                 None
             }
+            Outcome::Cancelled => {
+                self.out.close = Some(self.generation.stop_reason());
+                None
+            }
+        }
+    }
+
+    /// The seed's "Unknown msg", as a warning naming what arrived; after a few from
+    /// one connection, at debug level, so that no client can flood the log.
+    fn warn_unknown_route(&mut self, kind: &'static str, route: u16, len: usize) {
+        const LOUD: u8 = 3;
+        if self.unknown_route_warnings < LOUD {
+            self.unknown_route_warnings += 1;
+            warn!(kind, route, len, "unknown route");
+            if self.unknown_route_warnings == LOUD {
+                warn!("further unknown routes from this connection are logged at debug level");
+            }
+        } else {
+            debug!(kind, route, len, "unknown route");
         }
     }
 
@@ -393,7 +480,7 @@ impl<S: Service> Connection<'_, S> {
     async fn framework_request(&mut self, route: u16) -> Option<Reply> {
         let fault = matches!(route, ROUTE_FAULT_CRASH_HUB | ROUTE_FAULT_PANIC_HANDLER);
         if !fault {
-            warn!(route, "unknown framework route");
+            self.warn_unknown_route("request", route, 0);
             return Some(Reply::unknown_route(route));
         }
         if !self.shared.config.server.allow_fault_injection {
@@ -469,21 +556,19 @@ impl<S: Service> Connection<'_, S> {
     /// Waiting for the peer's FIN keeps the kernel from answering late input with a
     /// reset that could destroy the kick before the client read it.
     async fn finish_close(mut self, reason: &DisconnectReason) {
-        let peer_gone = matches!(
-            reason,
-            DisconnectReason::PeerClosed
-                | DisconnectReason::SocketError(_)
-                | DisconnectReason::SendTimeout
-        );
-        if peer_gone {
-            return;
-        }
         let linger = self.shared.config.limits.close_linger;
-        let _ = tokio::time::timeout(linger, async {
-            while !self.out.queue.is_empty() {
-                self.socket.writable().await?;
-                self.out.queue.write_now(&self.socket)?;
+        match reason {
+            DisconnectReason::SocketError(_) | DisconnectReason::SendTimeout => return,
+            DisconnectReason::PeerClosed => {
+                // The client may only have shut its sending side: what it was owed
+                // still goes out, within the linger.
+                let _ = tokio::time::timeout(linger, self.flush()).await;
+                return;
             }
+            _ => {}
+        }
+        let _ = tokio::time::timeout(linger, async {
+            self.flush().await?;
             self.socket.shutdown().await?;
             let mut sink = vec![0u8; 4096];
             loop {
@@ -498,6 +583,17 @@ impl<S: Service> Connection<'_, S> {
         })
         .await
         .map(|r: io::Result<()>| r.ok());
+    }
+}
+
+impl<S: Service> Connection<'_, S> {
+    /// Writes everything queued, waiting for the socket as needed.
+    async fn flush(&mut self) -> io::Result<()> {
+        while !self.out.queue.is_empty() {
+            self.socket.writable().await?;
+            self.out.queue.write_now(&self.socket)?;
+        }
+        Ok(())
     }
 }
 
@@ -565,27 +661,34 @@ impl FrameReader {
         }
     }
 
+    /// A frame already in the buffer, without reading the socket.
+    fn buffered_frame(&mut self) -> Result<Option<Bytes>, ReadError> {
+        match self.codec.decode(&mut self.buf) {
+            Ok(Some(frame)) => {
+                if self.buf.is_empty() {
+                    self.buf = BytesMut::new(); // the frame keeps its bytes alive
+                }
+                Ok(Some(frame.freeze()))
+            }
+            Ok(None) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                // The decoder rejected the header without consuming it.
+                let announced = self
+                    .buf
+                    .get(..HEADER_LEN)
+                    .and_then(|h| <[u8; 4]>::try_from(h).ok())
+                    .map_or(0, |h| u64::from(u32::from_be_bytes(h)));
+                Err(ReadError::TooLarge(announced))
+            }
+            Err(e) => Err(ReadError::Io(e)),
+        }
+    }
+
     /// The next frame's body; `Ok(None)` when the peer closed.
     async fn next_frame(&mut self, socket: &TcpStream) -> Result<Option<Bytes>, ReadError> {
         loop {
-            match self.codec.decode(&mut self.buf) {
-                Ok(Some(frame)) => {
-                    if self.buf.is_empty() {
-                        self.buf = BytesMut::new(); // the frame keeps its bytes alive
-                    }
-                    return Ok(Some(frame.freeze()));
-                }
-                Ok(None) => {}
-                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                    // The decoder rejected the header without consuming it.
-                    let announced = self
-                        .buf
-                        .get(..HEADER_LEN)
-                        .and_then(|h| <[u8; 4]>::try_from(h).ok())
-                        .map_or(0, |h| u64::from(u32::from_be_bytes(h)));
-                    return Err(ReadError::TooLarge(announced));
-                }
-                Err(e) => return Err(ReadError::Io(e)),
+            if let Some(frame) = self.buffered_frame()? {
+                return Ok(Some(frame));
             }
             if self.buf.is_empty() {
                 self.buf = BytesMut::new(); // hold nothing while waiting

@@ -35,7 +35,7 @@ pub(crate) enum Delivery<M> {
 
 /// Budget charged for a [`Delivery::Message`], which has no byte size of its own, so
 /// that messages are bounded too.
-const MESSAGE_COST: usize = 64;
+pub(crate) const MESSAGE_COST: usize = 64;
 
 /// A connection's inbox, shared between its task and the hub.
 pub(crate) struct Mailbox<M> {
@@ -125,7 +125,7 @@ impl<M> Mailbox<M> {
     pub(crate) fn drain(&self, into: &mut Vec<Delivery<M>>) -> bool {
         let mut state = self.lock();
         into.extend(state.queue.drain(..));
-        if state.queue.capacity() > 64 {
+        if state.queue.capacity() > 8 {
             state.queue = VecDeque::new(); // give a burst's memory back
         }
         state.overflowed
@@ -187,7 +187,7 @@ impl WriteQueue {
                 Err(e) => return Err(e),
             }
         }
-        if self.frames.is_empty() && self.frames.capacity() > 16 {
+        if self.frames.is_empty() && self.frames.capacity() > 8 {
             self.frames = VecDeque::new(); // nothing held at rest
         }
         Ok(written)

@@ -35,13 +35,17 @@ impl<S: Service> Server<S> {
     /// Serves connections from `listener` (see [`crate::bind`]) until `shutdown`
     /// resolves, then kicks every connection `shutdown`, runs every disconnect hook and
     /// returns `Ok` (within `supervisor.drain_timeout`). Returns `Err` if the hub
-    /// crashed more often than the restart intensity allows.
+    /// crashed more often than the restart intensity allows. Dropping the future
+    /// stops the server as well (connections are kicked `shutdown` in the background).
     pub async fn run(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServerError> {
         let token = CancellationToken::new();
+        // Dropping this future (an embedder's select! took another branch) stops the
+        // server too, instead of leaving it running unsupervised.
+        let _stop_on_drop = token.clone().drop_guard();
         let supervised = supervisor::supervise(listener, self.shared, token.clone());
         tokio::pin!(supervised, shutdown);
         tokio::select! {

@@ -162,6 +162,11 @@ pub(crate) async fn supervise<S: Service>(
         shared.stats.count_hub_restart();
         generation.stop(DisconnectReason::ServerRestart);
         generation.drain(limits.drain_timeout).await;
+        if shutdown.is_cancelled() {
+            // Asked to stop during the restart: that is a clean stop, not a failure.
+            info!("shutdown requested while restarting; shutdown complete");
+            return Ok(());
+        }
         if !restarts.allow(Instant::now()) {
             error!(
                 max_restarts = limits.max_restarts,

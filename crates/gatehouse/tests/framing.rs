@@ -209,3 +209,25 @@ async fn a_client_closing_mid_frame_ends_only_its_connection_and_runs_its_hook()
     let mut other = server.connect().await;
     assert!(other.request(routes::ECHO, "x").await.0.is_ok());
 }
+
+#[tokio::test]
+async fn a_half_closed_client_still_receives_every_answer() {
+    let server = TestServer::start(test_config()).await;
+    let mut client = server.connect().await;
+    let mut segment = BytesMut::new();
+    for id in 0..300u32 {
+        segment.put(echo_request_with_body(id, 1000).to_frame());
+    }
+    client.send_raw(&segment).await;
+    tokio::io::AsyncWriteExt::shutdown(&mut client.stream)
+        .await
+        .unwrap();
+    for id in 0..300u32 {
+        match client.recv().await {
+            Some(Message::Response { id: got, .. }) => assert_eq!(got, id),
+            other => panic!("answer {id} lost: {other:?}"),
+        }
+    }
+    let hooks = server.record.wait_hooks(1).await;
+    assert_eq!(hooks[0].1, DisconnectReason::PeerClosed);
+}

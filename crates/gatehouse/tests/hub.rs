@@ -133,3 +133,21 @@ async fn sending_to_a_connection_that_is_gone_is_harmless() {
     assert!(sender.request(routes::KICK, id_bytes).await.0.is_ok());
     assert_eq!(sender.request(routes::ECHO, "fine").await.1, "fine");
 }
+
+#[tokio::test]
+async fn service_messages_do_not_use_up_the_outbound_budget() {
+    let mut config = test_config();
+    config.limits.max_frame_bytes = 1024;
+    config.limits.outbound_queue_bytes = 2048; // 32 messages' worth of budget
+    let server = TestServer::start(config).await;
+    let mut client = server.connect().await;
+    for i in 0..300 {
+        assert!(client
+            .request(routes::MESSAGE_SELF, format!("m{i}"))
+            .await
+            .0
+            .is_ok());
+        assert_eq!(client.expect_push().await.1, format!("message: m{i}"));
+    }
+    assert!(server.record.hooks().is_empty(), "nobody was kicked");
+}

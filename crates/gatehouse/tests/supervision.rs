@@ -232,3 +232,56 @@ async fn the_disconnect_hook_runs_exactly_once_on_every_exit_path() {
     assert_eq!(reason_of(6), DisconnectReason::Shutdown);
     assert_eq!(hooks.len(), 7);
 }
+
+#[tokio::test]
+async fn a_handler_that_never_returns_does_not_hold_up_shutdown() {
+    let mut config = test_config();
+    config.supervisor.drain_timeout = Duration::from_secs(30);
+    let server = TestServer::start(config).await;
+    let mut stuck = server.connect().await;
+    let _ = stuck.whoami().await;
+    stuck
+        .send(&Message::Request {
+            id: 1,
+            route: routes::HANG,
+            payload: Bytes::new(),
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let record = server.record.clone();
+    let started = std::time::Instant::now();
+    assert!(server.shutdown().await.is_ok());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(stuck.expect_kick().await, KickReason::SHUTDOWN);
+    assert_eq!(record.hooks().len(), 1);
+    assert_eq!(record.hooks()[0].1, DisconnectReason::Shutdown);
+}
+
+#[tokio::test]
+async fn dropping_the_run_future_stops_the_server() {
+    let server = gatehouse::Server::new(test_config(), support::Recorder::default()).unwrap();
+    let listener = gatehouse::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let run = server.run(listener, std::future::pending());
+    let mut client = tokio::select! {
+        _ = run => unreachable!("run returned by itself"),
+        client = async {
+            let mut client = Client::connect(addr).await;
+            let _ = client.whoami().await;
+            client
+        } => client,
+    };
+    // The run future is gone: its connection is kicked and nobody accepts any more.
+    assert_eq!(client.expect_kick().await, KickReason::SHUTDOWN);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "still listening"
+    );
+}

@@ -48,6 +48,8 @@ pub mod routes {
     pub const GROUP_COUNT: u16 = 20;
     /// Answers hub.count(), u32 BE.
     pub const COUNT: u16 = 21;
+    /// Never answers.
+    pub const HANG: u16 = 22;
     /// Push route for everything the service pushes.
     pub const PUSH: u16 = 100;
 }
@@ -160,6 +162,7 @@ impl Service for Recorder {
             }
             routes::MESSAGE_SELF => done(hub.send_message(session.id, text()).await),
             routes::PANIC => panic!("test handler panic"),
+            routes::HANG => std::future::pending().await,
             routes::GROUP_COUNT => {
                 let n = hub.group_count(&text()).await.unwrap() as u32;
                 Reply::ok(Bytes::copy_from_slice(&n.to_be_bytes()))
