@@ -137,10 +137,11 @@ def wire_checks(addr):
     a.expect(frame(struct.pack(">BIH", 3, 1, 0) + b"x").hex(), "pipelined echo 1")
     a.expect(frame(struct.pack(">BIH", 3, 2, 0) + b"yy").hex(), "pipelined echo 2")
     a.expect(frame(b"\x06z").hex(), "pipelined pong")
-    # A large echo (close to the maximum body).
-    big = bytes(range(256)) * 1000
+    # The largest legal body: 262144 bytes (header 00040000), echoed as a
+    # response body of the same size.
+    big = (bytes(range(256)) * 1025)[: 262144 - 7]
     a.send(request(3, 1, big))
-    a.expect(frame(struct.pack(">BIH", 3, 3, 0) + big).hex(), "echo of 256000 bytes")
+    a.expect(frame(struct.pack(">BIH", 3, 3, 0) + big).hex(), "echo with a 262144-byte body")
     b.close()
     count_is(a, 11, 1, "count after the other connection closed")
 

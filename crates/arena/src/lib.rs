@@ -397,8 +397,9 @@ impl<S: Store> Service for Arena<S> {
         };
         let state = player.state;
         self.writer.save(&state.name, state.encode_to_vec().into());
-        self.release(&state.name, info.id, &player.released);
+        // The room hears "left" before a waiting login can announce "joined".
         announce(&player.hub, &state.name, &state.room, false, Some(info.id)).await;
+        self.release(&state.name, info.id, &player.released);
         info!(player = %state.name, reason = %info.reason, "left; save queued");
     }
 

@@ -93,6 +93,10 @@ pub struct LimitsConfig {
     /// Queued output making no progress this long closes the connection.
     #[serde(with = "humantime_serde")]
     pub send_timeout: Duration,
+    /// A handler running longer is dropped and its connection closed
+    /// (`internal_error`): a stuck handler must not hold a connection forever.
+    #[serde(with = "humantime_serde")]
+    pub handler_timeout: Duration,
     /// How long a closing connection may take to deliver its kick and see the peer
     /// close, before the socket is dropped.
     #[serde(with = "humantime_serde")]
@@ -111,6 +115,7 @@ impl Default for LimitsConfig {
             idle_timeout: Duration::from_secs(60),
             outbound_queue_bytes: 1 << 20,
             send_timeout: Duration::from_secs(30),
+            handler_timeout: Duration::from_secs(30),
             close_linger: Duration::from_secs(1),
         }
     }
@@ -289,6 +294,7 @@ impl Config {
             ("limits.first_frame_timeout", l.first_frame_timeout),
             ("limits.idle_timeout", l.idle_timeout),
             ("limits.send_timeout", l.send_timeout),
+            ("limits.handler_timeout", l.handler_timeout),
             ("limits.close_linger", l.close_linger),
             ("supervisor.restart_window", v.restart_window),
             ("supervisor.drain_timeout", v.drain_timeout),

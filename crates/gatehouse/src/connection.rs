@@ -71,12 +71,14 @@ async fn run<S: Service>(
     generation: Arc<Generation<S::Message>>,
 ) {
     let limits = &shared.config.limits;
-    let mailbox = Arc::new(Mailbox::new(limits.outbound_queue_bytes));
+    // Its own token, cancelled with the group or by a kick: waiting on it touches no
+    // lock shared with other connections.
+    let cancel = generation.token.child_token();
+    let mailbox = Arc::new(Mailbox::new(limits.outbound_queue_bytes, cancel.clone()));
     let mut conn = Connection {
         id,
         peer,
-        // Its own token: waiting on it touches no lock shared with other connections.
-        cancel: generation.token.child_token(),
+        cancel,
         unknown_route_warnings: 0,
         reader: FrameReader::new(limits.max_frame_bytes),
         dos: DosChecker::new(limits),
@@ -148,7 +150,8 @@ fn log_close(reason: &DisconnectReason) {
         | DisconnectReason::ProtocolError
         | DisconnectReason::SlowConsumer
         | DisconnectReason::SendTimeout
-        | DisconnectReason::HandlerPanic => warn!(%reason, "closed"),
+        | DisconnectReason::HandlerPanic
+        | DisconnectReason::HandlerTimeout => warn!(%reason, "closed"),
         _ => info!(%reason, "closed"),
     }
 }
@@ -176,17 +179,26 @@ fn panic_message(panic: &(dyn Any + Send)) -> String {
 enum Outcome<T> {
     Done(T),
     Panicked(String),
-    /// The connection group was cancelled first; the handler was dropped.
+    /// The connection was cancelled (shutdown, hub restart, kick) first; the handler
+    /// was dropped.
     Cancelled,
+    /// It ran past `limits.handler_timeout`; it was dropped.
+    TimedOut,
 }
 
-/// Runs a handler to its end unless the connection group is cancelled first: a
-/// handler that never returns must not hold up a shutdown or a hub restart.
-async fn cancellable<F: Future>(cancel: &CancellationToken, future: F) -> Outcome<F::Output> {
+/// Runs a handler to its end unless the connection is cancelled first or the handler
+/// takes too long: a handler that never returns must not hold up a kick, a shutdown
+/// or a hub restart, nor keep a dead connection open.
+async fn cancellable<F: Future>(
+    cancel: &CancellationToken,
+    timeout: std::time::Duration,
+    future: F,
+) -> Outcome<F::Output> {
     tokio::select! {
-        result = guarded(future) => match result {
-            Ok(value) => Outcome::Done(value),
-            Err(panic) => Outcome::Panicked(panic),
+        result = tokio::time::timeout(timeout, guarded(future)) => match result {
+            Ok(Ok(value)) => Outcome::Done(value),
+            Ok(Err(panic)) => Outcome::Panicked(panic),
+            Err(_) => Outcome::TimedOut,
         },
         () = cancel.cancelled() => Outcome::Cancelled,
     }
@@ -195,7 +207,7 @@ async fn cancellable<F: Future>(cancel: &CancellationToken, future: F) -> Outcom
 struct Connection<'a, S: Service> {
     id: ConnId,
     peer: SocketAddr,
-    /// Cancelled with the connection group (shutdown, hub restart).
+    /// Cancelled with the connection group (shutdown, hub restart) or by a kick.
     cancel: CancellationToken,
     /// Unknown routes logged at warn so far; past a few, a client cannot flood the log.
     unknown_route_warnings: u8,
@@ -252,7 +264,7 @@ impl<S: Service> Connection<'_, S> {
             }
             // Unbiased: a busy mailbox cannot starve the socket, nor the reverse.
             tokio::select! {
-                () = &mut cancelled => return self.generation.stop_reason(),
+                () = &mut cancelled => return self.stop_reason(),
                 () = self.out.mailbox.wait() => {
                     if self.out.mailbox.drain(&mut deliveries) {
                         return DisconnectReason::SlowConsumer;
@@ -291,6 +303,40 @@ impl<S: Service> Connection<'_, S> {
                 }
             }
         }
+    }
+
+    /// Why the connection was cancelled: a kick waiting in its mailbox (frames queued
+    /// before it still go out first), else the connection group's reason.
+    fn stop_reason(&mut self) -> DisconnectReason {
+        let mut deliveries = Vec::new();
+        self.out.mailbox.drain(&mut deliveries);
+        let mut kick = None;
+        for delivery in deliveries {
+            match delivery {
+                Delivery::Frame(frame) => self.out.queue.push(frame),
+                Delivery::Kick(reason, text) => {
+                    kick.get_or_insert((reason, text));
+                }
+                Delivery::Message(_) => self.out.mailbox.release(MESSAGE_COST),
+            }
+        }
+        match kick {
+            Some((reason, text)) => {
+                self.out.close_text = text;
+                DisconnectReason::Kicked(reason)
+            }
+            None => self.generation.stop_reason(),
+        }
+    }
+
+    fn handler_timed_out(&self, kind: &'static str) -> DisconnectReason {
+        let timeout = self.shared.config.limits.handler_timeout;
+        error!(
+            kind,
+            ?timeout,
+            "handler ran past limits.handler_timeout; dropped"
+        );
+        DisconnectReason::HandlerTimeout
     }
 
     fn read_failed(&self, error: ReadError) -> DisconnectReason {
@@ -344,15 +390,19 @@ impl<S: Service> Connection<'_, S> {
                 self.out.mailbox.release(MESSAGE_COST); // charged when it was queued
                 let service = &self.shared.service;
                 let mut ctx = context!(self);
-                let handled =
-                    cancellable(&self.cancel, service.message(session, &mut ctx, message));
+                let handled = cancellable(
+                    &self.cancel,
+                    self.shared.config.limits.handler_timeout,
+                    service.message(session, &mut ctx, message),
+                );
                 match handled.await {
                     Outcome::Done(()) => {}
                     Outcome::Panicked(panic) => {
                         error!(panic = %panic, "message handler panicked");
                         return Some(DisconnectReason::HandlerPanic);
                     }
-                    Outcome::Cancelled => return Some(self.generation.stop_reason()),
+                    Outcome::Cancelled => return Some(self.stop_reason()),
+                    Outcome::TimedOut => return Some(self.handler_timed_out("message")),
                 }
             }
         }
@@ -405,6 +455,7 @@ impl<S: Service> Connection<'_, S> {
                 let mut ctx = context!(self);
                 let handled = cancellable(
                     &self.cancel,
+                    self.shared.config.limits.handler_timeout,
                     service.notify(session, &mut ctx, route, payload),
                 );
                 match handled.await {
@@ -416,7 +467,8 @@ impl<S: Service> Connection<'_, S> {
                         error!(panic = %panic, route, "notify handler panicked");
                         self.out.close = Some(DisconnectReason::HandlerPanic);
                     }
-                    Outcome::Cancelled => self.out.close = Some(self.generation.stop_reason()),
+                    Outcome::Cancelled => self.out.close = Some(self.stop_reason()),
+                    Outcome::TimedOut => self.out.close = Some(self.handler_timed_out("notify")),
                 }
             }
             other @ (Message::Response { .. } | Message::Push { .. } | Message::Kick { .. }) => {
@@ -439,6 +491,7 @@ impl<S: Service> Connection<'_, S> {
         let mut ctx = context!(self);
         let handled = cancellable(
             &self.cancel,
+            self.shared.config.limits.handler_timeout,
             service.request(session, &mut ctx, route, payload),
         );
         match handled.await {
@@ -455,7 +508,11 @@ impl<S: Service> Connection<'_, S> {
                 None
             }
             Outcome::Cancelled => {
-                self.out.close = Some(self.generation.stop_reason());
+                self.out.close = Some(self.stop_reason());
+                None
+            }
+            Outcome::TimedOut => {
+                self.out.close = Some(self.handler_timed_out("request"));
                 None
             }
         }
@@ -546,7 +603,9 @@ impl<S: Service> Connection<'_, S> {
             ),
             DisconnectReason::Shutdown => "server shutting down".into(),
             DisconnectReason::ServerRestart => "server restarting, reconnect".into(),
-            DisconnectReason::HandlerPanic => "internal server error".into(),
+            DisconnectReason::HandlerPanic | DisconnectReason::HandlerTimeout => {
+                "internal server error".into()
+            }
             other => other.to_string(),
         }
     }

@@ -20,6 +20,7 @@ use std::sync::{Mutex, PoisonError};
 use bytes::{Buf, Bytes};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::protocol::KickReason;
 
@@ -44,6 +45,8 @@ pub(crate) struct Mailbox<M> {
     unsent: AtomicUsize,
     limit: usize,
     notify: Notify,
+    /// Cancelled by a kick, so that a kick also interrupts a handler that is running.
+    interrupt: CancellationToken,
 }
 
 struct MailboxState<M> {
@@ -55,7 +58,7 @@ struct MailboxState<M> {
 }
 
 impl<M> Mailbox<M> {
-    pub(crate) fn new(limit: usize) -> Self {
+    pub(crate) fn new(limit: usize, interrupt: CancellationToken) -> Self {
         Mailbox {
             state: Mutex::new(MailboxState {
                 queue: VecDeque::new(),
@@ -65,6 +68,7 @@ impl<M> Mailbox<M> {
             unsent: AtomicUsize::new(0),
             limit,
             notify: Notify::new(),
+            interrupt,
         }
     }
 
@@ -76,6 +80,7 @@ impl<M> Mailbox<M> {
     /// Queues a delivery. Returns false if it was dropped: the connection is gone, or
     /// over budget (then it is marked to close as a slow consumer). Never waits.
     pub(crate) fn deliver(&self, delivery: Delivery<M>) -> bool {
+        let kick = matches!(delivery, Delivery::Kick(..));
         let cost = match &delivery {
             Delivery::Frame(frame) => frame.len(),
             Delivery::Message(_) => MESSAGE_COST,
@@ -97,6 +102,9 @@ impl<M> Mailbox<M> {
         // The connection drains everything on each wakeup: only the first needs one.
         if first {
             self.notify.notify_one();
+        }
+        if kick {
+            self.interrupt.cancel();
         }
         true
     }

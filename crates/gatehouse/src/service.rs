@@ -170,6 +170,8 @@ pub enum DisconnectReason {
     ServerRestart,
     /// A handler panicked.
     HandlerPanic,
+    /// A handler ran past `limits.handler_timeout`.
+    HandlerTimeout,
 }
 
 impl DisconnectReason {
@@ -189,7 +191,9 @@ impl DisconnectReason {
             DisconnectReason::Kicked(reason) => *reason,
             DisconnectReason::Shutdown => KickReason::SHUTDOWN,
             DisconnectReason::ServerRestart => KickReason::SERVER_RESTART,
-            DisconnectReason::HandlerPanic => KickReason::INTERNAL_ERROR,
+            DisconnectReason::HandlerPanic | DisconnectReason::HandlerTimeout => {
+                KickReason::INTERNAL_ERROR
+            }
         })
     }
 }
@@ -200,6 +204,7 @@ impl fmt::Display for DisconnectReason {
             DisconnectReason::PeerClosed => f.write_str("peer_closed"),
             DisconnectReason::SocketError(kind) => write!(f, "socket_error({kind})"),
             DisconnectReason::SendTimeout => f.write_str("send_timeout"),
+            DisconnectReason::HandlerTimeout => f.write_str("handler_timeout"),
             other => match other.kick() {
                 Some(kick) => kick.fmt(f),
                 None => Ok(()),

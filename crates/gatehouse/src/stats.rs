@@ -23,6 +23,7 @@ pub struct Stats {
     idle_kicks: AtomicU64,
     login_timeouts: AtomicU64,
     handler_panics: AtomicU64,
+    handler_timeouts: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -56,6 +57,8 @@ pub struct StatsSnapshot {
     pub login_timeouts: u64,
     /// Handlers that panicked.
     pub handler_panics: u64,
+    /// Handlers dropped for running past `limits.handler_timeout`.
+    pub handler_timeouts: u64,
 }
 
 impl Stats {
@@ -76,6 +79,7 @@ impl Stats {
             idle_kicks: self.idle_kicks.load(Relaxed),
             login_timeouts: self.login_timeouts.load(Relaxed),
             handler_panics: self.handler_panics.load(Relaxed),
+            handler_timeouts: self.handler_timeouts.load(Relaxed),
         }
     }
 
@@ -110,6 +114,7 @@ impl Stats {
             DisconnectReason::Idle => &self.idle_kicks,
             DisconnectReason::LoginTimeout => &self.login_timeouts,
             DisconnectReason::HandlerPanic => &self.handler_panics,
+            DisconnectReason::HandlerTimeout => &self.handler_timeouts,
             _ => return,
         };
         counter.fetch_add(1, Relaxed);

@@ -204,6 +204,8 @@ async fn the_disconnect_hook_runs_exactly_once_on_every_exit_path() {
     assert_eq!(kicked.expect_kick().await, KickReason::DUPLICATE_LOGIN);
     let mut idle = idle;
     assert_eq!(idle.expect_kick().await, KickReason::IDLE);
+    // Fresh input, so that the idle timeout cannot beat the shutdown to it.
+    assert_eq!(shutdown.request(routes::ECHO, "awake").await.1, "awake");
     let record = server.record.clone();
     let stopping = tokio::spawn(server.shutdown());
     assert_eq!(shutdown.expect_kick().await, KickReason::SHUTDOWN);
@@ -284,4 +286,48 @@ async fn dropping_the_run_future_stops_the_server() {
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "still listening"
     );
+}
+
+#[tokio::test]
+async fn a_kick_interrupts_a_handler_that_is_still_running() {
+    let server = TestServer::start(test_config()).await;
+    let mut stuck = server.connect().await;
+    let mut kicker = server.connect().await;
+    let id = stuck.whoami().await;
+    stuck
+        .send(&Message::Request {
+            id: 1,
+            route: routes::HANG,
+            payload: Bytes::new(),
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let id_bytes = Bytes::copy_from_slice(&id.0.to_be_bytes());
+    assert!(kicker.request(routes::KICK, id_bytes).await.0.is_ok());
+    assert_eq!(stuck.expect_kick().await, KickReason::DUPLICATE_LOGIN);
+    let hooks = server.record.wait_hooks(1).await;
+    assert_eq!(
+        hooks[0],
+        (id, DisconnectReason::Kicked(KickReason::DUPLICATE_LOGIN))
+    );
+}
+
+#[tokio::test]
+async fn a_handler_running_past_its_timeout_is_dropped_and_its_connection_closed() {
+    let mut config = test_config();
+    config.limits.handler_timeout = Duration::from_millis(300);
+    let server = TestServer::start(config).await;
+    let mut stuck = server.connect().await;
+    let mut bystander = server.connect().await;
+    stuck
+        .send(&Message::Request {
+            id: 1,
+            route: routes::HANG,
+            payload: Bytes::new(),
+        })
+        .await;
+    assert_eq!(stuck.expect_kick().await, KickReason::INTERNAL_ERROR);
+    assert_eq!(bystander.request(routes::ECHO, "fine").await.1, "fine");
+    let hooks = server.record.wait_hooks(1).await;
+    assert_eq!(hooks[0].1, DisconnectReason::HandlerTimeout);
 }

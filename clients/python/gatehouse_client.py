@@ -1,0 +1,710 @@
+"""A gatehouse client: the wire protocol of docs/PROTOCOL.md, standard library only.
+
+Two layers:
+
+* a codec: the frame messages (:class:`Empty`, :class:`Request`, :class:`Notify`,
+  :class:`Response`, :class:`Push`, :class:`Ping`, :class:`Pong`, :class:`Kick`),
+  :func:`encode_frame` / :func:`encode_body`, :func:`decode_body` /
+  :func:`decode_frame`, and :class:`FrameBuffer`, which cuts frames out of a TCP byte
+  stream.  Malformed input raises :class:`MalformedFrame` (a :class:`ProtocolError`)
+  whose ``error`` is one of the names PROTOCOL.md uses (``unknown_kind``,
+  ``truncated``, ``nonce_too_long``, ``kick_text_not_utf8``, ``frame_too_large``).
+  Decoding never waits for more input: it works on the bytes it is given.
+
+* :class:`Connection`: a blocking TCP connection with a background reader thread.
+  ``request()`` sends a request and waits for its response, ``notify()`` sends a
+  notify, pushes are queued for ``next_push()``, pings are sent automatically when
+  nothing was sent for ``heartbeat`` seconds, and ``close()`` ends it all.
+
+    >>> with Connection("127.0.0.1", 7000) as conn:          # doctest: +SKIP
+    ...     conn.request(1, b"hi")                           # the bench echo
+    b'hi'
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional, Tuple, Union
+
+__all__ = [
+    "MAX_FRAME_BYTES", "MAX_NONCE_BYTES", "RESERVED_ROUTES",
+    "KIND_REQUEST", "KIND_NOTIFY", "KIND_RESPONSE", "KIND_PUSH", "KIND_PING",
+    "KIND_PONG", "KIND_KICK",
+    "Empty", "Request", "Notify", "Response", "Push", "Ping", "Pong", "Kick", "Frame",
+    "encode_body", "encode_frame", "decode_body", "decode_frame", "describe",
+    "FrameBuffer",
+    "STATUS_NAMES", "KICK_REASONS", "status_name", "kick_reason_name",
+    "GatehouseError", "ProtocolError", "MalformedFrame", "RequestError",
+    "ConnectionClosed", "Kicked", "RequestTimeout",
+    "Connection",
+]
+
+# --------------------------------------------------------------------------- limits
+
+#: Largest frame body (the 4-byte length header not counted): 256 KiB.
+MAX_FRAME_BYTES = 262144
+#: Longest ping or pong nonce.
+MAX_NONCE_BYTES = 64
+#: Request routes from 0xff00 up belong to the framework.
+RESERVED_ROUTES = range(0xFF00, 0x10000)
+
+KIND_REQUEST = 0x01
+KIND_NOTIFY = 0x02
+KIND_RESPONSE = 0x03
+KIND_PUSH = 0x04
+KIND_PING = 0x05
+KIND_PONG = 0x06
+KIND_KICK = 0x07
+
+_U32 = struct.Struct(">I")
+_HDR_ID_U16 = struct.Struct(">BIH")   # kind, id, route/status
+_HDR_U16 = struct.Struct(">BH")       # kind, route/reason
+
+# ------------------------------------------------------------------ names and codes
+
+#: Framework response statuses (games use 1000 and up).
+STATUS_NAMES: Dict[int, str] = {
+    0: "ok",
+    400: "bad_request",
+    403: "forbidden",
+    404: "unknown_route",
+    500: "internal_error",
+    503: "unavailable",
+}
+
+#: Kick reason codes, as in PROTOCOL.md "Kick reasons".
+KICK_REASONS: Dict[int, str] = {
+    1: "idle",
+    2: "dos",
+    3: "server_full",
+    4: "shutdown",
+    5: "server_restart",
+    6: "duplicate_login",
+    7: "protocol_error",
+    8: "slow_consumer",
+    9: "frame_too_large",
+    10: "login_timeout",
+    11: "too_many_from_ip",
+    12: "internal_error",
+    13: "kicked",
+}
+
+
+def status_name(status: int) -> str:
+    """The framework's name of a status, ``game_error`` for 1000 and up, else ``error``."""
+    if status in STATUS_NAMES:
+        return STATUS_NAMES[status]
+    return "game_error" if status >= 1000 else "error"
+
+
+def kick_reason_name(reason: int) -> str:
+    """The name of a kick reason code.
+
+    Codes of 1000 and up are the game's own (``game_kick``); an unknown framework code
+    is to be treated like ``kicked``, as PROTOCOL.md says, so that is its name here.
+    """
+    if reason in KICK_REASONS:
+        return KICK_REASONS[reason]
+    return "game_kick" if reason >= 1000 else "kicked"
+
+
+# ----------------------------------------------------------------------- exceptions
+
+
+class GatehouseError(Exception):
+    """Base class of every error this module raises on purpose."""
+
+
+class ProtocolError(GatehouseError):
+    """The peer broke the wire protocol (or the caller asked to send something invalid)."""
+
+
+class MalformedFrame(ProtocolError, ValueError):
+    """A frame or body that cannot be decoded.
+
+    ``error`` names the problem as PROTOCOL.md does: ``unknown_kind``, ``truncated``,
+    ``nonce_too_long``, ``kick_text_not_utf8``, or ``frame_too_large`` (a length header
+    over the maximum) and ``bad_length`` (a whole frame whose header does not match
+    its size, from :func:`decode_frame` only).
+    """
+
+    def __init__(self, error: str, detail: str) -> None:
+        super().__init__(f"{error}: {detail}")
+        self.error = error
+        self.detail = detail
+
+
+class RequestError(GatehouseError):
+    """A response with a non-zero status.
+
+    ``text`` is the payload read as UTF-8 (undecodable bytes replaced); ``payload`` is
+    the raw payload, for games whose error payloads are not text.
+    """
+
+    def __init__(self, status: int, text: str, payload: bytes = b"") -> None:
+        super().__init__(f"status {status} ({status_name(status)}): {text}")
+        self.status = status
+        self.text = text
+        self.payload = payload
+
+
+class ConnectionClosed(GatehouseError):
+    """The connection is closed (by us, by the server without a kick, or it failed)."""
+
+
+class Kicked(ConnectionClosed):
+    """The server kicked this connection: ``reason_code``, ``reason_name``, ``text``."""
+
+    def __init__(self, reason_code: int, reason_name: str, text: str) -> None:
+        super().__init__(f"kicked: {reason_name} ({reason_code}): {text}")
+        self.reason_code = reason_code
+        self.reason_name = reason_name
+        self.text = text
+
+
+class RequestTimeout(GatehouseError, TimeoutError):
+    """No response (or pong, or push) within the timeout; the connection stays open."""
+
+
+# ---------------------------------------------------------------------- frame types
+
+
+@dataclass(frozen=True)
+class Empty:
+    """An empty frame (length 0): a keepalive."""
+
+
+@dataclass(frozen=True)
+class Request:
+    id: int
+    route: int
+    payload: bytes = b""
+
+
+@dataclass(frozen=True)
+class Notify:
+    route: int
+    payload: bytes = b""
+
+
+@dataclass(frozen=True)
+class Response:
+    id: int
+    status: int
+    payload: bytes = b""
+
+
+@dataclass(frozen=True)
+class Push:
+    route: int
+    payload: bytes = b""
+
+
+@dataclass(frozen=True)
+class Ping:
+    nonce: bytes = b""
+
+
+@dataclass(frozen=True)
+class Pong:
+    nonce: bytes = b""
+
+
+@dataclass(frozen=True)
+class Kick:
+    reason: int
+    text: str = ""
+
+    @property
+    def reason_name(self) -> str:
+        return kick_reason_name(self.reason)
+
+
+Frame = Union[Empty, Request, Notify, Response, Push, Ping, Pong, Kick]
+
+
+# ---------------------------------------------------------------------------- codec
+
+
+def _check_uint(value: int, bits: int, what: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < (1 << bits):
+        raise ValueError(f"{what} must be an integer in 0..{(1 << bits) - 1}, got {value!r}")
+
+
+def _check_nonce(nonce: bytes) -> bytes:
+    nonce = bytes(nonce)
+    if len(nonce) > MAX_NONCE_BYTES:
+        raise ValueError(f"a nonce is at most {MAX_NONCE_BYTES} bytes, got {len(nonce)}")
+    return nonce
+
+
+def encode_body(frame: Frame) -> bytes:
+    """The body of a frame (no length header); ``b""`` for :class:`Empty`.
+
+    Raises ``ValueError`` for a field out of range (an id over u32, a route over u16,
+    a nonce over 64 bytes) and ``TypeError`` for something that is not a frame.
+    """
+    if isinstance(frame, (Request, Response)):
+        second = frame.route if isinstance(frame, Request) else frame.status
+        _check_uint(frame.id, 32, "id")
+        _check_uint(second, 16, "route" if isinstance(frame, Request) else "status")
+        kind = KIND_REQUEST if isinstance(frame, Request) else KIND_RESPONSE
+        return _HDR_ID_U16.pack(kind, frame.id, second) + bytes(frame.payload)
+    if isinstance(frame, (Notify, Push)):
+        _check_uint(frame.route, 16, "route")
+        kind = KIND_NOTIFY if isinstance(frame, Notify) else KIND_PUSH
+        return _HDR_U16.pack(kind, frame.route) + bytes(frame.payload)
+    if isinstance(frame, (Ping, Pong)):
+        kind = KIND_PING if isinstance(frame, Ping) else KIND_PONG
+        return bytes([kind]) + _check_nonce(frame.nonce)
+    if isinstance(frame, Kick):
+        _check_uint(frame.reason, 16, "reason")
+        return _HDR_U16.pack(KIND_KICK, frame.reason) + frame.text.encode("utf-8")
+    if isinstance(frame, Empty):
+        return b""
+    raise TypeError(f"not a frame: {frame!r}")
+
+
+def encode_frame(frame: Frame, max_body: int = MAX_FRAME_BYTES) -> bytes:
+    """The whole frame: the 4-byte big-endian length, then the body.
+
+    Raises ``ValueError`` if the body would be longer than ``max_body`` (the server
+    would kick the connection for it).
+    """
+    body = encode_body(frame)
+    if len(body) > max_body:
+        raise ValueError(f"frame body of {len(body)} bytes is over the maximum of {max_body}")
+    return _U32.pack(len(body)) + body
+
+
+def decode_body(body: bytes) -> Frame:
+    """Decodes one frame body (without its length header). Raises :class:`MalformedFrame`."""
+    body = bytes(body)
+    if not body:
+        return Empty()
+    kind = body[0]
+    if kind in (KIND_REQUEST, KIND_RESPONSE):
+        if len(body) < 7:
+            raise MalformedFrame("truncated", f"kind {kind} needs 7 bytes, got {len(body)}")
+        _, ident, second = _HDR_ID_U16.unpack_from(body)
+        if kind == KIND_REQUEST:
+            return Request(ident, second, body[7:])
+        return Response(ident, second, body[7:])
+    if kind in (KIND_NOTIFY, KIND_PUSH):
+        if len(body) < 3:
+            raise MalformedFrame("truncated", f"kind {kind} needs 3 bytes, got {len(body)}")
+        _, route = _HDR_U16.unpack_from(body)
+        return Notify(route, body[3:]) if kind == KIND_NOTIFY else Push(route, body[3:])
+    if kind in (KIND_PING, KIND_PONG):
+        nonce = body[1:]
+        if len(nonce) > MAX_NONCE_BYTES:
+            raise MalformedFrame(
+                "nonce_too_long", f"nonce of {len(nonce)} bytes, at most {MAX_NONCE_BYTES}")
+        return Ping(nonce) if kind == KIND_PING else Pong(nonce)
+    if kind == KIND_KICK:
+        if len(body) < 3:
+            raise MalformedFrame("truncated", f"kick needs 3 bytes, got {len(body)}")
+        _, reason = _HDR_U16.unpack_from(body)
+        try:
+            text = body[3:].decode("utf-8")  # strict: also rejects surrogates
+        except UnicodeDecodeError as e:
+            raise MalformedFrame("kick_text_not_utf8", str(e)) from None
+        return Kick(reason, text)
+    raise MalformedFrame("unknown_kind", f"kind byte 0x{kind:02x}")
+
+
+def decode_frame(data: bytes, max_body: int = MAX_FRAME_BYTES) -> Frame:
+    """Decodes exactly one whole frame (length header included)."""
+    data = bytes(data)
+    if len(data) < 4:
+        raise MalformedFrame("bad_length", f"a frame needs a 4-byte header, got {len(data)} bytes")
+    (length,) = _U32.unpack_from(data)
+    if length > max_body:
+        raise MalformedFrame("frame_too_large", f"header announces {length} bytes, max {max_body}")
+    if len(data) != 4 + length:
+        raise MalformedFrame(
+            "bad_length", f"header announces {length} body bytes, {len(data) - 4} present")
+    return decode_body(data[4:])
+
+
+def describe(frame: Frame) -> str:
+    """The canonical text form of PROTOCOL.md's test vectors, e.g. ``ping nonce=00ff``."""
+    if isinstance(frame, Empty):
+        return "empty"
+    if isinstance(frame, Request):
+        return f"request id={frame.id} route={frame.route} payload={frame.payload.hex()}"
+    if isinstance(frame, Notify):
+        return f"notify route={frame.route} payload={frame.payload.hex()}"
+    if isinstance(frame, Response):
+        return f"response id={frame.id} status={frame.status} payload={frame.payload.hex()}"
+    if isinstance(frame, Push):
+        return f"push route={frame.route} payload={frame.payload.hex()}"
+    if isinstance(frame, Ping):
+        return f"ping nonce={frame.nonce.hex()}"
+    if isinstance(frame, Pong):
+        return f"pong nonce={frame.nonce.hex()}"
+    if isinstance(frame, Kick):
+        return f'kick reason={frame.reason} text="{frame.text}"'
+    raise TypeError(f"not a frame: {frame!r}")
+
+
+class FrameBuffer:
+    """Cuts frames out of a byte stream: ``feed()`` bytes as they arrive, then iterate.
+
+    A length header over ``max_body`` raises :class:`MalformedFrame`
+    (``frame_too_large``) as soon as its 4 bytes are in, before any of the body is
+    buffered, as the server does. After an error the buffer is unusable.
+    """
+
+    def __init__(self, max_body: int = MAX_FRAME_BYTES) -> None:
+        self.max_body = max_body
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        self._buf += data
+
+    def __len__(self) -> int:
+        return len(self._buf)
+
+    def next_body(self) -> Optional[bytes]:
+        """The next complete body (``b""`` for an empty frame), or None if incomplete."""
+        if len(self._buf) < 4:
+            return None
+        (length,) = _U32.unpack_from(self._buf)
+        if length > self.max_body:
+            raise MalformedFrame(
+                "frame_too_large", f"header announces {length} bytes, max {self.max_body}")
+        if len(self._buf) < 4 + length:
+            return None
+        body = bytes(self._buf[4:4 + length])
+        del self._buf[:4 + length]
+        return body
+
+    def __iter__(self):
+        """Yields every complete frame, decoded."""
+        while True:
+            body = self.next_body()
+            if body is None:
+                return
+            yield decode_body(body)
+
+
+# ----------------------------------------------------------------------- connection
+
+
+class _Pending:
+    __slots__ = ("event", "response")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.response: Optional[Response] = None
+
+
+_CLOSED = object()  # queue sentinel: the connection ended
+
+
+class Connection:
+    """A client connection with a background reader thread.
+
+    :param heartbeat: send a ping whenever nothing was sent for this many seconds
+        (PROTOCOL.md recommends a quarter of the server's 60 s idle timeout: 15 s).
+        ``None`` or ``0`` turns heartbeats off.
+    :param dead_after: if a heartbeat ping got no frame at all back for this many
+        seconds, the connection is considered dead and closed. ``None`` disables it.
+    :param on_push: optional callback ``f(Push)`` called on the reader thread for every
+        push *instead of* queueing it for :meth:`next_push`. Keep it short, and do not
+        call :meth:`request` or :meth:`ping` from it (their answer would never be read).
+
+    Thread-safe: any thread may call :meth:`request`, :meth:`notify`, :meth:`ping` and
+    :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        connect_timeout: float = 10.0,
+        heartbeat: Optional[float] = 15.0,
+        dead_after: Optional[float] = 15.0,
+        max_frame_bytes: int = MAX_FRAME_BYTES,
+        on_push: Optional[Callable[[Push], None]] = None,
+    ) -> None:
+        self.max_frame_bytes = max_frame_bytes
+        self._on_push = on_push
+        self._sock = socket.create_connection((host, port), timeout=connect_timeout)
+        self._sock.settimeout(None)
+        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.peer: Tuple[str, int] = self._sock.getpeername()[:2]
+
+        self._send_lock = threading.Lock()
+        self._state_lock = threading.Lock()
+        self._pending: Dict[int, _Pending] = {}
+        self._pings: Dict[bytes, threading.Event] = {}
+        self._ids = itertools.count(1)
+        self._nonces = itertools.count(1)
+        self._pushes: "queue.Queue[object]" = queue.Queue()
+        self._closed = threading.Event()
+        self._end: Optional[ConnectionClosed] = None  # why it ended
+
+        now = time.monotonic()
+        self._last_sent = now
+        self._last_received = now
+        self._ping_outstanding_since: Optional[float] = None
+        #: Round-trip time of the last answered ping, in seconds (None before any).
+        self.last_rtt: Optional[float] = None
+        #: Pongs received so far.
+        self.pongs_received = 0
+        #: The kick that ended the connection, if one did.
+        self.kick: Optional[Kick] = None
+
+        self._reader = threading.Thread(
+            target=self._read_loop, name=f"gatehouse-reader-{self.peer[1]}", daemon=True)
+        self._reader.start()
+        self._heartbeat = heartbeat or None
+        self._dead_after = dead_after
+        self._beater: Optional[threading.Thread] = None
+        if self._heartbeat:
+            self._beater = threading.Thread(
+                target=self._heartbeat_loop, name="gatehouse-heartbeat", daemon=True)
+            self._beater.start()
+
+    # ---------------------------------------------------------------- public API
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    @property
+    def close_reason(self) -> Optional[ConnectionClosed]:
+        """Why the connection ended (a :class:`Kicked` for a kick), or None while open."""
+        return self._end
+
+    def request(self, route: int, payload: bytes = b"", timeout: Optional[float] = 5.0) -> bytes:
+        """Sends a request and returns the payload of its response (status 0).
+
+        Raises :class:`RequestError` for a non-zero status, :class:`Kicked` if the
+        server kicked the connection before answering, :class:`ConnectionClosed` if it
+        closed otherwise, :class:`RequestTimeout` if no response came in time (the
+        connection stays usable; a late response is dropped).
+        """
+        _check_uint(route, 16, "route")
+        pending = _Pending()
+        with self._state_lock:
+            self._raise_if_closed()
+            while True:
+                # A wrapping u32 counter, skipping 0 and ids still outstanding.
+                ident = next(self._ids) & 0xFFFFFFFF
+                if ident and ident not in self._pending:
+                    break
+            self._pending[ident] = pending
+        try:
+            self._send(Request(ident, route, bytes(payload)))
+            if not pending.event.wait(timeout):
+                raise RequestTimeout(f"no response to request {ident} (route {route}) in {timeout} s")
+        finally:
+            with self._state_lock:
+                self._pending.pop(ident, None)
+        response = pending.response
+        if response is None:  # woken by the end of the connection
+            self._raise_if_closed()
+            raise ConnectionClosed("connection closed")  # pragma: no cover
+        if response.status != 0:
+            raise RequestError(
+                response.status, response.payload.decode("utf-8", "replace"), response.payload)
+        return response.payload
+
+    def notify(self, route: int, payload: bytes = b"") -> None:
+        """Sends a notify (no answer ever)."""
+        self._send(Notify(route, bytes(payload)))
+
+    def send_empty(self) -> None:
+        """Sends an empty frame (a keepalive with no answer)."""
+        self._send(Empty())
+
+    def ping(self, timeout: Optional[float] = 5.0) -> float:
+        """Sends a ping and waits for its pong; returns the round-trip time in seconds."""
+        nonce = struct.pack(">Q", next(self._nonces))
+        event = threading.Event()
+        with self._state_lock:
+            self._raise_if_closed()
+            self._pings[nonce] = event
+        start = time.monotonic()
+        try:
+            self._send(Ping(nonce))
+            if not event.wait(timeout):
+                raise RequestTimeout(f"no pong in {timeout} s")
+        finally:
+            with self._state_lock:
+                self._pings.pop(nonce, None)
+        self._raise_if_closed()
+        self.last_rtt = time.monotonic() - start
+        return self.last_rtt
+
+    def next_push(self, timeout: Optional[float] = None) -> Push:
+        """The next push, waiting up to ``timeout`` seconds (None: forever).
+
+        Pushes that arrived before the connection ended are still returned; after
+        them it raises :class:`Kicked` or :class:`ConnectionClosed`. Raises
+        :class:`RequestTimeout` (a ``TimeoutError``) if none arrives in time.
+        """
+        try:
+            item = self._pushes.get(timeout=timeout)
+        except queue.Empty:
+            raise RequestTimeout(f"no push in {timeout} s") from None
+        if item is _CLOSED:
+            self._pushes.put(_CLOSED)  # keep telling later callers
+            assert self._end is not None
+            raise self._end
+        assert isinstance(item, Push)
+        return item
+
+    def wait_closed(self, timeout: Optional[float] = None) -> Optional[ConnectionClosed]:
+        """Waits until the connection ends; returns why (a :class:`Kicked` for a kick),
+        or None on timeout."""
+        self._closed.wait(timeout)
+        return self._end
+
+    def close(self) -> None:
+        """Closes the connection; outstanding requests fail with :class:`ConnectionClosed`."""
+        self._finish(ConnectionClosed("closed by the client"))
+        if threading.current_thread() is not self._reader:
+            self._reader.join(5)
+        if self._beater is not None and threading.current_thread() is not self._beater:
+            self._beater.join(5)
+
+    def __enter__(self) -> "Connection":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ internals
+
+    def _raise_if_closed(self) -> None:
+        if self._end is not None:
+            raise self._end
+
+    def _send(self, frame: Frame) -> None:
+        data = encode_frame(frame, self.max_frame_bytes)
+        with self._send_lock:
+            self._raise_if_closed()
+            try:
+                self._sock.sendall(data)
+            except OSError as e:
+                self._finish(ConnectionClosed(f"send failed: {e}"))
+                self._raise_if_closed()
+            self._last_sent = time.monotonic()
+
+    def _finish(self, why: ConnectionClosed) -> None:
+        """Ends the connection once: records why, closes the socket, wakes every waiter."""
+        with self._state_lock:
+            if self._end is not None:
+                return
+            self._end = why
+            pending = list(self._pending.values())
+            pings = list(self._pings.values())
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._sock.close()
+        self._closed.set()
+        for p in pending:
+            p.event.set()
+        for event in pings:
+            event.set()
+        self._pushes.put(_CLOSED)
+
+    def _read_loop(self) -> None:
+        frames = FrameBuffer(self.max_frame_bytes)
+        try:
+            while not self._closed.is_set():
+                try:
+                    data = self._sock.recv(65536)
+                except OSError as e:
+                    self._finish(ConnectionClosed(f"connection lost: {e}"))
+                    return
+                if not data:
+                    self._finish(ConnectionClosed("the server closed the connection (no kick)"))
+                    return
+                frames.feed(data)
+                for frame in frames:
+                    self._last_received = time.monotonic()
+                    self._ping_outstanding_since = None
+                    if self._dispatch(frame):
+                        return
+        except MalformedFrame as e:
+            # PROTOCOL.md: treat a malformed frame from the server like the server does.
+            self._finish(ConnectionClosed(f"malformed frame from the server: {e}"))
+        except BaseException as e:  # never leave waiters hanging
+            self._finish(ConnectionClosed(f"reader failed: {e!r}"))
+            raise
+
+    def _dispatch(self, frame: Frame) -> bool:
+        """Handles one frame from the server; True when the connection is over."""
+        if isinstance(frame, Response):
+            with self._state_lock:
+                pending = self._pending.get(frame.id)
+            if pending is not None and pending.response is None:
+                pending.response = frame
+                pending.event.set()
+        elif isinstance(frame, Push):
+            if self._on_push is not None:
+                self._on_push(frame)
+            else:
+                self._pushes.put(frame)
+        elif isinstance(frame, Pong):
+            self.pongs_received += 1
+            with self._state_lock:
+                event = self._pings.get(frame.nonce)
+            if event is not None:
+                event.set()
+            if len(frame.nonce) == 8 and frame.nonce[:1] == b"\x80":
+                sent = struct.unpack(">Q", frame.nonce)[0] & ~(1 << 63)
+                self.last_rtt = max(0.0, time.monotonic() - sent / 1e6)
+        elif isinstance(frame, Ping):
+            try:
+                self._send(Pong(frame.nonce))
+            except ConnectionClosed:
+                return True
+        elif isinstance(frame, Kick):
+            self.kick = frame
+            self._finish(Kicked(frame.reason, frame.reason_name, frame.text))
+            return True
+        elif isinstance(frame, Empty):
+            pass
+        else:
+            # A request or notify from the server: a kind a server never sends.
+            self._finish(ConnectionClosed(f"unexpected frame from the server: {describe(frame)}"))
+            return True
+        return False
+
+    def _heartbeat_loop(self) -> None:
+        assert self._heartbeat
+        tick = min(self._heartbeat / 4, 1.0)
+        while not self._closed.wait(tick):
+            now = time.monotonic()
+            since = self._ping_outstanding_since
+            if (since is not None and self._dead_after is not None
+                    and now - since > self._dead_after):
+                self._finish(ConnectionClosed(
+                    f"no frame from the server for {self._dead_after} s after a ping"))
+                return
+            if now - self._last_sent >= self._heartbeat:
+                # The nonce carries the send time (µs, monotonic) with the top bit set,
+                # so the reader can compute the round trip without a table.
+                nonce = struct.pack(">Q", (1 << 63) | int(now * 1e6))
+                # Before sending: the reader clears it when any frame comes back.
+                if self._ping_outstanding_since is None:
+                    self._ping_outstanding_since = now
+                try:
+                    self._send(Ping(nonce))
+                except ConnectionClosed:
+                    return
