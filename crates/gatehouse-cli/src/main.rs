@@ -2,6 +2,8 @@
 //! command line, loads and checks the configuration, sets up logging, and hands a
 //! service to the library's `Server::run` until SIGINT or SIGTERM.
 
+mod client;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -29,6 +31,8 @@ struct Cli {
 enum Command {
     /// Serve a service until SIGINT or SIGTERM.
     Serve(ServeArgs),
+    /// Play arena from the terminal.
+    Client(client::ClientArgs),
 }
 
 #[derive(Args)]
@@ -64,6 +68,7 @@ struct ServeArgs {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => serve(args).await,
+        Command::Client(args) => client::run(args).await,
     }
 }
 

@@ -1,0 +1,157 @@
+//! What a new user does in five minutes, end to end with the real binaries: start the
+//! server, connect two terminal clients, chat, move, whisper, quit, restart
+//! everything, and find the player where they left.
+
+#![allow(clippy::unwrap_used)]
+
+mod process;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::{Duration, Instant};
+
+use process::{gatehouse, scratch, write_file, ServerProcess};
+
+/// A `gatehouse client` process: type into it, read what it prints.
+struct Terminal {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Terminal {
+    fn open(addr: std::net::SocketAddr, name: &str) -> Terminal {
+        let mut child = gatehouse()
+            .args(["client", "--addr", &addr.to_string(), "--name", name])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let (tx, lines) = channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Terminal {
+            child,
+            stdin,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    fn type_line(&mut self, line: &str) {
+        writeln!(self.stdin, "{line}").unwrap();
+    }
+
+    /// Waits for a printed line containing `text`.
+    fn expect(&mut self, text: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(text) {
+                        return line;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        panic!("no line with {text:?}; printed so far: {:#?}", self.seen);
+    }
+
+    fn wait(mut self) -> std::process::ExitStatus {
+        drop(self.stdin);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "client did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn two_players_chat_move_quit_and_find_their_place_after_a_restart() {
+    let dir = scratch("arena-cli");
+    let config = write_file(
+        &dir,
+        "arena.toml",
+        &format!(
+            "[store]\ndata_dir = {:?}\n",
+            dir.join("data").to_str().unwrap()
+        ),
+    );
+    let config = config.to_str().unwrap();
+    let mut server = ServerProcess::start(&["--service", "arena", "--config", config]);
+
+    let mut alice = Terminal::open(server.addr, "alice");
+    alice.expect("logged in as alice in lobby at (0, 0)");
+    let mut bob = Terminal::open(server.addr, "bob");
+    bob.expect("logged in as bob in lobby at (0, 0)");
+    alice.expect("* bob entered lobby");
+
+    alice.type_line("hello bob");
+    bob.expect("[lobby] alice: hello bob");
+    bob.type_line("/move 3 4");
+    bob.expect("you are in lobby at (3, 4)");
+    alice.expect("* bob moved to (3, 4)");
+    alice.type_line("/w bob psst, over here");
+    bob.expect("(whisper) alice: psst, over here");
+    bob.type_line("/who");
+    bob.expect("online (2, 2 in your room): alice, bob");
+    bob.type_line("/fly");
+    bob.expect("commands:");
+    bob.type_line("/quit");
+    assert!(bob.wait().success());
+    alice.expect("* bob left lobby");
+
+    server.signal("TERM");
+    assert!(
+        server.wait(Duration::from_secs(15)).success(),
+        "{}",
+        server.log()
+    );
+    assert!(
+        !alice.wait().success(),
+        "alice's client reports the lost connection"
+    );
+
+    let server = ServerProcess::start(&["--service", "arena", "--config", config]);
+    let mut bob = Terminal::open(server.addr, "bob");
+    bob.expect("logged in as bob in lobby at (3, 4); login #2");
+    bob.type_line("/quit");
+    assert!(bob.wait().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_server_runs_arena_on_its_embedded_defaults_with_a_fresh_data_directory() {
+    // `gatehouse serve` with no arguments: arena, SQLite under ./data. Run it in an
+    // empty directory to prove it creates what it needs.
+    let dir = scratch("defaults");
+    let mut child = gatehouse()
+        .args(["serve", "--port", "0"])
+        .current_dir(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert!(line.starts_with("listening on 127.0.0.1:"), "{line}");
+    assert!(dir.join("data").join("gatehouse.db").exists());
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
