@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! root (rest_for_one)                 supervise(): this function's loop
-//!  ├─ store writer                    (the game's, outlives hub restarts; see arena)
+//!  ├─ store writer                    store::SaveWriter: started before, closed after
 //!  ├─ hub                             hub::spawn — gs_svr: registry, groups, broadcast
 //!  └─ connection group (Generation)   cancelled and awaited whenever the hub restarts
 //!      ├─ acceptor                    listener::accept_loop; stops with its group
@@ -19,6 +19,10 @@
 //!   were closed as above: the process exits non-zero for systemd or Kubernetes.
 //! - Shutdown: the group is stopped with reason `shutdown` and drained within
 //!   `supervisor.drain_timeout`.
+//!
+//! The store writer is started by whoever owns the store (the `gatehouse` binary
+//! for arena) before `Server::run` and closed after it returns, once every
+//! disconnect hook has queued its save; it is therefore untouched by hub restarts.
 //!
 //! A connection that panics is not a supervisor matter: its handler runs under
 //! `catch_unwind` in its own task (see `connection`), so only it ends.
