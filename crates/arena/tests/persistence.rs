@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use arena::{pb, routes, status, Arena};
 use bytes::Bytes;
-use gatehouse::protocol::ROUTE_FAULT_CRASH_HUB;
+use gatehouse::protocol::{ROUTE_FAULT_CRASH_HUB, ROUTE_FAULT_PANIC_HANDLER};
 use gatehouse::store::{postgres, sqlite, Record, SaveWriter, Store, StoreError};
 use gatehouse::{KickReason, Message, Status};
 use prost::Message as _;
@@ -189,13 +189,13 @@ async fn a_player_is_where_they_left_after_a_server_restart_postgres() {
     state_survives_a_server_restart(before, after).await;
 }
 
-#[tokio::test]
-async fn a_hub_crash_with_players_online_saves_every_state_exactly_once() {
-    let store = Watched::new(sqlite::open(&scratch("crash")).await.unwrap());
+async fn a_hub_crash_saves_every_state_exactly_once<S: Store + Clone>(store: S) {
+    let store = Watched::new(store);
     let (server, writer) = serve(store.clone()).await;
+    let prefix = unique("crash");
     let mut players = Vec::new();
     for i in 0..20 {
-        let name = format!("p{i}");
+        let name = format!("{prefix}p{i}");
         let (mut player, _) = Player::login(server.addr, &name).await;
         player.move_to(i, 100 + i).await;
         players.push((name, player));
@@ -224,14 +224,68 @@ async fn a_hub_crash_with_players_online_saves_every_state_exactly_once() {
         assert_eq!((saved.x, saved.y), (i as i32, 100 + i as i32));
     }
     // The restarted hub serves the same players again, from their saves.
-    let (_p3, state) = Player::login(server.addr, "p3").await;
+    let (_p3, state) = Player::login(server.addr, &players[3].0).await;
     assert_eq!((state.x, state.y), (3, 103));
 }
 
 #[tokio::test]
-async fn duplicate_logins_never_lose_an_update_or_leave_a_ghost() {
-    let store = Watched::new(sqlite::open(&scratch("dup")).await.unwrap());
+async fn a_hub_crash_with_players_online_saves_every_state_exactly_once_sqlite() {
+    a_hub_crash_saves_every_state_exactly_once(sqlite::open(&scratch("crash")).await.unwrap())
+        .await;
+}
+
+#[tokio::test]
+async fn a_hub_crash_with_players_online_saves_every_state_exactly_once_postgres() {
+    let Some(url) = postgres_url() else { return };
+    a_hub_crash_saves_every_state_exactly_once(postgres::connect(&url).await.unwrap()).await;
+}
+
+async fn a_handler_panic_saves<S: Store + Clone>(store: S) {
     let (server, writer) = serve(store.clone()).await;
+    let name = unique("panicky");
+    let (mut player, _) = Player::login(server.addr, &name).await;
+    player.move_to(-5, 9).await;
+    player
+        .client
+        .send(&Message::Request {
+            id: 5,
+            route: ROUTE_FAULT_PANIC_HANDLER,
+            payload: Bytes::new(),
+        })
+        .await;
+    assert_eq!(
+        player.client.expect_kick().await,
+        KickReason::INTERNAL_ERROR
+    );
+    writer.flush(Duration::from_secs(10)).await.unwrap();
+    let (_again, state) = Player::login(server.addr, &name).await;
+    assert_eq!((state.x, state.y), (-5, 9));
+}
+
+#[tokio::test]
+async fn a_handler_panic_still_saves_the_player_sqlite() {
+    a_handler_panic_saves(sqlite::open(&scratch("panic")).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn a_handler_panic_still_saves_the_player_postgres() {
+    let Some(url) = postgres_url() else { return };
+    a_handler_panic_saves(postgres::connect(&url).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn duplicate_logins_never_lose_an_update_or_leave_a_ghost_sqlite() {
+    duplicate_logins_race(sqlite::open(&scratch("dup")).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn duplicate_logins_never_lose_an_update_or_leave_a_ghost_postgres() {
+    let Some(url) = postgres_url() else { return };
+    duplicate_logins_race(postgres::connect(&url).await.unwrap()).await;
+}
+
+async fn duplicate_logins_race<S: Store + Clone>(store: S) {
+    let (server, writer) = serve(store).await;
     let name = unique("bob");
     let (mut current, _) = Player::login(server.addr, &name).await;
     for round in 1..=30 {
@@ -287,7 +341,7 @@ async fn duplicate_logins_never_lose_an_update_or_leave_a_ghost() {
     // Once everyone left, the name is free: a login needs no takeover.
     let (mut last, state) = Player::login(server.addr, &name).await;
     assert_eq!((state.x, state.y), (30, -30));
-    assert_eq!(last.who().await.online, 1);
+    assert_eq!(last.who().await.players, vec![name]);
 }
 
 /// Logs in, or returns `None` if the server answered LOGIN_BUSY or kicked us.
