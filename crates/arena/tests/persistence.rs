@@ -200,15 +200,7 @@ async fn a_hub_crash_saves_every_state_exactly_once<S: Store + Clone>(store: S) 
         player.move_to(i, 100 + i).await;
         players.push((name, player));
     }
-    players[0]
-        .1
-        .client
-        .send(&Message::Request {
-            id: 77,
-            route: ROUTE_FAULT_CRASH_HUB,
-            payload: Bytes::new(),
-        })
-        .await;
+    players[0].1.client.fire(ROUTE_FAULT_CRASH_HUB).await;
     for (_, player) in &mut players {
         assert_eq!(
             player.client.expect_kick().await,
@@ -245,14 +237,7 @@ async fn a_handler_panic_saves<S: Store + Clone>(store: S) {
     let name = unique("panicky");
     let (mut player, _) = Player::login(server.addr, &name).await;
     player.move_to(-5, 9).await;
-    player
-        .client
-        .send(&Message::Request {
-            id: 5,
-            route: ROUTE_FAULT_PANIC_HANDLER,
-            payload: Bytes::new(),
-        })
-        .await;
+    player.client.fire(ROUTE_FAULT_PANIC_HANDLER).await;
     assert_eq!(
         player.client.expect_kick().await,
         KickReason::INTERNAL_ERROR
@@ -372,17 +357,10 @@ async fn try_login(addr: SocketAddr, name: String) -> Option<Player> {
 
 /// Whether a player's session is still alive: a `who` answered, or the kick it got.
 async fn probe(player: &mut Player) -> (Option<Status>, Option<KickReason>) {
-    player
-        .client
-        .send(&Message::Request {
-            id: 9,
-            route: routes::WHO,
-            payload: Bytes::new(),
-        })
-        .await;
+    player.client.fire(routes::WHO).await;
     loop {
         match player.client.recv().await {
-            Some(Message::Response { id: 9, status, .. }) => return (Some(status), None),
+            Some(Message::Response { status, .. }) => return (Some(status), None),
             Some(Message::Kick { reason, .. }) => return (None, Some(reason)),
             Some(_) => continue,
             None => return (None, None),

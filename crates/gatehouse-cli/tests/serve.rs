@@ -55,13 +55,7 @@ async fn an_injected_hub_crash_restarts_the_hub_and_clients_reconnect_at_once() 
         assert!(client.request(routes::COUNT, "").await.0.is_ok());
         clients.push(client);
     }
-    clients[0]
-        .send(&Message::Request {
-            id: 1,
-            route: ROUTE_FAULT_CRASH_HUB,
-            payload: Bytes::new(),
-        })
-        .await;
+    clients[0].fire(ROUTE_FAULT_CRASH_HUB).await;
     for client in &mut clients {
         assert_eq!(client.expect_kick().await, KickReason::SERVER_RESTART);
     }
@@ -99,13 +93,7 @@ async fn crashing_past_the_restart_intensity_exits_non_zero() {
     ]);
     for _ in 0..2 {
         let mut client = Client::connect(server.addr).await;
-        client
-            .send(&Message::Request {
-                id: 1,
-                route: ROUTE_FAULT_CRASH_HUB,
-                payload: Bytes::new(),
-            })
-            .await;
+        client.fire(ROUTE_FAULT_CRASH_HUB).await;
         assert_eq!(client.expect_kick().await, KickReason::SERVER_RESTART);
     }
     let status = server.wait(Duration::from_secs(15));

@@ -329,16 +329,6 @@ impl<S: Service> Connection<'_, S> {
         }
     }
 
-    fn handler_timed_out(&self, kind: &'static str) -> DisconnectReason {
-        let timeout = self.shared.config.limits.handler_timeout;
-        error!(
-            kind,
-            ?timeout,
-            "handler ran past limits.handler_timeout; dropped"
-        );
-        DisconnectReason::HandlerTimeout
-    }
-
     fn read_failed(&self, error: ReadError) -> DisconnectReason {
         match error {
             ReadError::TooLarge(announced) => {
@@ -395,17 +385,42 @@ impl<S: Service> Connection<'_, S> {
                     self.shared.config.limits.handler_timeout,
                     service.message(session, &mut ctx, message),
                 );
-                match handled.await {
-                    Outcome::Done(()) => {}
-                    Outcome::Panicked(panic) => {
-                        error!(panic = %panic, "message handler panicked");
-                        return Some(DisconnectReason::HandlerPanic);
-                    }
-                    Outcome::Cancelled => return Some(self.stop_reason()),
-                    Outcome::TimedOut => return Some(self.handler_timed_out("message")),
-                }
+                let outcome = handled.await;
+                self.settle("message", None, outcome);
+                return self.out.close.take();
             }
         }
+        None
+    }
+
+    /// A handler's result, or `None` with the connection marked to close when the
+    /// handler panicked, was cancelled, or timed out.
+    fn settle<T>(
+        &mut self,
+        kind: &'static str,
+        route: Option<u16>,
+        outcome: Outcome<T>,
+    ) -> Option<T> {
+        let close = match outcome {
+            Outcome::Done(value) => return Some(value),
+            Outcome::Panicked(panic) => {
+                let name = route.and_then(|r| self.shared.service.route_name(r));
+                error!(panic = %panic, kind, route, name, "handler panicked");
+                DisconnectReason::HandlerPanic
+            }
+            Outcome::Cancelled => self.stop_reason(),
+            Outcome::TimedOut => {
+                let timeout = self.shared.config.limits.handler_timeout;
+                error!(
+                    kind,
+                    route,
+                    ?timeout,
+                    "handler ran past limits.handler_timeout; dropped"
+                );
+                DisconnectReason::HandlerTimeout
+            }
+        };
+        self.out.close.get_or_insert(close);
         None
     }
 
@@ -458,17 +473,9 @@ impl<S: Service> Connection<'_, S> {
                     self.shared.config.limits.handler_timeout,
                     service.notify(session, &mut ctx, route, payload),
                 );
-                match handled.await {
-                    Outcome::Done(status) if status == Status::UNKNOWN_ROUTE => {
-                        self.warn_unknown_route("notify", route, len);
-                    }
-                    Outcome::Done(_) => {}
-                    Outcome::Panicked(panic) => {
-                        error!(panic = %panic, route, "notify handler panicked");
-                        self.out.close = Some(DisconnectReason::HandlerPanic);
-                    }
-                    Outcome::Cancelled => self.out.close = Some(self.stop_reason()),
-                    Outcome::TimedOut => self.out.close = Some(self.handler_timed_out("notify")),
+                let outcome = handled.await;
+                if self.settle("notify", Some(route), outcome) == Some(Status::UNKNOWN_ROUTE) {
+                    self.warn_unknown_route("notify", route, len);
                 }
             }
             other @ (Message::Response { .. } | Message::Push { .. } | Message::Kick { .. }) => {
@@ -494,28 +501,12 @@ impl<S: Service> Connection<'_, S> {
             self.shared.config.limits.handler_timeout,
             service.request(session, &mut ctx, route, payload),
         );
-        match handled.await {
-            Outcome::Done(reply) => {
-                if reply.status == Status::UNKNOWN_ROUTE {
-                    self.warn_unknown_route("request", route, len);
-                }
-                Some(reply)
-            }
-            Outcome::Panicked(panic) => {
-                let name = service.route_name(route).unwrap_or("?");
-                error!(panic = %panic, route, name, "request handler panicked");
-                self.out.close = Some(DisconnectReason::HandlerPanic);
-                None
-            }
-            Outcome::Cancelled => {
-                self.out.close = Some(self.stop_reason());
-                None
-            }
-            Outcome::TimedOut => {
-                self.out.close = Some(self.handler_timed_out("request"));
-                None
-            }
+        let outcome = handled.await;
+        let reply = self.settle("request", Some(route), outcome)?;
+        if reply.status == Status::UNKNOWN_ROUTE {
+            self.warn_unknown_route("request", route, len);
         }
+        Some(reply)
     }
 
     /// The seed's "Unknown msg", as a warning naming what arrived; after a few from
@@ -553,15 +544,12 @@ impl<S: Service> Connection<'_, S> {
                 Err(e) => Reply::error(Status::UNAVAILABLE, e.to_string()),
             });
         }
-        let panicked = guarded(async {
+        let timeout = self.shared.config.limits.handler_timeout;
+        let panicking = cancellable(&self.cancel, timeout, async {
             panic!("fault injection: handler panic requested");
-        })
-        .await;
-        if let Err(panic) = panicked {
-            error!(panic = %panic, "request handler panicked");
-            self.out.close = Some(DisconnectReason::HandlerPanic);
-        }
-        None
+        });
+        let outcome = panicking.await;
+        self.settle("request", Some(route), outcome)
     }
 
     /// Queues the kick (if the reason has one) and writes what goes without waiting.

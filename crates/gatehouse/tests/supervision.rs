@@ -31,13 +31,7 @@ async fn a_hub_crash_kicks_every_client_server_restart_runs_each_hook_once_and_s
     let server = TestServer::start(test_config()).await;
     let n = 50;
     let mut clients = connected(&server, n).await;
-    clients[0]
-        .send(&Message::Request {
-            id: 99,
-            route: ROUTE_FAULT_CRASH_HUB,
-            payload: Bytes::new(),
-        })
-        .await;
+    clients[0].fire(ROUTE_FAULT_CRASH_HUB).await;
     for client in &mut clients {
         assert_eq!(client.expect_kick().await, KickReason::SERVER_RESTART);
     }
@@ -73,13 +67,7 @@ async fn more_crashes_than_the_restart_intensity_allows_stop_the_server_with_an_
     for round in 0..3 {
         let mut client = server.connect().await;
         let _ = client.whoami().await;
-        client
-            .send(&Message::Request {
-                id: 1,
-                route: ROUTE_FAULT_CRASH_HUB,
-                payload: Bytes::new(),
-            })
-            .await;
+        client.fire(ROUTE_FAULT_CRASH_HUB).await;
         assert_eq!(
             client.expect_kick().await,
             KickReason::SERVER_RESTART,
@@ -108,21 +96,9 @@ async fn a_handler_panic_ends_only_its_connection_and_still_runs_its_hook() {
     let mut victim = server.connect().await;
     let mut injected = server.connect().await;
     let victim_id = victim.whoami().await;
-    victim
-        .send(&Message::Request {
-            id: 5,
-            route: routes::PANIC,
-            payload: Bytes::new(),
-        })
-        .await;
+    victim.fire(routes::PANIC).await;
     assert_eq!(victim.expect_kick().await, KickReason::INTERNAL_ERROR);
-    injected
-        .send(&Message::Request {
-            id: 6,
-            route: ROUTE_FAULT_PANIC_HANDLER,
-            payload: Bytes::new(),
-        })
-        .await;
+    injected.fire(ROUTE_FAULT_PANIC_HANDLER).await;
     assert_eq!(injected.expect_kick().await, KickReason::INTERNAL_ERROR);
 
     assert_eq!(
@@ -189,23 +165,24 @@ async fn the_disconnect_hook_runs_exactly_once_on_every_exit_path() {
     protocol.send_raw(&[0, 0, 0, 1, 200]).await;
     assert_eq!(protocol.expect_kick().await, KickReason::PROTOCOL_ERROR);
     let mut panic = panic;
-    panic
-        .send(&Message::Request {
-            id: 1,
-            route: routes::PANIC,
-            payload: Bytes::new(),
-        })
-        .await;
+    panic.fire(routes::PANIC).await;
     assert_eq!(panic.expect_kick().await, KickReason::INTERNAL_ERROR);
     let mut shutdown = shutdown;
     let mut kicked = kicked;
     let kicked_id = Bytes::copy_from_slice(&ids[3].0.to_be_bytes());
     assert!(shutdown.request(routes::KICK, kicked_id).await.0.is_ok());
     assert_eq!(kicked.expect_kick().await, KickReason::DUPLICATE_LOGIN);
+    // The shutdown client keeps talking while the idle one times out.
     let mut idle = idle;
-    assert_eq!(idle.expect_kick().await, KickReason::IDLE);
-    // Fresh input, so that the idle timeout cannot beat the shutdown to it.
-    assert_eq!(shutdown.request(routes::ECHO, "awake").await.1, "awake");
+    let idle_kick = loop {
+        tokio::select! {
+            kick = idle.expect_kick() => break kick,
+            () = tokio::time::sleep(Duration::from_millis(100)) => {
+                assert_eq!(shutdown.request(routes::ECHO, "awake").await.1, "awake");
+            }
+        }
+    };
+    assert_eq!(idle_kick, KickReason::IDLE);
     let record = server.record.clone();
     let stopping = tokio::spawn(server.shutdown());
     assert_eq!(shutdown.expect_kick().await, KickReason::SHUTDOWN);
@@ -242,13 +219,7 @@ async fn a_handler_that_never_returns_does_not_hold_up_shutdown() {
     let server = TestServer::start(config).await;
     let mut stuck = server.connect().await;
     let _ = stuck.whoami().await;
-    stuck
-        .send(&Message::Request {
-            id: 1,
-            route: routes::HANG,
-            payload: Bytes::new(),
-        })
-        .await;
+    stuck.fire(routes::HANG).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let record = server.record.clone();
     let started = std::time::Instant::now();
@@ -294,13 +265,7 @@ async fn a_kick_interrupts_a_handler_that_is_still_running() {
     let mut stuck = server.connect().await;
     let mut kicker = server.connect().await;
     let id = stuck.whoami().await;
-    stuck
-        .send(&Message::Request {
-            id: 1,
-            route: routes::HANG,
-            payload: Bytes::new(),
-        })
-        .await;
+    stuck.fire(routes::HANG).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let id_bytes = Bytes::copy_from_slice(&id.0.to_be_bytes());
     assert!(kicker.request(routes::KICK, id_bytes).await.0.is_ok());
@@ -319,13 +284,7 @@ async fn a_handler_running_past_its_timeout_is_dropped_and_its_connection_closed
     let server = TestServer::start(config).await;
     let mut stuck = server.connect().await;
     let mut bystander = server.connect().await;
-    stuck
-        .send(&Message::Request {
-            id: 1,
-            route: routes::HANG,
-            payload: Bytes::new(),
-        })
-        .await;
+    stuck.fire(routes::HANG).await;
     assert_eq!(stuck.expect_kick().await, KickReason::INTERNAL_ERROR);
     assert_eq!(bystander.request(routes::ECHO, "fine").await.1, "fine");
     let hooks = server.record.wait_hooks(1).await;

@@ -331,6 +331,19 @@ impl Client {
         }
     }
 
+    /// Sends a request without waiting for its answer (which may never come: a
+    /// crash, a panic, a handler that hangs).
+    pub async fn fire(&mut self, route: u16) {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.send(&Message::Request {
+            id,
+            route,
+            payload: Bytes::new(),
+        })
+        .await;
+    }
+
     /// Sends a request and waits for its response, skipping pushes.
     pub async fn request(&mut self, route: u16, payload: impl Into<Bytes>) -> (Status, Bytes) {
         let id = self.next_id;
