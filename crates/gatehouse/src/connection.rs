@@ -15,6 +15,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::task::Poll;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
@@ -189,15 +190,27 @@ enum Outcome<T> {
 /// Runs a handler to its end unless the connection is cancelled first or the handler
 /// takes too long: a handler that never returns must not hold up a kick, a shutdown
 /// or a hub restart, nor keep a dead connection open.
+///
+/// Most handlers finish without ever waiting: they are polled once first, and only
+/// one that waits pays for a timer and a cancellation waiter (a timer per request
+/// would cost a timer-wheel registration on the hot path).
 async fn cancellable<F: Future>(
     cancel: &CancellationToken,
     timeout: std::time::Duration,
     future: F,
 ) -> Outcome<F::Output> {
+    let settled = |result: Result<F::Output, String>| match result {
+        Ok(value) => Outcome::Done(value),
+        Err(panic) => Outcome::Panicked(panic),
+    };
+    let mut handler = std::pin::pin!(guarded(future));
+    let first_poll = std::future::poll_fn(|cx| Poll::Ready(handler.as_mut().poll(cx))).await;
+    if let Poll::Ready(result) = first_poll {
+        return settled(result);
+    }
     tokio::select! {
-        result = tokio::time::timeout(timeout, guarded(future)) => match result {
-            Ok(Ok(value)) => Outcome::Done(value),
-            Ok(Err(panic)) => Outcome::Panicked(panic),
+        result = tokio::time::timeout(timeout, handler) => match result {
+            Ok(result) => settled(result),
             Err(_) => Outcome::TimedOut,
         },
         () = cancel.cancelled() => Outcome::Cancelled,
