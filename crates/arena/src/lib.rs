@@ -98,6 +98,37 @@ struct Online {
     released: watch::Receiver<bool>,
 }
 
+/// A name taken in the online registry by a login in progress. If the login does not
+/// complete (it fails, or its handler is dropped at an await because the connection
+/// was kicked or the server stops), dropping the claim gives the name back, so that
+/// no ghost entry blocks the player's next login.
+struct Claim<'a, S> {
+    arena: &'a Arena<S>,
+    name: String,
+    conn: ConnId,
+    /// `None` once the login completed and the session owns it.
+    released: Option<watch::Sender<bool>>,
+}
+
+impl<S> Claim<'_, S> {
+    /// The login completed: the session now holds the name until it disconnects.
+    fn keep(mut self) -> watch::Sender<bool> {
+        // `released` is only taken here or in drop, so it is still there; the
+        // fallback (an already-released sender) is never used.
+        self.released
+            .take()
+            .unwrap_or_else(|| watch::channel(true).0)
+    }
+}
+
+impl<S> Drop for Claim<'_, S> {
+    fn drop(&mut self) {
+        if let Some(released) = self.released.take() {
+            self.arena.release(&self.name, self.conn, &released);
+        }
+    }
+}
+
 /// Per connection: nothing until login.
 #[derive(Default)]
 pub struct Session {
@@ -112,6 +143,23 @@ struct Player {
     hub: HubHandle<()>,
 }
 
+impl<S> Arena<S> {
+    fn online(&self) -> MutexGuard<'_, HashMap<String, Online>> {
+        // No code that can panic runs under this lock.
+        self.online.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Removes `name` from the registry if this connection still holds it.
+    fn release(&self, name: &str, conn: ConnId, released: &watch::Sender<bool>) {
+        let mut online = self.online();
+        if online.get(name).is_some_and(|entry| entry.conn == conn) {
+            online.remove(name);
+        }
+        drop(online);
+        released.send_replace(true);
+    }
+}
+
 impl<S: Store> Arena<S> {
     /// The game, saving through `writer`.
     pub fn new(writer: SaveWriter<S>) -> Self {
@@ -124,11 +172,6 @@ impl<S: Store> Arena<S> {
     /// The save writer (to flush it at shutdown).
     pub fn writer(&self) -> &SaveWriter<S> {
         &self.writer
-    }
-
-    fn online(&self) -> MutexGuard<'_, HashMap<String, Online>> {
-        // No code that can panic runs under this lock.
-        self.online.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     async fn login(
@@ -147,8 +190,8 @@ impl<S: Store> Arena<S> {
         if !valid_name(&name) {
             return Reply::error(status::BAD_NAME, "names are 1-24 letters, digits, _ or -");
         }
-        let released = match self.claim(&name, ctx).await {
-            Ok(released) => released,
+        let claim = match self.claim(&name, ctx).await {
+            Ok(claim) => claim,
             Err(reply) => return reply,
         };
         let mut state = match self.writer.load(&name).await {
@@ -158,8 +201,9 @@ impl<S: Store> Arena<S> {
             }),
             Ok(None) => new_player(&name),
             Err(e) => {
-                // Without the saved state, playing on would overwrite it at logout.
-                self.release(&name, ctx.id(), &released);
+                // Without the saved state, playing on would overwrite it at logout;
+                // dropping the claim lets the name go.
+                drop(claim);
                 warn!(player = %name, error = %e, "cannot load the player");
                 return Reply::error(Status::UNAVAILABLE, "the player store is unavailable");
             }
@@ -174,7 +218,7 @@ impl<S: Store> Arena<S> {
         };
         session.player = Some(Player {
             state,
-            released,
+            released: claim.keep(),
             hub,
         });
         Reply::ok(reply.encode_to_vec())
@@ -182,7 +226,7 @@ impl<S: Store> Arena<S> {
 
     /// Registers `name` as online on this connection, first kicking the connection
     /// that has it and waiting until it has saved and gone.
-    async fn claim(&self, name: &str, ctx: &Context<'_, ()>) -> Result<watch::Sender<bool>, Reply> {
+    async fn claim(&self, name: &str, ctx: &Context<'_, ()>) -> Result<Claim<'_, S>, Reply> {
         // A few rounds: another login may take the name between two of them.
         for _ in 0..3 {
             let (previous, mut released) = {
@@ -197,7 +241,12 @@ impl<S: Store> Arena<S> {
                                 released: rx,
                             },
                         );
-                        return Ok(tx);
+                        return Ok(Claim {
+                            arena: self,
+                            name: name.to_owned(),
+                            conn: ctx.id(),
+                            released: Some(tx),
+                        });
                     }
                     Some(entry) => (entry.conn, entry.released.clone()),
                 }
@@ -221,16 +270,6 @@ impl<S: Store> Arena<S> {
             status::LOGIN_BUSY,
             "the previous session is still closing",
         ))
-    }
-
-    /// Removes `name` from the registry if this connection still holds it.
-    fn release(&self, name: &str, conn: ConnId, released: &watch::Sender<bool>) {
-        let mut online = self.online();
-        if online.get(name).is_some_and(|entry| entry.conn == conn) {
-            online.remove(name);
-        }
-        drop(online);
-        released.send_replace(true);
     }
 
     async fn play(

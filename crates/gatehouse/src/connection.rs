@@ -14,12 +14,14 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
 use tokio::io::AsyncWriteExt;
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::codec::{Decoder, LengthDelimitedCodec};
@@ -49,34 +51,25 @@ macro_rules! context {
 }
 
 /// Runs one accepted connection to its end. `permit` holds its admission slot.
-pub(crate) async fn serve<S: Service>(
+///
+/// Not an `async fn`: everything is moved into the [`Connection`] first, so the task
+/// holds each value once (an async fn keeps its arguments for its whole life, beside
+/// the futures they were moved into).
+pub(crate) fn serve<S: Service>(
     socket: TcpStream,
     peer: SocketAddr,
     id: ConnId,
     shared: Arc<Shared<S>>,
     generation: Arc<Generation<S::Message>>,
     permit: Permit,
-) {
+) -> impl Future<Output = ()> + Send {
     let span = tracing::info_span!("conn", id = %id, %peer);
-    run(socket, peer, id, shared, generation)
-        .instrument(span)
-        .await;
-    drop(permit);
-}
-
-async fn run<S: Service>(
-    socket: TcpStream,
-    peer: SocketAddr,
-    id: ConnId,
-    shared: Arc<Shared<S>>,
-    generation: Arc<Generation<S::Message>>,
-) {
     let limits = &shared.config.limits;
     // Its own token, cancelled with the group or by a kick: waiting on it touches no
     // lock shared with other connections.
     let cancel = generation.token.child_token();
     let mailbox = Arc::new(Mailbox::new(limits.outbound_queue_bytes, cancel.clone()));
-    let mut conn = Connection {
+    let conn = Connection {
         id,
         peer,
         cancel,
@@ -85,60 +78,16 @@ async fn run<S: Service>(
         dos: DosChecker::new(limits),
         out: Outbox {
             queue: WriteQueue::default(),
-            mailbox: mailbox.clone(),
+            mailbox,
             close: None,
             close_text: String::new(),
         },
         socket,
-        shared: &shared,
-        generation: &generation,
+        shared,
+        generation,
+        _permit: permit,
     };
-    debug!("accepted");
-
-    let reason = if generation
-        .hub
-        .register(id, peer, mailbox.clone())
-        .await
-        .is_err()
-    {
-        // The hub died between accept and now; the group is being cancelled.
-        Err(DisconnectReason::ServerRestart)
-    } else {
-        let mut ctx = context!(conn);
-        let connected = guarded(shared.service.connect(&mut ctx)).await;
-        match connected {
-            Ok(mut session) => {
-                let reason = conn.serve(&mut session).await;
-                Ok((session, reason))
-            }
-            Err(panic) => {
-                error!(panic = %panic, "connect handler panicked; no session, no disconnect hook");
-                Err(DisconnectReason::HandlerPanic)
-            }
-        }
-    };
-
-    mailbox.close();
-    generation.hub.unregister(id).await;
-    let (session, reason) = match reason {
-        Ok((session, reason)) => (Some(session), reason),
-        Err(reason) => (None, reason),
-    };
-    conn.begin_close(&reason);
-    shared.stats.count_close(&reason);
-    if let Some(session) = session {
-        let info = Disconnect {
-            id,
-            peer,
-            reason: reason.clone(),
-        };
-        if let Err(panic) = guarded(shared.service.disconnect(session, info)).await {
-            error!(panic = %panic, "disconnect hook panicked");
-        }
-        shared.stats.count_disconnect_hook();
-    }
-    conn.finish_close(&reason).await;
-    log_close(&reason);
+    conn.run().instrument(span)
 }
 
 fn log_close(reason: &DisconnectReason) {
@@ -157,13 +106,17 @@ fn log_close(reason: &DisconnectReason) {
     }
 }
 
-/// Polls a handler's future on the heap (so a large handler future does not enlarge
-/// every idle connection) and turns a panic into an error carrying its message.
-async fn guarded<F: Future>(future: F) -> Result<F::Output, String> {
-    AssertUnwindSafe(Box::pin(future))
-        .catch_unwind()
-        .await
-        .map_err(|panic| panic_message(&*panic))
+/// A handler's future on the heap (so a large handler future does not enlarge every
+/// idle connection), resolving to its output or, if it panicked, the panic's message.
+fn guarded<'f, F: Future + Send + 'f>(
+    future: F,
+) -> Pin<Box<dyn Future<Output = Result<F::Output, String>> + Send + 'f>> {
+    Box::pin(async move {
+        AssertUnwindSafe(future)
+            .catch_unwind()
+            .await
+            .map_err(|panic| panic_message(&*panic))
+    })
 }
 
 fn panic_message(panic: &(dyn Any + Send)) -> String {
@@ -194,30 +147,48 @@ enum Outcome<T> {
 /// Most handlers finish without ever waiting: they are polled once first, and only
 /// one that waits pays for a timer and a cancellation waiter (a timer per request
 /// would cost a timer-wheel registration on the hot path).
-async fn cancellable<F: Future>(
+async fn cancellable<'f, F: Future + Send + 'f>(
     cancel: &CancellationToken,
     timeout: std::time::Duration,
     future: F,
-) -> Outcome<F::Output> {
+) -> Outcome<F::Output>
+where
+    F::Output: Send,
+{
     let settled = |result: Result<F::Output, String>| match result {
         Ok(value) => Outcome::Done(value),
         Err(panic) => Outcome::Panicked(panic),
     };
-    let mut handler = std::pin::pin!(guarded(future));
+    let mut handler = guarded(future);
     let first_poll = std::future::poll_fn(|cx| Poll::Ready(handler.as_mut().poll(cx))).await;
     if let Poll::Ready(result) = first_poll {
         return settled(result);
     }
-    tokio::select! {
-        result = tokio::time::timeout(timeout, handler) => match result {
-            Ok(result) => settled(result),
-            Err(_) => Outcome::TimedOut,
-        },
-        () = cancel.cancelled() => Outcome::Cancelled,
-    }
+    // The slow path is boxed too: its timer and waiter would otherwise enlarge every
+    // idle connection's task, which is sized for its largest await point.
+    Box::pin(async move {
+        tokio::select! {
+            result = tokio::time::timeout(timeout, handler) => match result {
+                Ok(result) => settled(result),
+                Err(_) => Outcome::TimedOut,
+            },
+            () = cancel.cancelled() => Outcome::Cancelled,
+        }
+    })
+    .await
 }
 
-struct Connection<'a, S: Service> {
+/// What woke the main loop.
+enum Event {
+    Cancelled,
+    Delivered,
+    Readable,
+    Writable,
+    Timer,
+    Failed(io::Error),
+}
+
+struct Connection<S: Service> {
     id: ConnId,
     peer: SocketAddr,
     /// Cancelled with the connection group (shutdown, hub restart) or by a kick.
@@ -229,8 +200,10 @@ struct Connection<'a, S: Service> {
     /// The seed's DoS checker: inbound byte and frame rates.
     dos: DosChecker,
     out: Outbox<S::Message>,
-    shared: &'a Shared<S>,
-    generation: &'a Generation<S::Message>,
+    shared: Arc<Shared<S>>,
+    generation: Arc<Generation<S::Message>>,
+    /// The admission slot, given back when the connection (and this) is dropped.
+    _permit: Permit,
 }
 
 /// The connection's deadlines, folded into one timer.
@@ -243,77 +216,154 @@ struct Deadlines {
     stalled_since: Option<Instant>,
 }
 
-impl<S: Service> Connection<'_, S> {
+impl<S: Service> Connection<S> {
+    /// The connection's whole life: register, connect, serve, close, hook, linger.
+    async fn run(mut self) {
+        debug!("accepted");
+        let (id, peer) = (self.id, self.peer);
+        let mailbox = self.out.mailbox.clone();
+        let registered = Box::pin(self.generation.hub.register(id, peer, mailbox)).await;
+        let reason = if registered.is_err() {
+            // The hub died between accept and now; the group is being cancelled.
+            Err(DisconnectReason::ServerRestart)
+        } else {
+            let service = &self.shared.service;
+            let mut ctx = context!(self);
+            match guarded(service.connect(&mut ctx)).await {
+                Ok(mut session) => {
+                    let reason = self.serve(&mut session).await;
+                    Ok((session, reason))
+                }
+                Err(panic) => {
+                    error!(panic = %panic, "connect handler panicked; no session, no disconnect hook");
+                    Err(DisconnectReason::HandlerPanic)
+                }
+            }
+        };
+
+        self.out.mailbox.close();
+        Box::pin(self.generation.hub.unregister(id)).await;
+        let (session, reason) = match reason {
+            Ok((session, reason)) => (Some(session), reason),
+            Err(reason) => (None, reason),
+        };
+        self.begin_close(&reason);
+        self.shared.stats.count_close(&reason);
+        if let Some(session) = session {
+            let info = Disconnect {
+                id,
+                peer,
+                reason: reason.clone(),
+            };
+            if let Err(panic) = guarded(self.shared.service.disconnect(session, info)).await {
+                error!(panic = %panic, "disconnect hook panicked");
+            }
+            self.shared.stats.count_disconnect_hook();
+        }
+        // Boxed, like every await that is not the hot loop: the task is sized for its
+        // largest await point, and this runs once.
+        Box::pin(self.finish_close(&reason)).await;
+        log_close(&reason);
+    }
+
     /// The main loop; returns why the connection must end.
+    ///
+    /// It waits on readiness by polling (the socket's read and write readiness, the
+    /// mailbox, the group's cancellation, the timer) rather than on a `select!` of
+    /// futures: no future per wait, nothing but the pinned waiters held while idle.
     async fn serve(&mut self, session: &mut S::Session) -> DisconnectReason {
-        let limits = &self.shared.config.limits;
+        let shared = self.shared.clone();
+        let limits = &shared.config.limits;
         let mut deadlines = Deadlines {
             last_input: None,
             accepted: Instant::now(),
             stalled_since: None,
         };
+        let mailbox = self.out.mailbox.clone();
         let timer = sleep_until(deadlines.next(limits));
         let cancelled = self.cancel.clone().cancelled_owned();
-        tokio::pin!(timer, cancelled);
-        let mut deliveries = Vec::new();
+        let delivered = mailbox.delivered();
+        tokio::pin!(timer, cancelled, delivered);
+        // Alternates which of mailbox and socket is looked at first, so that neither
+        // can starve the other.
+        let mut mailbox_first = false;
         loop {
             if let Some(reason) = self.out.close.take() {
                 return reason;
             }
             // Frames already buffered are handled before anything is written, so the
             // answers to pipelined requests leave in one write.
-            let frame = match self.reader.buffered_frame() {
-                Ok(Some(frame)) => Some(frame),
-                Ok(None) => None,
+            match self.reader.buffered_frame() {
+                Ok(Some(frame)) => {
+                    let first = deadlines.last_input.is_none();
+                    deadlines.last_input = Some(Instant::now());
+                    if first {
+                        // From now on the idle timeout applies, which may be sooner.
+                        timer.as_mut().reset(deadlines.next(limits));
+                    }
+                    Box::pin(self.on_frame(frame, session)).await;
+                    continue;
+                }
+                Ok(None) => {}
                 Err(e) => return self.read_failed(e),
-            };
-            if let Some(frame) = frame {
-                deadlines.last_input = Some(Instant::now());
-                self.on_frame(frame, session).await;
-                continue;
             }
             if let Err(e) = self.write_now(&mut deadlines, timer.as_mut()) {
                 return DisconnectReason::SocketError(e.kind());
             }
-            // Unbiased: a busy mailbox cannot starve the socket, nor the reverse.
-            tokio::select! {
-                () = &mut cancelled => return self.stop_reason(),
-                () = self.out.mailbox.wait() => {
+            mailbox_first = !mailbox_first;
+            let socket = &self.socket;
+            let writing = !self.out.queue.is_empty();
+            let event = std::future::poll_fn(|cx| {
+                if cancelled.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Cancelled);
+                }
+                if mailbox_first && delivered.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Delivered);
+                }
+                if let Poll::Ready(ready) = socket.poll_read_ready(cx) {
+                    return Poll::Ready(ready.map_or_else(Event::Failed, |()| Event::Readable));
+                }
+                if !mailbox_first && delivered.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Delivered);
+                }
+                if writing {
+                    if let Poll::Ready(ready) = socket.poll_write_ready(cx) {
+                        return Poll::Ready(ready.map_or_else(Event::Failed, |()| Event::Writable));
+                    }
+                }
+                if timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Timer);
+                }
+                Poll::Pending
+            })
+            .await;
+            match event {
+                Event::Cancelled => return self.stop_reason(),
+                Event::Delivered => {
+                    delivered.set(mailbox.delivered());
+                    let mut deliveries = Vec::new();
                     if self.out.mailbox.drain(&mut deliveries) {
                         return DisconnectReason::SlowConsumer;
                     }
-                    for delivery in deliveries.drain(..) {
-                        if let Some(reason) = self.deliver(delivery, session).await {
+                    for delivery in deliveries {
+                        if let Some(reason) = Box::pin(self.deliver(delivery, session)).await {
                             return reason;
                         }
                     }
-                    deliveries.shrink_to(4);
                 }
-                ready = self.socket.writable(), if !self.out.queue.is_empty() => {
-                    if let Err(e) = ready {
-                        return DisconnectReason::SocketError(e.kind());
-                    }
-                }
-                frame = self.reader.next_frame(&self.socket) => match frame {
-                    Ok(Some(frame)) => {
-                        let first = deadlines.last_input.is_none();
-                        deadlines.last_input = Some(Instant::now());
-                        if first {
-                            // From now on the idle timeout applies, which may be sooner.
-                            timer.as_mut().reset(deadlines.next(limits));
-                        }
-                        self.on_frame(frame, session).await;
-                    }
-                    Ok(None) => return DisconnectReason::PeerClosed,
-                    Err(e) => return self.read_failed(e),
+                Event::Readable => match self.reader.read_ready(&self.socket) {
+                    Ok(Some(0)) => return DisconnectReason::PeerClosed,
+                    Ok(_) => {} // the frames are taken at the top of the loop
+                    Err(e) => return DisconnectReason::SocketError(e.kind()),
                 },
-                () = &mut timer => {
-                    let now = Instant::now();
-                    if let Some(reason) = deadlines.expired(now, limits) {
+                Event::Writable => {} // written at the top of the loop
+                Event::Timer => {
+                    if let Some(reason) = deadlines.expired(Instant::now(), limits) {
                         return reason;
                     }
                     timer.as_mut().reset(deadlines.next(limits));
                 }
+                Event::Failed(e) => return DisconnectReason::SocketError(e.kind()),
             }
         }
     }
@@ -460,7 +510,7 @@ impl<S: Service> Connection<'_, S> {
             }
             Message::Request { id, route, payload } => {
                 let reply = if route >= RESERVED_ROUTES_START {
-                    self.framework_request(route).await
+                    Box::pin(self.framework_request(route)).await
                 } else {
                     self.service_request(session, route, payload).await
                 };
@@ -615,7 +665,7 @@ impl<S: Service> Connection<'_, S> {
     /// the peer to close (discarding what it still sends), within `close_linger`.
     /// Waiting for the peer's FIN keeps the kernel from answering late input with a
     /// reset that could destroy the kick before the client read it.
-    async fn finish_close(mut self, reason: &DisconnectReason) {
+    async fn finish_close(&mut self, reason: &DisconnectReason) {
         let linger = self.shared.config.limits.close_linger;
         match reason {
             DisconnectReason::SocketError(_) | DisconnectReason::SendTimeout => return,
@@ -646,7 +696,7 @@ impl<S: Service> Connection<'_, S> {
     }
 }
 
-impl<S: Service> Connection<'_, S> {
+impl<S: Service> Connection<S> {
     /// Writes everything queued, waiting for the socket as needed.
     async fn flush(&mut self) -> io::Result<()> {
         while !self.out.queue.is_empty() {
@@ -744,27 +794,71 @@ impl FrameReader {
         }
     }
 
-    /// The next frame's body; `Ok(None)` when the peer closed.
-    async fn next_frame(&mut self, socket: &TcpStream) -> Result<Option<Bytes>, ReadError> {
-        loop {
-            if let Some(frame) = self.buffered_frame()? {
-                return Ok(Some(frame));
-            }
-            if self.buf.is_empty() {
-                self.buf = BytesMut::new(); // hold nothing while waiting
-            }
-            socket.readable().await.map_err(ReadError::Io)?;
-            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
-                self.buf.reserve(READ_CHUNK);
-            }
-            match socket.try_read_buf(&mut self.buf) {
-                // A close in the middle of a frame is still just the peer leaving.
-                Ok(0) => return Ok(None),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(ReadError::Io(e)),
-            }
+    /// Reads what the socket has now: `Some(0)` means the peer closed (a close in the
+    /// middle of a frame is still just the peer leaving), `None` that nothing was
+    /// there after all. Called on read readiness.
+    ///
+    /// A short read means the socket is drained, and tokio is told so: the read runs
+    /// inside `try_io`, whose closure then reports `WouldBlock`, which clears the
+    /// readiness (as tokio's own `poll_read` does). `try_read_buf` alone would leave
+    /// it set and cost one more `recv` per wakeup that only returns EAGAIN.
+    fn read_ready(&mut self, socket: &TcpStream) -> io::Result<Option<usize>> {
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+            self.buf.reserve(READ_CHUNK);
         }
+        let spare = self.buf.capacity() - self.buf.len();
+        let mut read = None;
+        let result = socket.try_io(Interest::READABLE, || {
+            let n = socket.try_read_buf(&mut self.buf)?;
+            read = Some(n);
+            if 0 < n && n < spare {
+                Err(io::ErrorKind::WouldBlock.into())
+            } else {
+                Ok(())
+            }
+        });
+        match (read, result) {
+            (Some(n), _) => Ok(Some(n)),
+            (None, Err(e))
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                if self.buf.is_empty() {
+                    self.buf = BytesMut::new(); // a spurious wakeup: hold nothing
+                }
+                Ok(None)
+            }
+            (None, Err(e)) => Err(e),
+            (None, Ok(())) => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench_service::BenchService;
+    use crate::limits::Admission;
+
+    /// An idle connection costs its task: the future below, plus tokio's task header
+    /// and the socket's registration. Every await point shares this space, so a
+    /// large one (a timer, a nested handler) would enlarge every idle connection.
+    #[tokio::test]
+    async fn a_connection_task_stays_small() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (socket, peer) = listener.accept().await.unwrap();
+        let shared = Arc::new(Shared::new(crate::Config::default(), BenchService));
+        let (hub, _hub_task) = crate::hub::spawn::<()>(16);
+        let generation = Arc::new(Generation::new_for_test(hub));
+        let permit = Admission::new(1, 1).try_admit(peer.ip()).unwrap();
+        let task = serve(socket, peer, ConnId(1), shared, generation, permit);
+        let size = std::mem::size_of_val(&task);
+        println!("connection task future: {size} bytes");
+        assert!(size <= 1600, "the connection future grew to {size} bytes");
     }
 }

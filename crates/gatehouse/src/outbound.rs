@@ -124,9 +124,10 @@ impl<M> Mailbox<M> {
         self.unsent.fetch_sub(n, Ordering::AcqRel);
     }
 
-    /// Waits until something may have been delivered.
-    pub(crate) async fn wait(&self) {
-        self.notify.notified().await;
+    /// Resolves when something may have been delivered. Keep it pinned across waits
+    /// and replace it once it has resolved.
+    pub(crate) fn delivered(&self) -> tokio::sync::futures::Notified<'_> {
+        self.notify.notified()
     }
 
     /// Takes everything queued; `overflowed` tells whether a delivery was refused.

@@ -32,6 +32,12 @@ impl fmt::Display for ConnId {
 ///
 /// Handlers of one connection never run concurrently; a panic in any of them ends
 /// that connection only (kick `internal_error`), and `disconnect` still runs.
+///
+/// A handler may be dropped at any `.await`: when its connection is kicked, the
+/// server shuts down, the hub restarts, or it runs past `limits.handler_timeout`.
+/// `disconnect` then runs with the session as the handler left it, so keep what a
+/// handler changes outside the session consistent across its awaits (a guard that
+/// undoes on drop, as arena's login claim does).
 pub trait Service: Send + Sync + 'static {
     /// Per-connection state, created by `connect`, handed back to `disconnect`.
     type Session: Send + 'static;

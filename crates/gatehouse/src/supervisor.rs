@@ -96,6 +96,16 @@ pub(crate) struct Generation<M> {
 }
 
 impl<M> Generation<M> {
+    #[cfg(test)]
+    pub(crate) fn new_for_test(hub: HubHandle<M>) -> Self {
+        Generation {
+            token: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            hub,
+            stop_reason: OnceLock::new(),
+        }
+    }
+
     fn stop(&self, reason: DisconnectReason) {
         let _ = self.stop_reason.set(reason); // first reason wins
         self.token.cancel();
