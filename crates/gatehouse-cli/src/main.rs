@@ -2,6 +2,7 @@
 //! command line, loads and checks the configuration, sets up logging, and hands a
 //! service to the library's `Server::run` until SIGINT or SIGTERM.
 
+mod bench;
 mod client;
 
 use std::net::SocketAddr;
@@ -33,6 +34,8 @@ enum Command {
     Serve(ServeArgs),
     /// Play arena from the terminal.
     Client(client::ClientArgs),
+    /// Generate load against a bench-service server and measure it (one JSON line).
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Args)]
@@ -69,6 +72,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => serve(args).await,
         Command::Client(args) => client::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
     }
 }
 

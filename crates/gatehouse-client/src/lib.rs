@@ -10,6 +10,13 @@
 //! One background task owns the socket: it reads frames and routes responses to
 //! their waiting requests, and writes what the handles queue (bounded; a full queue
 //! makes callers wait).
+//!
+//! Crate map:
+//! - the crate root: [`Client`], [`Pushes`], [`ClientConfig`], [`ClientError`].
+//! - [`loadgen`]: the load-generation engine of `gatehouse bench` (echo, idle
+//!   connections, connect storm, broadcast), lean and independent of [`Client`].
+
+pub mod loadgen;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

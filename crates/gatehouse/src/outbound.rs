@@ -196,7 +196,7 @@ impl WriteQueue {
                 Err(e) => return Err(e),
             }
         }
-        if self.frames.is_empty() && self.frames.capacity() > 8 {
+        if self.frames.is_empty() {
             self.frames = VecDeque::new(); // nothing held at rest
         }
         Ok(written)

@@ -1,0 +1,303 @@
+//! `gatehouse bench`: the load generator's command line. The engine is
+//! `gatehouse_client::loadgen`; this file parses options, runs the engine on a
+//! runtime of its own (by default a current-thread runtime, so the generator takes
+//! at most one core of a machine it shares with the server), draws progress bars on
+//! stderr (only on a terminal, never with `--quiet`), and prints exactly one JSON
+//! line of results on stdout.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use clap::{Args, Subcommand};
+use gatehouse_client::loadgen::broadcast::{self, BroadcastOptions};
+use gatehouse_client::loadgen::echo::{self, EchoOptions};
+use gatehouse_client::loadgen::idle::{self, IdleOptions};
+use gatehouse_client::loadgen::storm::{self, StormOptions};
+use gatehouse_client::loadgen::{Progress, Sources};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+#[derive(Args)]
+pub(crate) struct BenchArgs {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// C connections keep D echo requests each in flight: requests/s, latency.
+    Echo(EchoArgs),
+    /// Hold N idle connections (heartbeats only), check each is alive; with
+    /// --server-pid, the server's RSS per connection and idle CPU.
+    Connections(ConnectionsArgs),
+    /// N simultaneous connects: time until every one is accepted and answered.
+    Storm(StormArgs),
+    /// N listeners, one sender: time until every listener has each broadcast.
+    Broadcast(BroadcastArgs),
+}
+
+/// Options every scenario takes.
+#[derive(Args)]
+struct Common {
+    /// The server (the bench service of gatehouse, or an anchor in bench/).
+    #[arg(long)]
+    addr: SocketAddr,
+    /// No progress bars (they are drawn only when stderr is a terminal anyway).
+    #[arg(long)]
+    quiet: bool,
+    /// Generator threads: 1 runs a current-thread runtime (at most one core); more
+    /// runs a multi-thread runtime with that many workers.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Connections per source address (127.x.y.z, a random block per run) when the
+    /// server is on loopback.
+    #[arg(long, default_value_t = Sources::DEFAULT_PER_ADDRESS)]
+    per_source: usize,
+}
+
+impl Common {
+    fn sources(&self) -> Sources {
+        Sources::for_target(self.addr, self.per_source)
+    }
+}
+
+#[derive(Args)]
+struct EchoArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Connections.
+    #[arg(long, default_value_t = 100)]
+    connections: usize,
+    /// Requests in flight per connection (pipelining depth).
+    #[arg(long, default_value_t = 1)]
+    depth: usize,
+    /// Payload bytes per request.
+    #[arg(long, default_value_t = 64)]
+    payload: usize,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds of load before measuring.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Seconds requests in flight at the end may take before they count as lost.
+    #[arg(long, default_value_t = 5.0)]
+    drain_timeout: f64,
+    /// The server's pid, for its CPU time over the measured window (/proc/PID/stat).
+    #[arg(long)]
+    server_pid: Option<u32>,
+}
+
+#[derive(Args)]
+struct ConnectionsArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Connections to open.
+    #[arg(long)]
+    count: usize,
+    /// Seconds to hold them idle (the CPU window).
+    #[arg(long, default_value_t = 10.0)]
+    hold: f64,
+    /// Seconds between a connection's heartbeat pings.
+    #[arg(long, default_value_t = 15.0)]
+    heartbeat: f64,
+    /// The server's pid, for its RSS (/proc/PID/status) and CPU (/proc/PID/stat).
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Seconds between the last connect and the CPU window.
+    #[arg(long, default_value_t = 1.0)]
+    settle: f64,
+}
+
+#[derive(Args)]
+struct StormArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Connects, all at once.
+    #[arg(long)]
+    count: usize,
+    /// Seconds after which an unanswered connection counts as failed.
+    #[arg(long, default_value_t = 30.0)]
+    timeout: f64,
+}
+
+#[derive(Args)]
+struct BroadcastArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Listener connections (the sender is one more).
+    #[arg(long)]
+    listeners: usize,
+    /// Broadcasts, one at a time.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Payload bytes (at least 4).
+    #[arg(long, default_value_t = 64)]
+    payload: usize,
+    /// Seconds a listener may take to get a push before it counts as lost.
+    #[arg(long, default_value_t = 5.0)]
+    timeout: f64,
+}
+
+impl Scenario {
+    fn common(&self) -> &Common {
+        match self {
+            Scenario::Echo(a) => &a.common,
+            Scenario::Connections(a) => &a.common,
+            Scenario::Storm(a) => &a.common,
+            Scenario::Broadcast(a) => &a.common,
+        }
+    }
+}
+
+/// Seconds from the command line as a duration (rejects negative and NaN).
+fn seconds(name: &str, value: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(value).with_context(|| format!("--{name} {value}"))
+}
+
+pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let common = args.scenario.common();
+    let threads = common.threads;
+    if threads == 0 {
+        bail!("--threads must be at least 1");
+    }
+    let show_bars = !common.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let progress = Arc::new(Progress::default());
+    let engine_progress = progress.clone();
+    // The engine gets a runtime of its own, so its threads are exactly --threads; the
+    // binary's runtime only waits (and draws the bars).
+    let engine = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
+        let runtime = if threads == 1 {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+        } else {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads)
+                .enable_all()
+                .build()?
+        };
+        runtime.block_on(run_scenario(args.scenario, &engine_progress))
+    });
+    let bars = show_bars.then(|| tokio::spawn(draw(progress)));
+    let result = engine.await.context("the load generator panicked");
+    if let Some(bars) = bars {
+        bars.abort();
+        let _ = bars.await;
+    }
+    let json = result??;
+    println!("{json}");
+    Ok(())
+}
+
+/// Runs one scenario; returns its JSON line.
+async fn run_scenario(scenario: Scenario, progress: &Progress) -> anyhow::Result<String> {
+    let json = match scenario {
+        Scenario::Echo(a) => {
+            let mut options = EchoOptions::new(
+                a.common.addr,
+                a.connections,
+                a.depth,
+                a.payload,
+                seconds("duration", a.duration)?,
+            );
+            options.warmup = seconds("warmup", a.warmup)?;
+            options.drain_timeout = seconds("drain-timeout", a.drain_timeout)?;
+            options.sources = a.common.sources();
+            options.server_pid = a.server_pid;
+            let report = echo::run(&options, progress).await?;
+            if report.errors > 0 || report.lost > 0 || report.connected < report.connections {
+                eprintln!(
+                    "warning: {} errors, {} lost, {} of {} connections opened",
+                    report.errors, report.lost, report.connected, report.connections
+                );
+            }
+            serde_json::to_string(&report)?
+        }
+        Scenario::Connections(a) => {
+            let mut options = IdleOptions::new(a.common.addr, a.count, seconds("hold", a.hold)?);
+            options.heartbeat = seconds("heartbeat", a.heartbeat)?;
+            options.settle = seconds("settle", a.settle)?;
+            options.server_pid = a.server_pid;
+            options.sources = a.common.sources();
+            let report = idle::run(&options, progress).await?;
+            if report.dead > 0 {
+                eprintln!(
+                    "warning: {} of {} connections dead",
+                    report.dead, report.count
+                );
+            }
+            serde_json::to_string(&report)?
+        }
+        Scenario::Storm(a) => {
+            let mut options = StormOptions::new(a.common.addr, a.count);
+            options.timeout = seconds("timeout", a.timeout)?;
+            options.sources = a.common.sources();
+            let report = storm::run(&options, progress).await?;
+            if report.failed > 0 {
+                eprintln!(
+                    "warning: {} of {} connects failed",
+                    report.failed, report.count
+                );
+            }
+            serde_json::to_string(&report)?
+        }
+        Scenario::Broadcast(a) => {
+            let mut options = BroadcastOptions::new(a.common.addr, a.listeners);
+            options.rounds = a.rounds;
+            options.payload = a.payload;
+            options.timeout = seconds("timeout", a.timeout)?;
+            options.sources = a.common.sources();
+            let report = broadcast::run(&options, progress).await?;
+            if report.lost > 0 {
+                eprintln!("warning: {} listener-rounds lost", report.lost);
+            }
+            serde_json::to_string(&report)?
+        }
+    };
+    Ok(json)
+}
+
+/// Draws the engine's phases as progress bars on stderr, ten times a second, until
+/// aborted.
+async fn draw(progress: Arc<Progress>) {
+    let mut generation = 0;
+    let mut bar: Option<ProgressBar> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let counted = ProgressStyle::with_template("{prefix:>10} [{bar:40}] {pos}/{len} ({per_sec})")
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let timed = ProgressStyle::with_template("{prefix:>10} [{bar:40}] {msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    loop {
+        tick.tick().await;
+        let phase = progress.snapshot();
+        if phase.generation != generation {
+            generation = phase.generation;
+            if let Some(old) = bar.take() {
+                old.finish();
+            }
+            let new = ProgressBar::with_draw_target(
+                Some(phase.total),
+                ProgressDrawTarget::stderr_with_hz(10),
+            );
+            new.set_style(if phase.timed {
+                timed.clone()
+            } else {
+                counted.clone()
+            });
+            new.set_prefix(phase.name);
+            bar = Some(new);
+        }
+        if let Some(bar) = &bar {
+            bar.set_position(phase.done);
+            if phase.timed {
+                bar.set_message(format!(
+                    "{:.1}/{:.1} s",
+                    phase.done as f64 / 1e3,
+                    phase.total as f64 / 1e3
+                ));
+            }
+        }
+    }
+}

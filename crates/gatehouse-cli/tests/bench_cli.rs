@@ -1,0 +1,142 @@
+//! `gatehouse bench` end to end: the real binary generates load against a
+//! `gatehouse serve --service bench` child process and prints exactly one JSON line
+//! on stdout, whatever the scenario.
+
+#![allow(clippy::unwrap_used)]
+
+mod process;
+
+use std::process::Output;
+
+use process::{gatehouse, scratch, write_file, ServerProcess};
+use serde_json::Value;
+
+/// A bench server whose limits let a pipelined client through.
+fn bench_server(name: &str) -> ServerProcess {
+    let dir = scratch(name);
+    let config = write_file(
+        &dir,
+        "bench.toml",
+        "[server]\nservice = \"bench\"\nmax_connections_per_ip = 5000\n\
+         [limits]\ninbound_frames_per_sec = 10000000\ninbound_frames_burst = 10000000\n",
+    );
+    ServerProcess::start(&[
+        "--service",
+        "bench",
+        "--config",
+        config.to_str().unwrap(),
+        "--log",
+        "warn",
+    ])
+}
+
+/// Runs `gatehouse bench ARGS…` and returns its one JSON line, parsed.
+fn bench(args: &[&str]) -> Value {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = gatehouse().arg("bench").args(args).output().unwrap();
+    let stdout = String::from_utf8(stdout).unwrap();
+    let stderr = String::from_utf8_lossy(&stderr);
+    assert!(status.success(), "{args:?}: {status}\n{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "exactly one line on stdout: {stdout:?}");
+    // Progress bars go to stderr, and only on a terminal: none here.
+    assert!(
+        !stderr.contains('['),
+        "no progress bars when not a terminal: {stderr}"
+    );
+    serde_json::from_str(lines[0]).unwrap()
+}
+
+#[test]
+fn bench_echo_against_a_served_process_prints_one_json_line() {
+    let server = bench_server("bench-echo");
+    let addr = server.addr.to_string();
+    let report = bench(&[
+        "echo",
+        "--addr",
+        &addr,
+        "--connections",
+        "10",
+        "--depth",
+        "4",
+        "--duration",
+        "1",
+        "--warmup",
+        "0.2",
+    ]);
+    assert_eq!(report["scenario"], "echo");
+    assert_eq!(report["connected"], 10);
+    let verified = report["verified"].as_u64().unwrap();
+    assert!(report["measured_responses"].as_u64().unwrap() > 0);
+    assert_eq!(report["sent"].as_u64().unwrap(), verified);
+    assert_eq!(report["errors"], 0);
+    assert_eq!(report["lost"], 0);
+    assert!(report["requests_per_sec"].as_f64().unwrap() > 0.0);
+    assert!(report["latency"]["p99_us"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn every_scenario_prints_its_json_line() {
+    let server = bench_server("bench-scenarios");
+    let addr = server.addr.to_string();
+    let pid = server.child.id().to_string();
+
+    let storm = bench(&["storm", "--addr", &addr, "--count", "50", "--quiet"]);
+    assert_eq!(
+        (storm["scenario"].as_str(), storm["answered"].as_u64()),
+        (Some("storm"), Some(50))
+    );
+
+    let idle = bench(&[
+        "connections",
+        "--addr",
+        &addr,
+        "--count",
+        "20",
+        "--hold",
+        "0.3",
+        "--settle",
+        "0.1",
+        "--server-pid",
+        &pid,
+        "--threads",
+        "2",
+    ]);
+    assert_eq!(idle["alive"], 20);
+    assert!(idle["rss_per_connection_bytes"].is_number());
+    assert!(idle["cpu_percent_of_core"].is_number());
+
+    let broadcast = bench(&[
+        "broadcast",
+        "--addr",
+        &addr,
+        "--listeners",
+        "20",
+        "--rounds",
+        "2",
+    ]);
+    assert_eq!(broadcast["lost"], 0);
+    assert_eq!(broadcast["per_round"].as_array().unwrap().len(), 2);
+    assert!(broadcast["median_time_to_all_ms"].is_number());
+}
+
+#[test]
+fn a_server_that_is_not_there_is_an_error_not_a_report() {
+    let output = gatehouse()
+        .args([
+            "bench",
+            "echo",
+            "--addr",
+            "127.0.0.1:1",
+            "--duration",
+            "0.1",
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(output.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot connect"));
+}
