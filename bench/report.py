@@ -217,7 +217,12 @@ def write_report(args):
     quick = args.quick == "1"
     out = []
     w = out.append
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    # The run's start, from its results directory (target/bench/YYYYMMDDTHHMMSSZ).
+    stamp = os.path.basename(os.path.dirname(os.path.abspath(args.results)))
+    try:
+        now = datetime.datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").strftime("%Y-%m-%d %H:%M UTC")
+    except ValueError:
+        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     w("# Benchmarks")
     w("")
     w("<!-- Written by scripts/bench.sh (bench/report.py); edit those, not this file. -->")
@@ -241,7 +246,7 @@ def write_report(args):
     w("## Reproduce")
     w("")
     w("```sh")
-    w("scripts/bench.sh            # everything, then rewrites this file (about 20 minutes)")
+    w("scripts/bench.sh            # everything, then rewrites this file (about 18 minutes)")
     w("scripts/bench.sh --quick    # a 3-minute smoke run with small counts")
     w("cargo bench -p gatehouse    # the criterion micro-benchmarks alone")
     w("```")
@@ -268,7 +273,7 @@ def write_report(args):
          if args.threads == "1" else ".")
       )
     if args.threads == "1":
-        w("  server can have the other (see *Generator* below). It binds its sockets to")
+        w("  server can have the other (see *The generator* below). It binds its sockets to")
     else:
         w("  It binds its sockets to")
     w("  127.x.y.z source addresses, 5,000 connections per address.")
@@ -352,8 +357,8 @@ def write_report(args):
     if args.criterion and os.path.isdir(args.criterion):
         w("`cargo bench -p gatehouse --bench codec --bench broadcast -- --warm-up-time 1 "
           "--measurement-time 3` (run by the script after the servers; sources in "
-          "`crates/gatehouse/benches/`). Time per iteration, median estimate "
-          "[95 % interval of the mean].")
+          "`crates/gatehouse/benches/`). Time per iteration: the mean and its 95 % "
+          "confidence interval.")
         w("")
         w("| benchmark | time | throughput |")
         w("|---|---|---|")
@@ -361,7 +366,7 @@ def write_report(args):
             full = meta.get("full_id", "?")
             if not (full.startswith("codec/") or full.startswith("broadcast/")):
                 continue
-            med = est["median"]["point_estimate"]
+            med = est["mean"]["point_estimate"]
             lo = est["mean"]["confidence_interval"]["lower_bound"]
             hi = est["mean"]["confidence_interval"]["upper_bound"]
             tp = meta.get("throughput") or {}

@@ -180,10 +180,11 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         };
         runtime.block_on(run_scenario(args.scenario, &engine_progress))
     });
-    let bars = show_bars.then(|| tokio::spawn(draw(progress)));
+    let (engine_done, done) = tokio::sync::oneshot::channel();
+    let bars = show_bars.then(|| tokio::spawn(draw(progress, done)));
     let result = engine.await.context("the load generator panicked");
+    let _ = engine_done.send(());
     if let Some(bars) = bars {
-        bars.abort();
         let _ = bars.await;
     }
     let json = result??;
@@ -260,8 +261,8 @@ async fn run_scenario(scenario: Scenario, progress: &Progress) -> anyhow::Result
 }
 
 /// Draws the engine's phases as progress bars on stderr, ten times a second, until
-/// aborted.
-async fn draw(progress: Arc<Progress>) {
+/// the engine is `done`.
+async fn draw(progress: Arc<Progress>, mut done: tokio::sync::oneshot::Receiver<()>) {
     let mut generation = 0;
     let mut bar: Option<ProgressBar> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -270,7 +271,10 @@ async fn draw(progress: Arc<Progress>) {
     let timed = ProgressStyle::with_template("{prefix:>10} [{bar:40}] {msg}")
         .unwrap_or_else(|_| ProgressStyle::default_bar());
     loop {
-        tick.tick().await;
+        let finished = tokio::select! {
+            _ = tick.tick() => false,
+            _ = &mut done => true,
+        };
         let phase = progress.snapshot();
         if phase.generation != generation {
             generation = phase.generation;
@@ -298,6 +302,12 @@ async fn draw(progress: Arc<Progress>) {
                     phase.total as f64 / 1e3
                 ));
             }
+        }
+        if finished {
+            if let Some(bar) = bar.take() {
+                bar.finish();
+            }
+            return;
         }
     }
 }
