@@ -378,10 +378,9 @@ def write_report(args):
                 through = f"{per:.1f} ns per recipient"
             w(f"| `{full}` | {ns(med)} [{ns(lo)} – {ns(hi)}] | {through} |")
         w("")
-        w("`broadcast/fan_out_replica` runs a copy of the hub's broadcast loop and of")
-        w("`Mailbox::deliver` (both crate-private; see the bench's doc): it measures that work")
-        w("but would not notice a change to it. It does not include waking the connection")
-        w("tasks, which the end-to-end broadcast scenario above does.")
+        w("`broadcast/fan_out` runs the hub's real broadcast handling and `Mailbox::deliver`")
+        w("over detached mailboxes (`gatehouse::hub::bench_support`). It does not include")
+        w("waking the connection tasks, which the end-to-end broadcast scenario above does.")
     else:
         w("(Not run this time: `scripts/bench.sh` without `--no-micro` runs them.)")
     w("")

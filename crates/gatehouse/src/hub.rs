@@ -333,3 +333,74 @@ impl<M: Send + 'static> Hub<M> {
         }
     }
 }
+
+/// Benchmark support, not part of the API: the hub's real broadcast over detached
+/// mailboxes, with no runtime, task or socket (see `benches/broadcast.rs`).
+#[doc(hidden)]
+pub mod bench_support {
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+
+    /// A hub holding `n` registered connections' mailboxes.
+    pub struct FanOut {
+        hub: Hub<()>,
+        mailboxes: Vec<Arc<Mailbox<()>>>,
+        taken: Vec<Delivery<()>>,
+    }
+
+    impl FanOut {
+        /// A hub with `n` connections registered, each with a 1 MiB budget.
+        pub fn new(n: u64) -> FanOut {
+            let (_tx, rx) = mpsc::channel(1);
+            let mut hub = Hub {
+                rx,
+                conns: HashMap::new(),
+                groups: HashMap::new(),
+            };
+            let peer = SocketAddr::from(([127, 0, 0, 1], 9));
+            let mailboxes: Vec<_> = (0..n)
+                .map(|i| {
+                    let mailbox = Arc::new(Mailbox::new(1 << 20, CancellationToken::new()));
+                    let register = Command::Register {
+                        id: ConnId(i),
+                        peer,
+                        mailbox: mailbox.clone(),
+                    };
+                    hub.handle(register);
+                    mailbox
+                })
+                .collect();
+            FanOut {
+                hub,
+                mailboxes,
+                taken: Vec::new(),
+            }
+        }
+
+        /// The hub's handling of one broadcast of an encoded frame.
+        pub fn broadcast(&mut self, frame: &Bytes) {
+            let frame = frame.clone();
+            self.hub.handle(Command::Broadcast {
+                frame,
+                except: None,
+            });
+        }
+
+        /// What each connection does when woken: take its queue, give the bytes back.
+        pub fn drain(&mut self) {
+            for mailbox in &self.mailboxes {
+                mailbox.drain(&mut self.taken);
+                let bytes: usize = self
+                    .taken
+                    .drain(..)
+                    .map(|d| match d {
+                        Delivery::Frame(frame) => frame.len(),
+                        _ => 0,
+                    })
+                    .sum();
+                mailbox.release(bytes);
+            }
+        }
+    }
+}
