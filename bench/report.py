@@ -107,23 +107,17 @@ def ratio(a, b):
 
 # What each scenario's table shows: (column title, how to get it from a result,
 # digits, unit); the first is the headline metric, compared between servers.
+ECHO_COLUMNS = [
+    ("requests/s", lambda r: r["requests_per_sec"], 0, ""),
+    ("p50", lambda r: r["latency"]["p50_us"], 0, " µs"),
+    ("p99", lambda r: r["latency"]["p99_us"], 0, " µs"),
+    ("p99.9", lambda r: r["latency"]["p999_us"], 0, " µs"),
+    ("server CPU", lambda r: r.get("server_cpu_percent"), 0, " %"),
+    ("server CPU per request", lambda r: r.get("server_cpu_us_per_request"), 2, " µs"),
+]
 METRICS = {
-    "echo_d1": [
-        ("requests/s", lambda r: r["requests_per_sec"], 0, ""),
-        ("p50", lambda r: r["latency"]["p50_us"], 0, " µs"),
-        ("p99", lambda r: r["latency"]["p99_us"], 0, " µs"),
-        ("p99.9", lambda r: r["latency"]["p999_us"], 0, " µs"),
-        ("server CPU", lambda r: r.get("server_cpu_percent"), 0, " %"),
-        ("server CPU per request", lambda r: r.get("server_cpu_us_per_request"), 2, " µs"),
-    ],
-    "echo_d16": [
-        ("requests/s", lambda r: r["requests_per_sec"], 0, ""),
-        ("p50", lambda r: r["latency"]["p50_us"], 0, " µs"),
-        ("p99", lambda r: r["latency"]["p99_us"], 0, " µs"),
-        ("p99.9", lambda r: r["latency"]["p999_us"], 0, " µs"),
-        ("server CPU", lambda r: r.get("server_cpu_percent"), 0, " %"),
-        ("server CPU per request", lambda r: r.get("server_cpu_us_per_request"), 2, " µs"),
-    ],
+    "echo_d1": ECHO_COLUMNS,
+    "echo_d16": ECHO_COLUMNS,
     "storm": [
         ("all answered in", lambda r: r["all_answered_s"] if r["all_answered_s"] is not None
          else float("inf"), 3, " s"),
