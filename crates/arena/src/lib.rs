@@ -17,8 +17,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use gatehouse::store::{SaveWriter, Store};
 use gatehouse::{ConnId, Context, Disconnect, HubHandle, KickReason, Reply, Service, Status};
+use gatehouse_store::{SaveWriter, Store};
 use prost::Message as _;
 use tokio::sync::watch;
 use tracing::{info, warn};

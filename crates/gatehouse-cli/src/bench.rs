@@ -1,5 +1,5 @@
 //! `gatehouse bench`: the load generator's command line. The engine is
-//! `gatehouse_client::loadgen`; this file parses options, runs the engine on a
+//! `gatehouse_loadgen`; this file parses options, runs the engine on a
 //! runtime of its own (by default a current-thread runtime, so the generator takes
 //! at most one core of a machine it shares with the server), draws progress bars on
 //! stderr (only on a terminal, never with `--quiet`), and prints exactly one JSON
@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use clap::{Args, Subcommand};
-use gatehouse_client::loadgen::broadcast::{self, BroadcastOptions};
-use gatehouse_client::loadgen::echo::{self, EchoOptions};
-use gatehouse_client::loadgen::idle::{self, IdleOptions};
-use gatehouse_client::loadgen::storm::{self, StormOptions};
-use gatehouse_client::loadgen::{Progress, Sources};
+use gatehouse_loadgen::broadcast::{self, BroadcastOptions};
+use gatehouse_loadgen::echo::{self, EchoOptions};
+use gatehouse_loadgen::idle::{self, IdleOptions};
+use gatehouse_loadgen::storm::{self, StormOptions};
+use gatehouse_loadgen::{Progress, Sources};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 #[derive(Args)]

@@ -4,16 +4,18 @@
 
 mod bench;
 mod client;
+mod config;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use arena::Arena;
 use clap::{Args, Parser, Subcommand};
+use config::{FileConfig, Game};
 use gatehouse::bench_service::BenchService;
-use gatehouse::store::{AnyStore, SaveWriter};
-use gatehouse::{Config, Server, Service};
+use gatehouse::{Server, Service};
+use gatehouse_store::{AnyStore, SaveWriter, StoreConfig};
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
@@ -43,15 +45,15 @@ struct ServeArgs {
     /// TOML configuration file; without it, the embedded defaults.
     #[arg(long, short)]
     config: Option<PathBuf>,
-    /// Port to listen on (overrides `server.port` and servers.csv; 0 picks one).
+    /// Port to listen on (overrides `listen.port` and servers.csv; 0 picks one).
     #[arg(long, short)]
     port: Option<u16>,
-    /// Address to listen on (overrides `server.host`).
+    /// Address to listen on (overrides `listen.host`).
     #[arg(long)]
     host: Option<std::net::IpAddr>,
-    /// The service to serve (overrides `server.service`): arena, bench.
-    #[arg(long, short)]
-    service: Option<String>,
+    /// The service to serve (overrides `game.service`).
+    #[arg(long, short, value_enum)]
+    service: Option<Game>,
     /// Take the port from the servers.csv row with this server_id (the seed's
     /// `server_csv:get_my_port()`).
     #[arg(long)]
@@ -94,48 +96,54 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     std::panic::set_hook(Box::new(|info| tracing::error!(panic = %info, "panic")));
 
     let mut config = match &args.config {
-        Some(path) => Config::from_file(path)?,
-        None => Config::default(),
+        Some(path) => FileConfig::from_file(path)?,
+        None => FileConfig::default(),
     };
     if let Some(id) = &args.server_id {
-        config.server.port = gatehouse::config::port_from_servers_csv(&args.servers_csv, id)?;
+        config.listen.port = config::port_from_servers_csv(&args.servers_csv, id)?;
     }
     if let Some(port) = args.port {
-        config.server.port = port;
+        config.listen.port = port;
     }
     if let Some(host) = args.host {
-        config.server.host = host;
+        config.listen.host = host;
     }
     if let Some(service) = args.service {
-        config.server.service = service;
+        config.game.service = service;
     }
     config.server.allow_fault_injection |= args.allow_fault_injection;
     config.validate()?;
 
-    match config.server.service.as_str() {
-        "arena" => serve_arena(config).await,
-        "bench" => run(config, BenchService).await,
-        other => bail!("unknown service {other:?}; available: arena, bench"),
+    let addr = SocketAddr::new(config.listen.host, config.listen.port);
+    match config.game.service {
+        Game::Arena => serve_arena(addr, &config.store, config.runtime()).await,
+        Game::Bench => run(addr, "bench", config.runtime(), BenchService).await,
     }
 }
 
 /// arena with its store: the save writer outlives the server (and every hub restart
 /// in it) and is flushed after the last disconnect hook has queued its save.
-async fn serve_arena(config: Config) -> anyhow::Result<()> {
-    let store = AnyStore::open(&config.store)
+async fn serve_arena(
+    addr: SocketAddr,
+    store: &StoreConfig,
+    config: gatehouse::Config,
+) -> anyhow::Result<()> {
+    let opened = AnyStore::open(store)
         .await
-        .with_context(|| format!("cannot open the {:?} store", config.store.backend))?;
-    let writer = SaveWriter::start(store);
-    let flush_timeout = config.store.flush_timeout;
-    let served = run(config, Arena::new(writer.clone())).await;
-    let flushed = writer.close(flush_timeout).await;
+        .with_context(|| format!("cannot open the {:?} store", store.backend))?;
+    let writer = SaveWriter::start(opened);
+    let served = run(addr, "arena", config, Arena::new(writer.clone())).await;
+    let flushed = writer.close(store.flush_timeout).await;
     served?;
     Ok(flushed?)
 }
 
-async fn run<S: Service>(config: Config, service: S) -> anyhow::Result<()> {
-    let addr = SocketAddr::new(config.server.host, config.server.port);
-    let name = config.server.service.clone();
+async fn run<S: Service>(
+    addr: SocketAddr,
+    name: &str,
+    config: gatehouse::Config,
+    service: S,
+) -> anyhow::Result<()> {
     let fault_injection = config.server.allow_fault_injection;
     let server = Server::new(config, service)?;
     let stats = server.stats();

@@ -17,7 +17,7 @@ fn bench_server(name: &str) -> ServerProcess {
     let config = write_file(
         &dir,
         "bench.toml",
-        "[server]\nservice = \"bench\"\nmax_connections_per_ip = 5000\n\
+        "[game]\nservice = \"bench\"\n[server]\nmax_connections_per_ip = 5000\n\
          [limits]\ninbound_frames_per_sec = 10000000\ninbound_frames_burst = 10000000\n",
     );
     ServerProcess::start(&[

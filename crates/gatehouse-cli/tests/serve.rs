@@ -150,7 +150,7 @@ fn bad_configurations_are_rejected_with_the_key_named() {
         ),
         ("[limits]\nmax_frame_bytes = 0\n", "limits.max_frame_bytes"),
         ("[limits]\nidle_timeout = \"forever\"\n", "idle_timeout"),
-        ("[server]\nport = \"seven\"\n", "port"),
+        ("[listen]\nport = \"seven\"\n", "port"),
         (
             "[supervisor]\ndrain_timeout = \"0s\"\n",
             "supervisor.drain_timeout",
@@ -171,7 +171,8 @@ fn bad_configurations_are_rejected_with_the_key_named() {
         .output()
         .unwrap();
     assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("unknown service \"chess\""));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("invalid value 'chess'"), "{stderr}");
 }
 
 #[tokio::test]

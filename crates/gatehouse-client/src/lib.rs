@@ -11,12 +11,7 @@
 //! their waiting requests, and writes what the handles queue (bounded; a full queue
 //! makes callers wait).
 //!
-//! Crate map:
-//! - the crate root: [`Client`], [`Pushes`], [`ClientConfig`], [`ClientError`].
-//! - [`loadgen`]: the load-generation engine of `gatehouse bench` (echo, idle
-//!   connections, connect storm, broadcast), lean and independent of [`Client`].
-
-pub mod loadgen;
+//! It depends on the protocol crate and tokio only: no server code comes with it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -26,8 +21,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use gatehouse::protocol::{DecodeError, HEADER_LEN};
-use gatehouse::{KickReason, Message, Status};
+use gatehouse_protocol::{DecodeError, KickReason, Message, Status, HEADER_LEN};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
@@ -51,7 +45,7 @@ impl Default for ClientConfig {
         ClientConfig {
             request_timeout: Duration::from_secs(10),
             heartbeat: Duration::from_secs(15),
-            max_frame_bytes: gatehouse::protocol::DEFAULT_MAX_FRAME_LEN,
+            max_frame_bytes: gatehouse_protocol::DEFAULT_MAX_FRAME_LEN,
             push_buffer: 1024,
         }
     }

@@ -49,8 +49,7 @@ impl Service for Game {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = Config::default();
-    let addr = std::net::SocketAddr::new(config.server.host, config.server.port);
-    let listener = gatehouse::bind(addr).await?;
+    let listener = gatehouse::bind(([127, 0, 0, 1], 7000).into()).await?;
     println!("listening on {}", listener.local_addr()?);
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;

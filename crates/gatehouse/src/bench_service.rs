@@ -9,8 +9,8 @@
 
 use bytes::Bytes;
 
-use crate::protocol::Status;
 use crate::service::{Context, Disconnect, Reply, Service};
+use gatehouse_protocol::Status;
 
 /// Route numbers of the bench service.
 pub mod routes {

@@ -1,43 +1,36 @@
-//! Configuration: the TOML file, its defaults, its validation, and the seed's
-//! `servers.csv` port table.
+//! The runtime's configuration: admission, the per-connection limits, supervision.
 //!
-//! Every key has a safe default, so an empty file (or none) is a working server.
-//! Unknown keys are rejected by serde with the key's name and position; values are
-//! checked by [`Config::validate`], whose errors name the key and the allowed range.
-//! The reference of every key is in the README's "Configuration" section.
+//! Only what the runtime itself uses lives here; where to listen, which game to serve
+//! and where to save belong to whoever embeds the runtime (the `gatehouse` binary
+//! keeps them in its own sections of the same TOML file). Every key has a safe
+//! default, so an empty file (or none) is a working server. Unknown keys are rejected
+//! by serde with the key's name and position; values are checked by
+//! [`Config::validate`], whose errors name the key and the allowed range. The
+//! reference of every key is in the README's "Configuration" section.
 
-use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::protocol::{DEFAULT_MAX_FRAME_LEN, HEADER_LEN};
+use gatehouse_protocol::{DEFAULT_MAX_FRAME_LEN, HEADER_LEN};
 
-/// The whole configuration file.
+/// The runtime's configuration.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// `[server]`: where to listen and how many to admit.
+    /// `[server]`: how many to admit, the hub's queue, fault injection.
     pub server: ServerConfig,
     /// `[limits]`: the DoS checker, timers and queues of each connection.
     pub limits: LimitsConfig,
     /// `[supervisor]`: restart intensity and shutdown.
     pub supervisor: SupervisorConfig,
-    /// `[store]`: where services that persist (arena) save.
-    pub store: StoreConfig,
 }
 
 /// `[server]`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
-    /// Address to listen on. Loopback by default: serving a network is a decision.
-    pub host: IpAddr,
-    /// TCP port (0 picks a free one).
-    pub port: u16,
-    /// The service the `gatehouse` binary serves (`arena`, `bench`). Unused by embedders.
-    pub service: String,
     /// Connections held at once; one more is accepted, kicked `server_full` and closed.
     pub max_connections: usize,
     /// Connections held at once from one IP address; one more is kicked
@@ -53,9 +46,6 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            host: IpAddr::from([127, 0, 0, 1]),
-            port: 7000,
-            service: "arena".into(),
             max_connections: 10_000,
             max_connections_per_ip: 256,
             hub_queue: 65_536,
@@ -147,42 +137,6 @@ impl Default for SupervisorConfig {
     }
 }
 
-/// `[store]`: the database of saved states.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct StoreConfig {
-    /// `sqlite` (embedded, a file in `data_dir`) or `postgres` (`postgres_url`).
-    pub backend: StoreBackend,
-    /// Directory of the SQLite file, created on first run.
-    pub data_dir: PathBuf,
-    /// PostgreSQL connection URL, for `backend = "postgres"`.
-    pub postgres_url: String,
-    /// On shutdown, how long to wait for queued saves to land.
-    #[serde(with = "humantime_serde")]
-    pub flush_timeout: Duration,
-}
-
-/// Which database `[store]` uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StoreBackend {
-    /// A SQLite file in `data_dir`: no server needed.
-    Sqlite,
-    /// A PostgreSQL server at `postgres_url`.
-    Postgres,
-}
-
-impl Default for StoreConfig {
-    fn default() -> Self {
-        StoreConfig {
-            backend: StoreBackend::Sqlite,
-            data_dir: PathBuf::from("data"),
-            postgres_url: String::new(),
-            flush_timeout: Duration::from_secs(10),
-        }
-    }
-}
-
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -203,14 +157,6 @@ pub enum ConfigError {
         /// The dotted key, e.g. `limits.max_frame_bytes`.
         key: &'static str,
         /// What is allowed.
-        message: String,
-    },
-    /// The servers.csv table is unreadable or lacks the server id.
-    #[error("{path}: {message}")]
-    ServersCsv {
-        /// The table.
-        path: String,
-        /// What is wrong.
         message: String,
     },
 }
@@ -249,9 +195,6 @@ impl Config {
         }
         if s.hub_queue == 0 {
             return invalid("server.hub_queue", "must be at least 1".into());
-        }
-        if s.service.trim().is_empty() {
-            return invalid("server.service", "must name a service".into());
         }
         if l.max_frame_bytes == 0 || l.max_frame_bytes > MAX_FRAME_CEILING {
             return invalid(
@@ -298,51 +241,13 @@ impl Config {
             ("limits.close_linger", l.close_linger),
             ("supervisor.restart_window", v.restart_window),
             ("supervisor.drain_timeout", v.drain_timeout),
-            ("store.flush_timeout", self.store.flush_timeout),
         ] {
             if value.is_zero() {
                 return invalid(key, "must be longer than zero".into());
             }
         }
-        if self.store.backend == StoreBackend::Postgres && self.store.postgres_url.is_empty() {
-            return invalid(
-                "store.postgres_url",
-                "must be set when store.backend = \"postgres\"".into(),
-            );
-        }
         Ok(())
     }
-}
-
-/// One row of the seed's server table: `server_id,host,port,…` (more columns are
-/// allowed and ignored).
-#[derive(Debug, Deserialize)]
-struct ServerRow {
-    server_id: String,
-    #[allow(dead_code)] // part of the table's format; the bind address comes from config
-    host: String,
-    port: u16,
-}
-
-/// The port of `server_id` in a `servers.csv` table, as the seed's
-/// `server_csv:get_my_port()`.
-pub fn port_from_servers_csv(path: &Path, server_id: &str) -> Result<u16, ConfigError> {
-    let fail = |message: String| ConfigError::ServersCsv {
-        path: path.display().to_string(),
-        message,
-    };
-    let mut reader = csv::ReaderBuilder::new()
-        .trim(csv::Trim::All)
-        .flexible(true)
-        .from_path(path)
-        .map_err(|e| fail(e.to_string()))?;
-    for (index, row) in reader.deserialize::<ServerRow>().enumerate() {
-        let row = row.map_err(|e| fail(format!("row {}: {e}", index + 2)))?;
-        if row.server_id == server_id {
-            return Ok(row.port);
-        }
-    }
-    Err(fail(format!("no row with server_id {server_id}")))
 }
 
 #[cfg(test)]
@@ -357,7 +262,6 @@ mod tests {
     fn an_empty_file_is_the_safe_default() {
         let c = Config::from_toml_str("").unwrap();
         assert_eq!(c.limits.max_frame_bytes, 262_144);
-        assert!(c.server.host.is_loopback());
         assert!(!c.server.allow_fault_injection);
     }
 
@@ -375,38 +279,12 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_key() {
-        assert!(error_of("[server]\nport = 70000\n").contains("port"));
+        assert!(error_of("[server]\nmax_connections = -1\n").contains("max_connections"));
         assert!(error_of("[server]\nmax_connections = 0\n").starts_with("server.max_connections"));
         assert!(error_of("[limits]\nmax_frame_bytes = 0\n").starts_with("limits.max_frame_bytes"));
         assert!(error_of("[limits]\nidle_timeout = \"0s\"\n").starts_with("limits.idle_timeout"));
         assert!(error_of("[limits]\nidle_timeout = \"soon\"\n").contains("idle_timeout"));
         assert!(error_of("[limits]\ninbound_bytes_burst = 1000\n")
             .starts_with("limits.inbound_bytes_burst"));
-        assert!(error_of("[server]\nhost = \"nowhere\"\n").contains("host"));
-        assert!(error_of("[store]\nbackend = \"postgres\"\n").starts_with("store.postgres_url"));
-        assert!(error_of("[store]\nbackend = \"mysql\"\n").contains("unknown variant `mysql`"));
-    }
-
-    #[test]
-    fn servers_csv_gives_the_port_of_the_server_id() {
-        let dir = std::env::temp_dir().join(format!("gatehouse-csv-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("servers.csv");
-        std::fs::write(
-            &path,
-            "server_id,host,port,name\n1, 10.0.0.1, 7001, alpha\n2,10.0.0.2,7002,beta\n",
-        )
-        .unwrap();
-        assert_eq!(port_from_servers_csv(&path, "2").unwrap(), 7002);
-        assert!(port_from_servers_csv(&path, "3")
-            .unwrap_err()
-            .to_string()
-            .contains("no row with server_id 3"));
-        std::fs::write(&path, "server_id,host,port\n1,h,notaport\n").unwrap();
-        assert!(port_from_servers_csv(&path, "1")
-            .unwrap_err()
-            .to_string()
-            .contains("row 2"));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

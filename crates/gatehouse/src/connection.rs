@@ -30,12 +30,12 @@ use tracing::{debug, error, info, warn, Instrument};
 
 use crate::limits::{DosChecker, Permit};
 use crate::outbound::{Delivery, Mailbox, WriteQueue, MESSAGE_COST};
-use crate::protocol::{
+use crate::service::{ConnId, Context, Disconnect, DisconnectReason, Outbox, Reply, Service};
+use crate::supervisor::{Generation, Shared};
+use gatehouse_protocol::{
     Message, Status, HEADER_LEN, RESERVED_ROUTES_START, ROUTE_FAULT_CRASH_HUB,
     ROUTE_FAULT_PANIC_HANDLER,
 };
-use crate::service::{ConnId, Context, Disconnect, DisconnectReason, Outbox, Reply, Service};
-use crate::supervisor::{Generation, Shared};
 
 /// A handler's context, borrowing only the fields it needs (so the service, the
 /// cancellation token and the rest of the connection stay borrowable beside it).

@@ -21,8 +21,8 @@ use tokio::task::JoinHandle;
 use tracing::{debug, error};
 
 use crate::outbound::{Delivery, Mailbox};
-use crate::protocol::{KickReason, Message};
 use crate::service::ConnId;
+use gatehouse_protocol::{KickReason, Message};
 
 /// The hub is restarting or stopped; the caller's connection is about to close.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -16,7 +16,6 @@
 //! - [`limits`]: the DoS checker and the connection caps.
 //! - [`service`]: the trait a game implements and its handler context.
 //! - [`stats`]: server-wide counters.
-//! - [`store`]: persistence: the store trait, SQLite and PostgreSQL, the save writer.
 //! - [`bench_service`]: the built-in `bench` service.
 //! - `server`: [`Server`], the entry point.
 
@@ -25,13 +24,13 @@ pub mod config;
 mod connection;
 pub mod hub;
 pub mod limits;
+/// The wire protocol (the `gatehouse-protocol` crate), re-exported.
+pub use gatehouse_protocol as protocol;
 mod listener;
 mod outbound;
-pub mod protocol;
 mod server;
 pub mod service;
 pub mod stats;
-pub mod store;
 mod supervisor;
 
 pub use config::Config;

@@ -20,9 +20,9 @@ use tracing::{debug, error, info, warn};
 
 use crate::connection;
 use crate::limits::Refusal;
-use crate::protocol::KickReason;
 use crate::service::{ConnId, Service};
 use crate::supervisor::{Generation, Shared};
+use gatehouse_protocol::KickReason;
 
 /// The seed's `{backlog, 999999}`: ask for the most; the kernel caps it.
 const BACKLOG: u32 = i32::MAX as u32;

@@ -22,7 +22,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::protocol::KickReason;
+use gatehouse_protocol::KickReason;
 
 /// What can be delivered to a connection.
 pub(crate) enum Delivery<M> {

@@ -16,7 +16,7 @@ use bytes::Bytes;
 
 use crate::hub::HubHandle;
 use crate::outbound::{Mailbox, WriteQueue};
-use crate::protocol::{KickReason, Message, Status};
+use gatehouse_protocol::{KickReason, Message, Status};
 
 /// A connection's id: unique for the life of the server process, across hub restarts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

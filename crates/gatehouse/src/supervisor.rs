@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! root (rest_for_one)                 supervise(): this function's loop
-//!  ├─ store writer                    store::SaveWriter: started before, closed after
+//!  ├─ store writer                    gatehouse_store::SaveWriter: started before, closed after
 //!  ├─ hub                             hub::spawn — gs_svr: registry, groups, broadcast
 //!  └─ connection group (Generation)   cancelled and awaited whenever the hub restarts
 //!      ├─ acceptor                    listener::accept_loop; stops with its group

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use gatehouse::store::{postgres, sqlite, Record, SaveWriter, Store, StoreError};
+use gatehouse_store::{postgres, sqlite, Record, SaveWriter, Store, StoreError};
 
 fn scratch(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!(

@@ -1,6 +1,7 @@
-//! The load-generation engine behind `gatehouse bench`: four scenarios that measure
-//! a server speaking the bench service (`docs/PROTOCOL.md`), written to cost the
-//! machine as little as possible, since the generator shares it with the server.
+//! gatehouse-loadgen: the load-generation engine behind `gatehouse bench`. Four
+//! scenarios that measure a server speaking the bench service (`docs/PROTOCOL.md`),
+//! written to cost the machine as little as possible, since the generator often shares
+//! it with the server. It depends on the protocol crate and tokio, not on the server.
 //!
 //! - [`echo`]: C connections each keeping D pipelined echo requests in flight;
 //!   requests/s and latency percentiles; every response is checked against its
@@ -28,7 +29,7 @@
 //! (see [`Sources`]), a block chosen at random per run, so that neither ephemeral
 //! ports nor the TIME_WAIT sockets of an earlier run limit a test.
 //!
-//! Module map:
+//! Crate map:
 //! - [`echo`], [`idle`], [`storm`], [`broadcast`]: the scenarios.
 //! - [`procfs`]: a process's RSS and CPU time from `/proc`.
 //! - `wire`: the frame reader and the few frames the generator writes and reads.

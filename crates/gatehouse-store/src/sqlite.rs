@@ -8,8 +8,7 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::Sqlite;
 
-use super::sql::SqlStore;
-use super::StoreError;
+use crate::{SqlStore, StoreError};
 
 /// Name of the database file inside the data directory.
 pub const FILE_NAME: &str = "gatehouse.db";

@@ -19,16 +19,16 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use gatehouse::bench_service::routes;
+use gatehouse_protocol::routes::bench as routes;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use super::net::{self, pong_frame};
-use super::procfs::CpuSample;
-use super::wire::{self, FrameReader, Incoming};
-use super::{LoadError, Percentiles, Progress, Sources};
+use crate::net::{self, pong_frame};
+use crate::procfs::CpuSample;
+use crate::wire::{self, FrameReader, Incoming};
+use crate::{LoadError, Percentiles, Progress, Sources};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -185,7 +185,7 @@ pub async fn run(options: &EchoOptions, progress: &Progress) -> Result<EchoRepor
     .await?;
     let connected = conns.len();
 
-    let histogram = Arc::new(Mutex::new(super::new_histogram()));
+    let histogram = Arc::new(Mutex::new(crate::new_histogram()));
     let measure_from = Instant::now() + options.warmup;
     let window = Window {
         from: measure_from,
@@ -218,7 +218,7 @@ pub async fn run(options: &EchoOptions, progress: &Progress) -> Result<EchoRepor
     }
     let latency =
         Percentiles::from_histogram(&histogram.lock().unwrap_or_else(PoisonError::into_inner));
-    let duration_s = super::secs(options.duration);
+    let duration_s = crate::secs(options.duration);
     let server_cpu = cpu_before.zip(cpu_after).map(|(before, after)| {
         (
             before.percent_of_core_until(&after),
@@ -232,7 +232,7 @@ pub async fn run(options: &EchoOptions, progress: &Progress) -> Result<EchoRepor
         connected,
         depth: options.depth,
         payload_bytes: options.payload,
-        warmup_s: super::secs(options.warmup),
+        warmup_s: crate::secs(options.warmup),
         duration_s,
         requests_per_sec: if duration_s > 0.0 {
             total.measured as f64 / duration_s
@@ -461,7 +461,7 @@ impl Worker {
                                     .lock()
                                     .unwrap_or_else(PoisonError::into_inner)
                             });
-                            super::record(h, now - s.sent_at);
+                            crate::record(h, now - s.sent_at);
                         }
                     }
                     self.slots[slot].waiting = false;

@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::net::{self, ping_pong};
-use super::wire::FrameReader;
-use super::{LoadError, Percentiles, Progress, Sources};
+use crate::net::{self, ping_pong};
+use crate::wire::FrameReader;
+use crate::{LoadError, Percentiles, Progress, Sources};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -104,7 +104,7 @@ pub async fn run(options: &StormOptions, progress: &Progress) -> Result<StormRep
         });
     }
     let started_in = start.elapsed();
-    let mut histogram = super::new_histogram();
+    let mut histogram = crate::new_histogram();
     let (mut connected, mut answered, mut failed) = (0, 0, 0);
     let mut last_answer = Duration::ZERO;
     // Answered connections stay open until the last one is answered.
@@ -119,7 +119,7 @@ pub async fn run(options: &StormOptions, progress: &Progress) -> Result<StormRep
                 connected += 1;
                 answered += 1;
                 last_answer = last_answer.max(at);
-                super::record(&mut histogram, at);
+                crate::record(&mut histogram, at);
                 progress.advance(1);
             }
             Outcome::ConnectedOnly => {
@@ -138,9 +138,9 @@ pub async fn run(options: &StormOptions, progress: &Progress) -> Result<StormRep
         connected,
         answered,
         failed,
-        all_answered_s: (answered == options.count).then(|| super::secs(last_answer)),
-        last_answer_s: super::secs(last_answer),
-        started_in_s: super::secs(started_in),
+        all_answered_s: (answered == options.count).then(|| crate::secs(last_answer)),
+        last_answer_s: crate::secs(last_answer),
+        started_in_s: crate::secs(started_in),
         time_to_answer: Percentiles::from_histogram(&histogram),
     })
 }

@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
-use super::{Record, Store, StoreError};
+use crate::{Record, Store, StoreError};
 
 /// Records written per transaction at most.
 const BATCH: usize = 256;

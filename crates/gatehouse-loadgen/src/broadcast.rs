@@ -21,16 +21,16 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gatehouse::bench_service::routes;
+use gatehouse_protocol::routes::bench as routes;
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::net::{self, pong_frame};
-use super::wire::{self, FrameReader, Incoming};
-use super::{LoadError, Progress, Sources};
+use crate::net::{self, pong_frame};
+use crate::wire::{self, FrameReader, Incoming};
+use crate::{LoadError, Progress, Sources};
 
 /// What to run.
 #[derive(Debug, Clone)]

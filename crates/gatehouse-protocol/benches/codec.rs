@@ -1,7 +1,7 @@
-//! Criterion micro-benchmarks of the envelope codec (`gatehouse::protocol`): encoding
+//! Criterion micro-benchmarks of the envelope codec (`gatehouse_protocol`): encoding
 //! and decoding request and push frames with 64-byte and 4-KiB payloads.
 //!
-//! `cargo bench -p gatehouse --bench codec`
+//! `cargo bench -p gatehouse-protocol --bench codec`
 //!
 //! - `to_frame`: a whole frame into a fresh buffer (how a response, a push or a
 //!   broadcast is encoded once).
@@ -12,8 +12,7 @@
 
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use gatehouse::protocol::HEADER_LEN;
-use gatehouse::Message;
+use gatehouse_protocol::{Message, HEADER_LEN};
 use std::hint::black_box;
 
 fn messages() -> Vec<(&'static str, usize, Message)> {

@@ -13,11 +13,11 @@ use std::time::Duration;
 
 use gatehouse::bench_service::BenchService;
 use gatehouse::{Config, Server};
-use gatehouse_client::loadgen::broadcast::{self, BroadcastOptions};
-use gatehouse_client::loadgen::echo::{self, EchoOptions};
-use gatehouse_client::loadgen::idle::{self, IdleOptions};
-use gatehouse_client::loadgen::storm::{self, StormOptions};
-use gatehouse_client::loadgen::Progress;
+use gatehouse_loadgen::broadcast::{self, BroadcastOptions};
+use gatehouse_loadgen::echo::{self, EchoOptions};
+use gatehouse_loadgen::idle::{self, IdleOptions};
+use gatehouse_loadgen::storm::{self, StormOptions};
+use gatehouse_loadgen::Progress;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -26,7 +26,6 @@ use tokio::sync::mpsc;
 /// when the test's runtime does.
 async fn gatehouse_server() -> SocketAddr {
     let mut config = Config::default();
-    config.server.service = "bench".into();
     config.server.max_connections = 5_000;
     config.server.max_connections_per_ip = 5_000;
     config.limits.inbound_frames_per_sec = 10_000_000;

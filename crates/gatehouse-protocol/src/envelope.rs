@@ -1,45 +1,34 @@
-//! The wire protocol, without I/O: the envelope inside each `{packet, 4}` frame.
+//! The envelope inside each frame: what a frame means.
 //!
-//! Everything here is pure and deterministic (the quinn-proto habit): encoding builds
-//! one buffer per frame, length prefix included, so a broadcast encodes once and
-//! shares the bytes; decoding slices the frame without copying payloads and turns
-//! every malformed input into a [`DecodeError`], never a panic. `docs/PROTOCOL.md`
-//! is the specification; its hex vectors are tested in `tests/protocol_vectors.rs`.
-
-use std::fmt;
+//! Encoding writes the length prefix and the body into one buffer, so a broadcast is
+//! encoded once and its bytes shared; [`Message::encode_frame_into`] appends to a
+//! buffer the caller reuses (a connection's output), so a response costs no
+//! allocation. Decoding slices the body without copying payloads and turns every
+//! malformed input into a [`DecodeError`], never a panic.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-/// Bytes in the frame header: a big-endian `u32` body length, as Erlang's `{packet, 4}`.
-pub const HEADER_LEN: usize = 4;
+use crate::codes::{KickReason, Status};
+use crate::framing::{HEADER_LEN, MAX_NONCE_LEN};
 
-/// The default and recommended maximum body length, Erlang's `{packet_size, 256 * 1024}`.
-pub const DEFAULT_MAX_FRAME_LEN: usize = 256 * 1024;
-
-/// Routes at or above this value belong to the framework, not to the game.
-pub const RESERVED_ROUTES_START: u16 = 0xFF00;
-
-/// Framework route (request): crash the hub. Honoured only with fault injection enabled.
-pub const ROUTE_FAULT_CRASH_HUB: u16 = 0xFFF0;
-
-/// Framework route (request): panic inside the caller's handler. Fault injection only.
-pub const ROUTE_FAULT_PANIC_HANDLER: u16 = 0xFFF1;
-
-/// The envelope kinds: the first byte of every non-empty frame.
-mod kind {
-    pub(super) const REQUEST: u8 = 1;
-    pub(super) const NOTIFY: u8 = 2;
-    pub(super) const RESPONSE: u8 = 3;
-    pub(super) const PUSH: u8 = 4;
-    pub(super) const PING: u8 = 5;
-    pub(super) const PONG: u8 = 6;
-    pub(super) const KICK: u8 = 7;
+/// The envelope kinds: the first byte of every non-empty frame (for encoders that
+/// write frames in place, as the load generator does).
+pub mod kind {
+    /// [`Message::Request`](super::Message::Request).
+    pub const REQUEST: u8 = 1;
+    /// [`Message::Notify`](super::Message::Notify).
+    pub const NOTIFY: u8 = 2;
+    /// [`Message::Response`](super::Message::Response).
+    pub const RESPONSE: u8 = 3;
+    /// [`Message::Push`](super::Message::Push).
+    pub const PUSH: u8 = 4;
+    /// [`Message::Ping`](super::Message::Ping).
+    pub const PING: u8 = 5;
+    /// [`Message::Pong`](super::Message::Pong).
+    pub const PONG: u8 = 6;
+    /// [`Message::Kick`](super::Message::Kick).
+    pub const KICK: u8 = 7;
 }
-
-/// Longest ping/pong nonce accepted, so that a ping cannot make the server echo a
-/// quarter megabyte.
-pub const MAX_NONCE_LEN: usize = 64;
-
 /// One decoded frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
@@ -252,17 +241,24 @@ impl Message {
         }
     }
 
-    /// Encodes the whole frame, header included, into one shared buffer.
+    /// Encodes the whole frame, header included, into one new buffer (to be shared,
+    /// as a broadcast is).
     ///
-    /// The caller keeps bodies within the peer's maximum frame length; the length is
-    /// written as `u32`, so a body over 4 GiB would be truncated (never produced here:
-    /// payloads come from frames that were themselves bounded).
+    /// The caller keeps bodies within the peer's maximum frame length (a server checks
+    /// with [`Message::body_len`] first); the length is written as `u32`, so a body
+    /// over 4 GiB would be truncated.
     pub fn to_frame(&self) -> Bytes {
-        let len = self.body_len();
-        let mut buf = BytesMut::with_capacity(HEADER_LEN + len);
-        buf.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
-        self.encode_body(&mut buf);
+        let mut buf = BytesMut::with_capacity(HEADER_LEN + self.body_len());
+        self.encode_frame_into(&mut buf);
         buf.freeze()
+    }
+
+    /// Appends the whole frame, header included, to `dst`.
+    pub fn encode_frame_into(&self, dst: &mut BytesMut) {
+        let len = self.body_len();
+        dst.reserve(HEADER_LEN + len);
+        dst.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
+        self.encode_body(dst);
     }
 
     /// The kind's name, for logs.
@@ -276,120 +272,6 @@ impl Message {
             Message::Ping(_) => "ping",
             Message::Pong(_) => "pong",
             Message::Kick { .. } => "kick",
-        }
-    }
-}
-
-/// A response status. `0` is success; framework errors borrow HTTP's numbers; games
-/// use 1000 and up for their own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Status(pub u16);
-
-impl Status {
-    /// Success.
-    pub const OK: Status = Status(0);
-    /// The payload could not be understood by the handler.
-    pub const BAD_REQUEST: Status = Status(400);
-    /// The request is not allowed (for example fault injection while it is disabled).
-    pub const FORBIDDEN: Status = Status(403);
-    /// No handler for this route.
-    pub const UNKNOWN_ROUTE: Status = Status(404);
-    /// The handler failed.
-    pub const INTERNAL_ERROR: Status = Status(500);
-    /// The server cannot serve it now (for example while the hub restarts).
-    pub const UNAVAILABLE: Status = Status(503);
-
-    /// Whether this is [`Status::OK`].
-    pub fn is_ok(self) -> bool {
-        self == Status::OK
-    }
-}
-
-impl fmt::Display for Status {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let name = match *self {
-            Status::OK => "ok",
-            Status::BAD_REQUEST => "bad_request",
-            Status::FORBIDDEN => "forbidden",
-            Status::UNKNOWN_ROUTE => "unknown_route",
-            Status::INTERNAL_ERROR => "internal_error",
-            Status::UNAVAILABLE => "unavailable",
-            _ => return write!(f, "status {}", self.0),
-        };
-        f.write_str(name)
-    }
-}
-
-/// Why the server closes a connection: a code the client can act on (reconnect now,
-/// back off, give up, fix a bug). Codes below 1000 are the framework's; games may
-/// kick with their own codes from 1000 up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct KickReason(pub u16);
-
-impl KickReason {
-    /// No frame arrived within the idle timeout.
-    pub const IDLE: KickReason = KickReason(1);
-    /// Over the per-connection byte or frame rate.
-    pub const DOS: KickReason = KickReason(2);
-    /// The server is at `max_connections`.
-    pub const SERVER_FULL: KickReason = KickReason(3);
-    /// The server is shutting down.
-    pub const SHUTDOWN: KickReason = KickReason(4);
-    /// The hub crashed and is restarting; reconnecting at once is fine.
-    pub const SERVER_RESTART: KickReason = KickReason(5);
-    /// The same player logged in elsewhere.
-    pub const DUPLICATE_LOGIN: KickReason = KickReason(6);
-    /// A malformed envelope or a kind a client may not send.
-    pub const PROTOCOL_ERROR: KickReason = KickReason(7);
-    /// The client does not read: its outbound queue is full.
-    pub const SLOW_CONSUMER: KickReason = KickReason(8);
-    /// A frame header announced more than the maximum frame length.
-    pub const FRAME_TOO_LARGE: KickReason = KickReason(9);
-    /// No first frame within the first-frame (login) timeout.
-    pub const LOGIN_TIMEOUT: KickReason = KickReason(10);
-    /// Too many concurrent connections from this IP address.
-    pub const TOO_MANY_FROM_IP: KickReason = KickReason(11);
-    /// The server failed while handling this connection (a handler panicked).
-    pub const INTERNAL_ERROR: KickReason = KickReason(12);
-    /// Kicked by the game or an operator without a more specific reason.
-    pub const KICKED: KickReason = KickReason(13);
-
-    /// The reason's snake_case name, as used in logs and docs; `None` for codes the
-    /// framework does not define.
-    pub fn name(self) -> Option<&'static str> {
-        Some(match self {
-            KickReason::IDLE => "idle",
-            KickReason::DOS => "dos",
-            KickReason::SERVER_FULL => "server_full",
-            KickReason::SHUTDOWN => "shutdown",
-            KickReason::SERVER_RESTART => "server_restart",
-            KickReason::DUPLICATE_LOGIN => "duplicate_login",
-            KickReason::PROTOCOL_ERROR => "protocol_error",
-            KickReason::SLOW_CONSUMER => "slow_consumer",
-            KickReason::FRAME_TOO_LARGE => "frame_too_large",
-            KickReason::LOGIN_TIMEOUT => "login_timeout",
-            KickReason::TOO_MANY_FROM_IP => "too_many_from_ip",
-            KickReason::INTERNAL_ERROR => "internal_error",
-            KickReason::KICKED => "kicked",
-            _ => return None,
-        })
-    }
-
-    /// The kick frame for this reason.
-    pub fn frame(self, text: &str) -> Bytes {
-        Message::Kick {
-            reason: self,
-            text: text.to_owned(),
-        }
-        .to_frame()
-    }
-}
-
-impl fmt::Display for KickReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.name() {
-            Some(name) => f.write_str(name),
-            None => write!(f, "kick {}", self.0),
         }
     }
 }

@@ -1,14 +1,15 @@
 //! The SQL both databases share: one generic store over a sqlx pool. SQLite and
 //! PostgreSQL accept the same statements (`$N` parameters, `ON CONFLICT … WHERE`);
-//! only opening the pool and the migrations' column types differ.
+//! only opening the pool and the migrations' column types differ. [`AnyStore`] is the
+//! one `[store]` names.
 
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Type};
 
-use super::{Record, Store, StoreError};
+use crate::{postgres, sqlite, Record, Store, StoreBackend, StoreConfig, StoreError};
 
 /// A [`Store`] on a sqlx pool of any database that speaks this SQL.
 pub struct SqlStore<DB: Database> {
-    pub(super) pool: Pool<DB>,
+    pub(crate) pool: Pool<DB>,
 }
 
 impl<DB: Database> Clone for SqlStore<DB> {
@@ -75,4 +76,52 @@ fn unix_millis() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// The store chosen by configuration.
+pub enum AnyStore {
+    /// The embedded default.
+    Sqlite(sqlite::SqliteStore),
+    /// A PostgreSQL server.
+    Postgres(postgres::PostgresStore),
+}
+
+impl AnyStore {
+    /// Opens (and migrates) the configured store.
+    pub async fn open(config: &StoreConfig) -> Result<AnyStore, StoreError> {
+        Ok(match config.backend {
+            StoreBackend::Sqlite => AnyStore::Sqlite(sqlite::open(&config.data_dir).await?),
+            StoreBackend::Postgres => {
+                AnyStore::Postgres(postgres::connect(&config.postgres_url).await?)
+            }
+        })
+    }
+}
+
+impl Store for AnyStore {
+    async fn load(&self, key: &str) -> Result<Option<Record>, StoreError> {
+        match self {
+            AnyStore::Sqlite(s) => s.load(key).await,
+            AnyStore::Postgres(s) => s.load(key).await,
+        }
+    }
+
+    async fn save_batch(&self, records: &[Record]) -> Result<(), StoreError> {
+        match self {
+            AnyStore::Sqlite(s) => s.save_batch(records).await,
+            AnyStore::Postgres(s) => s.save_batch(records).await,
+        }
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Database(Box::new(e))
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        StoreError::Migrate(Box::new(e))
+    }
 }

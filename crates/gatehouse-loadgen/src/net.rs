@@ -10,8 +10,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 
-use super::wire::{self, FrameReader, Incoming};
-use super::{LoadError, Sources};
+use crate::wire::{self, FrameReader, Incoming};
+use crate::{LoadError, Sources};
 
 /// Opens a TCP connection to `addr` from `source` (any port), with `TCP_NODELAY`.
 pub(crate) async fn connect(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream> {
@@ -96,7 +96,7 @@ pub(crate) async fn open_many(
     sources: Sources,
     count: usize,
     parallel: usize,
-    progress: &super::Progress,
+    progress: &crate::Progress,
 ) -> Result<(Vec<(TcpStream, FrameReader)>, usize), LoadError> {
     let gate = Arc::new(Semaphore::new(parallel.max(1)));
     let mut tasks = tokio::task::JoinSet::new();

@@ -5,8 +5,7 @@ use std::time::Duration;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::Postgres;
 
-use super::sql::SqlStore;
-use super::StoreError;
+use crate::{SqlStore, StoreError};
 
 /// A PostgreSQL-backed store.
 pub type PostgresStore = SqlStore<Postgres>;

@@ -22,10 +22,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use super::net::{self, ping_pong, pong_frame};
-use super::procfs::{self, CpuSample};
-use super::wire::{self, FrameReader, Incoming};
-use super::{LoadError, Progress, Sources};
+use crate::net::{self, ping_pong, pong_frame};
+use crate::procfs::{self, CpuSample};
+use crate::wire::{self, FrameReader, Incoming};
+use crate::{LoadError, Progress, Sources};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -185,8 +185,8 @@ pub async fn run(options: &IdleOptions, progress: &Progress) -> Result<IdleRepor
         failed_connects,
         alive,
         dead: options.count - alive,
-        hold_s: super::secs(options.hold),
-        heartbeat_s: super::secs(options.heartbeat),
+        hold_s: crate::secs(options.hold),
+        heartbeat_s: crate::secs(options.heartbeat),
         heartbeats: held_heartbeats,
         server_pid: pid,
         rss_before_bytes: rss_before,

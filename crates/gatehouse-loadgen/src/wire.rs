@@ -8,20 +8,13 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 /// Envelope kinds (`docs/PROTOCOL.md`).
-pub(crate) mod kind {
-    pub(crate) const REQUEST: u8 = 1;
-    pub(crate) const RESPONSE: u8 = 3;
-    pub(crate) const PUSH: u8 = 4;
-    pub(crate) const PING: u8 = 5;
-    pub(crate) const PONG: u8 = 6;
-    pub(crate) const KICK: u8 = 7;
-}
+pub(crate) use gatehouse_protocol::envelope::kind;
 
 /// The header: a big-endian `u32` body length.
-pub(crate) const HEADER: usize = 4;
+pub(crate) const HEADER: usize = gatehouse_protocol::HEADER_LEN;
 
 /// Largest body accepted from a server (its default `max_frame_bytes`).
-pub(crate) const MAX_BODY: usize = gatehouse::protocol::DEFAULT_MAX_FRAME_LEN;
+pub(crate) const MAX_BODY: usize = gatehouse_protocol::DEFAULT_MAX_FRAME_LEN;
 
 /// Bytes of a request frame with `payload` bytes of payload: header, kind, id, route.
 pub(crate) const fn request_len(payload: usize) -> usize {

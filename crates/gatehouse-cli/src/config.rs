@@ -1,0 +1,224 @@
+//! The `gatehouse` binary's configuration file: the runtime's sections (`[server]`,
+//! `[limits]`, `[supervisor]`, owned and validated by the library), and the binary's
+//! own: where to listen (`[listen]`), what to serve (`[game]`) and where arena saves
+//! (`[store]`, owned by gatehouse-store). Also the seed's `servers.csv` port table.
+//!
+//! Every key has a default, so no file at all is a working server; unknown keys and
+//! bad values are refused with a message naming the key.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use anyhow::{bail, Context as _};
+use gatehouse::config::{LimitsConfig, ServerConfig, SupervisorConfig};
+use gatehouse_store::StoreConfig;
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct FileConfig {
+    /// `[listen]`: the game port.
+    pub(crate) listen: ListenConfig,
+    /// `[game]`: what to serve.
+    pub(crate) game: GameConfig,
+    /// `[server]`: admission, the hub's queue, fault injection (the runtime's).
+    pub(crate) server: ServerConfig,
+    /// `[limits]`: every connection's limits and timers (the runtime's).
+    pub(crate) limits: LimitsConfig,
+    /// `[supervisor]`: restart intensity and shutdown (the runtime's).
+    pub(crate) supervisor: SupervisorConfig,
+    /// `[store]`: arena's saves.
+    pub(crate) store: StoreConfig,
+}
+
+/// `[listen]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct ListenConfig {
+    /// Address to listen on. Loopback by default: serving a network is a decision.
+    pub(crate) host: IpAddr,
+    /// TCP port (0 picks a free one).
+    pub(crate) port: u16,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        ListenConfig {
+            host: IpAddr::from([127, 0, 0, 1]),
+            port: 7000,
+        }
+    }
+}
+
+/// `[game]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct GameConfig {
+    /// `arena` (the reference game) or `bench` (the benchmark service).
+    pub(crate) service: Game,
+}
+
+impl Default for GameConfig {
+    fn default() -> Self {
+        GameConfig {
+            service: Game::Arena,
+        }
+    }
+}
+
+/// The services the binary can serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Game {
+    /// The reference game, with saved players.
+    Arena,
+    /// The benchmark service: echo, broadcast, count.
+    Bench,
+}
+
+impl FileConfig {
+    /// Parses and validates a TOML document.
+    pub(crate) fn from_toml_str(text: &str) -> anyhow::Result<FileConfig> {
+        let config: FileConfig = toml::from_str(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads, parses and validates a TOML file.
+    pub(crate) fn from_file(path: &Path) -> anyhow::Result<FileConfig> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        FileConfig::from_toml_str(&text).with_context(|| format!("in {}", path.display()))
+    }
+
+    /// Checks every section with its owner's rules.
+    pub(crate) fn validate(&self) -> anyhow::Result<()> {
+        self.runtime().validate()?;
+        self.store.validate()?;
+        Ok(())
+    }
+
+    /// The part the runtime uses.
+    pub(crate) fn runtime(&self) -> gatehouse::Config {
+        gatehouse::Config {
+            server: self.server.clone(),
+            limits: self.limits.clone(),
+            supervisor: self.supervisor.clone(),
+        }
+    }
+}
+
+/// One row of the seed's server table: `server_id,host,port,…` (more columns are
+/// allowed and ignored).
+#[derive(Debug, Deserialize)]
+struct ServerRow {
+    server_id: String,
+    #[allow(dead_code)] // part of the table's format; the bind address comes from config
+    host: String,
+    port: u16,
+}
+
+/// The port of `server_id` in a `servers.csv` table, as the seed's
+/// `server_csv:get_my_port()`.
+pub(crate) fn port_from_servers_csv(path: &Path, server_id: &str) -> anyhow::Result<u16> {
+    let table = path.display();
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .flexible(true)
+        .from_path(path)
+        .with_context(|| format!("{table}"))?;
+    for (index, row) in reader.deserialize::<ServerRow>().enumerate() {
+        let row = row.with_context(|| format!("{table}: row {}", index + 2))?;
+        if row.server_id == server_id {
+            return Ok(row.port);
+        }
+    }
+    bail!("{table}: no row with server_id {server_id}")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn error_of(text: &str) -> String {
+        format!("{:#}", FileConfig::from_toml_str(text).unwrap_err())
+    }
+
+    /// The TOML block of the README's "Configuration" section.
+    fn readme_config_block() -> String {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
+                .unwrap();
+        let start = readme
+            .find("```toml\n")
+            .expect("a toml block in the README")
+            + 8;
+        let len = readme[start..].find("```").unwrap();
+        readme[start..start + len].to_owned()
+    }
+
+    #[test]
+    fn the_readme_configuration_block_is_exactly_the_defaults() {
+        let documented = FileConfig::from_toml_str(&readme_config_block()).unwrap();
+        assert_eq!(documented, FileConfig::default());
+    }
+
+    #[test]
+    fn the_readme_configuration_block_names_every_key() {
+        let block = readme_config_block();
+        // A key missing from the block would still parse to its default, so the first
+        // test cannot see it: every field name of the config must appear as `key =`.
+        let debug = format!("{:?}", FileConfig::default());
+        let keys: Vec<&str> = debug
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.contains('_') || ["host", "port", "service", "backend"].contains(w))
+            .filter(|w| w.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+            .collect();
+        assert!(keys.len() > 20, "the key scan found only {keys:?}");
+        for key in keys {
+            assert!(block.contains(&format!("{key} =")), "README lacks `{key}`");
+        }
+    }
+
+    #[test]
+    fn an_empty_file_serves_arena_on_loopback() {
+        let c = FileConfig::from_toml_str("").unwrap();
+        assert_eq!(c.game.service, Game::Arena);
+        assert!(c.listen.host.is_loopback());
+        assert_eq!(c.runtime(), gatehouse::Config::default());
+    }
+
+    #[test]
+    fn bad_values_name_their_key_whichever_section_owns_it() {
+        assert!(error_of("[listen]\nport = 70000\n").contains("port"));
+        assert!(error_of("[listen]\nhost = \"nowhere\"\n").contains("host"));
+        assert!(error_of("[game]\nservice = \"chess\"\n").contains("unknown variant `chess`"));
+        assert!(error_of("[server]\nmax_connections = 0\n").contains("server.max_connections"));
+        assert!(error_of("[limits]\nidle_timeout = \"0s\"\n").contains("limits.idle_timeout"));
+        assert!(error_of("[store]\nbackend = \"postgres\"\n").contains("store.postgres_url"));
+        assert!(error_of("[store]\nbackend = \"mysql\"\n").contains("unknown variant `mysql`"));
+        assert!(error_of("[servre]\n").contains("unknown field `servre`"));
+    }
+
+    #[test]
+    fn servers_csv_gives_the_port_of_the_server_id() {
+        let dir = std::env::temp_dir().join(format!("gatehouse-csv-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("servers.csv");
+        std::fs::write(
+            &path,
+            "server_id,host,port,name\n1, 10.0.0.1, 7001, alpha\n2,10.0.0.2,7002,beta\n",
+        )
+        .unwrap();
+        assert_eq!(port_from_servers_csv(&path, "2").unwrap(), 7002);
+        let missing = port_from_servers_csv(&path, "3").unwrap_err().to_string();
+        assert!(missing.contains("no row with server_id 3"), "{missing}");
+        std::fs::write(&path, "server_id,host,port\n1,h,notaport\n").unwrap();
+        let bad = format!("{:#}", port_from_servers_csv(&path, "1").unwrap_err());
+        assert!(bad.contains("row 2"), "{bad}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,25 @@
+//! gatehouse's wire protocol, without I/O: what goes over the socket between a
+//! gatehouse server and its clients. `{packet, 4}` framing (a 4-byte big-endian length,
+//! then the body), the envelope inside each frame (request, notify, response, push,
+//! ping, pong, kick), the status and kick-reason codes, and the reserved routes.
+//! Everything here is pure and deterministic (no tokio, no sockets, no clock), so the
+//! server, the clients and the load generator share one definition, and every
+//! malformed input becomes an error value, never a panic. `docs/PROTOCOL.md` is the
+//! specification; its hex test vectors are checked against this crate in
+//! `tests/vectors.rs`.
+//!
+//! Crate map:
+//! - [`framing`]: frame header, maximum length, [`FrameDecoder`].
+//! - [`envelope`]: [`Message`], its encoding and decoding, [`DecodeError`].
+//! - [`codes`]: [`Status`] and [`KickReason`].
+//! - [`routes`]: the framework's reserved routes and the bench service's.
+
+pub mod codes;
+pub mod envelope;
+pub mod framing;
+pub mod routes;
+
+pub use codes::{KickReason, Status};
+pub use envelope::{DecodeError, Message};
+pub use framing::{FrameDecoder, FrameTooLarge, DEFAULT_MAX_FRAME_LEN, HEADER_LEN, MAX_NONCE_LEN};
+pub use routes::{RESERVED_ROUTES_START, ROUTE_FAULT_CRASH_HUB, ROUTE_FAULT_PANIC_HANDLER};

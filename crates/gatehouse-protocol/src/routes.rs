@@ -1,0 +1,22 @@
+//! Route numbers the protocol itself reserves, and those of the built-in `bench`
+//! service (which the load generator and the benchmark anchors also speak).
+
+/// Routes at or above this value belong to the framework, not to the game.
+pub const RESERVED_ROUTES_START: u16 = 0xFF00;
+
+/// Framework route (request): crash the hub. Honoured only with fault injection enabled.
+pub const ROUTE_FAULT_CRASH_HUB: u16 = 0xFFF0;
+
+/// Framework route (request): panic inside the caller's handler. Fault injection only.
+pub const ROUTE_FAULT_PANIC_HANDLER: u16 = 0xFFF1;
+
+/// The `bench` service's routes (`docs/PROTOCOL.md`, "The bench service").
+pub mod bench {
+    /// Echo: a request's response carries its payload back; a notify's payload is
+    /// pushed back on this route.
+    pub const ECHO: u16 = 1;
+    /// Broadcast: the payload is pushed on this route to every connection.
+    pub const BROADCAST: u16 = 2;
+    /// Count: the response carries the number of live connections, `u32` big-endian.
+    pub const COUNT: u16 = 3;
+}
