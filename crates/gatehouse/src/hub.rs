@@ -20,9 +20,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{debug, error};
 
-use crate::outbound::{Delivery, Mailbox};
-use crate::service::ConnId;
 use gatehouse_protocol::{KickReason, Message};
+
+use crate::connection::ConnId;
+use crate::mailbox::{Delivery, Mailbox};
 
 /// The hub is restarting or stopped; the caller's connection is about to close.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -341,6 +342,7 @@ pub mod bench_support {
     use tokio_util::sync::CancellationToken;
 
     use super::*;
+    use crate::connection::OutboundBudget;
 
     /// A hub holding `n` registered connections' mailboxes.
     pub struct FanOut {
@@ -361,7 +363,8 @@ pub mod bench_support {
             let peer = SocketAddr::from(([127, 0, 0, 1], 9));
             let mailboxes: Vec<_> = (0..n)
                 .map(|i| {
-                    let mailbox = Arc::new(Mailbox::new(1 << 20, CancellationToken::new()));
+                    let budget = Arc::new(OutboundBudget::new(1 << 20));
+                    let mailbox = Arc::new(Mailbox::new(budget, CancellationToken::new()));
                     let register = Command::Register {
                         id: ConnId(i),
                         peer,
@@ -391,15 +394,11 @@ pub mod bench_support {
         pub fn drain(&mut self) {
             for mailbox in &self.mailboxes {
                 mailbox.drain(&mut self.taken);
-                let bytes: usize = self
-                    .taken
-                    .drain(..)
-                    .map(|d| match d {
-                        Delivery::Frame(frame) => frame.len(),
-                        _ => 0,
-                    })
-                    .sum();
-                mailbox.release(bytes);
+                for delivery in self.taken.drain(..) {
+                    if let Delivery::Frame(frame) = delivery {
+                        mailbox.release_frame(frame.len());
+                    }
+                }
             }
         }
     }

@@ -5,38 +5,45 @@
 //! connection cleanly (running each disconnect hook once) when the hub crashes.
 //! A game implements [`Service`]; [`Server::run`] serves it.
 //!
-//! Crate map:
-//! - [`config`]: the TOML configuration, defaults, validation, `servers.csv`.
-//! - [`protocol`]: the envelope inside each frame; pure, no I/O.
-//! - `listener`: listening socket options, accept loop, admission at accept.
-//! - `connection`: the per-connection task: read, dispatch, write, timers, close.
-//! - `outbound`: a connection's byte-bounded mailbox and coalescing write queue.
+//! Crate map, from the bottom up (no module depends on one below it in this list):
+//! - [`config`]: the runtime's configuration, defaults, validation.
+//! - [`limits`]: inbound rates (the DoS checker) and admission caps.
+//! - `connection`: one connection without I/O: the `ConnectionCore` state machine,
+//!   its output queue and byte budget, [`DisconnectReason`].
+//! - `mailbox`: how the hub and the game reach a connection.
 //! - [`hub`]: the seed's `gs_svr`: registry, groups, broadcast, counts.
-//! - `supervisor`: the restart tree and its intensity (drawn in its module doc).
-//! - [`limits`]: the DoS checker and the connection caps.
-//! - [`service`]: the trait a game implements and its handler context.
+//! - [`service`]: the trait a game implements and its handler [`Context`].
 //! - [`stats`]: server-wide counters.
-//! - [`bench_service`]: the built-in `bench` service.
+//! - `group`: what the supervision tree's tasks share.
+//! - `driver`: the connection task, running a core over a transport (TCP).
+//! - `listener`: listening socket options, accept loop, refusals at accept.
+//! - `supervisor`: the supervision tree and its restart intensity.
 //! - `server`: [`Server`], the entry point.
+//! - [`bench_service`]: the built-in `bench` service.
+//! - [`protocol`]: the wire protocol (the `gatehouse-protocol` crate).
 
 pub mod bench_service;
 pub mod config;
 mod connection;
+mod driver;
+mod group;
 pub mod hub;
 pub mod limits;
-/// The wire protocol (the `gatehouse-protocol` crate), re-exported.
-pub use gatehouse_protocol as protocol;
 mod listener;
-mod outbound;
+mod mailbox;
 mod server;
 pub mod service;
 pub mod stats;
 mod supervisor;
 
+/// The wire protocol (the `gatehouse-protocol` crate), re-exported.
+pub use gatehouse_protocol as protocol;
+
 pub use config::Config;
+pub use connection::{ConnId, DisconnectReason, Severity};
 pub use hub::{HubHandle, HubUnavailable};
 pub use listener::bind;
 pub use protocol::{KickReason, Message, Status};
 pub use server::Server;
-pub use service::{ConnId, Context, Disconnect, DisconnectReason, Reply, Service};
+pub use service::{Context, Disconnect, Reply, Service};
 pub use supervisor::ServerError;

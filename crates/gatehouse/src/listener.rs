@@ -18,10 +18,11 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tracing::{debug, error, info, warn};
 
-use crate::connection;
+use crate::connection::ConnId;
+use crate::driver::{self, tcp::TcpTransport};
+use crate::group::{Group, Shared};
 use crate::limits::Refusal;
-use crate::service::{ConnId, Service};
-use crate::supervisor::{Generation, Shared};
+use crate::service::Service;
 use gatehouse_protocol::KickReason;
 
 /// The seed's `{backlog, 999999}`: ask for the most; the kernel caps it.
@@ -49,28 +50,28 @@ pub async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(BACKLOG)
 }
 
-/// Accepts until the generation is cancelled.
+/// Accepts until the group is cancelled.
 pub(crate) async fn accept_loop<S: Service>(
     listener: Arc<TcpListener>,
     shared: Arc<Shared<S>>,
-    generation: Arc<Generation<S::Message>>,
+    group: Arc<Group<S::Message>>,
 ) {
     let refusals = Arc::new(Semaphore::new(MAX_PENDING_REFUSALS));
     loop {
         let accepted = tokio::select! {
             biased;
-            () = generation.token.cancelled() => return,
+            () = group.token.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((socket, peer)) => admit(socket, peer, &shared, &generation, &refusals),
+            Ok((socket, peer)) => admit(socket, peer, &shared, &group, &refusals),
             Err(e) if is_per_connection_error(&e) => {
                 debug!(error = %e, "accept: connection failed before it was accepted");
             }
             Err(e) => {
                 error!(error = %e, "accept failed; backing off");
                 tokio::select! {
-                    () = generation.token.cancelled() => return,
+                    () = group.token.cancelled() => return,
                     () = tokio::time::sleep(ACCEPT_ERROR_BACKOFF) => {}
                 }
             }
@@ -94,7 +95,7 @@ fn admit<S: Service>(
     socket: TcpStream,
     peer: SocketAddr,
     shared: &Arc<Shared<S>>,
-    generation: &Arc<Generation<S::Message>>,
+    group: &Arc<Group<S::Message>>,
     refusals: &Arc<Semaphore>,
 ) {
     if let Err(e) = socket.set_nodelay(true) {
@@ -105,12 +106,12 @@ fn admit<S: Service>(
         Ok(permit) => {
             shared.stats.count_accept();
             let id = ConnId(shared.next_id.fetch_add(1, Ordering::Relaxed));
-            generation.tracker.spawn(connection::serve(
-                socket,
+            group.tracker.spawn(driver::serve(
+                TcpTransport::new(socket),
                 peer,
                 id,
                 shared.clone(),
-                generation.clone(),
+                group.clone(),
                 permit,
             ));
         }

@@ -9,9 +9,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError};
+use crate::group::Shared;
 use crate::service::Service;
 use crate::stats::Stats;
-use crate::supervisor::{self, ServerError, Shared};
+use crate::supervisor::{self, ServerError};
 
 /// A gatehouse server for one service.
 pub struct Server<S: Service> {

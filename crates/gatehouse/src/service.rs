@@ -7,26 +7,14 @@
 //! connection. Handlers reach their own connection through [`Context`] and every
 //! other connection through the [`HubHandle`].
 
-use std::fmt;
 use std::future::Future;
-use std::io;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
+use gatehouse_protocol::{KickReason, Status};
 
+use crate::connection::{ConnId, ConnectionCore, DisconnectReason};
 use crate::hub::HubHandle;
-use crate::outbound::{Mailbox, WriteQueue};
-use gatehouse_protocol::{KickReason, Message, Status};
-
-/// A connection's id: unique for the life of the server process, across hub restarts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnId(pub u64);
-
-impl fmt::Display for ConnId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
 
 /// A game (or any protocol service) served by gatehouse.
 ///
@@ -147,108 +135,14 @@ pub struct Disconnect {
     pub reason: DisconnectReason,
 }
 
-/// Why a connection ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DisconnectReason {
-    /// The client closed the connection.
-    PeerClosed,
-    /// The socket failed (reset, broken pipe, …).
-    SocketError(io::ErrorKind),
-    /// No first frame within `limits.first_frame_timeout`.
-    LoginTimeout,
-    /// No frame within `limits.idle_timeout`.
-    Idle,
-    /// Over the inbound byte or frame rate.
-    Dos,
-    /// A header announced a frame over `limits.max_frame_bytes`.
-    FrameTooLarge,
-    /// A malformed envelope, or a kind clients may not send.
-    ProtocolError,
-    /// The outbound queue passed `limits.outbound_queue_bytes`.
-    SlowConsumer,
-    /// Output made no progress for `limits.send_timeout`.
-    SendTimeout,
-    /// Kicked by the game (through the hub or its own context).
-    Kicked(KickReason),
-    /// The server is shutting down.
-    Shutdown,
-    /// The hub crashed; the connection was closed so that the restarted hub starts clean.
-    ServerRestart,
-    /// A handler panicked.
-    HandlerPanic,
-    /// A handler ran past `limits.handler_timeout`.
-    HandlerTimeout,
-}
-
-impl DisconnectReason {
-    /// The kick sent to the client before closing, if any (none when the peer is
-    /// already gone or the socket cannot take it).
-    pub fn kick(&self) -> Option<KickReason> {
-        Some(match self {
-            DisconnectReason::PeerClosed
-            | DisconnectReason::SocketError(_)
-            | DisconnectReason::SendTimeout => return None,
-            DisconnectReason::LoginTimeout => KickReason::LOGIN_TIMEOUT,
-            DisconnectReason::Idle => KickReason::IDLE,
-            DisconnectReason::Dos => KickReason::DOS,
-            DisconnectReason::FrameTooLarge => KickReason::FRAME_TOO_LARGE,
-            DisconnectReason::ProtocolError => KickReason::PROTOCOL_ERROR,
-            DisconnectReason::SlowConsumer => KickReason::SLOW_CONSUMER,
-            DisconnectReason::Kicked(reason) => *reason,
-            DisconnectReason::Shutdown => KickReason::SHUTDOWN,
-            DisconnectReason::ServerRestart => KickReason::SERVER_RESTART,
-            DisconnectReason::HandlerPanic | DisconnectReason::HandlerTimeout => {
-                KickReason::INTERNAL_ERROR
-            }
-        })
-    }
-}
-
-impl fmt::Display for DisconnectReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DisconnectReason::PeerClosed => f.write_str("peer_closed"),
-            DisconnectReason::SocketError(kind) => write!(f, "socket_error({kind})"),
-            DisconnectReason::SendTimeout => f.write_str("send_timeout"),
-            DisconnectReason::HandlerTimeout => f.write_str("handler_timeout"),
-            other => match other.kick() {
-                Some(kick) => kick.fmt(f),
-                None => Ok(()),
-            },
-        }
-    }
-}
-
-/// A connection's outbound state as handlers see it.
-pub(crate) struct Outbox<M> {
-    pub(crate) queue: WriteQueue,
-    pub(crate) mailbox: std::sync::Arc<Mailbox<M>>,
-    /// Set when the connection must close after the current handler.
-    pub(crate) close: Option<DisconnectReason>,
-    /// Text sent with the kick of `close`.
-    pub(crate) close_text: String,
-}
-
-impl<M> Outbox<M> {
-    /// Queues an encoded frame within the byte budget; over it, the connection is
-    /// marked to close as a slow consumer.
-    pub(crate) fn enqueue(&mut self, frame: Bytes) -> bool {
-        if self.mailbox.reserve(frame.len()) {
-            self.queue.push(frame);
-            true
-        } else {
-            self.close.get_or_insert(DisconnectReason::SlowConsumer);
-            false
-        }
-    }
-}
-
 /// What a handler can do with its own connection, and the way to all the others.
 pub struct Context<'a, M> {
     pub(crate) id: ConnId,
     pub(crate) peer: SocketAddr,
     pub(crate) hub: &'a HubHandle<M>,
-    pub(crate) out: &'a mut Outbox<M>,
+    /// The connection's state machine: what a handler queues goes straight into its
+    /// output.
+    pub(crate) core: &'a mut ConnectionCore,
 }
 
 impl<M: Send + 'static> Context<'_, M> {
@@ -267,22 +161,16 @@ impl<M: Send + 'static> Context<'_, M> {
         self.hub
     }
 
-    /// Pushes a message to this connection. Returns false if its outbound queue is
-    /// full, in which case the connection closes as a slow consumer.
+    /// Pushes a message to this connection. Returns false if it was not queued: its
+    /// outbound queue is full (the connection then closes as a slow consumer), or the
+    /// payload is larger than a frame may be (dropped and logged).
     pub fn push(&mut self, route: u16, payload: impl Into<Bytes>) -> bool {
-        let frame = Message::Push {
-            route,
-            payload: payload.into(),
-        }
-        .to_frame();
-        self.out.enqueue(frame)
+        self.core.push(route, payload.into())
     }
 
     /// Closes this connection once the current handler returns, sending `reason`.
+    /// The first close decided wins.
     pub fn kick(&mut self, reason: KickReason, text: impl Into<String>) {
-        if self.out.close.is_none() {
-            self.out.close = Some(DisconnectReason::Kicked(reason));
-            self.out.close_text = text.into();
-        }
+        self.core.kick(reason, text.into());
     }
 }

@@ -4,7 +4,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use crate::service::DisconnectReason;
+use crate::connection::DisconnectReason;
+use crate::limits::Refusal;
 
 /// Live counters, shared by every task of a server.
 #[derive(Debug, Default)]
@@ -87,10 +88,10 @@ impl Stats {
         self.accepted.fetch_add(1, Relaxed);
     }
 
-    pub(crate) fn count_refusal(&self, refusal: crate::limits::Refusal) {
+    pub(crate) fn count_refusal(&self, refusal: Refusal) {
         match refusal {
-            crate::limits::Refusal::ServerFull => &self.refused_server_full,
-            crate::limits::Refusal::TooManyFromIp => &self.refused_per_ip,
+            Refusal::ServerFull => &self.refused_server_full,
+            Refusal::TooManyFromIp => &self.refused_per_ip,
         }
         .fetch_add(1, Relaxed);
     }

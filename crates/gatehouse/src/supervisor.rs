@@ -4,9 +4,9 @@
 //! root (rest_for_one)                 supervise(): this function's loop
 //!  ├─ store writer                    gatehouse_store::SaveWriter: started before, closed after
 //!  ├─ hub                             hub::spawn — gs_svr: registry, groups, broadcast
-//!  └─ connection group (Generation)   cancelled and awaited whenever the hub restarts
+//!  └─ connection group               group::Group: cancelled and awaited whenever the hub restarts
 //!      ├─ acceptor                    listener::accept_loop; stops with its group
-//!      └─ connections                 connection::serve, one task each
+//!      └─ connections                 driver::serve, one task each
 //! ```
 //!
 //! - The hub ends (a panic, or any exit while the server runs): the whole connection
@@ -25,26 +25,23 @@
 //! disconnect hook has queued its save; it is therefore untouched by hub restarts.
 //!
 //! A connection that panics is not a supervisor matter: its handler runs under
-//! `catch_unwind` in its own task (see `connection`), so only it ends.
+//! `catch_unwind` in its own task (see `driver`), so only it ends.
 
 use std::collections::VecDeque;
-use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinError;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
-use crate::config::Config;
-use crate::hub::{self, HubHandle};
-use crate::limits::Admission;
+use crate::connection::DisconnectReason;
+use crate::group::{Group, Shared};
+use crate::hub;
 use crate::listener;
-use crate::service::{DisconnectReason, Service};
-use crate::stats::Stats;
+use crate::service::Service;
 
 /// Why a server stopped other than by a requested shutdown.
 #[derive(Debug, thiserror::Error)]
@@ -59,83 +56,6 @@ pub enum ServerError {
     },
 }
 
-/// State shared by every task of one server, for its whole life.
-pub(crate) struct Shared<S> {
-    pub(crate) config: Config,
-    pub(crate) service: S,
-    /// Outside the hub so that counts survive its restarts.
-    pub(crate) admission: Admission,
-    pub(crate) next_id: AtomicU64,
-    pub(crate) stats: Arc<Stats>,
-}
-
-impl<S> Shared<S> {
-    pub(crate) fn new(config: Config, service: S) -> Self {
-        Shared {
-            admission: Admission::new(
-                config.server.max_connections,
-                config.server.max_connections_per_ip,
-            ),
-            config,
-            service,
-            next_id: AtomicU64::new(1),
-            stats: Arc::new(Stats::default()),
-        }
-    }
-}
-
-/// One life of the hub and the connection group that depends on it.
-pub(crate) struct Generation<M> {
-    /// Cancels the acceptor and every connection of this generation.
-    pub(crate) token: CancellationToken,
-    /// Tracks them, so the supervisor can wait until every hook ran.
-    pub(crate) tracker: TaskTracker,
-    pub(crate) hub: HubHandle<M>,
-    /// Why the group was stopped; read by each connection for its kick.
-    stop_reason: OnceLock<DisconnectReason>,
-}
-
-impl<M> Generation<M> {
-    #[cfg(test)]
-    pub(crate) fn new_for_test(hub: HubHandle<M>) -> Self {
-        Generation {
-            token: CancellationToken::new(),
-            tracker: TaskTracker::new(),
-            hub,
-            stop_reason: OnceLock::new(),
-        }
-    }
-
-    fn stop(&self, reason: DisconnectReason) {
-        let _ = self.stop_reason.set(reason); // first reason wins
-        self.token.cancel();
-        self.tracker.close();
-    }
-
-    /// The reason the group was stopped; a bare cancellation of the root token is a
-    /// shutdown.
-    pub(crate) fn stop_reason(&self) -> DisconnectReason {
-        self.stop_reason
-            .get()
-            .cloned()
-            .unwrap_or(DisconnectReason::Shutdown)
-    }
-
-    /// Waits (bounded) until every task of the group has ended.
-    async fn drain(&self, timeout: Duration) {
-        if tokio::time::timeout(timeout, self.tracker.wait())
-            .await
-            .is_err()
-        {
-            warn!(
-                remaining = self.tracker.len(),
-                ?timeout,
-                "drain timeout: abandoning connections that have not finished"
-            );
-        }
-    }
-}
-
 /// Runs the tree until `shutdown` is cancelled (`Ok`) or the restart intensity is
 /// exceeded (`Err`).
 pub(crate) async fn supervise<S: Service>(
@@ -148,24 +68,19 @@ pub(crate) async fn supervise<S: Service>(
     let mut restarts = RestartIntensity::new(limits.max_restarts, limits.restart_window);
     loop {
         let (hub, mut hub_task) = hub::spawn::<S::Message>(shared.config.server.hub_queue);
-        let generation = Arc::new(Generation {
-            token: shutdown.child_token(),
-            tracker: TaskTracker::new(),
-            hub,
-            stop_reason: OnceLock::new(),
-        });
-        generation.tracker.spawn(listener::accept_loop(
+        let group = Arc::new(Group::new(shutdown.child_token(), hub));
+        group.tracker.spawn(listener::accept_loop(
             listener.clone(),
             shared.clone(),
-            generation.clone(),
+            group.clone(),
         ));
 
         let crash = tokio::select! {
             joined = &mut hub_task => describe_hub_exit(joined),
             () = shutdown.cancelled() => {
                 info!("shutting down: kicking every connection");
-                generation.stop(DisconnectReason::Shutdown);
-                generation.drain(limits.drain_timeout).await;
+                group.stop(DisconnectReason::Shutdown);
+                group.drain(limits.drain_timeout).await;
                 hub_task.abort();
                 info!("shutdown complete");
                 return Ok(());
@@ -174,8 +89,8 @@ pub(crate) async fn supervise<S: Service>(
 
         error!(cause = %crash, "hub crashed; closing every connection, then restarting it");
         shared.stats.count_hub_restart();
-        generation.stop(DisconnectReason::ServerRestart);
-        generation.drain(limits.drain_timeout).await;
+        group.stop(DisconnectReason::ServerRestart);
+        group.drain(limits.drain_timeout).await;
         if shutdown.is_cancelled() {
             // Asked to stop during the restart: that is a clean stop, not a failure.
             info!("shutdown requested while restarting; shutdown complete");

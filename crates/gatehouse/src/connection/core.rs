@@ -1,0 +1,883 @@
+//! [`ConnectionCore`]: one connection's protocol logic, without I/O (quinn-proto's
+//! habit). It is given bytes (or whole frames) that arrived, the time, and what
+//! handlers and the hub produce; it gives back the events handlers must see, the
+//! bytes to send, the one deadline to arm, and the decision to close with its reason.
+//! Every limit of a connection is enforced here, so every transport behaves the same:
+//!
+//! | limit | where |
+//! |---|---|
+//! | frame cap (`max_frame_bytes`), decided from the header alone | [`ConnectionCore::poll_event`], [`ConnectionCore::receive_frame`] |
+//! | inbound bytes/s and frames/s (DoS) | `poll_event` → [`InboundRates`] |
+//! | malformed envelopes, kinds a client may not send | `poll_event` |
+//! | first-frame and idle deadlines, the send stall | [`ConnectionCore::poll_timeout`], [`ConnectionCore::handle_timeout`] |
+//! | outbound byte budget (slow consumer) | every enqueue, through the shared [`OutboundBudget`] |
+//! | largest frame the server may send | [`ConnectionCore::respond`], [`ConnectionCore::push`] |
+//!
+//! The driver (`crate::driver`) owns the socket and the clock and feeds this; the
+//! tests below drive it with made-up instants and byte strings.
+
+use std::io::IoSlice;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use gatehouse_protocol::{
+    FrameDecoder, FrameTooLarge, KickReason, Message, Status, HEADER_LEN, RESERVED_ROUTES_START,
+};
+use tracing::{debug, warn};
+
+use super::budget::OutboundBudget;
+use super::outbound::{reusable, OutputQueue};
+use super::reason::DisconnectReason;
+use crate::config::LimitsConfig;
+use crate::limits::InboundRates;
+
+/// What a handler must see: the requests and notifies that arrived, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Event {
+    /// Answer with [`ConnectionCore::respond`] using the same id.
+    Request { id: u32, route: u16, payload: Bytes },
+    /// No answer expected.
+    Notify { route: u16, payload: Bytes },
+}
+
+/// The decision to close: why, and the text of the kick if the closer gave one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Close {
+    pub(crate) reason: DisconnectReason,
+    pub(crate) text: Option<String>,
+}
+
+impl From<DisconnectReason> for Close {
+    fn from(reason: DisconnectReason) -> Close {
+        Close { reason, text: None }
+    }
+}
+
+/// Unknown routes logged at warn per connection; past this, at debug, so that no
+/// client can flood the log.
+const LOUD_UNKNOWN_ROUTES: u8 = 3;
+
+/// One connection's state machine.
+#[derive(Debug)]
+pub(crate) struct ConnectionCore {
+    limits: Arc<LimitsConfig>,
+    decoder: FrameDecoder,
+    /// Received bytes not yet cut into frames (stream transports).
+    recv: BytesMut,
+    /// Whole frames received from a message transport, not yet handled.
+    recv_frames: std::collections::VecDeque<Bytes>,
+    rates: InboundRates,
+    out: OutputQueue,
+    budget: Arc<OutboundBudget>,
+    accepted: Instant,
+    /// The last inbound frame; `None` until the first (the first-frame timeout
+    /// applies until then, the idle timeout after).
+    last_input: Option<Instant>,
+    /// Since when queued output has made no progress.
+    stalled_since: Option<Instant>,
+    /// Output was consumed since the stall clock was last looked at.
+    progressed: bool,
+    close: Option<Close>,
+    unknown_routes: u8,
+}
+
+impl ConnectionCore {
+    /// A connection accepted at `now`.
+    pub(crate) fn new(
+        limits: Arc<LimitsConfig>,
+        budget: Arc<OutboundBudget>,
+        now: Instant,
+    ) -> Self {
+        ConnectionCore {
+            decoder: FrameDecoder::new(limits.max_frame_bytes),
+            rates: InboundRates::new(&limits, now),
+            limits,
+            recv: BytesMut::new(),
+            recv_frames: std::collections::VecDeque::new(),
+            out: OutputQueue::default(),
+            budget,
+            accepted: now,
+            last_input: None,
+            stalled_since: None,
+            progressed: false,
+            close: None,
+            unknown_routes: 0,
+        }
+    }
+
+    // ---- input ----------------------------------------------------------------
+
+    /// The buffer a stream transport appends received bytes to. Empty (no
+    /// allocation) while nothing is in flight; the transport gives it room.
+    pub(crate) fn recv_buffer(&mut self) -> &mut BytesMut {
+        &mut self.recv
+    }
+
+    /// A whole frame body from a message transport (one WebSocket message). The
+    /// transport caps the message size before buffering it; a body over the maximum
+    /// still closes the connection here, as on a stream.
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "for message transports (WebSocket)")
+    )]
+    pub(crate) fn receive_frame(&mut self, body: Bytes) {
+        if body.len() > self.limits.max_frame_bytes {
+            let announced = u32::try_from(body.len()).unwrap_or(u32::MAX);
+            self.frame_too_large(FrameTooLarge {
+                announced,
+                max: self.limits.max_frame_bytes,
+            });
+            return;
+        }
+        self.recv_frames.push_back(body);
+    }
+
+    /// The next request or notify that arrived, handling on the way everything that
+    /// needs no handler (pings, empty frames, pongs) and every violation (which
+    /// closes the connection and stops the events). `now` is when the bytes were
+    /// read: one clock reading serves a whole batch.
+    pub(crate) fn poll_event(&mut self, now: Instant) -> Option<Event> {
+        while self.close.is_none() {
+            let frame = match self.recv_frames.pop_front() {
+                Some(frame) => frame,
+                None => match self.decoder.decode(&mut self.recv) {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => return None,
+                    Err(too_large) => {
+                        self.frame_too_large(too_large);
+                        return None;
+                    }
+                },
+            };
+            if let Some(event) = self.on_frame(frame, now) {
+                return Some(event);
+            }
+        }
+        None
+    }
+
+    fn frame_too_large(&mut self, error: FrameTooLarge) {
+        warn!(
+            announced = error.announced,
+            max = error.max,
+            "frame header over the maximum"
+        );
+        self.close(DisconnectReason::FrameTooLarge, None);
+    }
+
+    /// Accounts, decodes and routes one frame.
+    fn on_frame(&mut self, frame: Bytes, now: Instant) -> Option<Event> {
+        self.last_input = Some(now);
+        if let Err(violation) = self.rates.on_frame(frame.len() + HEADER_LEN, now) {
+            warn!(?violation, "inbound rate exceeded");
+            self.close(DisconnectReason::Dos, None);
+            return None;
+        }
+        let message = match Message::decode(frame) {
+            Ok(message) => message,
+            Err(error) => {
+                warn!(%error, "malformed envelope");
+                self.close(DisconnectReason::ProtocolError, None);
+                return None;
+            }
+        };
+        match message {
+            Message::Empty | Message::Pong(_) => None,
+            Message::Ping(nonce) => {
+                self.enqueue(&Message::Pong(nonce));
+                None
+            }
+            Message::Request { id, route, payload } => Some(Event::Request { id, route, payload }),
+            Message::Notify { route, payload } if route >= RESERVED_ROUTES_START => {
+                self.unknown_route("notify", route, payload.len());
+                None
+            }
+            Message::Notify { route, payload } => Some(Event::Notify { route, payload }),
+            other @ (Message::Response { .. } | Message::Push { .. } | Message::Kick { .. }) => {
+                warn!(kind = other.kind_name(), "a client may not send this kind");
+                self.close(DisconnectReason::ProtocolError, None);
+                None
+            }
+        }
+    }
+
+    /// The seed's "Unknown msg": a warning naming what arrived; after a few from one
+    /// connection, at debug level.
+    pub(crate) fn unknown_route(&mut self, kind: &'static str, route: u16, len: usize) {
+        if self.unknown_routes < LOUD_UNKNOWN_ROUTES {
+            self.unknown_routes += 1;
+            warn!(kind, route, len, "unknown route");
+            if self.unknown_routes == LOUD_UNKNOWN_ROUTES {
+                warn!("further unknown routes from this connection are logged at debug level");
+            }
+        } else {
+            debug!(kind, route, len, "unknown route");
+        }
+    }
+
+    // ---- output ---------------------------------------------------------------
+
+    /// Answers request `id`. A response too large for the protocol is replaced by an
+    /// `internal_error` response: the server never sends a frame over the maximum.
+    pub(crate) fn respond(&mut self, id: u32, status: Status, payload: Bytes) {
+        let response = Message::Response {
+            id,
+            status,
+            payload,
+        };
+        if response.body_len() > self.limits.max_frame_bytes {
+            warn!(
+                id,
+                len = response.body_len(),
+                "response over max_frame_bytes; sent as an error"
+            );
+            let refused = Message::Response {
+                id,
+                status: Status::INTERNAL_ERROR,
+                payload: Bytes::from_static(b"response too large"),
+            };
+            self.enqueue(&refused);
+            return;
+        }
+        self.enqueue(&response);
+    }
+
+    /// Pushes to this connection. False if it was not queued: too large for the
+    /// protocol (dropped, logged), or over the outbound budget (then the connection
+    /// closes as a slow consumer).
+    pub(crate) fn push(&mut self, route: u16, payload: Bytes) -> bool {
+        let push = Message::Push { route, payload };
+        if push.body_len() > self.limits.max_frame_bytes {
+            warn!(
+                route,
+                len = push.body_len(),
+                "push over max_frame_bytes; dropped"
+            );
+            return false;
+        }
+        self.enqueue(&push)
+    }
+
+    /// Encodes `message` into the output within the budget; over it, the connection
+    /// is marked a slow consumer.
+    fn enqueue(&mut self, message: &Message) -> bool {
+        let len = HEADER_LEN + message.body_len();
+        if !self.budget.reserve(len) {
+            self.close(DisconnectReason::SlowConsumer, None);
+            return false;
+        }
+        message.encode_frame_into(self.out.tail_for(len));
+        self.out.commit(len);
+        true
+    }
+
+    /// Queues a frame encoded elsewhere (a broadcast), whose bytes the deliverer has
+    /// already reserved from the budget.
+    pub(crate) fn queue_reserved_frame(&mut self, frame: Bytes) {
+        self.out.push_shared(frame);
+    }
+
+    /// Whether output is waiting for the transport.
+    pub(crate) fn has_output(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// Fills `dst` with the queued output, in order, for one vectored write.
+    pub(crate) fn output_slices<'a>(&'a self, dst: &mut [IoSlice<'a>]) -> usize {
+        self.out.slices(dst)
+    }
+
+    /// The transport took the first `n` bytes of [`ConnectionCore::output_slices`].
+    pub(crate) fn consume_output(&mut self, n: usize) {
+        if n > 0 {
+            self.out.consume(n);
+            self.budget.release(n);
+            self.progressed = true;
+        }
+    }
+
+    /// The next whole frame's body (no length header), for a transport that sends
+    /// one message per frame; its bytes count as sent.
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "for message transports (WebSocket)")
+    )]
+    pub(crate) fn take_output_frame(&mut self) -> Option<Bytes> {
+        let (body, taken) = self.out.take_frame()?;
+        self.budget.release(taken);
+        self.progressed = true;
+        Some(body)
+    }
+
+    // ---- time -----------------------------------------------------------------
+
+    /// The one instant at which [`ConnectionCore::handle_timeout`] must be called: the
+    /// first-frame or idle deadline, or the send stall's, whichever is first. Call it
+    /// after each round of I/O; it also starts and stops the stall clock.
+    pub(crate) fn poll_timeout(&mut self, now: Instant) -> Instant {
+        if self.out.is_empty() {
+            self.stalled_since = None;
+        } else if self.progressed || self.stalled_since.is_none() {
+            self.stalled_since = Some(now);
+        }
+        self.progressed = false;
+        let input = self.input_deadline();
+        match self.stalled_since {
+            Some(since) => input.min(since + self.limits.send_timeout),
+            None => input,
+        }
+    }
+
+    fn input_deadline(&self) -> Instant {
+        match self.last_input {
+            None => self.accepted + self.limits.first_frame_timeout,
+            Some(at) => at + self.limits.idle_timeout,
+        }
+    }
+
+    /// The timer fired at `now`: closes the connection if a deadline has passed.
+    pub(crate) fn handle_timeout(&mut self, now: Instant) {
+        if now >= self.input_deadline() {
+            let reason = match self.last_input {
+                None => DisconnectReason::LoginTimeout,
+                Some(_) => DisconnectReason::Idle,
+            };
+            self.close(reason, None);
+        } else if self
+            .stalled_since
+            .is_some_and(|since| now >= since + self.limits.send_timeout)
+        {
+            self.close(DisconnectReason::SendTimeout, None);
+        }
+    }
+
+    // ---- close ----------------------------------------------------------------
+
+    /// Decides to close (the first decision wins): no more events are produced.
+    pub(crate) fn close(&mut self, reason: DisconnectReason, text: Option<String>) {
+        if self.close.is_none() {
+            self.close = Some(Close { reason, text });
+        }
+    }
+
+    /// Kicks this connection with a game's reason and text.
+    pub(crate) fn kick(&mut self, reason: KickReason, text: String) {
+        self.close(DisconnectReason::Kicked(reason), Some(text));
+    }
+
+    /// Whether the connection has decided to close.
+    pub(crate) fn is_closing(&self) -> bool {
+        self.close.is_some()
+    }
+
+    /// The close decision, taken (once).
+    pub(crate) fn take_close(&mut self) -> Option<Close> {
+        self.close.take()
+    }
+
+    /// Queues the kick for `close` (if its reason has one) as the last frame. A slow
+    /// consumer's unsent frames are dropped first, since they cannot be delivered in
+    /// time and the kick can.
+    pub(crate) fn queue_kick(&mut self, close: &Close) {
+        let Some(kick) = close.reason.kick() else {
+            return;
+        };
+        if close.reason == DisconnectReason::SlowConsumer {
+            let dropped = self.out.discard_unstarted();
+            self.budget.release(dropped);
+        }
+        let text = match &close.text {
+            Some(text) => text.clone(),
+            None => close.reason.describe(&self.limits),
+        };
+        let message = Message::Kick { reason: kick, text };
+        let len = HEADER_LEN + message.body_len();
+        self.budget.force(len); // the kick must always get through
+        message.encode_frame_into(self.out.tail_for(len));
+        self.out.commit(len);
+    }
+
+    // ---- memory ---------------------------------------------------------------
+
+    /// Hands back the receive and send buffers that hold nothing in flight, so an
+    /// idle connection keeps no buffer; the driver lends them to the next busy one.
+    pub(crate) fn take_spare_buffers(&mut self) -> (Option<BytesMut>, Option<BytesMut>) {
+        (reusable(&mut self.recv), self.out.take_spare_buffer())
+    }
+
+    /// Lends a spare buffer for output, if the core has none; gives it back otherwise.
+    pub(crate) fn lend_send_buffer(&mut self, buffer: BytesMut) -> Option<BytesMut> {
+        self.out.lend_buffer(buffer)
+    }
+
+    /// Bytes received but not yet cut into frames.
+    #[cfg(test)]
+    fn buffered_input(&self) -> usize {
+        self.recv.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::BufMut;
+
+    use super::*;
+
+    const T: Duration = Duration::from_millis(1);
+
+    fn limits() -> LimitsConfig {
+        LimitsConfig {
+            max_frame_bytes: 1000,
+            inbound_bytes_per_sec: 100_000,
+            inbound_bytes_burst: 10_000,
+            inbound_frames_per_sec: 100,
+            inbound_frames_burst: 10,
+            first_frame_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            outbound_queue_bytes: 2_000,
+            send_timeout: Duration::from_secs(30),
+            ..LimitsConfig::default()
+        }
+    }
+
+    struct Harness {
+        core: ConnectionCore,
+        budget: Arc<OutboundBudget>,
+        t0: Instant,
+    }
+
+    fn harness(limits: LimitsConfig) -> Harness {
+        let t0 = Instant::now();
+        let budget = Arc::new(OutboundBudget::new(limits.outbound_queue_bytes));
+        Harness {
+            core: ConnectionCore::new(Arc::new(limits), budget.clone(), t0),
+            budget,
+            t0,
+        }
+    }
+
+    impl Harness {
+        fn at(&self, d: Duration) -> Instant {
+            self.t0 + d
+        }
+
+        fn receive(&mut self, bytes: &[u8]) {
+            self.core.recv_buffer().put_slice(bytes);
+        }
+
+        fn events(&mut self, now: Instant) -> Vec<Event> {
+            std::iter::from_fn(|| self.core.poll_event(now)).collect()
+        }
+
+        /// Everything queued for the transport, taken as if all of it was written.
+        fn sent(&mut self) -> Vec<Message> {
+            let mut iov = [IoSlice::new(&[]); 64];
+            let n = self.core.output_slices(&mut iov);
+            let bytes: Vec<u8> = iov[..n].iter().flat_map(|s| s.iter().copied()).collect();
+            self.core.consume_output(bytes.len());
+            let mut buf = BytesMut::from(&bytes[..]);
+            let decoder = FrameDecoder::new(1 << 20);
+            std::iter::from_fn(|| decoder.decode(&mut buf).ok().flatten())
+                .map(|body| Message::decode(body).expect("the core sends valid frames"))
+                .collect()
+        }
+
+        fn closed(&mut self) -> Option<DisconnectReason> {
+            self.core.take_close().map(|c| c.reason)
+        }
+    }
+
+    fn wire(message: &Message) -> Vec<u8> {
+        message.to_frame().to_vec()
+    }
+
+    fn request(id: u32, route: u16, payload: &'static [u8]) -> Message {
+        Message::Request {
+            id,
+            route,
+            payload: Bytes::from_static(payload),
+        }
+    }
+
+    #[test]
+    fn pipelined_requests_come_out_in_order_and_pings_are_answered_without_a_handler() {
+        let mut h = harness(limits());
+        let now = h.at(T);
+        let mut bytes = wire(&request(1, 7, b"a"));
+        bytes.extend(wire(&Message::Ping(Bytes::from_static(b"n"))));
+        bytes.extend(wire(&Message::Empty));
+        bytes.extend(wire(&Message::Notify {
+            route: 8,
+            payload: Bytes::from_static(b"b"),
+        }));
+        bytes.extend(wire(&request(2, 9, b"")));
+        h.receive(&bytes);
+        let events = h.events(now);
+        assert_eq!(
+            events,
+            [
+                Event::Request {
+                    id: 1,
+                    route: 7,
+                    payload: Bytes::from_static(b"a")
+                },
+                Event::Notify {
+                    route: 8,
+                    payload: Bytes::from_static(b"b")
+                },
+                Event::Request {
+                    id: 2,
+                    route: 9,
+                    payload: Bytes::new()
+                },
+            ]
+        );
+        h.core.respond(1, Status::OK, Bytes::from_static(b"A"));
+        h.core.respond(2, Status::UNKNOWN_ROUTE, Bytes::new());
+        let sent = h.sent();
+        assert_eq!(sent.len(), 3);
+        assert_eq!(sent[0], Message::Pong(Bytes::from_static(b"n")));
+        assert!(matches!(sent[1], Message::Response { id: 1, .. }));
+        assert!(matches!(
+            sent[2],
+            Message::Response {
+                id: 2,
+                status: Status::UNKNOWN_ROUTE,
+                ..
+            }
+        ));
+        assert!(h.closed().is_none());
+    }
+
+    #[test]
+    fn a_frame_arriving_byte_by_byte_becomes_one_event_when_whole() {
+        let mut h = harness(limits());
+        let bytes = wire(&request(5, 1, b"hello"));
+        for (i, byte) in bytes.iter().enumerate() {
+            h.receive(&[*byte]);
+            let events = h.events(h.at(T));
+            assert_eq!(
+                events.len(),
+                usize::from(i == bytes.len() - 1),
+                "after byte {i}"
+            );
+        }
+        assert_eq!(h.core.buffered_input(), 0);
+    }
+
+    #[test]
+    fn the_maximum_frame_passes_and_one_byte_more_closes_from_the_header_alone() {
+        let mut h = harness(limits());
+        let max_payload = vec![0u8; 1000 - 7];
+        let ok = Message::Request {
+            id: 1,
+            route: 1,
+            payload: Bytes::from(max_payload),
+        };
+        h.receive(&wire(&ok));
+        assert_eq!(h.events(h.at(T)).len(), 1);
+        h.receive(&1001u32.to_be_bytes()); // the header alone, no body
+        assert!(h.events(h.at(T)).is_empty());
+        assert_eq!(h.closed(), Some(DisconnectReason::FrameTooLarge));
+    }
+
+    #[test]
+    fn a_message_transport_frame_over_the_maximum_closes_too() {
+        let mut h = harness(limits());
+        h.core.receive_frame(Bytes::from(vec![0u8; 1001]));
+        assert!(h.events(h.at(T)).is_empty());
+        assert_eq!(h.closed(), Some(DisconnectReason::FrameTooLarge));
+        let mut h = harness(limits());
+        h.core
+            .receive_frame(request(3, 1, b"x").to_frame().slice(HEADER_LEN..));
+        assert_eq!(h.events(h.at(T)).len(), 1);
+    }
+
+    #[test]
+    fn a_frame_flood_is_cut_at_the_burst_and_a_steady_client_never_is() {
+        let mut h = harness(limits());
+        for _ in 0..11 {
+            h.receive(&wire(&Message::Empty));
+        }
+        h.events(h.at(T));
+        assert_eq!(
+            h.closed(),
+            Some(DisconnectReason::Dos),
+            "11 frames at once, burst 10"
+        );
+        let mut h = harness(limits());
+        for i in 0..1000u32 {
+            h.receive(&wire(&Message::Empty));
+            h.events(h.at(Duration::from_millis(10 * u64::from(i)))); // 100/s
+        }
+        assert_eq!(h.closed(), None);
+    }
+
+    #[test]
+    fn a_byte_flood_is_kicked_dos() {
+        let mut h = harness(limits());
+        let big = Message::Notify {
+            route: 1,
+            payload: Bytes::from(vec![0u8; 900]),
+        };
+        for _ in 0..11 {
+            h.receive(&wire(&big));
+        }
+        h.events(h.at(T));
+        assert_eq!(
+            h.closed(),
+            Some(DisconnectReason::Dos),
+            "over 10,000 bytes at once"
+        );
+    }
+
+    #[test]
+    fn malformed_bodies_and_server_only_kinds_are_protocol_errors() {
+        let bad: [&[u8]; 2] = [&[0, 0, 0, 1, 99], &[0, 0, 0, 2, 1, 0]];
+        for bytes in bad {
+            let mut h = harness(limits());
+            h.receive(bytes);
+            assert!(h.events(h.at(T)).is_empty());
+            assert_eq!(h.closed(), Some(DisconnectReason::ProtocolError));
+        }
+        for server_only in [
+            Message::Push {
+                route: 1,
+                payload: Bytes::new(),
+            },
+            Message::Kick {
+                reason: KickReason::IDLE,
+                text: String::new(),
+            },
+            Message::Response {
+                id: 1,
+                status: Status::OK,
+                payload: Bytes::new(),
+            },
+        ] {
+            let mut h = harness(limits());
+            h.receive(&wire(&server_only));
+            h.receive(&wire(&request(1, 1, b"after")));
+            assert!(h.events(h.at(T)).is_empty(), "nothing after the violation");
+            assert_eq!(h.closed(), Some(DisconnectReason::ProtocolError));
+        }
+    }
+
+    #[test]
+    fn notifies_on_framework_routes_are_ignored_not_events() {
+        let mut h = harness(limits());
+        h.receive(&wire(&Message::Notify {
+            route: RESERVED_ROUTES_START,
+            payload: Bytes::new(),
+        }));
+        assert!(h.events(h.at(T)).is_empty());
+        assert_eq!(h.closed(), None);
+    }
+
+    #[test]
+    fn silence_until_the_first_frame_timeout_is_a_login_timeout() {
+        let mut h = harness(limits());
+        let deadline = h.core.poll_timeout(h.at(T));
+        assert_eq!(deadline, h.at(Duration::from_secs(10)));
+        h.core.handle_timeout(deadline - T);
+        assert_eq!(h.closed(), None, "not a moment early");
+        h.core.handle_timeout(deadline);
+        assert_eq!(h.closed(), Some(DisconnectReason::LoginTimeout));
+    }
+
+    #[test]
+    fn only_inbound_frames_move_the_idle_deadline() {
+        let mut h = harness(limits());
+        let first = h.at(Duration::from_secs(5));
+        h.receive(&wire(&Message::Empty));
+        h.events(first);
+        assert_eq!(h.core.poll_timeout(first), first + Duration::from_secs(60));
+        // Output, and its progress, do not count as activity.
+        assert!(h.core.push(1, Bytes::from_static(b"x")));
+        h.sent();
+        let later = first + Duration::from_secs(59);
+        assert_eq!(h.core.poll_timeout(later), first + Duration::from_secs(60));
+        h.receive(&wire(&Message::Ping(Bytes::new())));
+        h.events(later);
+        h.sent(); // the pong
+        let deadline = h.core.poll_timeout(later);
+        assert_eq!(deadline, later + Duration::from_secs(60));
+        h.core.handle_timeout(first + Duration::from_secs(61));
+        assert_eq!(h.closed(), None, "the ping moved it");
+        h.core.handle_timeout(deadline);
+        assert_eq!(h.closed(), Some(DisconnectReason::Idle));
+    }
+
+    #[test]
+    fn output_that_makes_no_progress_for_the_send_timeout_closes() {
+        let mut h = harness(limits());
+        h.receive(&wire(&Message::Empty));
+        h.events(h.at(T));
+        assert!(h.core.push(1, Bytes::from_static(b"stuck")));
+        let start = h.at(Duration::from_secs(1));
+        let deadline = h.core.poll_timeout(start);
+        assert_eq!(
+            deadline,
+            start + Duration::from_secs(30),
+            "sooner than the idle deadline"
+        );
+        // Some progress restarts the stall clock.
+        h.core.consume_output(2);
+        let later = start + Duration::from_secs(20);
+        assert_eq!(h.core.poll_timeout(later), later + Duration::from_secs(30));
+        h.core.handle_timeout(start + Duration::from_secs(31));
+        assert_eq!(h.closed(), None);
+        // The idle deadline (61 s after the first frame) comes first now; keep the
+        // connection alive and let the stall run out.
+        h.receive(&wire(&Message::Empty));
+        h.events(later);
+        h.core.poll_timeout(later + Duration::from_secs(5));
+        h.core.handle_timeout(later + Duration::from_secs(30));
+        assert_eq!(h.closed(), Some(DisconnectReason::SendTimeout));
+    }
+
+    #[test]
+    fn a_reader_that_does_not_read_is_a_slow_consumer_and_gets_only_its_kick() {
+        let mut h = harness(limits());
+        let mut pushed = 0;
+        while h.core.push(1, Bytes::from(vec![7u8; 100])) {
+            pushed += 1;
+        }
+        assert_eq!(pushed, 2_000 / 107, "the budget bounds the queue");
+        let close = h.core.take_close().expect("marked slow consumer");
+        assert_eq!(close.reason, DisconnectReason::SlowConsumer);
+        h.core.queue_kick(&close);
+        let sent = h.sent();
+        assert_eq!(sent.len(), 1, "unsent pushes are dropped, the kick goes");
+        assert!(matches!(
+            sent[0],
+            Message::Kick {
+                reason: KickReason::SLOW_CONSUMER,
+                ..
+            }
+        ));
+        assert_eq!(h.budget.unsent(), 0, "every byte is given back");
+    }
+
+    #[test]
+    fn hub_deliveries_share_the_budget_with_the_connections_own_output() {
+        let mut h = harness(limits());
+        let broadcast = Message::Push {
+            route: 2,
+            payload: Bytes::from(vec![1u8; 1500]),
+        }
+        .to_frame();
+        assert!(h.budget.reserve(broadcast.len()), "as the mailbox does");
+        h.core.queue_reserved_frame(broadcast);
+        assert!(!h.core.push(1, Bytes::from(vec![0u8; 600])), "no room left");
+        assert_eq!(h.closed(), Some(DisconnectReason::SlowConsumer));
+    }
+
+    #[test]
+    fn the_server_never_sends_a_frame_over_the_maximum() {
+        let mut h = harness(LimitsConfig {
+            outbound_queue_bytes: 1 << 20,
+            ..limits()
+        });
+        h.core.respond(9, Status::OK, Bytes::from(vec![0u8; 1000]));
+        assert!(!h.core.push(1, Bytes::from(vec![0u8; 1000])));
+        let sent = h.sent();
+        assert_eq!(sent.len(), 1);
+        assert!(matches!(
+            sent[0],
+            Message::Response {
+                id: 9,
+                status: Status::INTERNAL_ERROR,
+                ..
+            }
+        ));
+        assert_eq!(h.closed(), None, "the connection goes on");
+    }
+
+    #[test]
+    fn the_first_close_decision_wins_and_carries_its_text_into_the_kick() {
+        let mut h = harness(limits());
+        h.core
+            .kick(KickReason::DUPLICATE_LOGIN, "logged in elsewhere".into());
+        h.core.close(DisconnectReason::Shutdown, None);
+        let close = h.core.take_close().expect("closing");
+        assert_eq!(
+            close.reason,
+            DisconnectReason::Kicked(KickReason::DUPLICATE_LOGIN)
+        );
+        h.core.queue_kick(&close);
+        assert_eq!(
+            h.sent(),
+            [Message::Kick {
+                reason: KickReason::DUPLICATE_LOGIN,
+                text: "logged in elsewhere".into()
+            }]
+        );
+        let mut h = harness(limits());
+        h.core.queue_kick(&Close {
+            reason: DisconnectReason::Idle,
+            text: None,
+        });
+        let sent = h.sent();
+        assert!(
+            matches!(&sent[0], Message::Kick { reason: KickReason::IDLE, text } if text.contains("60s"))
+        );
+        let mut h = harness(limits());
+        h.core.queue_kick(&Close {
+            reason: DisconnectReason::PeerClosed,
+            text: None,
+        });
+        assert!(!h.core.has_output(), "no kick for a peer that left");
+    }
+
+    #[test]
+    fn message_transports_take_whole_frames_without_headers() {
+        let mut h = harness(limits());
+        h.core.respond(1, Status::OK, Bytes::from_static(b"a"));
+        h.core.queue_reserved_frame({
+            let f = Message::Push {
+                route: 2,
+                payload: Bytes::from_static(b"b"),
+            }
+            .to_frame();
+            h.budget.reserve(f.len());
+            f
+        });
+        let bodies: Vec<_> = std::iter::from_fn(|| h.core.take_output_frame()).collect();
+        assert_eq!(bodies.len(), 2);
+        assert!(matches!(
+            Message::decode(bodies[0].clone()),
+            Ok(Message::Response { id: 1, .. })
+        ));
+        assert!(matches!(
+            Message::decode(bodies[1].clone()),
+            Ok(Message::Push { route: 2, .. })
+        ));
+        assert_eq!(h.budget.unsent(), 0);
+    }
+
+    #[test]
+    fn an_idle_connection_gives_its_buffers_back() {
+        let mut h = harness(limits());
+        h.receive(&wire(&request(1, 1, b"x")));
+        let half = wire(&request(2, 1, b"y"));
+        h.receive(&half[..3]);
+        h.events(h.at(T));
+        let (recv, _) = h.core.take_spare_buffers();
+        assert!(recv.is_none(), "a partial frame is kept");
+        h.receive(&half[3..]);
+        h.events(h.at(T));
+        h.core.respond(1, Status::OK, Bytes::new());
+        h.sent();
+        let (recv, send) = h.core.take_spare_buffers();
+        assert!(
+            recv.is_some() && send.is_some(),
+            "both buffers go back when idle"
+        );
+        let (recv, send) = h.core.take_spare_buffers();
+        assert!(recv.is_none() && send.is_none());
+    }
+}

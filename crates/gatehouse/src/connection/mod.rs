@@ -1,0 +1,31 @@
+//! One connection, without I/O: the state machine every transport drives.
+//!
+//! - [`core`]: [`ConnectionCore`], bytes and time in; events, bytes out, one
+//!   deadline and a close decision back. Every per-connection limit lives there.
+//! - [`outbound`]: the queue of encoded frames waiting for the transport.
+//! - [`budget`]: the unsent-byte budget the core shares with the mailbox.
+//! - [`reason`]: [`DisconnectReason`], with its kick code, text and log level.
+//!
+//! Nothing here touches a socket, a runtime or a clock (a test checks that no file
+//! of this module names tokio): the driver (`crate::driver`) does.
+
+pub(crate) mod budget;
+pub(crate) mod core;
+pub(crate) mod outbound;
+pub(crate) mod reason;
+
+use std::fmt;
+
+pub(crate) use self::budget::OutboundBudget;
+pub(crate) use self::core::{Close, ConnectionCore, Event};
+pub use self::reason::{DisconnectReason, Severity};
+
+/// A connection's id: unique for the life of the server process, across hub restarts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}

@@ -1,0 +1,274 @@
+//! The connection task (the seed's `connection` process): one [`ConnectionCore`] run
+//! over one [`Transport`], calling the service's handlers, and ending with exactly
+//! one disconnect hook, whatever ends it.
+//!
+//! The task waits on five things at once: the connection group's cancellation
+//! (shutdown, hub restart, a kick), its mailbox, input, the transport's room for
+//! output (only while output is queued), and a single timer armed at the core's one
+//! deadline (re-armed lazily: an idle connection costs no wakeups until its
+//! deadline). It polls them directly rather than through a `select!` of futures, so
+//! a waiting connection holds nothing but those waiters.
+//!
+//! - this file: the task's life (register, connect, serve, close, hook, linger) and
+//!   its loop.
+//! - [`dispatch`]: handler calls (panics, timeouts, cancellation), framework routes,
+//!   mailbox deliveries.
+//! - [`transport`]: the [`Transport`] trait; [`tcp`]: TCP.
+//! - [`spare`]: buffers shared between the connections of a thread.
+
+mod dispatch;
+mod spare;
+pub(crate) mod tcp;
+pub(crate) mod transport;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, Instrument};
+
+use self::dispatch::guarded;
+pub(crate) use self::transport::{Received, Transport};
+use crate::connection::{Close, ConnId, ConnectionCore, DisconnectReason, OutboundBudget};
+use crate::group::{Group, Shared};
+use crate::limits::Permit;
+use crate::mailbox::Mailbox;
+use crate::service::{Disconnect, Service};
+
+/// The time, for the core. Read once per wakeup; tokio's clock, so that tests with
+/// paused time drive every deadline.
+fn clock() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// Runs one accepted connection to its end. `permit` holds its admission slot.
+///
+/// Not an `async fn`: everything is moved into the [`Connection`] first, so the task
+/// holds each value once (an async fn keeps its arguments beside the futures they
+/// were moved into).
+pub(crate) fn serve<S: Service, T: Transport>(
+    transport: T,
+    peer: SocketAddr,
+    id: ConnId,
+    shared: Arc<Shared<S>>,
+    group: Arc<Group<S::Message>>,
+    permit: Permit,
+) -> impl Future<Output = ()> + Send {
+    let span = tracing::info_span!("conn", id = %id, %peer);
+    // Its own token, cancelled with the group or by a kick: waiting on it touches no
+    // lock shared with other connections.
+    let cancel = group.token.child_token();
+    let budget = Arc::new(OutboundBudget::new(shared.limits.outbound_queue_bytes));
+    let mailbox = Arc::new(Mailbox::new(budget.clone(), cancel.clone()));
+    let core = ConnectionCore::new(shared.limits.clone(), budget, clock());
+    let conn = Connection {
+        id,
+        peer,
+        cancel,
+        transport,
+        core,
+        mailbox,
+        shared,
+        group,
+        _permit: permit,
+    };
+    conn.run().instrument(span)
+}
+
+/// One connection's task state.
+struct Connection<S: Service, T> {
+    id: ConnId,
+    peer: SocketAddr,
+    /// Cancelled with the connection group (shutdown, hub restart) or by a kick.
+    cancel: CancellationToken,
+    transport: T,
+    core: ConnectionCore,
+    /// How the hub and the game reach this connection.
+    mailbox: Arc<Mailbox<S::Message>>,
+    shared: Arc<Shared<S>>,
+    group: Arc<Group<S::Message>>,
+    /// The admission slot, given back when the connection (and this) is dropped.
+    _permit: Permit,
+}
+
+/// What woke the loop.
+enum Wake {
+    Cancelled,
+    Delivered,
+    Received(Received),
+    Timer,
+    Failed(std::io::Error),
+}
+
+impl<S: Service, T: Transport> Connection<S, T> {
+    /// The connection's whole life: register, connect, serve, close, hook, linger.
+    ///
+    /// Awaits that run once per connection are boxed: a task is as large as its
+    /// largest await point, and only the loop's should count.
+    async fn run(mut self) {
+        debug!("accepted");
+        let registered = Box::pin(self.group.hub.register(
+            self.id,
+            self.peer,
+            self.mailbox.clone(),
+        ))
+        .await;
+        let (session, close) = if registered.is_err() {
+            // The hub died between accept and now; the group is being cancelled.
+            (None, Close::from(DisconnectReason::ServerRestart))
+        } else {
+            let (service, mut ctx) = self.handler_parts();
+            match guarded(service.connect(&mut ctx)).await {
+                Ok(mut session) => {
+                    let close = self.serve(&mut session).await;
+                    (Some(session), close)
+                }
+                Err(panic) => {
+                    error!(panic = %panic, "connect handler panicked; no session, no disconnect hook");
+                    (None, Close::from(DisconnectReason::HandlerPanic))
+                }
+            }
+        };
+
+        self.mailbox.close();
+        Box::pin(self.group.hub.unregister(self.id)).await;
+        // The kick is queued and written as far as it goes now; the hook runs next,
+        // so a slow socket never delays a save.
+        self.core.queue_kick(&close);
+        let _ = self.send_now().await; // a failure here shows in finish_close
+        self.shared.stats.count_close(&close.reason);
+        if let Some(session) = session {
+            let info = Disconnect {
+                id: self.id,
+                peer: self.peer,
+                reason: close.reason.clone(),
+            };
+            if let Err(panic) = guarded(self.shared.service.disconnect(session, info)).await {
+                error!(panic = %panic, "disconnect hook panicked");
+            }
+            self.shared.stats.count_disconnect_hook();
+        }
+        Box::pin(self.finish_close(&close.reason)).await;
+        close.reason.log();
+    }
+
+    /// The loop; returns why the connection must end.
+    async fn serve(&mut self, session: &mut S::Session) -> Close {
+        let mut now = clock();
+        let mut armed = self.core.poll_timeout(now);
+        let timer = tokio::time::sleep_until(armed.into());
+        let cancelled = self.cancel.clone().cancelled_owned();
+        let mailbox = self.mailbox.clone();
+        let delivered = mailbox.delivered();
+        tokio::pin!(timer, cancelled, delivered);
+        // Alternates which of mailbox and input is looked at first, so that neither
+        // can starve the other.
+        let mut mailbox_first = false;
+        loop {
+            // What arrived, in order: each handler runs to its end before the next
+            // frame is looked at. Answers pile up in the output, to leave together.
+            while let Some(event) = self.core.poll_event(now) {
+                if self.dispatch(event, session).await {
+                    now = clock(); // the handler waited: time has passed
+                }
+            }
+            if let Some(close) = self.core.take_close() {
+                return close;
+            }
+            if let Poll::Ready(Err(e)) = self.send_now().await {
+                return Close::from(DisconnectReason::SocketError(e.kind()));
+            }
+            spare::shed(&mut self.core);
+            let due = self.core.poll_timeout(now);
+            if due < armed {
+                armed = due;
+                timer.as_mut().reset(armed.into());
+            }
+
+            mailbox_first = !mailbox_first;
+            let sending = self.core.has_output();
+            let (transport, core) = (&mut self.transport, &mut self.core);
+            let wake = std::future::poll_fn(|cx| {
+                if cancelled.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Wake::Cancelled);
+                }
+                if mailbox_first && delivered.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Wake::Delivered);
+                }
+                if let Poll::Ready(received) = transport.poll_receive(cx, core) {
+                    return Poll::Ready(received.map_or_else(Wake::Failed, Wake::Received));
+                }
+                if !mailbox_first && delivered.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Wake::Delivered);
+                }
+                if sending {
+                    if let Poll::Ready(Err(e)) = transport.poll_send(cx, core) {
+                        return Poll::Ready(Wake::Failed(e));
+                    }
+                }
+                if timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Wake::Timer);
+                }
+                Poll::Pending
+            })
+            .await;
+            now = clock();
+            match wake {
+                Wake::Cancelled => return self.stop_reason(),
+                Wake::Delivered => {
+                    delivered.set(mailbox.delivered());
+                    self.take_deliveries(session).await;
+                }
+                Wake::Received(Received::Input) => spare::lend_send(&mut self.core),
+                Wake::Received(Received::Closed) => {
+                    self.core.close(DisconnectReason::PeerClosed, None);
+                }
+                Wake::Timer => {
+                    self.core.handle_timeout(now);
+                    armed = self.core.poll_timeout(now);
+                    timer.as_mut().reset(armed.into());
+                }
+                Wake::Failed(e) => {
+                    self.core
+                        .close(DisconnectReason::SocketError(e.kind()), None);
+                }
+            }
+        }
+    }
+
+    /// Sends what the transport takes now, without waiting for more room.
+    async fn send_now(&mut self) -> Poll<std::io::Result<()>> {
+        if !self.core.has_output() {
+            return Poll::Ready(Ok(()));
+        }
+        let (transport, core) = (&mut self.transport, &mut self.core);
+        std::future::poll_fn(|cx| Poll::Ready(transport.poll_send(cx, core))).await
+    }
+
+    /// Delivers the rest of the output and the kick, closes our side, and waits for
+    /// the peer to close (discarding what it still sends), within `close_linger`.
+    async fn finish_close(&mut self, reason: &DisconnectReason) {
+        let linger = self.shared.config.limits.close_linger;
+        let (transport, core) = (&mut self.transport, &mut self.core);
+        match reason {
+            DisconnectReason::SocketError(_) | DisconnectReason::SendTimeout => return,
+            DisconnectReason::PeerClosed => {
+                // The client may only have shut its sending side: what it was owed
+                // still goes out, within the linger.
+                let flush = std::future::poll_fn(|cx| transport.poll_send(cx, core));
+                let _ = tokio::time::timeout(linger, flush).await;
+                return;
+            }
+            _ => {}
+        }
+        let _ = tokio::time::timeout(linger, async move {
+            std::future::poll_fn(|cx| transport.poll_send(cx, core)).await?;
+            std::future::poll_fn(|cx| transport.poll_shutdown(cx)).await?;
+            std::future::poll_fn(|cx| transport.poll_drain_until_closed(cx)).await
+        })
+        .await;
+    }
+}

@@ -1,0 +1,102 @@
+//! What the tasks of the supervision tree share: the server-wide state that lives as
+//! long as the server ([`Shared`]), and one connection group, the tasks that live and
+//! die with one life of the hub ([`Group`]). The supervisor creates both; the
+//! acceptor and every connection hold them.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::warn;
+
+use crate::config::{Config, LimitsConfig};
+use crate::connection::DisconnectReason;
+use crate::hub::HubHandle;
+use crate::limits::Admission;
+use crate::stats::Stats;
+
+/// State shared by every task of one server, for its whole life.
+pub(crate) struct Shared<S> {
+    pub(crate) config: Config,
+    /// `config.limits`, shared by every connection core.
+    pub(crate) limits: Arc<LimitsConfig>,
+    pub(crate) service: S,
+    /// Outside the hub so that counts survive its restarts.
+    pub(crate) admission: Admission,
+    pub(crate) next_id: AtomicU64,
+    pub(crate) stats: Arc<Stats>,
+}
+
+impl<S> Shared<S> {
+    pub(crate) fn new(config: Config, service: S) -> Self {
+        Shared {
+            admission: Admission::new(
+                config.server.max_connections,
+                config.server.max_connections_per_ip,
+            ),
+            limits: Arc::new(config.limits.clone()),
+            config,
+            service,
+            next_id: AtomicU64::new(1),
+            stats: Arc::new(Stats::default()),
+        }
+    }
+}
+
+/// One life of the hub and the connection group that depends on it: the acceptor
+/// and every connection accepted during it.
+pub(crate) struct Group<M> {
+    /// Cancels the acceptor and every connection of this group.
+    pub(crate) token: CancellationToken,
+    /// Tracks them, so the supervisor can wait until every hook ran.
+    pub(crate) tracker: TaskTracker,
+    pub(crate) hub: HubHandle<M>,
+    /// Why the group was stopped; read by each connection for its kick.
+    stop_reason: OnceLock<DisconnectReason>,
+}
+
+impl<M> Group<M> {
+    pub(crate) fn new(token: CancellationToken, hub: HubHandle<M>) -> Self {
+        Group {
+            token,
+            tracker: TaskTracker::new(),
+            hub,
+            stop_reason: OnceLock::new(),
+        }
+    }
+
+    /// Stops every task of the group with `reason` (the first reason wins).
+    pub(crate) fn stop(&self, reason: DisconnectReason) {
+        let _ = self.stop_reason.set(reason);
+        self.token.cancel();
+        self.tracker.close();
+    }
+
+    /// The reason the group was stopped; a bare cancellation of the root token is a
+    /// shutdown.
+    pub(crate) fn stop_reason(&self) -> DisconnectReason {
+        self.stop_reason
+            .get()
+            .cloned()
+            .unwrap_or(DisconnectReason::Shutdown)
+    }
+
+    /// Waits (bounded) until every task of the group has ended; false if some had not
+    /// when the time ran out.
+    pub(crate) async fn drain(&self, timeout: Duration) -> bool {
+        if tokio::time::timeout(timeout, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                remaining = self.tracker.len(),
+                ?timeout,
+                "drain timeout: abandoning connections that have not finished"
+            );
+            return false;
+        }
+        true
+    }
+}

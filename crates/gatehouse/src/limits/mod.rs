@@ -1,0 +1,12 @@
+//! The seed's DoS checker (`cutil_dos_checker`) and the caps on connections.
+//!
+//! - [`rate`]: per-connection inbound bytes/s and frames/s, token buckets that are
+//!   told the time instead of reading a clock, for the I/O-free connection core.
+//! - `admission`: `max_connections` and the per-IP cap, decided at accept.
+
+mod admission;
+pub mod rate;
+
+pub use admission::Refusal;
+pub(crate) use admission::{Admission, Permit};
+pub use rate::{InboundRates, RateViolation};
