@@ -9,6 +9,7 @@
 //! count, not bytes; an idle connection here costs an empty `VecDeque`.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
@@ -35,6 +36,9 @@ pub(crate) const MESSAGE_COST: usize = 64;
 /// A connection's inbox, shared between its task and the hub.
 pub(crate) struct Mailbox<M> {
     state: Mutex<MailboxState<M>>,
+    /// Set while deliveries (or an overflow) wait to be drained: lets the connection
+    /// check for mail without taking the lock or polling its `Notify`.
+    mail: AtomicBool,
     budget: Arc<OutboundBudget>,
     notify: Notify,
     /// Cancelled by a kick, so that a kick also interrupts a handler that is running.
@@ -57,6 +61,7 @@ impl<M> Mailbox<M> {
                 overflowed: false,
                 closed: false,
             }),
+            mail: AtomicBool::new(false),
             budget,
             notify: Notify::new(),
             interrupt,
@@ -83,11 +88,13 @@ impl<M> Mailbox<M> {
         }
         if cost > 0 && !self.budget.reserve(cost) {
             state.overflowed = true;
+            self.mail.store(true, Ordering::Release);
             drop(state);
             self.notify.notify_one();
             return false;
         }
         state.queue.push_back(delivery);
+        self.mail.store(true, Ordering::Release);
         let first = state.queue.len() == 1;
         drop(state);
         // The connection drains everything on each wakeup: only the first needs one.
@@ -116,10 +123,16 @@ impl<M> Mailbox<M> {
         self.notify.notified()
     }
 
+    /// Whether deliveries wait to be drained (no lock taken).
+    pub(crate) fn has_mail(&self) -> bool {
+        self.mail.load(Ordering::Acquire)
+    }
+
     /// Takes everything queued; returns whether a delivery was refused (the
     /// connection must then close as a slow consumer).
     pub(crate) fn drain(&self, into: &mut Vec<Delivery<M>>) -> bool {
         let mut state = self.lock();
+        self.mail.store(false, Ordering::Release);
         into.extend(state.queue.drain(..));
         if state.queue.capacity() > 8 {
             state.queue = VecDeque::new(); // give a burst's memory back

@@ -2,10 +2,10 @@
 //! `catch_unwind`, a timeout and the connection's cancellation; the framework's own
 //! routes; and what the mailbox delivers.
 //!
-//! A handler's future is boxed (the one allocation a request costs), so that a large
-//! handler future does not enlarge every idle connection's task; it is polled once
-//! before any timer or cancellation waiter is armed, since most handlers finish
-//! without waiting.
+//! A handler's future is boxed where it is made (the one allocation a request
+//! costs), so that a large handler future does not enlarge every idle connection's
+//! task; it is polled once before any timer or cancellation waiter is armed, since
+//! most handlers finish without waiting.
 
 use std::any::Any;
 use std::future::Future;
@@ -15,7 +15,6 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::FutureExt;
 use gatehouse_protocol::{
     Status, RESERVED_ROUTES_START, ROUTE_FAULT_CRASH_HUB, ROUTE_FAULT_PANIC_HANDLER,
 };
@@ -27,17 +26,29 @@ use crate::connection::{Close, DisconnectReason, Event};
 use crate::mailbox::Delivery;
 use crate::service::{Context, Reply, Service};
 
-/// A future on the heap, resolving to its output or, if it panicked, the panic's
-/// message.
-pub(super) fn guarded<'f, F: Future + Send + 'f>(
-    future: F,
-) -> Pin<Box<dyn Future<Output = Result<F::Output, String>> + Send + 'f>> {
-    Box::pin(async move {
-        AssertUnwindSafe(future)
-            .catch_unwind()
-            .await
-            .map_err(|panic| panic_message(&*panic))
-    })
+/// A handler's future on the heap (so that a large handler future does not enlarge
+/// every idle connection's task), resolving to its output or, if it panicked, the
+/// panic's message. Boxed once where it is made: wrapping it moves only the pointer.
+pub(super) struct Guarded<'f, T>(Pin<Box<dyn Future<Output = T> + Send + 'f>>);
+
+/// Boxes `future` under [`Guarded`].
+#[inline(always)]
+pub(super) fn guarded<'f, F: Future + Send + 'f>(future: F) -> Guarded<'f, F::Output> {
+    Guarded(Box::pin(future))
+}
+
+impl<T> Future for Guarded<'_, T> {
+    type Output = Result<T, String>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        // A panic leaves the future unusable; it is never polled again (the caller
+        // ends the connection).
+        match std::panic::catch_unwind(AssertUnwindSafe(|| self.0.as_mut().poll(cx))) {
+            Ok(Poll::Ready(value)) => Poll::Ready(Ok(value)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(panic) => Poll::Ready(Err(panic_message(&*panic))),
+        }
+    }
 }
 
 fn panic_message(panic: &(dyn Any + Send)) -> String {
@@ -65,20 +76,16 @@ enum Outcome<T> {
 /// takes too long: a handler that never returns must not hold up a kick, a shutdown
 /// or a hub restart, nor keep a dead connection open. Also returns whether the
 /// handler had to wait.
-async fn run_handler<'f, F: Future + Send + 'f>(
+async fn run_handler<T: Send>(
     cancel: &CancellationToken,
     timeout: Duration,
-    future: F,
-) -> (Outcome<F::Output>, bool)
-where
-    F::Output: Send,
-{
-    let settled = |result: Result<F::Output, String>| match result {
+    mut handler: Guarded<'_, T>,
+) -> (Outcome<T>, bool) {
+    let settled = |result: Result<T, String>| match result {
         Ok(value) => Outcome::Done(value),
         Err(panic) => Outcome::Panicked(panic),
     };
-    let mut handler = guarded(future);
-    let first_poll = std::future::poll_fn(|cx| Poll::Ready(handler.as_mut().poll(cx))).await;
+    let first_poll = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut handler).poll(cx))).await;
     if let Poll::Ready(result) = first_poll {
         return (settled(result), false);
     }
@@ -97,16 +104,28 @@ where
     (outcome, true)
 }
 
+/// What running a handler needs, borrowed side by side from the connection.
+pub(super) struct HandlerParts<'c, S: Service> {
+    pub(super) service: &'c S,
+    pub(super) ctx: Context<'c, S::Message>,
+    cancel: &'c CancellationToken,
+    timeout: Duration,
+}
+
 impl<S: Service, T: Transport> Connection<S, T> {
-    /// The service and a handler's context, borrowed side by side.
-    pub(super) fn handler_parts(&mut self) -> (&S, Context<'_, S::Message>) {
-        let ctx = Context {
-            id: self.id,
-            peer: self.peer,
-            hub: &self.group.hub,
-            core: &mut self.core,
-        };
-        (&self.shared.service, ctx)
+    /// The service, a handler's context, and what bounds the handler.
+    pub(super) fn handler_parts(&mut self) -> HandlerParts<'_, S> {
+        HandlerParts {
+            service: &self.shared.service,
+            ctx: Context {
+                id: self.id,
+                peer: self.peer,
+                hub: &self.group.hub,
+                core: &mut self.core,
+            },
+            cancel: &self.cancel,
+            timeout: self.shared.config.limits.handler_timeout,
+        }
     }
 
     /// Runs the handler of one event; returns whether it had to wait.
@@ -125,11 +144,14 @@ impl<S: Service, T: Transport> Connection<S, T> {
             }
             Event::Notify { route, payload } => {
                 let len = payload.len();
-                let timeout = self.shared.config.limits.handler_timeout;
-                let cancel = self.cancel.clone();
-                let (service, mut ctx) = self.handler_parts();
-                let handler = service.notify(session, &mut ctx, route, payload);
-                let (outcome, waited) = run_handler(&cancel, timeout, handler).await;
+                let mut parts = self.handler_parts();
+                let handler = guarded(parts.service.notify(
+                    session,
+                    &mut parts.ctx,
+                    route,
+                    payload,
+                ));
+                let (outcome, waited) = run_handler(parts.cancel, parts.timeout, handler).await;
                 if self.settle("notify", Some(route), outcome) == Some(Status::UNKNOWN_ROUTE) {
                     self.core.unknown_route("notify", route, len);
                 }
@@ -147,11 +169,13 @@ impl<S: Service, T: Transport> Connection<S, T> {
         payload: Bytes,
     ) -> (Option<Reply>, bool) {
         let len = payload.len();
-        let timeout = self.shared.config.limits.handler_timeout;
-        let cancel = self.cancel.clone();
-        let (service, mut ctx) = self.handler_parts();
-        let handler = service.request(session, &mut ctx, route, payload);
-        let (outcome, waited) = run_handler(&cancel, timeout, handler).await;
+        let mut parts = self.handler_parts();
+        let handler = guarded(
+            parts
+                .service
+                .request(session, &mut parts.ctx, route, payload),
+        );
+        let (outcome, waited) = run_handler(parts.cancel, parts.timeout, handler).await;
         let reply = self.settle("request", Some(route), outcome);
         if reply
             .as_ref()
@@ -184,12 +208,11 @@ impl<S: Service, T: Transport> Connection<S, T> {
             };
             return (Some(reply), true);
         }
-        let timeout = self.shared.config.limits.handler_timeout;
-        let cancel = self.cancel.clone();
-        let panicking = async {
+        let parts = self.handler_parts();
+        let panicking = guarded(async {
             panic!("fault injection: handler panic requested");
-        };
-        let (outcome, waited) = run_handler(&cancel, timeout, panicking).await;
+        });
+        let (outcome, waited) = run_handler(parts.cancel, parts.timeout, panicking).await;
         (self.settle("request", Some(route), outcome), waited)
     }
 
@@ -257,11 +280,9 @@ impl<S: Service, T: Transport> Connection<S, T> {
                     if self.core.is_closing() {
                         continue;
                     }
-                    let timeout = self.shared.config.limits.handler_timeout;
-                    let cancel = self.cancel.clone();
-                    let (service, mut ctx) = self.handler_parts();
-                    let handler = service.message(session, &mut ctx, message);
-                    let (outcome, _) = run_handler(&cancel, timeout, handler).await;
+                    let mut parts = self.handler_parts();
+                    let handler = guarded(parts.service.message(session, &mut parts.ctx, message));
+                    let (outcome, _) = run_handler(parts.cancel, parts.timeout, handler).await;
                     self.settle("message", None, outcome);
                 }
                 Delivery::Kick(..) => {}

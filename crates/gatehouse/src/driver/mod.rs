@@ -120,8 +120,8 @@ impl<S: Service, T: Transport> Connection<S, T> {
             // The hub died between accept and now; the group is being cancelled.
             (None, Close::from(DisconnectReason::ServerRestart))
         } else {
-            let (service, mut ctx) = self.handler_parts();
-            match guarded(service.connect(&mut ctx)).await {
+            let mut parts = self.handler_parts();
+            match guarded(parts.service.connect(&mut parts.ctx)).await {
                 Ok(mut session) => {
                     let close = self.serve(&mut session).await;
                     (Some(session), close)
@@ -167,6 +167,10 @@ impl<S: Service, T: Transport> Connection<S, T> {
         // Alternates which of mailbox and input is looked at first, so that neither
         // can starve the other.
         let mut mailbox_first = false;
+        // Whether `delivered` has been polled since it was made: once it has, it
+        // stays registered for a wakeup, and a look at the mailbox's flag (one atomic
+        // load, no lock) tells whether mail came.
+        let mut registered = false;
         loop {
             // What arrived, in order: each handler runs to its end before the next
             // frame is looked at. Answers pile up in the output, to leave together.
@@ -191,17 +195,24 @@ impl<S: Service, T: Transport> Connection<S, T> {
             mailbox_first = !mailbox_first;
             let sending = self.core.has_output();
             let (transport, core) = (&mut self.transport, &mut self.core);
+            let mut mail = |cx: &mut std::task::Context<'_>| {
+                if registered && !mailbox.has_mail() {
+                    return false;
+                }
+                registered = true;
+                delivered.as_mut().poll(cx).is_ready() || mailbox.has_mail()
+            };
             let wake = std::future::poll_fn(|cx| {
                 if cancelled.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Wake::Cancelled);
                 }
-                if mailbox_first && delivered.as_mut().poll(cx).is_ready() {
+                if mailbox_first && mail(cx) {
                     return Poll::Ready(Wake::Delivered);
                 }
                 if let Poll::Ready(received) = transport.poll_receive(cx, core) {
                     return Poll::Ready(received.map_or_else(Wake::Failed, Wake::Received));
                 }
-                if !mailbox_first && delivered.as_mut().poll(cx).is_ready() {
+                if !mailbox_first && mail(cx) {
                     return Poll::Ready(Wake::Delivered);
                 }
                 if sending {
@@ -220,6 +231,7 @@ impl<S: Service, T: Transport> Connection<S, T> {
                 Wake::Cancelled => return self.stop_reason(),
                 Wake::Delivered => {
                     delivered.set(mailbox.delivered());
+                    registered = false;
                     self.take_deliveries(session).await;
                 }
                 Wake::Received(Received::Input) => spare::lend_send(&mut self.core),
