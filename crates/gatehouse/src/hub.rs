@@ -12,10 +12,12 @@
 //! the sockets never disagree.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{debug, error};
@@ -86,91 +88,134 @@ enum Command<M> {
     },
 }
 
+// The methods are plain functions returning the channel's send future (wrapped in
+// one `async` block at most), rather than nested `async fn`s, so that a handler
+// awaiting the hub holds little more than that send: handler futures are boxed and
+// copied once per request, and each nested `async fn` would add its own state.
 impl<M: Send + 'static> HubHandle<M> {
-    async fn send(&self, command: Command<M>) -> Result<(), HubUnavailable> {
-        self.tx.send(command).await.map_err(|_| HubUnavailable)
+    fn send(
+        &self,
+        command: Command<M>,
+    ) -> impl Future<Output = Result<(), HubUnavailable>> + Send + '_ {
+        self.tx
+            .send(command)
+            .map(|sent| sent.map_err(|_| HubUnavailable))
     }
 
-    pub(crate) async fn register(
+    /// Sends the command `make` builds around a reply channel, then waits for the answer.
+    fn ask<T: Send + 'static>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command<M>,
+    ) -> impl Future<Output = Result<T, HubUnavailable>> + Send + '_ {
+        let (reply, answer) = oneshot::channel();
+        let command = make(reply);
+        // The send future is made inside the block, so the block holds it once.
+        async move {
+            self.tx.send(command).await.map_err(|_| HubUnavailable)?;
+            answer.await.map_err(|_| HubUnavailable)
+        }
+    }
+
+    pub(crate) fn register(
         &self,
         id: ConnId,
         peer: SocketAddr,
         mailbox: Arc<Mailbox<M>>,
-    ) -> Result<(), HubUnavailable> {
-        self.send(Command::Register { id, peer, mailbox }).await
+    ) -> impl Future<Output = Result<(), HubUnavailable>> + Send + '_ {
+        self.send(Command::Register { id, peer, mailbox })
     }
 
-    pub(crate) async fn unregister(&self, id: ConnId) {
-        // A stopped hub has no registry left to clean: nothing to do then.
-        let _ = self.send(Command::Unregister { id }).await;
+    /// Forgets a connection. A stopped hub has no registry left to clean, so its
+    /// absence is not an error.
+    pub(crate) fn unregister(&self, id: ConnId) -> impl Future<Output = ()> + Send + '_ {
+        self.send(Command::Unregister { id }).map(|_| ())
     }
 
-    pub(crate) async fn crash(&self, by: ConnId) -> Result<(), HubUnavailable> {
-        self.send(Command::Crash { by }).await
+    pub(crate) fn crash(
+        &self,
+        by: ConnId,
+    ) -> impl Future<Output = Result<(), HubUnavailable>> + Send + '_ {
+        self.send(Command::Crash { by })
     }
 
     /// Pushes `payload` on `route` to every connection (encoded once).
-    pub async fn broadcast(&self, route: u16, payload: Bytes) -> Result<(), HubUnavailable> {
-        self.broadcast_frame(push_frame(route, payload), None).await
+    pub fn broadcast(
+        &self,
+        route: u16,
+        payload: Bytes,
+    ) -> impl Future<Output = Result<(), HubUnavailable>> + Send + '_ {
+        self.broadcast_frame(push_frame(route, payload), None)
     }
 
     /// Sends an already encoded frame to every connection but `except`.
-    pub async fn broadcast_frame(
+    pub fn broadcast_frame(
         &self,
         frame: Bytes,
         except: Option<ConnId>,
-    ) -> Result<(), HubUnavailable> {
-        self.send(Command::Broadcast { frame, except }).await
+    ) -> impl Future<Output = Result<(), HubUnavailable>> + Send + '_ {
+        self.send(Command::Broadcast { frame, except })
     }
 
     /// Pushes `payload` on `route` to one connection; dropped if it is gone.
-    pub async fn push_to(
+    pub fn push_to(
         &self,
         to: ConnId,
         route: u16,
         payload: Bytes,
-    ) -> Result<(), HubUnavailable> {
+    ) -> impl Future<Output = Result<(), HubUnavailable>> + Send + '_ {
         let delivery = Delivery::Frame(push_frame(route, payload));
-        self.send(Command::Send { to, delivery }).await
+        self.send(Command::Send { to, delivery })
     }
 
     /// Sends a message to one connection's service `message` handler.
-    pub async fn send_message(&self, to: ConnId, message: M) -> Result<(), HubUnavailable> {
+    pub fn send_message(
+        &self,
+        to: ConnId,
+        message: M,
+    ) -> impl Future<Output = Result<(), HubUnavailable>> + Send + '_ {
         let delivery = Delivery::Message(message);
-        self.send(Command::Send { to, delivery }).await
+        self.send(Command::Send { to, delivery })
     }
 
     /// Kicks one connection: it is sent `reason` and closed.
-    pub async fn kick(
+    pub fn kick(
         &self,
         to: ConnId,
         reason: KickReason,
         text: impl Into<String>,
-    ) -> Result<(), HubUnavailable> {
+    ) -> impl Future<Output = Result<(), HubUnavailable>> + Send + '_ {
         let delivery = Delivery::Kick(reason, text.into());
-        self.send(Command::Send { to, delivery }).await
+        self.send(Command::Send { to, delivery })
     }
 
     /// Adds a connection to a named group (created on first join).
-    pub async fn join(&self, id: ConnId, group: &str) -> Result<(), HubUnavailable> {
+    pub fn join(
+        &self,
+        id: ConnId,
+        group: &str,
+    ) -> impl Future<Output = Result<(), HubUnavailable>> + Send + '_ {
         let group = Arc::from(group);
-        self.send(Command::Join { id, group }).await
+        self.send(Command::Join { id, group })
     }
 
     /// Removes a connection from a group (removed when empty).
-    pub async fn leave(&self, id: ConnId, group: &str) -> Result<(), HubUnavailable> {
+    pub fn leave(
+        &self,
+        id: ConnId,
+        group: &str,
+    ) -> impl Future<Output = Result<(), HubUnavailable>> + Send + '_ {
         let group = Arc::from(group);
-        self.send(Command::Leave { id, group }).await
+        self.send(Command::Leave { id, group })
     }
 
     /// Pushes to every member of a group but `except`.
-    pub async fn group_broadcast(
+    pub fn group_broadcast(
         &self,
         group: &str,
         route: u16,
         payload: Bytes,
         except: Option<ConnId>,
-    ) -> Result<(), HubUnavailable> {
+    ) -> impl Future<Output = Result<(), HubUnavailable>> + Send + '_ {
         let frame = push_frame(route, payload);
         let group = Arc::from(group);
         self.send(Command::GroupBroadcast {
@@ -178,30 +223,27 @@ impl<M: Send + 'static> HubHandle<M> {
             frame,
             except,
         })
-        .await
     }
 
     /// Live connections registered with the hub.
-    pub async fn count(&self) -> Result<usize, HubUnavailable> {
-        self.ask_count(None).await
+    pub fn count(&self) -> impl Future<Output = Result<usize, HubUnavailable>> + Send + '_ {
+        self.ask(|reply| Command::Count { group: None, reply })
     }
 
     /// Members of a group.
-    pub async fn group_count(&self, group: &str) -> Result<usize, HubUnavailable> {
-        self.ask_count(Some(Arc::from(group))).await
+    pub fn group_count(
+        &self,
+        group: &str,
+    ) -> impl Future<Output = Result<usize, HubUnavailable>> + Send + '_ {
+        let group = Some(Arc::from(group));
+        self.ask(|reply| Command::Count { group, reply })
     }
 
     /// Every group with its member count, sorted by name.
-    pub async fn groups(&self) -> Result<Vec<(String, usize)>, HubUnavailable> {
-        let (reply, answer) = oneshot::channel();
-        self.send(Command::Groups { reply }).await?;
-        answer.await.map_err(|_| HubUnavailable)
-    }
-
-    async fn ask_count(&self, group: Option<Arc<str>>) -> Result<usize, HubUnavailable> {
-        let (reply, answer) = oneshot::channel();
-        self.send(Command::Count { group, reply }).await?;
-        answer.await.map_err(|_| HubUnavailable)
+    pub fn groups(
+        &self,
+    ) -> impl Future<Output = Result<Vec<(String, usize)>, HubUnavailable>> + Send + '_ {
+        self.ask(|reply| Command::Groups { reply })
     }
 }
 

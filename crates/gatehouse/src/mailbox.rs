@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use gatehouse_protocol::KickReason;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::connection::OutboundBudget;
@@ -37,10 +37,11 @@ pub(crate) const MESSAGE_COST: usize = 64;
 pub(crate) struct Mailbox<M> {
     state: Mutex<MailboxState<M>>,
     /// Set while deliveries (or an overflow) wait to be drained: lets the connection
-    /// check for mail without taking the lock or polling its `Notify`.
+    /// check for mail without taking the lock.
     mail: AtomicBool,
     budget: Arc<OutboundBudget>,
-    notify: Notify,
+    /// The connection task, woken when mail arrives.
+    waker: AtomicWaker,
     /// Cancelled by a kick, so that a kick also interrupts a handler that is running.
     interrupt: CancellationToken,
 }
@@ -63,7 +64,7 @@ impl<M> Mailbox<M> {
             }),
             mail: AtomicBool::new(false),
             budget,
-            notify: Notify::new(),
+            waker: AtomicWaker::new(),
             interrupt,
         }
     }
@@ -90,7 +91,7 @@ impl<M> Mailbox<M> {
             state.overflowed = true;
             self.mail.store(true, Ordering::Release);
             drop(state);
-            self.notify.notify_one();
+            self.waker.wake();
             return false;
         }
         state.queue.push_back(delivery);
@@ -99,7 +100,7 @@ impl<M> Mailbox<M> {
         drop(state);
         // The connection drains everything on each wakeup: only the first needs one.
         if first {
-            self.notify.notify_one();
+            self.waker.wake();
         }
         if kick {
             self.interrupt.cancel();
@@ -117,10 +118,15 @@ impl<M> Mailbox<M> {
         self.budget.release(MESSAGE_COST);
     }
 
-    /// Resolves when something may have been delivered. Keep it pinned across waits
-    /// and replace it once it has resolved.
-    pub(crate) fn delivered(&self) -> tokio::sync::futures::Notified<'_> {
-        self.notify.notified()
+    /// Ready when mail waits to be drained; otherwise the task is woken when it comes.
+    pub(crate) fn poll_mail(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        // Registered before looking, so that mail arriving in between still wakes.
+        self.waker.register(cx.waker());
+        if self.has_mail() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
     }
 
     /// Whether deliveries wait to be drained (no lock taken).

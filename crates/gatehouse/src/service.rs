@@ -145,6 +145,22 @@ pub struct Context<'a, M> {
     pub(crate) core: &'a mut ConnectionCore,
 }
 
+impl<'a, M> Context<'a, M> {
+    pub(crate) fn new(
+        id: ConnId,
+        peer: SocketAddr,
+        hub: &'a HubHandle<M>,
+        core: &'a mut ConnectionCore,
+    ) -> Self {
+        Context {
+            id,
+            peer,
+            hub,
+            core,
+        }
+    }
+}
+
 impl<M: Send + 'static> Context<'_, M> {
     /// This connection's id.
     pub fn id(&self) -> ConnId {

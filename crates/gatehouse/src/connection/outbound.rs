@@ -80,7 +80,14 @@ impl OutputQueue {
     /// Removes the first `n` bytes (the transport took them).
     pub(crate) fn consume(&mut self, mut n: usize) {
         debug_assert!(n <= self.len, "consumed more than was queued");
-        n = n.min(self.len);
+        if n >= self.len {
+            // Everything went (the usual case): no frame boundary to find.
+            self.chunks.clear();
+            self.tail.clear();
+            self.front_remaining = 0;
+            self.len = 0;
+            return;
+        }
         self.len -= n;
         while n > 0 {
             if self.front_remaining == 0 {

@@ -14,7 +14,6 @@ use std::pin::Pin;
 use std::task::Poll;
 use std::time::Duration;
 
-use bytes::Bytes;
 use gatehouse_protocol::{
     Status, RESERVED_ROUTES_START, ROUTE_FAULT_CRASH_HUB, ROUTE_FAULT_PANIC_HANDLER,
 };
@@ -104,116 +103,143 @@ async fn run_handler<T: Send>(
     (outcome, true)
 }
 
-/// What running a handler needs, borrowed side by side from the connection.
-pub(super) struct HandlerParts<'c, S: Service> {
-    pub(super) service: &'c S,
-    pub(super) ctx: Context<'c, S::Message>,
-    cancel: &'c CancellationToken,
-    timeout: Duration,
+/// What a handler answers, whichever kind it is.
+enum Answer {
+    Reply(Reply),
+    Status(Status),
+    Nothing,
+}
+
+/// What a handler call answers to, kept beside it so its outcome lands right.
+#[derive(Debug, Clone, Copy)]
+enum Call {
+    Request { id: u32, route: u16, len: usize },
+    Notify { route: u16, len: usize },
+    Message,
+}
+
+impl Call {
+    fn kind(self) -> &'static str {
+        match self {
+            Call::Request { .. } => "request",
+            Call::Notify { .. } => "notify",
+            Call::Message => "message",
+        }
+    }
+
+    fn route(self) -> Option<u16> {
+        match self {
+            Call::Request { route, .. } | Call::Notify { route, .. } => Some(route),
+            Call::Message => None,
+        }
+    }
+}
+
+/// Makes the handler call for `event`, boxed, not yet polled. The handler's context
+/// and the service's future live inside the box (made at the first poll), so neither
+/// is copied nor held in the connection's task.
+fn start<'f, S: Service>(
+    service: &'f S,
+    mut ctx: Context<'f, S::Message>,
+    session: &'f mut S::Session,
+    event: Event,
+    fault_injection: bool,
+) -> (Call, Guarded<'f, Answer>) {
+    match event {
+        Event::Request { id, route, payload } => {
+            let call = Call::Request {
+                id,
+                route,
+                len: payload.len(),
+            };
+            if route >= RESERVED_ROUTES_START {
+                return (call, framework_request(ctx, route, fault_injection));
+            }
+            let answer = async move {
+                Answer::Reply(service.request(session, &mut ctx, route, payload).await)
+            };
+            (call, guarded(answer))
+        }
+        Event::Notify { route, payload } => {
+            let call = Call::Notify {
+                route,
+                len: payload.len(),
+            };
+            let answer = async move {
+                Answer::Status(service.notify(session, &mut ctx, route, payload).await)
+            };
+            (call, guarded(answer))
+        }
+    }
+}
+
+/// The framework's own routes: fault injection.
+fn framework_request<M: Send + 'static>(
+    ctx: Context<'_, M>,
+    route: u16,
+    enabled: bool,
+) -> Guarded<'_, Answer> {
+    let fault = matches!(route, ROUTE_FAULT_CRASH_HUB | ROUTE_FAULT_PANIC_HANDLER);
+    if !fault {
+        return guarded(async move { Answer::Reply(Reply::unknown_route(route)) });
+    }
+    if !enabled {
+        warn!(route, "fault injection requested but disabled");
+        return guarded(async {
+            Answer::Reply(Reply::error(
+                Status::FORBIDDEN,
+                "fault injection is disabled (server.allow_fault_injection)",
+            ))
+        });
+    }
+    if route == ROUTE_FAULT_PANIC_HANDLER {
+        return guarded(async { panic!("fault injection: handler panic requested") });
+    }
+    let (hub, id) = (ctx.hub, ctx.id);
+    guarded(async move {
+        Answer::Reply(match hub.crash(id).await {
+            Ok(()) => Reply::empty(),
+            Err(e) => Reply::error(Status::UNAVAILABLE, e.to_string()),
+        })
+    })
 }
 
 impl<S: Service, T: Transport> Connection<S, T> {
-    /// The service, a handler's context, and what bounds the handler.
-    pub(super) fn handler_parts(&mut self) -> HandlerParts<'_, S> {
-        HandlerParts {
-            service: &self.shared.service,
-            ctx: Context {
-                id: self.id,
-                peer: self.peer,
-                hub: &self.group.hub,
-                core: &mut self.core,
-            },
-            cancel: &self.cancel,
-            timeout: self.shared.config.limits.handler_timeout,
-        }
-    }
-
-    /// Runs the handler of one event; returns whether it had to wait.
+    /// Runs the handler of one event to its end and puts its answer in the output;
+    /// returns whether it had to wait. Kept flat (its only nested futures are tiny or
+    /// boxed), since this runs once per request and its state is part of every
+    /// connection's task.
     pub(super) async fn dispatch(&mut self, event: Event, session: &mut S::Session) -> bool {
-        match event {
-            Event::Request { id, route, payload } => {
-                let (reply, waited) = if route >= RESERVED_ROUTES_START {
-                    Box::pin(self.framework_request(route)).await
-                } else {
-                    self.service_request(session, route, payload).await
-                };
-                if let Some(reply) = reply {
-                    self.core.respond(id, reply.status, reply.payload);
-                }
-                waited
-            }
-            Event::Notify { route, payload } => {
-                let len = payload.len();
-                let mut parts = self.handler_parts();
-                let handler = guarded(parts.service.notify(
-                    session,
-                    &mut parts.ctx,
-                    route,
-                    payload,
-                ));
-                let (outcome, waited) = run_handler(parts.cancel, parts.timeout, handler).await;
-                if self.settle("notify", Some(route), outcome) == Some(Status::UNKNOWN_ROUTE) {
-                    self.core.unknown_route("notify", route, len);
-                }
-                waited
-            }
-        }
-    }
-
-    /// Runs the service's request handler; `None` if it did not answer (it panicked,
-    /// timed out or was cancelled, and the connection is closing).
-    async fn service_request(
-        &mut self,
-        session: &mut S::Session,
-        route: u16,
-        payload: Bytes,
-    ) -> (Option<Reply>, bool) {
-        let len = payload.len();
-        let mut parts = self.handler_parts();
-        let handler = guarded(
-            parts
-                .service
-                .request(session, &mut parts.ctx, route, payload),
+        let limits = &self.shared.config;
+        let (timeout, faults) = (
+            limits.limits.handler_timeout,
+            limits.server.allow_fault_injection,
         );
-        let (outcome, waited) = run_handler(parts.cancel, parts.timeout, handler).await;
-        let reply = self.settle("request", Some(route), outcome);
-        if reply
-            .as_ref()
-            .is_some_and(|reply| reply.status == Status::UNKNOWN_ROUTE)
-        {
-            self.core.unknown_route("request", route, len);
-        }
-        (reply, waited)
+        let ctx = Context::new(self.id, self.peer, &self.group.hub, &mut self.core);
+        let (call, handler) = start(&self.shared.service, ctx, session, event, faults);
+        let (outcome, waited) = run_handler(&self.cancel, timeout, handler).await;
+        self.conclude(call, outcome);
+        waited
     }
 
-    /// The framework's own routes: fault injection.
-    async fn framework_request(&mut self, route: u16) -> (Option<Reply>, bool) {
-        let fault = matches!(route, ROUTE_FAULT_CRASH_HUB | ROUTE_FAULT_PANIC_HANDLER);
-        if !fault {
-            self.core.unknown_route("request", route, 0);
-            return (Some(Reply::unknown_route(route)), false);
+    /// Puts a handler's answer where it belongs, or closes the connection if it gave
+    /// none.
+    fn conclude(&mut self, call: Call, outcome: Outcome<Answer>) {
+        let Some(answer) = self.settle(call.kind(), call.route(), outcome) else {
+            return;
+        };
+        match (call, answer) {
+            (Call::Request { id, route, len }, Answer::Reply(reply)) => {
+                if reply.status == Status::UNKNOWN_ROUTE {
+                    self.core.unknown_route("request", route, len);
+                }
+                self.core.respond(id, reply.status, reply.payload);
+            }
+            (Call::Notify { route, len }, Answer::Status(Status::UNKNOWN_ROUTE)) => {
+                self.core.unknown_route("notify", route, len);
+            }
+            _ => {}
         }
-        if !self.shared.config.server.allow_fault_injection {
-            warn!(route, "fault injection requested but disabled");
-            let refused = Reply::error(
-                Status::FORBIDDEN,
-                "fault injection is disabled (server.allow_fault_injection)",
-            );
-            return (Some(refused), false);
-        }
-        if route == ROUTE_FAULT_CRASH_HUB {
-            let reply = match self.group.hub.crash(self.id).await {
-                Ok(()) => Reply::empty(),
-                Err(e) => Reply::error(Status::UNAVAILABLE, e.to_string()),
-            };
-            return (Some(reply), true);
-        }
-        let parts = self.handler_parts();
-        let panicking = guarded(async {
-            panic!("fault injection: handler panic requested");
-        });
-        let (outcome, waited) = run_handler(parts.cancel, parts.timeout, panicking).await;
-        (self.settle("request", Some(route), outcome), waited)
     }
 
     /// A handler's result, or `None` with the connection marked to close when the
@@ -280,10 +306,15 @@ impl<S: Service, T: Transport> Connection<S, T> {
                     if self.core.is_closing() {
                         continue;
                     }
-                    let mut parts = self.handler_parts();
-                    let handler = guarded(parts.service.message(session, &mut parts.ctx, message));
-                    let (outcome, _) = run_handler(parts.cancel, parts.timeout, handler).await;
-                    self.settle("message", None, outcome);
+                    let timeout = self.shared.config.limits.handler_timeout;
+                    let mut ctx = Context::new(self.id, self.peer, &self.group.hub, &mut self.core);
+                    let (service, session) = (&self.shared.service, &mut *session);
+                    let handler = guarded(async move {
+                        service.message(session, &mut ctx, message).await;
+                        Answer::Nothing
+                    });
+                    let (outcome, _) = run_handler(&self.cancel, timeout, handler).await;
+                    self.conclude(Call::Message, outcome);
                 }
                 Delivery::Kick(..) => {}
             }
@@ -313,5 +344,76 @@ impl<S: Service, T: Transport> Connection<S, T> {
             },
             None => Close::from(self.group.stop_reason()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::time::Instant;
+
+    use super::*;
+
+    const TIMEOUT: Duration = Duration::from_secs(30);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_handler_that_finishes_at_once_costs_no_wait() {
+        let cancel = CancellationToken::new();
+        let (outcome, waited) = run_handler(&cancel, TIMEOUT, guarded(async { 7 })).await;
+        assert!(matches!(outcome, Outcome::Done(7)));
+        assert!(!waited);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_handler_that_never_finishes_is_dropped_exactly_at_its_timeout() {
+        let cancel = CancellationToken::new();
+        let start = Instant::now();
+        let never = guarded(std::future::pending::<()>());
+        let (outcome, waited) = run_handler(&cancel, TIMEOUT, never).await;
+        assert!(matches!(outcome, Outcome::TimedOut));
+        assert!(waited);
+        assert_eq!(start.elapsed(), TIMEOUT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_handler_within_its_timeout_finishes() {
+        let cancel = CancellationToken::new();
+        let slow = guarded(async {
+            tokio::time::sleep(TIMEOUT - Duration::from_millis(1)).await;
+            "done"
+        });
+        let (outcome, waited) = run_handler(&cancel, TIMEOUT, slow).await;
+        assert!(matches!(outcome, Outcome::Done("done")));
+        assert!(waited);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancellation_interrupts_a_waiting_handler_when_it_happens() {
+        let cancel = CancellationToken::new();
+        let canceller = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            canceller.cancel();
+        });
+        let start = Instant::now();
+        let never = guarded(std::future::pending::<()>());
+        let (outcome, _) = run_handler(&cancel, TIMEOUT, never).await;
+        assert!(matches!(outcome, Outcome::Cancelled));
+        assert_eq!(start.elapsed(), Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panic_before_or_after_a_wait_is_caught_with_its_message() {
+        let cancel = CancellationToken::new();
+        let at_once = guarded(async { panic!("boom") });
+        let (outcome, waited) = run_handler::<()>(&cancel, TIMEOUT, at_once).await;
+        assert!(matches!(outcome, Outcome::Panicked(ref m) if m == "boom"));
+        assert!(!waited);
+        let later = guarded(async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            panic!("late {}", 42)
+        });
+        let (outcome, waited) = run_handler::<()>(&cancel, TIMEOUT, later).await;
+        assert!(matches!(outcome, Outcome::Panicked(ref m) if m == "late 42"));
+        assert!(waited);
     }
 }

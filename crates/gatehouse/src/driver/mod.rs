@@ -36,7 +36,7 @@ use crate::connection::{Close, ConnId, ConnectionCore, DisconnectReason, Outboun
 use crate::group::{Group, Shared};
 use crate::limits::Permit;
 use crate::mailbox::Mailbox;
-use crate::service::{Disconnect, Service};
+use crate::service::{Context, Disconnect, Service};
 
 /// The time, for the core. Read once per wakeup; tokio's clock, so that tests with
 /// paused time drive every deadline.
@@ -110,18 +110,22 @@ impl<S: Service, T: Transport> Connection<S, T> {
     /// largest await point, and only the loop's should count.
     async fn run(mut self) {
         debug!("accepted");
-        let registered = Box::pin(self.group.hub.register(
+        // Each boxed future is bound before it is awaited: a temporary in the awaiting
+        // statement would stay in the task beside its box for the whole await.
+        let registering = Box::pin(self.group.hub.register(
             self.id,
             self.peer,
             self.mailbox.clone(),
-        ))
-        .await;
+        ));
+        let registered = registering.await;
         let (session, close) = if registered.is_err() {
             // The hub died between accept and now; the group is being cancelled.
             (None, Close::from(DisconnectReason::ServerRestart))
         } else {
-            let mut parts = self.handler_parts();
-            match guarded(parts.service.connect(&mut parts.ctx)).await {
+            let service = &self.shared.service;
+            let mut ctx = Context::new(self.id, self.peer, &self.group.hub, &mut self.core);
+            let connecting = guarded(async move { service.connect(&mut ctx).await });
+            match connecting.await {
                 Ok(mut session) => {
                     let close = self.serve(&mut session).await;
                     (Some(session), close)
@@ -134,7 +138,8 @@ impl<S: Service, T: Transport> Connection<S, T> {
         };
 
         self.mailbox.close();
-        Box::pin(self.group.hub.unregister(self.id)).await;
+        let unregistering = Box::pin(self.group.hub.unregister(self.id));
+        unregistering.await;
         // The kick is queued and written as far as it goes now; the hook runs next,
         // so a slow socket never delays a save.
         self.core.queue_kick(&close);
@@ -146,12 +151,14 @@ impl<S: Service, T: Transport> Connection<S, T> {
                 peer: self.peer,
                 reason: close.reason.clone(),
             };
-            if let Err(panic) = guarded(self.shared.service.disconnect(session, info)).await {
+            let hook = guarded(self.shared.service.disconnect(session, info));
+            if let Err(panic) = hook.await {
                 error!(panic = %panic, "disconnect hook panicked");
             }
             self.shared.stats.count_disconnect_hook();
         }
-        Box::pin(self.finish_close(&close.reason)).await;
+        let finishing = Box::pin(self.finish_close(&close.reason));
+        finishing.await;
         close.reason.log();
     }
 
@@ -161,16 +168,10 @@ impl<S: Service, T: Transport> Connection<S, T> {
         let mut armed = self.core.poll_timeout(now);
         let timer = tokio::time::sleep_until(armed.into());
         let cancelled = self.cancel.clone().cancelled_owned();
-        let mailbox = self.mailbox.clone();
-        let delivered = mailbox.delivered();
-        tokio::pin!(timer, cancelled, delivered);
+        tokio::pin!(timer, cancelled);
         // Alternates which of mailbox and input is looked at first, so that neither
         // can starve the other.
         let mut mailbox_first = false;
-        // Whether `delivered` has been polled since it was made: once it has, it
-        // stays registered for a wakeup, and a look at the mailbox's flag (one atomic
-        // load, no lock) tells whether mail came.
-        let mut registered = false;
         loop {
             // What arrived, in order: each handler runs to its end before the next
             // frame is looked at. Answers pile up in the output, to leave together.
@@ -194,14 +195,8 @@ impl<S: Service, T: Transport> Connection<S, T> {
 
             mailbox_first = !mailbox_first;
             let sending = self.core.has_output();
-            let (transport, core) = (&mut self.transport, &mut self.core);
-            let mut mail = |cx: &mut std::task::Context<'_>| {
-                if registered && !mailbox.has_mail() {
-                    return false;
-                }
-                registered = true;
-                delivered.as_mut().poll(cx).is_ready() || mailbox.has_mail()
-            };
+            let (transport, core, mailbox) = (&mut self.transport, &mut self.core, &self.mailbox);
+            let mail = |cx: &mut std::task::Context<'_>| mailbox.poll_mail(cx).is_ready();
             let wake = std::future::poll_fn(|cx| {
                 if cancelled.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Wake::Cancelled);
@@ -230,9 +225,10 @@ impl<S: Service, T: Transport> Connection<S, T> {
             match wake {
                 Wake::Cancelled => return self.stop_reason(),
                 Wake::Delivered => {
-                    delivered.set(mailbox.delivered());
-                    registered = false;
-                    self.take_deliveries(session).await;
+                    // Boxed: mail is rare next to input, and its handling would
+                    // otherwise enlarge every idle connection's task.
+                    let taking = Box::pin(self.take_deliveries(session));
+                    taking.await;
                 }
                 Wake::Received(Received::Input) => spare::lend_send(&mut self.core),
                 Wake::Received(Received::Closed) => {

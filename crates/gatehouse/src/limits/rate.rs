@@ -66,6 +66,9 @@ fn nanos_for(n: u64, rate: u64) -> u64 {
 pub struct InboundRates {
     /// Time zero of both buckets (the connection's acceptance).
     origin: Instant,
+    /// The last instant seen and its offset from `origin`: a batch of frames shares
+    /// one instant, so the subtraction is done once per batch.
+    last: (Instant, u64),
     bytes: TokenBucket,
     frames: TokenBucket,
 }
@@ -75,6 +78,7 @@ impl InboundRates {
     pub fn new(limits: &LimitsConfig, origin: Instant) -> InboundRates {
         InboundRates {
             origin,
+            last: (origin, 0),
             bytes: TokenBucket::new(limits.inbound_bytes_per_sec, limits.inbound_bytes_burst),
             frames: TokenBucket::new(limits.inbound_frames_per_sec, limits.inbound_frames_burst),
         }
@@ -84,7 +88,10 @@ impl InboundRates {
     /// A frame larger than the byte burst can never pass: config validation keeps the
     /// burst above the largest frame, so such a frame is a flood too.
     pub fn on_frame(&mut self, wire_bytes: usize, now: Instant) -> Result<(), RateViolation> {
-        let now_ns = since(self.origin, now);
+        if now != self.last.0 {
+            self.last = (now, since(self.origin, now));
+        }
+        let now_ns = self.last.1;
         if !self.frames.take(1, now_ns) {
             return Err(RateViolation::Frames);
         }
