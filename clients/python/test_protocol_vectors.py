@@ -9,6 +9,7 @@ import re
 import socket
 import sys
 import threading
+import time
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -23,6 +24,7 @@ PROTOCOL_MD = os.path.join(HERE, "..", "..", "docs", "PROTOCOL.md")
 MIN_VALID = 40
 MIN_INVALID = 18
 MALFORMED_ERRORS = {"unknown_kind", "truncated", "nonce_too_long", "kick_text_not_utf8"}
+EVENT_TIMEOUT = 5.0  # seconds for something expected to happen (a deadline, not a pause)
 
 
 def read_block(text, info):
@@ -210,7 +212,9 @@ class FakeServer:
             self.listener.close()
 
     def join(self):
-        self.thread.join(5)
+        self.thread.join(EVENT_TIMEOUT)
+        if self.thread.is_alive():
+            raise AssertionError(f"the fake server's script did not finish in {EVENT_TIMEOUT} s")
         if self.error is not None:
             raise self.error
 
@@ -328,11 +332,10 @@ class ConnectionAgainstAFakeServer(unittest.TestCase):
             server.join()
             self.assertEqual([type(f) for f in seen], [gc.Ping, gc.Ping])
             self.assertTrue(all(len(f.nonce) == 8 for f in seen))
-            deadline = threading.Event()
-            for _ in range(50):
-                if conn.pongs_received >= 2:
-                    break
-                deadline.wait(0.02)
+            # Both pongs were sent; wait for the client to have read them.
+            deadline = time.monotonic() + EVENT_TIMEOUT
+            while conn.pongs_received < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
             self.assertEqual(conn.pongs_received, 2)
             self.assertIsNotNone(conn.last_rtt)
 

@@ -13,8 +13,8 @@ mod support;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,24 +24,67 @@ use gatehouse::protocol::{ROUTE_FAULT_CRASH_HUB, ROUTE_FAULT_PANIC_HANDLER};
 use gatehouse::{KickReason, Message, Status};
 use gatehouse_store::{postgres, sqlite, Record, SaveWriter, Store, StoreError};
 use prost::Message as _;
-use support::{test_config, Client, TestServer};
+use support::{eventually, test_config, Client, TestServer};
 use tokio::net::{TcpListener, TcpStream};
 
-fn scratch(name: &str) -> PathBuf {
+/// A scratch directory unique to one test, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        Scratch(std::env::temp_dir().join(format!("arena-{name}-{}-{nanos}", std::process::id())))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A player name unique to this run, so that tests sharing a PostgreSQL database
+/// (across runs and machines' processes) never meet an old player: `name`, then
+/// this process's id and a per-process increasing clock reading, in base 36 at a
+/// fixed width (15 characters), within arena's 24-character limit for names of up
+/// to 9 characters.
+fn unique(name: &str) -> String {
+    static LAST: AtomicU64 = AtomicU64::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos();
-    std::env::temp_dir().join(format!("arena-{name}-{}-{nanos}", std::process::id()))
+    // 36^10 ns is about 42 days: the clock part repeats no sooner.
+    let now = u64::try_from(nanos % 36u128.pow(10)).unwrap();
+    let stamp = LAST
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| {
+            Some(now.max(last + 1))
+        })
+        .map_or(now, |last| now.max(last + 1));
+    let name = format!(
+        "{name}{}{}",
+        base36(u64::from(std::process::id()), 5),
+        base36(stamp, 10)
+    );
+    assert!(arena::valid_name(&name), "{name} is not a valid name");
+    name
 }
 
-/// A name unique to this run, so tests sharing a PostgreSQL database do not collide.
-fn unique(name: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!("{name}{}", nanos % 1_000_000)
+/// `n` in base 36, zero-padded to `width` digits (the low digits if it is longer).
+fn base36(mut n: u64, width: usize) -> String {
+    let mut digits = vec![b'0'; width];
+    for digit in digits.iter_mut().rev() {
+        *digit = b"0123456789abcdefghijklmnopqrstuvwxyz"[(n % 36) as usize];
+        n /= 36;
+    }
+    String::from_utf8(digits).unwrap()
 }
 
 fn postgres_url() -> Option<String> {
@@ -175,9 +218,9 @@ async fn state_survives_a_server_restart<S: Store + Clone>(before: S, after: S) 
 
 #[tokio::test]
 async fn a_player_is_where_they_left_after_a_server_restart_sqlite() {
-    let dir = scratch("restart");
-    let before = sqlite::open(&dir).await.unwrap();
-    let after = sqlite::open(&dir).await.unwrap();
+    let dir = Scratch::new("restart");
+    let before = sqlite::open(dir.path()).await.unwrap();
+    let after = sqlite::open(dir.path()).await.unwrap();
     state_survives_a_server_restart(before, after).await;
 }
 
@@ -208,25 +251,36 @@ async fn a_hub_crash_saves_every_state_exactly_once<S: Store + Clone>(store: S) 
         );
     }
     writer.flush(Duration::from_secs(10)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The restarted hub serves the same players again, from their saves.
+    let (p3, state) = Player::login(server.addr, &players[3].0).await;
+    assert_eq!((state.x, state.y), (3, 103));
+    drop(p3);
+
+    // Once the server has stopped (every hook has run) and the writer has landed
+    // everything, no save can come any more: count them.
+    assert!(server.shutdown().await.is_ok());
+    writer.close(Duration::from_secs(10)).await.unwrap();
     for (i, (name, _)) in players.iter().enumerate() {
-        assert_eq!(store.landed(name), 1, "{name} saved once");
+        // Player 3 came back once, and left once more.
+        let expected = if i == 3 { 2 } else { 1 };
+        assert_eq!(
+            store.landed(name),
+            expected,
+            "{name} saved once per leaving"
+        );
         let saved =
             pb::PlayerState::decode(store.inner.load(name).await.unwrap().unwrap().data).unwrap();
         assert_eq!((saved.x, saved.y), (i as i32, 100 + i as i32));
     }
-    // The restarted hub serves the same players again, from their saves.
-    let (_p3, state) = Player::login(server.addr, &players[3].0).await;
-    assert_eq!((state.x, state.y), (3, 103));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hub_crash_with_players_online_saves_every_state_exactly_once_sqlite() {
-    a_hub_crash_saves_every_state_exactly_once(sqlite::open(&scratch("crash")).await.unwrap())
-        .await;
+    let dir = Scratch::new("crash");
+    a_hub_crash_saves_every_state_exactly_once(sqlite::open(dir.path()).await.unwrap()).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hub_crash_with_players_online_saves_every_state_exactly_once_postgres() {
     let Some(url) = postgres_url() else { return };
     a_hub_crash_saves_every_state_exactly_once(postgres::connect(&url).await.unwrap()).await;
@@ -249,7 +303,8 @@ async fn a_handler_panic_saves<S: Store + Clone>(store: S) {
 
 #[tokio::test]
 async fn a_handler_panic_still_saves_the_player_sqlite() {
-    a_handler_panic_saves(sqlite::open(&scratch("panic")).await.unwrap()).await;
+    let dir = Scratch::new("panic");
+    a_handler_panic_saves(sqlite::open(dir.path()).await.unwrap()).await;
 }
 
 #[tokio::test]
@@ -258,12 +313,13 @@ async fn a_handler_panic_still_saves_the_player_postgres() {
     a_handler_panic_saves(postgres::connect(&url).await.unwrap()).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_logins_never_lose_an_update_or_leave_a_ghost_sqlite() {
-    duplicate_logins_race(sqlite::open(&scratch("dup")).await.unwrap()).await;
+    let dir = Scratch::new("dup");
+    duplicate_logins_race(sqlite::open(dir.path()).await.unwrap()).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_logins_never_lose_an_update_or_leave_a_ghost_postgres() {
     let Some(url) = postgres_url() else { return };
     duplicate_logins_race(postgres::connect(&url).await.unwrap()).await;
@@ -368,9 +424,10 @@ async fn probe(player: &mut Player) -> (Option<Status>, Option<KickReason>) {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn saves_made_while_the_database_is_down_land_once_it_is_back() {
-    let store = Watched::new(sqlite::open(&scratch("down")).await.unwrap());
+    let dir = Scratch::new("down");
+    let store = Watched::new(sqlite::open(dir.path()).await.unwrap());
     let (server, writer) = serve(store.clone()).await;
     let mut players = Vec::new();
     for i in 0..10 {
@@ -380,9 +437,12 @@ async fn saves_made_while_the_database_is_down_land_once_it_is_back() {
     }
     store.down.store(true, Ordering::SeqCst);
     drop(players);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(writer.stats().queued, 10);
-    assert!(writer.stats().failed_attempts >= 1);
+    // Every player's save is queued, and the writer has tried and failed.
+    eventually("10 saves queued after a failed attempt", || {
+        let stats = writer.stats();
+        (stats.queued == 10 && stats.failed_attempts >= 1).then_some(())
+    })
+    .await;
     // A returning player is served from the queue, database or not.
     let (returning, state) = Player::login(server.addr, "d4").await;
     assert_eq!((state.x, state.y), (4, 4));
@@ -450,7 +510,7 @@ impl Proxy {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_going_down_while_players_leave_loses_no_save() {
     let Some(url) = postgres_url() else { return };
     let target: SocketAddr = {
@@ -483,12 +543,11 @@ async fn postgres_going_down_while_players_leave_loses_no_save() {
     }
     proxy.cut();
     drop(players);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(
-        writer.stats().failed_attempts >= 1,
-        "the outage was noticed"
-    );
-    assert!(writer.stats().queued > 0);
+    eventually("the outage noticed with saves queued", || {
+        let stats = writer.stats();
+        (stats.failed_attempts >= 1 && stats.queued > 0).then_some(())
+    })
+    .await;
     proxy.restore();
     writer.flush(Duration::from_secs(30)).await.unwrap();
     let direct = postgres::connect(&url).await.unwrap();
@@ -499,9 +558,10 @@ async fn postgres_going_down_while_players_leave_loses_no_save() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn arena_rules_answer_with_their_statuses() {
-    let (server, _writer) = serve(sqlite::open(&scratch("rules")).await.unwrap()).await;
+    let dir = Scratch::new("rules");
+    let (server, _writer) = serve(sqlite::open(dir.path()).await.unwrap()).await;
     let mut anonymous = Client::connect(server.addr).await;
     let (status, _) = anonymous.request(routes::WHO, Vec::new()).await;
     assert_eq!(status, status::NOT_LOGGED_IN);

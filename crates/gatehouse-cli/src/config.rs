@@ -205,7 +205,15 @@ mod tests {
 
     #[test]
     fn servers_csv_gives_the_port_of_the_server_id() {
-        let dir = std::env::temp_dir().join(format!("gatehouse-csv-{}", std::process::id()));
+        // Unique to this test and run: other tests and binaries use the temp dir too.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let dir = std::env::temp_dir().join(format!(
+            "gatehouse-config-servers-csv-{}-{nanos}",
+            std::process::id()
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("servers.csv");
         std::fs::write(

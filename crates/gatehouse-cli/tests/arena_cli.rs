@@ -13,10 +13,15 @@ use std::time::{Duration, Instant};
 
 use process::{gatehouse, scratch, write_file, ServerProcess};
 
-/// A `gatehouse client` process: type into it, read what it prints.
+/// How long anything printed may take to come.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A `gatehouse client` process: type into it, read what it prints. Killed if
+/// dropped before it exits.
 struct Terminal {
     child: Child,
-    stdin: ChildStdin,
+    /// `None` once closed (end of input).
+    stdin: Option<ChildStdin>,
     lines: Receiver<String>,
     seen: Vec<String>,
 }
@@ -40,19 +45,19 @@ impl Terminal {
         });
         Terminal {
             child,
-            stdin,
+            stdin: Some(stdin),
             lines,
             seen: Vec::new(),
         }
     }
 
     fn type_line(&mut self, line: &str) {
-        writeln!(self.stdin, "{line}").unwrap();
+        writeln!(self.stdin.as_mut().expect("input open"), "{line}").unwrap();
     }
 
     /// Waits for a printed line containing `text`.
     fn expect(&mut self, text: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + PATIENCE;
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
             match self.lines.recv_timeout(left) {
                 Ok(line) => {
@@ -67,9 +72,10 @@ impl Terminal {
         panic!("no line with {text:?}; printed so far: {:#?}", self.seen);
     }
 
+    /// Closes its input and waits for it to exit.
     fn wait(mut self) -> std::process::ExitStatus {
-        drop(self.stdin);
-        let deadline = Instant::now() + Duration::from_secs(10);
+        drop(self.stdin.take());
+        let deadline = Instant::now() + PATIENCE;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
@@ -77,6 +83,23 @@ impl Terminal {
             assert!(Instant::now() < deadline, "client did not exit");
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Kills the child when dropped (a test that fails leaves no server behind).
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -131,7 +154,6 @@ fn two_players_chat_move_quit_and_find_their_place_after_a_restart() {
     bob.expect("logged in as bob in lobby at (3, 4); login #2");
     bob.type_line("/quit");
     assert!(bob.wait().success());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -139,19 +161,26 @@ fn the_server_runs_arena_on_its_embedded_defaults_with_a_fresh_data_directory() 
     // `gatehouse serve` with no arguments: arena, SQLite under ./data. Run it in an
     // empty directory to prove it creates what it needs.
     let dir = scratch("defaults");
-    let mut child = gatehouse()
-        .args(["serve", "--port", "0"])
-        .current_dir(&dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
+    let mut child = KillOnDrop(
+        gatehouse()
+            .args(["serve", "--port", "0"])
+            .current_dir(&dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = BufReader::new(child.0.stdout.take().unwrap());
+    let (tx, first_line) = channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(stdout.lines().next());
+    });
+    let line = first_line
+        .recv_timeout(process::START_PATIENCE)
+        .expect("the server prints its first line in time")
+        .expect("the server prints a line before exiting")
         .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
     assert!(line.starts_with("listening on 127.0.0.1:"), "{line}");
     assert!(dir.join("data").join("gatehouse.db").exists());
-    let _ = child.kill();
-    let _ = child.wait();
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(child);
 }

@@ -14,7 +14,7 @@ use gatehouse::bench_service::routes;
 use gatehouse::protocol::ROUTE_FAULT_CRASH_HUB;
 use gatehouse::{KickReason, Message, Status};
 use process::{gatehouse, scratch, write_file, ServerProcess};
-use support::Client;
+use support::{Client, PATIENCE};
 
 #[tokio::test]
 async fn sigterm_kicks_every_client_runs_every_hook_and_exits_zero() {
@@ -63,8 +63,8 @@ async fn an_injected_hub_crash_restarts_the_hub_and_clients_reconnect_at_once() 
     let (status, count) = again.request(routes::COUNT, "").await;
     assert_eq!(status, Status::OK);
     assert_eq!(count[..], 1u32.to_be_bytes());
-    let log = server.log();
-    assert!(log.contains("hub crashed"), "{log}");
+    // The server logs as it goes; the line comes, at its pace.
+    server.wait_for_log("hub crashed", PATIENCE);
 }
 
 #[tokio::test]
@@ -101,7 +101,7 @@ async fn crashing_past_the_restart_intensity_exits_non_zero() {
     assert!(server.log().contains("restart intensity exceeded"));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn running_out_of_descriptors_pauses_accepting_without_ending_the_acceptor() {
     let server = ServerProcess::start_with_fd_limit(64, &["--service", "bench"]);
     // More clients than the server has descriptors: the kernel completes every
@@ -112,27 +112,35 @@ async fn running_out_of_descriptors_pauses_accepting_without_ending_the_acceptor
         client.send(&Message::Ping(Bytes::new())).await;
         clients.push(client);
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let mut answered = Vec::new();
-    for (i, client) in clients.iter_mut().enumerate() {
-        let mut pong = [0u8; 5];
-        if client.stream.try_read(&mut pong).is_ok_and(|n| n == 5) {
-            answered.push(i);
-        }
+    server.wait_for_log("accept failed; backing off", PATIENCE);
+    // The server is at its limit and stays there while nobody leaves: those it
+    // accepted answer their ping, the others wait in the backlog. Each client gets
+    // a generous while to answer, all at once.
+    let mut reads = tokio::task::JoinSet::new();
+    for (i, mut client) in clients.into_iter().enumerate() {
+        reads.spawn(async move {
+            let pong = tokio::time::timeout(Duration::from_secs(2), client.recv()).await;
+            let answered = match pong {
+                Ok(Some(Message::Pong(_))) => true,
+                Err(_) => false,
+                Ok(other) => panic!("client {i}: expected a pong, got {other:?}"),
+            };
+            (i, client, answered)
+        });
     }
-    assert!(answered.len() < 100, "the fd limit did not bite");
-    let log = server.log();
-    assert!(log.contains("accept failed; backing off"), "{log}");
-    // Free descriptors by closing the answered clients (the filter drops them): the
-    // acceptor is still there and takes the waiting ones, pings already sent.
-    let freed = answered.len();
-    let mut waiting: Vec<_> = clients
+    let mut results = reads.join_all().await;
+    results.sort_by_key(|(i, _, _)| *i);
+    let answered = results.iter().filter(|(_, _, answered)| *answered).count();
+    assert!(answered > 0, "the server accepted nobody");
+    assert!(answered < 100, "the fd limit did not bite");
+    // Free descriptors by closing the answered clients: the acceptor is still there
+    // and takes the waiting ones (oldest first), pings already sent.
+    let mut waiting: Vec<Client> = results
         .into_iter()
-        .enumerate()
-        .filter(|(i, _)| !answered.contains(i))
-        .map(|(_, c)| c)
+        .filter(|(_, _, answered)| !answered)
+        .map(|(_, client, _)| client)
         .collect();
-    for client in waiting.iter_mut().take(freed.saturating_sub(5)) {
+    for client in waiting.iter_mut().take(answered.saturating_sub(5)) {
         assert_eq!(client.recv().await, Some(Message::Pong(Bytes::new())));
     }
     drop(waiting);
@@ -178,19 +186,28 @@ fn bad_configurations_are_rejected_with_the_key_named() {
 #[tokio::test]
 async fn the_port_can_come_from_servers_csv_by_server_id() {
     let dir = scratch("csv");
-    // Find a free port, then hand it to the server through the table.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let csv = write_file(
-        &dir,
-        "servers.csv",
-        &format!("server_id,host,port,comment\n1,127.0.0.1,1,other\n7,127.0.0.1,{port},this one\n"),
-    );
-    let mut child = gatehouse()
-        .args([
+    let table = |port: u16| {
+        write_file(
+            &dir,
+            "servers.csv",
+            &format!(
+                "server_id,host,port,comment\n1,127.0.0.1,1,other\n7,127.0.0.1,{port},this one\n"
+            ),
+        )
+    };
+    // A port that was free a moment ago goes to the server through the table; if
+    // someone took it meanwhile, the server says so and exits: try another.
+    let mut attempts = 0;
+    let (server, port) = loop {
+        attempts += 1;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let csv = table(port);
+        let mut command = gatehouse();
+        command.args([
             "serve",
             "--service",
             "bench",
@@ -198,23 +215,17 @@ async fn the_port_can_come_from_servers_csv_by_server_id() {
             "7",
             "--servers-csv",
             csv.to_str().unwrap(),
-        ])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut connected = None;
-    for _ in 0..100 {
-        if let Ok(stream) = tokio::net::TcpStream::connect(addr).await {
-            connected = Some(Client::from_stream(stream));
-            break;
+        ]);
+        match ServerProcess::try_spawn(command) {
+            Ok(server) => break (server, port),
+            Err(log) if log.contains("cannot listen on") && attempts < 5 => continue,
+            Err(log) => panic!("the server did not start:\n{log}"),
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let mut client = connected.expect("server listens on the port from servers.csv");
+    };
+    assert_eq!(server.addr.port(), port, "the port from servers.csv");
+    let mut client = Client::connect(server.addr).await;
     assert_eq!(client.request(routes::ECHO, "csv").await.1, "csv");
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(server);
 
     let output = gatehouse()
         .args([
@@ -222,7 +233,7 @@ async fn the_port_can_come_from_servers_csv_by_server_id() {
             "--server-id",
             "9",
             "--servers-csv",
-            csv.to_str().unwrap(),
+            table(1).to_str().unwrap(),
         ])
         .output()
         .unwrap();

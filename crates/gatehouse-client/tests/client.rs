@@ -10,16 +10,24 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use gatehouse::{KickReason, Status};
-use gatehouse_client::{Client, ClientConfig, ClientError, Push};
-use support::{routes, test_config, TestServer};
+use gatehouse_client::{Client, ClientConfig, ClientError, Push, Pushes};
+use support::{routes, test_config, TestServer, PATIENCE};
+use tokio::time::Instant;
 
-async fn connect(server: &TestServer) -> (Client, gatehouse_client::Pushes) {
+async fn connect(server: &TestServer) -> (Client, Pushes) {
     Client::connect(server.addr, ClientConfig::default())
         .await
         .unwrap()
 }
 
-#[tokio::test]
+/// The next push, or `None` once the connection has ended; fails after [`PATIENCE`].
+async fn next_push(pushes: &mut Pushes) -> Option<Push> {
+    tokio::time::timeout(PATIENCE, pushes.next())
+        .await
+        .expect("a push or the end of the stream in time")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_each_get_their_own_response() {
     let server = TestServer::start(test_config()).await;
     let (client, _pushes) = connect(&server).await;
@@ -49,7 +57,7 @@ async fn an_error_status_is_a_typed_error_and_the_connection_goes_on() {
     assert_eq!(client.request(routes::ECHO, "ok").await.unwrap(), "ok");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushes_arrive_in_order() {
     let server = TestServer::start(test_config()).await;
     let (listener, mut pushes) = connect(&server).await;
@@ -62,7 +70,7 @@ async fn pushes_arrive_in_order() {
             .unwrap();
     }
     for i in 0..100 {
-        let push = pushes.next().await.unwrap();
+        let push = next_push(&mut pushes).await.unwrap();
         assert_eq!(
             push,
             Push {
@@ -73,7 +81,7 @@ async fn pushes_arrive_in_order() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kick_fails_waiting_and_later_calls_with_its_reason() {
     let server = TestServer::start(test_config()).await;
     let (victim, mut pushes) = connect(&server).await;
@@ -83,21 +91,26 @@ async fn a_kick_fails_waiting_and_later_calls_with_its_reason() {
         let victim = victim.clone();
         tokio::spawn(async move { victim.request(routes::HANG, "").await })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    server.record.wait_hangs(1).await; // the request is waiting on the server
     kicker.request(routes::KICK, id).await.unwrap();
     let expected = |e: &ClientError| matches!(e, ClientError::Kicked { reason, .. } if *reason == KickReason::DUPLICATE_LOGIN);
     let waited = waiting.await.unwrap().unwrap_err();
     assert!(expected(&waited), "{waited:?}");
-    assert!(pushes.next().await.is_none(), "the push stream ends");
+    assert!(
+        next_push(&mut pushes).await.is_none(),
+        "the push stream ends"
+    );
     let later = victim.request(routes::ECHO, "").await.unwrap_err();
     assert!(expected(&later), "{later:?}");
     assert!(expected(&victim.ended().unwrap()));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_keep_a_quiet_client_connected() {
+    // A ping every 100 ms against an idle timeout of 1 s: a wide margin.
+    let idle_timeout = Duration::from_secs(1);
     let mut config = test_config();
-    config.limits.idle_timeout = Duration::from_millis(400);
+    config.limits.idle_timeout = idle_timeout;
     let server = TestServer::start(config).await;
     let quick = ClientConfig {
         heartbeat: Duration::from_millis(100),
@@ -108,42 +121,59 @@ async fn heartbeats_keep_a_quiet_client_connected() {
         heartbeat: Duration::from_secs(3600),
         ..ClientConfig::default()
     };
-    let (silent, _q) = Client::connect(server.addr, never).await.unwrap();
+    let (silent, mut silent_pushes) = Client::connect(server.addr, never).await.unwrap();
     client.request(routes::ECHO, "").await.unwrap();
+    // From here on neither sends anything of its own.
+    let quiet_from = Instant::now();
     silent.request(routes::ECHO, "").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert_eq!(
-        client.request(routes::ECHO, "still").await.unwrap(),
-        "still"
-    );
-    let gone = silent.request(routes::ECHO, "").await.unwrap_err();
+    // The silent one is kicked idle (its push stream ends)…
+    assert!(next_push(&mut silent_pushes).await.is_none());
+    let gone = silent.ended().unwrap();
     assert!(
         matches!(gone, ClientError::Kicked { reason, .. } if reason == KickReason::IDLE),
         "{gone:?}"
     );
+    let quiet_for = quiet_from.elapsed();
+    assert!(quiet_for >= idle_timeout, "kicked after {quiet_for:?}");
+    // … while the one whose heartbeats ran, quiet as long, is still served.
+    assert_eq!(client.ended(), None);
+    assert_eq!(
+        client.request(routes::ECHO, "still").await.unwrap(),
+        "still"
+    );
+    assert_eq!(server.stats.snapshot().idle_kicks, 1);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_without_answer_times_out() {
+    // The client gives up at 200 ms, the server on its handler at 2 s: far apart, so
+    // the client's timeout is always first.
+    let request_timeout = Duration::from_millis(200);
+    let handler_timeout = Duration::from_secs(2);
     let mut config = test_config();
-    config.limits.handler_timeout = Duration::from_millis(600);
+    config.limits.handler_timeout = handler_timeout;
     let server = TestServer::start(config).await;
     let client_config = ClientConfig {
-        request_timeout: Duration::from_millis(200),
+        request_timeout,
         ..ClientConfig::default()
     };
     let (client, mut pushes) = Client::connect(server.addr, client_config).await.unwrap();
+    let started = Instant::now();
     assert_eq!(
         client.request(routes::HANG, "").await,
         Err(ClientError::Timeout)
     );
+    let gave_up = started.elapsed();
+    assert!(gave_up >= request_timeout, "timed out after {gave_up:?}");
     // The server gives up on its stuck handler too, and says so.
-    assert!(pushes.next().await.is_none());
+    assert!(next_push(&mut pushes).await.is_none());
     let ended = client.ended().unwrap();
     assert!(
         matches!(ended, ClientError::Kicked { reason, .. } if reason == KickReason::INTERNAL_ERROR),
         "{ended:?}"
     );
+    let kicked = started.elapsed();
+    assert!(kicked >= handler_timeout, "kicked after {kicked:?}");
     assert_eq!(server.stats.snapshot().handler_timeouts, 1);
 }
 
@@ -157,7 +187,7 @@ async fn close_ends_the_client_and_the_server_sees_the_peer_leave() {
         client.request(routes::ECHO, "").await,
         Err(ClientError::Closed)
     );
-    assert!(pushes.next().await.is_none());
+    assert!(next_push(&mut pushes).await.is_none());
     let hooks = server.record.wait_hooks(1).await;
     assert_eq!(hooks[0].1, gatehouse::DisconnectReason::PeerClosed);
 }

@@ -14,6 +14,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use gatehouse_store::{postgres, sqlite, Record, SaveWriter, Store, StoreError};
 
+/// A scratch directory, removed when the last holder lets go.
+struct Scratch(std::path::PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn scratch(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "gatehouse-store-{name}-{}-{}",
@@ -98,6 +107,7 @@ struct Flaky<S> {
     inner: S,
     down: Arc<AtomicBool>,
     landed: Arc<AtomicUsize>,
+    _dir: Arc<Scratch>,
 }
 
 impl<S: Store> Store for Flaky<S> {
@@ -119,10 +129,12 @@ impl<S: Store> Store for Flaky<S> {
 }
 
 async fn flaky_sqlite(name: &str) -> Flaky<sqlite::SqliteStore> {
+    let dir = scratch(name);
     Flaky {
-        inner: sqlite::open(&scratch(name)).await.unwrap(),
+        inner: sqlite::open(&dir).await.unwrap(),
         down: Arc::default(),
         landed: Arc::default(),
+        _dir: Arc::new(Scratch(dir)),
     }
 }
 
@@ -134,10 +146,17 @@ async fn saves_made_while_the_database_is_down_land_once_it_is_back() {
     for i in 0..50 {
         writer.save(&format!("p{i}"), Bytes::from(format!("state {i}")));
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let stats = writer.stats();
-    assert_eq!(stats.queued, 50);
-    assert!(stats.failed_attempts >= 1);
+    // The writer tries, fails, and keeps every save queued.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while writer.stats().failed_attempts == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the writer never tried: {:?}",
+            writer.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(writer.stats().queued, 50);
     // While down, loads still see every queued save.
     assert_eq!(writer.load("p7").await.unwrap().unwrap(), "state 7");
 

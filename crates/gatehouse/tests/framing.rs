@@ -19,7 +19,7 @@ fn echo_request_with_body(id: u32, body_len: usize) -> Message {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_262144_byte_frame_is_served_and_262145_closes_only_that_connection() {
     let server = TestServer::start(test_config()).await;
     let mut bystander = server.connect().await;
@@ -62,9 +62,11 @@ async fn a_frame_split_byte_by_byte_is_reassembled() {
         payload: Bytes::from_static(b"slowly"),
     }
     .to_frame();
+    // One write per byte (no Nagle: each goes out alone), letting the server run
+    // in between.
     for byte in frame.iter() {
         client.send_raw(&[*byte]).await;
-        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        tokio::task::yield_now().await;
     }
     assert_eq!(
         client.recv().await,
@@ -158,7 +160,7 @@ async fn fault_injection_routes_are_forbidden_unless_enabled() {
     assert_eq!(server.stats.snapshot().hub_restarts, 0);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_envelopes_and_server_only_kinds_close_with_protocol_error() {
     let server = TestServer::start(test_config()).await;
     let bad_frames: Vec<Bytes> = vec![

@@ -14,7 +14,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use gatehouse::protocol::{ROUTE_FAULT_CRASH_HUB, ROUTE_FAULT_PANIC_HANDLER};
 use gatehouse::{DisconnectReason, KickReason, Message, ServerError};
-use support::{routes, test_config, Client, TestServer};
+use support::{routes, test_config, Client, TestServer, PATIENCE};
+use tokio::time::Instant;
 
 async fn connected(server: &TestServer, n: usize) -> Vec<Client> {
     let mut clients = Vec::new();
@@ -26,7 +27,7 @@ async fn connected(server: &TestServer, n: usize) -> Vec<Client> {
     clients
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hub_crash_kicks_every_client_server_restart_runs_each_hook_once_and_service_resumes() {
     let server = TestServer::start(test_config()).await;
     let n = 50;
@@ -50,15 +51,29 @@ async fn a_hub_crash_kicks_every_client_server_restart_runs_each_hook_once_and_s
     );
     assert!(again[1].request(routes::BROADCAST, "back").await.0.is_ok());
     assert_eq!(again[0].expect_push().await.1, "back");
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(server.record.hooks().len(), n, "no hook ran twice");
-    let stats = server.stats.snapshot();
-    assert_eq!(stats.hub_restarts, 1);
-    assert_eq!(stats.disconnect_hooks, n as u64);
+    let again_ids: HashSet<_> = [again[0].whoami().await, again[1].whoami().await].into();
+
+    // Once the server has stopped no hook can run any more: count them all.
+    let record = server.record.clone();
+    let stats = server.stats.clone();
     assert!(server.shutdown().await.is_ok());
+    let hooks = record.hooks();
+    assert_eq!(hooks.len(), n + 2, "no hook ran twice: {hooks:?}");
+    for (id, reason) in &hooks {
+        let expected = if again_ids.contains(id) {
+            DisconnectReason::Shutdown
+        } else {
+            assert!(ids.contains(id), "a hook for an unknown connection");
+            DisconnectReason::ServerRestart
+        };
+        assert_eq!(*reason, expected, "{id:?}");
+    }
+    let stats = stats.snapshot();
+    assert_eq!(stats.hub_restarts, 1);
+    assert_eq!(stats.disconnect_hooks, n as u64 + 2);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn more_crashes_than_the_restart_intensity_allows_stop_the_server_with_an_error() {
     let mut config = test_config();
     config.supervisor.max_restarts = 2;
@@ -89,7 +104,7 @@ async fn more_crashes_than_the_restart_intensity_allows_stop_the_server_with_an_
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_panic_ends_only_its_connection_and_still_runs_its_hook() {
     let server = TestServer::start(test_config()).await;
     let mut bystander = server.connect().await;
@@ -114,7 +129,7 @@ async fn a_handler_panic_ends_only_its_connection_and_still_runs_its_hook() {
     assert_eq!((stats.handler_panics, stats.hub_restarts), (2, 0));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_kicks_every_client_runs_every_hook_and_returns_ok() {
     let server = TestServer::start(test_config()).await;
     let n = 40;
@@ -133,12 +148,14 @@ async fn shutdown_kicks_every_client_runs_every_hook_and_returns_ok() {
     assert_eq!(stats.snapshot().disconnect_hooks, n as u64);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_disconnect_hook_runs_exactly_once_on_every_exit_path() {
     let mut config = test_config();
     config.limits.inbound_frames_per_sec = 20;
     config.limits.inbound_frames_burst = 20;
-    config.limits.idle_timeout = Duration::from_millis(400);
+    // Long enough that no other client is kicked idle by accident while the test
+    // walks through the other exits; the idle client is then waited for.
+    config.limits.idle_timeout = Duration::from_secs(2);
     let server = TestServer::start(config).await;
     let mut clients = connected(&server, 7).await;
     let mut ids = Vec::new();
@@ -174,9 +191,10 @@ async fn the_disconnect_hook_runs_exactly_once_on_every_exit_path() {
     assert_eq!(kicked.expect_kick().await, KickReason::DUPLICATE_LOGIN);
     // The shutdown client keeps talking while the idle one times out.
     let mut idle = idle;
+    let mut idle_kicked = tokio::spawn(async move { idle.expect_kick().await });
     let idle_kick = loop {
         tokio::select! {
-            kick = idle.expect_kick() => break kick,
+            kick = &mut idle_kicked => break kick.unwrap(),
             () = tokio::time::sleep(Duration::from_millis(100)) => {
                 assert_eq!(shutdown.request(routes::ECHO, "awake").await.1, "awake");
             }
@@ -212,7 +230,7 @@ async fn the_disconnect_hook_runs_exactly_once_on_every_exit_path() {
     assert_eq!(hooks.len(), 7);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_that_never_returns_does_not_hold_up_shutdown() {
     let mut config = test_config();
     config.supervisor.drain_timeout = Duration::from_secs(30);
@@ -220,9 +238,9 @@ async fn a_handler_that_never_returns_does_not_hold_up_shutdown() {
     let mut stuck = server.connect().await;
     let _ = stuck.whoami().await;
     stuck.fire(routes::HANG).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    server.record.wait_hangs(1).await;
     let record = server.record.clone();
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     assert!(server.shutdown().await.is_ok());
     assert!(
         started.elapsed() < Duration::from_secs(5),
@@ -234,7 +252,7 @@ async fn a_handler_that_never_returns_does_not_hold_up_shutdown() {
     assert_eq!(record.hooks()[0].1, DisconnectReason::Shutdown);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_run_future_stops_the_server() {
     let server = gatehouse::Server::new(test_config(), support::Recorder::default()).unwrap();
     let listener = gatehouse::bind("127.0.0.1:0".parse().unwrap())
@@ -252,21 +270,24 @@ async fn dropping_the_run_future_stops_the_server() {
     };
     // The run future is gone: its connection is kicked and nobody accepts any more.
     assert_eq!(client.expect_kick().await, KickReason::SHUTDOWN);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(
-        tokio::net::TcpStream::connect(addr).await.is_err(),
-        "still listening"
-    );
+    let deadline = Instant::now() + PATIENCE;
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "still listening after {PATIENCE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kick_interrupts_a_handler_that_is_still_running() {
     let server = TestServer::start(test_config()).await;
     let mut stuck = server.connect().await;
     let mut kicker = server.connect().await;
     let id = stuck.whoami().await;
     stuck.fire(routes::HANG).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    server.record.wait_hangs(1).await;
     let id_bytes = Bytes::copy_from_slice(&id.0.to_be_bytes());
     assert!(kicker.request(routes::KICK, id_bytes).await.0.is_ok());
     assert_eq!(stuck.expect_kick().await, KickReason::DUPLICATE_LOGIN);
@@ -277,7 +298,7 @@ async fn a_kick_interrupts_a_handler_that_is_still_running() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_running_past_its_timeout_is_dropped_and_its_connection_closed() {
     let mut config = test_config();
     config.limits.handler_timeout = Duration::from_millis(300);

@@ -3,23 +3,61 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// How long a server may take to print its "listening on" line.
+pub const START_PATIENCE: Duration = Duration::from_secs(20);
+
+/// A server child process; killed when dropped.
 pub struct ServerProcess {
     pub child: Child,
     pub addr: SocketAddr,
     log: Arc<Mutex<String>>,
+    /// Copies stderr into `log` until the child's end of the pipe closes.
+    log_reader: Option<JoinHandle<()>>,
 }
 
-/// A scratch directory for one test.
-pub fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("gatehouse-{name}-{}", std::process::id()));
+/// A scratch directory for one test, unique to it (name, process, sequence) and
+/// removed when dropped.
+pub struct Scratch(PathBuf);
+
+impl Deref for Scratch {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for Scratch {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn scratch(name: &str) -> Scratch {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "gatehouse-{name}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    Scratch(dir)
 }
 
 pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -58,15 +96,30 @@ impl ServerProcess {
         ServerProcess::spawn(command)
     }
 
-    fn spawn(mut command: Command) -> ServerProcess {
-        let mut child = command
+    /// Spawns `command` (a `gatehouse serve`) and waits for its "listening on" line.
+    pub fn spawn(command: Command) -> ServerProcess {
+        match ServerProcess::try_spawn(command) {
+            Ok(server) => server,
+            Err(log) => panic!("server exited without listening:\n{log}"),
+        }
+    }
+
+    /// Like [`spawn`](Self::spawn), but a server that exits before listening is an
+    /// `Err` with its log, for the caller to judge.
+    pub fn try_spawn(mut command: Command) -> Result<ServerProcess, String> {
+        let child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn gatehouse");
-        let log = Arc::new(Mutex::new(String::new()));
+        let mut server = ServerProcess {
+            child,
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            log: Arc::default(),
+            log_reader: None,
+        };
         let (tx, rx) = std::sync::mpsc::channel();
-        let stdout = child.stdout.take().unwrap();
+        let stdout = server.child.stdout.take().unwrap();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
@@ -75,28 +128,54 @@ impl ServerProcess {
                 }
             }
         });
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
+        let stderr = server.child.stderr.take().unwrap();
+        let sink = server.log.clone();
+        server.log_reader = Some(std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 let mut log = sink.lock().unwrap();
                 log.push_str(&strip_ansi(&line));
                 log.push('\n');
             }
-        });
-        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(addr) => addr.parse().expect("listening address"),
-            Err(_) => {
-                let _ = child.kill();
-                panic!("server did not start:\n{}", log.lock().unwrap());
+        }));
+        match rx.recv_timeout(START_PATIENCE) {
+            Ok(addr) => {
+                server.addr = addr.parse().expect("listening address");
+                Ok(server)
             }
-        };
-        ServerProcess { child, addr, log }
+            // Stdout closed without the line: the server exited.
+            Err(RecvTimeoutError::Disconnected) => {
+                let _ = server.child.wait();
+                server.join_log_reader();
+                Err(server.log())
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                panic!(
+                    "server did not start in {START_PATIENCE:?}:\n{}",
+                    server.log()
+                )
+            }
+        }
     }
 
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until the log holds `text`, for at most `patience`, and returns it.
+    pub fn wait_for_log(&self, text: &str, patience: Duration) -> String {
+        let deadline = Instant::now() + patience;
+        loop {
+            let log = self.log();
+            if log.contains(text) {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {text:?} in the log within {patience:?}:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn signal(&self, name: &str) {
@@ -108,13 +187,12 @@ impl ServerProcess {
         assert!(status.success());
     }
 
-    /// Waits for the process to exit by itself.
+    /// Waits for the process to exit by itself; then the log is complete.
     pub fn wait(&mut self, patience: Duration) -> ExitStatus {
         let deadline = Instant::now() + patience;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                // Let the log thread catch up with the last lines.
-                std::thread::sleep(Duration::from_millis(100));
+                self.join_log_reader();
                 return status;
             }
             if Instant::now() > deadline {
@@ -122,6 +200,14 @@ impl ServerProcess {
                 panic!("server did not exit in time:\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the stderr reader to reach the end of the pipe (the child has
+    /// exited, so it comes), so that the log holds every last line.
+    fn join_log_reader(&mut self) {
+        if let Some(reader) = self.log_reader.take() {
+            reader.join().expect("the log reader does not panic");
         }
     }
 

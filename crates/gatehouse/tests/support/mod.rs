@@ -2,6 +2,8 @@
 //! client that speaks the wire protocol over a real socket.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+pub mod resources;
+
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,6 +17,7 @@ use gatehouse::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -48,7 +51,7 @@ pub mod routes {
     pub const GROUP_COUNT: u16 = 20;
     /// Answers hub.count(), u32 BE.
     pub const COUNT: u16 = 21;
-    /// Never answers.
+    /// Never answers; counts in [`Record::hangs`](super::Record::hangs) once it runs.
     pub const HANG: u16 = 22;
     /// Push route for everything the service pushes.
     pub const PUSH: u16 = 100;
@@ -60,6 +63,9 @@ pub struct Record {
     pub connects: AtomicUsize,
     pub disconnects: Mutex<Vec<(ConnId, DisconnectReason)>>,
     pub messages: AtomicUsize,
+    /// HANG handlers that have started (and hang).
+    pub hangs: AtomicUsize,
+    hang_started: Notify,
 }
 
 impl Record {
@@ -82,6 +88,43 @@ impl Record {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// Waits until `n` HANG handlers are running.
+    pub async fn wait_hangs(&self, n: usize) {
+        let started = async {
+            loop {
+                let notified = self.hang_started.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if self.hangs.load(Ordering::SeqCst) >= n {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        if tokio::time::timeout(PATIENCE, started).await.is_err() {
+            panic!(
+                "only {} of {n} HANG handlers started",
+                self.hangs.load(Ordering::SeqCst)
+            );
+        }
+    }
+}
+
+/// Polls `check` (every 10 ms) until it gives a value, for at most [`PATIENCE`];
+/// `what` names the awaited condition in the failure.
+pub async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within {PATIENCE:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -162,7 +205,11 @@ impl Service for Recorder {
             }
             routes::MESSAGE_SELF => done(hub.send_message(session.id, text()).await),
             routes::PANIC => panic!("test handler panic"),
-            routes::HANG => std::future::pending().await,
+            routes::HANG => {
+                self.record.hangs.fetch_add(1, Ordering::SeqCst);
+                self.record.hang_started.notify_waiters();
+                std::future::pending().await
+            }
             routes::GROUP_COUNT => {
                 let n = hub.group_count(&text()).await.unwrap() as u32;
                 Reply::ok(Bytes::copy_from_slice(&n.to_be_bytes()))
@@ -277,14 +324,23 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(addr: SocketAddr) -> Client {
-        Client::from_stream(TcpStream::connect(addr).await.expect("connect"))
+        let connecting = TcpStream::connect(addr);
+        let stream = tokio::time::timeout(PATIENCE, connecting)
+            .await
+            .expect("connected in time")
+            .expect("connect");
+        Client::from_stream(stream)
     }
 
     /// Connects from a chosen loopback source address (127.0.0.x).
     pub async fn connect_from(source: IpAddr, addr: SocketAddr) -> Client {
         let socket = TcpSocket::new_v4().unwrap();
         socket.bind(SocketAddr::new(source, 0)).unwrap();
-        Client::from_stream(socket.connect(addr).await.expect("connect"))
+        let stream = tokio::time::timeout(PATIENCE, socket.connect(addr))
+            .await
+            .expect("connected in time")
+            .expect("connect");
+        Client::from_stream(stream)
     }
 
     pub fn from_stream(stream: TcpStream) -> Client {
@@ -346,6 +402,19 @@ impl Client {
 
     /// Sends a request and waits for its response, skipping pushes.
     pub async fn request(&mut self, route: u16, payload: impl Into<Bytes>) -> (Status, Bytes) {
+        let (status, payload, _) = self.request_seeing_pushes(route, payload).await;
+        (status, payload)
+    }
+
+    /// Sends a request and waits for its response; also returns the pushes that
+    /// arrived before it, in order. A connection answers in order, so a request
+    /// sent after something was pushed to it is a barrier: whatever was queued for
+    /// it by then shows up here.
+    pub async fn request_seeing_pushes(
+        &mut self,
+        route: u16,
+        payload: impl Into<Bytes>,
+    ) -> (Status, Bytes, Vec<(u16, Bytes)>) {
         let id = self.next_id;
         self.next_id += 1;
         self.send(&Message::Request {
@@ -354,14 +423,15 @@ impl Client {
             payload: payload.into(),
         })
         .await;
+        let mut pushes = Vec::new();
         loop {
             match self.recv().await {
                 Some(Message::Response {
                     id: rid,
                     status,
                     payload,
-                }) if rid == id => return (status, payload),
-                Some(Message::Push { .. }) => continue,
+                }) if rid == id => return (status, payload, pushes),
+                Some(Message::Push { route, payload }) => pushes.push((route, payload)),
                 other => panic!("expected response {id}, got {other:?}"),
             }
         }
