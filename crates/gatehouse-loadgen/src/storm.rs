@@ -3,7 +3,7 @@
 //! pong. Connections are held until the last one is answered (so the server holds
 //! all N at once), then closed.
 //!
-//! On this machine the listen backlog is capped by `net.core.somaxconn` (4096): when
+//! The listen backlog is capped by `net.core.somaxconn` (4096 on current Linux): when
 //! the server accepts more slowly than connects arrive, the kernel drops handshakes
 //! and the clients retransmit their SYN after 1 s, which shows up as a jump in the
 //! time. That is part of what the scenario measures: how fast a server drains its
