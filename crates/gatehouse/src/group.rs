@@ -11,8 +11,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::warn;
 
-use crate::config::{Config, LimitsConfig};
-use crate::connection::DisconnectReason;
+use crate::config::Config;
+use crate::connection::{CoreConfig, DisconnectReason};
 use crate::hub::HubHandle;
 use crate::limits::Admission;
 use crate::stats::Stats;
@@ -20,8 +20,8 @@ use crate::stats::Stats;
 /// State shared by every task of one server, for its whole life.
 pub(crate) struct Shared<S> {
     pub(crate) config: Config,
-    /// `config.limits`, shared by every connection core.
-    pub(crate) limits: Arc<LimitsConfig>,
+    /// `config.limits` and what derives from it, shared by every connection core.
+    pub(crate) core_config: Arc<CoreConfig>,
     pub(crate) service: S,
     /// Outside the hub so that counts survive its restarts.
     pub(crate) admission: Admission,
@@ -36,7 +36,7 @@ impl<S> Shared<S> {
                 config.server.max_connections,
                 config.server.max_connections_per_ip,
             ),
-            limits: Arc::new(config.limits.clone()),
+            core_config: Arc::new(CoreConfig::new(config.limits.clone())),
             config,
             service,
             next_id: AtomicU64::new(1),

@@ -20,7 +20,7 @@ use std::io::IoSlice;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use gatehouse_protocol::{
     FrameDecoder, FrameTooLarge, KickReason, Message, Status, HEADER_LEN, RESERVED_ROUTES_START,
 };
@@ -30,7 +30,7 @@ use super::budget::OutboundBudget;
 use super::outbound::{reusable, OutputQueue};
 use super::reason::DisconnectReason;
 use crate::config::LimitsConfig;
-use crate::limits::InboundRates;
+use crate::limits::{nanos_since, InboundRates, RateLimits};
 
 /// What a handler must see: the requests and notifies that arrived, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,16 +58,34 @@ impl From<DisconnectReason> for Close {
 /// client can flood the log.
 const LOUD_UNKNOWN_ROUTES: u8 = 3;
 
-/// One connection's state machine.
+/// What every connection core of a server shares: the configured limits, and what is
+/// derived from them once rather than per connection.
+#[derive(Debug)]
+pub(crate) struct CoreConfig {
+    pub(crate) limits: LimitsConfig,
+    rates: RateLimits,
+}
+
+impl CoreConfig {
+    pub(crate) fn new(limits: LimitsConfig) -> CoreConfig {
+        CoreConfig {
+            rates: RateLimits::new(&limits),
+            limits,
+        }
+    }
+}
+
+/// One connection's state machine. Every idle connection holds one, so it is kept
+/// small: what all connections share lives in [`CoreConfig`].
 #[derive(Debug)]
 pub(crate) struct ConnectionCore {
-    limits: Arc<LimitsConfig>,
-    decoder: FrameDecoder,
-    /// Received bytes not yet cut into frames (stream transports).
+    config: Arc<CoreConfig>,
+    /// Received bytes not yet cut into frames.
     recv: BytesMut,
-    /// Whole frames received from a message transport, not yet handled.
-    recv_frames: std::collections::VecDeque<Bytes>,
     rates: InboundRates,
+    /// The last instant seen, and nanoseconds from `accepted` to it: a batch of
+    /// frames shares one instant, so the subtraction is done once per batch.
+    clock: (Instant, u64),
     out: OutputQueue,
     budget: Arc<OutboundBudget>,
     accepted: Instant,
@@ -84,17 +102,12 @@ pub(crate) struct ConnectionCore {
 
 impl ConnectionCore {
     /// A connection accepted at `now`.
-    pub(crate) fn new(
-        limits: Arc<LimitsConfig>,
-        budget: Arc<OutboundBudget>,
-        now: Instant,
-    ) -> Self {
+    pub(crate) fn new(config: Arc<CoreConfig>, budget: Arc<OutboundBudget>, now: Instant) -> Self {
         ConnectionCore {
-            decoder: FrameDecoder::new(limits.max_frame_bytes),
-            rates: InboundRates::new(&limits, now),
-            limits,
+            config,
+            rates: InboundRates::default(),
+            clock: (now, 0),
             recv: BytesMut::new(),
-            recv_frames: std::collections::VecDeque::new(),
             out: OutputQueue::default(),
             budget,
             accepted: now,
@@ -116,21 +129,22 @@ impl ConnectionCore {
 
     /// A whole frame body from a message transport (one WebSocket message). The
     /// transport caps the message size before buffering it; a body over the maximum
-    /// still closes the connection here, as on a stream.
+    /// still closes the connection here, as on a stream. It is queued framed, behind
+    /// what came before, so that both kinds of transport share one input path.
     #[cfg_attr(
         not(test),
         expect(dead_code, reason = "for message transports (WebSocket)")
     )]
-    pub(crate) fn receive_frame(&mut self, body: Bytes) {
-        if body.len() > self.limits.max_frame_bytes {
-            let announced = u32::try_from(body.len()).unwrap_or(u32::MAX);
-            self.frame_too_large(FrameTooLarge {
-                announced,
-                max: self.limits.max_frame_bytes,
-            });
+    pub(crate) fn receive_frame(&mut self, body: &[u8]) {
+        let max = self.config.limits.max_frame_bytes;
+        let announced = u32::try_from(body.len()).unwrap_or(u32::MAX);
+        if body.len() > max {
+            self.frame_too_large(FrameTooLarge { announced, max });
             return;
         }
-        self.recv_frames.push_back(body);
+        self.recv.reserve(HEADER_LEN + body.len());
+        self.recv.put_u32(announced);
+        self.recv.put_slice(body);
     }
 
     /// The next request or notify that arrived, handling on the way everything that
@@ -138,17 +152,15 @@ impl ConnectionCore {
     /// closes the connection and stops the events). `now` is when the bytes were
     /// read: one clock reading serves a whole batch.
     pub(crate) fn poll_event(&mut self, now: Instant) -> Option<Event> {
+        let decoder = FrameDecoder::new(self.config.limits.max_frame_bytes);
         while self.close.is_none() {
-            let frame = match self.recv_frames.pop_front() {
-                Some(frame) => frame,
-                None => match self.decoder.decode(&mut self.recv) {
-                    Ok(Some(frame)) => frame,
-                    Ok(None) => return None,
-                    Err(too_large) => {
-                        self.frame_too_large(too_large);
-                        return None;
-                    }
-                },
+            let frame = match decoder.decode(&mut self.recv) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return None,
+                Err(too_large) => {
+                    self.frame_too_large(too_large);
+                    return None;
+                }
             };
             if let Some(event) = self.on_frame(frame, now) {
                 return Some(event);
@@ -169,7 +181,11 @@ impl ConnectionCore {
     /// Accounts, decodes and routes one frame.
     fn on_frame(&mut self, frame: Bytes, now: Instant) -> Option<Event> {
         self.last_input = Some(now);
-        if let Err(violation) = self.rates.on_frame(frame.len() + HEADER_LEN, now) {
+        if now != self.clock.0 {
+            self.clock = (now, nanos_since(self.accepted, now));
+        }
+        let wire = frame.len() + HEADER_LEN;
+        if let Err(violation) = self.rates.on_frame(&self.config.rates, wire, self.clock.1) {
             warn!(?violation, "inbound rate exceeded");
             self.close(DisconnectReason::Dos, None);
             return None;
@@ -226,7 +242,7 @@ impl ConnectionCore {
             status,
             payload,
         };
-        if response.body_len() > self.limits.max_frame_bytes {
+        if response.body_len() > self.config.limits.max_frame_bytes {
             warn!(
                 id,
                 len = response.body_len(),
@@ -248,7 +264,7 @@ impl ConnectionCore {
     /// closes as a slow consumer).
     pub(crate) fn push(&mut self, route: u16, payload: Bytes) -> bool {
         let push = Message::Push { route, payload };
-        if push.body_len() > self.limits.max_frame_bytes {
+        if push.body_len() > self.config.limits.max_frame_bytes {
             warn!(
                 route,
                 len = push.body_len(),
@@ -324,15 +340,15 @@ impl ConnectionCore {
         self.progressed = false;
         let input = self.input_deadline();
         match self.stalled_since {
-            Some(since) => input.min(since + self.limits.send_timeout),
+            Some(since) => input.min(since + self.config.limits.send_timeout),
             None => input,
         }
     }
 
     fn input_deadline(&self) -> Instant {
         match self.last_input {
-            None => self.accepted + self.limits.first_frame_timeout,
-            Some(at) => at + self.limits.idle_timeout,
+            None => self.accepted + self.config.limits.first_frame_timeout,
+            Some(at) => at + self.config.limits.idle_timeout,
         }
     }
 
@@ -346,7 +362,7 @@ impl ConnectionCore {
             self.close(reason, None);
         } else if self
             .stalled_since
-            .is_some_and(|since| now >= since + self.limits.send_timeout)
+            .is_some_and(|since| now >= since + self.config.limits.send_timeout)
         {
             self.close(DisconnectReason::SendTimeout, None);
         }
@@ -389,7 +405,7 @@ impl ConnectionCore {
         }
         let text = match &close.text {
             Some(text) => text.clone(),
-            None => close.reason.describe(&self.limits),
+            None => close.reason.describe(&self.config.limits),
         };
         let message = Message::Kick { reason: kick, text };
         let len = HEADER_LEN + message.body_len();
@@ -422,8 +438,6 @@ impl ConnectionCore {
 mod tests {
     use std::time::Duration;
 
-    use bytes::BufMut;
-
     use super::*;
 
     const T: Duration = Duration::from_millis(1);
@@ -453,7 +467,7 @@ mod tests {
         let t0 = Instant::now();
         let budget = Arc::new(OutboundBudget::new(limits.outbound_queue_bytes));
         Harness {
-            core: ConnectionCore::new(Arc::new(limits), budget.clone(), t0),
+            core: ConnectionCore::new(Arc::new(CoreConfig::new(limits)), budget.clone(), t0),
             budget,
             t0,
         }
@@ -587,12 +601,12 @@ mod tests {
     #[test]
     fn a_message_transport_frame_over_the_maximum_closes_too() {
         let mut h = harness(limits());
-        h.core.receive_frame(Bytes::from(vec![0u8; 1001]));
+        h.core.receive_frame(&[0u8; 1001]);
         assert!(h.events(h.at(T)).is_empty());
         assert_eq!(h.closed(), Some(DisconnectReason::FrameTooLarge));
         let mut h = harness(limits());
         h.core
-            .receive_frame(request(3, 1, b"x").to_frame().slice(HEADER_LEN..));
+            .receive_frame(&request(3, 1, b"x").to_frame()[HEADER_LEN..]);
         assert_eq!(h.events(h.at(T)).len(), 1);
     }
 

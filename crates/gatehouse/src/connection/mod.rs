@@ -17,7 +17,7 @@ pub(crate) mod reason;
 use std::fmt;
 
 pub(crate) use self::budget::OutboundBudget;
-pub(crate) use self::core::{Close, ConnectionCore, Event};
+pub(crate) use self::core::{Close, ConnectionCore, CoreConfig, Event};
 pub use self::reason::{DisconnectReason, Severity};
 
 /// A connection's id: unique for the life of the server process, across hub restarts.

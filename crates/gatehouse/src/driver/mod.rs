@@ -61,9 +61,11 @@ pub(crate) fn serve<S: Service, T: Transport>(
     // Its own token, cancelled with the group or by a kick: waiting on it touches no
     // lock shared with other connections.
     let cancel = group.token.child_token();
-    let budget = Arc::new(OutboundBudget::new(shared.limits.outbound_queue_bytes));
+    let budget = Arc::new(OutboundBudget::new(
+        shared.config.limits.outbound_queue_bytes,
+    ));
     let mailbox = Arc::new(Mailbox::new(budget.clone(), cancel.clone()));
-    let core = ConnectionCore::new(shared.limits.clone(), budget, clock());
+    let core = ConnectionCore::new(shared.core_config.clone(), budget, clock());
     let conn = Connection {
         id,
         peer,

@@ -9,4 +9,4 @@ pub mod rate;
 
 pub use admission::Refusal;
 pub(crate) use admission::{Admission, Permit};
-pub use rate::{InboundRates, RateViolation};
+pub use rate::{nanos_since, InboundRates, RateLimits, RateViolation};
