@@ -21,8 +21,10 @@ use crate::connection::ConnectionCore;
 /// Bytes of room given to each read.
 const READ_CHUNK: usize = 8 * 1024;
 
-/// Most slices handed to one `writev`.
-const MAX_IOVECS: usize = 64;
+/// Most slices handed to one `writev`. Small on purpose: the array is set up on
+/// every write, and the connection's own frames are contiguous (one slice), so more
+/// slices only serve a backlog of broadcasts, which the next `writev` takes.
+const MAX_IOVECS: usize = 16;
 
 /// A TCP connection.
 pub(crate) struct TcpTransport {
