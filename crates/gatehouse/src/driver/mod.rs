@@ -66,7 +66,7 @@ pub(crate) fn serve<S: Service, T: Transport>(
     ));
     let mailbox = Arc::new(Mailbox::new(budget.clone(), cancel.clone()));
     let core = ConnectionCore::new(shared.core_config.clone(), budget, clock());
-    let conn = Connection {
+    let mut conn = Connection {
         id,
         peer,
         cancel,
@@ -77,7 +77,9 @@ pub(crate) fn serve<S: Service, T: Transport>(
         group,
         _permit: permit,
     };
-    conn.run().instrument(span)
+    // `run` borrows the connection rather than taking it: an `async fn`'s by-value
+    // argument would be stored twice in the task (as the argument and as the local).
+    async move { conn.run().await }.instrument(span)
 }
 
 /// One connection's task state.
@@ -110,7 +112,7 @@ impl<S: Service, T: Transport> Connection<S, T> {
     ///
     /// Awaits that run once per connection are boxed: a task is as large as its
     /// largest await point, and only the loop's should count.
-    async fn run(mut self) {
+    async fn run(&mut self) {
         debug!("accepted");
         // Each boxed future is bound before it is awaited: a temporary in the awaiting
         // statement would stay in the task beside its box for the whole await.
