@@ -390,7 +390,6 @@ pub mod bench_support {
     pub struct FanOut {
         hub: Hub<()>,
         mailboxes: Vec<Arc<Mailbox<()>>>,
-        taken: Vec<Delivery<()>>,
     }
 
     impl FanOut {
@@ -416,11 +415,7 @@ pub mod bench_support {
                     mailbox
                 })
                 .collect();
-            FanOut {
-                hub,
-                mailboxes,
-                taken: Vec::new(),
-            }
+            FanOut { hub, mailboxes }
         }
 
         /// The hub's handling of one broadcast of an encoded frame.
@@ -435,8 +430,7 @@ pub mod bench_support {
         /// What each connection does when woken: take its queue, give the bytes back.
         pub fn drain(&mut self) {
             for mailbox in &self.mailboxes {
-                mailbox.drain(&mut self.taken);
-                for delivery in self.taken.drain(..) {
+                while let Some(delivery) = mailbox.next() {
                     if let Delivery::Frame(frame) = delivery {
                         mailbox.release_frame(frame.len());
                     }

@@ -36,8 +36,8 @@ pub(crate) const MESSAGE_COST: usize = 64;
 /// A connection's inbox, shared between its task and the hub.
 pub(crate) struct Mailbox<M> {
     state: Mutex<MailboxState<M>>,
-    /// Set while deliveries (or an overflow) wait to be drained: lets the connection
-    /// check for mail without taking the lock.
+    /// Set while mail (a delivery, a kick, an overflow) waits to be taken: lets the
+    /// connection check for mail without taking the lock.
     mail: AtomicBool,
     budget: Arc<OutboundBudget>,
     /// The connection task, woken when mail arrives.
@@ -47,11 +47,25 @@ pub(crate) struct Mailbox<M> {
 }
 
 struct MailboxState<M> {
+    /// Frames and messages, in the order they came.
     queue: VecDeque<Delivery<M>>,
+    /// The first kick: kept apart from the queue, so that it is decided before any
+    /// message handler could run (and be interrupted by it).
+    kick: Option<(KickReason, String)>,
     /// A delivery was refused for lack of budget: the connection must close.
     overflowed: bool,
     /// The connection ended; deliveries are dropped.
     closed: bool,
+}
+
+/// What the connection finds in its mailbox besides frames and messages.
+pub(crate) enum Verdict {
+    /// Nothing that ends the connection.
+    Open,
+    /// Kicked, with this reason and text.
+    Kicked(KickReason, String),
+    /// A delivery did not fit the budget: the connection reads too slowly.
+    Overflowed,
 }
 
 impl<M> Mailbox<M> {
@@ -59,6 +73,7 @@ impl<M> Mailbox<M> {
         Mailbox {
             state: Mutex::new(MailboxState {
                 queue: VecDeque::new(),
+                kick: None,
                 overflowed: false,
                 closed: false,
             }),
@@ -77,48 +92,46 @@ impl<M> Mailbox<M> {
     /// Queues a delivery. Returns false if it was dropped: the connection is gone, or
     /// over budget (then it is marked to close as a slow consumer). Never waits.
     pub(crate) fn deliver(&self, delivery: Delivery<M>) -> bool {
-        let kick = matches!(delivery, Delivery::Kick(..));
+        let mut state = self.lock();
+        if state.closed {
+            return false;
+        }
         let cost = match &delivery {
             Delivery::Frame(frame) => frame.len(),
             Delivery::Message(_) => MESSAGE_COST,
             Delivery::Kick(..) => 0, // a kick must always get through
         };
-        let mut state = self.lock();
-        if state.closed {
-            return false;
-        }
-        if cost > 0 && !self.budget.reserve(cost) {
-            state.overflowed = true;
-            self.mail.store(true, Ordering::Release);
-            drop(state);
-            self.waker.wake();
-            return false;
-        }
-        state.queue.push_back(delivery);
+        let mut kicked = false;
+        let accepted = match delivery {
+            Delivery::Kick(reason, text) => {
+                state.kick.get_or_insert((reason, text));
+                kicked = true;
+                true
+            }
+            _ if !self.budget.reserve(cost) => {
+                state.overflowed = true;
+                false
+            }
+            delivery => {
+                state.queue.push_back(delivery);
+                true
+            }
+        };
         self.mail.store(true, Ordering::Release);
-        let first = state.queue.len() == 1;
         drop(state);
-        // The connection drains everything on each wakeup: only the first needs one.
-        if first {
-            self.waker.wake();
-        }
-        if kick {
+        self.waker.wake();
+        if kicked {
             self.interrupt.cancel();
         }
-        true
+        accepted
     }
 
-    /// Gives back the budget of a frame taken out of the mailbox and not queued.
-    pub(crate) fn release_frame(&self, len: usize) {
-        self.budget.release(len);
+    /// Whether mail waits to be taken (no lock taken).
+    pub(crate) fn has_mail(&self) -> bool {
+        self.mail.load(Ordering::Acquire)
     }
 
-    /// Gives back the budget of a message taken out of the mailbox.
-    pub(crate) fn release_message(&self) {
-        self.budget.release(MESSAGE_COST);
-    }
-
-    /// Ready when mail waits to be drained; otherwise the task is woken when it comes.
+    /// Ready when mail waits to be taken; otherwise the task is woken when it comes.
     pub(crate) fn poll_mail(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
         // Registered before looking, so that mail arriving in between still wakes.
         self.waker.register(cx.waker());
@@ -129,21 +142,39 @@ impl<M> Mailbox<M> {
         }
     }
 
-    /// Whether deliveries wait to be drained (no lock taken).
-    pub(crate) fn has_mail(&self) -> bool {
-        self.mail.load(Ordering::Acquire)
+    /// Whether the mail ends the connection: a kick (the first one) or an overflow.
+    pub(crate) fn verdict(&self) -> Verdict {
+        let mut state = self.lock();
+        match state.kick.take() {
+            Some((reason, text)) => Verdict::Kicked(reason, text),
+            None if state.overflowed => Verdict::Overflowed,
+            None => Verdict::Open,
+        }
     }
 
-    /// Takes everything queued; returns whether a delivery was refused (the
-    /// connection must then close as a slow consumer).
-    pub(crate) fn drain(&self, into: &mut Vec<Delivery<M>>) -> bool {
+    /// The next frame or message, in order; `None` once the queue is empty (the mail
+    /// flag is cleared then, under the lock, so that a delivery racing with it is
+    /// never missed).
+    pub(crate) fn next(&self) -> Option<Delivery<M>> {
         let mut state = self.lock();
-        self.mail.store(false, Ordering::Release);
-        into.extend(state.queue.drain(..));
-        if state.queue.capacity() > 8 {
-            state.queue = VecDeque::new(); // give a burst's memory back
+        let next = state.queue.pop_front();
+        if next.is_none() {
+            self.mail.store(false, Ordering::Release);
+            if state.queue.capacity() > 8 {
+                state.queue = VecDeque::new(); // give a burst's memory back
+            }
         }
-        state.overflowed
+        next
+    }
+
+    /// Gives back the budget of a frame taken out of the mailbox and not queued.
+    pub(crate) fn release_frame(&self, len: usize) {
+        self.budget.release(len);
+    }
+
+    /// Gives back the budget of a message taken out of the mailbox.
+    pub(crate) fn release_message(&self) {
+        self.budget.release(MESSAGE_COST);
     }
 
     /// Marks the connection ended; later deliveries are dropped, and so is what is
@@ -158,5 +189,74 @@ impl<M> Mailbox<M> {
                 Delivery::Kick(..) => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mailbox(limit: usize) -> (Mailbox<&'static str>, Arc<OutboundBudget>, CancellationToken) {
+        let budget = Arc::new(OutboundBudget::new(limit));
+        let interrupt = CancellationToken::new();
+        (Mailbox::new(budget.clone(), interrupt.clone()), budget, interrupt)
+    }
+
+    fn frame(n: usize) -> Delivery<&'static str> {
+        Delivery::Frame(Bytes::from(vec![0u8; n]))
+    }
+
+    #[test]
+    fn frames_and_messages_come_out_in_order_and_the_flag_clears_when_empty() {
+        let (mailbox, budget, _) = mailbox(1000);
+        assert!(!mailbox.has_mail());
+        assert!(mailbox.deliver(frame(10)));
+        assert!(mailbox.deliver(Delivery::Message("hello")));
+        assert!(mailbox.has_mail());
+        assert_eq!(budget.unsent(), 10 + MESSAGE_COST);
+        assert!(matches!(mailbox.next(), Some(Delivery::Frame(f)) if f.len() == 10));
+        assert!(mailbox.has_mail(), "still a message");
+        assert!(matches!(mailbox.next(), Some(Delivery::Message("hello"))));
+        assert!(mailbox.next().is_none());
+        assert!(!mailbox.has_mail());
+        assert!(matches!(mailbox.verdict(), Verdict::Open));
+    }
+
+    #[test]
+    fn a_kick_is_kept_apart_interrupts_and_the_first_one_wins() {
+        let (mailbox, _, interrupt) = mailbox(1000);
+        assert!(mailbox.deliver(frame(10)));
+        assert!(mailbox.deliver(Delivery::Kick(KickReason::DUPLICATE_LOGIN, "first".into())));
+        assert!(mailbox.deliver(Delivery::Kick(KickReason::KICKED, "second".into())));
+        assert!(interrupt.is_cancelled(), "a running handler is interrupted");
+        assert!(
+            matches!(mailbox.verdict(), Verdict::Kicked(KickReason::DUPLICATE_LOGIN, t) if t == "first")
+        );
+        assert!(matches!(mailbox.next(), Some(Delivery::Frame(_))), "frames still go out");
+    }
+
+    #[test]
+    fn over_budget_a_delivery_is_refused_and_the_connection_marked_slow() {
+        let (mailbox, budget, _) = mailbox(100);
+        assert!(mailbox.deliver(frame(60)));
+        assert!(!mailbox.deliver(frame(60)));
+        assert_eq!(budget.unsent(), 60, "the refused frame reserved nothing");
+        assert!(mailbox.has_mail());
+        assert!(matches!(mailbox.verdict(), Verdict::Overflowed));
+        assert!(
+            mailbox.deliver(Delivery::Kick(KickReason::KICKED, String::new())),
+            "a kick always gets through"
+        );
+    }
+
+    #[test]
+    fn a_closed_mailbox_drops_deliveries_and_gives_their_budget_back() {
+        let (mailbox, budget, _) = mailbox(1000);
+        assert!(mailbox.deliver(frame(100)));
+        assert!(mailbox.deliver(Delivery::Message("m")));
+        mailbox.close();
+        assert_eq!(budget.unsent(), 0);
+        assert!(!mailbox.deliver(frame(1)));
+        assert!(mailbox.next().is_none());
     }
 }

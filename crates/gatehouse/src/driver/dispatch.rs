@@ -22,7 +22,7 @@ use tracing::{error, warn};
 
 use super::{Connection, Transport};
 use crate::connection::{Close, DisconnectReason, Event};
-use crate::mailbox::Delivery;
+use crate::mailbox::{Delivery, Verdict};
 use crate::service::{Context, Reply, Service};
 
 /// A handler's future on the heap (so that a large handler future does not enlarge
@@ -277,72 +277,74 @@ impl<S: Service, T: Transport> Connection<S, T> {
         None
     }
 
-    /// Takes what the mailbox holds: frames are queued, a kick closes the connection
-    /// (frames delivered before it still go out), messages go to the service's
-    /// `message` handler in order.
-    pub(super) async fn take_deliveries(&mut self, session: &mut S::Session) {
-        let mut deliveries = Vec::new();
-        if self.mailbox.drain(&mut deliveries) {
-            self.core.close(DisconnectReason::SlowConsumer, None);
+    /// Takes what the mailbox holds: a kick or an overflow decides the close first
+    /// (before any message handler runs, so that the handler a kick interrupts cannot
+    /// be mistaken for a shutdown); frames are queued, to leave before the kick;
+    /// messages are returned in order for [`Connection::handle_messages`] (an empty
+    /// `Vec` costs nothing, so a broadcast's wakeup allocates nothing).
+    pub(super) fn take_mail(&mut self) -> Vec<S::Message> {
+        match self.mailbox.verdict() {
+            Verdict::Kicked(reason, text) => self.core.kick(reason, text),
+            Verdict::Overflowed => self.core.close(DisconnectReason::SlowConsumer, None),
+            Verdict::Open => {}
         }
-        // A kick is decided before any message handler runs, so that the handler it
-        // interrupts cannot be mistaken for a shutdown.
-        let kick = deliveries
-            .iter()
-            .position(|d| matches!(d, Delivery::Kick(..)));
-        if let Some(at) = kick {
-            if let Some(Delivery::Kick(reason, text)) = deliveries.get(at) {
-                self.core.kick(*reason, text.clone());
-            }
-        }
-        for (index, delivery) in deliveries.into_iter().enumerate() {
+        let mut messages = Vec::new();
+        while let Some(delivery) = self.mailbox.next() {
             match delivery {
-                Delivery::Frame(frame) if kick.is_none_or(|at| index < at) => {
-                    self.core.queue_reserved_frame(frame);
-                }
-                Delivery::Frame(frame) => self.mailbox.release_frame(frame.len()),
+                Delivery::Frame(frame) => self.core.queue_reserved_frame(frame),
                 Delivery::Message(message) => {
                     self.mailbox.release_message();
-                    if self.core.is_closing() {
-                        continue;
+                    if !self.core.is_closing() {
+                        messages.push(message);
                     }
-                    let timeout = self.shared.config.limits.handler_timeout;
-                    let mut ctx = Context::new(self.id, self.peer, &self.group.hub, &mut self.core);
-                    let (service, session) = (&self.shared.service, &mut *session);
-                    let handler = guarded(async move {
-                        service.message(session, &mut ctx, message).await;
-                        Answer::Nothing
-                    });
-                    let (outcome, _) = run_handler(&self.cancel, timeout, handler).await;
-                    self.conclude(Call::Message, outcome);
                 }
-                Delivery::Kick(..) => {}
+                Delivery::Kick(..) => {} // the mailbox keeps kicks apart
             }
+        }
+        messages
+    }
+
+    /// Runs the service's `message` handler for each message, in order, while the
+    /// connection stays open.
+    pub(super) async fn handle_messages(
+        &mut self,
+        messages: Vec<S::Message>,
+        session: &mut S::Session,
+    ) {
+        for message in messages {
+            if self.core.is_closing() {
+                break;
+            }
+            let timeout = self.shared.config.limits.handler_timeout;
+            let mut ctx = Context::new(self.id, self.peer, &self.group.hub, &mut self.core);
+            let (service, session) = (&self.shared.service, &mut *session);
+            let handler = guarded(async move {
+                service.message(session, &mut ctx, message).await;
+                Answer::Nothing
+            });
+            let (outcome, _) = run_handler(&self.cancel, timeout, handler).await;
+            self.conclude(Call::Message, outcome);
         }
     }
 
-    /// Why the connection was cancelled: a kick waiting in its mailbox (frames queued
-    /// before it still go out first), else the connection group's reason.
+    /// Why the connection was cancelled: a kick in its mailbox (frames delivered
+    /// before still go out first), an overflow, else the connection group's reason.
     pub(super) fn stop_reason(&mut self) -> Close {
-        let mut deliveries = Vec::new();
-        self.mailbox.drain(&mut deliveries);
-        let mut kick = None;
-        for delivery in deliveries {
+        let verdict = self.mailbox.verdict();
+        while let Some(delivery) = self.mailbox.next() {
             match delivery {
-                Delivery::Frame(frame) if kick.is_none() => self.core.queue_reserved_frame(frame),
-                Delivery::Frame(frame) => self.mailbox.release_frame(frame.len()),
-                Delivery::Kick(reason, text) => {
-                    kick.get_or_insert((reason, text));
-                }
+                Delivery::Frame(frame) => self.core.queue_reserved_frame(frame),
                 Delivery::Message(_) => self.mailbox.release_message(),
+                Delivery::Kick(..) => {}
             }
         }
-        match kick {
-            Some((reason, text)) => Close {
+        match verdict {
+            Verdict::Kicked(reason, text) => Close {
                 reason: DisconnectReason::Kicked(reason),
                 text: Some(text),
             },
-            None => Close::from(self.group.stop_reason()),
+            Verdict::Overflowed => Close::from(DisconnectReason::SlowConsumer),
+            Verdict::Open => Close::from(self.group.stop_reason()),
         }
     }
 }

@@ -229,10 +229,13 @@ impl<S: Service, T: Transport> Connection<S, T> {
             match wake {
                 Wake::Cancelled => return self.stop_reason(),
                 Wake::Delivered => {
-                    // Boxed: mail is rare next to input, and its handling would
-                    // otherwise enlarge every idle connection's task.
-                    let taking = Box::pin(self.take_deliveries(session));
-                    taking.await;
+                    let messages = self.take_mail();
+                    if !messages.is_empty() {
+                        // Boxed: messages are rare next to input and frames, and their
+                        // handling would otherwise enlarge every connection's task.
+                        let handling = Box::pin(self.handle_messages(messages, session));
+                        handling.await;
+                    }
                 }
                 Wake::Received(Received::Input) => spare::lend_send(&mut self.core),
                 Wake::Received(Received::Closed) => {
