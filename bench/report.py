@@ -17,8 +17,9 @@ import statistics
 import subprocess
 import sys
 
-SERVERS = ["gatehouse", "erlang", "limit"]
-LABEL = {"gatehouse": "gatehouse", "erlang": "Erlang (seed)", "limit": "tokio limit"}
+SERVERS = ["gatehouse", "baseline", "erlang", "limit"]
+LABEL = {"gatehouse": "gatehouse", "baseline": "gatehouse before", "erlang": "Erlang (seed)",
+         "limit": "tokio limit"}
 
 
 def summary(bench, r):
@@ -78,7 +79,8 @@ def machine():
 def source_state():
     """The commit measured, and whether the server's sources differed from it."""
     head = sh("git", "rev-parse", "--short", "HEAD")
-    dirty = sh("git", "status", "--porcelain", "--", "crates/gatehouse/src", "bench/limit-server",
+    dirty = sh("git", "status", "--porcelain", "--", "crates/gatehouse/src",
+               "crates/gatehouse-protocol/src", "crates/gatehouse-cli/src", "bench/limit-server",
                "bench/erlang/src")
     if dirty and dirty != "unknown":
         files = ", ".join(f"`{l.split(maxsplit=1)[-1]}`" for l in dirty.splitlines())
@@ -223,7 +225,9 @@ def write_report(args):
     w("")
     w("gatehouse side by side with the Erlang rendering of the seed (`bench/erlang`) and the")
     w("barest tokio server with the same wire behaviour (`bench/limit-server`, the practical")
-    w("limit of this machine), through the same scenarios of `gatehouse bench`, in one run.")
+    w("limit on the measuring machine), through the same scenarios of `gatehouse bench`, in")
+    w("one run" + (f", with gatehouse as of `{args.baseline}` beside it (*before*)." if args.baseline
+                   else "."))
     w("")
     if quick:
         w("> **This is a `--quick` smoke run** (small counts, one round): it shows the script")
@@ -232,20 +236,27 @@ def write_report(args):
     w(f"- Run: {now}, `{args.command}`, {args.rounds} round(s) per scenario and server;")
     w(f"  the scenarios took {int(args.elapsed) // 60} min {int(args.elapsed) % 60} s.")
     w(f"- Load average before the run {args.load_before}, after it {args.load_after}, and at")
-    w("  each measurement in the raw results: the generator and the server share the machine's")
-    w("  2 cores; anything else running (a compile) makes the numbers noisy.")
+    if args.pinned == "1":
+        w("  each measurement in the raw results. The server ran on core 0 and the generator on")
+        w("  core 1 (`taskset`), so each had one core to itself; anything else running (a")
+        w("  compile) makes the numbers noisy.")
+    else:
+        w("  each measurement in the raw results: the generator and the server shared the")
+        w("  machine's cores; anything else running (a compile) makes the numbers noisy.")
     w(f"- Sources measured: {args.source_state}.")
     w("- Raw results: one JSON line per measurement, in `target/bench/<time>/results.jsonl`.")
     w("")
     w("## Reproduce")
     w("")
     w("```sh")
-    w("scripts/bench.sh            # everything, then rewrites this file (about 18 minutes)")
-    w("scripts/bench.sh --quick    # a 3-minute smoke run with small counts")
-    w("cargo bench -p gatehouse    # the criterion micro-benchmarks alone")
+    w("scripts/bench.sh                      # everything, then rewrites this file")
+    w("scripts/bench.sh --baseline REV       # the same, with gatehouse as of commit REV beside it")
+    w("scripts/bench.sh --quick              # a 3-minute smoke run with small counts")
+    w("cargo bench -p gatehouse-protocol     # the criterion micro-benchmarks alone (codec) …")
+    w("cargo bench -p gatehouse              # … and the hub's fan-out")
     w("```")
     w("")
-    w("## The machine")
+    w("## The measuring machine")
     w("")
     w("| | |")
     w("|---|---|")
@@ -258,20 +269,23 @@ def write_report(args):
     w("  stopped after it: gatehouse as `gatehouse serve --service bench --config")
     w("  bench/gatehouse-bench.toml --port 0 --log warn` (the defaults, with the connection")
     w("  caps and the DoS checker's rates raised out of the way; the checker still runs),")
-    w("  the Erlang seed as `bench/erlang/run.sh 0 300` (2 schedulers, OTP defaults), the")
-    w("  limit as `gatehouse-limit --port 0` (tokio's default runtime, 2 workers).")
-    w("- Order is interleaved: in round 1 each scenario runs gatehouse, Erlang, limit; in")
-    w("  round 2 Erlang, limit, gatehouse; and so on. Tables show the **median** over rounds.")
+    w("  the Erlang seed as `bench/erlang/run.sh 0 300` (OTP defaults), the limit as")
+    w("  `gatehouse-limit --port 0` (tokio's default runtime: one worker per available core)."
+      + (f" *Before* is `gatehouse serve` built from `git archive {args.baseline}`, with that"
+         " commit's own `bench/gatehouse-bench.toml`." if args.baseline else ""))
+    w("- Order is interleaved: each scenario runs every server in turn, and the order is")
+    w("  rotated each round (gatehouse, Erlang, limit, … then Erlang, limit, …, gatehouse).")
+    w("  Tables show the **median** over rounds.")
     w(f"- The generator is `gatehouse bench … --threads {args.threads}`"
-      + (": one current-thread runtime, so it takes at most one of the two cores and the"
+      + (": one current-thread runtime, so it takes at most one core and the server has"
          if args.threads == "1" else ".")
       )
     if args.threads == "1":
-        w("  server can have the other (see *The generator* below). It binds its sockets to")
+        w("  the other (see *The generator* below). It binds its sockets to")
     else:
         w("  It binds its sockets to")
     w("  127.x.y.z source addresses, 5,000 connections per address.")
-    w("- All three servers speak the same envelope (`docs/PROTOCOL.md`), so the generator needs")
+    w("- Every server speaks the same envelope (`docs/PROTOCOL.md`), so the generator needs")
     w("  no raw mode; it relies on nothing only gatehouse does (no kicks expected, timers and")
     w("  unexpected frames tolerated) and checks every response it counts.")
     many = "2,000" if quick else "15,000"
@@ -286,6 +300,35 @@ def write_report(args):
     w("")
 
     # ---- targets
+    servers = [srv for srv in SERVERS if any(srv in per for per in runs.values())]
+    if args.baseline:
+        LABEL["baseline"] = f"gatehouse before (`{args.baseline}`)"
+    w("## Targets (issue 7: the server's cost per request down to the limit's)")
+    w("")
+    w("| target | measured | met? |")
+    w("|---|---|---|")
+    for name, measured, met in evaluate_structure(runs):
+        w(f"| {name} | {measured} | {'**met**' if met else '**not met**' if met is False else 'no data'} |")
+    w("")
+    if "baseline" in servers:
+        w("## Before and after")
+        w("")
+        w(f"gatehouse as of `{args.baseline}` (*before*) and as measured (*after*), in the same run,")
+        w("same machine, same generator; medians over rounds.")
+        w("")
+        w("| scenario | metric | before | after | after ÷ before |")
+        w("|---|---|---|---|---|")
+        for bench in ["echo_d1", "echo_d16", "storm", "broadcast", "idle"]:
+            if bench not in runs:
+                continue
+            for title, get, digits, unit in METRICS[bench]:
+                if title in ("p50", "p99.9", "server CPU", "p50 listener", "p50 per connect"):
+                    continue
+                b = median([get(r["result"]) for r in runs[bench].get("baseline", [])])
+                a = median([get(r["result"]) for r in runs[bench].get("gatehouse", [])])
+                w(f"| {TITLES[bench]} | {title} | {fmt(b, digits, unit)} | {fmt(a, digits, unit)} "
+                  f"| {fmt(ratio(a, b), 2)} |")
+        w("")
     w("## Targets (issue 4)")
     w("")
     targets = evaluate(runs)
@@ -315,7 +358,7 @@ def write_report(args):
         head = ["server"] + [c[0] for c in cols] + ["runs", "failures"]
         w("| " + " | ".join(head) + " |")
         w("|" + "---|" * len(head))
-        for server in SERVERS:
+        for server in servers:
             rows = runs[bench].get(server, [])
             if not rows:
                 continue
@@ -327,7 +370,7 @@ def write_report(args):
             w("| " + " | ".join(cells) + " |")
         w("")
         gh = headline(runs, bench, "gatehouse")
-        for other in ["erlang", "limit"]:
+        for other in [o for o in ["baseline", "erlang", "limit"] if o in servers]:
             r = ratio(gh, headline(runs, bench, other))
             paired = per_round_ratios(runs, bench, other)
             w(f"- gatehouse / {LABEL[other]}: **{fmt(r, 2)}** (ratio of the medians); "
@@ -336,7 +379,7 @@ def write_report(args):
         if bench.startswith("echo"):
             per = lambda s: median([r["result"].get("server_cpu_us_per_request")
                                     for r in runs[bench].get(s, [])])
-            for other in ["erlang", "limit"]:
+            for other in [o for o in ["baseline", "erlang", "limit"] if o in servers]:
                 r = ratio(per("gatehouse"), per(other))
                 w(f"- server CPU per request, gatehouse / {LABEL[other]}: **{fmt(r, 2)}**"
                   " (below 1: gatehouse spends less CPU per request)")
@@ -349,8 +392,9 @@ def write_report(args):
     w("## Micro-benchmarks (criterion)")
     w("")
     if args.criterion and os.path.isdir(args.criterion):
-        w("`cargo bench -p gatehouse --bench codec --bench broadcast -- --warm-up-time 1 "
-          "--measurement-time 3` (run by the script after the servers; sources in "
+        w("`cargo bench -p gatehouse-protocol --bench codec` and `cargo bench -p gatehouse "
+          "--bench broadcast`, each `-- --warm-up-time 1 --measurement-time 3` (run by the "
+          "script after the servers; sources in `crates/gatehouse-protocol/benches/` and "
           "`crates/gatehouse/benches/`). Time per iteration: the mean and its 95 % "
           "confidence interval.")
         w("")
@@ -384,6 +428,39 @@ def write_report(args):
         w("")
     with open(args.out, "w") as f:
         f.write("\n".join(out) + "\n")
+
+
+def evaluate_structure(runs):
+    """Issue 7's targets: [(target, measured text, met: True/False/None)]"""
+    out = []
+    h = lambda b, s: headline(runs, b, s)
+    cpu = lambda b, s: median([r["result"].get("server_cpu_us_per_request")
+                               for r in runs.get(b, {}).get(s, [])])
+    for bench, depth in [("echo_d1", 1), ("echo_d16", 16)]:
+        g, lim = cpu(bench, "gatehouse"), cpu(bench, "limit")
+        r = ratio(g, lim)
+        out.append((f"server CPU per request at depth {depth} ≤ 1.1 × the limit's",
+                    f"{fmt(g, 2)} vs {fmt(lim, 2)} µs = {fmt(r, 2)} ×",
+                    None if r is None else r <= 1.1))
+    g, lim = h("echo_d16", "gatehouse"), h("echo_d16", "limit")
+    r = ratio(g, lim)
+    out.append(("requests/s at depth 16 ≥ 0.9 × the limit (generator pinned apart)",
+                f"{fmt(g)} vs {fmt(lim)} req/s = {fmt(r, 2)} ×",
+                None if r is None else r >= 0.9))
+    rss = h("idle", "gatehouse")
+    if rss is not None:
+        out.append(("idle memory per connection not above 2.5 KiB (2,560 B)",
+                    f"{fmt(rss)} B", rss <= 2560))
+    for bench, what in [("storm", "storm: all answered"), ("broadcast", "broadcast: time to all")]:
+        a, b = h(bench, "gatehouse"), h(bench, "baseline")
+        r = ratio(a, b)
+        unit = " s" if bench == "storm" else " ms"
+        digits = 3 if bench == "storm" else 1
+        # "Not slower": within the run-to-run noise of these scenarios (10 %).
+        out.append((f"{what} not slower than before",
+                    f"{fmt(a, digits, unit)} vs {fmt(b, digits, unit)} before = {fmt(r, 2)} ×",
+                    None if r is None else r <= 1.1))
+    return out
 
 
 def evaluate(runs):
@@ -455,6 +532,8 @@ def main():
     p.add_argument("--criterion")
     p.add_argument("--notes")
     p.add_argument("--source-state")
+    p.add_argument("--pinned", default="0")
+    p.add_argument("--baseline")
     args = p.parse_args()
     if args.summary_line:
         print(summary(args.summary_line.replace("echo_d1", "echo").replace("echo_d16", "echo"),

@@ -11,10 +11,15 @@
 #   scripts/bench.sh --out FILE      # write the report elsewhere (default docs/BENCHMARKS.md)
 #   scripts/bench.sh --report DIR    # only rewrite the report from an earlier run's
 #                                    # target/bench/<time> (e.g. after editing bench/NOTES.md)
+#   scripts/bench.sh --baseline REV  # also measure gatehouse as of commit REV (built from
+#                                    # `git archive REV`), for a before/after table
+#   scripts/bench.sh --no-pin        # do not pin the server and the generator apart
 #
 # Everything runs on 127.0.0.0/8. Each server is started fresh for each scenario
 # (on a free port), stopped after it, and every server still running is stopped on
 # exit or error. Raw results (one JSON line per run) are kept in target/bench/.
+# With two cores or more, the server runs on core 0 and the generator on core 1
+# (taskset), so that neither takes CPU from the other.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$(pwd)"
@@ -26,6 +31,8 @@ rounds=""
 micro=1
 out="docs/BENCHMARKS.md"
 threads="${GEN_THREADS:-1}"
+baseline=""
+pin=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) quick=1 ;;
@@ -33,7 +40,9 @@ while [ $# -gt 0 ]; do
         --no-micro) micro=0 ;;
         --out) out="$2"; shift ;;
         --report) report_only="$2"; shift ;;
-        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        --baseline) baseline="$2"; shift ;;
+        --no-pin) pin=0 ;;
+        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -61,6 +70,24 @@ results="$results_dir/results.jsonl"
 log="$results_dir/bench.log"
 say() { echo "[bench $(date +%H:%M:%S)] $*" | tee -a "$log" >&2; }
 
+# ---- pinning: the server on core 0, the generator on core 1 --------------------------
+pin_server=()
+pin_gen=()
+if [ $pin = 1 ] && [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
+    pin_server=(taskset -c 0)
+    pin_gen=(taskset -c 1)
+else
+    pin=0
+fi
+
+# ---- the baseline: gatehouse as of another commit --------------------------------------
+baseline_rev=""
+baseline_dir=""
+if [ -n "$baseline" ]; then
+    baseline_rev="$(git rev-parse --short "$baseline")"
+    baseline_dir="target/bench/baseline-$baseline_rev"
+fi
+
 # ---- servers ---------------------------------------------------------------------
 server_pid=""
 server_addr=""
@@ -87,15 +114,23 @@ start_server() { # NAME
     server_out="$results_dir/server-$name.out"
     case "$name" in
         gatehouse)
-            target/release/gatehouse serve --service bench --config bench/gatehouse-bench.toml \
-                --port 0 --log warn >"$server_out" 2>>"$results_dir/server-$name.err" &
+            "${pin_server[@]}" target/release/gatehouse serve --service bench \
+                --config bench/gatehouse-bench.toml --port 0 --log warn \
+                >"$server_out" 2>>"$results_dir/server-$name.err" &
+            ;;
+        baseline)
+            "${pin_server[@]}" "$baseline_dir/target/release/gatehouse" serve --service bench \
+                --config "$baseline_dir/bench/gatehouse-bench.toml" --port 0 --log warn \
+                >"$server_out" 2>>"$results_dir/server-$name.err" &
             ;;
         erlang)
             # IDLE_SEC 300: the same idle limit as bench/gatehouse-bench.toml.
-            bench/erlang/run.sh 0 300 >"$server_out" 2>>"$results_dir/server-$name.err" &
+            "${pin_server[@]}" bench/erlang/run.sh 0 300 \
+                >"$server_out" 2>>"$results_dir/server-$name.err" &
             ;;
         limit)
-            target/release/gatehouse-limit --port 0 >"$server_out" 2>>"$results_dir/server-$name.err" &
+            "${pin_server[@]}" target/release/gatehouse-limit --port 0 \
+                >"$server_out" 2>>"$results_dir/server-$name.err" &
             ;;
     esac
     server_pid=$!
@@ -109,7 +144,7 @@ start_server() { # NAME
 }
 
 # ---- scenarios -------------------------------------------------------------------
-gen() { target/release/gatehouse bench "$@" --quiet --threads "$threads"; }
+gen() { "${pin_gen[@]}" target/release/gatehouse bench "$@" --quiet --threads "$threads"; }
 
 run_scenario() { # SCENARIO SERVER ROUND
     local scenario="$1" name="$2" round="$3" json
@@ -145,6 +180,7 @@ write_report() { # RESULTS_DIR
     python3 bench/report.py --results "$dir/results.jsonl" --out "$out" --command "$command_line" \
         --quick "$quick" --rounds "$rounds" --threads "$threads" --elapsed "$elapsed" \
         --load-before "$load_before" --load-after "$load_after" \
+        --pinned "${pinned:-0}" ${baseline_rev:+--baseline "$baseline_rev"} \
         ${micro_dir:+--criterion "$micro_dir"} --notes bench/NOTES.md \
         ${source_state:+--source-state "$source_state"}
 }
@@ -159,16 +195,26 @@ mkdir -p "$results_dir"
 : > "$results"
 say "building release binaries"
 cargo build --release -p gatehouse-cli -p gatehouse-limit 2>&1 | tail -n 2 >&2
+if [ -n "$baseline_rev" ]; then
+    if [ ! -x "$baseline_dir/target/release/gatehouse" ]; then
+        say "building the baseline $baseline_rev in $baseline_dir"
+        rm -rf "$baseline_dir"
+        mkdir -p "$baseline_dir"
+        git archive "$baseline_rev" | tar -x -C "$baseline_dir"
+        (cd "$baseline_dir" && cargo build --release -p gatehouse-cli 2>&1 | tail -n 2 >&2)
+    fi
+fi
 load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
 # What is measured: the commit, and any uncommitted change to a server's sources.
 source_state="$(python3 -c 'import sys; sys.path.insert(0, "bench"); import report; print(report.source_state())')"
 started="$(date +%s)"
 
 servers=(gatehouse erlang limit)
+[ -n "$baseline_rev" ] && servers+=(baseline)
 scenarios=(echo_d1 echo_d16 storm broadcast idle)
 for round in $(seq 1 "$rounds"); do
     # Rotate the order each round: A B C, B C A, C A B, …
-    shift_by=$(( (round - 1) % 3 ))
+    shift_by=$(( (round - 1) % ${#servers[@]} ))
     order=("${servers[@]:$shift_by}" "${servers[@]:0:$shift_by}")
     for scenario in "${scenarios[@]}"; do
         for name in "${order[@]}"; do
@@ -184,8 +230,10 @@ if [ $micro = 1 ]; then
     say "criterion micro-benchmarks"
     micro_args=(-- --warm-up-time 1 --measurement-time 3 --noplot)
     [ $quick = 1 ] && micro_args=(-- --warm-up-time 0.5 --measurement-time 1 --noplot)
-    cargo bench -p gatehouse --bench codec --bench broadcast "${micro_args[@]}" \
+    cargo bench -p gatehouse-protocol --bench codec "${micro_args[@]}" \
         >"$results_dir/criterion.txt" 2>&1
+    cargo bench -p gatehouse --bench broadcast "${micro_args[@]}" \
+        >>"$results_dir/criterion.txt" 2>&1
     micro_dir="target/criterion"
 fi
 
@@ -199,6 +247,8 @@ load_before='$load_before'
 source_state='$source_state'
 load_after='$load_after'
 micro_dir='$micro_dir'
+pinned='$pin'
+baseline_rev='$baseline_rev'
 EOF
 write_report "$results_dir"
 say "done in $(( $(date +%s) - started )) s; raw results in $results_dir"
