@@ -196,10 +196,20 @@ impl<M> Mailbox<M> {
 mod tests {
     use super::*;
 
-    fn mailbox(limit: usize) -> (Mailbox<&'static str>, Arc<OutboundBudget>, CancellationToken) {
+    fn mailbox(
+        limit: usize,
+    ) -> (
+        Mailbox<&'static str>,
+        Arc<OutboundBudget>,
+        CancellationToken,
+    ) {
         let budget = Arc::new(OutboundBudget::new(limit));
         let interrupt = CancellationToken::new();
-        (Mailbox::new(budget.clone(), interrupt.clone()), budget, interrupt)
+        (
+            Mailbox::new(budget.clone(), interrupt.clone()),
+            budget,
+            interrupt,
+        )
     }
 
     fn frame(n: usize) -> Delivery<&'static str> {
@@ -232,7 +242,10 @@ mod tests {
         assert!(
             matches!(mailbox.verdict(), Verdict::Kicked(KickReason::DUPLICATE_LOGIN, t) if t == "first")
         );
-        assert!(matches!(mailbox.next(), Some(Delivery::Frame(_))), "frames still go out");
+        assert!(
+            matches!(mailbox.next(), Some(Delivery::Frame(_))),
+            "frames still go out"
+        );
     }
 
     #[test]

@@ -332,17 +332,23 @@ impl ConnectionCore {
     /// first-frame or idle deadline, or the send stall's, whichever is first. Call it
     /// after each round of I/O; it also starts and stops the stall clock.
     pub(crate) fn poll_timeout(&mut self, now: Instant) -> Instant {
+        self.update_stall(now);
+        let input = self.input_deadline();
+        match self.stalled_since {
+            Some(since) => input.min(since + self.config.limits.send_timeout),
+            None => input,
+        }
+    }
+
+    /// Starts, restarts or stops the stall clock: output that is all sent, or that
+    /// moved since the last look, is not stalled.
+    fn update_stall(&mut self, now: Instant) {
         if self.out.is_empty() {
             self.stalled_since = None;
         } else if self.progressed || self.stalled_since.is_none() {
             self.stalled_since = Some(now);
         }
         self.progressed = false;
-        let input = self.input_deadline();
-        match self.stalled_since {
-            Some(since) => input.min(since + self.config.limits.send_timeout),
-            None => input,
-        }
     }
 
     fn input_deadline(&self) -> Instant {
@@ -354,6 +360,8 @@ impl ConnectionCore {
 
     /// The timer fired at `now`: closes the connection if a deadline has passed.
     pub(crate) fn handle_timeout(&mut self, now: Instant) {
+        // Output may have drained since the deadline was computed.
+        self.update_stall(now);
         if now >= self.input_deadline() {
             let reason = match self.last_input {
                 None => DisconnectReason::LoginTimeout,
@@ -751,6 +759,25 @@ mod tests {
         h.core.poll_timeout(later + Duration::from_secs(5));
         h.core.handle_timeout(later + Duration::from_secs(30));
         assert_eq!(h.closed(), Some(DisconnectReason::SendTimeout));
+    }
+
+    #[test]
+    fn output_that_drained_after_the_stall_clock_started_is_not_a_send_timeout() {
+        let mut h = harness(limits());
+        h.receive(&wire(&Message::Empty));
+        h.events(h.at(T));
+        assert!(h.core.push(1, Bytes::from_static(b"slow")));
+        let start = h.at(Duration::from_secs(1));
+        let deadline = h.core.poll_timeout(start);
+        assert_eq!(deadline, start + Duration::from_secs(30));
+        // The transport sends it all while the driver waits, then the timer fires.
+        h.sent();
+        h.core.handle_timeout(deadline);
+        assert_eq!(h.closed(), None, "nothing is stuck");
+        assert_eq!(
+            h.core.poll_timeout(deadline),
+            h.at(T) + Duration::from_secs(60)
+        );
     }
 
     #[test]

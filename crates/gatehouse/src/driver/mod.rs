@@ -103,6 +103,8 @@ enum Wake {
     Cancelled,
     Delivered,
     Received(Received),
+    /// The rest of the output went out: the loop looks again (stall clock, buffers).
+    Sent,
     Timer,
     Failed(std::io::Error),
 }
@@ -215,8 +217,8 @@ impl<S: Service, T: Transport> Connection<S, T> {
                     return Poll::Ready(Wake::Delivered);
                 }
                 if sending {
-                    if let Poll::Ready(Err(e)) = transport.poll_send(cx, core) {
-                        return Poll::Ready(Wake::Failed(e));
+                    if let Poll::Ready(sent) = transport.poll_send(cx, core) {
+                        return Poll::Ready(sent.map_or_else(Wake::Failed, |()| Wake::Sent));
                     }
                 }
                 if timer.as_mut().poll(cx).is_ready() {
@@ -238,6 +240,7 @@ impl<S: Service, T: Transport> Connection<S, T> {
                     }
                 }
                 Wake::Received(Received::Input) => spare::lend_send(&mut self.core),
+                Wake::Sent => {}
                 Wake::Received(Received::Closed) => {
                     self.core.close(DisconnectReason::PeerClosed, None);
                 }
