@@ -20,18 +20,29 @@ impl Service for Game {
         Player { name: None }
     }
 
-    async fn request(
+    /// Naming needs no waiting: answered on the fast path, without a future.
+    fn request_now(
         &self,
         player: &mut Player,
+        _ctx: &mut Context<'_, ()>,
+        route: u16,
+        payload: &Bytes,
+    ) -> Option<Reply> {
+        (route == 1).then(|| {
+            player.name = Some(String::from_utf8_lossy(payload).into_owned());
+            Reply::empty()
+        })
+    }
+
+    /// Shouting waits for the hub: an async handler.
+    async fn request(
+        &self,
+        _player: &mut Player,
         ctx: &mut Context<'_, ()>,
         route: u16,
         payload: Bytes,
     ) -> Reply {
         match route {
-            1 => {
-                player.name = Some(String::from_utf8_lossy(&payload).into_owned());
-                Reply::empty()
-            }
             2 => match ctx.hub().broadcast(2, payload).await {
                 Ok(()) => Reply::empty(),
                 Err(e) => Reply::error(gatehouse::Status::UNAVAILABLE, e.to_string()),

@@ -32,6 +32,17 @@ impl Service for BenchService {
 
     async fn connect(&self, _ctx: &mut Context<'_, ()>) {}
 
+    /// Echo needs no future: it is answered on the fast path.
+    fn request_now(
+        &self,
+        _session: &mut (),
+        _ctx: &mut Context<'_, ()>,
+        route: u16,
+        payload: &Bytes,
+    ) -> Option<Reply> {
+        (route == routes::ECHO).then(|| Reply::ok(payload.clone()))
+    }
+
     async fn request(
         &self,
         _session: &mut (),
@@ -53,6 +64,19 @@ impl Service for BenchService {
             },
             other => Reply::unknown_route(other),
         }
+    }
+
+    fn notify_now(
+        &self,
+        _session: &mut (),
+        ctx: &mut Context<'_, ()>,
+        route: u16,
+        payload: &Bytes,
+    ) -> Option<Status> {
+        (route == routes::ECHO).then(|| {
+            ctx.push(routes::ECHO, payload.clone());
+            Status::OK
+        })
     }
 
     async fn notify(

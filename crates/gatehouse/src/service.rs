@@ -2,7 +2,8 @@
 //!
 //! A [`Service`] is the game: `connect` makes the per-connection session (the seed's
 //! `ConnStat`); `request`, `notify` and `message` handle what arrives, one at a time
-//! and in arrival order, with `&mut` access to the session; `disconnect` (the seed's
+//! and in arrival order, with `&mut` access to the session (`request_now` and
+//! `notify_now` are their allocation-free fast path for handlers that never wait); `disconnect` (the seed's
 //! `save_on_end`) receives the session back exactly once, whatever ended the
 //! connection. Handlers reach their own connection through [`Context`] and every
 //! other connection through the [`HubHandle`].
@@ -39,7 +40,27 @@ pub trait Service: Send + Sync + 'static {
         ctx: &mut Context<'_, Self::Message>,
     ) -> impl Future<Output = Self::Session> + Send;
 
-    /// A request arrived; its reply is sent back with the request's id.
+    /// The fast path for a request: answer it at once, without a future. It is tried
+    /// first for every request; `None` hands the request to [`Service::request`].
+    ///
+    /// A request answered here costs no allocation, where `request` costs one (its
+    /// future is boxed, so that a large future does not enlarge every idle
+    /// connection), so handlers that never wait belong here: reading or changing the
+    /// session, pushing to the caller, answering from memory. It must not block; it
+    /// runs under the same panic guard as the other handlers.
+    fn request_now(
+        &self,
+        session: &mut Self::Session,
+        ctx: &mut Context<'_, Self::Message>,
+        route: u16,
+        payload: &Bytes,
+    ) -> Option<Reply> {
+        let _ = (session, ctx, route, payload);
+        None
+    }
+
+    /// A request arrived; its reply is sent back with the request's id. (Unless
+    /// [`Service::request_now`] answered it.)
     fn request(
         &self,
         session: &mut Self::Session,
@@ -48,8 +69,22 @@ pub trait Service: Send + Sync + 'static {
         payload: Bytes,
     ) -> impl Future<Output = Reply> + Send;
 
+    /// The fast path for a notify, as [`Service::request_now`] is for requests: `None`
+    /// hands it to [`Service::notify`].
+    fn notify_now(
+        &self,
+        session: &mut Self::Session,
+        ctx: &mut Context<'_, Self::Message>,
+        route: u16,
+        payload: &Bytes,
+    ) -> Option<Status> {
+        let _ = (session, ctx, route, payload);
+        None
+    }
+
     /// A notify arrived (no reply). Returns [`Status::UNKNOWN_ROUTE`] for routes the
-    /// service does not know, which the framework logs.
+    /// service does not know, which the framework logs. (Unless
+    /// [`Service::notify_now`] took it.)
     fn notify(
         &self,
         session: &mut Self::Session,

@@ -233,3 +233,39 @@ async fn a_half_closed_client_still_receives_every_answer() {
     let hooks = server.record.wait_hooks(1).await;
     assert_eq!(hooks[0].1, DisconnectReason::PeerClosed);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_path_and_async_answers_interleave_in_request_order() {
+    let server = TestServer::start(test_config()).await;
+    let mut client = server.connect().await;
+    let mut segment = BytesMut::new();
+    for id in 0..100u32 {
+        // Even ids go to the fast path (request_now), odd ones to the async handler.
+        let route = if id % 2 == 0 {
+            routes::REVERSE_NOW
+        } else {
+            routes::ECHO
+        };
+        let payload = Bytes::copy_from_slice(&id.to_be_bytes());
+        segment.put(Message::Request { id, route, payload }.to_frame());
+    }
+    client.send_raw(&segment).await;
+    for id in 0..100u32 {
+        let mut expected = id.to_be_bytes();
+        if id % 2 == 0 {
+            expected.reverse();
+        }
+        match client.recv().await {
+            Some(Message::Response {
+                id: got,
+                status,
+                payload,
+            }) => {
+                assert_eq!(got, id, "responses come in request order");
+                assert_eq!(status, Status::OK);
+                assert_eq!(&payload[..], &expected);
+            }
+            other => panic!("expected response {id}, got {other:?}"),
+        }
+    }
+}

@@ -109,10 +109,15 @@ async fn a_handler_panic_ends_only_its_connection_and_still_runs_its_hook() {
     let server = TestServer::start(test_config()).await;
     let mut bystander = server.connect().await;
     let mut victim = server.connect().await;
+    let mut fast_victim = server.connect().await;
     let mut injected = server.connect().await;
     let victim_id = victim.whoami().await;
+    let fast_victim_id = fast_victim.whoami().await;
     victim.fire(routes::PANIC).await;
     assert_eq!(victim.expect_kick().await, KickReason::INTERNAL_ERROR);
+    // A panic on the fast path (request_now) is caught the same way.
+    fast_victim.fire(routes::PANIC_NOW).await;
+    assert_eq!(fast_victim.expect_kick().await, KickReason::INTERNAL_ERROR);
     injected.fire(ROUTE_FAULT_PANIC_HANDLER).await;
     assert_eq!(injected.expect_kick().await, KickReason::INTERNAL_ERROR);
 
@@ -120,13 +125,14 @@ async fn a_handler_panic_ends_only_its_connection_and_still_runs_its_hook() {
         bystander.request(routes::ECHO, "unaffected").await.1,
         "unaffected"
     );
-    let hooks = server.record.wait_hooks(2).await;
+    let hooks = server.record.wait_hooks(3).await;
     assert!(hooks.contains(&(victim_id, DisconnectReason::HandlerPanic)));
+    assert!(hooks.contains(&(fast_victim_id, DisconnectReason::HandlerPanic)));
     assert!(hooks
         .iter()
         .all(|(_, r)| *r == DisconnectReason::HandlerPanic));
     let stats = server.stats.snapshot();
-    assert_eq!((stats.handler_panics, stats.hub_restarts), (2, 0));
+    assert_eq!((stats.handler_panics, stats.hub_restarts), (3, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

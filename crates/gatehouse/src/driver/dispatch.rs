@@ -2,8 +2,9 @@
 //! `catch_unwind`, a timeout and the connection's cancellation; the framework's own
 //! routes; and what the mailbox delivers.
 //!
-//! A handler's future is boxed where it is made (the one allocation a request
-//! costs), so that a large handler future does not enlarge every idle connection's
+//! A request or notify is first offered to the service's fast path (`request_now`,
+//! `notify_now`: no future, no allocation); otherwise its handler's future is boxed
+//! where it is made (the one allocation such a request costs), so that a large handler future does not enlarge every idle connection's
 //! task; it is polled once before any timer or cancellation waiter is armed, since
 //! most handlers finish without waiting.
 
@@ -210,6 +211,9 @@ impl<S: Service, T: Transport> Connection<S, T> {
     /// boxed), since this runs once per request and its state is part of every
     /// connection's task.
     pub(super) async fn dispatch(&mut self, event: Event, session: &mut S::Session) -> bool {
+        let Some(event) = self.answer_now(event, session) else {
+            return false;
+        };
         let limits = &self.shared.config;
         let (timeout, faults) = (
             limits.limits.handler_timeout,
@@ -220,6 +224,48 @@ impl<S: Service, T: Transport> Connection<S, T> {
         let (outcome, waited) = run_handler(&self.cancel, timeout, handler).await;
         self.conclude(call, outcome);
         waited
+    }
+
+    /// The fast path: offers the event to the service's `request_now` or `notify_now`
+    /// (no future, no allocation). Returns the event if the service left it to its
+    /// async handler.
+    fn answer_now(&mut self, event: Event, session: &mut S::Session) -> Option<Event> {
+        let (call, payload) = match &event {
+            Event::Request { id, route, payload } if *route < RESERVED_ROUTES_START => {
+                let call = Call::Request {
+                    id: *id,
+                    route: *route,
+                    len: payload.len(),
+                };
+                (call, payload)
+            }
+            Event::Notify { route, payload } => {
+                let call = Call::Notify {
+                    route: *route,
+                    len: payload.len(),
+                };
+                (call, payload)
+            }
+            Event::Request { .. } => return Some(event), // the framework's routes
+        };
+        let service = &self.shared.service;
+        let mut ctx = Context::new(self.id, self.peer, &self.group.hub, &mut self.core);
+        let answered = std::panic::catch_unwind(AssertUnwindSafe(|| match call {
+            Call::Request { route, .. } => service
+                .request_now(session, &mut ctx, route, payload)
+                .map(Answer::Reply),
+            Call::Notify { route, .. } => service
+                .notify_now(session, &mut ctx, route, payload)
+                .map(Answer::Status),
+            Call::Message => None,
+        }));
+        let outcome = match answered {
+            Ok(Some(answer)) => Outcome::Done(answer),
+            Ok(None) => return Some(event),
+            Err(panic) => Outcome::Panicked(panic_message(&*panic)),
+        };
+        self.conclude(call, outcome);
+        None
     }
 
     /// Puts a handler's answer where it belongs, or closes the connection if it gave

@@ -53,6 +53,10 @@ pub mod routes {
     pub const COUNT: u16 = 21;
     /// Never answers; counts in [`Record::hangs`](super::Record::hangs) once it runs.
     pub const HANG: u16 = 22;
+    /// Answered on the fast path (`request_now`): the payload, reversed.
+    pub const REVERSE_NOW: u16 = 23;
+    /// Panics on the fast path.
+    pub const PANIC_NOW: u16 = 24;
     /// Push route for everything the service pushes.
     pub const PUSH: u16 = 100;
 }
@@ -146,6 +150,22 @@ impl Service for Recorder {
     async fn connect(&self, ctx: &mut Context<'_, String>) -> Session {
         self.record.connects.fetch_add(1, Ordering::SeqCst);
         Session { id: ctx.id() }
+    }
+
+    fn request_now(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut Context<'_, String>,
+        route: u16,
+        payload: &Bytes,
+    ) -> Option<Reply> {
+        match route {
+            routes::REVERSE_NOW => Some(Reply::ok(
+                payload.iter().rev().copied().collect::<Vec<u8>>(),
+            )),
+            routes::PANIC_NOW => panic!("test fast-path panic"),
+            _ => None,
+        }
     }
 
     async fn request(
