@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use gatehouse_protocol::envelope::kind;
 use gatehouse_protocol::{
     FrameDecoder, FrameTooLarge, KickReason, Message, Status, HEADER_LEN, RESERVED_ROUTES_START,
 };
@@ -236,27 +237,30 @@ impl ConnectionCore {
 
     /// Answers request `id`. A response too large for the protocol is replaced by an
     /// `internal_error` response: the server never sends a frame over the maximum.
-    pub(crate) fn respond(&mut self, id: u32, status: Status, payload: Bytes) {
-        let response = Message::Response {
-            id,
-            status,
-            payload,
-        };
-        if response.body_len() > self.config.limits.max_frame_bytes {
+    pub(crate) fn respond(&mut self, id: u32, status: Status, payload: &[u8]) {
+        const FIXED: usize = 7; // kind, id, status
+        if FIXED + payload.len() > self.config.limits.max_frame_bytes {
             warn!(
                 id,
-                len = response.body_len(),
+                len = FIXED + payload.len(),
                 "response over max_frame_bytes; sent as an error"
             );
-            let refused = Message::Response {
-                id,
-                status: Status::INTERNAL_ERROR,
-                payload: Bytes::from_static(b"response too large"),
-            };
-            self.enqueue(&refused);
+            self.respond(id, Status::INTERNAL_ERROR, b"response too large");
             return;
         }
-        self.enqueue(&response);
+        // Written field by field: the one frame every request produces.
+        let len = HEADER_LEN + FIXED + payload.len();
+        if !self.budget.reserve(len) {
+            self.close(DisconnectReason::SlowConsumer, None);
+            return;
+        }
+        let tail = self.out.tail_for(len);
+        tail.put_u32(u32::try_from(FIXED + payload.len()).unwrap_or(u32::MAX));
+        tail.put_u8(kind::RESPONSE);
+        tail.put_u32(id);
+        tail.put_u16(status.0);
+        tail.put_slice(payload);
+        self.out.commit(len);
     }
 
     /// Pushes to this connection. False if it was not queued: too large for the
@@ -557,8 +561,8 @@ mod tests {
                 },
             ]
         );
-        h.core.respond(1, Status::OK, Bytes::from_static(b"A"));
-        h.core.respond(2, Status::UNKNOWN_ROUTE, Bytes::new());
+        h.core.respond(1, Status::OK, b"A");
+        h.core.respond(2, Status::UNKNOWN_ROUTE, b"");
         let sent = h.sent();
         assert_eq!(sent.len(), 3);
         assert_eq!(sent[0], Message::Pong(Bytes::from_static(b"n")));
@@ -823,7 +827,7 @@ mod tests {
             outbound_queue_bytes: 1 << 20,
             ..limits()
         });
-        h.core.respond(9, Status::OK, Bytes::from(vec![0u8; 1000]));
+        h.core.respond(9, Status::OK, &[0u8; 1000]);
         assert!(!h.core.push(1, Bytes::from(vec![0u8; 1000])));
         let sent = h.sent();
         assert_eq!(sent.len(), 1);
@@ -877,7 +881,7 @@ mod tests {
     #[test]
     fn message_transports_take_whole_frames_without_headers() {
         let mut h = harness(limits());
-        h.core.respond(1, Status::OK, Bytes::from_static(b"a"));
+        h.core.respond(1, Status::OK, b"a");
         h.core.queue_reserved_frame({
             let f = Message::Push {
                 route: 2,
@@ -911,7 +915,7 @@ mod tests {
         assert!(recv.is_none(), "a partial frame is kept");
         h.receive(&half[3..]);
         h.events(h.at(T));
-        h.core.respond(1, Status::OK, Bytes::new());
+        h.core.respond(1, Status::OK, b"");
         h.sent();
         let (recv, send) = h.core.take_spare_buffers();
         assert!(

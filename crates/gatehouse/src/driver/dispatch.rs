@@ -259,27 +259,30 @@ impl<S: Service, T: Transport> Connection<S, T> {
                 .map(Answer::Status),
             Call::Message => None,
         }));
-        let outcome = match answered {
-            Ok(Some(answer)) => Outcome::Done(answer),
+        match answered {
+            Ok(Some(answer)) => self.answered(call, answer),
             Ok(None) => return Some(event),
-            Err(panic) => Outcome::Panicked(panic_message(&*panic)),
-        };
-        self.conclude(call, outcome);
+            Err(panic) => self.conclude(call, Outcome::Panicked(panic_message(&*panic))),
+        }
         None
     }
 
     /// Puts a handler's answer where it belongs, or closes the connection if it gave
     /// none.
     fn conclude(&mut self, call: Call, outcome: Outcome<Answer>) {
-        let Some(answer) = self.settle(call.kind(), call.route(), outcome) else {
-            return;
-        };
+        if let Some(answer) = self.settle(call.kind(), call.route(), outcome) {
+            self.answered(call, answer);
+        }
+    }
+
+    /// Puts an answer in the output (and logs an unknown route).
+    fn answered(&mut self, call: Call, answer: Answer) {
         match (call, answer) {
             (Call::Request { id, route, len }, Answer::Reply(reply)) => {
                 if reply.status == Status::UNKNOWN_ROUTE {
                     self.core.unknown_route("request", route, len);
                 }
-                self.core.respond(id, reply.status, reply.payload);
+                self.core.respond(id, reply.status, &reply.payload);
             }
             (Call::Notify { route, len }, Answer::Status(Status::UNKNOWN_ROUTE)) => {
                 self.core.unknown_route("notify", route, len);
