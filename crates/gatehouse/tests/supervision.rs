@@ -11,7 +11,7 @@ mod support;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use gatehouse::protocol::{ROUTE_FAULT_CRASH_HUB, ROUTE_FAULT_PANIC_HANDLER};
 use gatehouse::{DisconnectReason, KickReason, Message, ServerError};
 use support::{routes, test_config, Client, TestServer, PATIENCE};
@@ -316,4 +316,72 @@ async fn a_handler_running_past_its_timeout_is_dropped_and_its_connection_closed
     assert_eq!(bystander.request(routes::ECHO, "fine").await.1, "fine");
     let hooks = server.record.wait_hooks(1).await;
     assert_eq!(hooks[0].1, DisconnectReason::HandlerTimeout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_kept_busy_by_its_client_still_sees_the_shutdown_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let server = TestServer::start(test_config()).await;
+    let stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    // The client never lets the connection rest: batches of echo requests, back to back.
+    let writer = tokio::spawn(async move {
+        let mut batch = BytesMut::new();
+        for id in 0..64u32 {
+            let payload = Bytes::from_static(b"busy");
+            let request = Message::Request {
+                id,
+                route: routes::ECHO,
+                payload,
+            };
+            batch.put(request.to_frame());
+        }
+        while write.write_all(&batch).await.is_ok() {}
+    });
+    // Read until the kick; count the responses seen before the shutdown began.
+    let (busy_tx, busy_rx) = tokio::sync::oneshot::channel();
+    let reader = tokio::spawn(async move {
+        let mut busy_tx = Some(busy_tx);
+        let mut buf = BytesMut::new();
+        let mut responses = 0u64;
+        loop {
+            while buf.len() >= 4 {
+                let len = u32::from_be_bytes(buf[..4].try_into().unwrap()) as usize;
+                if buf.len() < 4 + len {
+                    break;
+                }
+                buf.advance(4);
+                match Message::decode(buf.split_to(len).freeze()).unwrap() {
+                    Message::Response { .. } => responses += 1,
+                    Message::Kick { reason, .. } => return Some(reason),
+                    other => panic!("unexpected {other:?}"),
+                }
+                if responses == 10_000 {
+                    if let Some(tx) = busy_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+            }
+            if read.read_buf(&mut buf).await.unwrap_or(0) == 0 {
+                return None;
+            }
+        }
+    });
+    tokio::time::timeout(PATIENCE, busy_rx)
+        .await
+        .expect("the connection got busy")
+        .unwrap();
+    let started = Instant::now();
+    let stopping = tokio::spawn(server.shutdown());
+    let kick = tokio::time::timeout(PATIENCE, reader)
+        .await
+        .expect("a kick in time");
+    assert_eq!(kick.unwrap(), Some(KickReason::SHUTDOWN));
+    assert!(stopping.await.unwrap().is_ok());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the busy connection was stopped promptly"
+    );
+    writer.abort();
 }

@@ -38,6 +38,10 @@ use crate::limits::Permit;
 use crate::mailbox::Mailbox;
 use crate::service::{Context, Disconnect, Service};
 
+/// A busy connection looks at its cancellation before anything else once in this
+/// many wakeups (an idle one, every time it waits).
+const CANCEL_EVERY: u32 = 16;
+
 /// The time, for the core. Read once per wakeup; tokio's clock, so that tests with
 /// paused time drive every deadline.
 fn clock() -> Instant {
@@ -178,6 +182,11 @@ impl<S: Service, T: Transport> Connection<S, T> {
         // Alternates which of mailbox and input is looked at first, so that neither
         // can starve the other.
         let mut mailbox_first = false;
+        // Wakeups since the cancellation was last looked at first. Looking costs a
+        // lock (tokio-util's token), so a busy connection looks first only every
+        // `CANCEL_EVERY` wakeups and otherwise only when nothing else is ready: a
+        // stop is still seen within a few batches, and an idle connection at once.
+        let mut since_cancel_check = 0u32;
         loop {
             // What arrived, in order: each handler runs to its end before the next
             // frame is looked at. Answers pile up in the output, to leave together.
@@ -200,11 +209,16 @@ impl<S: Service, T: Transport> Connection<S, T> {
             }
 
             mailbox_first = !mailbox_first;
+            since_cancel_check += 1;
+            let cancel_first = since_cancel_check >= CANCEL_EVERY;
+            if cancel_first {
+                since_cancel_check = 0;
+            }
             let sending = self.core.has_output();
             let (transport, core, mailbox) = (&mut self.transport, &mut self.core, &self.mailbox);
             let mail = |cx: &mut std::task::Context<'_>| mailbox.poll_mail(cx).is_ready();
             let wake = std::future::poll_fn(|cx| {
-                if cancelled.as_mut().poll(cx).is_ready() {
+                if cancel_first && cancelled.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Wake::Cancelled);
                 }
                 if mailbox_first && mail(cx) {
@@ -223,6 +237,9 @@ impl<S: Service, T: Transport> Connection<S, T> {
                 }
                 if timer.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Wake::Timer);
+                }
+                if !cancel_first && cancelled.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Wake::Cancelled);
                 }
                 Poll::Pending
             })
