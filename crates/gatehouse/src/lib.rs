@@ -5,7 +5,7 @@
 //! connection cleanly (running each disconnect hook once) when the hub crashes.
 //! A game implements [`Service`]; [`Server::run`] serves it.
 //!
-//! Crate map, from the bottom up (no module depends on one below it in this list):
+//! Crate map, from the bottom up (a module uses only those above it in this list):
 //! - [`config`]: the runtime's configuration, defaults, validation.
 //! - [`limits`]: inbound rates (the DoS checker) and admission caps.
 //! - `connection`: one connection without I/O: the `ConnectionCore` state machine,
