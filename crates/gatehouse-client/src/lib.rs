@@ -270,6 +270,15 @@ async fn run(
                 Some(Err(e)) => break ClientError::Io(e.to_string()),
                 Some(Ok(body)) => match Message::decode(body.freeze()) {
                     Err(e) => break e.into(),
+                    // A server's ping is answered with its payload (PROTOCOL.md).
+                    Ok(Message::Ping(payload)) => {
+                        let pong = Message::Pong(payload);
+                        let mut body = bytes::BytesMut::with_capacity(pong.body_len());
+                        pong.encode_body(&mut body);
+                        if let Err(e) = sink.send(body.freeze()).await {
+                            break ClientError::Io(e.to_string());
+                        }
+                    }
                     Ok(message) => {
                         if let Some(why) = dispatch(message, &shared, &pushes).await {
                             break why;
@@ -328,7 +337,7 @@ async fn dispatch(
             let _ = pushes.send(Push { route, payload }).await;
         }
         Message::Kick { reason, text } => return Some(ClientError::Kicked { reason, text }),
-        Message::Ping(_) | Message::Pong(_) | Message::Empty => {}
+        Message::Ping(_) | Message::Pong(_) | Message::Empty => {} // pings: answered in `run`
         Message::Request { .. } | Message::Notify { .. } => {
             return Some(ClientError::Protocol(
                 "the server sent a client-only kind".into(),

@@ -191,3 +191,36 @@ async fn close_ends_the_client_and_the_server_sees_the_peer_leave() {
     let hooks = server.record.wait_hooks(1).await;
     assert_eq!(hooks[0].1, gatehouse::DisconnectReason::PeerClosed);
 }
+
+/// The protocol says clients answer a server's ping with a pong carrying the same
+/// payload; a server that checks on its clients this way must get one.
+#[tokio::test]
+async fn a_ping_from_the_server_is_answered_with_a_pong_carrying_its_payload() {
+    use gatehouse::Message;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (_client, _pushes) = Client::connect(addr, ClientConfig::default())
+        .await
+        .unwrap();
+    let (mut server, _) = listener.accept().await.unwrap();
+    server
+        .write_all(&Message::Ping(Bytes::from_static(b"are you there")).to_frame())
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let len = server.read_u32().await.unwrap() as usize;
+            let mut body = vec![0; len];
+            server.read_exact(&mut body).await.unwrap();
+            let message = Message::decode(Bytes::from(body)).unwrap();
+            if let Message::Pong(payload) = message {
+                return payload;
+            }
+        }
+    })
+    .await
+    .expect("a pong in time");
+    assert_eq!(answer, "are you there");
+}

@@ -36,8 +36,15 @@ pub struct ServerConfig {
     /// Connections held at once from one IP address; one more is kicked
     /// `too_many_from_ip`.
     pub max_connections_per_ip: usize,
+    /// IPv6 clients count against `max_connections_per_ip` by network, this many
+    /// leading bits (64: one /64, what one subscriber is usually given); 128 counts
+    /// single addresses. IPv4 always counts by address.
+    pub ipv6_prefix_len: u8,
     /// Commands waiting for the hub; senders wait (backpressure) when it is full.
     pub hub_queue: usize,
+    /// Bytes of pushes and broadcasts waiting for the hub, however few commands carry
+    /// them; senders wait when it is full. At least one largest frame.
+    pub hub_queue_bytes: usize,
     /// Enables the framework's fault-injection routes (crash the hub, panic a
     /// handler). For tests and drills only.
     pub allow_fault_injection: bool,
@@ -48,7 +55,9 @@ impl Default for ServerConfig {
         ServerConfig {
             max_connections: 10_000,
             max_connections_per_ip: 256,
+            ipv6_prefix_len: 64,
             hub_queue: 65_536,
+            hub_queue_bytes: 64 << 20,
             allow_fault_injection: false,
         }
     }
@@ -91,6 +100,19 @@ pub struct LimitsConfig {
     /// close, before the socket is dropped.
     #[serde(with = "humantime_serde")]
     pub close_linger: Duration,
+    /// A session its game marked dirty ([`crate::Context::mark_dirty`]) is
+    /// checkpointed ([`crate::Service::checkpoint`]) at most this long after the
+    /// change: the most acknowledged state a crash of the whole process can lose.
+    #[serde(with = "humantime_serde")]
+    pub checkpoint_interval: Duration,
+    /// The longest the `connect` hook may take; past it the connection is closed
+    /// (`internal_error`) without a session.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// The longest the `disconnect` hook may take; past it the hook is dropped,
+    /// logged and counted (a game queues its save before anything that can wait).
+    #[serde(with = "humantime_serde")]
+    pub disconnect_timeout: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -107,6 +129,9 @@ impl Default for LimitsConfig {
             send_timeout: Duration::from_secs(30),
             handler_timeout: Duration::from_secs(30),
             close_linger: Duration::from_secs(1),
+            checkpoint_interval: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(10),
+            disconnect_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -193,6 +218,9 @@ impl Config {
         if s.max_connections_per_ip == 0 {
             return invalid("server.max_connections_per_ip", "must be at least 1".into());
         }
+        if !(1..=128).contains(&s.ipv6_prefix_len) {
+            return invalid("server.ipv6_prefix_len", "must be from 1 to 128".into());
+        }
         if s.hub_queue == 0 {
             return invalid("server.hub_queue", "must be at least 1".into());
         }
@@ -224,6 +252,15 @@ impl Config {
                 ),
             );
         }
+        if s.hub_queue_bytes < largest_frame {
+            return invalid(
+                "server.hub_queue_bytes",
+                format!(
+                    "{} is smaller than one largest frame ({largest_frame} bytes)",
+                    s.hub_queue_bytes
+                ),
+            );
+        }
         if l.outbound_queue_bytes < largest_frame {
             return invalid(
                 "limits.outbound_queue_bytes",
@@ -239,6 +276,9 @@ impl Config {
             ("limits.send_timeout", l.send_timeout),
             ("limits.handler_timeout", l.handler_timeout),
             ("limits.close_linger", l.close_linger),
+            ("limits.checkpoint_interval", l.checkpoint_interval),
+            ("limits.connect_timeout", l.connect_timeout),
+            ("limits.disconnect_timeout", l.disconnect_timeout),
             ("supervisor.restart_window", v.restart_window),
             ("supervisor.drain_timeout", v.drain_timeout),
         ] {

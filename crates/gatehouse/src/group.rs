@@ -35,6 +35,7 @@ impl<S> Shared<S> {
             admission: Admission::new(
                 config.server.max_connections,
                 config.server.max_connections_per_ip,
+                config.server.ipv6_prefix_len,
             ),
             core_config: Arc::new(CoreConfig::new(config.limits.clone())),
             config,
@@ -83,20 +84,21 @@ impl<M> Group<M> {
             .unwrap_or(DisconnectReason::Shutdown)
     }
 
-    /// Waits (bounded) until every task of the group has ended; false if some had not
-    /// when the time ran out.
-    pub(crate) async fn drain(&self, timeout: Duration) -> bool {
+    /// Waits (bounded) until every task of the group has ended; `Err` with how many
+    /// had not when the time ran out.
+    pub(crate) async fn drain(&self, timeout: Duration) -> Result<(), usize> {
         if tokio::time::timeout(timeout, self.tracker.wait())
             .await
             .is_err()
         {
+            let remaining = self.tracker.len();
             warn!(
-                remaining = self.tracker.len(),
+                remaining,
                 ?timeout,
                 "drain timeout: abandoning connections that have not finished"
             );
-            return false;
+            return Err(remaining);
         }
-        true
+        Ok(())
     }
 }

@@ -17,33 +17,57 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::future::Either;
 use futures_util::FutureExt;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
-use tracing::{debug, error};
+use tracing::{debug, error, warn};
 
-use gatehouse_protocol::{KickReason, Message};
+use gatehouse_protocol::{KickReason, Message, HEADER_LEN};
 
 use crate::connection::ConnId;
 use crate::mailbox::{Delivery, Mailbox};
 
-/// The hub is restarting or stopped; the caller's connection is about to close.
+/// Why the hub did not take a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the hub is unavailable (restarting or stopped)")]
-pub struct HubUnavailable;
+pub enum HubError {
+    /// The hub is restarting or stopped; the caller's connection is about to close.
+    #[error("the hub is unavailable (restarting or stopped)")]
+    Unavailable,
+    /// The push would be a frame larger than `limits.max_frame_bytes`, which no
+    /// client accepts: it was refused here, before reaching anyone.
+    #[error("a push of {len} bytes is over max_frame_bytes ({max})")]
+    FrameTooLarge {
+        /// The frame body's length.
+        len: usize,
+        /// `limits.max_frame_bytes`.
+        max: usize,
+    },
+}
 
 /// A cheap, cloneable handle to the hub; every method is a message to the actor.
 pub struct HubHandle<M> {
     tx: mpsc::Sender<Command<M>>,
+    /// `limits.max_frame_bytes`: no push larger than this leaves the server.
+    max_frame: usize,
+    /// `server.hub_queue_bytes`: frame bytes queued for the hub, whatever their
+    /// number; a sender waits for room as it does for a slot.
+    queued_bytes: Arc<Semaphore>,
 }
 
 impl<M> Clone for HubHandle<M> {
     fn clone(&self) -> Self {
         HubHandle {
             tx: self.tx.clone(),
+            max_frame: self.max_frame,
+            queued_bytes: self.queued_bytes.clone(),
         }
     }
 }
+
+/// A queued frame's share of `server.hub_queue_bytes`, given back when the hub has
+/// handled its command.
+type Charge = Option<OwnedSemaphorePermit>;
 
 enum Command<M> {
     Register {
@@ -57,10 +81,12 @@ enum Command<M> {
     Broadcast {
         frame: Bytes,
         except: Option<ConnId>,
+        _charge: Charge,
     },
     Send {
         to: ConnId,
         delivery: Delivery<M>,
+        _charge: Charge,
     },
     Join {
         id: ConnId,
@@ -74,6 +100,7 @@ enum Command<M> {
         group: Arc<str>,
         frame: Bytes,
         except: Option<ConnId>,
+        _charge: Charge,
     },
     Count {
         group: Option<Arc<str>>,
@@ -93,26 +120,26 @@ enum Command<M> {
 // awaiting the hub holds little more than that send: handler futures are boxed and
 // copied once per request, and each nested `async fn` would add its own state.
 impl<M: Send + 'static> HubHandle<M> {
-    fn send(
-        &self,
-        command: Command<M>,
-    ) -> impl Future<Output = Result<(), HubUnavailable>> + Send + '_ {
+    fn send(&self, command: Command<M>) -> impl Future<Output = Result<(), HubError>> + Send + '_ {
         self.tx
             .send(command)
-            .map(|sent| sent.map_err(|_| HubUnavailable))
+            .map(|sent| sent.map_err(|_| HubError::Unavailable))
     }
 
     /// Sends the command `make` builds around a reply channel, then waits for the answer.
     fn ask<T: Send + 'static>(
         &self,
         make: impl FnOnce(oneshot::Sender<T>) -> Command<M>,
-    ) -> impl Future<Output = Result<T, HubUnavailable>> + Send + '_ {
+    ) -> impl Future<Output = Result<T, HubError>> + Send + '_ {
         let (reply, answer) = oneshot::channel();
         let command = make(reply);
         // The send future is made inside the block, so the block holds it once.
         async move {
-            self.tx.send(command).await.map_err(|_| HubUnavailable)?;
-            answer.await.map_err(|_| HubUnavailable)
+            self.tx
+                .send(command)
+                .await
+                .map_err(|_| HubError::Unavailable)?;
+            answer.await.map_err(|_| HubError::Unavailable)
         }
     }
 
@@ -121,7 +148,7 @@ impl<M: Send + 'static> HubHandle<M> {
         id: ConnId,
         peer: SocketAddr,
         mailbox: Arc<Mailbox<M>>,
-    ) -> impl Future<Output = Result<(), HubUnavailable>> + Send + '_ {
+    ) -> impl Future<Output = Result<(), HubError>> + Send + '_ {
         self.send(Command::Register { id, peer, mailbox })
     }
 
@@ -134,8 +161,46 @@ impl<M: Send + 'static> HubHandle<M> {
     pub(crate) fn crash(
         &self,
         by: ConnId,
-    ) -> impl Future<Output = Result<(), HubUnavailable>> + Send + '_ {
+    ) -> impl Future<Output = Result<(), HubError>> + Send + '_ {
         self.send(Command::Crash { by })
+    }
+
+    /// Sends the command carrying `frame` once the hub's queue has room for its
+    /// bytes, unless the frame is larger than any client accepts: then the caller gets
+    /// [`HubError::FrameTooLarge`] at once.
+    fn send_frame(
+        &self,
+        frame: Bytes,
+        command: impl FnOnce(Bytes, Charge) -> Command<M> + Send + 'static,
+    ) -> impl Future<Output = Result<(), HubError>> + Send + '_ {
+        let len = frame.len().saturating_sub(HEADER_LEN);
+        if len > self.max_frame {
+            warn!(
+                len,
+                max = self.max_frame,
+                "push over max_frame_bytes; refused"
+            );
+            let refused = HubError::FrameTooLarge {
+                len,
+                max: self.max_frame,
+            };
+            return Either::Left(std::future::ready(Err(refused)));
+        }
+        // A frame is at most max_frame_bytes + 4, which validation keeps within
+        // both u32 and hub_queue_bytes.
+        let bytes = u32::try_from(frame.len()).unwrap_or(u32::MAX);
+        let queued_bytes = self.queued_bytes.clone();
+        Either::Right(async move {
+            let charge = queued_bytes
+                .acquire_many_owned(bytes)
+                .await
+                .map_err(|_| HubError::Unavailable)?;
+            let command = command(frame, Some(charge));
+            self.tx
+                .send(command)
+                .await
+                .map_err(|_| HubError::Unavailable)
+        })
     }
 
     /// Pushes `payload` on `route` to every connection (encoded once).
@@ -143,7 +208,7 @@ impl<M: Send + 'static> HubHandle<M> {
         &self,
         route: u16,
         payload: Bytes,
-    ) -> impl Future<Output = Result<(), HubUnavailable>> + Send + '_ {
+    ) -> impl Future<Output = Result<(), HubError>> + Send + '_ {
         self.broadcast_frame(push_frame(route, payload), None)
     }
 
@@ -152,8 +217,12 @@ impl<M: Send + 'static> HubHandle<M> {
         &self,
         frame: Bytes,
         except: Option<ConnId>,
-    ) -> impl Future<Output = Result<(), HubUnavailable>> + Send + '_ {
-        self.send(Command::Broadcast { frame, except })
+    ) -> impl Future<Output = Result<(), HubError>> + Send + '_ {
+        self.send_frame(frame, move |frame, _charge| Command::Broadcast {
+            frame,
+            except,
+            _charge,
+        })
     }
 
     /// Pushes `payload` on `route` to one connection; dropped if it is gone.
@@ -162,9 +231,14 @@ impl<M: Send + 'static> HubHandle<M> {
         to: ConnId,
         route: u16,
         payload: Bytes,
-    ) -> impl Future<Output = Result<(), HubUnavailable>> + Send + '_ {
-        let delivery = Delivery::Frame(push_frame(route, payload));
-        self.send(Command::Send { to, delivery })
+    ) -> impl Future<Output = Result<(), HubError>> + Send + '_ {
+        self.send_frame(push_frame(route, payload), move |frame, _charge| {
+            Command::Send {
+                to,
+                delivery: Delivery::Frame(frame),
+                _charge,
+            }
+        })
     }
 
     /// Sends a message to one connection's service `message` handler.
@@ -172,9 +246,13 @@ impl<M: Send + 'static> HubHandle<M> {
         &self,
         to: ConnId,
         message: M,
-    ) -> impl Future<Output = Result<(), HubUnavailable>> + Send + '_ {
+    ) -> impl Future<Output = Result<(), HubError>> + Send + '_ {
         let delivery = Delivery::Message(message);
-        self.send(Command::Send { to, delivery })
+        self.send(Command::Send {
+            to,
+            delivery,
+            _charge: None,
+        })
     }
 
     /// Kicks one connection: it is sent `reason` and closed.
@@ -183,9 +261,13 @@ impl<M: Send + 'static> HubHandle<M> {
         to: ConnId,
         reason: KickReason,
         text: impl Into<String>,
-    ) -> impl Future<Output = Result<(), HubUnavailable>> + Send + '_ {
+    ) -> impl Future<Output = Result<(), HubError>> + Send + '_ {
         let delivery = Delivery::Kick(reason, text.into());
-        self.send(Command::Send { to, delivery })
+        self.send(Command::Send {
+            to,
+            delivery,
+            _charge: None,
+        })
     }
 
     /// Adds a connection to a named group (created on first join).
@@ -193,7 +275,7 @@ impl<M: Send + 'static> HubHandle<M> {
         &self,
         id: ConnId,
         group: &str,
-    ) -> impl Future<Output = Result<(), HubUnavailable>> + Send + '_ {
+    ) -> impl Future<Output = Result<(), HubError>> + Send + '_ {
         let group = Arc::from(group);
         self.send(Command::Join { id, group })
     }
@@ -203,7 +285,7 @@ impl<M: Send + 'static> HubHandle<M> {
         &self,
         id: ConnId,
         group: &str,
-    ) -> impl Future<Output = Result<(), HubUnavailable>> + Send + '_ {
+    ) -> impl Future<Output = Result<(), HubError>> + Send + '_ {
         let group = Arc::from(group);
         self.send(Command::Leave { id, group })
     }
@@ -215,18 +297,20 @@ impl<M: Send + 'static> HubHandle<M> {
         route: u16,
         payload: Bytes,
         except: Option<ConnId>,
-    ) -> impl Future<Output = Result<(), HubUnavailable>> + Send + '_ {
-        let frame = push_frame(route, payload);
+    ) -> impl Future<Output = Result<(), HubError>> + Send + '_ {
         let group = Arc::from(group);
-        self.send(Command::GroupBroadcast {
-            group,
-            frame,
-            except,
+        self.send_frame(push_frame(route, payload), move |frame, _charge| {
+            Command::GroupBroadcast {
+                group,
+                frame,
+                except,
+                _charge,
+            }
         })
     }
 
     /// Live connections registered with the hub.
-    pub fn count(&self) -> impl Future<Output = Result<usize, HubUnavailable>> + Send + '_ {
+    pub fn count(&self) -> impl Future<Output = Result<usize, HubError>> + Send + '_ {
         self.ask(|reply| Command::Count { group: None, reply })
     }
 
@@ -234,7 +318,7 @@ impl<M: Send + 'static> HubHandle<M> {
     pub fn group_count(
         &self,
         group: &str,
-    ) -> impl Future<Output = Result<usize, HubUnavailable>> + Send + '_ {
+    ) -> impl Future<Output = Result<usize, HubError>> + Send + '_ {
         let group = Some(Arc::from(group));
         self.ask(|reply| Command::Count { group, reply })
     }
@@ -242,7 +326,7 @@ impl<M: Send + 'static> HubHandle<M> {
     /// Every group with its member count, sorted by name.
     pub fn groups(
         &self,
-    ) -> impl Future<Output = Result<Vec<(String, usize)>, HubUnavailable>> + Send + '_ {
+    ) -> impl Future<Output = Result<Vec<(String, usize)>, HubError>> + Send + '_ {
         self.ask(|reply| Command::Groups { reply })
     }
 }
@@ -252,14 +336,23 @@ fn push_frame(route: u16, payload: Bytes) -> Bytes {
 }
 
 /// Starts a hub; the task ends when every handle is dropped, or panics on a crash.
-pub(crate) fn spawn<M: Send + 'static>(queue: usize) -> (HubHandle<M>, JoinHandle<()>) {
+pub(crate) fn spawn<M: Send + 'static>(
+    queue: usize,
+    queue_bytes: usize,
+    max_frame: usize,
+) -> (HubHandle<M>, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(queue);
     let hub = Hub {
         rx,
         conns: HashMap::new(),
         groups: HashMap::new(),
     };
-    (HubHandle { tx }, tokio::spawn(hub.run()))
+    let handle = HubHandle {
+        tx,
+        max_frame,
+        queued_bytes: Arc::new(Semaphore::new(queue_bytes.min(Semaphore::MAX_PERMITS))),
+    };
+    (handle, tokio::spawn(hub.run()))
 }
 
 struct Hub<M> {
@@ -301,14 +394,14 @@ impl<M: Send + 'static> Hub<M> {
                 }
                 debug!(conn = %id, total = self.conns.len(), "connection_ended");
             }
-            Command::Broadcast { frame, except } => {
+            Command::Broadcast { frame, except, .. } => {
                 for (id, entry) in &self.conns {
                     if Some(*id) != except {
                         entry.mailbox.deliver(Delivery::Frame(frame.clone()));
                     }
                 }
             }
-            Command::Send { to, delivery } => {
+            Command::Send { to, delivery, .. } => {
                 if let Some(entry) = self.conns.get(&to) {
                     entry.mailbox.deliver(delivery);
                 }
@@ -331,6 +424,7 @@ impl<M: Send + 'static> Hub<M> {
                 group,
                 frame,
                 except,
+                ..
             } => {
                 let Some(members) = self.groups.get(&group) else {
                     return;
@@ -424,6 +518,7 @@ pub mod bench_support {
             self.hub.handle(Command::Broadcast {
                 frame,
                 except: None,
+                _charge: None,
             });
         }
 
@@ -437,5 +532,73 @@ pub mod bench_support {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::pin;
+    use std::task::Poll;
+
+    use super::*;
+
+    /// A handle whose hub never runs: the test takes its commands by hand.
+    fn handle(queue_bytes: usize) -> (HubHandle<()>, mpsc::Receiver<Command<()>>) {
+        let (tx, rx) = mpsc::channel(1000);
+        let handle = HubHandle {
+            tx,
+            max_frame: 1000,
+            queued_bytes: Arc::new(Semaphore::new(queue_bytes)),
+        };
+        (handle, rx)
+    }
+
+    fn ready<T>(future: impl Future<Output = T>) -> Option<T> {
+        let mut future = pin!(future);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match future.as_mut().poll(&mut cx) {
+            Poll::Ready(value) => Some(value),
+            Poll::Pending => None,
+        }
+    }
+
+    #[test]
+    fn pushes_wait_for_room_in_the_hub_queue_by_bytes_not_only_by_count() {
+        // Room for two frames of 100-byte payloads (103 + 4 bytes each), not three.
+        let (hub, mut commands) = handle(2 * 107);
+        let payload = Bytes::from(vec![0u8; 100]);
+        assert_eq!(ready(hub.broadcast(1, payload.clone())), Some(Ok(())));
+        assert_eq!(
+            ready(hub.push_to(ConnId(1), 1, payload.clone())),
+            Some(Ok(()))
+        );
+        let mut third = pin!(hub.broadcast(1, payload));
+        assert_eq!(ready(third.as_mut()), None, "the queue is full of bytes");
+        // The hub handles one command: its bytes are free again.
+        drop(commands.try_recv().unwrap());
+        assert_eq!(ready(third.as_mut()), Some(Ok(())));
+        // Kicks and messages carry no payload bytes and never wait for them.
+        assert_eq!(
+            ready(hub.kick(ConnId(1), KickReason::DOS, "x")),
+            Some(Ok(()))
+        );
+    }
+
+    #[test]
+    fn a_push_over_the_frame_limit_is_refused_before_it_is_queued() {
+        let (hub, mut commands) = handle(1 << 20);
+        let refused = ready(hub.broadcast(1, Bytes::from(vec![0u8; 998])));
+        assert_eq!(
+            refused,
+            Some(Err(HubError::FrameTooLarge {
+                len: 1001,
+                max: 1000
+            }))
+        );
+        assert!(commands.try_recv().is_err(), "nothing reached the hub");
+        assert_eq!(
+            ready(hub.broadcast(1, Bytes::from(vec![0u8; 997]))),
+            Some(Ok(()))
+        );
     }
 }

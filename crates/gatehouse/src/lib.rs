@@ -41,7 +41,7 @@ pub use gatehouse_protocol as protocol;
 
 pub use config::Config;
 pub use connection::{ConnId, DisconnectReason, Severity};
-pub use hub::{HubHandle, HubUnavailable};
+pub use hub::{HubError, HubHandle};
 pub use listener::bind;
 pub use protocol::{KickReason, Message, Status};
 pub use server::Server;

@@ -35,8 +35,9 @@ impl<S: Service> Server<S> {
 
     /// Serves connections from `listener` (see [`crate::bind`]) until `shutdown`
     /// resolves, then kicks every connection `shutdown`, runs every disconnect hook and
-    /// returns `Ok` (within `supervisor.drain_timeout`). Returns `Err` if the hub
-    /// crashed more often than the restart intensity allows. Dropping the future
+    /// returns `Ok` (within `supervisor.drain_timeout`; past it, `Err` with how many
+    /// connections were abandoned). Returns `Err` if the hub crashed more often than
+    /// the restart intensity allows. Dropping the future
     /// stops the server as well (connections are kicked `shutdown` in the background).
     pub async fn run(
         self,

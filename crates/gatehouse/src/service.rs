@@ -5,8 +5,9 @@
 //! and in arrival order, with `&mut` access to the session (`request_now` and
 //! `notify_now` are their allocation-free fast path for handlers that never wait); `disconnect` (the seed's
 //! `save_on_end`) receives the session back exactly once, whatever ended the
-//! connection. Handlers reach their own connection through [`Context`] and every
-//! other connection through the [`HubHandle`].
+//! connection; `checkpoint` saves a session its handlers marked dirty while it lives.
+//! Handlers reach their own connection through [`Context`] and every other
+//! connection through the [`HubHandle`].
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -107,8 +108,19 @@ pub trait Service: Send + Sync + 'static {
         async {}
     }
 
+    /// A checkpoint of a session its handlers marked dirty ([`Context::mark_dirty`]):
+    /// save it while it lives, so that a crash of the whole process (a SIGKILL, an
+    /// OOM kill, a lost machine) loses at most `limits.checkpoint_interval` of
+    /// acknowledged state. Called at most once per interval, only after a change. It
+    /// must not block: queue the save (gatehouse-store's writer never waits). It runs
+    /// under the same panic guard as the handlers.
+    fn checkpoint(&self, session: &mut Self::Session, ctx: &mut Context<'_, Self::Message>) {
+        let _ = (session, ctx);
+    }
+
     /// The connection ended (the seed's `save_on_end`): called exactly once per
-    /// session, on every exit path.
+    /// session, on every exit path. It runs under `limits.disconnect_timeout`: queue
+    /// the save before anything that can wait, so a hook that is dropped has saved.
     fn disconnect(
         &self,
         session: Self::Session,
@@ -217,6 +229,12 @@ impl<M: Send + 'static> Context<'_, M> {
     /// payload is larger than a frame may be (dropped and logged).
     pub fn push(&mut self, route: u16, payload: impl Into<Bytes>) -> bool {
         self.core.push(route, payload.into())
+    }
+
+    /// The session changed in a way worth saving: [`Service::checkpoint`] runs within
+    /// `limits.checkpoint_interval` (once, however many changes happen meanwhile).
+    pub fn mark_dirty(&mut self) {
+        self.core.mark_dirty();
     }
 
     /// Closes this connection once the current handler returns, sending `reason`.

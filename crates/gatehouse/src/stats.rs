@@ -1,5 +1,5 @@
-//! Server-wide counters: what was accepted, refused, closed and why, and how many
-//! disconnect hooks ran. Relaxed atomics, read as a [`StatsSnapshot`]; the
+//! Server-wide counters: what was accepted, refused, closed and why, how many
+//! disconnect hooks and checkpoints ran, and which hooks timed out. Relaxed atomics, read as a [`StatsSnapshot`]; the
 //! binary logs one at shutdown, tests assert on them, a metrics exporter can poll it.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -25,6 +25,8 @@ pub struct Stats {
     login_timeouts: AtomicU64,
     handler_panics: AtomicU64,
     handler_timeouts: AtomicU64,
+    hook_timeouts: AtomicU64,
+    checkpoints: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -60,6 +62,10 @@ pub struct StatsSnapshot {
     pub handler_panics: u64,
     /// Handlers dropped for running past `limits.handler_timeout`.
     pub handler_timeouts: u64,
+    /// `connect` or `disconnect` hooks dropped for running past their timeout.
+    pub hook_timeouts: u64,
+    /// Checkpoints of dirty sessions.
+    pub checkpoints: u64,
 }
 
 impl Stats {
@@ -81,6 +87,8 @@ impl Stats {
             login_timeouts: self.login_timeouts.load(Relaxed),
             handler_panics: self.handler_panics.load(Relaxed),
             handler_timeouts: self.handler_timeouts.load(Relaxed),
+            hook_timeouts: self.hook_timeouts.load(Relaxed),
+            checkpoints: self.checkpoints.load(Relaxed),
         }
     }
 
@@ -102,6 +110,14 @@ impl Stats {
 
     pub(crate) fn count_disconnect_hook(&self) {
         self.disconnect_hooks.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn count_hook_timeout(&self) {
+        self.hook_timeouts.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn count_checkpoint(&self) {
+        self.checkpoints.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn count_close(&self, reason: &DisconnectReason) {

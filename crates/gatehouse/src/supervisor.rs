@@ -18,7 +18,8 @@
 //!   (OTP's restart intensity) ends `supervise` with an error, after the connections
 //!   were closed as above: the process exits non-zero for systemd or Kubernetes.
 //! - Shutdown: the group is stopped with reason `shutdown` and drained within
-//!   `supervisor.drain_timeout`.
+//!   `supervisor.drain_timeout`; tasks still running then make `supervise` end with
+//!   an error saying how many (their saves may not have been queued).
 //!
 //! The store writer is started by whoever owns the store (the `gatehouse` binary
 //! for arena) before `Server::run` and closed after it returns, once every
@@ -54,10 +55,21 @@ pub enum ServerError {
         /// `supervisor.restart_window`.
         window: Duration,
     },
+    /// Shutdown ran out of `supervisor.drain_timeout` with tasks still running: their
+    /// disconnect hooks (and saves) may not have run.
+    #[error(
+        "{unfinished} connection tasks had not finished within the drain timeout ({timeout:?})"
+    )]
+    DrainTimedOut {
+        /// Tasks abandoned (connections, and the acceptor if it had not stopped).
+        unfinished: usize,
+        /// `supervisor.drain_timeout`.
+        timeout: Duration,
+    },
 }
 
-/// Runs the tree until `shutdown` is cancelled (`Ok`) or the restart intensity is
-/// exceeded (`Err`).
+/// Runs the tree until `shutdown` is cancelled (`Ok`, or `Err` if the drain timed
+/// out) or the restart intensity is exceeded (`Err`).
 pub(crate) async fn supervise<S: Service>(
     listener: TcpListener,
     shared: Arc<Shared<S>>,
@@ -67,7 +79,11 @@ pub(crate) async fn supervise<S: Service>(
     let limits = &shared.config.supervisor;
     let mut restarts = RestartIntensity::new(limits.max_restarts, limits.restart_window);
     loop {
-        let (hub, mut hub_task) = hub::spawn::<S::Message>(shared.config.server.hub_queue);
+        let (hub, mut hub_task) = hub::spawn::<S::Message>(
+            shared.config.server.hub_queue,
+            shared.config.server.hub_queue_bytes,
+            shared.config.limits.max_frame_bytes,
+        );
         let group = Arc::new(Group::new(shutdown.child_token(), hub));
         group.tracker.spawn(listener::accept_loop(
             listener.clone(),
@@ -80,8 +96,15 @@ pub(crate) async fn supervise<S: Service>(
             () = shutdown.cancelled() => {
                 info!("shutting down: kicking every connection");
                 group.stop(DisconnectReason::Shutdown);
-                group.drain(limits.drain_timeout).await;
+                let drained = group.drain(limits.drain_timeout).await;
                 hub_task.abort();
+                if let Err(unfinished) = drained {
+                    error!(unfinished, "shutdown incomplete: connections abandoned at the drain timeout");
+                    return Err(ServerError::DrainTimedOut {
+                        unfinished,
+                        timeout: limits.drain_timeout,
+                    });
+                }
                 info!("shutdown complete");
                 return Ok(());
             }
@@ -90,7 +113,9 @@ pub(crate) async fn supervise<S: Service>(
         error!(cause = %crash, "hub crashed; closing every connection, then restarting it");
         shared.stats.count_hub_restart();
         group.stop(DisconnectReason::ServerRestart);
-        group.drain(limits.drain_timeout).await;
+        // Tasks a restart abandons go on in the background and end on their own
+        // (every hook is under its timeout); the new hub does not wait for them.
+        let _ = group.drain(limits.drain_timeout).await;
         if shutdown.is_cancelled() {
             // Asked to stop during the restart: that is a clean stop, not a failure.
             info!("shutdown requested while restarting; shutdown complete");

@@ -1,12 +1,13 @@
 //! The hub (the seed's gs_svr) over real sockets: broadcast, groups, sending to and
-//! kicking one connection, service messages and counts.
+//! kicking one connection, service messages and counts, and no push larger than a
+//! frame may be.
 
 #![allow(clippy::unwrap_used)]
 
 mod support;
 
 use bytes::Bytes;
-use gatehouse::{DisconnectReason, KickReason};
+use gatehouse::{DisconnectReason, KickReason, Status};
 use support::{resources, routes, test_config, Client, TestServer};
 
 /// Asserts that a request answers `expected` with no push before its response:
@@ -185,5 +186,30 @@ async fn service_messages_do_not_use_up_the_outbound_budget() {
         assert_eq!(client.expect_push().await.1, format!("message: m{i}"));
     }
     echo_with_nothing_queued(&mut client, "one push per message").await;
+    assert!(server.record.hooks().is_empty(), "nobody was kicked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_over_the_frame_limit_is_refused_to_the_game_and_reaches_nobody() {
+    let mut config = test_config();
+    config.limits.max_frame_bytes = 1024;
+    let server = TestServer::start(config).await;
+    let mut sender = server.connect().await;
+    let mut listener = server.connect().await;
+    echo_with_nothing_queued(&mut listener, "registered").await;
+    // A push's body is its kind, its route and the payload: 1021 bytes fit in 1024.
+    let (status, _) = sender
+        .request(routes::BROADCAST_SIZED, 1021u32.to_be_bytes().to_vec())
+        .await;
+    assert!(status.is_ok());
+    let (_, pushed) = listener.expect_push().await;
+    assert_eq!(pushed.len(), 1021);
+    // One byte more, and the game hears why instead of any client being sent it.
+    let (status, text) = sender
+        .request(routes::BROADCAST_SIZED, 1022u32.to_be_bytes().to_vec())
+        .await;
+    assert_eq!(status, Status::INTERNAL_ERROR);
+    assert!(String::from_utf8_lossy(&text).contains("over max_frame_bytes"));
+    echo_with_nothing_queued(&mut listener, "nothing arrived").await;
     assert!(server.record.hooks().is_empty(), "nobody was kicked");
 }

@@ -385,3 +385,45 @@ async fn a_connection_kept_busy_by_its_client_still_sees_the_shutdown_at_once() 
     );
     writer.abort();
 }
+
+/// A kick that lands while handlers are completing (between two steps of the
+/// connection's loop, in a handler's await, or as output is written) is reported to
+/// the client and to the hook as itself, never as a shutdown or restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kick_racing_handler_completions_is_always_reported_as_itself() {
+    let server = TestServer::start(test_config()).await;
+    let mut kicker = server.connect().await;
+    for round in 0..100 {
+        let mut victim = server.connect().await;
+        let id = victim.whoami().await;
+        // Requests in flight, some fast-path, some async, as the kick arrives.
+        for i in 0..20u32 {
+            let route = if i % 2 == 0 {
+                routes::ECHO
+            } else {
+                routes::REVERSE_NOW
+            };
+            victim
+                .send(&Message::Request {
+                    id: 1000 + i,
+                    route,
+                    payload: Bytes::from_static(b"racing"),
+                })
+                .await;
+        }
+        let id_bytes = Bytes::copy_from_slice(&id.0.to_be_bytes());
+        assert!(kicker.request(routes::KICK, id_bytes).await.0.is_ok());
+        assert_eq!(
+            victim.expect_kick().await,
+            KickReason::DUPLICATE_LOGIN,
+            "round {round}"
+        );
+        let hooks = server.record.wait_hooks(round + 1).await;
+        let hook = hooks.iter().find(|(conn, _)| *conn == id).unwrap();
+        assert_eq!(
+            hook.1,
+            DisconnectReason::Kicked(KickReason::DUPLICATE_LOGIN),
+            "round {round}"
+        );
+    }
+}

@@ -10,6 +10,7 @@
 //! | inbound bytes/s and frames/s (DoS) | `poll_event` → [`InboundRates`] |
 //! | malformed envelopes, kinds a client may not send | `poll_event` |
 //! | first-frame and idle deadlines, the send stall | [`ConnectionCore::poll_timeout`], [`ConnectionCore::handle_timeout`] |
+//! | the checkpoint of a dirty session | [`ConnectionCore::mark_dirty`], [`ConnectionCore::take_checkpoint`] |
 //! | outbound byte budget (slow consumer) | every enqueue, through the shared [`OutboundBudget`] |
 //! | largest frame the server may send | [`ConnectionCore::respond`], [`ConnectionCore::push`] |
 //!
@@ -97,6 +98,8 @@ pub(crate) struct ConnectionCore {
     stalled_since: Option<Instant>,
     /// Output was consumed since the stall clock was last looked at.
     progressed: bool,
+    /// When the session's game marked it dirty, plus the checkpoint interval.
+    checkpoint_at: Option<Instant>,
     close: Option<Close>,
     unknown_routes: u8,
 }
@@ -115,6 +118,7 @@ impl ConnectionCore {
             last_input: None,
             stalled_since: None,
             progressed: false,
+            checkpoint_at: None,
             close: None,
             unknown_routes: 0,
         }
@@ -333,15 +337,37 @@ impl ConnectionCore {
     // ---- time -----------------------------------------------------------------
 
     /// The one instant at which [`ConnectionCore::handle_timeout`] must be called: the
-    /// first-frame or idle deadline, or the send stall's, whichever is first. Call it
-    /// after each round of I/O; it also starts and stops the stall clock.
+    /// first-frame or idle deadline, the send stall's or a checkpoint, whichever is
+    /// first. Call it after each round of I/O; it also starts and stops the stall
+    /// clock.
     pub(crate) fn poll_timeout(&mut self, now: Instant) -> Instant {
         self.update_stall(now);
-        let input = self.input_deadline();
-        match self.stalled_since {
-            Some(since) => input.min(since + self.config.limits.send_timeout),
-            None => input,
+        let mut due = self.input_deadline();
+        if let Some(since) = self.stalled_since {
+            due = due.min(since + self.config.limits.send_timeout);
         }
+        if let Some(at) = self.checkpoint_at {
+            due = due.min(at);
+        }
+        due
+    }
+
+    /// The session changed: a checkpoint is due within the checkpoint interval of
+    /// the first change since the last one (later changes ride along with it).
+    pub(crate) fn mark_dirty(&mut self) {
+        if self.checkpoint_at.is_none() {
+            self.checkpoint_at = Some(self.clock.0 + self.config.limits.checkpoint_interval);
+        }
+    }
+
+    /// Whether the checkpoint is due at `now`; if so, it is taken (the session is
+    /// clean until it is marked dirty again).
+    pub(crate) fn take_checkpoint(&mut self, now: Instant) -> bool {
+        let due = self.checkpoint_at.is_some_and(|at| now >= at);
+        if due {
+            self.checkpoint_at = None;
+        }
+        due
     }
 
     /// Starts, restarts or stops the stall clock: output that is all sent, or that
@@ -819,6 +845,31 @@ mod tests {
         h.core.queue_reserved_frame(broadcast);
         assert!(!h.core.push(1, Bytes::from(vec![0u8; 600])), "no room left");
         assert_eq!(h.closed(), Some(DisconnectReason::SlowConsumer));
+    }
+
+    #[test]
+    fn a_dirty_session_is_checkpointed_once_an_interval_after_its_first_change() {
+        let mut h = harness(LimitsConfig {
+            checkpoint_interval: Duration::from_secs(5),
+            ..limits()
+        });
+        h.receive(&wire(&request(1, 7, b"")));
+        assert_eq!(h.events(h.at(Duration::from_secs(1))).len(), 1);
+        let idle = h.core.poll_timeout(h.at(Duration::from_secs(1)));
+        h.core.mark_dirty();
+        h.core.mark_dirty(); // a second change does not push the checkpoint back
+        let due = h.core.poll_timeout(h.at(Duration::from_secs(2)));
+        assert_eq!(due, h.at(Duration::from_secs(6)));
+        assert!(due < idle);
+        assert!(!h.core.take_checkpoint(h.at(Duration::from_secs(5))));
+        assert!(h.core.take_checkpoint(due));
+        assert!(!h.core.take_checkpoint(due), "taken once");
+        assert_eq!(
+            h.core.poll_timeout(due),
+            idle,
+            "clean: only the idle deadline"
+        );
+        assert_eq!(h.closed(), None);
     }
 
     #[test]

@@ -117,6 +117,7 @@ enum Call {
     Request { id: u32, route: u16, len: usize },
     Notify { route: u16, len: usize },
     Message,
+    Checkpoint,
 }
 
 impl Call {
@@ -125,13 +126,14 @@ impl Call {
             Call::Request { .. } => "request",
             Call::Notify { .. } => "notify",
             Call::Message => "message",
+            Call::Checkpoint => "checkpoint",
         }
     }
 
     fn route(self) -> Option<u16> {
         match self {
             Call::Request { route, .. } | Call::Notify { route, .. } => Some(route),
-            Call::Message => None,
+            Call::Message | Call::Checkpoint => None,
         }
     }
 }
@@ -257,7 +259,7 @@ impl<S: Service, T: Transport> Connection<S, T> {
             Call::Notify { route, .. } => service
                 .notify_now(session, &mut ctx, route, payload)
                 .map(Answer::Status),
-            Call::Message => None,
+            Call::Message | Call::Checkpoint => None,
         }));
         match answered {
             Ok(Some(answer)) => self.answered(call, answer),
@@ -265,6 +267,19 @@ impl<S: Service, T: Transport> Connection<S, T> {
             Err(panic) => self.conclude(call, Outcome::Panicked(panic_message(&*panic))),
         }
         None
+    }
+
+    /// Runs the service's checkpoint of the session, under the panic guard.
+    pub(super) fn checkpoint(&mut self, session: &mut S::Session) {
+        let service = &self.shared.service;
+        let mut ctx = Context::new(self.id, self.peer, &self.group.hub, &mut self.core);
+        let done = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            service.checkpoint(session, &mut ctx);
+        }));
+        self.shared.stats.count_checkpoint();
+        if let Err(panic) = done {
+            self.conclude(Call::Checkpoint, Outcome::Panicked(panic_message(&*panic)));
+        }
     }
 
     /// Puts a handler's answer where it belongs, or closes the connection if it gave

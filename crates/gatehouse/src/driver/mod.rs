@@ -133,12 +133,21 @@ impl<S: Service, T: Transport> Connection<S, T> {
             (None, Close::from(DisconnectReason::ServerRestart))
         } else {
             let service = &self.shared.service;
+            let timeout = self.shared.config.limits.connect_timeout;
             let mut ctx = Context::new(self.id, self.peer, &self.group.hub, &mut self.core);
-            let connecting = guarded(async move { service.connect(&mut ctx).await });
+            let connecting =
+                guarded(
+                    async move { tokio::time::timeout(timeout, service.connect(&mut ctx)).await },
+                );
             match connecting.await {
-                Ok(mut session) => {
+                Ok(Ok(mut session)) => {
                     let close = self.serve(&mut session).await;
                     (Some(session), close)
+                }
+                Ok(Err(_)) => {
+                    self.shared.stats.count_hook_timeout();
+                    error!(?timeout, "connect hook ran past limits.connect_timeout; no session, no disconnect hook");
+                    (None, Close::from(DisconnectReason::HandlerTimeout))
                 }
                 Err(panic) => {
                     error!(panic = %panic, "connect handler panicked; no session, no disconnect hook");
@@ -161,9 +170,19 @@ impl<S: Service, T: Transport> Connection<S, T> {
                 peer: self.peer,
                 reason: close.reason.clone(),
             };
-            let hook = guarded(self.shared.service.disconnect(session, info));
-            if let Err(panic) = hook.await {
-                error!(panic = %panic, "disconnect hook panicked");
+            let timeout = self.shared.config.limits.disconnect_timeout;
+            let hook = self.shared.service.disconnect(session, info);
+            let hook = guarded(async move { tokio::time::timeout(timeout, hook).await });
+            match hook.await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {
+                    self.shared.stats.count_hook_timeout();
+                    error!(
+                        ?timeout,
+                        "disconnect hook ran past limits.disconnect_timeout; dropped"
+                    );
+                }
+                Err(panic) => error!(panic = %panic, "disconnect hook panicked"),
             }
             self.shared.stats.count_disconnect_hook();
         }
@@ -263,6 +282,9 @@ impl<S: Service, T: Transport> Connection<S, T> {
                 }
                 Wake::Timer => {
                     self.core.handle_timeout(now);
+                    if self.core.take_checkpoint(now) && !self.core.is_closing() {
+                        self.checkpoint(session);
+                    }
                     armed = self.core.poll_timeout(now);
                     timer.as_mut().reset(armed.into());
                 }

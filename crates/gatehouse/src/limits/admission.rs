@@ -1,4 +1,6 @@
-//! Admission at accept: the global `max_connections` and the per-IP cap.
+//! Admission at accept: the global `max_connections` and the per-IP cap, which
+//! counts an IPv6 client by its network (`server.ipv6_prefix_len`, a /64 by default):
+//! one subscriber is given a whole /64, and could otherwise walk around the cap.
 //!
 //! It lives outside the hub, so counts stay right across hub restarts; a [`Permit`]
 //! gives its slot back when the connection task ends, however it ends.
@@ -12,7 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 pub enum Refusal {
     /// `max_connections` reached.
     ServerFull,
-    /// `max_connections_per_ip` reached for this address.
+    /// `max_connections_per_ip` reached for this address (IPv6: this network).
     TooManyFromIp,
 }
 
@@ -25,6 +27,7 @@ pub(crate) struct Admission {
 struct AdmissionInner {
     max_total: usize,
     max_per_ip: usize,
+    ipv6_prefix_len: u8,
     counts: Mutex<Counts>,
 }
 
@@ -41,11 +44,12 @@ pub(crate) struct Permit {
 }
 
 impl Admission {
-    pub(crate) fn new(max_total: usize, max_per_ip: usize) -> Self {
+    pub(crate) fn new(max_total: usize, max_per_ip: usize, ipv6_prefix_len: u8) -> Self {
         Admission {
             inner: Arc::new(AdmissionInner {
                 max_total,
                 max_per_ip,
+                ipv6_prefix_len,
                 counts: Mutex::new(Counts::default()),
             }),
         }
@@ -53,6 +57,7 @@ impl Admission {
 
     /// Takes a slot for a connection from `ip`, or says why not.
     pub(crate) fn try_admit(&self, ip: IpAddr) -> Result<Permit, Refusal> {
+        let ip = counted_as(ip, self.inner.ipv6_prefix_len);
         let mut counts = self
             .inner
             .counts
@@ -84,6 +89,24 @@ impl Admission {
     }
 }
 
+/// The address a connection from `ip` counts against: IPv4 (also when mapped into
+/// IPv6) as it is, IPv6 with only its first `prefix_len` bits.
+fn counted_as(ip: IpAddr, prefix_len: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let bits = u128::from(v6);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(prefix_len.clamp(1, 128)))
+                    .unwrap_or(0);
+                IpAddr::V6((bits & mask).into())
+            }
+        },
+    }
+}
+
 impl Drop for Permit {
     fn drop(&mut self) {
         let mut counts = self
@@ -107,7 +130,7 @@ mod tests {
 
     #[test]
     fn admission_caps_total_and_per_ip_and_frees_on_drop() {
-        let admission = Admission::new(3, 2);
+        let admission = Admission::new(3, 2, 64);
         let a: IpAddr = [127, 0, 0, 1].into();
         let b: IpAddr = [127, 0, 0, 2].into();
         let p1 = admission.try_admit(a).unwrap();
@@ -118,5 +141,31 @@ mod tests {
         drop(p1);
         assert_eq!(admission.current(), 2);
         assert!(admission.try_admit(a).is_ok());
+    }
+
+    #[test]
+    fn ipv6_clients_count_by_their_network_and_ipv4_by_address() {
+        let admission = Admission::new(100, 2, 64);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let _a = admission.try_admit(ip("2001:db8:1:2::1")).unwrap();
+        let _b = admission.try_admit(ip("2001:db8:1:2:ffff::9")).unwrap();
+        // A third address of the same /64 is the same client.
+        assert_eq!(
+            admission.try_admit(ip("2001:db8:1:2:abcd::1")).err(),
+            Some(Refusal::TooManyFromIp)
+        );
+        assert!(
+            admission.try_admit(ip("2001:db8:1:3::1")).is_ok(),
+            "next /64"
+        );
+        // IPv4, bare or mapped into IPv6, counts by address.
+        let _c = admission.try_admit(ip("192.0.2.1")).unwrap();
+        let _d = admission.try_admit(ip("::ffff:192.0.2.1")).unwrap();
+        assert!(admission.try_admit(ip("192.0.2.1")).is_err());
+        assert!(admission.try_admit(ip("192.0.2.2")).is_ok());
+
+        let per_address = Admission::new(100, 1, 128);
+        let _e = per_address.try_admit(ip("2001:db8::1")).unwrap();
+        assert!(per_address.try_admit(ip("2001:db8::2")).is_ok());
     }
 }

@@ -57,6 +57,9 @@ pub mod routes {
     pub const REVERSE_NOW: u16 = 23;
     /// Panics on the fast path.
     pub const PANIC_NOW: u16 = 24;
+    /// Payload: u32 BE size s; broadcasts s bytes on PUSH; a refusal by the hub is
+    /// answered with its text and status INTERNAL_ERROR.
+    pub const BROADCAST_SIZED: u16 = 25;
     /// Push route for everything the service pushes.
     pub const PUSH: u16 = 100;
 }
@@ -178,7 +181,7 @@ impl Service for Recorder {
         let text = || String::from_utf8_lossy(&payload).into_owned();
         let id_of = |p: &Bytes| ConnId(u64::from_be_bytes(p[..8].try_into().unwrap()));
         let hub = ctx.hub().clone();
-        let done = |r: Result<(), gatehouse::HubUnavailable>| match r {
+        let done = |r: Result<(), gatehouse::HubError>| match r {
             Ok(()) => Reply::empty(),
             Err(e) => Reply::error(Status::UNAVAILABLE, e.to_string()),
         };
@@ -200,6 +203,13 @@ impl Service for Recorder {
                 )
             }
             routes::BROADCAST => done(hub.broadcast(routes::PUSH, payload).await),
+            routes::BROADCAST_SIZED => {
+                let size = payload.clone().get_u32() as usize;
+                match hub.broadcast(routes::PUSH, vec![b'x'; size].into()).await {
+                    Ok(()) => Reply::empty(),
+                    Err(e) => Reply::error(Status::INTERNAL_ERROR, e.to_string()),
+                }
+            }
             routes::SEND_TO => done(
                 hub.push_to(id_of(&payload), routes::PUSH, "hello".into())
                     .await,
