@@ -310,9 +310,13 @@ class RoomInfo(Message):
 
 @dataclass
 class RoomList(Message):
-    """Route 2 answer."""
+    """Route 2 answer: the first 100 rooms and how many there are."""
     rooms: List[RoomInfo] = field(default_factory=list)
-    _proto_: ClassVar = ((1, "rooms", RoomInfo, True),)
+    total: int = 0
+    _proto_: ClassVar = (
+        (1, "rooms", RoomInfo, True),
+        (2, "total", "uint32", False),
+    )
 
 
 @dataclass

@@ -5,23 +5,27 @@
 //! groups), chat in the room, move around, whisper to anyone on the server, and ask
 //! who is online. Messages are protobuf (`proto/arena.proto`, compiled by prost in
 //! `build.rs`). A player's state is saved through the [`SaveWriter`] when the
-//! connection ends, whatever ends it (the seed's `save_on_end`).
+//! connection ends, whatever ends it (the seed's `save_on_end`), and checkpointed
+//! while they play: within `limits.checkpoint_interval` of a change (a move, a room
+//! change, a login), so that even a killed server loses no more than that.
 //!
 //! Duplicate login: logging in as a player who is online kicks the old connection
 //! (`duplicate_login`) and waits until its disconnect hook has queued its save, so the
 //! new login loads the latest state; the old connection's end only removes the
-//! registry entry if it is still its own, so it never unregisters the new one.
+//! registry entry if it is still its own, so it never unregisters the new one. Logins
+//! to one name take turns, so however many arrive at once, the last one is left
+//! online and every other is told why (kicked, or LOGIN_BUSY).
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
 use gatehouse::{ConnId, Context, Disconnect, HubHandle, KickReason, Reply, Service, Status};
-use gatehouse_store::{SaveWriter, Store};
+use gatehouse_store::{SaveSlot, SaveWriter, Store};
 use prost::Message as _;
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 /// The protobuf messages of `proto/arena.proto`.
 #[allow(missing_docs, unreachable_pub, clippy::all)]
@@ -82,6 +86,9 @@ pub const MAX_TEXT: usize = 256;
 pub const MAX_NAME: usize = 24;
 /// Most names a `who` answer lists.
 pub const MAX_WHO: usize = 100;
+/// Most rooms a `rooms` answer lists: with names of at most [`MAX_NAME`] characters,
+/// an answer stays far below the smallest frame limit a server would set.
+pub const MAX_ROOMS: usize = 100;
 /// How long a login waits for the same player's previous connection to save and go.
 const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -89,6 +96,9 @@ const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Arena<S> {
     writer: SaveWriter<S>,
     online: Mutex<HashMap<String, Online>>,
+    /// Logins to one name take turns: each takes over from the one before, so that
+    /// however many arrive at once, exactly one is left online.
+    turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// A player's entry in the online registry.
@@ -121,6 +131,41 @@ impl<S> Claim<'_, S> {
     }
 }
 
+/// A login's place in the line of logins to one name; the line is forgotten when
+/// its last login is done with it.
+struct Turn<'a, S> {
+    arena: &'a Arena<S>,
+    name: &'a str,
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl<'a, S> Turn<'a, S> {
+    fn take(arena: &'a Arena<S>, name: &'a str) -> Self {
+        let line = lock(&arena.turns)
+            .entry(name.to_owned())
+            .or_default()
+            .clone();
+        Turn {
+            arena,
+            name,
+            lock: line,
+        }
+    }
+}
+
+impl<S> Drop for Turn<'_, S> {
+    fn drop(&mut self) {
+        let mut turns = lock(&self.arena.turns);
+        // Two holders: the map and this turn; then nobody else is in line.
+        if turns
+            .get(self.name)
+            .is_some_and(|l| Arc::strong_count(l) == 2)
+        {
+            turns.remove(self.name);
+        }
+    }
+}
+
 impl<S> Drop for Claim<'_, S> {
     fn drop(&mut self) {
         if let Some(released) = self.released.take() {
@@ -137,6 +182,8 @@ pub struct Session {
 
 struct Player {
     state: pb::PlayerState,
+    /// Where the state is saved: it builds on the version loaded at login.
+    slot: SaveSlot,
     /// Tells a waiting login that this session's save is queued.
     released: watch::Sender<bool>,
     /// To tell the room this player left, from the disconnect hook.
@@ -145,8 +192,7 @@ struct Player {
 
 impl<S> Arena<S> {
     fn online(&self) -> MutexGuard<'_, HashMap<String, Online>> {
-        // No code that can panic runs under this lock.
-        self.online.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.online)
     }
 
     /// Removes `name` from the registry if this connection still holds it.
@@ -166,6 +212,7 @@ impl<S: Store> Arena<S> {
         Arena {
             writer,
             online: Mutex::new(HashMap::new()),
+            turns: Mutex::new(HashMap::new()),
         }
     }
 
@@ -194,12 +241,17 @@ impl<S: Store> Arena<S> {
             Ok(claim) => claim,
             Err(reply) => return reply,
         };
-        let mut state = match self.writer.load(&name).await {
-            Ok(Some(saved)) => pb::PlayerState::decode(saved).unwrap_or_else(|e| {
-                warn!(player = %name, error = %e, "saved state unreadable; starting afresh");
-                new_player(&name)
-            }),
-            Ok(None) => new_player(&name),
+        let (mut state, slot) = match self.writer.load(&name).await {
+            Ok(loaded) => {
+                let state = match loaded.data {
+                    Some(saved) => pb::PlayerState::decode(saved).unwrap_or_else(|e| {
+                        warn!(player = %name, error = %e, "saved state unreadable; starting afresh");
+                        new_player(&name)
+                    }),
+                    None => new_player(&name),
+                };
+                (state, loaded.slot)
+            }
             Err(e) => {
                 // Without the saved state, playing on would overwrite it at logout;
                 // dropping the claim lets the name go.
@@ -209,6 +261,7 @@ impl<S: Store> Arena<S> {
             }
         };
         state.logins += 1;
+        ctx.mark_dirty();
         let hub = ctx.hub().clone();
         let _ = hub.join(ctx.id(), &state.room).await;
         announce(&hub, &state.name, &state.room, true, Some(ctx.id())).await;
@@ -218,6 +271,7 @@ impl<S: Store> Arena<S> {
         };
         session.player = Some(Player {
             state,
+            slot,
             released: claim.keep(),
             hub,
         });
@@ -225,32 +279,19 @@ impl<S: Store> Arena<S> {
     }
 
     /// Registers `name` as online on this connection, first kicking the connection
-    /// that has it and waiting until it has saved and gone.
+    /// that has it and waiting until it has saved and gone. Logins to one name take
+    /// turns, so no other login can take the name between that wait and the claim.
     async fn claim(&self, name: &str, ctx: &Context<'_, ()>) -> Result<Claim<'_, S>, Reply> {
-        // A few rounds: another login may take the name between two of them.
-        for _ in 0..3 {
-            let (previous, mut released) = {
-                let mut online = self.online();
-                match online.get(name) {
-                    None => {
-                        let (tx, rx) = watch::channel(false);
-                        online.insert(
-                            name.to_owned(),
-                            Online {
-                                conn: ctx.id(),
-                                released: rx,
-                            },
-                        );
-                        return Ok(Claim {
-                            arena: self,
-                            name: name.to_owned(),
-                            conn: ctx.id(),
-                            released: Some(tx),
-                        });
-                    }
-                    Some(entry) => (entry.conn, entry.released.clone()),
-                }
-            };
+        let busy = || Reply::error(status::LOGIN_BUSY, "the previous session is still closing");
+        let turn = Turn::take(self, name);
+        let Ok(_my_turn) = tokio::time::timeout(TAKEOVER_TIMEOUT, turn.lock.lock()).await else {
+            return Err(busy());
+        };
+        let previous = self
+            .online()
+            .get(name)
+            .map(|entry| (entry.conn, entry.released.clone()));
+        if let Some((previous, mut released)) = previous {
             info!(player = %name, previous = %previous, "duplicate login; kicking the previous connection");
             let _ = ctx
                 .hub()
@@ -263,13 +304,23 @@ impl<S: Store> Arena<S> {
             // An error means the sender is gone: released as well.
             let waited = tokio::time::timeout(TAKEOVER_TIMEOUT, released.wait_for(|r| *r)).await;
             if waited.is_err() {
-                break;
+                return Err(busy());
             }
         }
-        Err(Reply::error(
-            status::LOGIN_BUSY,
-            "the previous session is still closing",
-        ))
+        let (tx, rx) = watch::channel(false);
+        self.online().insert(
+            name.to_owned(),
+            Online {
+                conn: ctx.id(),
+                released: rx,
+            },
+        );
+        Ok(Claim {
+            arena: self,
+            name: name.to_owned(),
+            conn: ctx.id(),
+            released: Some(tx),
+        })
     }
 
     async fn play(
@@ -286,8 +337,10 @@ impl<S: Store> Arena<S> {
             routes::ROOMS => match hub.groups().await {
                 Ok(groups) => Reply::ok(
                     pb::RoomList {
+                        total: u32::try_from(groups.len()).unwrap_or(u32::MAX),
                         rooms: groups
                             .into_iter()
+                            .take(MAX_ROOMS)
                             .map(|(name, players)| pb::RoomInfo {
                                 name,
                                 players: u32::try_from(players).unwrap_or(u32::MAX),
@@ -314,6 +367,7 @@ impl<S: Store> Arena<S> {
                     let _ = hub.join(me, &room).await;
                     announce(&hub, &state.name, &room, true, Some(me)).await;
                     state.room = room;
+                    ctx.mark_dirty();
                 }
                 Reply::ok(state.encode_to_vec())
             }
@@ -346,6 +400,7 @@ impl<S: Store> Arena<S> {
                 state.x = to.x;
                 state.y = to.y;
                 state.moves += 1;
+                ctx.mark_dirty();
                 let moved = pb::Moved {
                     name: state.name.clone(),
                     x: to.x,
@@ -429,16 +484,34 @@ impl<S: Store> Service for Arena<S> {
         }
     }
 
+    /// Saves a player who changed since the last checkpoint, while they play.
+    fn checkpoint(&self, session: &mut Session, _ctx: &mut Context<'_, ()>) {
+        let Some(player) = &mut session.player else {
+            return;
+        };
+        let state = player.state.encode_to_vec().into();
+        if let Err(e) = self.writer.save(&mut player.slot, state) {
+            error!(player = %player.state.name, error = %e, "checkpoint not saved");
+        }
+    }
+
     /// Saves the player (the seed's `save_on_end`), then lets a waiting login in.
     async fn disconnect(&self, session: Session, info: Disconnect) {
         let Some(player) = session.player else {
             return;
         };
-        let state = player.state;
-        self.writer.save(&state.name, state.encode_to_vec().into());
+        let Player {
+            state,
+            mut slot,
+            released,
+            hub,
+        } = player;
+        if let Err(e) = self.writer.save(&mut slot, state.encode_to_vec().into()) {
+            error!(player = %state.name, error = %e, "the player's state could not be saved");
+        }
         // The room hears "left" before a waiting login can announce "joined".
-        announce(&player.hub, &state.name, &state.room, false, Some(info.id)).await;
-        self.release(&state.name, info.id, &player.released);
+        announce(&hub, &state.name, &state.room, false, Some(info.id)).await;
+        self.release(&state.name, info.id, &released);
         info!(player = %state.name, reason = %info.reason, "left; save queued");
     }
 
@@ -455,6 +528,11 @@ impl<S: Store> Service for Arena<S> {
             _ => return None,
         })
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // No code that can panic runs under these locks.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn new_player(name: &str) -> pb::PlayerState {

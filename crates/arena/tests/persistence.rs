@@ -14,7 +14,7 @@ mod support;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,7 +22,10 @@ use arena::{pb, routes, status, Arena};
 use bytes::Bytes;
 use gatehouse::protocol::{ROUTE_FAULT_CRASH_HUB, ROUTE_FAULT_PANIC_HANDLER};
 use gatehouse::{KickReason, Message, Status};
-use gatehouse_store::{postgres, sqlite, Record, SaveWriter, Store, StoreError};
+use gatehouse_store::{
+    postgres, sqlite, DeadLetter, Outcome, Record, SaveWriter, Store, StoreError, Write,
+    WriterConfig, WriterStats,
+};
 use prost::Message as _;
 use support::{eventually, test_config, Client, TestServer};
 use tokio::net::{TcpListener, TcpStream};
@@ -120,26 +123,39 @@ impl<S> Watched<S> {
 impl<S: Store> Store for Watched<S> {
     async fn load(&self, key: &str) -> Result<Option<Record>, StoreError> {
         if self.down.load(Ordering::SeqCst) {
-            return Err(StoreError::Other("database down".into()));
+            return Err(StoreError::Unreachable("database down".into()));
         }
         self.inner.load(key).await
     }
 
-    async fn save_batch(&self, records: &[Record]) -> Result<(), StoreError> {
+    async fn save_batch(&self, writes: &[Write]) -> Result<Vec<Outcome>, StoreError> {
         if self.down.load(Ordering::SeqCst) {
-            return Err(StoreError::Other("database down".into()));
+            return Err(StoreError::Unreachable("database down".into()));
         }
-        self.inner.save_batch(records).await?;
+        let outcomes = self.inner.save_batch(writes).await?;
         let mut landed = self.landed.lock().unwrap();
-        for record in records {
-            *landed.entry(record.key.clone()).or_default() += 1;
+        for (write, outcome) in writes.iter().zip(&outcomes) {
+            if *outcome == Outcome::Applied {
+                *landed.entry(write.record.key.clone()).or_default() += 1;
+            }
         }
-        Ok(())
+        Ok(outcomes)
+    }
+
+    async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), StoreError> {
+        self.inner.dead_letter(letter).await
     }
 }
 
 async fn serve<S: Store + Clone>(store: S) -> (TestServer, SaveWriter<S>) {
-    let writer = SaveWriter::start(store);
+    serve_with(store, WriterConfig::default()).await
+}
+
+async fn serve_with<S: Store + Clone>(
+    store: S,
+    config: WriterConfig,
+) -> (TestServer, SaveWriter<S>) {
+    let writer = SaveWriter::start(store, config);
     let server =
         TestServer::start_service(test_config(), Arena::new(writer.clone()), Arc::default()).await;
     (server, writer)
@@ -227,8 +243,12 @@ async fn a_player_is_where_they_left_after_a_server_restart_sqlite() {
 #[tokio::test]
 async fn a_player_is_where_they_left_after_a_server_restart_postgres() {
     let Some(url) = postgres_url() else { return };
-    let before = postgres::connect(&url).await.unwrap();
-    let after = postgres::connect(&url).await.unwrap();
+    let before = postgres::connect(&url, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let after = postgres::connect(&url, Duration::from_secs(5))
+        .await
+        .unwrap();
     state_survives_a_server_restart(before, after).await;
 }
 
@@ -283,7 +303,12 @@ async fn a_hub_crash_with_players_online_saves_every_state_exactly_once_sqlite()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hub_crash_with_players_online_saves_every_state_exactly_once_postgres() {
     let Some(url) = postgres_url() else { return };
-    a_hub_crash_saves_every_state_exactly_once(postgres::connect(&url).await.unwrap()).await;
+    a_hub_crash_saves_every_state_exactly_once(
+        postgres::connect(&url, Duration::from_secs(5))
+            .await
+            .unwrap(),
+    )
+    .await;
 }
 
 async fn a_handler_panic_saves<S: Store + Clone>(store: S) {
@@ -310,7 +335,12 @@ async fn a_handler_panic_still_saves_the_player_sqlite() {
 #[tokio::test]
 async fn a_handler_panic_still_saves_the_player_postgres() {
     let Some(url) = postgres_url() else { return };
-    a_handler_panic_saves(postgres::connect(&url).await.unwrap()).await;
+    a_handler_panic_saves(
+        postgres::connect(&url, Duration::from_secs(5))
+            .await
+            .unwrap(),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -322,7 +352,12 @@ async fn duplicate_logins_never_lose_an_update_or_leave_a_ghost_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_logins_never_lose_an_update_or_leave_a_ghost_postgres() {
     let Some(url) = postgres_url() else { return };
-    duplicate_logins_race(postgres::connect(&url).await.unwrap()).await;
+    duplicate_logins_race(
+        postgres::connect(&url, Duration::from_secs(5))
+            .await
+            .unwrap(),
+    )
+    .await;
 }
 
 async fn duplicate_logins_race<S: Store + Clone>(store: S) {
@@ -377,6 +412,31 @@ async fn duplicate_logins_race<S: Store + Clone>(store: S) {
         let who = current.who().await;
         assert_eq!(who.players.iter().filter(|p| **p == name).count(), 1);
     }
+    // Twenty at once: logins to one name take turns, each taking over from the one
+    // before, so exactly one is left online; every other was kicked
+    // `duplicate_login` or answered LOGIN_BUSY (try_login checks which).
+    let logins: Vec<_> = (0..20)
+        .map(|_| tokio::spawn(try_login(server.addr, name.clone())))
+        .collect();
+    let mut logged_in = Vec::new();
+    for login in logins {
+        logged_in.extend(login.await.unwrap());
+    }
+    assert_eq!(
+        current.client.expect_kick().await,
+        KickReason::DUPLICATE_LOGIN
+    );
+    let mut alive = Vec::new();
+    for mut player in logged_in {
+        if probe(&mut player).await.0 == Some(Status::OK) {
+            alive.push(player);
+        }
+    }
+    assert_eq!(alive.len(), 1, "twenty at once: exactly one live session");
+    current = alive.pop().unwrap();
+    let who = current.who().await;
+    assert_eq!(who.players.iter().filter(|p| **p == name).count(), 1);
+
     drop(current);
     writer.flush(Duration::from_secs(10)).await.unwrap();
     // Once everyone left, the name is free: a login needs no takeover.
@@ -458,29 +518,44 @@ async fn saves_made_while_the_database_is_down_land_once_it_is_back() {
 }
 
 /// A TCP proxy in front of PostgreSQL that can cut every connection and refuse new
-/// ones, as a database that went down would.
+/// ones, as a database that went down would, or go silent without closing anything,
+/// as a database behind a dead network path (a blackhole) would.
 struct Proxy {
     addr: SocketAddr,
-    up: Arc<AtomicBool>,
+    mode: Arc<AtomicU8>,
     generation: Arc<tokio::sync::watch::Sender<u64>>,
 }
+
+const UP: u8 = 0;
+const DOWN: u8 = 1;
+const SILENT: u8 = 2;
 
 impl Proxy {
     async fn start(target: SocketAddr) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let up = Arc::new(AtomicBool::new(true));
+        let mode = Arc::new(AtomicU8::new(UP));
         let generation = Arc::new(tokio::sync::watch::Sender::new(0u64));
-        let (up2, generation2) = (up.clone(), generation.clone());
+        let (mode2, generation2) = (mode.clone(), generation.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
                     return;
                 };
-                if !up2.load(Ordering::SeqCst) {
-                    continue; // dropped: refused
-                }
                 let mut cut = generation2.subscribe();
+                match mode2.load(Ordering::SeqCst) {
+                    DOWN => continue, // dropped: refused
+                    SILENT => {
+                        // Accepted, never answered, held open until the path heals.
+                        tokio::spawn(async move {
+                            let _ = cut.changed().await;
+                            drop(client);
+                        });
+                        continue;
+                    }
+                    _ => {}
+                }
+                let mode = mode2.clone();
                 tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(target).await else {
                         return;
@@ -488,74 +563,137 @@ impl Proxy {
                     let (mut client, mut server) = (client, server);
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = cut.changed() => {}
+                        _ = cut.changed() => {
+                            if mode.load(Ordering::SeqCst) == SILENT {
+                                // Nothing passes any more, nothing is closed.
+                                let _ = cut.changed().await;
+                            }
+                        }
                     }
                 });
             }
         });
         Proxy {
             addr,
-            up,
+            mode,
             generation,
         }
     }
 
-    fn cut(&self) {
-        self.up.store(false, Ordering::SeqCst);
+    fn switch(&self, mode: u8) {
+        self.mode.store(mode, Ordering::SeqCst);
         self.generation.send_modify(|g| *g += 1);
     }
 
-    fn restore(&self) {
-        self.up.store(true, Ordering::SeqCst);
+    fn cut(&self) {
+        self.switch(DOWN);
     }
-}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_going_down_while_players_leave_loses_no_save() {
-    let Some(url) = postgres_url() else { return };
-    let target: SocketAddr = {
-        let rest = url.split('@').nth(1).unwrap_or(&url);
-        let host_port = rest.split('/').next().unwrap();
-        tokio::net::lookup_host(host_port)
-            .await
-            .unwrap()
-            .next()
-            .unwrap()
-    };
-    let proxy = Proxy::start(target).await;
-    let proxied = url.replacen(&target.to_string(), &proxy.addr.to_string(), 1);
-    let proxied = if proxied == url {
+    fn go_silent(&self) {
+        self.switch(SILENT);
+    }
+
+    /// Back up; connections held by a silence are closed, as a healed path would
+    /// reset them.
+    fn restore(&self) {
+        self.switch(UP);
+    }
+
+    /// The PostgreSQL URL `url` through this proxy.
+    async fn url_for(&self, url: &str) -> String {
+        let target = postgres_target(url).await;
+        let proxied = url.replacen(&target.to_string(), &self.addr.to_string(), 1);
+        if proxied != url {
+            return proxied;
+        }
         // The URL named the host differently (e.g. localhost): rebuild it.
         let (scheme_user, rest) = url.split_once('@').unwrap();
         let path = rest.split_once('/').map_or("", |(_, p)| p);
-        format!("{scheme_user}@{}/{path}", proxy.addr)
-    } else {
-        proxied
-    };
-    let store = postgres::connect(&proxied).await.unwrap();
-    let (server, writer) = serve(store.clone()).await;
-    let names: Vec<String> = (0..8).map(|i| unique(&format!("pg{i}x"))).collect();
+        format!("{scheme_user}@{}/{path}", self.addr)
+    }
+}
+
+async fn postgres_target(url: &str) -> SocketAddr {
+    let rest = url.split('@').nth(1).unwrap_or(url);
+    let host_port = rest.split('/').next().unwrap();
+    tokio::net::lookup_host(host_port)
+        .await
+        .unwrap()
+        .next()
+        .unwrap()
+}
+
+/// Eight players move and leave while `outage` makes PostgreSQL unreachable; once
+/// the writer's stats show it `noticed`, the path is restored, and every player's
+/// state must land.
+async fn players_leave_while_postgres_is_unreachable(
+    prefix: &str,
+    config: WriterConfig,
+    outage: impl FnOnce(&Proxy),
+    noticed: impl Fn(&WriterStats) -> bool,
+) {
+    let Some(url) = postgres_url() else { return };
+    let proxy = Proxy::start(postgres_target(&url).await).await;
+    let proxied = proxy.url_for(&url).await;
+    let store = postgres::connect(&proxied, config.call_timeout)
+        .await
+        .unwrap();
+    let (server, writer) = serve_with(store, config).await;
+    let names: Vec<String> = (0..8).map(|i| unique(&format!("{prefix}{i}x"))).collect();
     let mut players = Vec::new();
     for (i, name) in names.iter().enumerate() {
         let (mut player, _) = Player::login(server.addr, name).await;
         player.move_to(i as i32, 50).await;
         players.push(player);
     }
-    proxy.cut();
+    outage(&proxy);
     drop(players);
     eventually("the outage noticed with saves queued", || {
-        let stats = writer.stats();
-        (stats.failed_attempts >= 1 && stats.queued > 0).then_some(())
+        noticed(&writer.stats()).then_some(())
     })
     .await;
+    assert_eq!(
+        writer.stats().dead_letters,
+        0,
+        "an outage dead-letters nothing"
+    );
     proxy.restore();
     writer.flush(Duration::from_secs(30)).await.unwrap();
-    let direct = postgres::connect(&url).await.unwrap();
+    let direct = postgres::connect(&url, Duration::from_secs(5))
+        .await
+        .unwrap();
     for (i, name) in names.iter().enumerate() {
         let saved = direct.load(name).await.unwrap().expect("landed");
         let saved = pb::PlayerState::decode(saved.data).unwrap();
         assert_eq!((saved.x, saved.y), (i as i32, 50));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_going_down_while_players_leave_loses_no_save() {
+    players_leave_while_postgres_is_unreachable(
+        "pg",
+        WriterConfig::default(),
+        Proxy::cut,
+        |stats| stats.failed_attempts >= 1 && stats.queued > 0,
+    )
+    .await;
+}
+
+/// A database that stops answering without closing anything used to stall every
+/// save with no error: now each call fails after `call_timeout`, the writer keeps
+/// retrying (dead-lettering nothing: the database is unreachable, not refusing), and
+/// once the path heals every save lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_that_goes_silent_fails_saves_in_time_and_loses_none() {
+    let config = WriterConfig {
+        call_timeout: Duration::from_secs(1),
+        max_attempts: 2,
+    };
+    players_leave_while_postgres_is_unreachable("bh", config, Proxy::go_silent, |stats| {
+        stats.failed_attempts >= 4 && stats.queued == 8
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -657,4 +795,33 @@ async fn arena_rules_answer_with_their_statuses() {
     let who = carol.who().await;
     assert_eq!((who.online, who.in_room), (2, 1));
     assert_eq!(who.players, vec!["carol".to_owned(), "dave".to_owned()]);
+}
+
+/// Every answer fits in a frame: with more rooms than a list holds (and a frame limit
+/// the full list would pass), `rooms` lists the first 100 and says how many there are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_room_list_is_capped_so_it_always_fits_in_a_frame() {
+    let dir = Scratch::new("rooms");
+    let writer = SaveWriter::start(
+        sqlite::open(dir.path()).await.unwrap(),
+        WriterConfig::default(),
+    );
+    let mut config = test_config();
+    config.limits.max_frame_bytes = 4096;
+    let server = TestServer::start_service(config, Arena::new(writer), Arc::default()).await;
+    let mut players = Vec::new();
+    for i in 0..150 {
+        let (mut player, _) = Player::login(server.addr, &format!("roomer{i}")).await;
+        // 24-character names: 150 of them would make an answer of about 4.6 KB.
+        player
+            .join(&format!("room-{i:03}-{}", "x".repeat(15)))
+            .await;
+        players.push(player);
+    }
+    let (status, rooms) = players[0].call(routes::ROOMS, Vec::new()).await;
+    assert_eq!(status, Status::OK);
+    let rooms = pb::RoomList::decode(rooms).unwrap();
+    assert_eq!(rooms.rooms.len(), arena::MAX_ROOMS);
+    assert_eq!(rooms.total, 150);
+    assert_eq!(rooms.rooms[0].name, format!("room-000-{}", "x".repeat(15)));
 }

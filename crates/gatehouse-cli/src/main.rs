@@ -8,14 +8,15 @@ mod config;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context as _;
 use arena::Arena;
 use clap::{Args, Parser, Subcommand};
 use config::{FileConfig, Game};
 use gatehouse::bench_service::BenchService;
-use gatehouse::{Server, Service};
-use gatehouse_store::{AnyStore, SaveWriter, StoreConfig};
+use gatehouse::{Server, ServerError, Service};
+use gatehouse_store::{AnyStore, SaveWriter, StoreConfig, Unsaved};
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
@@ -69,16 +70,56 @@ struct ServeArgs {
     log: String,
 }
 
+/// How `gatehouse` ends, for systemd, Kubernetes and scripts (README, "Exit codes").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exit {
+    /// Stopped as asked, every connection closed and every save landed.
+    Clean = 0,
+    /// Could not start (configuration, address, store) or a client/bench error.
+    Failed = 1,
+    // 2 is clap's: a command line it could not parse.
+    /// The hub crashed more often than the restart intensity allows.
+    TooManyRestarts = 3,
+    /// Shutdown abandoned connections at `supervisor.drain_timeout`.
+    DrainTimedOut = 4,
+    /// Saves had not landed when the writer closed (`store.flush_timeout`).
+    Unsaved = 5,
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+async fn main() -> ExitCode {
+    let result = match Cli::parse().command {
         Command::Serve(args) => serve(args).await,
-        Command::Client(args) => client::run(args).await,
-        Command::Bench(args) => bench::run(args).await,
+        Command::Client(args) => client::run(args).await.map(|()| Exit::Clean),
+        Command::Bench(args) => bench::run(args).await.map(|()| Exit::Clean),
+    };
+    let exit = result.unwrap_or_else(|e| {
+        eprintln!("Error: {e:?}");
+        Exit::Failed
+    });
+    ExitCode::from(exit as u8)
+}
+
+/// The exit status of a server that ran: what stopped it, then whether its saves
+/// landed (unsaved data is the worse news, so it wins).
+fn exit_status(served: Result<(), ServerError>, unsaved: Option<Unsaved>) -> Exit {
+    if let Some(Unsaved(n)) = unsaved {
+        eprintln!("Error: {n} saves had not landed at exit");
+        return Exit::Unsaved;
+    }
+    match served {
+        Ok(()) => Exit::Clean,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            match e {
+                ServerError::TooManyRestarts { .. } => Exit::TooManyRestarts,
+                ServerError::DrainTimedOut { .. } => Exit::DrainTimedOut,
+            }
+        }
     }
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+async fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&args.log))
         .context("--log")?;
@@ -117,7 +158,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let addr = SocketAddr::new(config.listen.host, config.listen.port);
     match config.game.service {
         Game::Arena => serve_arena(addr, &config.store, config.runtime()).await,
-        Game::Bench => run(addr, "bench", config.runtime(), BenchService).await,
+        Game::Bench => {
+            let served = run(addr, "bench", config.runtime(), BenchService).await?;
+            Ok(exit_status(served, None))
+        }
     }
 }
 
@@ -127,15 +171,15 @@ async fn serve_arena(
     addr: SocketAddr,
     store: &StoreConfig,
     config: gatehouse::Config,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Exit> {
     let opened = AnyStore::open(store)
         .await
         .with_context(|| format!("cannot open the {:?} store", store.backend))?;
-    let writer = SaveWriter::start(opened);
+    let writer = SaveWriter::start(opened, store.writer());
     let served = run(addr, "arena", config, Arena::new(writer.clone())).await;
+    // Whatever happened to the server, what was queued gets its chance to land.
     let flushed = writer.close(store.flush_timeout).await;
-    served?;
-    Ok(flushed?)
+    Ok(exit_status(served?, flushed.err()))
 }
 
 async fn run<S: Service>(
@@ -143,7 +187,7 @@ async fn run<S: Service>(
     name: &str,
     config: gatehouse::Config,
     service: S,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Result<(), ServerError>> {
     let fault_injection = config.server.allow_fault_injection;
     let server = Server::new(config, service)?;
     let stats = server.stats();
@@ -160,11 +204,13 @@ async fn run<S: Service>(
         accepted = s.accepted,
         closed = s.closed,
         disconnect_hooks = s.disconnect_hooks,
+        hook_timeouts = s.hook_timeouts,
+        checkpoints = s.checkpoints,
         hub_restarts = s.hub_restarts,
         refused = s.refused_server_full + s.refused_per_ip,
         "final stats"
     );
-    Ok(result?)
+    Ok(result)
 }
 
 /// Resolves on the first SIGINT or SIGTERM.

@@ -77,7 +77,7 @@ async fn fault_injection_is_off_by_default() {
 }
 
 #[tokio::test]
-async fn crashing_past_the_restart_intensity_exits_non_zero() {
+async fn crashing_past_the_restart_intensity_exits_3() {
     let dir = scratch("intensity");
     let config = write_file(
         &dir,
@@ -97,7 +97,7 @@ async fn crashing_past_the_restart_intensity_exits_non_zero() {
         assert_eq!(client.expect_kick().await, KickReason::SERVER_RESTART);
     }
     let status = server.wait(Duration::from_secs(15));
-    assert!(!status.success());
+    assert_eq!(status.code(), Some(3), "the documented status");
     assert!(server.log().contains("restart intensity exceeded"));
 }
 

@@ -1,9 +1,12 @@
-//! `[store]`: which database, where, and how long shutdown waits for saves.
+//! `[store]`: which database, where, how long any call to it may take, and how long
+//! shutdown waits for saves.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
+
+use crate::WriterConfig;
 
 /// `[store]`: the database of saved states.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -18,6 +21,13 @@ pub struct StoreConfig {
     /// On shutdown, how long to wait for queued saves to land.
     #[serde(with = "humantime_serde")]
     pub flush_timeout: Duration,
+    /// The longest one database call may take (also PostgreSQL's
+    /// `statement_timeout`): a database that stops answering fails, never hangs.
+    #[serde(with = "humantime_serde")]
+    pub call_timeout: Duration,
+    /// How often a record the database refuses on its own is retried before it is
+    /// written to the dead letters.
+    pub max_attempts: u32,
 }
 
 /// Which database `[store]` uses.
@@ -37,6 +47,8 @@ impl Default for StoreConfig {
             data_dir: PathBuf::from("data"),
             postgres_url: String::new(),
             flush_timeout: Duration::from_secs(10),
+            call_timeout: WriterConfig::default().call_timeout,
+            max_attempts: WriterConfig::default().max_attempts,
         }
     }
 }
@@ -54,10 +66,21 @@ pub struct StoreConfigError {
 impl StoreConfig {
     /// Checks the values that serde's types alone do not.
     pub fn validate(&self) -> Result<(), StoreConfigError> {
-        if self.flush_timeout.is_zero() {
+        for (key, value) in [
+            ("store.flush_timeout", self.flush_timeout),
+            ("store.call_timeout", self.call_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(StoreConfigError {
+                    key,
+                    message: "must be longer than zero".into(),
+                });
+            }
+        }
+        if self.max_attempts == 0 {
             return Err(StoreConfigError {
-                key: "store.flush_timeout",
-                message: "must be longer than zero".into(),
+                key: "store.max_attempts",
+                message: "must be at least 1".into(),
             });
         }
         if self.backend == StoreBackend::Postgres && self.postgres_url.is_empty() {
@@ -68,6 +91,14 @@ impl StoreConfig {
         }
         Ok(())
     }
+
+    /// What the save writer takes from `[store]`.
+    pub fn writer(&self) -> WriterConfig {
+        WriterConfig {
+            call_timeout: self.call_timeout,
+            max_attempts: self.max_attempts,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -75,7 +106,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn postgres_without_a_url_and_a_zero_flush_timeout_are_refused_by_key() {
+    fn postgres_without_a_url_zero_timeouts_and_zero_attempts_are_refused_by_key() {
         let postgres = StoreConfig {
             backend: StoreBackend::Postgres,
             ..StoreConfig::default()
@@ -86,6 +117,16 @@ mod tests {
             ..StoreConfig::default()
         };
         assert_eq!(zero.validate().unwrap_err().key, "store.flush_timeout");
+        let zero = StoreConfig {
+            call_timeout: Duration::ZERO,
+            ..StoreConfig::default()
+        };
+        assert_eq!(zero.validate().unwrap_err().key, "store.call_timeout");
+        let none = StoreConfig {
+            max_attempts: 0,
+            ..StoreConfig::default()
+        };
+        assert_eq!(none.validate().unwrap_err().key, "store.max_attempts");
         assert_eq!(StoreConfig::default().validate(), Ok(()));
     }
 }

@@ -1,17 +1,27 @@
 //! The save writer: the one task every save goes through.
 //!
-//! Saves are queued per key, newest wins: a key has at most one queued state, its
-//! latest, so the queue is bounded by the number of keys (players) and a database
-//! that is down for a while costs one state per player, not one per save. The task
-//! writes batches in one transaction each, retries with backoff while the database
-//! fails, and removes a queued state only once that exact version has landed. Loads
-//! look in the queue first, so a load always sees the latest save.
+//! A session loads through the writer and gets a [`SaveSlot`]: its key and the version
+//! its state builds on. Each save through the slot is queued as "this data, as version
+//! n + 1, over version n"; the store applies it only if it still holds version n. Saves
+//! are queued per key, newest wins: a newer save of the same session replaces the queued
+//! one and keeps its base, so the queue is bounded by the number of keys (players) and a
+//! database that is down for a while costs one state per player, not one per save.
+//!
+//! The task writes the keys queued longest first, in batches of one transaction each,
+//! every database call under `call_timeout`. A batch that fails is retried in halves
+//! until the failing record is alone; a record that fails alone is retried with backoff
+//! and, after the database has refused it `max_attempts` times, written to the store's
+//! dead letters (only if that write works). A database that cannot be reached or does
+//! not answer refuses nothing: such failures are retried forever, never counted. A state is
+//! removed from the queue only once that exact version has landed (or been
+//! dead-lettered). Loads look in the queue first, so a load always sees the latest save.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::FutureExt;
@@ -19,13 +29,32 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
-use crate::{Record, Store, StoreError};
+use crate::{next_version, DeadLetter, DeadReason, Outcome, Record, Store, StoreError, Write};
 
 /// Records written per transaction at most.
 const BATCH: usize = 256;
-/// First and longest pause between failed attempts.
+/// First and longest pause between failed attempts of a record alone.
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// How the writer treats a database that fails or hangs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriterConfig {
+    /// The longest any one database call (a batch, a load, a dead letter) may take
+    /// before it counts as failed.
+    pub call_timeout: Duration,
+    /// Failed attempts of a record alone before it is dead-lettered.
+    pub max_attempts: u32,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        WriterConfig {
+            call_timeout: Duration::from_secs(5),
+            max_attempts: 5,
+        }
+    }
+}
 
 /// A handle to the save writer; clones share it.
 pub struct SaveWriter<S> {
@@ -40,56 +69,139 @@ impl<S> Clone for SaveWriter<S> {
     }
 }
 
-struct Inner<S> {
-    store: S,
-    state: Mutex<State>,
-    /// New work, or closing.
-    wake: Notify,
-    /// The queue became empty.
-    drained: Notify,
-    saved: AtomicU64,
-    failed_attempts: AtomicU64,
-    task: Mutex<Option<JoinHandle<()>>>,
-}
-
-#[derive(Default)]
-struct State {
-    queued: HashMap<String, Queued>,
-    last_version: u64,
-    closing: bool,
-}
-
-struct Queued {
+/// Where a session's saves go: its key and the version its state builds on. Made
+/// only by [`SaveWriter::load`], so that every save builds on what was loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SaveSlot {
+    key: String,
     version: u64,
-    data: Bytes,
 }
 
-/// The writer's counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct WriterStats {
-    /// Records that landed in the database.
-    pub saved: u64,
-    /// Batches that failed (and were retried).
-    pub failed_attempts: u64,
-    /// Keys whose latest state has not landed yet.
-    pub queued: usize,
+impl SaveSlot {
+    /// The key saved.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The version of the state this slot last loaded or saved (0: none yet).
+    pub fn version(&self) -> u64 {
+        self.version
+    }
 }
+
+/// What [`SaveWriter::load`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loaded {
+    /// The latest state, if the key was ever saved.
+    pub data: Option<Bytes>,
+    /// Where this session's saves of the key go.
+    pub slot: SaveSlot,
+}
+
+/// A save refused because the writer was closed: it would never have landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the save writer is closed; the save was not queued")]
+pub struct WriterClosed;
 
 /// Saves that had not landed when the writer was closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("{0} saves had not landed when the writer stopped")]
 pub struct Unsaved(pub usize);
 
+/// The writer's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Records that landed in the database.
+    pub saved: u64,
+    /// Database calls that failed or timed out (and were retried).
+    pub failed_attempts: u64,
+    /// Saves that did not apply because another session saved the key first.
+    pub conflicts: u64,
+    /// Saves written to the dead letters (conflicts and records refused too often).
+    pub dead_letters: u64,
+    /// Keys whose latest state has not landed yet, plus dead letters not written yet.
+    pub queued: usize,
+    /// How long the longest-waiting queued state has waited.
+    pub oldest_unsaved: Option<Duration>,
+}
+
+struct Inner<S> {
+    store: S,
+    config: WriterConfig,
+    state: Mutex<State>,
+    /// New work.
+    wake: Notify,
+    /// Nothing is left to write.
+    drained: Notify,
+    saved: AtomicU64,
+    failed_attempts: AtomicU64,
+    conflicts: AtomicU64,
+    dead_letters: AtomicU64,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+#[derive(Default)]
+struct State {
+    queued: HashMap<String, Queued>,
+    /// The queued keys by when their oldest unsaved state arrived.
+    order: BTreeMap<u64, String>,
+    next_seq: u64,
+    /// Dead letters to write, the newest per key.
+    letters: HashMap<String, DeadLetter>,
+    closed: bool,
+}
+
+impl State {
+    fn pending(&self) -> usize {
+        self.queued.len() + self.letters.len()
+    }
+
+    /// `version` of `key` is stored: it leaves the queue, unless a newer save of the
+    /// same session replaced it while it was being written; that one now builds on
+    /// the stored version.
+    fn landed(&mut self, key: &str, version: u64) {
+        match self.queued.get_mut(key) {
+            Some(queued) if queued.version != version => queued.expected = version,
+            _ => self.settle(key, version),
+        }
+    }
+
+    /// Removes `key` from the queue if `version` is still what is queued for it (a
+    /// newer save that arrived meanwhile stays).
+    fn settle(&mut self, key: &str, version: u64) {
+        if let Some(queued) = self.queued.get(key).filter(|q| q.version == version) {
+            self.order.remove(&queued.seq);
+            self.queued.remove(key);
+        }
+    }
+}
+
+struct Queued {
+    /// Position in `State::order`.
+    seq: u64,
+    /// The stored version this state builds on.
+    expected: u64,
+    version: u64,
+    data: Bytes,
+    /// Failed attempts of this record alone.
+    attempts: u32,
+    /// When the oldest state of this key still queued arrived.
+    since: Instant,
+}
+
 impl<S: Store> SaveWriter<S> {
     /// Starts the writer task on `store`.
-    pub fn start(store: S) -> SaveWriter<S> {
+    pub fn start(store: S, config: WriterConfig) -> SaveWriter<S> {
         let inner = Arc::new(Inner {
             store,
+            config,
             state: Mutex::new(State::default()),
             wake: Notify::new(),
             drained: Notify::new(),
             saved: AtomicU64::new(0),
             failed_attempts: AtomicU64::new(0),
+            conflicts: AtomicU64::new(0),
+            dead_letters: AtomicU64::new(0),
             task: Mutex::new(None),
         });
         let task = tokio::spawn(run(inner.clone()));
@@ -97,33 +209,105 @@ impl<S: Store> SaveWriter<S> {
         SaveWriter { inner }
     }
 
-    /// Queues the latest state of `key`. Never waits; replaces a queued older state.
-    pub fn save(&self, key: &str, data: Bytes) {
-        let mut state = lock(&self.inner.state);
-        // Versions only grow, across restarts too: the clock, or one past the last.
-        let version = unix_micros().max(state.last_version + 1);
-        state.last_version = version;
-        state
-            .queued
-            .insert(key.to_owned(), Queued { version, data });
-        drop(state);
-        self.inner.wake.notify_one();
+    /// The latest state of `key` (queued if it has not landed yet, else the
+    /// database's) and the slot to save it through.
+    pub async fn load(&self, key: &str) -> Result<Loaded, StoreError> {
+        if let Some(queued) = lock(&self.inner.state).queued.get(key) {
+            return Ok(Loaded {
+                data: Some(queued.data.clone()),
+                slot: SaveSlot {
+                    key: key.to_owned(),
+                    version: queued.version,
+                },
+            });
+        }
+        let record = guarded(self.inner.config.call_timeout, self.inner.store.load(key)).await?;
+        Ok(Loaded {
+            slot: SaveSlot {
+                key: key.to_owned(),
+                version: record.as_ref().map_or(0, |r| r.version),
+            },
+            data: record.map(|r| r.data),
+        })
     }
 
-    /// The latest state of `key`: queued if it has not landed yet, else the database's.
-    pub async fn load(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
-        if let Some(queued) = lock(&self.inner.state).queued.get(key) {
-            return Ok(Some(queued.data.clone()));
+    /// Queues `data` as the slot's next version. Never waits; replaces an older
+    /// state of the same session still queued. A save from a second session of the
+    /// same key that built on another version is a conflict: the state queued first
+    /// stays, this one becomes a dead letter.
+    pub fn save(&self, slot: &mut SaveSlot, data: Bytes) -> Result<(), WriterClosed> {
+        let version = next_version(slot.version);
+        let mut state = lock(&self.inner.state);
+        if state.closed {
+            return Err(WriterClosed);
         }
-        Ok(self.inner.store.load(key).await?.map(|record| record.data))
+        let state = &mut *state;
+        match state.queued.get_mut(&slot.key) {
+            Some(queued) if queued.version == slot.version => {
+                queued.version = version;
+                queued.data = data;
+            }
+            Some(queued) => {
+                self.inner.conflicts.fetch_add(1, Relaxed);
+                warn!(
+                    key = %slot.key,
+                    built_on = slot.version,
+                    queued = queued.version,
+                    "save conflict: another session's save of this key is queued; it wins, this one is kept as a dead letter"
+                );
+                let detail = format!(
+                    "built on version {}; a save at version {} was queued first",
+                    slot.version, queued.version
+                );
+                let letter = DeadLetter {
+                    record: Record {
+                        key: slot.key.clone(),
+                        version,
+                        data,
+                    },
+                    reason: DeadReason::Conflict,
+                    detail,
+                };
+                state.letters.insert(slot.key.clone(), letter);
+            }
+            None => {
+                let seq = state.next_seq;
+                state.next_seq += 1;
+                state.order.insert(seq, slot.key.clone());
+                state.queued.insert(
+                    slot.key.clone(),
+                    Queued {
+                        seq,
+                        expected: slot.version,
+                        version,
+                        data,
+                        attempts: 0,
+                        since: Instant::now(),
+                    },
+                );
+            }
+        }
+        slot.version = version;
+        self.inner.wake.notify_one();
+        Ok(())
     }
 
     /// The writer's counters.
     pub fn stats(&self) -> WriterStats {
+        let state = lock(&self.inner.state);
+        let oldest_unsaved = state
+            .order
+            .values()
+            .next()
+            .and_then(|key| state.queued.get(key))
+            .map(|queued| queued.since.elapsed());
         WriterStats {
             saved: self.inner.saved.load(Relaxed),
             failed_attempts: self.inner.failed_attempts.load(Relaxed),
-            queued: lock(&self.inner.state).queued.len(),
+            conflicts: self.inner.conflicts.load(Relaxed),
+            dead_letters: self.inner.dead_letters.load(Relaxed),
+            queued: state.pending(),
+            oldest_unsaved,
         }
     }
 
@@ -134,7 +318,7 @@ impl<S: Store> SaveWriter<S> {
                 let drained = self.inner.drained.notified();
                 tokio::pin!(drained);
                 drained.as_mut().enable();
-                if lock(&self.inner.state).queued.is_empty() {
+                if lock(&self.inner.state).pending() == 0 {
                     return;
                 }
                 drained.await;
@@ -143,29 +327,33 @@ impl<S: Store> SaveWriter<S> {
         .await;
         match waited {
             Ok(()) => Ok(()),
-            Err(_) => Err(Unsaved(lock(&self.inner.state).queued.len())),
+            Err(_) => Err(Unsaved(lock(&self.inner.state).pending())),
         }
     }
 
-    /// Lands what is queued (for at most `timeout`) and stops the task. Saves queued
-    /// after this are not written.
+    /// Lands what is queued (for at most `timeout`) and stops the task. From then on
+    /// [`SaveWriter::save`] refuses; the error counts what did not land.
     pub async fn close(&self, timeout: Duration) -> Result<(), Unsaved> {
-        let result = self.flush(timeout).await;
-        lock(&self.inner.state).closing = true;
-        self.inner.wake.notify_one();
+        let _ = self.flush(timeout).await;
+        let unsaved = {
+            let mut state = lock(&self.inner.state);
+            state.closed = true;
+            state.pending()
+        };
         let task = lock(&self.inner.task).take();
         if let Some(task) = task {
-            task.abort(); // it may be sleeping in a retry; its queue was reported above
+            task.abort(); // it may be sleeping in a retry; what it held is counted above
             let _ = task.await;
         }
-        match result {
-            Ok(()) => info!(
-                saved = self.inner.saved.load(Relaxed),
-                "save writer flushed"
-            ),
-            Err(Unsaved(n)) => error!(unsaved = n, "save writer closed with saves not landed"),
+        if unsaved > 0 {
+            error!(unsaved, "save writer closed with saves not landed");
+            return Err(Unsaved(unsaved));
         }
-        result
+        info!(
+            saved = self.inner.saved.load(Relaxed),
+            "save writer flushed"
+        );
+        Ok(())
     }
 }
 
@@ -174,67 +362,217 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn unix_micros() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+/// A store call under the timeout; a store that panics is treated like one that fails.
+async fn guarded<T>(
+    timeout: Duration,
+    call: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(timeout, AssertUnwindSafe(call).catch_unwind()).await {
+        Err(_) => Err(StoreError::Timeout(timeout)),
+        Ok(Err(_)) => Err(StoreError::Other("the store panicked".into())),
+        Ok(Ok(result)) => result,
+    }
 }
 
 async fn run<S: Store>(inner: Arc<Inner<S>>) {
     let mut backoff = MIN_BACKOFF;
+    // The keys of a failed batch, in halves, to retry before anything newer.
+    let mut retry: VecDeque<Vec<String>> = VecDeque::new();
     loop {
         let wake = inner.wake.notified();
         tokio::pin!(wake);
         wake.as_mut().enable();
-        let batch: Vec<Record> = {
-            let state = lock(&inner.state);
-            if state.closing {
-                return;
-            }
-            state
-                .queued
-                .iter()
-                .take(BATCH)
-                .map(|(key, queued)| Record {
-                    key: key.clone(),
-                    version: queued.version,
-                    data: queued.data.clone(),
-                })
-                .collect()
+
+        let letter = {
+            let mut state = lock(&inner.state);
+            let key = state.letters.keys().next().cloned();
+            key.and_then(|key| state.letters.remove(&key))
         };
-        if batch.is_empty() {
-            inner.drained.notify_waiters();
-            wake.await;
+        if let Some(letter) = letter {
+            if !inner.write_letter(letter).await {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
             continue;
         }
-        // A store that panics is treated like one that fails: retried, never fatal.
-        let attempt = AssertUnwindSafe(inner.store.save_batch(&batch))
-            .catch_unwind()
+
+        let keys = retry.pop_front().unwrap_or_else(|| inner.oldest());
+        let writes = inner.writes(&keys);
+        if writes.is_empty() {
+            if retry.is_empty() {
+                inner.drained.notify_waiters();
+                wake.await;
+            }
+            continue;
+        }
+        let outcomes = guarded(inner.config.call_timeout, inner.store.save_batch(&writes))
             .await
-            .unwrap_or_else(|_| Err(StoreError::Other("the store panicked".into())));
-        match attempt {
-            Ok(()) => {
-                let mut state = lock(&inner.state);
-                for record in &batch {
-                    // Remove only the version that landed; a newer one stays queued.
-                    if state
-                        .queued
-                        .get(&record.key)
-                        .is_some_and(|q| q.version == record.version)
-                    {
-                        state.queued.remove(&record.key);
-                    }
+            .and_then(|outcomes| {
+                if outcomes.len() == writes.len() {
+                    Ok(outcomes)
+                } else {
+                    Err(StoreError::Other(format!(
+                        "the store answered {} outcomes for {} writes",
+                        outcomes.len(),
+                        writes.len()
+                    )))
                 }
-                inner.saved.fetch_add(batch.len() as u64, Relaxed);
+            });
+        match outcomes {
+            Ok(outcomes) => {
                 backoff = MIN_BACKOFF;
+                inner.settle(&writes, &outcomes);
             }
             Err(e) => {
                 inner.failed_attempts.fetch_add(1, Relaxed);
-                let queued = lock(&inner.state).queued.len();
-                warn!(error = %e, queued, retry_in = ?backoff, "saving failed; will retry");
+                if writes.len() > 1 {
+                    // Find the record that fails (if one does) by halving the batch.
+                    warn!(records = writes.len(), error = %e, "saving a batch failed; retrying it in halves");
+                    let mut keys: Vec<String> = writes.into_iter().map(|w| w.record.key).collect();
+                    let second = keys.split_off(keys.len() / 2);
+                    retry.push_front(second);
+                    retry.push_front(keys);
+                    continue;
+                }
+                let write = &writes[0];
+                if inner.give_up_on(write, &e).await {
+                    backoff = MIN_BACKOFF;
+                    continue;
+                }
+                warn!(key = %write.record.key, error = %e, retry_in = ?backoff, "saving failed; will retry");
+                retry.push_front(keys);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
+    }
+}
+
+impl<S: Store> Inner<S> {
+    /// The keys queued longest, a batch of them.
+    fn oldest(&self) -> Vec<String> {
+        lock(&self.state)
+            .order
+            .values()
+            .take(BATCH)
+            .cloned()
+            .collect()
+    }
+
+    /// What is queued now for `keys` (a key whose state landed meanwhile is skipped).
+    fn writes(&self, keys: &[String]) -> Vec<Write> {
+        let state = lock(&self.state);
+        keys.iter()
+            .filter_map(|key| {
+                let queued = state.queued.get(key)?;
+                Some(Write {
+                    record: Record {
+                        key: key.clone(),
+                        version: queued.version,
+                        data: queued.data.clone(),
+                    },
+                    expected: queued.expected,
+                })
+            })
+            .collect()
+    }
+
+    /// A batch went through: each write landed or lost a conflict.
+    fn settle(&self, writes: &[Write], outcomes: &[Outcome]) {
+        let mut state = lock(&self.state);
+        for (write, outcome) in writes.iter().zip(outcomes) {
+            let record = &write.record;
+            match *outcome {
+                Outcome::Applied => {
+                    state.landed(&record.key, record.version);
+                    self.saved.fetch_add(1, Relaxed);
+                }
+                Outcome::Conflict { stored } => {
+                    // A newer save of the same session builds on this losing one: it
+                    // stays queued, and will lose too.
+                    state.settle(&record.key, record.version);
+                    self.conflicts.fetch_add(1, Relaxed);
+                    warn!(
+                        key = %record.key,
+                        built_on = write.expected,
+                        version = record.version,
+                        stored,
+                        "save conflict: the stored state wins; this one is kept as a dead letter"
+                    );
+                    let letter = DeadLetter {
+                        record: record.clone(),
+                        reason: DeadReason::Conflict,
+                        detail: format!(
+                            "built on version {}; the database held version {stored}",
+                            write.expected
+                        ),
+                    };
+                    state.letters.insert(record.key.clone(), letter);
+                }
+            }
+        }
+    }
+
+    /// Writes a dead letter; one that cannot be written goes back to be tried again
+    /// (unless a newer one of its key arrived meanwhile).
+    async fn write_letter(&self, letter: DeadLetter) -> bool {
+        match guarded(self.config.call_timeout, self.store.dead_letter(&letter)).await {
+            Ok(()) => {
+                self.dead_letters.fetch_add(1, Relaxed);
+                true
+            }
+            Err(e) => {
+                self.failed_attempts.fetch_add(1, Relaxed);
+                warn!(key = %letter.record.key, error = %e, "writing a dead letter failed; will retry");
+                let mut state = lock(&self.state);
+                let key = letter.record.key.clone();
+                state.letters.entry(key).or_insert(letter);
+                false
+            }
+        }
+    }
+
+    /// A record failed alone: counts the attempt and, after `max_attempts`, moves it
+    /// to the dead letters if the database takes them. True if it left the queue. A
+    /// database that could not be reached refused nothing: that is not counted.
+    async fn give_up_on(&self, write: &Write, e: &StoreError) -> bool {
+        if e.is_unreachable() {
+            return false;
+        }
+        let record = &write.record;
+        let attempts = {
+            let mut state = lock(&self.state);
+            let Some(queued) = state.queued.get_mut(&record.key) else {
+                return true;
+            };
+            queued.attempts += 1;
+            queued.attempts
+        };
+        if attempts < self.config.max_attempts {
+            return false;
+        }
+        let letter = DeadLetter {
+            record: record.clone(),
+            reason: DeadReason::Failed,
+            detail: e.to_string(),
+        };
+        // If the dead letter cannot be written either, the database is down rather
+        // than refusing this record: it stays queued.
+        if guarded(self.config.call_timeout, self.store.dead_letter(&letter))
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        self.dead_letters.fetch_add(1, Relaxed);
+        error!(
+            key = %record.key,
+            version = record.version,
+            attempts,
+            error = %e,
+            "the database keeps refusing this save; it was written to the dead letters"
+        );
+        lock(&self.state).settle(&record.key, record.version);
+        true
     }
 }
