@@ -45,6 +45,11 @@ pub struct ServerConfig {
     /// Bytes of pushes and broadcasts waiting for the hub, however few commands carry
     /// them; senders wait when it is full. At least one largest frame.
     pub hub_queue_bytes: usize,
+    /// What clients may make the server buffer in all (partial input frames and
+    /// unsent output), beyond 64 KiB of each per connection. When it is used up, a
+    /// connection over its free share is refused more output (kicked
+    /// `slow_consumer`) or stops reading its large frame until memory is freed.
+    pub memory_budget_bytes: usize,
     /// Enables the framework's fault-injection routes (crash the hub, panic a
     /// handler). For tests and drills only.
     pub allow_fault_injection: bool,
@@ -58,6 +63,7 @@ impl Default for ServerConfig {
             ipv6_prefix_len: 64,
             hub_queue: 65_536,
             hub_queue_bytes: 64 << 20,
+            memory_budget_bytes: 1 << 30,
             allow_fault_injection: false,
         }
     }
@@ -249,6 +255,15 @@ impl Config {
                 format!(
                     "{} is smaller than one largest frame ({largest_frame} bytes = max_frame_bytes + 4), so such a frame could never pass",
                     l.inbound_bytes_burst
+                ),
+            );
+        }
+        if s.memory_budget_bytes < largest_frame {
+            return invalid(
+                "server.memory_budget_bytes",
+                format!(
+                    "{} is smaller than one largest frame ({largest_frame} bytes)",
+                    s.memory_budget_bytes
                 ),
             );
         }

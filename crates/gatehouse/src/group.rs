@@ -37,7 +37,10 @@ impl<S> Shared<S> {
                 config.server.max_connections_per_ip,
                 config.server.ipv6_prefix_len,
             ),
-            core_config: Arc::new(CoreConfig::new(config.limits.clone())),
+            core_config: Arc::new(CoreConfig::new(
+                config.limits.clone(),
+                config.server.memory_budget_bytes,
+            )),
             config,
             service,
             next_id: AtomicU64::new(1),

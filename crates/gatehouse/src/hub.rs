@@ -498,7 +498,8 @@ pub mod bench_support {
             let peer = SocketAddr::from(([127, 0, 0, 1], 9));
             let mailboxes: Vec<_> = (0..n)
                 .map(|i| {
-                    let budget = Arc::new(OutboundBudget::new(1 << 20));
+                    let unlimited = Arc::new(crate::limits::MemoryBudget::new(usize::MAX));
+                    let budget = Arc::new(OutboundBudget::new(1 << 20, unlimited));
                     let mailbox = Arc::new(Mailbox::new(budget, CancellationToken::new()));
                     let register = Command::Register {
                         id: ConnId(i),

@@ -203,7 +203,10 @@ mod tests {
         Arc<OutboundBudget>,
         CancellationToken,
     ) {
-        let budget = Arc::new(OutboundBudget::new(limit));
+        let budget = Arc::new(OutboundBudget::new(
+            limit,
+            Arc::new(crate::limits::MemoryBudget::new(usize::MAX)),
+        ));
         let interrupt = CancellationToken::new();
         (
             Mailbox::new(budget.clone(), interrupt.clone()),

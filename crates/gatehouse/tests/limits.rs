@@ -105,6 +105,31 @@ async fn a_client_that_does_not_read_is_kicked_slow_consumer_while_others_are_se
     assert_eq!(server.stats.snapshot().slow_consumers, 1);
 }
 
+/// The server-wide memory budget falls on the heaviest: a connection whose handler
+/// queues 4 MB for it (well within its own 8 MiB queue) is kicked `slow_consumer`
+/// once the 1 MiB budget is used up, while a light connection goes on untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_wide_memory_budget_kicks_the_heavy_connection_and_spares_the_light() {
+    let mut config = test_config();
+    config.limits.outbound_queue_bytes = 8 << 20;
+    config.server.memory_budget_bytes = 1 << 20;
+    let server = TestServer::start(config).await;
+    let mut heavy = server.connect().await;
+    let mut light = server.connect().await;
+    assert_eq!(light.request(routes::ECHO, "before").await.1, "before");
+    let spam = Message::Request {
+        id: 1,
+        route: routes::SPAM,
+        payload: spam(40, 100_000),
+    };
+    heavy.send(&spam).await;
+    assert_eq!(heavy.expect_kick().await, KickReason::SLOW_CONSUMER);
+    let hooks = server.record.wait_hooks(1).await;
+    assert_eq!(hooks[0].1, DisconnectReason::SlowConsumer);
+    assert_eq!(light.request(routes::ECHO, "after").await.1, "after");
+    assert_eq!(server.stats.snapshot().slow_consumers, 1);
+}
+
 #[tokio::test]
 async fn a_write_that_makes_no_progress_is_closed_after_the_send_timeout() {
     let send_timeout = Duration::from_millis(500);

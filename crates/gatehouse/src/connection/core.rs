@@ -12,6 +12,7 @@
 //! | first-frame and idle deadlines, the send stall | [`ConnectionCore::poll_timeout`], [`ConnectionCore::handle_timeout`] |
 //! | the checkpoint of a dirty session | [`ConnectionCore::mark_dirty`], [`ConnectionCore::take_checkpoint`] |
 //! | outbound byte budget (slow consumer) | every enqueue, through the shared [`OutboundBudget`] |
+//! | the server-wide memory budget | output: [`OutboundBudget`]; a large partial frame: `poll_event` pauses input |
 //! | largest frame the server may send | [`ConnectionCore::respond`], [`ConnectionCore::push`] |
 //!
 //! The driver (`crate::driver`) owns the socket and the clock and feeds this; the
@@ -32,7 +33,8 @@ use super::budget::OutboundBudget;
 use super::outbound::{reusable, OutputQueue};
 use super::reason::DisconnectReason;
 use crate::config::LimitsConfig;
-use crate::limits::{nanos_since, InboundRates, RateLimits};
+use crate::limits::memory::above_free;
+use crate::limits::{nanos_since, InboundRates, MemoryBudget, RateLimits};
 
 /// What a handler must see: the requests and notifies that arrived, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,16 +68,22 @@ const LOUD_UNKNOWN_ROUTES: u8 = 3;
 pub(crate) struct CoreConfig {
     pub(crate) limits: LimitsConfig,
     rates: RateLimits,
+    /// `server.memory_budget_bytes`, charged by every connection.
+    pub(crate) memory: Arc<MemoryBudget>,
 }
 
 impl CoreConfig {
-    pub(crate) fn new(limits: LimitsConfig) -> CoreConfig {
+    pub(crate) fn new(limits: LimitsConfig, memory_budget_bytes: usize) -> CoreConfig {
         CoreConfig {
             rates: RateLimits::new(&limits),
             limits,
+            memory: Arc::new(MemoryBudget::new(memory_budget_bytes)),
         }
     }
 }
+
+/// How soon a connection whose input is paused for memory tries again.
+const MEMORY_RETRY: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// One connection's state machine. Every idle connection holds one, so it is kept
 /// small: what all connections share lives in [`CoreConfig`].
@@ -100,6 +108,11 @@ pub(crate) struct ConnectionCore {
     progressed: bool,
     /// When the session's game marked it dirty, plus the checkpoint interval.
     checkpoint_at: Option<Instant>,
+    /// Bytes of buffered input charged to the server-wide memory budget.
+    charged_input: usize,
+    /// The memory budget refused the partial frame more room: no reading until it
+    /// has some.
+    input_paused: bool,
     close: Option<Close>,
     unknown_routes: u8,
 }
@@ -119,6 +132,8 @@ impl ConnectionCore {
             stalled_since: None,
             progressed: false,
             checkpoint_at: None,
+            charged_input: 0,
+            input_paused: false,
             close: None,
             unknown_routes: 0,
         }
@@ -161,7 +176,10 @@ impl ConnectionCore {
         while self.close.is_none() {
             let frame = match decoder.decode(&mut self.recv) {
                 Ok(Some(frame)) => frame,
-                Ok(None) => return None,
+                Ok(None) => {
+                    self.charge_input();
+                    return None;
+                }
                 Err(too_large) => {
                     self.frame_too_large(too_large);
                     return None;
@@ -172,6 +190,28 @@ impl ConnectionCore {
             }
         }
         None
+    }
+
+    /// Charges what is buffered above the free share to the memory budget (or gives
+    /// back what was, once frames were cut from it). If the budget has no room, input
+    /// pauses: the partial frame waits, unread, until memory is given back.
+    fn charge_input(&mut self) {
+        let wanted = above_free(self.recv.len());
+        let memory = &self.config.memory;
+        if wanted <= self.charged_input {
+            memory.refund(self.charged_input - wanted);
+        } else if !memory.try_charge(wanted - self.charged_input) {
+            self.input_paused = true;
+            return;
+        }
+        self.charged_input = wanted;
+        self.input_paused = false;
+    }
+
+    /// Whether the transport must not read: this connection's large partial frame
+    /// waits for room in the server-wide memory budget.
+    pub(crate) fn input_paused(&self) -> bool {
+        self.input_paused
     }
 
     fn frame_too_large(&mut self, error: FrameTooLarge) {
@@ -349,6 +389,9 @@ impl ConnectionCore {
         if let Some(at) = self.checkpoint_at {
             due = due.min(at);
         }
+        if self.input_paused {
+            due = due.min(now + MEMORY_RETRY);
+        }
         due
     }
 
@@ -390,6 +433,9 @@ impl ConnectionCore {
 
     /// The timer fired at `now`: closes the connection if a deadline has passed.
     pub(crate) fn handle_timeout(&mut self, now: Instant) {
+        if self.input_paused {
+            self.charge_input();
+        }
         // Output may have drained since the deadline was computed.
         self.update_stall(now);
         if now >= self.input_deadline() {
@@ -472,6 +518,12 @@ impl ConnectionCore {
     }
 }
 
+impl Drop for ConnectionCore {
+    fn drop(&mut self) {
+        self.config.memory.refund(self.charged_input);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -502,10 +554,18 @@ mod tests {
     }
 
     fn harness(limits: LimitsConfig) -> Harness {
+        harness_with_memory(limits, usize::MAX)
+    }
+
+    fn harness_with_memory(limits: LimitsConfig, memory_budget: usize) -> Harness {
         let t0 = Instant::now();
-        let budget = Arc::new(OutboundBudget::new(limits.outbound_queue_bytes));
+        let config = Arc::new(CoreConfig::new(limits, memory_budget));
+        let budget = Arc::new(OutboundBudget::new(
+            config.limits.outbound_queue_bytes,
+            config.memory.clone(),
+        ));
         Harness {
-            core: ConnectionCore::new(Arc::new(CoreConfig::new(limits)), budget.clone(), t0),
+            core: ConnectionCore::new(config, budget.clone(), t0),
             budget,
             t0,
         }
@@ -870,6 +930,44 @@ mod tests {
             "clean: only the idle deadline"
         );
         assert_eq!(h.closed(), None);
+    }
+
+    #[test]
+    fn a_large_partial_frame_waits_for_memory_and_goes_on_once_there_is_some() {
+        let free = crate::limits::FREE_PER_CONNECTION;
+        let limits = LimitsConfig {
+            max_frame_bytes: 4 * free,
+            inbound_bytes_burst: 1 << 20,
+            inbound_bytes_per_sec: 1 << 20,
+            outbound_queue_bytes: 8 * free,
+            ..limits()
+        };
+        let mut h = harness_with_memory(limits, 2000);
+        let memory = h.core.config.memory.clone();
+        memory.force(1000); // another connection's share of the budget
+        let body = wire(&request(1, 7, &[7u8; 3 * 65536]));
+        // The free share and the 1000 bytes left fit; past that, input pauses.
+        h.receive(&body[..free + 1000]);
+        assert!(h.events(h.at(T)).is_empty());
+        assert!(!h.core.input_paused());
+        assert_eq!(memory.used(), 2000);
+        h.receive(&body[free + 1000..free + 2000]);
+        assert!(h.events(h.at(T)).is_empty());
+        assert!(h.core.input_paused(), "no room: the frame waits, unread");
+        let retry = h.core.poll_timeout(h.at(T));
+        assert_eq!(retry, h.at(T) + MEMORY_RETRY);
+        h.core.handle_timeout(retry);
+        assert!(h.core.input_paused(), "still no room");
+        // The other connection gives its share back: the retry takes it.
+        memory.refund(1000);
+        h.core.handle_timeout(retry + MEMORY_RETRY);
+        assert!(!h.core.input_paused());
+        assert_eq!(memory.used(), 2000);
+        h.receive(&body[free + 2000..]);
+        let events = h.events(h.at(2 * T));
+        assert_eq!(events.len(), 1, "the whole frame arrived");
+        assert_eq!(memory.used(), 0, "cut from the buffer: charged no more");
+        assert_eq!(h.closed(), None, "paused, never closed");
     }
 
     #[test]

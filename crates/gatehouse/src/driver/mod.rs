@@ -67,6 +67,7 @@ pub(crate) fn serve<S: Service, T: Transport>(
     let cancel = group.token.child_token();
     let budget = Arc::new(OutboundBudget::new(
         shared.config.limits.outbound_queue_bytes,
+        shared.core_config.memory.clone(),
     ));
     let mailbox = Arc::new(Mailbox::new(budget.clone(), cancel.clone()));
     let core = ConnectionCore::new(shared.core_config.clone(), budget, clock());
@@ -234,6 +235,7 @@ impl<S: Service, T: Transport> Connection<S, T> {
                 since_cancel_check = 0;
             }
             let sending = self.core.has_output();
+            let reading = !self.core.input_paused();
             let (transport, core, mailbox) = (&mut self.transport, &mut self.core, &self.mailbox);
             let mail = |cx: &mut std::task::Context<'_>| mailbox.poll_mail(cx).is_ready();
             let wake = std::future::poll_fn(|cx| {
@@ -243,8 +245,10 @@ impl<S: Service, T: Transport> Connection<S, T> {
                 if mailbox_first && mail(cx) {
                     return Poll::Ready(Wake::Delivered);
                 }
-                if let Poll::Ready(received) = transport.poll_receive(cx, core) {
-                    return Poll::Ready(received.map_or_else(Wake::Failed, Wake::Received));
+                if reading {
+                    if let Poll::Ready(received) = transport.poll_receive(cx, core) {
+                        return Poll::Ready(received.map_or_else(Wake::Failed, Wake::Received));
+                    }
                 }
                 if !mailbox_first && mail(cx) {
                     return Poll::Ready(Wake::Delivered);
