@@ -1,8 +1,9 @@
 //! Supervision over real sockets: a hub crash closes every connection with
 //! `server_restart` and runs each disconnect hook once, then service resumes; too
 //! many crashes stop the server with an error; a handler panic stays local; shutdown
-//! kicks everyone and runs every hook. Together: the disconnect hook runs exactly
-//! once on every exit path.
+//! kicks everyone and runs every hook; a kick racing handlers is reported as itself;
+//! hooks that hang are dropped at their timeouts. Together: the disconnect hook runs
+//! exactly once on every exit path.
 
 #![allow(clippy::unwrap_used)]
 
@@ -426,4 +427,91 @@ async fn a_kick_racing_handler_completions_is_always_reported_as_itself() {
             "round {round}"
         );
     }
+}
+
+/// A game whose `connect` (if asked) or `disconnect` never returns. Its disconnect
+/// records the session first, as a game queues its save before anything that waits.
+struct StuckHooks {
+    stuck_connect: bool,
+    record: std::sync::Arc<support::Record>,
+}
+
+impl gatehouse::Service for StuckHooks {
+    type Session = gatehouse::ConnId;
+    type Message = ();
+
+    async fn connect(&self, ctx: &mut gatehouse::Context<'_, ()>) -> gatehouse::ConnId {
+        if self.stuck_connect {
+            std::future::pending::<()>().await;
+        }
+        ctx.id()
+    }
+
+    async fn request(
+        &self,
+        _session: &mut gatehouse::ConnId,
+        _ctx: &mut gatehouse::Context<'_, ()>,
+        _route: u16,
+        payload: Bytes,
+    ) -> gatehouse::Reply {
+        gatehouse::Reply::ok(payload)
+    }
+
+    async fn disconnect(&self, session: gatehouse::ConnId, info: gatehouse::Disconnect) {
+        self.record
+            .disconnects
+            .lock()
+            .unwrap()
+            .push((session, info.reason));
+        std::future::pending::<()>().await;
+    }
+}
+
+async fn stuck_server(stuck_connect: bool, config: gatehouse::Config) -> TestServer {
+    let record = std::sync::Arc::new(support::Record::default());
+    let service = StuckHooks {
+        stuck_connect,
+        record: record.clone(),
+    };
+    TestServer::start_service(config, service, record).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disconnect_hook_that_hangs_is_dropped_at_its_timeout_after_saving() {
+    let mut config = test_config();
+    config.limits.disconnect_timeout = Duration::from_millis(200);
+    let server = stuck_server(false, config).await;
+    let mut client = server.connect().await;
+    assert_eq!(client.request(routes::ECHO, "hi").await.1, "hi");
+    drop(client);
+    let hooks = server.record.wait_hooks(1).await;
+    assert_eq!(
+        hooks[0].1,
+        DisconnectReason::PeerClosed,
+        "its save part ran"
+    );
+    support::eventually("the stuck hook dropped and counted", || {
+        (server.stats.snapshot().hook_timeouts == 1).then_some(())
+    })
+    .await;
+    // Nothing of it is left running: shutdown is prompt and clean.
+    let started = Instant::now();
+    server.shutdown().await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_hook_that_hangs_closes_its_connection_at_the_timeout() {
+    let mut config = test_config();
+    config.limits.connect_timeout = Duration::from_millis(200);
+    let server = stuck_server(true, config).await;
+    let mut client = server.connect().await;
+    let started = Instant::now();
+    assert_eq!(client.expect_kick().await, KickReason::INTERNAL_ERROR);
+    assert!(started.elapsed() >= Duration::from_millis(150));
+    assert_eq!(server.stats.snapshot().hook_timeouts, 1);
+    assert!(
+        server.record.hooks().is_empty(),
+        "no session, no disconnect hook"
+    );
 }

@@ -108,8 +108,10 @@ pub(crate) struct ConnectionCore {
     progressed: bool,
     /// When the session's game marked it dirty, plus the checkpoint interval.
     checkpoint_at: Option<Instant>,
-    /// Bytes of buffered input charged to the server-wide memory budget.
-    charged_input: usize,
+    /// Bytes of buffered input charged to the server-wide memory budget (a partial
+    /// frame, so at most 16 MiB: a `u32` keeps the core, and every idle task, 8
+    /// bytes smaller).
+    charged_input: u32,
     /// The memory budget refused the partial frame more room: no reading until it
     /// has some.
     input_paused: bool,
@@ -196,11 +198,12 @@ impl ConnectionCore {
     /// back what was, once frames were cut from it). If the budget has no room, input
     /// pauses: the partial frame waits, unread, until memory is given back.
     fn charge_input(&mut self) {
-        let wanted = above_free(self.recv.len());
+        let wanted = u32::try_from(above_free(self.recv.len())).unwrap_or(u32::MAX);
+        let charged = self.charged_input;
         let memory = &self.config.memory;
-        if wanted <= self.charged_input {
-            memory.refund(self.charged_input - wanted);
-        } else if !memory.try_charge(wanted - self.charged_input) {
+        if wanted <= charged {
+            memory.refund((charged - wanted) as usize);
+        } else if !memory.try_charge((wanted - charged) as usize) {
             self.input_paused = true;
             return;
         }
@@ -520,7 +523,7 @@ impl ConnectionCore {
 
 impl Drop for ConnectionCore {
     fn drop(&mut self) {
-        self.config.memory.refund(self.charged_input);
+        self.config.memory.refund(self.charged_input as usize);
     }
 }
 
