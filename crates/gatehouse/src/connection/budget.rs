@@ -3,15 +3,15 @@
 //! hub's broadcasts). Bytes are reserved when queued and released once the transport
 //! took them, so `limits.outbound_queue_bytes` bounds everything queued for one
 //! connection, whoever queued it. Bytes above the connection's free share are also
-//! charged to the server-wide [`MemoryBudget`]; when that is used up, the reservation
-//! is refused (and the connection kicked `slow_consumer`): only heavy connections
-//! ever are.
+//! charged to the server-wide [`MemoryBudget`]; when that is used up, a connection
+//! with a backlog past its free share is refused (and kicked `slow_consumer`), while
+//! one that keeps up still gets each frame: only backlogs are ever refused.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::limits::memory::above_free;
-use crate::limits::MemoryBudget;
+use crate::limits::{MemoryBudget, FREE_PER_CONNECTION};
 
 /// Unsent bytes of one connection, against its limit.
 #[derive(Debug)]
@@ -60,7 +60,16 @@ impl OutboundBudget {
         };
         let change = Self::charged_change(before, before + n);
         // Below the free share (the common case) the server-wide budget is not touched.
-        if change <= 0 || self.memory.try_charge(change.unsigned_abs()) {
+        if change <= 0 {
+            return true;
+        }
+        // A connection that keeps up (its backlog was within its free share) always
+        // gets the frame, charged whatever the budget: only a backlog is refused.
+        if before < FREE_PER_CONNECTION {
+            self.memory.force(change.unsigned_abs());
+            return true;
+        }
+        if self.memory.try_charge(change.unsigned_abs()) {
             return true;
         }
         // The server is out of memory for heavy connections: undo, accounting for
@@ -102,7 +111,6 @@ impl Drop for OutboundBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limits::FREE_PER_CONNECTION;
 
     fn unlimited() -> Arc<MemoryBudget> {
         Arc::new(MemoryBudget::new(usize::MAX))

@@ -5,11 +5,12 @@
 //! same of unsent output without touching the budget, so the common case (small
 //! requests, small answers) costs no shared atomic. Only bytes above that are
 //! charged, which makes the budget fall on the heaviest connections: when it is used
-//! up, a connection above its free bytes is refused more output (it is kicked
-//! `slow_consumer`) or stops reading its large frame until memory is given back,
-//! while every connection below them goes on as if nothing happened. The most the
-//! server holds is therefore `memory_budget_bytes` + `max_connections` × 2 ×
-//! [`FREE_PER_CONNECTION`].
+//! up, a connection whose unsent backlog is already past its free bytes is refused
+//! more output (it is kicked `slow_consumer`), and one receiving a large frame stops
+//! reading it until memory is given back; a connection that keeps up still gets each
+//! frame (charged regardless). The most the server holds is therefore
+//! `memory_budget_bytes` + `max_connections` × (2 × [`FREE_PER_CONNECTION`] + one
+//! largest frame).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
