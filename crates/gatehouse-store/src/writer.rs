@@ -374,8 +374,23 @@ async fn guarded<T>(
     }
 }
 
+/// The pause between failed attempts: doubling from [`MIN_BACKOFF`] to [`MAX_BACKOFF`],
+/// back to the start once something lands.
+struct Backoff(Duration);
+
+impl Backoff {
+    fn reset(&mut self) {
+        self.0 = MIN_BACKOFF;
+    }
+
+    async fn wait(&mut self) {
+        tokio::time::sleep(self.0).await;
+        self.0 = (self.0 * 2).min(MAX_BACKOFF);
+    }
+}
+
 async fn run<S: Store>(inner: Arc<Inner<S>>) {
-    let mut backoff = MIN_BACKOFF;
+    let mut backoff = Backoff(MIN_BACKOFF);
     // The keys of a failed batch, in halves, to retry before anything newer.
     let mut retry: VecDeque<Vec<String>> = VecDeque::new();
     loop {
@@ -390,8 +405,7 @@ async fn run<S: Store>(inner: Arc<Inner<S>>) {
         };
         if let Some(letter) = letter {
             if !inner.write_letter(letter).await {
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                backoff.wait().await;
             }
             continue;
         }
@@ -420,7 +434,7 @@ async fn run<S: Store>(inner: Arc<Inner<S>>) {
             });
         match outcomes {
             Ok(outcomes) => {
-                backoff = MIN_BACKOFF;
+                backoff.reset();
                 inner.settle(&writes, &outcomes);
             }
             Err(e) => {
@@ -436,13 +450,12 @@ async fn run<S: Store>(inner: Arc<Inner<S>>) {
                 }
                 let write = &writes[0];
                 if inner.give_up_on(write, &e).await {
-                    backoff = MIN_BACKOFF;
+                    backoff.reset();
                     continue;
                 }
-                warn!(key = %write.record.key, error = %e, retry_in = ?backoff, "saving failed; will retry");
+                warn!(key = %write.record.key, error = %e, retry_in = ?backoff.0, "saving failed; will retry");
                 retry.push_front(keys);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                backoff.wait().await;
             }
         }
     }
@@ -516,11 +529,8 @@ impl<S: Store> Inner<S> {
     /// Writes a dead letter; one that cannot be written goes back to be tried again
     /// (unless a newer one of its key arrived meanwhile).
     async fn write_letter(&self, letter: DeadLetter) -> bool {
-        match guarded(self.config.call_timeout, self.store.dead_letter(&letter)).await {
-            Ok(()) => {
-                self.dead_letters.fetch_add(1, Relaxed);
-                true
-            }
+        match self.dead_letter(&letter).await {
+            Ok(()) => true,
             Err(e) => {
                 self.failed_attempts.fetch_add(1, Relaxed);
                 warn!(key = %letter.record.key, error = %e, "writing a dead letter failed; will retry");
@@ -530,6 +540,13 @@ impl<S: Store> Inner<S> {
                 false
             }
         }
+    }
+
+    /// Writes one dead letter under the call timeout, and counts it if it landed.
+    async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), StoreError> {
+        guarded(self.config.call_timeout, self.store.dead_letter(letter)).await?;
+        self.dead_letters.fetch_add(1, Relaxed);
+        Ok(())
     }
 
     /// A record failed alone: counts the attempt and, after `max_attempts`, moves it
@@ -558,13 +575,9 @@ impl<S: Store> Inner<S> {
         };
         // If the dead letter cannot be written either, the database is down rather
         // than refusing this record: it stays queued.
-        if guarded(self.config.call_timeout, self.store.dead_letter(&letter))
-            .await
-            .is_err()
-        {
+        if self.dead_letter(&letter).await.is_err() {
             return false;
         }
-        self.dead_letters.fetch_add(1, Relaxed);
         error!(
             key = %record.key,
             version = record.version,
