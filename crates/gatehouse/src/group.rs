@@ -13,12 +13,14 @@ use tracing::warn;
 
 use crate::config::Config;
 use crate::connection::{CoreConfig, DisconnectReason};
+use crate::handle::HubSlot;
 use crate::hub::HubHandle;
 use crate::limits::Admission;
+use crate::service::Service;
 use crate::stats::Stats;
 
 /// State shared by every task of one server, for its whole life.
-pub(crate) struct Shared<S> {
+pub(crate) struct Shared<S: Service> {
     pub(crate) config: Config,
     /// `config.limits` and what derives from it, shared by every connection core.
     pub(crate) core_config: Arc<CoreConfig>,
@@ -27,9 +29,11 @@ pub(crate) struct Shared<S> {
     pub(crate) admission: Admission,
     pub(crate) next_id: AtomicU64,
     pub(crate) stats: Arc<Stats>,
+    /// Where the current hub is published, for [`crate::ServerHandle`]s.
+    pub(crate) hub_slot: HubSlot<S::Message>,
 }
 
-impl<S> Shared<S> {
+impl<S: Service> Shared<S> {
     pub(crate) fn new(config: Config, service: S) -> Self {
         Shared {
             admission: Admission::new(
@@ -45,6 +49,7 @@ impl<S> Shared<S> {
             service,
             next_id: AtomicU64::new(1),
             stats: Arc::new(Stats::default()),
+            hub_slot: HubSlot::new(),
         }
     }
 }

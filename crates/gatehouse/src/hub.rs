@@ -119,6 +119,13 @@ enum Command<M> {
 // one `async` block at most), rather than nested `async fn`s, so that a handler
 // awaiting the hub holds little more than that send: handler futures are boxed and
 // copied once per request, and each nested `async fn` would add its own state.
+impl<M> HubHandle<M> {
+    /// Whether this hub has ended (crashed or stopped): its calls fail from now on.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
 impl<M: Send + 'static> HubHandle<M> {
     fn send(&self, command: Command<M>) -> impl Future<Output = Result<(), HubError>> + Send + '_ {
         self.tx

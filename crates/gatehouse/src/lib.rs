@@ -15,6 +15,7 @@
 //! - [`service`]: the trait a game implements and its handler [`Context`].
 //! - [`stats`]: server-wide counters.
 //! - `group`: what the supervision tree's tasks share.
+//! - `handle`: [`ServerHandle`], the game's way in that survives hub restarts.
 //! - `driver`: the connection task, running a core over a transport (TCP).
 //! - `listener`: listening socket options, accept loop, refusals at accept.
 //! - `supervisor`: the supervision tree and its restart intensity.
@@ -27,6 +28,7 @@ pub mod config;
 mod connection;
 mod driver;
 mod group;
+mod handle;
 pub mod hub;
 pub mod limits;
 mod listener;
@@ -41,6 +43,7 @@ pub use gatehouse_protocol as protocol;
 
 pub use config::Config;
 pub use connection::{ConnId, DisconnectReason, Severity};
+pub use handle::ServerHandle;
 pub use hub::{HubError, HubHandle};
 pub use listener::bind;
 pub use protocol::{KickReason, Message, Status};

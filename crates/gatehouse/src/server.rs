@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError};
 use crate::group::Shared;
+use crate::handle::{HubState, ServerHandle};
 use crate::service::Service;
 use crate::stats::Stats;
 use crate::supervisor::{self, ServerError};
@@ -33,6 +34,12 @@ impl<S: Service> Server<S> {
         self.shared.stats.clone()
     }
 
+    /// A handle to the running server for the game's own tasks: it follows the hub
+    /// across restarts (see [`ServerHandle`]). Take it before [`Server::run`].
+    pub fn handle(&self) -> ServerHandle<S::Message> {
+        self.shared.hub_slot.handle()
+    }
+
     /// Serves connections from `listener` (see [`crate::bind`]) until `shutdown`
     /// resolves, then kicks every connection `shutdown`, runs every disconnect hook and
     /// returns `Ok` (within `supervisor.drain_timeout`; past it, `Err` with how many
@@ -48,14 +55,17 @@ impl<S: Service> Server<S> {
         // Dropping this future (an embedder's select! took another branch) stops the
         // server too, instead of leaving it running unsupervised.
         let _stop_on_drop = token.clone().drop_guard();
+        let shared = self.shared.clone();
         let supervised = supervisor::supervise(listener, self.shared, token.clone());
         tokio::pin!(supervised, shutdown);
-        tokio::select! {
+        let result = tokio::select! {
             result = &mut supervised => result,
             () = &mut shutdown => {
                 token.cancel();
                 supervised.await
             }
-        }
+        };
+        shared.hub_slot.publish(HubState::Stopped);
+        result
     }
 }

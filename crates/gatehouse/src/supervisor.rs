@@ -40,6 +40,7 @@ use tracing::{error, info};
 
 use crate::connection::DisconnectReason;
 use crate::group::{Group, Shared};
+use crate::handle::HubState;
 use crate::hub;
 use crate::listener;
 use crate::service::Service;
@@ -84,6 +85,7 @@ pub(crate) async fn supervise<S: Service>(
             shared.config.server.hub_queue_bytes,
             shared.config.limits.max_frame_bytes,
         );
+        shared.hub_slot.publish(HubState::Up(hub.clone()));
         let group = Arc::new(Group::new(shutdown.child_token(), hub));
         group.tracker.spawn(listener::accept_loop(
             listener.clone(),
@@ -110,6 +112,7 @@ pub(crate) async fn supervise<S: Service>(
             }
         };
 
+        shared.hub_slot.publish(HubState::Restarting);
         error!(cause = %crash, "hub crashed; closing every connection, then restarting it");
         shared.stats.count_hub_restart();
         group.stop(DisconnectReason::ServerRestart);

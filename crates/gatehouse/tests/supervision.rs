@@ -515,3 +515,88 @@ async fn a_connect_hook_that_hangs_closes_its_connection_at_the_timeout() {
         "no session, no disconnect hook"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_task_keeps_broadcasting_through_the_server_handle_across_two_hub_restarts() {
+    let server = TestServer::start(test_config()).await;
+    let handle = server.handle.clone().unwrap();
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let failed = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let ticker = {
+        let (handle, sent, failed) = (handle.clone(), sent.clone(), failed.clone());
+        tokio::spawn(async move {
+            loop {
+                match handle.broadcast(routes::PUSH, Bytes::from("tick")).await {
+                    Ok(()) => {
+                        sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    Err(e) => failed.lock().unwrap().push(e),
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+
+    for restart in 0..2 {
+        let mut client = server.connect().await;
+        let _ = client.whoami().await;
+        let (route, body) = client.expect_push().await;
+        assert_eq!((route, &body[..]), (routes::PUSH, &b"tick"[..]));
+        client.fire(ROUTE_FAULT_CRASH_HUB).await;
+        loop {
+            match client.recv().await {
+                Some(Message::Kick { reason, .. }) => {
+                    assert_eq!(reason, KickReason::SERVER_RESTART, "restart {restart}");
+                    break;
+                }
+                Some(_) => continue,
+                None => panic!("closed without a kick"),
+            }
+        }
+    }
+    // After the second restart, a fresh client still gets the task's broadcasts.
+    let mut client = server.connect().await;
+    let _ = client.whoami().await;
+    let before = sent.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(client.expect_push().await.1, "tick");
+    support::eventually("more broadcasts", || {
+        (sent.load(std::sync::atomic::Ordering::SeqCst) > before + 3).then_some(())
+    })
+    .await;
+    assert!(
+        failed.lock().unwrap().is_empty(),
+        "the handle waited out both restarts: {:?}",
+        failed.lock().unwrap()
+    );
+    assert_eq!(server.stats.snapshot().hub_restarts, 2);
+
+    // Once the server has stopped, a call fails at once instead of waiting.
+    assert!(server.shutdown().await.is_ok());
+    let started = Instant::now();
+    assert_eq!(handle.count().await, Err(gatehouse::HubError::Unavailable));
+    assert!(started.elapsed() < Duration::from_secs(1));
+    ticker.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_handle_call_during_a_restart_longer_than_its_wait_returns_unavailable() {
+    // A hook that hangs keeps the restart's drain going for a second.
+    let mut config = test_config();
+    config.limits.disconnect_timeout = Duration::from_secs(1);
+    let record = std::sync::Arc::new(support::Record::default());
+    let service = StuckHooks {
+        stuck_connect: false,
+        record: record.clone(),
+    };
+    let (server, handle) = TestServer::start_service_with_handle(config, service, record).await;
+    let mut client = server.connect().await;
+    assert_eq!(client.request(routes::ECHO, "hi").await.1, "hi");
+    assert_eq!(handle.count().await, Ok(1));
+    client.fire(ROUTE_FAULT_CRASH_HUB).await;
+    assert_eq!(client.expect_kick().await, KickReason::SERVER_RESTART);
+    let short = handle.clone().with_wait(Duration::from_millis(100));
+    assert_eq!(short.count().await, Err(gatehouse::HubError::Unavailable));
+    // The default wait outlasts the restart: the call lands on the fresh hub.
+    assert_eq!(handle.count().await, Ok(0));
+    assert!(server.shutdown().await.is_ok());
+}

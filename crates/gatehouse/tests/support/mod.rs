@@ -277,6 +277,9 @@ pub struct TestServer {
     pub addr: SocketAddr,
     pub record: Arc<Record>,
     pub stats: Arc<Stats>,
+    /// The server's handle, typed for the [`Recorder`]'s messages (`None` for other
+    /// services).
+    pub handle: Option<gatehouse::ServerHandle<String>>,
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), ServerError>>,
 }
@@ -285,7 +288,21 @@ impl TestServer {
     pub async fn start(config: Config) -> TestServer {
         let recorder = Recorder::default();
         let record = recorder.record.clone();
-        TestServer::start_service(config, recorder, record).await
+        let (mut started, handle) =
+            TestServer::start_service_with_handle(config, recorder, record).await;
+        started.handle = Some(handle);
+        started
+    }
+
+    /// As [`TestServer::start_service`], with the server's handle.
+    pub async fn start_service_with_handle<S: Service>(
+        config: Config,
+        service: S,
+        record: Arc<Record>,
+    ) -> (TestServer, gatehouse::ServerHandle<S::Message>) {
+        let server = Server::new(config, service).expect("valid config");
+        let handle = server.handle();
+        (TestServer::run(server, record).await, handle)
     }
 
     /// Serves any service; `record` is whatever the test wants to keep with it.
@@ -295,6 +312,10 @@ impl TestServer {
         record: Arc<Record>,
     ) -> TestServer {
         let server = Server::new(config, service).expect("valid config");
+        TestServer::run(server, record).await
+    }
+
+    async fn run<S: Service>(server: Server<S>, record: Arc<Record>) -> TestServer {
         let stats = server.stats();
         let listener = gatehouse::bind("127.0.0.1:0".parse().unwrap())
             .await
@@ -306,6 +327,7 @@ impl TestServer {
             addr,
             record,
             stats,
+            handle: None,
             shutdown,
             task,
         }
