@@ -93,6 +93,7 @@ KICK_REASONS: Dict[int, str] = {
     11: "too_many_from_ip",
     12: "internal_error",
     13: "kicked",
+    14: "room_closed",
 }
 
 

@@ -186,9 +186,10 @@ class FramingLimits(unittest.TestCase):
     def test_kick_reason_names(self):
         self.assertEqual(gc.kick_reason_name(6), "duplicate_login")
         self.assertEqual(gc.kick_reason_name(13), "kicked")
+        self.assertEqual(gc.kick_reason_name(14), "room_closed")
         self.assertEqual(gc.kick_reason_name(1000), "game_kick")
         self.assertEqual(gc.kick_reason_name(99), "kicked")
-        self.assertEqual(len(gc.KICK_REASONS), 13)
+        self.assertEqual(len(gc.KICK_REASONS), 14)
 
 
 class FakeServer:

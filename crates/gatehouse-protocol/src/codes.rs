@@ -83,6 +83,9 @@ impl KickReason {
     pub const INTERNAL_ERROR: KickReason = KickReason(12);
     /// Kicked by the game or an operator without a more specific reason.
     pub const KICKED: KickReason = KickReason(13);
+    /// The room this connection was in crashed more often than its restart intensity
+    /// allows and was closed; the game decides where the player goes next.
+    pub const ROOM_CLOSED: KickReason = KickReason(14);
 
     /// The reason's snake_case name, as used in logs and docs; `None` for codes the
     /// framework does not define.
@@ -101,6 +104,7 @@ impl KickReason {
             KickReason::TOO_MANY_FROM_IP => "too_many_from_ip",
             KickReason::INTERNAL_ERROR => "internal_error",
             KickReason::KICKED => "kicked",
+            KickReason::ROOM_CLOSED => "room_closed",
             _ => return None,
         })
     }

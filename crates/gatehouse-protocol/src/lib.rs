@@ -22,4 +22,6 @@ pub mod routes;
 pub use codes::{KickReason, Status};
 pub use envelope::{DecodeError, Message};
 pub use framing::{FrameDecoder, FrameTooLarge, DEFAULT_MAX_FRAME_LEN, HEADER_LEN, MAX_NONCE_LEN};
-pub use routes::{RESERVED_ROUTES_START, ROUTE_FAULT_CRASH_HUB, ROUTE_FAULT_PANIC_HANDLER};
+pub use routes::{
+    RESERVED_ROUTES_START, ROUTE_FAULT_CRASH_HUB, ROUTE_FAULT_PANIC_HANDLER, ROUTE_ROOM_RESTARTED,
+};

@@ -4,6 +4,10 @@
 /// Routes at or above this value belong to the framework, not to the game.
 pub const RESERVED_ROUTES_START: u16 = 0xFF00;
 
+/// Framework route (push): the room this connection is in crashed and was restarted
+/// (it was re-joined); the payload is the room's name, UTF-8.
+pub const ROUTE_ROOM_RESTARTED: u16 = 0xFF01;
+
 /// Framework route (request): crash the hub. Honoured only with fault injection enabled.
 pub const ROUTE_FAULT_CRASH_HUB: u16 = 0xFFF0;
 

@@ -10,9 +10,12 @@
 //! - [`limits`]: inbound rates (the DoS checker) and admission caps.
 //! - `connection`: one connection without I/O: the `ConnectionCore` state machine,
 //!   its output queue and byte budget, [`DisconnectReason`].
-//! - `mailbox`: how the hub and the game reach a connection.
+//! - `mailbox`: how the hub, rooms and timers reach a connection.
+//! - [`timer`]: timers for sessions and rooms.
 //! - [`hub`]: the seed's `gs_svr`: registry, groups, broadcast, counts.
 //! - [`service`]: the trait a game implements and its handler [`Context`].
+//! - [`room`]: supervised rooms with ticks ([`room::Rooms`], [`room::Room`]).
+//! - [`typed`]: typed handlers over prost messages, errors as statuses.
 //! - [`stats`]: server-wide counters.
 //! - `group`: what the supervision tree's tasks share.
 //! - `handle`: [`ServerHandle`], the game's way in that survives hub restarts.
@@ -28,15 +31,19 @@ pub mod config;
 mod connection;
 mod driver;
 mod group;
+mod guard;
 mod handle;
 pub mod hub;
 pub mod limits;
 mod listener;
 mod mailbox;
+pub mod room;
 mod server;
 pub mod service;
 pub mod stats;
 mod supervisor;
+pub mod timer;
+pub mod typed;
 
 /// The wire protocol (the `gatehouse-protocol` crate), re-exported.
 pub use gatehouse_protocol as protocol;

@@ -10,7 +10,8 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
@@ -18,6 +19,7 @@ use gatehouse_protocol::KickReason;
 use tokio_util::sync::CancellationToken;
 
 use crate::connection::OutboundBudget;
+use crate::timer::{Timer, TimerError, Timers};
 
 /// What can be delivered to a connection.
 pub(crate) enum Delivery<M> {
@@ -44,6 +46,9 @@ pub(crate) struct Mailbox<M> {
     waker: AtomicWaker,
     /// Cancelled by a kick, so that a kick also interrupts a handler that is running.
     interrupt: CancellationToken,
+    /// The session's timers, made at the first one (most sessions have none), all
+    /// cancelled when the connection ends.
+    timers: OnceLock<Timers>,
 }
 
 struct MailboxState<M> {
@@ -81,6 +86,7 @@ impl<M> Mailbox<M> {
             budget,
             waker: AtomicWaker::new(),
             interrupt,
+            timers: OnceLock::new(),
         }
     }
 
@@ -180,6 +186,9 @@ impl<M> Mailbox<M> {
     /// Marks the connection ended; later deliveries are dropped, and so is what is
     /// still queued (its budget given back).
     pub(crate) fn close(&self) {
+        if let Some(timers) = self.timers.get() {
+            timers.cancel_all();
+        }
         let mut state = self.lock();
         state.closed = true;
         for delivery in std::mem::take(&mut state.queue) {
@@ -189,6 +198,47 @@ impl<M> Mailbox<M> {
                 Delivery::Kick(..) => {}
             }
         }
+    }
+}
+
+impl<M: Send + 'static> Mailbox<M> {
+    /// Delivers `message` to the session after `delay`, then every `period` if given
+    /// (`next` makes each one), until the connection ends or the timer is cancelled.
+    pub(crate) fn start_timer(
+        self: &Arc<Self>,
+        delay: Duration,
+        period: Option<Duration>,
+        mut next: impl FnMut() -> Option<M> + Send + 'static,
+    ) -> Result<Timer, TimerError> {
+        let mailbox = Arc::downgrade(self);
+        self.timers
+            .get_or_init(Timers::new)
+            .start(delay, period, move || {
+                let delivered = match (mailbox.upgrade(), next()) {
+                    (Some(mailbox), Some(message)) => mailbox.deliver(Delivery::Message(message)),
+                    _ => false,
+                };
+                std::future::ready(delivered)
+            })
+    }
+}
+
+/// How a room reaches a member's connection: never waiting, as the hub does.
+pub(crate) trait MemberSink: Send + Sync {
+    /// Queues an encoded frame; false if the connection is gone or over its budget
+    /// (then it closes as a slow consumer).
+    fn deliver_frame(&self, frame: Bytes) -> bool;
+    /// Closes the connection with `reason`.
+    fn kick(&self, reason: KickReason, text: String);
+}
+
+impl<M: Send + 'static> MemberSink for Mailbox<M> {
+    fn deliver_frame(&self, frame: Bytes) -> bool {
+        self.deliver(Delivery::Frame(frame))
+    }
+
+    fn kick(&self, reason: KickReason, text: String) {
+        self.deliver(Delivery::Kick(reason, text));
     }
 }
 

@@ -11,12 +11,16 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use gatehouse_protocol::{KickReason, Status};
 
 use crate::connection::{ConnId, ConnectionCore, DisconnectReason};
 use crate::hub::HubHandle;
+use crate::mailbox::{Mailbox, MemberSink};
+use crate::timer::{Timer, TimerError};
 
 /// A game (or any protocol service) served by gatehouse.
 ///
@@ -187,6 +191,8 @@ pub struct Context<'a, M> {
     pub(crate) id: ConnId,
     pub(crate) peer: SocketAddr,
     pub(crate) hub: &'a HubHandle<M>,
+    /// The connection's mailbox: for its timers, and for rooms to reach it.
+    pub(crate) mailbox: &'a Arc<Mailbox<M>>,
     /// The connection's state machine: what a handler queues goes straight into its
     /// output.
     pub(crate) core: &'a mut ConnectionCore,
@@ -197,12 +203,14 @@ impl<'a, M> Context<'a, M> {
         id: ConnId,
         peer: SocketAddr,
         hub: &'a HubHandle<M>,
+        mailbox: &'a Arc<Mailbox<M>>,
         core: &'a mut ConnectionCore,
     ) -> Self {
         Context {
             id,
             peer,
             hub,
+            mailbox,
             core,
         }
     }
@@ -241,5 +249,31 @@ impl<M: Send + 'static> Context<'_, M> {
     /// The first close decided wins.
     pub fn kick(&mut self, reason: KickReason, text: impl Into<String>) {
         self.core.kick(reason, text.into());
+    }
+
+    /// Delivers `message` to this session's [`Service::message`] handler after
+    /// `delay`. The timer ends with the connection; at most
+    /// [`MAX_TIMERS`](crate::timer::MAX_TIMERS) run at once per session.
+    pub fn after(&mut self, delay: Duration, message: M) -> Result<Timer, TimerError> {
+        let mut message = Some(message);
+        self.mailbox
+            .start_timer(delay, None, move || message.take())
+    }
+
+    /// Delivers a copy of `message` to this session's [`Service::message`] handler
+    /// every `period`, the first after one period, until the connection ends or the
+    /// timer is cancelled. A handler slower than the period delays the next one
+    /// rather than queueing a burst.
+    pub fn every(&mut self, period: Duration, message: M) -> Result<Timer, TimerError>
+    where
+        M: Clone,
+    {
+        self.mailbox
+            .start_timer(period, Some(period), move || Some(message.clone()))
+    }
+
+    /// How a room reaches this connection.
+    pub(crate) fn member_sink(&self) -> Arc<dyn MemberSink> {
+        self.mailbox.clone()
     }
 }

@@ -3,6 +3,8 @@
 //! ```text
 //! root (rest_for_one)                 supervise(): this function's loop
 //!  ├─ store writer                    gatehouse_store::SaveWriter: started before, closed after
+//!  ├─ room supervisors                room::Rooms, one per room type: started before, shut down after
+//!  │   └─ rooms                       one task each (one_for_one), restarted by its own policy
 //!  ├─ hub                             hub::spawn — gs_svr: registry, groups, broadcast
 //!  └─ connection group               group::Group: cancelled and awaited whenever the hub restarts
 //!      ├─ acceptor                    listener::accept_loop; stops with its group
@@ -25,10 +27,14 @@
 //! for arena) before `Server::run` and closed after it returns, once every
 //! disconnect hook has queued its save; it is therefore untouched by hub restarts.
 //!
+//! Rooms are supervised by their own tasks (`room::task`), each with its own restart
+//! intensity; they reach connections through their mailboxes and the hub through a
+//! [`ServerHandle`](crate::ServerHandle), so neither a room crash nor a hub restart
+//! involves the other.
+//!
 //! A connection that panics is not a supervisor matter: its handler runs under
 //! `catch_unwind` in its own task (see `driver`), so only it ends.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,6 +46,7 @@ use tracing::{error, info};
 
 use crate::connection::DisconnectReason;
 use crate::group::{Group, Shared};
+use crate::guard::{panic_message, RestartIntensity};
 use crate::handle::HubState;
 use crate::hub;
 use crate::listener;
@@ -142,69 +149,7 @@ pub(crate) async fn supervise<S: Service>(
 fn describe_hub_exit(joined: Result<(), JoinError>) -> String {
     match joined {
         Ok(()) => "the hub stopped unexpectedly".into(),
-        Err(e) if e.is_panic() => {
-            let panic = e.into_panic();
-            panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                .unwrap_or_else(|| "panic".into())
-        }
+        Err(e) if e.is_panic() => panic_message(&*e.into_panic()),
         Err(e) => e.to_string(),
-    }
-}
-
-/// OTP's restart intensity: at most `max` restarts within any `window`.
-struct RestartIntensity {
-    max: u32,
-    window: Duration,
-    recent: VecDeque<Instant>,
-}
-
-impl RestartIntensity {
-    fn new(max: u32, window: Duration) -> Self {
-        RestartIntensity {
-            max,
-            window,
-            recent: VecDeque::new(),
-        }
-    }
-
-    /// Records a restart at `now`; false if it is one too many.
-    fn allow(&mut self, now: Instant) -> bool {
-        while self
-            .recent
-            .front()
-            .is_some_and(|&at| now.duration_since(at) > self.window)
-        {
-            self.recent.pop_front();
-        }
-        self.recent.push_back(now);
-        self.recent.len() <= self.max as usize
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn restart_intensity_allows_max_within_window_and_forgets_old_ones() {
-        let start = Instant::now();
-        let mut intensity = RestartIntensity::new(2, Duration::from_secs(5));
-        assert!(intensity.allow(start));
-        assert!(intensity.allow(start + Duration::from_secs(1)));
-        assert!(!intensity.allow(start + Duration::from_secs(2)));
-        let mut intensity = RestartIntensity::new(2, Duration::from_secs(5));
-        assert!(intensity.allow(start));
-        assert!(intensity.allow(start + Duration::from_secs(3)));
-        assert!(intensity.allow(start + Duration::from_secs(6)));
-        assert!(!intensity.allow(start + Duration::from_secs(7)));
-    }
-
-    #[test]
-    fn zero_max_restarts_gives_up_on_the_first_crash() {
-        let mut intensity = RestartIntensity::new(0, Duration::from_secs(5));
-        assert!(!intensity.allow(Instant::now()));
     }
 }

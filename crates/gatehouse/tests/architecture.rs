@@ -148,13 +148,9 @@ fn dependency_tree(package: &str, extra: &[&str]) -> String {
     let output = Command::new(env!("CARGO"))
         .args([
             "tree",
-            "--offline",
-            "--edges",
-            "normal",
-            "--prefix",
-            "none",
-            "-p",
-            package,
+            // Not --offline: on a fresh cargo cache the feature resolution needs crates
+            // a build of this platform never downloaded.
+            "--locked", "--edges", "normal", "--prefix", "none", "-p", package,
         ])
         .args(extra)
         .current_dir(env!("CARGO_MANIFEST_DIR"))

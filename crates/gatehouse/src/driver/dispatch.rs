@@ -8,7 +8,6 @@
 //! task; it is polled once before any timer or cancellation waiter is armed, since
 //! most handlers finish without waiting.
 
-use std::any::Any;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -23,6 +22,7 @@ use tracing::{error, warn};
 
 use super::{Connection, Transport};
 use crate::connection::{Close, DisconnectReason, Event};
+use crate::guard::panic_message;
 use crate::mailbox::{Delivery, Verdict};
 use crate::service::{Context, Reply, Service};
 
@@ -48,16 +48,6 @@ impl<T> Future for Guarded<'_, T> {
             Ok(Poll::Pending) => Poll::Pending,
             Err(panic) => Poll::Ready(Err(panic_message(&*panic))),
         }
-    }
-}
-
-fn panic_message(panic: &(dyn Any + Send)) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "non-string panic payload".to_owned()
     }
 }
 
@@ -221,7 +211,7 @@ impl<S: Service, T: Transport> Connection<S, T> {
             limits.limits.handler_timeout,
             limits.server.allow_fault_injection,
         );
-        let ctx = Context::new(self.id, self.peer, &self.group.hub, &mut self.core);
+        let ctx = context!(self);
         let (call, handler) = start(&self.shared.service, ctx, session, event, faults);
         let (outcome, waited) = run_handler(&self.cancel, timeout, handler).await;
         self.conclude(call, outcome);
@@ -251,7 +241,7 @@ impl<S: Service, T: Transport> Connection<S, T> {
             Event::Request { .. } => return Some(event), // the framework's routes
         };
         let service = &self.shared.service;
-        let mut ctx = Context::new(self.id, self.peer, &self.group.hub, &mut self.core);
+        let mut ctx = context!(self);
         let answered = std::panic::catch_unwind(AssertUnwindSafe(|| match call {
             Call::Request { route, .. } => service
                 .request_now(session, &mut ctx, route, payload)
@@ -272,7 +262,7 @@ impl<S: Service, T: Transport> Connection<S, T> {
     /// Runs the service's checkpoint of the session, under the panic guard.
     pub(super) fn checkpoint(&mut self, session: &mut S::Session) {
         let service = &self.shared.service;
-        let mut ctx = Context::new(self.id, self.peer, &self.group.hub, &mut self.core);
+        let mut ctx = context!(self);
         let done = std::panic::catch_unwind(AssertUnwindSafe(|| {
             service.checkpoint(session, &mut ctx);
         }));
@@ -380,7 +370,7 @@ impl<S: Service, T: Transport> Connection<S, T> {
                 break;
             }
             let timeout = self.shared.config.limits.handler_timeout;
-            let mut ctx = Context::new(self.id, self.peer, &self.group.hub, &mut self.core);
+            let mut ctx = context!(self);
             let (service, session) = (&self.shared.service, &mut *session);
             let handler = guarded(async move {
                 service.message(session, &mut ctx, message).await;

@@ -16,6 +16,20 @@
 //! - [`transport`]: the [`Transport`] trait; [`tcp`]: TCP.
 //! - [`spare`]: buffers shared between the connections of a thread.
 
+/// The handler [`Context`] over a connection's fields, borrowed one by one so that
+/// the service and the session stay usable beside it.
+macro_rules! context {
+    ($conn:expr) => {
+        Context::new(
+            $conn.id,
+            $conn.peer,
+            &$conn.group.hub,
+            &$conn.mailbox,
+            &mut $conn.core,
+        )
+    };
+}
+
 mod dispatch;
 mod spare;
 pub(crate) mod tcp;
@@ -135,7 +149,7 @@ impl<S: Service, T: Transport> Connection<S, T> {
         } else {
             let service = &self.shared.service;
             let timeout = self.shared.config.limits.connect_timeout;
-            let mut ctx = Context::new(self.id, self.peer, &self.group.hub, &mut self.core);
+            let mut ctx = context!(self);
             let connecting =
                 guarded(
                     async move { tokio::time::timeout(timeout, service.connect(&mut ctx)).await },

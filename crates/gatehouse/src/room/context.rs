@@ -1,0 +1,148 @@
+//! [`RoomContext`]: what a room's hook can do: push to its members (a broadcast is
+//! encoded once), kick one, start timers, close the room.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use gatehouse_protocol::{KickReason, Message, HEADER_LEN};
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use super::task::{Input, Members};
+use super::{Origin, Room};
+use crate::connection::ConnId;
+use crate::timer::{Timer, TimerError, Timers};
+
+/// What a room's hook is given besides its own state.
+pub struct RoomContext<'a, R: Room> {
+    pub(super) name: &'a str,
+    pub(super) members: &'a Members<R::Join>,
+    pub(super) timers: &'a Timers,
+    /// The room's own mailbox, for its timers.
+    pub(super) inputs: &'a mpsc::Sender<Input<R>>,
+    pub(super) max_frame: usize,
+    /// Set by [`RoomContext::close`]: the room stops after this hook.
+    pub(super) close: &'a mut bool,
+}
+
+impl<R: Room> RoomContext<'_, R> {
+    /// The room's name.
+    pub fn name(&self) -> &str {
+        self.name
+    }
+
+    /// The members, in no particular order.
+    pub fn members(&self) -> impl Iterator<Item = ConnId> + '_ {
+        self.members.keys().copied()
+    }
+
+    /// How many members there are.
+    pub fn member_count(&self) -> usize {
+        self.members.len()
+    }
+
+    /// What `member` joined with, if it is a member.
+    pub fn joined_with(&self, member: ConnId) -> Option<&R::Join> {
+        self.members.get(&member).map(|m| &m.join)
+    }
+
+    /// The push frame, or `None` (logged) if it is larger than a client accepts.
+    fn frame(&self, route: u16, payload: Bytes) -> Option<Bytes> {
+        let frame = Message::Push { route, payload }.to_frame();
+        let len = frame.len() - HEADER_LEN;
+        if len > self.max_frame {
+            warn!(
+                room = self.name,
+                route,
+                len,
+                max = self.max_frame,
+                "room push over max_frame_bytes; dropped"
+            );
+            return None;
+        }
+        Some(frame)
+    }
+
+    /// Pushes to every member, encoding once; returns how many took it (a member over
+    /// its outbound budget does not, and closes as a slow consumer).
+    pub fn broadcast(&mut self, route: u16, payload: impl Into<Bytes>) -> usize {
+        self.broadcast_except(None, route, payload)
+    }
+
+    /// Pushes to every member but `except`, encoding once.
+    pub fn broadcast_except(
+        &mut self,
+        except: Option<ConnId>,
+        route: u16,
+        payload: impl Into<Bytes>,
+    ) -> usize {
+        let Some(frame) = self.frame(route, payload.into()) else {
+            return 0;
+        };
+        self.members
+            .iter()
+            .filter(|(id, _)| Some(**id) != except)
+            .filter(|(_, member)| member.sink.deliver_frame(frame.clone()))
+            .count()
+    }
+
+    /// Pushes to one member; false if it is not a member or did not take it.
+    pub fn push(&mut self, member: ConnId, route: u16, payload: impl Into<Bytes>) -> bool {
+        let Some(target) = self.members.get(&member) else {
+            return false;
+        };
+        self.frame(route, payload.into())
+            .is_some_and(|frame| target.sink.deliver_frame(frame))
+    }
+
+    /// Closes a member's connection with `reason` (it then leaves the room as its
+    /// session ends).
+    pub fn kick(&mut self, member: ConnId, reason: KickReason, text: impl Into<String>) {
+        if let Some(target) = self.members.get(&member) {
+            target.sink.kick(reason, text.into());
+        }
+    }
+
+    /// Sends the room `message` (from [`Origin::Timer`]) after `delay`. Timers end
+    /// with this life of the room (a restart or a stop cancels them).
+    pub fn after(&mut self, delay: Duration, message: R::Message) -> Result<Timer, TimerError> {
+        let mut message = Some(message);
+        self.start_timer(delay, None, move || message.take())
+    }
+
+    /// Sends the room a copy of `message` every `period`, the first after one period.
+    pub fn every(&mut self, period: Duration, message: R::Message) -> Result<Timer, TimerError>
+    where
+        R::Message: Clone,
+    {
+        self.start_timer(period, Some(period), move || Some(message.clone()))
+    }
+
+    fn start_timer(
+        &mut self,
+        delay: Duration,
+        period: Option<Duration>,
+        mut next: impl FnMut() -> Option<R::Message> + Send + 'static,
+    ) -> Result<Timer, TimerError> {
+        let inputs = self.inputs.clone();
+        self.timers.start(delay, period, move || {
+            let inputs = inputs.clone();
+            let message = next();
+            async move {
+                let Some(message) = message else { return false };
+                let input = Input::Message {
+                    from: Origin::Timer,
+                    message,
+                    queued: None,
+                };
+                inputs.send(input).await.is_ok()
+            }
+        })
+    }
+
+    /// Stops the room once this hook returns ([`Room::stopped`] runs with
+    /// [`StopReason::Closed`](super::StopReason::Closed)); its members stay connected.
+    pub fn close(&mut self) {
+        *self.close = true;
+    }
+}

@@ -1,0 +1,393 @@
+//! The room supervisor of one room type ([`Rooms`]): creates rooms, finds them by
+//! name, and stops them all at shutdown; and the handles to one room
+//! ([`RoomHandle`]) and to one connection's place in it ([`Membership`]).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
+
+use gatehouse_protocol::KickReason;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::stats::{LatenessHistogram, RoomCounters, RoomStats, TickLateness};
+use super::task::{Input, Leave, RoomTask};
+use super::{Origin, Room, RoomError, RoomOptions};
+use crate::connection::ConnId;
+use crate::mailbox::MemberSink;
+use crate::service::Context;
+
+/// The rooms of one type, and their supervisor. Cheap to clone; usable from any
+/// task. Start it before the server and [`Rooms::shutdown`] it after the server has
+/// returned (every member has left by then), before closing the store.
+pub struct Rooms<R: Room> {
+    registry: Arc<Registry<R>>,
+}
+
+impl<R: Room> Clone for Rooms<R> {
+    fn clone(&self) -> Self {
+        Rooms {
+            registry: self.registry.clone(),
+        }
+    }
+}
+
+struct Registry<R: Room> {
+    config: Arc<R::Config>,
+    options: Arc<RoomOptions>,
+    rooms: Mutex<HashMap<Arc<str>, RoomHandle<R>>>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    lateness: Arc<LatenessHistogram>,
+    next_id: AtomicU64,
+}
+
+impl<R: Room> Registry<R> {
+    fn rooms(&self) -> MutexGuard<'_, HashMap<Arc<str>, RoomHandle<R>>> {
+        // No user code runs under this lock.
+        self.rooms.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl<R: Room> Rooms<R> {
+    /// A registry making its rooms with `config`, run by `options`.
+    pub fn new(config: R::Config, options: RoomOptions) -> Result<Self, RoomError> {
+        options.validate()?;
+        Ok(Rooms {
+            registry: Arc::new(Registry {
+                config: Arc::new(config),
+                options: Arc::new(options),
+                rooms: Mutex::new(HashMap::new()),
+                shutdown: CancellationToken::new(),
+                tracker: TaskTracker::new(),
+                lateness: Arc::new(LatenessHistogram::new()),
+                next_id: AtomicU64::new(1),
+            }),
+        })
+    }
+
+    /// Creates and starts a room (inside a tokio runtime).
+    pub fn create(&self, name: &str) -> Result<RoomHandle<R>, RoomError> {
+        let registry = &self.registry;
+        let mut rooms = registry.rooms();
+        if registry.shutdown.is_cancelled() {
+            return Err(RoomError::ShutDown);
+        }
+        if rooms.get(name).is_some_and(|room| !room.is_closed()) {
+            return Err(RoomError::Exists(name.to_owned()));
+        }
+        rooms.retain(|_, room| !room.is_closed());
+        if rooms.len() >= registry.options.max_rooms {
+            return Err(RoomError::TooManyRooms);
+        }
+        let handle = self.start(name);
+        rooms.insert(handle.link.name.clone(), handle.clone());
+        Ok(handle)
+    }
+
+    fn start(&self, name: &str) -> RoomHandle<R> {
+        let registry = &self.registry;
+        let name: Arc<str> = Arc::from(name);
+        let (sender, inputs) = mpsc::channel(registry.options.mailbox);
+        let (leaves_tx, leaves) = mpsc::unbounded_channel();
+        let stop = registry.shutdown.child_token();
+        let counters = Arc::new(RoomCounters::default());
+        let id = registry.next_id.fetch_add(1, Ordering::Relaxed);
+        let link = Arc::new(RoomLink {
+            id,
+            name: name.clone(),
+            inputs: sender.clone(),
+            leaves: leaves_tx,
+            stop: stop.clone(),
+            counters: counters.clone(),
+            member_queue: registry.options.member_queue,
+            serials: AtomicU64::new(1),
+        });
+        let task = RoomTask::<R> {
+            name: name.clone(),
+            config: registry.config.clone(),
+            options: registry.options.clone(),
+            inputs,
+            sender,
+            leaves,
+            stop,
+            shutdown: registry.shutdown.clone(),
+            counters,
+            lateness: registry.lateness.clone(),
+            members: HashMap::new(),
+            had_members: false,
+            snapshot: None,
+        };
+        let weak: Weak<Registry<R>> = Arc::downgrade(registry);
+        registry.tracker.spawn(async move {
+            task.run().await;
+            // Forget the room, unless a newer room of the same name took its place.
+            if let Some(registry) = weak.upgrade() {
+                let mut rooms = registry.rooms();
+                if rooms.get(&name).is_some_and(|room| room.link.id == id) {
+                    rooms.remove(&name);
+                }
+            }
+        });
+        RoomHandle { link }
+    }
+
+    /// The room called `name`, if it runs.
+    pub fn get(&self, name: &str) -> Option<RoomHandle<R>> {
+        self.registry
+            .rooms()
+            .get(name)
+            .filter(|room| !room.is_closed())
+            .cloned()
+    }
+
+    /// The room called `name`, created if there is none.
+    pub fn get_or_create(&self, name: &str) -> Result<RoomHandle<R>, RoomError> {
+        match self.get(name) {
+            Some(room) => Ok(room),
+            None => match self.create(name) {
+                Err(RoomError::Exists(_)) => self.get(name).ok_or(RoomError::Closed),
+                created => created,
+            },
+        }
+    }
+
+    /// Joins `ctx`'s connection to the room called `name`, creating it if needed; a
+    /// room that closes (empty) just as the join arrives is made again, once.
+    pub async fn join<M: Send + 'static>(
+        &self,
+        name: &str,
+        ctx: &Context<'_, M>,
+        join: R::Join,
+    ) -> Result<Membership<R>, RoomError> {
+        let room = self.get_or_create(name)?;
+        match room.join(ctx, join.clone()).await {
+            Err(RoomError::Closed) => self.get_or_create(name)?.join(ctx, join).await,
+            joined => joined,
+        }
+    }
+
+    /// Every running room's counters, by name.
+    pub fn list(&self) -> Vec<RoomStats> {
+        let mut list: Vec<RoomStats> = self
+            .registry
+            .rooms()
+            .values()
+            .filter(|room| !room.is_closed())
+            .map(RoomHandle::stats)
+            .collect();
+        list.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        list
+    }
+
+    /// How many rooms run.
+    pub fn len(&self) -> usize {
+        let rooms = self.registry.rooms();
+        rooms.values().filter(|room| !room.is_closed()).count()
+    }
+
+    /// Whether no room runs.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The lateness of every tick of every room so far.
+    pub fn lateness(&self) -> TickLateness {
+        self.registry.lateness.read()
+    }
+
+    /// Stops every room (each runs its `stopped` hook) and waits for them, at most
+    /// `timeout`; `Err` with how many had not stopped then. No room can be created
+    /// afterwards.
+    pub async fn shutdown(&self, timeout: Duration) -> Result<(), usize> {
+        self.registry.shutdown.cancel();
+        self.registry.tracker.close();
+        match tokio::time::timeout(timeout, self.registry.tracker.wait()).await {
+            Ok(()) => Ok(()),
+            Err(_) => Err(self.registry.tracker.len()),
+        }
+    }
+}
+
+/// What every handle to one room shares.
+struct RoomLink<R: Room> {
+    /// Unique in the registry, even across rooms of the same name.
+    id: u64,
+    name: Arc<str>,
+    inputs: mpsc::Sender<Input<R>>,
+    leaves: mpsc::UnboundedSender<Leave>,
+    stop: CancellationToken,
+    counters: Arc<RoomCounters>,
+    member_queue: u32,
+    serials: AtomicU64,
+}
+
+/// A handle to one room: join it, send it messages, close it. Cheap to clone.
+pub struct RoomHandle<R: Room> {
+    link: Arc<RoomLink<R>>,
+}
+
+impl<R: Room> Clone for RoomHandle<R> {
+    fn clone(&self) -> Self {
+        RoomHandle {
+            link: self.link.clone(),
+        }
+    }
+}
+
+impl<R: Room> RoomHandle<R> {
+    /// The room's name.
+    pub fn name(&self) -> &str {
+        &self.link.name
+    }
+
+    /// Whether the room has stopped (or been asked to).
+    pub fn is_closed(&self) -> bool {
+        self.link.stop.is_cancelled() || self.link.inputs.is_closed()
+    }
+
+    /// The room's counters now.
+    pub fn stats(&self) -> RoomStats {
+        self.link.counters.read(&self.link.name)
+    }
+
+    /// Joins `ctx`'s connection to the room with `join`, waiting for the room's
+    /// answer. The membership leaves when dropped.
+    pub async fn join<M: Send + 'static>(
+        &self,
+        ctx: &Context<'_, M>,
+        join: R::Join,
+    ) -> Result<Membership<R>, RoomError> {
+        self.join_sink(ctx.id(), ctx.member_sink(), join).await
+    }
+
+    async fn join_sink(
+        &self,
+        member: ConnId,
+        sink: Arc<dyn MemberSink>,
+        join: R::Join,
+    ) -> Result<Membership<R>, RoomError> {
+        let serial = self.link.serials.fetch_add(1, Ordering::Relaxed);
+        // Made first, so that a join whose caller is dropped mid-way still leaves.
+        let membership = Membership {
+            link: self.link.clone(),
+            member,
+            serial,
+            queued: Arc::new(AtomicU32::new(0)),
+            sink: sink.clone(),
+        };
+        let (reply, answer) = oneshot::channel();
+        let input = Input::Join {
+            member,
+            serial,
+            sink,
+            join,
+            reply,
+        };
+        self.link
+            .inputs
+            .send(input)
+            .await
+            .map_err(|_| RoomError::Closed)?;
+        answer.await.map_err(|_| RoomError::Closed)??;
+        Ok(membership)
+    }
+
+    /// Sends the room a message from [`Origin::Server`], waiting for room in its
+    /// mailbox.
+    pub async fn send(&self, message: R::Message) -> Result<(), RoomError> {
+        let input = Input::Message {
+            from: Origin::Server,
+            message,
+            queued: None,
+        };
+        self.link
+            .inputs
+            .send(input)
+            .await
+            .map_err(|_| RoomError::Closed)
+    }
+
+    /// Stops the room: its `stopped` hook runs with
+    /// [`StopReason::Closed`](super::StopReason::Closed); members stay connected.
+    pub fn close(&self) {
+        self.link.stop.cancel();
+    }
+}
+
+/// One connection's place in a room. Messages sent through it reach the room in
+/// order; dropping it leaves the room.
+pub struct Membership<R: Room> {
+    link: Arc<RoomLink<R>>,
+    member: ConnId,
+    serial: u64,
+    /// Messages sent and not yet handled by the room.
+    queued: Arc<AtomicU32>,
+    /// To kick the member's connection if it floods the room.
+    sink: Arc<dyn MemberSink>,
+}
+
+impl<R: Room> Membership<R> {
+    /// The room's name.
+    pub fn room(&self) -> &str {
+        &self.link.name
+    }
+
+    /// A handle to the room.
+    pub fn handle(&self) -> RoomHandle<R> {
+        RoomHandle {
+            link: self.link.clone(),
+        }
+    }
+
+    /// Sends the room a message from [`Origin::Member`]. With
+    /// [`RoomOptions::member_queue`] messages already queued, it is a flood: the
+    /// member's connection is kicked `dos` and [`RoomError::Flooded`] returned.
+    pub async fn send(&self, message: R::Message) -> Result<(), RoomError> {
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.link.member_queue {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            let text = format!(
+                "more than {} messages queued at room {}",
+                self.link.member_queue, self.link.name
+            );
+            self.sink.kick(KickReason::DOS, text);
+            return Err(RoomError::Flooded);
+        }
+        // Counted back if the message never reaches the room (the room closed, or
+        // this future was dropped while waiting for room in its mailbox).
+        let unsent = Unsent(&self.queued);
+        let input = Input::Message {
+            from: Origin::Member(self.member),
+            message,
+            queued: Some(self.queued.clone()),
+        };
+        self.link
+            .inputs
+            .send(input)
+            .await
+            .map_err(|_| RoomError::Closed)?;
+        std::mem::forget(unsent); // the room counts it back when handled
+        Ok(())
+    }
+}
+
+/// A queued message's count, taken back unless it was sent.
+struct Unsent<'a>(&'a AtomicU32);
+
+impl Drop for Unsent<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl<R: Room> Drop for Membership<R> {
+    fn drop(&mut self) {
+        // A stopped room has nobody left to tell.
+        let _ = self.link.leaves.send(Leave {
+            member: self.member,
+            serial: self.serial,
+        });
+    }
+}

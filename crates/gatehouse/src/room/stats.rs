@@ -1,0 +1,125 @@
+//! What rooms measure: per room, counters anyone holding its handle can read
+//! ([`RoomStats`]); per registry, the lateness of every tick of every room
+//! ([`TickLateness`]), in a histogram.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+/// One room's counters, as read at one moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomStats {
+    /// The room's name.
+    pub name: String,
+    /// Members now.
+    pub members: usize,
+    /// Ticks run.
+    pub ticks: u64,
+    /// Ticks that started later than [`RoomOptions::late_after`](super::RoomOptions::late_after).
+    pub late_ticks: u64,
+    /// The latest a tick started.
+    pub max_lateness: Duration,
+    /// Restarts after a crash.
+    pub restarts: u32,
+    /// Messages handled (from members, timers and the server).
+    pub messages: u64,
+}
+
+/// The counters behind [`RoomStats`], written by the room's task.
+#[derive(Default)]
+pub(crate) struct RoomCounters {
+    pub(crate) members: AtomicUsize,
+    pub(crate) ticks: AtomicU64,
+    pub(crate) late_ticks: AtomicU64,
+    pub(crate) max_lateness_us: AtomicU64,
+    pub(crate) restarts: AtomicU32,
+    pub(crate) messages: AtomicU64,
+}
+
+impl RoomCounters {
+    pub(crate) fn read(&self, name: &str) -> RoomStats {
+        RoomStats {
+            name: name.to_owned(),
+            members: self.members.load(Relaxed),
+            ticks: self.ticks.load(Relaxed),
+            late_ticks: self.late_ticks.load(Relaxed),
+            max_lateness: Duration::from_micros(self.max_lateness_us.load(Relaxed)),
+            restarts: self.restarts.load(Relaxed),
+            messages: self.messages.load(Relaxed),
+        }
+    }
+
+    pub(crate) fn count_tick(&self, lateness: Duration, late_after: Duration) {
+        self.ticks.fetch_add(1, Relaxed);
+        if lateness > late_after {
+            self.late_ticks.fetch_add(1, Relaxed);
+        }
+        self.max_lateness_us.fetch_max(micros(lateness), Relaxed);
+    }
+}
+
+/// Tick lateness over every room of a registry since it started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TickLateness {
+    /// Ticks run.
+    pub ticks: u64,
+    /// Ticks later than their room's `late_after`.
+    pub late: u64,
+    /// Median lateness.
+    pub p50: Duration,
+    /// 99th percentile.
+    pub p99: Duration,
+    /// The latest.
+    pub max: Duration,
+}
+
+/// Every tick's lateness, in microseconds.
+pub(crate) struct LatenessHistogram {
+    histogram: Mutex<Histogram<u64>>,
+    late: AtomicU64,
+}
+
+impl LatenessHistogram {
+    pub(crate) fn new() -> Self {
+        LatenessHistogram {
+            // 3 significant figures; values above the bound are saturated.
+            histogram: Mutex::new(
+                Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                    .expect("constant bounds that hdrhistogram accepts"),
+            ),
+            late: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn record(&self, lateness: Duration, late: bool) {
+        if late {
+            self.late.fetch_add(1, Relaxed);
+        }
+        let mut histogram = self
+            .histogram
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        histogram.saturating_record(micros(lateness));
+    }
+
+    pub(crate) fn read(&self) -> TickLateness {
+        let histogram = self
+            .histogram
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let at = |q: f64| Duration::from_micros(histogram.value_at_quantile(q));
+        TickLateness {
+            ticks: histogram.len(),
+            late: self.late.load(Relaxed),
+            p50: at(0.5),
+            p99: at(0.99),
+            max: Duration::from_micros(histogram.max()),
+        }
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,341 @@
+//! A room's task: its own little supervisor. It makes the room, runs its lives (the
+//! loop over stop, ticks, leaves and the mailbox), and after a crash restarts it by
+//! its policy and restart intensity, or closes it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use gatehouse_protocol::{KickReason, Message, ROUTE_ROOM_RESTARTED};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use super::context::RoomContext;
+use super::stats::{LatenessHistogram, RoomCounters};
+use super::{Origin, Restart, Room, RoomError, RoomOptions, StopReason};
+use crate::connection::ConnId;
+use crate::guard::{catch, RestartIntensity};
+use crate::mailbox::MemberSink;
+use crate::timer::Timers;
+
+/// What reaches a room through its bounded mailbox.
+pub(crate) enum Input<R: Room> {
+    Join {
+        member: ConnId,
+        serial: u64,
+        sink: Arc<dyn MemberSink>,
+        join: R::Join,
+        reply: oneshot::Sender<Result<(), RoomError>>,
+    },
+    Message {
+        from: Origin,
+        message: R::Message,
+        /// The sending member's count of queued messages, given back when handled.
+        queued: Option<Arc<AtomicU32>>,
+    },
+}
+
+/// A membership ended. Sent apart from the mailbox (at most one per membership, so
+/// bounded by the members) so that a leave is never lost nor waits behind messages.
+pub(crate) struct Leave {
+    pub(crate) member: ConnId,
+    /// Which membership: a leave of an earlier one does not remove a later one.
+    pub(crate) serial: u64,
+}
+
+/// A member, as the room keeps it.
+pub(crate) struct Member<J> {
+    pub(crate) sink: Arc<dyn MemberSink>,
+    pub(crate) join: J,
+    serial: u64,
+}
+
+pub(crate) type Members<J> = HashMap<ConnId, Member<J>>;
+
+/// How one life of the room ended.
+enum End {
+    Stopped(StopReason),
+    Crashed(String),
+}
+
+/// The task's state, across lives.
+pub(crate) struct RoomTask<R: Room> {
+    pub(crate) name: Arc<str>,
+    pub(crate) config: Arc<R::Config>,
+    pub(crate) options: Arc<RoomOptions>,
+    pub(crate) inputs: mpsc::Receiver<Input<R>>,
+    /// The mailbox's sending side, for the room's timers.
+    pub(crate) sender: mpsc::Sender<Input<R>>,
+    pub(crate) leaves: mpsc::UnboundedReceiver<Leave>,
+    /// Cancelled to stop this room (closed by the game, or the registry's shutdown).
+    pub(crate) stop: CancellationToken,
+    /// The registry's shutdown, to tell the two apart.
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) counters: Arc<RoomCounters>,
+    pub(crate) lateness: Arc<LatenessHistogram>,
+    pub(crate) members: Members<R::Join>,
+    /// Whether anyone ever joined: only then does an empty room close.
+    pub(crate) had_members: bool,
+    pub(crate) snapshot: Option<R::Snapshot>,
+}
+
+impl<R: Room> RoomTask<R> {
+    /// The room's whole existence: lives and restarts until it stops.
+    pub(crate) async fn run(mut self) -> StopReason {
+        let mut intensity =
+            RestartIntensity::new(self.options.max_restarts, self.options.restart_window);
+        let mut restored = None;
+        let mut restarted = false;
+        let reason = loop {
+            let timers = Timers::new();
+            let end = match catch(|| R::create(&self.name, &self.config, restored.take())) {
+                Ok(mut room) => {
+                    let rejoined = if restarted {
+                        self.rejoin(&mut room, &timers)
+                    } else {
+                        None
+                    };
+                    let end = match rejoined {
+                        Some(end) => end,
+                        None => self.live(&mut room, &timers).await,
+                    };
+                    if let Err(cause) = catch(move || drop(room)) {
+                        warn!(room = %self.name, cause, "dropping the room panicked");
+                    }
+                    end
+                }
+                Err(cause) => End::Crashed(cause),
+            };
+            timers.cancel_all();
+            let cause = match end {
+                End::Stopped(reason) => break reason,
+                End::Crashed(cause) => cause,
+            };
+            self.counters.restarts.fetch_add(1, Ordering::Relaxed);
+            let stopping = self.stop.is_cancelled();
+            if self.options.restart == Restart::Never
+                || stopping
+                || !intensity.allow(Instant::now())
+            {
+                error!(room = %self.name, cause, "room crashed; closing it and kicking its members room_closed");
+                let text = format!("room {} closed after crashing", self.name);
+                for member in self.members.values() {
+                    member.sink.kick(KickReason::ROOM_CLOSED, text.clone());
+                }
+                break StopReason::Crashed;
+            }
+            warn!(room = %self.name, cause, members = self.members.len(), "room crashed; restarting it");
+            if self.options.restart == Restart::FromSnapshot {
+                restored = self.snapshot.clone();
+            }
+            restarted = true;
+            let notice = Message::Push {
+                route: ROUTE_ROOM_RESTARTED,
+                payload: self.name.as_bytes().to_vec().into(),
+            }
+            .to_frame();
+            for member in self.members.values() {
+                member.sink.deliver_frame(notice.clone());
+            }
+        };
+        self.members.clear();
+        self.counters.members.store(0, Ordering::Relaxed);
+        info!(room = %self.name, ?reason, "room stopped");
+        reason
+    }
+
+    /// Runs `hook` with a context over this task's state; `Err` if it panicked, and
+    /// whether it asked to close the room.
+    fn call<T>(
+        &self,
+        timers: &Timers,
+        hook: impl FnOnce(&mut RoomContext<'_, R>) -> T,
+    ) -> (Result<T, String>, bool) {
+        let mut close = false;
+        let mut ctx = RoomContext {
+            name: &self.name,
+            members: &self.members,
+            timers,
+            inputs: &self.sender,
+            max_frame: self.options.max_frame_bytes,
+            close: &mut close,
+        };
+        let result = catch(|| hook(&mut ctx));
+        (result, close)
+    }
+
+    /// After a restart: joins every member again; one the new room refuses is kicked.
+    fn rejoin(&mut self, room: &mut R, timers: &Timers) -> Option<End> {
+        let ids: Vec<ConnId> = self.members.keys().copied().collect();
+        for id in ids {
+            let Some(join) = self.members.get(&id).map(|m| m.join.clone()) else {
+                continue;
+            };
+            let (joined, _) = self.call(timers, |ctx| room.join(ctx, id, &join));
+            match joined {
+                Ok(Ok(())) => {}
+                Ok(Err(refusal)) => {
+                    if let Some(member) = self.members.remove(&id) {
+                        member.sink.kick(KickReason::ROOM_CLOSED, refusal.text);
+                    }
+                }
+                Err(cause) => return Some(End::Crashed(cause)),
+            }
+        }
+        self.counters
+            .members
+            .store(self.members.len(), Ordering::Relaxed);
+        None
+    }
+
+    /// One life: until the room stops or a hook panics.
+    async fn live(&mut self, room: &mut R, timers: &Timers) -> End {
+        let period = self.options.tick;
+        // Tick n is due at start + n * period: late work delays a tick, never the ones
+        // after it.
+        let mut due = Instant::now() + period.unwrap_or_default();
+        loop {
+            let (result, close) = tokio::select! {
+                biased;
+                () = self.stop.cancelled() => {
+                    let reason = if self.shutdown.is_cancelled() {
+                        StopReason::Shutdown
+                    } else {
+                        StopReason::Closed
+                    };
+                    return self.stopped(room, timers, reason);
+                }
+                () = tokio::time::sleep_until(due), if period.is_some() => {
+                    let dt = period.unwrap_or_default();
+                    let lateness = Instant::now().saturating_duration_since(due);
+                    let late = lateness > self.options.late_after;
+                    self.counters.count_tick(lateness, self.options.late_after);
+                    self.lateness.record(lateness, late);
+                    due += dt;
+                    let ticked = self.call(timers, |ctx| room.tick(ctx, dt));
+                    self.keep_snapshot(room);
+                    ticked
+                }
+                Some(leave) = self.leaves.recv() => self.leave(room, timers, leave),
+                Some(input) = self.inputs.recv() => self.input(room, timers, input),
+            };
+            if let Err(cause) = result {
+                return End::Crashed(cause);
+            }
+            if close {
+                return self.stopped(room, timers, StopReason::Closed);
+            }
+            if self.options.close_when_empty && self.members.is_empty() && self.had_members {
+                return self.stopped(room, timers, StopReason::Empty);
+            }
+        }
+    }
+
+    fn stopped(&mut self, room: &mut R, timers: &Timers, reason: StopReason) -> End {
+        let (result, _) = self.call(timers, |ctx| room.stopped(ctx, reason));
+        if let Err(cause) = result {
+            error!(room = %self.name, cause, "the room's stopped hook panicked");
+        }
+        End::Stopped(reason)
+    }
+
+    fn keep_snapshot(&mut self, room: &R) {
+        if self.options.restart != Restart::FromSnapshot {
+            return;
+        }
+        match catch(|| room.snapshot()) {
+            Ok(Some(snapshot)) => self.snapshot = Some(snapshot),
+            Ok(None) => {}
+            Err(cause) => {
+                warn!(room = %self.name, cause, "the room's snapshot hook panicked; keeping the previous one")
+            }
+        }
+    }
+
+    fn leave(&mut self, room: &mut R, timers: &Timers, leave: Leave) -> (Result<(), String>, bool) {
+        let current = self
+            .members
+            .get(&leave.member)
+            .is_some_and(|m| m.serial == leave.serial);
+        if !current {
+            return (Ok(()), false);
+        }
+        self.members.remove(&leave.member);
+        self.counters
+            .members
+            .store(self.members.len(), Ordering::Relaxed);
+        self.call(timers, |ctx| room.leave(ctx, leave.member))
+    }
+
+    fn input(
+        &mut self,
+        room: &mut R,
+        timers: &Timers,
+        input: Input<R>,
+    ) -> (Result<(), String>, bool) {
+        match input {
+            Input::Join {
+                member,
+                serial,
+                sink,
+                join,
+                reply,
+            } => {
+                if self.members.contains_key(&member) {
+                    let _ = reply.send(Err(RoomError::AlreadyMember));
+                    return (Ok(()), false);
+                }
+                if self.members.len() >= self.options.max_members {
+                    let _ = reply.send(Err(RoomError::Full));
+                    return (Ok(()), false);
+                }
+                self.members.insert(
+                    member,
+                    Member {
+                        sink,
+                        join: join.clone(),
+                        serial,
+                    },
+                );
+                self.had_members = true;
+                let (joined, close) = self.call(timers, |ctx| room.join(ctx, member, &join));
+                let answer = match &joined {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(refusal)) => Err(RoomError::Refused(refusal.clone())),
+                    Err(_) => Err(RoomError::Closed),
+                };
+                if answer.is_err() {
+                    self.members.remove(&member);
+                }
+                self.counters
+                    .members
+                    .store(self.members.len(), Ordering::Relaxed);
+                // The joiner may have given up waiting; its membership then leaves.
+                let _ = reply.send(answer);
+                (joined.map(|_| ()), close)
+            }
+            Input::Message {
+                from,
+                message,
+                queued,
+            } => {
+                if let Some(queued) = queued {
+                    queued.fetch_sub(1, Ordering::AcqRel);
+                }
+                if let Origin::Member(id) = from {
+                    if !self.members.contains_key(&id) {
+                        return (Ok(()), false); // sent just before it left
+                    }
+                }
+                self.counters.messages.fetch_add(1, Ordering::Relaxed);
+                let handled = self.call(timers, |ctx| room.message(ctx, from, message));
+                if self.options.tick.is_none() {
+                    self.keep_snapshot(room);
+                }
+                handled
+            }
+        }
+    }
+}
