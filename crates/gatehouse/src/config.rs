@@ -88,6 +88,14 @@ pub struct LimitsConfig {
     /// (`login_timeout`): the slowloris guard.
     #[serde(with = "humantime_serde")]
     pub first_frame_timeout: Duration,
+    /// For a service that requires a login ([`Service::LOGIN_REQUIRED`]), a
+    /// connection not logged in ([`Context::logged_in`]) this long after connecting is
+    /// closed (`login_timeout`), however many frames it sends.
+    ///
+    /// [`Service::LOGIN_REQUIRED`]: crate::Service::LOGIN_REQUIRED
+    /// [`Context::logged_in`]: crate::Context::logged_in
+    #[serde(with = "humantime_serde")]
+    pub login_timeout: Duration,
     /// A connection that sends no frame this long is closed (`idle`). Only inbound
     /// frames reset it; clients send pings to stay connected.
     #[serde(with = "humantime_serde")]
@@ -130,6 +138,7 @@ impl Default for LimitsConfig {
             inbound_frames_per_sec: 200,
             inbound_frames_burst: 400,
             first_frame_timeout: Duration::from_secs(10),
+            login_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             outbound_queue_bytes: 1 << 20,
             send_timeout: Duration::from_secs(30),
@@ -287,6 +296,7 @@ impl Config {
         }
         for (key, value) in [
             ("limits.first_frame_timeout", l.first_frame_timeout),
+            ("limits.login_timeout", l.login_timeout),
             ("limits.idle_timeout", l.idle_timeout),
             ("limits.send_timeout", l.send_timeout),
             ("limits.handler_timeout", l.handler_timeout),

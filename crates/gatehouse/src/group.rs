@@ -44,6 +44,7 @@ impl<S: Service> Shared<S> {
             core_config: Arc::new(CoreConfig::new(
                 config.limits.clone(),
                 config.server.memory_budget_bytes,
+                S::LOGIN_REQUIRED,
             )),
             config,
             service,

@@ -139,6 +139,37 @@ impl<M: Send + 'static> ServerHandle<M> {
         .await
     }
 
+    /// Pushes `payload` on `route` to the connection logged in as `player`.
+    pub async fn push_to_player(
+        &self,
+        player: &str,
+        route: u16,
+        payload: Bytes,
+    ) -> Result<(), HubError> {
+        self.call(|hub| {
+            let payload = payload.clone();
+            async move { hub.push_to_player(player, route, payload).await }
+        })
+        .await
+    }
+
+    /// Kicks the connection logged in as `player`, if any.
+    pub async fn kick_player(
+        &self,
+        player: &str,
+        reason: KickReason,
+        text: &str,
+    ) -> Result<(), HubError> {
+        self.call(|hub| async move { hub.kick_player(player, reason, text).await })
+            .await
+    }
+
+    /// The connection logged in as `player`, if any.
+    pub async fn player(&self, player: &str) -> Result<Option<ConnId>, HubError> {
+        self.call(|hub| async move { hub.player(player).await })
+            .await
+    }
+
     /// Pushes to every member of a hub group.
     pub async fn group_broadcast(
         &self,

@@ -78,6 +78,19 @@ enum Command<M> {
     Unregister {
         id: ConnId,
     },
+    Login {
+        id: ConnId,
+        player: Arc<str>,
+    },
+    SendToPlayer {
+        player: Arc<str>,
+        delivery: Delivery<M>,
+        _charge: Charge,
+    },
+    Player {
+        player: Arc<str>,
+        reply: oneshot::Sender<Option<ConnId>>,
+    },
     Broadcast {
         frame: Bytes,
         except: Option<ConnId>,
@@ -232,6 +245,59 @@ impl<M: Send + 'static> HubHandle<M> {
         })
     }
 
+    /// Names the connection `id` as `player` (see [`crate::Context::logged_in`]).
+    pub(crate) fn login(
+        &self,
+        id: ConnId,
+        player: &str,
+    ) -> impl Future<Output = Result<(), HubError>> + Send + '_ {
+        let player = Arc::from(player);
+        self.send(Command::Login { id, player })
+    }
+
+    /// Pushes `payload` on `route` to the connection logged in as `player`; dropped
+    /// if nobody is.
+    pub fn push_to_player(
+        &self,
+        player: &str,
+        route: u16,
+        payload: Bytes,
+    ) -> impl Future<Output = Result<(), HubError>> + Send + '_ {
+        let player = Arc::from(player);
+        self.send_frame(push_frame(route, payload), move |frame, _charge| {
+            Command::SendToPlayer {
+                player,
+                delivery: Delivery::Frame(frame),
+                _charge,
+            }
+        })
+    }
+
+    /// Kicks the connection logged in as `player`, if any.
+    pub fn kick_player(
+        &self,
+        player: &str,
+        reason: KickReason,
+        text: impl Into<String>,
+    ) -> impl Future<Output = Result<(), HubError>> + Send + '_ {
+        let player = Arc::from(player);
+        let delivery = Delivery::Kick(reason, text.into());
+        self.send(Command::SendToPlayer {
+            player,
+            delivery,
+            _charge: None,
+        })
+    }
+
+    /// The connection logged in as `player`, if any.
+    pub fn player(
+        &self,
+        player: &str,
+    ) -> impl Future<Output = Result<Option<ConnId>, HubError>> + Send + '_ {
+        let player = Arc::from(player);
+        self.ask(|reply| Command::Player { player, reply })
+    }
+
     /// Pushes `payload` on `route` to one connection; dropped if it is gone.
     pub fn push_to(
         &self,
@@ -353,6 +419,7 @@ pub(crate) fn spawn<M: Send + 'static>(
         rx,
         conns: HashMap::new(),
         groups: HashMap::new(),
+        players: HashMap::new(),
     };
     let handle = HubHandle {
         tx,
@@ -366,12 +433,16 @@ struct Hub<M> {
     rx: mpsc::Receiver<Command<M>>,
     conns: HashMap<ConnId, Entry<M>>,
     groups: HashMap<Arc<str>, HashSet<ConnId>>,
+    /// Logged-in players' connections, by name.
+    players: HashMap<Arc<str>, ConnId>,
 }
 
 struct Entry<M> {
     mailbox: Arc<Mailbox<M>>,
     /// The groups this connection is in, to leave them when it ends.
     groups: Vec<Arc<str>>,
+    /// The player this connection logged in as.
+    player: Option<Arc<str>>,
 }
 
 impl<M: Send + 'static> Hub<M> {
@@ -390,6 +461,7 @@ impl<M: Send + 'static> Hub<M> {
                     Entry {
                         mailbox,
                         groups: Vec::new(),
+                        player: None,
                     },
                 );
             }
@@ -397,6 +469,9 @@ impl<M: Send + 'static> Hub<M> {
                 if let Some(entry) = self.conns.remove(&id) {
                     for group in entry.groups {
                         self.remove_member(&group, id);
+                    }
+                    if let Some(player) = entry.player {
+                        self.forget_player(&player, id);
                     }
                 }
                 debug!(conn = %id, total = self.conns.len(), "connection_ended");
@@ -407,6 +482,27 @@ impl<M: Send + 'static> Hub<M> {
                         entry.mailbox.deliver(Delivery::Frame(frame.clone()));
                     }
                 }
+            }
+            Command::Login { id, player } => {
+                let Some(entry) = self.conns.get_mut(&id) else {
+                    return;
+                };
+                if let Some(previous) = entry.player.replace(player.clone()) {
+                    self.forget_player(&previous, id);
+                }
+                // The latest login of a name has it.
+                self.players.insert(player, id);
+            }
+            Command::SendToPlayer {
+                player, delivery, ..
+            } => {
+                let entry = self.players.get(&player).and_then(|id| self.conns.get(id));
+                if let Some(entry) = entry {
+                    entry.mailbox.deliver(delivery);
+                }
+            }
+            Command::Player { player, reply } => {
+                let _ = reply.send(self.players.get(&player).copied());
             }
             Command::Send { to, delivery, .. } => {
                 if let Some(entry) = self.conns.get(&to) {
@@ -468,6 +564,13 @@ impl<M: Send + 'static> Hub<M> {
         }
     }
 
+    /// Forgets `player`'s name if it is still `id`'s (not taken over by a later login).
+    fn forget_player(&mut self, player: &Arc<str>, id: ConnId) {
+        if self.players.get(player) == Some(&id) {
+            self.players.remove(player);
+        }
+    }
+
     fn remove_member(&mut self, group: &Arc<str>, id: ConnId) {
         if let Some(members) = self.groups.get_mut(group) {
             members.remove(&id);
@@ -501,6 +604,7 @@ pub mod bench_support {
                 rx,
                 conns: HashMap::new(),
                 groups: HashMap::new(),
+                players: HashMap::new(),
             };
             let peer = SocketAddr::from(([127, 0, 0, 1], 9));
             let mailboxes: Vec<_> = (0..n)

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use gatehouse_protocol::{KickReason, Status};
 
 use crate::connection::{ConnId, ConnectionCore, DisconnectReason};
-use crate::hub::HubHandle;
+use crate::hub::{HubError, HubHandle};
 use crate::mailbox::{Mailbox, MemberSink};
 use crate::timer::{Timer, TimerError};
 
@@ -38,6 +38,13 @@ pub trait Service: Send + Sync + 'static {
     /// Messages other parts of the game send to a connection via
     /// [`HubHandle::send_message`]; use `()` if there are none.
     type Message: Send + 'static;
+
+    /// Whether a connection must log in: unless a handler calls
+    /// [`Context::logged_in`] within `limits.login_timeout` of the connect, it is
+    /// kicked `login_timeout`, however many frames it sends. The service decides the
+    /// login itself (from its first request, or any): it answers a refusal with its
+    /// own status, or kicks with its own reason.
+    const LOGIN_REQUIRED: bool = false;
 
     /// A connection was accepted: make its session.
     fn connect(
@@ -270,6 +277,16 @@ impl<M: Send + 'static> Context<'_, M> {
     {
         self.mailbox
             .start_timer(period, Some(period), move || Some(message.clone()))
+    }
+
+    /// This connection is now `player`'s: the login deadline no longer applies (see
+    /// [`Service::LOGIN_REQUIRED`]), and the hub reaches it by that name
+    /// ([`HubHandle::push_to_player`], [`crate::ServerHandle::push_to_player`]). A
+    /// later login of the same name on another connection takes the name over; the
+    /// game decides what happens to this one (arena kicks it `duplicate_login`).
+    pub async fn logged_in(&mut self, player: &str) -> Result<(), HubError> {
+        self.core.set_logged_in();
+        self.hub.login(self.id, player).await
     }
 
     /// How a room reaches this connection.

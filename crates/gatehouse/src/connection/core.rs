@@ -70,14 +70,21 @@ pub(crate) struct CoreConfig {
     rates: RateLimits,
     /// `server.memory_budget_bytes`, charged by every connection.
     pub(crate) memory: Arc<MemoryBudget>,
+    /// The service requires a login within `limits.login_timeout`.
+    pub(crate) login_required: bool,
 }
 
 impl CoreConfig {
-    pub(crate) fn new(limits: LimitsConfig, memory_budget_bytes: usize) -> CoreConfig {
+    pub(crate) fn new(
+        limits: LimitsConfig,
+        memory_budget_bytes: usize,
+        login_required: bool,
+    ) -> CoreConfig {
         CoreConfig {
             rates: RateLimits::new(&limits),
             limits,
             memory: Arc::new(MemoryBudget::new(memory_budget_bytes)),
+            login_required,
         }
     }
 }
@@ -115,6 +122,8 @@ pub(crate) struct ConnectionCore {
     /// The memory budget refused the partial frame more room: no reading until it
     /// has some.
     input_paused: bool,
+    /// The service said who this connection is; the login deadline is off.
+    logged_in: bool,
     close: Option<Close>,
     unknown_routes: u8,
 }
@@ -136,6 +145,7 @@ impl ConnectionCore {
             checkpoint_at: None,
             charged_input: 0,
             input_paused: false,
+            logged_in: false,
             close: None,
             unknown_routes: 0,
         }
@@ -392,6 +402,9 @@ impl ConnectionCore {
         if let Some(at) = self.checkpoint_at {
             due = due.min(at);
         }
+        if let Some(at) = self.login_deadline() {
+            due = due.min(at);
+        }
         if self.input_paused {
             due = due.min(now + MEMORY_RETRY);
         }
@@ -427,6 +440,17 @@ impl ConnectionCore {
         self.progressed = false;
     }
 
+    /// The connection is logged in: no login deadline from now on.
+    pub(crate) fn set_logged_in(&mut self) {
+        self.logged_in = true;
+    }
+
+    /// For a service that requires a login, when this connection must have logged in.
+    fn login_deadline(&self) -> Option<Instant> {
+        (self.config.login_required && !self.logged_in)
+            .then(|| self.accepted + self.config.limits.login_timeout)
+    }
+
     fn input_deadline(&self) -> Instant {
         match self.last_input {
             None => self.accepted + self.config.limits.first_frame_timeout,
@@ -447,6 +471,12 @@ impl ConnectionCore {
                 Some(_) => DisconnectReason::Idle,
             };
             self.close(reason, None);
+        } else if self.login_deadline().is_some_and(|at| now >= at) {
+            let text = format!(
+                "not logged in within {:?}",
+                self.config.limits.login_timeout
+            );
+            self.close(DisconnectReason::LoginTimeout, Some(text));
         } else if self
             .stalled_since
             .is_some_and(|since| now >= since + self.config.limits.send_timeout)
@@ -561,8 +591,12 @@ mod tests {
     }
 
     fn harness_with_memory(limits: LimitsConfig, memory_budget: usize) -> Harness {
+        harness_with(CoreConfig::new(limits, memory_budget, false))
+    }
+
+    fn harness_with(config: CoreConfig) -> Harness {
         let t0 = Instant::now();
-        let config = Arc::new(CoreConfig::new(limits, memory_budget));
+        let config = Arc::new(config);
         let budget = Arc::new(OutboundBudget::new(
             config.limits.outbound_queue_bytes,
             config.memory.clone(),
@@ -789,6 +823,42 @@ mod tests {
             payload: Bytes::new(),
         }));
         assert!(h.events(h.at(T)).is_empty());
+        assert_eq!(h.closed(), None);
+    }
+
+    #[test]
+    fn a_service_requiring_login_closes_a_talkative_connection_that_never_logs_in() {
+        let limits = LimitsConfig {
+            login_timeout: Duration::from_secs(30),
+            ..limits()
+        };
+        let mut h = harness_with(CoreConfig::new(limits, usize::MAX, true));
+        // Pings every 5 s keep the idle timer happy, but not the login deadline.
+        for second in (5..30).step_by(5) {
+            let now = h.at(Duration::from_secs(second));
+            h.receive(&wire(&Message::Ping(Bytes::new())));
+            let _ = h.events(now);
+            assert_eq!(h.core.poll_timeout(now), h.at(Duration::from_secs(30)));
+            h.core.handle_timeout(now);
+            assert_eq!(h.closed(), None);
+        }
+        h.core.handle_timeout(h.at(Duration::from_secs(30)));
+        assert_eq!(h.closed(), Some(DisconnectReason::LoginTimeout));
+    }
+
+    #[test]
+    fn a_logged_in_connection_has_no_login_deadline() {
+        let mut h = harness_with(CoreConfig::new(limits(), usize::MAX, true));
+        h.receive(&wire(&Message::Ping(Bytes::new())));
+        let _ = h.events(h.at(T));
+        let _pong = h.sent();
+        h.core.set_logged_in();
+        // Only the idle deadline is left.
+        assert_eq!(
+            h.core.poll_timeout(h.at(T)),
+            h.at(T + Duration::from_secs(60))
+        );
+        h.core.handle_timeout(h.at(Duration::from_secs(45)));
         assert_eq!(h.closed(), None);
     }
 

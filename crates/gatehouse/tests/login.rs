@@ -1,0 +1,128 @@
+//! Login over real sockets: a service that requires a login closes a connection that
+//! does not log in within `limits.login_timeout`, however chatty; a logged-in player
+//! is reached by name through the server handle, and the name follows the latest
+//! login and is forgotten with its connection.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use gatehouse::{Context, Disconnect, KickReason, Message, Reply, Service, Status};
+use support::{test_config, Record, TestServer, PATIENCE};
+use tokio::time::Instant;
+
+/// Request route: payload is the player name to log in as.
+const LOGIN: u16 = 1;
+/// Push route the tests send on.
+const NEWS: u16 = 100;
+
+struct Named;
+
+impl Service for Named {
+    type Session = ();
+    type Message = ();
+    const LOGIN_REQUIRED: bool = true;
+
+    async fn connect(&self, _ctx: &mut Context<'_, ()>) {}
+
+    async fn request(
+        &self,
+        _: &mut (),
+        ctx: &mut Context<'_, ()>,
+        route: u16,
+        payload: Bytes,
+    ) -> Reply {
+        if route != LOGIN {
+            return Reply::unknown_route(route);
+        }
+        let name = String::from_utf8_lossy(&payload).into_owned();
+        if name == "mallory" {
+            return Reply::error(Status(1007), "wrong password");
+        }
+        match ctx.logged_in(&name).await {
+            Ok(()) => Reply::empty(),
+            Err(e) => Reply::error(Status::UNAVAILABLE, e.to_string()),
+        }
+    }
+
+    async fn disconnect(&self, _: (), _info: Disconnect) {}
+}
+
+async fn start(login_timeout: Duration) -> (TestServer, gatehouse::ServerHandle<()>) {
+    let mut config = test_config();
+    config.limits.login_timeout = login_timeout;
+    TestServer::start_service_with_handle(config, Named, Arc::new(Record::default())).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_does_not_log_in_in_time_is_kicked_login_timeout_even_while_it_pings() {
+    let (server, _) = start(Duration::from_millis(500)).await;
+    let mut refused = server.connect().await;
+    let mut honest = server.connect().await;
+    let started = Instant::now();
+    // A refused login is the service's answer, not a login.
+    assert_eq!(refused.request(LOGIN, "mallory").await.0, Status(1007));
+    assert!(honest.request(LOGIN, "ada").await.0.is_ok());
+    // Frames keep coming, so neither the first-frame nor the idle timeout applies.
+    while started.elapsed() < Duration::from_millis(400) {
+        refused.send(&Message::Ping(Bytes::new())).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(refused.expect_kick().await, KickReason::LOGIN_TIMEOUT);
+    let at = started.elapsed();
+    assert!(
+        at >= Duration::from_millis(450) && at < Duration::from_secs(3),
+        "kicked at {at:?}"
+    );
+    // The logged-in one outlived the deadline many times over.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(honest.request(LOGIN, "ada").await.0.is_ok());
+    assert!(server.shutdown().await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_player_is_reached_by_name_the_name_follows_the_latest_login_and_goes_with_it() {
+    let (server, handle) = start(Duration::from_secs(30)).await;
+    assert_eq!(handle.player("ada").await, Ok(None));
+    let mut first = server.connect().await;
+    assert!(first.request(LOGIN, "ada").await.0.is_ok());
+    let first_id = handle.player("ada").await.unwrap().unwrap();
+    handle
+        .push_to_player("ada", NEWS, "hello".into())
+        .await
+        .unwrap();
+    assert_eq!(first.expect_push().await, (NEWS, Bytes::from("hello")));
+
+    // A second login of the name takes it; the first connection's end leaves it there.
+    let mut second = server.connect().await;
+    assert!(second.request(LOGIN, "ada").await.0.is_ok());
+    let second_id = handle.player("ada").await.unwrap().unwrap();
+    assert_ne!(first_id, second_id);
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(handle.player("ada").await, Ok(Some(second_id)));
+    handle
+        .push_to_player("ada", NEWS, "again".into())
+        .await
+        .unwrap();
+    assert_eq!(second.expect_push().await, (NEWS, Bytes::from("again")));
+
+    handle
+        .kick_player("ada", KickReason::KICKED, "bye")
+        .await
+        .unwrap();
+    assert_eq!(second.expect_kick().await, KickReason::KICKED);
+    let deadline = Instant::now() + PATIENCE;
+    while handle.player("ada").await.unwrap().is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "the name is forgotten with its connection"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(server.shutdown().await.is_ok());
+}
