@@ -15,6 +15,11 @@
 //! not answer refuses nothing: such failures are retried forever, never counted. A state is
 //! removed from the queue only once that exact version has landed (or been
 //! dead-lettered). Loads look in the queue first, so a load always sees the latest save.
+//!
+//! A call that fails may still have committed (a timeout, a lost acknowledgement):
+//! the versions such calls carried are remembered per key. If a later write of the
+//! key then conflicts with one of those very versions, the writer reads the stored
+//! record, and if it is that write of its own, builds on it instead of losing to it.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
@@ -33,6 +38,8 @@ use crate::{next_version, DeadLetter, DeadReason, Outcome, Record, Store, StoreE
 
 /// Records written per transaction at most.
 const BATCH: usize = 256;
+/// Versions of one key remembered from failed calls (which may have committed).
+const UNCONFIRMED: usize = 8;
 /// First and longest pause between failed attempts of a record alone.
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -161,7 +168,10 @@ impl State {
     /// the stored version.
     fn landed(&mut self, key: &str, version: u64) {
         match self.queued.get_mut(key) {
-            Some(queued) if queued.version != version => queued.expected = version,
+            Some(queued) if queued.version != version => {
+                queued.expected = version;
+                queued.unconfirmed.clear();
+            }
             _ => self.settle(key, version),
         }
     }
@@ -185,6 +195,9 @@ struct Queued {
     data: Bytes,
     /// Failed attempts of this record alone.
     attempts: u32,
+    /// Versions (and their data) sent in calls that failed, which may have committed
+    /// all the same: the newest [`UNCONFIRMED`].
+    unconfirmed: VecDeque<(u64, Bytes)>,
     /// When the oldest state of this key still queued arrived.
     since: Instant,
 }
@@ -282,6 +295,7 @@ impl<S: Store> SaveWriter<S> {
                         version,
                         data,
                         attempts: 0,
+                        unconfirmed: VecDeque::new(),
                         since: Instant::now(),
                     },
                 );
@@ -435,10 +449,13 @@ async fn run<S: Store>(inner: Arc<Inner<S>>) {
         match outcomes {
             Ok(outcomes) => {
                 backoff.reset();
-                inner.settle(&writes, &outcomes);
+                for (write, stored, data) in inner.settle(&writes, &outcomes) {
+                    inner.own_or_lost(&write, stored, data).await;
+                }
             }
             Err(e) => {
                 inner.failed_attempts.fetch_add(1, Relaxed);
+                inner.unconfirmed(&writes);
                 if writes.len() > 1 {
                     // Find the record that fails (if one does) by halving the batch.
                     warn!(records = writes.len(), error = %e, "saving a batch failed; retrying it in halves");
@@ -490,9 +507,12 @@ impl<S: Store> Inner<S> {
             .collect()
     }
 
-    /// A batch went through: each write landed or lost a conflict.
-    fn settle(&self, writes: &[Write], outcomes: &[Outcome]) {
+    /// A batch went through: each write landed or lost a conflict. Returns the
+    /// conflicts with a version this writer itself sent in a call that failed (with
+    /// that version's data): those may be its own write, to be checked.
+    fn settle(&self, writes: &[Write], outcomes: &[Outcome]) -> Vec<(Write, u64, Bytes)> {
         let mut state = lock(&self.state);
+        let mut maybe_own = Vec::new();
         for (write, outcome) in writes.iter().zip(outcomes) {
             let record = &write.record;
             match *outcome {
@@ -501,27 +521,89 @@ impl<S: Store> Inner<S> {
                     self.saved.fetch_add(1, Relaxed);
                 }
                 Outcome::Conflict { stored } => {
-                    // A newer save of the same session builds on this losing one: it
-                    // stays queued, and will lose too.
-                    state.settle(&record.key, record.version);
-                    self.conflicts.fetch_add(1, Relaxed);
-                    warn!(
-                        key = %record.key,
-                        built_on = write.expected,
-                        version = record.version,
-                        stored,
-                        "save conflict: the stored state wins; this one is kept as a dead letter"
-                    );
-                    let letter = DeadLetter {
-                        record: record.clone(),
-                        reason: DeadReason::Conflict,
-                        detail: format!(
-                            "built on version {}; the database held version {stored}",
-                            write.expected
-                        ),
-                    };
-                    state.letters.insert(record.key.clone(), letter);
+                    let sent = state.queued.get(&record.key).and_then(|queued| {
+                        queued
+                            .unconfirmed
+                            .iter()
+                            .find(|(version, _)| *version == stored)
+                    });
+                    match sent {
+                        Some((_, data)) => maybe_own.push((write.clone(), stored, data.clone())),
+                        None => self.lose(&mut state, write, stored),
+                    }
                 }
+            }
+        }
+        maybe_own
+    }
+
+    /// `write` lost to the stored version `stored`: the stored state wins, this one
+    /// becomes a dead letter.
+    fn lose(&self, state: &mut State, write: &Write, stored: u64) {
+        let record = &write.record;
+        // A newer save of the same session builds on this losing one: it stays
+        // queued, and will lose too.
+        state.settle(&record.key, record.version);
+        self.conflicts.fetch_add(1, Relaxed);
+        warn!(
+            key = %record.key,
+            built_on = write.expected,
+            version = record.version,
+            stored,
+            "save conflict: the stored state wins; this one is kept as a dead letter"
+        );
+        let letter = DeadLetter {
+            record: record.clone(),
+            reason: DeadReason::Conflict,
+            detail: format!(
+                "built on version {}; the database held version {stored}",
+                write.expected
+            ),
+        };
+        state.letters.insert(record.key.clone(), letter);
+    }
+
+    /// Remembers what a failed call carried: it may have committed.
+    fn unconfirmed(&self, writes: &[Write]) {
+        let mut state = lock(&self.state);
+        for write in writes {
+            let Some(queued) = state.queued.get_mut(&write.record.key) else {
+                continue;
+            };
+            let version = write.record.version;
+            if queued.unconfirmed.iter().any(|(v, _)| *v == version) {
+                continue;
+            }
+            if queued.unconfirmed.len() == UNCONFIRMED {
+                queued.unconfirmed.pop_front();
+            }
+            queued
+                .unconfirmed
+                .push_back((version, write.record.data.clone()));
+        }
+    }
+
+    /// `write` conflicted with `stored`, a version this writer sent (with `data`) in
+    /// a call that failed. If the stored record is that very write, it did commit:
+    /// the queued state builds on it and is written again. If it is not, the
+    /// conflict is real. If the record cannot be read now, nothing is decided: the
+    /// state stays queued and the next attempt asks again.
+    async fn own_or_lost(&self, write: &Write, stored: u64, data: Bytes) {
+        let key = &write.record.key;
+        match guarded(self.config.call_timeout, self.store.load(key)).await {
+            Ok(Some(record)) if record.version == stored && record.data == data => {
+                let mut state = lock(&self.state);
+                if let Some(queued) = state.queued.get_mut(key) {
+                    queued.expected = stored;
+                    queued.unconfirmed.clear();
+                }
+                self.saved.fetch_add(1, Relaxed);
+                info!(key = %key, version = stored, "a save whose acknowledgement was lost had landed; the newer one builds on it");
+            }
+            Ok(_) => self.lose(&mut lock(&self.state), write, stored),
+            Err(e) => {
+                self.failed_attempts.fetch_add(1, Relaxed);
+                warn!(key = %key, error = %e, "cannot read back a possibly landed save; will retry");
             }
         }
     }

@@ -187,6 +187,8 @@ struct Flaky<S> {
     batches: Arc<Mutex<Vec<Batch>>>,
     /// How long each batch takes, in milliseconds.
     slowness: Arc<AtomicU64>,
+    /// Batches commit, then fail as if their acknowledgement was lost.
+    lose_acks: Arc<AtomicBool>,
     _dir: Arc<Scratch>,
 }
 
@@ -217,6 +219,9 @@ impl<S: Store> Store for Flaky<S> {
         tokio::time::sleep(Duration::from_millis(slowness)).await;
         let outcomes = self.inner.save_batch(writes).await?;
         self.landed.fetch_add(writes.len(), Ordering::SeqCst);
+        if self.lose_acks.load(Ordering::SeqCst) {
+            return Err(StoreError::Timeout(Duration::from_millis(slowness)));
+        }
         Ok(outcomes)
     }
 
@@ -236,6 +241,7 @@ async fn flaky_sqlite(name: &str) -> Flaky<sqlite::SqliteStore> {
         landed: Arc::default(),
         batches: Arc::default(),
         slowness: Arc::default(),
+        lose_acks: Arc::default(),
         _dir: Arc::new(Scratch(dir)),
     }
 }
@@ -337,6 +343,44 @@ async fn a_save_made_while_the_previous_one_is_written_builds_on_it() {
     let stats = writer.stats();
     assert_eq!((stats.saved, stats.conflicts), (3, 0), "{stats:?}");
     let stored = store.inner.load("moving").await.unwrap().unwrap();
+    assert_eq!((stored.version, stored.data), (3, Bytes::from("three")));
+}
+
+/// A save that committed but whose answer was lost (a timeout after the commit),
+/// followed by a newer save of the same session: the newer one builds on it and
+/// lands, instead of losing a "conflict" to its own older state.
+#[tokio::test]
+async fn a_save_whose_acknowledgement_was_lost_does_not_beat_the_next_one() {
+    let store = flaky_sqlite("lostack").await;
+    let writer = SaveWriter::start(store.clone(), quick());
+    let mut slot = writer.load("walker").await.unwrap().slot;
+    store.slowness.store(200, Ordering::SeqCst);
+    store.lose_acks.store(true, Ordering::SeqCst);
+    writer.save(&mut slot, "one".into()).unwrap();
+    until("the first save being written", || {
+        !store.batches.lock().unwrap().is_empty()
+    })
+    .await;
+    writer.save(&mut slot, "two".into()).unwrap();
+    until("the first save committed", || {
+        store.landed.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    store.lose_acks.store(false, Ordering::SeqCst);
+    store.slowness.store(0, Ordering::SeqCst);
+    writer.flush(Duration::from_secs(10)).await.unwrap();
+    let stats = writer.stats();
+    assert_eq!((stats.conflicts, stats.dead_letters), (0, 0), "{stats:?}");
+    let stored = store.inner.load("walker").await.unwrap().unwrap();
+    assert_eq!((stored.version, stored.data), (2, Bytes::from("two")));
+    // And a real conflict is still one: another session's save of the same version.
+    let mut other = writer.load("walker").await.unwrap().slot;
+    writer.save(&mut slot, "three".into()).unwrap();
+    writer.flush(Duration::from_secs(10)).await.unwrap();
+    writer.save(&mut other, "stale".into()).unwrap();
+    writer.flush(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(writer.stats().conflicts, 1);
+    let stored = store.inner.load("walker").await.unwrap().unwrap();
     assert_eq!((stored.version, stored.data), (3, Bytes::from("three")));
 }
 
