@@ -169,6 +169,15 @@ impl Client {
         let stream = TcpStream::connect(addr)
             .await
             .map_err(|e| ClientError::Io(e.to_string()))?;
+        Client::from_stream(stream, config)
+    }
+
+    /// A client over a connected stream (for example one bound to a chosen source
+    /// address, as a load generator does).
+    pub fn from_stream(
+        stream: TcpStream,
+        config: ClientConfig,
+    ) -> Result<(Client, Pushes), ClientError> {
         stream
             .set_nodelay(true)
             .map_err(|e| ClientError::Io(e.to_string()))?;

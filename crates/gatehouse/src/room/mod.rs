@@ -40,7 +40,7 @@ use crate::connection::ConnId;
 
 pub use self::context::RoomContext;
 pub use self::registry::{Membership, RoomHandle, Rooms};
-pub use self::stats::{RoomStats, TickLateness};
+pub use self::stats::{LatenessMark, RoomStats, TickLateness};
 
 /// A room type. Hooks are plain functions: a room never waits, it answers at once
 /// and reaches members and the world through its [`RoomContext`] (pushes, timers,

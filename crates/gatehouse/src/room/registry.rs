@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::stats::{LatenessHistogram, RoomCounters, RoomStats, TickLateness};
+use super::stats::{LatenessHistogram, LatenessMark, RoomCounters, RoomStats, TickLateness};
 use super::task::{Input, Leave, RoomTask};
 use super::{Origin, Room, RoomError, RoomOptions};
 use crate::connection::ConnId;
@@ -196,6 +196,12 @@ impl<R: Room> Rooms<R> {
     /// The lateness of every tick of every room so far.
     pub fn lateness(&self) -> TickLateness {
         self.registry.lateness.read()
+    }
+
+    /// The lateness of the ticks since `mark` (of every room), moving the mark to now:
+    /// a measured window, as a benchmark wants it. A fresh mark is the start.
+    pub fn lateness_window(&self, mark: &mut LatenessMark) -> TickLateness {
+        self.registry.lateness.read_window(mark)
     }
 
     /// Stops every room (each runs its `stopped` hook) and waits for them, at most

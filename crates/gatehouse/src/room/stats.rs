@@ -109,17 +109,76 @@ impl LatenessHistogram {
             .histogram
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let at = |q: f64| Duration::from_micros(histogram.value_at_quantile(q));
-        TickLateness {
-            ticks: histogram.len(),
-            late: self.late.load(Relaxed),
-            p50: at(0.5),
-            p99: at(0.99),
-            max: Duration::from_micros(histogram.max()),
+        summary(&histogram, self.late.load(Relaxed))
+    }
+
+    /// The ticks since `mark` was last moved here, and moves it to now.
+    pub(crate) fn read_window(&self, mark: &mut LatenessMark) -> TickLateness {
+        let now = self
+            .histogram
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let late = self.late.load(Relaxed);
+        let mut window = now.clone();
+        if let Some(before) = &mark.histogram {
+            // `before` is an earlier state of the same histogram: never larger.
+            let _ = window.subtract(before);
         }
+        let window = summary(&window, late.saturating_sub(mark.late));
+        *mark = LatenessMark {
+            histogram: Some(now),
+            late,
+        };
+        window
+    }
+}
+
+/// Where a window of tick lateness starts ([`super::Rooms::lateness_window`]).
+#[derive(Default)]
+pub struct LatenessMark {
+    histogram: Option<Histogram<u64>>,
+    late: u64,
+}
+
+fn summary(histogram: &Histogram<u64>, late: u64) -> TickLateness {
+    let at = |q: f64| Duration::from_micros(histogram.value_at_quantile(q));
+    TickLateness {
+        ticks: histogram.len(),
+        late,
+        p50: at(0.5),
+        p99: at(0.99),
+        max: Duration::from_micros(histogram.max()),
     }
 }
 
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_window_counts_only_the_ticks_since_its_mark() {
+        let lateness = LatenessHistogram::new();
+        for _ in 0..10 {
+            lateness.record(Duration::from_millis(1), false);
+        }
+        let mut mark = LatenessMark::default();
+        assert_eq!(
+            lateness.read_window(&mut mark).ticks,
+            10,
+            "a fresh mark is the start"
+        );
+        for _ in 0..10 {
+            lateness.record(Duration::from_millis(20), true);
+        }
+        let window = lateness.read_window(&mut mark);
+        assert_eq!((window.ticks, window.late), (10, 10));
+        assert!(window.p50 >= Duration::from_millis(19), "{window:?}");
+        assert_eq!(lateness.read_window(&mut mark).ticks, 0);
+        assert_eq!(lateness.read().ticks, 20);
+    }
 }

@@ -272,6 +272,31 @@ impl Service for Recorder {
     }
 }
 
+/// A scratch directory unique to one test, removed when dropped.
+pub struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Scratch {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        Scratch(
+            std::env::temp_dir().join(format!("gatehouse-{name}-{}-{nanos}", std::process::id())),
+        )
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A server running in this process on 127.0.0.1:0.
 pub struct TestServer {
     pub addr: SocketAddr,
