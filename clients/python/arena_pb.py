@@ -18,6 +18,8 @@ scalar field wins, repeated fields append, and a nested message seen twice is me
 Malformed input raises :class:`DecodeError`.
 
 The proto field ``Chat.from`` is ``Chat.from_`` here (``from`` is a Python keyword).
+``Input.target`` is ``None`` when absent (walk in the direction ``dx``, ``dy``), as
+a nested message is in protobuf.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from typing import Any, ClassVar, Dict, List, Optional, Tuple, Type, TypeVar
 __all__ = [
     "DecodeError", "Message",
     "PlayerState", "LoginRequest", "LoginReply", "RoomInfo", "RoomList", "JoinRoom",
-    "Say", "Move", "Whisper", "WhoReply", "Chat", "Moved", "RoomEvent",
+    "Say", "Move", "Whisper", "WhoReply", "Position", "Input", "Chat", "Body",
+    "RoomState", "Delta",
     "PUSH_MESSAGES", "decode_push",
     "encode_varint", "decode_varint",
 ]
@@ -274,6 +277,9 @@ class PlayerState(Message):
     y: int = 0
     moves: int = 0   # moves made over the player's whole life
     logins: int = 0  # logins over the player's whole life
+    # Server-side only (the Argon2id hash, PHC format): always empty in what a client
+    # receives. Decoded like any field, and to be ignored.
+    password_hash: str = ""
     _proto_: ClassVar = (
         (1, "name", "string", False),
         (2, "room", "string", False),
@@ -281,14 +287,19 @@ class PlayerState(Message):
         (4, "y", "sint32", False),
         (5, "moves", "uint64", False),
         (6, "logins", "uint64", False),
+        (7, "password_hash", "string", False),
     )
 
 
 @dataclass
 class LoginRequest(Message):
-    """Route 1 request."""
+    """Route 1 request: log in, or create the player with this password."""
     name: str = ""
-    _proto_: ClassVar = ((1, "name", "string", False),)
+    password: str = ""  # 8..128 bytes (UTF-8)
+    _proto_: ClassVar = (
+        (1, "name", "string", False),
+        (2, "password", "string", False),
+    )
 
 
 @dataclass
@@ -369,6 +380,31 @@ class WhoReply(Message):
 
 
 @dataclass
+class Position(Message):
+    """A point of the world (Input's target)."""
+    x: int = 0  # -1000..1000
+    y: int = 0  # -1000..1000
+    _proto_: ClassVar = (
+        (1, "x", "sint32", False),
+        (2, "y", "sint32", False),
+    )
+
+
+@dataclass
+class Input(Message):
+    """Route 9 notify: walk. With a ``target``, walk there and stop; otherwise walk in
+    the direction ``dx``, ``dy`` (each -1, 0 or 1) until the next Input; 0, 0 stops."""
+    dx: int = 0
+    dy: int = 0
+    target: Optional[Position] = None
+    _proto_: ClassVar = (
+        (1, "dx", "sint32", False),
+        (2, "dy", "sint32", False),
+        (3, "target", Position, False),
+    )
+
+
+@dataclass
 class Chat(Message):
     """Route 100 push: chat in the room, or a whisper (``room`` empty)."""
     from_: str = ""
@@ -384,8 +420,8 @@ class Chat(Message):
 
 
 @dataclass
-class Moved(Message):
-    """Route 101 push: someone in the room moved."""
+class Body(Message):
+    """A player in a room, where they stand."""
     name: str = ""
     x: int = 0
     y: int = 0
@@ -397,20 +433,43 @@ class Moved(Message):
 
 
 @dataclass
-class RoomEvent(Message):
-    """Route 102 push: someone entered (``joined``) or left the room."""
-    name: str = ""
+class RoomState(Message):
+    """Route 103 push: the whole room, to a member that joined it (or asked again by
+    joining the room it is in, or whose room restarted), at the room's next tick,
+    before that tick's Delta. The next Delta has ``since == tick``."""
     room: str = ""
-    joined: bool = False
+    tick: int = 0
+    players: List[Body] = field(default_factory=list)  # the member itself included
     _proto_: ClassVar = (
-        (1, "name", "string", False),
-        (2, "room", "string", False),
-        (3, "joined", "bool", False),
+        (1, "room", "string", False),
+        (2, "tick", "uint64", False),
+        (3, "players", Body, True),
+    )
+
+
+@dataclass
+class Delta(Message):
+    """Route 104 push: what changed in the room during one tick. Apply ``left``, then
+    ``entered``, then ``moved``; ``since`` is the tick of the previous Delta (or
+    RoomState), so a different value means one was missed."""
+    tick: int = 0
+    since: int = 0
+    moved: List[Body] = field(default_factory=list)    # new positions
+    entered: List[Body] = field(default_factory=list)  # players that joined
+    left: List[str] = field(default_factory=list)      # names of players that left
+    room: str = ""  # the room: a Delta of a room just left may still arrive
+    _proto_: ClassVar = (
+        (1, "tick", "uint64", False),
+        (2, "since", "uint64", False),
+        (3, "moved", Body, True),
+        (4, "entered", Body, True),
+        (5, "left", "string", True),
+        (6, "room", "string", False),
     )
 
 
 #: Push route -> message class.
-PUSH_MESSAGES: Dict[int, Type[Message]] = {100: Chat, 101: Moved, 102: RoomEvent}
+PUSH_MESSAGES: Dict[int, Type[Message]] = {100: Chat, 103: RoomState, 104: Delta}
 
 
 def decode_push(route: int, payload: bytes) -> Optional[Message]:
@@ -422,7 +481,7 @@ def decode_push(route: int, payload: bytes) -> Optional[Message]:
 def _check_tables() -> None:
     # Every dataclass field is described once in _proto_, and the other way round.
     for cls in (PlayerState, LoginRequest, LoginReply, RoomInfo, RoomList, JoinRoom, Say,
-                Move, Whisper, WhoReply, Chat, Moved, RoomEvent):
+                Move, Whisper, WhoReply, Position, Input, Chat, Body, RoomState, Delta):
         declared = [f.name for f in fields(cls)]
         described = [attr for _, attr, _, _ in cls._proto_]
         assert declared == described, (cls.__name__, declared, described)

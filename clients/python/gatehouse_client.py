@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Tuple, Union
 
 __all__ = [
-    "MAX_FRAME_BYTES", "MAX_NONCE_BYTES", "RESERVED_ROUTES",
+    "MAX_FRAME_BYTES", "MAX_NONCE_BYTES", "RESERVED_ROUTES", "ROUTE_ROOM_RESTARTED",
     "KIND_REQUEST", "KIND_NOTIFY", "KIND_RESPONSE", "KIND_PUSH", "KIND_PING",
     "KIND_PONG", "KIND_KICK",
     "Empty", "Request", "Notify", "Response", "Push", "Ping", "Pong", "Kick", "Frame",
@@ -53,6 +53,8 @@ MAX_FRAME_BYTES = 262144
 MAX_NONCE_BYTES = 64
 #: Request routes from 0xff00 up belong to the framework.
 RESERVED_ROUTES = range(0xFF00, 0x10000)
+#: The framework's push "room restarted": the payload is the room's name (UTF-8).
+ROUTE_ROOM_RESTARTED = 0xFF01
 
 KIND_REQUEST = 0x01
 KIND_NOTIFY = 0x02

@@ -220,15 +220,24 @@ class FakeServer:
             raise self.error
 
 
-def read_frame(sock):
-    buf = gc.FrameBuffer()
-    while True:
-        for frame in buf:
-            return frame
-        data = sock.recv(4096)
-        if not data:
+def _recv_exactly(sock, n):
+    data = bytearray()
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
             return None
-        buf.feed(data)
+        data += chunk
+    return bytes(data)
+
+
+def read_frame(sock):
+    """The next frame the client sent (None at end of stream). Reads exactly one frame,
+    so frames the client sent back to back are left for the next call."""
+    header = _recv_exactly(sock, 4)
+    if header is None:
+        return None
+    body = _recv_exactly(sock, int.from_bytes(header, "big"))
+    return None if body is None else gc.decode_body(body)
 
 
 class ConnectionAgainstAFakeServer(unittest.TestCase):

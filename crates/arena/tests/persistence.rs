@@ -13,7 +13,6 @@ mod support;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,31 +26,8 @@ use gatehouse_store::{
     WriterConfig, WriterStats,
 };
 use prost::Message as _;
-use support::{eventually, test_config, Client, TestServer};
+use support::{eventually, test_config, Client, Scratch, TestServer};
 use tokio::net::{TcpListener, TcpStream};
-
-/// A scratch directory unique to one test, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        Scratch(std::env::temp_dir().join(format!("arena-{name}-{}-{nanos}", std::process::id())))
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A player name unique to this run, so that tests sharing a PostgreSQL database
 /// (across runs and machines' processes) never meet an old player: `name`, then
@@ -161,6 +137,18 @@ async fn serve_with<S: Store + Clone>(
     (server, writer)
 }
 
+/// Every test player's password: its name, made long enough.
+fn password(name: &str) -> String {
+    format!("{name}-secret")
+}
+
+fn login_request(name: &str) -> pb::LoginRequest {
+    pb::LoginRequest {
+        name: name.into(),
+        password: password(name),
+    }
+}
+
 /// A logged-in arena player over a raw protocol client.
 struct Player {
     client: Client,
@@ -170,10 +158,7 @@ impl Player {
     async fn login(addr: SocketAddr, name: &str) -> (Player, pb::PlayerState) {
         let mut client = Client::connect(addr).await;
         let (status, payload) = client
-            .request(
-                routes::LOGIN,
-                pb::LoginRequest { name: name.into() }.encode_to_vec(),
-            )
+            .request(routes::LOGIN, login_request(name).encode_to_vec())
             .await;
         assert_eq!(status, Status::OK, "{}", String::from_utf8_lossy(&payload));
         let state = pb::LoginReply::decode(payload).unwrap().state.unwrap();
@@ -259,9 +244,15 @@ async fn a_hub_crash_saves_every_state_exactly_once<S: Store + Clone>(store: S) 
     let mut players = Vec::new();
     for i in 0..20 {
         let name = format!("{prefix}p{i}");
-        let (mut player, _) = Player::login(server.addr, &name).await;
-        player.move_to(i, 100 + i).await;
+        let (player, _) = Player::login(server.addr, &name).await;
         players.push((name, player));
+    }
+    // A new player's first login saves its account at once: count from here.
+    writer.flush(Duration::from_secs(10)).await.unwrap();
+    let accounts: Vec<usize> = players.iter().map(|(name, _)| store.landed(name)).collect();
+    assert!(accounts.iter().all(|&n| n == 1), "{accounts:?}");
+    for (i, (_, player)) in players.iter_mut().enumerate() {
+        player.move_to(i as i32, 100 + i as i32).await;
     }
     players[0].1.client.fire(ROUTE_FAULT_CRASH_HUB).await;
     for (_, player) in &mut players {
@@ -284,7 +275,7 @@ async fn a_hub_crash_saves_every_state_exactly_once<S: Store + Clone>(store: S) 
         // Player 3 came back once, and left once more.
         let expected = if i == 3 { 2 } else { 1 };
         assert_eq!(
-            store.landed(name),
+            store.landed(name) - accounts[i],
             expected,
             "{name} saved once per leaving"
         );
@@ -452,7 +443,7 @@ async fn try_login(addr: SocketAddr, name: String) -> Option<Player> {
         .send(&Message::Request {
             id: 1,
             route: routes::LOGIN,
-            payload: pb::LoginRequest { name }.encode_to_vec().into(),
+            payload: login_request(&name).encode_to_vec().into(),
         })
         .await;
     match client.recv().await {
@@ -704,26 +695,25 @@ async fn arena_rules_answer_with_their_statuses() {
     let (status, _) = anonymous.request(routes::WHO, Vec::new()).await;
     assert_eq!(status, status::NOT_LOGGED_IN);
     let (status, _) = anonymous
-        .request(
-            routes::LOGIN,
-            pb::LoginRequest {
-                name: "no spaces".into(),
-            }
-            .encode_to_vec(),
-        )
+        .request(routes::LOGIN, login_request("no spaces").encode_to_vec())
         .await;
     assert_eq!(status, status::BAD_NAME);
     let (status, _) = anonymous.request(routes::LOGIN, vec![0xff, 0xff]).await;
     assert_eq!(status, Status::BAD_REQUEST);
+    let short = pb::LoginRequest {
+        name: "erin".into(),
+        password: "short".into(),
+    };
+    let (status, _) = anonymous
+        .request(routes::LOGIN, short.encode_to_vec())
+        .await;
+    assert_eq!(status, status::BAD_PASSWORD);
 
     let (mut carol, _) = Player::login(server.addr, "carol").await;
     let (mut dave, _) = Player::login(server.addr, "dave").await;
     assert_eq!(
         carol
-            .call(
-                routes::LOGIN,
-                pb::LoginRequest { name: "x".into() }.encode_to_vec()
-            )
+            .call(routes::LOGIN, login_request("x").encode_to_vec())
             .await
             .0,
         status::ALREADY_LOGGED_IN
@@ -755,17 +745,27 @@ async fn arena_rules_answer_with_their_statuses() {
         )
         .await;
     assert_eq!(status, Status::OK);
-    let (route, chat) = dave.client.expect_push().await;
-    assert_eq!(route, routes::CHAT);
-    assert_eq!(pb::Chat::decode(chat).unwrap().text, "hello");
+    let chat = loop {
+        // Room states and deltas come too (carol's and dave's own arrivals).
+        let (route, payload) = dave.client.expect_push().await;
+        if route == routes::CHAT {
+            break pb::Chat::decode(payload).unwrap();
+        }
+    };
+    assert_eq!(chat.text, "hello");
     carol.move_to(3, 4).await;
     let moved = loop {
         let (route, payload) = dave.client.expect_push().await;
-        if route == routes::MOVED {
-            break pb::Moved::decode(payload).unwrap();
+        if route == routes::DELTA {
+            // Moved, or (if the room has not ticked since she joined) entered there.
+            let delta = pb::Delta::decode(payload).unwrap();
+            let mut bodies = delta.moved.into_iter().chain(delta.entered);
+            if let Some(body) = bodies.find(|b| b.name == "carol") {
+                break body;
+            }
         }
     };
-    assert_eq!((moved.name.as_str(), moved.x, moved.y), ("carol", 3, 4));
+    assert_eq!((moved.x, moved.y), (3, 4));
     dave.join("tower").await;
     let whisper = pb::Whisper {
         to: "dave".into(),

@@ -16,6 +16,8 @@ use gatehouse_loadgen::echo::{self, EchoOptions};
 use gatehouse_loadgen::idle::{self, IdleOptions};
 use gatehouse_loadgen::storm::{self, StormOptions};
 use gatehouse_loadgen::{Progress, Sources};
+
+use crate::bench_arena::{self, ArenaBenchOptions};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 #[derive(Args)]
@@ -35,6 +37,9 @@ enum Scenario {
     Storm(StormArgs),
     /// N listeners, one sender: time until every listener has each broadcast.
     Broadcast(BroadcastArgs),
+    /// N arena bots in rooms of M, walking: tick lateness, deltas per bot, missed
+    /// deltas (needs an arena server).
+    Arena(ArenaArgs),
 }
 
 /// Options every scenario takes.
@@ -140,9 +145,34 @@ struct BroadcastArgs {
     timeout: f64,
 }
 
+#[derive(Args)]
+struct ArenaArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Bot players.
+    #[arg(long, default_value_t = 100)]
+    players: usize,
+    /// Players per room.
+    #[arg(long, default_value_t = 10)]
+    room_size: usize,
+    /// Direction changes per bot per second.
+    #[arg(long, default_value_t = 2.0)]
+    input_rate: f64,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds of play before measuring.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// The server's pid, for its CPU over the window and its RSS.
+    #[arg(long)]
+    server_pid: Option<u32>,
+}
+
 impl Scenario {
     fn common(&self) -> &Common {
         match self {
+            Scenario::Arena(a) => &a.common,
             Scenario::Echo(a) => &a.common,
             Scenario::Connections(a) => &a.common,
             Scenario::Storm(a) => &a.common,
@@ -253,6 +283,26 @@ async fn run_scenario(scenario: Scenario, progress: &Progress) -> anyhow::Result
             let report = broadcast::run(&options, progress).await?;
             if report.lost > 0 {
                 eprintln!("warning: {} listener-rounds lost", report.lost);
+            }
+            serde_json::to_string(&report)?
+        }
+        Scenario::Arena(a) => {
+            let options = ArenaBenchOptions {
+                addr: a.common.addr,
+                players: a.players,
+                room_size: a.room_size,
+                input_rate: a.input_rate,
+                duration: seconds("duration", a.duration)?,
+                warmup: seconds("warmup", a.warmup)?,
+                server_pid: a.server_pid,
+                sources: a.common.sources(),
+            };
+            let report = bench_arena::run(&options, progress).await?;
+            if report.missing > 0 || report.dropped > 0 {
+                eprintln!(
+                    "warning: {} deltas missed, {} bots dropped",
+                    report.missing, report.dropped
+                );
             }
             serde_json::to_string(&report)?
         }

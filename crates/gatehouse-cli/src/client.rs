@@ -1,13 +1,19 @@
 //! `gatehouse client`: an interactive terminal client for arena, so that two people
-//! in two terminals can log in and chat. Lines typed are said to the room; lines
-//! starting with `/` are commands (`/help`). Pushes are printed as they arrive.
+//! in two terminals can log in, chat, and watch each other move. Lines typed are
+//! said to the room; lines starting with `/` are commands (`/help`). The room's
+//! players are kept live from its state and deltas: entries and exits are printed as
+//! they happen, moves at most four times a second per player, `/look` lists them.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use arena::{pb, routes};
 use clap::Args;
-use gatehouse_client::{Client, ClientConfig, ClientError, Push};
+use gatehouse::protocol::ROUTE_ROOM_RESTARTED;
+use gatehouse_client::{Client, ClientConfig, ClientError, Push, Pushes};
 use prost::Message as _;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -16,19 +22,49 @@ pub(crate) struct ClientArgs {
     /// The server to connect to.
     #[arg(long, default_value = "127.0.0.1:7000")]
     addr: SocketAddr,
-    /// The player to log in as (created on first login).
+    /// The player to log in as (created, with this password, on first login).
     #[arg(long)]
     name: String,
+    /// The player's password (8 to 128 bytes).
+    #[arg(long)]
+    password: String,
 }
 
-const HELP: &str = "commands: /rooms  /join ROOM  /leave  /who  /move X Y  /w NAME TEXT  /quit  \
-                    (anything else is said to the room)";
+const HELP: &str = "commands: /rooms  /join ROOM  /leave  /who  /look  /move X Y  /goto X Y  \
+                    /walk DX DY  /stop  /w NAME TEXT  /quit  (anything else is said to the room)";
+
+/// How often moves seen in deltas are printed (the latest position of each mover).
+const MOVES_EVERY: Duration = Duration::from_millis(250);
+
+/// The room as this client knows it: from its `RoomState`, then its deltas.
+#[derive(Default)]
+struct View {
+    room: String,
+    tick: u64,
+    players: BTreeMap<String, (i32, i32)>,
+    /// Moved since the last print.
+    moved: BTreeMap<String, (i32, i32)>,
+}
+
+impl View {
+    fn look(&self) -> String {
+        let players: Vec<String> = self
+            .players
+            .iter()
+            .map(|(name, (x, y))| format!("{name} ({x}, {y})"))
+            .collect();
+        format!("in {}: {}", self.room, players.join(", "))
+    }
+}
 
 pub(crate) async fn run(args: ClientArgs) -> anyhow::Result<()> {
-    let (client, mut pushes) = Client::connect(args.addr, ClientConfig::default())
+    let (client, pushes) = Client::connect(args.addr, ClientConfig::default())
         .await
         .with_context(|| format!("cannot connect to {}", args.addr))?;
-    let login = pb::LoginRequest { name: args.name };
+    let login = pb::LoginRequest {
+        name: args.name,
+        password: args.password,
+    };
     let reply = client.request(routes::LOGIN, login.encode_to_vec()).await?;
     let state = pb::LoginReply::decode(reply)?.state.unwrap_or_default();
     println!(
@@ -36,13 +72,8 @@ pub(crate) async fn run(args: ClientArgs) -> anyhow::Result<()> {
         state.name, state.room, state.x, state.y, state.logins
     );
 
-    let mut printer = tokio::spawn(async move {
-        while let Some(push) = pushes.next().await {
-            if let Some(line) = render_push(&push) {
-                println!("{line}");
-            }
-        }
-    });
+    let view = Arc::new(Mutex::new(View::default()));
+    let mut printer = tokio::spawn(print_pushes(pushes, view.clone()));
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     loop {
         let line = tokio::select! {
@@ -60,6 +91,10 @@ pub(crate) async fn run(args: ClientArgs) -> anyhow::Result<()> {
         }
         if line == "/quit" {
             break;
+        }
+        if line == "/look" {
+            println!("{}", lock(&view).look());
+            continue;
         }
         match command(&client, line).await {
             Ok(Some(answer)) => println!("{answer}"),
@@ -140,6 +175,24 @@ async fn command(client: &Client, line: &str) -> Result<Option<String>, CommandE
                     .await?,
             )?
         }
+        ("/goto", Some(x), Some(y)) => {
+            let (Ok(x), Ok(y)) = (x.parse(), y.parse()) else {
+                return Err(CommandError::Usage);
+            };
+            walk(client, 0, 0, Some(pb::Position { x, y })).await?;
+            return Ok(None);
+        }
+        ("/walk", Some(dx), Some(dy)) => {
+            let (Ok(dx), Ok(dy)) = (dx.parse(), dy.parse()) else {
+                return Err(CommandError::Usage);
+            };
+            walk(client, dx, dy, None).await?;
+            return Ok(None);
+        }
+        ("/stop", None, _) => {
+            walk(client, 0, 0, None).await?;
+            return Ok(None);
+        }
         ("/w", Some(to), Some(_)) => {
             let text = line.splitn(3, ' ').nth(2).unwrap_or_default().to_owned();
             let whisper = pb::Whisper {
@@ -155,27 +208,109 @@ async fn command(client: &Client, line: &str) -> Result<Option<String>, CommandE
     }))
 }
 
-/// A push as a line for the terminal; `None` for routes this client does not know.
-fn render_push(push: &Push) -> Option<String> {
+async fn walk(
+    client: &Client,
+    dx: i32,
+    dy: i32,
+    target: Option<pb::Position>,
+) -> Result<(), ClientError> {
+    let input = pb::Input { dx, dy, target };
+    client.notify(routes::INPUT, input.encode_to_vec()).await
+}
+
+fn lock(view: &Mutex<View>) -> std::sync::MutexGuard<'_, View> {
+    view.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Prints pushes as they arrive, keeps the room's view, and prints the moves seen
+/// every [`MOVES_EVERY`].
+async fn print_pushes(mut pushes: Pushes, view: Arc<Mutex<View>>) {
+    let mut moves = tokio::time::interval(MOVES_EVERY);
+    loop {
+        tokio::select! {
+            push = pushes.next() => {
+                let Some(push) = push else { return };
+                for line in apply_push(&push, &mut lock(&view)) {
+                    println!("{line}");
+                }
+            }
+            _ = moves.tick() => {
+                let moved = std::mem::take(&mut lock(&view).moved);
+                for (name, (x, y)) in moved {
+                    println!("* {name} moved to ({x}, {y})");
+                }
+            }
+        }
+    }
+}
+
+/// What a push changes in the view, and the lines to print for it now.
+fn apply_push(push: &Push, view: &mut View) -> Vec<String> {
     let payload = push.payload.clone();
-    Some(match push.route {
+    match push.route {
         routes::CHAT => {
-            let chat = pb::Chat::decode(payload).ok()?;
-            if chat.whisper {
+            let Ok(chat) = pb::Chat::decode(payload) else {
+                return Vec::new();
+            };
+            vec![if chat.whisper {
                 format!("(whisper) {}: {}", chat.from, chat.text)
             } else {
                 format!("[{}] {}: {}", chat.room, chat.from, chat.text)
+            }]
+        }
+        routes::ROOM_STATE => {
+            let Ok(state) = pb::RoomState::decode(payload) else {
+                return Vec::new();
+            };
+            *view = View {
+                room: state.room,
+                tick: state.tick,
+                players: state
+                    .players
+                    .into_iter()
+                    .map(|b| (b.name, (b.x, b.y)))
+                    .collect(),
+                moved: BTreeMap::new(),
+            };
+            vec![format!("* {}", view.look())]
+        }
+        routes::DELTA => {
+            let Ok(delta) = pb::Delta::decode(payload) else {
+                return Vec::new();
+            };
+            let mut lines = Vec::new();
+            if delta.since != view.tick {
+                lines.push(format!(
+                    "* missed an update of {} (/join it again to resync)",
+                    view.room
+                ));
             }
+            view.tick = delta.tick;
+            for name in delta.left {
+                view.players.remove(&name);
+                view.moved.remove(&name);
+                lines.push(format!("* {name} left {}", view.room));
+            }
+            for body in delta.entered {
+                if view
+                    .players
+                    .insert(body.name.clone(), (body.x, body.y))
+                    .is_none()
+                {
+                    lines.push(format!("* {} entered {}", body.name, view.room));
+                }
+            }
+            for body in delta.moved {
+                view.players.insert(body.name.clone(), (body.x, body.y));
+                view.moved.insert(body.name, (body.x, body.y));
+            }
+            lines
         }
-        routes::MOVED => {
-            let moved = pb::Moved::decode(payload).ok()?;
-            format!("* {} moved to ({}, {})", moved.name, moved.x, moved.y)
-        }
-        routes::ROOM_EVENT => {
-            let event = pb::RoomEvent::decode(payload).ok()?;
-            let verb = if event.joined { "entered" } else { "left" };
-            format!("* {} {verb} {}", event.name, event.room)
-        }
-        _ => return None,
-    })
+        ROUTE_ROOM_RESTARTED => vec![format!(
+            "* the room {} restarted",
+            String::from_utf8_lossy(&push.payload)
+        )],
+        _ => Vec::new(),
+    }
 }

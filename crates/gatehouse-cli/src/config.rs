@@ -8,8 +8,10 @@
 
 use std::net::IpAddr;
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{bail, Context as _};
+use arena::ArenaOptions;
 use gatehouse::config::{LimitsConfig, ServerConfig, SupervisorConfig};
 use gatehouse_store::StoreConfig;
 use serde::Deserialize;
@@ -57,12 +59,20 @@ impl Default for ListenConfig {
 pub(crate) struct GameConfig {
     /// `arena` (the reference game) or `bench` (the benchmark service).
     pub(crate) service: Game,
+    /// arena: the rooms' tick period.
+    #[serde(with = "humantime_serde")]
+    pub(crate) tick: Duration,
+    /// arena: players one room takes.
+    pub(crate) max_room_players: usize,
 }
 
 impl Default for GameConfig {
     fn default() -> Self {
+        let arena = ArenaOptions::default();
         GameConfig {
             service: Game::Arena,
+            tick: arena.tick,
+            max_room_players: arena.max_room_players,
         }
     }
 }
@@ -96,7 +106,25 @@ impl FileConfig {
     pub(crate) fn validate(&self) -> anyhow::Result<()> {
         self.runtime().validate()?;
         self.store.validate()?;
+        if self.game.tick.is_zero() {
+            bail!("game.tick: must be above zero");
+        }
+        if self.game.max_room_players == 0 {
+            bail!("game.max_room_players: must be at least 1");
+        }
         Ok(())
+    }
+
+    /// arena's options: `[game]`, with the frame limit and fault injection of the
+    /// runtime's sections.
+    pub(crate) fn arena(&self) -> ArenaOptions {
+        ArenaOptions {
+            tick: self.game.tick,
+            max_room_players: self.game.max_room_players,
+            max_frame_bytes: self.limits.max_frame_bytes,
+            fault_injection: self.server.allow_fault_injection,
+            ..ArenaOptions::default()
+        }
     }
 
     /// The part the runtime uses.

@@ -3,6 +3,7 @@
 //! service to the library's `Server::run` until SIGINT or SIGTERM.
 
 mod bench;
+mod bench_arena;
 mod client;
 mod config;
 
@@ -11,7 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use arena::Arena;
+use arena::{Arena, ArenaOptions};
 use clap::{Args, Parser, Subcommand};
 use config::{FileConfig, Game};
 use gatehouse::bench_service::BenchService;
@@ -157,7 +158,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
 
     let addr = SocketAddr::new(config.listen.host, config.listen.port);
     match config.game.service {
-        Game::Arena => serve_arena(addr, &config.store, config.runtime()).await,
+        Game::Arena => serve_arena(addr, &config.store, config.runtime(), config.arena()).await,
         Game::Bench => {
             let served = run(addr, "bench", config.runtime(), BenchService).await?;
             Ok(exit_status(served, None))
@@ -165,18 +166,27 @@ async fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
     }
 }
 
-/// arena with its store: the save writer outlives the server (and every hub restart
-/// in it) and is flushed after the last disconnect hook has queued its save.
+/// arena with its store and rooms, in the supervision tree's order: the save writer
+/// and the rooms start before the server and outlive it (and every hub restart in
+/// it); once the last disconnect hook has run, the rooms stop, then the writer lands
+/// what was queued.
 async fn serve_arena(
     addr: SocketAddr,
     store: &StoreConfig,
     config: gatehouse::Config,
+    options: ArenaOptions,
 ) -> anyhow::Result<Exit> {
     let opened = AnyStore::open(store)
         .await
         .with_context(|| format!("cannot open the {:?} store", store.backend))?;
     let writer = SaveWriter::start(opened, store.writer());
-    let served = run(addr, "arena", config, Arena::new(writer.clone())).await;
+    let drain_timeout = config.supervisor.drain_timeout;
+    let arena = Arena::with_options(writer.clone(), options)?;
+    let rooms = arena.rooms().clone();
+    let served = run(addr, "arena", config, arena).await;
+    if let Err(unfinished) = rooms.shutdown(drain_timeout).await {
+        tracing::error!(unfinished, "rooms still running at the drain timeout");
+    }
     // Whatever happened to the server, what was queued gets its chance to land.
     let flushed = writer.close(store.flush_timeout).await;
     Ok(exit_status(served?, flushed.err()))

@@ -30,6 +30,7 @@ impl Terminal {
     fn open(addr: std::net::SocketAddr, name: &str) -> Terminal {
         let mut child = gatehouse()
             .args(["client", "--addr", &addr.to_string(), "--name", name])
+            .args(["--password", &format!("{name}-secret")])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -36,7 +36,11 @@ async fn login(addr: SocketAddr, name: &str) -> (Client, pb::PlayerState) {
     let reply = client
         .request(
             routes::LOGIN,
-            pb::LoginRequest { name: name.into() }.encode_to_vec(),
+            pb::LoginRequest {
+                name: name.into(),
+                password: format!("{name}-secret"),
+            }
+            .encode_to_vec(),
         )
         .await
         .unwrap();

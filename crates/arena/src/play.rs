@@ -1,0 +1,214 @@
+//! The handlers of a logged-in player: rooms, chat, moving, whispers, who, and the
+//! fault-injection route. Each is a typed function over arena's protobuf messages;
+//! `lib.rs` routes to them.
+
+use gatehouse::typed::Failure;
+use gatehouse::{Context, Status};
+use gatehouse_store::Store;
+use prost::Message as _;
+use tokio::sync::oneshot;
+use tracing::info;
+
+use crate::world::{Joining, ToRoom};
+use crate::{
+    pb, routes, status, valid_name, Arena, Player, MAX_ROOMS, MAX_TEXT, MAX_WHO, WORLD_EDGE,
+};
+
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+fn no_room() -> Failure {
+    Failure::new(Status::UNAVAILABLE, "not in a room; join one")
+}
+
+impl<S: Store> Arena<S> {
+    /// Route ROOMS.
+    pub(crate) fn room_list(&self) -> pb::RoomList {
+        let rooms = self.rooms.list();
+        pb::RoomList {
+            total: count(rooms.len()),
+            rooms: rooms
+                .into_iter()
+                .take(MAX_ROOMS)
+                .map(|room| pb::RoomInfo {
+                    name: room.name,
+                    players: count(room.members),
+                })
+                .collect(),
+        }
+    }
+
+    /// Routes JOIN and LEAVE (a join of the lobby).
+    pub(crate) async fn join(
+        &self,
+        player: &mut Player,
+        ctx: &mut Context<'_, ()>,
+        request: pb::JoinRoom,
+    ) -> Result<pb::PlayerState, Failure> {
+        let room = request.room;
+        if !valid_name(&room) {
+            return Err(Failure::new(status::BAD_NAME, "bad room name"));
+        }
+        if let (true, Some(current)) = (room == player.state.room, &player.room) {
+            // Already there: a fresh RoomState, to resync.
+            current.send(ToRoom::Resync).await?;
+            return Ok(player.view());
+        }
+        {
+            // Leave first: the same connection cannot be in two rooms.
+            drop(player.room.take());
+            let joining = Joining {
+                name: player.state.name.clone(),
+                cell: player.cell.clone(),
+            };
+            let membership = match self.rooms.join(&room, ctx, joining).await {
+                Ok(membership) => membership,
+                Err(e) => {
+                    // Back where the player was (or the lobby), so it is somewhere.
+                    let fallback = Joining {
+                        name: player.state.name.clone(),
+                        cell: player.cell.clone(),
+                    };
+                    player.room = self
+                        .rooms
+                        .join(&player.state.room, ctx, fallback)
+                        .await
+                        .ok();
+                    return Err(match e {
+                        gatehouse::room::RoomError::Full => {
+                            Failure::new(status::ROOM_FULL, format!("room {room} is full"))
+                        }
+                        other => other.into(),
+                    });
+                }
+            };
+            player.room = Some(membership);
+            player.state.room = room;
+            ctx.mark_dirty();
+        }
+        Ok(player.view())
+    }
+
+    /// Route SAY.
+    pub(crate) async fn say(&self, player: &mut Player, request: pb::Say) -> Result<(), Failure> {
+        if request.text.len() > MAX_TEXT {
+            return Err(Failure::new(status::OUT_OF_RANGE, "text too long"));
+        }
+        let room = player.room.as_ref().ok_or_else(no_room)?;
+        room.send(ToRoom::Say(request.text)).await?;
+        Ok(())
+    }
+
+    /// Route MOVE: the room places the player, then the answer says where it stands.
+    pub(crate) async fn move_to(
+        &self,
+        player: &mut Player,
+        ctx: &mut Context<'_, ()>,
+        to: pb::Move,
+    ) -> Result<pb::PlayerState, Failure> {
+        let edge = -WORLD_EDGE..=WORLD_EDGE;
+        if !edge.contains(&to.x) || !edge.contains(&to.y) {
+            return Err(Failure::new(status::OUT_OF_RANGE, "outside the world"));
+        }
+        let room = player.room.as_ref().ok_or_else(no_room)?;
+        let (done, placed) = oneshot::channel();
+        room.send(ToRoom::Place {
+            x: to.x,
+            y: to.y,
+            done,
+        })
+        .await?;
+        placed
+            .await
+            .map_err(|_| Failure::new(Status::UNAVAILABLE, "the room restarted; move again"))?;
+        ctx.mark_dirty();
+        Ok(player.view())
+    }
+
+    /// Notify INPUT.
+    pub(crate) async fn input(
+        &self,
+        player: &mut Player,
+        ctx: &mut Context<'_, ()>,
+        input: pb::Input,
+    ) -> Result<(), Failure> {
+        let room = player.room.as_ref().ok_or_else(no_room)?;
+        room.send(ToRoom::Input(input)).await?;
+        ctx.mark_dirty();
+        Ok(())
+    }
+
+    /// Route WHISPER: to anyone online, wherever they are.
+    pub(crate) async fn whisper(
+        &self,
+        player: &mut Player,
+        ctx: &mut Context<'_, ()>,
+        whisper: pb::Whisper,
+    ) -> Result<(), Failure> {
+        if whisper.text.len() > MAX_TEXT {
+            return Err(Failure::new(status::OUT_OF_RANGE, "text too long"));
+        }
+        if !crate::lock(&self.online).contains_key(&whisper.to) {
+            return Err(Failure::new(status::NO_SUCH_PLAYER, "not online"));
+        }
+        let chat = pb::Chat {
+            from: player.state.name.clone(),
+            text: whisper.text,
+            room: String::new(),
+            whisper: true,
+        };
+        ctx.hub()
+            .push_to_player(&whisper.to, routes::CHAT, chat.encode_to_vec().into())
+            .await?;
+        Ok(())
+    }
+
+    /// Route WHO.
+    pub(crate) fn who(&self, player: &Player) -> pb::WhoReply {
+        let mut players: Vec<String> = crate::lock(&self.online).keys().cloned().collect();
+        let online = players.len();
+        players.sort_unstable();
+        players.truncate(MAX_WHO);
+        let in_room = self
+            .rooms
+            .get(&player.state.room)
+            .map_or(0, |room| room.stats().members);
+        pb::WhoReply {
+            players,
+            online: count(online),
+            in_room: count(in_room),
+        }
+    }
+
+    /// Route STATS.
+    pub(crate) fn stats(&self) -> pb::ServerStats {
+        let lateness = self
+            .rooms
+            .lateness_window(&mut crate::lock(&self.stats_window));
+        let micros = |d: std::time::Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        pb::ServerStats {
+            ticks: lateness.ticks,
+            late_ticks: lateness.late,
+            lateness_p50_us: micros(lateness.p50),
+            lateness_p99_us: micros(lateness.p99),
+            lateness_max_us: micros(lateness.max),
+            rooms: count(self.rooms.len()),
+            online: count(crate::lock(&self.online).len()),
+        }
+    }
+
+    /// Route CRASH_ROOM: fault injection, for tests and drills.
+    pub(crate) async fn crash_room(&self, player: &mut Player) -> Result<(), Failure> {
+        if !self.fault_injection {
+            return Err(Failure::new(
+                Status::FORBIDDEN,
+                "fault injection is disabled (server.allow_fault_injection)",
+            ));
+        }
+        info!(player = %player.state.name, room = %player.state.room, "fault injection: crashing the room");
+        let room = player.room.as_ref().ok_or_else(no_room)?;
+        room.send(ToRoom::Crash).await?;
+        Ok(())
+    }
+}
