@@ -156,3 +156,51 @@ fn a_server_that_is_not_there_is_an_error_not_a_report() {
     assert!(output.stdout.is_empty());
     assert!(String::from_utf8_lossy(&output.stderr).contains("cannot connect"));
 }
+
+#[test]
+fn bench_arena_drives_bots_in_rooms_and_reports_ticks_and_deltas() {
+    if !can_run("bench_arena_drives_bots_in_rooms_and_reports_ticks_and_deltas") {
+        return;
+    }
+    let dir = scratch("bench-arena");
+    let config = write_file(
+        &dir,
+        "arena.toml",
+        &format!(
+            "[store]\ndata_dir = {:?}\n",
+            dir.join("data").to_str().unwrap()
+        ),
+    );
+    let server = ServerProcess::start(&["--config", config.to_str().unwrap(), "--log", "warn"]);
+    let addr = server.addr.to_string();
+    let pid = server.child.id().to_string();
+    let report = bench(&[
+        "arena",
+        "--addr",
+        &addr,
+        "--players",
+        "12",
+        "--room-size",
+        "4",
+        "--duration",
+        "1.5",
+        "--warmup",
+        "0.5",
+        "--server-pid",
+        &pid,
+    ]);
+    assert_eq!(
+        (report["players"].as_u64(), report["rooms"].as_u64()),
+        (Some(12), Some(3))
+    );
+    assert_eq!(report["missing"], 0);
+    assert_eq!(report["dropped"], 0);
+    // Three rooms at 20 Hz for 1.5 s, every bot walking: a delta nearly every tick.
+    let ticks = report["ticks"].as_u64().unwrap();
+    assert!((70..=100).contains(&ticks), "{report}");
+    let deltas = report["deltas_per_bot_per_sec"].as_f64().unwrap();
+    assert!(deltas > 10.0 && deltas <= 21.0, "{report}");
+    assert!(report["lateness_p99_us"].is_u64());
+    assert!(report["server_cpu_percent"].is_number());
+    assert!(report["server_rss_bytes"].as_u64().unwrap() > 0);
+}

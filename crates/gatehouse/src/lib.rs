@@ -1,17 +1,20 @@
 //! gatehouse: a supervised connection front end for game servers.
 //!
 //! One task per TCP connection, Erlang `{packet, 4}` framing, a hub for broadcast
-//! and rooms, a DoS checker, timers, and a supervision tree that closes every
-//! connection cleanly (running each disconnect hook once) when the hub crashes.
-//! A game implements [`Service`]; [`Server::run`] serves it.
+//! and groups, a DoS checker, timers, and a supervision tree that closes every
+//! connection cleanly (running each disconnect hook once) when the hub crashes; for
+//! the game: login, supervised rooms with ticks, a [`ServerHandle`] that survives hub
+//! restarts, and typed handlers. A game implements [`Service`]; [`Server::run`]
+//! serves it.
 //!
 //! Crate map, from the bottom up (a module uses only those above it in this list):
 //! - [`config`]: the runtime's configuration, defaults, validation.
 //! - [`limits`]: inbound rates (the DoS checker) and admission caps.
 //! - `connection`: one connection without I/O: the `ConnectionCore` state machine,
 //!   its output queue and byte budget, [`DisconnectReason`].
-//! - `mailbox`: how the hub, rooms and timers reach a connection.
+//! - `guard`: panics caught as messages, OTP's restart intensity (every supervisor's).
 //! - [`timer`]: timers for sessions and rooms.
+//! - `mailbox`: how the hub, rooms and timers reach a connection.
 //! - [`hub`]: the seed's `gs_svr`: registry, groups, broadcast, counts.
 //! - [`service`]: the trait a game implements and its handler [`Context`].
 //! - [`room`]: supervised rooms with ticks ([`room::Rooms`], [`room::Room`]).
