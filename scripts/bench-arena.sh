@@ -36,6 +36,9 @@ cargo build --release -q -p gatehouse-cli
 bin="$(pwd)/target/release/gatehouse"
 out="target/bench/arena-$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$out"
+# The generator runs from its own copy of the binary (see scripts/bench.sh).
+gen_bin="$out/gatehouse-gen"
+cp "$bin" "$gen_bin"
 results="$out/results.jsonl"
 server_cpu=""; gen_cpu=""
 if [ "$(nproc)" -ge 2 ]; then server_cpu="taskset -c 0"; gen_cpu="taskset -c 1"; fi
@@ -76,7 +79,7 @@ for size in $sizes; do
     for n in $players; do
         run_dir="$out/size$size-n$n"
         start_server "$run_dir"
-        line="$($gen_cpu "$bin" bench arena --addr "$addr" --players "$n" --room-size "$size" \
+        line="$($gen_cpu "$gen_bin" bench arena --addr "$addr" --players "$n" --room-size "$size" \
             --duration "$duration" --server-pid "$server_pid" --quiet 2> "$run_dir/bench.stderr" || true)"
         stop_server
         if [ -z "$line" ]; then

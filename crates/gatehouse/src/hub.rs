@@ -420,6 +420,7 @@ pub(crate) fn spawn<M: Send + 'static>(
         conns: HashMap::new(),
         groups: HashMap::new(),
         players: HashMap::new(),
+        player_of: HashMap::new(),
     };
     let handle = HubHandle {
         tx,
@@ -435,14 +436,15 @@ struct Hub<M> {
     groups: HashMap<Arc<str>, HashSet<ConnId>>,
     /// Logged-in players' connections, by name.
     players: HashMap<Arc<str>, ConnId>,
+    /// The name each logged-in connection has (kept apart from `conns`, whose entries
+    /// every broadcast walks: they stay small).
+    player_of: HashMap<ConnId, Arc<str>>,
 }
 
 struct Entry<M> {
     mailbox: Arc<Mailbox<M>>,
     /// The groups this connection is in, to leave them when it ends.
     groups: Vec<Arc<str>>,
-    /// The player this connection logged in as.
-    player: Option<Arc<str>>,
 }
 
 impl<M: Send + 'static> Hub<M> {
@@ -461,7 +463,6 @@ impl<M: Send + 'static> Hub<M> {
                     Entry {
                         mailbox,
                         groups: Vec::new(),
-                        player: None,
                     },
                 );
             }
@@ -470,9 +471,9 @@ impl<M: Send + 'static> Hub<M> {
                     for group in entry.groups {
                         self.remove_member(&group, id);
                     }
-                    if let Some(player) = entry.player {
-                        self.forget_player(&player, id);
-                    }
+                }
+                if let Some(player) = self.player_of.remove(&id) {
+                    self.forget_player(&player, id);
                 }
                 debug!(conn = %id, total = self.conns.len(), "connection_ended");
             }
@@ -484,10 +485,10 @@ impl<M: Send + 'static> Hub<M> {
                 }
             }
             Command::Login { id, player } => {
-                let Some(entry) = self.conns.get_mut(&id) else {
+                if !self.conns.contains_key(&id) {
                     return;
-                };
-                if let Some(previous) = entry.player.replace(player.clone()) {
+                }
+                if let Some(previous) = self.player_of.insert(id, player.clone()) {
                     self.forget_player(&previous, id);
                 }
                 // The latest login of a name has it.
@@ -605,6 +606,7 @@ pub mod bench_support {
                 conns: HashMap::new(),
                 groups: HashMap::new(),
                 players: HashMap::new(),
+                player_of: HashMap::new(),
             };
             let peer = SocketAddr::from(([127, 0, 0, 1], 9));
             let mailboxes: Vec<_> = (0..n)
