@@ -107,7 +107,7 @@ impl Accounts {
 
     /// Whether a login for `name` from `ip` may try a password now.
     pub(crate) fn admit(&self, name: &str, ip: IpAddr) -> Result<(), Refused> {
-        if self.names.blocked(name) || self.addresses.blocked(&ip) {
+        if self.names.blocked(name) || self.addresses.blocked(&network(ip)) {
             return Err(Refused::Blocked);
         }
         Ok(())
@@ -128,7 +128,7 @@ impl Accounts {
             .await;
         if checked == Err(Refused::Wrong) {
             self.names.failed(name.to_owned());
-            self.addresses.failed(ip);
+            self.addresses.failed(network(ip));
         }
         checked
     }
@@ -154,6 +154,15 @@ impl Accounts {
         });
         self.hashing.send(job).await.map_err(|_| Refused::Broken)?;
         answered.await.map_err(|_| Refused::Broken)?
+    }
+}
+
+/// The address wrong passwords count against: an IPv4 address, or an IPv6 /64 (one
+/// host usually has a whole /64, as the server's admission counts it).
+fn network(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
     }
 }
 
@@ -333,5 +342,16 @@ mod tests {
         }
         assert_eq!(accounts.admit("bob", ip), Err(Refused::Blocked));
         assert_eq!(accounts.admit("bob", IpAddr::from([10, 0, 0, 2])), Ok(()));
+        // IPv6 counts per /64.
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        for _ in 0..4 {
+            accounts.addresses.failed(network(a));
+        }
+        assert_eq!(accounts.admit("carol", b), Err(Refused::Blocked));
+        assert_eq!(
+            accounts.admit("carol", "2001:db8:1:3::1".parse().unwrap()),
+            Ok(())
+        );
     }
 }

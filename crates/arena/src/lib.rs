@@ -151,8 +151,9 @@ pub struct Arena<S> {
     rooms: Rooms<ArenaRoom>,
     accounts: Accounts,
     fault_injection: bool,
-    /// Where the STATS route's window of tick lateness starts.
-    stats_window: Mutex<LatenessMark>,
+    /// Where the STATS route's window of tick lateness starts, and when it last
+    /// answered.
+    stats_window: Mutex<(LatenessMark, Option<std::time::Instant>)>,
     online: Mutex<HashMap<String, login::Online>>,
     /// Logins to one name take turns: each takes over from the one before, so that
     /// however many arrive at once, exactly one is left online.
@@ -217,7 +218,7 @@ impl<S: Store> Arena<S> {
             rooms,
             accounts: Accounts::new(options.guessing),
             fault_injection: options.fault_injection,
-            stats_window: Mutex::new(LatenessMark::default()),
+            stats_window: Mutex::new((LatenessMark::default(), None)),
             online: Mutex::new(HashMap::new()),
             turns: Mutex::new(HashMap::new()),
         })
@@ -282,7 +283,7 @@ impl<S: Store> Service for Arena<S> {
             routes::WHISPER => typed::request(payload, |r| self.whisper(player, ctx, r)).await,
             routes::WHO => typed::request(payload, |()| async { Ok(self.who(player)) }).await,
             routes::CRASH_ROOM => typed::request(payload, |()| self.crash_room(player)).await,
-            routes::STATS => typed::request(payload, |()| async { Ok(self.stats()) }).await,
+            routes::STATS => typed::request(payload, |()| async { self.stats() }).await,
             other => Reply::unknown_route(other),
         }
     }

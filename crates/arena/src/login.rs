@@ -147,6 +147,9 @@ impl<S: Store> Arena<S> {
         let Ok(_my_turn) = tokio::time::timeout(TAKEOVER_TIMEOUT, turn.lock.lock()).await else {
             return Err(busy());
         };
+        // Again within the turn: guesses sent all at once wait here, one after another,
+        // and the ones past the limit stop here.
+        self.accounts.admit(&name, ip).map_err(refused)?;
 
         // Who is this? The latest state, a save still queued included.
         let (known, _) = self.load(&name).await?;
@@ -169,7 +172,6 @@ impl<S: Store> Arena<S> {
         let new_account = state.password_hash.is_empty();
         state.password_hash = password_hash;
         state.logins += 1;
-        ctx.logged_in(&name).await?;
         let cell = PlayerCell::new(&state);
         let joining = Joining {
             name: name.clone(),
@@ -184,6 +186,8 @@ impl<S: Store> Arena<S> {
             }
             Err(e) => return Err(e.into()),
         };
+        // Named (and free of the login deadline) only once the player has a room.
+        ctx.logged_in(&name).await?;
         let mut player = Player {
             state,
             cell,

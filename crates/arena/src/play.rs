@@ -14,6 +14,9 @@ use crate::{
     pb, routes, status, valid_name, Arena, Player, MAX_ROOMS, MAX_TEXT, MAX_WHO, WORLD_EDGE,
 };
 
+/// The least time between two STATS answers, server-wide.
+const STATS_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
 fn count(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
@@ -181,13 +184,25 @@ impl<S: Store> Arena<S> {
         }
     }
 
-    /// Route STATS.
-    pub(crate) fn stats(&self) -> pb::ServerStats {
-        let lateness = self
-            .rooms
-            .lateness_window(&mut crate::lock(&self.stats_window));
+    /// Route STATS: at most one answer per [`STATS_EVERY`] server-wide (each one
+    /// copies the lateness histogram, under the lock every tick takes).
+    pub(crate) fn stats(&self) -> Result<pb::ServerStats, Failure> {
+        let mut window = crate::lock(&self.stats_window);
+        let now = std::time::Instant::now();
+        if window
+            .1
+            .is_some_and(|last| now.duration_since(last) < STATS_EVERY)
+        {
+            return Err(Failure::new(
+                Status::UNAVAILABLE,
+                "stats asked too often; wait a moment",
+            ));
+        }
+        window.1 = Some(now);
+        let lateness = self.rooms.lateness_window(&mut window.0);
+        drop(window);
         let micros = |d: std::time::Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        pb::ServerStats {
+        Ok(pb::ServerStats {
             ticks: lateness.ticks,
             late_ticks: lateness.late,
             lateness_p50_us: micros(lateness.p50),
@@ -195,7 +210,7 @@ impl<S: Store> Arena<S> {
             lateness_max_us: micros(lateness.max),
             rooms: count(self.rooms.len()),
             online: count(crate::lock(&self.online).len()),
-        }
+        })
     }
 
     /// Route CRASH_ROOM: fault injection, for tests and drills.

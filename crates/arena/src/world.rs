@@ -30,6 +30,12 @@ pub(crate) struct PlayerCell {
     moves: AtomicU64,
     /// The player is walking: its position still changes without new input.
     walking: AtomicBool,
+    /// Which room's walker may write the cell: the latest to join. (While a player
+    /// changes rooms, the old room may tick once more after the new one has read
+    /// the cell; its write must not land.)
+    owner: AtomicU64,
+    /// The last owner token handed out.
+    owners: AtomicU64,
 }
 
 impl PlayerCell {
@@ -43,6 +49,17 @@ impl PlayerCell {
     fn place(&self, x: i32, y: i32) {
         self.x.store(x, Ordering::Relaxed);
         self.y.store(y, Ordering::Relaxed);
+    }
+
+    /// Makes the caller the only writer from now on; returns its token.
+    fn claim(&self) -> u64 {
+        let token = self.owners.fetch_add(1, Ordering::Relaxed) + 1;
+        self.owner.store(token, Ordering::Relaxed);
+        token
+    }
+
+    fn owned_by(&self, token: u64) -> bool {
+        self.owner.load(Ordering::Relaxed) == token
     }
 
     /// Copies position and moves into `state`.
@@ -96,6 +113,8 @@ enum Walk {
 struct Walker {
     name: String,
     cell: Arc<PlayerCell>,
+    /// This walker's right to write the cell ([`PlayerCell::claim`]).
+    token: u64,
     x: i32,
     y: i32,
     walk: Walk,
@@ -113,9 +132,26 @@ impl Walker {
 
     fn set_walk(&mut self, walk: Walk) {
         self.walk = walk;
-        self.cell
-            .walking
-            .store(walk != Walk::Still, Ordering::Relaxed);
+        if self.cell.owned_by(self.token) {
+            self.cell
+                .walking
+                .store(walk != Walk::Still, Ordering::Relaxed);
+        }
+    }
+
+    /// Stands at (x, y), in the cell too while this walker owns it.
+    fn put(&mut self, x: i32, y: i32) {
+        (self.x, self.y) = (x, y);
+        self.moved = true;
+        if self.cell.owned_by(self.token) {
+            self.cell.place(x, y);
+        }
+    }
+
+    fn count_move(&self) {
+        if self.cell.owned_by(self.token) {
+            self.cell.moves.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// One tick of walking.
@@ -132,9 +168,7 @@ impl Walker {
         let y = (self.y + dy).clamp(-WORLD_EDGE, WORLD_EDGE);
         let changed = (x, y) != (self.x, self.y);
         if changed {
-            (self.x, self.y) = (x, y);
-            self.moved = true;
-            self.cell.place(x, y);
+            self.put(x, y);
         }
         let arrived = matches!(self.walk, Walk::Target(tx, ty) if (tx, ty) == (x, y));
         let blocked = matches!(self.walk, Walk::Direction(..)) && !changed;
@@ -189,6 +223,7 @@ impl Room for ArenaRoom {
         let mut walker = Walker {
             name: join.name.clone(),
             cell: join.cell.clone(),
+            token: join.cell.claim(),
             x: state.x,
             y: state.y,
             walk: Walk::Still,
@@ -202,10 +237,10 @@ impl Room for ArenaRoom {
     }
 
     fn leave(&mut self, _ctx: &mut RoomContext<'_, Self>, member: ConnId) {
-        let Some(walker) = self.walkers.remove(&member) else {
+        let Some(mut walker) = self.walkers.remove(&member) else {
             return;
         };
-        walker.cell.walking.store(false, Ordering::Relaxed);
+        walker.set_walk(Walk::Still);
         self.owed_state.retain(|id| *id != member);
         let before = self.entered.len();
         self.entered.retain(|id| *id != member);
@@ -225,7 +260,9 @@ impl Room for ArenaRoom {
                 return;
             }
             ToRoom::Resync => {
-                self.owed_state.push(member);
+                if !self.owed_state.contains(&member) {
+                    self.owed_state.push(member);
+                }
                 return;
             }
             _ => {}
@@ -246,14 +283,12 @@ impl Room for ArenaRoom {
                     },
                 };
                 walker.set_walk(walk);
-                walker.cell.moves.fetch_add(1, Ordering::Relaxed);
+                walker.count_move();
             }
             ToRoom::Place { x, y, done } => {
                 walker.set_walk(Walk::Still);
-                (walker.x, walker.y) = (x, y);
-                walker.moved = true;
-                walker.cell.place(x, y);
-                walker.cell.moves.fetch_add(1, Ordering::Relaxed);
+                walker.put(x, y);
+                walker.count_move();
                 let _ = done.send(()); // the handler may have been dropped
             }
             ToRoom::Say(text) => {
@@ -323,9 +358,11 @@ mod tests {
     use super::*;
 
     fn walker(x: i32, y: i32, walk: Walk) -> Walker {
+        let cell: Arc<PlayerCell> = Arc::default();
         let mut walker = Walker {
             name: "w".into(),
-            cell: Arc::default(),
+            token: cell.claim(),
+            cell,
             x,
             y,
             walk: Walk::Still,
@@ -359,5 +396,27 @@ mod tests {
         assert_eq!((w.x, w.walk), (WORLD_EDGE, Walk::Direction(1, 0)));
         w.step();
         assert_eq!((w.x, w.walk), (WORLD_EDGE, Walk::Still));
+    }
+
+    #[test]
+    fn only_the_latest_room_to_take_a_player_writes_its_cell() {
+        let mut old = walker(0, 0, Walk::Direction(1, 0));
+        let mut new = Walker {
+            name: "w".into(),
+            token: old.cell.claim(),
+            cell: old.cell.clone(),
+            x: 0,
+            y: 0,
+            walk: Walk::Still,
+            moved: false,
+        };
+        old.step(); // the old room ticks once more after the player moved on
+        assert_eq!(old.x, 20);
+        let mut state = pb::PlayerState::default();
+        old.cell.read_into(&mut state);
+        assert_eq!(state.x, 0, "the old room's walk did not reach the cell");
+        new.put(5, 5);
+        new.cell.read_into(&mut state);
+        assert_eq!((state.x, state.y), (5, 5));
     }
 }

@@ -117,15 +117,15 @@ pub(crate) async fn run(
             logins.push(tokio::spawn(join(options.addr, source, name, room)));
         }
         for login in logins {
-            let (client, pushes, tick) = login.await.context("a bot panicked")??;
-            joined.push((client, pushes, tick));
+            let joined_room = login.await.context("a bot panicked")??;
+            joined.push(joined_room);
             progress.advance(1);
         }
     }
     let stats_client = joined[0].0.clone();
     let every = Duration::from_secs_f64(1.0 / options.input_rate);
-    for (i, (client, pushes, tick)) in joined.into_iter().enumerate() {
-        bots.push(tokio::spawn(follow(pushes, tick, counters.clone())));
+    for (i, (client, pushes, room, tick)) in joined.into_iter().enumerate() {
+        bots.push(tokio::spawn(follow(pushes, room, tick, counters.clone())));
         bots.push(tokio::spawn(walk(client, every, i as u64 + 1)));
     }
 
@@ -174,13 +174,13 @@ pub(crate) async fn run(
 }
 
 /// One bot: connects (from `source`), logs in (creating its account), joins `room`;
-/// returns its client, its pushes, and the tick its room state was at.
+/// returns its client, its pushes, its room, and the tick its room state was at.
 async fn join(
     addr: SocketAddr,
     source: Option<std::net::IpAddr>,
     name: String,
     room: String,
-) -> anyhow::Result<(Client, Pushes, u64)> {
+) -> anyhow::Result<(Client, Pushes, String, u64)> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
@@ -213,14 +213,14 @@ async fn join(
         if push.route == routes::ROOM_STATE {
             let state = pb::RoomState::decode(push.payload)?;
             if state.room == room {
-                return Ok((client, pushes, state.tick));
+                return Ok((client, pushes, room, state.tick));
             }
         }
     }
 }
 
-/// Reads a bot's pushes: counts deltas and the ones missed.
-async fn follow(mut pushes: Pushes, mut tick: u64, counters: Arc<Counters>) {
+/// Reads a bot's pushes: counts its room's deltas and the ones missed.
+async fn follow(mut pushes: Pushes, room: String, mut tick: u64, counters: Arc<Counters>) {
     while let Some(push) = pushes.next().await {
         if push.route != routes::DELTA {
             continue;
@@ -228,6 +228,9 @@ async fn follow(mut pushes: Pushes, mut tick: u64, counters: Arc<Counters>) {
         let Ok(delta) = pb::Delta::decode(push.payload) else {
             continue;
         };
+        if delta.room != room {
+            continue; // the lobby's last ones
+        }
         if delta.since != tick {
             counters.missing.fetch_add(1, Relaxed);
         }

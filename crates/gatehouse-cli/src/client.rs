@@ -279,6 +279,9 @@ fn apply_push(push: &Push, view: &mut View) -> Vec<String> {
             let Ok(delta) = pb::Delta::decode(payload) else {
                 return Vec::new();
             };
+            if delta.room != view.room {
+                return Vec::new(); // a room just left
+            }
             let mut lines = Vec::new();
             if delta.since != view.tick {
                 lines.push(format!(

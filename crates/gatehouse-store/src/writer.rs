@@ -450,7 +450,9 @@ async fn run<S: Store>(inner: Arc<Inner<S>>) {
             Ok(outcomes) => {
                 backoff.reset();
                 for (write, stored, data) in inner.settle(&writes, &outcomes) {
-                    inner.own_or_lost(&write, stored, data).await;
+                    if !inner.own_or_lost(&write, stored, data).await {
+                        backoff.wait().await;
+                    }
                 }
             }
             Err(e) => {
@@ -587,8 +589,8 @@ impl<S: Store> Inner<S> {
     /// a call that failed. If the stored record is that very write, it did commit:
     /// the queued state builds on it and is written again. If it is not, the
     /// conflict is real. If the record cannot be read now, nothing is decided: the
-    /// state stays queued and the next attempt asks again.
-    async fn own_or_lost(&self, write: &Write, stored: u64, data: Bytes) {
+    /// state stays queued and the next attempt asks again (false: after a pause).
+    async fn own_or_lost(&self, write: &Write, stored: u64, data: Bytes) -> bool {
         let key = &write.record.key;
         match guarded(self.config.call_timeout, self.store.load(key)).await {
             Ok(Some(record)) if record.version == stored && record.data == data => {
@@ -599,11 +601,16 @@ impl<S: Store> Inner<S> {
                 }
                 self.saved.fetch_add(1, Relaxed);
                 info!(key = %key, version = stored, "a save whose acknowledgement was lost had landed; the newer one builds on it");
+                true
             }
-            Ok(_) => self.lose(&mut lock(&self.state), write, stored),
+            Ok(_) => {
+                self.lose(&mut lock(&self.state), write, stored);
+                true
+            }
             Err(e) => {
                 self.failed_attempts.fetch_add(1, Relaxed);
                 warn!(key = %key, error = %e, "cannot read back a possibly landed save; will retry");
+                false
             }
         }
     }

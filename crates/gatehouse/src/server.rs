@@ -55,17 +55,25 @@ impl<S: Service> Server<S> {
         // Dropping this future (an embedder's select! took another branch) stops the
         // server too, instead of leaving it running unsupervised.
         let _stop_on_drop = token.clone().drop_guard();
-        let shared = self.shared.clone();
+        // However this ends (returned, or the future dropped), handles learn it at once.
+        let _stopped = Stopped(self.shared.clone());
         let supervised = supervisor::supervise(listener, self.shared, token.clone());
         tokio::pin!(supervised, shutdown);
-        let result = tokio::select! {
+        tokio::select! {
             result = &mut supervised => result,
             () = &mut shutdown => {
                 token.cancel();
                 supervised.await
             }
-        };
-        shared.hub_slot.publish(HubState::Stopped);
-        result
+        }
+    }
+}
+
+/// Publishes [`HubState::Stopped`] for the server's handles when dropped.
+struct Stopped<S: Service>(Arc<Shared<S>>);
+
+impl<S: Service> Drop for Stopped<S> {
+    fn drop(&mut self) {
+        self.0.hub_slot.publish(HubState::Stopped);
     }
 }

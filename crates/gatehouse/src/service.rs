@@ -268,9 +268,11 @@ impl<M: Send + 'static> Context<'_, M> {
     }
 
     /// Delivers a copy of `message` to this session's [`Service::message`] handler
-    /// every `period`, the first after one period, until the connection ends or the
-    /// timer is cancelled. A handler slower than the period delays the next one
-    /// rather than queueing a burst.
+    /// every `period` (above zero), the first after one period, until the connection
+    /// ends or the timer is cancelled. Missed ticks are not made up in a burst; but
+    /// each message waits in the connection's queue like any other delivery, so a
+    /// handler slower than the period lets them pile up until the outbound budget is
+    /// spent (the connection then closes as a slow consumer).
     pub fn every(&mut self, period: Duration, message: M) -> Result<Timer, TimerError>
     where
         M: Clone,

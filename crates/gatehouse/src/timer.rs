@@ -27,6 +27,9 @@ pub enum TimerError {
     /// The owner has ended.
     #[error("the timer's owner has ended")]
     Ended,
+    /// An interval of zero.
+    #[error("a timer's period must be above zero")]
+    ZeroPeriod,
 }
 
 /// A running timer. Dropping it lets it run; [`Timer::cancel`] stops it.
@@ -75,6 +78,9 @@ impl Timers {
         if self.owner.is_cancelled() {
             return Err(TimerError::Ended);
         }
+        if period.is_some_and(|p| p.is_zero()) {
+            return Err(TimerError::ZeroPeriod);
+        }
         if self.running.fetch_add(1, Ordering::AcqRel) >= MAX_TIMERS {
             self.running.fetch_sub(1, Ordering::AcqRel);
             return Err(TimerError::TooMany);
@@ -89,7 +95,8 @@ impl Timers {
                 () = cancelled.cancelled() => return,
                 () = tokio::time::sleep_until(first) => {}
             }
-            if !fire().await {
+            // Cancelled just as it woke: it does not fire.
+            if cancelled.is_cancelled() || !fire().await {
                 return;
             }
             let Some(period) = period else { return };
@@ -99,7 +106,7 @@ impl Timers {
                 tokio::select! {
                     () = cancelled.cancelled() => return,
                     _ = interval.tick() => {
-                        if !fire().await {
+                        if cancelled.is_cancelled() || !fire().await {
                             return;
                         }
                     }

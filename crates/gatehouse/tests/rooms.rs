@@ -42,6 +42,8 @@ mod routes {
     pub const ROOM_PROBE_TIMER: u16 = 7;
     /// Request: the room pushes its own tick count (u64 BE) on TICKS.
     pub const REPORT: u16 = 8;
+    /// Request: from now on each of the room's ticks takes 20 ms (longer than its period).
+    pub const SLOW_TICKS: u16 = 9;
     /// Push from a session timer.
     pub const FIRED: u16 = 100;
     /// Push: the room's tick count.
@@ -66,11 +68,13 @@ enum ToRoom {
     Stall,
     Probe(Arc<()>),
     Report,
+    SlowTicks,
 }
 
 struct TestRoom {
     seen: Arc<Seen>,
     crash_next_tick: bool,
+    slow_ticks: bool,
     /// Carried across restarts with `Restart::FromSnapshot`.
     ticks: u64,
     _timers: Vec<gatehouse::timer::Timer>,
@@ -86,6 +90,7 @@ impl Room for TestRoom {
         TestRoom {
             seen: seen.clone(),
             crash_next_tick: false,
+            slow_ticks: false,
             ticks: restored.unwrap_or(0),
             _timers: Vec::new(),
         }
@@ -116,6 +121,7 @@ impl Room for TestRoom {
                 }
             }
             ToRoom::Crash => self.crash_next_tick = true,
+            ToRoom::SlowTicks => self.slow_ticks = true,
             ToRoom::Stall => std::thread::sleep(Duration::from_millis(300)),
             ToRoom::Report => {
                 if let Origin::Member(id) = from {
@@ -133,6 +139,9 @@ impl Room for TestRoom {
 
     fn tick(&mut self, _ctx: &mut RoomContext<'_, Self>, _dt: Duration) {
         self.ticks += 1;
+        if self.slow_ticks {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         if self.crash_next_tick {
             panic!("test room crash at tick {}", self.ticks);
         }
@@ -195,6 +204,7 @@ impl Service for Game {
             routes::CRASH => to_room(&session.room, ToRoom::Crash).await,
             routes::STALL => to_room(&session.room, ToRoom::Stall).await,
             routes::REPORT => to_room(&session.room, ToRoom::Report).await,
+            routes::SLOW_TICKS => to_room(&session.room, ToRoom::SlowTicks).await,
             routes::ROOM_PROBE_TIMER => {
                 to_room(&session.room, ToRoom::Probe(self.seen.probe.clone())).await
             }
@@ -601,4 +611,24 @@ async fn a_refused_join_answers_the_rooms_status_and_shutdown_stops_every_room()
     let expected: Vec<_> = expected.iter().map(|(n, r)| (n.to_string(), *r)).collect();
     assert_eq!(stopped, expected);
     assert!(rooms.create("late").is_err(), "no room after shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_whose_ticks_overrun_still_serves_its_members_and_counts_them_late() {
+    let Started { server, rooms, .. } = start(ticking(5)).await;
+    let mut member = joined(&server, "a").await;
+    assert!(member.request(routes::SLOW_TICKS, "").await.0.is_ok());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Every tick takes four periods: the room is always behind, yet answers.
+    let started = Instant::now();
+    let ticks = room_ticks(&mut member).await;
+    assert!(ticks > 0);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let stats = stats(&rooms, "a");
+    assert!(stats.late_ticks > 0, "{stats:?}");
+    assert!(server.shutdown().await.is_ok());
 }

@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use tracing::warn;
 
 use super::task::{Input, Members};
-use super::{Origin, Room};
+use super::Room;
 use crate::connection::ConnId;
 use crate::timer::{Timer, TimerError, Timers};
 
@@ -20,6 +20,8 @@ pub struct RoomContext<'a, R: Room> {
     pub(super) timers: &'a Timers,
     /// The room's own mailbox, for its timers.
     pub(super) inputs: &'a mpsc::Sender<Input<R>>,
+    /// Which life of the room this is: its timers' messages reach no later one.
+    pub(super) life: u64,
     pub(super) max_frame: usize,
     /// Set by [`RoomContext::close`]: the room stops after this hook.
     pub(super) close: &'a mut bool,
@@ -103,7 +105,7 @@ impl<R: Room> RoomContext<'_, R> {
         }
     }
 
-    /// Sends the room `message` (from [`Origin::Timer`]) after `delay`. Timers end
+    /// Sends the room `message` (from [`Origin::Timer`](super::Origin::Timer)) after `delay`. Timers end
     /// with this life of the room (a restart or a stop cancels them).
     pub fn after(&mut self, delay: Duration, message: R::Message) -> Result<Timer, TimerError> {
         let mut message = Some(message);
@@ -125,17 +127,13 @@ impl<R: Room> RoomContext<'_, R> {
         mut next: impl FnMut() -> Option<R::Message> + Send + 'static,
     ) -> Result<Timer, TimerError> {
         let inputs = self.inputs.clone();
+        let life = self.life;
         self.timers.start(delay, period, move || {
             let inputs = inputs.clone();
             let message = next();
             async move {
                 let Some(message) = message else { return false };
-                let input = Input::Message {
-                    from: Origin::Timer,
-                    message,
-                    queued: None,
-                };
-                inputs.send(input).await.is_ok()
+                inputs.send(Input::Timer { life, message }).await.is_ok()
             }
         })
     }

@@ -119,6 +119,7 @@ impl<R: Room> Rooms<R> {
             members: HashMap::new(),
             had_members: false,
             snapshot: None,
+            life: 0,
         };
         let weak: Weak<Registry<R>> = Arc::downgrade(registry);
         registry.tracker.spawn(async move {
@@ -395,5 +396,73 @@ impl<R: Room> Drop for Membership<R> {
             member: self.member,
             serial: self.serial,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::Poll;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::room::{Origin, Refusal, RoomContext};
+
+    struct Nobody;
+
+    impl MemberSink for Nobody {
+        fn deliver_frame(&self, _frame: Bytes) -> bool {
+            true
+        }
+        fn kick(&self, _reason: KickReason, _text: String) {}
+    }
+
+    struct Empty;
+
+    impl Room for Empty {
+        type Config = ();
+        type Join = ();
+        type Message = ();
+        type Snapshot = ();
+        fn create(_: &str, _: &(), _: Option<()>) -> Self {
+            Empty
+        }
+        fn join(
+            &mut self,
+            _: &mut RoomContext<'_, Self>,
+            _: ConnId,
+            _: &(),
+        ) -> Result<(), Refusal> {
+            Ok(())
+        }
+        fn leave(&mut self, _: &mut RoomContext<'_, Self>, _: ConnId) {}
+        fn message(&mut self, _: &mut RoomContext<'_, Self>, _: Origin, _: ()) {}
+    }
+
+    #[tokio::test]
+    async fn a_join_given_up_before_the_room_took_it_leaves_no_ghost_member() {
+        let options = RoomOptions {
+            close_when_empty: false,
+            ..RoomOptions::default()
+        };
+        let rooms = Rooms::<Empty>::new((), options).unwrap();
+        let room = rooms.create("r").unwrap();
+        // The join is queued (sent into the mailbox), then its caller is dropped
+        // before the room answers: its leave goes first, down the side channel.
+        {
+            let mut joining = pin!(room.join_sink(ConnId(7), Arc::new(Nobody), ()));
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            assert!(matches!(joining.as_mut().poll(&mut cx), Poll::Pending));
+        }
+        // A later join of another connection is answered after the room has seen both.
+        let kept = room
+            .join_sink(ConnId(8), Arc::new(Nobody), ())
+            .await
+            .unwrap();
+        assert_eq!(room.stats().members, 1, "only the join that waited counts");
+        drop(kept);
+        rooms.shutdown(Duration::from_secs(5)).await.unwrap();
     }
 }

@@ -35,6 +35,20 @@ pub(crate) enum Input<R: Room> {
         /// The sending member's count of queued messages, given back when handled.
         queued: Option<Arc<AtomicU32>>,
     },
+    /// A timer's message, for the life of the room that started the timer only.
+    Timer { life: u64, message: R::Message },
+}
+
+/// Ready inputs (and all ready leaves) handled after each tick, so that a room whose
+/// ticks fall behind still serves its members.
+const INPUTS_PER_TICK: usize = 64;
+
+/// What woke a life's loop.
+enum Woke<R: Room> {
+    Stop,
+    Tick,
+    Leave(Leave),
+    Input(Input<R>),
 }
 
 /// A membership ended. Sent apart from the mailbox (at most one per membership, so
@@ -79,6 +93,8 @@ pub(crate) struct RoomTask<R: Room> {
     /// Whether anyone ever joined: only then does an empty room close.
     pub(crate) had_members: bool,
     pub(crate) snapshot: Option<R::Snapshot>,
+    /// Which life of the room runs (for its timers).
+    pub(crate) life: u64,
 }
 
 impl<R: Room> RoomTask<R> {
@@ -89,6 +105,7 @@ impl<R: Room> RoomTask<R> {
         let mut restored = None;
         let mut restarted = false;
         let reason = loop {
+            self.life += 1;
             let timers = Timers::new();
             let end = match catch(|| R::create(&self.name, &self.config, restored.take())) {
                 Ok(mut room) => {
@@ -159,6 +176,7 @@ impl<R: Room> RoomTask<R> {
             members: &self.members,
             timers,
             inputs: &self.sender,
+            life: self.life,
             max_frame: self.options.max_frame_bytes,
             close: &mut close,
         };
@@ -197,9 +215,15 @@ impl<R: Room> RoomTask<R> {
         // after it.
         let mut due = Instant::now() + period.unwrap_or_default();
         loop {
-            let (result, close) = tokio::select! {
+            let woke = tokio::select! {
                 biased;
-                () = self.stop.cancelled() => {
+                () = self.stop.cancelled() => Woke::Stop,
+                () = tokio::time::sleep_until(due), if period.is_some() => Woke::Tick,
+                Some(leave) = self.leaves.recv() => Woke::Leave(leave),
+                Some(input) = self.inputs.recv() => Woke::Input(input),
+            };
+            let handled = match woke {
+                Woke::Stop => {
                     let reason = if self.shutdown.is_cancelled() {
                         StopReason::Shutdown
                     } else {
@@ -207,7 +231,9 @@ impl<R: Room> RoomTask<R> {
                     };
                     return self.stopped(room, timers, reason);
                 }
-                () = tokio::time::sleep_until(due), if period.is_some() => {
+                Woke::Leave(leave) => self.leave(room, timers, leave),
+                Woke::Input(input) => self.input(room, timers, input),
+                Woke::Tick => {
                     let dt = period.unwrap_or_default();
                     let lateness = Instant::now().saturating_duration_since(due);
                     let late = lateness > self.options.late_after;
@@ -216,21 +242,58 @@ impl<R: Room> RoomTask<R> {
                     due += dt;
                     let ticked = self.call(timers, |ctx| room.tick(ctx, dt));
                     self.keep_snapshot(room);
-                    ticked
+                    if let Some(end) = self.conclude(room, timers, ticked) {
+                        return end;
+                    }
+                    // Ticks come first, but never alone: what waits is served too.
+                    while let Ok(leave) = self.leaves.try_recv() {
+                        let left = self.leave(room, timers, leave);
+                        if let Some(end) = self.conclude(room, timers, left) {
+                            return end;
+                        }
+                    }
+                    for _ in 0..INPUTS_PER_TICK {
+                        let Ok(input) = self.inputs.try_recv() else {
+                            break;
+                        };
+                        let handled = self.input(room, timers, input);
+                        if let Some(end) = self.conclude(room, timers, handled) {
+                            return end;
+                        }
+                    }
+                    if Instant::now() >= due {
+                        // Behind: the next tick is due already. Let the thread's
+                        // other tasks (the members' connections among them) run first,
+                        // or a room that cannot keep up would starve them.
+                        tokio::task::yield_now().await;
+                    }
+                    continue;
                 }
-                Some(leave) = self.leaves.recv() => self.leave(room, timers, leave),
-                Some(input) = self.inputs.recv() => self.input(room, timers, input),
             };
-            if let Err(cause) = result {
-                return End::Crashed(cause);
-            }
-            if close {
-                return self.stopped(room, timers, StopReason::Closed);
-            }
-            if self.options.close_when_empty && self.members.is_empty() && self.had_members {
-                return self.stopped(room, timers, StopReason::Empty);
+            if let Some(end) = self.conclude(room, timers, handled) {
+                return end;
             }
         }
+    }
+
+    /// After a hook: how the life ends, if it does (a panic, a close, the last
+    /// member gone).
+    fn conclude(
+        &mut self,
+        room: &mut R,
+        timers: &Timers,
+        (result, close): (Result<(), String>, bool),
+    ) -> Option<End> {
+        if let Err(cause) = result {
+            return Some(End::Crashed(cause));
+        }
+        if close {
+            return Some(self.stopped(room, timers, StopReason::Closed));
+        }
+        if self.options.close_when_empty && self.members.is_empty() && self.had_members {
+            return Some(self.stopped(room, timers, StopReason::Empty));
+        }
+        None
     }
 
     fn stopped(&mut self, room: &mut R, timers: &Timers, reason: StopReason) -> End {
@@ -252,6 +315,21 @@ impl<R: Room> RoomTask<R> {
                 warn!(room = %self.name, cause, "the room's snapshot hook panicked; keeping the previous one")
             }
         }
+    }
+
+    fn message(
+        &mut self,
+        room: &mut R,
+        timers: &Timers,
+        from: Origin,
+        message: R::Message,
+    ) -> (Result<(), String>, bool) {
+        self.counters.messages.fetch_add(1, Ordering::Relaxed);
+        let handled = self.call(timers, |ctx| room.message(ctx, from, message));
+        if self.options.tick.is_none() {
+            self.keep_snapshot(room);
+        }
+        handled
     }
 
     fn leave(&mut self, room: &mut R, timers: &Timers, leave: Leave) -> (Result<(), String>, bool) {
@@ -283,6 +361,11 @@ impl<R: Room> RoomTask<R> {
                 join,
                 reply,
             } => {
+                if reply.is_closed() {
+                    // The joiner gave up (its membership is gone, and its leave may
+                    // already have been handled): joining it now would leave a ghost.
+                    return (Ok(()), false);
+                }
                 if self.members.contains_key(&member) {
                     let _ = reply.send(Err(RoomError::AlreadyMember));
                     return (Ok(()), false);
@@ -329,12 +412,13 @@ impl<R: Room> RoomTask<R> {
                         return (Ok(()), false); // sent just before it left
                     }
                 }
-                self.counters.messages.fetch_add(1, Ordering::Relaxed);
-                let handled = self.call(timers, |ctx| room.message(ctx, from, message));
-                if self.options.tick.is_none() {
-                    self.keep_snapshot(room);
+                self.message(room, timers, from, message)
+            }
+            Input::Timer { life, message } => {
+                if life != self.life {
+                    return (Ok(()), false); // started by a life that has ended
                 }
-                handled
+                self.message(room, timers, Origin::Timer, message)
             }
         }
     }
