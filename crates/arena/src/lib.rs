@@ -187,6 +187,14 @@ impl Player {
         state
     }
 
+    /// What the player brings into a room.
+    fn joining(&self) -> world::Joining {
+        world::Joining {
+            name: self.state.name.clone(),
+            cell: self.cell.clone(),
+        }
+    }
+
     /// The state a client sees: without the password hash.
     fn view(&self) -> pb::PlayerState {
         let mut state = self.saved();

@@ -9,7 +9,7 @@ use prost::Message as _;
 use tokio::sync::oneshot;
 use tracing::info;
 
-use crate::world::{Joining, ToRoom};
+use crate::world::ToRoom;
 use crate::{
     pb, routes, status, valid_name, Arena, Player, MAX_ROOMS, MAX_TEXT, MAX_WHO, WORLD_EDGE,
 };
@@ -19,6 +19,14 @@ const STATS_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
 fn count(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// Chat and whispers: at most [`MAX_TEXT`] bytes.
+fn check_text(text: &str) -> Result<(), Failure> {
+    if text.len() > MAX_TEXT {
+        return Err(Failure::new(status::OUT_OF_RANGE, "text too long"));
+    }
+    Ok(())
 }
 
 fn no_room() -> Failure {
@@ -61,21 +69,13 @@ impl<S: Store> Arena<S> {
         {
             // Leave first: the same connection cannot be in two rooms.
             drop(player.room.take());
-            let joining = Joining {
-                name: player.state.name.clone(),
-                cell: player.cell.clone(),
-            };
-            let membership = match self.rooms.join(&room, ctx, joining).await {
+            let membership = match self.rooms.join(&room, ctx, player.joining()).await {
                 Ok(membership) => membership,
                 Err(e) => {
                     // Back where the player was (or the lobby), so it is somewhere.
-                    let fallback = Joining {
-                        name: player.state.name.clone(),
-                        cell: player.cell.clone(),
-                    };
                     player.room = self
                         .rooms
-                        .join(&player.state.room, ctx, fallback)
+                        .join(&player.state.room, ctx, player.joining())
                         .await
                         .ok();
                     return Err(match e {
@@ -95,9 +95,7 @@ impl<S: Store> Arena<S> {
 
     /// Route SAY.
     pub(crate) async fn say(&self, player: &mut Player, request: pb::Say) -> Result<(), Failure> {
-        if request.text.len() > MAX_TEXT {
-            return Err(Failure::new(status::OUT_OF_RANGE, "text too long"));
-        }
+        check_text(&request.text)?;
         let room = player.room.as_ref().ok_or_else(no_room)?;
         room.send(ToRoom::Say(request.text)).await?;
         Ok(())
@@ -149,9 +147,7 @@ impl<S: Store> Arena<S> {
         ctx: &mut Context<'_, ()>,
         whisper: pb::Whisper,
     ) -> Result<(), Failure> {
-        if whisper.text.len() > MAX_TEXT {
-            return Err(Failure::new(status::OUT_OF_RANGE, "text too long"));
-        }
+        check_text(&whisper.text)?;
         if !crate::lock(&self.online).contains_key(&whisper.to) {
             return Err(Failure::new(status::NO_SUCH_PLAYER, "not online"));
         }

@@ -11,7 +11,7 @@ use std::process::{Child, ChildStdin, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
-use process::{gatehouse, scratch, write_file, ServerProcess};
+use process::{arena_config, gatehouse, scratch, ServerProcess};
 
 /// How long anything printed may take to come.
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -115,14 +115,7 @@ impl Drop for KillOnDrop {
 #[test]
 fn two_players_chat_move_quit_and_find_their_place_after_a_restart() {
     let dir = scratch("arena-cli");
-    let config = write_file(
-        &dir,
-        "arena.toml",
-        &format!(
-            "[store]\ndata_dir = {:?}\n",
-            dir.join("data").to_str().unwrap()
-        ),
-    );
+    let config = arena_config(&dir, "");
     let config = config.to_str().unwrap();
     let mut server = ServerProcess::start(&["--service", "arena", "--config", config]);
 

@@ -11,7 +11,7 @@ mod resources;
 use std::net::Ipv4Addr;
 use std::process::Output;
 
-use process::{gatehouse, scratch, write_file, ServerProcess};
+use process::{arena_config, gatehouse, scratch, write_file, ServerProcess};
 use serde_json::Value;
 
 /// Whether `test` can run here: `gatehouse bench` connects from loopback addresses
@@ -163,14 +163,7 @@ fn bench_arena_drives_bots_in_rooms_and_reports_ticks_and_deltas() {
         return;
     }
     let dir = scratch("bench-arena");
-    let config = write_file(
-        &dir,
-        "arena.toml",
-        &format!(
-            "[store]\ndata_dir = {:?}\n",
-            dir.join("data").to_str().unwrap()
-        ),
-    );
+    let config = arena_config(&dir, "");
     let server = ServerProcess::start(&["--config", config.to_str().unwrap(), "--log", "warn"]);
     let addr = server.addr.to_string();
     let pid = server.child.id().to_string();

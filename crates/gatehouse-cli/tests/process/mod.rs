@@ -60,6 +60,13 @@ pub fn scratch(name: &str) -> Scratch {
     Scratch(dir)
 }
 
+/// An arena config in `dir` that saves to `dir/data`, after `extra` sections.
+pub fn arena_config(dir: &Path, extra: &str) -> PathBuf {
+    let data = dir.join("data");
+    let text = format!("{extra}[store]\ndata_dir = {:?}\n", data.to_str().unwrap());
+    write_file(dir, "arena.toml", &text)
+}
+
 pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::File::create(&path)
