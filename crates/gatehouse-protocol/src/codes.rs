@@ -109,6 +109,17 @@ impl KickReason {
         })
     }
 
+    /// The WebSocket close code sent after this kick: 4000 + the code for the
+    /// framework's reasons (below 1000), 4999 for a game's own (1000 and up: the
+    /// code is in the kick envelope). Codes 4000-4999 are for applications (RFC 6455).
+    pub fn websocket_close_code(self) -> u16 {
+        if self.0 < 1000 {
+            4000 + self.0
+        } else {
+            4999
+        }
+    }
+
     /// The kick frame for this reason.
     pub fn frame(self, text: &str) -> Bytes {
         Message::Kick {

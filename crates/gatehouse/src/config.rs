@@ -1,8 +1,9 @@
 //! The runtime's configuration: admission, the per-connection limits, supervision.
 //!
-//! Only what the runtime itself uses lives here; where to listen, which game to serve
-//! and where to save belong to whoever embeds the runtime (the `gatehouse` binary
-//! keeps them in its own sections of the same TOML file). Every key has a safe
+//! Only what the runtime itself uses lives here; where to listen (a list of
+//! [`crate::listener::ListenerConfig`]), which game to serve and where to save belong
+//! to whoever embeds the runtime (the `gatehouse` binary keeps them in its own
+//! sections of the same TOML file). Every key has a safe
 //! default, so an empty file (or none) is a working server. Unknown keys are rejected
 //! by serde with the key's name and position; values are checked by
 //! [`Config::validate`], whose errors name the key and the allowed range. The
@@ -88,6 +89,10 @@ pub struct LimitsConfig {
     /// (`login_timeout`): the slowloris guard.
     #[serde(with = "humantime_serde")]
     pub first_frame_timeout: Duration,
+    /// A TLS handshake or WebSocket upgrade not done this long after the connection
+    /// was accepted is dropped (no kick: the client cannot read one yet).
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
     /// For a service that requires a login ([`Service::LOGIN_REQUIRED`]), a
     /// connection not logged in ([`Context::logged_in`]) this long after connecting is
     /// closed (`login_timeout`), however many frames it sends.
@@ -138,6 +143,7 @@ impl Default for LimitsConfig {
             inbound_frames_per_sec: 200,
             inbound_frames_burst: 400,
             first_frame_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
             login_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             outbound_queue_bytes: 1 << 20,
@@ -296,6 +302,7 @@ impl Config {
         }
         for (key, value) in [
             ("limits.first_frame_timeout", l.first_frame_timeout),
+            ("limits.handshake_timeout", l.handshake_timeout),
             ("limits.login_timeout", l.login_timeout),
             ("limits.idle_timeout", l.idle_timeout),
             ("limits.send_timeout", l.send_timeout),

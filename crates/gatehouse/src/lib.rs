@@ -1,6 +1,6 @@
 //! gatehouse: a supervised connection front end for game servers.
 //!
-//! One task per TCP connection, Erlang `{packet, 4}` framing, a hub for broadcast
+//! One task per connection over TCP, TLS or WebSocket, Erlang `{packet, 4}` framing, a hub for broadcast
 //! and groups, a DoS checker, timers, and a supervision tree that closes every
 //! connection cleanly (running each disconnect hook once) when the hub crashes; for
 //! the game: login, supervised rooms with ticks, a [`ServerHandle`] that survives hub
@@ -22,8 +22,10 @@
 //! - [`stats`]: server-wide counters.
 //! - `group`: what the supervision tree's tasks share.
 //! - `handle`: [`ServerHandle`], the game's way in that survives hub restarts.
-//! - `driver`: the connection task, running a core over a transport (TCP).
-//! - `listener`: listening socket options, accept loop, refusals at accept.
+//! - `driver`: the connection task, running a core over a transport (TCP, TLS,
+//!   WebSocket).
+//! - [`listener`]: listeners and what they speak, accept loops, TLS and WebSocket
+//!   handshakes, refusals at accept.
 //! - `supervisor`: the supervision tree and its restart intensity.
 //! - `server`: [`Server`], the entry point.
 //! - [`bench_service`]: the built-in `bench` service.
@@ -38,7 +40,7 @@ mod guard;
 mod handle;
 pub mod hub;
 pub mod limits;
-mod listener;
+pub mod listener;
 mod mailbox;
 pub mod room;
 mod server;
@@ -55,7 +57,7 @@ pub use config::Config;
 pub use connection::{ConnId, DisconnectReason, Severity};
 pub use handle::ServerHandle;
 pub use hub::{HubError, HubHandle};
-pub use listener::bind;
+pub use listener::{bind, Certificates, Listener, ListenerConfig, Listeners, TransportKind};
 pub use protocol::{KickReason, Message, Status};
 pub use server::Server;
 pub use service::{Context, Disconnect, Reply, Service};

@@ -5,12 +5,16 @@
 use std::future::Future;
 use std::sync::Arc;
 
+#[cfg(doc)]
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError};
 use crate::group::Shared;
 use crate::handle::{HubState, ServerHandle};
+#[cfg(doc)]
+use crate::listener::Listener;
+use crate::listener::Listeners;
 use crate::service::Service;
 use crate::stats::Stats;
 use crate::supervisor::{self, ServerError};
@@ -40,7 +44,8 @@ impl<S: Service> Server<S> {
         self.shared.hub_slot.handle()
     }
 
-    /// Serves connections from `listener` (see [`crate::bind`]) until `shutdown`
+    /// Serves connections from `listeners` (a [`TcpListener`] of [`crate::bind`], one
+    /// [`Listener`], or several, all behind one hub and one service) until `shutdown`
     /// resolves, then kicks every connection `shutdown`, runs every disconnect hook and
     /// returns `Ok` (within `supervisor.drain_timeout`; past it, `Err` with how many
     /// connections were abandoned). Returns `Err` if the hub crashed more often than
@@ -48,7 +53,7 @@ impl<S: Service> Server<S> {
     /// stops the server as well (connections are kicked `shutdown` in the background).
     pub async fn run(
         self,
-        listener: TcpListener,
+        listeners: impl Into<Listeners>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServerError> {
         let token = CancellationToken::new();
@@ -57,7 +62,7 @@ impl<S: Service> Server<S> {
         let _stop_on_drop = token.clone().drop_guard();
         // However this ends (returned, or the future dropped), handles learn it at once.
         let _stopped = Stopped(self.shared.clone());
-        let supervised = supervisor::supervise(listener, self.shared, token.clone());
+        let supervised = supervisor::supervise(listeners.into(), self.shared, token.clone());
         tokio::pin!(supervised, shutdown);
         tokio::select! {
             result = &mut supervised => result,

@@ -1,5 +1,5 @@
 //! Server-wide counters: what was accepted, refused, closed and why, how many
-//! disconnect hooks and checkpoints ran, and which hooks timed out. Relaxed atomics, read as a [`StatsSnapshot`]; the
+//! disconnect hooks and checkpoints ran, which hooks timed out, and how handshakes went. Relaxed atomics, read as a [`StatsSnapshot`]; the
 //! binary logs one at shutdown, tests assert on them, a metrics exporter can poll it.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -27,6 +27,9 @@ pub struct Stats {
     handler_timeouts: AtomicU64,
     hook_timeouts: AtomicU64,
     checkpoints: AtomicU64,
+    handshake_failures: AtomicU64,
+    handshake_timeouts: AtomicU64,
+    pages_served: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -66,6 +69,13 @@ pub struct StatsSnapshot {
     pub hook_timeouts: u64,
     /// Checkpoints of dirty sessions.
     pub checkpoints: u64,
+    /// TLS handshakes and WebSocket upgrades that failed (a bad certificate, not
+    /// TLS, a malformed or refused HTTP request, a page of another origin).
+    pub handshake_failures: u64,
+    /// Handshakes not done within `limits.handshake_timeout`.
+    pub handshake_timeouts: u64,
+    /// Plain HTTP requests answered by a WebSocket listener (pages and 404s).
+    pub pages_served: u64,
 }
 
 impl Stats {
@@ -89,6 +99,9 @@ impl Stats {
             handler_timeouts: self.handler_timeouts.load(Relaxed),
             hook_timeouts: self.hook_timeouts.load(Relaxed),
             checkpoints: self.checkpoints.load(Relaxed),
+            handshake_failures: self.handshake_failures.load(Relaxed),
+            handshake_timeouts: self.handshake_timeouts.load(Relaxed),
+            pages_served: self.pages_served.load(Relaxed),
         }
     }
 
@@ -102,6 +115,18 @@ impl Stats {
             Refusal::TooManyFromIp => &self.refused_per_ip,
         }
         .fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn count_handshake_failure(&self) {
+        self.handshake_failures.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn count_handshake_timeout(&self) {
+        self.handshake_timeouts.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn count_page_served(&self) {
+        self.pages_served.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn count_hub_restart(&self) {

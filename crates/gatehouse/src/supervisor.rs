@@ -7,13 +7,14 @@
 //!  │   └─ rooms                       one task each (one_for_one), restarted by its own policy
 //!  ├─ hub                             hub::spawn — gs_svr: registry, groups, broadcast
 //!  └─ connection group               group::Group: cancelled and awaited whenever the hub restarts
-//!      ├─ acceptor                    listener::accept_loop; stops with its group
+//!      ├─ acceptors                   listener::accept_loop, one per listener; stop with their group
+//!      ├─ handshakes                  listener::handshake_then_serve (TLS, WebSocket), then:
 //!      └─ connections                 driver::serve, one task each
 //! ```
 //!
 //! - The hub ends (a panic, or any exit while the server runs): the whole connection
 //!   group is stopped with reason `server_restart`. Every connection sends that kick,
-//!   runs its disconnect hook once, and closes; the acceptor stops (new connects wait
+//!   runs its disconnect hook once, and closes; the acceptors stop (new connects wait
 //!   in the kernel's backlog). Once the group has drained, a fresh hub and group
 //!   start, and accepting resumes.
 //! - More than `supervisor.max_restarts` restarts within `supervisor.restart_window`
@@ -38,7 +39,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio::task::JoinError;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -49,7 +49,7 @@ use crate::group::{Group, Shared};
 use crate::guard::{panic_message, RestartIntensity};
 use crate::handle::HubState;
 use crate::hub;
-use crate::listener;
+use crate::listener::{self, Listener, Listeners};
 use crate::service::Service;
 
 /// Why a server stopped other than by a requested shutdown.
@@ -79,11 +79,11 @@ pub enum ServerError {
 /// Runs the tree until `shutdown` is cancelled (`Ok`, or `Err` if the drain timed
 /// out) or the restart intensity is exceeded (`Err`).
 pub(crate) async fn supervise<S: Service>(
-    listener: TcpListener,
+    listeners: Listeners,
     shared: Arc<Shared<S>>,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
-    let listener = Arc::new(listener);
+    let listeners: Vec<Arc<Listener>> = listeners.0.into_iter().map(Arc::new).collect();
     let limits = &shared.config.supervisor;
     let mut restarts = RestartIntensity::new(limits.max_restarts, limits.restart_window);
     loop {
@@ -94,11 +94,13 @@ pub(crate) async fn supervise<S: Service>(
         );
         shared.hub_slot.publish(HubState::Up(hub.clone()));
         let group = Arc::new(Group::new(shutdown.child_token(), hub));
-        group.tracker.spawn(listener::accept_loop(
-            listener.clone(),
-            shared.clone(),
-            group.clone(),
-        ));
+        for listener in &listeners {
+            group.tracker.spawn(listener::accept_loop(
+                listener.clone(),
+                shared.clone(),
+                group.clone(),
+            ));
+        }
 
         let crash = tokio::select! {
             joined = &mut hub_task => describe_hub_exit(joined),

@@ -52,6 +52,16 @@ pub(crate) struct Close {
     pub(crate) text: Option<String>,
 }
 
+impl Close {
+    /// The text the kick carries: the closer's, or the reason's own description.
+    pub(crate) fn kick_text(&self, limits: &LimitsConfig) -> String {
+        match &self.text {
+            Some(text) => text.clone(),
+            None => self.reason.describe(limits),
+        }
+    }
+}
+
 impl From<DisconnectReason> for Close {
     fn from(reason: DisconnectReason) -> Close {
         Close { reason, text: None }
@@ -163,10 +173,6 @@ impl ConnectionCore {
     /// transport caps the message size before buffering it; a body over the maximum
     /// still closes the connection here, as on a stream. It is queued framed, behind
     /// what came before, so that both kinds of transport share one input path.
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "for message transports (WebSocket)")
-    )]
     pub(crate) fn receive_frame(&mut self, body: &[u8]) {
         let max = self.config.limits.max_frame_bytes;
         let announced = u32::try_from(body.len()).unwrap_or(u32::MAX);
@@ -376,10 +382,6 @@ impl ConnectionCore {
 
     /// The next whole frame's body (no length header), for a transport that sends
     /// one message per frame; its bytes count as sent.
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "for message transports (WebSocket)")
-    )]
     pub(crate) fn take_output_frame(&mut self) -> Option<Bytes> {
         let (body, taken) = self.out.take_frame()?;
         self.budget.release(taken);
@@ -520,10 +522,7 @@ impl ConnectionCore {
             let dropped = self.out.discard_unstarted();
             self.budget.release(dropped);
         }
-        let text = match &close.text {
-            Some(text) => text.clone(),
-            None => close.reason.describe(&self.config.limits),
-        };
+        let text = close.kick_text(&self.config.limits);
         let message = Message::Kick { reason: kick, text };
         let len = HEADER_LEN + message.body_len();
         self.budget.force(len); // the kick must always get through

@@ -13,7 +13,8 @@
 //!   its loop.
 //! - [`dispatch`]: handler calls (panics, timeouts, cancellation), framework routes,
 //!   mailbox deliveries.
-//! - [`transport`]: the [`Transport`] trait; [`tcp`]: TCP.
+//! - [`transport`]: the [`Transport`] trait; [`tcp`]: TCP; [`stream`]: any byte
+//!   stream with its own buffers (TLS); [`websocket`]: WebSocket.
 //! - [`spare`]: buffers shared between the connections of a thread.
 
 /// The handler [`Context`] over a connection's fields, borrowed one by one so that
@@ -32,8 +33,10 @@ macro_rules! context {
 
 mod dispatch;
 mod spare;
+pub(crate) mod stream;
 pub(crate) mod tcp;
 pub(crate) mod transport;
+pub(crate) mod websocket;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -45,8 +48,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, Instrument};
 
 use self::dispatch::guarded;
-pub(crate) use self::transport::{Received, Transport};
-use crate::connection::{Close, ConnId, ConnectionCore, DisconnectReason, OutboundBudget};
+pub(crate) use self::transport::{Goodbye, Received, Transport};
+use gatehouse_protocol::KickReason;
+
+use crate::config::LimitsConfig;
+use crate::connection::{
+    Close, ConnId, ConnectionCore, CoreConfig, DisconnectReason, OutboundBudget,
+};
 use crate::group::{Group, Shared};
 use crate::limits::Permit;
 use crate::mailbox::Mailbox;
@@ -201,7 +209,7 @@ impl<S: Service, T: Transport> Connection<S, T> {
             }
             self.shared.stats.count_disconnect_hook();
         }
-        let finishing = Box::pin(self.finish_close(&close.reason));
+        let finishing = Box::pin(self.finish_close(&close));
         finishing.await;
         close.reason.log();
     }
@@ -248,7 +256,7 @@ impl<S: Service, T: Transport> Connection<S, T> {
             if cancel_first {
                 since_cancel_check = 0;
             }
-            let sending = self.core.has_output();
+            let sending = self.core.has_output() || self.transport.holds_output();
             let reading = !self.core.input_paused();
             let (transport, core, mailbox) = (&mut self.transport, &mut self.core, &self.mailbox);
             let mail = |cx: &mut std::task::Context<'_>| mailbox.poll_mail(cx).is_ready();
@@ -316,34 +324,77 @@ impl<S: Service, T: Transport> Connection<S, T> {
 
     /// Sends what the transport takes now, without waiting for more room.
     async fn send_now(&mut self) -> Poll<std::io::Result<()>> {
-        if !self.core.has_output() {
+        if !self.core.has_output() && !self.transport.holds_output() {
             return Poll::Ready(Ok(()));
         }
         let (transport, core) = (&mut self.transport, &mut self.core);
         std::future::poll_fn(|cx| Poll::Ready(transport.poll_send(cx, core))).await
     }
 
-    /// Delivers the rest of the output and the kick, closes our side, and waits for
-    /// the peer to close (discarding what it still sends), within `close_linger`.
-    async fn finish_close(&mut self, reason: &DisconnectReason) {
-        let linger = self.shared.config.limits.close_linger;
-        let (transport, core) = (&mut self.transport, &mut self.core);
-        match reason {
-            DisconnectReason::SocketError(_) | DisconnectReason::SendTimeout => return,
-            DisconnectReason::PeerClosed => {
-                // The client may only have shut its sending side: what it was owed
-                // still goes out, within the linger.
-                let flush = std::future::poll_fn(|cx| transport.poll_send(cx, core));
-                let _ = tokio::time::timeout(linger, flush).await;
-                return;
-            }
-            _ => {}
-        }
-        let _ = tokio::time::timeout(linger, async move {
-            std::future::poll_fn(|cx| transport.poll_send(cx, core)).await?;
-            std::future::poll_fn(|cx| transport.poll_shutdown(cx)).await?;
-            std::future::poll_fn(|cx| transport.poll_drain_until_closed(cx)).await
-        })
+    async fn finish_close(&mut self, close: &Close) {
+        finish_close(
+            &mut self.transport,
+            &mut self.core,
+            close,
+            &self.shared.config.limits,
+        )
         .await;
     }
+}
+
+/// Delivers the rest of the output and the kick, closes our side (with the kick's code
+/// where the transport's close has one), and waits for the peer to close (discarding
+/// what it still sends), within `close_linger`.
+async fn finish_close<T: Transport>(
+    transport: &mut T,
+    core: &mut ConnectionCore,
+    close: &Close,
+    limits: &LimitsConfig,
+) {
+    let linger = limits.close_linger;
+    match &close.reason {
+        DisconnectReason::SocketError(_) | DisconnectReason::SendTimeout => return,
+        DisconnectReason::PeerClosed => {
+            // The client may only have shut its sending side: what it was owed
+            // still goes out, within the linger.
+            let flush = std::future::poll_fn(|cx| transport.poll_send(cx, core));
+            let _ = tokio::time::timeout(linger, flush).await;
+            return;
+        }
+        _ => {}
+    }
+    let text = close.kick_text(limits);
+    let goodbye = close.reason.kick().map(|reason| Goodbye {
+        reason,
+        text: &text,
+    });
+    let _ = tokio::time::timeout(linger, async move {
+        std::future::poll_fn(|cx| transport.poll_send(cx, core)).await?;
+        std::future::poll_fn(|cx| transport.poll_shutdown(cx, goodbye)).await?;
+        std::future::poll_fn(|cx| transport.poll_drain_until_closed(cx)).await
+    })
+    .await;
+}
+
+/// Kicks a connection refused at accept (`server_full`, `too_many_from_ip`) over its
+/// own transport, once its handshake is done, and closes it. The caller bounds the
+/// time it takes.
+pub(crate) async fn refuse<T: Transport>(
+    mut transport: T,
+    core_config: Arc<CoreConfig>,
+    reason: KickReason,
+    text: &str,
+) {
+    let limits = core_config.limits.clone();
+    let budget = Arc::new(OutboundBudget::new(
+        limits.outbound_queue_bytes,
+        core_config.memory.clone(),
+    ));
+    let mut core = ConnectionCore::new(core_config, budget, clock());
+    let close = Close {
+        reason: DisconnectReason::Kicked(reason),
+        text: Some(text.to_owned()),
+    };
+    core.queue_kick(&close);
+    finish_close(&mut transport, &mut core, &close, &limits).await;
 }

@@ -15,16 +15,16 @@ use tokio::io::{AsyncWrite, Interest};
 use tokio::net::TcpStream;
 
 use super::spare;
-use super::transport::{Received, Transport};
+use super::transport::{Goodbye, Received, Transport};
 use crate::connection::ConnectionCore;
 
 /// Bytes of room given to each read.
-const READ_CHUNK: usize = 8 * 1024;
+pub(super) const READ_CHUNK: usize = 8 * 1024;
 
 /// Most slices handed to one `writev`. Small on purpose: the array is set up on
 /// every write, and the connection's own frames are contiguous (one slice), so more
 /// slices only serve a backlog of broadcasts, which the next `writev` takes.
-const MAX_IOVECS: usize = 16;
+pub(super) const MAX_IOVECS: usize = 16;
 
 /// A TCP connection.
 pub(crate) struct TcpTransport {
@@ -113,7 +113,11 @@ impl Transport for TcpTransport {
         Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_shutdown(
+        &mut self,
+        cx: &mut Context<'_>,
+        _kick: Option<Goodbye<'_>>,
+    ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.socket).poll_shutdown(cx)
     }
 

@@ -11,6 +11,8 @@
 use std::io;
 use std::task::{Context, Poll};
 
+use gatehouse_protocol::KickReason;
+
 use crate::connection::ConnectionCore;
 
 /// What a receive brought.
@@ -20,6 +22,14 @@ pub(crate) enum Received {
     Input,
     /// The peer finished sending (a TCP FIN, a WebSocket close).
     Closed,
+}
+
+/// The kick a connection was closed with, for transports whose close says why (a
+/// WebSocket close frame has a code and a reason).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Goodbye<'a> {
+    pub(crate) reason: KickReason,
+    pub(crate) text: &'a str,
 }
 
 /// What a connection runs over.
@@ -41,9 +51,20 @@ pub(crate) trait Transport: Send + 'static {
         core: &mut ConnectionCore,
     ) -> Poll<io::Result<()>>;
 
-    /// Closes our sending side after the last output (a TCP FIN, a WebSocket close
-    /// frame).
-    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+    /// Whether output the core handed over is still held by the transport (TLS
+    /// records, WebSocket frames not yet written): the driver keeps polling
+    /// [`Transport::poll_send`] until it is not.
+    fn holds_output(&self) -> bool {
+        false
+    }
+
+    /// Closes our sending side after the last output (a TCP FIN, a TLS close_notify,
+    /// a WebSocket close frame, which carries the kick's code and text).
+    fn poll_shutdown(
+        &mut self,
+        cx: &mut Context<'_>,
+        kick: Option<Goodbye<'_>>,
+    ) -> Poll<io::Result<()>>;
 
     /// Reads and discards input until the peer closes too: lingering after a kick, so
     /// that the kernel does not answer late input with a reset that could destroy the

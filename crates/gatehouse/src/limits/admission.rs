@@ -40,7 +40,8 @@ struct Counts {
 /// One admitted connection's slot; dropping it frees the slot.
 pub(crate) struct Permit {
     admission: Arc<AdmissionInner>,
-    ip: IpAddr,
+    /// The address counted, once known (see [`Admission::try_admit_unplaced`]).
+    ip: Option<IpAddr>,
 }
 
 impl Admission {
@@ -57,35 +58,58 @@ impl Admission {
 
     /// Takes a slot for a connection from `ip`, or says why not.
     pub(crate) fn try_admit(&self, ip: IpAddr) -> Result<Permit, Refusal> {
-        let ip = counted_as(ip, self.inner.ipv6_prefix_len);
-        let mut counts = self
-            .inner
-            .counts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut permit = self.try_admit_unplaced()?;
+        permit.place(ip)?;
+        Ok(permit)
+    }
+
+    /// Takes a slot under `max_connections` only, for a connection whose client is not
+    /// known yet (a trusted proxy's, until its `X-Forwarded-For` is read); the per-IP
+    /// cap applies at [`Permit::place`].
+    pub(crate) fn try_admit_unplaced(&self) -> Result<Permit, Refusal> {
+        let mut counts = self.inner.lock();
         if counts.total >= self.inner.max_total {
             return Err(Refusal::ServerFull);
         }
-        let from_ip = counts.per_ip.entry(ip).or_insert(0);
-        if *from_ip >= self.inner.max_per_ip {
-            return Err(Refusal::TooManyFromIp);
-        }
-        *from_ip += 1;
         counts.total += 1;
         Ok(Permit {
             admission: self.inner.clone(),
-            ip,
+            ip: None,
         })
     }
 
     /// Connections currently admitted.
     #[cfg(test)]
     pub(crate) fn current(&self) -> usize {
-        self.inner
-            .counts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .total
+        self.inner.lock().total
+    }
+}
+
+impl AdmissionInner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
+        self.counts.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Permit {
+    /// Counts the connection against `ip`'s cap (once; a placed permit keeps its
+    /// address). On refusal the slot stays taken until the permit is dropped.
+    pub(crate) fn place(&mut self, ip: IpAddr) -> Result<(), Refusal> {
+        if self.ip.is_some() {
+            return Ok(());
+        }
+        let ip = counted_as(ip, self.admission.ipv6_prefix_len);
+        let mut counts = self.admission.lock();
+        let from_ip = counts.per_ip.entry(ip).or_insert(0);
+        if *from_ip >= self.admission.max_per_ip {
+            if *from_ip == 0 {
+                counts.per_ip.remove(&ip);
+            }
+            return Err(Refusal::TooManyFromIp);
+        }
+        *from_ip += 1;
+        self.ip = Some(ip);
+        Ok(())
     }
 }
 
@@ -109,16 +133,15 @@ fn counted_as(ip: IpAddr, prefix_len: u8) -> IpAddr {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        let mut counts = self
-            .admission
-            .counts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut counts = self.admission.lock();
         counts.total = counts.total.saturating_sub(1);
-        if let Some(n) = counts.per_ip.get_mut(&self.ip) {
+        let Some(ip) = self.ip else {
+            return;
+        };
+        if let Some(n) = counts.per_ip.get_mut(&ip) {
             *n -= 1;
             if *n == 0 {
-                counts.per_ip.remove(&self.ip);
+                counts.per_ip.remove(&ip);
             }
         }
     }
@@ -141,6 +164,20 @@ mod tests {
         drop(p1);
         assert_eq!(admission.current(), 2);
         assert!(admission.try_admit(a).is_ok());
+    }
+
+    #[test]
+    fn a_client_behind_a_proxy_is_placed_once_its_address_is_known() {
+        let admission = Admission::new(10, 1, 64);
+        let client: IpAddr = [203, 0, 113, 7].into();
+        let mut first = admission.try_admit_unplaced().unwrap();
+        let mut second = admission.try_admit_unplaced().unwrap();
+        assert!(first.place(client).is_ok());
+        assert_eq!(second.place(client), Err(Refusal::TooManyFromIp));
+        drop(second);
+        assert_eq!(admission.current(), 1);
+        drop(first);
+        assert!(admission.try_admit(client).is_ok());
     }
 
     #[test]
