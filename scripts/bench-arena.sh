@@ -57,13 +57,13 @@ trap stop_server EXIT
 start_server() {
     local dir="$1"
     mkdir -p "$dir"
-    printf '[listen]\nport = 0\n[store]\ndata_dir = "%s/data"\n[server]\nmax_connections = 20000\nmax_connections_per_ip = 20000\n' \
+    printf '[[listeners]]\ntransport = "tcp"\naddress = "127.0.0.1:0"\n[store]\ndata_dir = "%s/data"\n[server]\nmax_connections = 20000\nmax_connections_per_ip = 20000\n' \
         "$(pwd)/$dir" > "$dir/gatehouse.toml"
     $server_cpu "$bin" serve --config "$dir/gatehouse.toml" --log warn \
         > "$dir/stdout" 2> "$dir/stderr" &
     server_pid=$!
     for _ in $(seq 1 100); do
-        addr="$(sed -n 's/^listening on //p' "$dir/stdout")"
+        addr="$(sed -n 's/^listening on tcp:\/\///p' "$dir/stdout")"
         [ -n "$addr" ] && return 0
         sleep 0.1
     done

@@ -135,7 +135,8 @@ start_server() { # NAME
     esac
     server_pid=$!
     for _ in $(seq 1 300); do
-        server_addr="$(sed -n 's/^listening on //p' "$server_out" | head -n1)"
+        # "listening on tcp://ADDR" (older gatehouse and the anchors: "listening on ADDR")
+        server_addr="$(sed -n 's/^listening on \(tcp:\/\/\)\{0,1\}\([0-9.]*:[0-9]*\)$/\2/p' "$server_out" | head -n1)"
         [ -n "$server_addr" ] && break
         kill -0 "$server_pid" 2>/dev/null || { echo "$name died at start" >&2; cat "$results_dir/server-$name.err" >&2; exit 1; }
         sleep 0.1

@@ -5,7 +5,7 @@
 //! they happen, moves at most four times a second per player, `/look` lists them.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,15 +13,23 @@ use anyhow::{bail, Context as _};
 use arena::{pb, routes};
 use clap::Args;
 use gatehouse::protocol::ROUTE_ROOM_RESTARTED;
-use gatehouse_client::{Client, ClientConfig, ClientError, Push, Pushes};
+use gatehouse_client::{Client, ClientConfig, ClientError, Push, Pushes, Target};
 use prost::Message as _;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 #[derive(Args)]
 pub(crate) struct ClientArgs {
-    /// The server to connect to.
+    /// The server: `HOST:PORT` (TCP), or `tcp://`, `tls://`, `ws://HOST:PORT/ws`,
+    /// `wss://HOST:PORT/ws`.
     #[arg(long, default_value = "127.0.0.1:7000")]
-    addr: SocketAddr,
+    addr: Target,
+    /// Over TLS: `HOST:PORT` becomes `tls://`, `ws://` becomes `wss://`.
+    #[arg(long)]
+    tls: bool,
+    /// Trust only this certificate (PEM), e.g. one from `gatehouse dev-cert`, instead
+    /// of the system's roots.
+    #[arg(long, value_name = "PEM")]
+    ca: Option<PathBuf>,
     /// The player to log in as (created, with this password, on first login).
     #[arg(long)]
     name: String,
@@ -58,9 +66,18 @@ impl View {
 }
 
 pub(crate) async fn run(args: ClientArgs) -> anyhow::Result<()> {
-    let (client, pushes) = Client::connect(args.addr, ClientConfig::default())
+    let target = if args.tls {
+        args.addr.with_tls()
+    } else {
+        args.addr
+    };
+    let config = ClientConfig {
+        tls_ca: args.ca,
+        ..ClientConfig::default()
+    };
+    let (client, pushes) = Client::connect_to(&target, config)
         .await
-        .with_context(|| format!("cannot connect to {}", args.addr))?;
+        .with_context(|| format!("cannot connect to {target}"))?;
     let login = pb::LoginRequest {
         name: args.name,
         password: args.password,

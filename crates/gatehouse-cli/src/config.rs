@@ -1,27 +1,30 @@
 //! The `gatehouse` binary's configuration file: the runtime's sections (`[server]`,
 //! `[limits]`, `[supervisor]`, owned and validated by the library), and the binary's
-//! own: where to listen (`[listen]`), what to serve (`[game]`) and where arena saves
-//! (`[store]`, owned by gatehouse-store). Also the seed's `servers.csv` port table.
+//! own: where to listen (`[[listeners]]`, each entry checked by the library), what to
+//! serve (`[game]`) and where arena saves (`[store]`, owned by gatehouse-store). Also
+//! the seed's `servers.csv` port table.
 //!
 //! Every key has a default, so no file at all is a working server; unknown keys and
 //! bad values are refused with a message naming the key.
 
-use std::net::IpAddr;
+use std::collections::HashSet;
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use arena::ArenaOptions;
 use gatehouse::config::{LimitsConfig, ServerConfig, SupervisorConfig};
+use gatehouse::ListenerConfig;
 use gatehouse_store::StoreConfig;
 use serde::Deserialize;
 
 /// The whole file.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct FileConfig {
-    /// `[listen]`: the game port.
-    pub(crate) listen: ListenConfig,
+    /// `[[listeners]]`: where to listen and what each socket speaks. An entry in the
+    /// file replaces the whole default list.
+    pub(crate) listeners: Vec<ListenerConfig>,
     /// `[game]`: what to serve.
     pub(crate) game: GameConfig,
     /// `[server]`: admission, the hub's queue, fault injection (the runtime's).
@@ -34,21 +37,15 @@ pub(crate) struct FileConfig {
     pub(crate) store: StoreConfig,
 }
 
-/// `[listen]`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub(crate) struct ListenConfig {
-    /// Address to listen on. Loopback by default: serving a network is a decision.
-    pub(crate) host: IpAddr,
-    /// TCP port (0 picks a free one).
-    pub(crate) port: u16,
-}
-
-impl Default for ListenConfig {
+impl Default for FileConfig {
     fn default() -> Self {
-        ListenConfig {
-            host: IpAddr::from([127, 0, 0, 1]),
-            port: 7000,
+        FileConfig {
+            listeners: ListenerConfig::defaults(),
+            game: GameConfig::default(),
+            server: ServerConfig::default(),
+            limits: LimitsConfig::default(),
+            supervisor: SupervisorConfig::default(),
+            store: StoreConfig::default(),
         }
     }
 }
@@ -104,6 +101,16 @@ impl FileConfig {
 
     /// Checks every section with its owner's rules.
     pub(crate) fn validate(&self) -> anyhow::Result<()> {
+        if self.listeners.is_empty() {
+            bail!("listeners: at least one listener is needed");
+        }
+        let mut addresses = HashSet::new();
+        for listener in &self.listeners {
+            listener.validate()?;
+            if listener.address.port() != 0 && !addresses.insert(listener.address) {
+                bail!("listeners: {} is used by two listeners", listener.address);
+            }
+        }
         self.runtime().validate()?;
         self.store.validate()?;
         if self.game.tick.is_zero() {
@@ -202,7 +209,9 @@ mod tests {
         let debug = format!("{:?}", FileConfig::default());
         let keys: Vec<&str> = debug
             .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .filter(|w| w.contains('_') || ["host", "port", "service", "backend"].contains(w))
+            .filter(|w| {
+                w.contains('_') || ["transport", "address", "service", "backend"].contains(w)
+            })
             .filter(|w| w.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
             .collect();
         assert!(keys.len() > 20, "the key scan found only {keys:?}");
@@ -215,14 +224,32 @@ mod tests {
     fn an_empty_file_serves_arena_on_loopback() {
         let c = FileConfig::from_toml_str("").unwrap();
         assert_eq!(c.game.service, Game::Arena);
-        assert!(c.listen.host.is_loopback());
+        assert!(c.listeners.iter().all(|l| l.address.ip().is_loopback()));
+        let kinds: Vec<_> = c
+            .listeners
+            .iter()
+            .map(|l| (l.transport.scheme(), l.address.port()))
+            .collect();
+        assert_eq!(kinds, [("tcp", 7000), ("ws", 7080)]);
         assert_eq!(c.runtime(), gatehouse::Config::default());
     }
 
     #[test]
     fn bad_values_name_their_key_whichever_section_owns_it() {
-        assert!(error_of("[listen]\nport = 70000\n").contains("port"));
-        assert!(error_of("[listen]\nhost = \"nowhere\"\n").contains("host"));
+        let listener = |fields: &str| format!("[[listeners]]\ntransport = \"tcp\"\n{fields}\n");
+        assert!(error_of(&listener("address = \"127.0.0.1:70000\"")).contains("address"));
+        assert!(error_of(&listener("address = \"nowhere\"")).contains("address"));
+        assert!(
+            error_of("[[listeners]]\ntransport = \"wss\"\naddress = \"127.0.0.1:0\"\n")
+                .contains("listeners.cert")
+        );
+        let twice = format!(
+            "{}{}",
+            listener("address = \"127.0.0.1:7000\""),
+            listener("address = \"127.0.0.1:7000\"")
+        );
+        assert!(error_of(&twice).contains("used by two listeners"));
+        assert!(error_of("listeners = []\n").contains("at least one listener"));
         assert!(error_of("[game]\nservice = \"chess\"\n").contains("unknown variant `chess`"));
         assert!(error_of("[server]\nmax_connections = 0\n").contains("server.max_connections"));
         assert!(error_of("[limits]\nidle_timeout = \"0s\"\n").contains("limits.idle_timeout"));

@@ -1,13 +1,16 @@
 //! The `gatehouse` binary: thin on purpose (mini-redis's habit). It parses the
-//! command line, loads and checks the configuration, sets up logging, and hands a
-//! service to the library's `Server::run` until SIGINT or SIGTERM.
+//! command line, loads and checks the configuration, sets up logging, binds the
+//! listeners, and hands a service to the library's `Server::run` until SIGINT or
+//! SIGTERM (SIGHUP reloads the TLS certificates).
 
 mod bench;
 mod bench_arena;
 mod client;
 mod config;
+mod dev_cert;
+mod pages;
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -16,7 +19,10 @@ use arena::{Arena, ArenaOptions};
 use clap::{Args, Parser, Subcommand};
 use config::{FileConfig, Game};
 use gatehouse::bench_service::BenchService;
-use gatehouse::{Server, ServerError, Service};
+use gatehouse::listener::Pages;
+use gatehouse::{
+    Certificates, Listener, ListenerConfig, Server, ServerError, Service, TransportKind,
+};
 use gatehouse_store::{AnyStore, SaveWriter, StoreConfig, Unsaved};
 use tracing::info;
 use tracing_subscriber::EnvFilter;
@@ -40,6 +46,8 @@ enum Command {
     Client(client::ClientArgs),
     /// Generate load against a bench-service server and measure it (one JSON line).
     Bench(bench::BenchArgs),
+    /// Write a self-signed certificate for local TLS and wss (development only).
+    DevCert(dev_cert::DevCertArgs),
 }
 
 #[derive(Args)]
@@ -47,12 +55,26 @@ struct ServeArgs {
     /// TOML configuration file; without it, the embedded defaults.
     #[arg(long, short)]
     config: Option<PathBuf>,
-    /// Port to listen on (overrides `listen.port` and servers.csv; 0 picks one).
+    /// Port of the TCP listener (the first `tcp` one; overrides the file and
+    /// servers.csv; 0 picks one).
     #[arg(long, short)]
     port: Option<u16>,
-    /// Address to listen on (overrides `listen.host`).
+    /// Port of the WebSocket listener (the first `ws` one; 0 picks one).
     #[arg(long)]
-    host: Option<std::net::IpAddr>,
+    ws_port: Option<u16>,
+    /// Address every listener listens on (overrides the file's).
+    #[arg(long)]
+    host: Option<IpAddr>,
+    /// Listen on these instead of the file's listeners: `tcp://ADDR`, `tls://ADDR`,
+    /// `ws://ADDR`, `wss://ADDR` (repeatable; TLS ones take --cert and --key).
+    #[arg(long, value_name = "URL")]
+    listen: Vec<String>,
+    /// Certificate chain (PEM) of the TLS listeners given with --listen.
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    /// Private key (PEM) of the TLS listeners given with --listen.
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
     /// The service to serve (overrides `game.service`).
     #[arg(long, short, value_enum)]
     service: Option<Game>,
@@ -93,6 +115,7 @@ async fn main() -> ExitCode {
         Command::Serve(args) => serve(args).await,
         Command::Client(args) => client::run(args).await.map(|()| Exit::Clean),
         Command::Bench(args) => bench::run(args).await.map(|()| Exit::Clean),
+        Command::DevCert(args) => dev_cert::run(args).map(|()| Exit::Clean),
     };
     let exit = result.unwrap_or_else(|e| {
         eprintln!("Error: {e:?}");
@@ -141,29 +164,82 @@ async fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
         Some(path) => FileConfig::from_file(path)?,
         None => FileConfig::default(),
     };
-    if let Some(id) = &args.server_id {
-        config.listen.port = config::port_from_servers_csv(&args.servers_csv, id)?;
-    }
-    if let Some(port) = args.port {
-        config.listen.port = port;
-    }
-    if let Some(host) = args.host {
-        config.listen.host = host;
-    }
+    apply_listen_args(&mut config.listeners, &args)?;
     if let Some(service) = args.service {
         config.game.service = service;
     }
     config.server.allow_fault_injection |= args.allow_fault_injection;
     config.validate()?;
 
-    let addr = SocketAddr::new(config.listen.host, config.listen.port);
+    let listeners = &config.listeners;
     match config.game.service {
-        Game::Arena => serve_arena(addr, &config.store, config.runtime(), config.arena()).await,
+        Game::Arena => {
+            serve_arena(listeners, &config.store, config.runtime(), config.arena()).await
+        }
         Game::Bench => {
-            let served = run(addr, "bench", config.runtime(), BenchService).await?;
+            let served = run(listeners, "bench", config.runtime(), BenchService).await?;
             Ok(exit_status(served, None))
         }
     }
+}
+
+/// The command line's say over the listeners: `--listen` replaces them; `--port`
+/// (or servers.csv) and `--ws-port` set the first TCP and WebSocket listener's port;
+/// `--host` every listener's address.
+fn apply_listen_args(listeners: &mut Vec<ListenerConfig>, args: &ServeArgs) -> anyhow::Result<()> {
+    if !args.listen.is_empty() {
+        *listeners = args
+            .listen
+            .iter()
+            .map(|url| listener_from_url(url, args))
+            .collect::<anyhow::Result<_>>()?;
+    }
+    let mut set_port = |kind: TransportKind, port: u16, flag: &str| match listeners
+        .iter_mut()
+        .find(|l| l.transport == kind)
+    {
+        Some(listener) => {
+            listener.address.set_port(port);
+            Ok(())
+        }
+        None => anyhow::bail!("{flag}: there is no {kind} listener"),
+    };
+    if let Some(id) = &args.server_id {
+        let port = config::port_from_servers_csv(&args.servers_csv, id)?;
+        set_port(TransportKind::Tcp, port, "--server-id")?;
+    }
+    if let Some(port) = args.port {
+        set_port(TransportKind::Tcp, port, "--port")?;
+    }
+    if let Some(port) = args.ws_port {
+        set_port(TransportKind::Ws, port, "--ws-port")?;
+    }
+    if let Some(host) = args.host {
+        for listener in listeners.iter_mut() {
+            listener.address.set_ip(host);
+        }
+    }
+    Ok(())
+}
+
+/// One `--listen` URL: `ws://127.0.0.1:7080`.
+fn listener_from_url(url: &str, args: &ServeArgs) -> anyhow::Result<ListenerConfig> {
+    let (scheme, address) = url.split_once("://").with_context(|| {
+        format!("--listen {url}: write scheme://address, e.g. ws://127.0.0.1:7080")
+    })?;
+    let transport: TransportKind = scheme
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--listen {url}: {e}"))?;
+    let address = address
+        .trim_end_matches('/')
+        .parse()
+        .with_context(|| format!("--listen {url}: `{address}` is not IP:PORT"))?;
+    let mut listener = ListenerConfig::new(transport, address);
+    if transport.is_tls() {
+        listener.cert = args.cert.clone();
+        listener.key = args.key.clone();
+    }
+    Ok(listener)
 }
 
 /// arena with its store and rooms, in the supervision tree's order: the save writer
@@ -171,7 +247,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
 /// it); once the last disconnect hook has run, the rooms stop, then the writer lands
 /// what was queued.
 async fn serve_arena(
-    addr: SocketAddr,
+    listeners: &[ListenerConfig],
     store: &StoreConfig,
     config: gatehouse::Config,
     options: ArenaOptions,
@@ -183,7 +259,7 @@ async fn serve_arena(
     let drain_timeout = config.supervisor.drain_timeout;
     let arena = Arena::with_options(writer.clone(), options)?;
     let rooms = arena.rooms().clone();
-    let served = run(addr, "arena", config, arena).await;
+    let served = run(listeners, "arena", config, arena).await;
     if let Err(unfinished) = rooms.shutdown(drain_timeout).await {
         tracing::error!(unfinished, "rooms still running at the drain timeout");
     }
@@ -193,7 +269,7 @@ async fn serve_arena(
 }
 
 async fn run<S: Service>(
-    addr: SocketAddr,
+    configs: &[ListenerConfig],
     name: &str,
     config: gatehouse::Config,
     service: S,
@@ -201,14 +277,36 @@ async fn run<S: Service>(
     let fault_injection = config.server.allow_fault_injection;
     let server = Server::new(config, service)?;
     let stats = server.stats();
-    let listener = gatehouse::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
-    let addr = listener.local_addr()?;
-    info!(%addr, service = %name, fault_injection, "listening");
-    // For scripts and tests, whatever the log filter: the one line on stdout.
-    println!("listening on {addr}");
-    let result = server.run(listener, shutdown_signal()).await;
+    // arena's WebSocket listeners serve its browser client.
+    let pages = if name == "arena" {
+        pages::arena()
+    } else {
+        Pages::new()
+    };
+    let mut listeners = Vec::with_capacity(configs.len());
+    for config in configs {
+        let listener = Listener::bind(config).await?.with_pages(pages.clone());
+        let url = listener.url()?;
+        info!(%url, service = %name, fault_injection, "listening");
+        if listener.transport().is_websocket() && !pages.is_empty() {
+            let scheme = if listener.transport().is_tls() {
+                "https"
+            } else {
+                "http"
+            };
+            info!("the {name} page: {scheme}://{}/", listener.local_addr()?);
+        }
+        // For scripts and tests, whatever the log filter: one line per listener.
+        println!("listening on {url}");
+        listeners.push(listener);
+    }
+    let certificates: Vec<Certificates> = listeners
+        .iter()
+        .filter_map(|l| l.certificates().cloned())
+        .collect();
+    let reloading = tokio::spawn(reload_on_sighup(certificates));
+    let result = server.run(listeners, shutdown_signal()).await;
+    reloading.abort();
     let s = stats.snapshot();
     info!(
         accepted = s.accepted,
@@ -221,6 +319,36 @@ async fn run<S: Service>(
         "final stats"
     );
     Ok(result)
+}
+
+/// Reloads every TLS listener's certificate files on each SIGHUP; a reload that
+/// fails keeps the certificate in use.
+async fn reload_on_sighup(certificates: Vec<Certificates>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    if certificates.is_empty() {
+        return;
+    }
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install the SIGHUP handler; certificates will not reload");
+            return;
+        }
+    };
+    while hangups.recv().await.is_some() {
+        for certs in &certificates {
+            let file = certs
+                .cert_path()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            match certs.reload() {
+                Ok(()) => info!(%file, "certificate reloaded; new handshakes use it"),
+                Err(e) => {
+                    tracing::error!(%file, error = %e, "certificate reload failed; the old one stays")
+                }
+            }
+        }
+    }
 }
 
 /// Resolves on the first SIGINT or SIGTERM.

@@ -169,7 +169,7 @@ fn the_server_runs_arena_on_its_embedded_defaults_with_a_fresh_data_directory() 
     let dir = scratch("defaults");
     let mut child = KillOnDrop(
         gatehouse()
-            .args(["serve", "--port", "0"])
+            .args(["serve", "--port", "0", "--ws-port", "0"])
             .current_dir(&dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -177,16 +177,23 @@ fn the_server_runs_arena_on_its_embedded_defaults_with_a_fresh_data_directory() 
             .unwrap(),
     );
     let stdout = BufReader::new(child.0.stdout.take().unwrap());
-    let (tx, first_line) = channel();
+    let (tx, first_lines) = channel();
     std::thread::spawn(move || {
-        let _ = tx.send(stdout.lines().next());
+        let _ = tx.send(stdout.lines().take(2).collect::<Result<Vec<_>, _>>());
     });
-    let line = first_line
+    let lines = first_lines
         .recv_timeout(process::START_PATIENCE)
-        .expect("the server prints its first line in time")
-        .expect("the server prints a line before exiting")
+        .expect("the server prints its first lines in time")
         .unwrap();
-    assert!(line.starts_with("listening on 127.0.0.1:"), "{line}");
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines[0].starts_with("listening on tcp://127.0.0.1:"),
+        "{lines:?}"
+    );
+    assert!(
+        lines[1].starts_with("listening on ws://127.0.0.1:"),
+        "{lines:?}"
+    );
     assert!(dir.join("data").join("gatehouse.db").exists());
     drop(child);
 }

@@ -158,7 +158,10 @@ fn bad_configurations_are_rejected_with_the_key_named() {
         ),
         ("[limits]\nmax_frame_bytes = 0\n", "limits.max_frame_bytes"),
         ("[limits]\nidle_timeout = \"forever\"\n", "idle_timeout"),
-        ("[listen]\nport = \"seven\"\n", "port"),
+        (
+            "[[listeners]]\ntransport = \"tcp\"\naddress = \"127.0.0.1:seven\"\n",
+            "address",
+        ),
         (
             "[supervisor]\ndrain_timeout = \"0s\"\n",
             "supervisor.drain_timeout",
@@ -211,6 +214,8 @@ async fn the_port_can_come_from_servers_csv_by_server_id() {
             "serve",
             "--service",
             "bench",
+            "--ws-port",
+            "0",
             "--server-id",
             "7",
             "--servers-csv",

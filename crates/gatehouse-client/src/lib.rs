@@ -11,7 +11,13 @@
 //! their waiting requests, and writes what the handles queue (bounded; a full queue
 //! makes callers wait).
 //!
-//! It depends on the protocol crate and tokio only: no server code comes with it.
+//! It speaks every transport a gatehouse server listens on ([`Target`]: TCP, TLS,
+//! WebSocket, WebSocket over TLS; see `transport`). It depends on the protocol crate,
+//! tokio, rustls and tungstenite: no server code comes with it.
+
+mod transport;
+
+pub use transport::Target;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -21,10 +27,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use gatehouse_protocol::{DecodeError, KickReason, Message, Status, HEADER_LEN};
+use gatehouse_protocol::{DecodeError, KickReason, Message, Status};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 
 /// Client settings.
@@ -38,6 +43,9 @@ pub struct ClientConfig {
     pub max_frame_bytes: usize,
     /// Pushes buffered for the application before the client stops reading.
     pub push_buffer: usize,
+    /// TLS: trust only the certificates of this PEM file (a development certificate)
+    /// instead of the system's roots.
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 impl Default for ClientConfig {
@@ -47,6 +55,7 @@ impl Default for ClientConfig {
             heartbeat: Duration::from_secs(15),
             max_frame_bytes: gatehouse_protocol::DEFAULT_MAX_FRAME_LEN,
             push_buffer: 1024,
+            tls_ca: None,
         }
     }
 }
@@ -161,15 +170,22 @@ impl Pushes {
 const OUTBOX: usize = 1024;
 
 impl Client {
-    /// Connects to a gatehouse server.
+    /// Connects to a gatehouse server over TCP.
     pub async fn connect(
         addr: SocketAddr,
         config: ClientConfig,
     ) -> Result<(Client, Pushes), ClientError> {
-        let stream = TcpStream::connect(addr)
-            .await
-            .map_err(|e| ClientError::Io(e.to_string()))?;
-        Client::from_stream(stream, config)
+        Client::connect_to(&Target::Tcp(addr.to_string()), config).await
+    }
+
+    /// Connects to a gatehouse server over any transport (`"tls://host:7443"`,
+    /// `"ws://host:7080/ws"`; see [`Target`]).
+    pub async fn connect_to(
+        target: &Target,
+        config: ClientConfig,
+    ) -> Result<(Client, Pushes), ClientError> {
+        let (bodies, sink) = transport::open(target, &config).await?;
+        Ok(Client::start(bodies, sink, config))
     }
 
     /// A client over a connected stream (for example one bound to a chosen source
@@ -181,6 +197,15 @@ impl Client {
         stream
             .set_nodelay(true)
             .map_err(|e| ClientError::Io(e.to_string()))?;
+        let (bodies, sink) = transport::framed(stream, &config);
+        Ok(Client::start(bodies, sink, config))
+    }
+
+    fn start(
+        bodies: transport::Bodies,
+        sink: transport::BodySink,
+        config: ClientConfig,
+    ) -> (Client, Pushes) {
         let shared = Arc::new(Shared {
             pending: Mutex::new(HashMap::new()),
             ended: Mutex::new(None),
@@ -190,8 +215,8 @@ impl Client {
         });
         let (outbox, outgoing) = mpsc::channel(OUTBOX);
         let (push_tx, push_rx) = mpsc::channel(shared.config.push_buffer);
-        tokio::spawn(run(stream, shared.clone(), outgoing, push_tx));
-        Ok((Client { shared, outbox }, Pushes { rx: push_rx }))
+        tokio::spawn(run(bodies, sink, shared.clone(), outgoing, push_tx));
+        (Client { shared, outbox }, Pushes { rx: push_rx })
     }
 
     /// Sends a request and waits for its response payload; a non-zero status is an
@@ -255,20 +280,12 @@ impl Client {
 
 /// The connection task: reads, writes, heartbeats, until the socket or the client ends.
 async fn run(
-    stream: TcpStream,
+    mut frames: transport::Bodies,
+    mut sink: transport::BodySink,
     shared: Arc<Shared>,
     mut outgoing: mpsc::Receiver<Message>,
     pushes: mpsc::Sender<Push>,
 ) {
-    let codec = || {
-        LengthDelimitedCodec::builder()
-            .length_field_length(HEADER_LEN)
-            .max_frame_length(shared.config.max_frame_bytes)
-            .new_codec()
-    };
-    let (read, write) = stream.into_split();
-    let mut frames = FramedRead::new(read, codec());
-    let mut sink = FramedWrite::new(write, codec());
     let mut heartbeat = tokio::time::interval(shared.config.heartbeat);
     heartbeat.tick().await; // the first tick is immediate
     let why = loop {
@@ -276,8 +293,8 @@ async fn run(
             () = shared.stop.cancelled() => break ClientError::Closed,
             frame = frames.next() => match frame {
                 None => break ClientError::Closed,
-                Some(Err(e)) => break ClientError::Io(e.to_string()),
-                Some(Ok(body)) => match Message::decode(body.freeze()) {
+                Some(Err(e)) => break e,
+                Some(Ok(body)) => match Message::decode(body) {
                     Err(e) => break e.into(),
                     // A server's ping is answered with its payload (PROTOCOL.md).
                     Ok(Message::Ping(payload)) => {
@@ -285,7 +302,7 @@ async fn run(
                         let mut body = bytes::BytesMut::with_capacity(pong.body_len());
                         pong.encode_body(&mut body);
                         if let Err(e) = sink.send(body.freeze()).await {
-                            break ClientError::Io(e.to_string());
+                            break e;
                         }
                     }
                     Ok(message) => {
@@ -300,14 +317,14 @@ async fn run(
                 let mut body = bytes::BytesMut::with_capacity(message.body_len());
                 message.encode_body(&mut body);
                 if let Err(e) = sink.send(body.freeze()).await {
-                    break ClientError::Io(e.to_string());
+                    break e;
                 }
             }
             _ = heartbeat.tick() => {
                 let mut body = bytes::BytesMut::new();
                 Message::Ping(Bytes::new()).encode_body(&mut body);
                 if let Err(e) = sink.send(body.freeze()).await {
-                    break ClientError::Io(e.to_string());
+                    break e;
                 }
             }
         }

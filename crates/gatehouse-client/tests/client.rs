@@ -9,6 +9,7 @@ mod support;
 use std::time::Duration;
 
 use bytes::Bytes;
+use gatehouse::bench_service::routes as bench;
 use gatehouse::{KickReason, Status};
 use gatehouse_client::{Client, ClientConfig, ClientError, Push, Pushes};
 use support::{routes, test_config, TestServer, PATIENCE};
@@ -223,4 +224,116 @@ async fn a_ping_from_the_server_is_answered_with_a_pong_carrying_its_payload() {
     .await
     .expect("a pong in time");
     assert_eq!(answer, "are you there");
+}
+
+/// A server with a listener of every transport, a self-signed certificate for them,
+/// and the certificate's PEM file for the clients to trust.
+struct EveryTransport {
+    targets: Vec<gatehouse_client::Target>,
+    ca: support::Scratch,
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), gatehouse::ServerError>>,
+}
+
+async fn serve_every_transport() -> EveryTransport {
+    use gatehouse::listener::WebOptions;
+    use gatehouse::{Certificates, Listener};
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let certs = Certificates::from_pem(
+        cert.cert.pem().as_bytes(),
+        cert.signing_key.serialize_pem().as_bytes(),
+    )
+    .unwrap();
+    let ca = support::Scratch::new("client-ca");
+    std::fs::create_dir_all(ca.path()).unwrap();
+    std::fs::write(ca.path().join("ca.pem"), cert.cert.pem()).unwrap();
+    let bind = || gatehouse::bind("127.0.0.1:0".parse().unwrap());
+    let listeners = vec![
+        Listener::tcp(bind().await.unwrap()),
+        Listener::tls(bind().await.unwrap(), certs.clone()),
+        Listener::websocket(bind().await.unwrap(), WebOptions::default()),
+        Listener::secure_websocket(bind().await.unwrap(), certs, WebOptions::default()),
+    ];
+    let port = |i: usize| listeners[i].local_addr().unwrap().port();
+    let targets = [
+        format!("127.0.0.1:{}", port(0)),
+        format!("tls://localhost:{}", port(1)),
+        format!("ws://127.0.0.1:{}/ws", port(2)),
+        format!("wss://localhost:{}/ws", port(3)),
+    ]
+    .iter()
+    .map(|t| t.parse().unwrap())
+    .collect();
+    let server =
+        gatehouse::Server::new(test_config(), gatehouse::bench_service::BenchService).unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(server.run(listeners, stop.clone().cancelled_owned()));
+    EveryTransport {
+        targets,
+        ca,
+        stop,
+        task,
+    }
+}
+
+#[tokio::test]
+async fn the_client_speaks_every_transport_and_sees_kicks_on_each() {
+    let server = serve_every_transport().await;
+    let config = ClientConfig {
+        tls_ca: Some(server.ca.path().join("ca.pem")),
+        ..ClientConfig::default()
+    };
+    let mut clients = Vec::new();
+    for target in &server.targets {
+        let (client, pushes) = Client::connect_to(target, config.clone()).await.unwrap();
+        assert_eq!(
+            client
+                .request(bench::ECHO, target.to_string())
+                .await
+                .unwrap(),
+            target.to_string()
+        );
+        clients.push((client, pushes));
+    }
+    clients[3]
+        .0
+        .request(bench::BROADCAST, "all of you")
+        .await
+        .unwrap();
+    for (_, pushes) in &mut clients {
+        let push = next_push(pushes).await.unwrap();
+        assert_eq!(
+            (push.route, &push.payload[..]),
+            (bench::BROADCAST, &b"all of you"[..])
+        );
+    }
+    server.stop.cancel();
+    for (client, mut pushes) in clients {
+        assert!(next_push(&mut pushes).await.is_none());
+        assert!(
+            matches!(client.ended(), Some(ClientError::Kicked { reason, .. }) if reason == KickReason::SHUTDOWN),
+            "{:?}",
+            client.ended()
+        );
+    }
+    server.task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_tls_client_refuses_a_certificate_it_does_not_trust() {
+    let server = serve_every_transport().await;
+    // The system's roots do not include a fresh self-signed certificate.
+    for target in &server.targets[1..] {
+        if matches!(target, gatehouse_client::Target::Ws(_)) {
+            continue;
+        }
+        let refused = Client::connect_to(target, ClientConfig::default()).await;
+        assert!(
+            matches!(&refused, Err(ClientError::Io(e)) if e.contains("TLS")),
+            "{target}: {:?}",
+            refused.err()
+        );
+    }
+    server.stop.cancel();
+    server.task.await.unwrap().unwrap();
 }

@@ -18,7 +18,10 @@ pub const START_PATIENCE: Duration = Duration::from_secs(20);
 /// A server child process; killed when dropped.
 pub struct ServerProcess {
     pub child: Child,
+    /// The TCP listener's address.
     pub addr: SocketAddr,
+    /// Every listener's address by scheme (`tcp`, `ws`, …), as printed.
+    listeners: Arc<Mutex<Vec<(String, SocketAddr)>>>,
     log: Arc<Mutex<String>>,
     /// Copies stderr into `log` until the child's end of the pipe closes.
     log_reader: Option<JoinHandle<()>>,
@@ -83,10 +86,13 @@ pub fn gatehouse() -> Command {
 }
 
 impl ServerProcess {
-    /// Starts `gatehouse serve --port 0 ARGS…` and waits for its "listening on" line.
+    /// Starts `gatehouse serve --port 0 --ws-port 0 ARGS…` and waits for its
+    /// "listening on" lines.
     pub fn start(args: &[&str]) -> ServerProcess {
         let mut command = gatehouse();
-        command.args(["serve", "--port", "0"]).args(args);
+        command
+            .args(["serve", "--port", "0", "--ws-port", "0"])
+            .args(args);
         ServerProcess::spawn(command)
     }
 
@@ -97,7 +103,7 @@ impl ServerProcess {
             .arg("-c")
             .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
             .arg(env!("CARGO_BIN_EXE_gatehouse"))
-            .args(["serve", "--port", "0"])
+            .args(["serve", "--port", "0", "--ws-port", "0"])
             .args(args)
             .env_remove("RUST_LOG");
         ServerProcess::spawn(command)
@@ -105,7 +111,13 @@ impl ServerProcess {
 
     /// Spawns `command` (a `gatehouse serve`) and waits for its "listening on" line.
     pub fn spawn(command: Command) -> ServerProcess {
-        match ServerProcess::try_spawn(command) {
+        ServerProcess::spawn_until(command, "tcp")
+    }
+
+    /// Spawns `command` and waits for its listener of `scheme`; `addr` is that
+    /// listener's address.
+    pub fn spawn_until(command: Command, scheme: &str) -> ServerProcess {
+        match ServerProcess::try_spawn_until(command, scheme) {
             Ok(server) => server,
             Err(log) => panic!("server exited without listening:\n{log}"),
         }
@@ -113,7 +125,12 @@ impl ServerProcess {
 
     /// Like [`spawn`](Self::spawn), but a server that exits before listening is an
     /// `Err` with its log, for the caller to judge.
-    pub fn try_spawn(mut command: Command) -> Result<ServerProcess, String> {
+    pub fn try_spawn(command: Command) -> Result<ServerProcess, String> {
+        ServerProcess::try_spawn_until(command, "tcp")
+    }
+
+    fn try_spawn_until(mut command: Command, awaited: &str) -> Result<ServerProcess, String> {
+        let awaited = awaited.to_owned();
         let child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -122,16 +139,28 @@ impl ServerProcess {
         let mut server = ServerProcess {
             child,
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            listeners: Arc::default(),
             log: Arc::default(),
             log_reader: None,
         };
         let (tx, rx) = std::sync::mpsc::channel();
         let stdout = server.child.stdout.take().unwrap();
+        let listeners = server.listeners.clone();
         std::thread::spawn(move || {
+            // One "listening on SCHEME://ADDR" line per listener; the TCP one is the
+            // server's address.
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if let Some(addr) = line.strip_prefix("listening on ") {
-                    let _ = tx.send(addr.to_owned());
+                let Some(url) = line.strip_prefix("listening on ") else {
+                    continue;
+                };
+                let Some((scheme, addr)) = url.split_once("://") else {
+                    continue;
+                };
+                let addr: SocketAddr = addr.parse().expect("listening address");
+                listeners.lock().unwrap().push((scheme.to_owned(), addr));
+                if scheme == awaited {
+                    let _ = tx.send(addr);
                 }
             }
         });
@@ -147,7 +176,7 @@ impl ServerProcess {
         }));
         match rx.recv_timeout(START_PATIENCE) {
             Ok(addr) => {
-                server.addr = addr.parse().expect("listening address");
+                server.addr = addr;
                 Ok(server)
             }
             // Stdout closed without the line: the server exited.
@@ -167,6 +196,30 @@ impl ServerProcess {
 
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// The address of the first listener of `scheme` (`ws`, `tls`, …), waiting for
+    /// its line.
+    pub fn listener(&self, scheme: &str) -> SocketAddr {
+        let deadline = Instant::now() + START_PATIENCE;
+        loop {
+            let found = self
+                .listeners
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|(s, _)| s == scheme)
+                .map(|(_, a)| *a);
+            if let Some(addr) = found {
+                return addr;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {scheme} listener:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Waits until the log holds `text`, for at most `patience`, and returns it.

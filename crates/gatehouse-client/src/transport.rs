@@ -1,0 +1,252 @@
+//! Where a client connects and how: a [`Target`] (`host:port` or `tcp://`, `tls://`,
+//! `ws://`, `wss://` addresses) opened into a stream of frame bodies and a sink for
+//! them. TCP and TLS carry `{packet, 4}` frames; WebSocket carries one envelope per
+//! binary message, and a close frame with code 4000-4999 after a kick.
+//!
+//! TLS trusts the system's roots, or only the PEM file of
+//! [`ClientConfig::tls_ca`](crate::ClientConfig::tls_ca) (a development
+//! certificate from `gatehouse dev-cert`).
+
+use std::fmt;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use gatehouse_protocol::{KickReason, HEADER_LEN};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::{self, RootCertStore};
+use tokio_rustls::TlsConnector;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+
+use crate::{ClientConfig, ClientError};
+
+/// A server address and the transport to reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// `host:port` or `tcp://host:port`.
+    Tcp(String),
+    /// `tls://host:port`.
+    Tls(String),
+    /// `ws://host:port/path` (the whole URL).
+    Ws(String),
+    /// `wss://host:port/path` (the whole URL).
+    Wss(String),
+}
+
+impl Target {
+    /// The same address over TLS: `tcp` becomes `tls`, `ws` becomes `wss`.
+    pub fn with_tls(self) -> Target {
+        match self {
+            Target::Tcp(addr) => Target::Tls(addr),
+            Target::Ws(url) => Target::Wss(format!("wss{}", &url[2..])),
+            secure => secure,
+        }
+    }
+
+    /// `host:port` of the server.
+    fn authority(&self) -> &str {
+        match self {
+            Target::Tcp(addr) | Target::Tls(addr) => addr,
+            Target::Ws(url) | Target::Wss(url) => {
+                let rest = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
+                rest.split('/').next().unwrap_or(rest)
+            }
+        }
+    }
+
+    /// The host without the port, for the TLS server name.
+    fn host(&self) -> &str {
+        let authority = self.authority();
+        if let Some(v6) = authority.strip_prefix('[') {
+            return v6.split(']').next().unwrap_or(v6);
+        }
+        authority
+            .rsplit_once(':')
+            .map_or(authority, |(host, _)| host)
+    }
+}
+
+impl FromStr for Target {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (scheme, rest) = s.split_once("://").unwrap_or(("tcp", s));
+        let target = match scheme {
+            "tcp" => Target::Tcp(rest.to_owned()),
+            "tls" => Target::Tls(rest.to_owned()),
+            "ws" => Target::Ws(s.to_owned()),
+            "wss" => Target::Wss(s.to_owned()),
+            other => return Err(format!("unknown scheme `{other}` (tcp, tls, ws, wss)")),
+        };
+        let authority = target.authority();
+        if authority
+            .rsplit_once(':')
+            .is_none_or(|(_, port)| port.parse::<u16>().is_err())
+        {
+            return Err(format!("`{s}` has no host:port"));
+        }
+        Ok(target)
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Tcp(addr) => write!(f, "tcp://{addr}"),
+            Target::Tls(addr) => write!(f, "tls://{addr}"),
+            Target::Ws(url) | Target::Wss(url) => f.write_str(url),
+        }
+    }
+}
+
+/// Frame bodies from the server, in order.
+pub(crate) type Bodies = Pin<Box<dyn Stream<Item = Result<Bytes, ClientError>> + Send>>;
+/// Frame bodies to the server.
+pub(crate) type BodySink = Pin<Box<dyn Sink<Bytes, Error = ClientError> + Send>>;
+
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+fn io_error(e: impl fmt::Display) -> ClientError {
+    ClientError::Io(e.to_string())
+}
+
+/// Connects to `target` and splits the connection into bodies in and out.
+pub(crate) async fn open(
+    target: &Target,
+    config: &ClientConfig,
+) -> Result<(Bodies, BodySink), ClientError> {
+    let tcp = TcpStream::connect(target.authority())
+        .await
+        .map_err(io_error)?;
+    tcp.set_nodelay(true).map_err(io_error)?;
+    match target {
+        Target::Tcp(_) => Ok(framed(tcp, config)),
+        Target::Tls(_) => Ok(framed(tls(tcp, target, config).await?, config)),
+        Target::Ws(url) => websocket(tcp, url, config).await,
+        Target::Wss(url) => websocket(tls(tcp, target, config).await?, url, config).await,
+    }
+}
+
+/// `{packet, 4}` frames over a byte stream.
+pub(crate) fn framed(io: impl Io, config: &ClientConfig) -> (Bodies, BodySink) {
+    let codec = || {
+        LengthDelimitedCodec::builder()
+            .length_field_length(HEADER_LEN)
+            .max_frame_length(config.max_frame_bytes)
+            .new_codec()
+    };
+    let (read, write) = tokio::io::split(io);
+    let bodies =
+        FramedRead::new(read, codec()).map(|frame| frame.map(|b| b.freeze()).map_err(io_error));
+    let sink =
+        SinkExt::<Bytes>::sink_map_err(FramedWrite::new(write, codec()), |e: std::io::Error| {
+            io_error(e)
+        });
+    (Box::pin(bodies), Box::pin(sink))
+}
+
+async fn tls(
+    tcp: TcpStream,
+    target: &Target,
+    config: &ClientConfig,
+) -> Result<impl Io, ClientError> {
+    let mut roots = RootCertStore::empty();
+    match &config.tls_ca {
+        Some(path) => {
+            for cert in CertificateDer::pem_file_iter(path)
+                .map_err(|e| io_error(format!("{}: {e}", path.display())))?
+            {
+                let cert = cert.map_err(|e| io_error(format!("{}: {e}", path.display())))?;
+                roots.add(cert).map_err(io_error)?;
+            }
+        }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert); // a system certificate rustls cannot use is skipped
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls_config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(io_error)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = ServerName::try_from(target.host().to_owned()).map_err(io_error)?;
+    TlsConnector::from(Arc::new(tls_config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| io_error(format!("TLS: {e}")))
+}
+
+/// One envelope per binary WebSocket message.
+async fn websocket(
+    io: impl Io,
+    url: &str,
+    config: &ClientConfig,
+) -> Result<(Bodies, BodySink), ClientError> {
+    let ws_config = WebSocketConfig::default()
+        .max_message_size(Some(config.max_frame_bytes))
+        .max_frame_size(Some(config.max_frame_bytes));
+    let (ws, _) = tokio_tungstenite::client_async_with_config(url, io, Some(ws_config))
+        .await
+        .map_err(|e| io_error(format!("WebSocket: {e}")))?;
+    let (sink, stream) = ws.split();
+    let bodies = stream.filter_map(|message| async move {
+        match message {
+            Ok(WsMessage::Binary(body)) => Some(Ok(body)),
+            Ok(WsMessage::Close(Some(frame))) => {
+                // The kick envelope came first and ended the connection; a close
+                // without one still says why.
+                let code = u16::from(frame.code);
+                Some(Err(match code {
+                    4000..=4998 => ClientError::Kicked {
+                        reason: KickReason(code - 4000),
+                        text: frame.reason.to_string(),
+                    },
+                    _ => ClientError::Closed,
+                }))
+            }
+            Ok(WsMessage::Close(None)) => Some(Err(ClientError::Closed)),
+            Ok(WsMessage::Text(_)) => Some(Err(ClientError::Protocol(
+                "the server sent a text message".into(),
+            ))),
+            Ok(_) => None, // pings are answered by tungstenite
+            Err(e) => Some(Err(io_error(e))),
+        }
+    });
+    let sink = sink
+        .sink_map_err(io_error)
+        .with(|body: Bytes| async move { Ok::<_, ClientError>(WsMessage::Binary(body)) });
+    Ok((Box::pin(bodies), Box::pin(sink)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse_with_or_without_a_scheme() {
+        assert_eq!(
+            "127.0.0.1:7000".parse(),
+            Ok(Target::Tcp("127.0.0.1:7000".into()))
+        );
+        assert_eq!(
+            "tls://example.com:7443".parse::<Target>().unwrap().host(),
+            "example.com"
+        );
+        let ws: Target = "ws://[::1]:7080/ws".parse().unwrap();
+        assert_eq!((ws.authority(), ws.host()), ("[::1]:7080", "::1"));
+        assert_eq!(ws.with_tls(), Target::Wss("wss://[::1]:7080/ws".into()));
+        assert!("quic://h:1".parse::<Target>().is_err());
+        assert!("ws://nohost/ws".parse::<Target>().is_err());
+    }
+}
