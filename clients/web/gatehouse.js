@@ -1,0 +1,748 @@
+/**
+ * gatehouse.js: the gatehouse wire protocol (docs/PROTOCOL.md) over WebSocket, for
+ * browsers and Node (>= 20). No dependencies, no build step: an ES module.
+ *
+ * What it owns:
+ *  - the envelope codec: `encodeBody` / `decodeBody` for every kind (frames are
+ *    plain objects such as `{ kind: 'request', id, route, payload }`), the validation
+ *    PROTOCOL.md lists (`MalformedFrame` with `.error` = `unknown_kind`,
+ *    `truncated`, `nonce_too_long` or `kick_text_not_utf8`), and `describe`, the
+ *    canonical text of the test vectors;
+ *  - the names of statuses and kick reasons, and `reconnectDelay`, the reconnect
+ *    policy of PROTOCOL.md's kick table as a pure function;
+ *  - `Client`: one connection at a time over an injectable WebSocket constructor,
+ *    with request ids and timeouts, notifies, pushes by route, heartbeats, typed
+ *    kicks, and reconnection with backoff chosen by the kick reason.
+ *
+ * The WebSocket mapping: one binary message is one frame body (the envelope without
+ * the 4-byte length prefix); an empty binary message is the empty frame. A kick is
+ * the kick envelope, then a close frame with code 4000 + reason (4999 for a game's
+ * own codes, 1000 and up, which only the envelope carries); a close with such a code
+ * and no envelope before it is taken as that kick.
+ */
+
+/** Largest frame body, in bytes (the server's `limits.max_frame_bytes`). */
+export const MAX_FRAME_BYTES = 262144;
+/** Longest ping or pong nonce. */
+export const MAX_NONCE_BYTES = 64;
+/** The framework's push "room restarted"; its payload is the room's name (UTF-8). */
+export const ROUTE_ROOM_RESTARTED = 0xff01;
+/** Close codes 4000 + kick reason carry a kick in the WebSocket close frame. */
+export const KICK_CLOSE_BASE = 4000;
+
+/** Envelope kind bytes. */
+export const Kind = Object.freeze({
+  REQUEST: 1, NOTIFY: 2, RESPONSE: 3, PUSH: 4, PING: 5, PONG: 6, KICK: 7,
+});
+const KIND_NAMES = ['', 'request', 'notify', 'response', 'push', 'ping', 'pong', 'kick'];
+
+/** Framework response statuses (games use 1000 and up). */
+export const STATUS_NAMES = Object.freeze({
+  0: 'ok', 400: 'bad_request', 403: 'forbidden', 404: 'unknown_route',
+  500: 'internal_error', 503: 'unavailable',
+});
+
+/** Kick reason codes (PROTOCOL.md, "Kick reasons"). */
+export const KICK_REASONS = Object.freeze({
+  1: 'idle', 2: 'dos', 3: 'server_full', 4: 'shutdown', 5: 'server_restart',
+  6: 'duplicate_login', 7: 'protocol_error', 8: 'slow_consumer', 9: 'frame_too_large',
+  10: 'login_timeout', 11: 'too_many_from_ip', 12: 'internal_error', 13: 'kicked',
+  14: 'room_closed',
+});
+
+/** The framework's name of a status; `game_error` from 1000 up, else `error`. */
+export function statusName(status) {
+  return STATUS_NAMES[status] ?? (status >= 1000 ? 'game_error' : 'error');
+}
+
+/**
+ * The name of a kick reason. Codes from 1000 up are the game's (`game_kick`); an
+ * unknown framework code is to be treated like `kicked`, so that is its name.
+ */
+export function kickReasonName(reason) {
+  return KICK_REASONS[reason] ?? (reason >= 1000 ? 'game_kick' : 'kicked');
+}
+
+// ------------------------------------------------------------------------ errors
+
+/** Base class of the errors this module raises on purpose. */
+export class GatehouseError extends Error {
+  constructor(message) {
+    super(message);
+    this.name = new.target.name;
+  }
+}
+
+/** A body that cannot be decoded; `error` names the problem as PROTOCOL.md does. */
+export class MalformedFrame extends GatehouseError {
+  constructor(error, detail) {
+    super(`${error}: ${detail}`);
+    this.error = error;
+    this.detail = detail;
+  }
+}
+
+/** A response with a non-zero status: `status`, `text` (the payload as UTF-8), `payload`. */
+export class RequestError extends GatehouseError {
+  constructor(status, payload) {
+    const text = lenientUtf8.decode(payload);
+    super(`status ${status} (${statusName(status)}): ${text}`);
+    this.status = status;
+    this.text = text;
+    this.payload = payload;
+  }
+}
+
+/** No answer in time. The connection stays open; a late answer is dropped. */
+export class RequestTimeout extends GatehouseError {}
+
+/** The connection is closed (by the client, by the server without a kick, or lost). */
+export class ConnectionClosed extends GatehouseError {}
+
+/** A kick from the server: `reason` (the code), `name`, `text`. */
+export class Kick {
+  constructor(reason, text = '') {
+    this.reason = reason;
+    this.text = text;
+  }
+
+  get name() {
+    return kickReasonName(this.reason);
+  }
+
+  toString() {
+    return `${this.name} (${this.reason})${this.text ? `: ${this.text}` : ''}`;
+  }
+}
+
+/** The connection ended with a kick; `kick` says why. */
+export class Kicked extends ConnectionClosed {
+  constructor(kick) {
+    super(`kicked: ${kick}`);
+    this.kick = kick;
+  }
+}
+
+// ------------------------------------------------------------------------- codec
+
+const utf8Encoder = new TextEncoder();
+// Strict for kick texts (a bad one is malformed); ignoreBOM keeps a leading U+FEFF
+// as the text's own character, as the server's decoder does.
+const strictUtf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+const lenientUtf8 = new TextDecoder('utf-8', { ignoreBOM: true });
+
+/** Bytes from a Uint8Array, any ArrayBuffer view, an ArrayBuffer, a string (UTF-8) or nothing. */
+export function toBytes(data) {
+  if (data === undefined || data === null) return new Uint8Array(0);
+  if (data instanceof Uint8Array) return data;
+  if (ArrayBuffer.isView(data)) return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  if (data instanceof ArrayBuffer) return new Uint8Array(data);
+  if (typeof data === 'string') return utf8Encoder.encode(data);
+  throw new TypeError(`expected bytes, got ${Object.prototype.toString.call(data)}`);
+}
+
+/** Lowercase hex of bytes. */
+export function toHex(bytes) {
+  return Array.from(toBytes(bytes), (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+/** Bytes of a hex string (spaces allowed). */
+export function fromHex(hex) {
+  const clean = hex.replace(/\s+/g, '');
+  if (clean.length % 2 !== 0 || /[^0-9a-f]/i.test(clean)) throw new SyntaxError(`not hex: ${hex}`);
+  const out = new Uint8Array(clean.length / 2);
+  for (let i = 0; i < out.length; i++) out[i] = parseInt(clean.slice(2 * i, 2 * i + 2), 16);
+  return out;
+}
+
+function checkUint(value, bits, what) {
+  const max = 2 ** bits - 1;
+  if (!Number.isInteger(value) || value < 0 || value > max) {
+    throw new RangeError(`${what} must be an integer in 0..${max}, got ${value}`);
+  }
+}
+
+function checkNonce(nonce) {
+  const bytes = toBytes(nonce);
+  if (bytes.length > MAX_NONCE_BYTES) {
+    throw new RangeError(`a nonce is at most ${MAX_NONCE_BYTES} bytes, got ${bytes.length}`);
+  }
+  return bytes;
+}
+
+/** `kind` byte, fixed header fields (each [bytes, value]), then the rest. */
+function assemble(kind, fields, rest) {
+  const headerLength = 1 + fields.reduce((n, [size]) => n + size, 0);
+  const body = new Uint8Array(headerLength + rest.length);
+  const view = new DataView(body.buffer);
+  body[0] = kind;
+  let at = 1;
+  for (const [size, value] of fields) {
+    if (size === 4) view.setUint32(at, value);
+    else view.setUint16(at, value);
+    at += size;
+  }
+  body.set(rest, headerLength);
+  return body;
+}
+
+/**
+ * The body of a frame (no length prefix): what one WebSocket binary message holds.
+ * Throws RangeError for a field out of range (an id over u32, a route, status or
+ * reason over u16, a nonce over 64 bytes) and TypeError for something not a frame.
+ */
+export function encodeBody(frame) {
+  switch (frame?.kind) {
+    case 'empty':
+      return new Uint8Array(0);
+    case 'request':
+      checkUint(frame.id, 32, 'id');
+      checkUint(frame.route, 16, 'route');
+      return assemble(Kind.REQUEST, [[4, frame.id], [2, frame.route]], toBytes(frame.payload));
+    case 'response':
+      checkUint(frame.id, 32, 'id');
+      checkUint(frame.status, 16, 'status');
+      return assemble(Kind.RESPONSE, [[4, frame.id], [2, frame.status]], toBytes(frame.payload));
+    case 'notify':
+    case 'push':
+      checkUint(frame.route, 16, 'route');
+      return assemble(frame.kind === 'notify' ? Kind.NOTIFY : Kind.PUSH,
+        [[2, frame.route]], toBytes(frame.payload));
+    case 'ping':
+    case 'pong':
+      return assemble(frame.kind === 'ping' ? Kind.PING : Kind.PONG, [], checkNonce(frame.nonce));
+    case 'kick':
+      checkUint(frame.reason, 16, 'reason');
+      if (typeof frame.text !== 'string') throw new TypeError('a kick text is a string');
+      return assemble(Kind.KICK, [[2, frame.reason]], utf8Encoder.encode(frame.text));
+    default:
+      throw new TypeError(`not a frame: ${JSON.stringify(frame)}`);
+  }
+}
+
+function needs(body, length) {
+  if (body.length < length) {
+    throw new MalformedFrame('truncated', `kind ${body[0]} needs ${length} bytes, got ${body.length}`);
+  }
+}
+
+/**
+ * Decodes one frame body (a whole WebSocket binary message). Payloads, nonces and
+ * texts are copies. Throws MalformedFrame for the malformed bodies of PROTOCOL.md.
+ */
+export function decodeBody(data) {
+  const body = toBytes(data);
+  if (body.length === 0) return { kind: 'empty' };
+  const view = new DataView(body.buffer, body.byteOffset, body.byteLength);
+  const kind = body[0];
+  switch (kind) {
+    case Kind.REQUEST:
+      needs(body, 7);
+      return { kind: 'request', id: view.getUint32(1), route: view.getUint16(5), payload: body.slice(7) };
+    case Kind.RESPONSE:
+      needs(body, 7);
+      return { kind: 'response', id: view.getUint32(1), status: view.getUint16(5), payload: body.slice(7) };
+    case Kind.NOTIFY:
+    case Kind.PUSH:
+      needs(body, 3);
+      return { kind: KIND_NAMES[kind], route: view.getUint16(1), payload: body.slice(3) };
+    case Kind.PING:
+    case Kind.PONG:
+      if (body.length - 1 > MAX_NONCE_BYTES) {
+        throw new MalformedFrame('nonce_too_long',
+          `nonce of ${body.length - 1} bytes, at most ${MAX_NONCE_BYTES}`);
+      }
+      return { kind: KIND_NAMES[kind], nonce: body.slice(1) };
+    case Kind.KICK: {
+      needs(body, 3);
+      let text;
+      try {
+        text = strictUtf8.decode(body.subarray(3));
+      } catch (e) {
+        throw new MalformedFrame('kick_text_not_utf8', e.message);
+      }
+      return { kind: 'kick', reason: view.getUint16(1), text };
+    }
+    default:
+      throw new MalformedFrame('unknown_kind', `kind byte 0x${kind.toString(16).padStart(2, '0')}`);
+  }
+}
+
+/** The canonical text form of PROTOCOL.md's test vectors, e.g. `ping nonce=00ff`. */
+export function describe(frame) {
+  switch (frame.kind) {
+    case 'empty': return 'empty';
+    case 'request': return `request id=${frame.id} route=${frame.route} payload=${toHex(frame.payload)}`;
+    case 'notify': return `notify route=${frame.route} payload=${toHex(frame.payload)}`;
+    case 'response': return `response id=${frame.id} status=${frame.status} payload=${toHex(frame.payload)}`;
+    case 'push': return `push route=${frame.route} payload=${toHex(frame.payload)}`;
+    case 'ping': return `ping nonce=${toHex(frame.nonce)}`;
+    case 'pong': return `pong nonce=${toHex(frame.nonce)}`;
+    case 'kick': return `kick reason=${frame.reason} text="${frame.text}"`;
+    default: throw new TypeError(`not a frame: ${JSON.stringify(frame)}`);
+  }
+}
+
+// ---------------------------------------------------------------- reconnecting
+
+/**
+ * How each kick reason reconnects (PROTOCOL.md's table): `now` (a few hundred ms
+ * of jitter), `short` (a short delay, doubling), `long` (1 s doubling to 30-60 s),
+ * `never` (not automatically: a bug, or someone else's decision).
+ */
+export const RECONNECT_POLICY = Object.freeze({
+  idle: 'short',
+  dos: 'long',
+  server_full: 'long',
+  shutdown: 'short',
+  server_restart: 'now',
+  duplicate_login: 'never',
+  protocol_error: 'never',
+  slow_consumer: 'short',
+  frame_too_large: 'never',
+  login_timeout: 'short',
+  too_many_from_ip: 'long',
+  internal_error: 'short',
+  kicked: 'never',
+  room_closed: 'now',
+});
+
+/** The policy name for a kick reason code, or for `null` (closed without a kick). */
+export function reconnectPolicy(reason) {
+  if (reason === null || reason === undefined) return 'short'; // lost: back off
+  if (reason >= 1000) return 'never'; // a game's own code: its documentation decides
+  return RECONNECT_POLICY[KICK_REASONS[reason]] ?? 'never'; // unknown: like `kicked`
+}
+
+/** `now`: at most this much jitter. */
+export const RECONNECT_JITTER_MS = 300;
+const BACKOFF = Object.freeze({
+  short: { base: 500, cap: 10_000 }, // [0.5, 1) s, doubling to [10, 20) s
+  long: { base: 1000, cap: 30_000 }, // [1, 2) s, doubling to [30, 60) s
+});
+
+/**
+ * Milliseconds to wait before reconnecting attempt number `attempt` (0 for the
+ * first) after a connection ended with kick `reason` (a code, or null for no kick),
+ * or null for "do not reconnect automatically". `random` returns [0, 1) as
+ * Math.random does; the jitter is `random` times the step, on top of it.
+ */
+export function reconnectDelay(reason, attempt = 0, random = Math.random) {
+  const policy = reconnectPolicy(reason);
+  if (policy === 'never') return null;
+  if (policy === 'now') return Math.floor(random() * RECONNECT_JITTER_MS);
+  const { base, cap } = BACKOFF[policy];
+  const step = Math.min(cap, base * 2 ** Math.min(Math.max(0, attempt), 20));
+  return Math.floor(step * (1 + random()));
+}
+
+// ------------------------------------------------------------------------ client
+
+const defaultTimers = {
+  setTimeout: (fn, ms) => globalThis.setTimeout(fn, ms),
+  clearTimeout: (id) => globalThis.clearTimeout(id),
+  now: () => globalThis.performance.now(),
+};
+
+const HEARTBEAT_NONCE_FLAG = 1n << 63n; // marks a nonce that carries its send time
+
+/**
+ * A gatehouse connection over WebSocket, reconnecting by itself after a kick or a
+ * lost connection as PROTOCOL.md's kick table says.
+ *
+ * Options (all optional): `WebSocket` (the constructor; the global one by default),
+ * `requestTimeout` (ms, 10 000), `heartbeat` (ms: ping when nothing was sent, or
+ * nothing received, for this long; 15 000; 0 turns it off), `deadAfter` (ms: close
+ * when no frame at all arrived for this long; 30 000; 0 turns it off),
+ * `maxMessageBytes` (262 144), `reconnect` (true), `reconnectPolicy(reason, attempt,
+ * random)` (`reconnectDelay` by default), `onReconnect(client)` (awaited after each
+ * reconnection: log in again there), `random` and `timers` ({setTimeout,
+ * clearTimeout, now}: for tests).
+ *
+ * Events (an EventTarget; `event.detail` says more): `open` ({url, reconnected}),
+ * `push` ({route, payload}), `kick` (the Kick), `close` ({error, kick, reconnectIn:
+ * ms or null}), `reconnecting` ({attempt, delay, kick}), `reconnected` (after
+ * `onReconnect` resolved), `error` ({error}: `onReconnect` failed; the connection
+ * stays open).
+ */
+export class Client extends EventTarget {
+  /** Awaited after each automatic reconnection (before `reconnected`). */
+  onReconnect;
+  /** Round trip of the last answered ping, in ms (null before any). */
+  lastRtt = null;
+
+  #options;
+  #timers;
+  #ws = null;
+  #state = 'idle'; // idle | connecting | open | closed
+  #url = null;
+  #end = null; // why the last connection ended
+  #kick = null; // the kick that ended it, if one did
+  #pending = new Map(); // request id -> {resolve, reject, timer}
+  #pings = new Map(); // nonce hex -> {resolve, reject, timer, sent}
+  #pushHandlers = new Map(); // route -> Set of handlers
+  #nextId = 1;
+  #nextNonce = 1;
+  #lastSent = 0;
+  #lastReceived = 0;
+  #lastBeat = 0;
+  #heartbeatTimer = null;
+  #reconnectTimer = null;
+  #attempt = 0; // reconnections since the server last served this client
+  #everOpened = false;
+  #userClosed = false;
+  #connecting = null; // {resolve, reject} of the pending connect()
+
+  constructor(options = {}) {
+    super();
+    this.#options = {
+      WebSocket: globalThis.WebSocket,
+      requestTimeout: 10_000,
+      heartbeat: 15_000,
+      deadAfter: 30_000,
+      maxMessageBytes: MAX_FRAME_BYTES,
+      reconnect: true,
+      reconnectPolicy: reconnectDelay,
+      random: Math.random,
+      ...options,
+    };
+    this.#timers = { ...defaultTimers, ...options.timers };
+    this.onReconnect = options.onReconnect;
+  }
+
+  /** `idle`, `connecting`, `open` or `closed`. */
+  get state() { return this.#state; }
+  /** The URL given to connect(). */
+  get url() { return this.#url; }
+  /** The kick that ended the last connection (null if none did). */
+  get kick() { return this.#kick; }
+  /** Requests waiting for their response. */
+  get outstanding() { return this.#pending.size; }
+
+  /**
+   * Opens the connection; resolves once the WebSocket is open. Rejects with
+   * ConnectionClosed if it closes before opening (no automatic retry for a first
+   * connection that never opened).
+   */
+  connect(url) {
+    if (this.#state === 'open' || this.#state === 'connecting') {
+      return Promise.reject(new GatehouseError(`already ${this.#state}`));
+    }
+    this.#cancelReconnect();
+    this.#url = url;
+    this.#userClosed = false;
+    this.#everOpened = false;
+    this.#attempt = 0;
+    return this.#open(false);
+  }
+
+  /** Closes the connection for good: no reconnection; outstanding requests fail. */
+  close() {
+    this.#userClosed = true;
+    this.#cancelReconnect();
+    if (this.#state === 'open' || this.#state === 'connecting') {
+      this.#finish(new ConnectionClosed('closed by the client'));
+    }
+    this.#state = 'closed';
+  }
+
+  /**
+   * Sends a request; resolves with the response payload (a Uint8Array) for status
+   * 0, rejects with RequestError for another status, RequestTimeout after `timeout`
+   * ms (option `requestTimeout` by default; 0: no timeout), Kicked or
+   * ConnectionClosed if the connection ends first, RangeError for a message over
+   * the maximum. `payload`: bytes, or a string sent as UTF-8.
+   */
+  request(route, payload, { timeout = this.#options.requestTimeout } = {}) {
+    return new Promise((resolve, reject) => {
+      const id = this.#takeId();
+      this.#send({ kind: 'request', id, route, payload });
+      const timer = timeout > 0
+        ? this.#timers.setTimeout(() => {
+          this.#pending.delete(id);
+          reject(new RequestTimeout(`no response to request ${id} (route ${route}) in ${timeout} ms`));
+        }, timeout)
+        : null;
+      this.#pending.set(id, { resolve, reject, timer });
+    });
+  }
+
+  /** Sends a notify (never answered). Throws if closed or too large. */
+  notify(route, payload) {
+    this.#send({ kind: 'notify', route, payload });
+  }
+
+  /** Sends an empty frame (a keepalive, never answered). */
+  sendEmpty() {
+    this.#send({ kind: 'empty' });
+  }
+
+  /** Sends a ping; resolves with the round trip in ms when its pong arrives. */
+  ping({ timeout = this.#options.requestTimeout } = {}) {
+    return new Promise((resolve, reject) => {
+      const nonce = new Uint8Array(8);
+      new DataView(nonce.buffer).setBigUint64(0, BigInt(this.#nextNonce++));
+      const key = toHex(nonce);
+      this.#send({ kind: 'ping', nonce });
+      const timer = timeout > 0
+        ? this.#timers.setTimeout(() => {
+          this.#pings.delete(key);
+          reject(new RequestTimeout(`no pong in ${timeout} ms`));
+        }, timeout)
+        : null;
+      this.#pings.set(key, { resolve, reject, timer, sent: this.#timers.now() });
+    });
+  }
+
+  /**
+   * Calls `handler(payload, route)` for every push on `route`; returns a function
+   * that removes it. Every push is also a `push` event.
+   */
+  onPush(route, handler) {
+    if (!this.#pushHandlers.has(route)) this.#pushHandlers.set(route, new Set());
+    this.#pushHandlers.get(route).add(handler);
+    return () => this.#pushHandlers.get(route)?.delete(handler);
+  }
+
+  // ------------------------------------------------------------- internals
+
+  #emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+
+  #takeId() {
+    // A wrapping u32 counter, skipping 0 and ids still outstanding.
+    for (;;) {
+      const id = this.#nextId;
+      this.#nextId = (this.#nextId + 1) % 2 ** 32;
+      if (id !== 0 && !this.#pending.has(id)) return id;
+    }
+  }
+
+  #send(frame) {
+    if (this.#state !== 'open') {
+      throw this.#end ?? new ConnectionClosed(`not connected (${this.#state})`);
+    }
+    const body = encodeBody(frame);
+    if (body.length > this.#options.maxMessageBytes) {
+      throw new RangeError(
+        `a message of ${body.length} bytes is over the maximum of ${this.#options.maxMessageBytes}`);
+    }
+    this.#ws.send(body); // a Uint8Array: always a binary message, never text
+    this.#lastSent = this.#timers.now();
+  }
+
+  #open(reconnected) {
+    return new Promise((resolve, reject) => {
+      this.#state = 'connecting';
+      this.#end = null;
+      this.#kick = null;
+      if (!reconnected) this.#connecting = { resolve, reject };
+      let ws;
+      try {
+        const WebSocketClass = this.#options.WebSocket;
+        if (typeof WebSocketClass !== 'function') {
+          throw new TypeError('no WebSocket constructor: pass options.WebSocket');
+        }
+        ws = new WebSocketClass(this.#url);
+        ws.binaryType = 'arraybuffer';
+      } catch (e) {
+        this.#finish(new ConnectionClosed(`cannot connect to ${this.#url}: ${e.message}`));
+        if (reconnected) resolve();
+        return;
+      }
+      this.#ws = ws;
+      // Events of a socket this client has let go of are ignored.
+      ws.addEventListener('open', () => {
+        if (ws === this.#ws) this.#opened(reconnected);
+        resolve();
+      });
+      ws.addEventListener('message', (event) => {
+        if (ws === this.#ws) this.#received(event.data);
+      });
+      ws.addEventListener('close', (event) => {
+        if (ws === this.#ws) this.#closed(event);
+        resolve(); // a reconnection's end is handled by #finish; the first one rejected there
+      });
+    });
+  }
+
+  async #opened(reconnected) {
+    this.#state = 'open';
+    this.#everOpened = true;
+    const now = this.#timers.now();
+    this.#lastSent = now;
+    this.#lastReceived = now;
+    this.#lastBeat = now;
+    this.#connecting = null;
+    this.#scheduleHeartbeat();
+    this.#emit('open', { url: this.#url, reconnected });
+    if (!reconnected) return;
+    const ws = this.#ws;
+    try {
+      await this.onReconnect?.(this);
+    } catch (error) {
+      if (ws === this.#ws) this.#emit('error', { error });
+      return;
+    }
+    if (ws === this.#ws && this.#state === 'open') this.#emit('reconnected', { url: this.#url });
+  }
+
+  #received(data) {
+    if (typeof data === 'string') {
+      this.#finish(new ConnectionClosed('the server sent a text message (envelopes travel in binary messages)'));
+      return;
+    }
+    let frame;
+    try {
+      const body = toBytes(data);
+      if (body.length > this.#options.maxMessageBytes) {
+        throw new MalformedFrame('frame_too_large', `a message of ${body.length} bytes`);
+      }
+      frame = decodeBody(body);
+    } catch (e) {
+      this.#finish(new ConnectionClosed(`malformed frame from the server: ${e.message}`));
+      return;
+    }
+    this.#lastReceived = this.#timers.now();
+    if (frame.kind === 'kick') {
+      this.#finish(new Kicked(new Kick(frame.reason, frame.text)));
+      return;
+    }
+    this.#attempt = 0; // the server serves this client: backoff starts over next time
+    switch (frame.kind) {
+      case 'response': {
+        const waiter = this.#pending.get(frame.id);
+        if (!waiter) return; // timed out: dropped
+        this.#pending.delete(frame.id);
+        if (waiter.timer !== null) this.#timers.clearTimeout(waiter.timer);
+        if (frame.status === 0) waiter.resolve(frame.payload);
+        else waiter.reject(new RequestError(frame.status, frame.payload));
+        return;
+      }
+      case 'push':
+        for (const handler of this.#pushHandlers.get(frame.route) ?? []) {
+          try {
+            handler(frame.payload, frame.route);
+          } catch (e) {
+            console.error(`push handler for route ${frame.route} failed`, e); // reading goes on
+          }
+        }
+        this.#emit('push', { route: frame.route, payload: frame.payload });
+        return;
+      case 'ping':
+        this.#send({ kind: 'pong', nonce: frame.nonce });
+        return;
+      case 'pong':
+        this.#ponged(frame.nonce);
+        return;
+      case 'empty':
+        return;
+      default: // request or notify: kinds a server never sends
+        this.#finish(new ConnectionClosed(`unexpected ${frame.kind} from the server`));
+    }
+  }
+
+  #ponged(nonce) {
+    const key = toHex(nonce);
+    const waiter = this.#pings.get(key);
+    if (waiter) {
+      this.#pings.delete(key);
+      if (waiter.timer !== null) this.#timers.clearTimeout(waiter.timer);
+      this.lastRtt = this.#timers.now() - waiter.sent;
+      waiter.resolve(this.lastRtt);
+    } else if (nonce.length === 8) {
+      const value = new DataView(nonce.buffer, nonce.byteOffset, 8).getBigUint64(0);
+      if (value & HEARTBEAT_NONCE_FLAG) {
+        const sentMicros = Number(value & ~HEARTBEAT_NONCE_FLAG);
+        this.lastRtt = Math.max(0, this.#timers.now() - sentMicros / 1000);
+      }
+    }
+  }
+
+  #closed(event) {
+    const code = event.code ?? 1006;
+    if (code >= KICK_CLOSE_BASE && code <= KICK_CLOSE_BASE + 999) {
+      this.#finish(new Kicked(new Kick(code - KICK_CLOSE_BASE, event.reason ?? '')));
+    } else {
+      const reason = event.reason ? `: ${event.reason}` : '';
+      this.#finish(new ConnectionClosed(`connection lost (close code ${code}${reason})`));
+    }
+  }
+
+  #scheduleHeartbeat() {
+    const { heartbeat, deadAfter } = this.#options;
+    if (!heartbeat && !deadAfter) return;
+    const every = Math.min(1000, (heartbeat || deadAfter) / 4);
+    this.#heartbeatTimer = this.#timers.setTimeout(() => this.#beat(), every);
+  }
+
+  #beat() {
+    this.#heartbeatTimer = null;
+    if (this.#state !== 'open') return;
+    const { heartbeat, deadAfter } = this.#options;
+    const now = this.#timers.now();
+    if (deadAfter && now - this.#lastReceived >= deadAfter) {
+      this.#finish(new ConnectionClosed(`no frame from the server for ${deadAfter} ms`));
+      return;
+    }
+    // Ping when nothing was sent for a while (the server's idle timer), and also when
+    // nothing came back for a while (so that a live server has something to answer).
+    const quietSince = Math.max(this.#lastReceived, this.#lastBeat);
+    if (heartbeat && (now - this.#lastSent >= heartbeat || now - quietSince >= heartbeat)) {
+      const nonce = new Uint8Array(8);
+      const micros = BigInt(Math.max(0, Math.round(now * 1000)));
+      new DataView(nonce.buffer).setBigUint64(0, HEARTBEAT_NONCE_FLAG | (micros & ~HEARTBEAT_NONCE_FLAG));
+      this.#send({ kind: 'ping', nonce });
+      this.#lastBeat = now;
+    }
+    this.#scheduleHeartbeat();
+  }
+
+  #cancelReconnect() {
+    if (this.#reconnectTimer !== null) this.#timers.clearTimeout(this.#reconnectTimer);
+    this.#reconnectTimer = null;
+  }
+
+  /** Ends the current connection once: fails its waiters, tells why, maybe reconnects. */
+  #finish(error) {
+    const ws = this.#ws;
+    this.#ws = null;
+    this.#state = 'closed';
+    this.#end = error;
+    this.#kick = error instanceof Kicked ? error.kick : null;
+    if (this.#heartbeatTimer !== null) this.#timers.clearTimeout(this.#heartbeatTimer);
+    this.#heartbeatTimer = null;
+    try {
+      ws?.close(1000); // close promptly after a kick, as PROTOCOL.md asks
+    } catch {
+      // already closing
+    }
+    for (const waiters of [this.#pending, this.#pings]) {
+      for (const waiter of waiters.values()) {
+        if (waiter.timer !== null) this.#timers.clearTimeout(waiter.timer);
+        waiter.reject(error);
+      }
+      waiters.clear();
+    }
+    if (this.#connecting) {
+      this.#connecting.reject(error);
+      this.#connecting = null;
+    }
+    if (this.#kick) this.#emit('kick', this.#kick);
+
+    let delay = null;
+    if (!this.#userClosed && this.#everOpened && this.#options.reconnect) {
+      delay = this.#options.reconnectPolicy(this.#kick?.reason ?? null, this.#attempt, this.#options.random);
+    }
+    this.#emit('close', { error, kick: this.#kick, reconnectIn: delay });
+    // A close listener may have closed the client for good, or connected it again.
+    if (delay === null || this.#userClosed || this.#state !== 'closed') return;
+    this.#attempt += 1;
+    this.#emit('reconnecting', { attempt: this.#attempt, delay, kick: this.#kick });
+    this.#reconnectTimer = this.#timers.setTimeout(() => {
+      this.#reconnectTimer = null;
+      if (!this.#userClosed) this.#open(true);
+    }, delay);
+  }
+}

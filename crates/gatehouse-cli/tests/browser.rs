@@ -1,0 +1,183 @@
+//! arena in a real browser: Debian's headless Chromium, driven by playwright-core
+//! (`clients/web/e2e/browser_e2e.mjs`), plays on the page the WebSocket listener
+//! serves. Two browser players see each other's chat and moves, and a third player on
+//! TCP (this test, through gatehouse-client) is in the same room: it answers the
+//! first browser's hello, and sees the second browser walk. The page's screenshot is
+//! saved under the test's output directory (`target/tmp/browser-e2e/`).
+//!
+//! Needs `node`, `clients/web/node_modules` (`npm ci --prefix clients/web`) and
+//! Chromium (`CHROMIUM_PATH`, default /usr/bin/chromium). Without them it prints a
+//! notice and passes, except under `CI`, where `.ci/run` installs them and a missing
+//! one is a failure.
+
+#![allow(clippy::unwrap_used)]
+
+mod process;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use arena::{pb, routes};
+use gatehouse_client::{Client, ClientConfig, Pushes};
+use process::{arena_config, scratch, ServerProcess};
+use prost::Message as _;
+
+const ROOM: &str = "e2e-room";
+const TCP_PLAYER: &str = "carol-tcp";
+const TCP_SAYS: &str = "hello browsers, from tcp";
+const PLAYER_B: &str = "bob-web";
+
+/// What the browser test needs, or why it cannot run here.
+fn browser_tools(root: &Path) -> Result<PathBuf, String> {
+    let chromium = PathBuf::from(
+        std::env::var("CHROMIUM_PATH").unwrap_or_else(|_| "/usr/bin/chromium".into()),
+    );
+    if !chromium.exists() {
+        return Err(format!("no Chromium at {}", chromium.display()));
+    }
+    if Command::new("node").arg("--version").output().is_err() {
+        return Err("no node".into());
+    }
+    if !root
+        .join("clients/web/node_modules/playwright-core")
+        .exists()
+    {
+        return Err(
+            "clients/web/node_modules lacks playwright-core (npm ci --prefix clients/web)".into(),
+        );
+    }
+    Ok(chromium)
+}
+
+/// The TCP player: logs in, joins the room, answers the first browser's hello, and
+/// returns (still connected, so that the browsers keep seeing it) once it has seen
+/// `PLAYER_B` move.
+async fn tcp_player(addr: std::net::SocketAddr) -> Result<Client, String> {
+    let (client, mut pushes) = Client::connect(addr, ClientConfig::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let login = pb::LoginRequest {
+        name: TCP_PLAYER.into(),
+        password: "tcp-player-secret".into(),
+    };
+    client
+        .request(routes::LOGIN, login.encode_to_vec())
+        .await
+        .map_err(|e| e.to_string())?;
+    let join = pb::JoinRoom { room: ROOM.into() };
+    client
+        .request(routes::JOIN, join.encode_to_vec())
+        .await
+        .map_err(|e| e.to_string())?;
+    watch(&client, &mut pushes).await?;
+    Ok(client)
+}
+
+async fn watch(client: &Client, pushes: &mut Pushes) -> Result<(), String> {
+    let (mut answered, mut b_at, mut b_moved) = (false, None, false);
+    while !(answered && b_moved) {
+        let Some(push) = pushes.next().await else {
+            return Err(format!("connection ended: {:?}", client.ended()));
+        };
+        match push.route {
+            routes::CHAT => {
+                let chat = pb::Chat::decode(push.payload).map_err(|e| e.to_string())?;
+                if chat.text.starts_with("hello from") && !answered {
+                    let say = pb::Say {
+                        text: TCP_SAYS.into(),
+                    };
+                    client
+                        .request(routes::SAY, say.encode_to_vec())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    answered = true;
+                }
+            }
+            routes::ROOM_STATE => {
+                let state = pb::RoomState::decode(push.payload).map_err(|e| e.to_string())?;
+                if let Some(b) = state.players.iter().find(|p| p.name == PLAYER_B) {
+                    b_at = Some((b.x, b.y));
+                }
+            }
+            routes::DELTA => {
+                let delta = pb::Delta::decode(push.payload).map_err(|e| e.to_string())?;
+                for body in delta.entered.iter().chain(&delta.moved) {
+                    if body.name == PLAYER_B {
+                        let now = (body.x, body.y);
+                        b_moved |= b_at.is_some_and(|at| at != now);
+                        b_at = Some(now);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_browser_players_and_a_tcp_player_see_each_other_in_one_room() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let chromium = match browser_tools(&root) {
+        Ok(chromium) => chromium,
+        Err(missing) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "the browser test must run in CI: {missing}"
+            );
+            println!("skipping the browser test: {missing}");
+            return;
+        }
+    };
+    let dir = scratch("browser");
+    let config = arena_config(&dir, "");
+    let server = ServerProcess::start(&["--config", config.to_str().unwrap()]);
+    let page = format!("http://{}/", server.listener("ws"));
+    let tcp = tokio::spawn(tcp_player(server.addr));
+
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser-e2e");
+    std::fs::create_dir_all(&out).unwrap();
+    let screenshot = out.join("arena.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let mut browser = Command::new("node");
+    browser
+        .arg(root.join("clients/web/e2e/browser_e2e.mjs"))
+        .env("GATEHOUSE_URL", &page)
+        .env("ROOM", ROOM)
+        .env("PLAYER_A", "alice-web")
+        .env("PLAYER_B", PLAYER_B)
+        .env("PASSWORD", "browser-secret")
+        .env("TCP_PLAYER", TCP_PLAYER)
+        .env("TCP_SAYS", TCP_SAYS)
+        .env("SCREENSHOT", &screenshot)
+        .env("CHROMIUM_PATH", &chromium)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let output = tokio::task::spawn_blocking(move || browser.output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!(
+        "browser: {stdout}{stderr}\nscreenshot: {}",
+        screenshot.display()
+    );
+    assert!(
+        output.status.success(),
+        "the browser players failed:\n{stdout}{stderr}\nserver log:\n{}",
+        server.log()
+    );
+    assert!(
+        screenshot.metadata().is_ok_and(|m| m.len() > 1000),
+        "a screenshot"
+    );
+
+    let seen = tokio::time::timeout(Duration::from_secs(20), tcp).await;
+    match seen {
+        Ok(Ok(Ok(client))) => client.close(),
+        Ok(Ok(Err(e))) => panic!("the TCP player: {e}"),
+        other => panic!("the TCP player did not finish: {}", other.is_ok()),
+    }
+}
