@@ -375,6 +375,122 @@ fn documented_limits_and_reserved_routes_match_the_protocol_constants() {
     );
 }
 
+/// The WebSocket vectors: each frame is what tungstenite makes of the stated
+/// meaning (a binary message carrying the envelope, masked with `01020304` when the
+/// client sends it; a close frame), and a kick's close code is the one
+/// [`KickReason::websocket_close_code`] gives.
+#[test]
+fn every_documented_websocket_frame_is_what_a_websocket_library_makes() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame};
+
+    let doc = read_doc();
+    let vectors = vectors(&doc, "websocket-vectors");
+    assert!(vectors.len() >= 8, "too few WebSocket vectors");
+    let mut close_codes = BTreeSet::new();
+    for vector in &vectors {
+        let mut frame = if let Some(form) = vector.expected.strip_prefix("binary ") {
+            // The envelope of the stated form, by way of the framing vectors' parser.
+            let body =
+                envelope_of(form).unwrap_or_else(|e| panic!("PROTOCOL.md:{}: {e}", vector.line));
+            Frame::message(body, OpCode::Data(Data::Binary), true)
+        } else if let Some(close) = vector.expected.strip_prefix("close code=") {
+            let (code, reason) = close
+                .split_once(" reason=")
+                .expect("close code=N reason=\"…\"");
+            let code: u16 = code.parse().unwrap();
+            close_codes.insert(code);
+            let reason = reason.trim_matches('"').to_owned();
+            Frame::close(Some(CloseFrame {
+                code: code.into(),
+                reason: reason.into(),
+            }))
+        } else {
+            panic!(
+                "PROTOCOL.md:{}: unknown meaning {:?}",
+                vector.line, vector.expected
+            );
+        };
+        if vector.name.starts_with("client_") {
+            frame.header_mut().mask = Some([1, 2, 3, 4]);
+        }
+        let mut bytes = Vec::new();
+        frame.format(&mut bytes).unwrap();
+        assert_eq!(
+            to_hex(&bytes),
+            vector.hex,
+            "PROTOCOL.md:{}: {}",
+            vector.line,
+            vector.name
+        );
+    }
+    let expected: BTreeSet<u16> = [
+        KickReason::SHUTDOWN,
+        KickReason::SERVER_FULL,
+        KickReason(1003),
+    ]
+    .iter()
+    .map(|reason| reason.websocket_close_code())
+    .collect();
+    assert_eq!(
+        close_codes, expected,
+        "the close codes shown are the mapping's"
+    );
+}
+
+/// The envelope body of a message written in the vectors' canonical form (the
+/// inverse of [`render`], checked against it).
+fn envelope_of(form: &str) -> Result<Vec<u8>, String> {
+    let (kind, rest) = form.split_once(' ').unwrap_or((form, ""));
+    let field = |name: &str| -> Result<&str, String> {
+        rest.split(' ')
+            .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+            .ok_or_else(|| format!("`{form}` lacks {name}="))
+    };
+    let number = |name: &str| -> Result<u32, String> {
+        field(name)?.parse().map_err(|e| format!("{name}: {e}"))
+    };
+    let route = || -> Result<u16, String> {
+        Ok(u16::try_from(number("route")?).map_err(|e| e.to_string())?)
+    };
+    let bytes = |name: &str| -> Result<Bytes, String> { Ok(Bytes::from(from_hex(field(name)?)?)) };
+    let message = match kind {
+        "empty" => Message::Empty,
+        "request" => Message::Request {
+            id: number("id")?,
+            route: route()?,
+            payload: bytes("payload")?,
+        },
+        "notify" => Message::Notify {
+            route: route()?,
+            payload: bytes("payload")?,
+        },
+        "response" => Message::Response {
+            id: number("id")?,
+            status: Status(u16::try_from(number("status")?).map_err(|e| e.to_string())?),
+            payload: bytes("payload")?,
+        },
+        "push" => Message::Push {
+            route: route()?,
+            payload: bytes("payload")?,
+        },
+        "ping" => Message::Ping(bytes("nonce")?),
+        "pong" => Message::Pong(bytes("nonce")?),
+        "kick" => {
+            let text = rest.split_once("text=").ok_or("kick lacks text=")?.1;
+            Message::Kick {
+                reason: KickReason(u16::try_from(number("reason")?).map_err(|e| e.to_string())?),
+                text: text.trim_matches('"').to_owned(),
+            }
+        }
+        other => return Err(format!("unknown kind {other:?}")),
+    };
+    if render(&message) != form {
+        return Err(format!("`{form}` is not canonical: `{}`", render(&message)));
+    }
+    Ok(message.to_frame()[HEADER_LEN..].to_vec())
+}
+
 #[test]
 fn the_hex_helpers_roundtrip_every_byte() {
     let all: Vec<u8> = (0..=255).collect();
