@@ -450,9 +450,8 @@ fn envelope_of(form: &str) -> Result<Vec<u8>, String> {
     let number = |name: &str| -> Result<u32, String> {
         field(name)?.parse().map_err(|e| format!("{name}: {e}"))
     };
-    let route = || -> Result<u16, String> {
-        Ok(u16::try_from(number("route")?).map_err(|e| e.to_string())?)
-    };
+    let route =
+        || -> Result<u16, String> { u16::try_from(number("route")?).map_err(|e| e.to_string()) };
     let bytes = |name: &str| -> Result<Bytes, String> { Ok(Bytes::from(from_hex(field(name)?)?)) };
     let message = match kind {
         "empty" => Message::Empty,
