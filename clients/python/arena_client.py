@@ -23,10 +23,15 @@ Errors are :class:`gatehouse_client.RequestError` with ``status`` one of the
 ``STATUS_*`` constants below (or a framework status), :class:`Kicked` and
 :class:`ConnectionClosed`.
 
+Over TLS: ``ArenaClient(host, port, tls=True)`` (the server's certificate checked
+against the system's trust store), or with ``cafile="dev-cert.pem"`` to trust a
+development certificate alone; see :class:`gatehouse_client.Connection`.
+
 Run it as a script to play a short scripted session against a server started with
 ``gatehouse serve --service arena``::
 
     python3 clients/python/arena_client.py --host 127.0.0.1 --port 7000
+    python3 clients/python/arena_client.py --port 7443 --tls --cafile dev-cert.pem
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import argparse
 import os
 import queue
 import random
+import ssl
 import string
 import sys
 import threading
@@ -212,7 +218,8 @@ _END = object()  # event queue sentinel: the connection ended
 class ArenaClient:
     """One arena player connection. Pass ``connection=`` to wrap an existing
     :class:`Connection` (one made without ``on_push``, and whose pushes nobody else
-    reads); other keyword arguments go to :class:`Connection`.
+    reads); other keyword arguments go to :class:`Connection`: ``tls=True`` and
+    ``cafile=`` for TLS, ``heartbeat=``, ``connect_timeout=``.
 
     ``room_events=False`` keeps RoomState and Delta pushes out of :meth:`next_event`
     (they still update :attr:`view`): a client that only watches the view then
@@ -523,13 +530,18 @@ def _state(s: pb.PlayerState) -> str:
 
 
 def demo(host: str, port: int, names: Optional[List[str]] = None,
-         password: str = "demo-password") -> None:
-    """Two players meet in the lobby, chat, move, walk, whisper, and one changes rooms."""
+         password: str = "demo-password", **connection_options) -> None:
+    """Two players meet in the lobby, chat, move, walk, whisper, and one changes rooms.
+    ``connection_options`` go to both players' :class:`Connection` (e.g. ``tls=True``)."""
     suffix = "".join(random.choices(string.ascii_lowercase + string.digits, k=4))
     a_name, b_name = names or [f"alice-{suffix}", f"bob-{suffix}"]
     room = f"garden-{suffix}"
-    print(f"connecting to {host}:{port}")
-    with ArenaClient(host, port) as alice, ArenaClient(host, port) as bob:
+    scheme = "tls" if connection_options.get("tls") else "tcp"
+    print(f"connecting to {scheme}://{host}:{port}")
+    with ArenaClient(host, port, **connection_options) as alice, \
+            ArenaClient(host, port, **connection_options) as bob:
+        if alice.conn.tls_version:
+            print(f"both over {alice.conn.tls_version}")
         print(f"{a_name} logs in: {_state(alice.login(a_name, password))}")
         print(f"{b_name} logs in: {_state(bob.login(b_name, password))}")
         alice.wait_view(lambda v: b_name in v.players)
@@ -589,9 +601,24 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--password", default="demo-password",
                         help="both players' password, 8 to 128 bytes (set on their "
                              "first login; default: %(default)s)")
+    parser.add_argument("--tls", action="store_true",
+                        help="connect over TLS (to a tls:// listener); the certificate "
+                             "must be valid for --host")
+    parser.add_argument("--cafile", metavar="PEM",
+                        help="with --tls: trust only this certificate file (e.g. the "
+                             "dev-cert.pem of `gatehouse dev-cert`) instead of the "
+                             "system's trust store")
     args = parser.parse_args(argv)
+    if args.cafile and not args.tls:
+        parser.error("--cafile goes with --tls")
+    tls = {"tls": True, "cafile": args.cafile} if args.tls else {}
     try:
-        demo(args.host, args.port, args.names, args.password)
+        demo(args.host, args.port, args.names, args.password, **tls)
+    except ssl.SSLCertVerificationError as e:
+        hint = "" if args.cafile else " (a development certificate? pass it with --cafile)"
+        print(f"error: TLS: certificate verify failed: {e.verify_message}{hint}",
+              file=sys.stderr)
+        return 1
     except Kicked as e:
         print(f"kicked: {e.reason_name} ({e.reason_code}): {e.text}", file=sys.stderr)
         return 1

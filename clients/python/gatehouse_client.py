@@ -11,21 +11,27 @@ Two layers:
   ``truncated``, ``nonce_too_long``, ``kick_text_not_utf8``, ``frame_too_large``).
   Decoding never waits for more input: it works on the bytes it is given.
 
-* :class:`Connection`: a blocking TCP connection with a background reader thread.
-  ``request()`` sends a request and waits for its response, ``notify()`` sends a
-  notify, pushes are queued for ``next_push()``, pings are sent automatically when
-  nothing was sent for ``heartbeat`` seconds, and ``close()`` ends it all.
+* :class:`Connection`: a blocking connection, over TCP or TLS, with a background
+  reader thread. ``request()`` sends a request and waits for its response,
+  ``notify()`` sends a notify, pushes are queued for ``next_push()``, pings are sent
+  automatically when nothing was sent for ``heartbeat`` seconds, and ``close()`` ends
+  it all. ``tls=True`` speaks TLS (the same frames inside): the server's certificate
+  is checked against the system's trust store, or against ``cafile`` alone (e.g. the
+  one ``gatehouse dev-cert`` writes); :func:`tls_context` makes those settings.
 
     >>> with Connection("127.0.0.1", 7000) as conn:          # doctest: +SKIP
     ...     conn.request(1, b"hi")                           # the bench echo
     b'hi'
+    >>> Connection("localhost", 7443, tls=True, cafile="dev-cert.pem")  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import queue
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -42,7 +48,7 @@ __all__ = [
     "STATUS_NAMES", "KICK_REASONS", "status_name", "kick_reason_name",
     "GatehouseError", "ProtocolError", "MalformedFrame", "RequestError",
     "ConnectionClosed", "Kicked", "RequestTimeout",
-    "Connection",
+    "Connection", "tls_context",
 ]
 
 # --------------------------------------------------------------------------- limits
@@ -401,6 +407,114 @@ class FrameBuffer:
 # ----------------------------------------------------------------------- connection
 
 
+def tls_context(cafile: Optional[str] = None) -> ssl.SSLContext:
+    """The client's TLS settings: TLS 1.2 at least, the host name checked, and the
+    server's certificate checked against the system's trust store, or against
+    ``cafile`` (a PEM file, e.g. ``gatehouse dev-cert``'s ``dev-cert.pem``) alone."""
+    context = ssl.create_default_context(cafile=cafile)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+# Where the platform has it: a close_notify must not block on a full send buffer.
+_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
+
+
+class _TlsSocket:
+    """TLS over a connected socket, for one reader thread and any number of senders.
+
+    OpenSSL must not read and write one connection from two threads at once, which a
+    blocking ``ssl.SSLSocket`` shared by :class:`Connection`'s reader and its senders
+    would do. So the TLS state works on memory buffers, touched only under
+    ``_tls_lock`` and never while the socket blocks; ``_send_lock`` keeps the
+    encrypted records in order on the wire. The handshake is done in the constructor,
+    within the socket's timeout.
+    """
+
+    def __init__(self, sock: socket.socket, context: ssl.SSLContext, server_hostname: str) -> None:
+        self._sock = sock
+        self._incoming, self._outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self._tls = context.wrap_bio(self._incoming, self._outgoing,
+                                     server_hostname=server_hostname)
+        self._tls_lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        while True:
+            try:
+                self._tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLError:
+                with contextlib.suppress(OSError):
+                    self._flush()  # the alert, so the server learns why
+                raise
+            self._flush()
+            self._receive()
+        self._flush()
+
+    def version(self) -> Optional[str]:
+        return self._tls.version()
+
+    def getpeername(self):
+        return self._sock.getpeername()
+
+    def recv(self, size: int) -> bytes:
+        while True:
+            with self._tls_lock:
+                try:
+                    return self._tls.read(size)  # b"" after a close_notify
+                except ssl.SSLWantReadError:
+                    answer = self._outgoing.pending  # e.g. to a key update
+            if answer:
+                self._flush()
+            if not self._receive():
+                # The end of the stream, with or without a close_notify: a frame cut
+                # short shows as such one layer up.
+                return b""
+
+    def sendall(self, data: bytes) -> None:
+        with self._tls_lock:
+            self._tls.write(data)
+        self._flush()
+
+    def shutdown(self, how: int) -> None:
+        # A close_notify first, so that the server sees a clean end rather than a cut
+        # one; but never wait for it: a sender blocked on the socket keeps the lock.
+        if self._send_lock.acquire(blocking=False):
+            try:
+                with self._tls_lock:
+                    with contextlib.suppress(ssl.SSLError):
+                        self._tls.unwrap()  # queues the close_notify
+                    alert = self._outgoing.read()
+                self._sock.send(alert, _DONTWAIT)
+            except OSError:
+                pass
+            finally:
+                self._send_lock.release()
+        self._sock.shutdown(how)
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def _flush(self) -> None:
+        """Sends every encrypted byte waiting, in order (whoever produced them)."""
+        with self._send_lock:
+            with self._tls_lock:
+                data = self._outgoing.read()
+            if data:
+                self._sock.sendall(data)
+
+    def _receive(self) -> bool:
+        """Moves what the socket has into the TLS state; False at the end of the stream."""
+        data = self._sock.recv(65536)
+        with self._tls_lock:
+            if data:
+                self._incoming.write(data)
+            else:
+                self._incoming.write_eof()
+        return bool(data)
+
+
 class _Pending:
     __slots__ = ("event", "response")
 
@@ -423,6 +537,12 @@ class Connection:
     :param on_push: optional callback ``f(Push)`` called on the reader thread for every
         push *instead of* queueing it for :meth:`next_push`. Keep it short, and do not
         call :meth:`request` or :meth:`ping` from it (their answer would never be read).
+    :param tls: ``True`` to speak TLS with :func:`tls_context`'s settings (the
+        certificate must be valid for ``host``), or an ``ssl.SSLContext`` of your own.
+        A certificate that is not trusted raises ``ssl.SSLCertVerificationError``
+        from the constructor; other TLS failures ``ssl.SSLError``.
+    :param cafile: with ``tls=True``: trust only the certificates in this PEM file
+        (a development certificate) instead of the system's.
 
     Thread-safe: any thread may call :meth:`request`, :meth:`notify`, :meth:`ping` and
     :meth:`close`.
@@ -438,13 +558,28 @@ class Connection:
         dead_after: Optional[float] = 15.0,
         max_frame_bytes: int = MAX_FRAME_BYTES,
         on_push: Optional[Callable[[Push], None]] = None,
+        tls: Union[bool, ssl.SSLContext] = False,
+        cafile: Optional[str] = None,
     ) -> None:
+        own_context = isinstance(tls, ssl.SSLContext)
+        if cafile is not None and (own_context or not tls):
+            raise ValueError("cafile goes with tls=True (an SSLContext has its own trust)")
+        context = tls if own_context else tls_context(cafile) if tls else None
         self.max_frame_bytes = max_frame_bytes
         self._on_push = on_push
-        self._sock = socket.create_connection((host, port), timeout=connect_timeout)
-        self._sock.settimeout(None)
-        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        raw = socket.create_connection((host, port), timeout=connect_timeout)
+        try:
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._sock: Union[socket.socket, _TlsSocket] = (
+                raw if context is None else _TlsSocket(raw, context, host))
+        except BaseException:
+            raw.close()
+            raise
+        raw.settimeout(None)  # connect_timeout bounded the connect and the handshake
         self.peer: Tuple[str, int] = self._sock.getpeername()[:2]
+        #: The TLS version in use ("TLSv1.3"), or None over plain TCP.
+        self.tls_version: Optional[str] = (
+            self._sock.version() if isinstance(self._sock, _TlsSocket) else None)
 
         self._send_lock = threading.Lock()
         self._state_lock = threading.Lock()

@@ -4,26 +4,32 @@ The server: ``GATEHOUSE_ADDR=host:port`` if set (a server someone else runs with
 ``--service arena``; counts are then only checked as lower bounds, since other
 players may be online). Otherwise this module starts its own:
 
-    $GATEHOUSE_BIN (default <repo>/target/debug/gatehouse) serve --port 0 \\
+    $GATEHOUSE_BIN (default <repo>/target/debug/gatehouse) serve \\
+        --listen tcp://127.0.0.1:0 \\
         --service arena --config <tmp>/gatehouse.toml     # [store] data_dir = <tmp>
 
-reads ``listening on 127.0.0.1:PORT`` from its stdout, and stops it with SIGTERM at
-the end. If the default binary does not exist the tests are skipped (build it with
-``cargo build -p gatehouse-cli``); a ``GATEHOUSE_BIN`` that does not exist is an error.
+reads ``listening on tcp://127.0.0.1:PORT`` from its stdout (one such line per
+listener), and stops it with SIGTERM at the end. If the default binary does not
+exist the tests are skipped (build it with ``cargo build -p gatehouse-cli``); a
+``GATEHOUSE_BIN`` that does not exist is an error.
 
 :class:`FaultDrills` needs a server it can break: it starts a second one from the
 same binary with ``--allow-fault-injection``, ``[limits] login_timeout = "2s"`` and
 ``[game] max_room_players = 3`` (and is skipped when only ``GATEHOUSE_ADDR`` is
-given). Every test uses fresh random names and passwords; the whole module makes 9
-wrong-password logins from this address, well within arena's 20 a minute.
+given). :class:`TlsListener` starts one with a TLS listener too, on a certificate
+from ``gatehouse dev-cert`` (also skipped with only ``GATEHOUSE_ADDR``). Every test
+uses fresh random names and passwords; the whole module makes 9 wrong-password
+logins from this address, well within arena's 20 a minute.
 """
 
 import json
 import os
 import queue
+import re
 import secrets
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -52,25 +58,38 @@ DRILL_LOGIN_TIMEOUT = 2.0  # the drill server's limits.login_timeout
 class Server:
     """A gatehouse process started by this module: ``config`` is extra TOML for its
     configuration file (which always sets ``[store] data_dir``), ``args`` extra
-    arguments of ``serve``."""
+    arguments of ``serve``. It listens on TCP (:attr:`host`, :attr:`port`), and with
+    ``tls=True`` on TLS too (:attr:`listeners` ``["tls"]``), with a development
+    certificate made for it (:attr:`cafile`)."""
 
-    def __init__(self, binary, config="", args=()):
+    def __init__(self, binary, config="", args=(), tls=False):
         self.tmpdir = tempfile.mkdtemp(prefix="gatehouse-pytest-")
         config_path = os.path.join(self.tmpdir, "gatehouse.toml")
         data_dir = os.path.join(self.tmpdir, "data")
         with open(config_path, "w", encoding="utf-8") as f:
             # A JSON string is a valid TOML basic string (same escapes).
             f.write(f"[store]\ndata_dir = {json.dumps(data_dir, ensure_ascii=False)}\n{config}")
+        # Explicit listeners on free ports: the default configuration's fixed ones
+        # would collide between servers, and this way the lines to expect are known.
+        listen = ["--listen", "tcp://127.0.0.1:0"]
+        self.cafile = None
+        if tls:
+            subprocess.run([binary, "dev-cert", "--out", self.tmpdir], check=True,
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+            self.cafile = os.path.join(self.tmpdir, "dev-cert.pem")
+            listen += ["--listen", "tls://127.0.0.1:0", "--cert", self.cafile,
+                       "--key", os.path.join(self.tmpdir, "dev-key.pem")]
         self.log_path = os.path.join(self.tmpdir, "gatehouse.log")
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [binary, "serve", "--port", "0", "--service", "arena", "--config", config_path,
-             *args],
+            [binary, "serve", *listen, "--service", "arena", "--config", config_path, *args],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.log, cwd=self.tmpdir)
+        #: transport ("tcp", "tls") -> (host, port), from the "listening on" lines.
+        self.listeners = {}
         lines = queue.Queue()
         threading.Thread(target=self._read_stdout, args=(lines,), daemon=True).start()
         deadline = time.monotonic() + START_TIMEOUT
-        while True:
+        while len(self.listeners) < (2 if tls else 1):
             try:
                 line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
@@ -80,10 +99,10 @@ class Server:
                 code = self.proc.wait()
                 self.stop()
                 raise RuntimeError(f"gatehouse exited with {code} before listening{self.log_tail()}")
-            if line.startswith("listening on "):
-                host, _, port = line[len("listening on "):].strip().rpartition(":")
-                self.host, self.port = host.strip("[]"), int(port)
-                return
+            match = re.match(r"listening on (\w+)://\[?([^\]]*?)\]?:(\d+)\s*$", line)
+            if match:
+                self.listeners[match[1]] = (match[2], int(match[3]))
+        self.host, self.port = self.listeners["tcp"]
 
     def _read_stdout(self, lines):
         for raw in self.proc.stdout:
@@ -687,6 +706,137 @@ class FaultDrills(ArenaTestCase):
         self.assertEqual(late.join(room).room, room)
         view = late.wait_view(lambda v: v.room == room, EVENT_TIMEOUT)
         self.assertEqual(set(view.players), {late_name, players[1][1], players[2][1]})
+
+
+
+class TlsListener(ArenaTestCase):
+    """A server with a TCP and a TLS listener, on a certificate from ``gatehouse
+    dev-cert``: the same game behind both, and the certificate really checked."""
+
+    server = None
+
+    @classmethod
+    def setUpClass(cls):
+        if BINARY is None:
+            raise unittest.SkipTest("needs a server of its own (GATEHOUSE_ADDR is set)")
+        cls.server = Server(BINARY, tls=True)
+        cls.addr = (cls.server.host, cls.server.port)
+        cls.tls_addr = cls.server.listeners["tls"]
+
+    @classmethod
+    def tearDownClass(cls):
+        if cls.server is not None:
+            cls.server.finish()
+
+    def connect_tls(self, **options):
+        """A client of the TLS listener that trusts the server's certificate."""
+        client = ArenaClient(*self.tls_addr, tls=True, cafile=self.server.cafile, **options)
+        self.clients.append(client)
+        return client
+
+    def test_tls_player_and_tcp_player_play_in_the_same_room(self):
+        room, name, secret = unique("tls"), unique("tls"), password()
+        secure = self.connect_tls()
+        self.assertIn(secure.conn.tls_version, ("TLSv1.2", "TLSv1.3"))
+        secure.login(name, secret)
+        secure.join(room)
+        plain, plain_name, _ = self.player("tcp", room)
+        self.assertIsNone(plain.conn.tls_version)
+        secure.wait_view(has(plain_name), EVENT_TIMEOUT)
+        plain.wait_view(has(name), EVENT_TIMEOUT)
+
+        # The TLS player talks, is placed and walks: the TCP player sees it all.
+        secure.say("over TLS")
+        chat = plain.wait_for(lambda e: isinstance(e, pb.Chat) and e.from_ == name,
+                              EVENT_TIMEOUT)
+        self.assertEqual(chat, pb.Chat(from_=name, text="over TLS", room=room, whisper=False))
+        state = secure.move(12, -34)
+        self.assertEqual((state.x, state.y), (12, -34))
+        plain.wait_view(at(name, 12, -34), EVENT_TIMEOUT)
+        secure.goto(72, -34)
+        plain.wait_view(at(name, 72, -34), EVENT_TIMEOUT)
+
+        # And the other way round.
+        plain.move(-5, 5)
+        secure.wait_view(at(plain_name, -5, 5), EVENT_TIMEOUT)
+        plain.whisper(name, "psst")
+        whisper = secure.wait_for(lambda e: isinstance(e, pb.Chat) and e.whisper, EVENT_TIMEOUT)
+        self.assertEqual((whisper.from_, whisper.text), (plain_name, "psst"))
+        self.assertEqual(secure.who().in_room, 2)
+        self.assertNoMissedDeltas(secure, plain)
+
+        # A TLS player is saved like any other: back over TCP, where it stood.
+        secure.close()
+        plain.wait_view(lambda v: name not in v.players, EVENT_TIMEOUT)
+        state = self.connect().login(name, secret)
+        self.assertEqual((state.room, state.x, state.y, state.logins), (room, 72, -34, 2))
+
+    def test_untrusted_certificate_fails_the_handshake_and_the_server_serves_on(self):
+        bystander, bystander_name, _ = self.player("tcp")
+        # The default trust is the system's, which does not have a development
+        # certificate: the handshake fails, with the reason.
+        for _ in range(3):
+            with self.assertRaises(ssl.SSLCertVerificationError) as caught:
+                ArenaClient(*self.tls_addr, tls=True)
+            self.assertIn("certificate verify failed", str(caught.exception))
+            self.assertEqual(caught.exception.verify_code, 18)  # self-signed
+
+        # The server serves on, on both listeners; the player already online is fine.
+        self.assertIsNone(self.server.proc.poll())
+        self.assertFalse(bystander.conn.closed)
+        secure, name = self.connect_tls(), unique("tls")
+        secure.login(name, password())
+        secure.say("still here")
+        for client in (secure, bystander):
+            client.wait_for(lambda e: isinstance(e, pb.Chat) and e.from_ == name, EVENT_TIMEOUT)
+        self.assertCount(bystander.who().online, 2, "online")
+
+    def test_one_tls_connection_serves_many_threads(self):
+        # Requests from several threads, heartbeats and a stream of Deltas share one
+        # TLS session: every answer and every step arrives.
+        walker, walker_name, _ = self.player("walker")
+        secure, name = self.connect_tls(heartbeat=0.05), unique("tls")
+        secure.login(name, password())
+        secure.wait_view(has(walker_name), EVENT_TIMEOUT)
+        walker.goto(-400, 0)  # 20 ticks of Deltas while the threads work
+        failures = []
+
+        def ask():
+            try:
+                for _ in range(40):
+                    self.assertIn(name, secure.who().players)
+            except Exception as e:  # noqa: BLE001 (reported below)
+                failures.append(e)
+
+        threads = [threading.Thread(target=ask) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(EVENT_TIMEOUT * 4)
+        self.assertEqual(failures, [])
+        secure.wait_view(at(walker_name, -400, 0), EVENT_TIMEOUT)
+        self.assertNoMissedDeltas(secure)
+        self.assertGreater(secure.conn.pongs_received, 0)
+        self.assertFalse(secure.conn.closed)
+
+    def test_demo_script_plays_over_tls(self):
+        host, port = self.tls_addr
+        script = [sys.executable, os.path.join(HERE, "arena_client.py"),
+                  "--host", host, "--port", str(port), "--tls"]
+        run = subprocess.run([*script, "--cafile", self.server.cafile],
+                             capture_output=True, text=True, timeout=60)
+        self.assertEqual(run.returncode, 0, run.stdout + run.stderr)
+        self.assertIn("both over TLSv1.", run.stdout)
+        self.assertIn("both disconnect", run.stdout)
+        # Without the certificate: a clear error, and a hint at --cafile.
+        run = subprocess.run(script, capture_output=True, text=True, timeout=60)
+        self.assertEqual(run.returncode, 1, run.stdout + run.stderr)
+        self.assertIn("error: TLS: certificate verify failed", run.stderr)
+        self.assertIn("--cafile", run.stderr)
+
+    def test_cafile_goes_with_tls(self):
+        with self.assertRaises(ValueError):
+            gc.Connection(*self.tls_addr, cafile=self.server.cafile)
 
 
 if __name__ == "__main__":
