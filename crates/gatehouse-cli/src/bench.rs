@@ -15,7 +15,7 @@ use gatehouse_loadgen::broadcast::{self, BroadcastOptions};
 use gatehouse_loadgen::echo::{self, EchoOptions};
 use gatehouse_loadgen::idle::{self, IdleOptions};
 use gatehouse_loadgen::storm::{self, StormOptions};
-use gatehouse_loadgen::{Progress, Sources};
+use gatehouse_loadgen::{Progress, Sources, Transport};
 
 use crate::bench_arena::{self, ArenaBenchOptions};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -59,11 +59,21 @@ struct Common {
     /// server is on loopback.
     #[arg(long, default_value_t = Sources::DEFAULT_PER_ADDRESS)]
     per_source: usize,
+    /// What to connect over: tcp, tls, ws or wss (WebSocket at /ws).
+    #[arg(long, default_value = "tcp")]
+    transport: String,
+    /// tls, wss: the server's certificate (PEM), the only one trusted.
+    #[arg(long, value_name = "PEM")]
+    ca: Option<std::path::PathBuf>,
 }
 
 impl Common {
     fn sources(&self) -> Sources {
         Sources::for_target(self.addr, self.per_source)
+    }
+
+    fn transport(&self) -> anyhow::Result<Transport> {
+        Transport::new(&self.transport, self.ca.as_deref()).map_err(anyhow::Error::msg)
     }
 }
 
@@ -236,6 +246,7 @@ async fn run_scenario(scenario: Scenario, progress: &Progress) -> anyhow::Result
             options.warmup = seconds("warmup", a.warmup)?;
             options.drain_timeout = seconds("drain-timeout", a.drain_timeout)?;
             options.sources = a.common.sources();
+            options.transport = a.common.transport()?;
             options.server_pid = a.server_pid;
             let report = echo::run(&options, progress).await?;
             if report.errors > 0 || report.lost > 0 || report.connected < report.connections {
@@ -252,6 +263,7 @@ async fn run_scenario(scenario: Scenario, progress: &Progress) -> anyhow::Result
             options.settle = seconds("settle", a.settle)?;
             options.server_pid = a.server_pid;
             options.sources = a.common.sources();
+            options.transport = a.common.transport()?;
             let report = idle::run(&options, progress).await?;
             if report.dead > 0 {
                 eprintln!(
@@ -265,6 +277,7 @@ async fn run_scenario(scenario: Scenario, progress: &Progress) -> anyhow::Result
             let mut options = StormOptions::new(a.common.addr, a.count);
             options.timeout = seconds("timeout", a.timeout)?;
             options.sources = a.common.sources();
+            options.transport = a.common.transport()?;
             let report = storm::run(&options, progress).await?;
             if report.failed > 0 {
                 eprintln!(
@@ -280,6 +293,7 @@ async fn run_scenario(scenario: Scenario, progress: &Progress) -> anyhow::Result
             options.payload = a.payload;
             options.timeout = seconds("timeout", a.timeout)?;
             options.sources = a.common.sources();
+            options.transport = a.common.transport()?;
             let report = broadcast::run(&options, progress).await?;
             if report.lost > 0 {
                 eprintln!("warning: {} listener-rounds lost", report.lost);
@@ -287,6 +301,9 @@ async fn run_scenario(scenario: Scenario, progress: &Progress) -> anyhow::Result
             serde_json::to_string(&report)?
         }
         Scenario::Arena(a) => {
+            if a.common.transport != "tcp" {
+                anyhow::bail!("bench arena runs over tcp only");
+            }
             let options = ArenaBenchOptions {
                 addr: a.common.addr,
                 players: a.players,

@@ -316,6 +316,9 @@ async fn run<S: Service>(
         checkpoints = s.checkpoints,
         hub_restarts = s.hub_restarts,
         refused = s.refused_server_full + s.refused_per_ip,
+        handshake_failures = s.handshake_failures,
+        handshake_timeouts = s.handshake_timeouts,
+        pages_served = s.pages_served,
         "final stats"
     );
     Ok(result)

@@ -24,11 +24,11 @@ use std::time::{Duration, Instant};
 use gatehouse_protocol::routes::bench as routes;
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::net::{self, pong_frame};
+use crate::transport::{Conn, Transport};
 use crate::wire::{self, FrameReader, Incoming};
 use crate::{LoadError, Progress, Sources};
 
@@ -51,6 +51,8 @@ pub struct BroadcastOptions {
     pub parallel_connects: usize,
     /// Source addresses.
     pub sources: Sources,
+    /// What the connections run over (TCP by default).
+    pub transport: Transport,
 }
 
 impl BroadcastOptions {
@@ -65,6 +67,7 @@ impl BroadcastOptions {
             pause: Duration::from_millis(200),
             parallel_connects: 512,
             sources: Sources::for_target(addr, Sources::DEFAULT_PER_ADDRESS),
+            transport: Transport::Tcp,
         }
     }
 }
@@ -210,6 +213,7 @@ pub async fn run(
     progress.counted("connect", options.listeners as u64 + 1);
     let (listeners, _failed) = net::open_many(
         options.addr,
+        &options.transport,
         options.sources,
         options.listeners,
         options.parallel_connects,
@@ -218,7 +222,7 @@ pub async fn run(
     .await?;
     let connected = listeners.len();
     let sender_source = options.sources.source(options.listeners);
-    let mut sender = net::connect(options.addr, sender_source)
+    let mut sender = net::connect(options.addr, sender_source, &options.transport)
         .await
         .map_err(|e| LoadError::Connect {
             addr: options.addr,
@@ -379,7 +383,7 @@ fn round_report(
 /// Asks the server's connection count until it reaches `want` (or `patience` runs
 /// out); returns the last count.
 async fn wait_for_count(
-    sender: &mut TcpStream,
+    sender: &mut Conn,
     reader: &mut FrameReader,
     want: usize,
     patience: Duration,
@@ -421,7 +425,7 @@ async fn wait_for_count(
 
 /// Handles the sender's frames; true once the response to `round` arrived.
 async fn sender_frames(
-    sender: &mut TcpStream,
+    sender: &mut Conn,
     reader: &mut FrameReader,
     round: u32,
 ) -> Result<bool, LoadError> {
@@ -461,7 +465,7 @@ async fn sender_frames(
 
 /// One listener: reads pushes until told to stop or the connection ends.
 async fn listen(
-    mut stream: TcpStream,
+    mut stream: Conn,
     mut reader: FrameReader,
     index: usize,
     shared: Arc<Shared>,

@@ -22,11 +22,15 @@ use std::time::{Duration, Instant};
 use gatehouse_protocol::routes::bench as routes;
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use tokio::io::Interest;
-use tokio::net::TcpStream;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 
 use crate::net::{self, pong_frame};
 use crate::procfs::CpuSample;
+use crate::transport::{Conn, Transport};
 use crate::wire::{self, FrameReader, Incoming};
 use crate::{LoadError, Percentiles, Progress, Sources};
 
@@ -50,6 +54,8 @@ pub struct EchoOptions {
     pub drain_timeout: Duration,
     /// Source addresses.
     pub sources: Sources,
+    /// What the connections run over (TCP by default).
+    pub transport: Transport,
     /// The server's pid, to read its CPU time over the measured window (same
     /// machine): the server's cost per request, whatever bounds the throughput.
     pub server_pid: Option<u32>,
@@ -73,6 +79,7 @@ impl EchoOptions {
             duration,
             drain_timeout: Duration::from_secs(5),
             sources: Sources::for_target(addr, Sources::DEFAULT_PER_ADDRESS),
+            transport: Transport::Tcp,
             server_pid: None,
         }
     }
@@ -177,6 +184,7 @@ pub async fn run(options: &EchoOptions, progress: &Progress) -> Result<EchoRepor
     progress.counted("connect", options.connections as u64);
     let (conns, _failed) = net::open_many(
         options.addr,
+        &options.transport,
         options.sources,
         options.connections,
         256,
@@ -282,7 +290,7 @@ struct Slot {
 
 /// One connection.
 struct Worker {
-    stream: TcpStream,
+    stream: Conn,
     reader: FrameReader,
     /// Encoded output; `out[written..]` is not yet written.
     out: Vec<u8>,
@@ -296,12 +304,7 @@ struct Worker {
 }
 
 impl Worker {
-    fn new(
-        stream: TcpStream,
-        mut reader: FrameReader,
-        index: usize,
-        options: &EchoOptions,
-    ) -> Worker {
+    fn new(stream: Conn, mut reader: FrameReader, index: usize, options: &EchoOptions) -> Worker {
         let frame = wire::request_len(options.payload);
         reader.ensure_capacity((options.depth * frame).clamp(4096, 1 << 20));
         let seed = (index as u8).wrapping_mul(31);
@@ -352,12 +355,34 @@ impl Worker {
         for slot in 0..self.slots.len() {
             self.issue(slot, now);
         }
+        let ended = if self.stream.as_tcp().is_some() {
+            self.run_tcp(&window, &histogram).await
+        } else {
+            self.run_stream(&window, &histogram).await
+        };
+        if ended.is_err() {
+            self.counts.closed += 1;
+        }
+        self.counts.lost += self.in_flight as u64;
+        self.counts
+    }
+
+    /// TCP: readiness and `try_read`/`try_write` straight on the socket, the
+    /// cheapest the generator can be.
+    async fn run_tcp(
+        &mut self,
+        window: &Window,
+        histogram: &Mutex<Histogram<u64>>,
+    ) -> io::Result<()> {
         let deadline = tokio::time::sleep_until(window.until.into());
         tokio::pin!(deadline);
         let mut issuing = true;
-        let ended = loop {
+        loop {
+            let Some(stream) = self.stream.as_tcp() else {
+                return Err(io::ErrorKind::Unsupported.into());
+            };
             if !issuing && self.in_flight == 0 {
-                break Ok(());
+                return Ok(());
             }
             let interest = if self.written < self.out.len() {
                 Interest::READABLE | Interest::WRITABLE
@@ -366,9 +391,9 @@ impl Worker {
             };
             let ready = tokio::select! {
                 biased;
-                ready = self.stream.ready(interest) => match ready {
+                ready = stream.ready(interest) => match ready {
                     Ok(ready) => ready,
-                    Err(e) => break Err(e),
+                    Err(e) => return Err(e),
                 },
                 () = &mut deadline => {
                     if issuing {
@@ -376,11 +401,11 @@ impl Worker {
                         deadline.as_mut().reset(window.drain_until.into());
                         continue;
                     }
-                    break Ok(()); // drain timed out: what is in flight is lost
+                    return Ok(()); // drain timed out: what is in flight is lost
                 }
             };
             if ready.is_writable() && self.written < self.out.len() {
-                match self.stream.try_write(&self.out[self.written..]) {
+                match stream.try_write(&self.out[self.written..]) {
                     Ok(n) => {
                         self.written += n;
                         if self.written == self.out.len() {
@@ -389,28 +414,91 @@ impl Worker {
                         }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => break Err(e),
+                    Err(e) => return Err(e),
                 }
             }
             if ready.is_readable() {
-                match self.stream.try_read(self.reader.spare()) {
-                    Ok(0) => break Err(io::ErrorKind::UnexpectedEof.into()),
+                match stream.try_read(self.reader.spare()) {
+                    Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
                     Ok(n) => {
                         self.reader.filled(n);
-                        if let Err(e) = self.handle_frames(&window, issuing, &histogram) {
-                            break Err(e);
-                        }
+                        self.handle_frames(window, issuing, histogram)?;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => break Err(e),
+                    Err(e) => return Err(e),
                 }
             }
-        };
-        if ended.is_err() {
-            self.counts.closed += 1;
         }
-        self.counts.lost += self.in_flight as u64;
-        self.counts
+    }
+
+    /// TLS and WebSocket: the same loop through the stream's own polling, flushing
+    /// what the transport holds.
+    async fn run_stream(
+        &mut self,
+        window: &Window,
+        histogram: &Mutex<Histogram<u64>>,
+    ) -> io::Result<()> {
+        enum Step {
+            Wrote(usize),
+            Read(usize),
+            Flushed,
+            Deadline,
+        }
+        let deadline = tokio::time::sleep_until(window.until.into());
+        tokio::pin!(deadline);
+        let mut issuing = true;
+        let mut unflushed = false;
+        loop {
+            if !issuing && self.in_flight == 0 {
+                return Ok(());
+            }
+            let (stream, reader, pending) = (
+                &mut self.stream,
+                &mut self.reader,
+                &self.out[self.written..],
+            );
+            let step = std::future::poll_fn(|cx| {
+                if !pending.is_empty() {
+                    if let Poll::Ready(written) = Pin::new(&mut *stream).poll_write(cx, pending) {
+                        return Poll::Ready(written.map(Step::Wrote));
+                    }
+                } else if unflushed {
+                    if let Poll::Ready(flushed) = Pin::new(&mut *stream).poll_flush(cx) {
+                        return Poll::Ready(flushed.map(|()| Step::Flushed));
+                    }
+                }
+                let mut buf = ReadBuf::new(reader.spare());
+                if let Poll::Ready(read) = Pin::new(&mut *stream).poll_read(cx, &mut buf) {
+                    return Poll::Ready(read.map(|()| Step::Read(buf.filled().len())));
+                }
+                if deadline.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Ok(Step::Deadline));
+                }
+                Poll::Pending
+            })
+            .await?;
+            match step {
+                Step::Wrote(n) => {
+                    self.written += n;
+                    unflushed = true;
+                    if self.written == self.out.len() {
+                        self.out.clear();
+                        self.written = 0;
+                    }
+                }
+                Step::Flushed => unflushed = false,
+                Step::Read(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Step::Read(n) => {
+                    self.reader.filled(n);
+                    self.handle_frames(window, issuing, histogram)?;
+                }
+                Step::Deadline if issuing => {
+                    issuing = false;
+                    deadline.as_mut().reset(window.drain_until.into());
+                }
+                Step::Deadline => return Ok(()), // drain timed out: what is in flight is lost
+            }
+        }
     }
 
     /// Handles every complete frame read; errors end the connection.

@@ -19,11 +19,11 @@ use std::time::Duration;
 
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::net::{self, ping_pong, pong_frame};
 use crate::procfs::{self, CpuSample};
+use crate::transport::{Conn, Transport};
 use crate::wire::{self, FrameReader, Incoming};
 use crate::{LoadError, Progress, Sources};
 
@@ -48,6 +48,8 @@ pub struct IdleOptions {
     pub parallel_connects: usize,
     /// Source addresses.
     pub sources: Sources,
+    /// What the connections run over (TCP by default).
+    pub transport: Transport,
 }
 
 impl IdleOptions {
@@ -63,6 +65,7 @@ impl IdleOptions {
             verify_timeout: Duration::from_secs(10),
             parallel_connects: 512,
             sources: Sources::for_target(addr, Sources::DEFAULT_PER_ADDRESS),
+            transport: Transport::Tcp,
         }
     }
 }
@@ -116,6 +119,7 @@ pub async fn run(options: &IdleOptions, progress: &Progress) -> Result<IdleRepor
     progress.counted("connect", options.count as u64);
     let (conns, failed_connects) = net::open_many(
         options.addr,
+        &options.transport,
         options.sources,
         options.count,
         options.parallel_connects,
@@ -202,7 +206,7 @@ fn proc_error(pid: u32, e: &std::io::Error) -> LoadError {
 
 /// One held connection.
 struct Holder {
-    stream: TcpStream,
+    stream: Conn,
     reader: FrameReader,
     heartbeat: Duration,
     first_heartbeat: Duration,

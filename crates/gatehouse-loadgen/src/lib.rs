@@ -1,7 +1,8 @@
 //! gatehouse-loadgen: the load-generation engine behind `gatehouse bench`. Four
 //! scenarios that measure a server speaking the bench service (`docs/PROTOCOL.md`),
 //! written to cost the machine as little as possible, since the generator often shares
-//! it with the server. It depends on the protocol crate and tokio, not on the server.
+//! it with the server, over any transport a server listens on. It depends on the
+//! protocol crate, tokio, rustls and tungstenite, not on the server.
 //!
 //! - [`echo`]: C connections each keeping D pipelined echo requests in flight;
 //!   requests/s and latency percentiles; every response is checked against its
@@ -34,6 +35,7 @@
 //! - [`procfs`]: a process's RSS and CPU time from `/proc`.
 //! - `wire`: the frame reader and the few frames the generator writes and reads.
 //! - `net`: connecting from a chosen source address, ping and pong.
+//! - [`transport`]: TCP, TLS, WebSocket and wss, all as one stream of frames.
 
 pub mod broadcast;
 pub mod echo;
@@ -41,7 +43,10 @@ pub mod idle;
 mod net;
 pub mod procfs;
 pub mod storm;
+pub mod transport;
 mod wire;
+
+pub use transport::Transport;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};

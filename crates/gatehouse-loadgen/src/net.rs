@@ -7,14 +7,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpSocket;
 use tokio::sync::Semaphore;
 
+use crate::transport::{Conn, Transport};
 use crate::wire::{self, FrameReader, Incoming};
 use crate::{LoadError, Sources};
 
-/// Opens a TCP connection to `addr` from `source` (any port), with `TCP_NODELAY`.
-pub(crate) async fn connect(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream> {
+/// Opens a connection to `addr` from `source` (any port), with `TCP_NODELAY`, and
+/// runs `transport`'s handshakes over it.
+pub(crate) async fn connect(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+    transport: &Transport,
+) -> io::Result<Conn> {
     let socket = match addr {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
@@ -24,7 +30,7 @@ pub(crate) async fn connect(addr: SocketAddr, source: Option<IpAddr>) -> io::Res
     }
     let stream = socket.connect(addr).await?;
     stream.set_nodelay(true)?;
-    Ok(stream)
+    transport.open(stream, addr).await
 }
 
 /// Why a ping did not come back.
@@ -39,7 +45,7 @@ pub(crate) enum PingFailure {
 /// Sends a ping with `nonce` and reads until its pong. Other frames are skipped
 /// (a server ping is answered); pongs with another nonce too.
 pub(crate) async fn ping_pong(
-    stream: &mut TcpStream,
+    stream: &mut Conn,
     reader: &mut FrameReader,
     nonce: u8,
 ) -> Result<(), PingFailure> {
@@ -93,20 +99,24 @@ pub(crate) const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// failed; fails only if none could be opened.
 pub(crate) async fn open_many(
     addr: SocketAddr,
+    transport: &Transport,
     sources: Sources,
     count: usize,
     parallel: usize,
     progress: &crate::Progress,
-) -> Result<(Vec<(TcpStream, FrameReader)>, usize), LoadError> {
+) -> Result<(Vec<(Conn, FrameReader)>, usize), LoadError> {
     let gate = Arc::new(Semaphore::new(parallel.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     for index in 0..count {
         let gate = gate.clone();
         let source = sources.source(index);
+        let transport = transport.clone();
         tasks.spawn(async move {
             let _permit = gate.acquire_owned().await;
             let open = async {
-                let mut stream = connect(addr, source).await.map_err(|e| e.to_string())?;
+                let mut stream = connect(addr, source, &transport)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 let mut reader = FrameReader::new(256);
                 ping_pong(&mut stream, &mut reader, 0)
                     .await

@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use crate::net::{self, ping_pong};
 use crate::wire::FrameReader;
+use crate::Transport;
 use crate::{LoadError, Percentiles, Progress, Sources};
 
 /// What to run.
@@ -29,6 +30,8 @@ pub struct StormOptions {
     pub timeout: Duration,
     /// Source addresses.
     pub sources: Sources,
+    /// What the connections run over (TCP by default).
+    pub transport: Transport,
 }
 
 impl StormOptions {
@@ -39,6 +42,7 @@ impl StormOptions {
             count,
             timeout: Duration::from_secs(30),
             sources: Sources::for_target(addr, Sources::DEFAULT_PER_ADDRESS),
+            transport: Transport::Tcp,
         }
     }
 }
@@ -87,9 +91,10 @@ pub async fn run(options: &StormOptions, progress: &Progress) -> Result<StormRep
     for index in 0..options.count {
         let addr = options.addr;
         let source = options.sources.source(index);
+        let transport = options.transport.clone();
         tasks.spawn(async move {
             let attempt = async {
-                let Ok(mut stream) = net::connect(addr, source).await else {
+                let Ok(mut stream) = net::connect(addr, source, &transport).await else {
                     return (Outcome::Failed, None);
                 };
                 let mut reader = FrameReader::new(64);

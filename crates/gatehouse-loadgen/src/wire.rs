@@ -4,8 +4,7 @@
 
 use std::io;
 
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Envelope kinds (`docs/PROTOCOL.md`).
 pub(crate) use gatehouse_protocol::envelope::kind;
@@ -144,7 +143,10 @@ impl FrameReader {
     }
 
     /// Reads once from `stream`; `Ok(0)` at end of stream.
-    pub(crate) async fn read_from(&mut self, stream: &mut TcpStream) -> io::Result<usize> {
+    pub(crate) async fn read_from(
+        &mut self,
+        stream: &mut (impl AsyncRead + Unpin),
+    ) -> io::Result<usize> {
         let n = stream.read(self.spare()).await?;
         self.filled(n);
         Ok(n)

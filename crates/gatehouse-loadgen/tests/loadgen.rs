@@ -20,7 +20,7 @@ use gatehouse_loadgen::broadcast::{self, BroadcastOptions};
 use gatehouse_loadgen::echo::{self, EchoOptions};
 use gatehouse_loadgen::idle::{self, IdleOptions};
 use gatehouse_loadgen::storm::{self, StormOptions};
-use gatehouse_loadgen::Progress;
+use gatehouse_loadgen::{Progress, Transport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
@@ -403,4 +403,96 @@ async fn faulty_connection(stream: TcpStream, conn: u64, fault: Fault, registry:
     registry.lock().unwrap().retain(|(id, _)| *id != conn);
     drop(own);
     writer.abort();
+}
+
+/// A bench server in this process listening on every transport, and a file with its
+/// self-signed certificate for the generator to trust; stops with the test's runtime.
+async fn every_transport_server(ca_file: &std::path::Path) -> Vec<(&'static str, SocketAddr)> {
+    use gatehouse::listener::WebOptions;
+    use gatehouse::{Certificates, Listener};
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+    std::fs::write(ca_file, cert.cert.pem()).unwrap();
+    let certs = Certificates::from_pem(
+        cert.cert.pem().as_bytes(),
+        cert.signing_key.serialize_pem().as_bytes(),
+    )
+    .unwrap();
+    let bind = || gatehouse::bind(([127, 0, 0, 1], 0).into());
+    let listeners = vec![
+        Listener::tcp(bind().await.unwrap()),
+        Listener::tls(bind().await.unwrap(), certs.clone()),
+        Listener::websocket(bind().await.unwrap(), WebOptions::default()),
+        Listener::secure_websocket(bind().await.unwrap(), certs, WebOptions::default()),
+    ];
+    let addrs = ["tcp", "tls", "ws", "wss"]
+        .into_iter()
+        .zip(listeners.iter().map(|l| l.local_addr().unwrap()))
+        .collect();
+    let mut config = Config::default();
+    config.server.max_connections_per_ip = 5_000;
+    config.limits.inbound_frames_per_sec = 10_000_000;
+    config.limits.inbound_frames_burst = 10_000_000;
+    let server = Server::new(config, BenchService).unwrap();
+    tokio::spawn(server.run(listeners, std::future::pending()));
+    addrs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_scenario_runs_over_every_transport() {
+    if !can_run("every_scenario_runs_over_every_transport", 4 * 60) {
+        return;
+    }
+    let ca = std::env::temp_dir().join(format!("gatehouse-loadgen-ca-{}.pem", std::process::id()));
+    let servers = every_transport_server(&ca).await;
+    for (name, addr) in servers {
+        let transport = Transport::new(name, Some(&ca)).unwrap();
+        let mut echo_options = EchoOptions::new(addr, 10, 8, 32, Duration::from_millis(300));
+        echo_options.warmup = Duration::from_millis(100);
+        echo_options.transport = transport.clone();
+        let echo = echo::run(&echo_options, &Progress::default())
+            .await
+            .unwrap();
+        assert!(echo.measured_responses > 0, "{name}: {echo:?}");
+        assert_eq!(
+            (echo.sent, echo.errors, echo.lost),
+            (echo.verified, 0, 0),
+            "{name}"
+        );
+
+        let mut broadcast_options = BroadcastOptions::new(addr, 20);
+        broadcast_options.rounds = 2;
+        broadcast_options.pause = Duration::from_millis(10);
+        broadcast_options.transport = transport.clone();
+        let broadcast = broadcast::run(&broadcast_options, &Progress::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            (broadcast.connected, broadcast.lost),
+            (20, 0),
+            "{name}: {broadcast:?}"
+        );
+
+        let mut idle_options = IdleOptions::new(addr, 20, Duration::from_millis(200));
+        idle_options.settle = Duration::from_millis(50);
+        idle_options.transport = transport.clone();
+        let idle = idle::run(&idle_options, &Progress::default())
+            .await
+            .unwrap();
+        assert_eq!((idle.alive, idle.dead), (20, 0), "{name}: {idle:?}");
+
+        let mut storm_options = StormOptions::new(addr, 20);
+        storm_options.transport = transport;
+        let storm = storm::run(&storm_options, &Progress::default())
+            .await
+            .unwrap();
+        assert_eq!((storm.answered, storm.failed), (20, 0), "{name}: {storm:?}");
+    }
+    let _ = std::fs::remove_file(&ca);
+}
+
+#[test]
+fn a_tls_transport_needs_the_certificate_to_trust() {
+    let e = Transport::new("wss", None).unwrap_err();
+    assert!(e.contains("--ca"), "{e}");
+    assert!(Transport::new("quic", None).is_err());
 }

@@ -579,3 +579,43 @@ fn kicks_map_to_websocket_close_codes() {
     assert_eq!(KickReason(1003).websocket_close_code(), 4999);
     let _: CloseCode = 4005.into();
 }
+
+#[tokio::test]
+async fn websocket_messages_before_a_text_message_are_answered_before_the_kick() {
+    let servers = start(test_config(), WebOptions::default()).await;
+    let mut wire = servers.connect("ws").await;
+    let Wire::Ws(ws) = &mut wire else {
+        unreachable!()
+    };
+    // All in one write, so that the server reads them in one batch.
+    for id in 1..=3u32 {
+        let request = Message::Request {
+            id,
+            route: routes::ECHO,
+            payload: Bytes::from_static(b"before"),
+        };
+        ws.feed(WsMessage::Binary(request.to_frame().slice(4..)))
+            .await
+            .unwrap();
+    }
+    ws.feed(WsMessage::text("not an envelope")).await.unwrap();
+    ws.flush().await.unwrap();
+    let mut ended = Ended {
+        kick: None,
+        close_code: None,
+    };
+    let mut answered = Vec::new();
+    while let Some(message) = wire.recv(&mut ended).await {
+        match message {
+            Message::Response { id, status, .. } => answered.push((id, status)),
+            Message::Kick { reason, .. } => ended.kick = Some(reason),
+            _ => {}
+        }
+    }
+    assert_eq!(
+        answered,
+        [(1, Status::OK), (2, Status::OK), (3, Status::OK)]
+    );
+    assert_eq!(ended.kick, Some(KickReason::PROTOCOL_ERROR));
+    servers.shutdown().await;
+}

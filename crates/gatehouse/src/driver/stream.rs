@@ -54,6 +54,11 @@ where
             }
             Poll::Ready(Ok(0)) => Poll::Ready(Ok(Received::Closed)),
             Poll::Ready(Ok(_)) => Poll::Ready(Ok(Received::Input)),
+            // A TLS peer that closes TCP without a close_notify (most clients do):
+            // it left, as on TCP; a frame it cut short is its own loss.
+            Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                Poll::Ready(Ok(Received::Closed))
+            }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
         }
     }

@@ -40,9 +40,15 @@ pub(crate) fn config(max_frame_bytes: usize) -> WebSocketConfig {
         .max_frame_size(Some(max_frame_bytes))
 }
 
+/// Messages taken into the core at most per receive.
+const MAX_BATCH: usize = 64;
+
 /// A WebSocket connection.
 pub(crate) struct WebSocketTransport<S> {
     ws: WebSocketStream<S>,
+    /// What ended the last batch of messages (a close, a text message, an error),
+    /// handled once the messages before it are.
+    deferred: Option<Option<Result<Message, WsError>>>,
     /// Messages started but not yet flushed.
     unflushed: bool,
     close_sent: bool,
@@ -52,6 +58,7 @@ impl<S> WebSocketTransport<S> {
     pub(crate) fn new(ws: WebSocketStream<S>) -> Self {
         WebSocketTransport {
             ws,
+            deferred: None,
             unflushed: false,
             close_sent: false,
         }
@@ -87,8 +94,24 @@ where
         cx: &mut Context<'_>,
         core: &mut ConnectionCore,
     ) -> Poll<io::Result<Received>> {
+        // Every message already here is taken in one go (up to a batch), so that the
+        // answers to a burst of requests leave in one write, as on TCP.
+        let mut taken = 0;
         loop {
-            let message = match ready!(Pin::new(&mut self.ws).poll_next(cx)) {
+            let next = match self.deferred.take() {
+                Some(next) => next,
+                None => match Pin::new(&mut self.ws).poll_next(cx) {
+                    Poll::Pending if taken > 0 => return Poll::Ready(Ok(Received::Input)),
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(next) => next,
+                },
+            };
+            if taken > 0 && !matches!(next, Some(Ok(Message::Binary(_)))) {
+                // Whatever ends the batch waits until the frames before it are handled.
+                self.deferred = Some(next);
+                return Poll::Ready(Ok(Received::Input));
+            }
+            let message = match next {
                 None => return Poll::Ready(Ok(Received::Closed)),
                 Some(Ok(message)) => message,
                 Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
@@ -115,7 +138,10 @@ where
             match message {
                 Message::Binary(body) => {
                     core.receive_frame(&body);
-                    return Poll::Ready(Ok(Received::Input));
+                    taken += 1;
+                    if taken == MAX_BATCH {
+                        return Poll::Ready(Ok(Received::Input));
+                    }
                 }
                 Message::Text(_) => {
                     core.close(
