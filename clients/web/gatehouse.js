@@ -30,6 +30,17 @@ export const ROUTE_ROOM_RESTARTED = 0xff01;
 /** Close codes 4000 + kick reason carry a kick in the WebSocket close frame. */
 export const KICK_CLOSE_BASE = 4000;
 
+/**
+ * The kick reason a WebSocket close code stands for when the kick envelope did not
+ * arrive: 4000-4998 the framework's reasons, 4999 a game's own (then `kicked`, 13);
+ * null for any other code.
+ */
+export function kickFromCloseCode(code) {
+  if (code >= KICK_CLOSE_BASE && code <= KICK_CLOSE_BASE + 998) return code - KICK_CLOSE_BASE;
+  if (code === KICK_CLOSE_BASE + 999) return 13;
+  return null;
+}
+
 /** Envelope kind bytes. */
 export const Kind = Object.freeze({
   REQUEST: 1, NOTIFY: 2, RESPONSE: 3, PUSH: 4, PING: 5, PONG: 6, KICK: 7,
@@ -662,8 +673,9 @@ export class Client extends EventTarget {
 
   #closed(event) {
     const code = event.code ?? 1006;
-    if (code >= KICK_CLOSE_BASE && code <= KICK_CLOSE_BASE + 999) {
-      this.#finish(new Kicked(new Kick(code - KICK_CLOSE_BASE, event.reason ?? '')));
+    const reason = kickFromCloseCode(code);
+    if (reason !== null) {
+      this.#finish(new Kicked(new Kick(reason, event.reason ?? '')));
     } else {
       const reason = event.reason ? `: ${event.reason}` : '';
       this.#finish(new ConnectionClosed(`connection lost (close code ${code}${reason})`));

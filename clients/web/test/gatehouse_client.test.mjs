@@ -8,8 +8,7 @@ import assert from 'node:assert/strict';
 
 import {
   Client, ConnectionClosed, Kick, Kicked, MAX_FRAME_BYTES, reconnectDelay, reconnectPolicy,
-  RequestError, RequestTimeout, toHex,
-} from '../gatehouse.js';
+  RequestError, RequestTimeout, toHex, kickFromCloseCode } from '../gatehouse.js';
 import { FakeClock, fakeWebSocket, settle } from '../testing/fakes.mjs';
 
 const URL = 'ws://game.test/ws';
@@ -430,4 +429,12 @@ test('a close listener that connects again wins over the automatic reconnection'
   assert.ok(!t.events.some(([type]) => type === 'reconnecting'));
   t.clock.advance(60_000);
   assert.equal(t.sockets.length, 2);
+});
+
+test('close codes map to kicks as PROTOCOL.md says: 4000 + reason, 4999 a game kick', () => {
+  assert.equal(kickFromCloseCode(4005), 5);
+  assert.equal(kickFromCloseCode(4998), 998);
+  assert.equal(kickFromCloseCode(4999), 13);
+  assert.equal(kickFromCloseCode(1000), null);
+  assert.equal(kickFromCloseCode(1006), null);
 });

@@ -277,6 +277,10 @@ async fn run<S: Service>(
     let fault_injection = config.server.allow_fault_injection;
     let server = Server::new(config, service)?;
     let stats = server.stats();
+    // SIGHUP's handler is in place before anyone is told the server listens: its
+    // default action would end the process without a single disconnect hook.
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot install the SIGHUP handler")?;
     // arena's WebSocket listeners serve its browser client.
     let pages = if name == "arena" {
         pages::arena()
@@ -304,7 +308,7 @@ async fn run<S: Service>(
         .iter()
         .filter_map(|l| l.certificates().cloned())
         .collect();
-    let reloading = tokio::spawn(reload_on_sighup(certificates));
+    let reloading = tokio::spawn(reload_on_sighup(hangups, certificates));
     let result = server.run(listeners, shutdown_signal()).await;
     reloading.abort();
     let s = stats.snapshot();
@@ -326,19 +330,14 @@ async fn run<S: Service>(
 
 /// Reloads every TLS listener's certificate files on each SIGHUP; a reload that
 /// fails keeps the certificate in use.
-async fn reload_on_sighup(certificates: Vec<Certificates>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    if certificates.is_empty() {
-        return;
-    }
-    let mut hangups = match signal(SignalKind::hangup()) {
-        Ok(hangups) => hangups,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot install the SIGHUP handler; certificates will not reload");
-            return;
-        }
-    };
+async fn reload_on_sighup(
+    mut hangups: tokio::signal::unix::Signal,
+    certificates: Vec<Certificates>,
+) {
     while hangups.recv().await.is_some() {
+        if certificates.is_empty() {
+            info!("SIGHUP: no TLS listener, nothing to reload");
+        }
         for certs in &certificates {
             let file = certs
                 .cert_path()

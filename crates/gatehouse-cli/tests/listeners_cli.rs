@@ -203,3 +203,17 @@ fn the_terminal_client_plays_over_websocket_and_tls() {
     let line = terminal_login(&tls, &["--tls", "--ca", ca.to_str().unwrap()], "secure");
     assert!(line.starts_with("logged in as secure"), "{line}");
 }
+
+#[tokio::test]
+async fn sighup_without_a_tls_listener_changes_nothing_and_stops_nothing() {
+    let server = ServerProcess::start(&["--service", "bench"]);
+    let (client, _pushes) = Client::connect(server.addr, ClientConfig::default())
+        .await
+        .unwrap();
+    server.signal("HUP");
+    server.wait_for_log("nothing to reload", Duration::from_secs(10));
+    assert_eq!(
+        client.request(routes::ECHO, "alive").await.unwrap(),
+        "alive"
+    );
+}

@@ -17,7 +17,7 @@
 
 mod transport;
 
-pub use transport::Target;
+pub use transport::{tls_config, Target};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -330,6 +330,9 @@ async fn run(
         }
     };
     shared.end(why);
+    // A clean close for the server (a WebSocket close frame, a TCP/TLS shutdown),
+    // bounded: a peer that does not read cannot hold this task.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), sink.close()).await;
 }
 
 /// Handles one frame from the server; returns why the connection ends, if it does.

@@ -8,6 +8,7 @@
 //! certificate from `gatehouse dev-cert`).
 
 use std::fmt;
+use std::path::Path;
 use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -45,7 +46,10 @@ impl Target {
     pub fn with_tls(self) -> Target {
         match self {
             Target::Tcp(addr) => Target::Tls(addr),
-            Target::Ws(url) => Target::Wss(format!("wss{}", &url[2..])),
+            Target::Ws(url) => match url.strip_prefix("ws://") {
+                Some(rest) => Target::Wss(format!("wss://{rest}")),
+                None => Target::Wss(url),
+            },
             secure => secure,
         }
     }
@@ -56,7 +60,7 @@ impl Target {
             Target::Tcp(addr) | Target::Tls(addr) => addr,
             Target::Ws(url) | Target::Wss(url) => {
                 let rest = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
-                rest.split('/').next().unwrap_or(rest)
+                rest.split(['/', '?', '#']).next().unwrap_or(rest)
             }
         }
     }
@@ -85,12 +89,17 @@ impl FromStr for Target {
             "wss" => Target::Wss(s.to_owned()),
             other => return Err(format!("unknown scheme `{other}` (tcp, tls, ws, wss)")),
         };
+        // host:port, with an IPv6 host in brackets ("[::1]:7000").
         let authority = target.authority();
-        if authority
-            .rsplit_once(':')
-            .is_none_or(|(_, port)| port.parse::<u16>().is_err())
-        {
-            return Err(format!("`{s}` has no host:port"));
+        let host_and_port = authority.rsplit_once(':').filter(|(host, port)| {
+            port.parse::<u16>().is_ok()
+                && !host.is_empty()
+                && (host.starts_with('[') && host.ends_with(']') || !host.contains(':'))
+        });
+        if host_and_port.is_none() {
+            return Err(format!(
+                "`{s}` has no host:port (an IPv6 host in brackets: [::1]:7000)"
+            ));
         }
         Ok(target)
     }
@@ -158,14 +167,23 @@ async fn tls(
     target: &Target,
     config: &ClientConfig,
 ) -> Result<impl Io, ClientError> {
+    let tls_config = tls_config(config.tls_ca.as_deref())?;
+    let name = ServerName::try_from(target.host().to_owned()).map_err(io_error)?;
+    TlsConnector::from(tls_config)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| io_error(format!("TLS: {e}")))
+}
+
+/// A client's TLS settings: TLS 1.2 or 1.3, trusting only the certificates of the PEM
+/// file `ca` (a development certificate) or, without one, the system's roots.
+pub fn tls_config(ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, ClientError> {
     let mut roots = RootCertStore::empty();
-    match &config.tls_ca {
+    match ca {
         Some(path) => {
-            for cert in CertificateDer::pem_file_iter(path)
-                .map_err(|e| io_error(format!("{}: {e}", path.display())))?
-            {
-                let cert = cert.map_err(|e| io_error(format!("{}: {e}", path.display())))?;
-                roots.add(cert).map_err(io_error)?;
+            let bad = |e: &dyn fmt::Display| io_error(format!("{}: {e}", path.display()));
+            for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(&e))? {
+                roots.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
             }
         }
         None => {
@@ -175,16 +193,12 @@ async fn tls(
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls_config = rustls::ClientConfig::builder_with_provider(provider)
+    let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(io_error)?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let name = ServerName::try_from(target.host().to_owned()).map_err(io_error)?;
-    TlsConnector::from(Arc::new(tls_config))
-        .connect(name, tcp)
-        .await
-        .map_err(|e| io_error(format!("TLS: {e}")))
+    Ok(Arc::new(config))
 }
 
 /// One envelope per binary WebSocket message.
@@ -206,14 +220,13 @@ async fn websocket(
             Ok(WsMessage::Close(Some(frame))) => {
                 // The kick envelope came first and ended the connection; a close
                 // without one still says why.
-                let code = u16::from(frame.code);
-                Some(Err(match code {
-                    4000..=4998 => ClientError::Kicked {
-                        reason: KickReason(code - 4000),
-                        text: frame.reason.to_string(),
+                let text = frame.reason.to_string();
+                Some(Err(
+                    match KickReason::from_websocket_close_code(frame.code.into()) {
+                        Some(reason) => ClientError::Kicked { reason, text },
+                        None => ClientError::Closed,
                     },
-                    _ => ClientError::Closed,
-                }))
+                ))
             }
             Ok(WsMessage::Close(None)) => Some(Err(ClientError::Closed)),
             Ok(WsMessage::Text(_)) => Some(Err(ClientError::Protocol(
@@ -247,6 +260,16 @@ mod tests {
         assert_eq!((ws.authority(), ws.host()), ("[::1]:7080", "::1"));
         assert_eq!(ws.with_tls(), Target::Wss("wss://[::1]:7080/ws".into()));
         assert!("quic://h:1".parse::<Target>().is_err());
+        assert!(
+            "::1".parse::<Target>().is_err(),
+            "an IPv6 host needs brackets"
+        );
+        assert!("[::1]:7000".parse::<Target>().is_ok());
+        assert!("ws://h:1?x=y".parse::<Target>().is_ok());
+        assert_eq!(
+            Target::Ws("odd".into()).with_tls(),
+            Target::Wss("odd".into())
+        );
         assert!("ws://nohost/ws".parse::<Target>().is_err());
     }
 }

@@ -19,9 +19,8 @@ use futures_util::{Sink, Stream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
-use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
-use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::rustls::ClientConfig;
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
@@ -59,22 +58,7 @@ impl Transport {
             let ca = ca.ok_or_else(|| {
                 format!("--transport {name} needs --ca (the server's certificate, PEM)")
             })?;
-            let mut roots = RootCertStore::empty();
-            let certs =
-                CertificateDer::pem_file_iter(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
-            for cert in certs {
-                let cert = cert.map_err(|e| format!("{}: {e}", ca.display()))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("{}: {e}", ca.display()))?;
-            }
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let config = ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .map_err(|e| e.to_string())?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            Ok(Arc::new(config))
+            gatehouse_client::tls_config(Some(ca)).map_err(|e| e.to_string())
         };
         Ok(match name {
             "tcp" => Transport::Tcp,
@@ -242,28 +226,43 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsStream<S> {
         if let Poll::Ready(Err(e)) = this.poll_send(cx) {
             return Poll::Ready(Err(e));
         }
-        while this.received.is_empty() {
-            match ready!(Pin::new(&mut this.ws).poll_next(cx)) {
-                None | Some(Ok(Message::Close(_))) => return Poll::Ready(Ok(())), // end of stream
+        // Every message already here goes into this one read, as a TCP read would
+        // take every frame that has arrived: the scenario answers them in one batch.
+        let mut copied = false;
+        while buf.remaining() > 0 {
+            if !this.received.is_empty() {
+                let n = this.received.len().min(buf.remaining());
+                buf.put_slice(&this.received[..n]);
+                this.received.advance(n);
+                copied = true;
+                continue;
+            }
+            let next = match Pin::new(&mut this.ws).poll_next(cx) {
+                Poll::Pending if copied => break,
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(next) => next,
+            };
+            match next {
                 Some(Ok(Message::Binary(body))) => {
                     let mut framed = BytesMut::with_capacity(HEADER + body.len());
                     framed.put_u32(u32::try_from(body.len()).unwrap_or(u32::MAX));
                     framed.put_slice(&body);
                     this.received = framed.freeze();
                 }
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {} // tungstenite answers pings
+                // The end (or an error) after data: the data first; the next read
+                // sees the end again.
+                _ if copied => break,
+                None | Some(Ok(Message::Close(_))) => return Poll::Ready(Ok(())), // end of stream
                 Some(Ok(Message::Text(_))) => {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::InvalidData,
                         "text message",
                     )))
                 }
-                Some(Ok(_)) => {} // WebSocket pings: tungstenite answers them
                 Some(Err(e)) => return Poll::Ready(Err(ws_error(e))),
             }
         }
-        let n = this.received.len().min(buf.remaining());
-        buf.put_slice(&this.received[..n]);
-        this.received.advance(n);
         Poll::Ready(Ok(()))
     }
 }

@@ -110,13 +110,24 @@ impl KickReason {
     }
 
     /// The WebSocket close code sent after this kick: 4000 + the code for the
-    /// framework's reasons (below 1000), 4999 for a game's own (1000 and up: the
+    /// framework's reasons (below 999), 4999 for a game's own (1000 and up: the
     /// code is in the kick envelope). Codes 4000-4999 are for applications (RFC 6455).
     pub fn websocket_close_code(self) -> u16 {
-        if self.0 < 1000 {
+        if self.0 < 999 {
             4000 + self.0
         } else {
             4999
+        }
+    }
+
+    /// What a WebSocket close code says of a kick when its envelope did not arrive:
+    /// 4000-4998 are the framework's reasons, 4999 a game's own (then `kicked`); any
+    /// other code is no kick.
+    pub fn from_websocket_close_code(code: u16) -> Option<KickReason> {
+        match code {
+            4000..=4998 => Some(KickReason(code - 4000)),
+            4999 => Some(KickReason::KICKED),
+            _ => None,
         }
     }
 

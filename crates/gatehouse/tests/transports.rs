@@ -569,7 +569,10 @@ async fn a_websocket_listener_serves_its_pages_over_plain_http() {
     assert!(index.ends_with("\r\n\r\n<h1>arena</h1>"), "{index}");
     assert!(get("/missing.js").await.starts_with("HTTP/1.1 404 "));
     let stats = servers.stats.snapshot();
-    assert_eq!((stats.pages_served, stats.accepted), (1, 0));
+    assert_eq!(
+        (stats.pages_served, stats.accepted, stats.handshake_failures),
+        (2, 0, 0)
+    );
     servers.shutdown().await;
 }
 
@@ -617,5 +620,70 @@ async fn websocket_messages_before_a_text_message_are_answered_before_the_kick()
         [(1, Status::OK), (2, Status::OK), (3, Status::OK)]
     );
     assert_eq!(ended.kick, Some(KickReason::PROTOCOL_ERROR));
+    servers.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_websocket_client_that_drops_its_connection_has_simply_left() {
+    let servers = start(test_config(), WebOptions::default()).await;
+    for transport in ["ws", "wss"] {
+        let mut wire = servers.connect(transport).await;
+        assert_eq!(wire.request(1, routes::ECHO, b"x").await.0, Status::OK);
+        drop(wire); // no close frame, no close_notify
+    }
+    support::eventually("both closes counted", || {
+        (servers.stats.snapshot().closed == 2).then_some(())
+    })
+    .await;
+    let stats = servers.stats.snapshot();
+    assert_eq!(stats.protocol_errors, 0, "{stats:?}");
+    servers.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_server_answers_a_websocket_close_with_its_own() {
+    let servers = start(test_config(), WebOptions::default()).await;
+    let mut wire = servers.connect("ws").await;
+    let Wire::Ws(ws) = &mut wire else {
+        unreachable!()
+    };
+    ws.close(None).await.unwrap();
+    let answer = tokio::time::timeout(PATIENCE, ws.next()).await.unwrap();
+    assert!(
+        matches!(answer, Some(Ok(WsMessage::Close(_)))),
+        "the server's close: {answer:?}"
+    );
+    let end = tokio::time::timeout(PATIENCE, ws.next()).await.unwrap();
+    assert!(end.is_none(), "then a clean end: {end:?}");
+    servers.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_flood_of_websocket_pings_is_kicked_dos() {
+    let mut config = test_config();
+    config.limits.inbound_frames_burst = 50;
+    let servers = start(config, WebOptions::default()).await;
+    let mut bystander = servers.connect("ws").await;
+    let mut flooder = servers.connect("ws").await;
+    let Wire::Ws(ws) = &mut flooder else {
+        unreachable!()
+    };
+    for _ in 0..200 {
+        if ws
+            .feed(WsMessage::Ping(Bytes::from_static(b"p")))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let _ = ws.flush().await;
+    let ended = flooder.until_end().await;
+    assert_eq!(ended.kick, Some(KickReason::DOS));
+    assert_eq!(ended.close_code, Some(4002));
+    assert_eq!(
+        bystander.request(1, routes::ECHO, b"fine").await.0,
+        Status::OK
+    );
     servers.shutdown().await;
 }

@@ -134,6 +134,9 @@ pub(crate) struct ConnectionCore {
     input_paused: bool,
     /// The service said who this connection is; the login deadline is off.
     logged_in: bool,
+    /// The transport still holds output the core handed it (TLS records, WebSocket
+    /// frames): the send stall clock runs as if it were queued here.
+    transport_backlog: bool,
     close: Option<Close>,
     unknown_routes: u8,
 }
@@ -151,6 +154,7 @@ impl ConnectionCore {
             accepted: now,
             last_input: None,
             stalled_since: None,
+            transport_backlog: false,
             progressed: false,
             checkpoint_at: None,
             charged_input: 0,
@@ -434,12 +438,18 @@ impl ConnectionCore {
     /// Starts, restarts or stops the stall clock: output that is all sent, or that
     /// moved since the last look, is not stalled.
     fn update_stall(&mut self, now: Instant) {
-        if self.out.is_empty() {
+        if self.out.is_empty() && !self.transport_backlog {
             self.stalled_since = None;
         } else if self.progressed || self.stalled_since.is_none() {
             self.stalled_since = Some(now);
         }
         self.progressed = false;
+    }
+
+    /// Whether the transport still holds output it took from the core and could not
+    /// send yet; while it does, `limits.send_timeout` applies to it.
+    pub(crate) fn set_transport_backlog(&mut self, holding: bool) {
+        self.transport_backlog = holding;
     }
 
     /// The connection is logged in: no login deadline from now on.

@@ -244,6 +244,8 @@ impl<S: Service, T: Transport> Connection<S, T> {
                 return Close::from(DisconnectReason::SocketError(e.kind()));
             }
             spare::shed(&mut self.core);
+            self.core
+                .set_transport_backlog(self.transport.holds_output());
             let due = self.core.poll_timeout(now);
             if due < armed {
                 armed = due;

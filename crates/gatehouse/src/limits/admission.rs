@@ -58,9 +58,21 @@ impl Admission {
 
     /// Takes a slot for a connection from `ip`, or says why not.
     pub(crate) fn try_admit(&self, ip: IpAddr) -> Result<Permit, Refusal> {
-        let mut permit = self.try_admit_unplaced()?;
-        permit.place(ip)?;
-        Ok(permit)
+        let ip = counted_as(ip, self.inner.ipv6_prefix_len);
+        let mut counts = self.inner.lock();
+        if counts.total >= self.inner.max_total {
+            return Err(Refusal::ServerFull);
+        }
+        let from_ip = counts.per_ip.entry(ip).or_insert(0);
+        if *from_ip >= self.inner.max_per_ip {
+            return Err(Refusal::TooManyFromIp);
+        }
+        *from_ip += 1;
+        counts.total += 1;
+        Ok(Permit {
+            admission: self.inner.clone(),
+            ip: Some(ip),
+        })
     }
 
     /// Takes a slot under `max_connections` only, for a connection whose client is not

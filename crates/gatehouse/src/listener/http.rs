@@ -129,6 +129,7 @@ where
                 "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
             );
             stream.write_all(response.as_bytes()).await?;
+            stream.flush().await?;
             let ws = WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(config))
                 .await;
             Ok(Handshake::Upgraded(ws, client))
@@ -141,6 +142,10 @@ where
             let body: &[u8] = if head_only { &[] } else { &page.body };
             write_response(&mut stream, 200, "OK", &headers, page.body.len(), body).await?;
             let _ = stream.shutdown().await;
+            Ok(Handshake::Served)
+        }
+        Answer::NotFound(status, why) => {
+            respond(&mut stream, status, why, &[]).await;
             Ok(Handshake::Served)
         }
         Answer::Refuse(refused) => {
@@ -189,8 +194,14 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 enum Answer {
-    Upgrade { accept: String, client: SocketAddr },
+    Upgrade {
+        accept: String,
+        client: SocketAddr,
+    },
     Page(Page, bool),
+    /// A plain request for nothing served (404) or not a `GET` (405): answered.
+    NotFound(u16, &'static str),
+    /// An upgrade refused: a failed handshake.
     Refuse(Refused),
 }
 
@@ -216,11 +227,11 @@ fn answer(head: &[u8], peer: SocketAddr, secure: bool, options: &WebOptions) -> 
     let upgrade = header("upgrade").is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
     if !upgrade {
         if method != "GET" && method != "HEAD" {
-            return Answer::Refuse(Refused::status(405, "method not allowed"));
+            return Answer::NotFound(405, "method not allowed");
         }
         return match options.pages.files.get(path) {
             Some(page) => Answer::Page(page.clone(), method == "HEAD"),
-            None => Answer::Refuse(Refused::status(404, "not found")),
+            None => Answer::NotFound(404, "not found"),
         };
     }
     if method != "GET" {
@@ -238,12 +249,31 @@ fn answer(head: &[u8], peer: SocketAddr, secure: bool, options: &WebOptions) -> 
     let Some(key) = header("sec-websocket-key") else {
         return Answer::Refuse(Refused::status(400, "Sec-WebSocket-Key missing"));
     };
+    // A trusted proxy says how the browser reached it (a TLS-terminating proxy in
+    // front of a `ws` listener serves the page over https).
+    let proxied = options
+        .trusted_proxies
+        .iter()
+        .any(|net| net.contains(&peer.ip()));
+    let secure = match header("x-forwarded-proto") {
+        Some(proto) if proxied => proto.eq_ignore_ascii_case("https"),
+        _ => secure,
+    };
     if let Some(origin) = header("origin") {
         if !origin_allowed(origin, header("host"), secure, &options.allowed_origins) {
             return Answer::Refuse(Refused::Origin(origin.to_owned()));
         }
     }
-    let client = match forwarded_client(peer, header("x-forwarded-for"), &options.trusted_proxies) {
+    // Every line of the header, in order: a proxy may add its own line rather than
+    // append to the client's.
+    let forwarded: Vec<&str> = request
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for"))
+        .filter_map(|h| std::str::from_utf8(h.value).ok())
+        .collect();
+    let forwarded = (!forwarded.is_empty()).then(|| forwarded.join(","));
+    let client = match forwarded_client(peer, forwarded.as_deref(), &options.trusted_proxies) {
         Ok(client) => client,
         Err(()) => return Answer::Refuse(Refused::status(400, "malformed X-Forwarded-For")),
     };
@@ -287,7 +317,7 @@ pub(crate) fn forwarded_client(
     }
     let mut client = peer.ip();
     for entry in header.rsplit(',') {
-        let ip: IpAddr = entry.trim().parse().map_err(|_| ())?;
+        let ip = forwarded_address(entry.trim()).ok_or(())?;
         client = ip;
         if !is_trusted(&ip) {
             break;
@@ -298,6 +328,17 @@ pub(crate) fn forwarded_client(
         client,
         if client == peer.ip() { peer.port() } else { 0 },
     ))
+}
+
+/// One `X-Forwarded-For` entry: an address, `ip:port`, or `[ipv6]:port`.
+fn forwarded_address(entry: &str) -> Option<IpAddr> {
+    if let Ok(ip) = entry.parse() {
+        return Some(ip);
+    }
+    if let Ok(with_port) = entry.parse::<SocketAddr>() {
+        return Some(with_port.ip());
+    }
+    entry.strip_prefix('[')?.strip_suffix(']')?.parse().ok()
 }
 
 /// Answers with a status and a one-line text body, best effort, and closes.

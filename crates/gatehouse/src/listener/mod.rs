@@ -406,7 +406,7 @@ async fn handshake_then_serve<S: Service>(
     id: ConnId,
     shared: Arc<Shared<S>>,
     group: Arc<Group<S::Message>>,
-    mut permit: Permit,
+    permit: Permit,
 ) {
     let limits = &shared.config.limits;
     let handshaking = tokio::time::timeout(
@@ -431,47 +431,54 @@ async fn handshake_then_serve<S: Service>(
             return;
         }
     };
-    let client = match &upgraded {
-        Upgraded::Ws(_, client) | Upgraded::Wss(_, client) => *client,
-        Upgraded::Tls(_) => peer,
-        Upgraded::Answered => {
-            shared.stats.count_page_served();
+    let limits = &shared.config.limits;
+    let serving = Serving {
+        proxy: peer,
+        id,
+        shared: shared.clone(),
+        group,
+        permit,
+    };
+    match upgraded {
+        Upgraded::Tls(stream) => serving.run(StreamTransport::new(stream), peer).await,
+        Upgraded::Ws(ws, client) => {
+            serving
+                .run(WebSocketTransport::new(ws, limits), client)
+                .await
+        }
+        Upgraded::Wss(ws, client) => {
+            serving
+                .run(WebSocketTransport::new(ws, limits), client)
+                .await
+        }
+        Upgraded::Answered => shared.stats.count_page_served(),
+    }
+}
+
+/// A connection whose handshake is done, about to be served (or refused, if the
+/// client a proxy named is over its per-IP cap).
+struct Serving<S: Service> {
+    /// The address the connection came from (the proxy's, when proxied).
+    proxy: SocketAddr,
+    id: ConnId,
+    shared: Arc<Shared<S>>,
+    group: Arc<Group<S::Message>>,
+    permit: Permit,
+}
+
+impl<S: Service> Serving<S> {
+    async fn run<T: driver::Transport>(mut self, transport: T, client: SocketAddr) {
+        let shared = self.shared;
+        if let Err(refusal) = self.permit.place(client.ip()) {
+            shared.stats.count_refusal(refusal);
+            let (reason, text) = refusal_kick(refusal);
+            info!(peer = %client, proxy = %self.proxy, %reason, "refused");
+            let refusing = driver::refuse(transport, shared.core_config.clone(), reason, text);
+            let _ = tokio::time::timeout(REFUSAL_TIMEOUT, refusing).await;
             return;
         }
-    };
-    if let Err(refusal) = permit.place(client.ip()) {
-        shared.stats.count_refusal(refusal);
-        let (reason, text) = refusal_kick(refusal);
-        info!(peer = %client, proxy = %peer, %reason, "refused");
-        let refusing = async {
-            match upgraded {
-                Upgraded::Ws(ws, _) => {
-                    refuse_over(WebSocketTransport::new(ws), &shared, reason, text).await
-                }
-                Upgraded::Wss(ws, _) => {
-                    refuse_over(WebSocketTransport::new(ws), &shared, reason, text).await
-                }
-                Upgraded::Tls(_) | Upgraded::Answered => {}
-            }
-        };
-        let _ = tokio::time::timeout(REFUSAL_TIMEOUT, refusing).await;
-        return;
-    }
-    shared.stats.count_accept();
-    match upgraded {
-        Upgraded::Tls(stream) => {
-            let transport = StreamTransport::new(stream);
-            driver::serve(transport, client, id, shared, group, permit).await;
-        }
-        Upgraded::Ws(ws, _) => {
-            let transport = WebSocketTransport::new(ws);
-            driver::serve(transport, client, id, shared, group, permit).await;
-        }
-        Upgraded::Wss(ws, _) => {
-            let transport = WebSocketTransport::new(ws);
-            driver::serve(transport, client, id, shared, group, permit).await;
-        }
-        Upgraded::Answered => {}
+        shared.stats.count_accept();
+        driver::serve(transport, client, self.id, shared, self.group, self.permit).await;
     }
 }
 
@@ -483,15 +490,6 @@ fn refusal_kick(refusal: Refusal) -> (KickReason, &'static str) {
             "too many connections from your address",
         ),
     }
-}
-
-async fn refuse_over<S: Service, T: driver::Transport>(
-    transport: T,
-    shared: &Shared<S>,
-    reason: KickReason,
-    text: &str,
-) {
-    driver::refuse(transport, shared.core_config.clone(), reason, text).await;
 }
 
 /// Refuses a connection over the limits with a kick, written off the accept path;
@@ -521,18 +519,24 @@ fn refuse<S: Service>(
                 Speaks::Tcp => {
                     let _ = kick_raw(socket, reason, text).await;
                 }
-                speaks => match handshake(speaks, socket, peer, max_frame).await {
-                    Ok(Upgraded::Tls(tls)) => {
-                        refuse_over(StreamTransport::new(tls), &shared, reason, text).await
+                speaks => {
+                    let config = shared.core_config.clone();
+                    let limits = &shared.config.limits;
+                    match handshake(speaks, socket, peer, max_frame).await {
+                        Ok(Upgraded::Tls(tls)) => {
+                            driver::refuse(StreamTransport::new(tls), config, reason, text).await
+                        }
+                        Ok(Upgraded::Ws(ws, _)) => {
+                            let transport = WebSocketTransport::new(ws, limits);
+                            driver::refuse(transport, config, reason, text).await
+                        }
+                        Ok(Upgraded::Wss(ws, _)) => {
+                            let transport = WebSocketTransport::new(ws, limits);
+                            driver::refuse(transport, config, reason, text).await
+                        }
+                        Ok(Upgraded::Answered) | Err(_) => {}
                     }
-                    Ok(Upgraded::Ws(ws, _)) => {
-                        refuse_over(WebSocketTransport::new(ws), &shared, reason, text).await
-                    }
-                    Ok(Upgraded::Wss(ws, _)) => {
-                        refuse_over(WebSocketTransport::new(ws), &shared, reason, text).await
-                    }
-                    Ok(Upgraded::Answered) | Err(_) => {}
-                },
+                }
             }
         })
         .await;
