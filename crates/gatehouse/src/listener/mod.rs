@@ -409,9 +409,11 @@ async fn handshake_then_serve<S: Service>(
     permit: Permit,
 ) {
     let limits = &shared.config.limits;
+    // Boxed: the handshake's state (rustls' handshake, the HTTP request) would
+    // otherwise size the task for the connection's whole life.
     let handshaking = tokio::time::timeout(
         limits.handshake_timeout,
-        handshake(&listener.speaks, socket, peer, limits.max_frame_bytes),
+        Box::pin(handshake(&listener.speaks, socket, peer, limits.max_frame_bytes)),
     );
     let upgraded = tokio::select! {
         biased;
