@@ -687,3 +687,79 @@ async fn a_flood_of_websocket_pings_is_kicked_dos() {
     );
     servers.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_first_frame_deadline_and_the_rates_apply_to_websockets() {
+    let mut config = test_config();
+    config.limits.first_frame_timeout = Duration::from_millis(300);
+    config.limits.inbound_frames_per_sec = 20;
+    config.limits.inbound_frames_burst = 20;
+    let servers = start(config, WebOptions::default()).await;
+    // Silent: kicked login_timeout, as on TCP.
+    let mut silent = servers.connect("ws").await;
+    let ended = silent.until_end().await;
+    assert_eq!(
+        (ended.kick, ended.close_code),
+        (Some(KickReason::LOGIN_TIMEOUT), Some(4010))
+    );
+    // Over the frame rate: kicked dos.
+    let mut flooder = servers.connect("wss").await;
+    let Wire::Ws(ws) = &mut flooder else {
+        unreachable!()
+    };
+    for _ in 0..100 {
+        if ws.feed(WsMessage::Binary(Bytes::new())).await.is_err() {
+            break;
+        }
+    }
+    let _ = ws.flush().await;
+    let ended = flooder.until_end().await;
+    assert_eq!(
+        (ended.kick, ended.close_code),
+        (Some(KickReason::DOS), Some(4002))
+    );
+    servers.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_client_that_does_not_read_is_kicked_slow_consumer() {
+    let mut config = test_config();
+    config.limits.max_frame_bytes = 16 * 1024;
+    config.limits.outbound_queue_bytes = 64 * 1024;
+    config.limits.close_linger = Duration::from_secs(5);
+    let servers = start(config, WebOptions::default()).await;
+    let mut bystander = servers.connect("ws").await;
+    let mut reader_less = servers.connect("ws").await;
+    let Wire::Ws(ws) = &mut reader_less else {
+        unreachable!()
+    };
+    // Requests whose answers it does not read...
+    let payload = Bytes::from(vec![7u8; 12 * 1024]);
+    // Until the server gives up on it; then it reads, and finds the kick at the end.
+    let sending = async {
+        for id in 0..20_000u32 {
+            let request = Message::Request {
+                id,
+                route: routes::ECHO,
+                payload: payload.clone(),
+            };
+            if ws
+                .send(WsMessage::Binary(request.to_frame().slice(4..)))
+                .await
+                .is_err()
+                || servers.stats.snapshot().slow_consumers > 0
+            {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(PATIENCE, sending).await;
+    let ended = reader_less.until_end().await;
+    assert_eq!(ended.kick, Some(KickReason::SLOW_CONSUMER), "{ended:?}");
+    assert_eq!(
+        bystander.request(1, routes::ECHO, b"fine").await.0,
+        Status::OK
+    );
+    assert_eq!(servers.stats.snapshot().slow_consumers, 1);
+    servers.shutdown().await;
+}

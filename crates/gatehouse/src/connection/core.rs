@@ -134,9 +134,6 @@ pub(crate) struct ConnectionCore {
     input_paused: bool,
     /// The service said who this connection is; the login deadline is off.
     logged_in: bool,
-    /// The transport still holds output the core handed it (TLS records, WebSocket
-    /// frames): the send stall clock runs as if it were queued here.
-    transport_backlog: bool,
     close: Option<Close>,
     unknown_routes: u8,
 }
@@ -154,7 +151,6 @@ impl ConnectionCore {
             accepted: now,
             last_input: None,
             stalled_since: None,
-            transport_backlog: false,
             progressed: false,
             checkpoint_at: None,
             charged_input: 0,
@@ -398,9 +394,11 @@ impl ConnectionCore {
     /// The one instant at which [`ConnectionCore::handle_timeout`] must be called: the
     /// first-frame or idle deadline, the send stall's or a checkpoint, whichever is
     /// first. Call it after each round of I/O; it also starts and stops the stall
-    /// clock.
-    pub(crate) fn poll_timeout(&mut self, now: Instant) -> Instant {
-        self.update_stall(now);
+    /// clock, which runs while output is queued here or `transport_backlog` (the
+    /// transport holds output it took and could not send: TLS records, WebSocket
+    /// frames). A parameter, not a field: every idle connection would carry it.
+    pub(crate) fn poll_timeout(&mut self, now: Instant, transport_backlog: bool) -> Instant {
+        self.update_stall(now, transport_backlog);
         let mut due = self.input_deadline();
         if let Some(since) = self.stalled_since {
             due = due.min(since + self.config.limits.send_timeout);
@@ -437,19 +435,13 @@ impl ConnectionCore {
 
     /// Starts, restarts or stops the stall clock: output that is all sent, or that
     /// moved since the last look, is not stalled.
-    fn update_stall(&mut self, now: Instant) {
-        if self.out.is_empty() && !self.transport_backlog {
+    fn update_stall(&mut self, now: Instant, transport_backlog: bool) {
+        if self.out.is_empty() && !transport_backlog {
             self.stalled_since = None;
         } else if self.progressed || self.stalled_since.is_none() {
             self.stalled_since = Some(now);
         }
         self.progressed = false;
-    }
-
-    /// Whether the transport still holds output it took from the core and could not
-    /// send yet; while it does, `limits.send_timeout` applies to it.
-    pub(crate) fn set_transport_backlog(&mut self, holding: bool) {
-        self.transport_backlog = holding;
     }
 
     /// The connection is logged in: no login deadline from now on.
@@ -470,13 +462,14 @@ impl ConnectionCore {
         }
     }
 
-    /// The timer fired at `now`: closes the connection if a deadline has passed.
-    pub(crate) fn handle_timeout(&mut self, now: Instant) {
+    /// The timer fired at `now`: closes the connection if a deadline has passed
+    /// (`transport_backlog` as for [`ConnectionCore::poll_timeout`]).
+    pub(crate) fn handle_timeout(&mut self, now: Instant, transport_backlog: bool) {
         if self.input_paused {
             self.charge_input();
         }
         // Output may have drained since the deadline was computed.
-        self.update_stall(now);
+        self.update_stall(now, transport_backlog);
         if now >= self.input_deadline() {
             let reason = match self.last_input {
                 None => DisconnectReason::LoginTimeout,
@@ -847,11 +840,14 @@ mod tests {
             let now = h.at(Duration::from_secs(second));
             h.receive(&wire(&Message::Ping(Bytes::new())));
             let _ = h.events(now);
-            assert_eq!(h.core.poll_timeout(now), h.at(Duration::from_secs(30)));
-            h.core.handle_timeout(now);
+            assert_eq!(
+                h.core.poll_timeout(now, false),
+                h.at(Duration::from_secs(30))
+            );
+            h.core.handle_timeout(now, false);
             assert_eq!(h.closed(), None);
         }
-        h.core.handle_timeout(h.at(Duration::from_secs(30)));
+        h.core.handle_timeout(h.at(Duration::from_secs(30)), false);
         assert_eq!(h.closed(), Some(DisconnectReason::LoginTimeout));
     }
 
@@ -864,21 +860,21 @@ mod tests {
         h.core.set_logged_in();
         // Only the idle deadline is left.
         assert_eq!(
-            h.core.poll_timeout(h.at(T)),
+            h.core.poll_timeout(h.at(T), false),
             h.at(T + Duration::from_secs(60))
         );
-        h.core.handle_timeout(h.at(Duration::from_secs(45)));
+        h.core.handle_timeout(h.at(Duration::from_secs(45)), false);
         assert_eq!(h.closed(), None);
     }
 
     #[test]
     fn silence_until_the_first_frame_timeout_is_a_login_timeout() {
         let mut h = harness(limits());
-        let deadline = h.core.poll_timeout(h.at(T));
+        let deadline = h.core.poll_timeout(h.at(T), false);
         assert_eq!(deadline, h.at(Duration::from_secs(10)));
-        h.core.handle_timeout(deadline - T);
+        h.core.handle_timeout(deadline - T, false);
         assert_eq!(h.closed(), None, "not a moment early");
-        h.core.handle_timeout(deadline);
+        h.core.handle_timeout(deadline, false);
         assert_eq!(h.closed(), Some(DisconnectReason::LoginTimeout));
     }
 
@@ -888,20 +884,27 @@ mod tests {
         let first = h.at(Duration::from_secs(5));
         h.receive(&wire(&Message::Empty));
         h.events(first);
-        assert_eq!(h.core.poll_timeout(first), first + Duration::from_secs(60));
+        assert_eq!(
+            h.core.poll_timeout(first, false),
+            first + Duration::from_secs(60)
+        );
         // Output, and its progress, do not count as activity.
         assert!(h.core.push(1, Bytes::from_static(b"x")));
         h.sent();
         let later = first + Duration::from_secs(59);
-        assert_eq!(h.core.poll_timeout(later), first + Duration::from_secs(60));
+        assert_eq!(
+            h.core.poll_timeout(later, false),
+            first + Duration::from_secs(60)
+        );
         h.receive(&wire(&Message::Ping(Bytes::new())));
         h.events(later);
         h.sent(); // the pong
-        let deadline = h.core.poll_timeout(later);
+        let deadline = h.core.poll_timeout(later, false);
         assert_eq!(deadline, later + Duration::from_secs(60));
-        h.core.handle_timeout(first + Duration::from_secs(61));
+        h.core
+            .handle_timeout(first + Duration::from_secs(61), false);
         assert_eq!(h.closed(), None, "the ping moved it");
-        h.core.handle_timeout(deadline);
+        h.core.handle_timeout(deadline, false);
         assert_eq!(h.closed(), Some(DisconnectReason::Idle));
     }
 
@@ -912,7 +915,7 @@ mod tests {
         h.events(h.at(T));
         assert!(h.core.push(1, Bytes::from_static(b"stuck")));
         let start = h.at(Duration::from_secs(1));
-        let deadline = h.core.poll_timeout(start);
+        let deadline = h.core.poll_timeout(start, false);
         assert_eq!(
             deadline,
             start + Duration::from_secs(30),
@@ -921,16 +924,44 @@ mod tests {
         // Some progress restarts the stall clock.
         h.core.consume_output(2);
         let later = start + Duration::from_secs(20);
-        assert_eq!(h.core.poll_timeout(later), later + Duration::from_secs(30));
-        h.core.handle_timeout(start + Duration::from_secs(31));
+        assert_eq!(
+            h.core.poll_timeout(later, false),
+            later + Duration::from_secs(30)
+        );
+        h.core
+            .handle_timeout(start + Duration::from_secs(31), false);
         assert_eq!(h.closed(), None);
         // The idle deadline (61 s after the first frame) comes first now; keep the
         // connection alive and let the stall run out.
         h.receive(&wire(&Message::Empty));
         h.events(later);
-        h.core.poll_timeout(later + Duration::from_secs(5));
-        h.core.handle_timeout(later + Duration::from_secs(30));
+        h.core.poll_timeout(later + Duration::from_secs(5), false);
+        h.core
+            .handle_timeout(later + Duration::from_secs(30), false);
         assert_eq!(h.closed(), Some(DisconnectReason::SendTimeout));
+    }
+
+    #[test]
+    fn output_the_transport_holds_without_progress_is_a_send_timeout_too() {
+        let mut h = harness(limits());
+        h.receive(&wire(&Message::Empty));
+        h.events(h.at(T));
+        // The core's queue is empty; the transport (TLS, WebSocket) still holds some.
+        let start = h.at(Duration::from_secs(1));
+        assert_eq!(
+            h.core.poll_timeout(start, true),
+            start + Duration::from_secs(30)
+        );
+        h.core.handle_timeout(start + Duration::from_secs(30), true);
+        assert_eq!(h.closed(), Some(DisconnectReason::SendTimeout));
+        // Once the transport has sent it, nothing is stalled.
+        let mut h = harness(limits());
+        h.receive(&wire(&Message::Empty));
+        h.events(h.at(T));
+        h.core.poll_timeout(start, true);
+        h.core
+            .handle_timeout(start + Duration::from_secs(30), false);
+        assert_eq!(h.closed(), None);
     }
 
     #[test]
@@ -940,14 +971,14 @@ mod tests {
         h.events(h.at(T));
         assert!(h.core.push(1, Bytes::from_static(b"slow")));
         let start = h.at(Duration::from_secs(1));
-        let deadline = h.core.poll_timeout(start);
+        let deadline = h.core.poll_timeout(start, false);
         assert_eq!(deadline, start + Duration::from_secs(30));
         // The transport sends it all while the driver waits, then the timer fires.
         h.sent();
-        h.core.handle_timeout(deadline);
+        h.core.handle_timeout(deadline, false);
         assert_eq!(h.closed(), None, "nothing is stuck");
         assert_eq!(
-            h.core.poll_timeout(deadline),
+            h.core.poll_timeout(deadline, false),
             h.at(T) + Duration::from_secs(60)
         );
     }
@@ -997,17 +1028,17 @@ mod tests {
         });
         h.receive(&wire(&request(1, 7, b"")));
         assert_eq!(h.events(h.at(Duration::from_secs(1))).len(), 1);
-        let idle = h.core.poll_timeout(h.at(Duration::from_secs(1)));
+        let idle = h.core.poll_timeout(h.at(Duration::from_secs(1)), false);
         h.core.mark_dirty();
         h.core.mark_dirty(); // a second change does not push the checkpoint back
-        let due = h.core.poll_timeout(h.at(Duration::from_secs(2)));
+        let due = h.core.poll_timeout(h.at(Duration::from_secs(2)), false);
         assert_eq!(due, h.at(Duration::from_secs(6)));
         assert!(due < idle);
         assert!(!h.core.take_checkpoint(h.at(Duration::from_secs(5))));
         assert!(h.core.take_checkpoint(due));
         assert!(!h.core.take_checkpoint(due), "taken once");
         assert_eq!(
-            h.core.poll_timeout(due),
+            h.core.poll_timeout(due, false),
             idle,
             "clean: only the idle deadline"
         );
@@ -1036,13 +1067,13 @@ mod tests {
         h.receive(&body[free + 1000..free + 2000]);
         assert!(h.events(h.at(T)).is_empty());
         assert!(h.core.input_paused(), "no room: the frame waits, unread");
-        let retry = h.core.poll_timeout(h.at(T));
+        let retry = h.core.poll_timeout(h.at(T), false);
         assert_eq!(retry, h.at(T) + MEMORY_RETRY);
-        h.core.handle_timeout(retry);
+        h.core.handle_timeout(retry, false);
         assert!(h.core.input_paused(), "still no room");
         // The other connection gives its share back: the retry takes it.
         memory.refund(1000);
-        h.core.handle_timeout(retry + MEMORY_RETRY);
+        h.core.handle_timeout(retry + MEMORY_RETRY, false);
         assert!(!h.core.input_paused());
         assert_eq!(memory.used(), 2000);
         h.receive(&body[free + 2000..]);

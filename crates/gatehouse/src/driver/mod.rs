@@ -217,7 +217,7 @@ impl<S: Service, T: Transport> Connection<S, T> {
     /// The loop; returns why the connection must end.
     async fn serve(&mut self, session: &mut S::Session) -> Close {
         let mut now = clock();
-        let mut armed = self.core.poll_timeout(now);
+        let mut armed = self.core.poll_timeout(now, false);
         let timer = tokio::time::sleep_until(armed.into());
         let cancelled = self.cancel.clone().cancelled_owned();
         tokio::pin!(timer, cancelled);
@@ -244,9 +244,7 @@ impl<S: Service, T: Transport> Connection<S, T> {
                 return Close::from(DisconnectReason::SocketError(e.kind()));
             }
             spare::shed(&mut self.core);
-            self.core
-                .set_transport_backlog(self.transport.holds_output());
-            let due = self.core.poll_timeout(now);
+            let due = self.core.poll_timeout(now, self.transport.holds_output());
             if due < armed {
                 armed = due;
                 timer.as_mut().reset(armed.into());
@@ -309,11 +307,11 @@ impl<S: Service, T: Transport> Connection<S, T> {
                     self.core.close(DisconnectReason::PeerClosed, None);
                 }
                 Wake::Timer => {
-                    self.core.handle_timeout(now);
+                    self.core.handle_timeout(now, self.transport.holds_output());
                     if self.core.take_checkpoint(now) && !self.core.is_closing() {
                         self.checkpoint(session);
                     }
-                    armed = self.core.poll_timeout(now);
+                    armed = self.core.poll_timeout(now, self.transport.holds_output());
                     timer.as_mut().reset(armed.into());
                 }
                 Wake::Failed(e) => {

@@ -413,7 +413,12 @@ async fn handshake_then_serve<S: Service>(
     // otherwise size the task for the connection's whole life.
     let handshaking = tokio::time::timeout(
         limits.handshake_timeout,
-        Box::pin(handshake(&listener.speaks, socket, peer, limits.max_frame_bytes)),
+        Box::pin(handshake(
+            &listener.speaks,
+            socket,
+            peer,
+            limits.max_frame_bytes,
+        )),
     );
     let upgraded = tokio::select! {
         biased;
