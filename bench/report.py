@@ -253,8 +253,8 @@ def write_report(args):
     w("scripts/bench.sh --baseline REV       # the same, with gatehouse as of commit REV beside it")
     w("scripts/bench.sh --quick              # a 3-minute smoke run with small counts")
     w("cargo bench -p gatehouse-protocol     # the criterion micro-benchmarks alone (codec) …")
-    w("cargo bench -p gatehouse              # … and the hub's fan-out
-scripts/bench-transports.sh           # TCP, TLS, WebSocket and wss side by side (section "Transports")")
+    w("cargo bench -p gatehouse              # … and the hub's fan-out")
+    w("scripts/bench-transports.sh           # TCP, TLS, WebSocket, wss side by side (its table: below)")
     w("```")
     w("")
     w("## The measuring machine")
