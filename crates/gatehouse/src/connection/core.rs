@@ -45,6 +45,18 @@ pub(crate) enum Event {
     Notify { route: u16, payload: Bytes },
 }
 
+/// What a "length" that is really the start of another protocol says, for the log of
+/// a client that came to the wrong listener: a TLS ClientHello (`16 03 0x`) or an
+/// HTTP request line (a WebSocket or a browser on a TCP listener).
+fn wrong_protocol(announced: u32) -> &'static str {
+    let [first, second, ..] = announced.to_be_bytes();
+    match (first, second) {
+        (0x16, 0x03) => "a TLS handshake: this listener is plain TCP",
+        (b'G', b'E') | (b'P', b'O') | (b'H', b'E') => "an HTTP request: this listener is plain TCP",
+        _ => "nothing known",
+    }
+}
+
 /// The decision to close: why, and the text of the kick if the closer gave one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Close {
@@ -237,6 +249,7 @@ impl ConnectionCore {
         warn!(
             announced = error.announced,
             max = error.max,
+            looks_like = wrong_protocol(error.announced),
             "frame header over the maximum"
         );
         self.close(DisconnectReason::FrameTooLarge, None);
@@ -939,6 +952,13 @@ mod tests {
         h.core
             .handle_timeout(later + Duration::from_secs(30), false);
         assert_eq!(h.closed(), Some(DisconnectReason::SendTimeout));
+    }
+
+    #[test]
+    fn a_tls_or_http_client_on_the_tcp_listener_is_named_in_the_log() {
+        assert!(wrong_protocol(0x1603_0100).contains("TLS"));
+        assert!(wrong_protocol(u32::from_be_bytes(*b"GET ")).contains("HTTP"));
+        assert_eq!(wrong_protocol(0x0004_0001), "nothing known");
     }
 
     #[test]
