@@ -91,6 +91,19 @@ struct ServeArgs {
     /// Log filter (tracing's EnvFilter syntax); `RUST_LOG` overrides it.
     #[arg(long, default_value = "info")]
     log: String,
+    /// `text` for people, `json` (one object per line) for log shippers.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines, colored on a terminal.
+    Text,
+    /// One JSON object per line: time, level, target, the event's fields flattened,
+    /// and the connection's span (`id`, `peer`) under `span`.
+    Json,
 }
 
 /// How `gatehouse` ends, for systemd, Kubernetes and scripts (README, "Exit codes").
@@ -151,11 +164,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
     // behind, so a slow stderr (a full pipe, journald under load) never stalls a
     // connection. The guard flushes what is buffered when serve returns.
     let (writer, _log_guard) = tracing_appender::non_blocking(std::io::stderr());
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(writer);
+    match args.log_format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
     // A panic is logged like any error, inside the span of the task that panicked
     // (a connection's carries its id and peer); the library decides what it ends.
     std::panic::set_hook(Box::new(|info| tracing::error!(panic = %info, "panic")));

@@ -16,6 +16,7 @@ use crate::connection::{CoreConfig, DisconnectReason};
 use crate::handle::HubSlot;
 use crate::hub::HubHandle;
 use crate::limits::Admission;
+use crate::logs::LogLimiter;
 use crate::service::Service;
 use crate::stats::Stats;
 
@@ -31,6 +32,9 @@ pub(crate) struct Shared<S: Service> {
     pub(crate) stats: Arc<Stats>,
     /// Where the current hub is published, for [`crate::ServerHandle`]s.
     pub(crate) hub_slot: HubSlot<S::Message>,
+    /// Budgets of the log lines floods cause: closes and refusals.
+    pub(crate) close_logs: LogLimiter,
+    pub(crate) refusal_logs: LogLimiter,
 }
 
 impl<S: Service> Shared<S> {
@@ -51,6 +55,8 @@ impl<S: Service> Shared<S> {
             next_id: AtomicU64::new(1),
             stats: Arc::new(Stats::default()),
             hub_slot: HubSlot::new(),
+            close_logs: LogLimiter::default(),
+            refusal_logs: LogLimiter::default(),
         }
     }
 }

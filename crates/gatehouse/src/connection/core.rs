@@ -246,7 +246,8 @@ impl ConnectionCore {
     }
 
     fn frame_too_large(&mut self, error: FrameTooLarge) {
-        warn!(
+        // At debug: the close line (budgeted against floods) says why at warn.
+        debug!(
             announced = error.announced,
             max = error.max,
             looks_like = wrong_protocol(error.announced),
@@ -263,14 +264,14 @@ impl ConnectionCore {
         }
         let wire = frame.len() + HEADER_LEN;
         if let Err(violation) = self.rates.on_frame(&self.config.rates, wire, self.clock.1) {
-            warn!(?violation, "inbound rate exceeded");
+            debug!(?violation, "inbound rate exceeded");
             self.close(DisconnectReason::Dos, None);
             return None;
         }
         let message = match Message::decode(frame) {
             Ok(message) => message,
             Err(error) => {
-                warn!(%error, "malformed envelope");
+                debug!(%error, "malformed envelope");
                 self.close(DisconnectReason::ProtocolError, None);
                 return None;
             }
@@ -288,7 +289,7 @@ impl ConnectionCore {
             }
             Message::Notify { route, payload } => Some(Event::Notify { route, payload }),
             other @ (Message::Response { .. } | Message::Push { .. } | Message::Kick { .. }) => {
-                warn!(kind = other.kind_name(), "a client may not send this kind");
+                debug!(kind = other.kind_name(), "a client may not send this kind");
                 self.close(DisconnectReason::ProtocolError, None);
                 None
             }

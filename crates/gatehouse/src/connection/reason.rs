@@ -122,11 +122,14 @@ impl DisconnectReason {
     }
 
     /// Logs the close at its severity (inside the connection's span).
+    /// Logs the close with its reason and kick code (the peer is in the connection's
+    /// span), at its severity.
     pub(crate) fn log(&self) {
+        let code = self.kick().map(|kick| kick.0);
         match self.severity() {
-            Severity::Debug => tracing::debug!(reason = %self, "closed"),
-            Severity::Info => tracing::info!(reason = %self, "closed"),
-            Severity::Warn => tracing::warn!(reason = %self, "closed"),
+            Severity::Debug => tracing::debug!(reason = %self, code, "closed"),
+            Severity::Info => tracing::info!(reason = %self, code, "closed"),
+            Severity::Warn => tracing::warn!(reason = %self, code, "closed"),
         }
     }
 }

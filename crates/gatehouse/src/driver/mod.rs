@@ -45,7 +45,7 @@ use std::task::Poll;
 use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, Instrument};
+use tracing::{debug, error, warn, Instrument};
 
 use self::dispatch::guarded;
 pub(crate) use self::transport::{Goodbye, Received, Transport};
@@ -53,10 +53,11 @@ use gatehouse_protocol::KickReason;
 
 use crate::config::LimitsConfig;
 use crate::connection::{
-    Close, ConnId, ConnectionCore, CoreConfig, DisconnectReason, OutboundBudget,
+    Close, ConnId, ConnectionCore, CoreConfig, DisconnectReason, OutboundBudget, Severity,
 };
 use crate::group::{Group, Shared};
 use crate::limits::Permit;
+use crate::logs::{Admit, LogLimiter};
 use crate::mailbox::Mailbox;
 use crate::service::{Context, Disconnect, Service};
 
@@ -211,7 +212,7 @@ impl<S: Service, T: Transport> Connection<S, T> {
         }
         let finishing = Box::pin(self.finish_close(&close));
         finishing.await;
-        close.reason.log();
+        log_close(&close.reason, &self.shared.close_logs);
     }
 
     /// The loop; returns why the connection must end.
@@ -340,6 +341,24 @@ impl<S: Service, T: Transport> Connection<S, T> {
         )
         .await;
     }
+}
+
+/// The close's log line: info and warn lines within the server's budget (a flood of
+/// bad clients must not fill the disk), with a count of those left out.
+fn log_close(reason: &DisconnectReason, limiter: &LogLimiter) {
+    if reason.severity() != Severity::Debug {
+        match limiter.admit(clock()) {
+            Admit::Skip => return,
+            Admit::Write { suppressed } if suppressed > 0 => {
+                warn!(
+                    suppressed,
+                    "close log lines left out in the last second (a flood)"
+                );
+            }
+            Admit::Write { .. } => {}
+        }
+    }
+    reason.log();
 }
 
 /// Delivers the rest of the output and the kick, closes our side (with the kick's code

@@ -40,6 +40,7 @@ use crate::driver::websocket::{self, WebSocketTransport};
 use crate::driver::{self, tcp::TcpTransport};
 use crate::group::{Group, Shared};
 use crate::limits::{Permit, Refusal};
+use crate::logs::Admit;
 use crate::service::Service;
 use gatehouse_protocol::KickReason;
 
@@ -479,13 +480,37 @@ impl<S: Service> Serving<S> {
         if let Err(refusal) = self.permit.place(client.ip()) {
             shared.stats.count_refusal(refusal);
             let (reason, text) = refusal_kick(refusal);
-            info!(peer = %client, proxy = %self.proxy, %reason, "refused");
+            log_refusal(&shared, client, reason, Some(self.proxy));
             let refusing = driver::refuse(transport, shared.core_config.clone(), reason, text);
             let _ = tokio::time::timeout(REFUSAL_TIMEOUT, refusing).await;
             return;
         }
         shared.stats.count_accept();
         driver::serve(transport, client, self.id, shared, self.group, self.permit).await;
+    }
+}
+
+/// One refusal's log line, within the server's budget for them.
+fn log_refusal<S: Service>(
+    shared: &Shared<S>,
+    peer: SocketAddr,
+    reason: KickReason,
+    proxy: Option<SocketAddr>,
+) {
+    match shared.refusal_logs.admit(std::time::Instant::now()) {
+        Admit::Skip => {}
+        Admit::Write { suppressed } => {
+            if suppressed > 0 {
+                warn!(
+                    suppressed,
+                    "refusal log lines left out in the last second (a flood)"
+                );
+            }
+            match proxy {
+                Some(proxy) => info!(%peer, %proxy, %reason, code = reason.0, "refused"),
+                None => info!(%peer, %reason, code = reason.0, "refused"),
+            }
+        }
     }
 }
 
@@ -513,9 +538,10 @@ fn refuse<S: Service>(
 ) {
     shared.stats.count_refusal(refusal);
     let (reason, text) = refusal_kick(refusal);
-    info!(%peer, %reason, "refused");
+    log_refusal(shared, peer, reason, None);
     let Ok(slot) = refusals.clone().try_acquire_owned() else {
-        warn!(%peer, "too many refusals in flight; closing without a kick");
+        // Its refusal was logged (or counted) above.
+        debug!(%peer, "too many refusals in flight; closing without a kick");
         return;
     };
     let (listener, shared) = (listener.clone(), shared.clone());
