@@ -763,3 +763,27 @@ async fn a_websocket_client_that_does_not_read_is_kicked_slow_consumer() {
     assert_eq!(servers.stats.snapshot().slow_consumers, 1);
     servers.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_tls_client_that_closes_cleanly_gets_the_server_s_close_notify() {
+    let servers = start(test_config(), WebOptions::default()).await;
+    let stream = tcp_from([127, 0, 0, 1].into(), servers.tls).await;
+    let mut io = tls(stream, &servers.cert_pem).await.unwrap();
+    let mut wire_bytes = Message::Request {
+        id: 1,
+        route: routes::ECHO,
+        payload: Bytes::from_static(b"x"),
+    }
+    .to_frame()
+    .to_vec();
+    io.write_all(&wire_bytes).await.unwrap();
+    io.shutdown().await.unwrap(); // our close_notify
+                                  // The answer, then a clean end: the server's close_notify, not a cut connection.
+    wire_bytes.clear();
+    let read = tokio::time::timeout(PATIENCE, io.read_to_end(&mut wire_bytes))
+        .await
+        .unwrap();
+    assert!(read.is_ok(), "a clean TLS end: {read:?}");
+    assert!(!wire_bytes.is_empty(), "the answer came first");
+    servers.shutdown().await;
+}

@@ -375,9 +375,13 @@ async fn finish_close<T: Transport>(
         DisconnectReason::SocketError(_) | DisconnectReason::SendTimeout => return,
         DisconnectReason::PeerClosed => {
             // The client may only have shut its sending side: what it was owed
-            // still goes out, within the linger.
-            let flush = std::future::poll_fn(|cx| transport.poll_send(cx, core));
-            let _ = tokio::time::timeout(linger, flush).await;
+            // still goes out, within the linger, then our side's close (a TLS
+            // close_notify, which a client waiting for a clean end expects).
+            let _ = tokio::time::timeout(linger, async move {
+                std::future::poll_fn(|cx| transport.poll_send(cx, core)).await?;
+                std::future::poll_fn(|cx| transport.poll_shutdown(cx, None)).await
+            })
+            .await;
             return;
         }
         _ => {}
