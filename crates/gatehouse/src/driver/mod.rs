@@ -362,38 +362,36 @@ fn log_close(reason: &DisconnectReason, limiter: &LogLimiter) {
 }
 
 /// Delivers the rest of the output and the kick, closes our side (with the kick's code
-/// where the transport's close has one), and waits for the peer to close (discarding
-/// what it still sends), within `close_linger`.
+/// where the transport's close has one), and, for a close we decided, waits for the
+/// peer to close (discarding what it still sends), all within `close_linger`. A peer
+/// that closed first may only have shut its sending side: it still gets what it was
+/// owed, and our close (a TLS close_notify, which a client waiting for a clean end
+/// expects).
 async fn finish_close<T: Transport>(
     transport: &mut T,
     core: &mut ConnectionCore,
     close: &Close,
     limits: &LimitsConfig,
 ) {
-    let linger = limits.close_linger;
-    match &close.reason {
-        DisconnectReason::SocketError(_) | DisconnectReason::SendTimeout => return,
-        DisconnectReason::PeerClosed => {
-            // The client may only have shut its sending side: what it was owed
-            // still goes out, within the linger, then our side's close (a TLS
-            // close_notify, which a client waiting for a clean end expects).
-            let _ = tokio::time::timeout(linger, async move {
-                std::future::poll_fn(|cx| transport.poll_send(cx, core)).await?;
-                std::future::poll_fn(|cx| transport.poll_shutdown(cx, None)).await
-            })
-            .await;
-            return;
-        }
-        _ => {}
+    if matches!(
+        close.reason,
+        DisconnectReason::SocketError(_) | DisconnectReason::SendTimeout
+    ) {
+        return;
     }
-    let text = close.kick_text(limits);
-    let goodbye = close.reason.kick().map(|reason| Goodbye {
-        reason,
-        text: &text,
-    });
-    let _ = tokio::time::timeout(linger, async move {
+    let peer_closed = close.reason == DisconnectReason::PeerClosed;
+    let text = close.reason.kick().map(|_| close.kick_text(limits));
+    let goodbye = close
+        .reason
+        .kick()
+        .zip(text.as_deref())
+        .map(|(reason, text)| Goodbye { reason, text });
+    let _ = tokio::time::timeout(limits.close_linger, async move {
         std::future::poll_fn(|cx| transport.poll_send(cx, core)).await?;
         std::future::poll_fn(|cx| transport.poll_shutdown(cx, goodbye)).await?;
+        if peer_closed {
+            return Ok(());
+        }
         std::future::poll_fn(|cx| transport.poll_drain_until_closed(cx)).await
     })
     .await;

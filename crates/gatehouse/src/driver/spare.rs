@@ -27,6 +27,26 @@ pub(crate) fn recv_buffer(room: usize) -> BytesMut {
     buffer
 }
 
+/// Makes room in a connection's receive buffer for one read of about `chunk` bytes:
+/// this thread's spare if it holds none, more if it is nearly full.
+#[inline]
+pub(crate) fn make_room(buf: &mut BytesMut, chunk: usize) {
+    if buf.capacity() == 0 {
+        *buf = recv_buffer(chunk);
+    } else if buf.capacity() - buf.len() < chunk / 4 {
+        buf.reserve(chunk);
+    }
+}
+
+/// After a read that brought nothing: a buffer holding nothing goes back to the
+/// thread, so that a waiting connection holds none.
+#[inline]
+pub(crate) fn release_if_empty(buf: &mut BytesMut) {
+    if buf.is_empty() {
+        give_recv(std::mem::take(buf));
+    }
+}
+
 /// Gives an empty receive buffer back.
 pub(crate) fn give_recv(buffer: BytesMut) {
     if buffer.is_empty() && buffer.capacity() <= MAX_SPARE {

@@ -40,16 +40,10 @@ where
         core: &mut ConnectionCore,
     ) -> Poll<io::Result<Received>> {
         let buf = core.recv_buffer();
-        if buf.capacity() == 0 {
-            *buf = spare::recv_buffer(READ_CHUNK);
-        } else if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-            buf.reserve(READ_CHUNK);
-        }
+        spare::make_room(buf, READ_CHUNK);
         match tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, buf) {
             Poll::Pending => {
-                if buf.is_empty() {
-                    spare::give_recv(std::mem::take(buf)); // nothing came: hold nothing
-                }
+                spare::release_if_empty(buf); // nothing came: hold nothing
                 Poll::Pending
             }
             Poll::Ready(Ok(0)) => Poll::Ready(Ok(Received::Closed)),

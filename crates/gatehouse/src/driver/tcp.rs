@@ -40,11 +40,7 @@ impl TcpTransport {
     /// `None` if the readiness was stale (then it is cleared).
     fn read_once(&self, core: &mut ConnectionCore) -> io::Result<Option<usize>> {
         let buf = core.recv_buffer();
-        if buf.capacity() == 0 {
-            *buf = spare::recv_buffer(READ_CHUNK);
-        } else if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-            buf.reserve(READ_CHUNK);
-        }
+        spare::make_room(buf, READ_CHUNK);
         let room = buf.capacity() - buf.len();
         let mut read = None;
         let result = self.socket.try_io(Interest::READABLE, || {
@@ -60,9 +56,7 @@ impl TcpTransport {
         match (read, result) {
             (Some(n), _) => Ok(Some(n)),
             (None, Err(e)) if is_retry(&e) => {
-                if buf.is_empty() {
-                    spare::give_recv(std::mem::take(buf)); // nothing came: hold nothing
-                }
+                spare::release_if_empty(buf); // nothing came: hold nothing
                 Ok(None)
             }
             (None, Err(e)) => Err(e),
