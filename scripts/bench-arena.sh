@@ -59,7 +59,7 @@ start_server() {
     mkdir -p "$dir"
     printf '[[listeners]]\ntransport = "tcp"\naddress = "127.0.0.1:0"\n[store]\ndata_dir = "%s/data"\n[server]\nmax_connections = 20000\nmax_connections_per_ip = 20000\n' \
         "$(pwd)/$dir" > "$dir/gatehouse.toml"
-    $server_cpu "$bin" serve --config "$dir/gatehouse.toml" --log warn \
+    $server_cpu "$bin" serve --config "$dir/gatehouse.toml" --log warn --admin-port 0 \
         > "$dir/stdout" 2> "$dir/stderr" &
     server_pid=$!
     for _ in $(seq 1 100); do

@@ -58,7 +58,7 @@ trap stop_server EXIT
 
 start_server() { # -> server_pid, addr_tcp, addr_tls, addr_ws, addr_wss
     "${pin_server[@]}" target/release/gatehouse serve --service bench \
-        --config bench/gatehouse-bench.toml --log warn \
+        --config bench/gatehouse-bench.toml --log warn --admin-port 0 \
         --listen tcp://127.0.0.1:0 --listen tls://127.0.0.1:0 \
         --listen ws://127.0.0.1:0 --listen wss://127.0.0.1:0 \
         --cert "$dir/dev-cert.pem" --key "$dir/dev-key.pem" \

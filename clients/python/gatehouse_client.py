@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Tuple, Union
 
 __all__ = [
-    "MAX_FRAME_BYTES", "MAX_NONCE_BYTES", "RESERVED_ROUTES", "ROUTE_ROOM_RESTARTED",
+    "MAX_FRAME_BYTES", "MAX_NONCE_BYTES", "RESERVED_ROUTES", "ROUTE_ANNOUNCEMENT", "ROUTE_ROOM_RESTARTED",
     "KIND_REQUEST", "KIND_NOTIFY", "KIND_RESPONSE", "KIND_PUSH", "KIND_PING",
     "KIND_PONG", "KIND_KICK",
     "Empty", "Request", "Notify", "Response", "Push", "Ping", "Pong", "Kick", "Frame",
@@ -61,6 +61,9 @@ MAX_NONCE_BYTES = 64
 RESERVED_ROUTES = range(0xFF00, 0x10000)
 #: The framework's push "room restarted": the payload is the room's name (UTF-8).
 ROUTE_ROOM_RESTARTED = 0xFF01
+#: The framework's push "announcement" (the operators', the admin API's broadcast):
+#: its payload is the text, UTF-8.
+ROUTE_ANNOUNCEMENT = 0xFF02
 
 KIND_REQUEST = 0x01
 KIND_NOTIFY = 0x02

@@ -82,7 +82,7 @@ class Server:
         self.log_path = os.path.join(self.tmpdir, "gatehouse.log")
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [binary, "serve", *listen, "--service", "arena", "--config", config_path, *args],
+            [binary, "serve", *listen, "--admin-port", "0", "--service", "arena", "--config", config_path, *args],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.log, cwd=self.tmpdir)
         #: transport ("tcp", "tls") -> (host, port), from the "listening on" lines.
         self.listeners = {}

@@ -15,7 +15,7 @@
  */
 
 import {
-  Client, GatehouseError, Kicked, RequestError, ROUTE_ROOM_RESTARTED,
+  Client, GatehouseError, Kicked, RequestError, ROUTE_ANNOUNCEMENT, ROUTE_ROOM_RESTARTED,
   statusName,
 } from './gatehouse.js';
 import * as pb from './arena_pb.js';
@@ -26,9 +26,10 @@ export const Route = Object.freeze({
   CRASH_ROOM: 10, STATS: 11,
 });
 
-/** Push routes (ROOM_RESTARTED is the framework's). */
+/** Push routes (ROOM_RESTARTED and ANNOUNCEMENT are the framework's). */
 export const PushRoute = Object.freeze({
   CHAT: 100, ROOM_STATE: 103, DELTA: 104, ROOM_RESTARTED: ROUTE_ROOM_RESTARTED,
+  ANNOUNCEMENT: ROUTE_ANNOUNCEMENT,
 });
 
 /** arena's own response statuses. */
@@ -139,6 +140,7 @@ const sleep = (ms) => new Promise((resolve) => { setTimeout(resolve, ms); });
  *
  * Events (`event.detail`): `state` (PlayerState, after login, join, leave, move),
  * `view` (the RoomView changed), `chat` (Chat), `restarted` (the room's name),
+ * `announcement` (the text of the operators' announcement),
  * `resync` (the room's name: a Delta was missed, the room is asked for again).
  */
 export class ArenaClient extends EventTarget {
@@ -164,6 +166,9 @@ export class ArenaClient extends EventTarget {
       const room = new TextDecoder().decode(payload);
       this.view.restarted(room);
       this.#emit('restarted', room); // arena sends the RoomState without being asked
+    });
+    client.onPush(PushRoute.ANNOUNCEMENT, (payload) => {
+      this.#emit('announcement', new TextDecoder().decode(payload));
     });
     client.addEventListener('close', () => {
       // The next connection starts from its own RoomState.
@@ -547,6 +552,7 @@ function startPage(doc) {
     else chatLine('chat', [['from', chat.from], [null, ': '], ['text', chat.text]]);
   });
   arena.addEventListener('restarted', ({ detail }) => notice(`the room ${detail} restarted`));
+  arena.addEventListener('announcement', ({ detail }) => notice(`announcement: ${detail}`));
   arena.addEventListener('resync', ({ detail }) => notice(`missed an update of ${detail}; asking for the room again`));
 
   client.addEventListener('kick', ({ detail: kick }) => notice(`kicked: ${kick}`));

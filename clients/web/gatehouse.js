@@ -27,6 +27,8 @@ export const MAX_FRAME_BYTES = 262144;
 export const MAX_NONCE_BYTES = 64;
 /** The framework's push "room restarted"; its payload is the room's name (UTF-8). */
 export const ROUTE_ROOM_RESTARTED = 0xff01;
+/** The framework's push "announcement" (the operators'); its payload is the text (UTF-8). */
+export const ROUTE_ANNOUNCEMENT = 0xff02;
 /** Close codes 4000 + kick reason carry a kick in the WebSocket close frame. */
 export const KICK_CLOSE_BASE = 4000;
 

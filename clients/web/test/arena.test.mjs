@@ -137,7 +137,9 @@ async function arenaOnFake() {
 test('ArenaClient: login, the view from pushes, chat, and resync after a missed delta', async () => {
   const { arena, server } = await arenaOnFake();
   const events = [];
-  for (const type of ['state', 'view', 'chat', 'restarted', 'resync']) arena.addEventListener(type, (e) => events.push(type));
+  for (const type of ['state', 'view', 'chat', 'restarted', 'resync', 'announcement']) {
+    arena.addEventListener(type, (e) => events.push(type === 'announcement' ? `announcement:${e.detail}` : type));
+  }
 
   const login = arena.login('me', 'correct horse');
   const request = server.next();
@@ -167,7 +169,8 @@ test('ArenaClient: login, the view from pushes, chat, and resync after a missed 
 
   server.socket.deliver({ kind: 'push', route: PushRoute.ROOM_RESTARTED, payload: new TextEncoder().encode('lobby') });
   assert.equal(arena.view.restarts, 1);
-  assert.deepEqual(events.filter((e) => e !== 'view'), ['state', 'chat', 'resync', 'restarted']);
+  server.socket.deliver({ kind: 'push', route: PushRoute.ANNOUNCEMENT, payload: new TextEncoder().encode('restart at noon') });
+  assert.deepEqual(events.filter((e) => e !== 'view'), ['state', 'chat', 'resync', 'restarted', 'announcement:restart at noon']);
   await settle();
   assert.ok(events.filter((e) => e === 'state').length >= 2, 'the resync answer is a state too');
 });

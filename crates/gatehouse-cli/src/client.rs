@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use arena::{pb, routes};
 use clap::Args;
-use gatehouse::protocol::ROUTE_ROOM_RESTARTED;
+use gatehouse::protocol::{ROUTE_ANNOUNCEMENT, ROUTE_ROOM_RESTARTED};
 use gatehouse_client::{Client, ClientConfig, ClientError, Push, Pushes, Target};
 use prost::Message as _;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -329,6 +329,10 @@ fn apply_push(push: &Push, view: &mut View) -> Vec<String> {
         }
         ROUTE_ROOM_RESTARTED => vec![format!(
             "* the room {} restarted",
+            String::from_utf8_lossy(&push.payload)
+        )],
+        ROUTE_ANNOUNCEMENT => vec![format!(
+            "* announcement: {}",
             String::from_utf8_lossy(&push.payload)
         )],
         _ => Vec::new(),

@@ -1,19 +1,22 @@
 //! The `gatehouse` binary's configuration file: the runtime's sections (`[server]`,
-//! `[limits]`, `[supervisor]`, owned and validated by the library), and the binary's
+//! `[limits]`, `[supervisor]`, `[metrics]`, owned and validated by the library), and the binary's
 //! own: where to listen (`[[listeners]]`, each entry checked by the library), what to
-//! serve (`[game]`) and where arena saves (`[store]`, owned by gatehouse-store). Also
+//! serve (`[game]`), where arena saves (`[store]`, owned by gatehouse-store) and the
+//! admin listener (`[admin]`, its token checked by the library). Also
 //! the seed's `servers.csv` port table.
 //!
 //! Every key has a default, so no file at all is a working server; unknown keys and
 //! bad values are refused with a message naming the key.
 
 use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use arena::ArenaOptions;
-use gatehouse::config::{LimitsConfig, ServerConfig, SupervisorConfig};
+use gatehouse::admin::AdminConfig;
+use gatehouse::config::{LimitsConfig, MetricsConfig, ServerConfig, SupervisorConfig};
 use gatehouse::ListenerConfig;
 use gatehouse_store::StoreConfig;
 use serde::Deserialize;
@@ -35,6 +38,42 @@ pub(crate) struct FileConfig {
     pub(crate) supervisor: SupervisorConfig,
     /// `[store]`: arena's saves.
     pub(crate) store: StoreConfig,
+    /// `[metrics]`: what the server measures (the runtime's).
+    pub(crate) metrics: MetricsConfig,
+    /// `[admin]`: the admin listener (health, metrics, the JSON API, the live page).
+    pub(crate) admin: AdminSection,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct AdminSection {
+    /// Serve the admin listener at all.
+    pub(crate) enabled: bool,
+    /// Where (loopback by default: the API can kick players and drain the server).
+    pub(crate) address: SocketAddr,
+    /// The bearer token (16+ printable characters); `GATEHOUSE_ADMIN_TOKEN` overrides
+    /// it. Unset: read-only endpoints open, mutating ones off.
+    pub(crate) token: Option<String>,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        AdminSection {
+            enabled: true,
+            address: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            token: None,
+        }
+    }
+}
+
+impl AdminSection {
+    /// The library's settings.
+    pub(crate) fn config(&self) -> AdminConfig {
+        AdminConfig {
+            token: self.token.clone(),
+        }
+    }
 }
 
 impl Default for FileConfig {
@@ -46,6 +85,8 @@ impl Default for FileConfig {
             limits: LimitsConfig::default(),
             supervisor: SupervisorConfig::default(),
             store: StoreConfig::default(),
+            metrics: MetricsConfig::default(),
+            admin: AdminSection::default(),
         }
     }
 }
@@ -113,6 +154,18 @@ impl FileConfig {
         }
         self.runtime().validate()?;
         self.store.validate()?;
+        self.admin.config().validate()?;
+        if self.admin.enabled
+            && self
+                .listeners
+                .iter()
+                .any(|l| l.address == self.admin.address && self.admin.address.port() != 0)
+        {
+            bail!(
+                "admin.address: {} is a game listener's too",
+                self.admin.address
+            );
+        }
         if self.game.tick.is_zero() {
             bail!("game.tick: must be above zero");
         }
@@ -140,6 +193,7 @@ impl FileConfig {
             server: self.server.clone(),
             limits: self.limits.clone(),
             supervisor: self.supervisor.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }

@@ -13,17 +13,20 @@ mod pages;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context as _;
-use arena::{Arena, ArenaOptions};
+use arena::Arena;
 use clap::{Args, Parser, Subcommand};
 use config::{FileConfig, Game};
 use gatehouse::bench_service::BenchService;
 use gatehouse::listener::Pages;
+use gatehouse::metrics::Collector;
 use gatehouse::{
     Certificates, Listener, ListenerConfig, Server, ServerError, Service, TransportKind,
 };
-use gatehouse_store::{AnyStore, SaveWriter, StoreConfig, Unsaved};
+use gatehouse_store::{AnyStore, SaveWriter, Unsaved};
+use tokio::net::TcpListener;
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
@@ -85,6 +88,16 @@ struct ServeArgs {
     /// The server table read with --server-id.
     #[arg(long, default_value = "servers.csv")]
     servers_csv: PathBuf,
+    /// Port of the admin listener (health, metrics, the JSON API, the live page;
+    /// overrides `admin.address`'s port; 0 picks one).
+    #[arg(long)]
+    admin_port: Option<u16>,
+    /// Serve no admin listener.
+    #[arg(long, conflicts_with = "admin_port")]
+    no_admin: bool,
+    /// Count no frames or bytes and time no handler (`metrics.enabled = false`).
+    #[arg(long)]
+    no_metrics: bool,
     /// Enable the fault-injection routes (crash the hub, panic a handler). Tests only.
     #[arg(long)]
     allow_fault_injection: bool,
@@ -191,15 +204,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
         config.game.service = service;
     }
     config.server.allow_fault_injection |= args.allow_fault_injection;
+    if let Some(port) = args.admin_port {
+        config.admin.address.set_port(port);
+    }
+    if args.no_admin {
+        config.admin.enabled = false;
+    }
+    if args.no_metrics {
+        config.metrics.enabled = false;
+    }
+    if let Ok(token) = std::env::var("GATEHOUSE_ADMIN_TOKEN") {
+        config.admin.token = Some(token);
+    }
     config.validate()?;
 
-    let listeners = &config.listeners;
     match config.game.service {
-        Game::Arena => {
-            serve_arena(listeners, &config.store, config.runtime(), config.arena()).await
-        }
+        Game::Arena => serve_arena(&config).await,
         Game::Bench => {
-            let served = run(listeners, "bench", config.runtime(), BenchService).await?;
+            let served = run(&config, "bench", BenchService, Vec::new()).await?;
             Ok(exit_status(served, None))
         }
     }
@@ -268,12 +290,8 @@ fn listener_from_url(url: &str, args: &ServeArgs) -> anyhow::Result<ListenerConf
 /// and the rooms start before the server and outlive it (and every hub restart in
 /// it); once the last disconnect hook has run, the rooms stop, then the writer lands
 /// what was queued.
-async fn serve_arena(
-    listeners: &[ListenerConfig],
-    store: &StoreConfig,
-    config: gatehouse::Config,
-    options: ArenaOptions,
-) -> anyhow::Result<Exit> {
+async fn serve_arena(config: &FileConfig) -> anyhow::Result<Exit> {
+    let (store, options) = (&config.store, config.arena());
     let opened = AnyStore::open(store)
         .await
         .with_context(|| format!("cannot open the {:?} store", store.backend))?;
@@ -281,7 +299,8 @@ async fn serve_arena(
     let drain_timeout = config.supervisor.drain_timeout;
     let arena = Arena::with_options(writer.clone(), options)?;
     let rooms = arena.rooms().clone();
-    let served = run(listeners, "arena", config, arena).await;
+    let collectors = vec![writer.collector(), rooms.collector("arena")];
+    let served = run(config, "arena", arena, collectors).await;
     if let Err(unfinished) = rooms.shutdown(drain_timeout).await {
         tracing::error!(unfinished, "rooms still running at the drain timeout");
     }
@@ -291,13 +310,27 @@ async fn serve_arena(
 }
 
 async fn run<S: Service>(
-    configs: &[ListenerConfig],
+    file: &FileConfig,
     name: &str,
-    config: gatehouse::Config,
     service: S,
+    collectors: Vec<Arc<dyn Collector>>,
 ) -> anyhow::Result<Result<(), ServerError>> {
+    let (configs, config) = (&file.listeners, file.runtime());
     let fault_injection = config.server.allow_fault_injection;
-    let server = Server::new(config, service)?;
+    let mut server = Server::new(config, service)?;
+    for collector in collectors {
+        server.add_collector(collector);
+    }
+    if file.admin.enabled {
+        let admin = TcpListener::bind(file.admin.address)
+            .await
+            .with_context(|| format!("cannot listen on admin.address {}", file.admin.address))?;
+        let address = admin.local_addr()?;
+        server = server.with_admin(admin, file.admin.config())?;
+        info!(%address, token = file.admin.token.is_some(), "admin listening");
+        // For scripts and tests, like the game listeners' lines below.
+        println!("admin listening on http://{address}");
+    }
     let stats = server.stats();
     // SIGHUP's handler is in place before anyone is told the server listens: its
     // default action would end the process without a single disconnect hook.

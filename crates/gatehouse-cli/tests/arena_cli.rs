@@ -169,7 +169,7 @@ fn the_server_runs_arena_on_its_embedded_defaults_with_a_fresh_data_directory() 
     let dir = scratch("defaults");
     let mut child = KillOnDrop(
         gatehouse()
-            .args(["serve", "--port", "0", "--ws-port", "0"])
+            .args(process::SERVE_ON_FREE_PORTS)
             .current_dir(&dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

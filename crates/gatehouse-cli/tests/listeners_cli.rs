@@ -34,7 +34,7 @@ fn dev_cert(dir: &Path) -> String {
 /// A bench server with a TLS and a wss listener on the certificate in `dir`.
 fn serve_tls(dir: &Path) -> ServerProcess {
     let mut command = gatehouse();
-    command.args(["serve", "--service", "bench"]);
+    command.args(["serve", "--service", "bench", "--admin-port", "0"]);
     command.args([
         "--listen",
         "tls://127.0.0.1:0",
@@ -185,7 +185,7 @@ fn the_terminal_client_plays_over_websocket_and_tls() {
     dev_cert(&dir);
     let config = process::arena_config(&dir, "");
     let mut command: Command = gatehouse();
-    command.args(["serve", "--config", config.to_str().unwrap()]);
+    command.args(["serve", "--admin-port", "0", "--config", config.to_str().unwrap()]);
     command.args([
         "--listen",
         "ws://127.0.0.1:0",

@@ -216,6 +216,8 @@ async fn the_port_can_come_from_servers_csv_by_server_id() {
             "bench",
             "--ws-port",
             "0",
+            "--admin-port",
+            "0",
             "--server-id",
             "7",
             "--servers-csv",

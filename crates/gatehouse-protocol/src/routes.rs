@@ -8,6 +8,10 @@ pub const RESERVED_ROUTES_START: u16 = 0xFF00;
 /// (it was re-joined); the payload is the room's name, UTF-8.
 pub const ROUTE_ROOM_RESTARTED: u16 = 0xFF01;
 
+/// Framework route (push): an announcement from the server's operators (the admin
+/// API's broadcast); the payload is its text, UTF-8. Clients show it to the player.
+pub const ROUTE_ANNOUNCEMENT: u16 = 0xFF02;
+
 /// Framework route (request): crash the hub. Honoured only with fault injection enabled.
 pub const ROUTE_FAULT_CRASH_HUB: u16 = 0xFFF0;
 

@@ -9,7 +9,9 @@
 //! [`Config::validate`], whose errors name the key and the allowed range. The
 //! reference of every key is in the README's "Configuration" section.
 
+use std::fmt;
 use std::path::Path;
+use std::str::FromStr;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -26,6 +28,25 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// `[supervisor]`: restart intensity and shutdown.
     pub supervisor: SupervisorConfig,
+    /// `[metrics]`: what the server measures.
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Count every connection's frames and bytes and time every handler (see
+    /// `docs/OPERATIONS.md`). Off, the per-frame and per-request work is skipped:
+    /// traffic metrics and the connection list's byte counts stay at zero, handler
+    /// latencies are not recorded; every other counter still moves.
+    pub enabled: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { enabled: true }
+    }
 }
 
 /// `[server]`.
@@ -358,5 +379,74 @@ mod tests {
         assert!(error_of("[limits]\nidle_timeout = \"soon\"\n").contains("idle_timeout"));
         assert!(error_of("[limits]\ninbound_bytes_burst = 1000\n")
             .starts_with("limits.inbound_bytes_burst"));
+    }
+}
+
+/// What a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportKind {
+    /// `{packet, 4}` frames over plain TCP.
+    Tcp,
+    /// `{packet, 4}` frames over TLS 1.2/1.3.
+    Tls,
+    /// One envelope per binary WebSocket message, over plain HTTP.
+    Ws,
+    /// WebSocket over TLS (`wss://`).
+    Wss,
+}
+
+impl TransportKind {
+    /// The URL scheme clients use for it (`tcp`, `tls`, `ws`, `wss`).
+    pub fn scheme(self) -> &'static str {
+        match self {
+            TransportKind::Tcp => "tcp",
+            TransportKind::Tls => "tls",
+            TransportKind::Ws => "ws",
+            TransportKind::Wss => "wss",
+        }
+    }
+
+    /// Whether it runs over TLS (needs a certificate).
+    pub fn is_tls(self) -> bool {
+        matches!(self, TransportKind::Tls | TransportKind::Wss)
+    }
+
+    /// Every transport, in the order of [`TransportKind::index`].
+    pub const ALL: [TransportKind; 4] = [
+        TransportKind::Tcp,
+        TransportKind::Tls,
+        TransportKind::Ws,
+        TransportKind::Wss,
+    ];
+
+    /// Its position in [`TransportKind::ALL`], for per-transport counters.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Whether it speaks WebSocket (HTTP upgrade, origins, pages).
+    pub fn is_websocket(self) -> bool {
+        matches!(self, TransportKind::Ws | TransportKind::Wss)
+    }
+}
+
+impl fmt::Display for TransportKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.scheme())
+    }
+}
+
+impl FromStr for TransportKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "tcp" => TransportKind::Tcp,
+            "tls" => TransportKind::Tls,
+            "ws" => TransportKind::Ws,
+            "wss" => TransportKind::Wss,
+            other => return Err(format!("unknown transport `{other}` (tcp, tls, ws, wss)")),
+        })
     }
 }

@@ -4,8 +4,10 @@
 //! acceptor and every connection hold them.
 
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use prometheus_client::collector::Collector;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -17,6 +19,8 @@ use crate::handle::HubSlot;
 use crate::hub::HubHandle;
 use crate::limits::Admission;
 use crate::logs::LogLimiter;
+use crate::metrics::latency::HandlerLatency;
+use crate::metrics::TrafficHighWater;
 use crate::service::Service;
 use crate::stats::Stats;
 
@@ -35,10 +39,23 @@ pub(crate) struct Shared<S: Service> {
     /// Budgets of the log lines floods cause: closes and refusals.
     pub(crate) close_logs: LogLimiter,
     pub(crate) refusal_logs: LogLimiter,
+    /// Handler latency by route.
+    pub(crate) latency: Arc<HandlerLatency>,
+    /// The traffic counters' last reported values (they never go back).
+    pub(crate) traffic_high: TrafficHighWater,
+    /// Cancelled to drain: stop accepting, kick everyone `shutdown`, return.
+    pub(crate) drain: CancellationToken,
+    /// When the server was made.
+    pub(crate) started: SystemTime,
+    /// The embedder's metrics, exported after the server's own.
+    pub(crate) collectors: Mutex<Vec<Arc<dyn Collector>>>,
 }
 
 impl<S: Service> Shared<S> {
     pub(crate) fn new(config: Config, service: S) -> Self {
+        let latency = Arc::new(HandlerLatency::new(config.metrics.enabled, |route| {
+            service.route_name(route)
+        }));
         Shared {
             admission: Admission::new(
                 config.server.max_connections,
@@ -57,6 +74,11 @@ impl<S: Service> Shared<S> {
             hub_slot: HubSlot::new(),
             close_logs: LogLimiter::default(),
             refusal_logs: LogLimiter::default(),
+            latency,
+            traffic_high: TrafficHighWater::default(),
+            drain: CancellationToken::new(),
+            started: SystemTime::now(),
+            collectors: Mutex::new(Vec::new()),
         }
     }
 }

@@ -47,6 +47,14 @@ impl<M> HubSlot<M> {
         self.state.send_replace(state);
     }
 
+    /// The hub of the current life, if one is up.
+    pub(crate) fn current(&self) -> Option<HubHandle<M>> {
+        match &*self.state.borrow() {
+            HubState::Up(hub) => Some(hub.clone()),
+            HubState::Restarting | HubState::Stopped => None,
+        }
+    }
+
     pub(crate) fn handle(&self) -> ServerHandle<M> {
         ServerHandle {
             state: self.state.subscribe(),

@@ -15,6 +15,7 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use futures_util::future::Either;
@@ -25,7 +26,8 @@ use tracing::{debug, error, warn};
 
 use gatehouse_protocol::{KickReason, Message, HEADER_LEN};
 
-use crate::connection::ConnId;
+use crate::config::TransportKind;
+use crate::connection::{ConnId, TrafficCounts};
 use crate::mailbox::{Delivery, Mailbox};
 
 /// Why the hub did not take a call.
@@ -45,6 +47,50 @@ pub enum HubError {
     },
 }
 
+/// The live connections summed up, for the metrics: read from every connection's
+/// meter and budget when asked, so that nothing is counted per frame here.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Census {
+    /// Live connections per transport (in the order of [`TransportKind::ALL`]).
+    pub open: [u64; 4],
+    /// What the live connections carried so far, per transport.
+    pub traffic: [TrafficCounts; 4],
+    /// Unsent bytes queued for all of them.
+    pub queued_bytes: u64,
+    /// The most unsent bytes queued for one of them.
+    pub queued_bytes_max: u64,
+    /// Connections logged in as a player.
+    pub players: u64,
+}
+
+/// One live connection, for the admin API's list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionInfo {
+    /// Its id.
+    pub id: ConnId,
+    /// Where it comes from (the client a trusted proxy named, if proxied).
+    pub peer: SocketAddr,
+    /// What it speaks.
+    pub transport: TransportKind,
+    /// When it was accepted.
+    pub since: SystemTime,
+    /// What it carried so far.
+    pub traffic: TrafficCounts,
+    /// Its unsent bytes.
+    pub queued_bytes: u64,
+    /// The player it is logged in as, if the service said.
+    pub player: Option<String>,
+}
+
+/// A page of [`ConnectionInfo`], in id order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConnectionPage {
+    /// At most the asked-for number of connections with ids above the cursor.
+    pub connections: Vec<ConnectionInfo>,
+    /// Live connections in all.
+    pub total: usize,
+}
+
 /// A cheap, cloneable handle to the hub; every method is a message to the actor.
 pub struct HubHandle<M> {
     tx: mpsc::Sender<Command<M>>,
@@ -53,6 +99,8 @@ pub struct HubHandle<M> {
     /// `server.hub_queue_bytes`: frame bytes queued for the hub, whatever their
     /// number; a sender waits for room as it does for a slot.
     queued_bytes: Arc<Semaphore>,
+    /// The semaphore's size, `server.hub_queue_bytes`.
+    queue_bytes: usize,
 }
 
 impl<M> Clone for HubHandle<M> {
@@ -61,6 +109,7 @@ impl<M> Clone for HubHandle<M> {
             tx: self.tx.clone(),
             max_frame: self.max_frame,
             queued_bytes: self.queued_bytes.clone(),
+            queue_bytes: self.queue_bytes,
         }
     }
 }
@@ -121,6 +170,14 @@ enum Command<M> {
     },
     Groups {
         reply: oneshot::Sender<Vec<(String, usize)>>,
+    },
+    Census {
+        reply: oneshot::Sender<Census>,
+    },
+    Connections {
+        after: Option<ConnId>,
+        limit: usize,
+        reply: oneshot::Sender<ConnectionPage>,
     },
     /// Fault injection: panic inside the hub.
     Crash {
@@ -402,6 +459,33 @@ impl<M: Send + 'static> HubHandle<M> {
     ) -> impl Future<Output = Result<Vec<(String, usize)>, HubError>> + Send + '_ {
         self.ask(|reply| Command::Groups { reply })
     }
+
+    /// The live connections summed up (see [`Census`]).
+    pub fn census(&self) -> impl Future<Output = Result<Census, HubError>> + Send + '_ {
+        self.ask(|reply| Command::Census { reply })
+    }
+
+    /// Up to `limit` live connections with ids above `after`, in id order.
+    pub fn connections(
+        &self,
+        after: Option<ConnId>,
+        limit: usize,
+    ) -> impl Future<Output = Result<ConnectionPage, HubError>> + Send + '_ {
+        self.ask(move |reply| Command::Connections {
+            after,
+            limit,
+            reply,
+        })
+    }
+
+    /// Commands and frame bytes waiting for the hub.
+    pub fn queue_depth(&self) -> (usize, usize) {
+        let commands = self.tx.max_capacity() - self.tx.capacity();
+        let bytes = self
+            .queue_bytes
+            .saturating_sub(self.queued_bytes.available_permits());
+        (commands, bytes)
+    }
 }
 
 fn push_frame(route: u16, payload: Bytes) -> Bytes {
@@ -422,10 +506,12 @@ pub(crate) fn spawn<M: Send + 'static>(
         players: HashMap::new(),
         player_of: HashMap::new(),
     };
+    let queue_bytes = queue_bytes.min(Semaphore::MAX_PERMITS);
     let handle = HubHandle {
         tx,
         max_frame,
-        queued_bytes: Arc::new(Semaphore::new(queue_bytes.min(Semaphore::MAX_PERMITS))),
+        queued_bytes: Arc::new(Semaphore::new(queue_bytes)),
+        queue_bytes,
     };
     (handle, tokio::spawn(hub.run()))
 }
@@ -558,10 +644,67 @@ impl<M: Send + 'static> Hub<M> {
                 groups.sort_unstable();
                 let _ = reply.send(groups);
             }
+            Command::Census { reply } => {
+                let _ = reply.send(self.census());
+            }
+            Command::Connections {
+                after,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(self.page(after, limit));
+            }
             Command::Crash { by } => {
                 error!(conn = %by, "fault injection: crashing the hub");
                 panic!("fault injection: hub crash requested by connection {by}");
             }
+        }
+    }
+
+    fn census(&self) -> Census {
+        let mut census = Census {
+            players: self.players.len() as u64,
+            ..Census::default()
+        };
+        for entry in self.conns.values() {
+            let budget = entry.mailbox.budget();
+            let t = budget.meter.transport.index();
+            census.open[t] += 1;
+            census.traffic[t] += budget.meter.read();
+            let queued = budget.unsent() as u64;
+            census.queued_bytes += queued;
+            census.queued_bytes_max = census.queued_bytes_max.max(queued);
+        }
+        census
+    }
+
+    fn page(&self, after: Option<ConnId>, limit: usize) -> ConnectionPage {
+        let mut ids: Vec<ConnId> = self
+            .conns
+            .keys()
+            .copied()
+            .filter(|id| after.is_none_or(|after| *id > after))
+            .collect();
+        ids.sort_unstable();
+        ids.truncate(limit);
+        let connections = ids
+            .into_iter()
+            .filter_map(|id| {
+                let budget = self.conns.get(&id)?.mailbox.budget();
+                Some(ConnectionInfo {
+                    id,
+                    peer: budget.meter.peer,
+                    transport: budget.meter.transport,
+                    since: SystemTime::UNIX_EPOCH + budget.meter.since,
+                    traffic: budget.meter.read(),
+                    queued_bytes: budget.unsent() as u64,
+                    player: self.player_of.get(&id).map(|p| p.to_string()),
+                })
+            })
+            .collect();
+        ConnectionPage {
+            connections,
+            total: self.conns.len(),
         }
     }
 
@@ -663,6 +806,7 @@ mod tests {
             tx,
             max_frame: 1000,
             queued_bytes: Arc::new(Semaphore::new(queue_bytes)),
+            queue_bytes,
         };
         (handle, rx)
     }

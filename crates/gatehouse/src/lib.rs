@@ -21,6 +21,7 @@
 //! - [`room`]: supervised rooms with ticks ([`room::Rooms`], [`room::Room`]).
 //! - [`typed`]: typed handlers over prost messages, errors as statuses.
 //! - [`stats`]: server-wide counters.
+//! - [`metrics`]: what a scrape reports (a [`metrics::Sample`]), handler latency.
 //! - `group`: what the supervision tree's tasks share.
 //! - `handle`: [`ServerHandle`], the game's way in that survives hub restarts.
 //! - `driver`: the connection task, running a core over a transport (TCP, TLS,
@@ -28,10 +29,13 @@
 //! - [`listener`]: listeners and what they speak, accept loops, TLS and WebSocket
 //!   handshakes, refusals at accept.
 //! - `supervisor`: the supervision tree and its restart intensity.
+//! - [`admin`]: the admin listener: health, readiness, metrics, the JSON API, the
+//!   live page.
 //! - `server`: [`Server`], the entry point.
 //! - [`bench_service`]: the built-in `bench` service.
 //! - [`protocol`]: the wire protocol (the `gatehouse-protocol` crate).
 
+pub mod admin;
 pub mod bench_service;
 pub mod config;
 mod connection;
@@ -44,6 +48,7 @@ pub mod limits;
 pub mod listener;
 mod logs;
 mod mailbox;
+pub mod metrics;
 pub mod room;
 mod server;
 pub mod service;
@@ -56,7 +61,7 @@ pub mod typed;
 pub use gatehouse_protocol as protocol;
 
 pub use config::Config;
-pub use connection::{ConnId, DisconnectReason, Severity};
+pub use connection::{ConnId, DisconnectReason, Severity, TrafficCounts};
 pub use handle::ServerHandle;
 pub use hub::{HubError, HubHandle};
 pub use listener::{bind, Certificates, Listener, ListenerConfig, Listeners, TransportKind};

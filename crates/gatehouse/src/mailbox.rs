@@ -74,6 +74,11 @@ pub(crate) enum Verdict {
 }
 
 impl<M> Mailbox<M> {
+    /// The connection's budget (and meter), shared with its core.
+    pub(crate) fn budget(&self) -> &OutboundBudget {
+        &self.budget
+    }
+
     pub(crate) fn new(budget: Arc<OutboundBudget>, interrupt: CancellationToken) -> Self {
         Mailbox {
             state: Mutex::new(MailboxState {

@@ -5,10 +5,12 @@
 use std::future::Future;
 use std::sync::Arc;
 
-#[cfg(doc)]
+use prometheus_client::collector::Collector;
+use std::sync::PoisonError;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::{self, AdminConfig};
 use crate::config::{Config, ConfigError};
 use crate::group::Shared;
 use crate::handle::{HubState, ServerHandle};
@@ -22,6 +24,8 @@ use crate::supervisor::{self, ServerError};
 /// A gatehouse server for one service.
 pub struct Server<S: Service> {
     shared: Arc<Shared<S>>,
+    /// The admin listener to serve beside the game's, if any.
+    admin: Option<(TcpListener, AdminConfig)>,
 }
 
 impl<S: Service> Server<S> {
@@ -30,7 +34,30 @@ impl<S: Service> Server<S> {
         config.validate()?;
         Ok(Server {
             shared: Arc::new(Shared::new(config, service)),
+            admin: None,
         })
+    }
+
+    /// Serves the admin API ([`crate::admin`]: health, readiness, metrics, the JSON
+    /// API, the live page) on `listener` while the server runs.
+    pub fn with_admin(
+        mut self,
+        listener: TcpListener,
+        config: AdminConfig,
+    ) -> Result<Self, ConfigError> {
+        config.validate()?;
+        self.admin = Some((listener, config));
+        Ok(self)
+    }
+
+    /// Adds the embedder's own metrics (the save writer's, the rooms', the game's) to
+    /// the admin listener's `/metrics`, after the server's.
+    pub fn add_collector(&self, collector: Arc<dyn Collector>) {
+        self.shared
+            .collectors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(collector);
     }
 
     /// The server's counters, readable while it runs and after.
@@ -62,11 +89,25 @@ impl<S: Service> Server<S> {
         let _stop_on_drop = token.clone().drop_guard();
         // However this ends (returned, or the future dropped), handles learn it at once.
         let _stopped = Stopped(self.shared.clone());
+        // The admin listener outlives the game's: it answers (not ready) while they
+        // drain, and stops once the server has.
+        let admin_stop = CancellationToken::new();
+        let _stop_admin = admin_stop.clone().drop_guard();
+        if let Some((listener, config)) = self.admin {
+            let serving = admin::serve(listener, config, self.shared.clone(), admin_stop.clone());
+            tokio::spawn(serving);
+        }
+        let drain = self.shared.drain.clone();
         let supervised = supervisor::supervise(listeners.into(), self.shared, token.clone());
         tokio::pin!(supervised, shutdown);
         tokio::select! {
             result = &mut supervised => result,
             () = &mut shutdown => {
+                drain.cancel();
+                token.cancel();
+                supervised.await
+            }
+            () = drain.cancelled() => {
                 token.cancel();
                 supervised.await
             }

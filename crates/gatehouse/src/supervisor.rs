@@ -1,6 +1,7 @@
 //! The supervision tree, all of it, in one place: the seed's flaw fixed.
 //!
 //! ```text
+//! admin listener                      admin::serve, beside the tree (Server::run): up until it has stopped
 //! root (rest_for_one)                 supervise(): this function's loop
 //!  ├─ store writer                    gatehouse_store::SaveWriter: started before, closed after
 //!  ├─ room supervisors                room::Rooms, one per room type: started before, shut down after

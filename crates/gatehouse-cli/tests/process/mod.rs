@@ -85,14 +85,24 @@ pub fn gatehouse() -> Command {
     command
 }
 
+/// `gatehouse serve` with every default listener (and the admin listener) on a free
+/// port: default ports would collide between tests.
+pub const SERVE_ON_FREE_PORTS: [&str; 7] = [
+    "serve",
+    "--port",
+    "0",
+    "--ws-port",
+    "0",
+    "--admin-port",
+    "0",
+];
+
 impl ServerProcess {
-    /// Starts `gatehouse serve --port 0 --ws-port 0 ARGS…` and waits for its
+    /// Starts `gatehouse serve --port 0 --ws-port 0 --admin-port 0 ARGS…` and waits for its
     /// "listening on" lines.
     pub fn start(args: &[&str]) -> ServerProcess {
         let mut command = gatehouse();
-        command
-            .args(["serve", "--port", "0", "--ws-port", "0"])
-            .args(args);
+        command.args(SERVE_ON_FREE_PORTS).args(args);
         ServerProcess::spawn(command)
     }
 
@@ -103,7 +113,7 @@ impl ServerProcess {
             .arg("-c")
             .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
             .arg(env!("CARGO_BIN_EXE_gatehouse"))
-            .args(["serve", "--port", "0", "--ws-port", "0"])
+            .args(SERVE_ON_FREE_PORTS)
             .args(args)
             .env_remove("RUST_LOG");
         ServerProcess::spawn(command)
@@ -151,6 +161,12 @@ impl ServerProcess {
             // server's address.
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
+                // The admin listener's line comes first: "admin listening on http://ADDR".
+                if let Some(addr) = line.strip_prefix("admin listening on http://") {
+                    let addr: SocketAddr = addr.parse().expect("admin address");
+                    listeners.lock().unwrap().push(("admin".to_owned(), addr));
+                    continue;
+                }
                 let Some(url) = line.strip_prefix("listening on ") else {
                     continue;
                 };
@@ -220,6 +236,16 @@ impl ServerProcess {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// The admin listener's address, if the server printed its line (it does so
+    /// before the game's listeners, so by the time [`start`](Self::start) returns).
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        let listeners = self.listeners.lock().unwrap();
+        listeners
+            .iter()
+            .find(|(s, _)| s == "admin")
+            .map(|(_, a)| *a)
     }
 
     /// Waits until the log holds `text`, for at most `patience`, and returns it.

@@ -6,10 +6,14 @@
 //! charged to the server-wide [`MemoryBudget`]; when that is used up, a connection
 //! with a backlog past its free share is refused (and kicked `slow_consumer`), while
 //! one that keeps up still gets each frame: only backlogs are ever refused.
+//!
+//! Being the one allocation the core and the mailbox share, it also carries the
+//! connection's [`Meter`] (what crossed it), which the hub reads for the admin API.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use super::meter::Meter;
 use crate::limits::memory::above_free;
 use crate::limits::{MemoryBudget, FREE_PER_CONNECTION};
 
@@ -19,14 +23,22 @@ pub(crate) struct OutboundBudget {
     unsent: AtomicUsize,
     limit: usize,
     memory: Arc<MemoryBudget>,
+    pub(crate) meter: Meter,
 }
 
 impl OutboundBudget {
+    /// A budget whose meter counts nothing (a refused connection, tests).
     pub(crate) fn new(limit: usize, memory: Arc<MemoryBudget>) -> OutboundBudget {
+        OutboundBudget::metered(limit, memory, Meter::off())
+    }
+
+    /// A connection's budget, with its meter.
+    pub(crate) fn metered(limit: usize, memory: Arc<MemoryBudget>, meter: Meter) -> OutboundBudget {
         OutboundBudget {
             unsent: AtomicUsize::new(0),
             limit,
             memory,
+            meter,
         }
     }
 
@@ -95,7 +107,6 @@ impl OutboundBudget {
     }
 
     /// Bytes currently reserved.
-    #[cfg(test)]
     pub(crate) fn unsent(&self) -> usize {
         self.unsent.load(Ordering::Acquire)
     }

@@ -263,6 +263,7 @@ impl ConnectionCore {
             self.clock = (now, nanos_since(self.accepted, now));
         }
         let wire = frame.len() + HEADER_LEN;
+        self.budget.meter.received(wire);
         if let Err(violation) = self.rates.on_frame(&self.config.rates, wire, self.clock.1) {
             debug!(?violation, "inbound rate exceeded");
             self.close(DisconnectReason::Dos, None);
@@ -338,6 +339,7 @@ impl ConnectionCore {
         tail.put_u16(status.0);
         tail.put_slice(payload);
         self.out.commit(len);
+        self.budget.meter.queued();
     }
 
     /// Pushes to this connection. False if it was not queued: too large for the
@@ -366,6 +368,7 @@ impl ConnectionCore {
         }
         message.encode_frame_into(self.out.tail_for(len));
         self.out.commit(len);
+        self.budget.meter.queued();
         true
     }
 
@@ -373,6 +376,7 @@ impl ConnectionCore {
     /// already reserved from the budget.
     pub(crate) fn queue_reserved_frame(&mut self, frame: Bytes) {
         self.out.push_shared(frame);
+        self.budget.meter.queued();
     }
 
     /// Whether output is waiting for the transport.
@@ -390,6 +394,7 @@ impl ConnectionCore {
         if n > 0 {
             self.out.consume(n);
             self.budget.release(n);
+            self.budget.meter.sent(n);
             self.progressed = true;
         }
     }
@@ -399,6 +404,7 @@ impl ConnectionCore {
     pub(crate) fn take_output_frame(&mut self) -> Option<Bytes> {
         let (body, taken) = self.out.take_frame()?;
         self.budget.release(taken);
+        self.budget.meter.sent(taken);
         self.progressed = true;
         Some(body)
     }
@@ -545,6 +551,7 @@ impl ConnectionCore {
         self.budget.force(len); // the kick must always get through
         message.encode_frame_into(self.out.tail_for(len));
         self.out.commit(len);
+        self.budget.meter.queued();
     }
 
     // ---- memory ---------------------------------------------------------------

@@ -4,6 +4,7 @@
 //!   deadline and a close decision back. Every per-connection limit lives there.
 //! - [`outbound`]: the queue of encoded frames waiting for the transport.
 //! - [`budget`]: the unsent-byte budget the core shares with the mailbox.
+//! - [`meter`]: what crossed the connection, counted by its own task.
 //! - [`reason`]: [`DisconnectReason`], with its kick code, text and log level.
 //!
 //! Nothing here touches a socket, a runtime or a clock (a test checks that no file
@@ -11,6 +12,7 @@
 
 pub(crate) mod budget;
 pub(crate) mod core;
+pub(crate) mod meter;
 pub(crate) mod outbound;
 pub(crate) mod reason;
 
@@ -18,6 +20,8 @@ use std::fmt;
 
 pub(crate) use self::budget::OutboundBudget;
 pub(crate) use self::core::{Close, ConnectionCore, CoreConfig, Event};
+pub(crate) use self::meter::Meter;
+pub use self::meter::TrafficCounts;
 pub use self::reason::{DisconnectReason, Severity};
 
 /// A connection's id: unique for the life of the server process, across hub restarts.

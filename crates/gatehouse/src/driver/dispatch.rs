@@ -24,6 +24,7 @@ use super::{Connection, Transport};
 use crate::connection::{Close, DisconnectReason, Event};
 use crate::guard::panic_message;
 use crate::mailbox::{Delivery, Verdict};
+use crate::metrics::latency;
 use crate::service::{Context, Reply, Service};
 
 /// A handler's future on the heap (so that a large handler future does not enlarge
@@ -80,17 +81,21 @@ async fn run_handler<T: Send>(
         return (settled(result), false);
     }
     // The slow path is boxed too: its timer and waiter would otherwise enlarge every
-    // idle connection's task, which is sized for its largest await point.
-    let outcome = Box::pin(async move {
-        tokio::select! {
+    // idle connection's task, which is sized for its largest await point. Other tasks
+    // run on this thread while it waits: the batch being timed is set aside.
+    let batch = latency::suspend();
+    let (outcome, batch) = Box::pin(async move {
+        let outcome = tokio::select! {
             result = tokio::time::timeout(timeout, handler) => match result {
                 Ok(result) => settled(result),
                 Err(_) => Outcome::TimedOut,
             },
             () = cancel.cancelled() => Outcome::Cancelled,
-        }
+        };
+        (outcome, batch)
     })
     .await;
+    latency::resume(batch);
     (outcome, true)
 }
 
@@ -282,6 +287,9 @@ impl<S: Service, T: Transport> Connection<S, T> {
 
     /// Puts an answer in the output (and logs an unknown route).
     fn answered(&mut self, call: Call, answer: Answer) {
+        if let Some(route) = call.route() {
+            latency::answered(route);
+        }
         match (call, answer) {
             (Call::Request { id, route, len }, Answer::Reply(reply)) => {
                 if reply.status == Status::UNKNOWN_ROUTE {

@@ -42,7 +42,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn, Instrument};
@@ -51,14 +51,15 @@ use self::dispatch::guarded;
 pub(crate) use self::transport::{Goodbye, Received, Transport};
 use gatehouse_protocol::KickReason;
 
-use crate::config::LimitsConfig;
+use crate::config::{LimitsConfig, TransportKind};
 use crate::connection::{
-    Close, ConnId, ConnectionCore, CoreConfig, DisconnectReason, OutboundBudget, Severity,
+    Close, ConnId, ConnectionCore, CoreConfig, DisconnectReason, Meter, OutboundBudget, Severity,
 };
 use crate::group::{Group, Shared};
 use crate::limits::Permit;
 use crate::logs::{Admit, LogLimiter};
 use crate::mailbox::Mailbox;
+use crate::metrics::latency;
 use crate::service::{Context, Disconnect, Service};
 
 /// A busy connection looks at its cancellation before anything else once in this
@@ -78,6 +79,7 @@ fn clock() -> Instant {
 /// were moved into).
 pub(crate) fn serve<S: Service, T: Transport>(
     transport: T,
+    kind: TransportKind,
     peer: SocketAddr,
     id: ConnId,
     shared: Arc<Shared<S>>,
@@ -88,9 +90,14 @@ pub(crate) fn serve<S: Service, T: Transport>(
     // Its own token, cancelled with the group or by a kick: waiting on it touches no
     // lock shared with other connections.
     let cancel = group.token.child_token();
-    let budget = Arc::new(OutboundBudget::new(
+    let since = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let meter = Meter::new(kind, peer, since, shared.config.metrics.enabled);
+    let budget = Arc::new(OutboundBudget::metered(
         shared.config.limits.outbound_queue_bytes,
         shared.core_config.memory.clone(),
+        meter,
     ));
     let mailbox = Arc::new(Mailbox::new(budget.clone(), cancel.clone()));
     let core = ConnectionCore::new(shared.core_config.clone(), budget, clock());
@@ -212,6 +219,10 @@ impl<S: Service, T: Transport> Connection<S, T> {
         }
         let finishing = Box::pin(self.finish_close(&close));
         finishing.await;
+        let meter = &self.mailbox.budget().meter;
+        self.shared
+            .stats
+            .count_closed_traffic(meter.transport, meter.read());
         log_close(&close.reason, &self.shared.close_logs);
     }
 
@@ -232,12 +243,15 @@ impl<S: Service, T: Transport> Connection<S, T> {
         let mut since_cancel_check = 0u32;
         loop {
             // What arrived, in order: each handler runs to its end before the next
-            // frame is looked at. Answers pile up in the output, to leave together.
+            // frame is looked at. Answers pile up in the output, to leave together,
+            // and are timed together from the read (`metrics::latency`).
+            latency::begin(&self.shared.latency, now);
             while let Some(event) = self.core.poll_event(now) {
                 if self.dispatch(event, session).await {
                     now = clock(); // the handler waited: time has passed
                 }
             }
+            latency::end();
             if let Some(close) = self.core.take_close() {
                 return close;
             }

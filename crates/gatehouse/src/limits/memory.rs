@@ -34,6 +34,11 @@ impl MemoryBudget {
     }
 
     /// Takes `n` bytes, or nothing (false) if that would pass the limit.
+    /// The budget's size.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
     pub(crate) fn try_charge(&self, n: usize) -> bool {
         n == 0
             || self

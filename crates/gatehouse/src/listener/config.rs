@@ -3,71 +3,14 @@
 //! (certificate files, allowed origins, trusted proxies). A list of them is the
 //! `[[listeners]]` array of the `gatehouse` binary's file.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::str::FromStr;
 
 use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::config::ConfigError;
-
-/// What a listener speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TransportKind {
-    /// `{packet, 4}` frames over plain TCP.
-    Tcp,
-    /// `{packet, 4}` frames over TLS 1.2/1.3.
-    Tls,
-    /// One envelope per binary WebSocket message, over plain HTTP.
-    Ws,
-    /// WebSocket over TLS (`wss://`).
-    Wss,
-}
-
-impl TransportKind {
-    /// The URL scheme clients use for it (`tcp`, `tls`, `ws`, `wss`).
-    pub fn scheme(self) -> &'static str {
-        match self {
-            TransportKind::Tcp => "tcp",
-            TransportKind::Tls => "tls",
-            TransportKind::Ws => "ws",
-            TransportKind::Wss => "wss",
-        }
-    }
-
-    /// Whether it runs over TLS (needs a certificate).
-    pub fn is_tls(self) -> bool {
-        matches!(self, TransportKind::Tls | TransportKind::Wss)
-    }
-
-    /// Whether it speaks WebSocket (HTTP upgrade, origins, pages).
-    pub fn is_websocket(self) -> bool {
-        matches!(self, TransportKind::Ws | TransportKind::Wss)
-    }
-}
-
-impl fmt::Display for TransportKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.scheme())
-    }
-}
-
-impl FromStr for TransportKind {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(match s {
-            "tcp" => TransportKind::Tcp,
-            "tls" => TransportKind::Tls,
-            "ws" => TransportKind::Ws,
-            "wss" => TransportKind::Wss,
-            other => return Err(format!("unknown transport `{other}` (tcp, tls, ws, wss)")),
-        })
-    }
-}
+pub use crate::config::TransportKind;
 
 /// One listening socket.
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -319,9 +319,10 @@ fn admit<S: Service>(
     };
     let id = ConnId(shared.next_id.fetch_add(1, Ordering::Relaxed));
     if let Speaks::Tcp = listener.speaks {
-        shared.stats.count_accept();
+        shared.stats.count_accept(TransportKind::Tcp);
         group.tracker.spawn(driver::serve(
             TcpTransport::new(socket),
+            TransportKind::Tcp,
             peer,
             id,
             shared.clone(),
@@ -429,18 +430,19 @@ async fn handshake_then_serve<S: Service>(
     let upgraded = match upgraded {
         Ok(Ok(upgraded)) => upgraded,
         Ok(Err(e)) => {
-            shared.stats.count_handshake_failure();
+            shared.stats.count_handshake_failure(listener.transport());
             debug!(%peer, transport = %listener.transport(), error = %e, "handshake failed");
             return;
         }
         Err(_) => {
-            shared.stats.count_handshake_timeout();
+            shared.stats.count_handshake_timeout(listener.transport());
             debug!(%peer, transport = %listener.transport(), timeout = ?limits.handshake_timeout, "handshake timed out");
             return;
         }
     };
     let limits = &shared.config.limits;
     let serving = Serving {
+        transport: listener.transport(),
         proxy: peer,
         id,
         shared: shared.clone(),
@@ -466,6 +468,7 @@ async fn handshake_then_serve<S: Service>(
 /// A connection whose handshake is done, about to be served (or refused, if the
 /// client a proxy named is over its per-IP cap).
 struct Serving<S: Service> {
+    transport: TransportKind,
     /// The address the connection came from (the proxy's, when proxied).
     proxy: SocketAddr,
     id: ConnId,
@@ -485,8 +488,18 @@ impl<S: Service> Serving<S> {
             let _ = tokio::time::timeout(REFUSAL_TIMEOUT, refusing).await;
             return;
         }
-        shared.stats.count_accept();
-        driver::serve(transport, client, self.id, shared, self.group, self.permit).await;
+        shared.stats.count_accept(self.transport);
+        let kind = self.transport;
+        driver::serve(
+            transport,
+            kind,
+            client,
+            self.id,
+            shared,
+            self.group,
+            self.permit,
+        )
+        .await;
     }
 }
 

@@ -3,11 +3,14 @@
 //! ([`RoomHandle`]) and to one connection's place in it ([`Membership`]).
 
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use gatehouse_protocol::KickReason;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::DescriptorEncoder;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -17,6 +20,7 @@ use super::task::{Input, Leave, RoomTask};
 use super::{Origin, Room, RoomError, RoomOptions};
 use crate::connection::ConnId;
 use crate::mailbox::MemberSink;
+use crate::metrics::{encode_histograms, encode_labelled};
 use crate::service::Context;
 
 /// The rooms of one type, and their supervisor. Cheap to clone; usable from any
@@ -192,6 +196,17 @@ impl<R: Room> Rooms<R> {
     /// Whether no room runs.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The rooms' metrics, labelled `kind="{kind}"`, for
+    /// [`Server::add_collector`](crate::Server::add_collector): rooms running,
+    /// members, ticks, late ticks, crashes and the tick lateness histogram
+    /// (`docs/OPERATIONS.md`).
+    pub fn collector(&self, kind: &'static str) -> Arc<dyn Collector> {
+        Arc::new(RoomsCollector {
+            rooms: self.clone(),
+            kind,
+        })
     }
 
     /// The lateness of every tick of every room so far.
@@ -396,6 +411,83 @@ impl<R: Room> Drop for Membership<R> {
             member: self.member,
             serial: self.serial,
         });
+    }
+}
+
+/// Upper bounds of the tick lateness histogram's buckets, in seconds.
+const TICK_LATENESS_BUCKETS: [f64; 10] =
+    [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0];
+
+/// [`Rooms::collector`]'s collector.
+struct RoomsCollector<R: Room> {
+    rooms: Rooms<R>,
+    kind: &'static str,
+}
+
+impl<R: Room> fmt::Debug for RoomsCollector<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RoomsCollector")
+            .field("kind", &self.kind)
+            .finish()
+    }
+}
+
+impl<R: Room> Collector for RoomsCollector<R> {
+    fn encode(&self, mut e: DescriptorEncoder<'_>) -> Result<(), fmt::Error> {
+        use prometheus_client::metrics::MetricType::{Counter, Gauge};
+        let rooms = self.rooms.list();
+        let lateness = &self.rooms.registry.lateness;
+        let histogram = lateness.buckets(&TICK_LATENESS_BUCKETS);
+        let kind = self.kind;
+        let members: usize = rooms.iter().map(|r| r.members).sum();
+        let one = |value: f64| [(kind, value)];
+        encode_labelled(
+            &mut e,
+            "gatehouse_rooms",
+            "Rooms running",
+            Gauge,
+            "kind",
+            one(rooms.len() as f64),
+        )?;
+        encode_labelled(
+            &mut e,
+            "gatehouse_room_members",
+            "Members of the running rooms",
+            Gauge,
+            "kind",
+            one(members as f64),
+        )?;
+        encode_labelled(
+            &mut e,
+            "gatehouse_room_ticks",
+            "Ticks run by every room",
+            Counter,
+            "kind",
+            one(histogram.count as f64),
+        )?;
+        encode_labelled(
+            &mut e,
+            "gatehouse_room_late_ticks",
+            "Ticks that started later than their room's late_after",
+            Counter,
+            "kind",
+            one(lateness.late() as f64),
+        )?;
+        encode_labelled(
+            &mut e,
+            "gatehouse_room_crashes",
+            "Room crashes (each restarted, or closed past its restart intensity)",
+            Counter,
+            "kind",
+            one(lateness.crashes.load(Ordering::Relaxed) as f64),
+        )?;
+        encode_histograms(
+            &mut e,
+            "gatehouse_room_tick_lateness_seconds",
+            "How late each tick started",
+            "kind",
+            [(kind, &histogram)],
+        )
     }
 }
 

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
+use crate::metrics::HistogramSnapshot;
+
 /// One room's counters, as read at one moment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoomStats {
@@ -75,10 +77,13 @@ pub struct TickLateness {
     pub max: Duration,
 }
 
-/// Every tick's lateness, in microseconds.
+/// Every tick's lateness, in microseconds, and the crashes of every room: what the
+/// rooms of one registry count together.
 pub(crate) struct LatenessHistogram {
     histogram: Mutex<Histogram<u64>>,
     late: AtomicU64,
+    /// Crashes of any room of the registry (restarted or closed after).
+    pub(crate) crashes: AtomicU64,
 }
 
 impl LatenessHistogram {
@@ -90,7 +95,33 @@ impl LatenessHistogram {
                     .expect("constant bounds that hdrhistogram accepts"),
             ),
             late: AtomicU64::new(0),
+            crashes: AtomicU64::new(0),
         }
+    }
+
+    /// The lateness in Prometheus' shape: cumulative counts at `bounds` (seconds).
+    pub(crate) fn buckets(&self, bounds: &[f64]) -> HistogramSnapshot {
+        let histogram = self
+            .histogram
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let buckets = bounds
+            .iter()
+            .map(|&bound| {
+                let micros = (bound * 1e6) as u64;
+                (bound, histogram.count_between(0, micros))
+            })
+            .collect();
+        HistogramSnapshot {
+            buckets,
+            sum: histogram.mean() * histogram.len() as f64 / 1e6,
+            count: histogram.len(),
+        }
+    }
+
+    /// Ticks later than their room's `late_after`.
+    pub(crate) fn late(&self) -> u64 {
+        self.late.load(Relaxed)
     }
 
     pub(crate) fn record(&self, lateness: Duration, late: bool) {

@@ -131,6 +131,7 @@ impl<R: Room> RoomTask<R> {
                 End::Crashed(cause) => cause,
             };
             self.counters.restarts.fetch_add(1, Ordering::Relaxed);
+            self.lateness.crashes.fetch_add(1, Ordering::Relaxed);
             let stopping = self.stop.is_cancelled();
             if self.options.restart == Restart::Never
                 || stopping

@@ -1,0 +1,426 @@
+//! The admin API's endpoints (see the table in the module above): health and
+//! readiness, the metrics and their event stream, the JSON API.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use futures_util::stream::{self, Stream};
+use gatehouse_protocol::{KickReason, ROUTE_ANNOUNCEMENT};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tracing::{info, warn};
+
+use super::{Admin, ApiError};
+use crate::config::TransportKind;
+use crate::connection::{ConnId, TrafficCounts};
+use crate::group::Shared;
+use crate::hub::{Census, HubHandle};
+use crate::metrics::{Sample, CONTENT_TYPE};
+use crate::service::Service;
+use crate::stats::{DISCONNECT_REASONS, KICK_REASONS, REFUSAL_REASONS};
+
+/// How long a reading waits for the hub before reporting it as unavailable.
+const HUB_WAIT: Duration = Duration::from_secs(1);
+
+/// Connections per page by default, and at most.
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+
+/// Longest announcement text, in bytes.
+const MAX_ANNOUNCEMENT: usize = 4096;
+
+/// How often the event stream sends the metrics.
+const EVENT_INTERVAL: Duration = Duration::from_secs(1);
+
+fn seconds_since_epoch(at: SystemTime) -> f64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn live_hub<S: Service>(shared: &Shared<S>) -> Option<HubHandle<S::Message>> {
+    shared.hub_slot.current().filter(|hub| !hub.is_closed())
+}
+
+/// Why the server does not take connections now, if it does not.
+fn not_ready<S: Service>(shared: &Shared<S>) -> Option<&'static str> {
+    if shared.drain.is_cancelled() {
+        Some("draining")
+    } else if live_hub(shared).is_none() {
+        Some("hub restarting or stopped")
+    } else {
+        None
+    }
+}
+
+/// Reads everything a scrape reports.
+async fn sample<S: Service>(shared: &Shared<S>) -> Sample {
+    let stats = shared.stats.snapshot();
+    let hub = live_hub(shared);
+    let (census, hub_queue) = match &hub {
+        Some(hub) => {
+            let census = tokio::time::timeout(HUB_WAIT, hub.census()).await;
+            let census = census.ok().and_then(Result::ok);
+            (census.unwrap_or_default(), hub.queue_depth())
+        }
+        None => (Census::default(), (0, 0)),
+    };
+    let traffic = std::array::from_fn(|t| {
+        let mut total = stats.closed_traffic[t];
+        total += census.traffic[t];
+        total
+    });
+    let memory = &shared.core_config.memory;
+    Sample {
+        stats,
+        census,
+        traffic: shared.traffic_high.raise(traffic),
+        hub_up: hub.is_some(),
+        ready: not_ready(shared).is_none(),
+        draining: shared.drain.is_cancelled(),
+        hub_queue,
+        handler_latency: shared.latency.read(),
+        memory_budget: (memory.limit(), memory.used()),
+        max_connections: shared.config.server.max_connections,
+        start_time: seconds_since_epoch(shared.started),
+    }
+}
+
+fn metrics_text<S: Service>(shared: &Shared<S>, sample: &Sample) -> String {
+    let collectors = shared
+        .collectors
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    sample.encode(&collectors)
+}
+
+pub(super) async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "alive" }))
+}
+
+pub(super) async fn readyz<S: Service>(State(admin): State<Admin<S>>) -> Response {
+    match not_ready(&admin.shared) {
+        None => Json(json!({ "ready": true })).into_response(),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "ready": false, "reason": reason })),
+        )
+            .into_response(),
+    }
+}
+
+pub(super) async fn page() -> Html<&'static str> {
+    Html(include_str!("page.html"))
+}
+
+pub(super) async fn metrics<S: Service>(State(admin): State<Admin<S>>) -> Response {
+    let sample = sample(&admin.shared).await;
+    let text = metrics_text(&admin.shared, &sample);
+    ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response()
+}
+
+/// The metrics text once a second, as Server-Sent Events (`event: metrics`), until
+/// the client goes or the server stops.
+pub(super) async fn events<S: Service>(
+    State(admin): State<Admin<S>>,
+) -> Sse<impl Stream<Item = Result<Event, std::convert::Infallible>>> {
+    let stop = admin.stop.clone();
+    let ticks = stream::unfold(
+        (admin, tokio::time::interval(EVENT_INTERVAL)),
+        |(admin, mut interval)| async move {
+            interval.tick().await;
+            let sample = sample(&admin.shared).await;
+            let text = metrics_text(&admin.shared, &sample);
+            let event = Event::default().event("metrics").data(text);
+            Some((Ok(event), (admin, interval)))
+        },
+    );
+    let until_stopped = futures_util::StreamExt::take_until(ticks, stop.cancelled_owned());
+    Sse::new(until_stopped).keep_alive(KeepAlive::default())
+}
+
+fn by_label<const N: usize>(labels: &[&str; N], values: &[u64; N]) -> BTreeMap<String, u64> {
+    labels
+        .iter()
+        .zip(values)
+        .filter(|(_, &v)| v > 0)
+        .map(|(l, &v)| ((*l).to_owned(), v))
+        .collect()
+}
+
+fn traffic_json(t: &TrafficCounts) -> Value {
+    json!({
+        "frames_in": t.frames_in,
+        "bytes_in": t.bytes_in,
+        "frames_out": t.frames_out,
+        "bytes_out": t.bytes_out,
+    })
+}
+
+pub(super) async fn stats<S: Service>(State(admin): State<Admin<S>>) -> Json<Value> {
+    let shared = &admin.shared;
+    let sample = sample(shared).await;
+    let s = &sample.stats;
+    let per_transport = |value: &dyn Fn(usize) -> Value| -> BTreeMap<&str, Value> {
+        TransportKind::ALL
+            .iter()
+            .map(|t| (t.scheme(), value(t.index())))
+            .collect()
+    };
+    let handlers: BTreeMap<&str, Value> = sample
+        .handler_latency
+        .iter()
+        .filter(|(_, h)| h.count > 0)
+        .map(|(route, h)| (*route, json!({ "count": h.count, "sum_seconds": h.sum })))
+        .collect();
+    let uptime = SystemTime::now()
+        .duration_since(shared.started)
+        .unwrap_or_default();
+    Json(json!({
+        "ready": sample.ready,
+        "draining": sample.draining,
+        "hub_up": sample.hub_up,
+        "uptime_seconds": uptime.as_secs_f64(),
+        "connections": {
+            "open": sample.census.open.iter().sum::<u64>(),
+            "open_by_transport": per_transport(&|i| json!(sample.census.open[i])),
+            "max": sample.max_connections,
+            "players": sample.census.players,
+            "accepted": s.accepted,
+            "refused": by_label(&REFUSAL_REASONS, &s.refusals),
+            "disconnects": by_label(&DISCONNECT_REASONS, &s.disconnects),
+            "kicks": by_label(&KICK_REASONS, &s.kicks),
+            "handshake_failures": s.handshake_failures,
+            "handshake_timeouts": s.handshake_timeouts,
+        },
+        "traffic": per_transport(&|i| traffic_json(&sample.traffic[i])),
+        "outbound_queue": {
+            "bytes": sample.census.queued_bytes,
+            "max_bytes": sample.census.queued_bytes_max,
+        },
+        "memory_budget": { "bytes": sample.memory_budget.0, "used_bytes": sample.memory_budget.1 },
+        "hub": {
+            "restarts": s.hub_restarts,
+            "queue_commands": sample.hub_queue.0,
+            "queue_bytes": sample.hub_queue.1,
+        },
+        "sessions": {
+            "disconnect_hooks": s.disconnect_hooks,
+            "hook_timeouts": s.hook_timeouts,
+            "checkpoints": s.checkpoints,
+        },
+        "handlers": handlers,
+    }))
+}
+
+fn bad_request(message: impl std::fmt::Display) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, message.to_string())
+}
+
+fn hub_gone() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the hub is restarting or the server stopped; try again",
+    )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PageQuery {
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+pub(super) async fn connections<S: Service>(
+    State(admin): State<Admin<S>>,
+    query: Result<Query<PageQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query.map_err(|e| bad_request(e.body_text()))?;
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(bad_request(format!("limit must be 1 to {MAX_PAGE}")));
+    }
+    let hub = live_hub(&admin.shared).ok_or_else(hub_gone)?;
+    let page = tokio::time::timeout(HUB_WAIT, hub.connections(query.after.map(ConnId), limit))
+        .await
+        .map_err(|_| hub_gone())?
+        .map_err(|_| hub_gone())?;
+    let now = SystemTime::now();
+    let next_after = (page.connections.len() == limit)
+        .then(|| page.connections.last().map(|c| c.id.0))
+        .flatten();
+    let connections: Vec<Value> = page
+        .connections
+        .iter()
+        .map(|c| {
+            json!({
+                "id": c.id.0,
+                "peer": c.peer.to_string(),
+                "transport": c.transport.scheme(),
+                "since": seconds_since_epoch(c.since),
+                "connected_seconds": now.duration_since(c.since).unwrap_or_default().as_secs_f64(),
+                "frames_in": c.traffic.frames_in,
+                "bytes_in": c.traffic.bytes_in,
+                "frames_out": c.traffic.frames_out,
+                "bytes_out": c.traffic.bytes_out,
+                "queued_bytes": c.queued_bytes,
+                "player": c.player,
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "connections": connections,
+        "total": page.total,
+        "next_after": next_after,
+    })))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct KickBody {
+    /// A kick reason's name (`kicked`, `shutdown`, …) or a game's own code (1000+).
+    reason: Option<ReasonName>,
+    text: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ReasonName {
+    Name(String),
+    Code(u16),
+}
+
+fn kick_reason(name: Option<ReasonName>) -> Result<KickReason, ApiError> {
+    match name {
+        None => Ok(KickReason::KICKED),
+        Some(ReasonName::Code(code)) if code >= 1000 => Ok(KickReason(code)),
+        Some(ReasonName::Code(code)) => KickReason(code)
+            .name()
+            .map(|_| KickReason(code))
+            .ok_or_else(|| bad_request(format!("no kick reason has code {code}"))),
+        Some(ReasonName::Name(name)) => KICK_REASONS
+            .iter()
+            .skip(1)
+            .position(|&known| known == name)
+            .and_then(|i| u16::try_from(i + 1).ok())
+            .map(KickReason)
+            .ok_or_else(|| {
+                bad_request(format!(
+                    "unknown kick reason `{name}` (one of {}, or a game's code from 1000)",
+                    KICK_REASONS[1..].join(", ")
+                ))
+            }),
+    }
+}
+
+pub(super) async fn kick<S: Service>(
+    State(admin): State<Admin<S>>,
+    id: Result<Path<u64>, PathRejection>,
+    body: Result<Json<KickBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Path(id) = id.map_err(|e| bad_request(e.body_text()))?;
+    let body = match body {
+        Ok(Json(body)) => body,
+        Err(JsonRejection::MissingJsonContentType(_)) => KickBody::default(),
+        Err(e) => return Err(bad_request(e.body_text())),
+    };
+    let reason = kick_reason(body.reason)?;
+    let text = body.text.unwrap_or_else(|| "kicked by an operator".into());
+    if text.len() > MAX_ANNOUNCEMENT {
+        return Err(bad_request(format!("text over {MAX_ANNOUNCEMENT} bytes")));
+    }
+    let hub = live_hub(&admin.shared).ok_or_else(hub_gone)?;
+    let id = ConnId(id);
+    let found = hub
+        .connections(id.0.checked_sub(1).map(ConnId), 1)
+        .await
+        .map_err(|_| hub_gone())?;
+    if found.connections.first().map(|c| c.id) != Some(id) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no live connection {id}"),
+        ));
+    }
+    hub.kick(id, reason, text.as_str())
+        .await
+        .map_err(|_| hub_gone())?;
+    info!(conn = %id, %reason, code = reason.0, text, "kicked through the admin API");
+    let body =
+        json!({ "kicked": id.0, "reason": reason.name().unwrap_or("game"), "code": reason.0 });
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Announcement {
+    text: String,
+}
+
+pub(super) async fn broadcast<S: Service>(
+    State(admin): State<Admin<S>>,
+    body: Result<Json<Announcement>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(announcement) = body.map_err(|e| bad_request(e.body_text()))?;
+    let text = announcement.text;
+    if text.is_empty() || text.len() > MAX_ANNOUNCEMENT {
+        return Err(bad_request(format!(
+            "text must be 1 to {MAX_ANNOUNCEMENT} bytes"
+        )));
+    }
+    let hub = live_hub(&admin.shared).ok_or_else(hub_gone)?;
+    let recipients = hub.count().await.map_err(|_| hub_gone())?;
+    hub.broadcast(ROUTE_ANNOUNCEMENT, Bytes::from(text.clone()))
+        .await
+        .map_err(|e| bad_request(e.to_string()))?;
+    info!(
+        recipients,
+        text, "announcement broadcast through the admin API"
+    );
+    let body = json!({ "route": ROUTE_ANNOUNCEMENT, "recipients": recipients });
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+pub(super) async fn drain<S: Service>(State(admin): State<Admin<S>>) -> Response {
+    let shared: &Arc<Shared<S>> = &admin.shared;
+    let already = shared.drain.is_cancelled();
+    if !already {
+        warn!("drain requested through the admin API: no new connections; kicking everyone `shutdown`");
+        shared.drain.cancel();
+    }
+    let timeout = shared.config.supervisor.drain_timeout;
+    let body = json!({
+        "draining": true,
+        "already": already,
+        "drain_timeout_seconds": timeout.as_secs_f64(),
+    });
+    (StatusCode::ACCEPTED, Json(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kick_reasons_are_taken_by_name_or_code_and_unknown_ones_are_refused() {
+        assert_eq!(kick_reason(None).ok(), Some(KickReason::KICKED));
+        let by_name = kick_reason(Some(ReasonName::Name("shutdown".into())));
+        assert_eq!(by_name.ok(), Some(KickReason::SHUTDOWN));
+        let by_code = kick_reason(Some(ReasonName::Code(6)));
+        assert_eq!(by_code.ok(), Some(KickReason::DUPLICATE_LOGIN));
+        assert_eq!(
+            kick_reason(Some(ReasonName::Code(1234))).ok(),
+            Some(KickReason(1234))
+        );
+        assert!(kick_reason(Some(ReasonName::Code(999))).is_err());
+        assert!(kick_reason(Some(ReasonName::Name("game".into()))).is_err());
+        assert!(kick_reason(Some(ReasonName::Name("nope".into()))).is_err());
+    }
+}

@@ -1,0 +1,255 @@
+//! The admin listener: an HTTP server (axum) off the game's ports, for operators.
+//!
+//! | path | method | token | what |
+//! |---|---|---|---|
+//! | `/healthz` | GET | never | alive: the process answers |
+//! | `/readyz` | GET | never | 200 while the server takes connections, 503 while the hub restarts or the server drains |
+//! | `/metrics` | GET | if set | Prometheus metrics (OpenMetrics text) |
+//! | `/` | GET | never | the live page (it asks for the token, if one is set, before reading data) |
+//! | `/api/stats` | GET | if set | the server's numbers as JSON |
+//! | `/api/events` | GET | if set | Server-Sent Events: the metrics text once a second |
+//! | `/api/connections` | GET | if set | live connections, paged (`?after=ID&limit=N`) |
+//! | `/api/connections/{id}/kick` | POST | required | kick one connection with a reason |
+//! | `/api/broadcast` | POST | required | push an announcement to every connection |
+//! | `/api/drain` | POST | required | stop accepting, kick everyone `shutdown`, stop |
+//!
+//! With a token configured ([`AdminConfig::token`]), every path but `/healthz`,
+//! `/readyz` and the page's own HTML needs `Authorization: Bearer <token>`, compared in
+//! constant time. Without one, the read-only paths are open (the listener is on
+//! loopback by default) and the mutating ones answer 403. Every error is JSON:
+//! `{"error": "..."}` with a 4xx status.
+//!
+//! - this file: configuration, the router, authentication, serving.
+//! - [`api`]: the JSON endpoints, the metrics and the event stream.
+
+mod api;
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::ConfigError;
+use crate::group::Shared;
+use crate::service::Service;
+
+/// The admin API's settings (the `[admin]` section of the binary's file, less the
+/// address, which belongs to whoever binds the listener).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// The bearer token every request but health, readiness and the page needs. Unset,
+    /// the read-only endpoints are open and the mutating ones are off.
+    pub token: Option<String>,
+}
+
+/// Shortest token accepted: a guessable token is worse than none.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+impl AdminConfig {
+    /// Checks the token's length and characters.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(token) = &self.token {
+            if token.len() < MIN_TOKEN_LEN {
+                return Err(ConfigError::Invalid {
+                    key: "admin.token",
+                    message: format!("must be at least {MIN_TOKEN_LEN} characters"),
+                });
+            }
+            if !token.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(ConfigError::Invalid {
+                    key: "admin.token",
+                    message: "must be printable ASCII without spaces".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the handlers share.
+struct AdminState<S: Service> {
+    shared: Arc<Shared<S>>,
+    token: Option<Arc<[u8]>>,
+    /// Cancelled when the server has stopped: open event streams end.
+    stop: CancellationToken,
+}
+
+type Admin<S> = Arc<AdminState<S>>;
+
+/// An error answer: a status and `{"error": message}`.
+#[derive(Debug)]
+pub(crate) struct ApiError(StatusCode, String);
+
+impl ApiError {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError(status, message.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Json(serde_json::json!({ "error": self.1 }));
+        (self.0, body).into_response()
+    }
+}
+
+/// What a request may do, by what it carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Read-only endpoints.
+    Read,
+    /// Endpoints that change something.
+    Write,
+}
+
+/// Checks the bearer token (see the module docs).
+fn authorize(token: Option<&[u8]>, request: &Request, access: Access) -> Result<(), ApiError> {
+    let Some(expected) = token else {
+        return match access {
+            Access::Read => Ok(()),
+            Access::Write => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "mutating endpoints are off: no admin token is configured (admin.token)",
+            )),
+        };
+    };
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "));
+    match presented {
+        Some(presented) if bool::from(presented.ct_eq(expected)) => Ok(()),
+        Some(_) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "wrong token")),
+        None => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing bearer token (Authorization: Bearer <admin.token>)",
+        )),
+    }
+}
+
+/// The token a group of routes wants, and for what.
+type Guard = (Option<Arc<[u8]>>, Access);
+
+async fn guard(State((token, access)): State<Guard>, request: Request, next: Next) -> Response {
+    match authorize(token.as_deref(), &request, access) {
+        Ok(()) => next.run(request).await,
+        Err(error) => error.into_response(),
+    }
+}
+
+fn router<S: Service>(admin: Admin<S>) -> Router {
+    let reads = Router::new()
+        .route("/metrics", get(api::metrics::<S>))
+        .route("/api/stats", get(api::stats::<S>))
+        .route("/api/events", get(api::events::<S>))
+        .route("/api/connections", get(api::connections::<S>))
+        .route_layer(middleware::from_fn_with_state(
+            (admin.token.clone(), Access::Read),
+            guard,
+        ));
+    let writes = Router::new()
+        .route("/api/connections/{id}/kick", post(api::kick::<S>))
+        .route("/api/broadcast", post(api::broadcast::<S>))
+        .route("/api/drain", post(api::drain::<S>))
+        .route_layer(middleware::from_fn_with_state(
+            (admin.token.clone(), Access::Write),
+            guard,
+        ));
+    Router::new()
+        .route("/healthz", get(api::healthz))
+        .route("/readyz", get(api::readyz::<S>))
+        .route("/", get(api::page))
+        .merge(reads)
+        .merge(writes)
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
+        })
+        .with_state(admin)
+}
+
+/// Serves the admin API on `listener` until `stop` is cancelled.
+pub(crate) async fn serve<S: Service>(
+    listener: TcpListener,
+    config: AdminConfig,
+    shared: Arc<Shared<S>>,
+    stop: CancellationToken,
+) {
+    let admin = Arc::new(AdminState {
+        shared,
+        token: config.token.map(|t| Arc::from(t.into_bytes())),
+        stop: stop.clone(),
+    });
+    if admin.token.is_none() {
+        info!("admin API without a token: read-only endpoints open, mutating ones off");
+    }
+    let served = axum::serve(listener, router(admin))
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await;
+    if let Err(e) = served {
+        warn!(error = %e, "admin listener failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(authorization: Option<&str>) -> Request {
+        let mut builder = Request::builder().uri("/metrics");
+        if let Some(value) = authorization {
+            builder = builder.header(header::AUTHORIZATION, value);
+        }
+        builder.body(axum::body::Body::empty()).unwrap_or_default()
+    }
+
+    #[test]
+    fn without_a_token_reads_are_open_and_writes_are_off() {
+        assert!(authorize(None, &request(None), Access::Read).is_ok());
+        let refused = authorize(None, &request(Some("Bearer x")), Access::Write);
+        assert!(matches!(refused, Err(ApiError(StatusCode::FORBIDDEN, _))));
+    }
+
+    #[test]
+    fn with_a_token_only_the_exact_bearer_token_passes() {
+        let token = Some(&b"0123456789abcdef"[..]);
+        for access in [Access::Read, Access::Write] {
+            assert!(authorize(token, &request(Some("Bearer 0123456789abcdef")), access).is_ok());
+            for wrong in [
+                None,
+                Some("Bearer 0123456789abcdeX"),
+                Some("Bearer 0123456789abcdef0"),
+                Some("Bearer "),
+                Some("bearer 0123456789abcdef"),
+                Some("Basic 0123456789abcdef"),
+            ] {
+                let refused = authorize(token, &request(wrong), access);
+                assert!(
+                    matches!(refused, Err(ApiError(StatusCode::UNAUTHORIZED, _))),
+                    "{wrong:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn short_or_spaced_tokens_are_refused_by_validation() {
+        let config = |t: &str| AdminConfig {
+            token: Some(t.into()),
+        };
+        assert!(config("short").validate().is_err());
+        assert!(config("sixteen chars xx").validate().is_err());
+        assert!(config("0123456789abcdef").validate().is_ok());
+        assert!(AdminConfig::default().validate().is_ok());
+    }
+}

@@ -1,0 +1,317 @@
+//! Handler latency, by route: how long from the read that brought a request (or
+//! notify) to its answer being queued, in a Prometheus histogram per route.
+//!
+//! Reading the clock costs about as much as a tenth of a pipelined echo request on a
+//! virtual machine, so it is not read per request: a connection's wakeup already has
+//! the time its input was read, and the answers of a batch are timed together with
+//! one clock reading when the batch ends (they leave in one write right after). A
+//! handler that has to wait ends the batch so far before it waits, and after it the
+//! batch goes on from the same read time, so a waiting handler and everything queued
+//! behind it are timed to when their answers were ready. The pending counts live in
+//! a thread-local [`Batch`]: a batch never spans an await that could let another
+//! task run on the thread (the only one, a waiting handler, suspends it first).
+//!
+//! Labels are bounded: the routes the service names ([`Service::route_name`]), at
+//! most [`MAX_NAMED_ROUTES`], and `other` for the rest.
+//!
+//! [`Service::route_name`]: crate::Service::route_name
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Upper bounds of the histogram's buckets, in seconds (then `+Inf`).
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// Routes with a label of their own; the rest share `other`.
+pub const MAX_NAMED_ROUTES: usize = 64;
+
+/// Answers timed in one batch before it is ended early (distinct routes).
+const PENDING_ROUTES: usize = 8;
+
+/// One histogram, written by every thread (relaxed atomics: a scrape may see one
+/// observation's bucket before its sum, which Prometheus tolerates).
+#[derive(Debug, Default)]
+pub(crate) struct AtomicHistogram {
+    /// Per bucket (not cumulative), the last one `+Inf`.
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    sum_nanos: AtomicU64,
+    count: AtomicU64,
+}
+
+/// A histogram as read at one moment: cumulative buckets, as Prometheus wants them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistogramSnapshot {
+    /// `(upper bound in seconds, observations at or below it)`, without `+Inf`.
+    pub buckets: Vec<(f64, u64)>,
+    /// The sum of the observations, in seconds.
+    pub sum: f64,
+    /// Observations.
+    pub count: u64,
+}
+
+impl AtomicHistogram {
+    fn observe(&self, nanos: u64, n: u64) {
+        let seconds = nanos as f64 / 1e9;
+        let bucket = LATENCY_BUCKETS
+            .iter()
+            .position(|&bound| seconds <= bound)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.buckets[bucket].fetch_add(n, Relaxed);
+        self.sum_nanos.fetch_add(nanos.saturating_mul(n), Relaxed);
+        self.count.fetch_add(n, Relaxed);
+    }
+
+    pub(crate) fn read(&self) -> HistogramSnapshot {
+        let mut cumulative = 0;
+        let buckets = LATENCY_BUCKETS
+            .iter()
+            .zip(&self.buckets)
+            .map(|(&bound, count)| {
+                cumulative += count.load(Relaxed);
+                (bound, cumulative)
+            })
+            .collect();
+        HistogramSnapshot {
+            buckets,
+            sum: self.sum_nanos.load(Relaxed) as f64 / 1e9,
+            count: self.count.load(Relaxed),
+        }
+    }
+}
+
+/// Every route's histogram for one server.
+#[derive(Debug)]
+pub(crate) struct HandlerLatency {
+    enabled: bool,
+    /// Named routes, sorted; route `routes[i]` is counted in `histograms[i]`.
+    routes: Vec<u16>,
+    /// One label per histogram: the route names, then `other`.
+    labels: Vec<&'static str>,
+    histograms: Vec<AtomicHistogram>,
+}
+
+impl HandlerLatency {
+    /// Histograms for the routes `name` names (the first [`MAX_NAMED_ROUTES`]).
+    pub(crate) fn new(enabled: bool, name: impl Fn(u16) -> Option<&'static str>) -> Self {
+        let named: Vec<(u16, &'static str)> = (0..gatehouse_protocol::RESERVED_ROUTES_START)
+            .filter_map(|route| name(route).map(|label| (route, label)))
+            .take(MAX_NAMED_ROUTES)
+            .collect();
+        let routes = named.iter().map(|&(route, _)| route).collect();
+        let mut labels: Vec<&'static str> = named.iter().map(|&(_, label)| label).collect();
+        labels.push("other");
+        let histograms = labels.iter().map(|_| AtomicHistogram::default()).collect();
+        HandlerLatency {
+            enabled,
+            routes,
+            labels,
+            histograms,
+        }
+    }
+
+    fn slot(&self, route: u16) -> usize {
+        self.routes
+            .binary_search(&route)
+            .unwrap_or(self.routes.len())
+    }
+
+    /// Every route's label and histogram.
+    pub(crate) fn read(&self) -> Vec<(&'static str, HistogramSnapshot)> {
+        self.labels
+            .iter()
+            .zip(&self.histograms)
+            .map(|(&label, histogram)| (label, histogram.read()))
+            .collect()
+    }
+}
+
+/// The answers of the current batch on this thread, not yet timed.
+struct Batch {
+    latency: Option<Arc<HandlerLatency>>,
+    /// When the batch's input was read; `None` outside a batch (or metrics off).
+    start: Option<Instant>,
+    pending: [(u16, u32); PENDING_ROUTES],
+    len: usize,
+}
+
+thread_local! {
+    static BATCH: RefCell<Batch> = const {
+        RefCell::new(Batch { latency: None, start: None, pending: [(0, 0); PENDING_ROUTES], len: 0 })
+    };
+}
+
+/// A batch set aside while its handler waits (see the module docs).
+pub(crate) struct Suspended {
+    latency: Arc<HandlerLatency>,
+    start: Instant,
+}
+
+impl Batch {
+    fn flush(&mut self) {
+        let (Some(latency), Some(start)) = (&self.latency, self.start) else {
+            return;
+        };
+        if self.len == 0 {
+            return;
+        }
+        let nanos =
+            u64::try_from(clock().saturating_duration_since(start).as_nanos()).unwrap_or(u64::MAX);
+        for &(slot, count) in &self.pending[..self.len] {
+            latency.histograms[usize::from(slot)].observe(nanos, u64::from(count));
+        }
+        self.len = 0;
+    }
+}
+
+/// The time, as the connection tasks read it (tokio's clock, for paused-time tests).
+fn clock() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// Starts timing the answers to input read at `read_at`.
+#[inline]
+pub(crate) fn begin(latency: &Arc<HandlerLatency>, read_at: Instant) {
+    if !latency.enabled {
+        return;
+    }
+    BATCH.with_borrow_mut(|batch| {
+        if !batch
+            .latency
+            .as_ref()
+            .is_some_and(|current| Arc::ptr_eq(current, latency))
+        {
+            batch.latency = Some(latency.clone());
+        }
+        batch.start = Some(read_at);
+        batch.len = 0;
+    });
+}
+
+/// An answer on `route` was queued in the current batch.
+#[inline]
+pub(crate) fn answered(route: u16) {
+    BATCH.with_borrow_mut(|batch| {
+        let Some(latency) = batch.start.and(batch.latency.as_ref()) else {
+            return;
+        };
+        let slot = u16::try_from(latency.slot(route)).unwrap_or(u16::MAX);
+        let len = batch.len;
+        if let Some(entry) = batch.pending[..len].iter_mut().find(|(s, _)| *s == slot) {
+            entry.1 += 1;
+            return;
+        }
+        if len == PENDING_ROUTES {
+            batch.flush();
+        }
+        batch.pending[batch.len] = (slot, 1);
+        batch.len += 1;
+    });
+}
+
+/// Times the batch's answers now and ends it.
+#[inline]
+pub(crate) fn end() {
+    BATCH.with_borrow_mut(|batch| {
+        batch.flush();
+        batch.start = None;
+    });
+}
+
+/// Times the batch's answers so far and sets it aside: a handler is about to wait.
+pub(crate) fn suspend() -> Option<Suspended> {
+    BATCH.with_borrow_mut(|batch| {
+        batch.flush();
+        let start = batch.start.take()?;
+        Some(Suspended {
+            latency: batch.latency.clone()?,
+            start,
+        })
+    })
+}
+
+/// Goes on with a batch set aside by [`suspend`] (perhaps on another thread).
+pub(crate) fn resume(suspended: Option<Suspended>) {
+    if let Some(Suspended { latency, start }) = suspended {
+        begin(&latency, start);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn named(route: u16) -> Option<&'static str> {
+        match route {
+            1 => Some("echo"),
+            7 => Some("login"),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn observations_land_in_cumulative_buckets_with_their_sum() {
+        let histogram = AtomicHistogram::default();
+        histogram.observe(50_000, 2); // 50 µs
+        histogram.observe(3_000_000, 1); // 3 ms
+        histogram.observe(60_000_000_000, 1); // a minute: +Inf only
+        let read = histogram.read();
+        assert_eq!(read.count, 4);
+        assert_eq!(read.buckets[0], (0.000_1, 2));
+        assert_eq!(read.buckets[5], (0.005, 3));
+        assert_eq!(read.buckets.last(), Some(&(5.0, 3)));
+        assert!((read.sum - (0.000_1 + 0.003 + 60.0)).abs() < 1e-9);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_times_each_answer_from_the_read_to_the_end_of_its_batch() {
+        let latency = Arc::new(HandlerLatency::new(true, named));
+        let read_at = clock();
+        begin(&latency, read_at);
+        answered(1);
+        answered(1);
+        answered(9); // unnamed: other
+        tokio::time::advance(Duration::from_millis(2)).await;
+        end();
+        answered(1); // outside a batch: not timed
+        let read = latency.read();
+        let labels: Vec<_> = read.iter().map(|(label, _)| *label).collect();
+        assert_eq!(labels, ["echo", "login", "other"]);
+        assert_eq!(read[0].1.count, 2);
+        assert!((read[0].1.sum - 0.004).abs() < 1e-9, "{}", read[0].1.sum);
+        assert_eq!(read[1].1.count, 0);
+        assert_eq!(read[2].1.count, 1);
+        assert_eq!(read[0].1.buckets[4], (0.002_5, 2), "2 ms is under 2.5 ms");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_handler_is_timed_from_its_read_and_its_batch_goes_on() {
+        let latency = Arc::new(HandlerLatency::new(true, named));
+        begin(&latency, clock());
+        answered(1);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let suspended = suspend(); // the echo is timed at 1 ms
+        answered(7); // another task's batch would be empty here: nothing counted
+        tokio::time::advance(Duration::from_millis(9)).await;
+        resume(suspended);
+        answered(7); // the waiting login: 10 ms from the read
+        end();
+        let read = latency.read();
+        assert!((read[0].1.sum - 0.001).abs() < 1e-9);
+        assert_eq!(read[1].1.count, 1);
+        assert!((read[1].1.sum - 0.010).abs() < 1e-9);
+    }
+
+    #[test]
+    fn switched_off_nothing_is_timed() {
+        let latency = Arc::new(HandlerLatency::new(false, named));
+        begin(&latency, clock());
+        answered(1);
+        end();
+        assert!(latency.read().iter().all(|(_, h)| h.count == 0));
+    }
+}

@@ -1,0 +1,461 @@
+//! The admin listener, driven over real sockets: the metrics move as a scripted
+//! session says they must (connections, requests, a kick, a refusal, a hub crash),
+//! the API refuses without its token and works with it, a drain turns `/readyz` false
+//! before it kicks everyone `shutdown`, and switched-off metrics count nothing.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use gatehouse::admin::AdminConfig;
+use gatehouse::bench_service::BenchService;
+use gatehouse::protocol::routes::bench as routes;
+use gatehouse::protocol::{Message, ROUTE_ANNOUNCEMENT, ROUTE_FAULT_CRASH_HUB};
+use gatehouse::{Config, KickReason, Server, ServerError, Status};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use support::{test_config, Client};
+
+const TOKEN: &str = "test-token-0123456789";
+
+/// A bench server with its admin listener.
+struct Admin {
+    game: SocketAddr,
+    admin: SocketAddr,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), ServerError>>,
+}
+
+impl Admin {
+    /// Shuts the server down; it must stop cleanly.
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+async fn start(config: Config, token: Option<&str>) -> Admin {
+    let game = gatehouse::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (game_addr, admin_addr) = (game.local_addr().unwrap(), admin.local_addr().unwrap());
+    let admin_config = AdminConfig {
+        token: token.map(str::to_owned),
+    };
+    let server = Server::new(config, BenchService)
+        .unwrap()
+        .with_admin(admin, admin_config)
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(server.run(game, shutdown.clone().cancelled_owned()));
+    Admin {
+        game: game_addr,
+        admin: admin_addr,
+        shutdown,
+        task,
+    }
+}
+
+/// One HTTP/1.1 exchange over a fresh connection: the status and the body.
+async fn http(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String) {
+    let mut stream = TcpStream::connect(admin).await.unwrap();
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n");
+    if let Some(token) = token {
+        request.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    let body = body.unwrap_or("");
+    if !body.is_empty() {
+        request.push_str("Content-Type: application/json\r\n");
+    }
+    request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        stream.read_to_string(&mut response),
+    )
+    .await
+    .expect("the admin listener answers")
+    .unwrap();
+    let status = response[9..12].parse().unwrap();
+    let (_, body) = response.split_once("\r\n\r\n").unwrap();
+    (status, body.to_owned())
+}
+
+async fn json(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, Value) {
+    let (status, text) = http(admin, method, path, token, body).await;
+    let value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}: {text}"));
+    (status, value)
+}
+
+/// The value of one sample (`name{labels}`, exactly as exposed) in the metrics text.
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+        .parse()
+        .unwrap()
+}
+
+async fn metrics(admin: SocketAddr, token: Option<&str>) -> String {
+    let (status, text) = http(admin, "GET", "/metrics", token, None).await;
+    assert_eq!(status, 200, "{text}");
+    text
+}
+
+/// An echo request with a 5-byte payload: 16 bytes on the wire each way.
+const ECHO_WIRE: f64 = 16.0;
+
+#[tokio::test]
+async fn metrics_move_as_a_scripted_session_of_requests_a_kick_a_refusal_and_a_hub_crash_says() {
+    let mut config = test_config();
+    config.server.max_connections_per_ip = 3;
+    let server = start(config, Some(TOKEN)).await;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let mut client = Client::connect(server.game).await;
+        for _ in 0..5 {
+            assert_eq!(client.request(routes::ECHO, "hello").await.1, "hello");
+        }
+        clients.push(client);
+    }
+    // A fourth from the same address is refused.
+    let mut refused = Client::connect(server.game).await;
+    assert_eq!(refused.expect_kick().await, KickReason::TOO_MANY_FROM_IP);
+
+    let text = metrics(server.admin, Some(TOKEN)).await;
+    assert_eq!(
+        sample(&text, "gatehouse_connections_open{transport=\"tcp\"}"),
+        3.0
+    );
+    assert_eq!(
+        sample(&text, "gatehouse_frames_received_total{transport=\"tcp\"}"),
+        15.0
+    );
+    assert_eq!(
+        sample(&text, "gatehouse_received_bytes_total{transport=\"tcp\"}"),
+        15.0 * ECHO_WIRE
+    );
+    assert_eq!(
+        sample(&text, "gatehouse_frames_sent_total{transport=\"tcp\"}"),
+        15.0
+    );
+    assert_eq!(
+        sample(&text, "gatehouse_sent_bytes_total{transport=\"tcp\"}"),
+        15.0 * ECHO_WIRE
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "gatehouse_handler_duration_seconds_count{route=\"echo\"}"
+        ),
+        15.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "gatehouse_handler_duration_seconds_bucket{le=\"+Inf\",route=\"echo\"}"
+        ),
+        15.0
+    );
+
+    // A kick through the API, of the first connection listed.
+    let (status, page) = json(server.admin, "GET", "/api/connections", Some(TOKEN), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(page["total"], 3);
+    let first = &page["connections"][0];
+    assert_eq!(first["transport"], "tcp");
+    assert_eq!(first["frames_in"], 5);
+    assert_eq!(first["bytes_out"], 5 * 16);
+    let id = first["id"].as_u64().unwrap();
+    let kick = format!("/api/connections/{id}/kick");
+    let (status, body) = json(
+        server.admin,
+        "POST",
+        &kick,
+        Some(TOKEN),
+        Some(r#"{"reason":"kicked","text":"bye"}"#),
+    )
+    .await;
+    assert_eq!((status, &body["reason"]), (202, &Value::from("kicked")));
+    let mut kicked = clients.remove(0);
+    assert_eq!(kicked.expect_kick().await, KickReason::KICKED);
+
+    // A hub crash: everyone left is kicked server_restart.
+    let (status, _) = clients[0].request(ROUTE_FAULT_CRASH_HUB, "").await;
+    assert_eq!(status, Status::OK);
+    for client in &mut clients {
+        assert_eq!(client.expect_kick().await, KickReason::SERVER_RESTART);
+    }
+    let admin = server.admin;
+    let mut last = String::new();
+    for _ in 0..100 {
+        last = metrics(admin, Some(TOKEN)).await;
+        if sample(
+            &last,
+            "gatehouse_disconnects_total{reason=\"server_restart\"}",
+        ) == 2.0
+            && sample(&last, "gatehouse_ready") == 1.0
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let text = last;
+    assert_eq!(
+        sample(
+            &text,
+            "gatehouse_connections_accepted_total{transport=\"tcp\"}"
+        ),
+        3.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "gatehouse_connections_refused_total{reason=\"too_many_from_ip\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(&text, "gatehouse_disconnects_total{reason=\"kicked\"}"),
+        1.0
+    );
+    assert_eq!(
+        sample(&text, "gatehouse_kicks_total{reason=\"kicked\"}"),
+        1.0
+    );
+    assert_eq!(
+        sample(&text, "gatehouse_kicks_total{reason=\"server_restart\"}"),
+        2.0
+    );
+    assert_eq!(sample(&text, "gatehouse_hub_restarts_total"), 1.0);
+    assert_eq!(sample(&text, "gatehouse_hub_up"), 1.0);
+    assert_eq!(
+        sample(&text, "gatehouse_connections_open{transport=\"tcp\"}"),
+        0.0
+    );
+    // The crash request is one more frame in, and its answer one more out (the
+    // framework's route, timed as `other`); the ended connections' counts are kept.
+    assert_eq!(
+        sample(&text, "gatehouse_frames_received_total{transport=\"tcp\"}"),
+        16.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "gatehouse_handler_duration_seconds_count{route=\"other\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(&text, "gatehouse_frames_sent_total{transport=\"tcp\"}"),
+        15.0 + 1.0 + 3.0,
+        "answers, the crash's answer, three kicks"
+    );
+    let (status, ready) = json(admin, "GET", "/readyz", None, None).await;
+    assert_eq!((status, &ready["ready"]), (200, &Value::Bool(true)));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_api_refuses_without_its_token_and_works_with_it() {
+    let server = start(test_config(), Some(TOKEN)).await;
+    let admin = server.admin;
+    for path in ["/metrics", "/api/stats", "/api/connections", "/api/events"] {
+        let (status, body) = json(admin, "GET", path, None, None).await;
+        assert_eq!(status, 401, "{path}");
+        assert!(body["error"].as_str().unwrap().contains("bearer"), "{body}");
+        let (status, _) = json(admin, "GET", path, Some("test-token-0123456780"), None).await;
+        assert_eq!(status, 401, "{path} with a wrong token");
+    }
+    for path in ["/api/drain", "/api/broadcast", "/api/connections/1/kick"] {
+        let (status, _) = json(admin, "POST", path, None, Some("{}")).await;
+        assert_eq!(status, 401, "{path}");
+    }
+    // Health and readiness need no token; the page's HTML neither.
+    assert_eq!(json(admin, "GET", "/healthz", None, None).await.0, 200);
+    assert_eq!(json(admin, "GET", "/readyz", None, None).await.0, 200);
+    assert_eq!(http(admin, "GET", "/", None, None).await.0, 200);
+
+    let mut client = Client::connect(server.game).await;
+    assert_eq!(client.request(routes::ECHO, "hi").await.1, "hi");
+    let (status, stats) = json(admin, "GET", "/api/stats", Some(TOKEN), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(stats["connections"]["open"], 1);
+    assert_eq!(stats["traffic"]["tcp"]["frames_in"], 1);
+
+    // An announcement reaches the client as a push on the framework's route.
+    let (status, body) = json(
+        admin,
+        "POST",
+        "/api/broadcast",
+        Some(TOKEN),
+        Some(r#"{"text":"restart at noon"}"#),
+    )
+    .await;
+    assert_eq!((status, &body["recipients"]), (202, &Value::from(1)));
+    assert_eq!(
+        client.recv().await,
+        Some(Message::Push {
+            route: ROUTE_ANNOUNCEMENT,
+            payload: "restart at noon".into()
+        })
+    );
+
+    // Bad requests get clear 4xx JSON errors.
+    for (method, path, body, expected) in [
+        ("POST", "/api/broadcast", "{\"text\":", 400),
+        ("POST", "/api/broadcast", "{\"text\":\"\"}", 400),
+        ("POST", "/api/broadcast", "{\"txt\":\"x\"}", 400),
+        (
+            "POST",
+            "/api/connections/1/kick",
+            "{\"reason\":\"nope\"}",
+            400,
+        ),
+        ("POST", "/api/connections/x/kick", "{}", 400),
+        ("POST", "/api/connections/999999/kick", "{}", 404),
+        ("GET", "/api/connections?limit=0", "", 400),
+        ("GET", "/api/connections?limit=abc", "", 400),
+        ("GET", "/api/nothing", "", 404),
+        ("DELETE", "/metrics", "", 405),
+    ] {
+        let body = (!body.is_empty()).then_some(body);
+        let (status, answer) = json(admin, method, path, Some(TOKEN), body).await;
+        assert_eq!(status, expected, "{method} {path}: {answer}");
+        assert!(answer["error"].is_string(), "{method} {path}: {answer}");
+    }
+    // The event stream: the metrics text, as an SSE event.
+    let mut stream = TcpStream::connect(admin).await.unwrap();
+    let request =
+        format!("GET /api/events HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {TOKEN}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let found = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let n = stream.read(&mut buffer).await.unwrap();
+            assert!(n > 0, "the stream ended");
+            seen.extend_from_slice(&buffer[..n]);
+            let text = String::from_utf8_lossy(&seen);
+            if text.contains("data: gatehouse_connections_open{transport=\"tcp\"} 1") {
+                return text.contains("event: metrics");
+            }
+        }
+    })
+    .await;
+    assert_eq!(found, Ok(true));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn without_a_token_reads_are_open_and_mutating_endpoints_are_off() {
+    let server = start(test_config(), None).await;
+    let admin = server.admin;
+    assert_eq!(http(admin, "GET", "/metrics", None, None).await.0, 200);
+    assert_eq!(json(admin, "GET", "/api/stats", None, None).await.0, 200);
+    for path in ["/api/drain", "/api/connections/1/kick"] {
+        let (status, body) = json(admin, "POST", path, None, None).await;
+        assert_eq!(status, 403, "{path}");
+        assert!(body["error"].as_str().unwrap().contains("admin.token"));
+    }
+    let (status, _) = json(
+        admin,
+        "POST",
+        "/api/broadcast",
+        None,
+        Some(r#"{"text":"x"}"#),
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert_eq!(
+        json(admin, "GET", "/readyz", None, None).await.0,
+        200,
+        "no drain began"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_drain_through_the_api_turns_readyz_false_first_then_kicks_everyone_shutdown() {
+    let mut config = test_config();
+    // A client that never reads keeps the drain going for the linger.
+    config.limits.close_linger = Duration::from_secs(2);
+    let server = start(config, Some(TOKEN)).await;
+    let admin = server.admin;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let mut client = Client::connect(server.game).await;
+        assert_eq!(client.request(routes::ECHO, "x").await.1, "x");
+        clients.push(client);
+    }
+    let (status, body) = json(admin, "POST", "/api/drain", Some(TOKEN), None).await;
+    assert_eq!((status, &body["draining"]), (202, &Value::Bool(true)));
+    let (status, ready) = json(admin, "GET", "/readyz", None, None).await;
+    assert_eq!(status, 503);
+    assert_eq!(ready["reason"], "draining");
+    assert_eq!(
+        sample(&metrics(admin, Some(TOKEN)).await, "gatehouse_draining"),
+        1.0
+    );
+    for client in &mut clients {
+        assert_eq!(client.expect_kick().await, KickReason::SHUTDOWN);
+    }
+    drop(clients);
+    // New connections are no longer taken, and the server stops by itself.
+    let stopped = tokio::time::timeout(Duration::from_secs(10), server.task).await;
+    assert!(matches!(stopped, Ok(Ok(Ok(())))), "{stopped:?}");
+    assert!(
+        TcpStream::connect(admin).await.is_err(),
+        "the admin listener stopped with it"
+    );
+}
+
+#[tokio::test]
+async fn switched_off_metrics_count_no_traffic_and_time_no_handler() {
+    let mut config = test_config();
+    config.metrics.enabled = false;
+    let server = start(config, None).await;
+    let mut client = Client::connect(server.game).await;
+    for _ in 0..10 {
+        client.request(routes::ECHO, "hello").await;
+    }
+    let text = metrics(server.admin, None).await;
+    assert_eq!(
+        sample(&text, "gatehouse_connections_open{transport=\"tcp\"}"),
+        1.0
+    );
+    assert_eq!(
+        sample(&text, "gatehouse_frames_received_total{transport=\"tcp\"}"),
+        0.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "gatehouse_handler_duration_seconds_count{route=\"echo\"}"
+        ),
+        0.0
+    );
+    server.stop().await;
+}
