@@ -19,16 +19,11 @@
  * `npm ci` in clients/web.
  */
 
-import { mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { chromium } from 'playwright-core';
+import { join } from 'node:path';
+import { env, harness } from './harness.mjs';
 
-const BUDGET_MS = 50_000; // for the waits; the rest of the 60 s goes to a failure's screenshot
-const HARD_LIMIT_MS = 54_000; // then at most 5 s for the screenshot
-const started = Date.now();
 const suffix = Math.random().toString(36).slice(2, 8);
-const env = (name, fallback) => process.env[name] || fallback;
 const config = {
   url: env('GATEHOUSE_URL', 'http://127.0.0.1:7080/'),
   room: env('ROOM', `e2e-${suffix}`),
@@ -40,23 +35,12 @@ const config = {
   screenshot: env('SCREENSHOT', join(tmpdir(), 'arena-e2e.png')),
   chromium: env('CHROMIUM_PATH', '/usr/bin/chromium'),
 };
-
-/** What is left of the budget, for each wait. */
-const left = () => Math.max(1, BUDGET_MS - (Date.now() - started));
-const checked = [];
-let step = 'starting';
-let browser = null;
-let pageA = null;
-const pageErrors = [];
-
-function report(result) {
-  console.log(JSON.stringify({ ...result, elapsed_ms: Date.now() - started }));
-}
-
-async function screenshot() {
-  mkdirSync(dirname(config.screenshot), { recursive: true });
-  await pageA.screenshot({ path: config.screenshot, fullPage: true, timeout: 5000 });
-}
+const e2e = harness({
+  budgetMs: 50_000, // for the waits; the rest of the 60 s goes to a failure's screenshot
+  hardLimitMs: 54_000, // then at most 5 s for the screenshot
+  screenshot: config.screenshot,
+});
+const { left, step, checked } = e2e;
 
 // ---- what the page shows (the DOM contract of README.md)
 
@@ -97,39 +81,29 @@ function positionOn(page, name) {
 }
 
 async function main() {
-  step = 'launching Chromium';
-  browser = await chromium.launch({
-    executablePath: config.chromium,
-    args: ['--no-sandbox', '--headless=new'],
-    timeout: left(),
-  });
-  const newPage = async () => {
-    const context = await browser.newContext({ viewport: { width: 1200, height: 820 } });
-    const page = await context.newPage();
-    page.on('pageerror', (error) => pageErrors.push(error.message));
-    return page;
-  };
-  pageA = await newPage();
-  const pageB = await newPage();
+  await e2e.launch(config.chromium);
+  const viewport = { width: 1200, height: 820 };
+  const pageA = await e2e.newPage({ viewport }); // the one a failure screenshots
+  const pageB = await e2e.newPage({ viewport });
 
-  step = `logging in as ${config.a} and ${config.b}`;
+  step(`logging in as ${config.a} and ${config.b}`);
   await Promise.all([logIn(pageA, config.a), logIn(pageB, config.b)]);
   checked.push('both logged in');
 
-  step = `joining ${config.room}`;
+  step(`joining ${config.room}`);
   await Promise.all([joinRoom(pageA, config.room), joinRoom(pageB, config.room)]);
   await Promise.all([seesPlayer(pageA, config.b), seesPlayer(pageB, config.a)]);
   checked.push('both in the room, each sees the other');
 
   // A's hello comes first: the TCP player answers it.
-  step = `${config.a} says hello; ${config.b} must see it`;
+  step(`${config.a} says hello; ${config.b} must see it`);
   const hello = `hello from ${config.a}`;
   await pageA.fill('#say-text', hello, { timeout: left() });
   await pageA.click('#say', { timeout: left() });
   await seesChat(pageB, hello);
   checked.push('chat A -> B');
 
-  step = `${config.b} clicks on the canvas; ${config.a} must see the move`;
+  step(`${config.b} clicks on the canvas; ${config.a} must see the move`);
   const before = await positionOn(pageA, config.b);
   const near = (p, q) => Math.abs(p.x - q.x) + Math.abs(p.y - q.y) < 400;
   const target = near(before, { x: 500, y: 500 }) ? { x: -500, y: -500 } : { x: 500, y: 500 };
@@ -146,20 +120,20 @@ async function main() {
   checked.push('B walked, A saw it');
 
   if (config.tcpPlayer) {
-    step = `both must see ${config.tcpPlayer} (over TCP) in the room`;
+    step(`both must see ${config.tcpPlayer} (over TCP) in the room`);
     await Promise.all([seesPlayer(pageA, config.tcpPlayer), seesPlayer(pageB, config.tcpPlayer)]);
     checked.push('TCP player in the room');
   }
   if (config.tcpSays) {
-    step = `both must see "${config.tcpSays}" in the chat`;
+    step(`both must see "${config.tcpSays}" in the chat`);
     await Promise.all([seesChat(pageA, config.tcpSays), seesChat(pageB, config.tcpSays)]);
     checked.push('chat TCP -> both');
   }
-  if (pageErrors.length) throw new Error(`errors in the page: ${pageErrors.join('; ')}`);
+  e2e.noPageErrors();
 
-  step = 'screenshot';
-  await screenshot();
-  report({
+  step('screenshot');
+  await e2e.screenshot(pageA, config.screenshot);
+  e2e.report({
     ok: true,
     url: config.url,
     room: config.room,
@@ -171,36 +145,4 @@ async function main() {
   });
 }
 
-async function fail(error) {
-  let saved = null;
-  if (pageA) {
-    try {
-      await screenshot();
-      saved = config.screenshot;
-    } catch {
-      // no screenshot: the browser is gone
-    }
-  }
-  report({
-    ok: false, step, error: String(error?.message ?? error).split('\n')[0], checked, page_errors: pageErrors,
-    screenshot: saved,
-  });
-}
-
-// The waits share the budget; this guard also covers a hang outside them.
-const guard = setTimeout(async () => {
-  await fail(new Error(`timed out after ${HARD_LIMIT_MS / 1000} s`));
-  process.exit(1);
-}, HARD_LIMIT_MS);
-
-let code = 0;
-try {
-  await main();
-} catch (error) {
-  await fail(error);
-  code = 1;
-} finally {
-  clearTimeout(guard);
-  await browser?.close().catch(() => {});
-}
-process.exit(code);
+await e2e.run(main);

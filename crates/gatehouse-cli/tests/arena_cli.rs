@@ -179,21 +179,21 @@ fn the_server_runs_arena_on_its_embedded_defaults_with_a_fresh_data_directory() 
     let stdout = BufReader::new(child.0.stdout.take().unwrap());
     let (tx, first_lines) = channel();
     std::thread::spawn(move || {
-        let _ = tx.send(stdout.lines().take(2).collect::<Result<Vec<_>, _>>());
+        let _ = tx.send(stdout.lines().take(3).collect::<Result<Vec<_>, _>>());
     });
     let lines = first_lines
         .recv_timeout(process::START_PATIENCE)
         .expect("the server prints its first lines in time")
         .unwrap();
-    assert_eq!(lines.len(), 2, "{lines:?}");
-    assert!(
-        lines[0].starts_with("listening on tcp://127.0.0.1:"),
-        "{lines:?}"
-    );
-    assert!(
-        lines[1].starts_with("listening on ws://127.0.0.1:"),
-        "{lines:?}"
-    );
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    // The admin listener is up first, then the game's listeners.
+    for (line, prefix) in lines.iter().zip([
+        "admin listening on http://127.0.0.1:",
+        "listening on tcp://127.0.0.1:",
+        "listening on ws://127.0.0.1:",
+    ]) {
+        assert!(line.starts_with(prefix), "{lines:?}");
+    }
     assert!(dir.join("data").join("gatehouse.db").exists());
     drop(child);
 }

@@ -12,13 +12,14 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod chromium;
 mod process;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use arena::{pb, routes};
+use chromium::{assert_screenshot, chromium_or_skip, e2e_script, fresh_screenshots};
 use gatehouse_client::{Client, ClientConfig, Pushes};
 use process::{arena_config, scratch, ServerProcess};
 use prost::Message as _;
@@ -27,28 +28,6 @@ const ROOM: &str = "e2e-room";
 const TCP_PLAYER: &str = "carol-tcp";
 const TCP_SAYS: &str = "hello browsers, from tcp";
 const PLAYER_B: &str = "bob-web";
-
-/// What the browser test needs, or why it cannot run here.
-fn browser_tools(root: &Path) -> Result<PathBuf, String> {
-    let chromium = PathBuf::from(
-        std::env::var("CHROMIUM_PATH").unwrap_or_else(|_| "/usr/bin/chromium".into()),
-    );
-    if !chromium.exists() {
-        return Err(format!("no Chromium at {}", chromium.display()));
-    }
-    if Command::new("node").arg("--version").output().is_err() {
-        return Err("no node".into());
-    }
-    if !root
-        .join("clients/web/node_modules/playwright-core")
-        .exists()
-    {
-        return Err(
-            "clients/web/node_modules lacks playwright-core (npm ci --prefix clients/web)".into(),
-        );
-    }
-    Ok(chromium)
-}
 
 /// The TCP player: logs in, joins the room, answers the first browser's hello, and
 /// returns (still connected, so that the browsers keep seeing it) once it has seen
@@ -118,17 +97,8 @@ async fn watch(client: &Client, pushes: &mut Pushes) -> Result<(), String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_browser_players_and_a_tcp_player_see_each_other_in_one_room() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let chromium = match browser_tools(&root) {
-        Ok(chromium) => chromium,
-        Err(missing) => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "the browser test must run in CI: {missing}"
-            );
-            println!("skipping the browser test: {missing}");
-            return;
-        }
+    let Some(chromium) = chromium_or_skip("the browser test") else {
+        return;
     };
     let dir = scratch("browser");
     let config = arena_config(&dir, "");
@@ -136,13 +106,9 @@ async fn two_browser_players_and_a_tcp_player_see_each_other_in_one_room() {
     let page = format!("http://{}/", server.listener("ws"));
     let tcp = tokio::spawn(tcp_player(server.addr));
 
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser-e2e");
-    std::fs::create_dir_all(&out).unwrap();
-    let screenshot = out.join("arena.png");
-    let _ = std::fs::remove_file(&screenshot);
-    let mut browser = Command::new("node");
+    let [screenshot] = fresh_screenshots("browser-e2e", ["arena.png"]);
+    let mut browser = e2e_script("browser_e2e.mjs", &chromium);
     browser
-        .arg(root.join("clients/web/e2e/browser_e2e.mjs"))
         .env("GATEHOUSE_URL", &page)
         .env("ROOM", ROOM)
         .env("PLAYER_A", "alice-web")
@@ -151,7 +117,6 @@ async fn two_browser_players_and_a_tcp_player_see_each_other_in_one_room() {
         .env("TCP_PLAYER", TCP_PLAYER)
         .env("TCP_SAYS", TCP_SAYS)
         .env("SCREENSHOT", &screenshot)
-        .env("CHROMIUM_PATH", &chromium)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let output = tokio::task::spawn_blocking(move || browser.output())
@@ -169,10 +134,7 @@ async fn two_browser_players_and_a_tcp_player_see_each_other_in_one_room() {
         "the browser players failed:\n{stdout}{stderr}\nserver log:\n{}",
         server.log()
     );
-    assert!(
-        screenshot.metadata().is_ok_and(|m| m.len() > 1000),
-        "a screenshot"
-    );
+    assert_screenshot(&screenshot);
 
     let seen = tokio::time::timeout(Duration::from_secs(20), tcp).await;
     match seen {

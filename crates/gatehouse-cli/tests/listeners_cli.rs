@@ -185,7 +185,13 @@ fn the_terminal_client_plays_over_websocket_and_tls() {
     dev_cert(&dir);
     let config = process::arena_config(&dir, "");
     let mut command: Command = gatehouse();
-    command.args(["serve", "--admin-port", "0", "--config", config.to_str().unwrap()]);
+    command.args([
+        "serve",
+        "--admin-port",
+        "0",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
     command.args([
         "--listen",
         "ws://127.0.0.1:0",

@@ -1,0 +1,115 @@
+/**
+ * harness.mjs: what the end-to-end scripts in e2e/ share around their own steps.
+ *
+ * It owns the clock (the budget every wait takes its timeout from, `left()`, and a
+ * hard limit after which a guard gives up even on a hang outside the waits), the
+ * current step and the list of what was checked, headless Chromium (launched, and
+ * closed at the end) and its pages (their uncaught errors collected), screenshots,
+ * and the script's output: JSON lines on stdout (the Rust tests in
+ * crates/gatehouse-cli/tests/ read them), each with `elapsed_ms`. `report()` prints
+ * the script's own; on any failure it prints
+ * {"ok":false,"step","error","checked","page_errors","screenshot"} (the screenshot,
+ * of the first page opened, if it can save one) and exits 1.
+ *
+ * Use: `const e2e = harness({ budgetMs, hardLimitMs, screenshot })` as the script
+ * starts (the clock starts then; `screenshot` is where a failure's goes), the
+ * steps in an async `main`, and `await e2e.run(main)` last: it exits 0 when `main`
+ * returns, 1 when it throws.
+ */
+
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { chromium } from 'playwright-core';
+
+/** The environment variable `name`, or `fallback` when it is unset or empty. */
+export const env = (name, fallback) => process.env[name] || fallback;
+
+export function harness({ budgetMs, hardLimitMs, screenshot: failureShot }) {
+  const started = Date.now();
+  const checked = [];
+  const pageErrors = [];
+  let current = 'starting';
+  let browser = null;
+  let firstPage = null;
+
+  /** What is left of the budget, for each wait. */
+  const left = () => Math.max(1, budgetMs - (Date.now() - started));
+
+  /** Names what the script does now, for a failure's report. */
+  const step = (name) => {
+    current = name;
+  };
+
+  /** Prints `result` as one JSON line. */
+  const report = (result) => {
+    console.log(JSON.stringify({ ...result, elapsed_ms: Date.now() - started }));
+  };
+
+  async function screenshot(page, path) {
+    mkdirSync(dirname(path), { recursive: true });
+    await page.screenshot({ path, fullPage: true, timeout: 5000 });
+  }
+
+  async function launch(executablePath) {
+    step('launching Chromium');
+    browser = await chromium.launch({
+      executablePath,
+      args: ['--no-sandbox', '--headless=new'],
+      timeout: left(),
+    });
+    return browser;
+  }
+
+  /** A page in a new browser context with `contextOptions` (viewport and so on). */
+  async function newPage(contextOptions) {
+    const context = await browser.newContext(contextOptions);
+    const page = await context.newPage();
+    page.on('pageerror', (error) => pageErrors.push(error.message));
+    firstPage ??= page;
+    return page;
+  }
+
+  /** Throws if any page has had an uncaught error. */
+  function noPageErrors() {
+    if (pageErrors.length) throw new Error(`errors in the page: ${pageErrors.join('; ')}`);
+  }
+
+  async function fail(error) {
+    let saved = null;
+    if (firstPage) {
+      try {
+        await screenshot(firstPage, failureShot);
+        saved = failureShot;
+      } catch {
+        // no screenshot: the browser is gone
+      }
+    }
+    report({
+      ok: false, step: current, error: String(error?.message ?? error).split('\n')[0], checked,
+      page_errors: pageErrors, screenshot: saved,
+    });
+  }
+
+  /** Runs `main`, closes the browser and exits: 0 if `main` returned, 1 if not. */
+  async function run(main) {
+    // The waits share the budget; this guard also covers a hang outside them.
+    const guard = setTimeout(async () => {
+      await fail(new Error(`timed out after ${hardLimitMs / 1000} s`));
+      process.exit(1);
+    }, hardLimitMs);
+
+    let code = 0;
+    try {
+      await main();
+    } catch (error) {
+      await fail(error);
+      code = 1;
+    } finally {
+      clearTimeout(guard);
+      await browser?.close().catch(() => {});
+    }
+    process.exit(code);
+  }
+
+  return { left, step, checked, report, screenshot, launch, newPage, noPageErrors, run };
+}
