@@ -55,6 +55,8 @@ pub(crate) struct AdminSection {
     /// The bearer token (16+ printable characters); `GATEHOUSE_ADMIN_TOKEN` overrides
     /// it. Unset: read-only endpoints open, mutating ones off.
     pub(crate) token: Option<String>,
+    /// Host names the API answers to besides IP addresses and `localhost`.
+    pub(crate) allowed_hosts: Vec<String>,
 }
 
 impl Default for AdminSection {
@@ -63,6 +65,7 @@ impl Default for AdminSection {
             enabled: true,
             address: SocketAddr::from(([127, 0, 0, 1], 7070)),
             token: None,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -72,6 +75,7 @@ impl AdminSection {
     pub(crate) fn config(&self) -> AdminConfig {
         AdminConfig {
             token: self.token.clone(),
+            allowed_hosts: self.allowed_hosts.clone(),
         }
     }
 }
@@ -126,18 +130,20 @@ pub(crate) enum Game {
 }
 
 impl FileConfig {
-    /// Parses and validates a TOML document.
+    /// Parses and validates a TOML document (the tests' way in).
+    #[cfg(test)]
     pub(crate) fn from_toml_str(text: &str) -> anyhow::Result<FileConfig> {
         let config: FileConfig = toml::from_str(text)?;
         config.validate()?;
         Ok(config)
     }
 
-    /// Reads, parses and validates a TOML file.
+    /// Reads and parses a TOML file; the caller validates it once the command line
+    /// has had its say (a flag or the environment may mend what the file has).
     pub(crate) fn from_file(path: &Path) -> anyhow::Result<FileConfig> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
-        FileConfig::from_toml_str(&text).with_context(|| format!("in {}", path.display()))
+        toml::from_str(&text).with_context(|| format!("in {}", path.display()))
     }
 
     /// Checks every section with its owner's rules.
@@ -155,16 +161,15 @@ impl FileConfig {
         self.runtime().validate()?;
         self.store.validate()?;
         self.admin.config().validate()?;
-        if self.admin.enabled
-            && self
-                .listeners
-                .iter()
-                .any(|l| l.address == self.admin.address && self.admin.address.port() != 0)
-        {
-            bail!(
-                "admin.address: {} is a game listener's too",
-                self.admin.address
-            );
+        let admin = self.admin.address;
+        let overlaps = |game: SocketAddr| {
+            let same_ip = game.ip() == admin.ip()
+                || game.ip().is_unspecified()
+                || admin.ip().is_unspecified();
+            game.port() == admin.port() && admin.port() != 0 && same_ip
+        };
+        if self.admin.enabled && self.listeners.iter().any(|l| overlaps(l.address)) {
+            bail!("admin.address: {admin} is a game listener's port too");
         }
         if self.game.tick.is_zero() {
             bail!("game.tick: must be above zero");

@@ -22,6 +22,7 @@ use config::{FileConfig, Game};
 use gatehouse::bench_service::BenchService;
 use gatehouse::listener::Pages;
 use gatehouse::metrics::Collector;
+use gatehouse::room::RoomMetrics;
 use gatehouse::{
     Certificates, Listener, ListenerConfig, Server, ServerError, Service, TransportKind,
 };
@@ -213,8 +214,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
     if args.no_metrics {
         config.metrics.enabled = false;
     }
+    // Set and empty means no token (unset keeps the file's).
     if let Ok(token) = std::env::var("GATEHOUSE_ADMIN_TOKEN") {
-        config.admin.token = Some(token);
+        config.admin.token = Some(token).filter(|t| !t.is_empty());
     }
     config.validate()?;
 
@@ -299,7 +301,8 @@ async fn serve_arena(config: &FileConfig) -> anyhow::Result<Exit> {
     let drain_timeout = config.supervisor.drain_timeout;
     let arena = Arena::with_options(writer.clone(), options)?;
     let rooms = arena.rooms().clone();
-    let collectors = vec![writer.collector(), rooms.collector("arena")];
+    let room_metrics = RoomMetrics::new().with("arena", &rooms);
+    let collectors = vec![writer.collector(), room_metrics.collector()];
     let served = run(config, "arena", arena, collectors).await;
     if let Err(unfinished) = rooms.shutdown(drain_timeout).await {
         tracing::error!(unfinished, "rooms still running at the drain timeout");

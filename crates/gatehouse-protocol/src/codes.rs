@@ -109,6 +109,13 @@ impl KickReason {
         })
     }
 
+    /// The framework's reason of that name (`"idle"` → [`KickReason::IDLE`]).
+    pub fn from_name(name: &str) -> Option<KickReason> {
+        (1..=KickReason::ROOM_CLOSED.0)
+            .map(KickReason)
+            .find(|reason| reason.name() == Some(name))
+    }
+
     /// The WebSocket close code sent after this kick: 4000 + the code for the
     /// framework's reasons (below 999), 4999 for a game's own (1000 and up: the
     /// code is in the kick envelope). Codes 4000-4999 are for applications (RFC 6455).
@@ -147,5 +154,21 @@ impl fmt::Display for KickReason {
             Some(name) => f.write_str(name),
             None => write!(f, "kick {}", self.0),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_named_reason_is_found_by_its_name_and_nothing_else_is() {
+        for code in 1..=KickReason::ROOM_CLOSED.0 {
+            let reason = KickReason(code);
+            let name = reason.name().unwrap_or_default();
+            assert_eq!(KickReason::from_name(name), Some(reason), "{name}");
+        }
+        assert_eq!(KickReason::from_name("game"), None);
+        assert_eq!(KickReason::from_name(""), None);
     }
 }

@@ -179,6 +179,10 @@ enum Command<M> {
         limit: usize,
         reply: oneshot::Sender<ConnectionPage>,
     },
+    Connection {
+        id: ConnId,
+        reply: oneshot::Sender<Option<ConnectionInfo>>,
+    },
     /// Fault injection: panic inside the hub.
     Crash {
         by: ConnId,
@@ -478,6 +482,14 @@ impl<M: Send + 'static> HubHandle<M> {
         })
     }
 
+    /// One live connection, if it is.
+    pub fn connection(
+        &self,
+        id: ConnId,
+    ) -> impl Future<Output = Result<Option<ConnectionInfo>, HubError>> + Send + '_ {
+        self.ask(move |reply| Command::Connection { id, reply })
+    }
+
     /// Commands and frame bytes waiting for the hub.
     pub fn queue_depth(&self) -> (usize, usize) {
         let commands = self.tx.max_capacity() - self.tx.capacity();
@@ -654,6 +666,9 @@ impl<M: Send + 'static> Hub<M> {
             } => {
                 let _ = reply.send(self.page(after, limit));
             }
+            Command::Connection { id, reply } => {
+                let _ = reply.send(self.info(id));
+            }
             Command::Crash { by } => {
                 error!(conn = %by, "fault injection: crashing the hub");
                 panic!("fault injection: hub crash requested by connection {by}");
@@ -678,6 +693,8 @@ impl<M: Send + 'static> Hub<M> {
         census
     }
 
+    /// The page after `after`: the `limit` smallest ids above it, found without
+    /// sorting every connection (the hub stays responsive with many).
     fn page(&self, after: Option<ConnId>, limit: usize) -> ConnectionPage {
         let mut ids: Vec<ConnId> = self
             .conns
@@ -685,27 +702,29 @@ impl<M: Send + 'static> Hub<M> {
             .copied()
             .filter(|id| after.is_none_or(|after| *id > after))
             .collect();
-        ids.sort_unstable();
+        if limit > 0 && ids.len() > limit {
+            ids.select_nth_unstable(limit - 1);
+        }
         ids.truncate(limit);
-        let connections = ids
-            .into_iter()
-            .filter_map(|id| {
-                let budget = self.conns.get(&id)?.mailbox.budget();
-                Some(ConnectionInfo {
-                    id,
-                    peer: budget.meter.peer,
-                    transport: budget.meter.transport,
-                    since: SystemTime::UNIX_EPOCH + budget.meter.since,
-                    traffic: budget.meter.read(),
-                    queued_bytes: budget.unsent() as u64,
-                    player: self.player_of.get(&id).map(|p| p.to_string()),
-                })
-            })
-            .collect();
+        ids.sort_unstable();
+        let connections = ids.into_iter().filter_map(|id| self.info(id)).collect();
         ConnectionPage {
             connections,
             total: self.conns.len(),
         }
+    }
+
+    fn info(&self, id: ConnId) -> Option<ConnectionInfo> {
+        let budget = self.conns.get(&id)?.mailbox.budget();
+        Some(ConnectionInfo {
+            id,
+            peer: budget.meter.peer,
+            transport: budget.meter.transport,
+            since: SystemTime::UNIX_EPOCH + budget.meter.since,
+            traffic: budget.meter.read(),
+            queued_bytes: budget.unsent() as u64,
+            player: self.player_of.get(&id).map(|p| p.to_string()),
+        })
     }
 
     /// Forgets `player`'s name if it is still `id`'s (not taken over by a later login).

@@ -80,6 +80,14 @@ pub fn disconnect_label(reason: &DisconnectReason) -> usize {
     }
 }
 
+/// Where `refusal` is counted in [`REFUSAL_REASONS`].
+fn refusal_label(refusal: Refusal) -> usize {
+    match refusal {
+        Refusal::ServerFull => 0,
+        Refusal::TooManyFromIp => 1,
+    }
+}
+
 /// Where `kick` is counted in [`KICK_REASONS`].
 pub fn kick_label(kick: KickReason) -> usize {
     let code = usize::from(kick.0);
@@ -186,20 +194,14 @@ impl Stats {
         StatsSnapshot {
             accepted: accepted_by_transport.iter().sum(),
             accepted_by_transport,
-            refused_server_full: refusals[0],
-            refused_per_ip: refusals[1],
+            refused_server_full: refusals[refusal_label(Refusal::ServerFull)],
+            refused_per_ip: refusals[refusal_label(Refusal::TooManyFromIp)],
             refusals,
             closed: disconnects.iter().sum(),
             disconnects,
             kicks: read(&self.kicks),
             closed_traffic: std::array::from_fn(|t| {
-                let [frames_in, bytes_in, frames_out, bytes_out] = read(&self.closed_traffic[t]);
-                TrafficCounts {
-                    frames_in,
-                    bytes_in,
-                    frames_out,
-                    bytes_out,
-                }
+                TrafficCounts::from_array(read(&self.closed_traffic[t]))
             }),
             disconnect_hooks: self.disconnect_hooks.load(Relaxed),
             hub_restarts: self.hub_restarts.load(Relaxed),
@@ -227,11 +229,7 @@ impl Stats {
     }
 
     pub(crate) fn count_refusal(&self, refusal: Refusal) {
-        let index = match refusal {
-            Refusal::ServerFull => 0,
-            Refusal::TooManyFromIp => 1,
-        };
-        self.refusals[index].fetch_add(1, Relaxed);
+        self.refusals[refusal_label(refusal)].fetch_add(1, Relaxed);
     }
 
     pub(crate) fn count_handshake_failure(&self, transport: TransportKind) {
@@ -273,13 +271,7 @@ impl Stats {
     /// What an ended connection carried, once it sent its last byte.
     pub(crate) fn count_closed_traffic(&self, transport: TransportKind, traffic: TrafficCounts) {
         let counters = &self.closed_traffic[transport.index()];
-        let values = [
-            traffic.frames_in,
-            traffic.bytes_in,
-            traffic.frames_out,
-            traffic.bytes_out,
-        ];
-        for (counter, value) in counters.iter().zip(values) {
+        for (counter, value) in counters.iter().zip(traffic.to_array()) {
             counter.fetch_add(value, Relaxed);
         }
     }

@@ -13,7 +13,9 @@ use std::time::Duration;
 use gatehouse::admin::AdminConfig;
 use gatehouse::bench_service::BenchService;
 use gatehouse::protocol::routes::bench as routes;
-use gatehouse::protocol::{Message, ROUTE_ANNOUNCEMENT, ROUTE_FAULT_CRASH_HUB};
+use gatehouse::protocol::{
+    Message, ROUTE_ANNOUNCEMENT, ROUTE_FAULT_CRASH_HUB, ROUTE_FAULT_PANIC_HANDLER,
+};
 use gatehouse::{Config, KickReason, Server, ServerError, Status};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -49,6 +51,7 @@ async fn start(config: Config, token: Option<&str>) -> Admin {
     let (game_addr, admin_addr) = (game.local_addr().unwrap(), admin.local_addr().unwrap());
     let admin_config = AdminConfig {
         token: token.map(str::to_owned),
+        ..AdminConfig::default()
     };
     let server = Server::new(config, BenchService)
         .unwrap()
@@ -64,7 +67,8 @@ async fn start(config: Config, token: Option<&str>) -> Admin {
     }
 }
 
-/// One HTTP/1.1 exchange over a fresh connection: the status and the body.
+/// One HTTP/1.1 exchange over a fresh connection: the status and the body. Bodies go
+/// without a content type, as `curl -d` sends them (the API reads them as JSON).
 async fn http(
     admin: SocketAddr,
     method: &str,
@@ -72,15 +76,24 @@ async fn http(
     token: Option<&str>,
     body: Option<&str>,
 ) -> (u16, String) {
+    http_to(admin, &admin.to_string(), method, path, token, body).await
+}
+
+/// As [`http`], with a `Host` header of the caller's.
+async fn http_to(
+    admin: SocketAddr,
+    host: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String) {
     let mut stream = TcpStream::connect(admin).await.unwrap();
-    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n");
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
     if let Some(token) = token {
         request.push_str(&format!("Authorization: Bearer {token}\r\n"));
     }
     let body = body.unwrap_or("");
-    if !body.is_empty() {
-        request.push_str("Content-Type: application/json\r\n");
-    }
     request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut response = String::new();
@@ -195,12 +208,15 @@ async fn metrics_move_as_a_scripted_session_of_requests_a_kick_a_refusal_and_a_h
         "POST",
         &kick,
         Some(TOKEN),
-        Some(r#"{"reason":"kicked","text":"bye"}"#),
+        Some(r#"{"reason":"duplicate_login","text":"bye"}"#),
     )
     .await;
-    assert_eq!((status, &body["reason"]), (202, &Value::from("kicked")));
+    assert_eq!(
+        (status, &body["reason"]),
+        (202, &Value::from("duplicate_login"))
+    );
     let mut kicked = clients.remove(0);
-    assert_eq!(kicked.expect_kick().await, KickReason::KICKED);
+    assert_eq!(kicked.expect_kick().await, KickReason::DUPLICATE_LOGIN);
 
     // A hub crash: everyone left is kicked server_restart.
     let (status, _) = clients[0].request(ROUTE_FAULT_CRASH_HUB, "").await;
@@ -242,7 +258,7 @@ async fn metrics_move_as_a_scripted_session_of_requests_a_kick_a_refusal_and_a_h
         1.0
     );
     assert_eq!(
-        sample(&text, "gatehouse_kicks_total{reason=\"kicked\"}"),
+        sample(&text, "gatehouse_kicks_total{reason=\"duplicate_login\"}"),
         1.0
     );
     assert_eq!(
@@ -282,6 +298,13 @@ async fn metrics_move_as_a_scripted_session_of_requests_a_kick_a_refusal_and_a_h
 async fn the_api_refuses_without_its_token_and_works_with_it() {
     let server = start(test_config(), Some(TOKEN)).await;
     let admin = server.admin;
+    // A name that is not the admin listener's (DNS rebinding) is refused, token or not.
+    for path in ["/metrics", "/healthz", "/"] {
+        let (status, body) =
+            http_to(admin, "evil.example:7070", "GET", path, Some(TOKEN), None).await;
+        assert_eq!(status, 403, "{path}: {body}");
+        assert!(body.contains("allowed_hosts"), "{body}");
+    }
     for path in ["/metrics", "/api/stats", "/api/connections", "/api/events"] {
         let (status, body) = json(admin, "GET", path, None, None).await;
         assert_eq!(status, 401, "{path}");
@@ -348,8 +371,9 @@ async fn the_api_refuses_without_its_token_and_works_with_it() {
     }
     // The event stream: the metrics text, as an SSE event.
     let mut stream = TcpStream::connect(admin).await.unwrap();
-    let request =
-        format!("GET /api/events HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {TOKEN}\r\n\r\n");
+    let request = format!(
+        "GET /api/events HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+    );
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut seen = Vec::new();
     let mut buffer = [0u8; 4096];
@@ -456,6 +480,52 @@ async fn switched_off_metrics_count_no_traffic_and_time_no_handler() {
             "gatehouse_handler_duration_seconds_count{route=\"echo\"}"
         ),
         0.0
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_handler_that_panics_is_timed_and_counted_with_its_disconnect() {
+    let server = start(test_config(), None).await;
+    let mut client = Client::connect(server.game).await;
+    client
+        .send(&Message::Request {
+            id: 1,
+            route: ROUTE_FAULT_PANIC_HANDLER,
+            payload: "".into(),
+        })
+        .await;
+    assert_eq!(client.expect_kick().await, KickReason::INTERNAL_ERROR);
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = metrics(server.admin, None).await;
+        if sample(
+            &text,
+            "gatehouse_disconnects_total{reason=\"handler_panic\"}",
+        ) == 1.0
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        sample(
+            &text,
+            "gatehouse_disconnects_total{reason=\"handler_panic\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(&text, "gatehouse_kicks_total{reason=\"internal_error\"}"),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "gatehouse_handler_duration_seconds_count{route=\"other\"}"
+        ),
+        1.0,
+        "the failed handler is timed"
     );
     server.stop().await;
 }

@@ -2,10 +2,11 @@
 //! readiness, the metrics and their event stream, the JSON API.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -14,16 +15,17 @@ use axum::Json;
 use bytes::Bytes;
 use futures_util::stream::{self, Stream};
 use gatehouse_protocol::{KickReason, ROUTE_ANNOUNCEMENT};
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tracing::{info, warn};
+use tokio::time::{Instant, MissedTickBehavior};
+use tracing::{error, info, warn};
 
-use super::{Admin, ApiError};
-use crate::config::TransportKind;
+use super::{Admin, AdminState, ApiError};
 use crate::connection::{ConnId, TrafficCounts};
 use crate::group::Shared;
-use crate::hub::{Census, HubHandle};
-use crate::metrics::{Sample, CONTENT_TYPE};
+use crate::hub::{Census, HubError, HubHandle};
+use crate::metrics::{labelled_by, per_transport, Sample, CONTENT_TYPE};
 use crate::service::Service;
 use crate::stats::{DISCONNECT_REASONS, KICK_REASONS, REFUSAL_REASONS};
 
@@ -39,6 +41,12 @@ const MAX_ANNOUNCEMENT: usize = 4096;
 
 /// How often the event stream sends the metrics.
 const EVENT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Event streams open at once (each live page holds one).
+pub(super) const MAX_EVENT_STREAMS: usize = 32;
+
+/// How long one reading of the metrics serves every stream and scrape.
+const SAMPLE_REUSE: Duration = Duration::from_millis(500);
 
 fn seconds_since_epoch(at: SystemTime) -> f64 {
     at.duration_since(UNIX_EPOCH)
@@ -65,16 +73,15 @@ async fn sample<S: Service>(shared: &Shared<S>) -> Sample {
     let stats = shared.stats.snapshot();
     let hub = live_hub(shared);
     let (census, hub_queue) = match &hub {
-        Some(hub) => {
-            let census = tokio::time::timeout(HUB_WAIT, hub.census()).await;
-            let census = census.ok().and_then(Result::ok);
-            (census.unwrap_or_default(), hub.queue_depth())
-        }
-        None => (Census::default(), (0, 0)),
+        Some(hub) => (within(hub.census()).await.ok(), hub.queue_depth()),
+        // No hub, no connections: every one was closed with the last hub.
+        None => (Some(Census::default()), (0, 0)),
     };
     let traffic = std::array::from_fn(|t| {
         let mut total = stats.closed_traffic[t];
-        total += census.traffic[t];
+        if let Some(census) = &census {
+            total += census.traffic[t];
+        }
         total
     });
     let memory = &shared.core_config.memory;
@@ -93,13 +100,43 @@ async fn sample<S: Service>(shared: &Shared<S>) -> Sample {
     }
 }
 
-fn metrics_text<S: Service>(shared: &Shared<S>, sample: &Sample) -> String {
-    let collectors = shared
+/// The metrics text, at most [`SAMPLE_REUSE`] old: the event streams of every open
+/// live page share one reading (each is a census of every connection in the hub).
+async fn metrics_text<S: Service>(admin: &AdminState<S>) -> Result<String, ApiError> {
+    let mut cached = admin.last_text.lock().await;
+    if let Some((at, text)) = &*cached {
+        if at.elapsed() < SAMPLE_REUSE {
+            return Ok(text.clone());
+        }
+    }
+    let sample = sample(&admin.shared).await;
+    let collectors = admin
+        .shared
         .collectors
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone();
-    sample.encode(&collectors)
+    let text = sample.encode(&collectors).map_err(|_| {
+        error!("a metrics collector failed; the scrape is refused rather than cut short");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "a metrics collector failed (see the server's log)",
+        )
+    })?;
+    *cached = Some((Instant::now(), text.clone()));
+    Ok(text)
+}
+
+/// `call` against the hub, within [`HUB_WAIT`]: a 503 if the hub is gone or its
+/// queue stays full that long.
+async fn within<T>(call: impl Future<Output = Result<T, HubError>>) -> Result<T, ApiError> {
+    match tokio::time::timeout(HUB_WAIT, call).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(HubError::FrameTooLarge { len, max })) => Err(bad_request(format!(
+            "{len} bytes is over max_frame_bytes ({max})"
+        ))),
+        Ok(Err(HubError::Unavailable)) | Err(_) => Err(hub_gone()),
+    }
 }
 
 pub(super) async fn healthz() -> Json<Value> {
@@ -121,38 +158,49 @@ pub(super) async fn page() -> Html<&'static str> {
     Html(include_str!("page.html"))
 }
 
-pub(super) async fn metrics<S: Service>(State(admin): State<Admin<S>>) -> Response {
-    let sample = sample(&admin.shared).await;
-    let text = metrics_text(&admin.shared, &sample);
-    ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response()
+pub(super) async fn metrics<S: Service>(
+    State(admin): State<Admin<S>>,
+) -> Result<Response, ApiError> {
+    let text = metrics_text(&admin).await?;
+    Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response())
 }
 
 /// The metrics text once a second, as Server-Sent Events (`event: metrics`), until
-/// the client goes or the server stops.
+/// the client goes or the server stops; at most [`MAX_EVENT_STREAMS`] at once.
 pub(super) async fn events<S: Service>(
     State(admin): State<Admin<S>>,
-) -> Sse<impl Stream<Item = Result<Event, std::convert::Infallible>>> {
+) -> Result<Sse<impl Stream<Item = Result<Event, std::convert::Infallible>>>, ApiError> {
+    let slot = admin.streams.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{MAX_EVENT_STREAMS} event streams are open already"),
+        )
+    })?;
     let stop = admin.stop.clone();
+    let mut interval = tokio::time::interval(EVENT_INTERVAL);
+    interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let ticks = stream::unfold(
-        (admin, tokio::time::interval(EVENT_INTERVAL)),
-        |(admin, mut interval)| async move {
+        (admin, interval, slot),
+        |(admin, mut interval, slot)| async move {
             interval.tick().await;
-            let sample = sample(&admin.shared).await;
-            let text = metrics_text(&admin.shared, &sample);
-            let event = Event::default().event("metrics").data(text);
-            Some((Ok(event), (admin, interval)))
+            let event = match metrics_text(&admin).await {
+                Ok(text) => Event::default().event("metrics").data(text),
+                Err(ApiError(_, message)) => Event::default().event("error").data(message),
+            };
+            Some((Ok(event), (admin, interval, slot)))
         },
     );
     let until_stopped = futures_util::StreamExt::take_until(ticks, stop.cancelled_owned());
-    Sse::new(until_stopped).keep_alive(KeepAlive::default())
+    Ok(Sse::new(until_stopped).keep_alive(KeepAlive::default()))
 }
 
-fn by_label<const N: usize>(labels: &[&str; N], values: &[u64; N]) -> BTreeMap<String, u64> {
-    labels
-        .iter()
-        .zip(values)
-        .filter(|(_, &v)| v > 0)
-        .map(|(l, &v)| ((*l).to_owned(), v))
+/// The counts above zero, by label.
+fn by_label<const N: usize>(
+    labels: &'static [&'static str; N],
+    values: &[u64; N],
+) -> BTreeMap<&'static str, u64> {
+    labelled_by(labels, values)
+        .filter(|&(_, v)| v > 0)
         .collect()
 }
 
@@ -169,12 +217,9 @@ pub(super) async fn stats<S: Service>(State(admin): State<Admin<S>>) -> Json<Val
     let shared = &admin.shared;
     let sample = sample(shared).await;
     let s = &sample.stats;
-    let per_transport = |value: &dyn Fn(usize) -> Value| -> BTreeMap<&str, Value> {
-        TransportKind::ALL
-            .iter()
-            .map(|t| (t.scheme(), value(t.index())))
-            .collect()
-    };
+    // Unknown (null) when the hub could not answer in time.
+    let census = sample.census.as_ref();
+    let live = |read: fn(&Census) -> Value| census.map_or(Value::Null, read);
     let handlers: BTreeMap<&str, Value> = sample
         .handler_latency
         .iter()
@@ -190,10 +235,10 @@ pub(super) async fn stats<S: Service>(State(admin): State<Admin<S>>) -> Json<Val
         "hub_up": sample.hub_up,
         "uptime_seconds": uptime.as_secs_f64(),
         "connections": {
-            "open": sample.census.open.iter().sum::<u64>(),
-            "open_by_transport": per_transport(&|i| json!(sample.census.open[i])),
+            "open": live(|c| json!(c.open.iter().sum::<u64>())),
+            "open_by_transport": live(|c| json!(per_transport(|i| c.open[i]).collect::<BTreeMap<_, _>>())),
             "max": sample.max_connections,
-            "players": sample.census.players,
+            "players": live(|c| json!(c.players)),
             "accepted": s.accepted,
             "refused": by_label(&REFUSAL_REASONS, &s.refusals),
             "disconnects": by_label(&DISCONNECT_REASONS, &s.disconnects),
@@ -201,10 +246,10 @@ pub(super) async fn stats<S: Service>(State(admin): State<Admin<S>>) -> Json<Val
             "handshake_failures": s.handshake_failures,
             "handshake_timeouts": s.handshake_timeouts,
         },
-        "traffic": per_transport(&|i| traffic_json(&sample.traffic[i])),
+        "traffic": per_transport(|i| traffic_json(&sample.traffic[i])).collect::<BTreeMap<_, _>>(),
         "outbound_queue": {
-            "bytes": sample.census.queued_bytes,
-            "max_bytes": sample.census.queued_bytes_max,
+            "bytes": live(|c| json!(c.queued_bytes)),
+            "max_bytes": live(|c| json!(c.queued_bytes_max)),
         },
         "memory_budget": { "bytes": sample.memory_budget.0, "used_bytes": sample.memory_budget.1 },
         "hub": {
@@ -223,6 +268,11 @@ pub(super) async fn stats<S: Service>(State(admin): State<Admin<S>>) -> Json<Val
 
 fn bad_request(message: impl std::fmt::Display) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, message.to_string())
+}
+
+/// A body axum could not read (too large: 413), with its own status.
+fn rejected(rejection: BytesRejection) -> ApiError {
+    ApiError::new(rejection.status(), rejection.body_text())
 }
 
 fn hub_gone() -> ApiError {
@@ -249,10 +299,7 @@ pub(super) async fn connections<S: Service>(
         return Err(bad_request(format!("limit must be 1 to {MAX_PAGE}")));
     }
     let hub = live_hub(&admin.shared).ok_or_else(hub_gone)?;
-    let page = tokio::time::timeout(HUB_WAIT, hub.connections(query.after.map(ConnId), limit))
-        .await
-        .map_err(|_| hub_gone())?
-        .map_err(|_| hub_gone())?;
+    let page = within(hub.connections(query.after.map(ConnId), limit)).await?;
     let now = SystemTime::now();
     let next_after = (page.connections.len() == limit)
         .then(|| page.connections.last().map(|c| c.id.0))
@@ -306,32 +353,31 @@ fn kick_reason(name: Option<ReasonName>) -> Result<KickReason, ApiError> {
             .name()
             .map(|_| KickReason(code))
             .ok_or_else(|| bad_request(format!("no kick reason has code {code}"))),
-        Some(ReasonName::Name(name)) => KICK_REASONS
-            .iter()
-            .skip(1)
-            .position(|&known| known == name)
-            .and_then(|i| u16::try_from(i + 1).ok())
-            .map(KickReason)
-            .ok_or_else(|| {
-                bad_request(format!(
-                    "unknown kick reason `{name}` (one of {}, or a game's code from 1000)",
-                    KICK_REASONS[1..].join(", ")
-                ))
-            }),
+        Some(ReasonName::Name(name)) => KickReason::from_name(&name).ok_or_else(|| {
+            bad_request(format!(
+                "unknown kick reason `{name}` (one of {}, or a game's code from 1000)",
+                KICK_REASONS[1..].join(", ")
+            ))
+        }),
     }
+}
+
+/// A JSON body, whatever its content type (curl's `-d` says form-urlencoded); an
+/// empty body is `T::default()`.
+fn json_body<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| bad_request(format!("invalid JSON body: {e}")))
 }
 
 pub(super) async fn kick<S: Service>(
     State(admin): State<Admin<S>>,
     id: Result<Path<u64>, PathRejection>,
-    body: Result<Json<KickBody>, JsonRejection>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let Path(id) = id.map_err(|e| bad_request(e.body_text()))?;
-    let body = match body {
-        Ok(Json(body)) => body,
-        Err(JsonRejection::MissingJsonContentType(_)) => KickBody::default(),
-        Err(e) => return Err(bad_request(e.body_text())),
-    };
+    let body: KickBody = json_body(&body.map_err(rejected)?)?;
     let reason = kick_reason(body.reason)?;
     let text = body.text.unwrap_or_else(|| "kicked by an operator".into());
     if text.len() > MAX_ANNOUNCEMENT {
@@ -339,26 +385,20 @@ pub(super) async fn kick<S: Service>(
     }
     let hub = live_hub(&admin.shared).ok_or_else(hub_gone)?;
     let id = ConnId(id);
-    let found = hub
-        .connections(id.0.checked_sub(1).map(ConnId), 1)
-        .await
-        .map_err(|_| hub_gone())?;
-    if found.connections.first().map(|c| c.id) != Some(id) {
+    if within(hub.connection(id)).await?.is_none() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("no live connection {id}"),
         ));
     }
-    hub.kick(id, reason, text.as_str())
-        .await
-        .map_err(|_| hub_gone())?;
+    within(hub.kick(id, reason, text.as_str())).await?;
     info!(conn = %id, %reason, code = reason.0, text, "kicked through the admin API");
     let body =
         json!({ "kicked": id.0, "reason": reason.name().unwrap_or("game"), "code": reason.0 });
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct Announcement {
     text: String,
@@ -366,9 +406,9 @@ pub(super) struct Announcement {
 
 pub(super) async fn broadcast<S: Service>(
     State(admin): State<Admin<S>>,
-    body: Result<Json<Announcement>, JsonRejection>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(announcement) = body.map_err(|e| bad_request(e.body_text()))?;
+    let announcement: Announcement = json_body(&body.map_err(rejected)?)?;
     let text = announcement.text;
     if text.is_empty() || text.len() > MAX_ANNOUNCEMENT {
         return Err(bad_request(format!(
@@ -376,10 +416,8 @@ pub(super) async fn broadcast<S: Service>(
         )));
     }
     let hub = live_hub(&admin.shared).ok_or_else(hub_gone)?;
-    let recipients = hub.count().await.map_err(|_| hub_gone())?;
-    hub.broadcast(ROUTE_ANNOUNCEMENT, Bytes::from(text.clone()))
-        .await
-        .map_err(|e| bad_request(e.to_string()))?;
+    let recipients = within(hub.count()).await?;
+    within(hub.broadcast(ROUTE_ANNOUNCEMENT, Bytes::from(text.clone()))).await?;
     info!(
         recipients,
         text, "announcement broadcast through the admin API"

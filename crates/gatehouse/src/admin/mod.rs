@@ -13,7 +13,9 @@
 //! | `/api/broadcast` | POST | required | push an announcement to every connection |
 //! | `/api/drain` | POST | required | stop accepting, kick everyone `shutdown`, stop |
 //!
-//! With a token configured ([`AdminConfig::token`]), every path but `/healthz`,
+//! Requests whose `Host` is a name other than `localhost` or one of
+//! [`AdminConfig::allowed_hosts`] are refused (403): a web page cannot read the API
+//! through DNS rebinding. With a token configured ([`AdminConfig::token`]), every path but `/healthz`,
 //! `/readyz` and the page's own HTML needs `Authorization: Bearer <token>`, compared in
 //! constant time. Without one, the read-only paths are open (the listener is on
 //! loopback by default) and the mutating ones answer 403. Every error is JSON:
@@ -35,6 +37,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -50,6 +53,10 @@ pub struct AdminConfig {
     /// The bearer token every request but health, readiness and the page needs. Unset,
     /// the read-only endpoints are open and the mutating ones are off.
     pub token: Option<String>,
+    /// Host names (besides IP addresses and `localhost`) the API answers to, for an
+    /// admin listener reached by name (`admin.example.internal`). Other names are
+    /// refused: the guard against DNS rebinding.
+    pub allowed_hosts: Vec<String>,
 }
 
 /// Shortest token accepted: a guessable token is worse than none.
@@ -82,6 +89,10 @@ struct AdminState<S: Service> {
     token: Option<Arc<[u8]>>,
     /// Cancelled when the server has stopped: open event streams end.
     stop: CancellationToken,
+    /// The last metrics text and when it was read, shared by every stream and scrape.
+    last_text: tokio::sync::Mutex<Option<(tokio::time::Instant, String)>>,
+    /// Event streams open now.
+    streams: Arc<Semaphore>,
 }
 
 type Admin<S> = Arc<AdminState<S>>;
@@ -147,7 +158,49 @@ async fn guard(State((token, access)): State<Guard>, request: Request, next: Nex
     }
 }
 
-fn router<S: Service>(admin: Admin<S>) -> Router {
+/// Whether a request's `Host` may reach the API: an IP address, `localhost`, or one of
+/// `admin.allowed_hosts` (any port). Anything else is a name that resolves here only
+/// by accident or by DNS rebinding (a web page making the operator's browser read the
+/// API), and is refused.
+fn host_allowed(host: Option<&str>, allowed: &[String]) -> bool {
+    let Some(host) = host else {
+        return true; // not a browser: browsers always send one
+    };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => {
+            return v6
+                .split(']')
+                .next()
+                .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok())
+        }
+        None => host.rsplit_once(':').map_or(host, |(name, _port)| name),
+    };
+    name.parse::<std::net::Ipv4Addr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
+}
+
+async fn check_host(
+    State(allowed): State<Arc<[String]>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .map(|h| h.to_str().unwrap_or("?"));
+    if host_allowed(host, &allowed) {
+        next.run(request).await
+    } else {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "this Host is not the admin listener's (add it to admin.allowed_hosts)",
+        )
+        .into_response()
+    }
+}
+
+fn router<S: Service>(admin: Admin<S>, hosts: Arc<[String]>) -> Router {
     let reads = Router::new()
         .route("/metrics", get(api::metrics::<S>))
         .route("/api/stats", get(api::stats::<S>))
@@ -175,6 +228,7 @@ fn router<S: Service>(admin: Admin<S>) -> Router {
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
         })
+        .layer(middleware::from_fn_with_state(hosts, check_host))
         .with_state(admin)
 }
 
@@ -189,11 +243,14 @@ pub(crate) async fn serve<S: Service>(
         shared,
         token: config.token.map(|t| Arc::from(t.into_bytes())),
         stop: stop.clone(),
+        last_text: tokio::sync::Mutex::new(None),
+        streams: Arc::new(Semaphore::new(api::MAX_EVENT_STREAMS)),
     });
+    let hosts: Arc<[String]> = config.allowed_hosts.into();
     if admin.token.is_none() {
         info!("admin API without a token: read-only endpoints open, mutating ones off");
     }
-    let served = axum::serve(listener, router(admin))
+    let served = axum::serve(listener, router(admin, hosts))
         .with_graceful_shutdown(stop.cancelled_owned())
         .await;
     if let Err(e) = served {
@@ -243,9 +300,35 @@ mod tests {
     }
 
     #[test]
+    fn only_addresses_localhost_and_allowed_names_may_be_the_host() {
+        let allowed = ["admin.internal".to_owned()];
+        for host in [
+            None,
+            Some("127.0.0.1:7070"),
+            Some("10.0.0.5"),
+            Some("[::1]:7070"),
+            Some("localhost:7070"),
+            Some("LOCALHOST"),
+            Some("admin.internal:7070"),
+        ] {
+            assert!(host_allowed(host, &allowed), "{host:?}");
+        }
+        for host in [
+            Some("evil.example:7070"),
+            Some("evil.example"),
+            Some("127.0.0.1.evil.example"),
+            Some("[not-an-ip]:80"),
+            Some("?"),
+        ] {
+            assert!(!host_allowed(host, &allowed), "{host:?}");
+        }
+    }
+
+    #[test]
     fn short_or_spaced_tokens_are_refused_by_validation() {
         let config = |t: &str| AdminConfig {
             token: Some(t.into()),
+            ..AdminConfig::default()
         };
         assert!(config("short").validate().is_err());
         assert!(config("sixteen chars xx").validate().is_err());

@@ -32,6 +32,28 @@ pub struct TrafficCounts {
     pub bytes_out: u64,
 }
 
+impl TrafficCounts {
+    /// The four counts in the order of the fields.
+    pub fn to_array(self) -> [u64; 4] {
+        [
+            self.frames_in,
+            self.bytes_in,
+            self.frames_out,
+            self.bytes_out,
+        ]
+    }
+
+    /// The counts from [`TrafficCounts::to_array`]'s order.
+    pub fn from_array([frames_in, bytes_in, frames_out, bytes_out]: [u64; 4]) -> Self {
+        TrafficCounts {
+            frames_in,
+            bytes_in,
+            frames_out,
+            bytes_out,
+        }
+    }
+}
+
 impl AddAssign for TrafficCounts {
     fn add_assign(&mut self, other: TrafficCounts) {
         self.frames_in += other.frames_in;
@@ -114,6 +136,21 @@ impl Meter {
         if self.counting {
             bump(&self.bytes_out, n as u64);
         }
+    }
+
+    /// The counts so far, zeroed: for the server's totals, by the connection's own
+    /// task (the counters' only writer) once the hub no longer lists it.
+    pub(crate) fn take(&self) -> TrafficCounts {
+        let counts = self.read();
+        for counter in [
+            &self.frames_in,
+            &self.bytes_in,
+            &self.frames_out,
+            &self.bytes_out,
+        ] {
+            counter.store(0, Relaxed);
+        }
+        counts
     }
 
     /// The counts so far.

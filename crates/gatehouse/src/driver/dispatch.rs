@@ -280,6 +280,11 @@ impl<S: Service, T: Transport> Connection<S, T> {
     /// Puts a handler's answer where it belongs, or closes the connection if it gave
     /// none.
     fn conclude(&mut self, call: Call, outcome: Outcome<Answer>) {
+        // A handler that failed is timed too, to when the server gave up on it (a
+        // cancelled one is not: its connection is ending for another reason).
+        if let (Outcome::Panicked(_) | Outcome::TimedOut, Some(route)) = (&outcome, call.route()) {
+            latency::answered(route);
+        }
         if let Some(answer) = self.settle(call.kind(), call.route(), outcome) {
             self.answered(call, answer);
         }

@@ -190,6 +190,10 @@ impl<S: Service, T: Transport> Connection<S, T> {
         self.mailbox.close();
         let unregistering = Box::pin(self.group.hub.unregister(self.id));
         unregistering.await;
+        // What it carried moves to the server's totals now that the hub no longer
+        // lists it (and again below for the last bytes), so that the metrics do not
+        // miss it while its hook runs.
+        self.count_traffic();
         // The kick is queued and written as far as it goes now; the hook runs next,
         // so a slow socket never delays a save.
         self.core.queue_kick(&close);
@@ -219,10 +223,7 @@ impl<S: Service, T: Transport> Connection<S, T> {
         }
         let finishing = Box::pin(self.finish_close(&close));
         finishing.await;
-        let meter = &self.mailbox.budget().meter;
-        self.shared
-            .stats
-            .count_closed_traffic(meter.transport, meter.read());
+        self.count_traffic();
         log_close(&close.reason, &self.shared.close_logs);
     }
 
@@ -335,6 +336,14 @@ impl<S: Service, T: Transport> Connection<S, T> {
                 }
             }
         }
+    }
+
+    /// Moves what the connection carried since the last call to the server's totals.
+    fn count_traffic(&self) {
+        let meter = &self.mailbox.budget().meter;
+        self.shared
+            .stats
+            .count_closed_traffic(meter.transport, meter.take());
     }
 
     /// Sends what the transport takes now, without waiting for more room.

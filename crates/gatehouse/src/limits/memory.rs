@@ -33,12 +33,12 @@ impl MemoryBudget {
         }
     }
 
-    /// Takes `n` bytes, or nothing (false) if that would pass the limit.
     /// The budget's size.
     pub fn limit(&self) -> usize {
         self.limit
     }
 
+    /// Takes `n` bytes, or nothing (false) if that would pass the limit.
     pub(crate) fn try_charge(&self, n: usize) -> bool {
         n == 0
             || self

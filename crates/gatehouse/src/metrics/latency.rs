@@ -26,8 +26,11 @@ pub const LATENCY_BUCKETS: [f64; 14] = [
     0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
-/// Routes with a label of their own; the rest share `other`.
+/// Route names with a label of their own; the rest share `other`.
 pub const MAX_NAMED_ROUTES: usize = 64;
+
+/// The label of routes without a name of their own.
+const OTHER: &str = "other";
 
 /// Answers timed in one batch before it is ended early (distinct routes).
 const PENDING_ROUTES: usize = 8;
@@ -39,7 +42,6 @@ pub(crate) struct AtomicHistogram {
     /// Per bucket (not cumulative), the last one `+Inf`.
     buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
     sum_nanos: AtomicU64,
-    count: AtomicU64,
 }
 
 /// A histogram as read at one moment: cumulative buckets, as Prometheus wants them.
@@ -62,7 +64,6 @@ impl AtomicHistogram {
             .unwrap_or(LATENCY_BUCKETS.len());
         self.buckets[bucket].fetch_add(n, Relaxed);
         self.sum_nanos.fetch_add(nanos.saturating_mul(n), Relaxed);
-        self.count.fetch_add(n, Relaxed);
     }
 
     pub(crate) fn read(&self) -> HistogramSnapshot {
@@ -75,10 +76,12 @@ impl AtomicHistogram {
                 (bound, cumulative)
             })
             .collect();
+        // The count is the buckets' sum (with `+Inf`'s), so the two always agree.
+        let count = cumulative + self.buckets[LATENCY_BUCKETS.len()].load(Relaxed);
         HistogramSnapshot {
             buckets,
             sum: self.sum_nanos.load(Relaxed) as f64 / 1e9,
-            count: self.count.load(Relaxed),
+            count,
         }
     }
 }
@@ -87,23 +90,34 @@ impl AtomicHistogram {
 #[derive(Debug)]
 pub(crate) struct HandlerLatency {
     enabled: bool,
-    /// Named routes, sorted; route `routes[i]` is counted in `histograms[i]`.
-    routes: Vec<u16>,
+    /// Named routes, sorted, each with the slot of its label's histogram.
+    routes: Vec<(u16, usize)>,
     /// One label per histogram: the route names, then `other`.
     labels: Vec<&'static str>,
     histograms: Vec<AtomicHistogram>,
 }
 
 impl HandlerLatency {
-    /// Histograms for the routes `name` names (the first [`MAX_NAMED_ROUTES`]).
+    /// Histograms for the routes `name` names (the first [`MAX_NAMED_ROUTES`]
+    /// distinct names; routes sharing a name share its histogram).
     pub(crate) fn new(enabled: bool, name: impl Fn(u16) -> Option<&'static str>) -> Self {
-        let named: Vec<(u16, &'static str)> = (0..gatehouse_protocol::RESERVED_ROUTES_START)
-            .filter_map(|route| name(route).map(|label| (route, label)))
-            .take(MAX_NAMED_ROUTES)
-            .collect();
-        let routes = named.iter().map(|&(route, _)| route).collect();
-        let mut labels: Vec<&'static str> = named.iter().map(|&(_, label)| label).collect();
-        labels.push("other");
+        let mut labels: Vec<&'static str> = Vec::new();
+        let mut routes = Vec::new();
+        for route in 0..gatehouse_protocol::RESERVED_ROUTES_START {
+            let Some(label) = name(route).filter(|&label| label != OTHER) else {
+                continue;
+            };
+            let slot = match labels.iter().position(|&known| known == label) {
+                Some(slot) => slot,
+                None if labels.len() < MAX_NAMED_ROUTES => {
+                    labels.push(label);
+                    labels.len() - 1
+                }
+                None => continue,
+            };
+            routes.push((route, slot));
+        }
+        labels.push(OTHER);
         let histograms = labels.iter().map(|_| AtomicHistogram::default()).collect();
         HandlerLatency {
             enabled,
@@ -114,9 +128,10 @@ impl HandlerLatency {
     }
 
     fn slot(&self, route: u16) -> usize {
-        self.routes
-            .binary_search(&route)
-            .unwrap_or(self.routes.len())
+        match self.routes.binary_search_by_key(&route, |&(r, _)| r) {
+            Ok(i) => self.routes[i].1,
+            Err(_) => self.labels.len() - 1,
+        }
     }
 
     /// Every route's label and histogram.
@@ -304,6 +319,20 @@ mod tests {
         assert!((read[0].1.sum - 0.001).abs() < 1e-9);
         assert_eq!(read[1].1.count, 1);
         assert!((read[1].1.sum - 0.010).abs() < 1e-9);
+    }
+
+    #[test]
+    fn routes_sharing_a_name_share_its_histogram_and_other_stays_last() {
+        let latency = HandlerLatency::new(true, |route| match route {
+            1 | 2 => Some("chat"),
+            3 => Some("other"),
+            _ => None,
+        });
+        assert_eq!(latency.labels, ["chat", "other"]);
+        assert_eq!(
+            (latency.slot(1), latency.slot(2), latency.slot(3)),
+            (0, 0, 1)
+        );
     }
 
     #[test]

@@ -36,8 +36,10 @@ use crate::stats::{StatsSnapshot, DISCONNECT_REASONS, KICK_REASONS, REFUSAL_REAS
 pub struct Sample {
     /// The server's counters.
     pub stats: StatsSnapshot,
-    /// The live connections summed up (all zero while the hub restarts).
-    pub census: Census,
+    /// The live connections summed up (all zero while the hub restarts); `None` if
+    /// the hub did not answer in time (its families are then left out of the scrape
+    /// rather than reported as zero).
+    pub census: Option<Census>,
     /// Frames and bytes per transport since the server started: the ended
     /// connections' and the live ones', never lower than at the previous scrape.
     pub traffic: [TrafficCounts; 4],
@@ -60,23 +62,20 @@ pub struct Sample {
 }
 
 /// Keeps the traffic counters monotonic across scrapes: a connection that has just
-/// left the hub's registry but not yet added its counts to the server's totals is
-/// missing from one reading for a moment, which must not read as a counter reset.
+/// left the hub's registry but not yet moved its counts to the server's totals (a
+/// few instructions later), or a census the hub could not answer in time, would
+/// otherwise read as a counter reset.
 #[derive(Debug, Default)]
 pub(crate) struct TrafficHighWater([[AtomicU64; 4]; 4]);
 
 impl TrafficHighWater {
     pub(crate) fn raise(&self, traffic: [TrafficCounts; 4]) -> [TrafficCounts; 4] {
         std::array::from_fn(|t| {
-            let now = traffic[t];
+            let now = traffic[t].to_array();
             let marks = &self.0[t];
-            let high = |i: usize, v: u64| marks[i].fetch_max(v, Relaxed).max(v);
-            TrafficCounts {
-                frames_in: high(0, now.frames_in),
-                bytes_in: high(1, now.bytes_in),
-                frames_out: high(2, now.frames_out),
-                bytes_out: high(3, now.bytes_out),
-            }
+            TrafficCounts::from_array(std::array::from_fn(|i| {
+                marks[i].fetch_max(now[i], Relaxed).max(now[i])
+            }))
         })
     }
 }
@@ -95,17 +94,18 @@ impl Collector for SharedCollector {
 }
 
 impl Sample {
-    /// The sample and `extra` collectors in the OpenMetrics text format.
-    pub fn encode(&self, extra: &[Arc<dyn Collector>]) -> String {
+    /// The sample and `extra` collectors in the OpenMetrics text format; `Err` if a
+    /// collector failed (the text would be cut short, which Prometheus rejects).
+    pub fn encode(&self, extra: &[Arc<dyn Collector>]) -> Result<String, std::fmt::Error> {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(self.clone()));
         for collector in extra {
             registry.register_collector(Box::new(SharedCollector(collector.clone())));
         }
         let mut text = String::new();
-        // Writing to a String cannot fail; a collector's own error ends the text early.
-        let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
-        text
+        // Writing to a String cannot fail: an error is a collector's own.
+        prometheus_client::encoding::text::encode(&mut text, &registry)?;
+        Ok(text)
     }
 }
 
@@ -177,17 +177,27 @@ pub fn encode_histograms<'v>(
     Ok(())
 }
 
-fn per_transport(values: impl Fn(usize) -> f64) -> impl Iterator<Item = (&'static str, f64)> {
+/// `value` of each transport's index, labelled with its scheme.
+pub(crate) fn per_transport<T>(
+    value: impl Fn(usize) -> T,
+) -> impl Iterator<Item = (&'static str, T)> {
     TransportKind::ALL
         .into_iter()
-        .map(move |t| (t.scheme(), values(t.index())))
+        .map(move |t| (t.scheme(), value(t.index())))
 }
 
-fn labelled_by<'a, const N: usize>(
+/// Counters by reason: each label with its count.
+pub(crate) fn labelled_by<'a, const N: usize>(
     labels: &'static [&'static str; N],
     values: &'a [u64; N],
-) -> impl Iterator<Item = (&'static str, f64)> + 'a {
-    labels.iter().zip(values).map(|(&l, &v)| (l, v as f64))
+) -> impl Iterator<Item = (&'static str, u64)> + 'a {
+    labels.iter().copied().zip(values.iter().copied())
+}
+
+fn as_values<'a>(
+    counts: impl Iterator<Item = (&'a str, u64)>,
+) -> impl Iterator<Item = (&'a str, f64)> {
+    counts.map(|(label, count)| (label, count as f64))
 }
 
 fn flag(on: bool) -> f64 {
@@ -202,7 +212,8 @@ impl Collector for Sample {
     fn encode(&self, mut e: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         use MetricType::{Counter, Gauge};
         let s = &self.stats;
-        let c = &self.census;
+        // Left out when the hub did not answer in time: not zero, unknown.
+        let c = self.census.as_ref();
         let t = &self.traffic;
 
         // The server.
@@ -244,27 +255,43 @@ impl Collector for Sample {
         )?;
 
         // Connections.
-        encode_labelled(
-            &mut e,
-            "gatehouse_connections_open",
-            "Live connections",
-            Gauge,
-            "transport",
-            per_transport(|i| c.open[i] as f64),
-        )?;
+        if let Some(c) = c {
+            encode_labelled(
+                &mut e,
+                "gatehouse_connections_open",
+                "Live connections",
+                Gauge,
+                "transport",
+                per_transport(|i| c.open[i] as f64),
+            )?;
+            encode_one(
+                &mut e,
+                "gatehouse_players_logged_in",
+                "Connections logged in as a player",
+                Gauge,
+                c.players as f64,
+            )?;
+            encode_one(
+                &mut e,
+                "gatehouse_outbound_queue_bytes",
+                "Unsent bytes queued for all connections",
+                Gauge,
+                c.queued_bytes as f64,
+            )?;
+            encode_one(
+                &mut e,
+                "gatehouse_outbound_queue_max_bytes",
+                "The most unsent bytes queued for one connection",
+                Gauge,
+                c.queued_bytes_max as f64,
+            )?;
+        }
         encode_one(
             &mut e,
             "gatehouse_connections_max",
             "server.max_connections",
             Gauge,
             self.max_connections as f64,
-        )?;
-        encode_one(
-            &mut e,
-            "gatehouse_players_logged_in",
-            "Connections logged in as a player",
-            Gauge,
-            c.players as f64,
         )?;
         encode_labelled(
             &mut e,
@@ -280,7 +307,7 @@ impl Collector for Sample {
             "Connections refused at accept, by reason",
             Counter,
             "reason",
-            labelled_by(&REFUSAL_REASONS, &s.refusals),
+            as_values(labelled_by(&REFUSAL_REASONS, &s.refusals)),
         )?;
         encode_labelled(
             &mut e,
@@ -288,7 +315,7 @@ impl Collector for Sample {
             "Admitted connections that ended, by reason",
             Counter,
             "reason",
-            labelled_by(&DISCONNECT_REASONS, &s.disconnects),
+            as_values(labelled_by(&DISCONNECT_REASONS, &s.disconnects)),
         )?;
         encode_labelled(
             &mut e,
@@ -296,7 +323,7 @@ impl Collector for Sample {
             "Kicks sent to admitted connections, by kick reason",
             Counter,
             "reason",
-            labelled_by(&KICK_REASONS, &s.kicks),
+            as_values(labelled_by(&KICK_REASONS, &s.kicks)),
         )?;
         encode_labelled(
             &mut e,
@@ -354,20 +381,6 @@ impl Collector for Sample {
             Counter,
             "transport",
             per_transport(|i| t[i].bytes_out as f64),
-        )?;
-        encode_one(
-            &mut e,
-            "gatehouse_outbound_queue_bytes",
-            "Unsent bytes queued for all connections",
-            Gauge,
-            c.queued_bytes as f64,
-        )?;
-        encode_one(
-            &mut e,
-            "gatehouse_outbound_queue_max_bytes",
-            "The most unsent bytes queued for one connection",
-            Gauge,
-            c.queued_bytes_max as f64,
         )?;
         encode_one(
             &mut e,

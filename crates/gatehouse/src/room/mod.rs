@@ -39,7 +39,7 @@ use gatehouse_protocol::Status;
 use crate::connection::ConnId;
 
 pub use self::context::RoomContext;
-pub use self::registry::{Membership, RoomHandle, Rooms};
+pub use self::registry::{Membership, RoomHandle, RoomMetrics, Rooms};
 pub use self::stats::{LatenessMark, RoomStats, TickLateness};
 
 /// A room type. Hooks are plain functions: a room never waits, it answers at once

@@ -20,7 +20,7 @@ use super::task::{Input, Leave, RoomTask};
 use super::{Origin, Room, RoomError, RoomOptions};
 use crate::connection::ConnId;
 use crate::mailbox::MemberSink;
-use crate::metrics::{encode_histograms, encode_labelled};
+use crate::metrics::{encode_histograms, encode_labelled, HistogramSnapshot};
 use crate::service::Context;
 
 /// The rooms of one type, and their supervisor. Cheap to clone; usable from any
@@ -198,15 +198,17 @@ impl<R: Room> Rooms<R> {
         self.len() == 0
     }
 
-    /// The rooms' metrics, labelled `kind="{kind}"`, for
-    /// [`Server::add_collector`](crate::Server::add_collector): rooms running,
-    /// members, ticks, late ticks, crashes and the tick lateness histogram
-    /// (`docs/OPERATIONS.md`).
-    pub fn collector(&self, kind: &'static str) -> Arc<dyn Collector> {
-        Arc::new(RoomsCollector {
-            rooms: self.clone(),
-            kind,
-        })
+    /// What [`RoomMetrics`] reports of this registry.
+    fn reading(&self) -> RoomsReading {
+        let rooms = self.list();
+        let lateness = &self.registry.lateness;
+        RoomsReading {
+            rooms: rooms.len(),
+            members: rooms.iter().map(|r| r.members).sum(),
+            late: lateness.late(),
+            crashes: lateness.crashes.load(Ordering::Relaxed),
+            lateness: lateness.buckets(&TICK_LATENESS_BUCKETS),
+        }
     }
 
     /// The lateness of every tick of every room so far.
@@ -418,36 +420,73 @@ impl<R: Room> Drop for Membership<R> {
 const TICK_LATENESS_BUCKETS: [f64; 10] =
     [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0];
 
-/// [`Rooms::collector`]'s collector.
-struct RoomsCollector<R: Room> {
-    rooms: Rooms<R>,
-    kind: &'static str,
+/// One room type's numbers at one moment.
+struct RoomsReading {
+    rooms: usize,
+    members: usize,
+    late: u64,
+    crashes: u64,
+    lateness: HistogramSnapshot,
 }
 
-impl<R: Room> fmt::Debug for RoomsCollector<R> {
+type Reader = Box<dyn Fn() -> RoomsReading + Send + Sync>;
+
+/// The metrics of every room type of a server, labelled `kind`, as one collector for
+/// [`Server::add_collector`](crate::Server::add_collector): rooms running, members,
+/// ticks, late ticks, crashes and the tick lateness histogram
+/// (`docs/OPERATIONS.md`). One collector for all types, since a metric family may
+/// appear only once in a scrape.
+#[derive(Default)]
+pub struct RoomMetrics {
+    kinds: Vec<(&'static str, Reader)>,
+}
+
+impl RoomMetrics {
+    /// No room type yet.
+    pub fn new() -> Self {
+        RoomMetrics::default()
+    }
+
+    /// Adds the rooms of one type, as `kind`.
+    pub fn with<R: Room>(mut self, kind: &'static str, rooms: &Rooms<R>) -> Self {
+        let rooms = rooms.clone();
+        self.kinds.push((kind, Box::new(move || rooms.reading())));
+        self
+    }
+
+    /// The collector.
+    pub fn collector(self) -> Arc<dyn Collector> {
+        Arc::new(self)
+    }
+}
+
+impl fmt::Debug for RoomMetrics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RoomsCollector")
-            .field("kind", &self.kind)
+        let kinds: Vec<&str> = self.kinds.iter().map(|(kind, _)| *kind).collect();
+        f.debug_struct("RoomMetrics")
+            .field("kinds", &kinds)
             .finish()
     }
 }
 
-impl<R: Room> Collector for RoomsCollector<R> {
+impl Collector for RoomMetrics {
     fn encode(&self, mut e: DescriptorEncoder<'_>) -> Result<(), fmt::Error> {
         use prometheus_client::metrics::MetricType::{Counter, Gauge};
-        let rooms = self.rooms.list();
-        let lateness = &self.rooms.registry.lateness;
-        let histogram = lateness.buckets(&TICK_LATENESS_BUCKETS);
-        let kind = self.kind;
-        let members: usize = rooms.iter().map(|r| r.members).sum();
-        let one = |value: f64| [(kind, value)];
+        let readings: Vec<(&str, RoomsReading)> = self
+            .kinds
+            .iter()
+            .map(|(kind, read)| (*kind, read()))
+            .collect();
+        let each = |value: fn(&RoomsReading) -> f64| {
+            readings.iter().map(move |(kind, r)| (*kind, value(r)))
+        };
         encode_labelled(
             &mut e,
             "gatehouse_rooms",
             "Rooms running",
             Gauge,
             "kind",
-            one(rooms.len() as f64),
+            each(|r| r.rooms as f64),
         )?;
         encode_labelled(
             &mut e,
@@ -455,7 +494,7 @@ impl<R: Room> Collector for RoomsCollector<R> {
             "Members of the running rooms",
             Gauge,
             "kind",
-            one(members as f64),
+            each(|r| r.members as f64),
         )?;
         encode_labelled(
             &mut e,
@@ -463,7 +502,7 @@ impl<R: Room> Collector for RoomsCollector<R> {
             "Ticks run by every room",
             Counter,
             "kind",
-            one(histogram.count as f64),
+            each(|r| r.lateness.count as f64),
         )?;
         encode_labelled(
             &mut e,
@@ -471,7 +510,7 @@ impl<R: Room> Collector for RoomsCollector<R> {
             "Ticks that started later than their room's late_after",
             Counter,
             "kind",
-            one(lateness.late() as f64),
+            each(|r| r.late as f64),
         )?;
         encode_labelled(
             &mut e,
@@ -479,14 +518,14 @@ impl<R: Room> Collector for RoomsCollector<R> {
             "Room crashes (each restarted, or closed past its restart intensity)",
             Counter,
             "kind",
-            one(lateness.crashes.load(Ordering::Relaxed) as f64),
+            each(|r| r.crashes as f64),
         )?;
         encode_histograms(
             &mut e,
             "gatehouse_room_tick_lateness_seconds",
             "How late each tick started",
             "kind",
-            [(kind, &histogram)],
+            readings.iter().map(|(kind, r)| (*kind, &r.lateness)),
         )
     }
 }
