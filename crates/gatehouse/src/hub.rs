@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures_util::future::Either;
@@ -720,7 +720,7 @@ impl<M: Send + 'static> Hub<M> {
             id,
             peer: budget.meter.peer,
             transport: budget.meter.transport,
-            since: SystemTime::UNIX_EPOCH + budget.meter.since,
+            since: SystemTime::UNIX_EPOCH + Duration::from_secs(budget.meter.since.into()),
             traffic: budget.meter.read(),
             queued_bytes: budget.unsent() as u64,
             player: self.player_of.get(&id).map(|p| p.to_string()),

@@ -65,20 +65,20 @@ enum Outcome<T> {
 
 /// Runs a handler to its end unless the connection is cancelled first or the handler
 /// takes too long: a handler that never returns must not hold up a kick, a shutdown
-/// or a hub restart, nor keep a dead connection open. Also returns whether the
-/// handler had to wait.
+/// or a hub restart, nor keep a dead connection open. Also returns, if the handler
+/// had to wait, the latency batch it set aside meanwhile (for the caller to resume).
 async fn run_handler<T: Send>(
     cancel: &CancellationToken,
     timeout: Duration,
     mut handler: Guarded<'_, T>,
-) -> (Outcome<T>, bool) {
+) -> (Outcome<T>, Option<latency::Suspended>) {
     let settled = |result: Result<T, String>| match result {
         Ok(value) => Outcome::Done(value),
         Err(panic) => Outcome::Panicked(panic),
     };
     let first_poll = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut handler).poll(cx))).await;
     if let Poll::Ready(result) = first_poll {
-        return (settled(result), false);
+        return (settled(result), None);
     }
     // The slow path is boxed too: its timer and waiter would otherwise enlarge every
     // idle connection's task, which is sized for its largest await point. Other tasks
@@ -95,8 +95,7 @@ async fn run_handler<T: Send>(
         (outcome, batch)
     })
     .await;
-    latency::resume(batch);
-    (outcome, true)
+    (outcome, Some(batch))
 }
 
 /// What a handler answers, whichever kind it is.
@@ -218,7 +217,11 @@ impl<S: Service, T: Transport> Connection<S, T> {
         );
         let ctx = context!(self);
         let (call, handler) = start(&self.shared.service, ctx, session, event, faults);
-        let (outcome, waited) = run_handler(&self.cancel, timeout, handler).await;
+        let (outcome, set_aside) = run_handler(&self.cancel, timeout, handler).await;
+        let waited = set_aside.is_some();
+        if let Some(batch) = set_aside {
+            latency::resume(&self.shared.latency, batch);
+        }
         self.conclude(call, outcome);
         waited
     }
@@ -283,7 +286,7 @@ impl<S: Service, T: Transport> Connection<S, T> {
         // A handler that failed is timed too, to when the server gave up on it (a
         // cancelled one is not: its connection is ending for another reason).
         if let (Outcome::Panicked(_) | Outcome::TimedOut, Some(route)) = (&outcome, call.route()) {
-            latency::answered(route);
+            latency::answered(&self.shared.latency, route);
         }
         if let Some(answer) = self.settle(call.kind(), call.route(), outcome) {
             self.answered(call, answer);
@@ -293,7 +296,7 @@ impl<S: Service, T: Transport> Connection<S, T> {
     /// Puts an answer in the output (and logs an unknown route).
     fn answered(&mut self, call: Call, answer: Answer) {
         if let Some(route) = call.route() {
-            latency::answered(route);
+            latency::answered(&self.shared.latency, route);
         }
         match (call, answer) {
             (Call::Request { id, route, len }, Answer::Reply(reply)) => {
@@ -429,7 +432,7 @@ mod tests {
         let cancel = CancellationToken::new();
         let (outcome, waited) = run_handler(&cancel, TIMEOUT, guarded(async { 7 })).await;
         assert!(matches!(outcome, Outcome::Done(7)));
-        assert!(!waited);
+        assert!(waited.is_none());
     }
 
     #[tokio::test(start_paused = true)]
@@ -439,7 +442,7 @@ mod tests {
         let never = guarded(std::future::pending::<()>());
         let (outcome, waited) = run_handler(&cancel, TIMEOUT, never).await;
         assert!(matches!(outcome, Outcome::TimedOut));
-        assert!(waited);
+        assert!(waited.is_some());
         assert_eq!(start.elapsed(), TIMEOUT);
     }
 
@@ -452,7 +455,7 @@ mod tests {
         });
         let (outcome, waited) = run_handler(&cancel, TIMEOUT, slow).await;
         assert!(matches!(outcome, Outcome::Done("done")));
-        assert!(waited);
+        assert!(waited.is_some());
     }
 
     #[tokio::test(start_paused = true)]
@@ -476,13 +479,13 @@ mod tests {
         let at_once = guarded(async { panic!("boom") });
         let (outcome, waited) = run_handler::<()>(&cancel, TIMEOUT, at_once).await;
         assert!(matches!(outcome, Outcome::Panicked(ref m) if m == "boom"));
-        assert!(!waited);
+        assert!(waited.is_none());
         let later = guarded(async {
             tokio::time::sleep(Duration::from_secs(1)).await;
             panic!("late {}", 42)
         });
         let (outcome, waited) = run_handler::<()>(&cancel, TIMEOUT, later).await;
         assert!(matches!(outcome, Outcome::Panicked(ref m) if m == "late 42"));
-        assert!(waited);
+        assert!(waited.is_some());
     }
 }

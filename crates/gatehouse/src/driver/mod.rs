@@ -92,7 +92,7 @@ pub(crate) fn serve<S: Service, T: Transport>(
     let cancel = group.token.child_token();
     let since = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
+        .map_or(0, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX));
     let meter = Meter::new(kind, peer, since, shared.config.metrics.enabled);
     let budget = Arc::new(OutboundBudget::metered(
         shared.config.limits.outbound_queue_bytes,
@@ -252,7 +252,7 @@ impl<S: Service, T: Transport> Connection<S, T> {
                     now = clock(); // the handler waited: time has passed
                 }
             }
-            latency::end();
+            latency::end(&self.shared.latency);
             if let Some(close) = self.core.take_close() {
                 return close;
             }

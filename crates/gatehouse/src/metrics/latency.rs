@@ -18,12 +18,29 @@
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
 use std::time::Instant;
 
 /// Upper bounds of the histogram's buckets, in seconds (then `+Inf`).
 pub const LATENCY_BUCKETS: [f64; 14] = [
     0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// [`LATENCY_BUCKETS`] in nanoseconds, for comparing without floating point.
+const BUCKET_NANOS: [u64; LATENCY_BUCKETS.len()] = [
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    5_000_000_000,
 ];
 
 /// Route names with a label of their own; the rest share `other`.
@@ -57,10 +74,9 @@ pub struct HistogramSnapshot {
 
 impl AtomicHistogram {
     fn observe(&self, nanos: u64, n: u64) {
-        let seconds = nanos as f64 / 1e9;
-        let bucket = LATENCY_BUCKETS
+        let bucket = BUCKET_NANOS
             .iter()
-            .position(|&bound| seconds <= bound)
+            .position(|&bound| nanos <= bound)
             .unwrap_or(LATENCY_BUCKETS.len());
         self.buckets[bucket].fetch_add(n, Relaxed);
         self.sum_nanos.fetch_add(nanos.saturating_mul(n), Relaxed);
@@ -144,39 +160,50 @@ impl HandlerLatency {
     }
 }
 
-/// The answers of the current batch on this thread, not yet timed.
+/// The answers of the current batch on this thread, not yet timed. Plain data (no
+/// destructor), so that reaching it is a plain thread-local access: the histograms it
+/// is timed into are passed by the caller, whose server it is.
 struct Batch {
-    latency: Option<Arc<HandlerLatency>>,
     /// When the batch's input was read; `None` outside a batch (or metrics off).
     start: Option<Instant>,
+    /// Routes answered, with how many times.
     pending: [(u16, u32); PENDING_ROUTES],
     len: usize,
 }
 
 thread_local! {
     static BATCH: RefCell<Batch> = const {
-        RefCell::new(Batch { latency: None, start: None, pending: [(0, 0); PENDING_ROUTES], len: 0 })
+        RefCell::new(Batch { start: None, pending: [(0, 0); PENDING_ROUTES], len: 0 })
     };
 }
 
-/// A batch set aside while its handler waits (see the module docs).
+/// A batch set aside while its handler waits (see the module docs): when its input
+/// was read, and its answers so far with the time they were ready.
 pub(crate) struct Suspended {
-    latency: Arc<HandlerLatency>,
-    start: Instant,
+    batch: Batch,
+    at: Instant,
 }
 
 impl Batch {
-    fn flush(&mut self) {
-        let (Some(latency), Some(start)) = (&self.latency, self.start) else {
+    /// Times the pending answers into `latency`'s histograms: one clock reading.
+    fn flush(&mut self, latency: &HandlerLatency) {
+        if self.start.is_some() && self.len > 0 {
+            self.flush_at(latency, clock());
+        }
+    }
+
+    /// Times the pending answers as ready at `now`.
+    fn flush_at(&mut self, latency: &HandlerLatency, now: Instant) {
+        let Some(start) = self.start else {
             return;
         };
-        if self.len == 0 {
-            return;
-        }
-        let nanos =
-            u64::try_from(clock().saturating_duration_since(start).as_nanos()).unwrap_or(u64::MAX);
-        for &(slot, count) in &self.pending[..self.len] {
-            latency.histograms[usize::from(slot)].observe(nanos, u64::from(count));
+        let elapsed = now.saturating_duration_since(start);
+        let nanos = elapsed
+            .as_secs()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(u64::from(elapsed.subsec_nanos()));
+        for &(route, count) in &self.pending[..self.len] {
+            latency.histograms[latency.slot(route)].observe(nanos, u64::from(count));
         }
         self.len = 0;
     }
@@ -189,69 +216,79 @@ fn clock() -> Instant {
 
 /// Starts timing the answers to input read at `read_at`.
 #[inline]
-pub(crate) fn begin(latency: &Arc<HandlerLatency>, read_at: Instant) {
-    if !latency.enabled {
-        return;
+pub(crate) fn begin(latency: &HandlerLatency, read_at: Instant) {
+    if latency.enabled {
+        BATCH.with_borrow_mut(|batch| {
+            batch.start = Some(read_at);
+            batch.len = 0;
+        });
     }
-    BATCH.with_borrow_mut(|batch| {
-        if !batch
-            .latency
-            .as_ref()
-            .is_some_and(|current| Arc::ptr_eq(current, latency))
-        {
-            batch.latency = Some(latency.clone());
-        }
-        batch.start = Some(read_at);
-        batch.len = 0;
-    });
 }
 
 /// An answer on `route` was queued in the current batch.
 #[inline]
-pub(crate) fn answered(route: u16) {
+pub(crate) fn answered(latency: &HandlerLatency, route: u16) {
     BATCH.with_borrow_mut(|batch| {
-        let Some(latency) = batch.start.and(batch.latency.as_ref()) else {
+        if batch.start.is_none() {
             return;
-        };
-        let slot = u16::try_from(latency.slot(route)).unwrap_or(u16::MAX);
+        }
         let len = batch.len;
-        if let Some(entry) = batch.pending[..len].iter_mut().find(|(s, _)| *s == slot) {
+        // Most batches answer one route: it is the last entry.
+        if let Some(entry) = batch.pending[..len]
+            .iter_mut()
+            .rev()
+            .find(|(r, _)| *r == route)
+        {
             entry.1 += 1;
             return;
         }
         if len == PENDING_ROUTES {
-            batch.flush();
+            batch.flush(latency);
         }
-        batch.pending[batch.len] = (slot, 1);
-        batch.len += 1;
+        let len = batch.len;
+        batch.pending[len] = (route, 1);
+        batch.len = len + 1;
     });
 }
 
 /// Times the batch's answers now and ends it.
 #[inline]
-pub(crate) fn end() {
+pub(crate) fn end(latency: &HandlerLatency) {
     BATCH.with_borrow_mut(|batch| {
-        batch.flush();
+        batch.flush(latency);
         batch.start = None;
     });
 }
 
-/// Times the batch's answers so far and sets it aside: a handler is about to wait.
-pub(crate) fn suspend() -> Option<Suspended> {
+/// Sets the batch aside, its answers so far ready now: a handler is about to wait,
+/// and other tasks will run on this thread. (The histograms are not at hand here;
+/// [`resume`] times them.)
+pub(crate) fn suspend() -> Suspended {
     BATCH.with_borrow_mut(|batch| {
-        batch.flush();
-        let start = batch.start.take()?;
-        Some(Suspended {
-            latency: batch.latency.clone()?,
-            start,
-        })
+        let set_aside = Batch {
+            start: batch.start.take(),
+            pending: batch.pending,
+            len: std::mem::take(&mut batch.len),
+        };
+        let at = if set_aside.start.is_some() && set_aside.len > 0 {
+            clock()
+        } else {
+            Instant::now()
+        };
+        Suspended {
+            batch: set_aside,
+            at,
+        }
     })
 }
 
-/// Goes on with a batch set aside by [`suspend`] (perhaps on another thread).
-pub(crate) fn resume(suspended: Option<Suspended>) {
-    if let Some(Suspended { latency, start }) = suspended {
-        begin(&latency, start);
+/// Times the answers of a batch set aside by [`suspend`] and goes on with it
+/// (perhaps on another thread): what follows is timed from the same read.
+pub(crate) fn resume(latency: &HandlerLatency, suspended: Suspended) {
+    let Suspended { mut batch, at } = suspended;
+    batch.flush_at(latency, at);
+    if let Some(start) = batch.start {
+        begin(latency, start);
     }
 }
 
@@ -284,15 +321,15 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_batch_times_each_answer_from_the_read_to_the_end_of_its_batch() {
-        let latency = Arc::new(HandlerLatency::new(true, named));
+        let latency = HandlerLatency::new(true, named);
         let read_at = clock();
         begin(&latency, read_at);
-        answered(1);
-        answered(1);
-        answered(9); // unnamed: other
+        answered(&latency, 1);
+        answered(&latency, 1);
+        answered(&latency, 9); // unnamed: other
         tokio::time::advance(Duration::from_millis(2)).await;
-        end();
-        answered(1); // outside a batch: not timed
+        end(&latency);
+        answered(&latency, 1); // outside a batch: not timed
         let read = latency.read();
         let labels: Vec<_> = read.iter().map(|(label, _)| *label).collect();
         assert_eq!(labels, ["echo", "login", "other"]);
@@ -301,24 +338,43 @@ mod tests {
         assert_eq!(read[1].1.count, 0);
         assert_eq!(read[2].1.count, 1);
         assert_eq!(read[0].1.buckets[4], (0.002_5, 2), "2 ms is under 2.5 ms");
+        assert_eq!(read[0].1.buckets[3], (0.001, 0), "and over 1 ms");
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_waiting_handler_is_timed_from_its_read_and_its_batch_goes_on() {
-        let latency = Arc::new(HandlerLatency::new(true, named));
+        let latency = HandlerLatency::new(true, named);
         begin(&latency, clock());
-        answered(1);
+        answered(&latency, 1);
         tokio::time::advance(Duration::from_millis(1)).await;
-        let suspended = suspend(); // the echo is timed at 1 ms
-        answered(7); // another task's batch would be empty here: nothing counted
+        let suspended = suspend(); // the echo is ready at 1 ms
+        answered(&latency, 7); // another task's batch would be empty here: nothing counted
         tokio::time::advance(Duration::from_millis(9)).await;
-        resume(suspended);
-        answered(7); // the waiting login: 10 ms from the read
-        end();
+        resume(&latency, suspended); // and timed so
+        answered(&latency, 7); // the waiting login: 10 ms from the read
+        end(&latency);
         let read = latency.read();
         assert!((read[0].1.sum - 0.001).abs() < 1e-9);
         assert_eq!(read[1].1.count, 1);
         assert!((read[1].1.sum - 0.010).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_bucket_bounds_in_nanoseconds_are_the_bounds_in_seconds() {
+        for (nanos, seconds) in BUCKET_NANOS.iter().zip(LATENCY_BUCKETS) {
+            assert_eq!(*nanos, (seconds * 1e9).round() as u64);
+        }
+    }
+
+    #[test]
+    fn a_batch_answering_more_routes_than_it_holds_times_them_all() {
+        let latency = HandlerLatency::new(true, |_| None);
+        begin(&latency, clock());
+        for route in 0..(PENDING_ROUTES as u16 * 2 + 1) {
+            answered(&latency, route);
+        }
+        end(&latency);
+        assert_eq!(latency.read()[0].1.count, PENDING_ROUTES as u64 * 2 + 1);
     }
 
     #[test]
@@ -337,10 +393,10 @@ mod tests {
 
     #[test]
     fn switched_off_nothing_is_timed() {
-        let latency = Arc::new(HandlerLatency::new(false, named));
+        let latency = HandlerLatency::new(false, named);
         begin(&latency, clock());
-        answered(1);
-        end();
+        answered(&latency, 1);
+        end(&latency);
         assert!(latency.read().iter().all(|(_, h)| h.count == 0));
     }
 }

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# What the metrics cost per request, in instructions: the release server under
+# `valgrind --tool=callgrind`, metrics on and off, echo at depth 1 and 16. Each case
+# runs twice, with a short and a long load; the difference in the server's
+# user-space instructions divided by the difference in requests answered is the
+# marginal cost of one request (start-up, connecting and shutdown cancel out).
+# Instruction counts do not depend on what else the machine does, so this settles
+# what wall-clock runs on a shared host cannot (bench/NOTES.md).
+#
+#   scripts/callgrind-metrics.sh        # ~6 minutes on 2 cores
+#
+# Everything runs on 127.0.0.0/8; raw figures go to target/callgrind-metrics/<time>/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+dir="target/callgrind-metrics/$(date -u +%Y%m%dT%H%M%SZ)"
+mkdir -p "$dir"
+say() { echo "[callgrind-metrics] $*" >&2; }
+command -v valgrind >/dev/null || { echo "valgrind is needed (apt install valgrind)" >&2; exit 1; }
+
+say "building the release binary"
+cargo build --release -p gatehouse-cli >&2
+cp target/release/gatehouse "$dir/gatehouse-gen"
+
+pin_server=(); pin_gen=()
+if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
+    pin_server=(taskset -c 0); pin_gen=(taskset -c 1)
+fi
+
+server_pid=""
+stop_server() {
+    if [ -n "$server_pid" ]; then
+        kill -TERM "$server_pid" 2>/dev/null || true
+        wait "$server_pid" 2>/dev/null || true
+        server_pid=""
+    fi
+}
+trap stop_server EXIT
+
+# MODE DEPTH SECONDS -> one line: instructions requests
+measure() {
+    local mode="$1" depth="$2" secs="$3" out="$dir/callgrind.$1.d$2.s$3" flags addr="" json
+    if [ "$mode" = on ]; then flags=(--admin-port 0); else flags=(--no-admin --no-metrics); fi
+    "${pin_server[@]}" valgrind --tool=callgrind --callgrind-out-file="$out" \
+        target/release/gatehouse serve --service bench --config bench/gatehouse-bench.toml \
+        --log warn "${flags[@]}" > "$out.stdout" 2> "$out.stderr" &
+    server_pid=$!
+    for _ in $(seq 1 600); do
+        addr="$(sed -n 's/^listening on tcp:\/\///p' "$out.stdout")"
+        [ -n "$addr" ] && break
+        sleep 0.1
+    done
+    [ -n "$addr" ] || { echo "the server did not start; see $out.stderr" >&2; exit 1; }
+    json="$("${pin_gen[@]}" "$dir/gatehouse-gen" bench echo --quiet --addr "$addr" \
+        --connections 100 --depth "$depth" --payload 64 --duration "$secs" --warmup 0)"
+    stop_server
+    python3 - "$out" "$json" <<'PY'
+import json, sys
+out, result = sys.argv[1], json.loads(sys.argv[2])
+totals = [l for l in open(out) if l.startswith(("summary:", "totals:"))]
+print(int(totals[-1].split()[1]), result["verified"], result["errors"])
+PY
+}
+
+results="$dir/results.txt"
+: > "$results"
+for depth in 1 16; do
+    for mode in on off; do
+        read -r short_ir short_req short_err < <(measure "$mode" "$depth" 3)
+        read -r long_ir long_req long_err < <(measure "$mode" "$depth" 9)
+        echo "$mode $depth $short_ir $short_req $long_ir $long_req $((short_err + long_err))" >> "$results"
+        say "depth $depth metrics $mode done"
+    done
+done
+
+python3 - "$results" <<'PY'
+import sys
+rows = {}
+for line in open(sys.argv[1]):
+    mode, depth, s_ir, s_req, l_ir, l_req, errors = line.split()
+    per = (int(l_ir) - int(s_ir)) / (int(l_req) - int(s_req))
+    rows[(mode, int(depth))] = (per, int(errors))
+print("| echo, 100 connections, 64 B | metrics off: instructions per request | metrics on | on / off |")
+print("|---|---|---|---|")
+for depth in (1, 16):
+    off, on = rows[("off", depth)][0], rows[("on", depth)][0]
+    print(f"| depth {depth} | {off:,.0f} | {on:,.0f} | **{on / off:.3f}** |")
+errors = sum(e for _, e in rows.values())
+print(f"\nUser-space instructions of the server (callgrind), marginal per request between a 3 s and a 9 s load; errors: {errors}")
+PY
+say "raw figures: $dir"
