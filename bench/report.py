@@ -255,6 +255,8 @@ def write_report(args):
     w("cargo bench -p gatehouse-protocol     # the criterion micro-benchmarks alone (codec) …")
     w("cargo bench -p gatehouse              # … and the hub's fan-out")
     w("scripts/bench-transports.sh           # TCP, TLS, WebSocket, wss side by side (its table: below)")
+    w("scripts/callgrind-metrics.sh          # metrics on vs off, instructions per request (below)")
+    w("scripts/bench-metrics.sh              # metrics on vs off, wall clock (below)")
     w("```")
     w("")
     w("## The measuring machine")

@@ -228,6 +228,9 @@ pub(crate) fn begin(latency: &HandlerLatency, read_at: Instant) {
 /// An answer on `route` was queued in the current batch.
 #[inline]
 pub(crate) fn answered(latency: &HandlerLatency, route: u16) {
+    if !latency.enabled {
+        return;
+    }
     BATCH.with_borrow_mut(|batch| {
         if batch.start.is_none() {
             return;
@@ -254,6 +257,9 @@ pub(crate) fn answered(latency: &HandlerLatency, route: u16) {
 /// Times the batch's answers now and ends it.
 #[inline]
 pub(crate) fn end(latency: &HandlerLatency) {
+    if !latency.enabled {
+        return;
+    }
     BATCH.with_borrow_mut(|batch| {
         batch.flush(latency);
         batch.start = None;
