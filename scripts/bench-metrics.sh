@@ -25,20 +25,11 @@ while [ $# -gt 0 ]; do
     shift
 done
 
-dir="target/bench-metrics/$(date -u +%Y%m%dT%H%M%SZ)"
-mkdir -p "$dir"
+# shellcheck source=scripts/metrics-common.sh
+. scripts/metrics-common.sh
+metrics_setup bench-metrics
 results="$dir/results.jsonl"
 : > "$results"
-say() { echo "[bench-metrics] $*" >&2; }
-
-say "building the release binary"
-cargo build --release -p gatehouse-cli >&2
-cp target/release/gatehouse "$dir/gatehouse-gen"
-
-pin_server=(); pin_gen=()
-if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
-    pin_server=(taskset -c 0); pin_gen=(taskset -c 1)
-fi
 
 server_pid=""; scraper_pid=""
 stop_server() {
@@ -57,17 +48,12 @@ trap stop_server EXIT
 
 start_server() { # MODE -> server_pid, addr
     local mode="$1" flags
-    if [ "$mode" = on ]; then flags=(--admin-port 0); else flags=(--no-admin --no-metrics); fi
+    metrics_flags "$mode"
     "${pin_server[@]}" target/release/gatehouse serve --service bench \
         --config bench/gatehouse-bench.toml --log warn "${flags[@]}" \
         > "$dir/server.out" 2>> "$dir/server.err" &
     server_pid=$!
-    for _ in $(seq 1 100); do
-        addr="$(sed -n 's/^listening on tcp:\/\///p' "$dir/server.out")"
-        [ -n "$addr" ] && break
-        sleep 0.1
-    done
-    [ -n "$addr" ] || { echo "the server did not start; see $dir/server.err" >&2; exit 1; }
+    wait_for_tcp "$dir/server.out" "$dir/server.err" 100
     if [ "$mode" = on ]; then
         local admin
         admin="$(sed -n 's/^admin listening on //p' "$dir/server.out")"

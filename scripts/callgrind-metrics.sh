@@ -13,19 +13,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-dir="target/callgrind-metrics/$(date -u +%Y%m%dT%H%M%SZ)"
-mkdir -p "$dir"
-say() { echo "[callgrind-metrics] $*" >&2; }
 command -v valgrind >/dev/null || { echo "valgrind is needed (apt install valgrind)" >&2; exit 1; }
-
-say "building the release binary"
-cargo build --release -p gatehouse-cli >&2
-cp target/release/gatehouse "$dir/gatehouse-gen"
-
-pin_server=(); pin_gen=()
-if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
-    pin_server=(taskset -c 0); pin_gen=(taskset -c 1)
-fi
+# shellcheck source=scripts/metrics-common.sh
+. scripts/metrics-common.sh
+metrics_setup callgrind-metrics
 
 server_pid=""
 stop_server() {
@@ -39,18 +30,13 @@ trap stop_server EXIT
 
 # MODE DEPTH SECONDS -> one line: instructions requests
 measure() {
-    local mode="$1" depth="$2" secs="$3" out="$dir/callgrind.$1.d$2.s$3" flags addr="" json
-    if [ "$mode" = on ]; then flags=(--admin-port 0); else flags=(--no-admin --no-metrics); fi
+    local mode="$1" depth="$2" secs="$3" out="$dir/callgrind.$1.d$2.s$3" flags json
+    metrics_flags "$mode"
     "${pin_server[@]}" valgrind --tool=callgrind --callgrind-out-file="$out" \
         target/release/gatehouse serve --service bench --config bench/gatehouse-bench.toml \
         --log warn "${flags[@]}" > "$out.stdout" 2> "$out.stderr" &
     server_pid=$!
-    for _ in $(seq 1 600); do
-        addr="$(sed -n 's/^listening on tcp:\/\///p' "$out.stdout")"
-        [ -n "$addr" ] && break
-        sleep 0.1
-    done
-    [ -n "$addr" ] || { echo "the server did not start; see $out.stderr" >&2; exit 1; }
+    wait_for_tcp "$out.stdout" "$out.stderr" 600
     json="$("${pin_gen[@]}" "$dir/gatehouse-gen" bench echo --quiet --addr "$addr" \
         --connections 100 --depth "$depth" --payload 64 --duration "$secs" --warmup 0)"
     stop_server

@@ -121,6 +121,13 @@ async fn json(
     (status, value)
 }
 
+/// Checks each sample's value, naming the first that differs.
+fn expect(text: &str, expected: &[(&str, f64)]) {
+    for &(series, value) in expected {
+        assert_eq!(sample(text, series), value, "{series}");
+    }
+}
+
 /// The value of one sample (`name{labels}`, exactly as exposed) in the metrics text.
 fn sample(metrics: &str, series: &str) -> f64 {
     metrics
@@ -158,39 +165,29 @@ async fn metrics_move_as_a_scripted_session_of_requests_a_kick_a_refusal_and_a_h
     assert_eq!(refused.expect_kick().await, KickReason::TOO_MANY_FROM_IP);
 
     let text = metrics(server.admin, Some(TOKEN)).await;
-    assert_eq!(
-        sample(&text, "gatehouse_connections_open{transport=\"tcp\"}"),
-        3.0
-    );
-    assert_eq!(
-        sample(&text, "gatehouse_frames_received_total{transport=\"tcp\"}"),
-        15.0
-    );
-    assert_eq!(
-        sample(&text, "gatehouse_received_bytes_total{transport=\"tcp\"}"),
-        15.0 * ECHO_WIRE
-    );
-    assert_eq!(
-        sample(&text, "gatehouse_frames_sent_total{transport=\"tcp\"}"),
-        15.0
-    );
-    assert_eq!(
-        sample(&text, "gatehouse_sent_bytes_total{transport=\"tcp\"}"),
-        15.0 * ECHO_WIRE
-    );
-    assert_eq!(
-        sample(
-            &text,
-            "gatehouse_handler_duration_seconds_count{route=\"echo\"}"
-        ),
-        15.0
-    );
-    assert_eq!(
-        sample(
-            &text,
-            "gatehouse_handler_duration_seconds_bucket{le=\"+Inf\",route=\"echo\"}"
-        ),
-        15.0
+    expect(
+        &text,
+        &[
+            ("gatehouse_connections_open{transport=\"tcp\"}", 3.0),
+            ("gatehouse_frames_received_total{transport=\"tcp\"}", 15.0),
+            (
+                "gatehouse_received_bytes_total{transport=\"tcp\"}",
+                15.0 * ECHO_WIRE,
+            ),
+            ("gatehouse_frames_sent_total{transport=\"tcp\"}", 15.0),
+            (
+                "gatehouse_sent_bytes_total{transport=\"tcp\"}",
+                15.0 * ECHO_WIRE,
+            ),
+            (
+                "gatehouse_handler_duration_seconds_count{route=\"echo\"}",
+                15.0,
+            ),
+            (
+                "gatehouse_handler_duration_seconds_bucket{le=\"+Inf\",route=\"echo\"}",
+                15.0,
+            ),
+        ],
     );
 
     // A kick through the API, of the first connection listed.
@@ -239,50 +236,36 @@ async fn metrics_move_as_a_scripted_session_of_requests_a_kick_a_refusal_and_a_h
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let text = last;
-    assert_eq!(
-        sample(
-            &text,
-            "gatehouse_connections_accepted_total{transport=\"tcp\"}"
-        ),
-        3.0
-    );
-    assert_eq!(
-        sample(
-            &text,
-            "gatehouse_connections_refused_total{reason=\"too_many_from_ip\"}"
-        ),
-        1.0
-    );
-    assert_eq!(
-        sample(&text, "gatehouse_disconnects_total{reason=\"kicked\"}"),
-        1.0
-    );
-    assert_eq!(
-        sample(&text, "gatehouse_kicks_total{reason=\"duplicate_login\"}"),
-        1.0
-    );
-    assert_eq!(
-        sample(&text, "gatehouse_kicks_total{reason=\"server_restart\"}"),
-        2.0
-    );
-    assert_eq!(sample(&text, "gatehouse_hub_restarts_total"), 1.0);
-    assert_eq!(sample(&text, "gatehouse_hub_up"), 1.0);
-    assert_eq!(
-        sample(&text, "gatehouse_connections_open{transport=\"tcp\"}"),
-        0.0
+    expect(
+        &text,
+        &[
+            (
+                "gatehouse_connections_accepted_total{transport=\"tcp\"}",
+                3.0,
+            ),
+            (
+                "gatehouse_connections_refused_total{reason=\"too_many_from_ip\"}",
+                1.0,
+            ),
+            ("gatehouse_disconnects_total{reason=\"kicked\"}", 1.0),
+            ("gatehouse_kicks_total{reason=\"duplicate_login\"}", 1.0),
+            ("gatehouse_kicks_total{reason=\"server_restart\"}", 2.0),
+            ("gatehouse_hub_restarts_total", 1.0),
+            ("gatehouse_hub_up", 1.0),
+            ("gatehouse_connections_open{transport=\"tcp\"}", 0.0),
+        ],
     );
     // The crash request is one more frame in, and its answer one more out (the
     // framework's route, timed as `other`); the ended connections' counts are kept.
-    assert_eq!(
-        sample(&text, "gatehouse_frames_received_total{transport=\"tcp\"}"),
-        16.0
-    );
-    assert_eq!(
-        sample(
-            &text,
-            "gatehouse_handler_duration_seconds_count{route=\"other\"}"
-        ),
-        1.0
+    expect(
+        &text,
+        &[
+            ("gatehouse_frames_received_total{transport=\"tcp\"}", 16.0),
+            (
+                "gatehouse_handler_duration_seconds_count{route=\"other\"}",
+                1.0,
+            ),
+        ],
     );
     assert_eq!(
         sample(&text, "gatehouse_frames_sent_total{transport=\"tcp\"}"),
@@ -466,20 +449,16 @@ async fn switched_off_metrics_count_no_traffic_and_time_no_handler() {
         client.request(routes::ECHO, "hello").await;
     }
     let text = metrics(server.admin, None).await;
-    assert_eq!(
-        sample(&text, "gatehouse_connections_open{transport=\"tcp\"}"),
-        1.0
-    );
-    assert_eq!(
-        sample(&text, "gatehouse_frames_received_total{transport=\"tcp\"}"),
-        0.0
-    );
-    assert_eq!(
-        sample(
-            &text,
-            "gatehouse_handler_duration_seconds_count{route=\"echo\"}"
-        ),
-        0.0
+    expect(
+        &text,
+        &[
+            ("gatehouse_connections_open{transport=\"tcp\"}", 1.0),
+            ("gatehouse_frames_received_total{transport=\"tcp\"}", 0.0),
+            (
+                "gatehouse_handler_duration_seconds_count{route=\"echo\"}",
+                0.0,
+            ),
+        ],
     );
     server.stop().await;
 }
@@ -508,16 +487,12 @@ async fn a_handler_that_panics_is_timed_and_counted_with_its_disconnect() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(
-        sample(
-            &text,
-            "gatehouse_disconnects_total{reason=\"handler_panic\"}"
-        ),
-        1.0
-    );
-    assert_eq!(
-        sample(&text, "gatehouse_kicks_total{reason=\"internal_error\"}"),
-        1.0
+    expect(
+        &text,
+        &[
+            ("gatehouse_disconnects_total{reason=\"handler_panic\"}", 1.0),
+            ("gatehouse_kicks_total{reason=\"internal_error\"}", 1.0),
+        ],
     );
     assert_eq!(
         sample(

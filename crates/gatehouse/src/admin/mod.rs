@@ -201,23 +201,19 @@ async fn check_host(
 }
 
 fn router<S: Service>(admin: Admin<S>, hosts: Arc<[String]>) -> Router {
+    let token = &admin.token;
+    let needs = |access: Access| middleware::from_fn_with_state((token.clone(), access), guard);
     let reads = Router::new()
         .route("/metrics", get(api::metrics::<S>))
         .route("/api/stats", get(api::stats::<S>))
         .route("/api/events", get(api::events::<S>))
         .route("/api/connections", get(api::connections::<S>))
-        .route_layer(middleware::from_fn_with_state(
-            (admin.token.clone(), Access::Read),
-            guard,
-        ));
+        .route_layer(needs(Access::Read));
     let writes = Router::new()
         .route("/api/connections/{id}/kick", post(api::kick::<S>))
         .route("/api/broadcast", post(api::broadcast::<S>))
         .route("/api/drain", post(api::drain::<S>))
-        .route_layer(middleware::from_fn_with_state(
-            (admin.token.clone(), Access::Write),
-            guard,
-        ));
+        .route_layer(needs(Access::Write));
     Router::new()
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz::<S>))
