@@ -17,7 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use gatehouse_protocol::{KickReason, Status};
 
-use crate::connection::{ConnId, ConnectionCore, DisconnectReason};
+use crate::connection::{ConnId, ConnectionCore, DisconnectReason, Staged};
 use crate::hub::{HubError, HubHandle};
 use crate::mailbox::{Mailbox, MemberSink};
 use crate::timer::{Timer, TimerError};
@@ -27,8 +27,17 @@ use crate::timer::{Timer, TimerError};
 /// Handlers of one connection never run concurrently; a panic in any of them ends
 /// that connection only (kick `internal_error`), and `disconnect` still runs.
 ///
-/// A handler may be dropped at any `.await`: when its connection is kicked, the
-/// server shuts down, the hub restarts, or it runs past `limits.handler_timeout`.
+/// While a handler waits (at an `.await`), its connection goes on: what is queued
+/// for it is written, pushes from the hub and rooms are delivered, pings are
+/// answered, and its limits and deadlines are enforced; only the next request,
+/// notify or message waits for the handler, so answers keep their order. What the
+/// handler does through its [`Context`] (a push, a kick) is put into the
+/// connection's output as it happens; a kick closes the connection once the handler
+/// returns.
+///
+/// A handler may be dropped at any `.await`: when its connection is kicked or
+/// breaks a limit (`dos`, `slow_consumer`, `idle`, a deadline), the server shuts
+/// down, the hub restarts, or it runs past `limits.handler_timeout`.
 /// `disconnect` then runs with the session as the handler left it, so keep what a
 /// handler changes outside the session consistent across its awaits (a guard that
 /// undoes on drop, as arena's login claim does).
@@ -200,9 +209,18 @@ pub struct Context<'a, M> {
     pub(crate) hub: &'a HubHandle<M>,
     /// The connection's mailbox: for its timers, and for rooms to reach it.
     pub(crate) mailbox: &'a Arc<Mailbox<M>>,
-    /// The connection's state machine: what a handler queues goes straight into its
-    /// output.
-    pub(crate) core: &'a mut ConnectionCore,
+    /// Where what the handler does to its own connection goes.
+    own: Own<'a>,
+}
+
+/// A handler's way to its own connection.
+pub(crate) enum Own<'a> {
+    /// Straight into the connection's state machine: for handlers that run to their
+    /// end before the connection goes on (the fast paths, checkpoints, `connect`).
+    Core(&'a mut ConnectionCore),
+    /// Kept for the driver, which moves it into the core after each poll: for
+    /// handlers that may wait while the connection goes on.
+    Staged(&'a Staged),
 }
 
 impl<'a, M> Context<'a, M> {
@@ -211,14 +229,14 @@ impl<'a, M> Context<'a, M> {
         peer: SocketAddr,
         hub: &'a HubHandle<M>,
         mailbox: &'a Arc<Mailbox<M>>,
-        core: &'a mut ConnectionCore,
+        own: Own<'a>,
     ) -> Self {
         Context {
             id,
             peer,
             hub,
             mailbox,
-            core,
+            own,
         }
     }
 }
@@ -243,19 +261,28 @@ impl<M: Send + 'static> Context<'_, M> {
     /// outbound queue is full (the connection then closes as a slow consumer), or the
     /// payload is larger than a frame may be (dropped and logged).
     pub fn push(&mut self, route: u16, payload: impl Into<Bytes>) -> bool {
-        self.core.push(route, payload.into())
+        match &mut self.own {
+            Own::Core(core) => core.push(route, payload.into()),
+            Own::Staged(staged) => staged.push(self.mailbox.budget(), route, payload.into()),
+        }
     }
 
     /// The session changed in a way worth saving: [`Service::checkpoint`] runs within
     /// `limits.checkpoint_interval` (once, however many changes happen meanwhile).
     pub fn mark_dirty(&mut self) {
-        self.core.mark_dirty();
+        match &mut self.own {
+            Own::Core(core) => core.mark_dirty(),
+            Own::Staged(staged) => staged.mark_dirty(),
+        }
     }
 
     /// Closes this connection once the current handler returns, sending `reason`.
     /// The first close decided wins.
     pub fn kick(&mut self, reason: KickReason, text: impl Into<String>) {
-        self.core.kick(reason, text.into());
+        match &mut self.own {
+            Own::Core(core) => core.kick(reason, text.into()),
+            Own::Staged(staged) => staged.kick(reason, text.into()),
+        }
     }
 
     /// Delivers `message` to this session's [`Service::message`] handler after
@@ -287,7 +314,10 @@ impl<M: Send + 'static> Context<'_, M> {
     /// later login of the same name on another connection takes the name over; the
     /// game decides what happens to this one (arena kicks it `duplicate_login`).
     pub async fn logged_in(&mut self, player: &str) -> Result<(), HubError> {
-        self.core.set_logged_in();
+        match &mut self.own {
+            Own::Core(core) => core.set_logged_in(),
+            Own::Staged(staged) => staged.set_logged_in(),
+        }
         self.hub.login(self.id, player).await
     }
 

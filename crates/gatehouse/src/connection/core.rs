@@ -45,6 +45,24 @@ pub(crate) enum Event {
     Notify { route: u16, payload: Bytes },
 }
 
+/// Whether `push` may be sent under `max_frame_bytes`; a push too large for the
+/// protocol is dropped, and logged here.
+pub(crate) fn push_fits(push: &Message, max_frame_bytes: usize) -> bool {
+    let fits = push.body_len() <= max_frame_bytes;
+    if !fits {
+        let route = match push {
+            Message::Push { route, .. } => Some(*route),
+            _ => None,
+        };
+        warn!(
+            route,
+            len = push.body_len(),
+            "push over max_frame_bytes; dropped"
+        );
+    }
+    fits
+}
+
 /// What a "length" that is really the start of another protocol says, for the log of
 /// a client that came to the wrong listener: a TLS ClientHello (`16 03 0x`) or an
 /// HTTP request line (a WebSocket or a browser on a TCP listener).
@@ -347,29 +365,32 @@ impl ConnectionCore {
     /// closes as a slow consumer).
     pub(crate) fn push(&mut self, route: u16, payload: Bytes) -> bool {
         let push = Message::Push { route, payload };
-        if push.body_len() > self.config.limits.max_frame_bytes {
-            warn!(
-                route,
-                len = push.body_len(),
-                "push over max_frame_bytes; dropped"
-            );
-            return false;
-        }
-        self.enqueue(&push)
+        push_fits(&push, self.config.limits.max_frame_bytes) && self.enqueue(&push)
+    }
+
+    /// The largest frame body this connection may send or receive.
+    pub(crate) fn max_frame_bytes(&self) -> usize {
+        self.config.limits.max_frame_bytes
     }
 
     /// Encodes `message` into the output within the budget; over it, the connection
     /// is marked a slow consumer.
     fn enqueue(&mut self, message: &Message) -> bool {
-        let len = HEADER_LEN + message.body_len();
-        if !self.budget.reserve(len) {
+        if !self.budget.reserve(HEADER_LEN + message.body_len()) {
             self.close(DisconnectReason::SlowConsumer, None);
             return false;
         }
+        self.queue_reserved(message);
+        true
+    }
+
+    /// Encodes `message`, whose bytes the caller has already reserved from the budget
+    /// (a push staged by a handler that waits).
+    pub(crate) fn queue_reserved(&mut self, message: &Message) {
+        let len = HEADER_LEN + message.body_len();
         message.encode_frame_into(self.out.tail_for(len));
         self.out.commit(len);
         self.budget.meter.queued();
-        true
     }
 
     /// Queues a frame encoded elsewhere (a broadcast), whose bytes the deliverer has
@@ -547,11 +568,8 @@ impl ConnectionCore {
         }
         let text = close.kick_text(&self.config.limits);
         let message = Message::Kick { reason: kick, text };
-        let len = HEADER_LEN + message.body_len();
-        self.budget.force(len); // the kick must always get through
-        message.encode_frame_into(self.out.tail_for(len));
-        self.out.commit(len);
-        self.budget.meter.queued();
+        self.budget.force(HEADER_LEN + message.body_len()); // the kick must always get through
+        self.queue_reserved(&message);
     }
 
     // ---- memory ---------------------------------------------------------------

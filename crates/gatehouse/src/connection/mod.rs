@@ -6,6 +6,7 @@
 //! - [`budget`]: the unsent-byte budget the core shares with the mailbox.
 //! - [`meter`]: what crossed the connection, counted by its own task.
 //! - [`reason`]: [`DisconnectReason`], with its kick code, text and log level.
+//! - [`staged`]: what a handler that waits does to its connection, kept for the core.
 //!
 //! Nothing here touches a socket, a runtime or a clock (a test checks that no file
 //! of this module names tokio): the driver (`crate::driver`) does.
@@ -15,6 +16,7 @@ pub(crate) mod core;
 pub(crate) mod meter;
 pub(crate) mod outbound;
 pub(crate) mod reason;
+pub(crate) mod staged;
 
 use std::fmt;
 
@@ -23,6 +25,7 @@ pub(crate) use self::core::{Close, ConnectionCore, CoreConfig, Event};
 pub(crate) use self::meter::Meter;
 pub use self::meter::TrafficCounts;
 pub use self::reason::{DisconnectReason, Severity};
+pub(crate) use self::staged::Staged;
 
 /// A connection's id: unique for the life of the server process, across hub restarts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

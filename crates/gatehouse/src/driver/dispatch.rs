@@ -1,31 +1,43 @@
 //! Calling the service: one handler at a time, in arrival order, each under
-//! `catch_unwind`, a timeout and the connection's cancellation; the framework's own
-//! routes; and what the mailbox delivers.
+//! `catch_unwind` and a timeout; the framework's own routes; and what the mailbox
+//! delivers.
 //!
 //! A request or notify is first offered to the service's fast path (`request_now`,
 //! `notify_now`: no future, no allocation); otherwise its handler's future is boxed
-//! where it is made (the one allocation such a request costs), so that a large handler future does not enlarge every idle connection's
-//! task; it is polled once before any timer or cancellation waiter is armed, since
-//! most handlers finish without waiting.
+//! where it is made and polled once at once, since most handlers finish without
+//! waiting. One that waits becomes the connection's [`InFlight`] handler, which the
+//! connection loop polls beside its socket, mailbox and timer: while it waits, the
+//! connection goes on writing what is queued, taking its mail, answering pings and
+//! minding its limits and deadlines. Only the next handler calls wait for it
+//! (requests and notifies are held, a few at most, then reading stops; messages are
+//! kept in [`Busy`], bounded by the budget), so answers keep their order.
+//!
+//! A handler that may wait owns what it needs of its connection (the shared state,
+//! the hub, the mailbox: reference-counted clones) and holds the session, which it
+//! hands back when it finishes; it reaches its own connection through [`Staged`]
+//! effects, which are moved into the core after every poll of it.
 
+use std::collections::VecDeque;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::task::Poll;
-use std::time::Duration;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::Instant;
 
 use gatehouse_protocol::{
     Status, RESERVED_ROUTES_START, ROUTE_FAULT_CRASH_HUB, ROUTE_FAULT_PANIC_HANDLER,
 };
-use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
-use super::{Connection, Transport};
-use crate::connection::{Close, DisconnectReason, Event};
+use super::{clock, Connection, Transport};
+use crate::connection::{Close, ConnId, ConnectionCore, DisconnectReason, Event, Staged};
+use crate::group::{Group, Shared};
 use crate::guard::panic_message;
-use crate::mailbox::{Delivery, Verdict};
+use crate::mailbox::{Delivery, Mailbox, Verdict};
 use crate::metrics::latency;
-use crate::service::{Context, Reply, Service};
+use crate::service::{Context, Own, Reply, Service};
 
 /// A handler's future on the heap (so that a large handler future does not enlarge
 /// every idle connection's task), resolving to its output or, if it panicked, the
@@ -52,54 +64,16 @@ impl<T> Future for Guarded<'_, T> {
     }
 }
 
-/// How a handler ended.
+/// How a handler ended (one dropped because its connection ended has no outcome).
 enum Outcome<T> {
     Done(T),
     Panicked(String),
-    /// The connection was cancelled (shutdown, hub restart, kick) first; the handler
-    /// was dropped.
-    Cancelled,
     /// It ran past `limits.handler_timeout`; it was dropped.
     TimedOut,
 }
 
-/// Runs a handler to its end unless the connection is cancelled first or the handler
-/// takes too long: a handler that never returns must not hold up a kick, a shutdown
-/// or a hub restart, nor keep a dead connection open. Also returns, if the handler
-/// had to wait, the latency batch it set aside meanwhile (for the caller to resume).
-async fn run_handler<T: Send>(
-    cancel: &CancellationToken,
-    timeout: Duration,
-    mut handler: Guarded<'_, T>,
-) -> (Outcome<T>, Option<latency::Suspended>) {
-    let settled = |result: Result<T, String>| match result {
-        Ok(value) => Outcome::Done(value),
-        Err(panic) => Outcome::Panicked(panic),
-    };
-    let first_poll = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut handler).poll(cx))).await;
-    if let Poll::Ready(result) = first_poll {
-        return (settled(result), None);
-    }
-    // The slow path is boxed too: its timer and waiter would otherwise enlarge every
-    // idle connection's task, which is sized for its largest await point. Other tasks
-    // run on this thread while it waits: the batch being timed is set aside.
-    let batch = latency::suspend();
-    let (outcome, batch) = Box::pin(async move {
-        let outcome = tokio::select! {
-            result = tokio::time::timeout(timeout, handler) => match result {
-                Ok(result) => settled(result),
-                Err(_) => Outcome::TimedOut,
-            },
-            () = cancel.cancelled() => Outcome::Cancelled,
-        };
-        (outcome, batch)
-    })
-    .await;
-    (outcome, Some(batch))
-}
-
 /// What a handler answers, whichever kind it is.
-enum Answer {
+pub(super) enum Answer {
     Reply(Reply),
     Status(Status),
     Nothing,
@@ -132,98 +106,400 @@ impl Call {
     }
 }
 
-/// Makes the handler call for `event`, boxed, not yet polled. The handler's context
-/// and the service's future live inside the box (made at the first poll), so neither
-/// is copied nor held in the connection's task.
-fn start<'f, S: Service>(
-    service: &'f S,
-    mut ctx: Context<'f, S::Message>,
-    session: &'f mut S::Session,
-    event: Event,
+/// What a handler is called for.
+pub(super) enum Work<M> {
+    Event(Event),
+    Message(M),
+}
+
+/// What a handler call that may wait resolves to: its answer, and the session it
+/// held, handed back.
+pub(super) type Done<'s, S> = (Answer, &'s mut <S as Service>::Session);
+
+/// A handler that had to wait: the connection loop polls it.
+pub(super) struct InFlight<'s, S: Service> {
+    call: Call,
+    handler: Guarded<'s, Done<'s, S>>,
+    staged: Arc<Staged>,
+    /// `limits.handler_timeout` after its first poll.
+    pub(super) deadline: Instant,
+    /// When the input that brought it was read: its latency runs from there.
+    read_at: Instant,
+}
+
+/// What a poll of the [`InFlight`] handler found.
+pub(super) enum Polled<T> {
+    Finished(Result<T, String>),
+    /// Still waiting, and it queued output meanwhile.
+    Queued,
+    Waiting,
+}
+
+impl<'s, S: Service> InFlight<'s, S> {
+    /// Polls the handler, then moves what it did into `core`.
+    pub(super) fn poll(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        core: &mut ConnectionCore,
+    ) -> Polled<Done<'s, S>> {
+        let polled = Pin::new(&mut self.handler).poll(cx);
+        let queued = self.staged.apply(core);
+        match polled {
+            Poll::Ready(result) => Polled::Finished(result),
+            Poll::Pending if queued => Polled::Queued,
+            Poll::Pending => Polled::Waiting,
+        }
+    }
+}
+
+/// The connection's handler work beyond the one at hand: the handler that waits, and
+/// what arrived for handlers meanwhile, in order. Boxed, and kept only while there is
+/// such work, so that an idle connection holds none of it.
+pub(super) struct Busy<'s, S: Service> {
+    pub(super) in_flight: Option<InFlight<'s, S>>,
+    /// Messages delivered meanwhile, still charged to the connection's budget (which
+    /// bounds them) until their handler runs.
+    messages: VecDeque<S::Message>,
+    /// Requests and notifies cut from the input meanwhile, in order; input is not
+    /// cut past [`HELD_EVENTS`] of them or [`HELD_BYTES`] of their payloads.
+    held: VecDeque<Event>,
+    held_bytes: usize,
+    /// A checkpoint came due while the session was lent out.
+    pub(super) checkpoint_owed: bool,
+    /// To give back the charge of the messages left when the connection ends.
+    mailbox: Arc<Mailbox<S::Message>>,
+}
+
+/// Requests and notifies held behind a handler that waits, at most.
+const HELD_EVENTS: usize = 16;
+
+/// Payload bytes held behind a handler that waits, at most (beyond the first event,
+/// which is always taken).
+const HELD_BYTES: usize = 16 * 1024;
+
+impl<S: Service> Busy<'_, S> {
+    fn new(mailbox: Arc<Mailbox<S::Message>>) -> Box<Self> {
+        Box::new(Busy {
+            in_flight: None,
+            messages: VecDeque::new(),
+            held: VecDeque::new(),
+            held_bytes: 0,
+            checkpoint_owed: false,
+            mailbox,
+        })
+    }
+
+    /// Whether input may be cut for another event to hold (and the socket read).
+    pub(super) fn can_hold(&self) -> bool {
+        self.held.is_empty() || (self.held.len() < HELD_EVENTS && self.held_bytes < HELD_BYTES)
+    }
+
+    fn hold(&mut self, event: Event) {
+        self.held_bytes += match &event {
+            Event::Request { payload, .. } | Event::Notify { payload, .. } => payload.len(),
+        };
+        self.held.push_back(event);
+    }
+
+    fn next_held(&mut self) -> Option<Event> {
+        let event = self.held.pop_front()?;
+        self.held_bytes -= match &event {
+            Event::Request { payload, .. } | Event::Notify { payload, .. } => payload.len(),
+        };
+        Some(event)
+    }
+}
+
+impl<S: Service> Drop for Busy<'_, S> {
+    fn drop(&mut self) {
+        for _ in self.messages.drain(..) {
+            self.mailbox.release_message();
+        }
+    }
+}
+
+/// What a handler call that may wait owns of its connection, so that while it waits
+/// it borrows nothing the connection loop uses.
+struct Owned<S: Service> {
+    shared: Arc<Shared<S>>,
+    group: Arc<Group<S::Message>>,
+    mailbox: Arc<Mailbox<S::Message>>,
+    staged: Arc<Staged>,
+    id: ConnId,
+    peer: SocketAddr,
+}
+
+/// Makes the handler call for `work`, boxed, not yet polled. The handler's context
+/// lives inside the box, over what the call owns.
+fn start<'s, S: Service>(
+    owned: Owned<S>,
+    session: &'s mut S::Session,
+    work: Work<S::Message>,
     fault_injection: bool,
-) -> (Call, Guarded<'f, Answer>) {
-    match event {
-        Event::Request { id, route, payload } => {
+) -> (Call, Guarded<'s, Done<'s, S>>) {
+    let Owned {
+        shared,
+        group,
+        mailbox,
+        staged,
+        id,
+        peer,
+    } = owned;
+    match work {
+        Work::Event(Event::Request {
+            id: rid,
+            route,
+            payload,
+        }) => {
             let call = Call::Request {
-                id,
+                id: rid,
                 route,
                 len: payload.len(),
             };
             if route >= RESERVED_ROUTES_START {
-                return (call, framework_request(ctx, route, fault_injection));
+                return (
+                    call,
+                    framework_request::<S>(group, id, session, route, fault_injection),
+                );
             }
-            let answer = async move {
-                Answer::Reply(service.request(session, &mut ctx, route, payload).await)
-            };
-            (call, guarded(answer))
+            let handler = guarded(async move {
+                let mut ctx = Context::new(id, peer, &group.hub, &mailbox, Own::Staged(&staged));
+                let reply = shared
+                    .service
+                    .request(session, &mut ctx, route, payload)
+                    .await;
+                (Answer::Reply(reply), session)
+            });
+            (call, handler)
         }
-        Event::Notify { route, payload } => {
+        Work::Event(Event::Notify { route, payload }) => {
             let call = Call::Notify {
                 route,
                 len: payload.len(),
             };
-            let answer = async move {
-                Answer::Status(service.notify(session, &mut ctx, route, payload).await)
-            };
-            (call, guarded(answer))
+            let handler = guarded(async move {
+                let mut ctx = Context::new(id, peer, &group.hub, &mailbox, Own::Staged(&staged));
+                let status = shared
+                    .service
+                    .notify(session, &mut ctx, route, payload)
+                    .await;
+                (Answer::Status(status), session)
+            });
+            (call, handler)
+        }
+        Work::Message(message) => {
+            let handler = guarded(async move {
+                let mut ctx = Context::new(id, peer, &group.hub, &mailbox, Own::Staged(&staged));
+                shared.service.message(session, &mut ctx, message).await;
+                (Answer::Nothing, session)
+            });
+            (Call::Message, handler)
         }
     }
 }
 
 /// The framework's own routes: fault injection.
-fn framework_request<M: Send + 'static>(
-    ctx: Context<'_, M>,
+fn framework_request<'s, S: Service>(
+    group: Arc<Group<S::Message>>,
+    id: ConnId,
+    session: &'s mut S::Session,
     route: u16,
     enabled: bool,
-) -> Guarded<'_, Answer> {
+) -> Guarded<'s, Done<'s, S>> {
     let fault = matches!(route, ROUTE_FAULT_CRASH_HUB | ROUTE_FAULT_PANIC_HANDLER);
     if !fault {
-        return guarded(async move { Answer::Reply(Reply::unknown_route(route)) });
+        return guarded(async move { (Answer::Reply(Reply::unknown_route(route)), session) });
     }
     if !enabled {
         warn!(route, "fault injection requested but disabled");
-        return guarded(async {
-            Answer::Reply(Reply::error(
-                Status::FORBIDDEN,
-                "fault injection is disabled (server.allow_fault_injection)",
-            ))
-        });
+        let refusal = Reply::error(
+            Status::FORBIDDEN,
+            "fault injection is disabled (server.allow_fault_injection)",
+        );
+        return guarded(async move { (Answer::Reply(refusal), session) });
     }
     if route == ROUTE_FAULT_PANIC_HANDLER {
         return guarded(async { panic!("fault injection: handler panic requested") });
     }
-    let (hub, id) = (ctx.hub, ctx.id);
     guarded(async move {
-        Answer::Reply(match hub.crash(id).await {
+        let reply = match group.hub.crash(id).await {
             Ok(()) => Reply::empty(),
             Err(e) => Reply::error(Status::UNAVAILABLE, e.to_string()),
-        })
+        };
+        (Answer::Reply(reply), session)
     })
 }
 
 impl<S: Service, T: Transport> Connection<S, T> {
-    /// Runs the handler of one event to its end and puts its answer in the output;
-    /// returns whether it had to wait. Kept flat (its only nested futures are tiny or
-    /// boxed), since this runs once per request and its state is part of every
-    /// connection's task.
-    pub(super) async fn dispatch(&mut self, event: Event, session: &mut S::Session) -> bool {
-        let Some(event) = self.answer_now(event, session) else {
-            return false;
-        };
-        let limits = &self.shared.config;
-        let (timeout, faults) = (
-            limits.limits.handler_timeout,
-            limits.server.allow_fault_injection,
-        );
-        let ctx = context!(self);
-        let (call, handler) = start(&self.shared.service, ctx, session, event, faults);
-        let (outcome, set_aside) = run_handler(&self.cancel, timeout, handler).await;
-        let waited = set_aside.is_some();
-        if let Some(batch) = set_aside {
-            latency::resume(&self.shared.latency, batch);
+    /// Runs, in order, what is ready for handlers, until one has to wait or the
+    /// connection closes: first what waited for the last handler (a checkpoint, the
+    /// messages, the held request), then new input. While a handler waits, input is
+    /// cut only up to the next request or notify, which is held: pings are answered
+    /// and every limit applies meanwhile.
+    pub(super) fn run_ready<'s>(
+        &mut self,
+        session: &mut Option<&'s mut S::Session>,
+        busy: &mut Option<Box<Busy<'s, S>>>,
+        read_at: Instant,
+    ) {
+        while !self.core.is_closing() {
+            let work = match busy.as_deref_mut() {
+                Some(waiting) if waiting.in_flight.is_some() => {
+                    while waiting.can_hold() {
+                        match self.core.poll_event(read_at) {
+                            Some(event) => waiting.hold(event),
+                            None => break,
+                        }
+                    }
+                    return;
+                }
+                Some(backlog) => {
+                    if std::mem::take(&mut backlog.checkpoint_owed) {
+                        if let Some(session) = session.as_deref_mut() {
+                            self.checkpoint(session);
+                        }
+                        continue;
+                    }
+                    if let Some(event) = backlog.next_held() {
+                        Work::Event(event)
+                    } else if let Some(message) = backlog.messages.pop_front() {
+                        self.mailbox.release_message();
+                        Work::Message(message)
+                    } else {
+                        *busy = None;
+                        continue;
+                    }
+                }
+                None => match self.core.poll_event(read_at) {
+                    Some(event) => Work::Event(event),
+                    None => return,
+                },
+            };
+            self.dispatch(work, session, busy, read_at);
         }
+    }
+
+    /// Calls the handler of `work`: the fast path, or a handler call polled once,
+    /// which becomes the connection's [`InFlight`] handler if it has to wait. Only
+    /// called while the session is at hand (no handler waits).
+    fn dispatch<'s>(
+        &mut self,
+        work: Work<S::Message>,
+        session: &mut Option<&'s mut S::Session>,
+        busy: &mut Option<Box<Busy<'s, S>>>,
+        read_at: Instant,
+    ) {
+        let work = match work {
+            Work::Event(event) => {
+                let Some(session) = session.as_deref_mut() else {
+                    return; // unreachable: `run_ready` holds work while a handler waits
+                };
+                match self.answer_now(event, session) {
+                    Some(event) => Work::Event(event),
+                    None => return,
+                }
+            }
+            message => message,
+        };
+        let Some(lent) = session.take() else {
+            return;
+        };
+        let staged = Arc::new(Staged::new(self.core.max_frame_bytes()));
+        let owned = Owned {
+            shared: self.shared.clone(),
+            group: self.group.clone(),
+            mailbox: self.mailbox.clone(),
+            staged: staged.clone(),
+            id: self.id,
+            peer: self.peer,
+        };
+        let faults = self.shared.config.server.allow_fault_injection;
+        let (call, mut handler) = start(owned, lent, work, faults);
+        // Polled with a waker that wakes nothing: if it waits, the connection loop
+        // polls it again with the task's own before it sleeps.
+        let mut cx = std::task::Context::from_waker(Waker::noop());
+        let polled = Pin::new(&mut handler).poll(&mut cx);
+        staged.apply(&mut self.core);
+        match polled {
+            Poll::Ready(result) => self.finish(call, result, &staged, session),
+            Poll::Pending => {
+                // The answers so far are ready now; this one will be timed from the
+                // same read when it comes.
+                latency::end(&self.shared.latency);
+                let deadline = clock() + self.shared.config.limits.handler_timeout;
+                let mailbox = &self.mailbox;
+                let backlog = busy.get_or_insert_with(|| Busy::new(mailbox.clone()));
+                backlog.in_flight = Some(InFlight {
+                    call,
+                    handler,
+                    staged,
+                    deadline,
+                    read_at,
+                });
+            }
+        }
+    }
+
+    /// The handler that waited has finished: its answer is queued, timed from the
+    /// read that brought it, and the session is back.
+    pub(super) fn finish_in_flight<'s>(
+        &mut self,
+        in_flight: InFlight<'s, S>,
+        result: Result<Done<'s, S>, String>,
+        session: &mut Option<&'s mut S::Session>,
+    ) {
+        let InFlight {
+            call,
+            handler,
+            staged,
+            read_at,
+            ..
+        } = in_flight;
+        drop(handler);
+        latency::begin(&self.shared.latency, read_at);
+        self.finish(call, result, &staged, session);
+        latency::end(&self.shared.latency);
+    }
+
+    /// The handler that waits ran past `limits.handler_timeout` at `now`: it is
+    /// dropped and the connection closes.
+    pub(super) fn time_out_in_flight(&mut self, busy: &mut Option<Box<Busy<'_, S>>>, now: Instant) {
+        let Some(in_flight) = busy
+            .as_deref_mut()
+            .and_then(|waiting| waiting.in_flight.take_if(|f| now >= f.deadline))
+        else {
+            return;
+        };
+        let InFlight {
+            call,
+            handler,
+            read_at,
+            ..
+        } = in_flight;
+        drop(handler);
+        latency::begin(&self.shared.latency, read_at);
+        self.conclude(call, Outcome::TimedOut);
+        latency::end(&self.shared.latency);
+    }
+
+    /// A handler call ended with `result`: the session comes back, the answer goes
+    /// out, then the handler's own kick is decided.
+    fn finish<'s>(
+        &mut self,
+        call: Call,
+        result: Result<Done<'s, S>, String>,
+        staged: &Staged,
+        session: &mut Option<&'s mut S::Session>,
+    ) {
+        let outcome = match result {
+            Ok((answer, lent)) => {
+                *session = Some(lent);
+                Outcome::Done(answer)
+            }
+            Err(panic) => Outcome::Panicked(panic),
+        };
         self.conclude(call, outcome);
-        waited
+        staged.finish(&mut self.core);
     }
 
     /// The fast path: offers the event to the service's `request_now` or `notify_now`
@@ -313,7 +589,7 @@ impl<S: Service, T: Transport> Connection<S, T> {
     }
 
     /// A handler's result, or `None` with the connection marked to close when the
-    /// handler panicked, was cancelled, or timed out.
+    /// handler panicked or timed out.
     fn settle<R>(
         &mut self,
         kind: &'static str,
@@ -326,11 +602,6 @@ impl<S: Service, T: Transport> Connection<S, T> {
                 let name = route.and_then(|r| self.shared.service.route_name(r));
                 error!(panic = %panic, kind, route, name, "handler panicked");
                 DisconnectReason::HandlerPanic
-            }
-            Outcome::Cancelled => {
-                let close = self.stop_reason();
-                self.core.close(close.reason, close.text);
-                return None;
             }
             Outcome::TimedOut => {
                 let timeout = self.shared.config.limits.handler_timeout;
@@ -348,52 +619,28 @@ impl<S: Service, T: Transport> Connection<S, T> {
     }
 
     /// Takes what the mailbox holds: a kick or an overflow decides the close first
-    /// (before any message handler runs, so that the handler a kick interrupts cannot
-    /// be mistaken for a shutdown); frames are queued, to leave before the kick;
-    /// messages are returned in order for [`Connection::handle_messages`] (an empty
-    /// `Vec` costs nothing, so a broadcast's wakeup allocates nothing).
-    pub(super) fn take_mail(&mut self) -> Vec<S::Message> {
+    /// (before any message handler runs); frames are queued, to leave before the
+    /// kick; messages join the `busy` backlog, in order, for
+    /// [`Connection::run_ready`] (still charged to the budget until their handler
+    /// runs, so that messages piling up behind a handler that waits stay bounded).
+    pub(super) fn take_mail<'s>(&mut self, busy: &mut Option<Box<Busy<'s, S>>>) {
         match self.mailbox.verdict() {
             Verdict::Kicked(reason, text) => self.core.kick(reason, text),
             Verdict::Overflowed => self.core.close(DisconnectReason::SlowConsumer, None),
             Verdict::Open => {}
         }
-        let mut messages = Vec::new();
         while let Some(delivery) = self.mailbox.next() {
             match delivery {
                 Delivery::Frame(frame) => self.core.queue_reserved_frame(frame),
+                Delivery::Message(_) if self.core.is_closing() => self.mailbox.release_message(),
                 Delivery::Message(message) => {
-                    self.mailbox.release_message();
-                    if !self.core.is_closing() {
-                        messages.push(message);
-                    }
+                    let mailbox = &self.mailbox;
+                    busy.get_or_insert_with(|| Busy::new(mailbox.clone()))
+                        .messages
+                        .push_back(message);
                 }
                 Delivery::Kick(..) => {} // the mailbox keeps kicks apart
             }
-        }
-        messages
-    }
-
-    /// Runs the service's `message` handler for each message, in order, while the
-    /// connection stays open.
-    pub(super) async fn handle_messages(
-        &mut self,
-        messages: Vec<S::Message>,
-        session: &mut S::Session,
-    ) {
-        for message in messages {
-            if self.core.is_closing() {
-                break;
-            }
-            let timeout = self.shared.config.limits.handler_timeout;
-            let mut ctx = context!(self);
-            let (service, session) = (&self.shared.service, &mut *session);
-            let handler = guarded(async move {
-                service.message(session, &mut ctx, message).await;
-                Answer::Nothing
-            });
-            let (outcome, _) = run_handler(&self.cancel, timeout, handler).await;
-            self.conclude(Call::Message, outcome);
         }
     }
 
@@ -416,76 +663,5 @@ impl<S: Service, T: Transport> Connection<S, T> {
             Verdict::Overflowed => Close::from(DisconnectReason::SlowConsumer),
             Verdict::Open => Close::from(self.group.stop_reason()),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use tokio::time::Instant;
-
-    use super::*;
-
-    const TIMEOUT: Duration = Duration::from_secs(30);
-
-    #[tokio::test(start_paused = true)]
-    async fn a_handler_that_finishes_at_once_costs_no_wait() {
-        let cancel = CancellationToken::new();
-        let (outcome, waited) = run_handler(&cancel, TIMEOUT, guarded(async { 7 })).await;
-        assert!(matches!(outcome, Outcome::Done(7)));
-        assert!(waited.is_none());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_handler_that_never_finishes_is_dropped_exactly_at_its_timeout() {
-        let cancel = CancellationToken::new();
-        let start = Instant::now();
-        let never = guarded(std::future::pending::<()>());
-        let (outcome, waited) = run_handler(&cancel, TIMEOUT, never).await;
-        assert!(matches!(outcome, Outcome::TimedOut));
-        assert!(waited.is_some());
-        assert_eq!(start.elapsed(), TIMEOUT);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_slow_handler_within_its_timeout_finishes() {
-        let cancel = CancellationToken::new();
-        let slow = guarded(async {
-            tokio::time::sleep(TIMEOUT - Duration::from_millis(1)).await;
-            "done"
-        });
-        let (outcome, waited) = run_handler(&cancel, TIMEOUT, slow).await;
-        assert!(matches!(outcome, Outcome::Done("done")));
-        assert!(waited.is_some());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn cancellation_interrupts_a_waiting_handler_when_it_happens() {
-        let cancel = CancellationToken::new();
-        let canceller = cancel.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            canceller.cancel();
-        });
-        let start = Instant::now();
-        let never = guarded(std::future::pending::<()>());
-        let (outcome, _) = run_handler(&cancel, TIMEOUT, never).await;
-        assert!(matches!(outcome, Outcome::Cancelled));
-        assert_eq!(start.elapsed(), Duration::from_secs(5));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_panic_before_or_after_a_wait_is_caught_with_its_message() {
-        let cancel = CancellationToken::new();
-        let at_once = guarded(async { panic!("boom") });
-        let (outcome, waited) = run_handler::<()>(&cancel, TIMEOUT, at_once).await;
-        assert!(matches!(outcome, Outcome::Panicked(ref m) if m == "boom"));
-        assert!(waited.is_none());
-        let later = guarded(async {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            panic!("late {}", 42)
-        });
-        let (outcome, waited) = run_handler::<()>(&cancel, TIMEOUT, later).await;
-        assert!(matches!(outcome, Outcome::Panicked(ref m) if m == "late 42"));
-        assert!(waited.is_some());
     }
 }

@@ -26,7 +26,7 @@ macro_rules! context {
             $conn.peer,
             &$conn.group.hub,
             &$conn.mailbox,
-            &mut $conn.core,
+            Own::Core(&mut $conn.core),
         )
     };
 }
@@ -47,7 +47,7 @@ use std::time::{Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn, Instrument};
 
-use self::dispatch::guarded;
+use self::dispatch::{guarded, Busy, Polled};
 pub(crate) use self::transport::{Goodbye, Received, Transport};
 use gatehouse_protocol::KickReason;
 
@@ -60,7 +60,7 @@ use crate::limits::Permit;
 use crate::logs::{Admit, LogLimiter};
 use crate::mailbox::Mailbox;
 use crate::metrics::latency;
-use crate::service::{Context, Disconnect, Service};
+use crate::service::{Context, Disconnect, Own, Service};
 
 /// A busy connection looks at its cancellation before anything else once in this
 /// many wakeups (an idle one, every time it waits).
@@ -134,11 +134,14 @@ struct Connection<S: Service, T> {
 }
 
 /// What woke the loop.
-enum Wake {
+enum Wake<T> {
+    /// The handler that waited has finished (its result, or its panic).
+    Finished(Result<T, String>),
     Cancelled,
     Delivered,
     Received(Received),
-    /// The rest of the output went out: the loop looks again (stall clock, buffers).
+    /// Output went out, or the handler that waits queued some: the loop looks again
+    /// (stall clock, buffers, what to send).
     Sent,
     Timer,
     Failed(std::io::Error),
@@ -229,6 +232,10 @@ impl<S: Service, T: Transport> Connection<S, T> {
 
     /// The loop; returns why the connection must end.
     async fn serve(&mut self, session: &mut S::Session) -> Close {
+        // The session, lent to the handler that waits while it waits (then `None`).
+        let mut session = Some(session);
+        // The handler that waits and what waits for it; `None` while there is none.
+        let mut busy: Option<Box<Busy<'_, S>>> = None;
         let mut now = clock();
         let mut armed = self.core.poll_timeout(now, false);
         let timer = tokio::time::sleep_until(armed.into());
@@ -243,15 +250,12 @@ impl<S: Service, T: Transport> Connection<S, T> {
         // stop is still seen within a few batches, and an idle connection at once.
         let mut since_cancel_check = 0u32;
         loop {
-            // What arrived, in order: each handler runs to its end before the next
-            // frame is looked at. Answers pile up in the output, to leave together,
-            // and are timed together from the read (`metrics::latency`).
+            // What arrived, in order: each handler runs to its end (or waits, in
+            // flight) before the next is called. Answers pile up in the output, to
+            // leave together, and are timed together from the read
+            // (`metrics::latency`).
             latency::begin(&self.shared.latency, now);
-            while let Some(event) = self.core.poll_event(now) {
-                if self.dispatch(event, session).await {
-                    now = clock(); // the handler waited: time has passed
-                }
-            }
+            self.run_ready(&mut session, &mut busy, now);
             latency::end(&self.shared.latency);
             if let Some(close) = self.core.take_close() {
                 return close;
@@ -260,7 +264,7 @@ impl<S: Service, T: Transport> Connection<S, T> {
                 return Close::from(DisconnectReason::SocketError(e.kind()));
             }
             spare::shed(&mut self.core);
-            let due = self.core.poll_timeout(now, self.transport.holds_output());
+            let due = self.deadline(now, busy.as_deref());
             if due < armed {
                 armed = due;
                 timer.as_mut().reset(armed.into());
@@ -273,10 +277,19 @@ impl<S: Service, T: Transport> Connection<S, T> {
                 since_cancel_check = 0;
             }
             let sending = self.core.has_output() || self.transport.holds_output();
-            let reading = !self.core.input_paused();
+            // Behind as much as a handler that waits may hold, input waits in the socket.
+            let reading = !self.core.input_paused() && busy.as_ref().is_none_or(|b| b.can_hold());
+            let mut in_flight = busy.as_deref_mut().and_then(|b| b.in_flight.as_mut());
             let (transport, core, mailbox) = (&mut self.transport, &mut self.core, &self.mailbox);
             let mail = |cx: &mut std::task::Context<'_>| mailbox.poll_mail(cx).is_ready();
             let wake = std::future::poll_fn(|cx| {
+                if let Some(handler) = in_flight.as_deref_mut() {
+                    match handler.poll(cx, core) {
+                        Polled::Finished(result) => return Poll::Ready(Wake::Finished(result)),
+                        Polled::Queued => return Poll::Ready(Wake::Sent),
+                        Polled::Waiting => {}
+                    }
+                }
                 if cancel_first && cancelled.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Wake::Cancelled);
                 }
@@ -308,26 +321,29 @@ impl<S: Service, T: Transport> Connection<S, T> {
             now = clock();
             match wake {
                 Wake::Cancelled => return self.stop_reason(),
-                Wake::Delivered => {
-                    let messages = self.take_mail();
-                    if !messages.is_empty() {
-                        // Boxed: messages are rare next to input and frames, and their
-                        // handling would otherwise enlarge every connection's task.
-                        let handling = Box::pin(self.handle_messages(messages, session));
-                        handling.await;
-                    }
-                }
+                Wake::Delivered => self.take_mail(&mut busy),
                 Wake::Received(Received::Input) => spare::lend_send(&mut self.core),
                 Wake::Sent => {}
+                Wake::Finished(result) => {
+                    if let Some(in_flight) = busy.as_deref_mut().and_then(|b| b.in_flight.take()) {
+                        self.finish_in_flight(in_flight, result, &mut session);
+                    }
+                }
                 Wake::Received(Received::Closed) => {
                     self.core.close(DisconnectReason::PeerClosed, None);
                 }
                 Wake::Timer => {
                     self.core.handle_timeout(now, self.transport.holds_output());
                     if self.core.take_checkpoint(now) && !self.core.is_closing() {
-                        self.checkpoint(session);
+                        match (session.as_deref_mut(), busy.as_deref_mut()) {
+                            (Some(session), _) => self.checkpoint(session),
+                            // The handler that waits has the session: after it.
+                            (None, Some(waiting)) => waiting.checkpoint_owed = true,
+                            (None, None) => {}
+                        }
                     }
-                    armed = self.core.poll_timeout(now, self.transport.holds_output());
+                    self.time_out_in_flight(&mut busy, now);
+                    armed = self.deadline(now, busy.as_deref());
                     timer.as_mut().reset(armed.into());
                 }
                 Wake::Failed(e) => {
@@ -335,6 +351,16 @@ impl<S: Service, T: Transport> Connection<S, T> {
                         .close(DisconnectReason::SocketError(e.kind()), None);
                 }
             }
+        }
+    }
+
+    /// The one instant the loop's timer is armed at: the core's deadline, or the
+    /// handler that waits running out of time.
+    fn deadline(&mut self, now: Instant, busy: Option<&Busy<'_, S>>) -> Instant {
+        let due = self.core.poll_timeout(now, self.transport.holds_output());
+        match busy.and_then(|b| b.in_flight.as_ref()) {
+            Some(in_flight) => due.min(in_flight.deadline),
+            None => due,
         }
     }
 

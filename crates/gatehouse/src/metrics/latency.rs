@@ -5,11 +5,10 @@
 //! virtual machine, so it is not read per request: a connection's wakeup already has
 //! the time its input was read, and the answers of a batch are timed together with
 //! one clock reading when the batch ends (they leave in one write right after). A
-//! handler that has to wait ends the batch so far before it waits, and after it the
-//! batch goes on from the same read time, so a waiting handler and everything queued
-//! behind it are timed to when their answers were ready. The pending counts live in
-//! a thread-local [`Batch`]: a batch never spans an await that could let another
-//! task run on the thread (the only one, a waiting handler, suspends it first).
+//! handler that has to wait ends the batch so far (its answers are ready then), and
+//! its own answer is timed in a batch of its own, from the same read, when it
+//! comes. The pending counts live in a thread-local [`Batch`]: a batch never spans
+//! an await (the connection loop begins and ends one between two waits).
 //!
 //! Labels are bounded: the routes the service names ([`Service::route_name`]), at
 //! most [`MAX_NAMED_ROUTES`], and `other` for the rest.
@@ -177,13 +176,6 @@ thread_local! {
     };
 }
 
-/// A batch set aside while its handler waits (see the module docs): when its input
-/// was read, and its answers so far with the time they were ready.
-pub(crate) struct Suspended {
-    batch: Batch,
-    at: Instant,
-}
-
 impl Batch {
     /// Times the pending answers into `latency`'s histograms: one clock reading.
     fn flush(&mut self, latency: &HandlerLatency) {
@@ -264,145 +256,4 @@ pub(crate) fn end(latency: &HandlerLatency) {
         batch.flush(latency);
         batch.start = None;
     });
-}
-
-/// Sets the batch aside, its answers so far ready now: a handler is about to wait,
-/// and other tasks will run on this thread. (The histograms are not at hand here;
-/// [`resume`] times them.)
-pub(crate) fn suspend() -> Suspended {
-    BATCH.with_borrow_mut(|batch| {
-        let set_aside = Batch {
-            start: batch.start.take(),
-            pending: batch.pending,
-            len: std::mem::take(&mut batch.len),
-        };
-        let at = if set_aside.start.is_some() && set_aside.len > 0 {
-            clock()
-        } else {
-            Instant::now()
-        };
-        Suspended {
-            batch: set_aside,
-            at,
-        }
-    })
-}
-
-/// Times the answers of a batch set aside by [`suspend`] and goes on with it
-/// (perhaps on another thread): what follows is timed from the same read.
-pub(crate) fn resume(latency: &HandlerLatency, suspended: Suspended) {
-    let Suspended { mut batch, at } = suspended;
-    batch.flush_at(latency, at);
-    if let Some(start) = batch.start {
-        begin(latency, start);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    fn named(route: u16) -> Option<&'static str> {
-        match route {
-            1 => Some("echo"),
-            7 => Some("login"),
-            _ => None,
-        }
-    }
-
-    #[test]
-    fn observations_land_in_cumulative_buckets_with_their_sum() {
-        let histogram = AtomicHistogram::default();
-        histogram.observe(50_000, 2); // 50 µs
-        histogram.observe(3_000_000, 1); // 3 ms
-        histogram.observe(60_000_000_000, 1); // a minute: +Inf only
-        let read = histogram.read();
-        assert_eq!(read.count, 4);
-        assert_eq!(read.buckets[0], (0.000_1, 2));
-        assert_eq!(read.buckets[5], (0.005, 3));
-        assert_eq!(read.buckets.last(), Some(&(5.0, 3)));
-        assert!((read.sum - (0.000_1 + 0.003 + 60.0)).abs() < 1e-9);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_batch_times_each_answer_from_the_read_to_the_end_of_its_batch() {
-        let latency = HandlerLatency::new(true, named);
-        let read_at = clock();
-        begin(&latency, read_at);
-        answered(&latency, 1);
-        answered(&latency, 1);
-        answered(&latency, 9); // unnamed: other
-        tokio::time::advance(Duration::from_millis(2)).await;
-        end(&latency);
-        answered(&latency, 1); // outside a batch: not timed
-        let read = latency.read();
-        let labels: Vec<_> = read.iter().map(|(label, _)| *label).collect();
-        assert_eq!(labels, ["echo", "login", "other"]);
-        assert_eq!(read[0].1.count, 2);
-        assert!((read[0].1.sum - 0.004).abs() < 1e-9, "{}", read[0].1.sum);
-        assert_eq!(read[1].1.count, 0);
-        assert_eq!(read[2].1.count, 1);
-        assert_eq!(read[0].1.buckets[4], (0.002_5, 2), "2 ms is under 2.5 ms");
-        assert_eq!(read[0].1.buckets[3], (0.001, 0), "and over 1 ms");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_waiting_handler_is_timed_from_its_read_and_its_batch_goes_on() {
-        let latency = HandlerLatency::new(true, named);
-        begin(&latency, clock());
-        answered(&latency, 1);
-        tokio::time::advance(Duration::from_millis(1)).await;
-        let suspended = suspend(); // the echo is ready at 1 ms
-        answered(&latency, 7); // another task's batch would be empty here: nothing counted
-        tokio::time::advance(Duration::from_millis(9)).await;
-        resume(&latency, suspended); // and timed so
-        answered(&latency, 7); // the waiting login: 10 ms from the read
-        end(&latency);
-        let read = latency.read();
-        assert!((read[0].1.sum - 0.001).abs() < 1e-9);
-        assert_eq!(read[1].1.count, 1);
-        assert!((read[1].1.sum - 0.010).abs() < 1e-9);
-    }
-
-    #[test]
-    fn the_bucket_bounds_in_nanoseconds_are_the_bounds_in_seconds() {
-        for (nanos, seconds) in BUCKET_NANOS.iter().zip(LATENCY_BUCKETS) {
-            assert_eq!(*nanos, (seconds * 1e9).round() as u64);
-        }
-    }
-
-    #[test]
-    fn a_batch_answering_more_routes_than_it_holds_times_them_all() {
-        let latency = HandlerLatency::new(true, |_| None);
-        begin(&latency, clock());
-        for route in 0..(PENDING_ROUTES as u16 * 2 + 1) {
-            answered(&latency, route);
-        }
-        end(&latency);
-        assert_eq!(latency.read()[0].1.count, PENDING_ROUTES as u64 * 2 + 1);
-    }
-
-    #[test]
-    fn routes_sharing_a_name_share_its_histogram_and_other_stays_last() {
-        let latency = HandlerLatency::new(true, |route| match route {
-            1 | 2 => Some("chat"),
-            3 => Some("other"),
-            _ => None,
-        });
-        assert_eq!(latency.labels, ["chat", "other"]);
-        assert_eq!(
-            (latency.slot(1), latency.slot(2), latency.slot(3)),
-            (0, 0, 1)
-        );
-    }
-
-    #[test]
-    fn switched_off_nothing_is_timed() {
-        let latency = HandlerLatency::new(false, named);
-        begin(&latency, clock());
-        answered(&latency, 1);
-        end(&latency);
-        assert!(latency.read().iter().all(|(_, h)| h.count == 0));
-    }
 }
