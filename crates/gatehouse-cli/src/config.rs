@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use arena::ArenaOptions;
-use gatehouse::admin::AdminConfig;
+use gatehouse::admin::{AdminConfig, AdminLimits};
 use gatehouse::config::{LimitsConfig, MetricsConfig, ServerConfig, SupervisorConfig};
 use gatehouse::ListenerConfig;
 use gatehouse_store::StoreConfig;
@@ -57,6 +57,8 @@ pub(crate) struct AdminSection {
     pub(crate) token: Option<String>,
     /// Host names the API answers to besides IP addresses and `localhost`.
     pub(crate) allowed_hosts: Vec<String>,
+    /// `[admin.limits]`: connections served at once, and each one's deadlines.
+    pub(crate) limits: AdminLimits,
 }
 
 impl Default for AdminSection {
@@ -66,6 +68,7 @@ impl Default for AdminSection {
             address: SocketAddr::from(([127, 0, 0, 1], 7070)),
             token: None,
             allowed_hosts: Vec::new(),
+            limits: AdminLimits::default(),
         }
     }
 }
@@ -76,6 +79,7 @@ impl AdminSection {
         AdminConfig {
             token: self.token.clone(),
             allowed_hosts: self.allowed_hosts.clone(),
+            limits: self.limits.clone(),
         }
     }
 }
@@ -312,6 +316,11 @@ mod tests {
         assert!(error_of("[game]\nservice = \"chess\"\n").contains("unknown variant `chess`"));
         assert!(error_of("[server]\nmax_connections = 0\n").contains("server.max_connections"));
         assert!(error_of("[limits]\nidle_timeout = \"0s\"\n").contains("limits.idle_timeout"));
+        assert!(error_of("[admin.limits]\nbody_timeout = \"0s\"\n")
+            .contains("admin.limits.body_timeout"));
+        assert!(error_of("[admin.limits]\nmax_connections = 0\n")
+            .contains("admin.limits.max_connections"));
+        assert!(error_of("[admin.limits]\nheader_timeout = \"soon\"\n").contains("header_timeout"));
         assert!(error_of("[store]\nbackend = \"postgres\"\n").contains("store.postgres_url"));
         assert!(error_of("[store]\nbackend = \"mysql\"\n").contains("unknown variant `mysql`"));
         assert!(error_of("[servre]\n").contains("unknown field `servre`"));

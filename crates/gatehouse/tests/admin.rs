@@ -10,7 +10,7 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use gatehouse::admin::AdminConfig;
+use gatehouse::admin::{AdminConfig, AdminLimits, MAX_BODY, MAX_HEAD, MAX_REFUSALS};
 use gatehouse::bench_service::BenchService;
 use gatehouse::protocol::routes::bench as routes;
 use gatehouse::protocol::{
@@ -19,11 +19,12 @@ use gatehouse::protocol::{
 use gatehouse::{Config, KickReason, Server, ServerError, Status};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use support::{test_config, Client};
+use support::{test_config, Client, PATIENCE};
 
 const TOKEN: &str = "test-token-0123456789";
 
@@ -44,15 +45,24 @@ impl Admin {
 }
 
 async fn start(config: Config, token: Option<&str>) -> Admin {
-    let game = gatehouse::bind("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (game_addr, admin_addr) = (game.local_addr().unwrap(), admin.local_addr().unwrap());
     let admin_config = AdminConfig {
         token: token.map(str::to_owned),
         ..AdminConfig::default()
     };
+    start_with(config, admin_config).await
+}
+
+async fn start_with(config: Config, admin_config: AdminConfig) -> Admin {
+    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    start_on(admin, config, admin_config).await
+}
+
+/// As [`start_with`], on an admin listener of the caller's.
+async fn start_on(admin: TcpListener, config: Config, admin_config: AdminConfig) -> Admin {
+    let game = gatehouse::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let (game_addr, admin_addr) = (game.local_addr().unwrap(), admin.local_addr().unwrap());
     let server = Server::new(config, BenchService)
         .unwrap()
         .with_admin(admin, admin_config)
@@ -503,4 +513,320 @@ async fn a_handler_that_panics_is_timed_and_counted_with_its_disconnect() {
         "the failed handler is timed"
     );
     server.stop().await;
+}
+
+// The admin listener's connections are bounded (`AdminLimits`). These tests run on
+// paused time: tokio moves the clock on whenever every task waits, to the next timer
+// due, so timers are exact and the deadlines' defaults are tested as they ship.
+
+/// How long, on the paused clock, a test waits for what must happen well before.
+const VIRTUAL_PATIENCE: Duration = Duration::from_secs(300);
+
+/// How far the paused clock may move at a time while the test waits on sockets.
+const CLOCK_STEP: Duration = Duration::from_millis(10);
+
+/// With real sockets, tokio moves a paused clock to the next timer whenever it waits
+/// for I/O, even I/O that is ready: without a near timer, a connect could move it
+/// past a deadline the test has not reached yet. This task keeps one due every
+/// [`CLOCK_STEP`]; it ends with the test's runtime.
+fn keep_the_clock_stepping() {
+    tokio::spawn(async {
+        loop {
+            tokio::time::sleep(CLOCK_STEP).await;
+        }
+    });
+}
+
+/// Whether `elapsed` is the deadline `limit`, give or take the clock's steps: never
+/// before it, and within a second after.
+fn at_deadline(elapsed: Duration, limit: Duration) -> bool {
+    elapsed >= limit && elapsed < limit + Duration::from_secs(1)
+}
+
+/// Sends `bytes` one at a time, `every` apart, until the server closes the
+/// connection (end of stream or reset): when it did, and what it had answered.
+async fn trickle_until_closed(
+    stream: TcpStream,
+    mut bytes: impl Iterator<Item = u8>,
+    every: Duration,
+) -> (Instant, String) {
+    let (mut reader, mut writer) = stream.into_split();
+    let mut answered = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let trickled = async {
+        loop {
+            tokio::select! {
+                read = reader.read(&mut buffer) => match read {
+                    Ok(0) | Err(_) => return Instant::now(),
+                    Ok(n) => answered.extend_from_slice(&buffer[..n]),
+                },
+                () = tokio::time::sleep(every) => {
+                    if let Some(byte) = bytes.next() {
+                        // A write after the server closed fails: the read says so next.
+                        let _ = writer.write_all(&[byte]).await;
+                    }
+                }
+            }
+        }
+    };
+    let closed = tokio::time::timeout(VIRTUAL_PATIENCE, trickled)
+        .await
+        .expect("the server cut the slow client");
+    (closed, String::from_utf8_lossy(&answered).into_owned())
+}
+
+/// Reads until the server closes the connection (end of stream or reset).
+async fn read_until_closed(stream: &mut TcpStream) -> String {
+    let mut seen = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        match stream.read(&mut buffer).await {
+            Ok(0) | Err(_) => return String::from_utf8_lossy(&seen).into_owned(),
+            Ok(n) => seen.extend_from_slice(&buffer[..n]),
+        }
+    }
+}
+
+/// One answer off a kept-alive connection: its status and body (by Content-Length).
+async fn read_response(stream: &mut TcpStream) -> (u16, String) {
+    let mut seen = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&seen).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length: usize = head
+                .lines()
+                .find_map(|line| {
+                    let (name, value) = line.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if body.len() >= length {
+                return (head[9..12].parse().unwrap(), body.to_owned());
+            }
+        }
+        let read = tokio::time::timeout(VIRTUAL_PATIENCE, stream.read(&mut buffer)).await;
+        let n = read.expect("an answer").unwrap();
+        assert!(n > 0, "closed before the answer: {text}");
+        seen.extend_from_slice(&buffer[..n]);
+    }
+}
+
+/// `GET /healthz` on a new connection, whatever happens: the whole answer, or
+/// nothing if the connection was closed without one.
+async fn try_healthz(admin: SocketAddr) -> String {
+    let mut stream = TcpStream::connect(admin).await.unwrap();
+    let request = "GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    // Refused at once, the write may already fail: the read says so.
+    let _ = stream.write_all(request.as_bytes()).await;
+    read_until_closed(&mut stream).await
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_head_trickled_a_byte_at_a_time_is_cut_at_the_header_deadline() {
+    keep_the_clock_stepping();
+    let server = start(test_config(), None).await;
+    let limit = AdminLimits::default().header_timeout;
+    let stream = TcpStream::connect(server.admin).await.unwrap();
+    let connected = Instant::now();
+    // A head that never ends: one byte more every 700 ms.
+    let head = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Slow: ";
+    let bytes = head.iter().copied().chain(std::iter::repeat(b'a'));
+    let (closed, answered) = trickle_until_closed(stream, bytes, Duration::from_millis(700)).await;
+    assert_eq!(answered, "", "no answer to a head that never ended");
+    let elapsed = closed - connected;
+    assert!(at_deadline(elapsed, limit), "cut after {elapsed:?}");
+    // The listener itself is unharmed.
+    assert_eq!(
+        json(server.admin, "GET", "/healthz", None, None).await.0,
+        200
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_head_or_body_too_large_is_refused_before_it_is_whole() {
+    let server = start(test_config(), Some(TOKEN)).await;
+    let mut stream = TcpStream::connect(server.admin).await.unwrap();
+    let cookie = "a".repeat(MAX_HEAD);
+    let head = format!("GET /healthz HTTP/1.1\r\nHost: localhost\r\nCookie: {cookie}\r\n\r\n");
+    // The server may answer and close before it has read all of it.
+    let _ = stream.write_all(head.as_bytes()).await;
+    let answer = tokio::time::timeout(PATIENCE, read_until_closed(&mut stream)).await;
+    let answer = answer.expect("answered and closed");
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    let text = format!("{{\"text\":\"{}\"}}", "a".repeat(MAX_BODY));
+    let (status, body) = http(
+        server.admin,
+        "POST",
+        "/api/broadcast",
+        Some(TOKEN),
+        Some(&text),
+    )
+    .await;
+    assert_eq!(status, 413, "{body}");
+    server.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_body_trickled_a_byte_at_a_time_is_answered_408_at_the_body_deadline() {
+    keep_the_clock_stepping();
+    let server = start(test_config(), Some(TOKEN)).await;
+    let limit = AdminLimits::default().body_timeout;
+    let mut stream = TcpStream::connect(server.admin).await.unwrap();
+    let head = format!(
+        "POST /api/broadcast HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 1000\r\n\r\n{{\"text\":\""
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let sent = Instant::now();
+    let bytes = std::iter::repeat(b'a');
+    let (closed, answered) = trickle_until_closed(stream, bytes, Duration::from_millis(700)).await;
+    assert!(answered.starts_with("HTTP/1.1 408"), "{answered}");
+    assert!(answered.contains("admin.limits.body_timeout"), "{answered}");
+    let elapsed = closed - sent;
+    assert!(
+        at_deadline(elapsed, limit),
+        "answered and closed after {elapsed:?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_kept_alive_connection_serves_request_after_request_then_closes_at_the_idle_deadline() {
+    keep_the_clock_stepping();
+    let server = start(test_config(), None).await;
+    let limits = AdminLimits::default();
+    let mut stream = TcpStream::connect(server.admin).await.unwrap();
+    let request = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    for pause in [Duration::ZERO, limits.header_timeout * 2] {
+        // Waiting between requests longer than a head may take is allowed: the idle
+        // deadline counts until the next request's first byte.
+        tokio::time::sleep(pause).await;
+        stream.write_all(request).await.unwrap();
+        let (status, body) = read_response(&mut stream).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let answered = Instant::now();
+    let rest = tokio::time::timeout(VIRTUAL_PATIENCE, read_until_closed(&mut stream))
+        .await
+        .expect("the idle connection was closed");
+    assert_eq!(rest, "");
+    let elapsed = answered.elapsed();
+    assert!(
+        at_deadline(elapsed, limits.idle_timeout),
+        "closed after {elapsed:?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn past_the_connection_cap_clients_get_503_then_a_close_and_are_served_once_idle_ones_are_cut(
+) {
+    keep_the_clock_stepping();
+    let limits = AdminLimits {
+        max_connections: 4,
+        ..AdminLimits::default()
+    };
+    let header_timeout = limits.header_timeout;
+    let admin_config = AdminConfig {
+        limits,
+        ..AdminConfig::default()
+    };
+    let server = start_with(test_config(), admin_config).await;
+    let opened = Instant::now();
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        idle.push(TcpStream::connect(server.admin).await.unwrap());
+    }
+    // Past the cap, an answer that says why.
+    let answer = try_healthz(server.admin).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after: 1"),
+        "{answer}"
+    );
+    assert!(answer.contains("admin.limits.max_connections"), "{answer}");
+    // Past the refusals too, a close without one.
+    for _ in 0..MAX_REFUSALS {
+        idle.push(TcpStream::connect(server.admin).await.unwrap());
+    }
+    assert_eq!(try_healthz(server.admin).await, "");
+    // The head deadline cuts the idle connections; then the listener serves again.
+    let served = async {
+        loop {
+            if try_healthz(server.admin).await.starts_with("HTTP/1.1 200") {
+                return Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let served = tokio::time::timeout(VIRTUAL_PATIENCE, served)
+        .await
+        .expect("served again");
+    let elapsed = served - opened;
+    assert!(
+        at_deadline(elapsed, header_timeout),
+        "served after {elapsed:?}"
+    );
+    for stream in &mut idle {
+        assert_eq!(read_until_closed(stream).await, "", "cut without an answer");
+    }
+    server.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_event_stream_outlives_the_head_and_idle_deadlines_but_one_nobody_reads_is_cut() {
+    keep_the_clock_stepping();
+    // Small socket buffers on both sides, so that an unread stream fills them in
+    // seconds whatever the host's settings (accepted sockets inherit the listener's).
+    let listener = TcpSocket::new_v4().unwrap();
+    listener.set_send_buffer_size(8192).unwrap();
+    listener.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = listener.listen(64).unwrap();
+    let server = start_on(listener, test_config(), AdminConfig::default()).await;
+    let limits = AdminLimits::default();
+    let request = b"GET /api/events HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    // Read for longer than any deadline but the send deadline: events keep coming.
+    let mut reader = TcpStream::connect(server.admin).await.unwrap();
+    reader.write_all(request).await.unwrap();
+    let until = Instant::now() + limits.idle_timeout + limits.header_timeout;
+    let mut events = 0;
+    let mut buffer = vec![0u8; 1 << 16];
+    while Instant::now() < until {
+        let n = reader.read(&mut buffer).await.unwrap();
+        assert!(n > 0, "the event stream ended");
+        events += String::from_utf8_lossy(&buffer[..n])
+            .matches("event: metrics")
+            .count();
+    }
+    assert!(events >= 30, "{events} events");
+    drop(reader);
+
+    // A client that asks for the stream and stops reading: once what the sockets
+    // hold is full, the writes stall, and the stream is cut after send_timeout.
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(8192).unwrap();
+    let mut stalled = socket.connect(server.admin).await.unwrap();
+    stalled.write_all(request).await.unwrap();
+    let (status, _) = read_head(&mut stalled).await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(limits.send_timeout * 4).await;
+    let cut = tokio::time::timeout(Duration::from_secs(30), read_until_closed(&mut stalled)).await;
+    let rest = cut.expect("the unread stream was cut: what it held, then its end");
+    assert!(rest.contains("event: metrics"), "{rest}");
+    server.stop().await;
+}
+
+/// Reads an answer's status line and headers, leaving its body.
+async fn read_head(stream: &mut TcpStream) -> (u16, String) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = stream.read(&mut byte).await.unwrap();
+        assert!(n > 0, "closed before the answer's head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    (head[9..12].parse().unwrap(), head)
 }

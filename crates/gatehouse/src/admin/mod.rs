@@ -19,27 +19,41 @@
 //! `/readyz` and the page's own HTML needs `Authorization: Bearer <token>`, compared in
 //! constant time. Without one, the read-only paths are open (the listener is on
 //! loopback by default) and the mutating ones answer 403. Every error is JSON:
-//! `{"error": "..."}` with a 4xx status.
+//! `{"error": "..."}` with a 4xx status (but a head over [`MAX_HEAD`], which hyper
+//! answers with a bare 431).
 //!
-//! - this file: configuration, the router, authentication, serving.
+//! Every connection is bounded ([`AdminLimits`]): a request's head, its body, the
+//! wait between kept-alive requests and an answer's writes each have a deadline, and
+//! at most `max_connections` are served at once (past them, a few more are answered
+//! 503 and the rest closed). The event stream is long-lived by design: it holds one
+//! of those connections, and only its writes are timed.
+//!
+//! - this file: configuration, the router, authentication, the body's deadline.
 //! - [`api`]: the JSON endpoints, the metrics and the event stream.
+//! - [`connections`]: the accept loop, the connection cap, serving each connection.
+//! - [`deadlines`]: the deadlines of a connection's reads and writes.
 
 mod api;
+mod connections;
+mod deadlines;
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::config::ConfigError;
 use crate::group::Shared;
@@ -57,14 +71,86 @@ pub struct AdminConfig {
     /// admin listener reached by name (`admin.example.internal`). Other names are
     /// refused: the guard against DNS rebinding.
     pub allowed_hosts: Vec<String>,
+    /// How many connections it serves at once and how long each may take
+    /// (`[admin.limits]`).
+    pub limits: AdminLimits,
 }
+
+/// What bounds the admin listener's connections, so that clients that send slowly,
+/// stop reading or just stay connected cannot hold it (`[admin.limits]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminLimits {
+    /// Connections served at once. Past it, [`MAX_REFUSALS`] more are answered 503
+    /// (`Retry-After: 1`) and closed; past those, new connections are closed at once.
+    /// Each open live page holds one (its event stream).
+    pub max_connections: usize,
+    /// A request's head (request line and headers) must be whole this long after the
+    /// connection was accepted, or, on a kept-alive connection, after its first byte.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// A request's body must be whole this long after its head: past it, 408 and the
+    /// connection closes.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// A kept-alive connection may wait this long after an answer for its next request.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// An answer whose writes make no progress this long (a client that stopped
+    /// reading, an event stream nobody reads) closes its connection.
+    #[serde(with = "humantime_serde")]
+    pub send_timeout: Duration,
+}
+
+impl Default for AdminLimits {
+    fn default() -> Self {
+        AdminLimits {
+            max_connections: 64,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Connections answered 503 at once when [`AdminLimits::max_connections`] are being
+/// served; past these, new ones are closed without an answer.
+pub const MAX_REFUSALS: usize = 16;
+
+/// Most connections `admin.limits.max_connections` may allow.
+const MAX_CONNECTIONS_CEILING: usize = 65_536;
+
+/// Longest deadline `[admin.limits]` takes: a day is more than any admin client
+/// needs, and keeps every deadline a representable instant.
+const DEADLINE_CEILING: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Shortest token accepted: a guessable token is worse than none.
 pub const MIN_TOKEN_LEN: usize = 16;
 
 impl AdminConfig {
-    /// Checks the token's length and characters.
+    /// Checks the token's length and characters, and the limits.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        if !(1..=MAX_CONNECTIONS_CEILING).contains(&l.max_connections) {
+            return Err(ConfigError::Invalid {
+                key: "admin.limits.max_connections",
+                message: format!("must be from 1 to {MAX_CONNECTIONS_CEILING}"),
+            });
+        }
+        for (key, value) in [
+            ("admin.limits.header_timeout", l.header_timeout),
+            ("admin.limits.body_timeout", l.body_timeout),
+            ("admin.limits.idle_timeout", l.idle_timeout),
+            ("admin.limits.send_timeout", l.send_timeout),
+        ] {
+            if value.is_zero() || value > DEADLINE_CEILING {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: "must be longer than zero and at most a day".into(),
+                });
+            }
+        }
         if let Some(token) = &self.token {
             if token.len() < MIN_TOKEN_LEN {
                 return Err(ConfigError::Invalid {
@@ -200,7 +286,53 @@ async fn check_host(
     }
 }
 
-fn router<S: Service>(admin: Admin<S>, hosts: Arc<[String]>) -> Router {
+/// Largest request head (request line and headers), in bytes: 431 past it. Room for
+/// a browser's cookies for `localhost`, which the live page may be sent.
+pub const MAX_HEAD: usize = 64 * 1024;
+
+/// Largest request body, in bytes: the API's largest is a kick or an announcement,
+/// 4096 bytes of text as JSON.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// Reads a request's whole body before anything answers it: at most [`MAX_BODY`]
+/// bytes (413), within `admin.limits.body_timeout` of its head (408, and the
+/// connection closes). A slow body holds its connection no longer than that, and no
+/// answer leaves unread bytes behind it.
+async fn read_body_within(
+    State(timeout): State<Duration>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let (head, body) = request.into_parts();
+    let whole = Limited::new(body, MAX_BODY).collect();
+    match tokio::time::timeout(timeout, whole).await {
+        Ok(Ok(body)) => {
+            next.run(Request::from_parts(head, Body::from(body.to_bytes())))
+                .await
+        }
+        Ok(Err(e)) if e.is::<LengthLimitError>() => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is over {MAX_BODY} bytes"),
+        )
+        .into_response(),
+        Ok(Err(e)) => {
+            ApiError::new(StatusCode::BAD_REQUEST, format!("unreadable body: {e}")).into_response()
+        }
+        Err(_) => {
+            let message = format!(
+                "the request body did not arrive within {timeout:?} (admin.limits.body_timeout)"
+            );
+            let mut answer = ApiError::new(StatusCode::REQUEST_TIMEOUT, message).into_response();
+            // What is left of the body will not be read: the connection cannot go on.
+            answer
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            answer
+        }
+    }
+}
+
+fn router<S: Service>(admin: Admin<S>, hosts: Arc<[String]>, body_timeout: Duration) -> Router {
     let token = &admin.token;
     let needs = |access: Access| middleware::from_fn_with_state((token.clone(), access), guard);
     let reads = Router::new()
@@ -225,6 +357,10 @@ fn router<S: Service>(admin: Admin<S>, hosts: Arc<[String]>) -> Router {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
         })
         .layer(middleware::from_fn_with_state(hosts, check_host))
+        .layer(middleware::from_fn_with_state(
+            body_timeout,
+            read_body_within,
+        ))
         .with_state(admin)
 }
 
@@ -246,12 +382,8 @@ pub(crate) async fn serve<S: Service>(
     if admin.token.is_none() {
         info!("admin API without a token: read-only endpoints open, mutating ones off");
     }
-    let served = axum::serve(listener, router(admin, hosts))
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await;
-    if let Err(e) = served {
-        warn!(error = %e, "admin listener failed");
-    }
+    let router = router(admin, hosts, config.limits.body_timeout);
+    connections::serve(listener, router, config.limits, stop).await;
 }
 
 #[cfg(test)]
@@ -330,5 +462,30 @@ mod tests {
         assert!(config("sixteen chars xx").validate().is_err());
         assert!(config("0123456789abcdef").validate().is_ok());
         assert!(AdminConfig::default().validate().is_ok());
+    }
+
+    #[test]
+    fn a_connection_cap_or_deadline_of_zero_or_out_of_bounds_is_refused_naming_its_key() {
+        const ZERO: Duration = Duration::ZERO;
+        type Change = fn(&mut AdminLimits);
+        let cases: [(Change, &str); 7] = [
+            (|l| l.max_connections = 0, "max_connections"),
+            (|l| l.header_timeout = ZERO, "header_timeout"),
+            (|l| l.body_timeout = ZERO, "body_timeout"),
+            (|l| l.idle_timeout = ZERO, "idle_timeout"),
+            (|l| l.send_timeout = ZERO, "send_timeout"),
+            (|l| l.max_connections = 1 << 20, "max_connections"),
+            (|l| l.idle_timeout = Duration::MAX, "idle_timeout"),
+        ];
+        for (change, key) in cases {
+            let mut config = AdminConfig::default();
+            change(&mut config.limits);
+            let error = config.validate().map_err(|e| e.to_string());
+            let named = format!("admin.limits.{key}: ");
+            assert!(
+                matches!(&error, Err(message) if message.starts_with(&named)),
+                "{key}: {error:?}"
+            );
+        }
     }
 }

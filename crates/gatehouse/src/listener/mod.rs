@@ -49,7 +49,7 @@ const BACKLOG: u32 = i32::MAX as u32;
 
 /// Pause after an accept error that is about the server (descriptors, memory), not
 /// about one connection, so that a full descriptor table does not spin the loop.
-const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+pub(crate) const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Refusals being written at once; past this, refused sockets are just closed.
 const MAX_PENDING_REFUSALS: usize = 256;
@@ -279,7 +279,7 @@ pub(crate) async fn accept_loop<S: Service>(
 
 /// Errors that concern the one connection being accepted (it was reset before we
 /// got to it), not the listener: retry at once.
-fn is_per_connection_error(e: &io::Error) -> bool {
+pub(crate) fn is_per_connection_error(e: &io::Error) -> bool {
     matches!(
         e.kind(),
         io::ErrorKind::ConnectionAborted
