@@ -8,6 +8,8 @@
 //! serves it.
 //!
 //! Crate map, from the bottom up (a module uses only those above it in this list):
+//! - `sync`: the atomics, locks and waker of the hand-made concurrency (loom's in
+//!   the model-checked tests).
 //! - [`config`]: the runtime's configuration, defaults, validation.
 //! - [`limits`]: inbound rates (the DoS checker) and admission caps.
 //! - `connection`: one connection without I/O: the `ConnectionCore` state machine,
@@ -54,6 +56,7 @@ mod server;
 pub mod service;
 pub mod stats;
 mod supervisor;
+mod sync;
 pub mod timer;
 pub mod typed;
 

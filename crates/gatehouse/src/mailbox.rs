@@ -9,16 +9,16 @@
 //! count, not bytes; an idle connection here costs an empty `VecDeque`.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, OnceLock, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::task::AtomicWaker;
 use gatehouse_protocol::KickReason;
 use tokio_util::sync::CancellationToken;
 
 use crate::connection::OutboundBudget;
+use crate::sync::atomic::{AtomicBool, Ordering};
+use crate::sync::{AtomicWaker, Mutex, MutexGuard};
 use crate::timer::{Timer, TimerError, Timers};
 
 /// What can be delivered to a connection.
@@ -95,7 +95,7 @@ impl<M> Mailbox<M> {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, MailboxState<M>> {
+    fn lock(&self) -> MutexGuard<'_, MailboxState<M>> {
         // Nothing panics while holding this lock (no user code runs under it).
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }

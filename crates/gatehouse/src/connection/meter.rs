@@ -13,9 +13,9 @@
 
 use core::net::{Ipv4Addr, SocketAddr};
 use std::ops::AddAssign;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::config::TransportKind;
+use crate::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Frames and bytes each way. Bytes are those of gatehouse frames (length header
 /// included), without TLS records or WebSocket framing.

@@ -17,8 +17,9 @@
 //! [`Service::route_name`]: crate::Service::route_name
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
+
+use crate::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Upper bounds of the histogram's buckets, in seconds (then `+Inf`).
 pub const LATENCY_BUCKETS: [f64; 14] = [
