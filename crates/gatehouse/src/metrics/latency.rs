@@ -407,3 +407,39 @@ mod tests {
         assert!(latency.read().iter().all(|(_, h)| h.count == 0));
     }
 }
+
+/// Every interleaving of the handler histograms, which every connection task writes
+/// (relaxed `fetch_add`s) while a scrape reads them. The pending answers of a batch
+/// ([`Batch`]) are thread-local and never shared, so only the histograms are
+/// modelled. Run with `--cfg gatehouse_loom` (README, "Model-checked concurrency").
+#[cfg(all(test, gatehouse_loom))]
+mod loom_tests {
+    use super::*;
+    use loom::thread;
+    use std::sync::Arc;
+
+    #[test]
+    fn loom_concurrent_observations_are_all_counted_and_a_scrape_sees_consistent_buckets() {
+        loom::model(|| {
+            let histogram = Arc::new(AtomicHistogram::default());
+            // Two connections' batches, into the same bucket (50 µs and 60 µs).
+            let other = {
+                let histogram = histogram.clone();
+                thread::spawn(move || histogram.observe(60_000, 2))
+            };
+            histogram.observe(50_000, 1);
+            let scrape = histogram.read();
+            let counts: Vec<u64> = scrape.buckets.iter().map(|&(_, count)| count).collect();
+            assert!(
+                counts.windows(2).all(|pair| pair[0] <= pair[1]),
+                "cumulative"
+            );
+            assert_eq!(scrape.count, counts.last().copied().unwrap_or(0));
+            assert!([1, 3].contains(&scrape.count), "{}", scrape.count);
+            other.join().unwrap_or(());
+            let done = histogram.read();
+            assert_eq!((done.count, done.buckets[0].1), (3, 3), "none lost");
+            assert!((done.sum - 0.000_17).abs() < 1e-12, "{}", done.sum);
+        });
+    }
+}
