@@ -324,6 +324,32 @@ mod tests {
     }
 
     #[test]
+    fn a_kick_or_an_overflow_arriving_while_the_mail_is_taken_keeps_the_flag_up() {
+        // The connection's wakeup takes the verdict first, then the queue; another
+        // thread's refused frame, or a kick, lands in between.
+        let (slow, _, _) = mailbox(100);
+        assert!(slow.deliver(frame(60)));
+        assert!(matches!(slow.verdict(), Verdict::Open));
+        assert!(!slow.deliver(frame(60)));
+        assert!(slow.next().is_some() && slow.next().is_none());
+        assert!(slow.has_mail(), "the overflow waits for the next wakeup");
+        assert!(matches!(slow.verdict(), Verdict::Overflowed));
+
+        let (kicked, _, _) = mailbox(100);
+        assert!(kicked.deliver(frame(10)));
+        assert!(matches!(kicked.verdict(), Verdict::Open));
+        assert!(kicked.deliver(Delivery::Kick(KickReason::KICKED, "late".into())));
+        assert!(kicked.next().is_some() && kicked.next().is_none());
+        assert!(kicked.has_mail(), "the kick waits for the next wakeup");
+        assert!(matches!(
+            kicked.verdict(),
+            Verdict::Kicked(KickReason::KICKED, _)
+        ));
+        assert!(kicked.next().is_none());
+        assert!(!kicked.has_mail(), "cleared once nothing waits");
+    }
+
+    #[test]
     fn a_closed_mailbox_drops_deliveries_and_gives_their_budget_back() {
         let (mailbox, budget, _) = mailbox(1000);
         assert!(mailbox.deliver(frame(100)));
