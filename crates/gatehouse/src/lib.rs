@@ -7,7 +7,15 @@
 //! restarts, and typed handlers. A game implements [`Service`]; [`Server::run`]
 //! serves it.
 //!
+//! Fault isolation catches panics (`catch_unwind`): a panicking handler ends only its
+//! connection, a panicking room only restarts. So panics must unwind: the crate
+//! refuses to build with `panic = "abort"` (a compile error says why and what to
+//! change; builds by cargo-fuzz, `cfg(fuzzing)`, pass).
+//!
 //! Crate map, from the bottom up (a module uses only those above it in this list):
+//! - `panic_strategy`: the refusal to build with `panic = "abort"`.
+//! - `sync`: the atomics, locks and waker of the hand-made concurrency (loom's in
+//!   the model-checked tests).
 //! - [`config`]: the runtime's configuration, defaults, validation.
 //! - [`limits`]: inbound rates (the DoS checker) and admission caps.
 //! - `connection`: one connection without I/O: the `ConnectionCore` state machine,
@@ -49,11 +57,13 @@ pub mod listener;
 mod logs;
 mod mailbox;
 pub mod metrics;
+mod panic_strategy;
 pub mod room;
 mod server;
 pub mod service;
 pub mod stats;
 mod supervisor;
+mod sync;
 pub mod timer;
 pub mod typed;
 

@@ -9,16 +9,16 @@
 //! count, not bytes; an idle connection here costs an empty `VecDeque`.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, OnceLock, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::task::AtomicWaker;
 use gatehouse_protocol::KickReason;
 use tokio_util::sync::CancellationToken;
 
 use crate::connection::OutboundBudget;
+use crate::sync::atomic::{AtomicBool, Ordering};
+use crate::sync::{AtomicWaker, Mutex, MutexGuard};
 use crate::timer::{Timer, TimerError, Timers};
 
 /// What can be delivered to a connection.
@@ -95,7 +95,7 @@ impl<M> Mailbox<M> {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, MailboxState<M>> {
+    fn lock(&self) -> MutexGuard<'_, MailboxState<M>> {
         // Nothing panics while holding this lock (no user code runs under it).
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -163,14 +163,17 @@ impl<M> Mailbox<M> {
         }
     }
 
-    /// The next frame or message, in order; `None` once the queue is empty (the mail
+    /// The next frame or message, in order; `None` once the queue is empty. The mail
     /// flag is cleared then, under the lock, so that a delivery racing with it is
-    /// never missed).
+    /// never missed; and only if no kick or overflow waits either: one that came
+    /// after [`Mailbox::verdict`] looked keeps the flag up for the next wakeup.
     pub(crate) fn next(&self) -> Option<Delivery<M>> {
         let mut state = self.lock();
         let next = state.queue.pop_front();
         if next.is_none() {
-            self.mail.store(false, Ordering::Release);
+            if state.kick.is_none() && !state.overflowed {
+                self.mail.store(false, Ordering::Release);
+            }
             if state.queue.capacity() > 8 {
                 state.queue = VecDeque::new(); // give a burst's memory back
             }
@@ -321,6 +324,32 @@ mod tests {
     }
 
     #[test]
+    fn a_kick_or_an_overflow_arriving_while_the_mail_is_taken_keeps_the_flag_up() {
+        // The connection's wakeup takes the verdict first, then the queue; another
+        // thread's refused frame, or a kick, lands in between.
+        let (slow, _, _) = mailbox(100);
+        assert!(slow.deliver(frame(60)));
+        assert!(matches!(slow.verdict(), Verdict::Open));
+        assert!(!slow.deliver(frame(60)));
+        assert!(slow.next().is_some() && slow.next().is_none());
+        assert!(slow.has_mail(), "the overflow waits for the next wakeup");
+        assert!(matches!(slow.verdict(), Verdict::Overflowed));
+
+        let (kicked, _, _) = mailbox(100);
+        assert!(kicked.deliver(frame(10)));
+        assert!(matches!(kicked.verdict(), Verdict::Open));
+        assert!(kicked.deliver(Delivery::Kick(KickReason::KICKED, "late".into())));
+        assert!(kicked.next().is_some() && kicked.next().is_none());
+        assert!(kicked.has_mail(), "the kick waits for the next wakeup");
+        assert!(matches!(
+            kicked.verdict(),
+            Verdict::Kicked(KickReason::KICKED, _)
+        ));
+        assert!(kicked.next().is_none());
+        assert!(!kicked.has_mail(), "cleared once nothing waits");
+    }
+
+    #[test]
     fn a_closed_mailbox_drops_deliveries_and_gives_their_budget_back() {
         let (mailbox, budget, _) = mailbox(1000);
         assert!(mailbox.deliver(frame(100)));
@@ -329,5 +358,182 @@ mod tests {
         assert_eq!(budget.unsent(), 0);
         assert!(!mailbox.deliver(frame(1)));
         assert!(mailbox.next().is_none());
+    }
+}
+
+/// Every interleaving of small models of a mailbox between the threads that deliver
+/// to it (the hub, rooms, timers) and its connection's task, which runs as the
+/// driver does: it waits until [`Mailbox::poll_mail`] is ready, then takes the mail
+/// (`take_mail` in `driver/dispatch.rs`: the verdict first, then every frame and
+/// message). A lost wakeup leaves the connection parked for good, which loom reports
+/// as a deadlock. Run with `--cfg gatehouse_loom` (README, "Model-checked
+/// concurrency").
+///
+/// The interrupt is tokio-util's `CancellationToken`, which is not loom-aware and
+/// stays the real one: inside these models it is only cancelled and checked, never
+/// waited on, and loom runs the model's threads one at a time on one OS thread, so
+/// the token's own lock is never contended and never held across a point where loom
+/// switches threads; loom sees it as a plain call. What the interrupt is for (a
+/// running handler stopped by a kick) is the driver's, tested there.
+#[cfg(all(test, gatehouse_loom))]
+mod loom_tests {
+    use super::*;
+    use crate::limits::MemoryBudget;
+    use loom::thread;
+    use std::task::Poll;
+
+    fn mailbox(limit: usize) -> (Arc<Mailbox<&'static str>>, Arc<OutboundBudget>) {
+        let budget = Arc::new(OutboundBudget::new(
+            limit,
+            Arc::new(MemoryBudget::new(usize::MAX)),
+        ));
+        let mailbox = Mailbox::new(budget.clone(), CancellationToken::new());
+        (Arc::new(mailbox), budget)
+    }
+
+    fn frame(n: usize) -> Delivery<&'static str> {
+        Delivery::Frame(Bytes::from(vec![0u8; n]))
+    }
+
+    /// What the connection has taken out of its mailbox.
+    #[derive(Debug, Default)]
+    struct Taken {
+        frames: usize,
+        messages: usize,
+        kick: Option<KickReason>,
+        overflowed: bool,
+    }
+
+    impl Taken {
+        /// One wakeup's worth, as `take_mail` does it; the budget of each frame and
+        /// message is given back as the transport and the handler would.
+        fn take_mail(&mut self, mailbox: &Mailbox<&'static str>) {
+            match mailbox.verdict() {
+                // The core keeps the first close it decides (a later kick, which the
+                // mailbox then holds, changes nothing).
+                Verdict::Kicked(reason, _) => _ = self.kick.get_or_insert(reason),
+                Verdict::Overflowed => self.overflowed = true,
+                Verdict::Open => {}
+            }
+            while let Some(delivery) = mailbox.next() {
+                match delivery {
+                    Delivery::Frame(frame) => {
+                        self.frames += 1;
+                        mailbox.release_frame(frame.len());
+                    }
+                    Delivery::Message(_) => {
+                        self.messages += 1;
+                        mailbox.release_message();
+                    }
+                    Delivery::Kick(..) => panic!("a kick in the queue"),
+                }
+            }
+        }
+    }
+
+    /// The connection's task: waits for mail and takes it until `done`.
+    fn serve_until(mailbox: &Mailbox<&'static str>, done: impl Fn(&Taken) -> bool) -> Taken {
+        let mut taken = Taken::default();
+        loom::future::block_on(std::future::poll_fn(|cx| loop {
+            if mailbox.poll_mail(cx).is_pending() {
+                return Poll::Pending;
+            }
+            taken.take_mail(mailbox);
+            if done(&taken) {
+                return Poll::Ready(());
+            }
+        }));
+        taken
+    }
+
+    #[test]
+    fn loom_a_delivery_racing_with_the_connection_emptying_its_mailbox_is_never_lost() {
+        crate::sync::bounded_model(|| {
+            let (mailbox, budget) = mailbox(1000);
+            assert!(mailbox.deliver(frame(10)), "mail already waiting");
+            let hub = {
+                let mailbox = mailbox.clone();
+                thread::spawn(move || mailbox.deliver(frame(20)))
+            };
+            let room = {
+                let mailbox = mailbox.clone();
+                thread::spawn(move || mailbox.deliver(Delivery::Message("tick")))
+            };
+            let taken = serve_until(&mailbox, |taken| taken.frames + taken.messages == 3);
+            assert_eq!(
+                (hub.join().ok(), room.join().ok()),
+                (Some(true), Some(true))
+            );
+            assert_eq!((taken.frames, taken.messages), (2, 1));
+            assert!(!taken.overflowed && taken.kick.is_none());
+            assert!(!mailbox.has_mail(), "nothing left behind the flag");
+            assert_eq!(budget.unsent(), 0, "every delivery's budget given back");
+        });
+    }
+
+    #[test]
+    fn loom_kicks_get_through_a_full_budget_and_interrupt_the_connection() {
+        crate::sync::bounded_model(|| {
+            let (mailbox, budget) = mailbox(10);
+            assert!(mailbox.deliver(frame(4)), "mail already waiting");
+            // The connection's own answers fill the rest: its peer reads nothing.
+            assert!(budget.reserve(6));
+            let kick = |reason: KickReason| {
+                let mailbox = mailbox.clone();
+                thread::spawn(move || mailbox.deliver(Delivery::Kick(reason, String::new())))
+            };
+            let (admin, hub) = (kick(KickReason::KICKED), kick(KickReason::DUPLICATE_LOGIN));
+            let taken = serve_until(&mailbox, |taken| taken.kick.is_some());
+            assert_eq!(
+                (admin.join().ok(), hub.join().ok()),
+                (Some(true), Some(true))
+            );
+            assert!(matches!(
+                taken.kick,
+                Some(KickReason::KICKED | KickReason::DUPLICATE_LOGIN)
+            ));
+            assert!(
+                mailbox.interrupt.is_cancelled(),
+                "a running handler is interrupted"
+            );
+            assert_eq!(budget.unsent(), 6, "the waiting frame's budget given back");
+        });
+    }
+
+    #[test]
+    fn loom_a_delivery_refused_while_the_connection_takes_its_mail_is_seen_as_an_overflow() {
+        loom::model(|| {
+            let (mailbox, budget) = mailbox(MESSAGE_COST + 10);
+            assert!(mailbox.deliver(Delivery::Message("waiting")));
+            // The connection's own answers fill the rest: its peer reads nothing.
+            assert!(budget.reserve(10));
+            let hub = {
+                let mailbox = mailbox.clone();
+                // Too big to fit even once the message's budget is given back.
+                thread::spawn(move || mailbox.deliver(frame(100)))
+            };
+            let taken = serve_until(&mailbox, |taken| taken.overflowed);
+            assert_eq!(hub.join().ok(), Some(false));
+            assert!(taken.kick.is_none());
+        });
+    }
+
+    #[test]
+    fn loom_closing_while_deliveries_arrive_gives_every_byte_of_budget_back() {
+        loom::model(|| {
+            let (mailbox, budget) = mailbox(1000);
+            let hub = {
+                let mailbox = mailbox.clone();
+                thread::spawn(move || {
+                    mailbox.deliver(frame(10));
+                    mailbox.deliver(Delivery::Message("m"));
+                })
+            };
+            mailbox.close();
+            hub.join().unwrap_or(());
+            assert_eq!(budget.unsent(), 0, "queued or refused, nothing is kept");
+            assert!(mailbox.next().is_none());
+            assert!(!mailbox.deliver(frame(1)), "closed for good");
+        });
     }
 }

@@ -10,12 +10,12 @@
 //! Being the one allocation the core and the mailbox share, it also carries the
 //! connection's [`Meter`] (what crossed it), which the hub reads for the admin API.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::meter::Meter;
 use crate::limits::memory::above_free;
 use crate::limits::{MemoryBudget, FREE_PER_CONNECTION};
+use crate::sync::atomic::{AtomicUsize, Ordering};
 
 /// Unsent bytes of one connection, against its limit.
 #[derive(Debug)]
@@ -42,67 +42,80 @@ impl OutboundBudget {
         }
     }
 
-    /// The change in the charged part when `unsent` went from `before` to `after`:
-    /// each update accounts for its own step, so the charges sum up exactly however
-    /// updates interleave.
-    fn charged_change(before: usize, after: usize) -> isize {
-        above_free(after) as isize - above_free(before) as isize
-    }
-
-    fn settle_memory(&self, change: isize) {
-        if change > 0 {
-            self.memory.force(change.unsigned_abs());
-        } else {
-            self.memory.refund(change.unsigned_abs());
-        }
-    }
-
     /// Reserves `n` bytes, or returns false (reserving nothing) if that would pass the
-    /// limit. A compare-and-swap, not add-then-undo: a failed reservation never makes
-    /// the count overshoot for a moment, so a concurrent small reservation is never
-    /// refused because of it.
+    /// limit, or if the bytes past the free share find the server-wide budget used up
+    /// while this connection already has a backlog.
     pub(crate) fn reserve(&self, n: usize) -> bool {
-        let Ok(before) = self
-            .unsent
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |unsent| {
-                unsent.checked_add(n).filter(|&total| total <= self.limit)
-            })
-        else {
-            return false;
-        };
-        let change = Self::charged_change(before, before + n);
-        // Below the free share (the common case) the server-wide budget is not touched.
-        if change <= 0 {
-            return true;
-        }
-        // A connection that keeps up (its backlog was within its free share) always
-        // gets the frame, charged whatever the budget: only a backlog is refused.
-        if before < FREE_PER_CONNECTION {
-            self.memory.force(change.unsigned_abs());
-            return true;
-        }
-        if self.memory.try_charge(change.unsigned_abs()) {
-            return true;
-        }
-        // The server is out of memory for heavy connections: undo, accounting for
-        // the step the undo itself makes.
-        let undone = self.unsent.fetch_sub(n, Ordering::AcqRel);
-        self.settle_memory(Self::charged_change(undone, undone - n) + change);
-        false
+        self.add(n, self.limit, |before, charge| {
+            // A connection that keeps up (its backlog was within its free share) always
+            // gets the frame, charged whatever the budget: only a backlog is refused.
+            if before < FREE_PER_CONNECTION {
+                self.memory.force(charge);
+                true
+            } else {
+                self.memory.try_charge(charge)
+            }
+        })
     }
 
     /// Reserves `n` bytes whatever the limits: for the one frame that must get
     /// through (the kick of a closing connection).
     pub(crate) fn force(&self, n: usize) {
-        let before = self.unsent.fetch_add(n, Ordering::AcqRel);
-        self.settle_memory(Self::charged_change(before, before + n));
+        // Only an overflow of `usize` could refuse it: unsent bytes stay within the
+        // limit and one kick frame.
+        let _ = self.add(n, usize::MAX, |_, charge| {
+            self.memory.force(charge);
+            true
+        });
+    }
+
+    /// Adds `n` unsent bytes if that stays within `limit` and `charge` takes what the
+    /// step adds past the free share (given the unsent bytes before it; called only
+    /// when that is more than zero, so the common case never touches the server-wide
+    /// budget).
+    ///
+    /// The charge is taken *before* the step is published, and given back if the
+    /// step cannot be made (another thread moved the count first: it is retried from
+    /// the new count). So the server-wide budget never counts less than what is
+    /// published: a release racing with this reservation refunds only bytes already
+    /// charged (were it the other way round, it could refund this reservation's bytes
+    /// before they were charged and take the budget below zero, refusing every other
+    /// connection for a moment). And a reservation that fails leaves no trace, not
+    /// even for a moment: neither the count nor the budget is touched.
+    fn add(&self, n: usize, limit: usize, charge: impl Fn(usize, usize) -> bool) -> bool {
+        let mut before = self.unsent.load(Ordering::Acquire);
+        loop {
+            let Some(after) = before.checked_add(n).filter(|&total| total <= limit) else {
+                return false;
+            };
+            // Never negative: `after` is above `before`.
+            let charged = above_free(after) - above_free(before);
+            if charged > 0 && !charge(before, charged) {
+                return false;
+            }
+            match self.unsent.compare_exchange_weak(
+                before,
+                after,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return true,
+                Err(now) => {
+                    self.memory.refund(charged);
+                    before = now;
+                }
+            }
+        }
     }
 
     /// Gives back `n` bytes the transport has taken.
     pub(crate) fn release(&self, n: usize) {
         if n > 0 {
+            // Published first, refunded after: the budget counts more than is held for
+            // a moment, never less.
             let before = self.unsent.fetch_sub(n, Ordering::AcqRel);
-            self.settle_memory(Self::charged_change(before, before - n));
+            self.memory
+                .refund(above_free(before) - above_free(before - n));
         }
     }
 
@@ -114,8 +127,11 @@ impl OutboundBudget {
 
 impl Drop for OutboundBudget {
     fn drop(&mut self) {
-        // The connection is gone, and its unsent bytes with it.
-        self.memory.refund(above_free(*self.unsent.get_mut()));
+        // The connection is gone, and its unsent bytes with it. (A plain load, as
+        // `get_mut` would be: nothing else holds the budget now; and loom's atomics
+        // have no `get_mut`.)
+        self.memory
+            .refund(above_free(self.unsent.load(Ordering::Relaxed)));
     }
 }
 
@@ -201,5 +217,93 @@ mod tests {
             thread.join().unwrap_or(());
         }
         assert_eq!((budget.unsent(), memory.used()), (0, 0));
+    }
+}
+
+/// Every interleaving of small models of the budget shared by a connection's own task
+/// (its answers, its releases, its kick) and the threads delivering to its mailbox
+/// (the hub's broadcasts, rooms). Run with `--cfg gatehouse_loom` (README,
+/// "Model-checked concurrency").
+#[cfg(all(test, gatehouse_loom))]
+mod loom_tests {
+    use super::*;
+    use loom::thread;
+
+    const FREE: usize = FREE_PER_CONNECTION;
+
+    #[test]
+    fn loom_concurrent_reservations_never_pass_the_limit_and_a_refusal_leaves_no_trace() {
+        loom::model(|| {
+            let budget = Arc::new(OutboundBudget::new(100, Arc::new(MemoryBudget::new(0))));
+            assert!(budget.reserve(60));
+            // 50 more can never fit; 40 always fits, whatever the refused 50 does.
+            let too_big = {
+                let budget = budget.clone();
+                thread::spawn(move || budget.reserve(50))
+            };
+            let fitting = {
+                let budget = budget.clone();
+                thread::spawn(move || budget.reserve(40))
+            };
+            assert!(budget.unsent() <= 100, "over the limit for a moment");
+            let (too_big, fitting) = (too_big.join(), fitting.join());
+            assert_eq!((too_big.ok(), fitting.ok()), (Some(false), Some(true)));
+            assert_eq!(budget.unsent(), 100);
+        });
+    }
+
+    #[test]
+    fn loom_a_broadcast_racing_with_the_transport_taking_a_backlog_is_charged_exactly_and_never_refused_for_room_there_is(
+    ) {
+        loom::model(|| {
+            let memory = Arc::new(MemoryBudget::new(100));
+            let budget = Arc::new(OutboundBudget::new(2 * FREE, memory.clone()));
+            assert!(
+                budget.reserve(FREE),
+                "a backlog of its free share: no charge"
+            );
+            // The hub's broadcast: 60 bytes past the free share, and the budget has 100.
+            let broadcast = {
+                let budget = budget.clone();
+                thread::spawn(move || budget.reserve(60))
+            };
+            // The connection's own task: the transport took the backlog.
+            budget.release(FREE);
+            assert!(memory.used() <= 100, "charged {}", memory.used());
+            assert_eq!(broadcast.join().ok(), Some(true), "there was room");
+            assert_eq!(budget.unsent(), 60);
+            assert_eq!(memory.used(), 0, "60 unsent is within the free share");
+            drop(budget);
+            assert_eq!(memory.used(), 0);
+        });
+    }
+
+    #[test]
+    fn loom_reserves_a_force_and_releases_in_any_order_leave_the_memory_charge_exact() {
+        loom::model(|| {
+            let memory = Arc::new(MemoryBudget::new(50));
+            let budget = Arc::new(OutboundBudget::new(2 * FREE, memory.clone()));
+            assert!(budget.reserve(FREE - 10));
+            // Two broadcasts, one that crosses the free share while the connection keeps
+            // up (forced in) and one that may find a backlog and the budget full.
+            let broadcasts = {
+                let budget = budget.clone();
+                thread::spawn(move || [budget.reserve(40), budget.reserve(40)])
+            };
+            // The connection's task: its kick must get through, then the transport
+            // takes what it had.
+            budget.force(20);
+            budget.release(FREE - 10);
+            let granted = broadcasts.join().unwrap_or([false, false]);
+            let expected = 20 + granted.iter().filter(|&&granted| granted).count() * 40;
+            assert_eq!(
+                budget.unsent(),
+                expected,
+                "a refused reservation leaves no trace"
+            );
+            assert_eq!(memory.used(), above_free(expected), "charged exactly");
+            drop(budget);
+            assert_eq!(memory.used(), 0, "and given back whole");
+        });
     }
 }

@@ -13,9 +13,9 @@
 
 use core::net::{Ipv4Addr, SocketAddr};
 use std::ops::AddAssign;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::config::TransportKind;
+use crate::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Frames and bytes each way. Bytes are those of gatehouse frames (length header
 /// included), without TLS records or WebSocket framing.
@@ -191,5 +191,46 @@ mod tests {
         off.queued();
         off.sent(3);
         assert_eq!(off.read(), TrafficCounts::default());
+    }
+}
+
+/// Every interleaving of the meter's one writer (the connection's task) with a
+/// reader (the hub, for the admin API and the metrics). Run with `--cfg
+/// gatehouse_loom` (README, "Model-checked concurrency").
+#[cfg(all(test, gatehouse_loom))]
+mod loom_tests {
+    use super::*;
+    use loom::thread;
+    use std::sync::Arc;
+
+    #[test]
+    fn loom_a_reader_sees_each_count_only_grow_and_the_one_writer_loses_none() {
+        loom::model(|| {
+            let peer = SocketAddr::from((Ipv4Addr::LOCALHOST, 9));
+            let meter = Arc::new(Meter::new(TransportKind::Tcp, peer, 0, true));
+            let task = {
+                let meter = meter.clone();
+                thread::spawn(move || {
+                    meter.received(10);
+                    meter.queued();
+                    meter.received(10);
+                    meter.sent(7);
+                })
+            };
+            let (first, second) = (meter.read(), meter.read());
+            for (earlier, later) in first.to_array().into_iter().zip(second.to_array()) {
+                assert!(
+                    earlier <= later,
+                    "a count went back: {first:?} then {second:?}"
+                );
+            }
+            // Only what the writer wrote: no torn or invented value.
+            assert!(first.frames_in <= 2 && first.bytes_in % 10 == 0 && first.bytes_in <= 20);
+            assert!(first.frames_out <= 1 && [0, 7].contains(&first.bytes_out));
+            task.join().unwrap_or(());
+            let all = TrafficCounts::from_array([2, 20, 1, 7]);
+            assert_eq!(meter.take(), all, "no count lost");
+            assert_eq!(meter.read(), TrafficCounts::default());
+        });
     }
 }

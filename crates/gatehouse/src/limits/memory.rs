@@ -12,7 +12,7 @@
 //! `memory_budget_bytes` + `max_connections` × (2 × [`FREE_PER_CONNECTION`] + one
 //! largest frame).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use crate::sync::atomic::{AtomicUsize, Ordering};
 
 /// Bytes of input and of output each connection holds outside the budget.
 pub const FREE_PER_CONNECTION: usize = 64 * 1024;

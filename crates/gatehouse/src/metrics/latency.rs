@@ -16,8 +16,9 @@
 //! [`Service::route_name`]: crate::Service::route_name
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
+
+use crate::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Upper bounds of the histogram's buckets, in seconds (then `+Inf`).
 pub const LATENCY_BUCKETS: [f64; 14] = [
@@ -256,4 +257,150 @@ pub(crate) fn end(latency: &HandlerLatency) {
         batch.flush(latency);
         batch.start = None;
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn named(route: u16) -> Option<&'static str> {
+        match route {
+            1 => Some("echo"),
+            7 => Some("login"),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn observations_land_in_cumulative_buckets_with_their_sum() {
+        let histogram = AtomicHistogram::default();
+        histogram.observe(50_000, 2); // 50 µs
+        histogram.observe(3_000_000, 1); // 3 ms
+        histogram.observe(60_000_000_000, 1); // a minute: +Inf only
+        let read = histogram.read();
+        assert_eq!(read.count, 4);
+        assert_eq!(read.buckets[0], (0.000_1, 2));
+        assert_eq!(read.buckets[5], (0.005, 3));
+        assert_eq!(read.buckets.last(), Some(&(5.0, 3)));
+        assert!((read.sum - (0.000_1 + 0.003 + 60.0)).abs() < 1e-9);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_times_each_answer_from_the_read_to_the_end_of_its_batch() {
+        let latency = HandlerLatency::new(true, named);
+        let read_at = clock();
+        begin(&latency, read_at);
+        answered(&latency, 1);
+        answered(&latency, 1);
+        answered(&latency, 9); // unnamed: other
+        tokio::time::advance(Duration::from_millis(2)).await;
+        end(&latency);
+        answered(&latency, 1); // outside a batch: not timed
+        let read = latency.read();
+        let labels: Vec<_> = read.iter().map(|(label, _)| *label).collect();
+        assert_eq!(labels, ["echo", "login", "other"]);
+        assert_eq!(read[0].1.count, 2);
+        assert!((read[0].1.sum - 0.004).abs() < 1e-9, "{}", read[0].1.sum);
+        assert_eq!(read[1].1.count, 0);
+        assert_eq!(read[2].1.count, 1);
+        assert_eq!(read[0].1.buckets[4], (0.002_5, 2), "2 ms is under 2.5 ms");
+        assert_eq!(read[0].1.buckets[3], (0.001, 0), "and over 1 ms");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_handler_is_timed_from_its_read_in_a_batch_of_its_own() {
+        let latency = HandlerLatency::new(true, named);
+        let read_at = clock();
+        begin(&latency, read_at);
+        answered(&latency, 1);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        end(&latency); // the login waits: the echo before it is ready at 1 ms
+        answered(&latency, 7); // between batches: nothing counted
+        tokio::time::advance(Duration::from_millis(9)).await;
+        begin(&latency, read_at); // the login is done: from its read
+        answered(&latency, 7);
+        end(&latency);
+        let read = latency.read();
+        assert!((read[0].1.sum - 0.001).abs() < 1e-9);
+        assert_eq!(read[1].1.count, 1);
+        assert!((read[1].1.sum - 0.010).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_bucket_bounds_in_nanoseconds_are_the_bounds_in_seconds() {
+        for (nanos, seconds) in BUCKET_NANOS.iter().zip(LATENCY_BUCKETS) {
+            assert_eq!(*nanos, (seconds * 1e9).round() as u64);
+        }
+    }
+
+    #[test]
+    fn a_batch_answering_more_routes_than_it_holds_times_them_all() {
+        let latency = HandlerLatency::new(true, |_| None);
+        begin(&latency, clock());
+        for route in 0..(PENDING_ROUTES as u16 * 2 + 1) {
+            answered(&latency, route);
+        }
+        end(&latency);
+        assert_eq!(latency.read()[0].1.count, PENDING_ROUTES as u64 * 2 + 1);
+    }
+
+    #[test]
+    fn routes_sharing_a_name_share_its_histogram_and_other_stays_last() {
+        let latency = HandlerLatency::new(true, |route| match route {
+            1 | 2 => Some("chat"),
+            3 => Some("other"),
+            _ => None,
+        });
+        assert_eq!(latency.labels, ["chat", "other"]);
+        assert_eq!(
+            (latency.slot(1), latency.slot(2), latency.slot(3)),
+            (0, 0, 1)
+        );
+    }
+
+    #[test]
+    fn switched_off_nothing_is_timed() {
+        let latency = HandlerLatency::new(false, named);
+        begin(&latency, clock());
+        answered(&latency, 1);
+        end(&latency);
+        assert!(latency.read().iter().all(|(_, h)| h.count == 0));
+    }
+}
+
+/// Every interleaving of the handler histograms, which every connection task writes
+/// (relaxed `fetch_add`s) while a scrape reads them. The pending answers of a batch
+/// ([`Batch`]) are thread-local and never shared, so only the histograms are
+/// modelled. Run with `--cfg gatehouse_loom` (README, "Model-checked concurrency").
+#[cfg(all(test, gatehouse_loom))]
+mod loom_tests {
+    use super::*;
+    use loom::thread;
+    use std::sync::Arc;
+
+    #[test]
+    fn loom_concurrent_observations_are_all_counted_and_a_scrape_sees_consistent_buckets() {
+        loom::model(|| {
+            let histogram = Arc::new(AtomicHistogram::default());
+            // Two connections' batches, into the same bucket (50 µs and 60 µs).
+            let other = {
+                let histogram = histogram.clone();
+                thread::spawn(move || histogram.observe(60_000, 2))
+            };
+            histogram.observe(50_000, 1);
+            let scrape = histogram.read();
+            let counts: Vec<u64> = scrape.buckets.iter().map(|&(_, count)| count).collect();
+            assert!(
+                counts.windows(2).all(|pair| pair[0] <= pair[1]),
+                "cumulative"
+            );
+            assert_eq!(scrape.count, counts.last().copied().unwrap_or(0));
+            assert!([1, 3].contains(&scrape.count), "{}", scrape.count);
+            other.join().unwrap_or(());
+            let done = histogram.read();
+            assert_eq!((done.count, done.buckets[0].1), (3, 3), "none lost");
+            assert!((done.sum - 0.000_17).abs() < 1e-12, "{}", done.sum);
+        });
+    }
 }
