@@ -335,10 +335,16 @@ async fn run<S: Service>(
         println!("admin listening on http://{address}");
     }
     let stats = server.stats();
-    // SIGHUP's handler is in place before anyone is told the server listens: its
-    // default action would end the process without a single disconnect hook.
-    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .context("cannot install the SIGHUP handler")?;
+    // Every signal's handler is in place before anyone is told the server listens:
+    // their default actions would end the process without a single disconnect hook
+    // (a SIGINT sent right after the "listening on" line once did, before `run` had
+    // installed its handler).
+    use tokio::signal::unix::{signal, SignalKind};
+    let hangups = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
+    let interrupts =
+        signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    let terminations =
+        signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
     // arena's WebSocket listeners serve its browser client.
     let pages = if name == "arena" {
         pages::arena()
@@ -367,7 +373,9 @@ async fn run<S: Service>(
         .filter_map(|l| l.certificates().cloned())
         .collect();
     let reloading = tokio::spawn(reload_on_sighup(hangups, certificates));
-    let result = server.run(listeners, shutdown_signal()).await;
+    let result = server
+        .run(listeners, shutdown_signal(interrupts, terminations))
+        .await;
     reloading.abort();
     let s = stats.snapshot();
     info!(
@@ -412,18 +420,12 @@ async fn reload_on_sighup(
 }
 
 /// Resolves on the first SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot install the SIGTERM handler; SIGINT only");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
+async fn shutdown_signal(
+    mut interrupts: tokio::signal::unix::Signal,
+    mut terminations: tokio::signal::unix::Signal,
+) {
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => info!(signal = "SIGINT", "shutdown requested"),
-        _ = term.recv() => info!(signal = "SIGTERM", "shutdown requested"),
+        _ = interrupts.recv() => info!(signal = "SIGINT", "shutdown requested"),
+        _ = terminations.recv() => info!(signal = "SIGTERM", "shutdown requested"),
     }
 }
