@@ -228,7 +228,8 @@ impl<S: Store> Arena<S> {
     pub fn with_options(writer: SaveWriter<S>, options: ArenaOptions) -> Result<Self, RoomError> {
         let room_options = RoomOptions {
             tick: Some(options.tick),
-            restart: Restart::Fresh, // positions live in the players' cells
+            // Positions live in the players' cells; walks in the snapshot.
+            restart: Restart::FromSnapshot,
             max_members: options.max_room_players,
             max_members_per_address: Some(options.max_room_players_per_ip),
             max_rooms: options.max_rooms,
