@@ -76,12 +76,14 @@ pub(super) enum Verdict {
 }
 
 /// The keys of one kind under one [`Rule`]. Keys whose state has run out are pruned
-/// once the map grows past [`PRUNE_AT`], so a flood of new keys costs bounded
-/// memory.
+/// once the map grows past [`PRUNE_AT`] (or twice what the last pruning kept, so
+/// that a map of live keys is not walked at every reservation), so a flood of new
+/// keys costs bounded memory: a key lives at most its window and lockout.
 #[derive(Debug)]
 pub(super) struct Budgets<K> {
     rule: Rule,
     keys: HashMap<K, KeyState>,
+    prune_at: usize,
 }
 
 /// Keys kept before the map is pruned of forgotten ones.
@@ -92,6 +94,7 @@ impl<K: Hash + Eq + Clone> Budgets<K> {
         Budgets {
             rule,
             keys: HashMap::new(),
+            prune_at: PRUNE_AT,
         }
     }
 
@@ -127,8 +130,9 @@ impl<K: Hash + Eq + Clone> Budgets<K> {
     /// Takes a reservation for `key`: only after [`Budgets::verdict`] said
     /// [`Verdict::Reserved`] under the same lock.
     pub(super) fn reserve(&mut self, key: K, now: Instant) {
-        if self.keys.len() > PRUNE_AT {
+        if self.keys.len() > self.prune_at {
             self.prune(now);
+            self.prune_at = PRUNE_AT.max(2 * self.keys.len());
         }
         self.keys.entry(key).or_default().in_flight += 1;
     }

@@ -25,8 +25,9 @@
 //!   per other address with hashes waiting (plus the ones running), however many one
 //!   address queued. An address may have 64 hashes waiting, and 4096 may wait in all;
 //!   past either, status 503.
-//! - A login whose connection is gone before its hash starts is dropped unhashed and
-//!   uncharged; one whose hash ran is charged by its result.
+//! - A login abandoned before its hash starts (its handler dropped: the connection
+//!   kicked, the handler timed out, the server stopping) is neither hashed nor
+//!   charged; one whose hash ran is charged by its result.
 //! - Failed logins are logged (`login refused`, at info) and lockouts (at warn), each
 //!   at most 50 lines a second, and counted (`gatehouse_arena_logins_total`,
 //!   `gatehouse_arena_lockouts_total`).
@@ -461,6 +462,34 @@ mod tests {
             accounts.admit("carol", "2001:db8:1:3::1".parse().unwrap()),
             Ok(())
         );
+    }
+
+    /// Logins beyond the budget wait for the checks ahead of them: right passwords
+    /// all get through, wrong ones stop at the budget.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn logins_past_the_budget_wait_so_right_ones_all_pass_and_wrong_ones_stop_at_it() {
+        let accounts = Arc::new(accounts(100, 3, 10));
+        let ip = IpAddr::from([10, 0, 0, 1]);
+        let hash = accounts.create(ip, "the password").await.unwrap();
+        let all_at_once = |password: &'static str| {
+            let mut logins = tokio::task::JoinSet::new();
+            for i in 0..10 {
+                let (accounts, hash) = (accounts.clone(), hash.clone());
+                logins.spawn(async move {
+                    accounts.verify(&format!("p{i}"), ip, password, &hash).await
+                });
+            }
+            logins.join_all()
+        };
+        let right = all_at_once("the password").await;
+        assert_eq!(right, vec![Ok(()); 10]);
+        let wrong = all_at_once("not the password").await;
+        let count = |r: Result<(), Refused>| wrong.iter().filter(|w| **w == r).count();
+        assert_eq!(
+            (count(Err(Refused::Wrong)), count(Err(Refused::Blocked))),
+            (3, 7)
+        );
+        assert_eq!(accounts.stats().read().hashes, 1 + 10 + 3);
     }
 
     #[tokio::test]
