@@ -257,6 +257,7 @@ def write_report(args):
     w("scripts/bench-transports.sh           # TCP, TLS, WebSocket, wss side by side (its table: below)")
     w("scripts/callgrind-metrics.sh          # metrics on vs off, instructions per request (below)")
     w("scripts/bench-metrics.sh              # metrics on vs off, wall clock (below)")
+    w("scripts/bench-logins.sh               # arena logins under creation floods (below)")
     w("```")
     w("")
     w("## The measuring machine")

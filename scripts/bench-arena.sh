@@ -57,7 +57,9 @@ trap stop_server EXIT
 start_server() {
     local dir="$1"
     mkdir -p "$dir"
-    printf '[[listeners]]\ntransport = "tcp"\naddress = "127.0.0.1:0"\n[store]\ndata_dir = "%s/data"\n[server]\nmax_connections = 20000\nmax_connections_per_ip = 20000\n' \
+    # Every bot logs in from 127.0.0.1, 32 at a time, into the lobby first: lift the
+    # per-address share of a room's seats and of new accounts.
+    printf '[[listeners]]\ntransport = "tcp"\naddress = "127.0.0.1:0"\n[store]\ndata_dir = "%s/data"\n[server]\nmax_connections = 20000\nmax_connections_per_ip = 20000\n[game]\nmax_room_players_per_ip = 20000\nnew_accounts_per_ip_per_hour = 1000000\n' \
         "$(pwd)/$dir" > "$dir/gatehouse.toml"
     $server_cpu "$bin" serve --config "$dir/gatehouse.toml" --log warn --admin-port 0 \
         > "$dir/stdout" 2> "$dir/stderr" &

@@ -64,7 +64,7 @@ __all__ = [
     "STATUS_NOT_LOGGED_IN", "STATUS_ALREADY_LOGGED_IN", "STATUS_BAD_NAME",
     "STATUS_NO_SUCH_PLAYER", "STATUS_OUT_OF_RANGE", "STATUS_LOGIN_BUSY",
     "STATUS_WRONG_PASSWORD", "STATUS_TOO_MANY_ATTEMPTS", "STATUS_BAD_PASSWORD",
-    "STATUS_ROOM_FULL", "STATUS_NAMES",
+    "STATUS_ROOM_FULL", "STATUS_TOO_MANY_ACCOUNTS", "STATUS_NAMES",
     "LOBBY", "WORLD_EDGE", "MAX_TEXT", "MAX_NAME", "MIN_PASSWORD", "MAX_PASSWORD",
     "TICKS_PER_SECOND", "SPEED",
 ]
@@ -95,7 +95,8 @@ STATUS_LOGIN_BUSY = 1006
 STATUS_WRONG_PASSWORD = 1007
 STATUS_TOO_MANY_ATTEMPTS = 1008  # wrong passwords for this name or address: wait a minute
 STATUS_BAD_PASSWORD = 1009       # not 8 to 128 bytes
-STATUS_ROOM_FULL = 1010
+STATUS_ROOM_FULL = 1010             # the room, or its share for this address, is full
+STATUS_TOO_MANY_ACCOUNTS = 1011     # this address created its share of accounts: later
 STATUS_NAMES = {
     1001: "not_logged_in",
     1002: "already_logged_in",
@@ -107,6 +108,7 @@ STATUS_NAMES = {
     1008: "too_many_attempts",
     1009: "bad_password",
     1010: "room_full",
+    1011: "too_many_accounts",
 }
 
 LOBBY = "lobby"
@@ -258,9 +260,10 @@ class ArenaClient:
         """Logs in, or creates the player with ``password`` (8 to 128 bytes) on the
         first login of ``name``; returns the saved state. Refusals: STATUS_BAD_NAME,
         STATUS_BAD_PASSWORD, STATUS_WRONG_PASSWORD, STATUS_TOO_MANY_ATTEMPTS (wait a
-        minute), STATUS_LOGIN_BUSY (try again), STATUS_ROOM_FULL. Logging in as a
-        player online elsewhere kicks that connection (``duplicate_login``). The
-        server kicks ``login_timeout`` a connection not logged in within 30 s.
+        minute), STATUS_LOGIN_BUSY (try again), STATUS_ROOM_FULL,
+        STATUS_TOO_MANY_ACCOUNTS (try later). Logging in as a player online
+        elsewhere kicks that connection (``duplicate_login``). The server kicks
+        ``login_timeout`` a connection not logged in within 30 s.
         The room's RoomState push follows, at the room's next tick."""
         reply = pb.LoginReply.decode(
             self._call(ROUTE_LOGIN, pb.LoginRequest(name, password)))

@@ -36,7 +36,7 @@ export const PushRoute = Object.freeze({
 export const Status = Object.freeze({
   NOT_LOGGED_IN: 1001, ALREADY_LOGGED_IN: 1002, BAD_NAME: 1003, NO_SUCH_PLAYER: 1004,
   OUT_OF_RANGE: 1005, LOGIN_BUSY: 1006, WRONG_PASSWORD: 1007, TOO_MANY_ATTEMPTS: 1008,
-  BAD_PASSWORD: 1009, ROOM_FULL: 1010,
+  BAD_PASSWORD: 1009, ROOM_FULL: 1010, TOO_MANY_ACCOUNTS: 1011,
 });
 const STATUS_NAMES = Object.freeze(Object.fromEntries(
   Object.entries(Status).map(([name, code]) => [code, name.toLowerCase()])));

@@ -14,7 +14,8 @@
 //! - [`login`](self::login): passwords, the online registry, duplicate logins.
 //! - `play`: the handlers of a logged-in player.
 //! - [`world`]: the real-time room.
-//! - [`accounts`]: password hashes and the limit on guessing.
+//! - [`accounts`]: password hashes, fair hashing between addresses, and the budgets
+//!   on guessing and on new accounts (its module documentation states what holds).
 
 pub mod accounts;
 mod login;
@@ -22,6 +23,7 @@ mod play;
 pub mod world;
 
 use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -33,7 +35,7 @@ use prost::Message as _;
 use tokio::sync::watch;
 use tracing::{error, info};
 
-use crate::accounts::{Accounts, Guessing};
+use crate::accounts::{Accounts, AuthStats, Guessing};
 use crate::world::{ArenaRoom, PlayerCell};
 
 /// The protobuf messages of `proto/arena.proto`.
@@ -96,8 +98,11 @@ pub mod status {
     pub const TOO_MANY_ATTEMPTS: Status = Status(1008);
     /// A password shorter than 8 or longer than 128 bytes.
     pub const BAD_PASSWORD: Status = Status(1009);
-    /// The room (at login: and the lobby) has all the players it takes.
+    /// The room (at login: and the lobby) has all the players it takes, or all it
+    /// takes from the player's address.
     pub const ROOM_FULL: Status = Status(1010);
+    /// This address created all the accounts it may for now; try later.
+    pub const TOO_MANY_ACCOUNTS: Status = Status(1011);
 }
 
 /// Where new players start, and where `leave` takes them.
@@ -122,6 +127,9 @@ pub struct ArenaOptions {
     /// Players one room takes (a delta of all of them moving stays far below the
     /// default frame limit).
     pub max_room_players: usize,
+    /// Players one address (an IPv4 address, an IPv6 /64) may have in one room, the
+    /// lobby included, so that one client's many connections cannot fill it.
+    pub max_room_players_per_ip: usize,
     /// Rooms at once.
     pub max_rooms: usize,
     /// The server's `limits.max_frame_bytes`: no room push is larger.
@@ -130,6 +138,9 @@ pub struct ArenaOptions {
     pub fault_injection: bool,
     /// The limit on wrong passwords.
     pub guessing: Guessing,
+    /// Accounts one address may create: that many at once, then one back every
+    /// hour divided by it.
+    pub new_accounts_per_ip_per_hour: NonZeroU32,
 }
 
 impl Default for ArenaOptions {
@@ -137,10 +148,13 @@ impl Default for ArenaOptions {
         ArenaOptions {
             tick: Duration::from_millis(50),
             max_room_players: 200,
+            max_room_players_per_ip: 20,
             max_rooms: 10_000,
             max_frame_bytes: gatehouse::config::LimitsConfig::default().max_frame_bytes,
             fault_injection: false,
             guessing: Guessing::default(),
+            new_accounts_per_ip_per_hour: NonZeroU32::new(accounts::NEW_ACCOUNTS_PER_IP_PER_HOUR)
+                .expect("not zero"),
         }
     }
 }
@@ -214,8 +228,10 @@ impl<S: Store> Arena<S> {
     pub fn with_options(writer: SaveWriter<S>, options: ArenaOptions) -> Result<Self, RoomError> {
         let room_options = RoomOptions {
             tick: Some(options.tick),
-            restart: Restart::Fresh, // positions live in the players' cells
+            // Positions live in the players' cells; walks in the snapshot.
+            restart: Restart::FromSnapshot,
             max_members: options.max_room_players,
+            max_members_per_address: Some(options.max_room_players_per_ip),
             max_rooms: options.max_rooms,
             max_frame_bytes: options.max_frame_bytes,
             ..RoomOptions::default()
@@ -224,7 +240,7 @@ impl<S: Store> Arena<S> {
         Ok(Arena {
             writer,
             rooms,
-            accounts: Accounts::new(options.guessing),
+            accounts: Accounts::new(options.guessing, options.new_accounts_per_ip_per_hour),
             fault_injection: options.fault_injection,
             stats_window: Mutex::new((LatenessMark::default(), None)),
             online: Mutex::new(HashMap::new()),
@@ -240,6 +256,11 @@ impl<S: Store> Arena<S> {
     /// The rooms (to shut them down after the server, and for their numbers).
     pub fn rooms(&self) -> &Rooms<ArenaRoom> {
         &self.rooms
+    }
+
+    /// The login counters (and their collector, `gatehouse_arena_*`).
+    pub fn auth_stats(&self) -> AuthStats {
+        self.accounts.stats().clone()
     }
 
     /// Queues a save of the player's state.

@@ -10,6 +10,7 @@
 //! that connection's disconnect hook has queued its save, then loads again, so that
 //! it sees everything the old one did.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +21,8 @@ use prost::Message as _;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::accounts::{Refused, PASSWORD_BYTES};
+use crate::accounts::{LoginResult, Refused, PASSWORD_BYTES};
+use crate::play::room_refused;
 use crate::world::{Joining, PlayerCell};
 use crate::{lock, pb, status, valid_name, Arena, Player, Session, LOBBY};
 
@@ -141,28 +143,33 @@ impl<S: Store> Arena<S> {
                 "passwords are 8 to 128 bytes",
             ));
         }
-        let ip = ctx.peer().ip();
-        self.accounts.admit(&name, ip).map_err(refused)?;
+        let peer = ctx.peer();
+        let failed = |refused: Refused| self.failed_login(&name, peer, refused);
+        // Refused at once if the name or the address is locked out.
+        self.accounts.admit(&name, peer.ip()).map_err(failed)?;
         let turn = Turn::take(self, &name);
         let Ok(_my_turn) = tokio::time::timeout(TAKEOVER_TIMEOUT, turn.lock.lock()).await else {
             return Err(busy());
         };
-        // Again within the turn: guesses sent all at once wait here, one after another,
-        // and the ones past the limit stop here.
-        self.accounts.admit(&name, ip).map_err(refused)?;
 
         // Who is this? The latest state, a save still queued included.
         let (known, _) = self.load(&name).await?;
         let password_hash = match known.as_ref().map(|s| s.password_hash.as_str()) {
             Some(hash) if !hash.is_empty() => {
+                // Checked once the name and the address have a place for a guess.
                 self.accounts
-                    .verify(&name, ip, &password, hash)
+                    .verify(&name, peer.ip(), &password, hash)
                     .await
-                    .map_err(refused)?;
+                    .map_err(failed)?;
                 hash.to_owned()
             }
-            // A new player, or one saved before passwords: this password is theirs.
-            _ => self.accounts.hash(&password).await.map_err(refused)?,
+            // A new player, or one saved before passwords: this password is theirs,
+            // within the address's budget of new accounts.
+            _ => self
+                .accounts
+                .create(peer.ip(), &password)
+                .await
+                .map_err(failed)?,
         };
 
         let claim = self.claim(&name, ctx).await?;
@@ -182,9 +189,12 @@ impl<S: Store> Arena<S> {
             Ok(room) => room,
             Err(_) if state.room != LOBBY => {
                 state.room = LOBBY.to_owned();
-                self.rooms.join(LOBBY, ctx, joining).await?
+                self.rooms
+                    .join(LOBBY, ctx, joining)
+                    .await
+                    .map_err(|e| room_refused(LOBBY, e))?
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(room_refused(LOBBY, e)),
         };
         // Named (and free of the login deadline) only once the player has a room.
         ctx.logged_in(&name).await?;
@@ -201,6 +211,12 @@ impl<S: Store> Arena<S> {
         } else {
             ctx.mark_dirty();
         }
+        let result = if new_account {
+            LoginResult::Created
+        } else {
+            LoginResult::Ok
+        };
+        self.accounts.stats().login(result);
         info!(player = %name, room = %player.state.room, new_account, "logged in");
         let reply = pb::LoginReply {
             state: Some(player.view()),
@@ -264,14 +280,30 @@ impl<S: Store> Arena<S> {
     }
 }
 
-fn refused(refused: Refused) -> Failure {
-    match refused {
-        Refused::Blocked => Failure::new(
-            status::TOO_MANY_ATTEMPTS,
-            "too many wrong passwords; wait a minute",
-        ),
-        Refused::Wrong => Failure::new(status::WRONG_PASSWORD, "wrong password"),
-        Refused::Broken => Failure::new(Status::INTERNAL_ERROR, "cannot check the password"),
+impl<S> Arena<S> {
+    /// A login refused over its password: counted, logged (within the budget of
+    /// such lines), and answered.
+    fn failed_login(&self, name: &str, peer: SocketAddr, refused: Refused) -> Failure {
+        match refused.result() {
+            Some(result) => self.accounts.stats().failed(name, peer, result),
+            None => warn!(player = %name, %peer, "cannot check the password"),
+        }
+        match refused {
+            Refused::Blocked => Failure::new(
+                status::TOO_MANY_ATTEMPTS,
+                "too many wrong passwords for this player or from this address; wait a minute",
+            ),
+            Refused::Wrong => Failure::new(status::WRONG_PASSWORD, "wrong password"),
+            Refused::TooManyAccounts => Failure::new(
+                status::TOO_MANY_ACCOUNTS,
+                "too many new accounts from this address; try later",
+            ),
+            Refused::Busy => Failure::new(
+                Status::UNAVAILABLE,
+                "too many logins waiting for a password check; try again",
+            ),
+            Refused::Broken => Failure::new(Status::INTERNAL_ERROR, "cannot check the password"),
+        }
     }
 }
 

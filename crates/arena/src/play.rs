@@ -2,6 +2,7 @@
 //! fault-injection route. Each is a typed function over arena's protobuf messages;
 //! `lib.rs` routes to them.
 
+use gatehouse::room::RoomError;
 use gatehouse::typed::Failure;
 use gatehouse::{Context, Status};
 use gatehouse_store::Store;
@@ -27,6 +28,19 @@ fn check_text(text: &str) -> Result<(), Failure> {
         return Err(Failure::new(status::OUT_OF_RANGE, "text too long"));
     }
     Ok(())
+}
+
+/// A join the room refused: full, in all or for the player's address, is arena's
+/// ROOM_FULL (not the framework's 503, which clients take for a restarting server).
+pub(crate) fn room_refused(room: &str, error: RoomError) -> Failure {
+    match error {
+        RoomError::Full => Failure::new(status::ROOM_FULL, format!("room {room} is full")),
+        RoomError::AddressShareFull => Failure::new(
+            status::ROOM_FULL,
+            format!("room {room} has all the players it takes from your address"),
+        ),
+        other => other.into(),
+    }
 }
 
 fn no_room() -> Failure {
@@ -78,12 +92,7 @@ impl<S: Store> Arena<S> {
                         .join(&player.state.room, ctx, player.joining())
                         .await
                         .ok();
-                    return Err(match e {
-                        gatehouse::room::RoomError::Full => {
-                            Failure::new(status::ROOM_FULL, format!("room {room} is full"))
-                        }
-                        other => other.into(),
-                    });
+                    return Err(room_refused(&room, e));
                 }
             };
             player.room = Some(membership);

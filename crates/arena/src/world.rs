@@ -3,6 +3,9 @@
 //! with what changed. Each player's position is also written to the player's
 //! [`PlayerCell`], which the session owns, so that saves and checkpoints read the room's
 //! truth and a room restart (which loses the room's own state) loses no position.
+//! What each player was doing (walking towards a target, or in a direction) is in
+//! the room's [`Intents`] snapshot, taken after every tick: the room restarts from
+//! it, and a walk goes on after a crash without new input.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
@@ -178,6 +181,14 @@ impl Walker {
     }
 }
 
+/// What a room's members were doing at its last tick: the walks under way, by
+/// member. A room restarted after a crash is made from it, and each member joined
+/// again walks on.
+#[derive(Debug, Clone, Default)]
+pub struct Intents {
+    walks: HashMap<ConnId, Walk>,
+}
+
 /// One arena room.
 pub struct ArenaRoom {
     name: String,
@@ -191,15 +202,18 @@ pub struct ArenaRoom {
     entered: Vec<ConnId>,
     left: Vec<String>,
     crash: bool,
+    /// After a restart: the walks of the previous life, taken by each member as it
+    /// is joined again (before the first tick, which forgets the rest).
+    restored: HashMap<ConnId, Walk>,
 }
 
 impl Room for ArenaRoom {
     type Config = ();
     type Join = Joining;
     type Message = ToRoom;
-    type Snapshot = ();
+    type Snapshot = Intents;
 
-    fn create(name: &str, _config: &(), _restored: Option<()>) -> Self {
+    fn create(name: &str, _config: &(), restored: Option<Intents>) -> Self {
         ArenaRoom {
             name: name.to_owned(),
             tick: 0,
@@ -209,6 +223,7 @@ impl Room for ArenaRoom {
             entered: Vec::new(),
             left: Vec::new(),
             crash: false,
+            restored: restored.map(|intents| intents.walks).unwrap_or_default(),
         }
     }
 
@@ -229,7 +244,8 @@ impl Room for ArenaRoom {
             walk: Walk::Still,
             moved: false,
         };
-        walker.set_walk(Walk::Still);
+        // A member joined again after a restart walks on.
+        walker.set_walk(self.restored.remove(&member).unwrap_or(Walk::Still));
         self.walkers.insert(member, walker);
         self.entered.push(member);
         self.owed_state.push(member);
@@ -312,6 +328,8 @@ impl Room for ArenaRoom {
                 self.name, self.tick
             );
         }
+        // Every member of the previous life has been joined again by now.
+        self.restored.clear();
         if !self.owed_state.is_empty() {
             // Before this tick's moves: the Delta below builds on it.
             let whole = pb::RoomState {
@@ -350,6 +368,17 @@ impl Room for ArenaRoom {
         };
         ctx.broadcast(routes::DELTA, delta.encode_to_vec());
         self.last_sent = self.tick;
+    }
+
+    /// The walks under way (positions are in the players' cells already).
+    fn snapshot(&self) -> Option<Intents> {
+        let walks = self
+            .walkers
+            .iter()
+            .filter(|(_, walker)| walker.walk != Walk::Still)
+            .map(|(id, walker)| (*id, walker.walk))
+            .collect();
+        Some(Intents { walks })
     }
 }
 

@@ -808,7 +808,13 @@ async fn the_room_list_is_capped_so_it_always_fits_in_a_frame() {
     );
     let mut config = test_config();
     config.limits.max_frame_bytes = 4096;
-    let server = TestServer::start_service(config, Arena::new(writer), Arc::default()).await;
+    // 150 new players from 127.0.0.1: more than one address may create by default.
+    let options = arena::ArenaOptions {
+        new_accounts_per_ip_per_hour: std::num::NonZeroU32::new(1000).unwrap(),
+        ..arena::ArenaOptions::default()
+    };
+    let arena = Arena::with_options(writer, options).unwrap();
+    let server = TestServer::start_service(config, arena, Arc::default()).await;
     let mut players = Vec::new();
     for i in 0..150 {
         let (mut player, _) = Player::login(server.addr, &format!("roomer{i}")).await;

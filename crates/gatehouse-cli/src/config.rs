@@ -10,6 +10,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::Path;
 use std::time::Duration;
 
@@ -110,6 +111,10 @@ pub(crate) struct GameConfig {
     pub(crate) tick: Duration,
     /// arena: players one room takes.
     pub(crate) max_room_players: usize,
+    /// arena: players one address may have in one room (the lobby included).
+    pub(crate) max_room_players_per_ip: usize,
+    /// arena: accounts one address may create, at once and then per hour.
+    pub(crate) new_accounts_per_ip_per_hour: u32,
 }
 
 impl Default for GameConfig {
@@ -119,6 +124,8 @@ impl Default for GameConfig {
             service: Game::Arena,
             tick: arena.tick,
             max_room_players: arena.max_room_players,
+            max_room_players_per_ip: arena.max_room_players_per_ip,
+            new_accounts_per_ip_per_hour: arena.new_accounts_per_ip_per_hour.get(),
         }
     }
 }
@@ -181,6 +188,12 @@ impl FileConfig {
         if self.game.max_room_players == 0 {
             bail!("game.max_room_players: must be at least 1");
         }
+        if self.game.max_room_players_per_ip == 0 {
+            bail!("game.max_room_players_per_ip: must be at least 1");
+        }
+        if self.game.new_accounts_per_ip_per_hour == 0 {
+            bail!("game.new_accounts_per_ip_per_hour: must be at least 1");
+        }
         Ok(())
     }
 
@@ -190,6 +203,9 @@ impl FileConfig {
         ArenaOptions {
             tick: self.game.tick,
             max_room_players: self.game.max_room_players,
+            max_room_players_per_ip: self.game.max_room_players_per_ip,
+            new_accounts_per_ip_per_hour: NonZeroU32::new(self.game.new_accounts_per_ip_per_hour)
+                .unwrap_or(NonZeroU32::MIN), // validated: at least 1
             max_frame_bytes: self.limits.max_frame_bytes,
             fault_injection: self.server.allow_fault_injection,
             ..ArenaOptions::default()
@@ -314,6 +330,10 @@ mod tests {
         assert!(error_of(&twice).contains("used by two listeners"));
         assert!(error_of("listeners = []\n").contains("at least one listener"));
         assert!(error_of("[game]\nservice = \"chess\"\n").contains("unknown variant `chess`"));
+        assert!(error_of("[game]\nmax_room_players_per_ip = 0\n")
+            .contains("game.max_room_players_per_ip"));
+        assert!(error_of("[game]\nnew_accounts_per_ip_per_hour = 0\n")
+            .contains("game.new_accounts_per_ip_per_hour"));
         assert!(error_of("[server]\nmax_connections = 0\n").contains("server.max_connections"));
         assert!(error_of("[limits]\nidle_timeout = \"0s\"\n").contains("limits.idle_timeout"));
         assert!(error_of("[admin.limits]\nbody_timeout = \"0s\"\n")

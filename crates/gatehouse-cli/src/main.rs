@@ -302,7 +302,11 @@ async fn serve_arena(config: &FileConfig) -> anyhow::Result<Exit> {
     let arena = Arena::with_options(writer.clone(), options)?;
     let rooms = arena.rooms().clone();
     let room_metrics = RoomMetrics::new().with("arena", &rooms);
-    let collectors = vec![writer.collector(), room_metrics.collector()];
+    let collectors = vec![
+        writer.collector(),
+        room_metrics.collector(),
+        arena.auth_stats().collector(),
+    ];
     let served = run(config, "arena", arena, collectors).await;
     if let Err(unfinished) = rooms.shutdown(drain_timeout).await {
         tracing::error!(unfinished, "rooms still running at the drain timeout");

@@ -523,6 +523,7 @@ fn every_alert_rule_is_complete_and_names_only_metrics_the_server_exports() {
         "gatehouse_connections_max",
         "gatehouse_kicks_total",
         "gatehouse_room_crashes_total",
+        "gatehouse_arena_lockouts_total",
     ] {
         assert!(used.contains(needed), "no alert reads {needed}");
     }
@@ -709,6 +710,34 @@ tests:
         alertname: GatehouseRoomCrashed
         exp_alerts:
           - exp_labels: { severity: warning, job: gh, instance: a, kind: arena }
+
+  - interval: 1m
+    input_series:
+      - series: 'gatehouse_arena_lockouts_total{job="gh",instance="a",scope="address"}'
+        values: '0 0 1+0x30'
+      - series: 'gatehouse_arena_lockouts_total{job="gh",instance="a",scope="name"}'
+        values: '0 0 5+5x30'
+      - series: 'gatehouse_arena_logins_total{job="gh",instance="a",result="too_many_attempts"}'
+        values: '0+120x30'
+      - series: 'gatehouse_arena_logins_total{job="gh",instance="a",result="wrong_password"}'
+        values: '0+600x30'
+    alert_rule_test:
+      # An address locked out fires; names alone (players forgetting) do not.
+      - eval_time: 3m
+        alertname: GatehousePasswordGuessing
+        exp_alerts:
+          - exp_labels: { severity: warning, job: gh, instance: a }
+      - eval_time: 20m
+        alertname: GatehousePasswordGuessing
+        exp_alerts: []
+      # 2/s refused before any hash, for 10 minutes; wrong passwords are not counted.
+      - eval_time: 8m
+        alertname: GatehouseLoginsRefused
+        exp_alerts: []
+      - eval_time: 16m
+        alertname: GatehouseLoginsRefused
+        exp_alerts:
+          - exp_labels: { severity: warning, job: gh, instance: a }
 "#;
 
 #[test]

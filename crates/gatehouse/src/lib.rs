@@ -21,7 +21,7 @@
 //! - `connection`: one connection without I/O: the `ConnectionCore` state machine,
 //!   its output queue and byte budget, [`DisconnectReason`].
 //! - `guard`: panics caught as messages, OTP's restart intensity (every supervisor's).
-//! - `logs`: the budget of log lines a flood can cause.
+//! - [`logs`]: the budget of log lines a flood can cause (for games too).
 //! - [`timer`]: timers for sessions and rooms.
 //! - `mailbox`: how the hub, rooms and timers reach a connection.
 //! - [`hub`]: the seed's `gs_svr`: registry, groups, broadcast, counts.
@@ -54,7 +54,7 @@ mod handle;
 pub mod hub;
 pub mod limits;
 pub mod listener;
-mod logs;
+pub mod logs;
 mod mailbox;
 pub mod metrics;
 mod panic_strategy;

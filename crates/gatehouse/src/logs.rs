@@ -3,16 +3,19 @@
 //! [`LINES_PER_SEC`] a second, server-wide; past that they are counted, and the first
 //! line of the next second says how many were left out. Debug-level lines are not
 //! limited (they are off unless asked for).
+//!
+//! Public so that a game budgets the lines its own floods can cause (arena: failed
+//! logins and lockouts) the same way.
 
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// Lines of one kind written per second at most.
-pub(crate) const LINES_PER_SEC: u32 = 50;
+pub const LINES_PER_SEC: u32 = 50;
 
 /// A budget of log lines per second.
 #[derive(Debug)]
-pub(crate) struct LogLimiter {
+pub struct LogLimiter {
     per_second: u32,
     window: Mutex<Window>,
 }
@@ -27,15 +30,19 @@ struct Window {
 
 /// Whether to write a line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Admit {
+pub enum Admit {
     /// Write it; `suppressed` lines were left out before it (say so when not zero).
-    Write { suppressed: u64 },
+    Write {
+        /// Lines left out before this one.
+        suppressed: u64,
+    },
     /// Leave it out (counted).
     Skip,
 }
 
 impl LogLimiter {
-    pub(crate) fn new(per_second: u32) -> LogLimiter {
+    /// A budget of `per_second` lines a second.
+    pub fn new(per_second: u32) -> LogLimiter {
         LogLimiter {
             per_second,
             window: Mutex::new(Window {
@@ -47,7 +54,7 @@ impl LogLimiter {
     }
 
     /// Takes a line from this second's budget, at `now`.
-    pub(crate) fn admit(&self, now: Instant) -> Admit {
+    pub fn admit(&self, now: Instant) -> Admit {
         let mut window = self.window.lock().unwrap_or_else(PoisonError::into_inner);
         if now.saturating_duration_since(window.start) >= Duration::from_secs(1) {
             window.start = now;

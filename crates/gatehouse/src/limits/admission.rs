@@ -126,8 +126,10 @@ impl Permit {
 }
 
 /// The address a connection from `ip` counts against: IPv4 (also when mapped into
-/// IPv6) as it is, IPv6 with only its first `prefix_len` bits.
-fn counted_as(ip: IpAddr, prefix_len: u8) -> IpAddr {
+/// IPv6) as it is, IPv6 with only its first `prefix_len` bits (one subscriber usually
+/// has a whole /64). The per-IP cap counts by it, and so do rooms' seat shares; a game
+/// keying its own per-address limits by it treats clients the same way.
+pub fn counted_as(ip: IpAddr, prefix_len: u8) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

@@ -9,7 +9,7 @@ mod admission;
 pub mod memory;
 pub mod rate;
 
-pub use admission::Refusal;
+pub use admission::{counted_as, Refusal};
 pub(crate) use admission::{Admission, Permit};
 pub use memory::{MemoryBudget, FREE_PER_CONNECTION};
 pub use rate::{nanos_since, InboundRates, RateLimits, RateViolation};

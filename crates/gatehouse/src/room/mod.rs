@@ -167,6 +167,10 @@ pub struct RoomOptions {
     pub member_queue: u32,
     /// Members a room takes; the next join is refused with [`RoomError::Full`].
     pub max_members: usize,
+    /// Members one address (an IPv4 address, an IPv6 /64) may have in one room, so
+    /// that one client's many connections cannot take every seat; the next join from
+    /// it is refused with [`RoomError::AddressShareFull`]. `None`: no share.
+    pub max_members_per_address: Option<usize>,
     /// Rooms the registry holds at once.
     pub max_rooms: usize,
     /// Whether a room stops when its last member leaves.
@@ -187,6 +191,7 @@ impl Default for RoomOptions {
             mailbox: 1024,
             member_queue: 64,
             max_members: 1000,
+            max_members_per_address: None,
             max_rooms: 10_000,
             close_when_empty: true,
             max_frame_bytes: crate::config::LimitsConfig::default().max_frame_bytes,
@@ -207,6 +212,9 @@ impl RoomOptions {
         if self.max_members == 0 || self.max_rooms == 0 {
             return bad("max_members and max_rooms must be at least 1");
         }
+        if self.max_members_per_address == Some(0) {
+            return bad("max_members_per_address must be at least 1");
+        }
         if self.restart_window.is_zero() {
             return bad("restart_window must be above zero");
         }
@@ -226,6 +234,10 @@ pub enum RoomError {
     /// The room has [`RoomOptions::max_members`] members.
     #[error("the room is full")]
     Full,
+    /// The room has [`RoomOptions::max_members_per_address`] members from the
+    /// joiner's address.
+    #[error("the room has all the members it takes from this address")]
+    AddressShareFull,
     /// This connection is a member already.
     #[error("already a member")]
     AlreadyMember,
@@ -256,6 +268,7 @@ impl RoomError {
             RoomError::BadOptions(_) => Status::INTERNAL_ERROR,
             RoomError::Closed
             | RoomError::Full
+            | RoomError::AddressShareFull
             | RoomError::Flooded
             | RoomError::TooManyRooms
             | RoomError::ShutDown => Status::UNAVAILABLE,

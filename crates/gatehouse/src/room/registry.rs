@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
@@ -19,6 +20,7 @@ use super::stats::{LatenessHistogram, LatenessMark, RoomCounters, RoomStats, Tic
 use super::task::{Input, Leave, RoomTask};
 use super::{Origin, Room, RoomError, RoomOptions};
 use crate::connection::ConnId;
+use crate::limits::counted_as;
 use crate::mailbox::MemberSink;
 use crate::metrics::{encode_histograms, encode_labelled, HistogramSnapshot};
 use crate::service::Context;
@@ -235,6 +237,11 @@ impl<R: Room> Rooms<R> {
     }
 }
 
+/// A member's seats count against its address's share
+/// ([`RoomOptions::max_members_per_address`]) by IPv4 address or IPv6 /64, as the
+/// server's per-IP cap counts by default.
+const SEAT_SHARE_IPV6_PREFIX: u8 = 64;
+
 /// What every handle to one room shares.
 struct RoomLink<R: Room> {
     /// Unique in the registry, even across rooms of the same name.
@@ -284,13 +291,16 @@ impl<R: Room> RoomHandle<R> {
         ctx: &Context<'_, M>,
         join: R::Join,
     ) -> Result<Membership<R>, RoomError> {
-        self.join_sink(ctx.id(), ctx.member_sink(), join).await
+        let address = counted_as(ctx.peer().ip(), SEAT_SHARE_IPV6_PREFIX);
+        self.join_sink(ctx.id(), ctx.member_sink(), address, join)
+            .await
     }
 
     async fn join_sink(
         &self,
         member: ConnId,
         sink: Arc<dyn MemberSink>,
+        address: IpAddr,
         join: R::Join,
     ) -> Result<Membership<R>, RoomError> {
         let serial = self.link.serials.fetch_add(1, Ordering::Relaxed);
@@ -307,6 +317,7 @@ impl<R: Room> RoomHandle<R> {
             member,
             serial,
             sink,
+            address,
             join,
             reply,
         };
@@ -540,6 +551,7 @@ mod tests {
 
     use super::*;
     use crate::room::{Origin, Refusal, RoomContext};
+    use crate::Status;
 
     struct Nobody;
 
@@ -583,17 +595,59 @@ mod tests {
         // The join is queued (sent into the mailbox), then its caller is dropped
         // before the room answers: its leave goes first, down the side channel.
         {
-            let mut joining = pin!(room.join_sink(ConnId(7), Arc::new(Nobody), ()));
+            let mut joining = pin!(room.join_sink(ConnId(7), Arc::new(Nobody), HERE, ()));
             let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
             assert!(matches!(joining.as_mut().poll(&mut cx), Poll::Pending));
         }
         // A later join of another connection is answered after the room has seen both.
         let kept = room
-            .join_sink(ConnId(8), Arc::new(Nobody), ())
+            .join_sink(ConnId(8), Arc::new(Nobody), HERE, ())
             .await
             .unwrap();
         assert_eq!(room.stats().members, 1, "only the join that waited counts");
         drop(kept);
+        rooms.shutdown(Duration::from_secs(5)).await.unwrap();
+    }
+
+    const HERE: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    #[tokio::test]
+    async fn one_address_takes_at_most_its_share_of_a_rooms_seats() {
+        let options = RoomOptions {
+            max_members: 6,
+            max_members_per_address: Some(2),
+            close_when_empty: false,
+            ..RoomOptions::default()
+        };
+        let rooms = Rooms::<Empty>::new((), options).unwrap();
+        let room = rooms.create("r").unwrap();
+        let join =
+            |id: u64, address: IpAddr| room.join_sink(ConnId(id), Arc::new(Nobody), address, ());
+        let other: IpAddr = "192.0.2.7".parse().unwrap();
+        let first = join(1, HERE).await.unwrap();
+        let _second = join(2, HERE).await.unwrap();
+        assert_eq!(join(3, HERE).await.err(), Some(RoomError::AddressShareFull));
+        assert_eq!(
+            RoomError::AddressShareFull.status(),
+            Status::UNAVAILABLE,
+            "a game answers it as it answers a full room"
+        );
+        let _third = join(4, other).await.unwrap();
+        // A seat given back can be taken again.
+        drop(first);
+        let _again = join(5, HERE).await.unwrap();
+        // An IPv6 client counts by its /64.
+        let v6 = |s: &str| counted_as(s.parse().unwrap(), SEAT_SHARE_IPV6_PREFIX);
+        let _a = join(6, v6("2001:db8:1:2::1")).await.unwrap();
+        let _b = join(7, v6("2001:db8:1:2::9:9")).await.unwrap();
+        assert_eq!(
+            join(8, v6("2001:db8:1:2:ffff::1")).await.err(),
+            Some(RoomError::AddressShareFull)
+        );
+        // Six seats taken: now the room itself is full, whoever asks.
+        let _fourth = join(9, other).await.unwrap();
+        let stranger: IpAddr = "198.51.100.1".parse().unwrap();
+        assert_eq!(join(10, stranger).await.err(), Some(RoomError::Full));
         rooms.shutdown(Duration::from_secs(5)).await.unwrap();
     }
 }

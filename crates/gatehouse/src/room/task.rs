@@ -3,6 +3,7 @@
 //! its policy and restart intensity, or closes it.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
@@ -26,6 +27,8 @@ pub(crate) enum Input<R: Room> {
         member: ConnId,
         serial: u64,
         sink: Arc<dyn MemberSink>,
+        /// What the member's seat counts against ([`RoomOptions::max_members_per_address`]).
+        address: IpAddr,
         join: R::Join,
         reply: oneshot::Sender<Result<(), RoomError>>,
     },
@@ -64,6 +67,8 @@ pub(crate) struct Member<J> {
     pub(crate) sink: Arc<dyn MemberSink>,
     pub(crate) join: J,
     serial: u64,
+    /// The member's address (an IPv6 /64), for the per-address share of seats.
+    address: IpAddr,
 }
 
 pub(crate) type Members<J> = HashMap<ConnId, Member<J>>;
@@ -359,6 +364,7 @@ impl<R: Room> RoomTask<R> {
                 member,
                 serial,
                 sink,
+                address,
                 join,
                 reply,
             } => {
@@ -375,12 +381,24 @@ impl<R: Room> RoomTask<R> {
                     let _ = reply.send(Err(RoomError::Full));
                     return (Ok(()), false);
                 }
+                if let Some(share) = self.options.max_members_per_address {
+                    let seated = self
+                        .members
+                        .values()
+                        .filter(|m| m.address == address)
+                        .count();
+                    if seated >= share {
+                        let _ = reply.send(Err(RoomError::AddressShareFull));
+                        return (Ok(()), false);
+                    }
+                }
                 self.members.insert(
                     member,
                     Member {
                         sink,
                         join: join.clone(),
                         serial,
+                        address,
                     },
                 );
                 self.had_members = true;
