@@ -24,7 +24,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use support::{test_config, Client, PATIENCE};
+use support::{
+    at_deadline, keep_the_clock_stepping, test_config, Client, PATIENCE, VIRTUAL_PATIENCE,
+};
 
 const TOKEN: &str = "test-token-0123456789";
 
@@ -518,30 +520,6 @@ async fn a_handler_that_panics_is_timed_and_counted_with_its_disconnect() {
 // The admin listener's connections are bounded (`AdminLimits`). These tests run on
 // paused time: tokio moves the clock on whenever every task waits, to the next timer
 // due, so timers are exact and the deadlines' defaults are tested as they ship.
-
-/// How long, on the paused clock, a test waits for what must happen well before.
-const VIRTUAL_PATIENCE: Duration = Duration::from_secs(300);
-
-/// How far the paused clock may move at a time while the test waits on sockets.
-const CLOCK_STEP: Duration = Duration::from_millis(10);
-
-/// With real sockets, tokio moves a paused clock to the next timer whenever it waits
-/// for I/O, even I/O that is ready: without a near timer, a connect could move it
-/// past a deadline the test has not reached yet. This task keeps one due every
-/// [`CLOCK_STEP`]; it ends with the test's runtime.
-fn keep_the_clock_stepping() {
-    tokio::spawn(async {
-        loop {
-            tokio::time::sleep(CLOCK_STEP).await;
-        }
-    });
-}
-
-/// Whether `elapsed` is the deadline `limit`, give or take the clock's steps: never
-/// before it, and within a second after.
-fn at_deadline(elapsed: Duration, limit: Duration) -> bool {
-    elapsed >= limit && elapsed < limit + Duration::from_secs(1)
-}
 
 /// Sends `bytes` one at a time, `every` apart, until the server closes the
 /// connection (end of stream or reset): when it did, and what it had answered.

@@ -20,7 +20,9 @@ use gatehouse::room::{
     Membership, Origin, Refusal, Restart, Room, RoomContext, RoomOptions, Rooms, StopReason,
 };
 use gatehouse::{ConnId, Context, Disconnect, KickReason, Message, Reply, Service, Status};
-use support::{eventually, test_config, Client, Record, TestServer, PATIENCE};
+use support::{
+    eventually, keep_the_clock_stepping, test_config, Client, Record, TestServer, PATIENCE,
+};
 use tokio::time::Instant;
 
 /// Client routes of the test game.
@@ -337,9 +339,11 @@ async fn a_room_that_panics_mid_tick_restarts_its_members_stay_connected_and_oth
     let a = stats(&rooms, "a");
     assert_eq!((a.restarts, a.members), (2, 2));
     // The other room never stopped ticking and never restarted.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let b = stats(&rooms, "b");
-    assert!(b.ticks >= b_before + 5, "b ticked on: {b:?}");
+    let b = eventually("b ticks on", || {
+        let b = stats(&rooms, "b");
+        (b.ticks >= b_before + 5).then_some(b)
+    })
+    .await;
     assert_eq!(b.restarts, 0);
     assert!(server.shutdown().await.is_ok());
 }
@@ -486,13 +490,19 @@ async fn a_member_flooding_its_room_is_kicked_dos_and_the_room_goes_on() {
     assert!(server.shutdown().await.is_ok());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ticks_keep_their_rate_under_load_and_their_lateness_is_measured() {
+/// On paused time, the rate of ticks is exact whatever the machine does: each is due
+/// at start + n periods, whatever the handlers between them. (How late they run on
+/// a loaded machine is measured by `scripts/bench-arena.sh`, not asserted here.)
+#[tokio::test(start_paused = true)]
+async fn ticks_keep_their_deadlines_under_load_and_their_lateness_is_measured() {
+    keep_the_clock_stepping();
     let Started { server, rooms, .. } = start(ticking(50)).await;
     let _member = joined(&server, "a").await;
     let started = Instant::now();
     let ticks_at_start = stats(&rooms, "a").ticks;
-    // Load: 20 clients each keeping a request in flight for 2 s.
+    // Load: 20 clients each sending a request every 5 ms for 2 s (the paused clock
+    // moves only while everyone waits, so a client that never paused would send
+    // without end in no time).
     let mut load = Vec::new();
     for _ in 0..20 {
         let mut client = server.connect().await;
@@ -501,6 +511,7 @@ async fn ticks_keep_their_rate_under_load_and_their_lateness_is_measured() {
             while Instant::now() < until {
                 // Not a member: answered at once with an error.
                 let _ = client.request(routes::REPORT, "").await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }));
     }
@@ -510,10 +521,10 @@ async fn ticks_keep_their_rate_under_load_and_their_lateness_is_measured() {
     let elapsed = started.elapsed();
     let ticks = stats(&rooms, "a").ticks - ticks_at_start;
     let expected = elapsed.as_millis() as u64 / 50;
-    // Deadline-based: the count follows the clock (no drift), within a tick or two
-    // for the moments the test read it.
+    // Deadline-based: the count follows the clock (no drift), within a tick for the
+    // moments the test read it.
     assert!(
-        ticks + 2 >= expected && ticks <= expected + 2,
+        ticks + 1 >= expected && ticks <= expected + 1,
         "{ticks} ticks in {elapsed:?} at 20 Hz"
     );
     let lateness = rooms.lateness();
@@ -618,7 +629,10 @@ async fn a_room_whose_ticks_overrun_still_serves_its_members_and_counts_them_lat
     let Started { server, rooms, .. } = start(ticking(5)).await;
     let mut member = joined(&server, "a").await;
     assert!(member.request(routes::SLOW_TICKS, "").await.0.is_ok());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually("the room falls behind", || {
+        (stats(&rooms, "a").late_ticks >= 10).then_some(())
+    })
+    .await;
     // Every tick takes four periods: the room is always behind, yet answers.
     let started = Instant::now();
     let ticks = room_ticks(&mut member).await;

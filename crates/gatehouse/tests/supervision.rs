@@ -15,7 +15,9 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use gatehouse::protocol::{ROUTE_FAULT_CRASH_HUB, ROUTE_FAULT_PANIC_HANDLER};
 use gatehouse::{DisconnectReason, KickReason, Message, ServerError};
-use support::{routes, test_config, Client, TestServer, PATIENCE};
+use support::{
+    at_deadline, keep_the_clock_stepping, routes, test_config, Client, TestServer, PATIENCE,
+};
 use tokio::time::Instant;
 
 async fn connected(server: &TestServer, n: usize) -> Vec<Client> {
@@ -305,15 +307,20 @@ async fn a_kick_interrupts_a_handler_that_is_still_running() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_handler_running_past_its_timeout_is_dropped_and_its_connection_closed() {
+    keep_the_clock_stepping();
+    let handler_timeout = Duration::from_secs(3);
     let mut config = test_config();
-    config.limits.handler_timeout = Duration::from_millis(300);
+    config.limits.handler_timeout = handler_timeout;
     let server = TestServer::start(config).await;
     let mut stuck = server.connect().await;
     let mut bystander = server.connect().await;
+    let started = Instant::now();
     stuck.fire(routes::HANG).await;
     assert_eq!(stuck.expect_kick().await, KickReason::INTERNAL_ERROR);
+    let at = started.elapsed();
+    assert!(at_deadline(at, handler_timeout), "dropped at {at:?}");
     assert_eq!(bystander.request(routes::ECHO, "fine").await.1, "fine");
     let hooks = server.record.wait_hooks(1).await;
     assert_eq!(hooks[0].1, DisconnectReason::HandlerTimeout);

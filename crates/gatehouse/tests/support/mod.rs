@@ -119,6 +119,34 @@ impl Record {
     }
 }
 
+// Tests of deadlines run on paused time: tokio moves the clock on whenever every task
+// waits, to the next timer due, so a deadline is met exactly, whatever the machine's
+// load, and a test of a 60-second timeout takes no minute.
+
+/// How long, on the paused clock, a test waits for what must happen well before.
+pub const VIRTUAL_PATIENCE: Duration = Duration::from_secs(300);
+
+/// How far the paused clock may move at a time while the test waits on sockets.
+pub const CLOCK_STEP: Duration = Duration::from_millis(10);
+
+/// With real sockets, tokio moves a paused clock to the next timer whenever it waits
+/// for I/O, even I/O that is ready: without a near timer, a connect could move it
+/// past a deadline the test has not reached yet. This task keeps one due every
+/// [`CLOCK_STEP`]; it ends with the test's runtime.
+pub fn keep_the_clock_stepping() {
+    tokio::spawn(async {
+        loop {
+            tokio::time::sleep(CLOCK_STEP).await;
+        }
+    });
+}
+
+/// Whether `elapsed` is the deadline `limit`, give or take the clock's steps: never
+/// before it, and within a second after.
+pub fn at_deadline(elapsed: Duration, limit: Duration) -> bool {
+    elapsed >= limit && elapsed < limit + Duration::from_secs(1)
+}
+
 /// Polls `check` (every 10 ms) until it gives a value, for at most [`PATIENCE`];
 /// `what` names the awaited condition in the failure.
 pub async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
