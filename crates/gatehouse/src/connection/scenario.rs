@@ -183,7 +183,7 @@ impl Settings {
         let ms = |i: usize| Duration::from_millis(1 + u64::from(self.timeouts_ms[i]) % 120_000);
         LimitsConfig {
             max_frame_bytes,
-            outbound_queue_bytes: largest + self.outbound_extra as usize % (2 * largest + 200_000),
+            outbound_queue_bytes: largest + self.outbound_extra as usize % (2 * largest + 8192),
             inbound_bytes_per_sec: 1 + self.bytes_per_sec % 10_000_000,
             inbound_bytes_burst: u32::try_from(largest).unwrap_or(u32::MAX)
                 + self.bytes_burst_extra % 1_000_000,

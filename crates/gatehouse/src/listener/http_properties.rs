@@ -287,8 +287,9 @@ fn http_like() -> impl Strategy<Value = Vec<u8>> {
     .prop_map(|pieces| pieces.concat())
 }
 
+/// Read sizes: some small enough to split a line ending, some whole heads.
 fn chunks() -> impl Strategy<Value = Vec<usize>> {
-    vec(1usize..3000, 1..6)
+    vec(prop_oneof![1usize..8, 1usize..3000], 1..6)
 }
 
 proptest! {
