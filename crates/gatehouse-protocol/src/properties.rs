@@ -61,7 +61,7 @@ fn chunks() -> impl Strategy<Value = Vec<usize>> {
 }
 
 proptest! {
-    #![proptest_config(config(512))]
+    #![proptest_config(config(2000))]
 
     #[test]
     fn any_bytes_in_any_chunking_are_cut_into_frames_or_refused(

@@ -87,7 +87,7 @@ fn script() -> impl Strategy<Value = Script> {
 }
 
 proptest! {
-    #![proptest_config(proptest_config(400))]
+    #![proptest_config(proptest_config(1000))]
 
     #[test]
     fn any_script_keeps_every_invariant_of_the_connection_core(script in script()) {

@@ -293,7 +293,7 @@ fn chunks() -> impl Strategy<Value = Vec<usize>> {
 }
 
 proptest! {
-    #![proptest_config(proptest_config(256))]
+    #![proptest_config(proptest_config(1000))]
 
     #[test]
     fn any_bytes_in_any_chunking_are_a_head_or_a_refusal(
