@@ -13,11 +13,19 @@
 //! - [`envelope`]: [`Message`], its encoding and decoding, [`DecodeError`].
 //! - [`codes`]: [`Status`] and [`KickReason`].
 //! - [`routes`]: the framework's reserved routes and the bench service's.
+//! - `fuzzing` (hidden; tests and the `fuzzing` feature): the decoders' invariants,
+//!   checked against any input by the property tests and the fuzz targets in `fuzz/`.
 
 pub mod codes;
 pub mod envelope;
 pub mod framing;
 pub mod routes;
+
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
+#[cfg(test)]
+mod properties;
 
 pub use codes::{KickReason, Status};
 pub use envelope::{DecodeError, Message};

@@ -231,6 +231,11 @@ pub enum ConfigError {
 /// Largest `max_frame_bytes` accepted: 16 MiB, far above any game message.
 const MAX_FRAME_CEILING: usize = 16 << 20;
 
+/// Smallest `max_frame_bytes` accepted: room for the frames the framework itself
+/// sends whatever the game does (a pong to the longest ping, 65 bytes; an error
+/// response; a kick with a readable text), so that none of them is ever over it.
+pub const MAX_FRAME_FLOOR: usize = 128;
+
 impl Config {
     /// Parses and validates a TOML document.
     pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
@@ -266,11 +271,11 @@ impl Config {
         if s.hub_queue == 0 {
             return invalid("server.hub_queue", "must be at least 1".into());
         }
-        if l.max_frame_bytes == 0 || l.max_frame_bytes > MAX_FRAME_CEILING {
+        if !(MAX_FRAME_FLOOR..=MAX_FRAME_CEILING).contains(&l.max_frame_bytes) {
             return invalid(
                 "limits.max_frame_bytes",
                 format!(
-                    "{} is out of range: must be between 1 and {MAX_FRAME_CEILING}",
+                    "{} is out of range: must be between {MAX_FRAME_FLOOR} and {MAX_FRAME_CEILING}",
                     l.max_frame_bytes
                 ),
             );
@@ -379,6 +384,15 @@ mod tests {
         assert!(error_of("[limits]\nidle_timeout = \"soon\"\n").contains("idle_timeout"));
         assert!(error_of("[limits]\ninbound_bytes_burst = 1000\n")
             .starts_with("limits.inbound_bytes_burst"));
+    }
+
+    #[test]
+    fn a_frame_limit_too_small_for_the_frameworks_own_frames_is_refused() {
+        // Found by the property tests: at max_frame_bytes = 1 a kick (3 bytes at
+        // least) went out over the maximum, and at 10 an answer too large for a frame
+        // recursed into its own error response until the stack overflowed.
+        assert!(error_of("[limits]\nmax_frame_bytes = 127\n").starts_with("limits.max_frame_bytes"));
+        assert!(Config::from_toml_str("[limits]\nmax_frame_bytes = 128\n").is_ok());
     }
 }
 

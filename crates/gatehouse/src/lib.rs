@@ -42,6 +42,8 @@
 //! - `server`: [`Server`], the entry point.
 //! - [`bench_service`]: the built-in `bench` service.
 //! - [`protocol`]: the wire protocol (the `gatehouse-protocol` crate).
+//! - `fuzzing` (hidden; tests and the `fuzzing` feature): entry points for the fuzz
+//!   targets in `fuzz/`.
 
 pub mod admin;
 pub mod bench_service;
@@ -66,6 +68,10 @@ mod supervisor;
 mod sync;
 pub mod timer;
 pub mod typed;
+
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 
 /// The wire protocol (the `gatehouse-protocol` crate), re-exported.
 pub use gatehouse_protocol as protocol;

@@ -98,6 +98,18 @@ impl From<DisconnectReason> for Close {
     }
 }
 
+/// Bytes of a kick's body before its text: kind and code.
+const KICK_FIXED: usize = 3;
+
+/// The longest start of `text` within `max_bytes` that ends at a character boundary.
+pub(crate) fn cut_at_char(text: &str, max_bytes: usize) -> &str {
+    let mut end = text.len().min(max_bytes);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// Unknown routes logged at warn per connection; past this, at debug, so that no
 /// client can flood the log.
 const LOUD_UNKNOWN_ROUTES: u8 = 3;
@@ -199,17 +211,18 @@ impl ConnectionCore {
         &mut self.recv
     }
 
-    /// A whole frame body from a message transport (one WebSocket message). The
-    /// transport caps the message size before buffering it; a body over the maximum
-    /// still closes the connection here, as on a stream. It is queued framed, behind
-    /// what came before, so that both kinds of transport share one input path.
+    /// A whole frame body from a message transport (one WebSocket message). It is
+    /// queued framed, behind what came before, so that both kinds of transport share
+    /// one input path. The transport caps the message size before buffering it; a
+    /// body over the maximum is queued as its header alone, so that it closes the
+    /// connection as on a stream: after the frames received before it are handled.
     pub(crate) fn receive_frame(&mut self, body: &[u8]) {
-        let max = self.config.limits.max_frame_bytes;
         let announced = u32::try_from(body.len()).unwrap_or(u32::MAX);
-        if body.len() > max {
-            self.frame_too_large(FrameTooLarge { announced, max });
-            return;
-        }
+        let body = if body.len() > self.config.limits.max_frame_bytes {
+            &[][..]
+        } else {
+            body
+        };
         self.recv.reserve(HEADER_LEN + body.len());
         self.recv.put_u32(announced);
         self.recv.put_slice(body);
@@ -333,7 +346,7 @@ impl ConnectionCore {
 
     /// Answers request `id`. A response too large for the protocol is replaced by an
     /// `internal_error` response: the server never sends a frame over the maximum.
-    pub(crate) fn respond(&mut self, id: u32, status: Status, payload: &[u8]) {
+    pub(crate) fn respond(&mut self, id: u32, mut status: Status, mut payload: &[u8]) {
         const FIXED: usize = 7; // kind, id, status
         if FIXED + payload.len() > self.config.limits.max_frame_bytes {
             warn!(
@@ -341,8 +354,8 @@ impl ConnectionCore {
                 len = FIXED + payload.len(),
                 "response over max_frame_bytes; sent as an error"
             );
-            self.respond(id, Status::INTERNAL_ERROR, b"response too large");
-            return;
+            // Fits: validation keeps max_frame_bytes at least MAX_FRAME_FLOOR.
+            (status, payload) = (Status::INTERNAL_ERROR, b"response too large");
         }
         // Written field by field: the one frame every request produces.
         let len = HEADER_LEN + FIXED + payload.len();
@@ -566,7 +579,18 @@ impl ConnectionCore {
             let dropped = self.out.discard_unstarted();
             self.budget.release(dropped);
         }
-        let text = close.kick_text(&self.config.limits);
+        // The kick is a frame like any other: a long text (a game's, an operator's)
+        // is cut to fit the maximum rather than sent in a frame the client refuses.
+        let mut text = close.kick_text(&self.config.limits);
+        let fits = cut_at_char(
+            &text,
+            self.config
+                .limits
+                .max_frame_bytes
+                .saturating_sub(KICK_FIXED),
+        )
+        .len();
+        text.truncate(fits);
         let message = Message::Kick { reason: kick, text };
         self.budget.force(HEADER_LEN + message.body_len()); // the kick must always get through
         self.queue_reserved(&message);
@@ -586,9 +610,15 @@ impl ConnectionCore {
     }
 
     /// Bytes received but not yet cut into frames.
-    #[cfg(test)]
-    fn buffered_input(&self) -> usize {
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn buffered_input(&self) -> usize {
         self.recv.len()
+    }
+
+    /// Bytes of buffered input charged to the server-wide memory budget.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn charged_input(&self) -> usize {
+        self.charged_input as usize
     }
 }
 
@@ -784,6 +814,40 @@ mod tests {
         h.core
             .receive_frame(&request(3, 1, b"x").to_frame()[HEADER_LEN..]);
         assert_eq!(h.events(h.at(T)).len(), 1);
+    }
+
+    #[test]
+    fn requests_before_an_oversized_message_are_handled_before_it_closes() {
+        // Found by the property tests: the oversized message closed at once, and the
+        // request before it in the same batch was never handled.
+        let mut h = harness(limits());
+        h.core
+            .receive_frame(&request(3, 1, b"x").to_frame()[HEADER_LEN..]);
+        h.core.receive_frame(&[0u8; 1001]);
+        assert_eq!(h.events(h.at(T)).len(), 1, "the request comes first");
+        assert_eq!(h.closed(), Some(DisconnectReason::FrameTooLarge));
+        assert_eq!(h.core.buffered_input(), HEADER_LEN, "no body was kept");
+    }
+
+    #[test]
+    fn a_kick_text_longer_than_a_frame_is_cut_to_fit_at_a_character() {
+        // Found by the property tests: a game's long kick text made a frame over
+        // max_frame_bytes, which the client refuses instead of reading the kick.
+        let mut h = harness(limits());
+        h.core.kick(KickReason::DOS, "é".repeat(1000));
+        let close = h.core.take_close().expect("kicked");
+        h.core.queue_kick(&close);
+        let sent = h.sent();
+        let [Message::Kick { reason, text }] = &sent[..] else {
+            panic!("one kick expected, got {sent:?}");
+        };
+        assert_eq!(*reason, KickReason::DOS);
+        assert_eq!(
+            text.len(),
+            996,
+            "the frame's 1000 bytes less kind and code, cut at a whole character"
+        );
+        assert!(text.chars().all(|c| c == 'é'));
     }
 
     #[test]

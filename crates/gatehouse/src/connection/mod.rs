@@ -7,6 +7,9 @@
 //! - [`meter`]: what crossed the connection, counted by its own task.
 //! - [`reason`]: [`DisconnectReason`], with its kick code, text and log level.
 //! - [`staged`]: what a handler that waits does to its connection, kept for the core.
+//! - `scenario` (tests and the `fuzzing` feature): the core driven by an arbitrary
+//!   script with its invariants checked; `properties` runs it under proptest, the
+//!   `connection_core` fuzz target under libFuzzer.
 //!
 //! Nothing here touches a socket, a runtime or a clock (a test checks that no file
 //! of this module names tokio): the driver (`crate::driver`) does.
@@ -15,13 +18,17 @@ pub(crate) mod budget;
 pub(crate) mod core;
 pub(crate) mod meter;
 pub(crate) mod outbound;
+#[cfg(test)]
+mod properties;
 pub(crate) mod reason;
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) mod scenario;
 pub(crate) mod staged;
 
 use std::fmt;
 
 pub(crate) use self::budget::OutboundBudget;
-pub(crate) use self::core::{Close, ConnectionCore, CoreConfig, Event};
+pub(crate) use self::core::{cut_at_char, Close, ConnectionCore, CoreConfig, Event};
 pub(crate) use self::meter::Meter;
 pub use self::meter::TrafficCounts;
 pub use self::reason::{DisconnectReason, Severity};

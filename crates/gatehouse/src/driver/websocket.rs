@@ -27,7 +27,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use super::transport::{Goodbye, Received, Transport};
 use crate::config::LimitsConfig;
-use crate::connection::{ConnectionCore, DisconnectReason};
+use crate::connection::{cut_at_char, ConnectionCore, DisconnectReason};
 
 /// A close frame's reason holds at most 123 bytes.
 const MAX_CLOSE_REASON: usize = 123;
@@ -112,13 +112,9 @@ fn io_error(e: WsError) -> io::Error {
 
 /// The close frame for a kick, its text cut to what fits.
 pub(crate) fn close_frame(kick: Goodbye<'_>) -> CloseFrame {
-    let mut end = kick.text.len().min(MAX_CLOSE_REASON);
-    while !kick.text.is_char_boundary(end) {
-        end -= 1;
-    }
     CloseFrame {
         code: kick.reason.websocket_close_code().into(),
-        reason: kick.text[..end].into(),
+        reason: cut_at_char(kick.text, MAX_CLOSE_REASON).into(),
     }
 }
 

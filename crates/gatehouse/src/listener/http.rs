@@ -394,6 +394,13 @@ fn reason_phrase(status: u16) -> &'static str {
     }
 }
 
+#[cfg(any(test, feature = "fuzzing"))]
+#[path = "http_checks.rs"]
+pub(crate) mod checks;
+#[cfg(test)]
+#[path = "http_properties.rs"]
+mod properties;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,7 @@
 //! - `http`: the WebSocket upgrade, origins, `X-Forwarded-For`, static pages.
 
 pub mod config;
-mod http;
+pub(crate) mod http;
 pub mod tls;
 
 use std::io;
