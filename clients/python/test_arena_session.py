@@ -319,7 +319,13 @@ class ArenaSession(ArenaTestCase):
         stopped = alice.view.position(bob_name)
         self.assertEqual(stopped[1], 150)
         self.assertGreaterEqual(stopped[0], -140)
-        time.sleep(0.3)  # six ticks
+        # Six ticks later he still stands there: alice walks, so that every tick
+        # brings her a Delta, and her view shows when six have gone by.
+        since, home = alice.view.tick, alice.view.position(alice_name)
+        alice.walk(0, 1)
+        alice.wait_view(lambda v: v.tick >= since + 6, EVENT_TIMEOUT)
+        alice.stop()
+        alice.move(*home)
         self.assertEqual(alice.view.position(bob_name), stopped)
         self.assertEqual(bob.wait_view(at(bob_name, *stopped), EVENT_TIMEOUT).room, LOBBY)
 

@@ -7,7 +7,7 @@
 mod process;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -49,8 +49,14 @@ async fn login(addr: SocketAddr, name: &str) -> (Client, pb::PlayerState) {
 }
 
 /// Moves `name` to position 1, 2, 3, … until `stop`, about 50 times a second (well
-/// under the inbound rate limit); returns when each move was acknowledged.
-async fn keep_moving(addr: SocketAddr, name: String, stop: Arc<AtomicBool>) -> Vec<(Instant, u32)> {
+/// under the inbound rate limit), counting them in `made`; returns when each move
+/// was acknowledged.
+async fn keep_moving(
+    addr: SocketAddr,
+    name: String,
+    stop: Arc<AtomicBool>,
+    made: Arc<AtomicU32>,
+) -> Vec<(Instant, u32)> {
     let (client, _) = login(addr, &name).await;
     let mut acknowledged = Vec::new();
     for k in 1.. {
@@ -66,6 +72,7 @@ async fn keep_moving(addr: SocketAddr, name: String, stop: Arc<AtomicBool>) -> V
         let state = pb::PlayerState::decode(reply).unwrap();
         assert_eq!(move_number(&state), k);
         acknowledged.push((Instant::now(), k));
+        made.store(k, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     acknowledged
@@ -90,10 +97,24 @@ async fn a_killed_server_loses_at_most_the_checkpoint_interval_of_acknowledged_m
     let config = config.to_str().unwrap();
     let mut server = ServerProcess::start(&["--config", config]);
     let stop = Arc::new(AtomicBool::new(false));
-    let players: Vec<_> = (0..PLAYERS)
-        .map(|i| tokio::spawn(keep_moving(server.addr, format!("runner{i}"), stop.clone())))
+    let made: Vec<_> = (0..PLAYERS).map(|_| Arc::new(AtomicU32::new(0))).collect();
+    let players: Vec<_> = made
+        .iter()
+        .enumerate()
+        .map(|(i, made)| {
+            let name = format!("runner{i}");
+            tokio::spawn(keep_moving(server.addr, name, stop.clone(), made.clone()))
+        })
         .collect();
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Every player has moves acknowledged longer than interval + slack before the
+    // kill: at least ENOUGH of them, however slowly the machine got there.
+    const ENOUGH: u32 = 60;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while made.iter().any(|m| m.load(Ordering::SeqCst) < ENOUGH) {
+        assert!(Instant::now() < deadline, "the players did not get moving");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(interval + slack).await;
     let killed_at = Instant::now();
     server.child.kill().unwrap(); // SIGKILL: no hook, no drain, no flush
     let _ = server.child.wait();
@@ -128,7 +149,7 @@ async fn a_killed_server_loses_at_most_the_checkpoint_interval_of_acknowledged_m
         if let Some(&(at, _)) = acknowledged.iter().find(|&&(_, k)| k == kept + 1) {
             worst = worst.max(killed_at - at);
         }
-        assert!(must_keep > 50, "the test moved too little to show anything");
+        assert!(must_keep >= ENOUGH, "moves made before the wait count");
     }
     println!("the oldest acknowledged move lost to the kill was {worst:?} old");
 }

@@ -8,7 +8,7 @@ mod process;
 #[path = "../../gatehouse/tests/support/mod.rs"]
 mod support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use gatehouse::bench_service::routes;
 use process::{scratch, write_file, ServerProcess};
@@ -47,8 +47,20 @@ async fn half_sent_large_frames_cannot_grow_the_server_past_its_memory_budget() 
     for stream in &mut streams {
         stream.write_all(&partial).await.unwrap();
     }
-    // Let the server read what it will (all of it, without the budget).
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Measured once the server has read nearly all it will: its free shares, and
+    // the budget nearly spent (all of it, without the budget).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let used = server.metric("gatehouse_memory_budget_used_bytes");
+        if used.is_some_and(|used| used >= 0.9 * BUDGET as f64) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the budget is never used: {used:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let grown = server.rss_bytes().saturating_sub(before);
     let unbounded = (CLIENTS * SENT) as u64;
     // Each connection holds its free share and at most one read beyond it; the

@@ -15,8 +15,6 @@ mod process;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::OsStr;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -173,43 +171,6 @@ impl Exposition {
     }
 }
 
-/// `GET path` over plain HTTP/1.1 on a fresh connection; the body of a 200 answer.
-fn http_get(addr: SocketAddr, path: &str) -> String {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).unwrap();
-    let split = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("an HTTP head");
-    let head = String::from_utf8_lossy(&response[..split]).to_ascii_lowercase();
-    assert!(head.starts_with("http/1.1 200"), "GET {path}: {head}");
-    let mut body = &response[split + 4..];
-    if !head.contains("\r\ntransfer-encoding: chunked") {
-        return String::from_utf8(body.to_vec()).unwrap();
-    }
-    let mut text = Vec::new();
-    loop {
-        let line_end = body.windows(2).position(|w| w == b"\r\n").unwrap();
-        let size = std::str::from_utf8(&body[..line_end]).unwrap();
-        let size = usize::from_str_radix(size.split(';').next().unwrap().trim(), 16).unwrap();
-        if size == 0 {
-            return String::from_utf8(text).unwrap();
-        }
-        let chunk = &body[line_end + 2..];
-        text.extend_from_slice(&chunk[..size]);
-        body = chunk[size..].strip_prefix(b"\r\n").unwrap();
-    }
-}
-
 /// The `/metrics` of a live arena server (the default service), scraped once for
 /// every test here; the server is stopped right after.
 fn live_metrics() -> &'static Exposition {
@@ -226,7 +187,7 @@ fn live_metrics() -> &'static Exposition {
             .env_remove("GATEHOUSE_ADMIN_TOKEN");
         let server = ServerProcess::spawn(command);
         let admin = server.admin_addr().expect("an admin listener");
-        let text = http_get(admin, "/metrics");
+        let text = process::http_get(admin, "/metrics");
         drop(server);
         let exposition = Exposition::parse(&text);
         assert!(

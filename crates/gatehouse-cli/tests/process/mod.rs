@@ -1,8 +1,8 @@
 //! Runs the real `gatehouse` binary as a child process and reads its log.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::SocketAddr;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -311,6 +311,17 @@ impl ServerProcess {
         Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux
     }
 
+    /// The value of the sample `name` (without labels) on the admin listener's
+    /// `/metrics`, if the server has one and reports it.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let text = http_get(self.admin_addr()?, "/metrics");
+        let line = text.lines().find(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' '))
+        })?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    }
+
     /// Resident set size in bytes, from /proc.
     pub fn rss_bytes(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
@@ -346,4 +357,41 @@ fn strip_ansi(text: &str) -> String {
         }
     }
     out
+}
+
+/// `GET path` over plain HTTP/1.1 on a fresh connection; the body of a 200 answer.
+pub fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP head");
+    let head = String::from_utf8_lossy(&response[..split]).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "GET {path}: {head}");
+    let mut body = &response[split + 4..];
+    if !head.contains("\r\ntransfer-encoding: chunked") {
+        return String::from_utf8(body.to_vec()).unwrap();
+    }
+    let mut text = Vec::new();
+    loop {
+        let line_end = body.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size = std::str::from_utf8(&body[..line_end]).unwrap();
+        let size = usize::from_str_radix(size.split(';').next().unwrap().trim(), 16).unwrap();
+        if size == 0 {
+            return String::from_utf8(text).unwrap();
+        }
+        let chunk = &body[line_end + 2..];
+        text.extend_from_slice(&chunk[..size]);
+        body = chunk[size..].strip_prefix(b"\r\n").unwrap();
+    }
 }
