@@ -201,13 +201,9 @@ say "building release binaries"
 cargo build --release -p gatehouse-cli -p gatehouse-limit 2>&1 | tail -n 2 >&2
 cp target/release/gatehouse "$results_dir/gatehouse-gen"
 if [ -n "$baseline_rev" ]; then
-    if [ ! -x "$baseline_dir/target/release/gatehouse" ]; then
-        say "building the baseline $baseline_rev in $baseline_dir"
-        rm -rf "$baseline_dir"
-        mkdir -p "$baseline_dir"
-        git archive "$baseline_rev" | tar -x -C "$baseline_dir"
-        (cd "$baseline_dir" && cargo build --release -p gatehouse-cli 2>&1 | tail -n 2 >&2)
-    fi
+    # shellcheck source=scripts/metrics-common.sh
+    . scripts/metrics-common.sh
+    build_baseline "$baseline_rev"
 fi
 load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
 # What is measured: the commit, and any uncommitted change to a server's sources.

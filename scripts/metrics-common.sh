@@ -4,6 +4,8 @@
 # and off), and waiting for a server's TCP listener.
 #
 #   metrics_setup NAME    sets dir, say(), pin_server, pin_gen; builds the binary
+#   build_baseline REV    sets baseline_rev, baseline_dir; builds gatehouse as of REV
+#                         (from `git archive REV`, once: scripts/bench.sh shares it)
 
 metrics_setup() { # NAME
     local name="$1"
@@ -36,4 +38,18 @@ wait_for_tcp() { # OUT ERR TENTHS -> addr
     done
     echo "the server did not start; see $2" >&2
     exit 1
+}
+
+# Builds the release binary of gatehouse as of commit REV in target/bench/baseline-REV
+# (kept, so that later runs and scripts/bench.sh reuse it).
+build_baseline() { # REV -> baseline_rev, baseline_dir
+    baseline_rev="$(git rev-parse --short "$1")"
+    baseline_dir="target/bench/baseline-$baseline_rev"
+    if [ ! -x "$baseline_dir/target/release/gatehouse" ]; then
+        echo "building the baseline $baseline_rev in $baseline_dir" >&2
+        rm -rf "$baseline_dir"
+        mkdir -p "$baseline_dir"
+        git archive "$baseline_rev" | tar -x -C "$baseline_dir"
+        (cd "$baseline_dir" && cargo build --release -p gatehouse-cli 2>&1 | tail -n 2 >&2)
+    fi
 }
