@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use gatehouse::room::{Membership, Origin, Refusal, Room, RoomContext, RoomOptions, Rooms};
 use gatehouse::{ConnId, Context, Disconnect, KickReason, Message, Reply, Service};
-use support::{test_config, Record, TestServer, PATIENCE};
+use support::{at_deadline, keep_the_clock_stepping, test_config, Record, TestServer, PATIENCE};
 use tokio::time::Instant;
 
 /// Client routes of the test game.
@@ -31,6 +31,8 @@ mod routes {
     pub(crate) const KICK_SELF: u16 = 5;
     /// Request: marks the session dirty, sleeps 1 s, answers.
     pub(crate) const DIRTY: u16 = 6;
+    /// Request: marks the session dirty and answers.
+    pub(crate) const MARK: u16 = 8;
     /// Request: starts three session timers (50, 100, 150 ms), sleeps 1 s, answers.
     pub(crate) const TIMERS: u16 = 7;
     /// Push: the session's checkpoint ran.
@@ -117,6 +119,10 @@ impl Service for Game {
                 ctx.kick(KickReason::KICKED, "by its own handler");
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 Reply::ok("kicked myself")
+            }
+            routes::MARK => {
+                ctx.mark_dirty();
+                Reply::empty()
             }
             routes::DIRTY => {
                 ctx.mark_dirty();
@@ -265,15 +271,20 @@ async fn a_flood_sent_while_a_handler_waits_is_kicked_dos_without_waiting_for_th
     server.shutdown().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_connection_idle_while_its_handler_waits_is_kicked_idle() {
+#[tokio::test(start_paused = true)]
+async fn a_connection_idle_while_its_handler_waits_is_kicked_idle_at_its_deadline() {
+    keep_the_clock_stepping();
+    let idle_timeout = Duration::from_secs(3);
     let mut config = test_config();
-    config.limits.idle_timeout = Duration::from_millis(300);
+    config.limits.idle_timeout = idle_timeout;
     config.limits.handler_timeout = Duration::from_secs(60);
     let server = start(config).await;
     let mut client = server.connect().await;
+    let sent = Instant::now();
     client.send(&request(1, routes::HANG, "")).await;
     assert_eq!(client.expect_kick().await, KickReason::IDLE);
+    let at = sent.elapsed();
+    assert!(at_deadline(at, idle_timeout), "kicked after {at:?}");
     server.shutdown().await.unwrap();
 }
 
@@ -313,14 +324,24 @@ async fn a_kick_by_a_handler_that_then_waits_closes_the_connection_after_its_ans
     server.shutdown().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_checkpoint_due_while_the_handler_waits_runs_after_it_with_the_session() {
+#[tokio::test(start_paused = true)]
+async fn a_change_is_checkpointed_one_interval_later_or_after_the_handler_that_holds_the_session() {
+    keep_the_clock_stepping();
+    let interval = Duration::from_millis(300);
     let mut config = test_config();
-    config.limits.checkpoint_interval = Duration::from_millis(100);
+    config.limits.checkpoint_interval = interval;
     let server = start(config).await;
     let mut client = server.connect().await;
-    client.send(&request(1, routes::DIRTY, "")).await;
-    let before = until_response(&mut client, 1).await;
+    // A handler that returns at once: the checkpoint comes one interval after.
+    let marked = Instant::now();
+    assert!(client.request(routes::MARK, "").await.0.is_ok());
+    assert_eq!(client.expect_push().await.0, routes::CHECKPOINTED);
+    let at = marked.elapsed();
+    assert!(at_deadline(at, interval), "checkpointed after {at:?}");
+    // One that marks, then waits a second: due meanwhile, the checkpoint waits for
+    // the session to come back, right after the answer.
+    client.send(&request(2, routes::DIRTY, "")).await;
+    let before = until_response(&mut client, 2).await;
     assert!(
         before.is_empty(),
         "no checkpoint while the handler has the session: {before:?}"
