@@ -263,7 +263,7 @@ impl<M: Send + 'static> Context<'_, M> {
     pub fn push(&mut self, route: u16, payload: impl Into<Bytes>) -> bool {
         match &mut self.own {
             Own::Core(core) => core.push(route, payload.into()),
-            Own::Staged(staged) => staged.push(self.mailbox.budget(), route, payload.into()),
+            Own::Staged(staged) => staged.push(route, payload.into()),
         }
     }
 

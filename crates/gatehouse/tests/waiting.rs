@@ -1,7 +1,8 @@
 //! A handler that waits does not stop its connection, over real sockets: while it
 //! waits, its room's deltas and its own pushes go out as they come, pings are
-//! answered, and the connection's limits still hold; only the next request waits for
-//! it, so answers keep their order.
+//! answered, and the connection's limits still hold; what arrives meanwhile waits
+//! for it, in the order it came, so answers keep their order; a peer that closes its
+//! side still gets them; a handler that never stops being ready still times out.
 
 #![allow(clippy::unwrap_used)]
 
@@ -35,6 +36,10 @@ mod routes {
     pub(crate) const MARK: u16 = 8;
     /// Request: starts three session timers (50, 100, 150 ms), sleeps 1 s, answers.
     pub(crate) const TIMERS: u16 = 7;
+    /// Request: never answers, and is ready again at every poll, pushing SPIN.
+    pub(crate) const SPIN: u16 = 9;
+    /// Request: kicks its own connection, sleeps 100 ms, panics.
+    pub(crate) const KICK_THEN_PANIC: u16 = 10;
     /// Push: the session's checkpoint ran.
     pub(crate) const CHECKPOINTED: u16 = 102;
     /// Push: a session timer's message was handled; payload: its number.
@@ -114,6 +119,15 @@ impl Service for Game {
             }
             routes::ECHO => Reply::ok(payload),
             routes::HANG => std::future::pending().await,
+            routes::SPIN => loop {
+                ctx.push(routes::STARTED, "spin");
+                tokio::task::yield_now().await;
+            },
+            routes::KICK_THEN_PANIC => {
+                ctx.kick(KickReason::KICKED, "banned");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                panic!("the audit write failed");
+            }
             routes::KICK_SELF => {
                 ctx.push(routes::STARTED, "started");
                 ctx.kick(KickReason::KICKED, "by its own handler");
@@ -365,6 +379,102 @@ async fn messages_delivered_while_a_handler_waits_are_handled_after_it_in_order(
             client.expect_push().await,
             (routes::FIRED, Bytes::from(vec![n]))
         );
+    }
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_closes_its_side_while_a_handler_waits_gets_every_answer_it_is_owed() {
+    let server = start(test_config()).await;
+    let mut client = server.connect().await;
+    client
+        .send(&request(1, routes::SLEEP, 300u32.to_be_bytes().to_vec()))
+        .await;
+    for id in 2..=4 {
+        client.send(&request(id, routes::ECHO, "after")).await;
+    }
+    tokio::io::AsyncWriteExt::shutdown(&mut client.stream)
+        .await
+        .unwrap();
+    let mut answered = Vec::new();
+    while let Some(message) = client.recv().await {
+        if let Message::Response { id, .. } = message {
+            answered.push(id);
+        }
+    }
+    assert_eq!(answered, [1, 2, 3, 4], "then the connection closes");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_that_is_ready_at_every_poll_still_runs_out_of_time() {
+    let mut config = test_config();
+    config.limits.handler_timeout = Duration::from_secs(1);
+    config.limits.outbound_queue_bytes = 64 << 20;
+    let server = start(config).await;
+    let mut client = server.connect().await;
+    let started = Instant::now();
+    client.send(&request(1, routes::SPIN, "")).await;
+    assert_eq!(client.expect_kick().await, KickReason::INTERNAL_ERROR);
+    assert!(started.elapsed() < PATIENCE, "{:?}", started.elapsed());
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kick_a_handler_made_before_it_panicked_is_the_reason_the_connection_ends() {
+    let server = start(test_config()).await;
+    let mut client = server.connect().await;
+    client.send(&request(1, routes::KICK_THEN_PANIC, "")).await;
+    assert_eq!(client.expect_kick().await, KickReason::KICKED);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn what_arrives_while_a_handler_waits_runs_after_it_in_the_order_it_came() {
+    keep_the_clock_stepping();
+    let server = start(test_config()).await;
+    let mut client = server.connect().await;
+    // Three timer messages come at 50, 100 and 150 ms; the echo at 300 ms.
+    client.send(&request(1, routes::TIMERS, "")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    client.send(&request(2, routes::ECHO, "late")).await;
+    assert!(until_response(&mut client, 1).await.is_empty());
+    let before = until_response(&mut client, 2).await;
+    let fired: Vec<_> = before
+        .iter()
+        .map(|m| match m {
+            Message::Push {
+                route: routes::FIRED,
+                payload,
+            } => payload[0],
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(fired, [1, 2, 3], "the messages came first");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pipelining_client_is_not_idle_while_what_it_sent_waits_behind_a_handler() {
+    keep_the_clock_stepping();
+    let idle_timeout = Duration::from_secs(1);
+    let mut config = test_config();
+    config.limits.idle_timeout = idle_timeout;
+    let server = start(config).await;
+    let mut client = server.connect().await;
+    // More requests than may be held behind the 3-second handler, and one larger
+    // than what may be held at all: the rest wait in the input, unread.
+    client
+        .send(&request(1, routes::SLEEP, 3000u32.to_be_bytes().to_vec()))
+        .await;
+    for id in 2..=30 {
+        client.send(&request(id, routes::ECHO, "queued")).await;
+    }
+    client
+        .send(&request(31, routes::ECHO, vec![b'x'; 20 * 1024]))
+        .await;
+    for id in 1..=31 {
+        until_response(&mut client, id).await;
     }
     server.shutdown().await.unwrap();
 }

@@ -80,8 +80,10 @@ impl OutboundBudget {
     /// published: a release racing with this reservation refunds only bytes already
     /// charged (were it the other way round, it could refund this reservation's bytes
     /// before they were charged and take the budget below zero, refusing every other
-    /// connection for a moment). And a reservation that fails leaves no trace, not
-    /// even for a moment: neither the count nor the budget is touched.
+    /// connection for a moment). A reservation that the limit refuses leaves no
+    /// trace: neither the count nor the budget is touched. One whose compare-and-swap
+    /// loses a race holds its charge for the moment of the retry (more, never less),
+    /// so a concurrent charge near the server-wide limit may be refused for it.
     fn add(&self, n: usize, limit: usize, charge: impl Fn(usize, usize) -> bool) -> bool {
         let mut before = self.unsent.load(Ordering::Acquire);
         loop {

@@ -63,6 +63,16 @@ pub(crate) fn push_fits(push: &Message, max_frame_bytes: usize) -> bool {
     fits
 }
 
+impl Event {
+    /// The length of the frame body it came in.
+    pub(crate) fn body_len(&self) -> usize {
+        match self {
+            Event::Request { payload, .. } => 7 + payload.len(),
+            Event::Notify { payload, .. } => 3 + payload.len(),
+        }
+    }
+}
+
 /// What a "length" that is really the start of another protocol says, for the log of
 /// a client that came to the wrong listener: a TLS ClientHello (`16 03 0x`) or an
 /// HTTP request line (a WebSocket or a browser on a TCP listener).
@@ -74,6 +84,10 @@ fn wrong_protocol(announced: u32) -> &'static str {
         _ => "nothing known",
     }
 }
+
+/// The next frame in the input is larger than what may still be held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NoRoom;
 
 /// The decision to close: why, and the text of the kick if the closer gave one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -233,24 +247,59 @@ impl ConnectionCore {
     /// closes the connection and stops the events). `now` is when the bytes were
     /// read: one clock reading serves a whole batch.
     pub(crate) fn poll_event(&mut self, now: Instant) -> Option<Event> {
-        let decoder = FrameDecoder::new(self.config.limits.max_frame_bytes);
+        self.poll_event_within(now, usize::MAX).unwrap_or(None)
+    }
+
+    /// As [`ConnectionCore::poll_event`], for a connection whose handler waits and
+    /// which holds what arrives meanwhile: a frame whose body is over `room` bytes is
+    /// left in the input, uncut (where it is charged as input is), and `NoRoom` says
+    /// so.
+    pub(crate) fn poll_event_within(
+        &mut self,
+        now: Instant,
+        room: usize,
+    ) -> Result<Option<Event>, NoRoom> {
+        let max = self.config.limits.max_frame_bytes;
+        let decoder = FrameDecoder::new(max);
         while self.close.is_none() {
+            if room < max {
+                if let Some(header) = self.recv.first_chunk::<HEADER_LEN>() {
+                    let len = u32::from_be_bytes(*header) as usize;
+                    if len > room && len <= max {
+                        self.charge_input();
+                        return Err(NoRoom);
+                    }
+                }
+            }
             let frame = match decoder.decode(&mut self.recv) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => {
                     self.charge_input();
-                    return None;
+                    return Ok(None);
                 }
                 Err(too_large) => {
                     self.frame_too_large(too_large);
-                    return None;
+                    return Ok(None);
                 }
             };
             if let Some(event) = self.on_frame(frame, now) {
-                return Some(event);
+                return Ok(Some(event));
             }
         }
-        None
+        Ok(None)
+    }
+
+    /// The driver does not read, holding what it has behind a handler that waits:
+    /// the peer is not idle at `now` (we are), so the idle deadline runs from here.
+    pub(crate) fn input_held(&mut self, now: Instant) {
+        if self.last_input.is_some() {
+            self.last_input = Some(now);
+        }
+    }
+
+    /// The connection's outbound budget, for what reserves in it beside the core.
+    pub(crate) fn budget(&self) -> &Arc<OutboundBudget> {
+        &self.budget
     }
 
     /// Charges what is buffered above the free share to the memory budget (or gives

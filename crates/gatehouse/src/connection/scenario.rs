@@ -555,8 +555,8 @@ impl Run {
                 let fits = push.body_len() <= self.limits().max_frame_bytes;
                 let was_closing = self.core.is_closing();
                 let queued = if *waiting {
-                    let staged = Staged::new(self.core.max_frame_bytes());
-                    let queued = staged.push(&self.budget, *route, payload);
+                    let staged = Staged::new(self.core.max_frame_bytes(), self.budget.clone());
+                    let queued = staged.push(*route, payload);
                     staged.apply(&mut self.core);
                     queued
                 } else {

@@ -5,12 +5,11 @@
 //! without it, writing what is queued, reading, answering pings, taking its mail and
 //! minding its deadlines. So its [`Context`](crate::Context) leaves its effects here,
 //! and the driver moves them into the core each time it has polled the handler, in
-//! the order they were made (every poll is followed by [`Staged::apply`], so no push
-//! is left here when the handler ends). A push reserves its bytes from the connection's budget
+//! the order they were made. A push reserves its bytes from the connection's budget
 //! at once, so it is refused (and the connection marked a slow consumer) exactly when
 //! a push straight into the core would be.
 
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
 use gatehouse_protocol::{KickReason, Message, HEADER_LEN};
@@ -23,6 +22,8 @@ use super::reason::DisconnectReason;
 #[derive(Debug)]
 pub(crate) struct Staged {
     max_frame_bytes: usize,
+    /// The connection's budget, which a push reserves in at once.
+    budget: Arc<OutboundBudget>,
     effects: Mutex<Effects>,
 }
 
@@ -40,10 +41,12 @@ struct Effects {
 }
 
 impl Staged {
-    /// Effects of a handler on a connection whose frames may be `max_frame_bytes`.
-    pub(crate) fn new(max_frame_bytes: usize) -> Staged {
+    /// Effects of a handler on a connection whose frames may be `max_frame_bytes`,
+    /// with `budget` for its unsent bytes.
+    pub(crate) fn new(max_frame_bytes: usize, budget: Arc<OutboundBudget>) -> Staged {
         Staged {
             max_frame_bytes,
+            budget,
             effects: Mutex::default(),
         }
     }
@@ -56,13 +59,13 @@ impl Staged {
     /// As [`ConnectionCore::push`]: false if the push is too large for the protocol
     /// (dropped, logged) or over `budget` (the connection then closes as a slow
     /// consumer).
-    pub(crate) fn push(&self, budget: &OutboundBudget, route: u16, payload: Bytes) -> bool {
+    pub(crate) fn push(&self, route: u16, payload: Bytes) -> bool {
         let push = Message::Push { route, payload };
         if !push_fits(&push, self.max_frame_bytes) {
             return false;
         }
         let mut effects = self.effects();
-        if effects.overflowed || !budget.reserve(HEADER_LEN + push.body_len()) {
+        if effects.overflowed || !self.budget.reserve(HEADER_LEN + push.body_len()) {
             effects.overflowed = true;
             return false;
         }
@@ -86,30 +89,52 @@ impl Staged {
     }
 
     /// Moves what the handler did since the last call into `core` (all but its kick,
-    /// which waits for [`Staged::finish`]). Returns whether output was queued.
+    /// which waits for [`Staged::finish`]). Returns whether anything changed: output
+    /// queued, a deadline moved (a checkpoint due, the login deadline gone) or a
+    /// close decided, which the driver must look at before it waits again.
     pub(crate) fn apply(&self, core: &mut ConnectionCore) -> bool {
         let mut effects = self.effects();
-        let queued = !effects.pushes.is_empty();
+        let mut changed = !effects.pushes.is_empty();
         for push in effects.pushes.drain(..) {
             core.queue_reserved(&push);
         }
         if std::mem::take(&mut effects.dirty) {
             core.mark_dirty();
+            changed = true;
         }
         if std::mem::take(&mut effects.logged_in) {
             core.set_logged_in();
+            changed = true;
         }
-        if effects.overflowed {
+        if effects.overflowed && !core.is_closing() {
             core.close(DisconnectReason::SlowConsumer, None);
+            changed = true;
         }
-        queued
+        changed
     }
 
-    /// The handler returned (its answer is queued): its kick is decided now.
+    /// The handler ended (returned, panicked, ran out of time): what it did last goes
+    /// into `core`, and its kick, if it made one, is decided now, before whatever
+    /// its end decides (the first close decided wins, as for a handler that does
+    /// not wait).
     pub(crate) fn finish(&self, core: &mut ConnectionCore) {
         self.apply(core);
         if let Some((reason, text)) = self.effects().kick.take() {
             core.kick(reason, text);
+        }
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        // Pushes made after the last apply (by a handler's destructors, as it is
+        // dropped) reserved bytes that will never be sent.
+        let effects = self
+            .effects
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        for push in effects.pushes.drain(..) {
+            self.budget.release(HEADER_LEN + push.body_len());
         }
     }
 }
@@ -174,9 +199,9 @@ mod tests {
     #[test]
     fn pushes_reach_the_core_in_order_at_apply_and_their_bytes_are_reserved_when_made() {
         let (mut core, budget) = core(1000);
-        let staged = Staged::new(100);
-        assert!(staged.push(&budget, 1, Bytes::from_static(b"one")));
-        assert!(staged.push(&budget, 2, Bytes::from_static(b"two")));
+        let staged = Staged::new(100, budget.clone());
+        assert!(staged.push(1, Bytes::from_static(b"one")));
+        assert!(staged.push(2, Bytes::from_static(b"two")));
         assert_eq!(
             budget.unsent(),
             2 * (HEADER_LEN + 3 + 3),
@@ -192,17 +217,11 @@ mod tests {
     #[test]
     fn a_push_over_the_frame_limit_is_dropped_and_one_over_the_budget_makes_a_slow_consumer() {
         let (mut core, budget) = core(20);
-        let staged = Staged::new(100);
-        assert!(!staged.push(&budget, 1, Bytes::from(vec![0u8; 98])));
-        assert!(staged.push(&budget, 1, Bytes::from_static(b"0123456789")));
-        assert!(
-            !staged.push(&budget, 1, Bytes::from_static(b"x")),
-            "over 20 bytes"
-        );
-        assert!(
-            !staged.push(&budget, 1, Bytes::new()),
-            "and every push after"
-        );
+        let staged = Staged::new(100, budget.clone());
+        assert!(!staged.push(1, Bytes::from(vec![0u8; 98])));
+        assert!(staged.push(1, Bytes::from_static(b"0123456789")));
+        assert!(!staged.push(1, Bytes::from_static(b"x")), "over 20 bytes");
+        assert!(!staged.push(1, Bytes::new()), "and every push after");
         staged.apply(&mut core);
         assert_eq!(
             core.take_close().map(|c| c.reason),
@@ -212,11 +231,31 @@ mod tests {
     }
 
     #[test]
+    fn pushes_never_applied_give_their_bytes_back_when_dropped() {
+        let (mut core, budget) = core(1000);
+        let staged = Staged::new(100, budget.clone());
+        assert!(staged.push(1, Bytes::from_static(b"sent")));
+        staged.apply(&mut core);
+        assert!(staged.push(2, Bytes::from_static(b"from a destructor")));
+        drop(staged);
+        assert_eq!(budget.unsent(), HEADER_LEN + 3 + 4, "only what was applied");
+    }
+
+    #[test]
+    fn an_overflow_alone_is_a_change_the_driver_must_see() {
+        let (mut core, budget) = core(10);
+        let staged = Staged::new(100, budget.clone());
+        assert!(!staged.push(1, Bytes::from_static(b"far too long for ten bytes")));
+        assert!(staged.apply(&mut core), "a close was decided");
+        assert!(!staged.apply(&mut core), "and only once");
+    }
+
+    #[test]
     fn flags_apply_at_once_and_the_kick_only_when_the_handler_returns() {
-        let (mut core, _) = core(1000);
+        let (mut core, budget) = core(1000);
         let now = Instant::now();
         assert!(core.poll_timeout(now, false) <= now + Duration::from_secs(30));
-        let staged = Staged::new(100);
+        let staged = Staged::new(100, budget.clone());
         staged.set_logged_in();
         staged.mark_dirty();
         staged.kick(KickReason::KICKED, "first".into());

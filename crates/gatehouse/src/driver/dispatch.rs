@@ -32,7 +32,7 @@ use gatehouse_protocol::{
 use tracing::{error, warn};
 
 use super::{clock, Connection, Transport};
-use crate::connection::{Close, ConnId, ConnectionCore, DisconnectReason, Event, Staged};
+use crate::connection::{Close, ConnId, ConnectionCore, DisconnectReason, Event, NoRoom, Staged};
 use crate::group::{Group, Shared};
 use crate::guard::panic_message;
 use crate::mailbox::{Delivery, Mailbox, Verdict};
@@ -130,8 +130,9 @@ pub(super) struct InFlight<'s, S: Service> {
 /// What a poll of the [`InFlight`] handler found.
 pub(super) enum Polled<T> {
     Finished(Result<T, String>),
-    /// Still waiting, and it queued output meanwhile.
-    Queued,
+    /// Still waiting, and what it did changed the core (output queued, a deadline
+    /// moved, a close decided): the loop must look again before it sleeps.
+    Changed,
     Waiting,
 }
 
@@ -143,27 +144,31 @@ impl<'s, S: Service> InFlight<'s, S> {
         core: &mut ConnectionCore,
     ) -> Polled<Done<'s, S>> {
         let polled = Pin::new(&mut self.handler).poll(cx);
-        let queued = self.staged.apply(core);
+        let changed = self.staged.apply(core);
         match polled {
             Poll::Ready(result) => Polled::Finished(result),
-            Poll::Pending if queued => Polled::Queued,
+            Poll::Pending if changed => Polled::Changed,
             Poll::Pending => Polled::Waiting,
         }
     }
 }
 
 /// The connection's handler work beyond the one at hand: the handler that waits, and
-/// what arrived for handlers meanwhile, in order. Boxed, and kept only while there is
-/// such work, so that an idle connection holds none of it.
+/// what arrived for handlers meanwhile, in the order it came. Boxed, and kept only
+/// while there is such work, so that an idle connection holds none of it.
 pub(super) struct Busy<'s, S: Service> {
     pub(super) in_flight: Option<InFlight<'s, S>>,
-    /// Messages delivered meanwhile, still charged to the connection's budget (which
-    /// bounds them) until their handler runs.
-    messages: VecDeque<S::Message>,
-    /// Requests and notifies cut from the input meanwhile, in order; input is not
-    /// cut past [`HELD_EVENTS`] of them or [`HELD_BYTES`] of their payloads.
-    held: VecDeque<Event>,
+    /// Requests, notifies and messages that came meanwhile, in order, each with when
+    /// it was read or delivered (a request's latency runs from there). Messages stay
+    /// charged to the connection's budget (which bounds them) until their handler
+    /// runs; requests and notifies are bounded by [`HELD_EVENTS`] and [`HELD_BYTES`].
+    held: VecDeque<(Work<S::Message>, Instant)>,
+    /// Requests and notifies in `held`, and their frames' bytes.
+    held_events: usize,
     held_bytes: usize,
+    /// The next frame of the input is over what may still be held: it waits there,
+    /// uncut, until `held` is worked through.
+    no_room: bool,
     /// A checkpoint came due while the session was lent out.
     pub(super) checkpoint_owed: bool,
     /// To give back the charge of the messages left when the connection ends.
@@ -173,17 +178,19 @@ pub(super) struct Busy<'s, S: Service> {
 /// Requests and notifies held behind a handler that waits, at most.
 const HELD_EVENTS: usize = 16;
 
-/// Payload bytes held behind a handler that waits, at most (beyond the first event,
-/// which is always taken).
+/// Bytes of the frames held behind a handler that waits, at most: a larger frame
+/// waits in the input, where it is charged like any other (to the memory budget,
+/// past the connection's free share).
 const HELD_BYTES: usize = 16 * 1024;
 
 impl<S: Service> Busy<'_, S> {
     fn new(mailbox: Arc<Mailbox<S::Message>>) -> Box<Self> {
         Box::new(Busy {
             in_flight: None,
-            messages: VecDeque::new(),
             held: VecDeque::new(),
+            held_events: 0,
             held_bytes: 0,
+            no_room: false,
             checkpoint_owed: false,
             mailbox,
         })
@@ -191,29 +198,45 @@ impl<S: Service> Busy<'_, S> {
 
     /// Whether input may be cut for another event to hold (and the socket read).
     pub(super) fn can_hold(&self) -> bool {
-        self.held.is_empty() || (self.held.len() < HELD_EVENTS && self.held_bytes < HELD_BYTES)
+        self.held_events < HELD_EVENTS && !self.no_room
     }
 
-    fn hold(&mut self, event: Event) {
-        self.held_bytes += match &event {
-            Event::Request { payload, .. } | Event::Notify { payload, .. } => payload.len(),
-        };
-        self.held.push_back(event);
+    /// The largest frame body that may still be held.
+    fn room(&self) -> usize {
+        HELD_BYTES.saturating_sub(self.held_bytes)
     }
 
-    fn next_held(&mut self) -> Option<Event> {
-        let event = self.held.pop_front()?;
-        self.held_bytes -= match &event {
-            Event::Request { payload, .. } | Event::Notify { payload, .. } => payload.len(),
-        };
-        Some(event)
+    fn hold_event(&mut self, event: Event, read_at: Instant) {
+        self.held_events += 1;
+        self.held_bytes += event.body_len();
+        self.held.push_back((Work::Event(event), read_at));
+    }
+
+    fn hold_message(&mut self, message: S::Message, delivered_at: Instant) {
+        self.held.push_back((Work::Message(message), delivered_at));
+    }
+
+    /// The oldest work held, its charge or its place given back.
+    fn next_held(&mut self) -> Option<(Work<S::Message>, Instant)> {
+        let (work, at) = self.held.pop_front()?;
+        match &work {
+            Work::Event(event) => {
+                self.held_events -= 1;
+                self.held_bytes -= event.body_len();
+                self.no_room = false;
+            }
+            Work::Message(_) => self.mailbox.release_message(),
+        }
+        Some((work, at))
     }
 }
 
 impl<S: Service> Drop for Busy<'_, S> {
     fn drop(&mut self) {
-        for _ in self.messages.drain(..) {
-            self.mailbox.release_message();
+        for (work, _) in self.held.drain(..) {
+            if let Work::Message(_) = work {
+                self.mailbox.release_message();
+            }
         }
     }
 }
@@ -332,10 +355,11 @@ fn framework_request<'s, S: Service>(
 
 impl<S: Service, T: Transport> Connection<S, T> {
     /// Runs, in order, what is ready for handlers, until one has to wait or the
-    /// connection closes: first what waited for the last handler (a checkpoint, the
-    /// messages, the held request), then new input. While a handler waits, input is
-    /// cut only up to the next request or notify, which is held: pings are answered
-    /// and every limit applies meanwhile.
+    /// connection closes: first what came while the last one waited (a checkpoint,
+    /// then requests, notifies and messages in the order they came), then new input
+    /// read at `read_at`. While a handler waits, input is still cut (so pings are
+    /// answered and every limit applies) and its requests and notifies held, a few
+    /// at most.
     pub(super) fn run_ready<'s>(
         &mut self,
         session: &mut Option<&'s mut S::Session>,
@@ -343,12 +367,13 @@ impl<S: Service, T: Transport> Connection<S, T> {
         read_at: Instant,
     ) {
         while !self.core.is_closing() {
-            let work = match busy.as_deref_mut() {
+            let (work, at) = match busy.as_deref_mut() {
                 Some(waiting) if waiting.in_flight.is_some() => {
                     while waiting.can_hold() {
-                        match self.core.poll_event(read_at) {
-                            Some(event) => waiting.hold(event),
-                            None => break,
+                        match self.core.poll_event_within(read_at, waiting.room()) {
+                            Ok(Some(event)) => waiting.hold_event(event, read_at),
+                            Ok(None) => break,
+                            Err(NoRoom) => waiting.no_room = true,
                         }
                     }
                     return;
@@ -360,22 +385,27 @@ impl<S: Service, T: Transport> Connection<S, T> {
                         }
                         continue;
                     }
-                    if let Some(event) = backlog.next_held() {
-                        Work::Event(event)
-                    } else if let Some(message) = backlog.messages.pop_front() {
-                        self.mailbox.release_message();
-                        Work::Message(message)
-                    } else {
+                    let Some(held) = backlog.next_held() else {
                         *busy = None;
                         continue;
-                    }
+                    };
+                    held
                 }
                 None => match self.core.poll_event(read_at) {
-                    Some(event) => Work::Event(event),
+                    Some(event) => (Work::Event(event), read_at),
                     None => return,
                 },
             };
-            self.dispatch(work, session, busy, read_at);
+            if at == read_at || matches!(work, Work::Message(_)) {
+                self.dispatch(work, session, busy, at);
+            } else {
+                // A held request: timed from its own read, in a batch of its own.
+                latency::end(&self.shared.latency);
+                latency::begin(&self.shared.latency, at);
+                self.dispatch(work, session, busy, at);
+                latency::end(&self.shared.latency);
+                latency::begin(&self.shared.latency, read_at);
+            }
         }
     }
 
@@ -389,22 +419,24 @@ impl<S: Service, T: Transport> Connection<S, T> {
         busy: &mut Option<Box<Busy<'s, S>>>,
         read_at: Instant,
     ) {
+        let Some(at_hand) = session.as_deref_mut() else {
+            // `run_ready` dispatches nothing while a handler holds the session.
+            error!("a handler call with the session lent out; closing");
+            self.core.close(DisconnectReason::HandlerPanic, None);
+            return;
+        };
         let work = match work {
-            Work::Event(event) => {
-                let Some(session) = session.as_deref_mut() else {
-                    return; // unreachable: `run_ready` holds work while a handler waits
-                };
-                match self.answer_now(event, session) {
-                    Some(event) => Work::Event(event),
-                    None => return,
-                }
-            }
+            Work::Event(event) => match self.answer_now(event, at_hand) {
+                Some(event) => Work::Event(event),
+                None => return,
+            },
             message => message,
         };
         let Some(lent) = session.take() else {
-            return;
+            return; // checked above
         };
-        let staged = Arc::new(Staged::new(self.core.max_frame_bytes()));
+        let budget = self.core.budget().clone();
+        let staged = Arc::new(Staged::new(self.core.max_frame_bytes(), budget));
         let owned = Owned {
             shared: self.shared.clone(),
             group: self.group.clone(),
@@ -461,8 +493,9 @@ impl<S: Service, T: Transport> Connection<S, T> {
         latency::end(&self.shared.latency);
     }
 
-    /// The handler that waits ran past `limits.handler_timeout` at `now`: it is
-    /// dropped and the connection closes.
+    /// Whether the handler that waits has run past `limits.handler_timeout` at
+    /// `now`: then it is dropped (what it did before, its kick included, still
+    /// counts) and the connection closes.
     pub(super) fn time_out_in_flight(&mut self, busy: &mut Option<Box<Busy<'_, S>>>, now: Instant) {
         let Some(in_flight) = busy
             .as_deref_mut()
@@ -473,17 +506,29 @@ impl<S: Service, T: Transport> Connection<S, T> {
         let InFlight {
             call,
             handler,
+            staged,
             read_at,
             ..
         } = in_flight;
         drop(handler);
+        staged.finish(&mut self.core);
         latency::begin(&self.shared.latency, read_at);
         self.conclude(call, Outcome::TimedOut);
         latency::end(&self.shared.latency);
     }
 
-    /// A handler call ended with `result`: the session comes back, the answer goes
-    /// out, then the handler's own kick is decided.
+    /// The connection was cancelled while a handler waits: a kick that handler made
+    /// came first, so it is the reason (the first close decided wins).
+    pub(super) fn cancel_in_flight(&mut self, busy: &mut Option<Box<Busy<'_, S>>>) {
+        if let Some(in_flight) = busy.as_deref_mut().and_then(|b| b.in_flight.take()) {
+            drop(in_flight.handler);
+            in_flight.staged.finish(&mut self.core);
+        }
+    }
+
+    /// A handler call ended with `result`: what it did last and its own kick are
+    /// decided first (so that a kick comes before its panic), then the answer goes
+    /// out and the session comes back.
     fn finish<'s>(
         &mut self,
         call: Call,
@@ -491,6 +536,7 @@ impl<S: Service, T: Transport> Connection<S, T> {
         staged: &Staged,
         session: &mut Option<&'s mut S::Session>,
     ) {
+        staged.finish(&mut self.core);
         let outcome = match result {
             Ok((answer, lent)) => {
                 *session = Some(lent);
@@ -499,7 +545,6 @@ impl<S: Service, T: Transport> Connection<S, T> {
             Err(panic) => Outcome::Panicked(panic),
         };
         self.conclude(call, outcome);
-        staged.finish(&mut self.core);
     }
 
     /// The fast path: offers the event to the service's `request_now` or `notify_now`
@@ -623,7 +668,11 @@ impl<S: Service, T: Transport> Connection<S, T> {
     /// kick; messages join the `busy` backlog, in order, for
     /// [`Connection::run_ready`] (still charged to the budget until their handler
     /// runs, so that messages piling up behind a handler that waits stay bounded).
-    pub(super) fn take_mail<'s>(&mut self, busy: &mut Option<Box<Busy<'s, S>>>) {
+    pub(super) fn take_mail<'s>(
+        &mut self,
+        busy: &mut Option<Box<Busy<'s, S>>>,
+        delivered_at: Instant,
+    ) {
         match self.mailbox.verdict() {
             Verdict::Kicked(reason, text) => self.core.kick(reason, text),
             Verdict::Overflowed => self.core.close(DisconnectReason::SlowConsumer, None),
@@ -636,8 +685,7 @@ impl<S: Service, T: Transport> Connection<S, T> {
                 Delivery::Message(message) => {
                     let mailbox = &self.mailbox;
                     busy.get_or_insert_with(|| Busy::new(mailbox.clone()))
-                        .messages
-                        .push_back(message);
+                        .hold_message(message, delivered_at);
                 }
                 Delivery::Kick(..) => {} // the mailbox keeps kicks apart
             }

@@ -44,6 +44,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Instant, SystemTime};
 
+use tokio::task::coop;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn, Instrument};
 
@@ -236,6 +237,9 @@ impl<S: Service, T: Transport> Connection<S, T> {
         let mut session = Some(session);
         // The handler that waits and what waits for it; `None` while there is none.
         let mut busy: Option<Box<Busy<'_, S>>> = None;
+        // The peer closed its side while work was held: the connection closes once
+        // that work is done (the peer is owed its answers).
+        let mut input_ended = false;
         let mut now = clock();
         let mut armed = self.core.poll_timeout(now, false);
         let timer = tokio::time::sleep_until(armed.into());
@@ -254,9 +258,18 @@ impl<S: Service, T: Transport> Connection<S, T> {
             // flight) before the next is called. Answers pile up in the output, to
             // leave together, and are timed together from the read
             // (`metrics::latency`).
+            // Looked at every turn, so that a handler that is always ready (and takes
+            // the task's whole budget of work) still runs out of time.
+            self.time_out_in_flight(&mut busy, now);
             latency::begin(&self.shared.latency, now);
             self.run_ready(&mut session, &mut busy, now);
             latency::end(&self.shared.latency);
+            match &busy {
+                None if input_ended => self.core.close(DisconnectReason::PeerClosed, None),
+                // Not reading, on our side: the peer is not idle meanwhile.
+                Some(waiting) if !waiting.can_hold() => self.core.input_held(now),
+                _ => {}
+            }
             if let Some(close) = self.core.take_close() {
                 return close;
             }
@@ -278,19 +291,34 @@ impl<S: Service, T: Transport> Connection<S, T> {
             }
             let sending = self.core.has_output() || self.transport.holds_output();
             // Behind as much as a handler that waits may hold, input waits in the socket.
-            let reading = !self.core.input_paused() && busy.as_ref().is_none_or(|b| b.can_hold());
+            let reading = !self.core.input_paused()
+                && !input_ended
+                && busy.as_ref().is_none_or(|b| b.can_hold());
             let mut in_flight = busy.as_deref_mut().and_then(|b| b.in_flight.as_mut());
+            // A handler may spend the task's budget of work (tokio's cooperative
+            // scheduling) before the timer and the cancellation are looked at: those
+            // two are then looked at outside it, as `tokio::time::timeout` does.
+            let unbudgeted = in_flight.is_some();
             let (transport, core, mailbox) = (&mut self.transport, &mut self.core, &self.mailbox);
             let mail = |cx: &mut std::task::Context<'_>| mailbox.poll_mail(cx).is_ready();
             let wake = std::future::poll_fn(|cx| {
+                let mut changed = false;
                 if let Some(handler) = in_flight.as_deref_mut() {
                     match handler.poll(cx, core) {
                         Polled::Finished(result) => return Poll::Ready(Wake::Finished(result)),
-                        Polled::Queued => return Poll::Ready(Wake::Sent),
+                        Polled::Changed => changed = true,
                         Polled::Waiting => {}
                     }
                 }
-                if cancel_first && cancelled.as_mut().poll(cx).is_ready() {
+                let mut stopped = |cx: &mut std::task::Context<'_>| {
+                    if unbudgeted {
+                        let unconstrained = coop::unconstrained(cancelled.as_mut());
+                        std::pin::pin!(unconstrained).poll(cx).is_ready()
+                    } else {
+                        cancelled.as_mut().poll(cx).is_ready()
+                    }
+                };
+                if cancel_first && stopped(cx) {
                     return Poll::Ready(Wake::Cancelled);
                 }
                 if mailbox_first && mail(cx) {
@@ -309,19 +337,32 @@ impl<S: Service, T: Transport> Connection<S, T> {
                         return Poll::Ready(sent.map_or_else(Wake::Failed, |()| Wake::Sent));
                     }
                 }
-                if timer.as_mut().poll(cx).is_ready() {
+                let due = if unbudgeted {
+                    let unconstrained = coop::unconstrained(timer.as_mut());
+                    std::pin::pin!(unconstrained).poll(cx).is_ready()
+                } else {
+                    timer.as_mut().poll(cx).is_ready()
+                };
+                if due {
                     return Poll::Ready(Wake::Timer);
                 }
-                if !cancel_first && cancelled.as_mut().poll(cx).is_ready() {
+                if !cancel_first && stopped(cx) {
                     return Poll::Ready(Wake::Cancelled);
+                }
+                if changed {
+                    return Poll::Ready(Wake::Sent);
                 }
                 Poll::Pending
             })
             .await;
             now = clock();
             match wake {
-                Wake::Cancelled => return self.stop_reason(),
-                Wake::Delivered => self.take_mail(&mut busy),
+                Wake::Cancelled => {
+                    self.cancel_in_flight(&mut busy);
+                    let stopped = self.stop_reason();
+                    return self.core.take_close().unwrap_or(stopped);
+                }
+                Wake::Delivered => self.take_mail(&mut busy, now),
                 Wake::Received(Received::Input) => spare::lend_send(&mut self.core),
                 Wake::Sent => {}
                 Wake::Finished(result) => {
@@ -329,10 +370,14 @@ impl<S: Service, T: Transport> Connection<S, T> {
                         self.finish_in_flight(in_flight, result, &mut session);
                     }
                 }
+                Wake::Received(Received::Closed) if busy.is_some() => input_ended = true,
                 Wake::Received(Received::Closed) => {
                     self.core.close(DisconnectReason::PeerClosed, None);
                 }
                 Wake::Timer => {
+                    if busy.as_ref().is_some_and(|b| !b.can_hold()) {
+                        self.core.input_held(now);
+                    }
                     self.core.handle_timeout(now, self.transport.holds_output());
                     if self.core.take_checkpoint(now) && !self.core.is_closing() {
                         match (session.as_deref_mut(), busy.as_deref_mut()) {
@@ -342,7 +387,6 @@ impl<S: Service, T: Transport> Connection<S, T> {
                             (None, None) => {}
                         }
                     }
-                    self.time_out_in_flight(&mut busy, now);
                     armed = self.deadline(now, busy.as_deref());
                     timer.as_mut().reset(armed.into());
                 }

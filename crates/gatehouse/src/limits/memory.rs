@@ -9,8 +9,9 @@
 //! more output (it is kicked `slow_consumer`), and one receiving a large frame stops
 //! reading it until memory is given back; a connection that keeps up still gets each
 //! frame (charged regardless). The most the server holds is therefore
-//! `memory_budget_bytes` + `max_connections` × (2 × [`FREE_PER_CONNECTION`] + one
-//! largest frame).
+//! `memory_budget_bytes` + `max_connections` × (2 × [`FREE_PER_CONNECTION`] + 16 KiB
+//! of requests read ahead of a handler that waits + two largest frames: one sent,
+//! one request a waiting handler holds).
 
 use crate::sync::atomic::{AtomicUsize, Ordering};
 
