@@ -34,6 +34,8 @@ mod routes {
     pub const SEQ: u16 = 2;
     /// Request: the room panics at its next tick.
     pub const CRASH: u16 = 3;
+    /// Request: the room's next tick adds a million to its count, then panics.
+    pub const CRASH_MID_STEP: u16 = 10;
     /// Request, payload: u32 BE milliseconds: a session timer pushes "fired" then.
     pub const AFTER: u16 = 4;
     /// Request: the room blocks its thread for 300 ms on this message.
@@ -67,6 +69,7 @@ struct Seen {
 enum ToRoom {
     Seq(u32),
     Crash,
+    CrashMidStep,
     Stall,
     Probe(Arc<()>),
     Report,
@@ -76,6 +79,7 @@ enum ToRoom {
 struct TestRoom {
     seen: Arc<Seen>,
     crash_next_tick: bool,
+    crash_mid_step: bool,
     slow_ticks: bool,
     /// Carried across restarts with `Restart::FromSnapshot`.
     ticks: u64,
@@ -92,6 +96,7 @@ impl Room for TestRoom {
         TestRoom {
             seen: seen.clone(),
             crash_next_tick: false,
+            crash_mid_step: false,
             slow_ticks: false,
             ticks: restored.unwrap_or(0),
             _timers: Vec::new(),
@@ -123,6 +128,7 @@ impl Room for TestRoom {
                 }
             }
             ToRoom::Crash => self.crash_next_tick = true,
+            ToRoom::CrashMidStep => self.crash_mid_step = true,
             ToRoom::SlowTicks => self.slow_ticks = true,
             ToRoom::Stall => std::thread::sleep(Duration::from_millis(300)),
             ToRoom::Report => {
@@ -143,6 +149,10 @@ impl Room for TestRoom {
         self.ticks += 1;
         if self.slow_ticks {
             std::thread::sleep(Duration::from_millis(20));
+        }
+        if self.crash_mid_step {
+            self.ticks += 1_000_000;
+            panic!("test room crash halfway through tick {}", self.ticks);
         }
         if self.crash_next_tick {
             panic!("test room crash at tick {}", self.ticks);
@@ -204,6 +214,7 @@ impl Service for Game {
                 }
             }
             routes::CRASH => to_room(&session.room, ToRoom::Crash).await,
+            routes::CRASH_MID_STEP => to_room(&session.room, ToRoom::CrashMidStep).await,
             routes::STALL => to_room(&session.room, ToRoom::Stall).await,
             routes::REPORT => to_room(&session.room, ToRoom::Report).await,
             routes::SLOW_TICKS => to_room(&session.room, ToRoom::SlowTicks).await,
@@ -403,6 +414,10 @@ async fn room_ticks(client: &mut Client) -> u64 {
 }
 
 async fn ticks_after_a_crash(restart: Restart) -> (u64, u64) {
+    ticks_after(restart, routes::CRASH).await
+}
+
+async fn ticks_after(restart: Restart, crash: u16) -> (u64, u64) {
     let options = RoomOptions {
         restart,
         ..ticking(5)
@@ -416,7 +431,7 @@ async fn ticks_after_a_crash(restart: Restart) -> (u64, u64) {
         tokio::time::sleep(Duration::from_millis(20)).await;
         before = room_ticks(&mut a).await;
     }
-    assert!(a.request(routes::CRASH, "").await.0.is_ok());
+    assert!(a.request(crash, "").await.0.is_ok());
     expect_restart_notice(&mut a).await;
     let after = room_ticks(&mut a).await;
     assert!(server.shutdown().await.is_ok());
@@ -432,6 +447,15 @@ async fn a_room_restarted_from_its_snapshot_keeps_its_state_and_a_fresh_one_does
     );
     let (before, after) = ticks_after_a_crash(Restart::Fresh).await;
     assert!(after < before, "started over: {before} -> {after}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_restarts_from_its_last_whole_tick_not_from_one_that_panicked_halfway() {
+    let (before, after) = ticks_after(Restart::FromSnapshot, routes::CRASH_MID_STEP).await;
+    assert!(
+        after >= before && after < 1_000_000,
+        "not the half-stepped state: {before} -> {after}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

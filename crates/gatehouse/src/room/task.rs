@@ -247,7 +247,11 @@ impl<R: Room> RoomTask<R> {
                     self.lateness.record(lateness, late);
                     due += dt;
                     let ticked = self.call(timers, |ctx| room.tick(ctx, dt));
-                    self.keep_snapshot(room);
+                    // Only a whole tick is a state to restart from, not one that
+                    // panicked halfway.
+                    if ticked.0.is_ok() {
+                        self.keep_snapshot(room);
+                    }
                     if let Some(end) = self.conclude(room, timers, ticked) {
                         return end;
                     }
