@@ -48,6 +48,9 @@ struct State {
     /// The connection's task, if its last read is waiting. hyper reads again only
     /// when woken: an exchange that ends wakes it, so that the idle deadline is armed.
     reader: Option<Waker>,
+    /// Bytes of the next request came while this one was answered: its head has
+    /// begun, and the header deadline, not the idle one, follows the answer.
+    next_head_begun: bool,
 }
 
 /// One connection's phase, shared by its socket ([`Watched`]) and its service.
@@ -66,6 +69,7 @@ impl Activity {
                 phase: Phase::FirstHead,
                 since: Instant::now(),
                 reader: None,
+                next_head_begun: false,
             }),
             header_timeout: limits.header_timeout,
             idle_timeout: limits.idle_timeout,
@@ -96,7 +100,11 @@ impl Activity {
                 None
             }
             _ => {
-                state.phase = Phase::Idle;
+                state.phase = if std::mem::take(&mut state.next_head_begun) {
+                    Phase::Head
+                } else {
+                    Phase::Idle
+                };
                 state.since = Instant::now();
                 state.reader.take()
             }
@@ -107,12 +115,17 @@ impl Activity {
         }
     }
 
-    /// Bytes came in: on an idle connection, the next request's head has begun.
+    /// Bytes came in: on an idle connection, the next request's head has begun (on
+    /// a busy one, once the answer is sent).
     fn bytes_arrived(&self) {
         let mut state = self.state();
-        if state.phase == Phase::Idle {
-            state.phase = Phase::Head;
-            state.since = Instant::now();
+        match state.phase {
+            Phase::Idle => {
+                state.phase = Phase::Head;
+                state.since = Instant::now();
+            }
+            Phase::Busy(_) => state.next_head_begun = true,
+            Phase::FirstHead | Phase::Head => {}
         }
     }
 
@@ -294,6 +307,21 @@ impl AsyncWrite for Watched {
         self.get_mut()
             .write_within(cx, |socket, cx| socket.poll_shutdown(cx))
     }
+
+    // Vectored, so that hyper writes an answer's head and body without copying them
+    // into its own buffer first.
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut()
+            .write_within(cx, |socket, cx| socket.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.socket.is_write_vectored()
+    }
 }
 
 #[cfg(test)]
@@ -338,6 +366,17 @@ mod tests {
             deadline(),
             Some(answered + Duration::from_secs(30)),
             "later bytes of the same head do not extend it"
+        );
+        // Bytes of the next head that come while a request is answered: the head's
+        // deadline follows the answer, not the idle one.
+        let exchange = activity.begin_exchange();
+        activity.bytes_arrived();
+        tokio::time::advance(Duration::from_secs(2)).await;
+        drop(exchange);
+        assert_eq!(
+            deadline(),
+            Some(Instant::now() + Duration::from_secs(10)),
+            "header_timeout after an answer during which the next head began"
         );
     }
 }
