@@ -299,7 +299,7 @@ impl<S> Arena<S> {
                 "too many new accounts from this address; try later",
             ),
             Refused::Busy => Failure::new(
-                Status::UNAVAILABLE,
+                status::LOGIN_BUSY,
                 "too many logins waiting for a password check; try again",
             ),
             Refused::Broken => Failure::new(Status::INTERNAL_ERROR, "cannot check the password"),

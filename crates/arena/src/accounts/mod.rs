@@ -11,7 +11,8 @@
 //!   wrong passwords at once, then gets one back every minute divided by its limit
 //!   [12 s for a name, 3 s for an address]. A check in flight holds its place, so however
 //!   many logins arrive at once, no more are checked than the budgets have left;
-//!   logins beyond that wait (at most 5 s) for the checks ahead of them. A check
+//!   logins beyond that wait (at most 5 s, then status 1006: try again) for the
+//!   checks ahead of them. A check
 //!   that finds the right password gives its place back: only wrong passwords are
 //!   charged. The wrong password that empties a budget locks its name or address
 //!   out for `block_for` [1 min]: every login of that name, or from that address,
@@ -24,10 +25,10 @@
 //!   from each waiting address in turn. A login therefore waits for at most one hash
 //!   per other address with hashes waiting (plus the ones running), however many one
 //!   address queued. An address may have 64 hashes waiting, and 4096 may wait in all;
-//!   past either, status 503.
+//!   past either, status 1006 (try again).
 //! - A login abandoned before its hash starts (its handler dropped: the connection
-//!   kicked, the handler timed out, the server stopping) is neither hashed nor
-//!   charged; one whose hash ran is charged by its result.
+//!   kicked or closed, the handler timed out, the server stopping) gives its place
+//!   back at once and is never hashed; one whose hash ran is charged by its result.
 //! - Failed logins are logged (`login refused`, at info) and lockouts (at warn), each
 //!   at most 50 lines a second, and counted (`gatehouse_arena_logins_total`,
 //!   `gatehouse_arena_lockouts_total`).
@@ -94,7 +95,8 @@ pub(crate) enum Refused {
     Wrong,
     /// This address made its share of new accounts.
     TooManyAccounts,
-    /// The hashing queue is full (for this address, or in all).
+    /// The hashing queue is full (for this address, or in all), or the checks in
+    /// flight ahead held every place for longer than a login waits.
     Busy,
     /// The stored hash cannot be read, or hashing failed.
     Broken,
@@ -306,7 +308,8 @@ impl Accounts {
                 Verdict::Wait => {}
             }
             if tokio::time::timeout_at(deadline, settled).await.is_err() {
-                return Err(place.refused());
+                // Nothing was wrong with this login: the checks ahead took too long.
+                return Err(Refused::Busy);
             }
         }
     }
@@ -353,10 +356,15 @@ impl Accounts {
     ) -> Result<T, Refused> {
         let (answer, answered) = oneshot::channel();
         let stats = self.guards.stats.clone();
+        // The reservation waits in line with the job, which takes it when its turn
+        // comes; a login dropped before that gives it back at once (`Abandoned`),
+        // so that a dead login holds no place while its job waits behind others.
+        let slot = Arc::new(Mutex::new(Some(reservation)));
+        let _abandoned = Abandoned(slot.clone());
         let job: Job = Box::new(move |memory| {
-            if answer.is_closed() {
-                return; // dropping the reservation gives it back
-            }
+            let Some(reservation) = lock(&slot).take() else {
+                return; // the login is gone: nothing to hash
+            };
             stats.hashed();
             // A panic in the hash is an error for this login, not a dead thread.
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(memory)))
@@ -370,6 +378,23 @@ impl Accounts {
             .map_err(|_| Refused::Busy)?;
         answered.await.map_err(|_| Refused::Broken)?
     }
+}
+
+/// Gives a queued hash's reservation back if its login is dropped before the job
+/// took it.
+struct Abandoned(Arc<Mutex<Option<Reservation>>>);
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        // Dropped outside the lock: giving a place back takes the budgets' lock.
+        let reservation = lock(&self.0).take();
+        drop(reservation);
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Only a take() runs under this lock.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The address budgets and hashing lines count by.
@@ -490,6 +515,86 @@ mod tests {
             (3, 7)
         );
         assert_eq!(accounts.stats().read().hashes, 1 + 10 + 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_login_kept_waiting_past_its_wait_by_the_checks_ahead_is_busy_not_blocked() {
+        let accounts = accounts(100, 2, 10);
+        let address = IpAddr::from([10, 0, 0, 1]);
+        let guess = |name: &str| Place::Guess {
+            name: name.to_owned(),
+            address,
+        };
+        // Two checks in flight hold the address's two places, and never settle.
+        let _ahead = [
+            accounts.reserve(guess("a")).await.unwrap(),
+            accounts.reserve(guess("b")).await.unwrap(),
+        ];
+        let waited = tokio::time::Instant::now();
+        assert_eq!(
+            accounts.reserve(guess("c")).await.err(),
+            Some(Refused::Busy),
+            "try again (1006), not 'too many wrong passwords' (1008)"
+        );
+        assert_eq!(waited.elapsed(), WAIT_FOR_PLACE);
+    }
+
+    #[tokio::test]
+    async fn a_login_dropped_while_its_hash_waits_in_line_gives_its_place_back_at_once() {
+        let accounts = Arc::new(accounts(100, 1, 10));
+        let guess = |address: IpAddr| Place::Guess {
+            name: "ada".to_owned(),
+            address,
+        };
+        // Both hashing threads busy with jobs that wait for the test.
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let released = Arc::new(Mutex::new(released));
+        let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut busy = tokio::task::JoinSet::new();
+        for last in 1..=2u8 {
+            let address = IpAddr::from([10, 0, 0, last]);
+            let reservation = accounts.reserve(guess(address)).await.unwrap();
+            let (accounts, released, running) =
+                (accounts.clone(), released.clone(), running.clone());
+            busy.spawn(async move {
+                let work = move |_: &mut Vec<Block>| {
+                    running.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let _ = lock(&released).recv();
+                    Ok(())
+                };
+                accounts.hash(address, reservation, |_| false, work).await
+            });
+        }
+        while running.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+            tokio::task::yield_now().await;
+        }
+        // A third address's login: its one place is reserved, its job waits in line.
+        let third = IpAddr::from([10, 0, 0, 3]);
+        let reservation = accounts.reserve(guess(third)).await.unwrap();
+        let login = {
+            let accounts = accounts.clone();
+            tokio::spawn(async move {
+                let work = |_: &mut Vec<Block>| Ok(());
+                accounts.hash(third, reservation, |_| true, work).await
+            })
+        };
+        while accounts.hashing.depth().read() == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(accounts.try_reserve(&guess(third)), Verdict::Wait);
+        // Its connection goes: the place comes back before the job's turn.
+        login.abort();
+        let _ = login.await;
+        assert_eq!(accounts.try_reserve(&guess(third)), Verdict::Reserved);
+        for _ in 0..2 {
+            let _ = release.send(());
+        }
+        while busy.join_next().await.is_some() {}
+        assert_eq!(
+            accounts.stats().read().hashes,
+            2,
+            "the dropped login hashed nothing"
+        );
     }
 
     #[tokio::test]
