@@ -166,7 +166,10 @@ impl<M> Mailbox<M> {
     /// The next frame or message, in order; `None` once the queue is empty. The mail
     /// flag is cleared then, under the lock, so that a delivery racing with it is
     /// never missed; and only if no kick or overflow waits either: one that came
-    /// after [`Mailbox::verdict`] looked keeps the flag up for the next wakeup.
+    /// after [`Mailbox::verdict`] looked keeps the flag up for the next wakeup. An
+    /// overflow is never cleared, so the flag stays up from then on: every caller
+    /// closes the connection on [`Verdict::Overflowed`] (one that did not would find
+    /// its mailbox always ready).
     pub(crate) fn next(&self) -> Option<Delivery<M>> {
         let mut state = self.lock();
         let next = state.queue.pop_front();
