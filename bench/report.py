@@ -256,6 +256,7 @@ def write_report(args):
     w("cargo bench -p gatehouse              # … and the hub's fan-out")
     w("scripts/bench-transports.sh           # TCP, TLS, WebSocket, wss side by side (its table: below)")
     w("scripts/callgrind-metrics.sh          # metrics on vs off, instructions per request (below)")
+    w("scripts/callgrind-metrics.sh --baseline REV  # this tree vs commit REV, instructions per request")
     w("scripts/bench-metrics.sh              # metrics on vs off, wall clock (below)")
     w("scripts/bench-logins.sh               # arena logins under creation floods (below)")
     w("```")

@@ -125,11 +125,15 @@ pub(super) struct InFlight<'s, S: Service> {
     pub(super) deadline: Instant,
     /// When the input that brought it was read: its latency runs from there.
     read_at: Instant,
+    /// What it resolved to, once it has (kept here rather than carried through the
+    /// loop's wakeup, which would grow every wakeup's value).
+    result: Option<Result<Done<'s, S>, String>>,
 }
 
 /// What a poll of the [`InFlight`] handler found.
-pub(super) enum Polled<T> {
-    Finished(Result<T, String>),
+pub(super) enum Polled {
+    /// It resolved: its result waits in it for [`Connection::finish_in_flight`].
+    Finished,
     /// Still waiting, and what it did changed the core (output queued, a deadline
     /// moved, a close decided): the loop must look again before it sleeps.
     Changed,
@@ -142,11 +146,14 @@ impl<'s, S: Service> InFlight<'s, S> {
         &mut self,
         cx: &mut std::task::Context<'_>,
         core: &mut ConnectionCore,
-    ) -> Polled<Done<'s, S>> {
+    ) -> Polled {
         let polled = Pin::new(&mut self.handler).poll(cx);
         let changed = self.staged.apply(core);
         match polled {
-            Poll::Ready(result) => Polled::Finished(result),
+            Poll::Ready(result) => {
+                self.result = Some(result);
+                Polled::Finished
+            }
             Poll::Pending if changed => Polled::Changed,
             Poll::Pending => Polled::Waiting,
         }
@@ -360,7 +367,30 @@ impl<S: Service, T: Transport> Connection<S, T> {
     /// read at `read_at`. While a handler waits, input is still cut (so pings are
     /// answered and every limit applies) and its requests and notifies held, a few
     /// at most.
+    #[inline(always)] // into the connection loop: this is the hot path
     pub(super) fn run_ready<'s>(
+        &mut self,
+        session: &mut Option<&'s mut S::Session>,
+        busy: &mut Option<Box<Busy<'s, S>>>,
+        read_at: Instant,
+    ) {
+        // Nothing held, no handler waiting, most requests answered by the fast path.
+        while busy.is_none() {
+            let Some(event) = self.core.poll_event(read_at) else {
+                return;
+            };
+            let Some(at_hand) = session.as_deref_mut() else {
+                return self.lent_out();
+            };
+            if let Some(event) = self.answer_now(event, at_hand) {
+                self.dispatch(Work::Event(event), session, busy, read_at);
+            }
+        }
+        self.run_busy(session, busy, read_at);
+    }
+
+    /// [`Connection::run_ready`] once a handler waits, or work is held.
+    fn run_busy<'s>(
         &mut self,
         session: &mut Option<&'s mut S::Session>,
         busy: &mut Option<Box<Busy<'s, S>>>,
@@ -396,23 +426,23 @@ impl<S: Service, T: Transport> Connection<S, T> {
                     None => return,
                 },
             };
-            if at == read_at || matches!(work, Work::Message(_)) {
-                self.dispatch(work, session, busy, at);
-            } else {
+            let held = at != read_at && matches!(work, Work::Event(_));
+            if held {
                 // A held request: timed from its own read, in a batch of its own.
                 latency::end(&self.shared.latency);
                 latency::begin(&self.shared.latency, at);
-                self.dispatch(work, session, busy, at);
+            }
+            self.offer(work, session, busy, at);
+            if held {
                 latency::end(&self.shared.latency);
                 latency::begin(&self.shared.latency, read_at);
             }
         }
     }
 
-    /// Calls the handler of `work`: the fast path, or a handler call polled once,
-    /// which becomes the connection's [`InFlight`] handler if it has to wait. Only
-    /// called while the session is at hand (no handler waits).
-    fn dispatch<'s>(
+    /// Offers `work` to the fast path (a request or notify), then, unless it was
+    /// answered there, makes the handler call.
+    fn offer<'s>(
         &mut self,
         work: Work<S::Message>,
         session: &mut Option<&'s mut S::Session>,
@@ -420,10 +450,7 @@ impl<S: Service, T: Transport> Connection<S, T> {
         read_at: Instant,
     ) {
         let Some(at_hand) = session.as_deref_mut() else {
-            // `run_ready` dispatches nothing while a handler holds the session.
-            error!("a handler call with the session lent out; closing");
-            self.core.close(DisconnectReason::HandlerPanic, None);
-            return;
+            return self.lent_out();
         };
         let work = match work {
             Work::Event(event) => match self.answer_now(event, at_hand) {
@@ -432,8 +459,21 @@ impl<S: Service, T: Transport> Connection<S, T> {
             },
             message => message,
         };
+        self.dispatch(work, session, busy, read_at);
+    }
+
+    /// Makes the handler call for `work` (which the fast path declined), polled once;
+    /// it becomes the connection's [`InFlight`] handler if it has to wait. Only
+    /// called while the session is at hand (no handler waits).
+    fn dispatch<'s>(
+        &mut self,
+        work: Work<S::Message>,
+        session: &mut Option<&'s mut S::Session>,
+        busy: &mut Option<Box<Busy<'s, S>>>,
+        read_at: Instant,
+    ) {
         let Some(lent) = session.take() else {
-            return; // checked above
+            return self.lent_out();
         };
         let budget = self.core.budget().clone();
         let staged = Arc::new(Staged::new(self.core.max_frame_bytes(), budget));
@@ -467,26 +507,38 @@ impl<S: Service, T: Transport> Connection<S, T> {
                     staged,
                     deadline,
                     read_at,
+                    result: None,
                 });
             }
         }
+    }
+
+    /// A handler call was about to be made while the session is lent out, which
+    /// `run_ready` never does: closed rather than run two handlers at once.
+    #[cold]
+    fn lent_out(&mut self) {
+        error!("a handler call with the session lent out; closing");
+        self.core.close(DisconnectReason::HandlerPanic, None);
     }
 
     /// The handler that waited has finished: its answer is queued, timed from the
     /// read that brought it, and the session is back.
     pub(super) fn finish_in_flight<'s>(
         &mut self,
-        in_flight: InFlight<'s, S>,
-        result: Result<Done<'s, S>, String>,
+        busy: &mut Option<Box<Busy<'s, S>>>,
         session: &mut Option<&'s mut S::Session>,
     ) {
-        let InFlight {
+        let Some(InFlight {
             call,
             handler,
             staged,
             read_at,
+            result: Some(result),
             ..
-        } = in_flight;
+        }) = busy.as_deref_mut().and_then(|b| b.in_flight.take())
+        else {
+            return;
+        };
         drop(handler);
         latency::begin(&self.shared.latency, read_at);
         self.finish(call, result, &staged, session);

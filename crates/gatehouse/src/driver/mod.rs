@@ -135,9 +135,9 @@ struct Connection<S: Service, T> {
 }
 
 /// What woke the loop.
-enum Wake<T> {
-    /// The handler that waited has finished (its result, or its panic).
-    Finished(Result<T, String>),
+enum Wake {
+    /// The handler that waited has finished (its result waits in it).
+    Finished,
     Cancelled,
     Delivered,
     Received(Received),
@@ -260,7 +260,9 @@ impl<S: Service, T: Transport> Connection<S, T> {
             // (`metrics::latency`).
             // Looked at every turn, so that a handler that is always ready (and takes
             // the task's whole budget of work) still runs out of time.
-            self.time_out_in_flight(&mut busy, now);
+            if busy.is_some() {
+                self.time_out_in_flight(&mut busy, now);
+            }
             latency::begin(&self.shared.latency, now);
             self.run_ready(&mut session, &mut busy, now);
             latency::end(&self.shared.latency);
@@ -305,7 +307,7 @@ impl<S: Service, T: Transport> Connection<S, T> {
                 let mut changed = false;
                 if let Some(handler) = in_flight.as_deref_mut() {
                     match handler.poll(cx, core) {
-                        Polled::Finished(result) => return Poll::Ready(Wake::Finished(result)),
+                        Polled::Finished => return Poll::Ready(Wake::Finished),
                         Polled::Changed => changed = true,
                         Polled::Waiting => {}
                     }
@@ -365,11 +367,7 @@ impl<S: Service, T: Transport> Connection<S, T> {
                 Wake::Delivered => self.take_mail(&mut busy, now),
                 Wake::Received(Received::Input) => spare::lend_send(&mut self.core),
                 Wake::Sent => {}
-                Wake::Finished(result) => {
-                    if let Some(in_flight) = busy.as_deref_mut().and_then(|b| b.in_flight.take()) {
-                        self.finish_in_flight(in_flight, result, &mut session);
-                    }
-                }
+                Wake::Finished => self.finish_in_flight(&mut busy, &mut session),
                 Wake::Received(Received::Closed) if busy.is_some() => input_ended = true,
                 Wake::Received(Received::Closed) => {
                     self.core.close(DisconnectReason::PeerClosed, None);
