@@ -250,7 +250,7 @@ impl<S: Store> Arena<S> {
         if let Some((previous, mut released)) = previous {
             info!(player = %name, previous = %previous, "duplicate login; kicking the previous connection");
             let _ = ctx
-                .hub()
+                .server()
                 .kick(
                     previous,
                     KickReason::DUPLICATE_LOGIN,

@@ -166,8 +166,8 @@ impl<S: Store> Arena<S> {
             room: String::new(),
             whisper: true,
         };
-        ctx.hub()
-            .push_to_player(&whisper.to, routes::CHAT, chat.encode_to_vec().into())
+        ctx.server()
+            .push_to_player(&whisper.to, routes::CHAT, chat.encode_to_vec())
             .await?;
         Ok(())
     }

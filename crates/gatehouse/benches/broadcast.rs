@@ -4,7 +4,7 @@
 //! `cargo bench -p gatehouse --bench broadcast`
 //!
 //! The fan-out runs the hub's real `Command::Broadcast` handling and
-//! `Mailbox::deliver` through `gatehouse::hub::bench_support::FanOut` (a hub with
+//! `Mailbox::deliver` through `gatehouse::bench_support::FanOut` (a hub with
 //! detached mailboxes: no runtime, tasks or sockets). Waking the connection tasks is
 //! not included; the end-to-end broadcast scenario of `scripts/bench.sh` is.
 
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use gatehouse::hub::bench_support::FanOut;
+use gatehouse::bench_support::FanOut;
 use gatehouse::Message;
 use std::hint::black_box;
 

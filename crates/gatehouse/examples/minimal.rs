@@ -43,7 +43,7 @@ impl Service for Game {
         payload: Bytes,
     ) -> Reply {
         match route {
-            2 => match ctx.hub().broadcast(2, payload).await {
+            2 => match ctx.server().broadcast(2, payload).await {
                 Ok(()) => Reply::empty(),
                 Err(e) => Reply::error(gatehouse::Status::UNAVAILABLE, e.to_string()),
             },

@@ -52,11 +52,11 @@ impl Service for BenchService {
     ) -> Reply {
         match route {
             routes::ECHO => Reply::ok(payload),
-            routes::BROADCAST => match ctx.hub().broadcast(routes::BROADCAST, payload).await {
+            routes::BROADCAST => match ctx.server().broadcast(routes::BROADCAST, payload).await {
                 Ok(()) => Reply::empty(),
                 Err(e) => Reply::error(Status::UNAVAILABLE, e.to_string()),
             },
-            routes::COUNT => match ctx.hub().count().await {
+            routes::COUNT => match ctx.server().count().await {
                 Ok(n) => Reply::ok(Bytes::copy_from_slice(
                     &u32::try_from(n).unwrap_or(u32::MAX).to_be_bytes(),
                 )),
@@ -94,7 +94,7 @@ impl Service for BenchService {
             routes::BROADCAST => {
                 // A notify has no one to tell that the hub is restarting; the
                 // connection is being closed with `server_restart` anyway.
-                let _ = ctx.hub().broadcast(routes::BROADCAST, payload).await;
+                let _ = ctx.server().broadcast(routes::BROADCAST, payload).await;
                 Status::OK
             }
             _ => Status::UNKNOWN_ROUTE,

@@ -15,7 +15,7 @@ use tracing::warn;
 
 use crate::config::Config;
 use crate::connection::{CoreConfig, DisconnectReason};
-use crate::handle::HubSlot;
+use crate::handle::{HubSlot, ServerHandle};
 use crate::hub::HubHandle;
 use crate::limits::Admission;
 use crate::logs::LogLimiter;
@@ -36,6 +36,8 @@ pub(crate) struct Shared<S: Service> {
     pub(crate) stats: Arc<Stats>,
     /// Where the current hub is published, for [`crate::ServerHandle`]s.
     pub(crate) hub_slot: HubSlot<S::Message>,
+    /// A handle on that slot, lent to every handler's context.
+    pub(crate) handle: ServerHandle<S::Message>,
     /// Budgets of the log lines floods cause: closes and refusals.
     pub(crate) close_logs: LogLimiter,
     pub(crate) refusal_logs: LogLimiter,
@@ -56,6 +58,7 @@ impl<S: Service> Shared<S> {
         let latency = Arc::new(HandlerLatency::new(config.metrics.enabled, |route| {
             service.route_name(route)
         }));
+        let hub_slot = HubSlot::new();
         Shared {
             admission: Admission::new(
                 config.server.max_connections,
@@ -71,7 +74,8 @@ impl<S: Service> Shared<S> {
             service,
             next_id: AtomicU64::new(1),
             stats: Arc::new(Stats::default()),
-            hub_slot: HubSlot::new(),
+            handle: hub_slot.handle(),
+            hub_slot,
             close_logs: LogLimiter::default(),
             refusal_logs: LogLimiter::default(),
             latency,

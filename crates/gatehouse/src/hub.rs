@@ -1,7 +1,8 @@
 //! The hub: the seed's `gs_svr`, one actor task.
 //!
-//! It owns the registry of live connections (their mailboxes) and the named groups
-//! (game rooms), and does everything that involves more than one connection:
+//! It owns the registry of live connections (their mailboxes), the logged-in players'
+//! names and the named groups (lists of connections to push to; a room is another
+//! thing, see [`crate::room`]), and does everything that involves more than one connection:
 //! broadcast, group broadcast, send to one, kick one, count. It never waits on a
 //! connection: deliveries go into mailboxes that refuse (and mark a slow consumer)
 //! rather than grow. A broadcast is encoded once by the caller; the hub only clones
@@ -9,7 +10,8 @@
 //!
 //! The hub holds no state that outlives it on purpose: when it crashes, the
 //! supervisor closes every connection and starts a fresh hub, so the registry and
-//! the sockets never disagree.
+//! the sockets never disagree. The game reaches it only through
+//! [`ServerHandle`](crate::ServerHandle), which follows it across restarts.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -30,10 +32,11 @@ use crate::config::TransportKind;
 use crate::connection::{ConnId, TrafficCounts};
 use crate::mailbox::{Delivery, Mailbox};
 
-/// Why the hub did not take a call.
+/// Why a [`ServerHandle`](crate::ServerHandle) call failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum HubError {
-    /// The hub is restarting or stopped; the caller's connection is about to close.
+pub enum HandleError {
+    /// The server's hub is restarting past the handle's wait, or the server has
+    /// stopped.
     #[error("the hub is unavailable (restarting or stopped)")]
     Unavailable,
     /// The push would be a frame larger than `limits.max_frame_bytes`, which no
@@ -91,8 +94,9 @@ pub struct ConnectionPage {
     pub total: usize,
 }
 
-/// A cheap, cloneable handle to the hub; every method is a message to the actor.
-pub struct HubHandle<M> {
+/// A cheap, cloneable handle to one life of the hub; every method is a message to
+/// the actor. The game sees it only through [`crate::ServerHandle`].
+pub(crate) struct HubHandle<M> {
     tx: mpsc::Sender<Command<M>>,
     /// `limits.max_frame_bytes`: no push larger than this leaves the server.
     max_frame: usize,
@@ -195,23 +199,26 @@ enum Command<M> {
 // copied once per request, and each nested `async fn` would add its own state.
 impl<M> HubHandle<M> {
     /// Whether this hub has ended (crashed or stopped): its calls fail from now on.
-    pub fn is_closed(&self) -> bool {
+    pub(crate) fn is_closed(&self) -> bool {
         self.tx.is_closed()
     }
 }
 
 impl<M: Send + 'static> HubHandle<M> {
-    fn send(&self, command: Command<M>) -> impl Future<Output = Result<(), HubError>> + Send + '_ {
+    fn send(
+        &self,
+        command: Command<M>,
+    ) -> impl Future<Output = Result<(), HandleError>> + Send + '_ {
         self.tx
             .send(command)
-            .map(|sent| sent.map_err(|_| HubError::Unavailable))
+            .map(|sent| sent.map_err(|_| HandleError::Unavailable))
     }
 
     /// Sends the command `make` builds around a reply channel, then waits for the answer.
     fn ask<T: Send + 'static>(
         &self,
         make: impl FnOnce(oneshot::Sender<T>) -> Command<M>,
-    ) -> impl Future<Output = Result<T, HubError>> + Send + '_ {
+    ) -> impl Future<Output = Result<T, HandleError>> + Send + '_ {
         let (reply, answer) = oneshot::channel();
         let command = make(reply);
         // The send future is made inside the block, so the block holds it once.
@@ -219,8 +226,8 @@ impl<M: Send + 'static> HubHandle<M> {
             self.tx
                 .send(command)
                 .await
-                .map_err(|_| HubError::Unavailable)?;
-            answer.await.map_err(|_| HubError::Unavailable)
+                .map_err(|_| HandleError::Unavailable)?;
+            answer.await.map_err(|_| HandleError::Unavailable)
         }
     }
 
@@ -229,7 +236,7 @@ impl<M: Send + 'static> HubHandle<M> {
         id: ConnId,
         peer: SocketAddr,
         mailbox: Arc<Mailbox<M>>,
-    ) -> impl Future<Output = Result<(), HubError>> + Send + '_ {
+    ) -> impl Future<Output = Result<(), HandleError>> + Send + '_ {
         self.send(Command::Register { id, peer, mailbox })
     }
 
@@ -242,18 +249,18 @@ impl<M: Send + 'static> HubHandle<M> {
     pub(crate) fn crash(
         &self,
         by: ConnId,
-    ) -> impl Future<Output = Result<(), HubError>> + Send + '_ {
+    ) -> impl Future<Output = Result<(), HandleError>> + Send + '_ {
         self.send(Command::Crash { by })
     }
 
     /// Sends the command carrying `frame` once the hub's queue has room for its
     /// bytes, unless the frame is larger than any client accepts: then the caller gets
-    /// [`HubError::FrameTooLarge`] at once.
+    /// [`HandleError::FrameTooLarge`] at once.
     fn send_frame(
         &self,
         frame: Bytes,
         command: impl FnOnce(Bytes, Charge) -> Command<M> + Send + 'static,
-    ) -> impl Future<Output = Result<(), HubError>> + Send + '_ {
+    ) -> impl Future<Output = Result<(), HandleError>> + Send + '_ {
         let len = frame.len().saturating_sub(HEADER_LEN);
         if len > self.max_frame {
             warn!(
@@ -261,7 +268,7 @@ impl<M: Send + 'static> HubHandle<M> {
                 max = self.max_frame,
                 "push over max_frame_bytes; refused"
             );
-            let refused = HubError::FrameTooLarge {
+            let refused = HandleError::FrameTooLarge {
                 len,
                 max: self.max_frame,
             };
@@ -275,34 +282,28 @@ impl<M: Send + 'static> HubHandle<M> {
             let charge = queued_bytes
                 .acquire_many_owned(bytes)
                 .await
-                .map_err(|_| HubError::Unavailable)?;
+                .map_err(|_| HandleError::Unavailable)?;
             let command = command(frame, Some(charge));
             self.tx
                 .send(command)
                 .await
-                .map_err(|_| HubError::Unavailable)
+                .map_err(|_| HandleError::Unavailable)
         })
     }
 
-    /// Pushes `payload` on `route` to every connection (encoded once).
-    pub fn broadcast(
+    /// Pushes `payload` on `route` to every connection but `except` (encoded once).
+    pub(crate) fn broadcast(
         &self,
         route: u16,
         payload: Bytes,
-    ) -> impl Future<Output = Result<(), HubError>> + Send + '_ {
-        self.broadcast_frame(push_frame(route, payload), None)
-    }
-
-    /// Sends an already encoded frame to every connection but `except`.
-    pub fn broadcast_frame(
-        &self,
-        frame: Bytes,
         except: Option<ConnId>,
-    ) -> impl Future<Output = Result<(), HubError>> + Send + '_ {
-        self.send_frame(frame, move |frame, _charge| Command::Broadcast {
-            frame,
-            except,
-            _charge,
+    ) -> impl Future<Output = Result<(), HandleError>> + Send + '_ {
+        self.send_frame(push_frame(route, payload), move |frame, _charge| {
+            Command::Broadcast {
+                frame,
+                except,
+                _charge,
+            }
         })
     }
 
@@ -311,19 +312,19 @@ impl<M: Send + 'static> HubHandle<M> {
         &self,
         id: ConnId,
         player: &str,
-    ) -> impl Future<Output = Result<(), HubError>> + Send + '_ {
+    ) -> impl Future<Output = Result<(), HandleError>> + Send + '_ {
         let player = Arc::from(player);
         self.send(Command::Login { id, player })
     }
 
     /// Pushes `payload` on `route` to the connection logged in as `player`; dropped
     /// if nobody is.
-    pub fn push_to_player(
+    pub(crate) fn push_to_player(
         &self,
         player: &str,
         route: u16,
         payload: Bytes,
-    ) -> impl Future<Output = Result<(), HubError>> + Send + '_ {
+    ) -> impl Future<Output = Result<(), HandleError>> + Send + '_ {
         let player = Arc::from(player);
         self.send_frame(push_frame(route, payload), move |frame, _charge| {
             Command::SendToPlayer {
@@ -335,12 +336,12 @@ impl<M: Send + 'static> HubHandle<M> {
     }
 
     /// Kicks the connection logged in as `player`, if any.
-    pub fn kick_player(
+    pub(crate) fn kick_player(
         &self,
         player: &str,
         reason: KickReason,
         text: impl Into<String>,
-    ) -> impl Future<Output = Result<(), HubError>> + Send + '_ {
+    ) -> impl Future<Output = Result<(), HandleError>> + Send + '_ {
         let player = Arc::from(player);
         let delivery = Delivery::Kick(reason, text.into());
         self.send(Command::SendToPlayer {
@@ -351,21 +352,21 @@ impl<M: Send + 'static> HubHandle<M> {
     }
 
     /// The connection logged in as `player`, if any.
-    pub fn player(
+    pub(crate) fn player(
         &self,
         player: &str,
-    ) -> impl Future<Output = Result<Option<ConnId>, HubError>> + Send + '_ {
+    ) -> impl Future<Output = Result<Option<ConnId>, HandleError>> + Send + '_ {
         let player = Arc::from(player);
         self.ask(|reply| Command::Player { player, reply })
     }
 
     /// Pushes `payload` on `route` to one connection; dropped if it is gone.
-    pub fn push_to(
+    pub(crate) fn push_to(
         &self,
         to: ConnId,
         route: u16,
         payload: Bytes,
-    ) -> impl Future<Output = Result<(), HubError>> + Send + '_ {
+    ) -> impl Future<Output = Result<(), HandleError>> + Send + '_ {
         self.send_frame(push_frame(route, payload), move |frame, _charge| {
             Command::Send {
                 to,
@@ -376,11 +377,11 @@ impl<M: Send + 'static> HubHandle<M> {
     }
 
     /// Sends a message to one connection's service `message` handler.
-    pub fn send_message(
+    pub(crate) fn send_message(
         &self,
         to: ConnId,
         message: M,
-    ) -> impl Future<Output = Result<(), HubError>> + Send + '_ {
+    ) -> impl Future<Output = Result<(), HandleError>> + Send + '_ {
         let delivery = Delivery::Message(message);
         self.send(Command::Send {
             to,
@@ -390,12 +391,12 @@ impl<M: Send + 'static> HubHandle<M> {
     }
 
     /// Kicks one connection: it is sent `reason` and closed.
-    pub fn kick(
+    pub(crate) fn kick(
         &self,
         to: ConnId,
         reason: KickReason,
         text: impl Into<String>,
-    ) -> impl Future<Output = Result<(), HubError>> + Send + '_ {
+    ) -> impl Future<Output = Result<(), HandleError>> + Send + '_ {
         let delivery = Delivery::Kick(reason, text.into());
         self.send(Command::Send {
             to,
@@ -405,33 +406,33 @@ impl<M: Send + 'static> HubHandle<M> {
     }
 
     /// Adds a connection to a named group (created on first join).
-    pub fn join(
+    pub(crate) fn join(
         &self,
         id: ConnId,
         group: &str,
-    ) -> impl Future<Output = Result<(), HubError>> + Send + '_ {
+    ) -> impl Future<Output = Result<(), HandleError>> + Send + '_ {
         let group = Arc::from(group);
         self.send(Command::Join { id, group })
     }
 
     /// Removes a connection from a group (removed when empty).
-    pub fn leave(
+    pub(crate) fn leave(
         &self,
         id: ConnId,
         group: &str,
-    ) -> impl Future<Output = Result<(), HubError>> + Send + '_ {
+    ) -> impl Future<Output = Result<(), HandleError>> + Send + '_ {
         let group = Arc::from(group);
         self.send(Command::Leave { id, group })
     }
 
     /// Pushes to every member of a group but `except`.
-    pub fn group_broadcast(
+    pub(crate) fn group_broadcast(
         &self,
         group: &str,
         route: u16,
         payload: Bytes,
         except: Option<ConnId>,
-    ) -> impl Future<Output = Result<(), HubError>> + Send + '_ {
+    ) -> impl Future<Output = Result<(), HandleError>> + Send + '_ {
         let group = Arc::from(group);
         self.send_frame(push_frame(route, payload), move |frame, _charge| {
             Command::GroupBroadcast {
@@ -444,37 +445,37 @@ impl<M: Send + 'static> HubHandle<M> {
     }
 
     /// Live connections registered with the hub.
-    pub fn count(&self) -> impl Future<Output = Result<usize, HubError>> + Send + '_ {
+    pub(crate) fn count(&self) -> impl Future<Output = Result<usize, HandleError>> + Send + '_ {
         self.ask(|reply| Command::Count { group: None, reply })
     }
 
     /// Members of a group.
-    pub fn group_count(
+    pub(crate) fn group_count(
         &self,
         group: &str,
-    ) -> impl Future<Output = Result<usize, HubError>> + Send + '_ {
+    ) -> impl Future<Output = Result<usize, HandleError>> + Send + '_ {
         let group = Some(Arc::from(group));
         self.ask(|reply| Command::Count { group, reply })
     }
 
     /// Every group with its member count, sorted by name.
-    pub fn groups(
+    pub(crate) fn groups(
         &self,
-    ) -> impl Future<Output = Result<Vec<(String, usize)>, HubError>> + Send + '_ {
+    ) -> impl Future<Output = Result<Vec<(String, usize)>, HandleError>> + Send + '_ {
         self.ask(|reply| Command::Groups { reply })
     }
 
     /// The live connections summed up (see [`Census`]).
-    pub fn census(&self) -> impl Future<Output = Result<Census, HubError>> + Send + '_ {
+    pub(crate) fn census(&self) -> impl Future<Output = Result<Census, HandleError>> + Send + '_ {
         self.ask(|reply| Command::Census { reply })
     }
 
     /// Up to `limit` live connections with ids above `after`, in id order.
-    pub fn connections(
+    pub(crate) fn connections(
         &self,
         after: Option<ConnId>,
         limit: usize,
-    ) -> impl Future<Output = Result<ConnectionPage, HubError>> + Send + '_ {
+    ) -> impl Future<Output = Result<ConnectionPage, HandleError>> + Send + '_ {
         self.ask(move |reply| Command::Connections {
             after,
             limit,
@@ -483,15 +484,15 @@ impl<M: Send + 'static> HubHandle<M> {
     }
 
     /// One live connection, if it is.
-    pub fn connection(
+    pub(crate) fn connection(
         &self,
         id: ConnId,
-    ) -> impl Future<Output = Result<Option<ConnectionInfo>, HubError>> + Send + '_ {
+    ) -> impl Future<Output = Result<Option<ConnectionInfo>, HandleError>> + Send + '_ {
         self.ask(move |reply| Command::Connection { id, reply })
     }
 
     /// Commands and frame bytes waiting for the hub.
-    pub fn queue_depth(&self) -> (usize, usize) {
+    pub(crate) fn queue_depth(&self) -> (usize, usize) {
         let commands = self.tx.max_capacity() - self.tx.capacity();
         let bytes = self
             .queue_bytes
@@ -844,12 +845,12 @@ mod tests {
         // Room for two frames of 100-byte payloads (103 + 4 bytes each), not three.
         let (hub, mut commands) = handle(2 * 107);
         let payload = Bytes::from(vec![0u8; 100]);
-        assert_eq!(ready(hub.broadcast(1, payload.clone())), Some(Ok(())));
+        assert_eq!(ready(hub.broadcast(1, payload.clone(), None)), Some(Ok(())));
         assert_eq!(
             ready(hub.push_to(ConnId(1), 1, payload.clone())),
             Some(Ok(()))
         );
-        let mut third = pin!(hub.broadcast(1, payload));
+        let mut third = pin!(hub.broadcast(1, payload, None));
         assert_eq!(ready(third.as_mut()), None, "the queue is full of bytes");
         // The hub handles one command: its bytes are free again.
         drop(commands.try_recv().unwrap());
@@ -864,17 +865,17 @@ mod tests {
     #[test]
     fn a_push_over_the_frame_limit_is_refused_before_it_is_queued() {
         let (hub, mut commands) = handle(1 << 20);
-        let refused = ready(hub.broadcast(1, Bytes::from(vec![0u8; 998])));
+        let refused = ready(hub.broadcast(1, Bytes::from(vec![0u8; 998]), None));
         assert_eq!(
             refused,
-            Some(Err(HubError::FrameTooLarge {
+            Some(Err(HandleError::FrameTooLarge {
                 len: 1001,
                 max: 1000
             }))
         );
         assert!(commands.try_recv().is_err(), "nothing reached the hub");
         assert_eq!(
-            ready(hub.broadcast(1, Bytes::from(vec![0u8; 997]))),
+            ready(hub.broadcast(1, Bytes::from(vec![0u8; 997]), None)),
             Some(Ok(()))
         );
     }

@@ -24,14 +24,15 @@
 //! - [`logs`]: the budget of log lines a flood can cause (for games too).
 //! - [`timer`]: timers for sessions and rooms.
 //! - `mailbox`: how the hub, rooms and timers reach a connection.
-//! - [`hub`]: the seed's `gs_svr`: registry, groups, broadcast, counts.
+//! - `hub`: the seed's `gs_svr`: registry, players, groups, broadcast, counts.
 //! - [`service`]: the trait a game implements and its handler [`Context`].
 //! - [`room`]: supervised rooms with ticks ([`room::Rooms`], [`room::Room`]).
 //! - [`typed`]: typed handlers over prost messages, errors as statuses.
 //! - [`stats`]: server-wide counters.
 //! - [`metrics`]: what a scrape reports (a [`metrics::Sample`]), handler latency.
 //! - `group`: what the supervision tree's tasks share.
-//! - `handle`: [`ServerHandle`], the game's way in that survives hub restarts.
+//! - `handle`: [`ServerHandle`], the game's one handle on the server, which
+//!   survives hub restarts.
 //! - `driver`: the connection task, running a core over a transport (TCP, TLS,
 //!   WebSocket).
 //! - [`listener`]: listeners and what they speak, accept loops, TLS and WebSocket
@@ -53,7 +54,7 @@ mod driver;
 mod group;
 mod guard;
 mod handle;
-pub mod hub;
+mod hub;
 pub mod limits;
 pub mod listener;
 pub mod logs;
@@ -79,7 +80,9 @@ pub use gatehouse_protocol as protocol;
 pub use config::Config;
 pub use connection::{ConnId, DisconnectReason, Severity, TrafficCounts};
 pub use handle::ServerHandle;
-pub use hub::{HubError, HubHandle};
+#[doc(hidden)]
+pub use hub::bench_support;
+pub use hub::{Census, ConnectionInfo, ConnectionPage, HandleError};
 pub use listener::{bind, Certificates, Listener, ListenerConfig, Listeners, TransportKind};
 pub use protocol::{KickReason, Message, Status};
 pub use server::Server;

@@ -7,7 +7,7 @@
 //! `save_on_end`) receives the session back exactly once, whatever ended the
 //! connection; `checkpoint` saves a session its handlers marked dirty while it lives.
 //! Handlers reach their own connection through [`Context`] and every other
-//! connection through the [`HubHandle`].
+//! connection through the [`ServerHandle`] it holds.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -18,7 +18,8 @@ use bytes::Bytes;
 use gatehouse_protocol::{KickReason, Status};
 
 use crate::connection::{ConnId, ConnectionCore, DisconnectReason, Staged};
-use crate::hub::{HubError, HubHandle};
+use crate::handle::ServerHandle;
+use crate::hub::{HandleError, HubHandle};
 use crate::mailbox::{Mailbox, MemberSink};
 use crate::timer::{Timer, TimerError};
 
@@ -45,7 +46,7 @@ pub trait Service: Send + Sync + 'static {
     /// Per-connection state, created by `connect`, handed back to `disconnect`.
     type Session: Send + 'static;
     /// Messages other parts of the game send to a connection via
-    /// [`HubHandle::send_message`]; use `()` if there are none.
+    /// [`ServerHandle::send_message`]; use `()` if there are none.
     type Message: Send + 'static;
 
     /// Whether a connection must log in: unless a handler calls
@@ -206,7 +207,9 @@ pub struct Disconnect {
 pub struct Context<'a, M> {
     pub(crate) id: ConnId,
     pub(crate) peer: SocketAddr,
-    pub(crate) hub: &'a HubHandle<M>,
+    /// The hub of the connection's life: where it logs in.
+    hub: &'a HubHandle<M>,
+    server: &'a ServerHandle<M>,
     /// The connection's mailbox: for its timers, and for rooms to reach it.
     pub(crate) mailbox: &'a Arc<Mailbox<M>>,
     /// Where what the handler does to its own connection goes.
@@ -228,6 +231,7 @@ impl<'a, M> Context<'a, M> {
         id: ConnId,
         peer: SocketAddr,
         hub: &'a HubHandle<M>,
+        server: &'a ServerHandle<M>,
         mailbox: &'a Arc<Mailbox<M>>,
         own: Own<'a>,
     ) -> Self {
@@ -235,6 +239,7 @@ impl<'a, M> Context<'a, M> {
             id,
             peer,
             hub,
+            server,
             mailbox,
             own,
         }
@@ -252,9 +257,10 @@ impl<M: Send + 'static> Context<'_, M> {
         self.peer
     }
 
-    /// The hub: broadcast, send to others, groups, counts.
-    pub fn hub(&self) -> &HubHandle<M> {
-        self.hub
+    /// The server: broadcast, push to and kick other connections and players, groups,
+    /// lookups, counts. Clone it to keep it beyond the handler (a spawned task).
+    pub fn server(&self) -> &ServerHandle<M> {
+        self.server
     }
 
     /// Pushes a message to this connection. Returns false if it was not queued: its
@@ -310,10 +316,10 @@ impl<M: Send + 'static> Context<'_, M> {
 
     /// This connection is now `player`'s: the login deadline no longer applies (see
     /// [`Service::LOGIN_REQUIRED`]), and the hub reaches it by that name
-    /// ([`HubHandle::push_to_player`], [`crate::ServerHandle::push_to_player`]). A
+    /// ([`ServerHandle::push_to_player`], [`ServerHandle::player`]). A
     /// later login of the same name on another connection takes the name over; the
     /// game decides what happens to this one (arena kicks it `duplicate_login`).
-    pub async fn logged_in(&mut self, player: &str) -> Result<(), HubError> {
+    pub async fn logged_in(&mut self, player: &str) -> Result<(), HandleError> {
         match &mut self.own {
             Own::Core(core) => core.set_logged_in(),
             Own::Staged(staged) => staged.set_logged_in(),

@@ -31,7 +31,7 @@ use std::future::Future;
 use bytes::Bytes;
 use gatehouse_protocol::Status;
 
-use crate::hub::HubError;
+use crate::hub::HandleError;
 use crate::room::RoomError;
 use crate::service::Reply;
 use crate::timer::TimerError;
@@ -62,11 +62,11 @@ impl From<prost::DecodeError> for Failure {
     }
 }
 
-impl From<HubError> for Failure {
-    fn from(error: HubError) -> Self {
+impl From<HandleError> for Failure {
+    fn from(error: HandleError) -> Self {
         let status = match error {
-            HubError::Unavailable => Status::UNAVAILABLE,
-            HubError::FrameTooLarge { .. } => Status::INTERNAL_ERROR,
+            HandleError::Unavailable => Status::UNAVAILABLE,
+            HandleError::FrameTooLarge { .. } => Status::INTERNAL_ERROR,
         };
         Failure::new(status, error.to_string())
     }
@@ -202,7 +202,7 @@ mod tests {
         let refused = RoomError::Refused(crate::room::Refusal::new(Status(1010), "full"));
         assert_eq!(Failure::from(refused), Failure::new(Status(1010), "full"));
         assert_eq!(
-            Failure::from(HubError::Unavailable).status,
+            Failure::from(HandleError::Unavailable).status,
             Status::UNAVAILABLE
         );
     }

@@ -580,7 +580,10 @@ async fn a_background_task_keeps_broadcasting_through_the_server_handle_across_t
     // Once the server has stopped, a call fails at once instead of waiting.
     assert!(server.shutdown().await.is_ok());
     let started = Instant::now();
-    assert_eq!(handle.count().await, Err(gatehouse::HubError::Unavailable));
+    assert_eq!(
+        handle.count().await,
+        Err(gatehouse::HandleError::Unavailable)
+    );
     assert!(started.elapsed() < Duration::from_secs(1));
     ticker.abort();
 }
@@ -602,7 +605,10 @@ async fn a_server_handle_call_during_a_restart_longer_than_its_wait_returns_unav
     client.fire(ROUTE_FAULT_CRASH_HUB).await;
     assert_eq!(client.expect_kick().await, KickReason::SERVER_RESTART);
     let short = handle.clone().with_wait(Duration::from_millis(100));
-    assert_eq!(short.count().await, Err(gatehouse::HubError::Unavailable));
+    assert_eq!(
+        short.count().await,
+        Err(gatehouse::HandleError::Unavailable)
+    );
     // The default wait outlasts the restart: the call lands on the fresh hub.
     assert_eq!(handle.count().await, Ok(0));
     assert!(server.shutdown().await.is_ok());

@@ -24,7 +24,7 @@ use tracing::{error, info, warn};
 use super::{Admin, AdminState, ApiError};
 use crate::connection::{ConnId, TrafficCounts};
 use crate::group::Shared;
-use crate::hub::{Census, HubError, HubHandle};
+use crate::hub::{Census, HandleError, HubHandle};
 use crate::metrics::{labelled_by, per_transport, Sample, CONTENT_TYPE};
 use crate::service::Service;
 use crate::stats::{DISCONNECT_REASONS, KICK_REASONS, REFUSAL_REASONS};
@@ -129,13 +129,13 @@ async fn metrics_text<S: Service>(admin: &AdminState<S>) -> Result<String, ApiEr
 
 /// `call` against the hub, within [`HUB_WAIT`]: a 503 if the hub is gone or its
 /// queue stays full that long.
-async fn within<T>(call: impl Future<Output = Result<T, HubError>>) -> Result<T, ApiError> {
+async fn within<T>(call: impl Future<Output = Result<T, HandleError>>) -> Result<T, ApiError> {
     match tokio::time::timeout(HUB_WAIT, call).await {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(HubError::FrameTooLarge { len, max })) => Err(bad_request(format!(
+        Ok(Err(HandleError::FrameTooLarge { len, max })) => Err(bad_request(format!(
             "{len} bytes is over max_frame_bytes ({max})"
         ))),
-        Ok(Err(HubError::Unavailable)) | Err(_) => Err(hub_gone()),
+        Ok(Err(HandleError::Unavailable)) | Err(_) => Err(hub_gone()),
     }
 }
 
@@ -417,7 +417,7 @@ pub(super) async fn broadcast<S: Service>(
     }
     let hub = live_hub(&admin.shared).ok_or_else(hub_gone)?;
     let recipients = within(hub.count()).await?;
-    within(hub.broadcast(ROUTE_ANNOUNCEMENT, Bytes::from(text.clone()))).await?;
+    within(hub.broadcast(ROUTE_ANNOUNCEMENT, Bytes::from(text.clone()), None)).await?;
     info!(
         recipients,
         text, "announcement broadcast through the admin API"

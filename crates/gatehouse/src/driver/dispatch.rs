@@ -259,6 +259,21 @@ struct Owned<S: Service> {
     peer: SocketAddr,
 }
 
+impl<S: Service> Owned<S> {
+    /// The context of a handler that may wait: what it does to its own connection
+    /// is staged for the loop.
+    fn context(&self) -> Context<'_, S::Message> {
+        Context::new(
+            self.id,
+            self.peer,
+            &self.group.hub,
+            &self.shared.handle,
+            &self.mailbox,
+            Own::Staged(&self.staged),
+        )
+    }
+}
+
 /// Makes the handler call for `work`, boxed, not yet polled. The handler's context
 /// lives inside the box, over what the call owns.
 fn start<'s, S: Service>(
@@ -267,14 +282,6 @@ fn start<'s, S: Service>(
     work: Work<S::Message>,
     fault_injection: bool,
 ) -> (Call, Guarded<'s, Done<'s, S>>) {
-    let Owned {
-        shared,
-        group,
-        mailbox,
-        staged,
-        id,
-        peer,
-    } = owned;
     match work {
         Work::Event(Event::Request {
             id: rid,
@@ -289,12 +296,13 @@ fn start<'s, S: Service>(
             if route >= RESERVED_ROUTES_START {
                 return (
                     call,
-                    framework_request::<S>(group, id, session, route, fault_injection),
+                    framework_request::<S>(owned.group, owned.id, session, route, fault_injection),
                 );
             }
             let handler = guarded(async move {
-                let mut ctx = Context::new(id, peer, &group.hub, &mailbox, Own::Staged(&staged));
-                let reply = shared
+                let mut ctx = owned.context();
+                let reply = owned
+                    .shared
                     .service
                     .request(session, &mut ctx, route, payload)
                     .await;
@@ -308,8 +316,9 @@ fn start<'s, S: Service>(
                 len: payload.len(),
             };
             let handler = guarded(async move {
-                let mut ctx = Context::new(id, peer, &group.hub, &mailbox, Own::Staged(&staged));
-                let status = shared
+                let mut ctx = owned.context();
+                let status = owned
+                    .shared
                     .service
                     .notify(session, &mut ctx, route, payload)
                     .await;
@@ -319,8 +328,12 @@ fn start<'s, S: Service>(
         }
         Work::Message(message) => {
             let handler = guarded(async move {
-                let mut ctx = Context::new(id, peer, &group.hub, &mailbox, Own::Staged(&staged));
-                shared.service.message(session, &mut ctx, message).await;
+                let mut ctx = owned.context();
+                owned
+                    .shared
+                    .service
+                    .message(session, &mut ctx, message)
+                    .await;
                 (Answer::Nothing, session)
             });
             (Call::Message, handler)

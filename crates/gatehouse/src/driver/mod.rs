@@ -25,6 +25,7 @@ macro_rules! context {
             $conn.id,
             $conn.peer,
             &$conn.group.hub,
+            &$conn.shared.handle,
             &$conn.mailbox,
             Own::Core(&mut $conn.core),
         )

@@ -208,47 +208,41 @@ impl Service for Recorder {
     ) -> Reply {
         let text = || String::from_utf8_lossy(&payload).into_owned();
         let id_of = |p: &Bytes| ConnId(u64::from_be_bytes(p[..8].try_into().unwrap()));
-        let hub = ctx.hub().clone();
-        let done = |r: Result<(), gatehouse::HubError>| match r {
+        let server = ctx.server().clone();
+        let done = |r: Result<(), gatehouse::HandleError>| match r {
             Ok(()) => Reply::empty(),
             Err(e) => Reply::error(Status::UNAVAILABLE, e.to_string()),
         };
         match route {
             routes::ECHO => Reply::ok(payload),
-            routes::JOIN => done(hub.join(session.id, &text()).await),
-            routes::LEAVE => done(hub.leave(session.id, &text()).await),
+            routes::JOIN => done(server.join_group(session.id, &text()).await),
+            routes::LEAVE => done(server.leave_group(session.id, &text()).await),
             routes::GROUP_SAY => {
                 let t = text();
                 let (group, said) = t.split_once('\0').unwrap();
                 done(
-                    hub.group_broadcast(
-                        group,
-                        routes::PUSH,
-                        said.to_owned().into(),
-                        Some(session.id),
-                    )
-                    .await,
+                    server
+                        .group_broadcast_except(group, session.id, routes::PUSH, said.to_owned())
+                        .await,
                 )
             }
-            routes::BROADCAST => done(hub.broadcast(routes::PUSH, payload).await),
+            routes::BROADCAST => done(server.broadcast(routes::PUSH, payload).await),
             routes::BROADCAST_SIZED => {
                 let size = payload.clone().get_u32() as usize;
-                match hub.broadcast(routes::PUSH, vec![b'x'; size].into()).await {
+                match server.broadcast(routes::PUSH, vec![b'x'; size]).await {
                     Ok(()) => Reply::empty(),
                     Err(e) => Reply::error(Status::INTERNAL_ERROR, e.to_string()),
                 }
             }
-            routes::SEND_TO => done(
-                hub.push_to(id_of(&payload), routes::PUSH, "hello".into())
-                    .await,
-            ),
+            routes::SEND_TO => done(server.push_to(id_of(&payload), routes::PUSH, "hello").await),
             routes::KICK => done(
-                hub.kick(
-                    id_of(&payload),
-                    KickReason::DUPLICATE_LOGIN,
-                    "logged in elsewhere",
-                )
-                .await,
+                server
+                    .kick(
+                        id_of(&payload),
+                        KickReason::DUPLICATE_LOGIN,
+                        "logged in elsewhere",
+                    )
+                    .await,
             ),
             routes::WHOAMI => Reply::ok(Bytes::copy_from_slice(&session.id.0.to_be_bytes())),
             routes::SPAM => {
@@ -261,7 +255,7 @@ impl Service for Recorder {
                 }
                 Reply::empty()
             }
-            routes::MESSAGE_SELF => done(hub.send_message(session.id, text()).await),
+            routes::MESSAGE_SELF => done(server.send_message(session.id, text()).await),
             routes::PANIC => panic!("test handler panic"),
             routes::HANG => {
                 self.record.hangs.fetch_add(1, Ordering::SeqCst);
@@ -269,11 +263,11 @@ impl Service for Recorder {
                 std::future::pending().await
             }
             routes::GROUP_COUNT => {
-                let n = hub.group_count(&text()).await.unwrap() as u32;
+                let n = server.group_count(&text()).await.unwrap() as u32;
                 Reply::ok(Bytes::copy_from_slice(&n.to_be_bytes()))
             }
             routes::COUNT => {
-                let n = hub.count().await.unwrap() as u32;
+                let n = server.count().await.unwrap() as u32;
                 Reply::ok(Bytes::copy_from_slice(&n.to_be_bytes()))
             }
             other => Reply::unknown_route(other),
