@@ -132,8 +132,6 @@ pub struct ArenaOptions {
     pub max_room_players_per_ip: usize,
     /// Rooms at once.
     pub max_rooms: usize,
-    /// The server's `limits.max_frame_bytes`: no room push is larger.
-    pub max_frame_bytes: usize,
     /// Honour `crash_room` (the server's `server.allow_fault_injection`).
     pub fault_injection: bool,
     /// The limit on wrong passwords.
@@ -150,7 +148,6 @@ impl Default for ArenaOptions {
             max_room_players: 200,
             max_room_players_per_ip: 20,
             max_rooms: 10_000,
-            max_frame_bytes: gatehouse::config::LimitsConfig::default().max_frame_bytes,
             fault_injection: false,
             guessing: Guessing::default(),
             new_accounts_per_ip_per_hour: NonZeroU32::new(accounts::NEW_ACCOUNTS_PER_IP_PER_HOUR)
@@ -233,7 +230,6 @@ impl<S: Store> Arena<S> {
             max_members: options.max_room_players,
             max_members_per_address: Some(options.max_room_players_per_ip),
             max_rooms: options.max_rooms,
-            max_frame_bytes: options.max_frame_bytes,
             ..RoomOptions::default()
         };
         let rooms = Rooms::new((), room_options)?;

@@ -197,8 +197,7 @@ impl FileConfig {
         Ok(())
     }
 
-    /// arena's options: `[game]`, with the frame limit and fault injection of the
-    /// runtime's sections.
+    /// arena's options: `[game]`, with the runtime's fault injection.
     pub(crate) fn arena(&self) -> ArenaOptions {
         ArenaOptions {
             tick: self.game.tick,
@@ -206,7 +205,6 @@ impl FileConfig {
             max_room_players_per_ip: self.game.max_room_players_per_ip,
             new_accounts_per_ip_per_hour: NonZeroU32::new(self.game.new_accounts_per_ip_per_hour)
                 .unwrap_or(NonZeroU32::MIN), // validated: at least 1
-            max_frame_bytes: self.limits.max_frame_bytes,
             fault_injection: self.server.allow_fault_injection,
             ..ArenaOptions::default()
         }

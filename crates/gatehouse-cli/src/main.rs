@@ -13,7 +13,6 @@ mod pages;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context as _;
 use arena::Arena;
@@ -21,12 +20,10 @@ use clap::{Args, Parser, Subcommand};
 use config::{FileConfig, Game};
 use gatehouse::bench_service::BenchService;
 use gatehouse::listener::Pages;
-use gatehouse::metrics::Collector;
-use gatehouse::room::RoomMetrics;
 use gatehouse::{
     Certificates, Listener, ListenerConfig, Server, ServerError, Service, TransportKind,
 };
-use gatehouse_store::{AnyStore, SaveWriter, Unsaved};
+use gatehouse_store::{AnyStore, SaveWriter};
 use tokio::net::TcpListener;
 use tracing::info;
 use tracing_subscriber::EnvFilter;
@@ -151,13 +148,9 @@ async fn main() -> ExitCode {
     ExitCode::from(exit as u8)
 }
 
-/// The exit status of a server that ran: what stopped it, then whether its saves
-/// landed (unsaved data is the worse news, so it wins).
-fn exit_status(served: Result<(), ServerError>, unsaved: Option<Unsaved>) -> Exit {
-    if let Some(Unsaved(n)) = unsaved {
-        eprintln!("Error: {n} saves had not landed at exit");
-        return Exit::Unsaved;
-    }
+/// The exit status of a server that ran: what stopped it (saves that did not land
+/// are the worse news, so the server reports them over anything else).
+fn exit_status(served: Result<(), ServerError>) -> Exit {
     match served {
         Ok(()) => Exit::Clean,
         Err(e) => {
@@ -165,6 +158,7 @@ fn exit_status(served: Result<(), ServerError>, unsaved: Option<Unsaved>) -> Exi
             match e {
                 ServerError::TooManyRestarts { .. } => Exit::TooManyRestarts,
                 ServerError::DrainTimedOut { .. } => Exit::DrainTimedOut,
+                ServerError::Unsaved { .. } => Exit::Unsaved,
             }
         }
     }
@@ -223,8 +217,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
     match config.game.service {
         Game::Arena => serve_arena(&config).await,
         Game::Bench => {
-            let served = run(&config, "bench", BenchService, Vec::new()).await?;
-            Ok(exit_status(served, None))
+            let server = Server::new(config.runtime(), BenchService)?;
+            Ok(exit_status(run(&config, "bench", server).await?))
         }
     }
 }
@@ -288,46 +282,32 @@ fn listener_from_url(url: &str, args: &ServeArgs) -> anyhow::Result<ListenerConf
     Ok(listener)
 }
 
-/// arena with its store and rooms, in the supervision tree's order: the save writer
-/// and the rooms start before the server and outlive it (and every hub restart in
-/// it); once the last disconnect hook has run, the rooms stop, then the writer lands
-/// what was queued.
+/// arena with its store and rooms, which the server owns: it stops the rooms once
+/// the last disconnect hook has run, then closes the writer (`store.flush_timeout`).
 async fn serve_arena(config: &FileConfig) -> anyhow::Result<Exit> {
     let (store, options) = (&config.store, config.arena());
     let opened = AnyStore::open(store)
         .await
         .with_context(|| format!("cannot open the {:?} store", store.backend))?;
     let writer = SaveWriter::start(opened, store.writer());
-    let drain_timeout = config.supervisor.drain_timeout;
     let arena = Arena::with_options(writer.clone(), options)?;
-    let rooms = arena.rooms().clone();
-    let room_metrics = RoomMetrics::new().with("arena", &rooms);
-    let collectors = vec![
-        writer.collector(),
-        room_metrics.collector(),
-        arena.auth_stats().collector(),
-    ];
-    let served = run(config, "arena", arena, collectors).await;
-    if let Err(unfinished) = rooms.shutdown(drain_timeout).await {
-        tracing::error!(unfinished, "rooms still running at the drain timeout");
-    }
-    // Whatever happened to the server, what was queued gets its chance to land.
-    let flushed = writer.close(store.flush_timeout).await;
-    Ok(exit_status(served?, flushed.err()))
+    let (rooms, auth) = (arena.rooms().clone(), arena.auth_stats().collector());
+    let server = Server::new(config.runtime(), arena)?
+        .with_rooms("arena", &rooms)
+        .with_store(&writer, store.flush_timeout);
+    server.add_collector(auth);
+    Ok(exit_status(run(config, "arena", server).await?))
 }
 
+/// Serves `server` on the configured listeners (and the admin listener) until SIGINT
+/// or SIGTERM; SIGHUP reloads TLS certificates.
 async fn run<S: Service>(
     file: &FileConfig,
     name: &str,
-    service: S,
-    collectors: Vec<Arc<dyn Collector>>,
+    mut server: Server<S>,
 ) -> anyhow::Result<Result<(), ServerError>> {
-    let (configs, config) = (&file.listeners, file.runtime());
-    let fault_injection = config.server.allow_fault_injection;
-    let mut server = Server::new(config, service)?;
-    for collector in collectors {
-        server.add_collector(collector);
-    }
+    let configs = &file.listeners;
+    let fault_injection = file.server.allow_fault_injection;
     if file.admin.enabled {
         let admin = TcpListener::bind(file.admin.address)
             .await

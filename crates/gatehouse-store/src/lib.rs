@@ -22,10 +22,12 @@
 //! - the crate root: [`Store`] and what it speaks ([`Record`], [`Write`], [`Outcome`],
 //!   [`DeadLetter`], [`StoreError`]); `config`: [`StoreConfig`] (`[store]`).
 //! - `writer`: [`SaveWriter`] and the [`SaveSlot`] a session saves through.
+//! - `memory`: [`MemoryStore`], a store in memory for tests and examples.
 //! - `sql` (feature `sql`): [`SqlStore`], one store over a sqlx pool, and [`AnyStore`],
 //!   the store `[store]` names; [`sqlite`] and [`postgres`] open their pools.
 
 mod config;
+mod memory;
 #[cfg(feature = "sql")]
 pub mod postgres;
 #[cfg(feature = "sql")]
@@ -39,6 +41,7 @@ use std::future::Future;
 use bytes::Bytes;
 
 pub use config::{StoreBackend, StoreConfig, StoreConfigError};
+pub use memory::MemoryStore;
 #[cfg(feature = "sql")]
 pub use sql::{AnyStore, SqlStore};
 pub use writer::{Loaded, SaveSlot, SaveWriter, Unsaved, WriterClosed, WriterConfig, WriterStats};

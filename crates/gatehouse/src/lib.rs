@@ -4,8 +4,9 @@
 //! and groups, a DoS checker, timers, and a supervision tree that closes every
 //! connection cleanly (running each disconnect hook once) when the hub crashes; for
 //! the game: login, supervised rooms with ticks, a [`ServerHandle`] that survives hub
-//! restarts, and typed handlers. A game implements [`Service`]; [`Server::run`]
-//! serves it.
+//! restarts, and typed handlers. A game implements [`Service`]; a [`Server`] takes it
+//! with the parts it owns (room registries, the store writer, the admin listener),
+//! and [`Server::run`] serves it, then stops the parts in order.
 //!
 //! Fault isolation catches panics (`catch_unwind`): a panicking handler ends only its
 //! connection, a panicking room only restarts. So panics must unwind: the crate
@@ -40,7 +41,7 @@
 //! - `supervisor`: the supervision tree and its restart intensity.
 //! - [`admin`]: the admin listener: health, readiness, metrics, the JSON API, the
 //!   live page.
-//! - `server`: [`Server`], the entry point.
+//! - `server`: [`Server`], the entry point, and the parts it owns.
 //! - [`bench_service`]: the built-in `bench` service.
 //! - [`protocol`]: the wire protocol (the `gatehouse-protocol` crate).
 //! - `fuzzing` (hidden; tests and the `fuzzing` feature): entry points for the fuzz

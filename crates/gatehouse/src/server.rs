@@ -1,14 +1,18 @@
-//! The public entry point: a [`Server`] is a configured service, run on a listener
-//! until a shutdown future resolves (mini-redis's `server::run`, shared by the binary
-//! and the tests).
+//! The public entry point: a [`Server`] is a configured service with the parts it
+//! owns (its rooms, its store writer, the admin listener, metrics collectors), run on
+//! listeners until a shutdown future resolves (mini-redis's `server::run`, shared by
+//! the binary and the tests).
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
+use std::time::Duration;
 
+use futures_util::FutureExt;
+use gatehouse_store::{SaveWriter, Store};
 use prometheus_client::collector::Collector;
-use std::sync::PoisonError;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tracing::error;
 
 use crate::admin::{self, AdminConfig};
 use crate::config::{Config, ConfigError};
@@ -17,15 +21,38 @@ use crate::handle::{HubState, ServerHandle};
 #[cfg(doc)]
 use crate::listener::Listener;
 use crate::listener::Listeners;
+use crate::room::{Room, RoomMetrics, Rooms};
 use crate::service::Service;
 use crate::stats::Stats;
-use crate::supervisor::{self, ServerError};
+use crate::supervisor::{self, Parts, ServerError};
 
-/// A gatehouse server for one service.
+/// A gatehouse server for one service, and the parts it owns: it starts the admin
+/// listener beside the connections, and once the last disconnect hook has run it
+/// stops the rooms, then closes the store writer.
+///
+/// ```no_run
+/// # async fn example<S: gatehouse::Service, R: gatehouse::room::Room>(
+/// #     service: S, rooms: gatehouse::room::Rooms<R>,
+/// #     writer: gatehouse_store::SaveWriter<gatehouse_store::MemoryStore>,
+/// # ) -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// use gatehouse::{Config, Server};
+///
+/// let server = Server::new(Config::default(), service)?
+///     .with_rooms("match", &rooms)
+///     .with_store(&writer, Duration::from_secs(10));
+/// let listener = gatehouse::bind("127.0.0.1:7000".parse()?).await?;
+/// server.run(listener, async { let _ = tokio::signal::ctrl_c().await; }).await?;
+/// # Ok(()) }
+/// ```
 pub struct Server<S: Service> {
     shared: Arc<Shared<S>>,
     /// The admin listener to serve beside the game's, if any.
     admin: Option<(TcpListener, AdminConfig)>,
+    /// What is stopped after the connections.
+    parts: Parts,
+    /// The metrics of the rooms handed over.
+    room_metrics: RoomMetrics,
 }
 
 impl<S: Service> Server<S> {
@@ -35,7 +62,40 @@ impl<S: Service> Server<S> {
         Ok(Server {
             shared: Arc::new(Shared::new(config, service)),
             admin: None,
+            parts: Parts::default(),
+            room_metrics: RoomMetrics::default(),
         })
+    }
+
+    /// Owns the rooms of one type, reported as `kind` in the metrics: the rooms made
+    /// from now on push at most the server's `limits.max_frame_bytes`, their numbers
+    /// are in `/metrics`, and once the last disconnect hook has run the server shuts
+    /// them down (within `supervisor.drain_timeout`), before closing the store. Hand
+    /// the registry over before any room is made.
+    pub fn with_rooms<R: Room>(mut self, kind: &'static str, rooms: &Rooms<R>) -> Self {
+        rooms.set_max_frame(self.shared.config.limits.max_frame_bytes);
+        self.room_metrics.add(kind, rooms);
+        let rooms = rooms.clone();
+        self.parts.rooms.push((
+            kind,
+            Box::new(move |timeout| async move { rooms.shutdown(timeout).await }.boxed()),
+        ));
+        self
+    }
+
+    /// Owns the save writer: its numbers are in `/metrics`, and it is closed last,
+    /// after the rooms, letting what was queued land within `flush_timeout`. Saves
+    /// still queued then make [`Server::run`] return [`ServerError::Unsaved`].
+    pub fn with_store<St: Store>(
+        mut self,
+        writer: &SaveWriter<St>,
+        flush_timeout: Duration,
+    ) -> Self {
+        self.add_collector(writer.collector());
+        let writer = writer.clone();
+        let close = move |timeout| async move { writer.close(timeout).await }.boxed();
+        self.parts.store = Some((Box::new(close), flush_timeout));
+        self
     }
 
     /// Serves the admin API ([`crate::admin`]: health, readiness, metrics, the JSON
@@ -73,34 +133,50 @@ impl<S: Service> Server<S> {
 
     /// Serves connections from `listeners` (a [`TcpListener`] of [`crate::bind`], one
     /// [`Listener`], or several, all behind one hub and one service) until `shutdown`
-    /// resolves, then kicks every connection `shutdown`, runs every disconnect hook and
-    /// returns `Ok` (within `supervisor.drain_timeout`; past it, `Err` with how many
-    /// connections were abandoned). Returns `Err` if the hub crashed more often than
-    /// the restart intensity allows. Dropping the future
-    /// stops the server as well (connections are kicked `shutdown` in the background).
+    /// resolves, then kicks every connection `shutdown` and runs every disconnect hook
+    /// (within `supervisor.drain_timeout`), stops the rooms and closes the store, and
+    /// returns `Ok`. Returns `Err` if the hub crashed more often than the restart
+    /// intensity allows, if connections were abandoned at the drain timeout, or if
+    /// saves had not landed when the store closed. Dropping the future stops the
+    /// connections as well (kicked `shutdown` in the background), but leaves the rooms
+    /// and the store to the caller.
     pub async fn run(
         self,
         listeners: impl Into<Listeners>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServerError> {
+        let Server {
+            shared,
+            admin,
+            parts,
+            room_metrics,
+        } = self;
+        if !room_metrics.is_empty() {
+            shared
+                .collectors
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(Arc::new(room_metrics));
+        }
         let token = CancellationToken::new();
         // Dropping this future (an embedder's select! took another branch) stops the
         // server too, instead of leaving it running unsupervised.
         let _stop_on_drop = token.clone().drop_guard();
         // However this ends (returned, or the future dropped), handles learn it at once.
-        let _stopped = Stopped(self.shared.clone());
+        let _stopped = Stopped(shared.clone());
         // The admin listener outlives the game's: it answers (not ready) while they
-        // drain, and stops once the server has.
+        // drain and the parts stop, and stops once the server has.
         let admin_stop = CancellationToken::new();
         let _stop_admin = admin_stop.clone().drop_guard();
-        if let Some((listener, config)) = self.admin {
-            let serving = admin::serve(listener, config, self.shared.clone(), admin_stop.clone());
+        if let Some((listener, config)) = admin {
+            let serving = admin::serve(listener, config, shared.clone(), admin_stop.clone());
             tokio::spawn(serving);
         }
-        let drain = self.shared.drain.clone();
-        let supervised = supervisor::supervise(listeners.into(), self.shared, token.clone());
+        let drain = shared.drain.clone();
+        let drain_timeout = shared.config.supervisor.drain_timeout;
+        let supervised = supervisor::supervise(listeners.into(), shared, token.clone());
         tokio::pin!(supervised, shutdown);
-        tokio::select! {
+        let served = tokio::select! {
             result = &mut supervised => result,
             () = &mut shutdown => {
                 drain.cancel();
@@ -110,6 +186,17 @@ impl<S: Service> Server<S> {
             () = drain.cancelled() => {
                 token.cancel();
                 supervised.await
+            }
+        };
+        // Whatever happened to the connections, the rooms stop and what was queued
+        // gets its chance to land.
+        match parts.stop(drain_timeout).await {
+            None => served,
+            Some(saves) => {
+                if let Err(e) = served {
+                    error!(error = %e, "the server also ended with this error");
+                }
+                Err(ServerError::Unsaved { saves })
             }
         }
     }

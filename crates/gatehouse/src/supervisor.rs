@@ -25,9 +25,11 @@
 //!   `supervisor.drain_timeout`; tasks still running then make `supervise` end with
 //!   an error saying how many (their saves may not have been queued).
 //!
-//! The store writer is started by whoever owns the store (the `gatehouse` binary
-//! for arena) before `Server::run` and closed after it returns, once every
-//! disconnect hook has queued its save; it is therefore untouched by hub restarts.
+//! The store writer and the room registries are the server's [`Parts`]: the game
+//! makes them and hands them to the server (`Server::with_store`,
+//! `Server::with_rooms`), and the server stops them once every disconnect hook has
+//! run: rooms first (their members are gone), then the writer, which lands what the
+//! hooks and the rooms queued. They are untouched by hub restarts.
 //!
 //! Rooms are supervised by their own tasks (`room::task`), each with its own restart
 //! intensity; they reach connections through their mailboxes and the hub through a
@@ -40,6 +42,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
+use gatehouse_store::Unsaved;
 use tokio::task::JoinError;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -75,6 +79,40 @@ pub enum ServerError {
         /// `supervisor.drain_timeout`.
         timeout: Duration,
     },
+    /// The store writer closed with saves that had not landed (within the flush
+    /// timeout given to `Server::with_store`): state was lost. Reported over any other
+    /// error, which is logged.
+    #[error("{saves} saves had not landed when the store closed")]
+    Unsaved {
+        /// Saves still queued.
+        saves: usize,
+    },
+}
+
+/// Stops one part within a timeout.
+pub(crate) type Stop<T> = Box<dyn FnOnce(Duration) -> BoxFuture<'static, T> + Send>;
+
+/// What the server stops after its connections, in the tree's order.
+#[derive(Default)]
+pub(crate) struct Parts {
+    /// Each room type's shutdown, `Err` with how many rooms had not stopped.
+    pub(crate) rooms: Vec<(&'static str, Stop<Result<(), usize>>)>,
+    /// The store writer's close, and its flush timeout.
+    pub(crate) store: Option<(Stop<Result<(), Unsaved>>, Duration)>,
+}
+
+impl Parts {
+    /// Stops the rooms (each type within `drain_timeout`), then closes the store;
+    /// how many saves did not land, if any.
+    pub(crate) async fn stop(self, drain_timeout: Duration) -> Option<usize> {
+        for (kind, shutdown) in self.rooms {
+            if let Err(unfinished) = shutdown(drain_timeout).await {
+                error!(kind, unfinished, "rooms still running at the drain timeout");
+            }
+        }
+        let (close, flush_timeout) = self.store?;
+        close(flush_timeout).await.err().map(|Unsaved(saves)| saves)
+    }
 }
 
 /// Runs the tree until `shutdown` is cancelled (`Ok`, or `Err` if the drain timed

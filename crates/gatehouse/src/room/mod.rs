@@ -39,7 +39,8 @@ use gatehouse_protocol::Status;
 use crate::connection::ConnId;
 
 pub use self::context::RoomContext;
-pub use self::registry::{Membership, RoomHandle, RoomMetrics, Rooms};
+pub(crate) use self::registry::RoomMetrics;
+pub use self::registry::{Membership, RoomHandle, Rooms};
 pub use self::stats::{LatenessMark, RoomStats, TickLateness};
 
 /// A room type. Hooks are plain functions: a room never waits, it answers at once
@@ -175,9 +176,6 @@ pub struct RoomOptions {
     pub max_rooms: usize,
     /// Whether a room stops when its last member leaves.
     pub close_when_empty: bool,
-    /// The largest push a room sends (set it to the server's
-    /// `limits.max_frame_bytes`); larger ones are dropped and logged.
-    pub max_frame_bytes: usize,
 }
 
 impl Default for RoomOptions {
@@ -194,7 +192,6 @@ impl Default for RoomOptions {
             max_members_per_address: None,
             max_rooms: 10_000,
             close_when_empty: true,
-            max_frame_bytes: crate::config::LimitsConfig::default().max_frame_bytes,
         }
     }
 }

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use super::stats::{LatenessHistogram, LatenessMark, RoomCounters, RoomStats, TickLateness};
 use super::task::{Input, Leave, RoomTask};
 use super::{Origin, Room, RoomError, RoomOptions};
+use crate::config::LimitsConfig;
 use crate::connection::ConnId;
 use crate::limits::counted_as;
 use crate::mailbox::MemberSink;
@@ -26,8 +27,10 @@ use crate::metrics::{encode_histograms, encode_labelled, HistogramSnapshot};
 use crate::service::Context;
 
 /// The rooms of one type, and their supervisor. Cheap to clone; usable from any
-/// task. Start it before the server and [`Rooms::shutdown`] it after the server has
-/// returned (every member has left by then), before closing the store.
+/// task. Hand it to the server ([`Server::with_rooms`](crate::Server::with_rooms)),
+/// which gives its rooms the server's frame limit, reports their metrics, and shuts
+/// them down once the last connection has gone (every member has left by then),
+/// before it closes the store.
 pub struct Rooms<R: Room> {
     registry: Arc<Registry<R>>,
 }
@@ -43,6 +46,9 @@ impl<R: Room> Clone for Rooms<R> {
 struct Registry<R: Room> {
     config: Arc<R::Config>,
     options: Arc<RoomOptions>,
+    /// The largest push a room sends: the server's `limits.max_frame_bytes`, set by
+    /// [`Server::with_rooms`](crate::Server::with_rooms) (the default limit until then).
+    max_frame: AtomicUsize,
     rooms: Mutex<HashMap<Arc<str>, RoomHandle<R>>>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -65,6 +71,7 @@ impl<R: Room> Rooms<R> {
             registry: Arc::new(Registry {
                 config: Arc::new(config),
                 options: Arc::new(options),
+                max_frame: AtomicUsize::new(LimitsConfig::default().max_frame_bytes),
                 rooms: Mutex::new(HashMap::new()),
                 shutdown: CancellationToken::new(),
                 tracker: TaskTracker::new(),
@@ -115,6 +122,7 @@ impl<R: Room> Rooms<R> {
             name: name.clone(),
             config: registry.config.clone(),
             options: registry.options.clone(),
+            max_frame: registry.max_frame.load(Ordering::Relaxed),
             inputs,
             sender,
             leaves,
@@ -139,6 +147,11 @@ impl<R: Room> Rooms<R> {
             }
         });
         RoomHandle { link }
+    }
+
+    /// Rooms made from now on push at most `max_frame` bytes (the server's limit).
+    pub(crate) fn set_max_frame(&self, max_frame: usize) {
+        self.registry.max_frame.store(max_frame, Ordering::Relaxed);
     }
 
     /// The room called `name`, if it runs.
@@ -442,32 +455,26 @@ struct RoomsReading {
 
 type Reader = Box<dyn Fn() -> RoomsReading + Send + Sync>;
 
-/// The metrics of every room type of a server, labelled `kind`, as one collector for
-/// [`Server::add_collector`](crate::Server::add_collector): rooms running, members,
-/// ticks, late ticks, crashes and the tick lateness histogram
+/// The metrics of every room type of a server, labelled `kind`, as one collector
+/// (the server makes it from its [`Server::with_rooms`](crate::Server::with_rooms)):
+/// rooms running, members, ticks, late ticks, crashes and the tick lateness histogram
 /// (`docs/OPERATIONS.md`). One collector for all types, since a metric family may
 /// appear only once in a scrape.
 #[derive(Default)]
-pub struct RoomMetrics {
+pub(crate) struct RoomMetrics {
     kinds: Vec<(&'static str, Reader)>,
 }
 
 impl RoomMetrics {
-    /// No room type yet.
-    pub fn new() -> Self {
-        RoomMetrics::default()
-    }
-
     /// Adds the rooms of one type, as `kind`.
-    pub fn with<R: Room>(mut self, kind: &'static str, rooms: &Rooms<R>) -> Self {
+    pub(crate) fn add<R: Room>(&mut self, kind: &'static str, rooms: &Rooms<R>) {
         let rooms = rooms.clone();
         self.kinds.push((kind, Box::new(move || rooms.reading())));
-        self
     }
 
-    /// The collector.
-    pub fn collector(self) -> Arc<dyn Collector> {
-        Arc::new(self)
+    /// Whether no room type was added.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.kinds.is_empty()
     }
 }
 

@@ -84,6 +84,8 @@ pub(crate) struct RoomTask<R: Room> {
     pub(crate) name: Arc<str>,
     pub(crate) config: Arc<R::Config>,
     pub(crate) options: Arc<RoomOptions>,
+    /// The largest push the room sends: the server's `limits.max_frame_bytes`.
+    pub(crate) max_frame: usize,
     pub(crate) inputs: mpsc::Receiver<Input<R>>,
     /// The mailbox's sending side, for the room's timers.
     pub(crate) sender: mpsc::Sender<Input<R>>,
@@ -183,7 +185,7 @@ impl<R: Room> RoomTask<R> {
             timers,
             inputs: &self.sender,
             life: self.life,
-            max_frame: self.options.max_frame_bytes,
+            max_frame: self.max_frame,
             close: &mut close,
         };
         let result = catch(|| hook(&mut ctx));

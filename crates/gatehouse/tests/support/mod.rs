@@ -349,7 +349,7 @@ impl TestServer {
     ) -> (TestServer, gatehouse::ServerHandle<S::Message>) {
         let server = Server::new(config, service).expect("valid config");
         let handle = server.handle();
-        (TestServer::run(server, record).await, handle)
+        (TestServer::serve(server, record).await, handle)
     }
 
     /// Serves any service; `record` is whatever the test wants to keep with it.
@@ -359,10 +359,11 @@ impl TestServer {
         record: Arc<Record>,
     ) -> TestServer {
         let server = Server::new(config, service).expect("valid config");
-        TestServer::run(server, record).await
+        TestServer::serve(server, record).await
     }
 
-    async fn run<S: Service>(server: Server<S>, record: Arc<Record>) -> TestServer {
+    /// Serves a server the test built; `record` is whatever the test keeps with it.
+    pub async fn serve<S: Service>(server: Server<S>, record: Arc<Record>) -> TestServer {
         let stats = server.stats();
         let listener = gatehouse::bind("127.0.0.1:0".parse().unwrap())
             .await
