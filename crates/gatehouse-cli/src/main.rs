@@ -159,6 +159,8 @@ fn exit_status(served: Result<(), ServerError>) -> Exit {
                 ServerError::TooManyRestarts { .. } => Exit::TooManyRestarts,
                 ServerError::DrainTimedOut { .. } => Exit::DrainTimedOut,
                 ServerError::Unsaved { .. } => Exit::Unsaved,
+                // A reason a later gatehouse adds: a failure, whatever it is.
+                _ => Exit::Failed,
             }
         }
     }

@@ -394,11 +394,24 @@ mod tests {
         assert!(error_of("[limits]\nmax_frame_bytes = 127\n").starts_with("limits.max_frame_bytes"));
         assert!(Config::from_toml_str("[limits]\nmax_frame_bytes = 128\n").is_ok());
     }
+
+    #[test]
+    fn per_transport_values_are_indexed_in_the_order_of_every_transport() {
+        // PerTransport indexes by discriminant: ALL must list them in that order.
+        for (i, transport) in TransportKind::ALL.into_iter().enumerate() {
+            assert_eq!(transport as usize, i, "{transport}");
+        }
+        let schemes = PerTransport::from_fn(TransportKind::scheme);
+        assert_eq!(schemes[TransportKind::Wss], "wss");
+        let listed: Vec<_> = schemes.iter().map(|(t, s)| (t.scheme(), *s)).collect();
+        assert!(listed.iter().all(|(a, b)| a == b), "{listed:?}");
+    }
 }
 
 /// What a listener speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum TransportKind {
     /// `{packet, 4}` frames over plain TCP.
     Tcp,
@@ -426,7 +439,8 @@ impl TransportKind {
         matches!(self, TransportKind::Tls | TransportKind::Wss)
     }
 
-    /// Every transport, in the order of [`TransportKind::index`].
+    /// Every transport, in the order of their discriminants (which index
+    /// [`PerTransport`]).
     pub const ALL: [TransportKind; 4] = [
         TransportKind::Tcp,
         TransportKind::Tls,
@@ -434,14 +448,54 @@ impl TransportKind {
         TransportKind::Wss,
     ];
 
-    /// Its position in [`TransportKind::ALL`], for per-transport counters.
-    pub fn index(self) -> usize {
-        self as usize
-    }
-
     /// Whether it speaks WebSocket (HTTP upgrade, origins, pages).
     pub fn is_websocket(self) -> bool {
         matches!(self, TransportKind::Ws | TransportKind::Wss)
+    }
+}
+
+/// One `T` per transport, indexed by [`TransportKind`]: per-transport counters and
+/// gauges. A new transport is a new [`TransportKind`], not a new array size.
+///
+/// ```
+/// use gatehouse::{PerTransport, TransportKind};
+///
+/// let mut open = PerTransport::<u64>::default();
+/// open[TransportKind::Ws] += 1;
+/// assert_eq!(open.iter().map(|(_, n)| n).sum::<u64>(), 1);
+/// assert_eq!(open[TransportKind::Tcp], 0);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PerTransport<T>([T; TransportKind::ALL.len()]);
+
+impl<T> PerTransport<T> {
+    /// Each transport's value, made by `value`.
+    pub fn from_fn(mut value: impl FnMut(TransportKind) -> T) -> Self {
+        PerTransport(TransportKind::ALL.map(&mut value))
+    }
+
+    /// Each transport with its value, in the order of [`TransportKind::ALL`].
+    pub fn iter(&self) -> impl Iterator<Item = (TransportKind, &T)> {
+        TransportKind::ALL.into_iter().zip(self.0.iter())
+    }
+
+    /// The values, mapped.
+    pub fn map<U>(self, f: impl FnMut(T) -> U) -> PerTransport<U> {
+        PerTransport(self.0.map(f))
+    }
+}
+
+impl<T> std::ops::Index<TransportKind> for PerTransport<T> {
+    type Output = T;
+
+    fn index(&self, transport: TransportKind) -> &T {
+        &self.0[transport as usize]
+    }
+}
+
+impl<T> std::ops::IndexMut<TransportKind> for PerTransport<T> {
+    fn index_mut(&mut self, transport: TransportKind) -> &mut T {
+        &mut self.0[transport as usize]
     }
 }
 

@@ -28,12 +28,13 @@ use tracing::{debug, error, warn};
 
 use gatehouse_protocol::{KickReason, Message, HEADER_LEN};
 
-use crate::config::TransportKind;
+use crate::config::{PerTransport, TransportKind};
 use crate::connection::{ConnId, TrafficCounts};
 use crate::mailbox::{Delivery, Mailbox};
 
 /// Why a [`ServerHandle`](crate::ServerHandle) call failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum HandleError {
     /// The server's hub is restarting past the handle's wait, or the server has
     /// stopped.
@@ -53,11 +54,12 @@ pub enum HandleError {
 /// The live connections summed up, for the metrics: read from every connection's
 /// meter and budget when asked, so that nothing is counted per frame here.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Census {
-    /// Live connections per transport (in the order of [`TransportKind::ALL`]).
-    pub open: [u64; 4],
+    /// Live connections per transport.
+    pub open: PerTransport<u64>,
     /// What the live connections carried so far, per transport.
-    pub traffic: [TrafficCounts; 4],
+    pub traffic: PerTransport<TrafficCounts>,
     /// Unsent bytes queued for all of them.
     pub queued_bytes: u64,
     /// The most unsent bytes queued for one of them.
@@ -68,6 +70,7 @@ pub struct Census {
 
 /// One live connection, for the admin API's list.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ConnectionInfo {
     /// Its id.
     pub id: ConnId,
@@ -87,6 +90,7 @@ pub struct ConnectionInfo {
 
 /// A page of [`ConnectionInfo`], in id order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ConnectionPage {
     /// At most the asked-for number of connections with ids above the cursor.
     pub connections: Vec<ConnectionInfo>,
@@ -684,7 +688,7 @@ impl<M: Send + 'static> Hub<M> {
         };
         for entry in self.conns.values() {
             let budget = entry.mailbox.budget();
-            let t = budget.meter.transport.index();
+            let t = budget.meter.transport;
             census.open[t] += 1;
             census.traffic[t] += budget.meter.read();
             let queued = budget.unsent() as u64;

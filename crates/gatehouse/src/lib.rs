@@ -78,7 +78,7 @@ pub mod fuzzing;
 /// The wire protocol (the `gatehouse-protocol` crate), re-exported.
 pub use gatehouse_protocol as protocol;
 
-pub use config::Config;
+pub use config::{Config, PerTransport};
 pub use connection::{ConnId, DisconnectReason, Severity, TrafficCounts};
 pub use handle::ServerHandle;
 #[doc(hidden)]

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use gatehouse_protocol::KickReason;
 
-use crate::config::TransportKind;
+use crate::config::{PerTransport, TransportKind};
 use crate::connection::{DisconnectReason, TrafficCounts};
 use crate::limits::Refusal;
 
@@ -98,33 +98,32 @@ pub fn kick_label(kick: KickReason) -> usize {
     }
 }
 
-type PerTransport = [AtomicU64; 4];
-
 /// Live counters, shared by every task of a server.
 #[derive(Debug, Default)]
 pub struct Stats {
-    accepted: PerTransport,
+    accepted: PerTransport<AtomicU64>,
     refusals: [AtomicU64; REFUSAL_REASONS.len()],
     disconnects: [AtomicU64; DISCONNECT_REASONS.len()],
     kicks: [AtomicU64; KICK_REASONS.len()],
     /// What closed connections carried: frames in, bytes in, frames out, bytes out.
-    closed_traffic: [[AtomicU64; 4]; 4],
+    closed_traffic: PerTransport<[AtomicU64; 4]>,
     disconnect_hooks: AtomicU64,
     hub_restarts: AtomicU64,
     hook_timeouts: AtomicU64,
     checkpoints: AtomicU64,
-    handshake_failures: PerTransport,
-    handshake_timeouts: PerTransport,
+    handshake_failures: PerTransport<AtomicU64>,
+    handshake_timeouts: PerTransport<AtomicU64>,
     pages_served: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct StatsSnapshot {
     /// Connections admitted.
     pub accepted: u64,
-    /// Connections admitted, per transport (in the order of [`TransportKind::ALL`]).
-    pub accepted_by_transport: [u64; 4],
+    /// Connections admitted, per transport.
+    pub accepted_by_transport: PerTransport<u64>,
     /// Connections refused at `max_connections`.
     pub refused_server_full: u64,
     /// Connections refused at `max_connections_per_ip`.
@@ -138,7 +137,7 @@ pub struct StatsSnapshot {
     /// Kicks sent to admitted connections by [`KICK_REASONS`].
     pub kicks: [u64; KICK_REASONS.len()],
     /// What connections that have ended carried, per transport.
-    pub closed_traffic: [TrafficCounts; 4],
+    pub closed_traffic: PerTransport<TrafficCounts>,
     /// Disconnect hooks that ran (one per session).
     pub disconnect_hooks: u64,
     /// Hub restarts after a crash.
@@ -169,11 +168,11 @@ pub struct StatsSnapshot {
     /// TLS, a malformed or refused HTTP request, a page of another origin).
     pub handshake_failures: u64,
     /// Handshake failures per transport.
-    pub handshake_failures_by_transport: [u64; 4],
+    pub handshake_failures_by_transport: PerTransport<u64>,
     /// Handshakes not done within `limits.handshake_timeout`.
     pub handshake_timeouts: u64,
     /// Handshake timeouts per transport.
-    pub handshake_timeouts_by_transport: [u64; 4],
+    pub handshake_timeouts_by_transport: PerTransport<u64>,
     /// Plain HTTP requests answered by a WebSocket listener (pages and 404s).
     pub pages_served: u64,
 }
@@ -187,12 +186,15 @@ impl Stats {
     pub fn snapshot(&self) -> StatsSnapshot {
         let disconnects = read(&self.disconnects);
         let refusals = read(&self.refusals);
-        let accepted_by_transport = read(&self.accepted);
-        let handshake_failures_by_transport = read(&self.handshake_failures);
-        let handshake_timeouts_by_transport = read(&self.handshake_timeouts);
+        let per_transport = |counters: &PerTransport<AtomicU64>| {
+            PerTransport::from_fn(|t| counters[t].load(Relaxed))
+        };
+        let accepted_by_transport = per_transport(&self.accepted);
+        let handshake_failures_by_transport = per_transport(&self.handshake_failures);
+        let handshake_timeouts_by_transport = per_transport(&self.handshake_timeouts);
         let count = |reason: DisconnectReason| disconnects[disconnect_label(&reason)];
         StatsSnapshot {
-            accepted: accepted_by_transport.iter().sum(),
+            accepted: accepted_by_transport.iter().map(|(_, n)| n).sum(),
             accepted_by_transport,
             refused_server_full: refusals[refusal_label(Refusal::ServerFull)],
             refused_per_ip: refusals[refusal_label(Refusal::TooManyFromIp)],
@@ -200,7 +202,7 @@ impl Stats {
             closed: disconnects.iter().sum(),
             disconnects,
             kicks: read(&self.kicks),
-            closed_traffic: std::array::from_fn(|t| {
+            closed_traffic: PerTransport::from_fn(|t| {
                 TrafficCounts::from_array(read(&self.closed_traffic[t]))
             }),
             disconnect_hooks: self.disconnect_hooks.load(Relaxed),
@@ -216,16 +218,16 @@ impl Stats {
             handler_timeouts: count(DisconnectReason::HandlerTimeout),
             hook_timeouts: self.hook_timeouts.load(Relaxed),
             checkpoints: self.checkpoints.load(Relaxed),
-            handshake_failures: handshake_failures_by_transport.iter().sum(),
+            handshake_failures: handshake_failures_by_transport.iter().map(|(_, n)| n).sum(),
             handshake_failures_by_transport,
-            handshake_timeouts: handshake_timeouts_by_transport.iter().sum(),
+            handshake_timeouts: handshake_timeouts_by_transport.iter().map(|(_, n)| n).sum(),
             handshake_timeouts_by_transport,
             pages_served: self.pages_served.load(Relaxed),
         }
     }
 
     pub(crate) fn count_accept(&self, transport: TransportKind) {
-        self.accepted[transport.index()].fetch_add(1, Relaxed);
+        self.accepted[transport].fetch_add(1, Relaxed);
     }
 
     pub(crate) fn count_refusal(&self, refusal: Refusal) {
@@ -233,11 +235,11 @@ impl Stats {
     }
 
     pub(crate) fn count_handshake_failure(&self, transport: TransportKind) {
-        self.handshake_failures[transport.index()].fetch_add(1, Relaxed);
+        self.handshake_failures[transport].fetch_add(1, Relaxed);
     }
 
     pub(crate) fn count_handshake_timeout(&self, transport: TransportKind) {
-        self.handshake_timeouts[transport.index()].fetch_add(1, Relaxed);
+        self.handshake_timeouts[transport].fetch_add(1, Relaxed);
     }
 
     pub(crate) fn count_page_served(&self) {
@@ -270,7 +272,7 @@ impl Stats {
 
     /// What an ended connection carried, once it sent its last byte.
     pub(crate) fn count_closed_traffic(&self, transport: TransportKind, traffic: TrafficCounts) {
-        let counters = &self.closed_traffic[transport.index()];
+        let counters = &self.closed_traffic[transport];
         for (counter, value) in counters.iter().zip(traffic.to_array()) {
             counter.fetch_add(value, Relaxed);
         }

@@ -59,6 +59,7 @@ use crate::service::Service;
 
 /// Why a server stopped other than by a requested shutdown.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ServerError {
     /// The hub kept crashing: OTP's restart intensity was exceeded.
     #[error("hub restarted more than {max_restarts} times within {window:?}; giving up")]

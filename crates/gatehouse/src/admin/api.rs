@@ -22,6 +22,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{error, info, warn};
 
 use super::{Admin, AdminState, ApiError};
+use crate::config::PerTransport;
 use crate::connection::{ConnId, TrafficCounts};
 use crate::group::Shared;
 use crate::hub::{Census, HandleError, HubHandle};
@@ -77,7 +78,7 @@ async fn sample<S: Service>(shared: &Shared<S>) -> Sample {
         // No hub, no connections: every one was closed with the last hub.
         None => (Some(Census::default()), (0, 0)),
     };
-    let traffic = std::array::from_fn(|t| {
+    let traffic = PerTransport::from_fn(|t| {
         let mut total = stats.closed_traffic[t];
         if let Some(census) = &census {
             total += census.traffic[t];
@@ -235,7 +236,7 @@ pub(super) async fn stats<S: Service>(State(admin): State<Admin<S>>) -> Json<Val
         "hub_up": sample.hub_up,
         "uptime_seconds": uptime.as_secs_f64(),
         "connections": {
-            "open": live(|c| json!(c.open.iter().sum::<u64>())),
+            "open": live(|c| json!(c.open.iter().map(|(_, n)| n).sum::<u64>())),
             "open_by_transport": live(|c| json!(per_transport(|i| c.open[i]).collect::<BTreeMap<_, _>>())),
             "max": sample.max_connections,
             "players": live(|c| json!(c.players)),

@@ -16,18 +16,18 @@
 use crate::sync::atomic::{AtomicUsize, Ordering};
 
 /// Bytes of input and of output each connection holds outside the budget.
-pub const FREE_PER_CONNECTION: usize = 64 * 1024;
+pub(crate) const FREE_PER_CONNECTION: usize = 64 * 1024;
 
 /// Bytes above their free share that connections hold, against the limit.
 #[derive(Debug)]
-pub struct MemoryBudget {
+pub(crate) struct MemoryBudget {
     used: AtomicUsize,
     limit: usize,
 }
 
 impl MemoryBudget {
     /// A budget of `limit` bytes.
-    pub fn new(limit: usize) -> MemoryBudget {
+    pub(crate) fn new(limit: usize) -> MemoryBudget {
         MemoryBudget {
             used: AtomicUsize::new(0),
             limit,
@@ -35,7 +35,7 @@ impl MemoryBudget {
     }
 
     /// The budget's size.
-    pub fn limit(&self) -> usize {
+    pub(crate) fn limit(&self) -> usize {
         self.limit
     }
 
@@ -65,7 +65,7 @@ impl MemoryBudget {
     }
 
     /// Bytes charged now.
-    pub fn used(&self) -> usize {
+    pub(crate) fn used(&self) -> usize {
         self.used.load(Ordering::Acquire)
     }
 }

@@ -14,7 +14,7 @@ use crate::config::LimitsConfig;
 
 /// Which inbound limit a connection exceeded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RateViolation {
+pub(crate) enum RateViolation {
     /// More bytes per second than allowed.
     Bytes,
     /// More frames per second than allowed.
@@ -64,14 +64,14 @@ impl Bucket {
 /// A server's inbound rate limits, computed once from `[limits]` and shared by every
 /// connection.
 #[derive(Debug, Clone, Copy)]
-pub struct RateLimits {
+pub(crate) struct RateLimits {
     bytes: Bucket,
     frames: Bucket,
 }
 
 impl RateLimits {
     /// The configured rates and bursts.
-    pub fn new(limits: &LimitsConfig) -> RateLimits {
+    pub(crate) fn new(limits: &LimitsConfig) -> RateLimits {
         RateLimits {
             bytes: Bucket::new(limits.inbound_bytes_per_sec, limits.inbound_bytes_burst),
             frames: Bucket::new(limits.inbound_frames_per_sec, limits.inbound_frames_burst),
@@ -82,7 +82,7 @@ impl RateLimits {
 /// One connection's standing against [`RateLimits`]: sixteen bytes. Time is given as
 /// nanoseconds since the connection began (full buckets at 0).
 #[derive(Debug, Clone, Default)]
-pub struct InboundRates {
+pub(crate) struct InboundRates {
     bytes_tat_ns: u64,
     frames_tat_ns: u64,
 }
@@ -91,7 +91,7 @@ impl InboundRates {
     /// Accounts one inbound frame of `wire_bytes` (header included) arriving at
     /// `now_ns`. A frame larger than the byte burst can never pass: config validation
     /// keeps the burst above the largest frame, so such a frame is a flood too.
-    pub fn on_frame(
+    pub(crate) fn on_frame(
         &mut self,
         limits: &RateLimits,
         wire_bytes: usize,
@@ -109,7 +109,7 @@ impl InboundRates {
 }
 
 /// Nanoseconds from `origin` to `now` (0 if `now` is earlier).
-pub fn nanos_since(origin: Instant, now: Instant) -> u64 {
+pub(crate) fn nanos_since(origin: Instant, now: Instant) -> u64 {
     let elapsed = now.saturating_duration_since(origin);
     u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX)
 }

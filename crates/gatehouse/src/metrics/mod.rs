@@ -26,7 +26,7 @@ pub use prometheus_client;
 pub use prometheus_client::collector::Collector;
 
 pub use self::latency::{HistogramSnapshot, LATENCY_BUCKETS, MAX_NAMED_ROUTES};
-use crate::config::TransportKind;
+use crate::config::{PerTransport, TransportKind};
 use crate::connection::TrafficCounts;
 use crate::hub::Census;
 use crate::stats::{StatsSnapshot, DISCONNECT_REASONS, KICK_REASONS, REFUSAL_REASONS};
@@ -42,7 +42,7 @@ pub struct Sample {
     pub census: Option<Census>,
     /// Frames and bytes per transport since the server started: the ended
     /// connections' and the live ones', never lower than at the previous scrape.
-    pub traffic: [TrafficCounts; 4],
+    pub traffic: PerTransport<TrafficCounts>,
     /// A hub is up (not restarting, not stopped).
     pub hub_up: bool,
     /// The server takes new connections: the hub is up and no drain has begun.
@@ -66,11 +66,14 @@ pub struct Sample {
 /// few instructions later), or a census the hub could not answer in time, would
 /// otherwise read as a counter reset.
 #[derive(Debug, Default)]
-pub(crate) struct TrafficHighWater([[AtomicU64; 4]; 4]);
+pub(crate) struct TrafficHighWater(PerTransport<[AtomicU64; 4]>);
 
 impl TrafficHighWater {
-    pub(crate) fn raise(&self, traffic: [TrafficCounts; 4]) -> [TrafficCounts; 4] {
-        std::array::from_fn(|t| {
+    pub(crate) fn raise(
+        &self,
+        traffic: PerTransport<TrafficCounts>,
+    ) -> PerTransport<TrafficCounts> {
+        PerTransport::from_fn(|t| {
             let now = traffic[t].to_array();
             let marks = &self.0[t];
             TrafficCounts::from_array(std::array::from_fn(|i| {
@@ -177,13 +180,13 @@ pub fn encode_histograms<'v>(
     Ok(())
 }
 
-/// `value` of each transport's index, labelled with its scheme.
+/// `value` of each transport, labelled with its scheme.
 pub(crate) fn per_transport<T>(
-    value: impl Fn(usize) -> T,
+    value: impl Fn(TransportKind) -> T,
 ) -> impl Iterator<Item = (&'static str, T)> {
     TransportKind::ALL
         .into_iter()
-        .map(move |t| (t.scheme(), value(t.index())))
+        .map(move |t| (t.scheme(), value(t)))
 }
 
 /// Counters by reason: each label with its count.

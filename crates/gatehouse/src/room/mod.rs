@@ -125,6 +125,7 @@ impl Refusal {
 
 /// Why a room stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum StopReason {
     /// The registry shut down ([`Rooms::shutdown`]).
     Shutdown,
@@ -221,6 +222,7 @@ impl RoomOptions {
 
 /// Why a room call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RoomError {
     /// The room has stopped (or is stopping).
     #[error("the room is closed")]
