@@ -11,7 +11,7 @@
 //! checkpointed while they play, within `limits.checkpoint_interval` of a change.
 //!
 //! - this file: the service, its routes and statuses, the session.
-//! - [`login`](self::login): passwords, the online registry, duplicate logins.
+//! - `login`: passwords, the online registry, duplicate logins.
 //! - `play`: the handlers of a logged-in player.
 //! - [`world`]: the real-time room.
 //! - [`accounts`]: password hashes, fair hashing between addresses, and the budgets

@@ -1,7 +1,7 @@
 //! arena's rooms: real-time, on gatehouse's supervised rooms. A room owns where its
 //! players stand; every tick it walks them and pushes one [`pb::Delta`] (encoded once)
 //! with what changed. Each player's position is also written to the player's
-//! [`PlayerCell`], which the session owns, so that saves and checkpoints read the room's
+//! `PlayerCell`, which the session owns, so that saves and checkpoints read the room's
 //! truth and a room restart (which loses the room's own state) loses no position.
 //! What each player was doing (walking towards a target, or in a direction) is in
 //! the room's [`Intents`] snapshot, taken after every tick: the room restarts from

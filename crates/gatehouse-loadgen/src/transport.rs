@@ -1,8 +1,8 @@
 //! What the generator's connections run over: TCP, TLS, WebSocket, WebSocket over
 //! TLS ([`Transport`]), all seen by the scenarios as one byte stream of `{packet, 4}`
-//! frames ([`Conn`]), so that every scenario drives every transport unchanged.
+//! frames (`Conn`), so that every scenario drives every transport unchanged.
 //!
-//! A WebSocket connection is adapted ([`WsStream`]): the frames a scenario writes are
+//! A WebSocket connection is adapted (`WsStream`): the frames a scenario writes are
 //! cut at their length prefixes and each body sent as one binary message; each binary
 //! message received is handed back with its length prefix. The adapter costs the
 //! generator a copy per message, not the server.

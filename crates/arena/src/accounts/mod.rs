@@ -7,7 +7,7 @@
 //! /64):
 //!
 //! - **Guesses.** A password is only checked once a place is reserved for it in the
-//!   budget of its player name [5] and of its address [20]: each allows that many
+//!   budget of its player name (5) and of its address (20): each allows that many
 //!   wrong passwords at once, then gets one back every minute divided by its limit
 //!   [12 s for a name, 3 s for an address]. A check in flight holds its place, so however
 //!   many logins arrive at once, no more are checked than the budgets have left;

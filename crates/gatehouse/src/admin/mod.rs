@@ -29,9 +29,9 @@
 //! of those connections, and only its writes are timed.
 //!
 //! - this file: configuration, the router, authentication, the body's deadline.
-//! - [`api`]: the JSON endpoints, the metrics and the event stream.
-//! - [`connections`]: the accept loop, the connection cap, serving each connection.
-//! - [`deadlines`]: the deadlines of a connection's reads and writes.
+//! - `api`: the JSON endpoints, the metrics and the event stream.
+//! - `connections`: the accept loop, the connection cap, serving each connection.
+//! - `deadlines`: the deadlines of a connection's reads and writes.
 
 mod api;
 mod connections;

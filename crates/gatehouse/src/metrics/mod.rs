@@ -2,7 +2,7 @@
 //! here and in `docs/OPERATIONS.md` (a test checks that the two agree).
 //!
 //! Nothing is counted for the metrics' sake on the hot path beyond each connection's
-//! own [`Meter`](crate::connection) and the per-batch handler timing of [`latency`].
+//! own `Meter` and the per-batch handler timing of `latency`.
 //! A scrape reads everything at once into a [`Sample`]: the server's [`Stats`]
 //! counters, the hub's [`Census`] of the live connections (their meters summed up),
 //! the hub's queue and the handler histograms; [`Sample::encode`] writes it in the

@@ -22,7 +22,7 @@
 //! lateness is measured ([`RoomStats`], [`Rooms::lateness`]).
 //!
 //! - this file: the [`Room`] trait and the types its hooks see.
-//! - [`registry`](self::registry): [`Rooms`], [`RoomHandle`], [`Membership`].
+//! - `registry`: [`Rooms`], [`RoomHandle`], [`Membership`].
 //! - `context`: [`RoomContext`], what a hook can do.
 //! - `task`: a room's task: its lives, restarts and tick loop.
 //! - `stats`: per-room counters and the registry's lateness histogram.
