@@ -42,6 +42,48 @@ use crate::timer::{Timer, TimerError};
 /// `disconnect` then runs with the session as the handler left it, so keep what a
 /// handler changes outside the session consistent across its awaits (a guard that
 /// undoes on drop, as arena's login claim does).
+///
+/// A whole service, served on a port until the process ends:
+///
+/// ```no_run
+/// use bytes::Bytes;
+/// use gatehouse::{Config, Context, Disconnect, Reply, Server, Service};
+///
+/// /// Echoes every request, and counts them per connection.
+/// struct Echo;
+///
+/// impl Service for Echo {
+///     type Session = u64;
+///     type Message = ();
+///
+///     async fn connect(&self, _ctx: &mut Context<'_, ()>) -> u64 {
+///         0
+///     }
+///
+///     async fn request(
+///         &self,
+///         count: &mut u64,
+///         _ctx: &mut Context<'_, ()>,
+///         _route: u16,
+///         payload: Bytes,
+///     ) -> Reply {
+///         *count += 1;
+///         Reply::ok(payload)
+///     }
+///
+///     async fn disconnect(&self, count: u64, info: Disconnect) {
+///         println!("{} sent {count} requests and left: {}", info.id, info.reason);
+///     }
+/// }
+///
+/// # async fn serve() -> Result<(), Box<dyn std::error::Error>> {
+/// let listener = gatehouse::bind("127.0.0.1:7000".parse()?).await?;
+/// Server::new(Config::default(), Echo)?
+///     .run(listener, std::future::pending())
+///     .await?;
+/// # Ok(())
+/// # }
+/// ```
 pub trait Service: Send + Sync + 'static {
     /// Per-connection state, created by `connect`, handed back to `disconnect`.
     type Session: Send + 'static;

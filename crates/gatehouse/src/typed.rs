@@ -4,22 +4,53 @@
 //! The service's `request` stays the router, a `match` on the route that hands each
 //! payload to [`request`] with the typed handler:
 //!
-//! ```rust,ignore
-//! async fn request(&self, session: &mut Session, ctx: &mut Context<'_, ()>,
-//!                  route: u16, payload: Bytes) -> Reply {
-//!     match route {
-//!         routes::LOGIN => typed::request(payload, |req| self.login(session, ctx, req)).await,
-//!         routes::SAY => typed::request(payload, |req| self.say(session, ctx, req)).await,
-//!         _ => Reply::unknown_route(route),
+//! ```
+//! use bytes::Bytes;
+//! use gatehouse::typed::{self, Failure};
+//! use gatehouse::{Context, Disconnect, Reply, Service, Status};
+//!
+//! const GREET: u16 = 1;
+//!
+//! struct Greeter;
+//!
+//! impl Greeter {
+//!     /// A typed handler: a decoded request in, a reply or a failure out.
+//!     async fn greet(&self, greeted: &mut u32, name: String) -> Result<String, Failure> {
+//!         if name.is_empty() {
+//!             return Err(Failure::new(Status::BAD_REQUEST, "a name, please"));
+//!         }
+//!         *greeted += 1;
+//!         Ok(format!("hello, {name} (greeting {greeted})"))
 //!     }
 //! }
 //!
-//! async fn login(&self, session: &mut Session, ctx: &mut Context<'_, ()>,
-//!                req: pb::LoginRequest) -> Result<pb::LoginReply, Failure> {
-//!     let room = self.rooms.join(LOBBY, ctx, req.name.clone()).await?; // RoomError → status
-//!     // …
+//! impl Service for Greeter {
+//!     type Session = u32;
+//!     type Message = ();
+//!
+//!     async fn connect(&self, _ctx: &mut Context<'_, ()>) -> u32 {
+//!         0
+//!     }
+//!
+//!     async fn request(
+//!         &self,
+//!         greeted: &mut u32,
+//!         _ctx: &mut Context<'_, ()>,
+//!         route: u16,
+//!         payload: Bytes,
+//!     ) -> Reply {
+//!         match route {
+//!             GREET => typed::request(payload, |name| self.greet(greeted, name)).await,
+//!             _ => Reply::unknown_route(route),
+//!         }
+//!     }
+//!
+//!     async fn disconnect(&self, _greeted: u32, _info: Disconnect) {}
 //! }
 //! ```
+//!
+//! A handler's `?` turns a [`RoomError`] or a
+//! [`HandleError`] into its status, through [`Failure`]'s `From`.
 //!
 //! A `match` rather than a table of boxed closures: the handlers borrow the session
 //! and the context mutably across their awaits, which a stored closure cannot

@@ -112,6 +112,18 @@ enum Speaks {
 
 impl Listener {
     /// Binds `config.address` and loads what its transport needs.
+    ///
+    /// ```no_run
+    /// use gatehouse::{Listener, ListenerConfig, TransportKind};
+    ///
+    /// # async fn listeners() -> Result<(), Box<dyn std::error::Error>> {
+    /// let tcp = Listener::bind(&ListenerConfig::new(TransportKind::Tcp, "0.0.0.0:7000".parse()?)).await?;
+    /// let ws = Listener::bind(&ListenerConfig::new(TransportKind::Ws, "0.0.0.0:7080".parse()?)).await?;
+    /// // `server.run(vec![tcp, ws], shutdown)` serves both behind one hub.
+    /// # drop((tcp, ws));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn bind(config: &ListenerConfig) -> Result<Listener, ListenError> {
         config.validate()?;
         let address = config.address;

@@ -46,6 +46,58 @@ pub use self::stats::{LatenessMark, RoomStats, TickLateness};
 /// A room type. Hooks are plain functions: a room never waits, it answers at once
 /// and reaches members and the world through its [`RoomContext`] (pushes, timers,
 /// and background tasks the game spawns for anything slow).
+///
+/// A counter its members add to, which every member sees at each tick and which
+/// survives a crash through its snapshot:
+///
+/// ```
+/// use std::time::Duration;
+/// use gatehouse::ConnId;
+/// use gatehouse::room::{Origin, Refusal, Restart, Room, RoomContext, RoomOptions, Rooms};
+///
+/// struct Counter {
+///     count: u64,
+/// }
+///
+/// impl Room for Counter {
+///     type Config = ();
+///     type Join = ();
+///     type Message = u64;
+///     type Snapshot = u64;
+///
+///     fn create(_name: &str, _config: &(), restored: Option<u64>) -> Self {
+///         Counter { count: restored.unwrap_or(0) }
+///     }
+///
+///     fn join(&mut self, _: &mut RoomContext<'_, Self>, _: ConnId, _: &()) -> Result<(), Refusal> {
+///         Ok(())
+///     }
+///
+///     fn leave(&mut self, _: &mut RoomContext<'_, Self>, _: ConnId) {}
+///
+///     fn message(&mut self, _: &mut RoomContext<'_, Self>, _: Origin, add: u64) {
+///         self.count += add;
+///     }
+///
+///     fn tick(&mut self, ctx: &mut RoomContext<'_, Self>, _dt: Duration) {
+///         ctx.broadcast(1, self.count.to_be_bytes().to_vec());
+///     }
+///
+///     fn snapshot(&self) -> Option<u64> {
+///         Some(self.count)
+///     }
+/// }
+///
+/// let options = RoomOptions {
+///     tick: Some(Duration::from_millis(50)),
+///     restart: Restart::FromSnapshot,
+///     ..RoomOptions::default()
+/// };
+/// let counters = Rooms::<Counter>::new((), options).unwrap();
+/// // Hand `counters` to the server (`Server::with_rooms`) and to the service, whose
+/// // handlers join them: `counters.join("table-1", ctx, ()).await`.
+/// # drop(counters);
+/// ```
 pub trait Room: Sized + Send + 'static {
     /// What every room of this type is made with (shared, read-only).
     type Config: Send + Sync + 'static;
