@@ -3,7 +3,9 @@
 //! runtime of its own (by default a current-thread runtime, so the generator takes
 //! at most one core of a machine it shares with the server), draws progress bars on
 //! stderr (only on a terminal, never with `--quiet`), and prints exactly one JSON
-//! line of results on stdout.
+//! line of results on stdout. A run that measured nothing, or whose server kicked
+//! connections, answered with bad statuses or lost work, exits non-zero saying why
+//! (its JSON line is printed all the same), so a script cannot take it for a result.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -45,9 +47,11 @@ enum Scenario {
 /// Options every scenario takes.
 #[derive(Args)]
 struct Common {
-    /// The server (the bench service of gatehouse, or an anchor in bench/).
-    #[arg(long)]
-    addr: SocketAddr,
+    /// The server (the bench service of gatehouse, or an anchor in bench/): IP:PORT,
+    /// or a URL as `serve` prints it (tcp://, tls://, ws://, wss://), whose scheme
+    /// is the transport.
+    #[arg(long, value_name = "ADDRESS")]
+    addr: String,
     /// No progress bars (they are drawn only when stderr is a terminal anyway).
     #[arg(long)]
     quiet: bool,
@@ -59,21 +63,49 @@ struct Common {
     /// server is on loopback.
     #[arg(long, default_value_t = Sources::DEFAULT_PER_ADDRESS)]
     per_source: usize,
-    /// What to connect over: tcp, tls, ws or wss (WebSocket at /ws).
-    #[arg(long, default_value = "tcp")]
-    transport: String,
+    /// What to connect over: tcp, tls, ws or wss (WebSocket at /ws); by default the
+    /// --addr URL's scheme, else tcp. `bench arena` runs over tcp only.
+    #[arg(long)]
+    transport: Option<String>,
     /// tls, wss: the server's certificate (PEM), the only one trusted.
     #[arg(long, value_name = "PEM")]
     ca: Option<std::path::PathBuf>,
 }
 
 impl Common {
-    fn sources(&self) -> Sources {
-        Sources::for_target(self.addr, self.per_source)
+    /// The server's address and the transport's name, from --addr and --transport.
+    fn target(&self) -> anyhow::Result<(SocketAddr, String)> {
+        let (scheme, address) = match self.addr.split_once("://") {
+            Some((scheme, address)) => (Some(scheme), address.trim_end_matches('/')),
+            None => (None, self.addr.as_str()),
+        };
+        let addr = address
+            .parse()
+            .with_context(|| format!("--addr {}: `{address}` is not IP:PORT", self.addr))?;
+        let transport = match (scheme, self.transport.as_deref()) {
+            (Some(scheme), Some(flag)) if scheme != flag => {
+                bail!(
+                    "--addr {} is {scheme}:// but --transport is {flag}",
+                    self.addr
+                )
+            }
+            (Some(scheme), _) => scheme,
+            (None, flag) => flag.unwrap_or("tcp"),
+        };
+        Ok((addr, transport.to_owned()))
+    }
+
+    fn addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.target()?.0)
+    }
+
+    fn sources(&self) -> anyhow::Result<Sources> {
+        Ok(Sources::for_target(self.addr()?, self.per_source))
     }
 
     fn transport(&self) -> anyhow::Result<Transport> {
-        Transport::new(&self.transport, self.ca.as_deref()).map_err(anyhow::Error::msg)
+        let (_, name) = self.target()?;
+        Transport::new(&name, self.ca.as_deref()).map_err(anyhow::Error::msg)
     }
 }
 
@@ -207,7 +239,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let engine_progress = progress.clone();
     // The engine gets a runtime of its own, so its threads are exactly --threads; the
     // binary's runtime only waits (and draws the bars).
-    let engine = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
+    let engine = tokio::task::spawn_blocking(move || -> anyhow::Result<Measured> {
         let runtime = if threads == 1 {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -227,17 +259,31 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if let Some(bars) = bars {
         let _ = bars.await;
     }
-    let json = result??;
-    println!("{json}");
-    Ok(())
+    let measured = result??;
+    println!("{}", measured.json);
+    match measured.problem {
+        Some(problem) => bail!("the run does not count: {problem}"),
+        None => Ok(()),
+    }
 }
 
-/// Runs one scenario; returns its JSON line.
-async fn run_scenario(scenario: Scenario, progress: &Progress) -> anyhow::Result<String> {
-    let json = match scenario {
+/// A scenario's JSON line, and what makes it no measurement, if anything.
+struct Measured {
+    json: String,
+    problem: Option<String>,
+}
+
+/// `Some(what)` when `bad`.
+fn problem(bad: bool, what: impl FnOnce() -> String) -> Option<String> {
+    bad.then(what)
+}
+
+/// Runs one scenario; returns its JSON line and what spoils it.
+async fn run_scenario(scenario: Scenario, progress: &Progress) -> anyhow::Result<Measured> {
+    let (json, problem) = match scenario {
         Scenario::Echo(a) => {
             let mut options = EchoOptions::new(
-                a.common.addr,
+                a.common.addr()?,
                 a.connections,
                 a.depth,
                 a.payload,
@@ -245,86 +291,103 @@ async fn run_scenario(scenario: Scenario, progress: &Progress) -> anyhow::Result
             );
             options.warmup = seconds("warmup", a.warmup)?;
             options.drain_timeout = seconds("drain-timeout", a.drain_timeout)?;
-            options.sources = a.common.sources();
+            options.sources = a.common.sources()?;
             options.transport = a.common.transport()?;
             options.server_pid = a.server_pid;
             let report = echo::run(&options, progress).await?;
-            if report.errors > 0 || report.lost > 0 || report.connected < report.connections {
-                eprintln!(
-                    "warning: {} errors, {} lost, {} of {} connections opened",
-                    report.errors, report.lost, report.connected, report.connections
-                );
-            }
-            serde_json::to_string(&report)?
+            // The most telling first: a server that closed connections explains both
+            // an empty measurement and lost requests.
+            let (opened, closed) = (report.connected, report.connections_closed);
+            let problem = problem(opened < report.connections || closed > 0, || {
+                format!(
+                    "{opened} of {} connections opened, {closed} ended early \
+                     (kicked or closed by the server: see its limits)",
+                    report.connections
+                )
+            })
+            .or_else(|| {
+                problem(report.measured_responses == 0, || {
+                    "no response was measured".to_owned()
+                })
+            })
+            .or_else(|| {
+                problem(report.errors > 0 || report.lost > 0, || {
+                    format!(
+                        "{} bad answers ({} bad statuses, {} wrong payloads, {} unknown ids), \
+                         {} lost",
+                        report.errors,
+                        report.bad_status,
+                        report.wrong_payload,
+                        report.unknown_id,
+                        report.lost
+                    )
+                })
+            });
+            (serde_json::to_string(&report)?, problem)
         }
         Scenario::Connections(a) => {
-            let mut options = IdleOptions::new(a.common.addr, a.count, seconds("hold", a.hold)?);
+            let mut options = IdleOptions::new(a.common.addr()?, a.count, seconds("hold", a.hold)?);
             options.heartbeat = seconds("heartbeat", a.heartbeat)?;
             options.settle = seconds("settle", a.settle)?;
             options.server_pid = a.server_pid;
-            options.sources = a.common.sources();
+            options.sources = a.common.sources()?;
             options.transport = a.common.transport()?;
             let report = idle::run(&options, progress).await?;
-            if report.dead > 0 {
-                eprintln!(
-                    "warning: {} of {} connections dead",
-                    report.dead, report.count
-                );
-            }
-            serde_json::to_string(&report)?
+            let problem = problem(report.dead > 0, || {
+                format!("{} of {} connections dead", report.dead, report.count)
+            });
+            (serde_json::to_string(&report)?, problem)
         }
         Scenario::Storm(a) => {
-            let mut options = StormOptions::new(a.common.addr, a.count);
+            let mut options = StormOptions::new(a.common.addr()?, a.count);
             options.timeout = seconds("timeout", a.timeout)?;
-            options.sources = a.common.sources();
+            options.sources = a.common.sources()?;
             options.transport = a.common.transport()?;
             let report = storm::run(&options, progress).await?;
-            if report.failed > 0 {
-                eprintln!(
-                    "warning: {} of {} connects failed",
-                    report.failed, report.count
-                );
-            }
-            serde_json::to_string(&report)?
+            let problem = problem(report.failed > 0, || {
+                format!("{} of {} connects failed", report.failed, report.count)
+            });
+            (serde_json::to_string(&report)?, problem)
         }
         Scenario::Broadcast(a) => {
-            let mut options = BroadcastOptions::new(a.common.addr, a.listeners);
+            let mut options = BroadcastOptions::new(a.common.addr()?, a.listeners);
             options.rounds = a.rounds;
             options.payload = a.payload;
             options.timeout = seconds("timeout", a.timeout)?;
-            options.sources = a.common.sources();
+            options.sources = a.common.sources()?;
             options.transport = a.common.transport()?;
             let report = broadcast::run(&options, progress).await?;
-            if report.lost > 0 {
-                eprintln!("warning: {} listener-rounds lost", report.lost);
-            }
-            serde_json::to_string(&report)?
+            let problem = problem(report.lost > 0, || {
+                format!("{} listener-rounds lost", report.lost)
+            });
+            (serde_json::to_string(&report)?, problem)
         }
         Scenario::Arena(a) => {
-            if a.common.transport != "tcp" {
-                anyhow::bail!("bench arena runs over tcp only");
+            let (addr, transport) = a.common.target()?;
+            if transport != "tcp" {
+                bail!("bench arena runs over tcp only (not {transport})");
             }
             let options = ArenaBenchOptions {
-                addr: a.common.addr,
+                addr,
                 players: a.players,
                 room_size: a.room_size,
                 input_rate: a.input_rate,
                 duration: seconds("duration", a.duration)?,
                 warmup: seconds("warmup", a.warmup)?,
                 server_pid: a.server_pid,
-                sources: a.common.sources(),
+                sources: a.common.sources()?,
             };
             let report = bench_arena::run(&options, progress).await?;
-            if report.missing > 0 || report.dropped > 0 {
-                eprintln!(
-                    "warning: {} deltas missed, {} bots dropped",
+            let problem = problem(report.missing > 0 || report.dropped > 0, || {
+                format!(
+                    "{} deltas missed, {} bots dropped",
                     report.missing, report.dropped
-                );
-            }
-            serde_json::to_string(&report)?
+                )
+            });
+            (serde_json::to_string(&report)?, problem)
         }
     };
-    Ok(json)
+    Ok(Measured { json, problem })
 }
 
 /// Draws the engine's phases as progress bars on stderr, ten times a second, until

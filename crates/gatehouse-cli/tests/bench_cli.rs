@@ -197,3 +197,97 @@ fn bench_arena_drives_bots_in_rooms_and_reports_ticks_and_deltas() {
     assert!(report["server_cpu_percent"].is_number());
     assert!(report["server_rss_bytes"].as_u64().unwrap() > 0);
 }
+
+/// Runs `gatehouse bench ARGS…` expecting it to refuse its run: the exit status, its
+/// JSON line (printed all the same) and stderr.
+fn bench_refused(args: &[&str]) -> (Value, String) {
+    let output = gatehouse().arg("bench").args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    (serde_json::from_str(stdout.trim()).unwrap(), stderr)
+}
+
+#[test]
+fn a_run_whose_connections_were_kicked_exits_non_zero_saying_why() {
+    if !can_run("a_run_whose_connections_were_kicked_exits_non_zero_saying_why") {
+        return;
+    }
+    // The default limits: 16-deep pipelines from 20 connections are a flood to them.
+    let server = ServerProcess::start(&["--service", "bench", "--log", "warn"]);
+    let addr = server.addr.to_string();
+    let (report, stderr) = bench_refused(&[
+        "echo",
+        "--addr",
+        &addr,
+        "--connections",
+        "20",
+        "--depth",
+        "16",
+        "--duration",
+        "1",
+        "--warmup",
+        "0.2",
+        "--quiet",
+    ]);
+    assert!(
+        report["connections_closed"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+    assert!(stderr.contains("the run does not count"), "{stderr}");
+    assert!(stderr.contains("ended early"), "{stderr}");
+}
+
+#[test]
+fn echo_against_a_server_that_answers_bad_statuses_exits_non_zero() {
+    if !can_run("echo_against_a_server_that_answers_bad_statuses_exits_non_zero") {
+        return;
+    }
+    // arena answers the bench's echo route with an error status (it wants a login).
+    let dir = scratch("bench-bad-status");
+    let config = arena_config(&dir, "");
+    let server = ServerProcess::start(&["--config", config.to_str().unwrap(), "--log", "warn"]);
+    let addr = server.addr.to_string();
+    let (report, stderr) = bench_refused(&[
+        "echo",
+        "--addr",
+        &addr,
+        "--connections",
+        "2",
+        "--duration",
+        "0.5",
+        "--warmup",
+        "0.1",
+        "--quiet",
+    ]);
+    assert!(report["bad_status"].as_u64().unwrap() > 0, "{report}");
+    // arena also closes a connection that keeps not logging in: either is the reason.
+    assert!(stderr.contains("the run does not count"), "{stderr}");
+}
+
+#[test]
+fn the_address_may_be_given_as_serve_prints_it() {
+    if !can_run("the_address_may_be_given_as_serve_prints_it") {
+        return;
+    }
+    let server = bench_server("bench-url");
+    let url = format!("tcp://{}", server.addr);
+    let report = bench(&["storm", "--addr", &url, "--count", "10", "--quiet"]);
+    assert_eq!(report["answered"], 10);
+    // A scheme that disagrees with --transport is refused before anything runs.
+    let output = gatehouse()
+        .args([
+            "bench",
+            "storm",
+            "--addr",
+            &url,
+            "--transport",
+            "ws",
+            "--count",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("but --transport is ws"));
+}
