@@ -31,6 +31,7 @@ export function harness({ budgetMs, hardLimitMs, screenshot: failureShot }) {
   let current = 'starting';
   let browser = null;
   let firstPage = null;
+  const pages = [];
 
   /** What is left of the budget, for each wait. */
   const left = () => Math.max(1, budgetMs - (Date.now() - started));
@@ -66,12 +67,23 @@ export function harness({ budgetMs, hardLimitMs, screenshot: failureShot }) {
     const page = await context.newPage();
     page.on('pageerror', (error) => pageErrors.push(error.message));
     firstPage ??= page;
+    pages.push(page);
     return page;
   }
 
   /** Throws if any page has had an uncaught error. */
   function noPageErrors() {
     if (pageErrors.length) throw new Error(`errors in the page: ${pageErrors.join('; ')}`);
+  }
+
+  /** What each page shows (the end of its text), for a failure's report: the one
+   *  screenshot shows only the first page. Bounded in time: the browser may be gone. */
+  async function pagesText() {
+    const text = (page) => Promise.race([
+      page.evaluate(() => document.body.innerText.slice(-600)),
+      new Promise((resolve) => { setTimeout(() => resolve('(no answer)'), 1000); }),
+    ]).catch(() => '(gone)');
+    return Promise.all(pages.map(text));
   }
 
   async function fail(error) {
@@ -86,7 +98,7 @@ export function harness({ budgetMs, hardLimitMs, screenshot: failureShot }) {
     }
     report({
       ok: false, step: current, error: String(error?.message ?? error).split('\n')[0], checked,
-      page_errors: pageErrors, screenshot: saved,
+      page_errors: pageErrors, screenshot: saved, pages_text: await pagesText(),
     });
   }
 

@@ -110,8 +110,9 @@ impl<S: Service> Server<S> {
         Ok(self)
     }
 
-    /// Adds the embedder's own metrics (the save writer's, the rooms', the game's) to
-    /// the admin listener's `/metrics`, after the server's.
+    /// Adds the game's own metrics to the admin listener's `/metrics`, after the
+    /// server's (the rooms' and the save writer's come with [`Server::with_rooms`] and
+    /// [`Server::with_store`]).
     pub fn add_collector(&self, collector: Arc<dyn Collector>) {
         self.shared
             .collectors
