@@ -142,10 +142,27 @@ async fn main() -> ExitCode {
         Command::DevCert(args) => dev_cert::run(args).map(|()| Exit::Clean),
     };
     let exit = result.unwrap_or_else(|e| {
-        eprintln!("Error: {e:?}");
+        eprint!("{}", error_report(&e));
         Exit::Failed
     });
     ExitCode::from(exit as u8)
+}
+
+/// An error as a person reads it: the error, then each cause on its own line, once
+/// (a cause whose text the line above already holds is not repeated), and never a
+/// stack trace: these are expected errors (a bad flag, a refused run, an unreachable
+/// database), whatever `RUST_BACKTRACE` says.
+fn error_report(error: &anyhow::Error) -> String {
+    let mut report = format!("Error: {error}\n");
+    let mut above = error.to_string();
+    for cause in error.chain().skip(1) {
+        let text = cause.to_string();
+        if !above.contains(&text) {
+            report.push_str(&format!("  caused by: {text}\n"));
+        }
+        above = text;
+    }
+    report
 }
 
 /// The exit status of a server that ran: what stopped it (saves that did not land
@@ -413,5 +430,24 @@ async fn shutdown_signal(
     tokio::select! {
         _ = interrupts.recv() => info!(signal = "SIGINT", "shutdown requested"),
         _ = terminations.recv() => info!(signal = "SIGTERM", "shutdown requested"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_report_gives_each_cause_once_on_its_own_line() {
+        let refused =
+            std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let error = anyhow::Error::new(refused)
+            .context("cannot reach the database: connection refused")
+            .context("cannot open the postgres store");
+        assert_eq!(
+            error_report(&error),
+            "Error: cannot open the postgres store\n  \
+             caused by: cannot reach the database: connection refused\n"
+        );
     }
 }

@@ -186,6 +186,26 @@ fn bad_configurations_are_rejected_with_the_key_named() {
     assert!(stderr.contains("invalid value 'chess'"), "{stderr}");
 }
 
+#[test]
+fn an_expected_error_prints_no_stack_trace_even_with_rust_backtrace_set() {
+    let dir = scratch("nobacktrace");
+    let path = write_file(&dir, "bad.toml", "[limits]\nmax_frame_bytes = 0\n");
+    let output = gatehouse()
+        .env("RUST_BACKTRACE", "1")
+        .args(["serve", "--port", "0", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.starts_with("Error: "), "{stderr}");
+    assert!(!stderr.to_lowercase().contains("backtrace"), "{stderr}");
+    assert_eq!(
+        stderr.matches("limits.max_frame_bytes").count(),
+        1,
+        "{stderr}"
+    );
+}
+
 #[tokio::test]
 async fn the_port_can_come_from_servers_csv_by_server_id() {
     let dir = scratch("csv");
