@@ -253,6 +253,18 @@ fn apply_listen_args(listeners: &mut Vec<ListenerConfig>, args: &ServeArgs) -> a
             .map(|url| listener_from_url(url, args))
             .collect::<anyhow::Result<_>>()?;
     }
+    // A certificate nobody uses would mean a server taken for TLS serving plain TCP.
+    let tls_listen = args.listen.iter().any(|url| {
+        url.split_once("://")
+            .and_then(|(scheme, _)| scheme.parse::<TransportKind>().ok())
+            .is_some_and(TransportKind::is_tls)
+    });
+    if args.cert.is_some() && !tls_listen {
+        anyhow::bail!(
+            "--cert and --key are for the TLS listeners given with --listen tls://ADDR or \
+             wss://ADDR, and there is none (a file's TLS listeners take `cert` and `key`)"
+        );
+    }
     let mut set_port = |kind: TransportKind, port: u16, flag: &str| match listeners
         .iter_mut()
         .find(|l| l.transport == kind)
@@ -295,6 +307,9 @@ fn listener_from_url(url: &str, args: &ServeArgs) -> anyhow::Result<ListenerConf
         .with_context(|| format!("--listen {url}: `{address}` is not IP:PORT"))?;
     let mut listener = ListenerConfig::new(transport, address);
     if transport.is_tls() {
+        if args.cert.is_none() {
+            anyhow::bail!("--listen {url}: give its certificate and key with --cert and --key");
+        }
         listener.cert = args.cert.clone();
         listener.key = args.key.clone();
     }

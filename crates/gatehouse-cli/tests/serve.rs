@@ -206,6 +206,34 @@ fn an_expected_error_prints_no_stack_trace_even_with_rust_backtrace_set() {
     );
 }
 
+#[test]
+fn tls_flags_that_do_not_fit_the_listeners_are_refused_naming_the_flags() {
+    let refused = |args: &[&str]| {
+        let output = gatehouse().arg("serve").args(args).output().unwrap();
+        assert_eq!(output.status.code(), Some(1), "{args:?}");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    // A certificate with no TLS listener would serve plain TCP to who wanted TLS.
+    let stderr = refused(&["--port", "0", "--cert", "c.pem", "--key", "k.pem"]);
+    assert!(
+        stderr.contains("--cert and --key are for the TLS listeners"),
+        "{stderr}"
+    );
+    let stderr = refused(&[
+        "--listen",
+        "tcp://127.0.0.1:0",
+        "--cert",
+        "c.pem",
+        "--key",
+        "k.pem",
+    ]);
+    assert!(stderr.contains("there is none"), "{stderr}");
+    // A TLS listener without them names the flags, not a config key.
+    let stderr = refused(&["--listen", "tls://127.0.0.1:0"]);
+    assert!(stderr.contains("--cert and --key"), "{stderr}");
+    assert!(!stderr.contains("listeners."), "{stderr}");
+}
+
 #[tokio::test]
 async fn the_port_can_come_from_servers_csv_by_server_id() {
     let dir = scratch("csv");
