@@ -71,6 +71,12 @@ pub(crate) async fn run(args: ClientArgs) -> anyhow::Result<()> {
     } else {
         args.addr
     };
+    if args.ca.is_some() && matches!(target, Target::Tcp(_) | Target::Ws(_)) {
+        // It would be ignored: the player would think the server checked.
+        anyhow::bail!(
+            "--ca is for tls:// and wss:// servers (or --tls); {target} is not encrypted"
+        );
+    }
     let config = ClientConfig {
         tls_ca: args.ca,
         ..ClientConfig::default()

@@ -197,3 +197,15 @@ fn the_server_runs_arena_on_its_embedded_defaults_with_a_fresh_data_directory() 
     assert!(dir.join("data").join("gatehouse.db").exists());
     drop(child);
 }
+
+#[test]
+fn a_ca_for_a_server_that_is_not_encrypted_is_refused_not_ignored() {
+    let output = gatehouse()
+        .args(["client", "--addr", "tcp://127.0.0.1:7000", "--ca", "ca.pem"])
+        .args(["--name", "ada", "--password", "correct horse"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--ca is for tls:// and wss://"), "{stderr}");
+}

@@ -210,6 +210,9 @@ async fn metrics_move_as_a_scripted_session_of_requests_a_kick_a_refusal_and_a_h
     assert_eq!(first["transport"], "tcp");
     assert_eq!(first["frames_in"], 5);
     assert_eq!(first["bytes_out"], 5 * 16);
+    // Seconds to the millisecond, not the clock's nanoseconds.
+    let connected = first["connected_seconds"].as_f64().unwrap();
+    assert_eq!((connected * 1000.0).round() / 1000.0, connected);
     let id = first["id"].as_u64().unwrap();
     let kick = format!("/api/connections/{id}/kick");
     let (status, body) = json(

@@ -54,6 +54,12 @@ fn seconds_since_epoch(at: SystemTime) -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// A duration in seconds to the millisecond: a person reads `12.345`, not the
+/// clock's nanoseconds.
+fn millis_as_seconds(duration: Duration) -> f64 {
+    duration.as_millis() as f64 / 1000.0
+}
+
 fn live_hub<S: Service>(shared: &Shared<S>) -> Option<HubHandle<S::Message>> {
     shared.hub_slot.current().filter(|hub| !hub.is_closed())
 }
@@ -314,7 +320,7 @@ pub(super) async fn connections<S: Service>(
                 "peer": c.peer.to_string(),
                 "transport": c.transport.scheme(),
                 "since": seconds_since_epoch(c.since),
-                "connected_seconds": now.duration_since(c.since).unwrap_or_default().as_secs_f64(),
+                "connected_seconds": millis_as_seconds(now.duration_since(c.since).unwrap_or_default()),
                 "frames_in": c.traffic.frames_in,
                 "bytes_in": c.traffic.bytes_in,
                 "frames_out": c.traffic.frames_out,

@@ -189,6 +189,24 @@ pub enum StopReason {
     Crashed,
 }
 
+impl StopReason {
+    /// Its name in logs and metrics: `shutdown`, `closed`, `empty`, `crashed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopReason::Shutdown => "shutdown",
+            StopReason::Closed => "closed",
+            StopReason::Empty => "empty",
+            StopReason::Crashed => "crashed",
+        }
+    }
+}
+
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What follows a crash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Restart {
@@ -324,5 +342,22 @@ impl RoomError {
             | RoomError::TooManyRooms
             | RoomError::ShutDown => Status::UNAVAILABLE,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StopReason;
+
+    #[test]
+    fn stop_reasons_read_in_snake_case_like_every_other_reason() {
+        let all = [
+            StopReason::Shutdown,
+            StopReason::Closed,
+            StopReason::Empty,
+            StopReason::Crashed,
+        ];
+        let names: Vec<String> = all.iter().map(ToString::to_string).collect();
+        assert_eq!(names, ["shutdown", "closed", "empty", "crashed"]);
     }
 }

@@ -167,7 +167,7 @@ impl<R: Room> RoomTask<R> {
         };
         self.members.clear();
         self.counters.members.store(0, Ordering::Relaxed);
-        info!(room = %self.name, ?reason, "room stopped");
+        info!(room = %self.name, %reason, "room stopped");
         reason
     }
 
