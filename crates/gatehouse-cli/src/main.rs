@@ -342,16 +342,27 @@ async fn run<S: Service>(
 ) -> anyhow::Result<Result<(), ServerError>> {
     let configs = &file.listeners;
     let fault_injection = file.server.allow_fault_injection;
-    if file.admin.enabled {
-        let admin = TcpListener::bind(file.admin.address)
-            .await
-            .with_context(|| format!("cannot listen on admin.address {}", file.admin.address))?;
-        let address = admin.local_addr()?;
-        server = server.with_admin(admin, file.admin.config())?;
-        info!(%address, token = file.admin.token.is_some(), "admin listening");
-        // For scripts and tests, like the game listeners' lines below.
-        println!("admin listening on http://{address}");
+    // arena's WebSocket listeners serve its browser client.
+    let pages = if name == "arena" {
+        pages::arena()
+    } else {
+        Pages::new()
+    };
+    // Every socket is bound before anything is announced: a port that is taken
+    // fails the start before a line says the server (or its admin API) listens.
+    let mut listeners = Vec::with_capacity(configs.len());
+    for config in configs {
+        listeners.push(Listener::bind(config).await?.with_pages(pages.clone()));
     }
+    let admin =
+        if file.admin.enabled {
+            let bound = TcpListener::bind(file.admin.address).await;
+            Some(bound.with_context(|| {
+                format!("cannot listen on admin.address {}", file.admin.address)
+            })?)
+        } else {
+            None
+        };
     let stats = server.stats();
     // Every signal's handler is in place before anyone is told the server listens:
     // their default actions would end the process without a single disconnect hook
@@ -363,15 +374,14 @@ async fn run<S: Service>(
         signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
     let terminations =
         signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
-    // arena's WebSocket listeners serve its browser client.
-    let pages = if name == "arena" {
-        pages::arena()
-    } else {
-        Pages::new()
-    };
-    let mut listeners = Vec::with_capacity(configs.len());
-    for config in configs {
-        let listener = Listener::bind(config).await?.with_pages(pages.clone());
+    if let Some(admin) = admin {
+        let address = admin.local_addr()?;
+        server = server.with_admin(admin, file.admin.config())?;
+        info!(%address, token = file.admin.token.is_some(), "admin listening");
+        // For scripts and tests, first, like the game listeners' lines below.
+        println!("admin listening on http://{address}");
+    }
+    for listener in &listeners {
         let url = listener.url()?;
         info!(%url, service = %name, fault_injection, "listening");
         if listener.transport().is_websocket() && !pages.is_empty() {
@@ -384,7 +394,6 @@ async fn run<S: Service>(
         }
         // For scripts and tests, whatever the log filter: one line per listener.
         println!("listening on {url}");
-        listeners.push(listener);
     }
     let certificates: Vec<Certificates> = listeners
         .iter()

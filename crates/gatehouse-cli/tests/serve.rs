@@ -234,6 +234,22 @@ fn tls_flags_that_do_not_fit_the_listeners_are_refused_naming_the_flags() {
     assert!(!stderr.contains("listeners."), "{stderr}");
 }
 
+#[test]
+fn a_taken_port_fails_the_start_before_any_listening_line() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let output = gatehouse()
+        .args(["serve", "--host", "127.0.0.1", "--port", &port])
+        .args(["--ws-port", "0", "--admin-port", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    // Not even the admin listener's line: nothing listens.
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!stdout.contains("listening"), "{stdout}");
+    drop(taken);
+}
+
 #[tokio::test]
 async fn the_port_can_come_from_servers_csv_by_server_id() {
     let dir = scratch("csv");
