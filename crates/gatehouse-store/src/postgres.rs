@@ -11,6 +11,20 @@ use crate::{SqlStore, StoreError};
 /// A PostgreSQL-backed store.
 pub type PostgresStore = SqlStore<Postgres>;
 
+/// How long opening the store waits for a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Why the database cannot be reached, from one connection attempt of our own.
+async fn why_unreachable(options: &PgConnectOptions) -> StoreError {
+    use sqlx::Connection as _;
+    let attempt = sqlx::PgConnection::connect_with(options);
+    match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+        Ok(Err(cause)) => cause.into(),
+        // It connects now, or hangs: the pool's own word is all there is.
+        Ok(Ok(_)) | Err(_) => sqlx::Error::PoolTimedOut.into(),
+    }
+}
+
 /// Connects to `url` and migrates the schema. Every statement runs under
 /// `statement_timeout` on the server too, so that a lock or a stuck query cannot hold
 /// a connection after the writer has given up on it.
@@ -22,9 +36,16 @@ pub async fn connect(url: &str, statement_timeout: Duration) -> Result<PostgresS
     let pool = PgPoolOptions::new()
         .max_connections(4)
         // Fail fast while the database is down: the writer retries with backoff.
-        .acquire_timeout(Duration::from_secs(3))
-        .connect_with(options)
-        .await?;
+        .acquire_timeout(CONNECT_TIMEOUT)
+        .connect_with(options.clone())
+        .await;
+    let pool = match pool {
+        Ok(pool) => pool,
+        // The pool says only that it gave up waiting; one connection of our own says
+        // why (connection refused, a wrong password, no such database).
+        Err(sqlx::Error::PoolTimedOut) => return Err(why_unreachable(&options).await),
+        Err(e) => return Err(e.into()),
+    };
     sqlx::migrate!("migrations/postgres").run(&pool).await?;
     Ok(SqlStore { pool })
 }
@@ -32,6 +53,22 @@ pub async fn connect(url: &str, statement_timeout: Duration) -> Result<PostgresS
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A database that is not there is named as such, not as a pool that timed out.
+    #[tokio::test]
+    async fn an_unreachable_database_says_why_not_that_a_pool_timed_out() {
+        // A port held by a socket that never listens: connecting is refused.
+        let unused = tokio::net::TcpSocket::new_v4().unwrap();
+        unused.bind(([127, 0, 0, 1], 0).into()).unwrap();
+        let port = unused.local_addr().unwrap().port();
+        let url = format!("postgres://postgres@127.0.0.1:{port}/test");
+        let error = connect(&url, Duration::from_secs(1)).await.err().unwrap();
+        assert!(error.is_unreachable(), "{error}");
+        assert!(
+            error.to_string().to_lowercase().contains("refused"),
+            "{error}"
+        );
+    }
 
     /// PostgreSQL itself cancels a statement running past the call timeout, so a
     /// stuck query cannot hold a connection after the writer gave up on it; the
