@@ -95,17 +95,11 @@ impl Common {
         Ok((addr, transport.to_owned()))
     }
 
-    fn addr(&self) -> anyhow::Result<SocketAddr> {
-        Ok(self.target()?.0)
-    }
-
-    fn sources(&self) -> anyhow::Result<Sources> {
-        Ok(Sources::for_target(self.addr()?, self.per_source))
-    }
-
-    fn transport(&self) -> anyhow::Result<Transport> {
-        let (_, name) = self.target()?;
-        Transport::new(&name, self.ca.as_deref()).map_err(anyhow::Error::msg)
+    /// Where and how to connect: the address, the source addresses, the transport.
+    fn connect(&self) -> anyhow::Result<(SocketAddr, Sources, Transport)> {
+        let (addr, name) = self.target()?;
+        let transport = Transport::new(&name, self.ca.as_deref()).map_err(anyhow::Error::msg)?;
+        Ok((addr, Sources::for_target(addr, self.per_source), transport))
     }
 }
 
@@ -282,8 +276,9 @@ fn problem(bad: bool, what: impl FnOnce() -> String) -> Option<String> {
 async fn run_scenario(scenario: Scenario, progress: &Progress) -> anyhow::Result<Measured> {
     let (json, problem) = match scenario {
         Scenario::Echo(a) => {
+            let (addr, sources, transport) = a.common.connect()?;
             let mut options = EchoOptions::new(
-                a.common.addr()?,
+                addr,
                 a.connections,
                 a.depth,
                 a.payload,
@@ -291,8 +286,8 @@ async fn run_scenario(scenario: Scenario, progress: &Progress) -> anyhow::Result
             );
             options.warmup = seconds("warmup", a.warmup)?;
             options.drain_timeout = seconds("drain-timeout", a.drain_timeout)?;
-            options.sources = a.common.sources()?;
-            options.transport = a.common.transport()?;
+            options.sources = sources;
+            options.transport = transport;
             options.server_pid = a.server_pid;
             let report = echo::run(&options, progress).await?;
             // The most telling first: a server that closed connections explains both
@@ -326,12 +321,13 @@ async fn run_scenario(scenario: Scenario, progress: &Progress) -> anyhow::Result
             (serde_json::to_string(&report)?, problem)
         }
         Scenario::Connections(a) => {
-            let mut options = IdleOptions::new(a.common.addr()?, a.count, seconds("hold", a.hold)?);
+            let (addr, sources, transport) = a.common.connect()?;
+            let mut options = IdleOptions::new(addr, a.count, seconds("hold", a.hold)?);
             options.heartbeat = seconds("heartbeat", a.heartbeat)?;
             options.settle = seconds("settle", a.settle)?;
             options.server_pid = a.server_pid;
-            options.sources = a.common.sources()?;
-            options.transport = a.common.transport()?;
+            options.sources = sources;
+            options.transport = transport;
             let report = idle::run(&options, progress).await?;
             let problem = problem(report.dead > 0, || {
                 format!("{} of {} connections dead", report.dead, report.count)
@@ -339,10 +335,11 @@ async fn run_scenario(scenario: Scenario, progress: &Progress) -> anyhow::Result
             (serde_json::to_string(&report)?, problem)
         }
         Scenario::Storm(a) => {
-            let mut options = StormOptions::new(a.common.addr()?, a.count);
+            let (addr, sources, transport) = a.common.connect()?;
+            let mut options = StormOptions::new(addr, a.count);
             options.timeout = seconds("timeout", a.timeout)?;
-            options.sources = a.common.sources()?;
-            options.transport = a.common.transport()?;
+            options.sources = sources;
+            options.transport = transport;
             let report = storm::run(&options, progress).await?;
             let problem = problem(report.failed > 0, || {
                 format!("{} of {} connects failed", report.failed, report.count)
@@ -350,12 +347,13 @@ async fn run_scenario(scenario: Scenario, progress: &Progress) -> anyhow::Result
             (serde_json::to_string(&report)?, problem)
         }
         Scenario::Broadcast(a) => {
-            let mut options = BroadcastOptions::new(a.common.addr()?, a.listeners);
+            let (addr, sources, transport) = a.common.connect()?;
+            let mut options = BroadcastOptions::new(addr, a.listeners);
             options.rounds = a.rounds;
             options.payload = a.payload;
             options.timeout = seconds("timeout", a.timeout)?;
-            options.sources = a.common.sources()?;
-            options.transport = a.common.transport()?;
+            options.sources = sources;
+            options.transport = transport;
             let report = broadcast::run(&options, progress).await?;
             let problem = problem(report.lost > 0, || {
                 format!("{} listener-rounds lost", report.lost)
@@ -375,7 +373,7 @@ async fn run_scenario(scenario: Scenario, progress: &Progress) -> anyhow::Result
                 duration: seconds("duration", a.duration)?,
                 warmup: seconds("warmup", a.warmup)?,
                 server_pid: a.server_pid,
-                sources: a.common.sources()?,
+                sources: Sources::for_target(addr, a.common.per_source),
             };
             let report = bench_arena::run(&options, progress).await?;
             let problem = problem(report.missing > 0 || report.dropped > 0, || {

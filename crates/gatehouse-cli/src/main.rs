@@ -254,11 +254,8 @@ fn apply_listen_args(listeners: &mut Vec<ListenerConfig>, args: &ServeArgs) -> a
             .collect::<anyhow::Result<_>>()?;
     }
     // A certificate nobody uses would mean a server taken for TLS serving plain TCP.
-    let tls_listen = args.listen.iter().any(|url| {
-        url.split_once("://")
-            .and_then(|(scheme, _)| scheme.parse::<TransportKind>().ok())
-            .is_some_and(TransportKind::is_tls)
-    });
+    // (With --listen, the listeners are exactly the ones it named.)
+    let tls_listen = !args.listen.is_empty() && listeners.iter().any(|l| l.transport.is_tls());
     if args.cert.is_some() && !tls_listen {
         anyhow::bail!(
             "--cert and --key are for the TLS listeners given with --listen tls://ADDR or \
