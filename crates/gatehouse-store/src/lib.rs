@@ -23,11 +23,15 @@
 //!   [`DeadLetter`], [`StoreError`]); `config`: [`StoreConfig`] (`[store]`).
 //! - `writer`: [`SaveWriter`] and the [`SaveSlot`] a session saves through.
 //! - `memory`: [`MemoryStore`], a store in memory for tests and examples.
+//! - `metrics` (feature `metrics`): `SaveWriter::collector`, the writer's numbers for
+//!   Prometheus.
 //! - `sql` (feature `sql`): [`SqlStore`], one store over a sqlx pool, and [`AnyStore`],
 //!   the store `[store]` names; [`sqlite`] and [`postgres`] open their pools.
 
 mod config;
 mod memory;
+#[cfg(feature = "metrics")]
+mod metrics;
 #[cfg(feature = "sql")]
 pub mod postgres;
 #[cfg(feature = "sql")]

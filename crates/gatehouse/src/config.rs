@@ -452,6 +452,19 @@ impl TransportKind {
     pub fn is_websocket(self) -> bool {
         matches!(self, TransportKind::Ws | TransportKind::Wss)
     }
+
+    /// The cargo features it needs that this build of gatehouse was made without
+    /// (`tls`, `websocket`, or both, as `tls` and `websocket`); `None` if it can serve.
+    pub fn missing_feature(self) -> Option<&'static str> {
+        let tls = !self.is_tls() || cfg!(feature = "tls");
+        let websocket = !self.is_websocket() || cfg!(feature = "websocket");
+        match (tls, websocket) {
+            (true, true) => None,
+            (false, true) => Some("`tls`"),
+            (true, false) => Some("`websocket`"),
+            (false, false) => Some("`tls` and `websocket`"),
+        }
+    }
 }
 
 /// One `T` per transport, indexed by [`TransportKind`]: per-transport counters and

@@ -4,38 +4,46 @@
 //! (`connection/scenario.rs`, `listener/http_checks.rs`). Not an API: hidden, and
 //! compiled only for tests and with the `fuzzing` feature.
 
-use std::net::SocketAddr;
 use std::time::Instant;
 
+#[cfg(feature = "websocket")]
+pub use self::http_upgrade::*;
 pub use crate::connection::scenario::{ClientFrame, Script, Settings, Step};
-use crate::listener::http::checks;
-pub use crate::listener::http::checks::Decision;
-use crate::listener::WebOptions;
 
 /// Runs `script` against a fresh connection core, checking its invariants.
 pub fn connection_core(script: &Script) {
     crate::connection::scenario::run(script, Instant::now());
 }
 
-/// Reads a request head from `wire` arriving in `chunks`, checking the reading; the
-/// head, if one was read.
-pub fn read_request(wire: &[u8], chunks: &[usize]) -> Option<Vec<u8>> {
-    checks::read_request(wire, chunks)
-}
+/// The WebSocket listener's HTTP checks (the `fuzzing` feature brings `websocket`).
+#[cfg(feature = "websocket")]
+mod http_upgrade {
+    use std::net::SocketAddr;
 
-/// What a `ws` listener with `options` answers to `head` from `peer`.
-pub fn decide(head: &[u8], peer: SocketAddr, secure: bool, options: &WebOptions) -> Decision {
-    checks::decide(head, peer, secure, options)
-}
+    use crate::listener::http::checks;
+    pub use crate::listener::http::checks::Decision;
+    use crate::listener::WebOptions;
 
-/// The client behind `peer` by an `X-Forwarded-For` header, checked; `None` for a
-/// malformed header.
-pub fn forwarded_for(
-    peer: SocketAddr,
-    header: Option<&str>,
-    trusted: &[ipnet::IpNet],
-) -> Option<SocketAddr> {
-    checks::forwarded(peer, header, trusted).ok()
+    /// Reads a request head from `wire` arriving in `chunks`, checking the reading; the
+    /// head, if one was read.
+    pub fn read_request(wire: &[u8], chunks: &[usize]) -> Option<Vec<u8>> {
+        checks::read_request(wire, chunks)
+    }
+
+    /// What a `ws` listener with `options` answers to `head` from `peer`.
+    pub fn decide(head: &[u8], peer: SocketAddr, secure: bool, options: &WebOptions) -> Decision {
+        checks::decide(head, peer, secure, options)
+    }
+
+    /// The client behind `peer` by an `X-Forwarded-For` header, checked; `None` for a
+    /// malformed header.
+    pub fn forwarded_for(
+        peer: SocketAddr,
+        header: Option<&str>,
+        trusted: &[ipnet::IpNet],
+    ) -> Option<SocketAddr> {
+        checks::forwarded(peer, header, trusted).ok()
+    }
 }
 
 /// The property tests' settings: `cases` runs, or `PROPTEST_CASES` when set (for long

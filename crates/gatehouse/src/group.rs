@@ -4,11 +4,13 @@
 //! acceptor and every connection hold them.
 
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, OnceLock};
+#[cfg(feature = "metrics")]
+use std::sync::Mutex;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
+#[cfg(feature = "metrics")]
 use prometheus_client::collector::Collector;
-
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::warn;
@@ -20,6 +22,7 @@ use crate::hub::HubHandle;
 use crate::limits::Admission;
 use crate::logs::LogLimiter;
 use crate::metrics::latency::HandlerLatency;
+#[cfg(feature = "metrics")]
 use crate::metrics::TrafficHighWater;
 use crate::service::Service;
 use crate::stats::Stats;
@@ -44,18 +47,22 @@ pub(crate) struct Shared<S: Service> {
     /// Handler latency by route.
     pub(crate) latency: Arc<HandlerLatency>,
     /// The traffic counters' last reported values (they never go back).
+    #[cfg(feature = "metrics")]
     pub(crate) traffic_high: TrafficHighWater,
     /// Cancelled to drain: stop accepting, kick everyone `shutdown`, return.
     pub(crate) drain: CancellationToken,
     /// When the server was made.
     pub(crate) started: SystemTime,
     /// The embedder's metrics, exported after the server's own.
+    #[cfg(feature = "metrics")]
     pub(crate) collectors: Mutex<Vec<Arc<dyn Collector>>>,
 }
 
 impl<S: Service> Shared<S> {
     pub(crate) fn new(config: Config, service: S) -> Self {
-        let latency = Arc::new(HandlerLatency::new(config.metrics.enabled, |route| {
+        // Without the metrics feature nothing would read the histograms.
+        let measure = cfg!(feature = "metrics") && config.metrics.enabled;
+        let latency = Arc::new(HandlerLatency::new(measure, |route| {
             service.route_name(route)
         }));
         let hub_slot = HubSlot::new();
@@ -79,10 +86,28 @@ impl<S: Service> Shared<S> {
             close_logs: LogLimiter::default(),
             refusal_logs: LogLimiter::default(),
             latency,
+            #[cfg(feature = "metrics")]
             traffic_high: TrafficHighWater::default(),
             drain: CancellationToken::new(),
             started: SystemTime::now(),
+            #[cfg(feature = "metrics")]
             collectors: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The hub now, unless it is restarting or stopped.
+    pub(crate) fn live_hub(&self) -> Option<HubHandle<S::Message>> {
+        self.hub_slot.current().filter(|hub| !hub.is_closed())
+    }
+
+    /// Why the server does not take connections now, if it does not.
+    pub(crate) fn not_ready(&self) -> Option<&'static str> {
+        if self.drain.is_cancelled() {
+            Some("draining")
+        } else if self.live_hub().is_none() {
+            Some("hub restarting or stopped")
+        } else {
+            None
         }
     }
 }

@@ -39,6 +39,8 @@
 //! - [`listener`]: listeners and what they speak, accept loops, TLS and WebSocket
 //!   handshakes, refusals at accept.
 //! - `supervisor`: the supervision tree and its restart intensity.
+//! - `scrape` (feature `metrics`): reading the running server into a
+//!   [`metrics::Sample`]; [`Metrics`], the embedder's handle on it.
 //! - [`admin`]: the admin listener: health, readiness, metrics, the JSON API, the
 //!   live page.
 //! - `server`: [`Server`], the entry point, and the parts it owns.
@@ -46,7 +48,33 @@
 //! - [`protocol`]: the wire protocol (the `gatehouse-protocol` crate).
 //! - `fuzzing` (hidden; tests and the `fuzzing` feature): entry points for the fuzz
 //!   targets in `fuzz/`.
+//!
+//! Cargo features, all on by default; an embedder that turns one off compiles none
+//! of its dependencies:
+//! - `tls`: TLS listeners (`tls://`; `wss://` with `websocket`), rustls.
+//! - `websocket`: WebSocket listeners (`ws://`) and the pages they serve, tungstenite.
+//! - `metrics`: Prometheus metrics ([`Server::metrics`], [`Server::add_collector`],
+//!   the store writer's and the rooms' collectors), prometheus-client.
+//! - `admin` (needs `metrics`): the admin listener ([`admin`]), axum and hyper.
+//!
+//! A listener configured for a transport that was left out is refused by
+//! [`ListenerConfig::validate`] with the feature's name.
 
+// Dead code is checked on the full build (all features, as CI lints it). A build
+// that leaves a feature out keeps compiled the few helpers only that feature calls
+// (the hub's census for a scrape, the WebSocket's frame path, handshake counters)
+// rather than scattering a cfg over each.
+#![cfg_attr(
+    not(all(
+        feature = "tls",
+        feature = "websocket",
+        feature = "admin",
+        feature = "metrics"
+    )),
+    allow(dead_code)
+)]
+
+#[cfg(feature = "admin")]
 pub mod admin;
 pub mod bench_service;
 pub mod config;
@@ -63,6 +91,8 @@ mod mailbox;
 pub mod metrics;
 mod panic_strategy;
 pub mod room;
+#[cfg(feature = "metrics")]
+mod scrape;
 mod server;
 pub mod service;
 pub mod stats;
@@ -84,8 +114,12 @@ pub use handle::ServerHandle;
 #[doc(hidden)]
 pub use hub::bench_support;
 pub use hub::{Census, ConnectionInfo, ConnectionPage, HandleError};
-pub use listener::{bind, Certificates, Listener, ListenerConfig, Listeners, TransportKind};
+#[cfg(feature = "tls")]
+pub use listener::Certificates;
+pub use listener::{bind, Listener, ListenerConfig, Listeners, TransportKind};
 pub use protocol::{KickReason, Message, Status};
+#[cfg(feature = "metrics")]
+pub use scrape::Metrics;
 pub use server::Server;
 pub use service::{Context, Disconnect, Reply, Service};
 pub use supervisor::ServerError;

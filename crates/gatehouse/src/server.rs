@@ -4,16 +4,21 @@
 //! the binary and the tests).
 
 use std::future::Future;
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
+#[cfg(feature = "metrics")]
+use std::sync::PoisonError;
 use std::time::Duration;
 
 use futures_util::FutureExt;
 use gatehouse_store::{SaveWriter, Store};
+#[cfg(feature = "metrics")]
 use prometheus_client::collector::Collector;
+#[cfg(feature = "admin")]
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::error;
 
+#[cfg(feature = "admin")]
 use crate::admin::{self, AdminConfig};
 use crate::config::{Config, ConfigError};
 use crate::group::Shared;
@@ -21,7 +26,11 @@ use crate::handle::{HubState, ServerHandle};
 #[cfg(doc)]
 use crate::listener::Listener;
 use crate::listener::Listeners;
-use crate::room::{Room, RoomMetrics, Rooms};
+#[cfg(feature = "metrics")]
+use crate::room::RoomMetrics;
+use crate::room::{Room, Rooms};
+#[cfg(feature = "metrics")]
+use crate::scrape::Metrics;
 use crate::service::Service;
 use crate::stats::Stats;
 use crate::supervisor::{self, Parts, ServerError};
@@ -48,10 +57,12 @@ use crate::supervisor::{self, Parts, ServerError};
 pub struct Server<S: Service> {
     shared: Arc<Shared<S>>,
     /// The admin listener to serve beside the game's, if any.
+    #[cfg(feature = "admin")]
     admin: Option<(TcpListener, AdminConfig)>,
     /// What is stopped after the connections.
     parts: Parts,
     /// The metrics of the rooms handed over.
+    #[cfg(feature = "metrics")]
     room_metrics: RoomMetrics,
 }
 
@@ -61,8 +72,10 @@ impl<S: Service> Server<S> {
         config.validate()?;
         Ok(Server {
             shared: Arc::new(Shared::new(config, service)),
+            #[cfg(feature = "admin")]
             admin: None,
             parts: Parts::default(),
+            #[cfg(feature = "metrics")]
             room_metrics: RoomMetrics::default(),
         })
     }
@@ -74,6 +87,7 @@ impl<S: Service> Server<S> {
     /// the registry over before any room is made.
     pub fn with_rooms<R: Room>(mut self, kind: &'static str, rooms: &Rooms<R>) -> Self {
         rooms.set_max_frame(self.shared.config.limits.max_frame_bytes);
+        #[cfg(feature = "metrics")]
         self.room_metrics.add(kind, rooms);
         let rooms = rooms.clone();
         self.parts.rooms.push((
@@ -91,6 +105,7 @@ impl<S: Service> Server<S> {
         writer: &SaveWriter<St>,
         flush_timeout: Duration,
     ) -> Self {
+        #[cfg(feature = "metrics")]
         self.add_collector(writer.collector());
         let writer = writer.clone();
         let close = move |timeout| async move { writer.close(timeout).await }.boxed();
@@ -100,6 +115,7 @@ impl<S: Service> Server<S> {
 
     /// Serves the admin API ([`crate::admin`]: health, readiness, metrics, the JSON
     /// API, the live page) on `listener` while the server runs.
+    #[cfg(feature = "admin")]
     pub fn with_admin(
         mut self,
         listener: TcpListener,
@@ -113,12 +129,20 @@ impl<S: Service> Server<S> {
     /// Adds the game's own metrics to the admin listener's `/metrics`, after the
     /// server's (the rooms' and the save writer's come with [`Server::with_rooms`] and
     /// [`Server::with_store`]).
+    #[cfg(feature = "metrics")]
     pub fn add_collector(&self, collector: Arc<dyn Collector>) {
         self.shared
             .collectors
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(collector);
+    }
+
+    /// The server's metrics, for an embedder who serves them itself (the admin
+    /// listener's `/metrics` reads the same).
+    #[cfg(feature = "metrics")]
+    pub fn metrics(&self) -> Metrics<S> {
+        Metrics(self.shared.clone())
     }
 
     /// The server's counters, readable while it runs and after.
@@ -148,10 +172,13 @@ impl<S: Service> Server<S> {
     ) -> Result<(), ServerError> {
         let Server {
             shared,
+            #[cfg(feature = "admin")]
             admin,
             parts,
+            #[cfg(feature = "metrics")]
             room_metrics,
         } = self;
+        #[cfg(feature = "metrics")]
         if !room_metrics.is_empty() {
             shared
                 .collectors
@@ -167,12 +194,15 @@ impl<S: Service> Server<S> {
         let _stopped = Stopped(shared.clone());
         // The admin listener outlives the game's: it answers (not ready) while they
         // drain and the parts stop, and stops once the server has.
-        let admin_stop = CancellationToken::new();
-        let _stop_admin = admin_stop.clone().drop_guard();
-        if let Some((listener, config)) = admin {
-            let serving = admin::serve(listener, config, shared.clone(), admin_stop.clone());
-            tokio::spawn(serving);
-        }
+        #[cfg(feature = "admin")]
+        let _stop_admin = {
+            let admin_stop = CancellationToken::new();
+            if let Some((listener, config)) = admin {
+                let serving = admin::serve(listener, config, shared.clone(), admin_stop.clone());
+                tokio::spawn(serving);
+            }
+            admin_stop.drop_guard()
+        };
         let drain = shared.drain.clone();
         let drain_timeout = shared.config.supervisor.drain_timeout;
         let supervised = supervisor::supervise(listeners.into(), shared, token.clone());

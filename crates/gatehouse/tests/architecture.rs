@@ -214,3 +214,46 @@ fn each_crate_depends_only_on_what_its_role_allows() {
     );
     assert!(depends_on(&dependency_tree("gatehouse-store", &[]), "sqlx"));
 }
+
+#[test]
+fn each_feature_of_the_runtime_alone_brings_its_dependencies() {
+    // (the feature, what only it may bring)
+    let features = [
+        ("tls", &["tokio-rustls", "rustls"][..]),
+        ("websocket", &["tokio-tungstenite", "tungstenite"][..]),
+        ("metrics", &["prometheus-client"][..]),
+        ("admin", &["axum", "hyper", "hyper-util", "serde_json"][..]),
+    ];
+    let bare = dependency_tree("gatehouse", &["--no-default-features"]);
+    for (feature, brings) in features {
+        for dependency in brings {
+            assert!(
+                !depends_on(&bare, dependency),
+                "gatehouse without features compiles {dependency} (feature `{feature}`'s)"
+            );
+        }
+        let alone = dependency_tree(
+            "gatehouse",
+            &["--no-default-features", "--features", feature],
+        );
+        assert!(
+            depends_on(&alone, brings[0]),
+            "feature `{feature}` does not bring {}",
+            brings[0]
+        );
+        for (other, theirs) in features {
+            // `admin` serves `/metrics`: it brings `metrics` with it.
+            if other == feature || (feature == "admin" && other == "metrics") {
+                continue;
+            }
+            for dependency in theirs {
+                assert!(
+                    !depends_on(&alone, dependency),
+                    "feature `{feature}` alone compiles {dependency} (feature `{other}`'s)"
+                );
+            }
+        }
+    }
+    let store_alone = dependency_tree("gatehouse-store", &["--no-default-features"]);
+    assert!(!depends_on(&store_alone, "prometheus-client"));
+}

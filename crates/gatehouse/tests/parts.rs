@@ -1,7 +1,8 @@
 //! The parts a server owns, over real sockets: rooms handed to it push at most its
 //! frame limit; at shutdown it runs every disconnect hook, then stops the rooms, then
-//! closes the store writer, whose saves have landed; and saves that cannot land make
-//! `run` say how many.
+//! closes the store writer, whose saves have landed; saves that cannot land make
+//! `run` say how many; and the server's metrics, with its parts', are readable
+//! without the admin listener.
 
 #![allow(clippy::unwrap_used)]
 
@@ -14,7 +15,9 @@ use bytes::Bytes;
 use gatehouse::room::{
     Membership, Origin, Refusal, Room, RoomContext, RoomOptions, Rooms, StopReason,
 };
-use gatehouse::{ConnId, Context, Disconnect, Reply, Server, ServerError, Service, Status};
+use gatehouse::{
+    ConnId, Context, Disconnect, Reply, Server, ServerError, Service, Status, TransportKind,
+};
 use gatehouse_store::{
     DeadLetter, MemoryStore, Outcome, Record, SaveSlot, SaveWriter, Store, StoreError, Write,
     WriterClosed, WriterConfig,
@@ -229,4 +232,42 @@ async fn saves_that_do_not_land_by_the_flush_timeout_are_what_run_returns() {
         server.shutdown().await,
         Err(ServerError::Unsaved { saves: 1 })
     ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedder_reads_the_metrics_of_the_server_and_its_parts_without_the_admin_listener() {
+    let log = Arc::new(Log::default());
+    let rooms = Rooms::new(log.clone(), RoomOptions::default()).unwrap();
+    let writer = SaveWriter::start(MemoryStore::new(), WriterConfig::default());
+    let game = Game {
+        rooms: rooms.clone(),
+        writer: writer.clone(),
+        log,
+    };
+    let server = Server::new(test_config(), game)
+        .unwrap()
+        .with_rooms("hall", &rooms)
+        .with_store(&writer, Duration::from_millis(300));
+    let metrics = server.metrics();
+    let server = TestServer::serve(server, Arc::new(Kept::default())).await;
+    let mut client = server.connect().await;
+    assert!(client.request(JOIN, "").await.0.is_ok());
+
+    let text = metrics.text().await.unwrap();
+    // The server's own families, then the rooms' and the writer's.
+    assert!(
+        text.contains("gatehouse_connections_open{transport=\"tcp\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("gatehouse_rooms{kind=\"hall\"} 1"), "{text}");
+    assert!(text.contains("gatehouse_save_queued "), "{text}");
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    let sample = metrics.sample().await;
+    assert_eq!(sample.census.map(|c| c.open[TransportKind::Tcp]), Some(1));
+    assert!(sample.ready);
+
+    drop(client);
+    assert!(server.shutdown().await.is_ok());
+    // After the server ended, the handle reads its last numbers.
+    assert!(!metrics.sample().await.hub_up);
 }

@@ -22,11 +22,11 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{error, info, warn};
 
 use super::{Admin, AdminState, ApiError};
-use crate::config::PerTransport;
 use crate::connection::{ConnId, TrafficCounts};
 use crate::group::Shared;
-use crate::hub::{Census, HandleError, HubHandle};
-use crate::metrics::{labelled_by, per_transport, Sample, CONTENT_TYPE};
+use crate::hub::{Census, HandleError};
+use crate::metrics::{labelled_by, per_transport, CONTENT_TYPE};
+use crate::scrape;
 use crate::service::Service;
 use crate::stats::{DISCONNECT_REASONS, KICK_REASONS, REFUSAL_REASONS};
 
@@ -60,53 +60,6 @@ fn millis_as_seconds(duration: Duration) -> f64 {
     duration.as_millis() as f64 / 1000.0
 }
 
-fn live_hub<S: Service>(shared: &Shared<S>) -> Option<HubHandle<S::Message>> {
-    shared.hub_slot.current().filter(|hub| !hub.is_closed())
-}
-
-/// Why the server does not take connections now, if it does not.
-fn not_ready<S: Service>(shared: &Shared<S>) -> Option<&'static str> {
-    if shared.drain.is_cancelled() {
-        Some("draining")
-    } else if live_hub(shared).is_none() {
-        Some("hub restarting or stopped")
-    } else {
-        None
-    }
-}
-
-/// Reads everything a scrape reports.
-async fn sample<S: Service>(shared: &Shared<S>) -> Sample {
-    let stats = shared.stats.snapshot();
-    let hub = live_hub(shared);
-    let (census, hub_queue) = match &hub {
-        Some(hub) => (within(hub.census()).await.ok(), hub.queue_depth()),
-        // No hub, no connections: every one was closed with the last hub.
-        None => (Some(Census::default()), (0, 0)),
-    };
-    let traffic = PerTransport::from_fn(|t| {
-        let mut total = stats.closed_traffic[t];
-        if let Some(census) = &census {
-            total += census.traffic[t];
-        }
-        total
-    });
-    let memory = &shared.core_config.memory;
-    Sample {
-        stats,
-        census,
-        traffic: shared.traffic_high.raise(traffic),
-        hub_up: hub.is_some(),
-        ready: not_ready(shared).is_none(),
-        draining: shared.drain.is_cancelled(),
-        hub_queue,
-        handler_latency: shared.latency.read(),
-        memory_budget: (memory.limit(), memory.used()),
-        max_connections: shared.config.server.max_connections,
-        start_time: seconds_since_epoch(shared.started),
-    }
-}
-
 /// The metrics text, at most [`SAMPLE_REUSE`] old: the event streams of every open
 /// live page share one reading (each is a census of every connection in the hub).
 async fn metrics_text<S: Service>(admin: &AdminState<S>) -> Result<String, ApiError> {
@@ -116,14 +69,7 @@ async fn metrics_text<S: Service>(admin: &AdminState<S>) -> Result<String, ApiEr
             return Ok(text.clone());
         }
     }
-    let sample = sample(&admin.shared).await;
-    let collectors = admin
-        .shared
-        .collectors
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone();
-    let text = sample.encode(&collectors).map_err(|_| {
+    let text = scrape::text(&admin.shared).await.map_err(|_| {
         error!("a metrics collector failed; the scrape is refused rather than cut short");
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -151,7 +97,7 @@ pub(super) async fn healthz() -> Json<Value> {
 }
 
 pub(super) async fn readyz<S: Service>(State(admin): State<Admin<S>>) -> Response {
-    match not_ready(&admin.shared) {
+    match admin.shared.not_ready() {
         None => Json(json!({ "ready": true })).into_response(),
         Some(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -222,7 +168,7 @@ fn traffic_json(t: &TrafficCounts) -> Value {
 
 pub(super) async fn stats<S: Service>(State(admin): State<Admin<S>>) -> Json<Value> {
     let shared = &admin.shared;
-    let sample = sample(shared).await;
+    let sample = scrape::sample(shared).await;
     let s = &sample.stats;
     // Unknown (null) when the hub could not answer in time.
     let census = sample.census.as_ref();
@@ -305,7 +251,7 @@ pub(super) async fn connections<S: Service>(
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(bad_request(format!("limit must be 1 to {MAX_PAGE}")));
     }
-    let hub = live_hub(&admin.shared).ok_or_else(hub_gone)?;
+    let hub = admin.shared.live_hub().ok_or_else(hub_gone)?;
     let page = within(hub.connections(query.after.map(ConnId), limit)).await?;
     let now = SystemTime::now();
     let next_after = (page.connections.len() == limit)
@@ -390,7 +336,7 @@ pub(super) async fn kick<S: Service>(
     if text.len() > MAX_ANNOUNCEMENT {
         return Err(bad_request(format!("text over {MAX_ANNOUNCEMENT} bytes")));
     }
-    let hub = live_hub(&admin.shared).ok_or_else(hub_gone)?;
+    let hub = admin.shared.live_hub().ok_or_else(hub_gone)?;
     let id = ConnId(id);
     if within(hub.connection(id)).await?.is_none() {
         return Err(ApiError::new(
@@ -422,7 +368,7 @@ pub(super) async fn broadcast<S: Service>(
             "text must be 1 to {MAX_ANNOUNCEMENT} bytes"
         )));
     }
-    let hub = live_hub(&admin.shared).ok_or_else(hub_gone)?;
+    let hub = admin.shared.live_hub().ok_or_else(hub_gone)?;
     let recipients = within(hub.count()).await?;
     within(hub.broadcast(ROUTE_ANNOUNCEMENT, Bytes::from(text.clone()), None)).await?;
     info!(

@@ -28,7 +28,9 @@ pub(crate) mod staged;
 use std::fmt;
 
 pub(crate) use self::budget::OutboundBudget;
-pub(crate) use self::core::{cut_at_char, Close, ConnectionCore, CoreConfig, Event, NoRoom};
+#[cfg(feature = "websocket")]
+pub(crate) use self::core::cut_at_char;
+pub(crate) use self::core::{Close, ConnectionCore, CoreConfig, Event, NoRoom};
 pub(crate) use self::meter::Meter;
 pub use self::meter::TrafficCounts;
 pub use self::reason::{DisconnectReason, Severity};

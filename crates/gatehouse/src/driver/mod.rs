@@ -13,8 +13,9 @@
 //!   its loop.
 //! - [`dispatch`]: handler calls (panics, timeouts, cancellation), framework routes,
 //!   mailbox deliveries.
-//! - [`transport`]: the [`Transport`] trait; [`tcp`]: TCP; [`stream`]: any byte
-//!   stream with its own buffers (TLS); [`websocket`]: WebSocket.
+//! - [`transport`]: the [`Transport`] trait; [`tcp`]: TCP; `stream` (feature `tls`):
+//!   any byte stream with its own buffers (TLS); `websocket` (feature `websocket`):
+//!   WebSocket.
 //! - [`spare`]: buffers shared between the connections of a thread.
 
 /// The handler [`Context`] over a connection's fields, borrowed one by one so that
@@ -34,9 +35,11 @@ macro_rules! context {
 
 mod dispatch;
 mod spare;
+#[cfg(feature = "tls")]
 pub(crate) mod stream;
 pub(crate) mod tcp;
 pub(crate) mod transport;
+#[cfg(feature = "websocket")]
 pub(crate) mod websocket;
 
 use std::future::Future;

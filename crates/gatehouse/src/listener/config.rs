@@ -82,6 +82,15 @@ impl ListenerConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key, message: String| Err(ConfigError::Invalid { key, message });
         let name = format!("the {} listener on {}", self.transport, self.address);
+        if let Some(feature) = self.transport.missing_feature() {
+            return invalid(
+                "listeners.transport",
+                format!(
+                    "{name}: this build of gatehouse cannot serve {}; build it with the cargo feature {feature}",
+                    self.transport
+                ),
+            );
+        }
         if self.transport.is_tls() {
             if self.cert.is_none() {
                 return invalid(
@@ -139,6 +148,29 @@ mod tests {
     }
 
     #[test]
+    fn a_transport_left_out_of_the_build_is_refused_naming_its_feature() {
+        let cert = "cert = \"c.pem\"\nkey = \"k.pem\"\n";
+        for (transport, feature) in [("tls", "tls"), ("ws", "websocket"), ("wss", "tls")] {
+            let text = format!("transport = \"{transport}\"\naddress = \"127.0.0.1:0\"\n");
+            let text = if transport == "ws" { text } else { text + cert };
+            let parsed = parse(&text);
+            let built_in = parsed.is_ok();
+            let compiled = match feature {
+                "tls" => {
+                    cfg!(feature = "tls") && (transport != "wss" || cfg!(feature = "websocket"))
+                }
+                _ => cfg!(feature = "websocket"),
+            };
+            assert_eq!(built_in, compiled, "{transport}: {parsed:?}");
+            if let Err(e) = parsed {
+                assert!(e.starts_with("listeners.transport"), "{e}");
+                assert!(e.contains("cargo feature"), "{e}");
+            }
+        }
+    }
+
+    #[test]
+    #[cfg(all(feature = "tls", feature = "websocket"))]
     fn a_tls_listener_needs_its_certificate_and_key() {
         let e = parse("transport = \"wss\"\naddress = \"127.0.0.1:0\"\n").unwrap_err();
         assert!(e.starts_with("listeners.cert"), "{e}");
@@ -157,6 +189,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "websocket")]
     fn origins_and_proxies_are_checked_when_read() {
         let e = parse("transport = \"ws\"\naddress = \"127.0.0.1:0\"\nallowed_origins = [\"https://x.example/page\"]\n")
             .unwrap_err();

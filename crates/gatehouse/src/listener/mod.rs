@@ -11,11 +11,18 @@
 //! stalled handshake holds only its admission slot and costs no hub registration.
 //!
 //! - [`config`]: [`ListenerConfig`], the `[[listeners]]` entries.
-//! - [`tls`]: [`Certificates`], reloadable.
-//! - `http`: the WebSocket upgrade, origins, `X-Forwarded-For`, static pages.
+//! - `handshake`: the TLS handshake and the HTTP upgrade before a connection is
+//!   served.
+//! - `tls` (feature `tls`): `Certificates`, reloadable.
+//! - `http` (feature `websocket`): the WebSocket upgrade, origins,
+//!   `X-Forwarded-For`, static pages.
 
 pub mod config;
+#[cfg(any(feature = "tls", feature = "websocket"))]
+mod handshake;
+#[cfg(feature = "websocket")]
 pub(crate) mod http;
+#[cfg(feature = "tls")]
 pub mod tls;
 
 use std::io;
@@ -27,19 +34,17 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
-use tokio_rustls::server::TlsStream;
-use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, error, info, warn};
 
 pub use self::config::{ListenerConfig, TransportKind};
+#[cfg(feature = "websocket")]
 pub use self::http::{Pages, WebOptions};
+#[cfg(feature = "tls")]
 pub use self::tls::{Certificates, TlsError};
 use crate::connection::ConnId;
-use crate::driver::stream::StreamTransport;
-use crate::driver::websocket::{self, WebSocketTransport};
 use crate::driver::{self, tcp::TcpTransport};
 use crate::group::{Group, Shared};
-use crate::limits::{Permit, Refusal};
+use crate::limits::Refusal;
 use crate::logs::Admit;
 use crate::service::Service;
 use gatehouse_protocol::KickReason;
@@ -84,6 +89,7 @@ pub enum ListenError {
         source: io::Error,
     },
     /// The certificate or key could not be loaded.
+    #[cfg(feature = "tls")]
     #[error("the {transport} listener on {address}: {source}")]
     Tls {
         /// `tls` or `wss`.
@@ -105,8 +111,11 @@ pub struct Listener {
 
 enum Speaks {
     Tcp,
+    #[cfg(feature = "tls")]
     Tls(Certificates),
+    #[cfg(feature = "websocket")]
     Ws(Arc<WebOptions>),
+    #[cfg(all(feature = "tls", feature = "websocket"))]
     Wss(Certificates, Arc<WebOptions>),
 }
 
@@ -127,6 +136,7 @@ impl Listener {
     pub async fn bind(config: &ListenerConfig) -> Result<Listener, ListenError> {
         config.validate()?;
         let address = config.address;
+        #[cfg(feature = "tls")]
         let certificates = match (&config.cert, &config.key) {
             (Some(cert), Some(key)) if config.transport.is_tls() => Some(
                 Certificates::from_files(cert, key).map_err(|source| ListenError::Tls {
@@ -140,15 +150,26 @@ impl Listener {
         let socket = bind(address)
             .await
             .map_err(|source| ListenError::Bind { address, source })?;
+        #[cfg(feature = "websocket")]
         let web = || WebOptions {
             allowed_origins: config.allowed_origins.clone(),
             trusted_proxies: config.trusted_proxies.clone(),
             pages: Pages::new(),
         };
-        Ok(match (config.transport, certificates) {
-            (TransportKind::Tls, Some(certs)) => Listener::tls(socket, certs),
-            (TransportKind::Ws, _) => Listener::websocket(socket, web()),
-            (TransportKind::Wss, Some(certs)) => Listener::secure_websocket(socket, certs, web()),
+        // validate() refused a transport that was not compiled in.
+        Ok(match config.transport {
+            #[cfg(feature = "tls")]
+            TransportKind::Tls => match certificates {
+                Some(certs) => Listener::tls(socket, certs),
+                None => unreachable!("validate() requires cert and key for tls"),
+            },
+            #[cfg(feature = "websocket")]
+            TransportKind::Ws => Listener::websocket(socket, web()),
+            #[cfg(all(feature = "tls", feature = "websocket"))]
+            TransportKind::Wss => match certificates {
+                Some(certs) => Listener::secure_websocket(socket, certs, web()),
+                None => unreachable!("validate() requires cert and key for wss"),
+            },
             _ => Listener::tcp(socket),
         })
     }
@@ -162,6 +183,7 @@ impl Listener {
     }
 
     /// `{packet, 4}` frames over TLS.
+    #[cfg(feature = "tls")]
     pub fn tls(socket: TcpListener, certificates: Certificates) -> Listener {
         Listener {
             socket,
@@ -170,6 +192,7 @@ impl Listener {
     }
 
     /// WebSocket over plain HTTP (`ws://`), serving `options.pages` to plain `GET`s.
+    #[cfg(feature = "websocket")]
     pub fn websocket(socket: TcpListener, options: WebOptions) -> Listener {
         Listener {
             socket,
@@ -178,6 +201,7 @@ impl Listener {
     }
 
     /// WebSocket over TLS (`wss://`).
+    #[cfg(all(feature = "tls", feature = "websocket"))]
     pub fn secure_websocket(
         socket: TcpListener,
         certificates: Certificates,
@@ -190,9 +214,13 @@ impl Listener {
     }
 
     /// Serves `pages` to plain `GET`s (WebSocket listeners; others ignore them).
+    #[cfg(feature = "websocket")]
     pub fn with_pages(mut self, pages: Pages) -> Listener {
-        if let Speaks::Ws(options) | Speaks::Wss(_, options) = &mut self.speaks {
-            Arc::make_mut(options).pages = pages;
+        match &mut self.speaks {
+            Speaks::Ws(options) => Arc::make_mut(options).pages = pages,
+            #[cfg(feature = "tls")]
+            Speaks::Wss(_, options) => Arc::make_mut(options).pages = pages,
+            _ => {}
         }
         self
     }
@@ -206,17 +234,23 @@ impl Listener {
     pub fn transport(&self) -> TransportKind {
         match self.speaks {
             Speaks::Tcp => TransportKind::Tcp,
+            #[cfg(feature = "tls")]
             Speaks::Tls(_) => TransportKind::Tls,
+            #[cfg(feature = "websocket")]
             Speaks::Ws(_) => TransportKind::Ws,
+            #[cfg(all(feature = "tls", feature = "websocket"))]
             Speaks::Wss(..) => TransportKind::Wss,
         }
     }
 
     /// Its certificates, for [`Certificates::reload`] (TLS listeners).
+    #[cfg(feature = "tls")]
     pub fn certificates(&self) -> Option<&Certificates> {
         match &self.speaks {
-            Speaks::Tls(certs) | Speaks::Wss(certs, _) => Some(certs),
-            Speaks::Tcp | Speaks::Ws(_) => None,
+            Speaks::Tls(certs) => Some(certs),
+            #[cfg(feature = "websocket")]
+            Speaks::Wss(certs, _) => Some(certs),
+            _ => None,
         }
     }
 
@@ -225,11 +259,17 @@ impl Listener {
         Ok(format!("{}://{}", self.transport(), self.local_addr()?))
     }
 
-    fn web(&self) -> Option<&WebOptions> {
-        match &self.speaks {
-            Speaks::Ws(options) | Speaks::Wss(_, options) => Some(options),
-            Speaks::Tcp | Speaks::Tls(_) => None,
-        }
+    /// A trusted proxy's connections are counted per IP once the proxy has said whose
+    /// they are (`X-Forwarded-For`, WebSocket listeners only).
+    fn trusts_proxy(&self, peer: SocketAddr) -> bool {
+        let trusted: &[ipnet::IpNet] = match &self.speaks {
+            #[cfg(feature = "websocket")]
+            Speaks::Ws(options) => &options.trusted_proxies[..],
+            #[cfg(all(feature = "tls", feature = "websocket"))]
+            Speaks::Wss(_, options) => &options.trusted_proxies[..],
+            _ => &[],
+        };
+        trusted.iter().any(|net| net.contains(&peer.ip()))
     }
 }
 
@@ -313,14 +353,7 @@ fn admit<S: Service>(
         debug!(error = %e, %peer, "set_nodelay failed; the peer is likely gone");
         return;
     }
-    // A trusted proxy's connections are counted per IP once the proxy has said whose
-    // they are.
-    let proxied = listener.web().is_some_and(|web| {
-        web.trusted_proxies
-            .iter()
-            .any(|net| net.contains(&peer.ip()))
-    });
-    let admitted = if proxied {
+    let admitted = if listener.trusts_proxy(peer) {
         shared.admission.try_admit_unplaced()
     } else {
         shared.admission.try_admit(peer.ip())
@@ -330,188 +363,31 @@ fn admit<S: Service>(
         Err(refusal) => return refuse(listener, socket, peer, refusal, shared, refusals),
     };
     let id = ConnId(shared.next_id.fetch_add(1, Ordering::Relaxed));
-    if let Speaks::Tcp = listener.speaks {
-        shared.stats.count_accept(TransportKind::Tcp);
-        group.tracker.spawn(driver::serve(
-            TcpTransport::new(socket),
-            TransportKind::Tcp,
-            peer,
-            id,
-            shared.clone(),
-            group.clone(),
-            permit,
-        ));
-    } else {
-        group.tracker.spawn(handshake_then_serve(
-            listener.clone(),
-            socket,
-            peer,
-            id,
-            shared.clone(),
-            group.clone(),
-            permit,
-        ));
-    }
-}
-
-/// A connection after its handshake.
-#[expect(
-    clippy::large_enum_variant,
-    reason = "made once per connection and moved at once into its transport"
-)]
-enum Upgraded {
-    Tls(TlsStream<TcpStream>),
-    Ws(WebSocketStream<TcpStream>, SocketAddr),
-    Wss(WebSocketStream<TlsStream<TcpStream>>, SocketAddr),
-    /// A plain HTTP request, answered: nothing to serve.
-    Answered,
-}
-
-/// Why a handshake failed.
-#[derive(Debug, thiserror::Error)]
-enum HandshakeError {
-    #[error("TLS: {0}")]
-    Tls(io::Error),
-    #[error("HTTP: {0}")]
-    Http(#[from] http::Refused),
-}
-
-/// The TLS handshake and the HTTP upgrade, as the listener speaks them.
-async fn handshake(
-    speaks: &Speaks,
-    socket: TcpStream,
-    peer: SocketAddr,
-    max_frame_bytes: usize,
-) -> Result<Upgraded, HandshakeError> {
-    let ws_config = websocket::config(max_frame_bytes);
-    Ok(match speaks {
-        Speaks::Tcp => unreachable!("TCP has no handshake"),
-        Speaks::Tls(certs) => Upgraded::Tls(
-            certs
-                .acceptor()
-                .accept(socket)
-                .await
-                .map_err(HandshakeError::Tls)?,
-        ),
-        Speaks::Ws(web) => match http::handshake(socket, peer, false, web, ws_config).await? {
-            http::Handshake::Upgraded(ws, client) => Upgraded::Ws(ws, client),
-            http::Handshake::Served => Upgraded::Answered,
-        },
-        Speaks::Wss(certs, web) => {
-            let tls = certs
-                .acceptor()
-                .accept(socket)
-                .await
-                .map_err(HandshakeError::Tls)?;
-            match http::handshake(tls, peer, true, web, ws_config).await? {
-                http::Handshake::Upgraded(ws, client) => Upgraded::Wss(ws, client),
-                http::Handshake::Served => Upgraded::Answered,
-            }
+    match listener.speaks {
+        Speaks::Tcp => {
+            shared.stats.count_accept(TransportKind::Tcp);
+            group.tracker.spawn(driver::serve(
+                TcpTransport::new(socket),
+                TransportKind::Tcp,
+                peer,
+                id,
+                shared.clone(),
+                group.clone(),
+                permit,
+            ));
         }
-    })
-}
-
-/// A TLS or WebSocket connection: its handshake within `limits.handshake_timeout`
-/// (or until the group stops), then the same connection task as TCP's.
-async fn handshake_then_serve<S: Service>(
-    listener: Arc<Listener>,
-    socket: TcpStream,
-    peer: SocketAddr,
-    id: ConnId,
-    shared: Arc<Shared<S>>,
-    group: Arc<Group<S::Message>>,
-    permit: Permit,
-) {
-    let limits = &shared.config.limits;
-    // Boxed: the handshake's state (rustls' handshake, the HTTP request) would
-    // otherwise size the task for the connection's whole life.
-    let handshaking = tokio::time::timeout(
-        limits.handshake_timeout,
-        Box::pin(handshake(
-            &listener.speaks,
-            socket,
-            peer,
-            limits.max_frame_bytes,
-        )),
-    );
-    let upgraded = tokio::select! {
-        biased;
-        () = group.token.cancelled() => return,
-        upgraded = handshaking => upgraded,
-    };
-    let upgraded = match upgraded {
-        Ok(Ok(upgraded)) => upgraded,
-        Ok(Err(e)) => {
-            shared.stats.count_handshake_failure(listener.transport());
-            debug!(%peer, transport = %listener.transport(), error = %e, "handshake failed");
-            return;
+        #[cfg(any(feature = "tls", feature = "websocket"))]
+        _ => {
+            group.tracker.spawn(handshake::handshake_then_serve(
+                listener.clone(),
+                socket,
+                peer,
+                id,
+                shared.clone(),
+                group.clone(),
+                permit,
+            ));
         }
-        Err(_) => {
-            shared.stats.count_handshake_timeout(listener.transport());
-            debug!(%peer, transport = %listener.transport(), timeout = ?limits.handshake_timeout, "handshake timed out");
-            return;
-        }
-    };
-    let limits = &shared.config.limits;
-    let serving = Serving {
-        transport: listener.transport(),
-        proxy: peer,
-        id,
-        shared: shared.clone(),
-        group,
-        permit,
-    };
-    match upgraded {
-        Upgraded::Tls(stream) => serving.run(StreamTransport::new(stream), peer).await,
-        Upgraded::Ws(ws, client) => {
-            serving
-                .run(WebSocketTransport::new(ws, limits), client)
-                .await
-        }
-        Upgraded::Wss(ws, client) => {
-            serving
-                .run(WebSocketTransport::new(ws, limits), client)
-                .await
-        }
-        Upgraded::Answered => shared.stats.count_page_served(),
-    }
-}
-
-/// A connection whose handshake is done, about to be served (or refused, if the
-/// client a proxy named is over its per-IP cap).
-struct Serving<S: Service> {
-    transport: TransportKind,
-    /// The address the connection came from (the proxy's, when proxied).
-    proxy: SocketAddr,
-    id: ConnId,
-    shared: Arc<Shared<S>>,
-    group: Arc<Group<S::Message>>,
-    permit: Permit,
-}
-
-impl<S: Service> Serving<S> {
-    async fn run<T: driver::Transport>(mut self, transport: T, client: SocketAddr) {
-        let shared = self.shared;
-        if let Err(refusal) = self.permit.place(client.ip()) {
-            shared.stats.count_refusal(refusal);
-            let (reason, text) = refusal_kick(refusal);
-            log_refusal(&shared, client, reason, Some(self.proxy));
-            let refusing = driver::refuse(transport, shared.core_config.clone(), reason, text);
-            let _ = tokio::time::timeout(REFUSAL_TIMEOUT, refusing).await;
-            return;
-        }
-        shared.stats.count_accept(self.transport);
-        let kind = self.transport;
-        driver::serve(
-            transport,
-            kind,
-            client,
-            self.id,
-            shared,
-            self.group,
-            self.permit,
-        )
-        .await;
     }
 }
 
@@ -551,8 +427,8 @@ fn refusal_kick(refusal: Refusal) -> (KickReason, &'static str) {
 
 /// Refuses a connection over the limits with a kick, written off the accept path;
 /// bounded so a connect flood cannot pile up tasks. Without a slot the socket is
-/// simply closed. A TLS or WebSocket client gets its handshake first, so that it can
-/// read the kick.
+/// simply closed. A TLS or WebSocket client gets its handshake first
+/// (`handshake::refuse`), so that it can read the kick.
 fn refuse<S: Service>(
     listener: &Arc<Listener>,
     socket: TcpStream,
@@ -569,32 +445,17 @@ fn refuse<S: Service>(
         debug!(%peer, "too many refusals in flight; closing without a kick");
         return;
     };
-    let (listener, shared) = (listener.clone(), shared.clone());
+    #[cfg(any(feature = "tls", feature = "websocket"))]
+    let shared = shared.clone();
+    let listener = listener.clone();
     tokio::spawn(async move {
         let _ = tokio::time::timeout(REFUSAL_TIMEOUT, async {
-            let max_frame = shared.config.limits.max_frame_bytes;
             match &listener.speaks {
                 Speaks::Tcp => {
                     let _ = kick_raw(socket, reason, text).await;
                 }
-                speaks => {
-                    let config = shared.core_config.clone();
-                    let limits = &shared.config.limits;
-                    match handshake(speaks, socket, peer, max_frame).await {
-                        Ok(Upgraded::Tls(tls)) => {
-                            driver::refuse(StreamTransport::new(tls), config, reason, text).await
-                        }
-                        Ok(Upgraded::Ws(ws, _)) => {
-                            let transport = WebSocketTransport::new(ws, limits);
-                            driver::refuse(transport, config, reason, text).await
-                        }
-                        Ok(Upgraded::Wss(ws, _)) => {
-                            let transport = WebSocketTransport::new(ws, limits);
-                            driver::refuse(transport, config, reason, text).await
-                        }
-                        Ok(Upgraded::Answered) | Err(_) => {}
-                    }
-                }
+                #[cfg(any(feature = "tls", feature = "websocket"))]
+                speaks => handshake::refuse(speaks, socket, peer, &shared, reason, text).await,
             }
         })
         .await;

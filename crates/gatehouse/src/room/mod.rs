@@ -26,8 +26,11 @@
 //! - `context`: [`RoomContext`], what a hook can do.
 //! - `task`: a room's task: its lives, restarts and tick loop.
 //! - `stats`: per-room counters and the registry's lateness histogram.
+//! - `metrics` (feature `metrics`): the rooms' Prometheus collector.
 
 mod context;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod registry;
 mod stats;
 mod task;
@@ -39,7 +42,8 @@ use gatehouse_protocol::Status;
 use crate::connection::ConnId;
 
 pub use self::context::RoomContext;
-pub(crate) use self::registry::RoomMetrics;
+#[cfg(feature = "metrics")]
+pub(crate) use self::metrics::RoomMetrics;
 pub use self::registry::{Membership, RoomHandle, Rooms};
 pub use self::stats::{LatenessMark, RoomStats, TickLateness};
 
