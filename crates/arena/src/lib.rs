@@ -11,7 +11,7 @@
 //! checkpointed while they play, within `limits.checkpoint_interval` of a change.
 //!
 //! - this file: the service, its routes and statuses, the session.
-//! - `login`: passwords, the online registry, duplicate logins.
+//! - `login`: passwords; turns and takeovers are gatehouse's.
 //! - `play`: the handlers of a logged-in player.
 //! - [`world`]: the real-time room.
 //! - [`accounts`]: password hashes, fair hashing between addresses, and the budgets
@@ -22,7 +22,6 @@ mod login;
 mod play;
 pub mod world;
 
-use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -32,7 +31,6 @@ use gatehouse::room::{LatenessMark, Membership, Restart, RoomError, RoomOptions,
 use gatehouse::{typed, Context, Disconnect, Reply, Service, Status};
 use gatehouse_store::{SaveSlot, SaveWriter, Store};
 use prost::Message as _;
-use tokio::sync::watch;
 use tracing::{error, info};
 
 use crate::accounts::{Accounts, AuthStats, Guessing};
@@ -165,10 +163,6 @@ pub struct Arena<S> {
     /// Where the STATS route's window of tick lateness starts, and when it last
     /// answered.
     stats_window: Mutex<(LatenessMark, Option<std::time::Instant>)>,
-    online: Mutex<HashMap<String, login::Online>>,
-    /// Logins to one name take turns: each takes over from the one before, so that
-    /// however many arrive at once, exactly one is left online.
-    turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// Per connection: nothing until login.
@@ -186,8 +180,6 @@ struct Player {
     room: Option<Membership<ArenaRoom>>,
     /// Where the state is saved: it builds on the version loaded at login.
     slot: SaveSlot,
-    /// Tells a waiting login that this session's save is queued.
-    released: watch::Sender<bool>,
 }
 
 impl Player {
@@ -239,8 +231,6 @@ impl<S: Store> Arena<S> {
             accounts: Accounts::new(options.guessing, options.new_accounts_per_ip_per_hour),
             fault_injection: options.fault_injection,
             stats_window: Mutex::new((LatenessMark::default(), None)),
-            online: Mutex::new(HashMap::new()),
-            turns: Mutex::new(HashMap::new()),
         })
     }
 
@@ -306,9 +296,9 @@ impl<S: Store> Service for Arena<S> {
             routes::SAY => typed::request(payload, |r| self.say(player, r)).await,
             routes::MOVE => typed::request(payload, |r| self.move_to(player, ctx, r)).await,
             routes::WHISPER => typed::request(payload, |r| self.whisper(player, ctx, r)).await,
-            routes::WHO => typed::request(payload, |()| async { Ok(self.who(player)) }).await,
+            routes::WHO => typed::request(payload, |()| self.who(player, ctx)).await,
             routes::CRASH_ROOM => typed::request(payload, |()| self.crash_room(player)).await,
-            routes::STATS => typed::request(payload, |()| async { self.stats() }).await,
+            routes::STATS => typed::request(payload, |()| self.stats(ctx)).await,
             other => Reply::unknown_route(other),
         }
     }
@@ -341,8 +331,8 @@ impl<S: Store> Service for Arena<S> {
         }
     }
 
-    /// Saves the player (the seed's `save_on_end`), then leaves the room and lets a
-    /// waiting login in.
+    /// Saves the player (the seed's `save_on_end`), then leaves the room; a login
+    /// taking the player over goes on once this has returned.
     async fn disconnect(&self, session: Session, info: Disconnect) {
         let Some(mut player) = session.player else {
             return;
@@ -350,7 +340,6 @@ impl<S: Store> Service for Arena<S> {
         self.save(&mut player);
         // The room hears "left" before a waiting login's join.
         drop(player.room.take());
-        self.release(&player.state.name, info.id, &player.released);
         info!(player = %player.state.name, reason = %info.reason, "left; save queued");
     }
 

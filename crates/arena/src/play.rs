@@ -157,7 +157,7 @@ impl<S: Store> Arena<S> {
         whisper: pb::Whisper,
     ) -> Result<(), Failure> {
         check_text(&whisper.text)?;
-        if !crate::lock(&self.online).contains_key(&whisper.to) {
+        if ctx.server().player(&whisper.to).await?.is_none() {
             return Err(Failure::new(status::NO_SUCH_PLAYER, "not online"));
         }
         let chat = pb::Chat {
@@ -173,25 +173,27 @@ impl<S: Store> Arena<S> {
     }
 
     /// Route WHO.
-    pub(crate) fn who(&self, player: &Player) -> pb::WhoReply {
-        let mut players: Vec<String> = crate::lock(&self.online).keys().cloned().collect();
-        let online = players.len();
-        players.sort_unstable();
-        players.truncate(MAX_WHO);
+    pub(crate) async fn who(
+        &self,
+        player: &Player,
+        ctx: &Context<'_, ()>,
+    ) -> Result<pb::WhoReply, Failure> {
+        let players = ctx.server().players(MAX_WHO).await?;
         let in_room = self
             .rooms
             .get(&player.state.room)
             .map_or(0, |room| room.stats().members);
-        pb::WhoReply {
-            players,
-            online: count(online),
+        Ok(pb::WhoReply {
+            online: count(players.online),
+            players: players.names,
             in_room: count(in_room),
-        }
+        })
     }
 
     /// Route STATS: at most one answer per [`STATS_EVERY`] server-wide (each one
     /// copies the lateness histogram, under the lock every tick takes).
-    pub(crate) fn stats(&self) -> Result<pb::ServerStats, Failure> {
+    pub(crate) async fn stats(&self, ctx: &Context<'_, ()>) -> Result<pb::ServerStats, Failure> {
+        let online = ctx.server().players(0).await?.online;
         let mut window = crate::lock(&self.stats_window);
         let now = std::time::Instant::now();
         if window
@@ -214,7 +216,7 @@ impl<S: Store> Arena<S> {
             lateness_p99_us: micros(lateness.p99),
             lateness_max_us: micros(lateness.max),
             rooms: count(self.rooms.len()),
-            online: count(crate::lock(&self.online).len()),
+            online: count(online),
         })
     }
 

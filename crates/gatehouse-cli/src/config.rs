@@ -264,9 +264,13 @@ mod tests {
         let readme =
             std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
                 .unwrap();
-        let start = readme
-            .find("```toml\n")
-            .expect("a toml block in the README")
+        let section = readme
+            .find("\n## Configuration\n")
+            .expect("a Configuration section in the README");
+        let start = section
+            + readme[section..]
+                .find("```toml\n")
+                .expect("a toml block in the README's Configuration section")
             + 8;
         let len = readme[start..].find("```").unwrap();
         readme[start..start + len].to_owned()

@@ -11,6 +11,7 @@
 //! state and the hub's own call (a send on its queue).
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,6 +21,7 @@ use tokio::time::Instant;
 
 use crate::connection::ConnId;
 use crate::hub::{ConnectionInfo, ConnectionPage, HandleError, HubHandle};
+use crate::players::{PlayerList, Players};
 
 /// How long a call waits for the hub by default while it restarts.
 pub(crate) const DEFAULT_HANDLE_WAIT: Duration = Duration::from_secs(5);
@@ -37,12 +39,15 @@ pub(crate) enum HubState<M> {
 /// The supervisor's side: it publishes every change of hub.
 pub(crate) struct HubSlot<M> {
     state: watch::Sender<HubState<M>>,
+    /// Who is logged in, for the server's life (outside the hub: see `players`).
+    pub(crate) players: Arc<Players>,
 }
 
 impl<M> HubSlot<M> {
     pub(crate) fn new() -> Self {
         HubSlot {
             state: watch::Sender::new(HubState::Restarting),
+            players: Arc::default(),
         }
     }
 
@@ -62,6 +67,7 @@ impl<M> HubSlot<M> {
         ServerHandle {
             state: self.state.subscribe(),
             wait: DEFAULT_HANDLE_WAIT,
+            players: self.players.clone(),
         }
     }
 }
@@ -87,6 +93,7 @@ impl<M> HubSlot<M> {
 pub struct ServerHandle<M> {
     state: watch::Receiver<HubState<M>>,
     wait: Duration,
+    pub(crate) players: Arc<Players>,
 }
 
 impl<M> Clone for ServerHandle<M> {
@@ -94,6 +101,7 @@ impl<M> Clone for ServerHandle<M> {
         ServerHandle {
             state: self.state.clone(),
             wait: self.wait,
+            players: self.players.clone(),
         }
     }
 }
@@ -331,6 +339,13 @@ impl<M: Send + 'static> ServerHandle<M> {
     pub async fn player(&self, player: &str) -> Result<Option<ConnId>, HandleError> {
         self.call(|hub| async move { hub.player(player).await })
             .await
+    }
+
+    /// The players logged in on the server: how many, and the first `limit` names in
+    /// order. A player counts from its login until its connection's disconnect hook
+    /// has run.
+    pub async fn players(&self, limit: usize) -> Result<PlayerList, HandleError> {
+        Ok(self.players.list(limit))
     }
 
     /// One live connection (its peer, transport, traffic, player), if it is.

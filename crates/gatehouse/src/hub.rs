@@ -49,6 +49,10 @@ pub enum HandleError {
         /// `limits.max_frame_bytes`.
         max: usize,
     },
+    /// A login waited too long: for its turn among the logins to the same player, or
+    /// for the session it takes over to end ([`crate::LoginTurn`]).
+    #[error("the player is busy: another login or the previous session did not finish in time")]
+    Busy,
 }
 
 /// The live connections summed up, for the metrics: read from every connection's

@@ -26,6 +26,8 @@
 //! - [`timer`]: timers for sessions and rooms.
 //! - `mailbox`: how the hub, rooms and timers reach a connection.
 //! - `hub`: the seed's `gs_svr`: registry, players, groups, broadcast, counts.
+//! - [`players`]: who is logged in until their disconnect hook has run; logins that
+//!   take turns and take a player over ([`LoginTurn`]).
 //! - [`service`]: the trait a game implements and its handler [`Context`].
 //! - [`room`]: supervised rooms with ticks ([`room::Rooms`], [`room::Room`]).
 //! - [`typed`]: typed handlers over prost messages, errors as statuses.
@@ -90,6 +92,7 @@ pub mod logs;
 mod mailbox;
 pub mod metrics;
 mod panic_strategy;
+pub mod players;
 pub mod room;
 #[cfg(feature = "metrics")]
 mod scrape;
@@ -117,6 +120,7 @@ pub use hub::{Census, ConnectionInfo, ConnectionPage, HandleError};
 #[cfg(feature = "tls")]
 pub use listener::Certificates;
 pub use listener::{bind, Listener, ListenerConfig, Listeners, TransportKind};
+pub use players::{LoginTurn, PlayerList};
 pub use protocol::{KickReason, Message, Status};
 #[cfg(feature = "metrics")]
 pub use scrape::Metrics;

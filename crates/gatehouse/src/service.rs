@@ -21,6 +21,7 @@ use crate::connection::{ConnId, ConnectionCore, DisconnectReason, Staged};
 use crate::handle::ServerHandle;
 use crate::hub::{HandleError, HubHandle};
 use crate::mailbox::{Mailbox, MemberSink};
+use crate::players::LoginTurn;
 use crate::timer::{Timer, TimerError};
 
 /// A game (or any protocol service) served by gatehouse.
@@ -357,16 +358,63 @@ impl<M: Send + 'static> Context<'_, M> {
     }
 
     /// This connection is now `player`'s: the login deadline no longer applies (see
-    /// [`Service::LOGIN_REQUIRED`]), and the hub reaches it by that name
-    /// ([`ServerHandle::push_to_player`], [`ServerHandle::player`]). A
-    /// later login of the same name on another connection takes the name over; the
-    /// game decides what happens to this one (arena kicks it `duplicate_login`).
+    /// [`Service::LOGIN_REQUIRED`]), the server reaches it by that name
+    /// ([`ServerHandle::push_to_player`], [`ServerHandle::player`]), and it counts
+    /// among [`ServerHandle::players`] until its disconnect hook has run. The latest
+    /// login of a name has it; to take a player over from another connection (kicked
+    /// `duplicate_login`, its hook run before this login goes on), log in within a
+    /// [`Context::login_turn`] after [`Context::take_over`].
     pub async fn logged_in(&mut self, player: &str) -> Result<(), HandleError> {
         match &mut self.own {
             Own::Core(core) => core.set_logged_in(),
             Own::Staged(staged) => staged.set_logged_in(),
         }
+        self.server.players.log_in(player, self.id);
         self.hub.login(self.id, player).await
+    }
+
+    /// Waits for this login's turn among the logins to `player` (at most
+    /// [`LOGIN_WAIT`](crate::players::LOGIN_WAIT), then [`HandleError::Busy`]): while
+    /// the [`LoginTurn`] is held no other login to that name goes on, so a password
+    /// check or an account creation cannot race a second login, and of many logins at
+    /// once the last is left online. See [`LoginTurn`] for the whole login.
+    pub async fn login_turn(&self, player: &str) -> Result<LoginTurn, HandleError> {
+        self.server.players.turn(player).await
+    }
+
+    /// Takes `turn`'s player over: the connection logged in as it (if another) is
+    /// kicked `duplicate_login`, and this returns once that connection's disconnect
+    /// hook has run, so that a load after it sees the save the hook queued. Returns
+    /// the connection taken over from; [`HandleError::Busy`] if that session did not
+    /// end within [`LOGIN_WAIT`](crate::players::LOGIN_WAIT). Then log in
+    /// ([`Context::logged_in`]) before dropping the turn.
+    pub async fn take_over(&self, turn: &LoginTurn) -> Result<Option<ConnId>, HandleError> {
+        let Some((previous, mut gone)) = turn.place.players.holder(&turn.name) else {
+            return Ok(None);
+        };
+        if previous == self.id {
+            return Ok(None);
+        }
+        // A kick that finds the connection already closing is fine: its hook is
+        // what is waited for either way.
+        let _ = self
+            .server
+            .kick(
+                previous,
+                KickReason::DUPLICATE_LOGIN,
+                "logged in from another connection",
+            )
+            .await;
+        // A dropped sender means the holder was replaced or released: gone either way.
+        let waiting = gone.wait_for(|gone| *gone);
+        let ended = tokio::time::timeout(crate::players::LOGIN_WAIT, waiting)
+            .await
+            .is_ok();
+        if ended {
+            Ok(Some(previous))
+        } else {
+            Err(HandleError::Busy)
+        }
     }
 
     /// How a room reaches this connection.

@@ -96,7 +96,8 @@ impl From<prost::DecodeError> for Failure {
 impl From<HandleError> for Failure {
     fn from(error: HandleError) -> Self {
         let status = match error {
-            HandleError::Unavailable => Status::UNAVAILABLE,
+            // Both pass: the client may try again.
+            HandleError::Unavailable | HandleError::Busy => Status::UNAVAILABLE,
             HandleError::FrameTooLarge { .. } => Status::INTERNAL_ERROR,
         };
         Failure::new(status, error.to_string())

@@ -88,7 +88,7 @@ async fn within<T>(call: impl Future<Output = Result<T, HandleError>>) -> Result
         Ok(Err(HandleError::FrameTooLarge { len, max })) => Err(bad_request(format!(
             "{len} bytes is over max_frame_bytes ({max})"
         ))),
-        Ok(Err(HandleError::Unavailable)) | Err(_) => Err(hub_gone()),
+        Ok(Err(HandleError::Unavailable | HandleError::Busy)) | Err(_) => Err(hub_gone()),
     }
 }
 

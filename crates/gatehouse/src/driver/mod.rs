@@ -229,6 +229,9 @@ impl<S: Service, T: Transport> Connection<S, T> {
             }
             self.shared.stats.count_disconnect_hook();
         }
+        // Its player (if it logged in) is free only now: a login taking it over waits
+        // for this, so that it loads what the hook saved.
+        self.shared.hub_slot.players.release(self.id);
         let finishing = Box::pin(self.finish_close(&close));
         finishing.await;
         self.count_traffic();
