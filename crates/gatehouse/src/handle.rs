@@ -335,10 +335,11 @@ impl<M: Send + 'static> ServerHandle<M> {
         self.call(|hub| async move { hub.groups().await }).await
     }
 
-    /// The connection logged in as `player`, if any.
+    /// The connection logged in as `player`, if any: from its login until its
+    /// disconnect hook has run (a takeover waits for that), as [`ServerHandle::players`]
+    /// counts it.
     pub async fn player(&self, player: &str) -> Result<Option<ConnId>, HandleError> {
-        self.call(|hub| async move { hub.player(player).await })
-            .await
+        Ok(self.players.holder_conn(player))
     }
 
     /// The players logged in on the server: how many, and the first `limit` names in

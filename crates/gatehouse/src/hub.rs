@@ -148,10 +148,6 @@ enum Command<M> {
         delivery: Delivery<M>,
         _charge: Charge,
     },
-    Player {
-        player: Arc<str>,
-        reply: oneshot::Sender<Option<ConnId>>,
-    },
     Broadcast {
         frame: Bytes,
         except: Option<ConnId>,
@@ -357,15 +353,6 @@ impl<M: Send + 'static> HubHandle<M> {
             delivery,
             _charge: None,
         })
-    }
-
-    /// The connection logged in as `player`, if any.
-    pub(crate) fn player(
-        &self,
-        player: &str,
-    ) -> impl Future<Output = Result<Option<ConnId>, HandleError>> + Send + '_ {
-        let player = Arc::from(player);
-        self.ask(|reply| Command::Player { player, reply })
     }
 
     /// Pushes `payload` on `route` to one connection; dropped if it is gone.
@@ -608,9 +595,6 @@ impl<M: Send + 'static> Hub<M> {
                 if let Some(entry) = entry {
                     entry.mailbox.deliver(delivery);
                 }
-            }
-            Command::Player { player, reply } => {
-                let _ = reply.send(self.players.get(&player).copied());
             }
             Command::Send { to, delivery, .. } => {
                 if let Some(entry) = self.conns.get(&to) {

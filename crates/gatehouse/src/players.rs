@@ -83,6 +83,11 @@ impl Players {
         Some((holder.conn, holder.gone.subscribe()))
     }
 
+    /// The connection holding `name`.
+    pub(crate) fn holder_conn(&self, name: &str) -> Option<ConnId> {
+        self.state().online.get(name).map(|holder| holder.conn)
+    }
+
     /// How many names are held, and the first `limit` of them in order.
     pub(crate) fn list(&self, limit: usize) -> PlayerList {
         let state = self.state();

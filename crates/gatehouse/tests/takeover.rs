@@ -1,7 +1,7 @@
 //! Taking a player over, over real sockets: a login within its turn kicks the
 //! connection that has the player `duplicate_login` and goes on only once that
 //! connection's disconnect hook has run; of many logins to one name at once, one is
-//! left online; a player counts as online until its hook has run; and a session that
+//! left online; a player is its connection's until that hook has run; and a session that
 //! does not end in time makes the login busy, not stuck.
 
 #![allow(clippy::unwrap_used)]
@@ -149,9 +149,10 @@ async fn a_takeover_kicks_the_holder_and_goes_on_only_after_its_hook_has_run() {
     // The first connection is gone from the hub, but its hook is held open: it is
     // still the player's, and the login waits.
     until("the kicked connection leaves the hub", async || {
-        handle.player("ada").await.unwrap().is_none()
+        handle.connection(first_id).await.unwrap().is_none()
     })
     .await;
+    assert_eq!(handle.player("ada").await, Ok(Some(first_id)));
     let online = handle.players(10).await.unwrap();
     assert_eq!((online.online, online.names), (1, vec!["ada".to_owned()]));
     assert!(
