@@ -84,11 +84,12 @@ fn the_systemd_unit_runs_serve_stops_gracefully_and_allows_enough_descriptors() 
     // Stopping: SIGTERM, with time for the drain and the last saves.
     assert_eq!(one("KillSignal"), "SIGTERM");
     let stop = Duration::from_secs(one("TimeoutStopSec").parse().unwrap());
-    let drain = gatehouse::config::SupervisorConfig::default().drain_timeout;
+    let supervisor = gatehouse::config::SupervisorConfig::default();
+    let drain = supervisor.drain_grace + supervisor.drain_timeout;
     let flush = gatehouse_store::StoreConfig::default().flush_timeout;
     assert!(
         stop > drain + flush,
-        "TimeoutStopSec {stop:?} <= {drain:?} + {flush:?}"
+        "TimeoutStopSec {stop:?} <= grace and drain {drain:?} + {flush:?}"
     );
     assert!(
         one("ExecReload").contains("-HUP"),

@@ -192,6 +192,11 @@ pub struct SupervisorConfig {
     /// hooks to finish.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// When a drain or shutdown begins, how long the server goes on accepting and
+    /// serving while `/readyz` already answers 503, so that a load balancer stops
+    /// sending new clients before the listeners close (0: close at once).
+    #[serde(with = "humantime_serde")]
+    pub drain_grace: Duration,
 }
 
 impl Default for SupervisorConfig {
@@ -200,6 +205,7 @@ impl Default for SupervisorConfig {
             max_restarts: 3,
             restart_window: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(10),
+            drain_grace: Duration::from_secs(3),
         }
     }
 }

@@ -16,7 +16,7 @@ use prometheus_client::collector::Collector;
 #[cfg(feature = "admin")]
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::error;
+use tracing::{error, info};
 
 #[cfg(feature = "admin")]
 use crate::admin::{self, AdminConfig};
@@ -204,19 +204,35 @@ impl<S: Service> Server<S> {
             admin_stop.drop_guard()
         };
         let drain = shared.drain.clone();
-        let drain_timeout = shared.config.supervisor.drain_timeout;
+        let crate::config::SupervisorConfig {
+            drain_timeout,
+            drain_grace,
+            ..
+        } = shared.config.supervisor;
         let supervised = supervisor::supervise(listeners.into(), shared, token.clone());
         tokio::pin!(supervised, shutdown);
-        let served = tokio::select! {
-            result = &mut supervised => result,
-            () = &mut shutdown => {
+        let begun = tokio::select! {
+            result = &mut supervised => Err(result),
+            () = &mut shutdown => Ok(()),
+            () = drain.cancelled() => Ok(()),
+        };
+        let served = match begun {
+            Err(result) => result,
+            Ok(()) => {
+                // Not ready from now on (`/readyz` 503), but still serving and accepting
+                // for the grace, so that a load balancer sees it and sends no one new
+                // before the listeners close; then every connection is kicked.
                 drain.cancel();
-                token.cancel();
-                supervised.await
-            }
-            () = drain.cancelled() => {
-                token.cancel();
-                supervised.await
+                if !drain_grace.is_zero() {
+                    info!(grace = ?drain_grace, "draining: not ready; accepting for supervisor.drain_grace, then closing");
+                }
+                tokio::select! {
+                    result = &mut supervised => result,
+                    () = tokio::time::sleep(drain_grace) => {
+                        token.cancel();
+                        supervised.await
+                    }
+                }
             }
         };
         // Whatever happened to the connections, the rooms stop and what was queued

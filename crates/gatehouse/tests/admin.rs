@@ -454,6 +454,36 @@ async fn a_drain_through_the_api_turns_readyz_false_first_then_kicks_everyone_sh
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn during_the_drain_grace_readyz_is_false_but_clients_are_still_taken_and_served() {
+    keep_the_clock_stepping();
+    let grace = Duration::from_secs(5);
+    let mut config = test_config();
+    config.supervisor.drain_grace = grace;
+    let server = start(config, Some(TOKEN)).await;
+    let admin = server.admin;
+    let mut before = Client::connect(server.game).await;
+    assert_eq!(before.request(routes::ECHO, "x").await.1, "x");
+
+    let started = Instant::now();
+    let (status, _) = json(admin, "POST", "/api/drain", Some(TOKEN), None).await;
+    assert_eq!(status, 202);
+    let (status, ready) = json(admin, "GET", "/readyz", None, None).await;
+    assert_eq!((status, &ready["reason"]), (503, &Value::from("draining")));
+    // A client the load balancer sent before it noticed is taken and served.
+    let mut late = Client::connect(server.game).await;
+    assert_eq!(late.request(routes::ECHO, "y").await.1, "y");
+    assert_eq!(before.request(routes::ECHO, "z").await.1, "z");
+
+    // Then, at the grace, everyone is kicked and the server stops.
+    assert_eq!(late.expect_kick().await, KickReason::SHUTDOWN);
+    let kicked_at = started.elapsed();
+    assert!(at_deadline(kicked_at, grace), "kicked at {kicked_at:?}");
+    assert_eq!(before.expect_kick().await, KickReason::SHUTDOWN);
+    let stopped = tokio::time::timeout(VIRTUAL_PATIENCE, server.task).await;
+    assert!(matches!(stopped, Ok(Ok(Ok(())))), "{stopped:?}");
+}
+
 #[tokio::test]
 async fn switched_off_metrics_count_no_traffic_and_time_no_handler() {
     let mut config = test_config();

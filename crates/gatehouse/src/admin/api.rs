@@ -383,14 +383,15 @@ pub(super) async fn drain<S: Service>(State(admin): State<Admin<S>>) -> Response
     let shared: &Arc<Shared<S>> = &admin.shared;
     let already = shared.drain.is_cancelled();
     if !already {
-        warn!("drain requested through the admin API: no new connections; kicking everyone `shutdown`");
+        warn!("drain requested through the admin API: not ready now; after supervisor.drain_grace no new connections and everyone is kicked `shutdown`");
         shared.drain.cancel();
     }
-    let timeout = shared.config.supervisor.drain_timeout;
+    let supervisor = &shared.config.supervisor;
     let body = json!({
         "draining": true,
         "already": already,
-        "drain_timeout_seconds": timeout.as_secs_f64(),
+        "drain_grace_seconds": supervisor.drain_grace.as_secs_f64(),
+        "drain_timeout_seconds": supervisor.drain_timeout.as_secs_f64(),
     });
     (StatusCode::ACCEPTED, Json(body)).into_response()
 }

@@ -412,6 +412,8 @@ pub fn test_config() -> Config {
     config.limits.inbound_frames_burst = 100_000;
     config.limits.inbound_bytes_per_sec = 1 << 30;
     config.limits.inbound_bytes_burst = 1 << 30;
+    // Tests stop their servers at once; the grace has tests of its own.
+    config.supervisor.drain_grace = std::time::Duration::ZERO;
     config
 }
 
