@@ -24,6 +24,10 @@ use crate::logs::LogLimiter;
 use crate::metrics::latency::HandlerLatency;
 #[cfg(feature = "metrics")]
 use crate::metrics::TrafficHighWater;
+#[cfg(feature = "metrics")]
+use crate::room::RoomMetrics;
+#[cfg(feature = "metrics")]
+use gatehouse_store::WriterStats;
 use crate::service::Service;
 use crate::stats::Stats;
 
@@ -53,6 +57,10 @@ pub(crate) struct Shared<S: Service> {
     pub(crate) drain: CancellationToken,
     /// When the server was made.
     pub(crate) started: SystemTime,
+    /// What the parts the server owns report to `/api/stats` (as collectors they
+    /// are in `collectors` too).
+    #[cfg(feature = "metrics")]
+    pub(crate) parts: Mutex<PartReadings>,
     /// The embedder's metrics, exported after the server's own.
     #[cfg(feature = "metrics")]
     pub(crate) collectors: Mutex<Vec<Arc<dyn Collector>>>,
@@ -91,6 +99,8 @@ impl<S: Service> Shared<S> {
             drain: CancellationToken::new(),
             started: SystemTime::now(),
             #[cfg(feature = "metrics")]
+            parts: Mutex::default(),
+            #[cfg(feature = "metrics")]
             collectors: Mutex::new(Vec::new()),
         }
     }
@@ -110,6 +120,14 @@ impl<S: Service> Shared<S> {
             None
         }
     }
+}
+
+/// How to read the parts a server owns: its room types and its save writer.
+#[cfg(feature = "metrics")]
+#[derive(Default)]
+pub(crate) struct PartReadings {
+    pub(crate) rooms: Option<Arc<RoomMetrics>>,
+    pub(crate) saves: Option<Box<dyn Fn() -> WriterStats + Send + Sync>>,
 }
 
 /// One life of the hub and the connection group that depends on it: the acceptor

@@ -106,7 +106,11 @@ impl<S: Service> Server<S> {
         flush_timeout: Duration,
     ) -> Self {
         #[cfg(feature = "metrics")]
-        self.add_collector(writer.collector());
+        {
+            self.add_collector(writer.collector());
+            let reading = writer.clone();
+            lock(&self.shared.parts).saves = Some(Box::new(move || reading.stats()));
+        }
         let writer = writer.clone();
         let close = move |timeout| async move { writer.close(timeout).await }.boxed();
         self.parts.store = Some((Box::new(close), flush_timeout));
@@ -131,11 +135,7 @@ impl<S: Service> Server<S> {
     /// [`Server::with_store`]).
     #[cfg(feature = "metrics")]
     pub fn add_collector(&self, collector: Arc<dyn Collector>) {
-        self.shared
-            .collectors
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(collector);
+        lock(&self.shared.collectors).push(collector);
     }
 
     /// The server's metrics, for an embedder who serves them itself (the admin
@@ -180,11 +180,9 @@ impl<S: Service> Server<S> {
         } = self;
         #[cfg(feature = "metrics")]
         if !room_metrics.is_empty() {
-            shared
-                .collectors
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(Arc::new(room_metrics));
+            let room_metrics = Arc::new(room_metrics);
+            lock(&shared.parts).rooms = Some(room_metrics.clone());
+            lock(&shared.collectors).push(room_metrics);
         }
         let token = CancellationToken::new();
         // Dropping this future (an embedder's select! took another branch) stops the
@@ -247,6 +245,12 @@ impl<S: Service> Server<S> {
             }
         }
     }
+}
+
+#[cfg(feature = "metrics")]
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Nothing that can panic runs under these locks.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Publishes [`HubState::Stopped`] for the server's handles when dropped.

@@ -1,7 +1,8 @@
 //! The admin listener, driven over real sockets: the metrics move as a scripted
 //! session says they must (connections, requests, a kick, a refusal, a hub crash),
 //! the API refuses without its token and works with it, a drain turns `/readyz` false
-//! before it kicks everyone `shutdown`, and switched-off metrics count nothing.
+//! before it kicks everyone `shutdown` (after its grace), switched-off metrics count
+//! nothing, connections are found by player, and the stats report the server's parts.
 
 #![allow(clippy::unwrap_used)]
 
@@ -16,7 +17,11 @@ use gatehouse::protocol::routes::bench as routes;
 use gatehouse::protocol::{
     Message, ROUTE_ANNOUNCEMENT, ROUTE_FAULT_CRASH_HUB, ROUTE_FAULT_PANIC_HANDLER,
 };
-use gatehouse::{Config, KickReason, Server, ServerError, Status};
+use gatehouse::room::{Membership, Origin, Refusal, Room, RoomContext, RoomOptions, Rooms};
+use gatehouse::{
+    Config, ConnId, Context, Disconnect, KickReason, Reply, Server, ServerError, Service, Status,
+};
+use gatehouse_store::{MemoryStore, SaveWriter, WriterConfig};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -840,4 +845,142 @@ async fn read_head(stream: &mut TcpStream) -> (u16, String) {
     }
     let head = String::from_utf8_lossy(&head).into_owned();
     (head[9..12].parse().unwrap(), head)
+}
+
+/// A hall anyone joins: the smallest room, for the parts `/api/stats` reports.
+struct Hall;
+
+impl Room for Hall {
+    type Config = ();
+    type Join = ();
+    type Message = ();
+    type Snapshot = ();
+
+    fn create(_: &str, _: &(), _: Option<()>) -> Self {
+        Hall
+    }
+
+    fn join(&mut self, _: &mut RoomContext<'_, Self>, _: ConnId, _: &()) -> Result<(), Refusal> {
+        Ok(())
+    }
+
+    fn leave(&mut self, _: &mut RoomContext<'_, Self>, _: ConnId) {}
+
+    fn message(&mut self, _: &mut RoomContext<'_, Self>, _: Origin, _: ()) {}
+}
+
+/// Logs a connection in as the request's payload and seats it in the hall.
+struct Hallway {
+    rooms: Rooms<Hall>,
+}
+
+impl Service for Hallway {
+    type Session = Option<Membership<Hall>>;
+    type Message = ();
+
+    async fn connect(&self, _: &mut Context<'_, ()>) -> Option<Membership<Hall>> {
+        None
+    }
+
+    async fn request(
+        &self,
+        seat: &mut Option<Membership<Hall>>,
+        ctx: &mut Context<'_, ()>,
+        _route: u16,
+        payload: bytes::Bytes,
+    ) -> Reply {
+        let name = String::from_utf8_lossy(&payload).into_owned();
+        if ctx.logged_in(&name).await.is_err() {
+            return Reply::error(Status::UNAVAILABLE, "hub gone");
+        }
+        match self.rooms.join("hall", ctx, ()).await {
+            Ok(membership) => {
+                *seat = Some(membership);
+                Reply::empty()
+            }
+            Err(e) => Reply::error(e.status(), e.to_string()),
+        }
+    }
+
+    async fn disconnect(&self, _: Option<Membership<Hall>>, _: Disconnect) {}
+}
+
+#[tokio::test]
+async fn connections_are_found_by_player_and_stats_report_the_parts_and_the_version() {
+    let rooms = Rooms::new((), RoomOptions::default()).unwrap();
+    let writer = SaveWriter::start(MemoryStore::new(), WriterConfig::default());
+    let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = admin_listener.local_addr().unwrap();
+    let game = gatehouse::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let game_addr = game.local_addr().unwrap();
+    let admin_config = AdminConfig {
+        token: Some(TOKEN.to_owned()),
+        ..AdminConfig::default()
+    };
+    let server = Server::new(
+        test_config(),
+        Hallway {
+            rooms: rooms.clone(),
+        },
+    )
+    .unwrap()
+    .with_rooms("hall", &rooms)
+    .with_store(&writer, Duration::from_secs(1))
+    .with_admin(admin_listener, admin_config)
+    .unwrap();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(server.run(game, shutdown.clone().cancelled_owned()));
+
+    let mut ada = Client::connect(game_addr).await;
+    let mut other = Client::connect(game_addr).await;
+    assert!(ada.request(1, "ada").await.0.is_ok());
+    assert!(other.request(1, "bob").await.0.is_ok());
+
+    let (status, found) = json(
+        admin,
+        "GET",
+        "/api/connections?player=ada",
+        Some(TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(found["total"], 1);
+    assert_eq!(found["connections"][0]["player"], "ada");
+    let (_, nobody) = json(
+        admin,
+        "GET",
+        "/api/connections?player=eve",
+        Some(TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (&nobody["total"], &nobody["connections"]),
+        (&Value::from(0), &Value::Array(vec![]))
+    );
+    let (status, _) = json(
+        admin,
+        "GET",
+        "/api/connections?player=ada&after=1",
+        Some(TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, 400);
+
+    let (status, stats) = json(admin, "GET", "/api/stats", Some(TOKEN), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(stats["version"], env!("CARGO_PKG_VERSION"));
+    assert!(stats["started"].as_f64().unwrap() > 1.7e9, "{stats}");
+    assert_eq!(stats["rooms"]["hall"]["rooms"], 1, "{stats}");
+    assert_eq!(stats["rooms"]["hall"]["members"], 2, "{stats}");
+    assert_eq!(stats["saves"]["queued"], 0, "{stats}");
+    assert_eq!(stats["connections"]["players"], 2, "{stats}");
+
+    drop((ada, other));
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
 }

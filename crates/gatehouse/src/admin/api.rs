@@ -24,7 +24,7 @@ use tracing::{error, info, warn};
 use super::{Admin, AdminState, ApiError};
 use crate::connection::{ConnId, TrafficCounts};
 use crate::group::Shared;
-use crate::hub::{Census, HandleError};
+use crate::hub::{Census, ConnectionInfo, HandleError};
 use crate::metrics::{labelled_by, per_transport, CONTENT_TYPE};
 use crate::scrape;
 use crate::service::Service;
@@ -182,7 +182,10 @@ pub(super) async fn stats<S: Service>(State(admin): State<Admin<S>>) -> Json<Val
     let uptime = SystemTime::now()
         .duration_since(shared.started)
         .unwrap_or_default();
+    let (rooms, saves) = parts_json(shared);
     Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "started": seconds_since_epoch(shared.started),
         "ready": sample.ready,
         "draining": sample.draining,
         "hub_up": sample.hub_up,
@@ -216,7 +219,45 @@ pub(super) async fn stats<S: Service>(State(admin): State<Admin<S>>) -> Json<Val
             "checkpoints": s.checkpoints,
         },
         "handlers": handlers,
+        "rooms": rooms,
+        "saves": saves,
     }))
+}
+
+/// The numbers of the parts the server owns: its room types (by kind) and its save
+/// writer (null without one).
+fn parts_json<S: Service>(shared: &Shared<S>) -> (Value, Value) {
+    let parts = shared
+        .parts
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let rooms: BTreeMap<&str, Value> = parts
+        .rooms
+        .iter()
+        .flat_map(|rooms| rooms.readings())
+        .map(|(kind, r)| {
+            let reading = json!({
+                "rooms": r.rooms,
+                "members": r.members,
+                "ticks": r.lateness.count,
+                "late_ticks": r.late,
+                "crashes": r.crashes,
+            });
+            (kind, reading)
+        })
+        .collect();
+    let saves = parts.saves.as_ref().map_or(Value::Null, |read| {
+        let w = read();
+        json!({
+            "queued": w.queued,
+            "oldest_unsaved_seconds": w.oldest_unsaved.unwrap_or_default().as_secs_f64(),
+            "saved": w.saved,
+            "failed_attempts": w.failed_attempts,
+            "conflicts": w.conflicts,
+            "dead_letters": w.dead_letters,
+        })
+    });
+    (json!(rooms), saves)
 }
 
 fn bad_request(message: impl std::fmt::Display) -> ApiError {
@@ -240,6 +281,24 @@ fn hub_gone() -> ApiError {
 pub(super) struct PageQuery {
     after: Option<u64>,
     limit: Option<usize>,
+    /// Only the connection logged in as this player.
+    player: Option<String>,
+}
+
+fn connection_json(c: &ConnectionInfo, now: SystemTime) -> Value {
+    json!({
+        "id": c.id.0,
+        "peer": c.peer.to_string(),
+        "transport": c.transport.scheme(),
+        "since": seconds_since_epoch(c.since),
+        "connected_seconds": millis_as_seconds(now.duration_since(c.since).unwrap_or_default()),
+        "frames_in": c.traffic.frames_in,
+        "bytes_in": c.traffic.bytes_in,
+        "frames_out": c.traffic.frames_out,
+        "bytes_out": c.traffic.bytes_out,
+        "queued_bytes": c.queued_bytes,
+        "player": c.player,
+    })
 }
 
 pub(super) async fn connections<S: Service>(
@@ -252,29 +311,32 @@ pub(super) async fn connections<S: Service>(
         return Err(bad_request(format!("limit must be 1 to {MAX_PAGE}")));
     }
     let hub = admin.shared.live_hub().ok_or_else(hub_gone)?;
-    let page = within(hub.connections(query.after.map(ConnId), limit)).await?;
     let now = SystemTime::now();
+    if let Some(player) = &query.player {
+        if query.after.is_some() {
+            return Err(bad_request("`player` names one connection: no `after`"));
+        }
+        // The player's connection, while the hub still lists it.
+        let held = admin.shared.hub_slot.players.holder_conn(player);
+        let found = match held {
+            Some(id) => within(hub.connection(id)).await?,
+            None => None,
+        };
+        let connections: Vec<Value> = found.iter().map(|c| connection_json(c, now)).collect();
+        return Ok(Json(json!({
+            "total": connections.len(),
+            "connections": connections,
+            "next_after": null,
+        })));
+    }
+    let page = within(hub.connections(query.after.map(ConnId), limit)).await?;
     let next_after = (page.connections.len() == limit)
         .then(|| page.connections.last().map(|c| c.id.0))
         .flatten();
     let connections: Vec<Value> = page
         .connections
         .iter()
-        .map(|c| {
-            json!({
-                "id": c.id.0,
-                "peer": c.peer.to_string(),
-                "transport": c.transport.scheme(),
-                "since": seconds_since_epoch(c.since),
-                "connected_seconds": millis_as_seconds(now.duration_since(c.since).unwrap_or_default()),
-                "frames_in": c.traffic.frames_in,
-                "bytes_in": c.traffic.bytes_in,
-                "frames_out": c.traffic.frames_out,
-                "bytes_out": c.traffic.bytes_out,
-                "queued_bytes": c.queued_bytes,
-                "player": c.player,
-            })
-        })
+        .map(|c| connection_json(c, now))
         .collect();
     Ok(Json(json!({
         "connections": connections,

@@ -30,12 +30,12 @@ const TICK_LATENESS_BUCKETS: [f64; 10] =
     [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0];
 
 /// One room type's numbers at one moment.
-struct RoomsReading {
-    rooms: usize,
-    members: usize,
-    late: u64,
-    crashes: u64,
-    lateness: HistogramSnapshot,
+pub(crate) struct RoomsReading {
+    pub(crate) rooms: usize,
+    pub(crate) members: usize,
+    pub(crate) late: u64,
+    pub(crate) crashes: u64,
+    pub(crate) lateness: HistogramSnapshot,
 }
 
 type Reader = Box<dyn Fn() -> RoomsReading + Send + Sync>;
@@ -61,6 +61,14 @@ impl RoomMetrics {
     pub(crate) fn is_empty(&self) -> bool {
         self.kinds.is_empty()
     }
+
+    /// Every room type's numbers now.
+    pub(crate) fn readings(&self) -> Vec<(&'static str, RoomsReading)> {
+        self.kinds
+            .iter()
+            .map(|(kind, read)| (*kind, read()))
+            .collect()
+    }
 }
 
 impl fmt::Debug for RoomMetrics {
@@ -75,11 +83,7 @@ impl fmt::Debug for RoomMetrics {
 impl Collector for RoomMetrics {
     fn encode(&self, mut e: DescriptorEncoder<'_>) -> Result<(), fmt::Error> {
         use prometheus_client::metrics::MetricType::{Counter, Gauge};
-        let readings: Vec<(&str, RoomsReading)> = self
-            .kinds
-            .iter()
-            .map(|(kind, read)| (*kind, read()))
-            .collect();
+        let readings = self.readings();
         let each = |value: fn(&RoomsReading) -> f64| {
             readings.iter().map(move |(kind, r)| (*kind, value(r)))
         };
