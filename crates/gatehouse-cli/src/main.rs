@@ -371,12 +371,18 @@ async fn run<S: Service>(
         signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
     let terminations =
         signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    // For scripts and tests, whatever the log filter: one line per listener on
+    // stdout. Not when stdout and the log are the same terminal: the log's own line
+    // says it there, and a person would read everything twice.
+    use std::io::IsTerminal;
+    let announce = !(std::io::stdout().is_terminal() && std::io::stderr().is_terminal());
     if let Some(admin) = admin {
         let address = admin.local_addr()?;
         server = server.with_admin(admin, file.admin.config())?;
         info!(%address, token = file.admin.token.is_some(), "admin listening");
-        // For scripts and tests, first, like the game listeners' lines below.
-        println!("admin listening on http://{address}");
+        if announce {
+            println!("admin listening on http://{address}");
+        }
     }
     for listener in &listeners {
         let url = listener.url()?;
@@ -389,12 +395,13 @@ async fn run<S: Service>(
             };
             info!("the {name} page: {scheme}://{}/", listener.local_addr()?);
         }
-        // For scripts and tests, whatever the log filter: one line per listener.
-        println!("listening on {url}");
+        if announce {
+            println!("listening on {url}");
+        }
     }
-    let certificates: Vec<Certificates> = listeners
+    let certificates: Vec<(String, Certificates)> = listeners
         .iter()
-        .filter_map(|l| l.certificates().cloned())
+        .filter_map(|l| Some((l.url().ok()?, l.certificates()?.clone())))
         .collect();
     let reloading = tokio::spawn(reload_on_sighup(hangups, certificates));
     let result = server
@@ -422,22 +429,25 @@ async fn run<S: Service>(
 /// fails keeps the certificate in use.
 async fn reload_on_sighup(
     mut hangups: tokio::signal::unix::Signal,
-    certificates: Vec<Certificates>,
+    certificates: Vec<(String, Certificates)>,
 ) {
     while hangups.recv().await.is_some() {
         if certificates.is_empty() {
             info!("SIGHUP: no TLS listener, nothing to reload");
         }
-        for certs in &certificates {
+        for (listener, certs) in &certificates {
             let file = certs
                 .cert_path()
                 .map(|p| p.display().to_string())
                 .unwrap_or_default();
             match certs.reload() {
-                Ok(()) => info!(%file, "certificate reloaded; new handshakes use it"),
-                Err(e) => {
-                    tracing::error!(%file, error = %e, "certificate reload failed; the old one stays")
+                Ok(()) => {
+                    info!(%listener, %file, "SIGHUP: certificate reloaded; new handshakes use it")
                 }
+                Err(e) => tracing::error!(
+                    %listener, %file, error = %e,
+                    "SIGHUP: certificate reload failed; the old one stays"
+                ),
             }
         }
     }

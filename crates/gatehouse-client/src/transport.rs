@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use gatehouse_protocol::{KickReason, HEADER_LEN};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -24,7 +24,7 @@ use tokio_rustls::rustls::{self, RootCertStore};
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+use tokio_util::codec::{Decoder, FramedRead, FramedWrite, LengthDelimitedCodec};
 
 use crate::{ClientConfig, ClientError};
 
@@ -153,13 +153,54 @@ pub(crate) fn framed(io: impl Io, config: &ClientConfig) -> (Bodies, BodySink) {
             .new_codec()
     };
     let (read, write) = tokio::io::split(io);
+    let first = FirstBytes {
+        frames: codec(),
+        checked: false,
+    };
     let bodies =
-        FramedRead::new(read, codec()).map(|frame| frame.map(|b| b.freeze()).map_err(io_error));
+        FramedRead::new(read, first).map(|frame| frame.map(|b| b.freeze()).map_err(io_error));
     let sink =
         SinkExt::<Bytes>::sink_map_err(FramedWrite::new(write, codec()), |e: std::io::Error| {
             io_error(e)
         });
     (Box::pin(bodies), Box::pin(sink))
+}
+
+/// The frame decoder, which first checks that the server speaks frames at all: a
+/// TLS or HTTP server's first bytes read as a length far over any frame, and the
+/// codec's "frame size too big" would hide that the address is wrong.
+struct FirstBytes {
+    frames: LengthDelimitedCodec,
+    checked: bool,
+}
+
+impl Decoder for FirstBytes {
+    type Item = BytesMut;
+    type Error = std::io::Error;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<BytesMut>, std::io::Error> {
+        if !self.checked && buf.len() >= 4 {
+            self.checked = true;
+            if let Some(speaks) = not_frames(&buf[..4]) {
+                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, speaks));
+            }
+        }
+        self.frames.decode(buf)
+    }
+}
+
+/// What a server that answers with `head` speaks, if not `{packet, 4}` frames.
+fn not_frames(head: &[u8]) -> Option<&'static str> {
+    match head {
+        // A TLS record: handshake (22) or alert (21), version 3.x.
+        [0x15 | 0x16, 0x03, 0x00..=0x04, _] => Some(
+            "the server answered in TLS: connect with tls:// (or wss:// for a WebSocket listener)",
+        ),
+        [b'H', b'T', b'T', b'P'] => Some(
+            "the server answered in HTTP: connect with ws:// (or wss://) to a WebSocket listener",
+        ),
+        _ => None,
+    }
 }
 
 async fn tls(
@@ -172,7 +213,18 @@ async fn tls(
     TlsConnector::from(tls_config)
         .connect(name, tcp)
         .await
-        .map_err(|e| io_error(format!("TLS: {e}")))
+        .map_err(|e| {
+            let text = e.to_string();
+            // The common case behind it: a self-signed development certificate.
+            let hint = if config.tls_ca.is_none() && text.contains("UnknownIssuer") {
+                " (the server's certificate is not signed by a CA this system trusts: \
+                 for a development certificate, trust its PEM file with `tls_ca`, \
+                 `gatehouse client --ca FILE`)"
+            } else {
+                ""
+            };
+            io_error(format!("TLS: {text}{hint}"))
+        })
 }
 
 /// A client's TLS settings: TLS 1.2 or 1.3, trusting only the certificates of the PEM

@@ -1,5 +1,6 @@
 //! The client library against a real server on 127.0.0.1: concurrent requests,
-//! statuses, pushes in order, typed kicks, heartbeats, timeouts.
+//! statuses, pushes in order, typed kicks, heartbeats, timeouts, every transport, and
+//! errors that say what went wrong (an untrusted certificate, the wrong transport).
 
 #![allow(clippy::unwrap_used)]
 
@@ -328,10 +329,37 @@ async fn a_tls_client_refuses_a_certificate_it_does_not_trust() {
             continue;
         }
         let refused = Client::connect_to(target, ClientConfig::default()).await;
+        // It says why, and what to do about a development certificate.
         assert!(
-            matches!(&refused, Err(ClientError::Io(e)) if e.contains("TLS")),
+            matches!(&refused, Err(ClientError::Io(e)) if e.contains("TLS") && e.contains("tls_ca")),
             "{target}: {:?}",
             refused.err()
+        );
+    }
+    server.stop.cancel();
+    server.task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_plain_client_at_a_tls_or_websocket_port_is_told_what_the_server_speaks() {
+    let server = serve_every_transport().await;
+    for (target, expected) in [
+        (&server.targets[1], "tls://"),
+        (&server.targets[2], "ws://"),
+    ] {
+        // The same port, as plain TCP.
+        let url = target.to_string();
+        let port = url.rsplit(':').next().unwrap().trim_end_matches("/ws");
+        let plain: gatehouse_client::Target = format!("tcp://127.0.0.1:{port}").parse().unwrap();
+        let (client, _pushes) = Client::connect_to(&plain, ClientConfig::default())
+            .await
+            .unwrap();
+        // The server answers the first frame in its own protocol, which is no frame.
+        assert!(client.request(bench::ECHO, "hello").await.is_err());
+        let ended = client.ended().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            ended.contains(expected) && !ended.contains("frame size"),
+            "{target}: {ended}"
         );
     }
     server.stop.cancel();

@@ -26,10 +26,10 @@ use crate::metrics::latency::HandlerLatency;
 use crate::metrics::TrafficHighWater;
 #[cfg(feature = "metrics")]
 use crate::room::RoomMetrics;
-#[cfg(feature = "metrics")]
-use gatehouse_store::WriterStats;
 use crate::service::Service;
 use crate::stats::Stats;
+#[cfg(feature = "metrics")]
+use gatehouse_store::WriterStats;
 
 /// State shared by every task of one server, for its whole life.
 pub(crate) struct Shared<S: Service> {

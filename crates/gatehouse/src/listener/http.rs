@@ -174,6 +174,15 @@ async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Result<(Vec<u8>, Vec
         }
         let searched_from = buf.len().saturating_sub(3);
         buf.extend_from_slice(&chunk[..n]);
+        // A request starts with its method, a token of capitals: anything else (a
+        // `{packet, 4}` client's frame, a TLS hello) is refused at once, rather than
+        // left waiting for a blank line that never comes.
+        if !buf[0].is_ascii_uppercase() {
+            return Err(Refused::status(
+                400,
+                "not HTTP: this listener speaks WebSocket (ws:// or wss://)",
+            ));
+        }
         if let Some(end) = find(&buf[searched_from..], b"\r\n\r\n") {
             let end = searched_from + end + 4;
             if end > MAX_REQUEST_HEAD {

@@ -86,6 +86,12 @@ pub(crate) fn read_request(wire: &[u8], chunks: &[usize]) -> Option<Vec<u8>> {
     };
     let end = find(wire, b"\r\n\r\n").map(|at| at + 4);
     match (read, end) {
+        // Not a request at all: refused on its first byte.
+        (Err(Refused::Status { status: 400, .. }), _)
+            if wire.first().is_some_and(|b| !b.is_ascii_uppercase()) =>
+        {
+            None
+        }
         (Ok((head, rest)), Some(end)) if end <= MAX_REQUEST_HEAD => {
             assert_eq!(
                 head,
