@@ -34,7 +34,7 @@ use prost::Message as _;
 use tracing::{error, info};
 
 use crate::accounts::{Accounts, AuthStats, Guessing};
-use crate::world::{ArenaRoom, PlayerCell};
+use crate::world::{ArenaRoom, Position};
 
 /// The protobuf messages of `proto/arena.proto`.
 #[allow(missing_docs, unreachable_pub, clippy::all)]
@@ -172,10 +172,9 @@ pub struct Session {
 }
 
 struct Player {
-    /// Name, room, logins and password hash; position and moves live in `cell`.
+    /// Name, room, logins and password hash; where the player stands as of its
+    /// last room (while in one, its room owns that: see [`Player::position`]).
     state: pb::PlayerState,
-    /// Where the player stands, kept up to date by its room.
-    cell: Arc<PlayerCell>,
     /// The room the player is in (`None` only while changing rooms).
     room: Option<Membership<ArenaRoom>>,
     /// Where the state is saved: it builds on the version loaded at login.
@@ -183,18 +182,33 @@ struct Player {
 }
 
 impl Player {
+    /// Where the player stands: as its room last recorded it, or as saved.
+    fn position(&self) -> Position {
+        match &self.room {
+            Some(room) => room.state().at,
+            None => Position::of(&self.state),
+        }
+    }
+
+    /// Leaves the room, keeping where the player stood in it (no longer walking).
+    fn leave_room(&mut self) {
+        if let Some(room) = self.room.take() {
+            room.state().at.write_into(&mut self.state);
+        }
+    }
+
     /// The state to save: with the room's position.
     fn saved(&self) -> pb::PlayerState {
         let mut state = self.state.clone();
-        self.cell.read_into(&mut state);
+        self.position().write_into(&mut state);
         state
     }
 
     /// What the player brings into a room.
     fn joining(&self) -> world::Joining {
         world::Joining {
-            name: self.state.name.clone(),
-            cell: self.cell.clone(),
+            name: Arc::from(self.state.name.as_str()),
+            at: self.position(),
         }
     }
 
@@ -326,7 +340,7 @@ impl<S: Store> Service for Arena<S> {
             return;
         };
         self.save(player);
-        if player.cell.walking() {
+        if player.position().walking {
             ctx.mark_dirty();
         }
     }
@@ -339,7 +353,7 @@ impl<S: Store> Service for Arena<S> {
         };
         self.save(&mut player);
         // The room hears "left" before a waiting login's join.
-        drop(player.room.take());
+        player.leave_room();
         info!(player = %player.state.name, reason = %info.reason, "left; save queued");
     }
 

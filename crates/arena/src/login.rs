@@ -10,6 +10,7 @@
 //! player over and loads again, so that it sees everything the old session did.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use gatehouse::typed::Failure;
 use gatehouse::{Context, HandleError, Status};
@@ -19,7 +20,7 @@ use tracing::{info, warn};
 
 use crate::accounts::{LoginResult, Refused, PASSWORD_BYTES};
 use crate::play::room_refused;
-use crate::world::{Joining, PlayerCell};
+use crate::world::{Joining, Position};
 use crate::{pb, status, valid_name, Arena, Player, Session, LOBBY};
 
 /// A login that waited too long for its turn, or for the previous session to end.
@@ -91,10 +92,9 @@ impl<S: Store> Arena<S> {
         let new_account = state.password_hash.is_empty();
         state.password_hash = password_hash;
         state.logins += 1;
-        let cell = PlayerCell::new(&state);
         let joining = Joining {
-            name: name.clone(),
-            cell: cell.clone(),
+            name: Arc::from(name.as_str()),
+            at: Position::of(&state),
         };
         // The saved room, or the lobby if that one is full.
         let room = match self.rooms.join(&state.room, ctx, joining.clone()).await {
@@ -112,7 +112,6 @@ impl<S: Store> Arena<S> {
         ctx.logged_in(&name).await?;
         let mut player = Player {
             state,
-            cell,
             room: Some(room),
             slot,
         };

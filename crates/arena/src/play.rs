@@ -82,7 +82,7 @@ impl<S: Store> Arena<S> {
         }
         {
             // Leave first: the same connection cannot be in two rooms.
-            drop(player.room.take());
+            player.leave_room();
             let membership = match self.rooms.join(&room, ctx, player.joining()).await {
                 Ok(membership) => membership,
                 Err(e) => {

@@ -1,14 +1,14 @@
 //! arena's rooms: real-time, on gatehouse's supervised rooms. A room owns where its
 //! players stand; every tick it walks them and pushes one [`pb::Delta`] (encoded once)
-//! with what changed. Each player's position is also written to the player's
-//! `PlayerCell`, which the session owns, so that saves and checkpoints read the room's
-//! truth and a room restart (which loses the room's own state) loses no position.
+//! with what changed. Each player's [`Position`] is recorded in its membership
+//! (`RoomContext::set_member_state`), so that the session's saves and checkpoints read
+//! the room's truth and a room restart (which loses the room's own state) joins the
+//! player again where it stood.
 //! What each player was doing (walking towards a target, or in a direction) is in
 //! the room's [`Intents`] snapshot, taken after every tick: the room restarts from
 //! it, and a walk goes on after a crash without new input.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,65 +23,43 @@ use crate::{pb, routes, WORLD_EDGE};
 /// Units a walking player covers per tick, along each axis it walks on.
 pub const SPEED: i32 = 20;
 
-/// Where a player stands, shared by its session (which saves it) and its room
-/// (which moves it).
-#[derive(Debug, Default)]
-pub(crate) struct PlayerCell {
-    x: AtomicI32,
-    y: AtomicI32,
+/// Where a player stands and what it did, as its room owns it while the player is
+/// there: the room records it ([`RoomContext::set_member_state`]) and the session
+/// reads it from its membership to save it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Position {
+    pub(crate) x: i32,
+    pub(crate) y: i32,
     /// Moves over the player's life: one per MOVE and per Input.
-    moves: AtomicU64,
+    pub(crate) moves: u64,
     /// The player is walking: its position still changes without new input.
-    walking: AtomicBool,
-    /// Which room's walker may write the cell: the latest to join. (While a player
-    /// changes rooms, the old room may tick once more after the new one has read
-    /// the cell; its write must not land.)
-    owner: AtomicU64,
-    /// The last owner token handed out.
-    owners: AtomicU64,
+    pub(crate) walking: bool,
 }
 
-impl PlayerCell {
-    pub(crate) fn new(state: &pb::PlayerState) -> Arc<Self> {
-        let cell = PlayerCell::default();
-        cell.place(state.x, state.y);
-        cell.moves.store(state.moves, Ordering::Relaxed);
-        Arc::new(cell)
-    }
-
-    fn place(&self, x: i32, y: i32) {
-        self.x.store(x, Ordering::Relaxed);
-        self.y.store(y, Ordering::Relaxed);
-    }
-
-    /// Makes the caller the only writer from now on; returns its token.
-    fn claim(&self) -> u64 {
-        let token = self.owners.fetch_add(1, Ordering::Relaxed) + 1;
-        self.owner.store(token, Ordering::Relaxed);
-        token
-    }
-
-    fn owned_by(&self, token: u64) -> bool {
-        self.owner.load(Ordering::Relaxed) == token
+impl Position {
+    /// As saved.
+    pub(crate) fn of(state: &pb::PlayerState) -> Self {
+        Position {
+            x: state.x,
+            y: state.y,
+            moves: state.moves,
+            walking: false,
+        }
     }
 
     /// Copies position and moves into `state`.
-    pub(crate) fn read_into(&self, state: &mut pb::PlayerState) {
-        state.x = self.x.load(Ordering::Relaxed);
-        state.y = self.y.load(Ordering::Relaxed);
-        state.moves = self.moves.load(Ordering::Relaxed);
-    }
-
-    pub(crate) fn walking(&self) -> bool {
-        self.walking.load(Ordering::Relaxed)
+    pub(crate) fn write_into(&self, state: &mut pb::PlayerState) {
+        state.x = self.x;
+        state.y = self.y;
+        state.moves = self.moves;
     }
 }
 
-/// What a session brings into a room.
-#[derive(Clone)]
+/// What a session brings into a room, and what the room records of it since.
+#[derive(Debug, Clone)]
 pub struct Joining {
-    pub(crate) name: String,
-    pub(crate) cell: Arc<PlayerCell>,
+    pub(crate) name: Arc<str>,
+    pub(crate) at: Position,
 }
 
 /// What a session sends its room.
@@ -114,46 +92,66 @@ enum Walk {
 }
 
 struct Walker {
-    name: String,
-    cell: Arc<PlayerCell>,
-    /// This walker's right to write the cell ([`PlayerCell::claim`]).
-    token: u64,
+    name: Arc<str>,
     x: i32,
     y: i32,
+    moves: u64,
     walk: Walk,
+    /// Moved since the last Delta.
     moved: bool,
+    /// Changed since the room last recorded the player's state.
+    changed: bool,
 }
 
 impl Walker {
+    fn new(join: &Joining) -> Self {
+        Walker {
+            name: join.name.clone(),
+            x: join.at.x,
+            y: join.at.y,
+            moves: join.at.moves,
+            walk: Walk::Still,
+            moved: false,
+            changed: false,
+        }
+    }
+
     fn body(&self) -> pb::Body {
         pb::Body {
-            name: self.name.clone(),
+            name: self.name.to_string(),
             x: self.x,
             y: self.y,
         }
     }
 
     fn set_walk(&mut self, walk: Walk) {
+        self.changed |= (walk == Walk::Still) != (self.walk == Walk::Still);
         self.walk = walk;
-        if self.cell.owned_by(self.token) {
-            self.cell
-                .walking
-                .store(walk != Walk::Still, Ordering::Relaxed);
-        }
     }
 
-    /// Stands at (x, y), in the cell too while this walker owns it.
+    /// Stands at (x, y).
     fn put(&mut self, x: i32, y: i32) {
         (self.x, self.y) = (x, y);
         self.moved = true;
-        if self.cell.owned_by(self.token) {
-            self.cell.place(x, y);
-        }
+        self.changed = true;
     }
 
-    fn count_move(&self) {
-        if self.cell.owned_by(self.token) {
-            self.cell.moves.fetch_add(1, Ordering::Relaxed);
+    fn count_move(&mut self) {
+        self.moves += 1;
+        self.changed = true;
+    }
+
+    /// Records the player's state in its membership, if it changed.
+    fn record(&mut self, ctx: &RoomContext<'_, ArenaRoom>, member: ConnId) {
+        if std::mem::take(&mut self.changed) {
+            let at = Position {
+                x: self.x,
+                y: self.y,
+                moves: self.moves,
+                walking: self.walk != Walk::Still,
+            };
+            let name = self.name.clone();
+            ctx.set_member_state(member, Joining { name, at });
         }
     }
 
@@ -229,23 +227,15 @@ impl Room for ArenaRoom {
 
     fn join(
         &mut self,
-        _ctx: &mut RoomContext<'_, Self>,
+        ctx: &mut RoomContext<'_, Self>,
         member: ConnId,
         join: &Joining,
     ) -> Result<(), Refusal> {
-        let mut state = pb::PlayerState::default();
-        join.cell.read_into(&mut state);
-        let mut walker = Walker {
-            name: join.name.clone(),
-            cell: join.cell.clone(),
-            token: join.cell.claim(),
-            x: state.x,
-            y: state.y,
-            walk: Walk::Still,
-            moved: false,
-        };
-        // A member joined again after a restart walks on.
+        let mut walker = Walker::new(join);
+        // A member joined again after a restart (with the state the room recorded)
+        // walks on.
         walker.set_walk(self.restored.remove(&member).unwrap_or(Walk::Still));
+        walker.record(ctx, member);
         self.walkers.insert(member, walker);
         self.entered.push(member);
         self.owed_state.push(member);
@@ -253,16 +243,15 @@ impl Room for ArenaRoom {
     }
 
     fn leave(&mut self, _ctx: &mut RoomContext<'_, Self>, member: ConnId) {
-        let Some(mut walker) = self.walkers.remove(&member) else {
+        let Some(walker) = self.walkers.remove(&member) else {
             return;
         };
-        walker.set_walk(Walk::Still);
         self.owed_state.retain(|id| *id != member);
         let before = self.entered.len();
         self.entered.retain(|id| *id != member);
         // Entered and left within one tick: the others never need to hear of it.
         if self.entered.len() == before {
-            self.left.push(walker.name);
+            self.left.push(walker.name.to_string());
         }
     }
 
@@ -300,16 +289,19 @@ impl Room for ArenaRoom {
                 };
                 walker.set_walk(walk);
                 walker.count_move();
+                walker.record(ctx, member);
             }
             ToRoom::Place { x, y, done } => {
                 walker.set_walk(Walk::Still);
                 walker.put(x, y);
                 walker.count_move();
+                // Recorded before the answer: the handler reads it next.
+                walker.record(ctx, member);
                 let _ = done.send(()); // the handler may have been dropped
             }
             ToRoom::Say(text) => {
                 let chat = pb::Chat {
-                    from: walker.name.clone(),
+                    from: walker.name.to_string(),
                     text,
                     room: self.name.clone(),
                     whisper: false,
@@ -345,6 +337,7 @@ impl Room for ArenaRoom {
         let mut moved = Vec::new();
         for (id, walker) in &mut self.walkers {
             walker.step();
+            walker.record(ctx, *id);
             if std::mem::take(&mut walker.moved) && !self.entered.contains(id) {
                 // (an entered body already says where it stands)
                 moved.push(walker.body());
@@ -370,7 +363,7 @@ impl Room for ArenaRoom {
         self.last_sent = self.tick;
     }
 
-    /// The walks under way (positions are in the players' cells already).
+    /// The walks under way (positions are in the members' recorded states already).
     fn snapshot(&self) -> Option<Intents> {
         let walks = self
             .walkers
@@ -387,16 +380,15 @@ mod tests {
     use super::*;
 
     fn walker(x: i32, y: i32, walk: Walk) -> Walker {
-        let cell: Arc<PlayerCell> = Arc::default();
-        let mut walker = Walker {
-            name: "w".into(),
-            token: cell.claim(),
-            cell,
-            x,
-            y,
-            walk: Walk::Still,
-            moved: false,
+        let join = Joining {
+            name: Arc::from("w"),
+            at: Position {
+                x,
+                y,
+                ..Position::default()
+            },
         };
+        let mut walker = Walker::new(&join);
         walker.set_walk(walk);
         walker
     }
@@ -414,7 +406,6 @@ mod tests {
             [(20, -10), (40, -10), (45, -10), (45, -10), (45, -10)]
         );
         assert_eq!(w.walk, Walk::Still);
-        assert!(!w.cell.walking());
     }
 
     #[test]
@@ -425,27 +416,5 @@ mod tests {
         assert_eq!((w.x, w.walk), (WORLD_EDGE, Walk::Direction(1, 0)));
         w.step();
         assert_eq!((w.x, w.walk), (WORLD_EDGE, Walk::Still));
-    }
-
-    #[test]
-    fn only_the_latest_room_to_take_a_player_writes_its_cell() {
-        let mut old = walker(0, 0, Walk::Direction(1, 0));
-        let mut new = Walker {
-            name: "w".into(),
-            token: old.cell.claim(),
-            cell: old.cell.clone(),
-            x: 0,
-            y: 0,
-            walk: Walk::Still,
-            moved: false,
-        };
-        old.step(); // the old room ticks once more after the player moved on
-        assert_eq!(old.x, 20);
-        let mut state = pb::PlayerState::default();
-        old.cell.read_into(&mut state);
-        assert_eq!(state.x, 0, "the old room's walk did not reach the cell");
-        new.put(5, 5);
-        new.cell.read_into(&mut state);
-        assert_eq!((state.x, state.y), (5, 5));
     }
 }

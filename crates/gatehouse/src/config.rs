@@ -194,7 +194,8 @@ pub struct SupervisorConfig {
     pub drain_timeout: Duration,
     /// When a drain or shutdown begins, how long the server goes on accepting and
     /// serving while `/readyz` already answers 503, so that a load balancer stops
-    /// sending new clients before the listeners close (0: close at once).
+    /// sending new clients before the listeners close (0: close at once). Only with
+    /// an admin listener: without one nothing can see the server turn not ready.
     #[serde(with = "humantime_serde")]
     pub drain_grace: Duration,
 }

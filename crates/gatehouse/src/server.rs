@@ -192,6 +192,12 @@ impl<S: Service> Server<S> {
         let _stopped = Stopped(shared.clone());
         // The admin listener outlives the game's: it answers (not ready) while they
         // drain and the parts stop, and stops once the server has.
+        // The grace is for whoever probes `/readyz`: without the admin listener
+        // nobody can see the server turn not ready, so it closes at once.
+        #[cfg(feature = "admin")]
+        let probed = admin.is_some();
+        #[cfg(not(feature = "admin"))]
+        let probed = false;
         #[cfg(feature = "admin")]
         let _stop_admin = {
             let admin_stop = CancellationToken::new();
@@ -207,6 +213,7 @@ impl<S: Service> Server<S> {
             drain_grace,
             ..
         } = shared.config.supervisor;
+        let drain_grace = if probed { drain_grace } else { Duration::ZERO };
         let supervised = supervisor::supervise(listeners.into(), shared, token.clone());
         tokio::pin!(supervised, shutdown);
         let begun = tokio::select! {

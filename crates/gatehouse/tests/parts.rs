@@ -271,3 +271,24 @@ async fn an_embedder_reads_the_metrics_of_the_server_and_its_parts_without_the_a
     // After the server ended, the handle reads its last numbers.
     assert!(!metrics.sample().await.hub_up);
 }
+
+#[tokio::test(start_paused = true)]
+async fn without_the_admin_listener_a_shutdown_does_not_wait_for_the_drain_grace() {
+    support::keep_the_clock_stepping();
+    let mut config = test_config();
+    config.supervisor.drain_grace = Duration::from_secs(30);
+    let record = Arc::new(Kept::default());
+    let server = TestServer::start_service(config, support::Recorder::default(), record).await;
+    let mut client = server.connect().await;
+    let _ = client.whoami().await;
+    let started = tokio::time::Instant::now();
+    let stopping = tokio::spawn(server.shutdown());
+    assert_eq!(client.expect_kick().await, gatehouse::KickReason::SHUTDOWN);
+    // Nothing serves /readyz, so nothing waits for it to be seen.
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(stopping.await.unwrap().is_ok());
+}

@@ -43,9 +43,28 @@ impl<R: Room> RoomContext<'_, R> {
         self.members.len()
     }
 
-    /// What `member` joined with, if it is a member.
+    /// What `member` joined with, if it is a member (not what
+    /// [`RoomContext::set_member_state`] recorded since).
     pub fn joined_with(&self, member: ConnId) -> Option<&R::Join> {
         self.members.get(&member).map(|m| &m.join)
+    }
+
+    /// Records `member`'s state as the room owns it now (a position, a score), in the
+    /// shape it joins with: its session reads it with
+    /// [`Membership::state`](super::Membership::state) to save and checkpoint it,
+    /// and after a restart the member is joined with it. State a game keeps for a
+    /// player while it is in a room lives here, with no cell shared between the room
+    /// and the session, and a room the player has left writes to nobody. Returns
+    /// false if `member` is not a member.
+    pub fn set_member_state(&self, member: ConnId, state: R::Join) -> bool {
+        let Some(member) = self.members.get(&member) else {
+            return false;
+        };
+        *member
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(state);
+        true
     }
 
     /// The push frame, or `None` (logged) if it is larger than a client accepts.

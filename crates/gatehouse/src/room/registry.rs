@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::stats::{LatenessHistogram, LatenessMark, RoomCounters, RoomStats, TickLateness};
-use super::task::{Input, Leave, RoomTask};
+use super::task::{Input, Leave, MemberState, RoomTask};
 use super::{Origin, Room, RoomError, RoomOptions};
 use crate::config::LimitsConfig;
 use crate::connection::ConnId;
@@ -306,6 +306,7 @@ impl<R: Room> RoomHandle<R> {
         join: R::Join,
     ) -> Result<Membership<R>, RoomError> {
         let serial = self.link.serials.fetch_add(1, Ordering::Relaxed);
+        let state = MemberState::default();
         // Made first, so that a join whose caller is dropped mid-way still leaves.
         let membership = Membership {
             link: self.link.clone(),
@@ -313,6 +314,8 @@ impl<R: Room> RoomHandle<R> {
             serial,
             queued: Arc::new(AtomicU32::new(0)),
             sink: sink.clone(),
+            joined: join.clone(),
+            state: state.clone(),
         };
         let (reply, answer) = oneshot::channel();
         let input = Input::Join {
@@ -321,6 +324,7 @@ impl<R: Room> RoomHandle<R> {
             sink,
             address,
             join,
+            state,
             reply,
         };
         self.link
@@ -364,9 +368,21 @@ pub struct Membership<R: Room> {
     queued: Arc<AtomicU32>,
     /// To kick the member's connection if it floods the room.
     sink: Arc<dyn MemberSink>,
+    /// What it joined with, and its state as the room records it since.
+    joined: R::Join,
+    state: MemberState<R::Join>,
 }
 
 impl<R: Room> Membership<R> {
+    /// The member's state as its room last recorded it
+    /// ([`RoomContext::set_member_state`](super::RoomContext::set_member_state)), or
+    /// what it joined with: what its session saves. Read at once, without waiting
+    /// for the room.
+    pub fn state(&self) -> R::Join {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.clone().unwrap_or_else(|| self.joined.clone())
+    }
+
     /// The room's name.
     pub fn room(&self) -> &str {
         &self.link.name

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use gatehouse_protocol::{KickReason, Message, ROUTE_ROOM_RESTARTED};
 use tokio::sync::{mpsc, oneshot};
@@ -30,6 +30,8 @@ pub(crate) enum Input<R: Room> {
         /// What the member's seat counts against ([`RoomOptions::max_members_per_address`]).
         address: IpAddr,
         join: R::Join,
+        /// The member's state as the room records it, shared with its membership.
+        state: MemberState<R::Join>,
         reply: oneshot::Sender<Result<(), RoomError>>,
     },
     Message {
@@ -62,13 +64,27 @@ pub(crate) struct Leave {
     pub(crate) serial: u64,
 }
 
+/// A member's state as its room last recorded it (`None`: as it joined), shared by
+/// the room's task and the member's [`Membership`](super::Membership).
+pub(crate) type MemberState<J> = Arc<Mutex<Option<J>>>;
+
 /// A member, as the room keeps it.
 pub(crate) struct Member<J> {
     pub(crate) sink: Arc<dyn MemberSink>,
     pub(crate) join: J,
+    pub(crate) state: MemberState<J>,
     serial: u64,
     /// The member's address (an IPv6 /64), for the per-address share of seats.
     address: IpAddr,
+}
+
+impl<J: Clone> Member<J> {
+    /// What the member would bring if it joined again: its recorded state, or what
+    /// it joined with.
+    fn latest(&self) -> J {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.clone().unwrap_or_else(|| self.join.clone())
+    }
 }
 
 pub(crate) type Members<J> = HashMap<ConnId, Member<J>>;
@@ -196,7 +212,8 @@ impl<R: Room> RoomTask<R> {
     fn rejoin(&mut self, room: &mut R, timers: &Timers) -> Option<End> {
         let ids: Vec<ConnId> = self.members.keys().copied().collect();
         for id in ids {
-            let Some(join) = self.members.get(&id).map(|m| m.join.clone()) else {
+            // Joined with its state as the previous life recorded it.
+            let Some(join) = self.members.get(&id).map(Member::latest) else {
                 continue;
             };
             let (joined, _) = self.call(timers, |ctx| room.join(ctx, id, &join));
@@ -372,6 +389,7 @@ impl<R: Room> RoomTask<R> {
                 sink,
                 address,
                 join,
+                state,
                 reply,
             } => {
                 if reply.is_closed() {
@@ -403,6 +421,7 @@ impl<R: Room> RoomTask<R> {
                     Member {
                         sink,
                         join: join.clone(),
+                        state,
                         serial,
                         address,
                     },
