@@ -2,22 +2,15 @@
 //! changed only when one of their games ends, and queued for saving the moment it
 //! changes. The player's session and the game room they sit in share it.
 
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::Mutex;
 
 use bytes::Bytes;
-use gatehouse_store::{Loaded, SaveSlot, SaveWriter, Store, WriterClosed};
+use gatehouse_store::{SaveSlot, SaveWriter, Store, WriterClosed};
 use prost::Message as _;
 use tracing::error;
 
+use crate::lock;
 use crate::wire::Record;
-
-/// What a finished game adds to a record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Score {
-    Win,
-    Loss,
-    Draw,
-}
 
 /// Queues a save through the writer: boxed, so that rooms and sessions need not
 /// know the store's type.
@@ -33,29 +26,20 @@ pub(crate) struct Account {
 }
 
 impl Account {
-    /// The account of a player whose record `loaded` holds (a new player has none).
-    /// `Err` if the stored bytes are not a record: better refuse the login than
-    /// overwrite a record this code cannot read.
-    pub(crate) fn open<S: Store>(
+    /// The account of `name`, whose record (default for a new player) was loaded
+    /// with `slot`.
+    pub(crate) fn new<S: Store>(
         name: &str,
-        loaded: Loaded,
+        record: Record,
+        slot: SaveSlot,
         writer: &SaveWriter<S>,
-    ) -> Result<Account, prost::DecodeError> {
-        let record = match &loaded.data {
-            Some(data) => Record::decode(data.as_ref())?,
-            None => Record::default(),
-        };
+    ) -> Account {
         let writer = writer.clone();
-        Ok(Account {
+        Account {
             name: name.to_owned(),
-            saved: Mutex::new((record, loaded.slot)),
+            saved: Mutex::new((record, slot)),
             save: Box::new(move |slot, data| writer.save(slot, data)),
-        })
-    }
-
-    fn saved(&self) -> MutexGuard<'_, (Record, SaveSlot)> {
-        // Nothing under this lock can panic halfway through a change.
-        self.saved.lock().unwrap_or_else(PoisonError::into_inner)
+        }
     }
 
     /// The player's name.
@@ -65,19 +49,16 @@ impl Account {
 
     /// The record now.
     pub(crate) fn record(&self) -> Record {
-        self.saved().0
+        lock(&self.saved).0
     }
 
-    /// Counts a finished game and queues the save (which never waits, so a room can
-    /// call this from its hooks). Returns the new record.
-    pub(crate) fn count(&self, score: Score) -> Record {
-        let mut saved = self.saved();
+    /// Counts a finished game in the record's `tally` (wins, losses or draws) and
+    /// queues the save (which never waits, so a room can call this from its hooks).
+    /// Returns the new record.
+    pub(crate) fn count(&self, tally: fn(&mut Record) -> &mut u32) -> Record {
+        let mut saved = lock(&self.saved);
         let (record, slot) = &mut *saved;
-        let tally = match score {
-            Score::Win => &mut record.wins,
-            Score::Loss => &mut record.losses,
-            Score::Draw => &mut record.draws,
-        };
+        let tally = tally(record);
         *tally = tally.saturating_add(1);
         let record = *record;
         if let Err(e) = (self.save)(slot, record.encode_to_vec().into()) {

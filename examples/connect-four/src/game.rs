@@ -8,11 +8,10 @@
 //! A room takes a connection only from that connection's own handlers, so each
 //! player sits down from its own session, when it handles its [`Invitation`]. The
 //! game starts when both sit; from the moment it opens, a game waits at most
-//! [`Options::join_time`](crate::Options) for them.
+//! [`Options::join_time`] for them.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use gatehouse::room::{
     Origin, Refusal, Restart, Room, RoomContext, RoomHandle, RoomOptions, StopReason,
@@ -24,42 +23,26 @@ use prost::Message as _;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
-use crate::account::{Account, Score};
+use crate::account::Account;
 use crate::board::{Board, MoveError};
 use crate::wire::{routes, status, Colour, End, GameOver, Matched, Moved};
+use crate::Options;
 
 /// One game: the room type the server runs (registered with `Server::with_rooms`).
 pub struct Game {
-    options: GameOptions,
+    options: Options,
     table: Table,
     /// Runs out when the player to move has taken too long.
     clock: Option<Timer>,
-    /// Runs out when the players have taken too long to sit down.
-    deadline: Option<Timer>,
-}
-
-/// What every game is made with: the room type's `Config`.
-#[derive(Debug, Clone)]
-pub struct GameOptions {
-    pub(crate) turn_time: Duration,
-    pub(crate) join_time: Duration,
 }
 
 /// The seats and the board: what a game that crashed restarts from (its snapshot).
 #[derive(Clone, Default)]
 pub struct Table {
     board: Board,
-    /// Red's seat, then yellow's.
-    seats: [Option<Seat>; 2],
+    /// Who sits in red's seat, then in yellow's.
+    seats: [Option<Entrant>; 2],
     phase: Phase,
-}
-
-#[derive(Clone)]
-struct Seat {
-    player: Entrant,
-    /// `None` while the player is not in the room (after a restart, until it is
-    /// joined again).
-    conn: Option<ConnId>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -73,21 +56,13 @@ enum Phase {
 /// What a player brings to its seat: the room type's `Join`.
 #[derive(Clone)]
 pub struct Entrant {
-    colour: Colour,
-    account: Arc<Account>,
+    pub(crate) colour: Colour,
+    /// The player's connection, the member it joins as (again after a restart).
+    pub(crate) conn: ConnId,
+    pub(crate) account: Arc<Account>,
     /// Set by the room once the game is over, before it says so: the session reads it
     /// to know the player is free to queue again.
-    over: Arc<AtomicBool>,
-}
-
-impl Entrant {
-    pub(crate) fn new(colour: Colour, account: Arc<Account>, over: Arc<AtomicBool>) -> Self {
-        Entrant {
-            colour,
-            account,
-            over,
-        }
-    }
+    pub(crate) over: Arc<AtomicBool>,
 }
 
 /// What the server tells a matched player's session: sit down in this game, with this
@@ -108,10 +83,11 @@ pub enum ToGame {
         /// Where the verdict goes.
         reply: oneshot::Sender<Result<(), Failure>>,
     },
-    /// The player leaves the game; `done` says the room has settled it.
+    /// The player leaves the game, the opponent winning (`Resigned`, `Disconnected`)
+    /// or nobody (`Abandoned`: the server is to blame); `done` says it is counted.
     Quit {
-        /// Why.
-        why: Quit,
+        /// How the game ends.
+        end: End,
         /// Answered once the result is counted.
         done: oneshot::Sender<()>,
     },
@@ -122,17 +98,6 @@ pub enum ToGame {
     },
     /// The time for both players to sit down ran out.
     SeatingDeadline,
-}
-
-/// Why a player leaves a game.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Quit {
-    /// RESIGN: the opponent wins.
-    Resigned,
-    /// The connection ended: the opponent wins.
-    Disconnected,
-    /// The server stops (or the connection ended by the server's fault): no result.
-    ServerStopping,
 }
 
 /// How the server runs its games: no tick, two seats, restarted from the table if a
@@ -150,58 +115,45 @@ pub(crate) fn room_options(max_games: usize) -> RoomOptions {
 }
 
 impl Game {
-    fn seat_of(&self, member: ConnId) -> Option<&Seat> {
-        self.table
-            .seats
-            .iter()
-            .flatten()
-            .find(|seat| seat.conn == Some(member))
-    }
-
+    /// The colour of the player who sent a message.
     fn colour_of(&self, from: Origin) -> Option<Colour> {
-        match from {
-            Origin::Member(member) => self.seat_of(member).map(|seat| seat.player.colour),
-            Origin::Timer | Origin::Server => None,
-        }
+        let Origin::Member(member) = from else {
+            return None;
+        };
+        let mut seats = self.table.seats.iter().flatten();
+        seats
+            .find(|seat| seat.conn == member)
+            .map(|seat| seat.colour)
     }
 
     /// Both players sit: tell each their colour and opponent; red moves first.
     fn start(&mut self, ctx: &mut RoomContext<'_, Self>) {
         self.table.phase = Phase::Playing;
-        if let Some(deadline) = self.deadline.take() {
-            deadline.cancel();
-        }
         let [Some(red), Some(yellow)] = &self.table.seats else {
             return;
         };
         for (seat, opponent) in [(red, yellow), (yellow, red)] {
             let matched = Matched {
                 game: ctx.name().to_owned(),
-                colour: seat.player.colour as i32,
-                opponent: opponent.player.account.name().to_owned(),
+                colour: seat.colour as i32,
+                opponent: opponent.account.name().to_owned(),
             };
-            if let Some(conn) = seat.conn {
-                ctx.push(conn, routes::MATCHED, matched.encode_to_vec());
-            }
+            ctx.push(seat.conn, routes::MATCHED, matched.encode_to_vec());
         }
         info!(
             game = ctx.name(),
-            red = red.player.account.name(),
-            yellow = yellow.player.account.name(),
+            red = red.account.name(),
+            yellow = yellow.account.name(),
             "game started"
         );
         self.wind_clock(ctx);
     }
 
-    /// The players have `join_time` to sit down (from the first call; later ones
-    /// change nothing while it runs).
+    /// The players have `join_time` to sit down (a deadline that runs out once the
+    /// game has started changes nothing).
     fn set_deadline(&mut self, ctx: &mut RoomContext<'_, Self>) {
-        if self.deadline.is_some() {
-            return;
-        }
-        match ctx.after(self.options.join_time, ToGame::SeatingDeadline) {
-            Ok(deadline) => self.deadline = Some(deadline),
-            Err(e) => warn!(game = ctx.name(), error = %e, "no deadline to sit down"),
+        if let Err(e) = ctx.after(self.options.join_time, ToGame::SeatingDeadline) {
+            warn!(game = ctx.name(), error = %e, "no deadline to sit down");
         }
     }
 
@@ -228,14 +180,14 @@ impl Game {
         let colour = self
             .colour_of(from)
             .ok_or_else(|| Failure::new(status::NOT_PLAYING, "not a player of this game"))?;
-        let not_now = match self.table.phase {
-            Phase::Seating => Some("the game has not started"),
-            Phase::Over => Some("the game is over"),
-            Phase::Playing => None,
-        };
-        if let Some(why) = not_now {
-            return Err(Failure::new(status::NOT_PLAYING, why));
-        }
+        match self.table.phase {
+            Phase::Seating => Err(Failure::new(
+                status::NOT_PLAYING,
+                "the game has not started",
+            )),
+            Phase::Over => Err(Failure::new(status::NOT_PLAYING, "the game is over")),
+            Phase::Playing => Ok(()),
+        }?;
         let board = &mut self.table.board;
         if board.to_move() != colour {
             return Err(Failure::new(
@@ -254,9 +206,10 @@ impl Game {
         } else {
             None
         };
-        let next = match end {
-            Some(_) => Colour::Nobody,
-            None => board.to_move(),
+        let next = if end.is_some() {
+            Colour::Nobody
+        } else {
+            board.to_move()
         };
         let moved = Moved {
             colour: colour as i32,
@@ -274,17 +227,13 @@ impl Game {
         Ok(())
     }
 
-    /// A player leaves (RESIGN, or its connection ended).
-    fn quit(&mut self, ctx: &mut RoomContext<'_, Self>, colour: Colour, why: Quit) {
-        match (self.table.phase, why) {
-            (Phase::Over, _) => {}
-            (Phase::Seating, _) | (_, Quit::ServerStopping) => {
-                self.finish(ctx, End::Abandoned, Colour::Nobody)
-            }
-            (Phase::Playing, Quit::Resigned) => self.finish(ctx, End::Resigned, colour.other()),
-            (Phase::Playing, Quit::Disconnected) => {
-                self.finish(ctx, End::Disconnected, colour.other())
-            }
+    /// The player of `colour` leaves (RESIGN, or its connection ended): the game
+    /// ends `end`, won by the opponent, or by nobody if it had not started.
+    fn quit(&mut self, ctx: &mut RoomContext<'_, Self>, colour: Colour, end: End) {
+        match self.table.phase {
+            Phase::Over => {}
+            Phase::Playing if end != End::Abandoned => self.finish(ctx, end, colour.other()),
+            Phase::Seating | Phase::Playing => self.finish(ctx, End::Abandoned, Colour::Nobody),
         }
     }
 
@@ -296,23 +245,21 @@ impl Game {
             clock.cancel();
         }
         for seat in self.table.seats.iter().flatten() {
-            let (player, account) = (&seat.player, &seat.player.account);
+            let account = &seat.account;
             let record = match (end, winner) {
                 (End::Abandoned, _) => account.record(),
-                (_, Colour::Nobody) => account.count(Score::Draw),
-                (_, winner) if winner == player.colour => account.count(Score::Win),
-                _ => account.count(Score::Loss),
+                (_, Colour::Nobody) => account.count(|record| &mut record.draws),
+                (_, winner) if winner == seat.colour => account.count(|record| &mut record.wins),
+                _ => account.count(|record| &mut record.losses),
             };
             // Before the push: a client that reads GAME_OVER may queue again at once.
-            player.over.store(true, Ordering::Release);
+            seat.over.store(true, Ordering::Release);
             let over = GameOver {
                 end: end as i32,
                 winner: winner as i32,
                 record: Some(record),
             };
-            if let Some(conn) = seat.conn {
-                ctx.push(conn, routes::GAME_OVER, over.encode_to_vec());
-            }
+            ctx.push(seat.conn, routes::GAME_OVER, over.encode_to_vec());
         }
         info!(game = ctx.name(), ?end, ?winner, "game over");
         ctx.close();
@@ -320,29 +267,25 @@ impl Game {
 }
 
 impl Room for Game {
-    type Config = GameOptions;
+    type Config = Options;
     type Join = Entrant;
     type Message = ToGame;
     type Snapshot = Table;
 
-    fn create(_name: &str, options: &GameOptions, restored: Option<Table>) -> Self {
-        let mut table = restored.unwrap_or_default();
-        // After a crash every member is joined again, and takes its seat back.
-        for seat in table.seats.iter_mut().flatten() {
-            seat.conn = None;
-        }
+    /// After a crash, from the last table: every member is then joined again, and
+    /// takes its seat back.
+    fn create(_name: &str, options: &Options, restored: Option<Table>) -> Self {
         Game {
             options: options.clone(),
-            table,
+            table: restored.unwrap_or_default(),
             clock: None,
-            deadline: None,
         }
     }
 
     fn join(
         &mut self,
         ctx: &mut RoomContext<'_, Self>,
-        member: ConnId,
+        _member: ConnId,
         entrant: &Entrant,
     ) -> Result<(), Refusal> {
         if self.table.phase == Phase::Over {
@@ -353,27 +296,20 @@ impl Room for Game {
             Colour::Yellow => 1,
             Colour::Nobody => return Err(Refusal::new(Status::BAD_REQUEST, "no such seat")),
         };
-        match &mut self.table.seats[index] {
-            Some(seat) if !Arc::ptr_eq(&seat.player.account, &entrant.account) => {
-                return Err(Refusal::new(status::BUSY, "that seat is taken"));
-            }
-            Some(seat) => seat.conn = Some(member),
-            empty => {
-                *empty = Some(Seat {
-                    player: entrant.clone(),
-                    conn: Some(member),
-                })
-            }
+        let seat = &mut self.table.seats[index];
+        if seat
+            .as_ref()
+            .is_some_and(|seat| !Arc::ptr_eq(&seat.account, &entrant.account))
+        {
+            return Err(Refusal::new(status::BUSY, "that seat is taken"));
         }
-        let seats = self.table.seats.iter().flatten();
-        let present = seats.filter(|seat| seat.conn.is_some()).count();
-        match (self.table.phase, present) {
-            // After a restart, which stopped the deadline's timer.
-            (Phase::Seating, 1) => self.set_deadline(ctx),
-            (Phase::Seating, _) => self.start(ctx),
-            // Both back after a restart, which stopped the clock.
-            (Phase::Playing, 2) => self.wind_clock(ctx),
-            _ => {}
+        *seat = Some(entrant.clone());
+        match self.table.phase {
+            Phase::Seating if self.table.seats.iter().all(Option::is_some) => self.start(ctx),
+            // Also after a restart, which stopped the deadline's timer.
+            Phase::Seating => self.set_deadline(ctx),
+            // Playing: back after a restart, which stopped the clock.
+            _ => self.wind_clock(ctx),
         }
         Ok(())
     }
@@ -381,15 +317,9 @@ impl Room for Game {
     /// A member left without quitting (its session ended some other way): as if its
     /// connection had ended.
     fn leave(&mut self, ctx: &mut RoomContext<'_, Self>, member: ConnId) {
-        let Some(colour) = self.seat_of(member).map(|seat| seat.player.colour) else {
-            return;
-        };
-        for seat in self.table.seats.iter_mut().flatten() {
-            if seat.conn == Some(member) {
-                seat.conn = None;
-            }
+        if let Some(colour) = self.colour_of(Origin::Member(member)) {
+            self.quit(ctx, colour, End::Disconnected);
         }
-        self.quit(ctx, colour, Quit::Disconnected);
     }
 
     fn message(&mut self, ctx: &mut RoomContext<'_, Self>, from: Origin, message: ToGame) {
@@ -399,9 +329,9 @@ impl Room for Game {
                 let verdict = self.play(ctx, from, column);
                 let _ = reply.send(verdict);
             }
-            ToGame::Quit { why, done } => {
+            ToGame::Quit { end, done } => {
                 if let Some(colour) = self.colour_of(from) {
-                    self.quit(ctx, colour, why);
+                    self.quit(ctx, colour, end);
                 }
                 let _ = done.send(());
             }

@@ -5,24 +5,12 @@
 //! public APIs of `gatehouse` and `gatehouse-store`; `docs/GUIDE.md` ("Your first
 //! game") walks through it.
 //!
-//! | route | kind | payload → answer |
-//! |---|---|---|
-//! | 1 `LOGIN` | request | [`Login`](wire::Login) → [`Record`](wire::Record) (yours) |
-//! | 2 `STATS` | request | [`StatsRequest`](wire::StatsRequest) → [`Stats`](wire::Stats) |
-//! | 3 `QUEUE` | request | empty → [`Queued`](wire::Queued) |
-//! | 4 `LEAVE_QUEUE` | request | empty → empty |
-//! | 5 `MOVE` | request | one byte, the column 0 to 6 → empty |
-//! | 6 `RESIGN` | request | empty → empty |
-//! | 7 `LOBBY` | request | empty → [`LobbyInfo`](wire::LobbyInfo) |
-//! | 100 `MATCHED` | push | [`Matched`](wire::Matched): the game starts, your colour, your opponent |
-//! | 101 `MOVED` | push | [`Moved`](wire::Moved): a move and the board, to both players |
-//! | 102 `GAME_OVER` | push | [`GameOver`](wire::GameOver): how it ended, your record as saved |
-//!
-//! Payloads are protobuf ([`wire`]), but for MOVE's single byte. Every route but
-//! LOGIN needs a logged-in player ([`status::NOT_LOGGED_IN`] otherwise); refusals
-//! are the statuses of [`wire::status`], with a text saying why. There are no
-//! passwords: a name is taken by whoever logs in with it while nobody online has it
-//! ([`status::NAME_TAKEN`] otherwise).
+//! The routes and what they carry are [`wire::routes`]; payloads are protobuf
+//! ([`wire`]), but for MOVE's single byte. Every route but LOGIN needs a logged-in
+//! player ([`status::NOT_LOGGED_IN`] otherwise); refusals are the statuses of
+//! [`wire::status`], with a text saying why. There are no passwords: a name is taken
+//! by whoever logs in with it while nobody online has it ([`status::NAME_TAKEN`]
+//! otherwise).
 //!
 //! A game ends with four in a row (a win), a full board (a draw), a resignation, a
 //! disconnect, or a player out of time (a loss for them); or without a result when
@@ -31,7 +19,7 @@
 //!
 //! - this file: the service, its options, the session, the routing.
 //! - `player`: the handlers.
-//! - `lobby`: the online registry and the waiting line.
+//! - `lobby`: the waiting line.
 //! - [`game`]: the game room.
 //! - `account`: a player's record while online, and its saves.
 //! - [`board`]: the rules.
@@ -45,7 +33,7 @@ mod player;
 pub mod wire;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -54,11 +42,11 @@ use gatehouse::{typed, Context, Disconnect, Reply, Service};
 use gatehouse_store::{SaveWriter, Store};
 
 use crate::account::Account;
-use crate::game::{Game, GameOptions, Invitation};
+use crate::game::{Game, Invitation};
 use crate::lobby::Lobby;
 use crate::wire::{routes, status};
 
-/// How the game runs.
+/// How the game runs (also what every game room is made with).
 #[derive(Debug, Clone)]
 pub struct Options {
     /// How long a player has for each move; past it, they lose.
@@ -86,14 +74,9 @@ pub struct ConnectFour<S> {
     lobby: Lobby,
 }
 
-/// A connection's state: nothing until it logs in.
-#[derive(Default)]
-pub struct Session {
-    player: Option<Player>,
-}
-
-/// A logged-in player.
-struct Player {
+/// A logged-in player: a connection's session is `Option<Player>`, `None` until it
+/// logs in.
+pub struct Player {
     account: Arc<Account>,
     place: Place,
 }
@@ -127,13 +110,10 @@ impl<S: Store> ConnectFour<S> {
     /// The game, keeping records through `writer`; an error if `options` cannot work
     /// (no games at all).
     pub fn new(writer: SaveWriter<S>, options: Options) -> Result<Self, RoomError> {
-        let game = GameOptions {
-            turn_time: options.turn_time,
-            join_time: options.join_time,
-        };
+        let rooms = game::room_options(options.max_games);
         Ok(ConnectFour {
             writer,
-            games: Rooms::new(game, game::room_options(options.max_games))?,
+            games: Rooms::new(options, rooms)?,
             lobby: Lobby::default(),
         })
     }
@@ -152,41 +132,44 @@ pub fn valid_name(name: &str) -> bool {
             .all(|c| c.is_alphanumeric() || c == '_' || c == '-')
 }
 
+/// Locks `mutex`: no code that can panic halfway through a change runs under this
+/// crate's locks, so a poisoned one is still consistent.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl<S: Store> Service for ConnectFour<S> {
-    type Session = Session;
+    type Session = Option<Player>;
     type Message = Invitation;
     const LOGIN_REQUIRED: bool = true;
 
-    async fn connect(&self, _ctx: &mut Context<'_, Invitation>) -> Session {
-        Session::default()
+    async fn connect(&self, _ctx: &mut Context<'_, Invitation>) -> Option<Player> {
+        None
     }
 
     /// Handlers that never wait: answered at once, without a future.
     fn request_now(
         &self,
-        session: &mut Session,
+        session: &mut Option<Player>,
         ctx: &mut Context<'_, Invitation>,
         route: u16,
         payload: &Bytes,
     ) -> Option<Reply> {
-        if !matches!(route, routes::QUEUE | routes::LEAVE_QUEUE | routes::LOBBY) {
+        if !matches!(route, routes::QUEUE | routes::LEAVE_QUEUE) {
             return None;
         }
-        let Some(player) = &mut session.player else {
+        let Some(player) = session else {
             return Some(Reply::error(status::NOT_LOGGED_IN, "log in first"));
         };
         Some(match route {
             routes::QUEUE => typed::request_now(payload, |()| self.queue(player, ctx)),
-            routes::LEAVE_QUEUE => {
-                typed::request_now(payload, |()| self.leave_queue(player, ctx.id()))
-            }
-            _ => typed::request_now(payload, |()| Ok(self.lobby_info())),
+            _ => typed::request_now(payload, |()| self.leave_queue(player, ctx.id())),
         })
     }
 
     async fn request(
         &self,
-        session: &mut Session,
+        session: &mut Option<Player>,
         ctx: &mut Context<'_, Invitation>,
         route: u16,
         payload: Bytes,
@@ -194,7 +177,7 @@ impl<S: Store> Service for ConnectFour<S> {
         if route == routes::LOGIN {
             return typed::request(payload, |login| self.login(session, ctx, login)).await;
         }
-        let Some(player) = &mut session.player else {
+        let Some(player) = session else {
             return match self.route_name(route) {
                 Some(_) => Reply::error(status::NOT_LOGGED_IN, "log in first"),
                 None => Reply::unknown_route(route),
@@ -208,6 +191,7 @@ impl<S: Store> Service for ConnectFour<S> {
                 Err(failure) => failure.into(),
             },
             routes::RESIGN => typed::request(payload, |()| self.resign(player)).await,
+            routes::LOBBY => typed::request(payload, |()| self.lobby_info(ctx)).await,
             other => Reply::unknown_route(other),
         }
     }
@@ -215,20 +199,20 @@ impl<S: Store> Service for ConnectFour<S> {
     /// A matched player's invitation: sit down in the game.
     async fn message(
         &self,
-        session: &mut Session,
+        session: &mut Option<Player>,
         ctx: &mut Context<'_, Invitation>,
         invitation: Invitation,
     ) {
-        if let Some(player) = &mut session.player {
+        if let Some(player) = session {
             self.accept(player, ctx, invitation).await;
         }
     }
 
     /// Whatever ended the connection: out of the line, out of the game in progress
-    /// (a loss, unless the server is to blame), and the name is free again, only
-    /// once the result is counted and its save queued.
-    async fn disconnect(&self, session: Session, info: Disconnect) {
-        if let Some(player) = session.player {
+    /// (a loss, unless the server is to blame) once the game has counted it. The
+    /// name is free again when this returns.
+    async fn disconnect(&self, session: Option<Player>, info: Disconnect) {
+        if let Some(player) = session {
             self.leave(player, &info).await;
         }
     }

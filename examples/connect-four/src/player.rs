@@ -4,40 +4,38 @@
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::Duration;
 
 use gatehouse::room::{Membership, RoomError};
 use gatehouse::typed::Failure;
 use gatehouse::{ConnId, Context, Disconnect, DisconnectReason, Status};
-use gatehouse_store::Store;
+use gatehouse_store::{SaveSlot, Store};
 use prost::Message as _;
 use tokio::sync::oneshot;
 use tracing::info;
 
 use crate::account::Account;
-use crate::game::{Entrant, Game, Invitation, Quit, ToGame};
-use crate::lobby::Waiting;
+use crate::game::{Entrant, Game, Invitation, ToGame};
 use crate::wire::{self, routes, status, Colour, End, Record};
-use crate::{valid_name, ConnectFour, Place, Player, Session};
-
-/// How long a disconnect waits for the game to count its result before the name is
-/// free again (the hook itself has `limits.disconnect_timeout`).
-const SETTLE_TIMEOUT: Duration = Duration::from_secs(2);
+use crate::{valid_name, ConnectFour, Place, Player};
 
 fn unavailable(what: impl std::fmt::Display) -> Failure {
     Failure::new(Status::UNAVAILABLE, what.to_string())
 }
 
-/// A game that took no message: it has ended (or is ending).
-fn game_gone(error: RoomError) -> Failure {
-    match error {
+/// Sends `game` a message carrying a reply channel, and waits for the answer.
+async fn ask<T>(
+    game: &Membership<Game>,
+    message: impl FnOnce(oneshot::Sender<T>) -> ToGame,
+) -> Result<T, Failure> {
+    let (reply, answer) = oneshot::channel();
+    game.send(message(reply)).await.map_err(|e| match e {
+        // It has ended (or is ending).
         RoomError::Closed => Failure::new(status::NOT_PLAYING, "the game is over"),
         other => other.into(),
-    }
-}
-
-fn not_playing() -> Failure {
-    Failure::new(status::NOT_PLAYING, "not in a game")
+    })?;
+    answer
+        .await
+        .map_err(|_| unavailable("the game did not answer; try again"))
 }
 
 impl Player {
@@ -45,7 +43,7 @@ impl Player {
     fn game(&mut self) -> Result<&Membership<Game>, Failure> {
         match self.place() {
             Place::Playing { game, .. } => Ok(game),
-            Place::Idle | Place::Queued => Err(not_playing()),
+            Place::Idle | Place::Queued => Err(Failure::new(status::NOT_PLAYING, "not in a game")),
         }
     }
 }
@@ -54,11 +52,11 @@ impl<S: Store> ConnectFour<S> {
     /// LOGIN: take the name (if nobody online has it), load the record.
     pub(crate) async fn login(
         &self,
-        session: &mut Session,
+        session: &mut Option<Player>,
         ctx: &mut Context<'_, Invitation>,
         login: wire::Login,
     ) -> Result<Record, Failure> {
-        if session.player.is_some() {
+        if session.is_some() {
             return Err(Failure::new(status::ALREADY_LOGGED_IN, "already logged in"));
         }
         let name = login.name;
@@ -68,20 +66,38 @@ impl<S: Store> ConnectFour<S> {
                 "names are 1 to 16 letters, digits, _ or -",
             ));
         }
-        let claim = self.lobby.claim(&name, ctx.id())?;
-        // The latest record, a save still queued included.
-        let loaded = self.writer.load(&name).await.map_err(unavailable)?;
-        let account = Account::open(&name, loaded, &self.writer)
-            .map_err(|e| Failure::new(Status::INTERNAL_ERROR, format!("unreadable record: {e}")))?;
+        // Until this login is done, no other login to the name goes on.
+        let _turn = ctx.login_turn(&name).await?;
+        // Held from its login until its connection's disconnect hook has run.
+        let holder = ctx.server().player(&name).await?;
+        if holder.is_some_and(|holder| holder != ctx.id()) {
+            return Err(Failure::new(
+                status::NAME_TAKEN,
+                format!("{name} is online already"),
+            ));
+        }
+        let (record, slot) = self.load(&name).await?;
+        let record = record.unwrap_or_default();
         ctx.logged_in(&name).await?;
-        claim.keep();
-        let record = account.record();
-        session.player = Some(Player {
+        let account = Account::new(&name, record, slot, &self.writer);
+        *session = Some(Player {
             account: Arc::new(account),
             place: Place::Idle,
         });
         info!(player = %name, "logged in");
         Ok(record)
+    }
+
+    /// A player's latest record (none yet for a new player), a save still queued
+    /// included, and where its next save goes. A record this code cannot read is an
+    /// error: better refuse than overwrite it.
+    async fn load(&self, name: &str) -> Result<(Option<Record>, SaveSlot), Failure> {
+        let loaded = self.writer.load(name).await.map_err(unavailable)?;
+        let unreadable = |e: prost::DecodeError| {
+            Failure::new(Status::INTERNAL_ERROR, format!("unreadable record: {e}"))
+        };
+        let record = loaded.data.map(Record::decode).transpose();
+        Ok((record.map_err(unreadable)?, loaded.slot))
     }
 
     /// STATS: a player's record, as stored (yours if no name is given).
@@ -99,11 +115,8 @@ impl<S: Store> ConnectFour<S> {
         if !valid_name(&name) {
             return Err(Failure::new(status::BAD_NAME, "no such name"));
         }
-        let loaded = self.writer.load(&name).await.map_err(unavailable)?;
-        let record = match loaded.data {
-            Some(data) => Record::decode(data).map_err(|e| {
-                Failure::new(Status::INTERNAL_ERROR, format!("unreadable record: {e}"))
-            })?,
+        let record = match self.load(&name).await?.0 {
+            Some(record) => record,
             // Online, but no game finished yet.
             None if name == own => Record::default(),
             None => return Err(Failure::new(status::NO_SUCH_PLAYER, "no record")),
@@ -129,18 +142,13 @@ impl<S: Store> ConnectFour<S> {
             Place::Queued => return Err(Failure::new(status::BUSY, "already in the queue")),
             Place::Playing { .. } => return Err(Failure::new(status::BUSY, "in a game")),
         }
-        let me = Waiting {
-            name: player.account.name().to_owned(),
-            conn: ctx.id(),
-        };
-        let matched = self.lobby.queue(me, |name| self.games.create(name));
+        let matched = self.lobby.queue(ctx.id(), |name| self.games.create(name));
         let matched = matched.map_err(|e| unavailable(format!("no game: {e}")))?;
         player.place = Place::Queued;
         let Some((them, game)) = matched else {
             return Ok(wire::Queued { matched: false });
         };
-        info!(game = game.name(), red = %them.name, yellow = player.account.name(), "matched");
-        let seats = [(them.conn, Colour::Red), (ctx.id(), Colour::Yellow)];
+        let seats = [(them, Colour::Red), (ctx.id(), Colour::Yellow)];
         let server = ctx.server().clone();
         tokio::spawn(async move {
             // The players' time to sit down starts now, whatever becomes of them.
@@ -172,14 +180,17 @@ impl<S: Store> ConnectFour<S> {
         Ok(())
     }
 
-    /// LOBBY.
-    pub(crate) fn lobby_info(&self) -> wire::LobbyInfo {
+    /// LOBBY: who is online is the server's count.
+    pub(crate) async fn lobby_info(
+        &self,
+        ctx: &Context<'_, Invitation>,
+    ) -> Result<wire::LobbyInfo, Failure> {
         let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-        wire::LobbyInfo {
-            online: count(self.lobby.online()),
+        Ok(wire::LobbyInfo {
+            online: count(ctx.server().players(0).await?.online),
             waiting: count(self.lobby.waiting()),
             games: count(self.games.len()),
-        }
+        })
     }
 
     /// MOVE: one byte, the column; the game decides.
@@ -190,27 +201,13 @@ impl<S: Store> ConnectFour<S> {
                 "a move is one byte: the column, 0 to 6",
             ));
         };
-        let game = player.game()?;
-        let (reply, verdict) = oneshot::channel();
-        game.send(ToGame::Move { column, reply })
-            .await
-            .map_err(game_gone)?;
-        verdict
-            .await
-            .map_err(|_| unavailable("the game did not take the move; try again"))?
+        ask(player.game()?, |reply| ToGame::Move { column, reply }).await?
     }
 
     /// RESIGN: the opponent wins (GAME_OVER follows).
     pub(crate) async fn resign(&self, player: &mut Player) -> Result<(), Failure> {
-        let game = player.game()?;
-        let (done, settled) = oneshot::channel();
-        let why = Quit::Resigned;
-        game.send(ToGame::Quit { why, done })
-            .await
-            .map_err(game_gone)?;
-        settled
-            .await
-            .map_err(|_| unavailable("the game did not take the resignation; try again"))
+        let end = End::Resigned;
+        ask(player.game()?, |done| ToGame::Quit { end, done }).await
     }
 
     /// An invitation to sit down in a game, with a colour.
@@ -224,7 +221,12 @@ impl<S: Store> ConnectFour<S> {
             return; // cannot happen: only a queued player is matched
         }
         let over = Arc::new(AtomicBool::new(false));
-        let entrant = Entrant::new(colour, player.account.clone(), over.clone());
+        let entrant = Entrant {
+            colour,
+            conn: ctx.id(),
+            account: player.account.clone(),
+            over: over.clone(),
+        };
         match game.join(ctx, entrant).await {
             Ok(game) => player.place = Place::Playing { game, over },
             Err(_) => {
@@ -242,30 +244,25 @@ impl<S: Store> ConnectFour<S> {
 
     /// The connection ended.
     pub(crate) async fn leave(&self, mut player: Player, info: &Disconnect) {
-        let name = player.account.name().to_owned();
         match std::mem::replace(player.place(), Place::Idle) {
             Place::Idle => {}
             Place::Queued => {
                 self.lobby.leave(info.id);
             }
             Place::Playing { game, .. } => {
-                let why = match info.reason {
+                let end = match info.reason {
                     // Not the player's doing: nobody loses.
                     DisconnectReason::Shutdown
                     | DisconnectReason::ServerRestart
                     | DisconnectReason::HandlerPanic
-                    | DisconnectReason::HandlerTimeout => Quit::ServerStopping,
-                    _ => Quit::Disconnected,
+                    | DisconnectReason::HandlerTimeout => End::Abandoned,
+                    _ => End::Disconnected,
                 };
-                let (done, settled) = oneshot::channel();
-                if game.send(ToGame::Quit { why, done }).await.is_ok() {
-                    // The result is counted (and its save queued) before the name is
-                    // free, so the player's next login loads it.
-                    let _ = tokio::time::timeout(SETTLE_TIMEOUT, settled).await;
-                }
+                // The name is free once this hook returns: the result is counted
+                // (and its save queued) first, so the player's next login loads it.
+                let _ = ask(&game, |done| ToGame::Quit { end, done }).await;
             }
         }
-        self.lobby.release(&name, info.id);
-        info!(player = %name, reason = %info.reason, "left");
+        info!(player = player.account.name(), reason = %info.reason, "left");
     }
 }

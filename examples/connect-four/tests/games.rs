@@ -115,16 +115,16 @@ async fn bad_moves_are_refused_with_clear_statuses() {
     let (server, _) = start(MemoryStore::new(), Options::default()).await;
     let (idle, _) = Player::login(server.addr, "cy").await;
     assert_eq!(idle.play(0).await, Err(status::NOT_PLAYING));
-    let resign = idle.client.request(routes::RESIGN, Vec::new()).await;
-    assert_eq!(status_of(resign.unwrap_err()), status::NOT_PLAYING);
+    let resign = idle.send(routes::RESIGN, Vec::new()).await;
+    assert_eq!(resign, Err(status::NOT_PLAYING));
 
     let (mut red, mut yellow) = matched_pair(server.addr, "ada", "bob").await;
     for column in [7, 200] {
         assert_eq!(red.play(column).await, Err(status::BAD_COLUMN));
     }
     for payload in [vec![], vec![0, 1]] {
-        let refused = red.client.request(routes::MOVE, payload).await;
-        assert_eq!(status_of(refused.unwrap_err()), Status::BAD_REQUEST);
+        let refused = red.send(routes::MOVE, payload).await;
+        assert_eq!(refused, Err(Status::BAD_REQUEST));
     }
     play_moves(&mut red, &mut yellow, &[0; 6]).await;
     assert_eq!(red.play(0).await, Err(status::COLUMN_FULL));
@@ -139,10 +139,7 @@ async fn a_player_who_resigns_loses() {
     let (mut red, mut yellow) = matched_pair(server.addr, "ada", "bob").await;
     play_moves(&mut red, &mut yellow, &[3]).await;
     // Any time, not only on one's turn.
-    red.client
-        .request(routes::RESIGN, Vec::new())
-        .await
-        .unwrap();
+    red.send(routes::RESIGN, Vec::new()).await.unwrap();
     let win = (End::Resigned, Colour::Yellow);
     assert_eq!(game_over(&mut red).await, (win.0, win.1, record(0, 1, 0)));
     assert_eq!(
@@ -158,16 +155,16 @@ async fn a_player_who_disconnects_mid_game_loses() {
     let (mut red, mut yellow) = matched_pair(server.addr, "ada", "bob").await;
     play_moves(&mut red, &mut yellow, &[3, 4]).await;
     yellow.disconnect();
-    let end = game_over(&mut red).await;
-    assert_eq!(end, (End::Disconnected, Colour::Red, record(1, 0, 0)));
-    // bob's loss was counted (and its save queued) before red was told.
-    assert_eq!(red.stats("bob").await, Ok(record(0, 1, 0)));
-    eventually("bob has gone", || async {
-        (red.lobby().await.online == 1).then_some(())
+    // bob's name is free once the disconnect hook has run, and the hook waits for
+    // the game to count the loss: the first login to get the name loads it.
+    let (_, bob) = eventually("bob's name is free", || {
+        Player::login_if_free(server.addr, "bob")
     })
     .await;
-    let (_, bob) = Player::login(server.addr, "bob").await;
     assert_eq!(bob, record(0, 1, 0), "bob's next login loads the loss");
+    let end = game_over(&mut red).await;
+    assert_eq!(end, (End::Disconnected, Colour::Red, record(1, 0, 0)));
+    assert_eq!(red.stats("bob").await, Ok(record(0, 1, 0)));
     server.stop().await.unwrap();
 }
 
@@ -193,11 +190,7 @@ async fn a_player_who_runs_out_of_time_loses() {
 async fn after_a_game_both_players_can_queue_again() {
     let (server, _) = start(MemoryStore::new(), Options::default()).await;
     let (mut red, mut yellow) = matched_pair(server.addr, "ada", "bob").await;
-    yellow
-        .client
-        .request(routes::RESIGN, Vec::new())
-        .await
-        .unwrap();
+    yellow.send(routes::RESIGN, Vec::new()).await.unwrap();
     let first: Vec<_> = [game_over(&mut red).await, game_over(&mut yellow).await].into();
     assert_eq!(first[0].0, End::Resigned);
     // Straight after GAME_OVER: bob waits first this time, so bob plays red.

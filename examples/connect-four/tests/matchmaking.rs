@@ -54,6 +54,22 @@ async fn a_name_already_online_is_refused_until_its_player_leaves() {
 }
 
 #[tokio::test]
+async fn of_many_logins_to_one_name_at_once_one_gets_it() {
+    let (server, _) = start(MemoryStore::new(), Options::default()).await;
+    let logins: Vec<_> = (0..8)
+        .map(|_| tokio::spawn(Player::login_if_free(server.addr, "ada")))
+        .collect();
+    let mut players = Vec::new();
+    for login in logins {
+        // The others are refused NAME_TAKEN (login_if_free checks).
+        players.extend(login.await.unwrap());
+    }
+    assert_eq!(players.len(), 1, "one login has the name");
+    assert_eq!(players[0].0.lobby().await.online, 1);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn two_queued_players_are_matched_into_one_game() {
     let (server, _) = start(MemoryStore::new(), Options::default()).await;
     // Colours, opponents and the game's name are checked by matched_pair.
@@ -73,13 +89,10 @@ async fn leaving_the_queue_works() {
     assert!(!ada.queue().await.unwrap());
     assert_eq!(status_of(ada.queue().await.unwrap_err()), status::BUSY);
     assert_eq!(ada.lobby().await.waiting, 1);
-    ada.client
-        .request(routes::LEAVE_QUEUE, Vec::new())
-        .await
-        .unwrap();
+    ada.send(routes::LEAVE_QUEUE, Vec::new()).await.unwrap();
     assert_eq!(ada.lobby().await.waiting, 0);
-    let again = ada.client.request(routes::LEAVE_QUEUE, Vec::new()).await;
-    assert_eq!(status_of(again.unwrap_err()), status::NOT_QUEUED);
+    let again = ada.send(routes::LEAVE_QUEUE, Vec::new()).await;
+    assert_eq!(again, Err(status::NOT_QUEUED));
     // Nobody waits: the next player to queue waits in turn, matched with nobody.
     let (bob, _) = Player::login(server.addr, "bob").await;
     assert!(!bob.queue().await.unwrap());

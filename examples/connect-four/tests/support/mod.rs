@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use connect_four::wire::{self, routes, Colour, Record};
+use connect_four::wire::{self, routes, status, Colour, Record};
 use connect_four::{ConnectFour, Options};
 use gatehouse::{Config, Server, ServerError, Status};
 use gatehouse_client::{Client, ClientConfig, ClientError, Pushes};
@@ -43,7 +43,10 @@ pub async fn start_with<S: Store + Clone>(
     let writer = SaveWriter::start(store, writer);
     let game = ConnectFour::new(writer.clone(), options).unwrap();
     let games = game.games().clone();
-    let server = Server::new(Config::default(), game)
+    let mut config = Config::default();
+    // Stopped at once: no grace for a load balancer to notice.
+    config.supervisor.drain_grace = Duration::ZERO;
+    let server = Server::new(config, game)
         .unwrap()
         .with_rooms("connect-four", &games)
         .with_store(&writer, Duration::from_secs(10));
@@ -107,6 +110,19 @@ impl Player {
         (player, record)
     }
 
+    /// Connects and logs in as `name` if nobody online has it (`None` if someone
+    /// does: [`status::NAME_TAKEN`]).
+    pub async fn login_if_free(addr: SocketAddr, name: &str) -> Option<(Player, Record)> {
+        let mut player = Player::connect(addr).await;
+        match player.try_login(name).await {
+            Ok(record) => Some((player, record)),
+            Err(refused) => {
+                assert_eq!(status_of(refused), status::NAME_TAKEN);
+                None
+            }
+        }
+    }
+
     pub async fn try_login(&mut self, name: &str) -> Result<Record, ClientError> {
         let login = wire::Login { name: name.into() };
         let record = self.call(routes::LOGIN, &login).await?;
@@ -130,13 +146,15 @@ impl Player {
         Ok(queued.matched)
     }
 
+    /// A request whose answer is empty, with `payload`.
+    pub async fn send(&self, route: u16, payload: Vec<u8>) -> Result<(), Status> {
+        let answer = self.client.request(route, payload).await;
+        answer.map(drop).map_err(status_of)
+    }
+
     /// MOVE.
     pub async fn play(&self, column: u8) -> Result<(), Status> {
-        self.client
-            .request(routes::MOVE, vec![column])
-            .await
-            .map(drop)
-            .map_err(status_of)
+        self.send(routes::MOVE, vec![column]).await
     }
 
     /// STATS of `name` ("" for one's own).
