@@ -2,7 +2,11 @@
 //! in two terminals can log in, chat, and watch each other move. Lines typed are
 //! said to the room; lines starting with `/` are commands (`/help`). The room's
 //! players are kept live from its state and deltas: entries and exits are printed as
-//! they happen, moves at most four times a second per player, `/look` lists them.
+//! they happen, a walk once it ends (where the walker stopped), `/look` lists them.
+//! When the server goes away (a shutdown, a restart, a broken connection) it
+//! reconnects and logs in again, waiting 1 s, then twice as long each failed try up to
+//! 30 s; a kick for cause (a duplicate login, an operator's) or a refused login ends
+//! it. The password is asked without echo, or read from `GATEHOUSE_PASSWORD`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -12,7 +16,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use arena::{pb, routes};
 use clap::Args;
-use gatehouse::protocol::{ROUTE_ANNOUNCEMENT, ROUTE_ROOM_RESTARTED};
+use gatehouse::protocol::{KickReason, ROUTE_ANNOUNCEMENT, ROUTE_ROOM_RESTARTED};
 use gatehouse_client::{Client, ClientConfig, ClientError, Push, Pushes, Target};
 use prost::Message as _;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -33,28 +37,49 @@ pub(crate) struct ClientArgs {
     /// The player to log in as (created, with this password, on first login).
     #[arg(long)]
     name: String,
-    /// The player's password (8 to 128 bytes).
-    #[arg(long)]
-    password: String,
+    /// The player's password (8 to 128 bytes). Prefer the prompt (on a terminal,
+    /// without echo) or `GATEHOUSE_PASSWORD`: a flag shows in `ps` and the shell's
+    /// history.
+    #[arg(long, env = "GATEHOUSE_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
 }
 
 const HELP: &str = "commands: /rooms  /join ROOM  /leave  /who  /look  /move X Y  /goto X Y  \
                     /walk DX DY  /stop  /w NAME TEXT  /quit  (anything else is said to the room)";
 
-/// How often moves seen in deltas are printed (the latest position of each mover).
-const MOVES_EVERY: Duration = Duration::from_millis(250);
+/// How often the walkers seen in deltas are checked: one that moved no more since the
+/// last check has stopped, and is printed where it stands.
+const MOVES_EVERY: Duration = Duration::from_millis(500);
 
 /// The room as this client knows it: from its `RoomState`, then its deltas.
 #[derive(Default)]
 struct View {
+    /// This client's player: its own entries and exits are not news.
+    me: String,
     room: String,
     tick: u64,
     players: BTreeMap<String, (i32, i32)>,
-    /// Moved since the last print.
+    /// Moved since the last check.
     moved: BTreeMap<String, (i32, i32)>,
+    /// Walking at the last check.
+    walking: BTreeMap<String, (i32, i32)>,
 }
 
 impl View {
+    /// The walkers that moved before the last check and not since: where they
+    /// stopped. Moves in between are not printed (a walk is four or five a second).
+    fn stopped(&mut self) -> Vec<String> {
+        let moved = std::mem::take(&mut self.moved);
+        let mut lines = Vec::new();
+        for (name, (x, y)) in std::mem::take(&mut self.walking) {
+            if !moved.contains_key(&name) && name != self.me {
+                lines.push(format!("* {name} stopped at ({x}, {y})"));
+            }
+        }
+        self.walking = moved;
+        lines
+    }
+
     fn look(&self) -> String {
         let players: Vec<String> = self
             .players
@@ -63,6 +88,20 @@ impl View {
             .collect();
         format!("in {}: {}", self.room, players.join(", "))
     }
+}
+
+/// The first wait before reconnecting, doubled after each failed attempt up to
+/// [`RECONNECT_MAX`].
+const RECONNECT_FIRST: Duration = Duration::from_secs(1);
+const RECONNECT_MAX: Duration = Duration::from_secs(30);
+
+/// How a session ended.
+enum Ended {
+    /// The player quit (`/quit`, or the end of input).
+    Quit,
+    /// The server went away (shut down, restarted, or the connection broke): worth
+    /// reconnecting.
+    Lost(ClientError),
 }
 
 pub(crate) async fn run(args: ClientArgs) -> anyhow::Result<()> {
@@ -77,43 +116,107 @@ pub(crate) async fn run(args: ClientArgs) -> anyhow::Result<()> {
             "--ca is for tls:// and wss:// servers (or --tls); {target} is not encrypted"
         );
     }
+    let password = match args.password {
+        Some(password) => password,
+        None => ask_password(&args.name)?,
+    };
+    let login = pb::LoginRequest {
+        name: args.name,
+        password,
+    };
     let config = ClientConfig {
         tls_ca: args.ca,
         ..ClientConfig::default()
     };
-    let (client, pushes) = Client::connect_to(&target, config)
-        .await
-        .with_context(|| format!("cannot connect to {target}"))?;
-    let login = pb::LoginRequest {
-        name: args.name,
-        password: args.password,
-    };
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    // The first connection must work; after that the server may come back.
+    let mut connected = false;
+    let mut wait = RECONNECT_FIRST;
+    loop {
+        let lost = match session(&target, &config, &login, &mut lines).await {
+            Ok(Ended::Quit) => return Ok(()),
+            Ok(Ended::Lost(why)) => {
+                connected = true;
+                wait = RECONNECT_FIRST;
+                why
+            }
+            Err(e) if connected && is_unreachable(&e) => {
+                wait = (wait * 2).min(RECONNECT_MAX);
+                e
+            }
+            Err(e) if !connected => {
+                return Err(anyhow::Error::new(e).context(format!("cannot connect to {target}")))
+            }
+            Err(e) => bail!("disconnected: {e}"),
+        };
+        println!("* disconnected ({lost}); reconnecting in {wait:?} (/quit to stop)");
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            line = lines.next_line() => match line?.as_deref().map(str::trim) {
+                None | Some("/quit") => bail!("disconnected: {lost}"),
+                Some(_) => println!("* not connected; reconnecting in a moment"),
+            },
+        }
+    }
+}
+
+/// The password, asked on the terminal without echo.
+fn ask_password(name: &str) -> anyhow::Result<String> {
+    use std::io::IsTerminal;
+    if !std::io::stdin().is_terminal() {
+        bail!("no password: type it at the prompt (on a terminal), or set GATEHOUSE_PASSWORD");
+    }
+    rpassword::prompt_password(format!("password for {name}: ")).context("cannot read the password")
+}
+
+/// A failure to reach the server at all (it is down, or restarting).
+fn is_unreachable(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::Io(_) | ClientError::Closed | ClientError::Timeout
+    )
+}
+
+/// One connection: log in, then play until the player quits or the server goes.
+/// A refused login or a kick for cause (a duplicate login, an operator's kick) is an
+/// error: reconnecting would not help.
+async fn session(
+    target: &Target,
+    config: &ClientConfig,
+    login: &pb::LoginRequest,
+    lines: &mut tokio::io::Lines<BufReader<tokio::io::Stdin>>,
+) -> Result<Ended, ClientError> {
+    let (client, pushes) = Client::connect_to(target, config.clone()).await?;
     let reply = client.request(routes::LOGIN, login.encode_to_vec()).await?;
-    let state = pb::LoginReply::decode(reply)?.state.unwrap_or_default();
+    let state = pb::LoginReply::decode(reply)
+        .map_err(|e| ClientError::Protocol(e.to_string()))?
+        .state
+        .unwrap_or_default();
     println!(
         "logged in as {} in {} at ({}, {}); login #{}. {HELP}",
         state.name, state.room, state.x, state.y, state.logins
     );
 
-    let view = Arc::new(Mutex::new(View::default()));
+    let view = Arc::new(Mutex::new(View {
+        me: state.name.clone(),
+        ..View::default()
+    }));
     let mut printer = tokio::spawn(print_pushes(pushes, view.clone()));
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
-    loop {
+    let ended = loop {
         let line = tokio::select! {
-            line = lines.next_line() => line?,
+            line = lines.next_line() => line.map_err(|e| ClientError::Io(e.to_string()))?,
             _ = &mut printer => {
                 // The pushes ended: the server closed the connection (a kick says why).
-                let why = client.ended().unwrap_or(ClientError::Closed);
-                bail!("disconnected: {why}");
+                break lost_or_error(client.ended().unwrap_or(ClientError::Closed))?;
             }
         };
-        let Some(line) = line else { break }; // end of input
+        let Some(line) = line else { break Ended::Quit }; // end of input
         let line = line.trim();
         if line.is_empty() {
             continue;
         }
         if line == "/quit" {
-            break;
+            break Ended::Quit;
         }
         if line == "/look" {
             println!("{}", lock(&view).look());
@@ -122,17 +225,33 @@ pub(crate) async fn run(args: ClientArgs) -> anyhow::Result<()> {
         match command(&client, line).await {
             Ok(Some(answer)) => println!("{answer}"),
             Ok(None) => {}
-            Err(CommandError::Usage) => println!("{HELP}"),
+            Err(CommandError::Usage(HELP)) => println!("{HELP}"),
+            Err(CommandError::Usage(usage)) => println!("usage: {usage}"),
             Err(CommandError::Server(e @ ClientError::Status { .. })) => println!("error: {e}"),
-            Err(CommandError::Server(e)) => bail!("disconnected: {e}"),
+            Err(CommandError::Server(e)) => break lost_or_error(e)?,
         }
-    }
+    };
     client.close();
-    Ok(())
+    printer.abort();
+    Ok(ended)
+}
+
+/// Whether a connection's end is the server going away (reconnect) or a reason to stop.
+fn lost_or_error(why: ClientError) -> Result<Ended, ClientError> {
+    match &why {
+        ClientError::Kicked { reason, .. }
+            if *reason == KickReason::SHUTDOWN || *reason == KickReason::SERVER_RESTART =>
+        {
+            Ok(Ended::Lost(why))
+        }
+        ClientError::Io(_) | ClientError::Closed => Ok(Ended::Lost(why)),
+        _ => Err(why),
+    }
 }
 
 enum CommandError {
-    Usage,
+    /// How the command is written (or, for an unknown one, every command).
+    Usage(&'static str),
     Server(ClientError),
 }
 
@@ -190,7 +309,7 @@ async fn command(client: &Client, line: &str) -> Result<Option<String>, CommandE
         }
         ("/move", Some(x), Some(y)) => {
             let (Ok(x), Ok(y)) = (x.parse(), y.parse()) else {
-                return Err(CommandError::Usage);
+                return Err(CommandError::Usage("/move X Y (whole numbers)"));
             };
             state(
                 client
@@ -200,14 +319,14 @@ async fn command(client: &Client, line: &str) -> Result<Option<String>, CommandE
         }
         ("/goto", Some(x), Some(y)) => {
             let (Ok(x), Ok(y)) = (x.parse(), y.parse()) else {
-                return Err(CommandError::Usage);
+                return Err(CommandError::Usage("/goto X Y (whole numbers)"));
             };
             walk(client, 0, 0, Some(pb::Position { x, y })).await?;
             return Ok(None);
         }
         ("/walk", Some(dx), Some(dy)) => {
             let (Ok(dx), Ok(dy)) = (dx.parse(), dy.parse()) else {
-                return Err(CommandError::Usage);
+                return Err(CommandError::Usage("/walk DX DY (each -1, 0 or 1)"));
             };
             walk(client, dx, dy, None).await?;
             return Ok(None);
@@ -225,9 +344,14 @@ async fn command(client: &Client, line: &str) -> Result<Option<String>, CommandE
             client
                 .request(routes::WHISPER, whisper.encode_to_vec())
                 .await?;
-            return Ok(None);
+            format!("(whisper to {to}) {}", whisper.text)
         }
-        _ => return Err(CommandError::Usage),
+        ("/move", ..) => return Err(CommandError::Usage("/move X Y")),
+        ("/goto", ..) => return Err(CommandError::Usage("/goto X Y")),
+        ("/walk", ..) => return Err(CommandError::Usage("/walk DX DY (each -1, 0 or 1)")),
+        ("/join", ..) => return Err(CommandError::Usage("/join ROOM")),
+        ("/w", ..) => return Err(CommandError::Usage("/w NAME TEXT")),
+        _ => return Err(CommandError::Usage(HELP)),
     }))
 }
 
@@ -246,8 +370,8 @@ fn lock(view: &Mutex<View>) -> std::sync::MutexGuard<'_, View> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Prints pushes as they arrive, keeps the room's view, and prints the moves seen
-/// every [`MOVES_EVERY`].
+/// Prints pushes as they arrive, keeps the room's view, and every [`MOVES_EVERY`]
+/// prints the walkers that stopped.
 async fn print_pushes(mut pushes: Pushes, view: Arc<Mutex<View>>) {
     let mut moves = tokio::time::interval(MOVES_EVERY);
     loop {
@@ -259,9 +383,8 @@ async fn print_pushes(mut pushes: Pushes, view: Arc<Mutex<View>>) {
                 }
             }
             _ = moves.tick() => {
-                let moved = std::mem::take(&mut lock(&view).moved);
-                for (name, (x, y)) in moved {
-                    println!("* {name} moved to ({x}, {y})");
+                for line in lock(&view).stopped() {
+                    println!("{line}");
                 }
             }
         }
@@ -287,6 +410,7 @@ fn apply_push(push: &Push, view: &mut View) -> Vec<String> {
                 return Vec::new();
             };
             *view = View {
+                me: std::mem::take(&mut view.me),
                 room: state.room,
                 tick: state.tick,
                 players: state
@@ -295,6 +419,7 @@ fn apply_push(push: &Push, view: &mut View) -> Vec<String> {
                     .map(|b| (b.name, (b.x, b.y)))
                     .collect(),
                 moved: BTreeMap::new(),
+                walking: BTreeMap::new(),
             };
             vec![format!("* {}", view.look())]
         }
@@ -316,14 +441,18 @@ fn apply_push(push: &Push, view: &mut View) -> Vec<String> {
             for name in delta.left {
                 view.players.remove(&name);
                 view.moved.remove(&name);
-                lines.push(format!("* {name} left {}", view.room));
+                view.walking.remove(&name);
+                // (this player's own previous session, taken over: not news)
+                if name != view.me {
+                    lines.push(format!("* {name} left {}", view.room));
+                }
             }
             for body in delta.entered {
-                if view
+                let new = view
                     .players
                     .insert(body.name.clone(), (body.x, body.y))
-                    .is_none()
-                {
+                    .is_none();
+                if new && body.name != view.me {
                     lines.push(format!("* {} entered {}", body.name, view.room));
                 }
             }
