@@ -14,6 +14,7 @@
 #   scripts/bench.sh --baseline REV  # also measure gatehouse as of commit REV (built from
 #                                    # `git archive REV`), for a before/after table
 #   scripts/bench.sh --no-pin        # do not pin the server and the generator apart
+#   scripts/bench.sh --scenarios "broadcast echo_d1"  # only these scenarios (with --out)
 #
 # Everything runs on 127.0.0.0/8. Each server is started fresh for each scenario
 # (on a free port), stopped after it, and every server still running is stopped on
@@ -32,6 +33,7 @@ micro=1
 out="docs/BENCHMARKS.md"
 threads="${GEN_THREADS:-1}"
 baseline=""
+only_scenarios=""
 pin=1
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -41,6 +43,7 @@ while [ $# -gt 0 ]; do
         --out) out="$2"; shift ;;
         --report) report_only="$2"; shift ;;
         --baseline) baseline="$2"; shift ;;
+        --scenarios) only_scenarios="$2"; shift ;;
         --no-pin) pin=0 ;;
         -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
@@ -213,6 +216,8 @@ started="$(date +%s)"
 servers=(gatehouse erlang limit)
 [ -n "$baseline_rev" ] && servers+=(baseline)
 scenarios=(echo_d1 echo_d16 storm broadcast idle)
+# shellcheck disable=SC2206
+[ -n "$only_scenarios" ] && scenarios=($only_scenarios)
 for round in $(seq 1 "$rounds"); do
     # Rotate the order each round: A B C, B C A, C A B, …
     shift_by=$(( (round - 1) % ${#servers[@]} ))
