@@ -56,6 +56,45 @@ impl<R: Room> RoomContext<'_, R> {
     /// player while it is in a room lives here, with no cell shared between the room
     /// and the session, and a room the player has left writes to nobody. Returns
     /// false if `member` is not a member.
+    ///
+    /// ```
+    /// use std::collections::HashMap;
+    /// use gatehouse::ConnId;
+    /// use gatehouse::room::{Origin, Refusal, Room, RoomContext};
+    ///
+    /// /// Each member's score is the room's; it joins with the saved one.
+    /// struct Scores(HashMap<ConnId, u64>);
+    ///
+    /// impl Room for Scores {
+    ///     type Config = ();
+    ///     type Join = u64; // the score a member brings, and the one recorded since
+    ///     type Message = u64;
+    ///     type Snapshot = ();
+    ///
+    ///     fn create(_: &str, _: &(), _: Option<()>) -> Self {
+    ///         Scores(HashMap::new())
+    ///     }
+    ///
+    ///     fn join(&mut self, _: &mut RoomContext<'_, Self>, id: ConnId, score: &u64) -> Result<(), Refusal> {
+    ///         self.0.insert(id, *score);
+    ///         Ok(())
+    ///     }
+    ///
+    ///     fn leave(&mut self, _: &mut RoomContext<'_, Self>, id: ConnId) {
+    ///         self.0.remove(&id);
+    ///     }
+    ///
+    ///     fn message(&mut self, ctx: &mut RoomContext<'_, Self>, from: Origin, points: u64) {
+    ///         if let Origin::Member(id) = from {
+    ///             let score = self.0.entry(id).or_default();
+    ///             *score += points;
+    ///             // The session's checkpoint and disconnect hook save
+    ///             // `membership.state()`: this score.
+    ///             ctx.set_member_state(id, *score);
+    ///         }
+    ///     }
+    /// }
+    /// ```
     pub fn set_member_state(&self, member: ConnId, state: R::Join) -> bool {
         let Some(member) = self.members.get(&member) else {
             return false;
