@@ -35,11 +35,6 @@ impl Board {
         }
     }
 
-    /// Moves made so far.
-    pub fn moves(&self) -> u32 {
-        u32::from(self.moves)
-    }
-
     /// Whether every cell has a piece.
     pub fn is_full(&self) -> bool {
         usize::from(self.moves) == COLUMNS * ROWS
@@ -151,7 +146,7 @@ mod tests {
         play(&mut board, &[2; ROWS]);
         assert_eq!(board.drop_piece(2), Err(MoveError::ColumnFull));
         assert_eq!(board.drop_piece(COLUMNS), Err(MoveError::NoSuchColumn));
-        assert_eq!(board.moves(), ROWS as u32, "refused moves change nothing");
+        assert_eq!(board.to_move(), Colour::Red, "refused moves change nothing");
     }
 
     #[test]

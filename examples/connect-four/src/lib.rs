@@ -12,14 +12,13 @@
 //! by whoever logs in with it while nobody online has it ([`status::NAME_TAKEN`]
 //! otherwise).
 //!
-//! A game ends with four in a row (a win), a full board (a draw), a resignation, a
-//! disconnect, or a player out of time (a loss for them); or without a result when
-//! the opponent never sits down or the server stops. Results are counted in both
+//! A game ends with four in a row (a win), a full board (a draw), a resignation or a
+//! disconnect (a loss for that player); or without a result when the opponent never
+//! sits down, the server stops, or the game room crashes. Results are counted in both
 //! records the moment the game ends and saved through the [`SaveWriter`].
 //!
 //! - this file: the service, its options, the session, the routing.
-//! - `player`: the handlers.
-//! - `lobby`: the waiting line.
+//! - `player`: the handlers, matchmaking among them.
 //! - [`game`]: the game room.
 //! - `account`: a player's record while online, and its saves.
 //! - [`board`]: the rules.
@@ -28,30 +27,26 @@
 mod account;
 pub mod board;
 pub mod game;
-mod lobby;
 mod player;
 pub mod wire;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
 use gatehouse::room::{Membership, RoomError, Rooms};
-use gatehouse::{typed, Context, Disconnect, Reply, Service};
+use gatehouse::{typed, ConnId, Context, Disconnect, Reply, Service};
 use gatehouse_store::{SaveWriter, Store};
 
 use crate::account::Account;
 use crate::game::{Game, Invitation};
-use crate::lobby::Lobby;
 use crate::wire::{routes, status};
 
 /// How the game runs (also what every game room is made with).
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// How long a player has for each move; past it, they lose.
-    pub turn_time: Duration,
-    /// How long a game waits for its second player to sit down after the first.
+    /// How long a game waits for its players to sit down once it is made.
     pub join_time: Duration,
     /// Games at once; past it, QUEUE answers `UNAVAILABLE` when it would make one.
     pub max_games: usize,
@@ -60,7 +55,6 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
-            turn_time: Duration::from_secs(60),
             join_time: Duration::from_secs(10),
             max_games: 1000,
         }
@@ -71,7 +65,10 @@ impl Default for Options {
 pub struct ConnectFour<S> {
     writer: SaveWriter<S>,
     games: Rooms<Game>,
-    lobby: Lobby,
+    /// The waiting line: the player waiting for an opponent, if any. The second
+    /// player to queue is matched with the first at once, so at most one waits.
+    waiting: Mutex<Option<ConnId>>,
+    games_made: AtomicU64,
 }
 
 /// A logged-in player: a connection's session is `Option<Player>`, `None` until it
@@ -87,18 +84,15 @@ enum Place {
     /// In the waiting line, or matched and about to sit down.
     Queued,
     /// In a game; dropping the membership leaves the room.
-    Playing {
-        game: Membership<Game>,
-        /// Set by the room when the game is over.
-        over: Arc<AtomicBool>,
-    },
+    Playing(Membership<Game>),
 }
 
 impl Player {
     /// Where the player is, a game that is over counting as none.
     fn place(&mut self) -> &mut Place {
-        if let Place::Playing { over, .. } = &self.place {
-            if over.load(Ordering::Acquire) {
+        if let Place::Playing(game) = &self.place {
+            // What the room recorded for this player: `over` once the game is.
+            if game.state().over {
                 self.place = Place::Idle;
             }
         }
@@ -114,7 +108,8 @@ impl<S: Store> ConnectFour<S> {
         Ok(ConnectFour {
             writer,
             games: Rooms::new(options, rooms)?,
-            lobby: Lobby::default(),
+            waiting: Mutex::new(None),
+            games_made: AtomicU64::new(0),
         })
     }
 
@@ -147,26 +142,6 @@ impl<S: Store> Service for ConnectFour<S> {
         None
     }
 
-    /// Handlers that never wait: answered at once, without a future.
-    fn request_now(
-        &self,
-        session: &mut Option<Player>,
-        ctx: &mut Context<'_, Invitation>,
-        route: u16,
-        payload: &Bytes,
-    ) -> Option<Reply> {
-        if !matches!(route, routes::QUEUE | routes::LEAVE_QUEUE) {
-            return None;
-        }
-        let Some(player) = session else {
-            return Some(Reply::error(status::NOT_LOGGED_IN, "log in first"));
-        };
-        Some(match route {
-            routes::QUEUE => typed::request_now(payload, |()| self.queue(player, ctx)),
-            _ => typed::request_now(payload, |()| self.leave_queue(player, ctx.id())),
-        })
-    }
-
     async fn request(
         &self,
         session: &mut Option<Player>,
@@ -178,20 +153,20 @@ impl<S: Store> Service for ConnectFour<S> {
             return typed::request(payload, |login| self.login(session, ctx, login)).await;
         }
         let Some(player) = session else {
-            return match self.route_name(route) {
-                Some(_) => Reply::error(status::NOT_LOGGED_IN, "log in first"),
-                None => Reply::unknown_route(route),
-            };
+            return Reply::error(status::NOT_LOGGED_IN, "log in first");
         };
         match route {
             routes::STATS => typed::request(payload, |asked| self.stats(player, asked)).await,
+            routes::QUEUE => typed::request(payload, |()| self.queue(player, ctx)).await,
+            routes::LEAVE_QUEUE => {
+                typed::request(payload, |()| self.leave_queue(player, ctx)).await
+            }
             // Raw bytes: one byte, the column.
             routes::MOVE => match self.play(player, &payload).await {
                 Ok(()) => Reply::empty(),
                 Err(failure) => failure.into(),
             },
             routes::RESIGN => typed::request(payload, |()| self.resign(player)).await,
-            routes::LOBBY => typed::request(payload, |()| self.lobby_info(ctx)).await,
             other => Reply::unknown_route(other),
         }
     }
@@ -215,18 +190,5 @@ impl<S: Store> Service for ConnectFour<S> {
         if let Some(player) = session {
             self.leave(player, &info).await;
         }
-    }
-
-    fn route_name(&self, route: u16) -> Option<&'static str> {
-        Some(match route {
-            routes::LOGIN => "login",
-            routes::STATS => "stats",
-            routes::QUEUE => "queue",
-            routes::LEAVE_QUEUE => "leave_queue",
-            routes::MOVE => "move",
-            routes::RESIGN => "resign",
-            routes::LOBBY => "lobby",
-            _ => return None,
-        })
     }
 }

@@ -1,8 +1,8 @@
-//! The handlers: logging in, records, the queue, moves and resignations, sitting
-//! down when matched, and leaving when the connection ends. Each returns its answer
+//! The handlers: logging in, records, the queue and matchmaking, moves and
+//! resignations, sitting down when matched, and leaving when the connection ends. Each returns its answer
 //! or a [`Failure`] (a status and a text); `lib.rs` routes to them.
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use gatehouse::room::{Membership, RoomError};
@@ -16,7 +16,7 @@ use tracing::info;
 use crate::account::Account;
 use crate::game::{Entrant, Game, Invitation, ToGame};
 use crate::wire::{self, routes, status, Colour, End, Record};
-use crate::{valid_name, ConnectFour, Place, Player};
+use crate::{lock, valid_name, ConnectFour, Place, Player};
 
 fn unavailable(what: impl std::fmt::Display) -> Failure {
     Failure::new(Status::UNAVAILABLE, what.to_string())
@@ -42,7 +42,7 @@ impl Player {
     /// The game the player is in, if it is still on.
     fn game(&mut self) -> Result<&Membership<Game>, Failure> {
         match self.place() {
-            Place::Playing { game, .. } => Ok(game),
+            Place::Playing(game) => Ok(game),
             Place::Idle | Place::Queued => Err(Failure::new(status::NOT_PLAYING, "not in a game")),
         }
     }
@@ -105,7 +105,7 @@ impl<S: Store> ConnectFour<S> {
         &self,
         player: &Player,
         asked: wire::StatsRequest,
-    ) -> Result<wire::Stats, Failure> {
+    ) -> Result<Record, Failure> {
         let own = player.account.name();
         let name = if asked.name.is_empty() {
             own.to_owned()
@@ -115,16 +115,12 @@ impl<S: Store> ConnectFour<S> {
         if !valid_name(&name) {
             return Err(Failure::new(status::BAD_NAME, "no such name"));
         }
-        let record = match self.load(&name).await?.0 {
-            Some(record) => record,
+        match self.load(&name).await?.0 {
+            Some(record) => Ok(record),
             // Online, but no game finished yet.
-            None if name == own => Record::default(),
-            None => return Err(Failure::new(status::NO_SUCH_PLAYER, "no record")),
-        };
-        Ok(wire::Stats {
-            name,
-            record: Some(record),
-        })
+            None if name == own => Ok(Record::default()),
+            None => Err(Failure::new(status::NO_SUCH_PLAYER, "no record")),
+        }
     }
 
     /// QUEUE: wait for an opponent, or be matched with the one waiting, who plays
@@ -132,7 +128,7 @@ impl<S: Store> ConnectFour<S> {
     /// handlers, so each player sits down from its own session: both are sent an
     /// [`Invitation`], by a task of their own, which no handler being dropped can
     /// cut short.
-    pub(crate) fn queue(
+    pub(crate) async fn queue(
         &self,
         player: &mut Player,
         ctx: &mut Context<'_, Invitation>,
@@ -140,14 +136,24 @@ impl<S: Store> ConnectFour<S> {
         match player.place() {
             Place::Idle => {}
             Place::Queued => return Err(Failure::new(status::BUSY, "already in the queue")),
-            Place::Playing { .. } => return Err(Failure::new(status::BUSY, "in a game")),
+            Place::Playing(_) => return Err(Failure::new(status::BUSY, "in a game")),
         }
-        let matched = self.lobby.queue(ctx.id(), |name| self.games.create(name));
-        let matched = matched.map_err(|e| unavailable(format!("no game: {e}")))?;
-        player.place = Place::Queued;
-        let Some((them, game)) = matched else {
-            return Ok(wire::Queued { matched: false });
+        let (them, game) = {
+            let mut waiting = lock(&self.waiting);
+            let Some(them) = *waiting else {
+                *waiting = Some(ctx.id());
+                player.place = Place::Queued;
+                return Ok(wire::Queued { matched: false });
+            };
+            // Made under the line's lock: nobody leaves the line for a game that
+            // cannot be made.
+            let number = self.games_made.fetch_add(1, Ordering::Relaxed) + 1;
+            let game = self.games.create(&format!("game-{number}"));
+            let game = game.map_err(|e| unavailable(format!("no game: {e}")))?;
+            *waiting = None;
+            (them, game)
         };
+        player.place = Place::Queued;
         let seats = [(them, Colour::Red), (ctx.id(), Colour::Yellow)];
         let server = ctx.server().clone();
         tokio::spawn(async move {
@@ -167,30 +173,31 @@ impl<S: Store> ConnectFour<S> {
         Ok(wire::Queued { matched: true })
     }
 
+    /// Takes `conn` out of the waiting line; false if it was not there.
+    fn unqueue(&self, conn: ConnId) -> bool {
+        let mut waiting = lock(&self.waiting);
+        let there = *waiting == Some(conn);
+        if there {
+            *waiting = None;
+        }
+        there
+    }
+
     /// LEAVE_QUEUE.
-    pub(crate) fn leave_queue(&self, player: &mut Player, conn: ConnId) -> Result<(), Failure> {
+    pub(crate) async fn leave_queue(
+        &self,
+        player: &mut Player,
+        ctx: &Context<'_, Invitation>,
+    ) -> Result<(), Failure> {
         if !matches!(player.place(), Place::Queued) {
             return Err(Failure::new(status::NOT_QUEUED, "not in the queue"));
         }
-        if !self.lobby.leave(conn) {
+        if !self.unqueue(ctx.id()) {
             // Taken from the line by an opponent: the invitation is on its way.
             return Err(Failure::new(status::NOT_QUEUED, "matched already"));
         }
         player.place = Place::Idle;
         Ok(())
-    }
-
-    /// LOBBY: who is online is the server's count.
-    pub(crate) async fn lobby_info(
-        &self,
-        ctx: &Context<'_, Invitation>,
-    ) -> Result<wire::LobbyInfo, Failure> {
-        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-        Ok(wire::LobbyInfo {
-            online: count(ctx.server().players(0).await?.online),
-            waiting: count(self.lobby.waiting()),
-            games: count(self.games.len()),
-        })
     }
 
     /// MOVE: one byte, the column; the game decides.
@@ -220,15 +227,14 @@ impl<S: Store> ConnectFour<S> {
         if !matches!(player.place(), Place::Queued) {
             return; // cannot happen: only a queued player is matched
         }
-        let over = Arc::new(AtomicBool::new(false));
         let entrant = Entrant {
             colour,
             conn: ctx.id(),
             account: player.account.clone(),
-            over: over.clone(),
+            over: false,
         };
         match game.join(ctx, entrant).await {
-            Ok(game) => player.place = Place::Playing { game, over },
+            Ok(game) => player.place = Place::Playing(game),
             Err(_) => {
                 // Too late: the game ended before this player sat down.
                 player.place = Place::Idle;
@@ -247,9 +253,9 @@ impl<S: Store> ConnectFour<S> {
         match std::mem::replace(player.place(), Place::Idle) {
             Place::Idle => {}
             Place::Queued => {
-                self.lobby.leave(info.id);
+                self.unqueue(info.id);
             }
-            Place::Playing { game, .. } => {
+            Place::Playing(game) => {
                 let end = match info.reason {
                     // Not the player's doing: nobody loses.
                     DisconnectReason::Shutdown

@@ -5,11 +5,11 @@
 //!
 //! The same [`Record`] message is what the store keeps for a player.
 
-/// Route numbers: requests from the client (1 to 7), pushes from the server (100 up).
+/// Route numbers: requests from the client (1 to 6), pushes from the server (100 up).
 pub mod routes {
     /// Request [`Login`](super::Login) → [`Record`](super::Record): be this player.
     pub const LOGIN: u16 = 1;
-    /// Request [`StatsRequest`](super::StatsRequest) → [`Stats`](super::Stats).
+    /// Request [`StatsRequest`](super::StatsRequest) → [`Record`](super::Record).
     pub const STATS: u16 = 2;
     /// Request (empty) → [`Queued`](super::Queued): wait for an opponent.
     pub const QUEUE: u16 = 3;
@@ -19,8 +19,6 @@ pub mod routes {
     pub const MOVE: u16 = 5;
     /// Request (empty) → empty: give up the game in progress.
     pub const RESIGN: u16 = 6;
-    /// Request (empty) → [`LobbyInfo`](super::LobbyInfo): who is online, waiting, playing.
-    pub const LOBBY: u16 = 7;
     /// Push [`Matched`](super::Matched): a game starts; your colour and opponent.
     pub const MATCHED: u16 = 100;
     /// Push [`Moved`](super::Moved): a move was made (to both players).
@@ -95,8 +93,6 @@ pub enum End {
     Resigned = 3,
     /// The loser disconnected.
     Disconnected = 4,
-    /// The loser did not move in time.
-    OutOfTime = 5,
     /// No result: the opponent never arrived, or the server stopped.
     Abandoned = 6,
 }
@@ -109,7 +105,7 @@ pub struct Login {
     pub name: String,
 }
 
-/// A player's record: LOGIN's reply, part of STATS and GAME_OVER, and what the store
+/// A player's record: LOGIN's and STATS's reply, part of GAME_OVER, and what the store
 /// keeps under the player's name.
 #[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
 pub struct Record {
@@ -132,17 +128,6 @@ pub struct StatsRequest {
     pub name: String,
 }
 
-/// STATS's reply.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct Stats {
-    /// The player.
-    #[prost(string, tag = "1")]
-    pub name: String,
-    /// Their record.
-    #[prost(message, optional, tag = "2")]
-    pub record: Option<Record>,
-}
-
 /// QUEUE's reply.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Queued {
@@ -150,20 +135,6 @@ pub struct Queued {
     /// false: you wait for the next player to queue.
     #[prost(bool, tag = "1")]
     pub matched: bool,
-}
-
-/// LOBBY's reply.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct LobbyInfo {
-    /// Players logged in.
-    #[prost(uint32, tag = "1")]
-    pub online: u32,
-    /// Players waiting for an opponent (0 or 1: two are matched at once).
-    #[prost(uint32, tag = "2")]
-    pub waiting: u32,
-    /// Games being played or set up.
-    #[prost(uint32, tag = "3")]
-    pub games: u32,
 }
 
 /// MATCHED's payload: sent to each player once both have taken their seats.

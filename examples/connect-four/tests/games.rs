@@ -169,24 +169,6 @@ async fn a_player_who_disconnects_mid_game_loses() {
 }
 
 #[tokio::test]
-async fn a_player_who_runs_out_of_time_loses() {
-    let options = Options {
-        turn_time: Duration::from_millis(200),
-        ..Options::default()
-    };
-    let (server, _) = start(MemoryStore::new(), options).await;
-    let (mut red, mut yellow) = matched_pair(server.addr, "ada", "bob").await;
-    // Red never moves.
-    let win = (End::OutOfTime, Colour::Yellow);
-    assert_eq!(game_over(&mut red).await, (win.0, win.1, record(0, 1, 0)));
-    assert_eq!(
-        game_over(&mut yellow).await,
-        (win.0, win.1, record(1, 0, 0))
-    );
-    server.stop().await.unwrap();
-}
-
-#[tokio::test]
 async fn after_a_game_both_players_can_queue_again() {
     let (server, _) = start(MemoryStore::new(), Options::default()).await;
     let (mut red, mut yellow) = matched_pair(server.addr, "ada", "bob").await;

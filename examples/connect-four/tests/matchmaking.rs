@@ -15,7 +15,7 @@ use support::{eventually, matched_pair, start, status_of, Player};
 async fn requests_before_login_and_bad_names_are_refused() {
     let (server, _) = start(MemoryStore::new(), Options::default()).await;
     let mut stranger = Player::connect(server.addr).await;
-    for route in [routes::QUEUE, routes::STATS, routes::MOVE, routes::LOBBY] {
+    for route in [routes::QUEUE, routes::STATS, routes::MOVE, routes::RESIGN] {
         let refused = stranger
             .client
             .request(route, Vec::new())
@@ -43,13 +43,13 @@ async fn a_name_already_online_is_refused_until_its_player_leaves() {
     let refused = impostor.try_login("ada").await.unwrap_err();
     assert_eq!(status_of(refused), status::NAME_TAKEN);
     ada.disconnect();
-    // The name is free once the disconnect hook has run: bob watches for it.
-    let (bob, _) = Player::login(server.addr, "bob").await;
-    eventually("ada has gone", || async {
-        (bob.lobby().await.online == 1).then_some(())
+    // The name is free once the disconnect hook has run: each try is a new
+    // connection, as a player retrying would be.
+    eventually("ada's name is free", || {
+        Player::login_if_free(server.addr, "ada")
     })
     .await;
-    impostor.try_login("ada").await.unwrap();
+    impostor.try_login("bob").await.unwrap();
     server.stop().await.unwrap();
 }
 
@@ -65,7 +65,6 @@ async fn of_many_logins_to_one_name_at_once_one_gets_it() {
         players.extend(login.await.unwrap());
     }
     assert_eq!(players.len(), 1, "one login has the name");
-    assert_eq!(players[0].0.lobby().await.online, 1);
     server.stop().await.unwrap();
 }
 
@@ -74,8 +73,6 @@ async fn two_queued_players_are_matched_into_one_game() {
     let (server, _) = start(MemoryStore::new(), Options::default()).await;
     // Colours, opponents and the game's name are checked by matched_pair.
     let (red, _yellow) = matched_pair(server.addr, "ada", "bob").await;
-    let lobby = red.lobby().await;
-    assert_eq!((lobby.online, lobby.waiting, lobby.games), (2, 0, 1));
     // Playing, so not free to queue.
     let busy = red.queue().await.unwrap_err();
     assert_eq!(status_of(busy), status::BUSY);
@@ -88,9 +85,7 @@ async fn leaving_the_queue_works() {
     let (ada, _) = Player::login(server.addr, "ada").await;
     assert!(!ada.queue().await.unwrap());
     assert_eq!(status_of(ada.queue().await.unwrap_err()), status::BUSY);
-    assert_eq!(ada.lobby().await.waiting, 1);
     ada.send(routes::LEAVE_QUEUE, Vec::new()).await.unwrap();
-    assert_eq!(ada.lobby().await.waiting, 0);
     let again = ada.send(routes::LEAVE_QUEUE, Vec::new()).await;
     assert_eq!(again, Err(status::NOT_QUEUED));
     // Nobody waits: the next player to queue waits in turn, matched with nobody.
@@ -105,11 +100,10 @@ async fn disconnecting_while_queued_removes_them() {
     let (ada, _) = Player::login(server.addr, "ada").await;
     assert!(!ada.queue().await.unwrap());
     ada.disconnect();
+    // ada's name is free once her disconnect hook, which takes her out of the
+    // line, has run.
+    eventually("ada has left", || Player::login_if_free(server.addr, "ada")).await;
     let (mut bob, _) = Player::login(server.addr, "bob").await;
-    eventually("ada has left the line", || async {
-        (bob.lobby().await.waiting == 0).then_some(())
-    })
-    .await;
     // bob waits, and is matched with the next player, not with ada's ghost.
     assert!(!bob.queue().await.unwrap());
     let (mut cy, _) = Player::login(server.addr, "cy").await;

@@ -160,12 +160,7 @@ impl Player {
     /// STATS of `name` ("" for one's own).
     pub async fn stats(&self, name: &str) -> Result<Record, Status> {
         let asked = wire::StatsRequest { name: name.into() };
-        let stats: wire::Stats = self.call(routes::STATS, &asked).await.map_err(status_of)?;
-        Ok(stats.record.unwrap())
-    }
-
-    pub async fn lobby(&self) -> wire::LobbyInfo {
-        self.call(routes::LOBBY, &()).await.unwrap()
+        self.call(routes::STATS, &asked).await.map_err(status_of)
     }
 
     /// The next push, which must be on `route`.
