@@ -467,7 +467,13 @@ impl Client {
 
     /// The next frame, or `None` at EOF (or reset).
     pub async fn recv(&mut self) -> Option<Message> {
-        tokio::time::timeout(PATIENCE, self.recv_forever())
+        self.recv_within(PATIENCE).await
+    }
+
+    /// The next frame within `patience`, for answers the server may take longer than
+    /// [`PATIENCE`] to give by design.
+    pub async fn recv_within(&mut self, patience: Duration) -> Option<Message> {
+        tokio::time::timeout(patience, self.recv_forever())
             .await
             .expect("a frame or EOF in time")
     }
