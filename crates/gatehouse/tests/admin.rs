@@ -2,7 +2,8 @@
 //! session says they must (connections, requests, a kick, a refusal, a hub crash),
 //! the API refuses without its token and works with it, a drain turns `/readyz` false
 //! before it kicks everyone `shutdown` (after its grace), switched-off metrics count
-//! nothing, connections are found by player, and the stats report the server's parts.
+//! nothing, connections are found by player (with their rooms), and the stats report
+//! the server's parts.
 
 #![allow(clippy::unwrap_used)]
 
@@ -949,6 +950,10 @@ async fn connections_are_found_by_player_and_stats_report_the_parts_and_the_vers
     assert_eq!(status, 200);
     assert_eq!(found["total"], 1);
     assert_eq!(found["connections"][0]["player"], "ada");
+    assert_eq!(
+        found["connections"][0]["rooms"],
+        serde_json::json!(["hall"])
+    );
     let (_, nobody) = json(
         admin,
         "GET",

@@ -1,7 +1,8 @@
 //! State a room owns for each member, over real sockets: what the room records
 //! (`RoomContext::set_member_state`) is what the member's session reads at once from
 //! its membership and saves in its disconnect hook, and a room restarted after a
-//! crash joins each member again with it.
+//! crash joins each member again with it; the registry knows which room a connection
+//! is in while its membership lives.
 
 #![allow(clippy::unwrap_used)]
 
@@ -156,7 +157,7 @@ impl Service for Game {
     }
 }
 
-async fn start() -> (TestServer, Arc<Mutex<Vec<u64>>>) {
+async fn start() -> (TestServer, Arc<Mutex<Vec<u64>>>, Rooms<Board>) {
     let rooms = Rooms::new((), RoomOptions::default()).unwrap();
     let saved = Arc::new(Mutex::new(Vec::new()));
     let game = Game {
@@ -169,6 +170,7 @@ async fn start() -> (TestServer, Arc<Mutex<Vec<u64>>>) {
     (
         TestServer::serve(server, Arc::new(Record::default())).await,
         saved,
+        rooms,
     )
 }
 
@@ -180,7 +182,7 @@ async fn score(client: &mut support::Client, route: u16) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_the_room_records_is_what_the_session_reads_and_saves() {
-    let (server, saved) = start().await;
+    let (server, saved, rooms) = start().await;
     let mut client = server.connect().await;
     assert!(client
         .request(JOIN, 5u64.to_be_bytes().to_vec())
@@ -196,6 +198,12 @@ async fn what_the_room_records_is_what_the_session_reads_and_saves() {
         .is_ok());
     assert_eq!(score(&mut client, SCORE).await, 8);
 
+    let id = support::eventually("the member is seated", || {
+        (0..100).map(ConnId).find(|id| rooms.room_of(*id).is_some())
+    })
+    .await;
+    assert_eq!(rooms.room_of(id).as_deref(), Some("board"));
+
     drop(client);
     support::eventually("the hook saved", || {
         let saved = saved.lock().unwrap();
@@ -203,12 +211,14 @@ async fn what_the_room_records_is_what_the_session_reads_and_saves() {
     })
     .await;
     assert_eq!(*saved.lock().unwrap(), vec![8]);
+    // The membership went with the session: the room is nobody's.
+    assert_eq!(rooms.room_of(id), None);
     assert!(server.shutdown().await.is_ok());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_room_restarted_after_a_crash_joins_each_member_again_with_its_recorded_state() {
-    let (server, _saved) = start().await;
+    let (server, _saved, _rooms) = start().await;
     let mut client = server.connect().await;
     assert!(client
         .request(JOIN, 5u64.to_be_bytes().to_vec())

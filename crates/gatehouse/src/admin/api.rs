@@ -285,7 +285,7 @@ pub(super) struct PageQuery {
     player: Option<String>,
 }
 
-fn connection_json(c: &ConnectionInfo, now: SystemTime) -> Value {
+fn connection_json(c: &ConnectionInfo, now: SystemTime, rooms: Vec<String>) -> Value {
     json!({
         "id": c.id.0,
         "peer": c.peer.to_string(),
@@ -298,7 +298,21 @@ fn connection_json(c: &ConnectionInfo, now: SystemTime) -> Value {
         "bytes_out": c.traffic.bytes_out,
         "queued_bytes": c.queued_bytes,
         "player": c.player,
+        "rooms": rooms,
     })
+}
+
+/// The rooms (of the server's room types) a connection is in.
+fn rooms_of<S: Service>(shared: &Shared<S>, id: ConnId) -> Vec<String> {
+    let parts = shared
+        .parts
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    parts
+        .rooms
+        .as_ref()
+        .map(|rooms| rooms.rooms_of(id))
+        .unwrap_or_default()
 }
 
 pub(super) async fn connections<S: Service>(
@@ -322,7 +336,10 @@ pub(super) async fn connections<S: Service>(
             Some(id) => within(hub.connection(id)).await?,
             None => None,
         };
-        let connections: Vec<Value> = found.iter().map(|c| connection_json(c, now)).collect();
+        let connections: Vec<Value> = found
+            .iter()
+            .map(|c| connection_json(c, now, rooms_of(&admin.shared, c.id)))
+            .collect();
         return Ok(Json(json!({
             "total": connections.len(),
             "connections": connections,
@@ -336,7 +353,7 @@ pub(super) async fn connections<S: Service>(
     let connections: Vec<Value> = page
         .connections
         .iter()
-        .map(|c| connection_json(c, now))
+        .map(|c| connection_json(c, now, rooms_of(&admin.shared, c.id)))
         .collect();
     Ok(Json(json!({
         "connections": connections,

@@ -8,6 +8,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 
 use super::{Room, Rooms};
+use crate::connection::ConnId;
 use crate::metrics::{encode_histograms, encode_labelled, HistogramSnapshot};
 
 impl<R: Room> Rooms<R> {
@@ -39,6 +40,7 @@ pub(crate) struct RoomsReading {
 }
 
 type Reader = Box<dyn Fn() -> RoomsReading + Send + Sync>;
+type SeatReader = Box<dyn Fn(ConnId) -> Option<String> + Send + Sync>;
 
 /// The metrics of every room type of a server, labelled `kind`, as one collector
 /// (the server makes it from its [`Server::with_rooms`](crate::Server::with_rooms)):
@@ -48,13 +50,25 @@ type Reader = Box<dyn Fn() -> RoomsReading + Send + Sync>;
 #[derive(Default)]
 pub(crate) struct RoomMetrics {
     kinds: Vec<(&'static str, Reader)>,
+    seats: Vec<SeatReader>,
 }
 
 impl RoomMetrics {
     /// Adds the rooms of one type, as `kind`.
     pub(crate) fn add<R: Room>(&mut self, kind: &'static str, rooms: &Rooms<R>) {
+        let reading = rooms.clone();
+        self.kinds.push((kind, Box::new(move || reading.reading())));
         let rooms = rooms.clone();
-        self.kinds.push((kind, Box::new(move || rooms.reading())));
+        self.seats
+            .push(Box::new(move |member| rooms.room_of(member)));
+    }
+
+    /// The rooms `member` is in, of every type.
+    pub(crate) fn rooms_of(&self, member: ConnId) -> Vec<String> {
+        self.seats
+            .iter()
+            .filter_map(|room_of| room_of(member))
+            .collect()
     }
 
     /// Whether no room type was added.

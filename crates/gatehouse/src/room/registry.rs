@@ -50,7 +50,12 @@ struct Registry<R: Room> {
     tracker: TaskTracker,
     lateness: Arc<LatenessHistogram>,
     next_id: AtomicU64,
+    seats: Arc<Seats>,
 }
+
+/// Which room each connection has a membership of, for operators
+/// ([`Rooms::room_of`]): the room's id, the membership's serial and the room's name.
+type Seats = Mutex<HashMap<ConnId, (u64, u64, Arc<str>)>>;
 
 impl<R: Room> Registry<R> {
     fn rooms(&self) -> MutexGuard<'_, HashMap<Arc<str>, RoomHandle<R>>> {
@@ -73,6 +78,7 @@ impl<R: Room> Rooms<R> {
                 tracker: TaskTracker::new(),
                 lateness: Arc::new(LatenessHistogram::new()),
                 next_id: AtomicU64::new(1),
+                seats: Arc::default(),
             }),
         })
     }
@@ -113,6 +119,7 @@ impl<R: Room> Rooms<R> {
             counters: counters.clone(),
             member_queue: registry.options.member_queue,
             serials: AtomicU64::new(1),
+            seats: registry.seats.clone(),
         });
         let task = RoomTask::<R> {
             name: name.clone(),
@@ -209,6 +216,14 @@ impl<R: Room> Rooms<R> {
         self.len() == 0
     }
 
+    /// The room `member`'s connection has a membership of, if any (a connection in
+    /// two rooms of this type: the latest).
+    pub fn room_of(&self, member: ConnId) -> Option<String> {
+        lock(&self.registry.seats)
+            .get(&member)
+            .map(|(_, _, name)| name.to_string())
+    }
+
     /// Every tick's lateness and every room's crashes, for the metrics.
     #[cfg(feature = "metrics")]
     pub(super) fn lateness_histogram(&self) -> &LatenessHistogram {
@@ -255,6 +270,7 @@ struct RoomLink<R: Room> {
     counters: Arc<RoomCounters>,
     member_queue: u32,
     serials: AtomicU64,
+    seats: Arc<Seats>,
 }
 
 /// A handle to one room: join it, send it messages, close it. Cheap to clone.
@@ -333,6 +349,8 @@ impl<R: Room> RoomHandle<R> {
             .await
             .map_err(|_| RoomError::Closed)?;
         answer.await.map_err(|_| RoomError::Closed)??;
+        let seat = (self.link.id, serial, self.link.name.clone());
+        lock(&self.link.seats).insert(member, seat);
         Ok(membership)
     }
 
@@ -437,12 +455,23 @@ impl Drop for Unsent<'_> {
 
 impl<R: Room> Drop for Membership<R> {
     fn drop(&mut self) {
+        let mut seats = lock(&self.link.seats);
+        let this = |seat: &(u64, u64, Arc<str>)| (seat.0, seat.1) == (self.link.id, self.serial);
+        if seats.get(&self.member).is_some_and(this) {
+            seats.remove(&self.member);
+        }
+        drop(seats);
         // A stopped room has nobody left to tell.
         let _ = self.link.leaves.send(Leave {
             member: self.member,
             serial: self.serial,
         });
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // No user code runs under these locks.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]
