@@ -1,9 +1,9 @@
 //! The hub: the seed's `gs_svr`, one actor task.
 //!
-//! It owns the registry of live connections (their mailboxes), the logged-in players'
-//! names and the named groups (lists of connections to push to; a room is another
+//! It owns the registry of live connections (their mailboxes) and the named groups (lists of connections to push to; a room is another
 //! thing, see [`crate::room`]), and does everything that involves more than one connection:
-//! broadcast, group broadcast, send to one, kick one, count. It never waits on a
+//! broadcast, group broadcast, send to one (by id, or by player name through the
+//! server's `players` registry), kick one, count. It never waits on a
 //! connection: deliveries go into mailboxes that refuse (and mark a slow consumer)
 //! rather than grow. A broadcast is encoded once by the caller; the hub only clones
 //! the `Bytes` handle per recipient.
@@ -31,6 +31,7 @@ use gatehouse_protocol::{KickReason, Message, HEADER_LEN};
 use crate::config::{PerTransport, TransportKind};
 use crate::connection::{ConnId, TrafficCounts};
 use crate::mailbox::{Delivery, Mailbox};
+use crate::players::Players;
 
 /// Why a [`ServerHandle`](crate::ServerHandle) call failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -138,10 +139,6 @@ enum Command<M> {
     },
     Unregister {
         id: ConnId,
-    },
-    Login {
-        id: ConnId,
-        player: Arc<str>,
     },
     SendToPlayer {
         player: Arc<str>,
@@ -309,16 +306,6 @@ impl<M: Send + 'static> HubHandle<M> {
                 _charge,
             }
         })
-    }
-
-    /// Names the connection `id` as `player` (see [`crate::Context::logged_in`]).
-    pub(crate) fn login(
-        &self,
-        id: ConnId,
-        player: &str,
-    ) -> impl Future<Output = Result<(), HandleError>> + Send + '_ {
-        let player = Arc::from(player);
-        self.send(Command::Login { id, player })
     }
 
     /// Pushes `payload` on `route` to the connection logged in as `player`; dropped
@@ -505,14 +492,14 @@ pub(crate) fn spawn<M: Send + 'static>(
     queue: usize,
     queue_bytes: usize,
     max_frame: usize,
+    players: Arc<Players>,
 ) -> (HubHandle<M>, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(queue);
     let hub = Hub {
         rx,
         conns: HashMap::new(),
         groups: HashMap::new(),
-        players: HashMap::new(),
-        player_of: HashMap::new(),
+        players,
     };
     let queue_bytes = queue_bytes.min(Semaphore::MAX_PERMITS);
     let handle = HubHandle {
@@ -528,11 +515,9 @@ struct Hub<M> {
     rx: mpsc::Receiver<Command<M>>,
     conns: HashMap<ConnId, Entry<M>>,
     groups: HashMap<Arc<str>, HashSet<ConnId>>,
-    /// Logged-in players' connections, by name.
-    players: HashMap<Arc<str>, ConnId>,
-    /// The name each logged-in connection has (kept apart from `conns`, whose entries
-    /// every broadcast walks: they stay small).
-    player_of: HashMap<ConnId, Arc<str>>,
+    /// Who is logged in as which player: the server's one map of names, which
+    /// outlives this hub (`players.rs`).
+    players: Arc<Players>,
 }
 
 struct Entry<M> {
@@ -566,9 +551,6 @@ impl<M: Send + 'static> Hub<M> {
                         self.remove_member(&group, id);
                     }
                 }
-                if let Some(player) = self.player_of.remove(&id) {
-                    self.forget_player(&player, id);
-                }
                 debug!(conn = %id, total = self.conns.len(), "connection_ended");
             }
             Command::Broadcast { frame, except, .. } => {
@@ -578,20 +560,11 @@ impl<M: Send + 'static> Hub<M> {
                     }
                 }
             }
-            Command::Login { id, player } => {
-                if !self.conns.contains_key(&id) {
-                    return;
-                }
-                if let Some(previous) = self.player_of.insert(id, player.clone()) {
-                    self.forget_player(&previous, id);
-                }
-                // The latest login of a name has it.
-                self.players.insert(player, id);
-            }
             Command::SendToPlayer {
                 player, delivery, ..
             } => {
-                let entry = self.players.get(&player).and_then(|id| self.conns.get(id));
+                let holder = self.players.holder_conn(&player);
+                let entry = holder.and_then(|id| self.conns.get(&id));
                 if let Some(entry) = entry {
                     entry.mailbox.deliver(delivery);
                 }
@@ -671,7 +644,7 @@ impl<M: Send + 'static> Hub<M> {
 
     fn census(&self) -> Census {
         let mut census = Census {
-            players: self.players.len() as u64,
+            players: self.players.count() as u64,
             ..Census::default()
         };
         for entry in self.conns.values() {
@@ -716,15 +689,8 @@ impl<M: Send + 'static> Hub<M> {
             since: SystemTime::UNIX_EPOCH + Duration::from_secs(budget.meter.since.into()),
             traffic: budget.meter.read(),
             queued_bytes: budget.unsent() as u64,
-            player: self.player_of.get(&id).map(|p| p.to_string()),
+            player: self.players.name_of(id),
         })
-    }
-
-    /// Forgets `player`'s name if it is still `id`'s (not taken over by a later login).
-    fn forget_player(&mut self, player: &Arc<str>, id: ConnId) {
-        if self.players.get(player) == Some(&id) {
-            self.players.remove(player);
-        }
     }
 
     fn remove_member(&mut self, group: &Arc<str>, id: ConnId) {
@@ -760,8 +726,7 @@ pub mod bench_support {
                 rx,
                 conns: HashMap::new(),
                 groups: HashMap::new(),
-                players: HashMap::new(),
-                player_of: HashMap::new(),
+                players: Arc::default(),
             };
             let peer = SocketAddr::from(([127, 0, 0, 1], 9));
             let mailboxes: Vec<_> = (0..n)

@@ -25,9 +25,10 @@
 //! - [`logs`]: the budget of log lines a flood can cause (for games too).
 //! - [`timer`]: timers for sessions and rooms.
 //! - `mailbox`: how the hub, rooms and timers reach a connection.
-//! - `hub`: the seed's `gs_svr`: registry, players, groups, broadcast, counts.
 //! - [`players`]: who is logged in until their disconnect hook has run; logins that
 //!   take turns and take a player over ([`LoginTurn`]).
+//! - `hub`: the seed's `gs_svr`: registry, groups, broadcast, counts; players by
+//!   name through `players`.
 //! - [`service`]: the trait a game implements and its handler [`Context`].
 //! - [`room`]: supervised rooms with ticks ([`room::Rooms`], [`room::Room`]).
 //! - [`typed`]: typed handlers over prost messages, errors as statuses.

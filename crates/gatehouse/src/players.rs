@@ -1,10 +1,10 @@
 //! Who is logged in as which player, and logins that take a player over.
 //!
-//! The hub maps player names to connections to route pushes, but it forgets a
-//! connection as soon as it closes, before its disconnect hook runs. A login that
-//! takes a player over must wait for more: until the previous connection's hook has
-//! run (and queued its save), so that what it loads next is everything the old
-//! session did. This registry keeps that: a name is held from
+//! The one map of player names to connections: the hub reads it to route pushes and
+//! kicks by name. A login that takes a player over must wait until the previous
+//! connection's disconnect hook has run (and queued its save), so that what it loads
+//! next is everything the old session did; the hub forgets a connection before its
+//! hook, so the name is kept here, held from
 //! [`Context::logged_in`](crate::Context::logged_in) until its connection's hook has
 //! run (the driver releases it then). It lives as long as the server, outside the
 //! hub, so a hub restart cannot lose a holder whose hook is still running.
@@ -20,7 +20,6 @@ use std::time::Duration;
 use tokio::sync::{watch, OwnedMutexGuard};
 
 use crate::connection::ConnId;
-use crate::hub::HandleError;
 
 /// How long a login waits for its turn, and for the session it takes over to end.
 pub const LOGIN_WAIT: Duration = Duration::from_secs(5);
@@ -88,6 +87,16 @@ impl Players {
         self.state().online.get(name).map(|holder| holder.conn)
     }
 
+    /// The name `conn` holds, if it logged in.
+    pub(crate) fn name_of(&self, conn: ConnId) -> Option<String> {
+        self.state().names.get(&conn).map(|name| name.to_string())
+    }
+
+    /// How many names are held.
+    pub(crate) fn count(&self) -> usize {
+        self.state().online.len()
+    }
+
     /// How many names are held, and the first `limit` of them in order.
     pub(crate) fn list(&self, limit: usize) -> PlayerList {
         let state = self.state();
@@ -99,8 +108,9 @@ impl Players {
         }
     }
 
-    /// Waits (at most [`LOGIN_WAIT`]) for `name`'s turn among the logins to it.
-    pub(crate) async fn turn(self: &Arc<Self>, name: &str) -> Result<LoginTurn, HandleError> {
+    /// Waits (at most [`LOGIN_WAIT`]) for `name`'s turn among the logins to it;
+    /// `None` if it did not come in time.
+    pub(crate) async fn turn(self: &Arc<Self>, name: &str) -> Option<LoginTurn> {
         let name: Arc<str> = Arc::from(name);
         let line = self.state().turns.entry(name.clone()).or_default().clone();
         let place = Place {
@@ -109,10 +119,8 @@ impl Players {
             line,
         };
         let waiting = place.line.clone().lock_owned();
-        let Ok(guard) = tokio::time::timeout(LOGIN_WAIT, waiting).await else {
-            return Err(HandleError::Busy);
-        };
-        Ok(LoginTurn {
+        let guard = tokio::time::timeout(LOGIN_WAIT, waiting).await.ok()?;
+        Some(LoginTurn {
             name,
             _guard: guard,
             place,
@@ -234,7 +242,7 @@ mod tests {
         let players = Arc::new(Players::default());
         let first = players.turn("ada").await.expect("first in line");
         // The second waits for the first, at most LOGIN_WAIT.
-        assert_eq!(players.turn("ada").await.err(), Some(HandleError::Busy));
+        assert!(players.turn("ada").await.is_none());
         let other = players
             .turn("bob")
             .await

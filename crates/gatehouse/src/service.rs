@@ -19,7 +19,7 @@ use gatehouse_protocol::{KickReason, Status};
 
 use crate::connection::{ConnId, ConnectionCore, DisconnectReason, Staged};
 use crate::handle::ServerHandle;
-use crate::hub::{HandleError, HubHandle};
+use crate::hub::HandleError;
 use crate::mailbox::{Mailbox, MemberSink};
 use crate::players::LoginTurn;
 use crate::timer::{Timer, TimerError};
@@ -250,8 +250,6 @@ pub struct Disconnect {
 pub struct Context<'a, M> {
     pub(crate) id: ConnId,
     pub(crate) peer: SocketAddr,
-    /// The hub of the connection's life: where it logs in.
-    hub: &'a HubHandle<M>,
     server: &'a ServerHandle<M>,
     /// The connection's mailbox: for its timers, and for rooms to reach it.
     pub(crate) mailbox: &'a Arc<Mailbox<M>>,
@@ -273,7 +271,6 @@ impl<'a, M> Context<'a, M> {
     pub(crate) fn new(
         id: ConnId,
         peer: SocketAddr,
-        hub: &'a HubHandle<M>,
         server: &'a ServerHandle<M>,
         mailbox: &'a Arc<Mailbox<M>>,
         own: Own<'a>,
@@ -281,7 +278,6 @@ impl<'a, M> Context<'a, M> {
         Context {
             id,
             peer,
-            hub,
             server,
             mailbox,
             own,
@@ -370,7 +366,7 @@ impl<M: Send + 'static> Context<'_, M> {
             Own::Staged(staged) => staged.set_logged_in(),
         }
         self.server.players.log_in(player, self.id);
-        self.hub.login(self.id, player).await
+        Ok(())
     }
 
     /// Waits for this login's turn among the logins to `player` (at most
@@ -379,7 +375,11 @@ impl<M: Send + 'static> Context<'_, M> {
     /// check or an account creation cannot race a second login, and of many logins at
     /// once the last is left online. See [`LoginTurn`] for the whole login.
     pub async fn login_turn(&self, player: &str) -> Result<LoginTurn, HandleError> {
-        self.server.players.turn(player).await
+        self.server
+            .players
+            .turn(player)
+            .await
+            .ok_or(HandleError::Busy)
     }
 
     /// Takes `turn`'s player over: the connection logged in as it (if another) is

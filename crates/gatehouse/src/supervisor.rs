@@ -131,6 +131,7 @@ pub(crate) async fn supervise<S: Service>(
             shared.config.server.hub_queue,
             shared.config.server.hub_queue_bytes,
             shared.config.limits.max_frame_bytes,
+            shared.hub_slot.players.clone(),
         );
         shared.hub_slot.publish(HubState::Up(hub.clone()));
         let group = Arc::new(Group::new(shutdown.child_token(), hub));

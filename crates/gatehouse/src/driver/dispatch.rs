@@ -266,7 +266,6 @@ impl<S: Service> Owned<S> {
         Context::new(
             self.id,
             self.peer,
-            &self.group.hub,
             &self.shared.handle,
             &self.mailbox,
             Own::Staged(&self.staged),

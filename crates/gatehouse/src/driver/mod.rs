@@ -25,7 +25,6 @@ macro_rules! context {
         Context::new(
             $conn.id,
             $conn.peer,
-            &$conn.group.hub,
             &$conn.shared.handle,
             &$conn.mailbox,
             Own::Core(&mut $conn.core),
