@@ -1,10 +1,14 @@
-//! The admin listener's live page in a real browser: Debian's headless Chromium,
-//! driven by playwright-core (`clients/web/e2e/admin_page_e2e.mjs`), opens `/` of a
-//! `gatehouse serve --service bench` that has an admin token, enters the token in the
-//! page's form, and reads the open connections this test holds over TCP (through
-//! gatehouse-client); when this test closes one, the page must follow. Screenshots
-//! (phone and desktop sized) are saved under the test's output directory
-//! (`target/tmp/admin-page-e2e/`).
+//! The admin listener's console in a real browser: Debian's headless Chromium,
+//! driven by playwright-core (`clients/web/e2e/admin_page_e2e.mjs`), opens `/` of an
+//! arena `gatehouse serve` that has an admin token. This test holds arena players
+//! over TCP (through gatehouse-client), logged in and in one room. On a phone the
+//! console asks for the token and follows the open connections live (this test
+//! closes one); on a desktop it lists the players with their room and the room with
+//! its members, finds a player by name, broadcasts, kicks one player (a cancelled
+//! kick first), keeps its charts over a reload, and drains. This test then checks
+//! what reached its players: the announcement, the kick with the page's message, the
+//! shutdown; and that the server stopped. Screenshots (phone and desktop) are saved
+//! under the test's output directory (`target/tmp/admin-page-e2e/`).
 //!
 //! Needs `node`, `clients/web/node_modules` (`npm ci --prefix clients/web`) and
 //! Chromium (`CHROMIUM_PATH`, default /usr/bin/chromium). Without them it prints a
@@ -20,26 +24,59 @@ use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::Duration;
 
+use arena::{pb, routes};
 use chromium::{assert_screenshot, chromium_or_skip, e2e_script, fresh_screenshots};
-use gatehouse::bench_service::routes;
-use gatehouse_client::{Client, ClientConfig};
-use process::{gatehouse, ServerProcess, SERVE_ON_FREE_PORTS};
+use gatehouse::protocol::{KickReason, ROUTE_ANNOUNCEMENT};
+use gatehouse_client::{Client, ClientConfig, ClientError, Pushes};
+use process::{arena_config, gatehouse, scratch, ServerProcess, SERVE_ON_FREE_PORTS};
+use prost::Message as _;
 use tokio::sync::mpsc;
 
 const TOKEN: &str = "admin-page-e2e-token-0123";
-const CLIENTS: usize = 3;
-/// How long the browser script may take, all steps together (it gives up at 50 s).
-const BROWSER_PATIENCE: Duration = Duration::from_secs(60);
+const ROOM: &str = "console-room";
+/// Logged in and in `ROOM`; the last one is closed by this test while the phone
+/// page watches, the first is kicked from the page.
+const PLAYERS: [&str; 3] = ["ada", "bo", "cy"];
+const KICK_TEXT: &str = "kicked from the console, sorry ada";
+const ANNOUNCE: &str = "the console says: maintenance at noon";
+/// How long the browser script may take, all steps together (it gives up at 90 s).
+const BROWSER_PATIENCE: Duration = Duration::from_secs(100);
+/// How long the server may take to stop after the drain (grace, kicks, saves).
+const STOP_PATIENCE: Duration = Duration::from_secs(30);
 
-/// A TCP client that the server has seen: its echo request was answered. Its
-/// heartbeat pings keep it open.
-async fn connected_client(addr: std::net::SocketAddr) -> Client {
-    let (client, _pushes) = Client::connect(addr, ClientConfig::default())
+/// What became of a player: whether the announcement reached it, and why its
+/// connection ended.
+type Fate = tokio::task::JoinHandle<(bool, Option<ClientError>)>;
+
+/// An arena player over TCP, logged in as `name` and in `ROOM`, its pushes read as
+/// they come (so that the server never finds it slow) until its connection ends.
+async fn player(addr: std::net::SocketAddr, name: &str) -> (Client, Fate) {
+    let (client, pushes) = Client::connect(addr, ClientConfig::default())
         .await
         .unwrap();
-    let echoed = client.request(routes::ECHO, "here").await.unwrap();
-    assert_eq!(&echoed[..], b"here");
+    let login = pb::LoginRequest {
+        name: name.into(),
+        password: format!("{name}-console-secret"),
+    };
     client
+        .request(routes::LOGIN, login.encode_to_vec())
+        .await
+        .unwrap();
+    let join = pb::JoinRoom { room: ROOM.into() };
+    client
+        .request(routes::JOIN, join.encode_to_vec())
+        .await
+        .unwrap();
+    let fate = tokio::spawn(read_until_ended(client.clone(), pushes));
+    (client, fate)
+}
+
+async fn read_until_ended(client: Client, mut pushes: Pushes) -> (bool, Option<ClientError>) {
+    let mut announced = false;
+    while let Some(push) = pushes.next().await {
+        announced |= push.route == ROUTE_ANNOUNCEMENT && push.payload == ANNOUNCE.as_bytes();
+    }
+    (announced, client.ended())
 }
 
 /// Next line of the browser script's output, within the script's patience.
@@ -54,29 +91,37 @@ async fn next_line(lines: &mut mpsc::UnboundedReceiver<String>, log: &mut String
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_admin_page_asks_for_the_token_and_follows_open_connections_live() {
-    let Some(chromium) = chromium_or_skip("the admin page browser test") else {
+async fn the_console_lists_players_and_rooms_and_its_kick_broadcast_and_drain_reach_tcp_players() {
+    let Some(chromium) = chromium_or_skip("the admin console browser test") else {
         return;
     };
+    let dir = scratch("admin-page");
+    let config = arena_config(&dir, "");
     let mut command = gatehouse();
     command
         .args(SERVE_ON_FREE_PORTS)
-        .args(["--service", "bench"])
+        .args(["--config", config.to_str().unwrap()])
         .env("GATEHOUSE_ADMIN_TOKEN", TOKEN);
-    let server = ServerProcess::spawn(command);
+    let mut server = ServerProcess::spawn(command);
     let admin = server.admin_addr().expect("an admin listener");
-    let mut clients = Vec::new();
-    for _ in 0..CLIENTS {
-        clients.push(connected_client(server.addr).await);
+    let mut players = Vec::new();
+    for name in PLAYERS {
+        players.push(player(server.addr, name).await);
     }
 
     let [phone, desktop] =
         fresh_screenshots("admin-page-e2e", ["admin-phone.png", "admin-desktop.png"]);
+    let staying = PLAYERS[..PLAYERS.len() - 1].join(",");
     let mut browser = e2e_script("admin_page_e2e.mjs", &chromium)
         .env("ADMIN_URL", format!("http://{admin}/"))
         .env("ADMIN_TOKEN", TOKEN)
-        .env("OPEN_BEFORE", CLIENTS.to_string())
-        .env("OPEN_AFTER", (CLIENTS - 1).to_string())
+        .env("OPEN_BEFORE", PLAYERS.len().to_string())
+        .env("OPEN_AFTER", (PLAYERS.len() - 1).to_string())
+        .env("PLAYERS", &staying)
+        .env("ROOM", ROOM)
+        .env("KICK", PLAYERS[0])
+        .env("KICK_TEXT", KICK_TEXT)
+        .env("ANNOUNCE", ANNOUNCE)
         .env("SCREENSHOT", &phone)
         .env("SCREENSHOT_DESKTOP", &desktop)
         .stdout(Stdio::piped())
@@ -93,15 +138,17 @@ async fn the_admin_page_asks_for_the_token_and_follows_open_connections_live() {
         }
     });
 
-    // The page shows all the clients: close one, and it must follow.
+    // The phone page shows every player: close one, and it must follow.
     let mut log = String::new();
     let counted = next_line(&mut lines, &mut log).await;
     assert!(
         counted.contains(r#""phase":"counted""#),
-        "the page did not show {CLIENTS} open connections:\n{log}\nserver log:\n{}",
+        "the console did not show {} open connections:\n{log}\nserver log:\n{}",
+        PLAYERS.len(),
         server.log()
     );
-    clients.pop().unwrap().close();
+    let (gone, _) = players.pop().unwrap();
+    gone.close();
     let verdict = next_line(&mut lines, &mut log).await;
     let status = tokio::task::spawn_blocking(move || browser.wait())
         .await
@@ -114,14 +161,40 @@ async fn the_admin_page_asks_for_the_token_and_follows_open_connections_live() {
     );
     assert!(
         status.success() && verdict.contains(r#""ok":true"#),
-        "the page did not follow to {} open connections:\n{log}\nserver log:\n{}",
-        CLIENTS - 1,
+        "the console failed:\n{log}\nserver log:\n{}",
         server.log()
     );
     for shot in [&phone, &desktop] {
         assert_screenshot(shot);
     }
-    for client in clients {
-        client.close();
+
+    // What the page did reached the players: the announcement both, the kick (with
+    // the page's message) the first, the drain's shutdown the other.
+    let mut ends = Vec::new();
+    for (name, (_client, fate)) in PLAYERS.iter().zip(players) {
+        let (announced, ended) = tokio::time::timeout(STOP_PATIENCE, fate)
+            .await
+            .unwrap_or_else(|_| panic!("{name}'s connection did not end"))
+            .unwrap();
+        assert!(announced, "no announcement {ANNOUNCE:?} reached {name}");
+        ends.push(ended);
     }
+    let kicked = |reason, text: &str| {
+        Some(ClientError::Kicked {
+            reason,
+            text: text.into(),
+        })
+    };
+    assert_eq!(ends[0], kicked(KickReason::KICKED, KICK_TEXT));
+    assert!(
+        matches!(&ends[1], Some(ClientError::Kicked { reason, .. }) if *reason == KickReason::SHUTDOWN),
+        "{:?}",
+        ends[1]
+    );
+    let stopped = server.wait(STOP_PATIENCE);
+    assert!(
+        stopped.success(),
+        "the drained server: {stopped}\n{}",
+        server.log()
+    );
 }

@@ -907,7 +907,8 @@ impl Service for Hallway {
 }
 
 #[tokio::test]
-async fn connections_are_found_by_player_and_stats_report_the_parts_and_the_version() {
+async fn connections_are_found_by_player_rooms_are_listed_and_stats_and_history_report_the_server()
+{
     let rooms = Rooms::new((), RoomOptions::default()).unwrap();
     let writer = SaveWriter::start(MemoryStore::new(), WriterConfig::default());
     let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -984,6 +985,41 @@ async fn connections_are_found_by_player_and_stats_report_the_parts_and_the_vers
     assert_eq!(stats["rooms"]["hall"]["members"], 2, "{stats}");
     assert_eq!(stats["saves"]["queued"], 0, "{stats}");
     assert_eq!(stats["connections"]["players"], 2, "{stats}");
+    assert_eq!(stats["controls"], true, "{stats}");
+
+    let (status, listed) = json(admin, "GET", "/api/rooms", Some(TOKEN), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(listed["total"], 1, "{listed}");
+    let hall = &listed["rooms"][0];
+    assert_eq!(
+        (&hall["kind"], &hall["name"], &hall["members"]),
+        (&Value::from("hall"), &Value::from("hall"), &Value::from(2)),
+        "{listed}"
+    );
+    let (status, _) = json(admin, "GET", "/api/rooms?limit=0", Some(TOKEN), None).await;
+    assert_eq!(status, 400);
+
+    // The history is read once a second whether or not anyone asks: it comes to
+    // show the two connections.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, history) = json(admin, "GET", "/api/history", Some(TOKEN), None).await;
+        assert_eq!(status, 200);
+        let points = history["points"].as_array().unwrap();
+        if points.len() >= 2 && points.last().unwrap()["open"] == 2 {
+            assert!(points
+                .windows(2)
+                .all(|p| p[0]["at"].as_u64() < p[1]["at"].as_u64()));
+            assert!(points.last().unwrap()["framesIn"].as_u64().unwrap() >= 2);
+            assert_eq!(points.last().unwrap()["saveQueued"], 0, "{history}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no history of two connections: {history}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     drop((ada, other));
     shutdown.cancel();

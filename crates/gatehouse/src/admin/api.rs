@@ -33,7 +33,7 @@ use crate::stats::{DISCONNECT_REASONS, KICK_REASONS, REFUSAL_REASONS};
 /// How long a reading waits for the hub before reporting it as unavailable.
 const HUB_WAIT: Duration = Duration::from_secs(1);
 
-/// Connections per page by default, and at most.
+/// Connections (or rooms) per page by default, and at most.
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
 
@@ -185,6 +185,8 @@ pub(super) async fn stats<S: Service>(State(admin): State<Admin<S>>) -> Json<Val
     let (rooms, saves) = parts_json(shared);
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
+        // Whether the mutating endpoints are on (an admin token is configured).
+        "controls": admin.token.is_some(),
         "started": seconds_since_epoch(shared.started),
         "ready": sample.ready,
         "draining": sample.draining,
@@ -260,6 +262,70 @@ fn parts_json<S: Service>(shared: &Shared<S>) -> (Value, Value) {
     (json!(rooms), saves)
 }
 
+/// The console's charted numbers of the last minutes, oldest first.
+pub(super) async fn history<S: Service>(State(admin): State<Admin<S>>) -> Json<Value> {
+    Json(json!({
+        "interval_seconds": super::history::EVERY.as_secs_f64(),
+        "window": super::history::WINDOW,
+        "points": admin.history.points(),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RoomsQuery {
+    limit: Option<usize>,
+}
+
+/// The running rooms of every type, most members first (then by kind and name), at
+/// most `limit`; `total` counts them all.
+pub(super) async fn rooms<S: Service>(
+    State(admin): State<Admin<S>>,
+    query: Result<Query<RoomsQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query.map_err(|e| bad_request(e.body_text()))?;
+    let limit = page_limit(query.limit)?;
+    let mut rooms = {
+        let parts = admin
+            .shared
+            .parts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        parts.rooms.as_ref().map(|r| r.list()).unwrap_or_default()
+    };
+    let total = rooms.len();
+    rooms.sort_by(|(kind_a, a), (kind_b, b)| {
+        (b.members, kind_a, &a.name).cmp(&(a.members, kind_b, &b.name))
+    });
+    let rooms: Vec<Value> = rooms
+        .iter()
+        .take(limit)
+        .map(|(kind, r)| {
+            json!({
+                "kind": kind,
+                "name": r.name,
+                "members": r.members,
+                "ticks": r.ticks,
+                "late_ticks": r.late_ticks,
+                "max_lateness_seconds": r.max_lateness.as_secs_f64(),
+                "restarts": r.restarts,
+                "messages": r.messages,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "total": total, "rooms": rooms })))
+}
+
+/// A page's `limit`: [`DEFAULT_PAGE`] when not given, at most [`MAX_PAGE`].
+fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
+    let limit = limit.unwrap_or(DEFAULT_PAGE);
+    if (1..=MAX_PAGE).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(bad_request(format!("limit must be 1 to {MAX_PAGE}")))
+    }
+}
+
 fn bad_request(message: impl std::fmt::Display) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, message.to_string())
 }
@@ -320,10 +386,7 @@ pub(super) async fn connections<S: Service>(
     query: Result<Query<PageQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(query) = query.map_err(|e| bad_request(e.body_text()))?;
-    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(bad_request(format!("limit must be 1 to {MAX_PAGE}")));
-    }
+    let limit = page_limit(query.limit)?;
     let hub = admin.shared.live_hub().ok_or_else(hub_gone)?;
     let now = SystemTime::now();
     if let Some(player) = &query.player {

@@ -5,10 +5,12 @@
 //! | `/healthz` | GET | never | alive: the process answers |
 //! | `/readyz` | GET | never | 200 while the server takes connections, 503 while the hub restarts or the server drains |
 //! | `/metrics` | GET | if set | Prometheus metrics (OpenMetrics text) |
-//! | `/` | GET | never | the live page (it asks for the token, if one is set, before reading data) |
+//! | `/` | GET | never | the console (it asks for the token, if one is set, before reading data) |
 //! | `/api/stats` | GET | if set | the server's numbers as JSON |
 //! | `/api/events` | GET | if set | Server-Sent Events: the metrics text once a second |
-//! | `/api/connections` | GET | if set | live connections, paged (`?after=ID&limit=N`) |
+//! | `/api/history` | GET | if set | the charted numbers of the last 5 minutes, one point a second |
+//! | `/api/connections` | GET | if set | live connections, paged (`?after=ID&limit=N`), or one player's (`?player=NAME`) |
+//! | `/api/rooms` | GET | if set | running rooms, most members first (`?limit=N`) |
 //! | `/api/connections/{id}/kick` | POST | required | kick one connection with a reason |
 //! | `/api/broadcast` | POST | required | push an announcement to every connection |
 //! | `/api/drain` | POST | required | stop accepting, kick everyone `shutdown`, stop |
@@ -30,12 +32,15 @@
 //!
 //! - this file: configuration, the router, authentication, the body's deadline.
 //! - `api`: the JSON endpoints, the metrics and the event stream.
+//! - `history`: the last minutes of the console's charts, read once a second.
+//! - `page.html`: the console itself (one file, no build step).
 //! - `connections`: the accept loop, the connection cap, serving each connection.
 //! - `deadlines`: the deadlines of a connection's reads and writes.
 
 mod api;
 mod connections;
 mod deadlines;
+mod history;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -179,6 +184,8 @@ struct AdminState<S: Service> {
     last_text: tokio::sync::Mutex<Option<(tokio::time::Instant, String)>>,
     /// Event streams open now.
     streams: Arc<Semaphore>,
+    /// The console's charts of the last minutes.
+    history: Arc<history::History>,
 }
 
 type Admin<S> = Arc<AdminState<S>>;
@@ -339,7 +346,9 @@ fn router<S: Service>(admin: Admin<S>, hosts: Arc<[String]>, body_timeout: Durat
         .route("/metrics", get(api::metrics::<S>))
         .route("/api/stats", get(api::stats::<S>))
         .route("/api/events", get(api::events::<S>))
+        .route("/api/history", get(api::history::<S>))
         .route("/api/connections", get(api::connections::<S>))
+        .route("/api/rooms", get(api::rooms::<S>))
         .route_layer(needs(Access::Read));
     let writes = Router::new()
         .route("/api/connections/{id}/kick", post(api::kick::<S>))
@@ -364,26 +373,33 @@ fn router<S: Service>(admin: Admin<S>, hosts: Arc<[String]>, body_timeout: Durat
         .with_state(admin)
 }
 
-/// Serves the admin API on `listener` until `stop` is cancelled.
+/// Serves the admin API on `listener` until `stop` is cancelled, keeping the
+/// console's history meanwhile.
 pub(crate) async fn serve<S: Service>(
     listener: TcpListener,
     config: AdminConfig,
     shared: Arc<Shared<S>>,
     stop: CancellationToken,
 ) {
+    let history = Arc::new(history::History::default());
+    let recording = history::record(shared.clone(), history.clone(), stop.clone());
     let admin = Arc::new(AdminState {
         shared,
         token: config.token.map(|t| Arc::from(t.into_bytes())),
         stop: stop.clone(),
         last_text: tokio::sync::Mutex::new(None),
         streams: Arc::new(Semaphore::new(api::MAX_EVENT_STREAMS)),
+        history,
     });
     let hosts: Arc<[String]> = config.allowed_hosts.into();
     if admin.token.is_none() {
         info!("admin API without a token: read-only endpoints open, mutating ones off");
     }
     let router = router(admin, hosts, config.limits.body_timeout);
-    connections::serve(listener, router, config.limits, stop).await;
+    tokio::join!(
+        recording,
+        connections::serve(listener, router, config.limits, stop)
+    );
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 
-use super::{Room, Rooms};
+use super::{Room, RoomStats, Rooms};
 use crate::connection::ConnId;
 use crate::metrics::{encode_histograms, encode_labelled, HistogramSnapshot};
 
@@ -40,6 +40,7 @@ pub(crate) struct RoomsReading {
 }
 
 type Reader = Box<dyn Fn() -> RoomsReading + Send + Sync>;
+type Lister = Box<dyn Fn() -> Vec<RoomStats> + Send + Sync>;
 type SeatReader = Box<dyn Fn(ConnId) -> Option<String> + Send + Sync>;
 
 /// The metrics of every room type of a server, labelled `kind`, as one collector
@@ -50,6 +51,7 @@ type SeatReader = Box<dyn Fn(ConnId) -> Option<String> + Send + Sync>;
 #[derive(Default)]
 pub(crate) struct RoomMetrics {
     kinds: Vec<(&'static str, Reader)>,
+    lists: Vec<(&'static str, Lister)>,
     seats: Vec<SeatReader>,
 }
 
@@ -58,6 +60,8 @@ impl RoomMetrics {
     pub(crate) fn add<R: Room>(&mut self, kind: &'static str, rooms: &Rooms<R>) {
         let reading = rooms.clone();
         self.kinds.push((kind, Box::new(move || reading.reading())));
+        let listing = rooms.clone();
+        self.lists.push((kind, Box::new(move || listing.list())));
         let rooms = rooms.clone();
         self.seats
             .push(Box::new(move |member| rooms.room_of(member)));
@@ -68,6 +72,14 @@ impl RoomMetrics {
         self.seats
             .iter()
             .filter_map(|room_of| room_of(member))
+            .collect()
+    }
+
+    /// Every running room of every type, with its type's kind.
+    pub(crate) fn list(&self) -> Vec<(&'static str, RoomStats)> {
+        self.lists
+            .iter()
+            .flat_map(|(kind, list)| list().into_iter().map(move |room| (*kind, room)))
             .collect()
     }
 
