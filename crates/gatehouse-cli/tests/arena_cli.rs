@@ -1,7 +1,8 @@
 //! What a new user does in five minutes, end to end with the real binaries: start the
 //! server, connect two terminal clients, chat, move, whisper, quit, restart the
 //! server (a client still open reconnects by itself), and find the player where they
-//! left.
+//! left. And the client in a real (pseudo-)terminal: its line editor, pushes printed
+//! above the line being typed, and the terminal given back however it ends.
 
 #![allow(clippy::unwrap_used)]
 
@@ -12,10 +13,11 @@ use std::process::{Child, ChildStdin, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
-use process::{arena_config, gatehouse, scratch, ServerProcess};
+use process::{arena_config, gatehouse, scratch, Scratch, ServerProcess};
+use rexpect::session::{spawn_with_options, Options, PtySession};
 
 /// How long anything printed may take to come.
-const PATIENCE: Duration = Duration::from_secs(10);
+const PATIENCE: Duration = Duration::from_secs(30);
 
 /// A `gatehouse client` process: type into it, read what it prints. Killed if
 /// dropped before it exits.
@@ -255,4 +257,119 @@ fn a_ca_for_a_server_that_is_not_encrypted_is_refused_not_ignored() {
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--ca is for tls:// and wss://"), "{stderr}");
+}
+
+/// `gatehouse client` in a pseudo-terminal, through `sh`, which then prints its exit
+/// status and the terminal's settings (`stty -a`): what the client left behind.
+/// Escape sequences are left out of what it prints.
+fn open_in_a_terminal(addr: std::net::SocketAddr, name: &str) -> PtySession {
+    let mut command = std::process::Command::new("sh");
+    command
+        .args(["-c", r#""$@"; echo "exited with $?"; stty -a"#, "sh"])
+        .arg(env!("CARGO_BIN_EXE_gatehouse"))
+        .args(["client", "--addr", &addr.to_string(), "--name", name])
+        .env("TERM", "xterm")
+        .env_remove("GATEHOUSE_PASSWORD")
+        .env_remove("RUST_LOG");
+    let options = Options::new()
+        .timeout_ms(Some(PATIENCE.as_millis() as u64))
+        .strip_ansi_escape_codes(true);
+    let mut terminal = spawn_with_options(command, options).unwrap();
+    terminal
+        .exp_string(&format!("password for {name}: "))
+        .unwrap();
+    terminal.send_line(&format!("{name}-secret")).unwrap();
+    terminal
+        .exp_string(&format!("logged in as {name}"))
+        .unwrap();
+    terminal
+}
+
+/// An arena server on free ports, saving in a scratch directory that lives as long.
+fn start_arena(name: &str) -> (ServerProcess, Scratch) {
+    let dir = scratch(name);
+    let config = arena_config(&dir, "");
+    let server =
+        ServerProcess::start(&["--service", "arena", "--config", config.to_str().unwrap()]);
+    (server, dir)
+}
+
+/// Types `keys` into the terminal.
+fn press(terminal: &mut PtySession, keys: &str) {
+    terminal.send(keys).unwrap();
+    terminal.flush().unwrap();
+}
+
+/// Types `text` without Enter, and waits for the line editor to show it.
+fn type_half_a_line(terminal: &mut PtySession, text: &str) {
+    press(terminal, text);
+    terminal.exp_string(text).unwrap();
+}
+
+/// Waits for the client to exit with `code`, then asserts that it left the terminal
+/// as it found it: line by line (canonical), with signals, CR read as NL.
+fn assert_exits_and_gives_the_terminal_back(mut terminal: PtySession, code: i32) {
+    terminal.exp_string(&format!("exited with {code}")).unwrap();
+    let settings = terminal.exp_eof().unwrap();
+    let flags: Vec<&str> = settings.split_whitespace().collect();
+    for flag in ["icanon", "isig", "icrnl"] {
+        assert!(flags.contains(&flag), "{flag} is off: {settings:?}");
+    }
+}
+
+#[test]
+fn in_a_terminal_a_push_prints_above_the_half_typed_line_and_up_recalls_the_last_line() {
+    let (server, _dir) = start_arena("arena-pty");
+    let mut alice = open_in_a_terminal(server.addr, "alice");
+    let mut bob = Terminal::open(server.addr, "bob");
+    bob.expect("logged in as bob");
+
+    type_half_a_line(&mut alice, "hello bo");
+    bob.type_line("hi alice");
+    // bob's line comes on a line of its own, and the half line is drawn again below.
+    let before = alice.exp_string("[lobby] bob: hi alice").unwrap();
+    assert!(
+        before.ends_with('\r'),
+        "not at the start of a line: {before:?}"
+    );
+    let between = alice.exp_string("> hello bo").unwrap();
+    assert_eq!(between.trim(), "", "{between:?}");
+
+    // The line, finished, is said whole.
+    press(&mut alice, "b\r");
+    assert_eq!(bob.expect("[lobby] alice:"), "[lobby] alice: hello bob");
+    // Up brings it back, to edit and send again.
+    press(&mut alice, "\x1b[A!\r");
+    assert_eq!(bob.expect("[lobby] alice:"), "[lobby] alice: hello bob!");
+
+    press(&mut alice, "/quit\r");
+    assert_exits_and_gives_the_terminal_back(alice, 0);
+    bob.type_line("/quit");
+    assert!(bob.wait().success());
+}
+
+#[test]
+fn in_a_terminal_ctrl_c_and_ctrl_d_quit_and_a_kick_at_the_prompt_gives_the_terminal_back() {
+    let (server, _dir) = start_arena("arena-pty-ends");
+
+    // Ctrl-C, even on a half-typed line, quits like /quit.
+    let mut alice = open_in_a_terminal(server.addr, "alice");
+    type_half_a_line(&mut alice, "half a li");
+    alice.send_control('c').unwrap();
+    assert_exits_and_gives_the_terminal_back(alice, 0);
+
+    // Ctrl-D on an empty line: the end of input.
+    let mut alice = open_in_a_terminal(server.addr, "alice");
+    alice.exp_string("> ").unwrap();
+    alice.send_control('d').unwrap();
+    assert_exits_and_gives_the_terminal_back(alice, 0);
+
+    // Logging in elsewhere kicks this one while it reads a line: the client ends
+    // with the kick's reason and the terminal as it was.
+    let mut alice = open_in_a_terminal(server.addr, "alice");
+    type_half_a_line(&mut alice, "half a li");
+    let mut elsewhere = Terminal::open(server.addr, "alice");
+    elsewhere.expect("logged in as alice");
+    alice.exp_string("kicked (duplicate_login)").unwrap();
+    assert_exits_and_gives_the_terminal_back(alice, 1);
 }

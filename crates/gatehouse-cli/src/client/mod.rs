@@ -7,6 +7,14 @@
 //! reconnects and logs in again, waiting 1 s, then twice as long each failed try up to
 //! 30 s; a kick for cause (a duplicate login, an operator's) or a refused login ends
 //! it. The password is asked without echo, or read from `GATEHOUSE_PASSWORD`.
+//!
+//! On a terminal, lines are edited in place and up/down recall earlier ones; what
+//! arrives while the player types is printed above the line being typed
+//! ([`console`]). `/quit`, Ctrl-D on an empty line and Ctrl-C quit (exit code 0);
+//! quitting while it waits to reconnect, a kick for cause or a refused login exit
+//! with 1.
+
+mod console;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -19,7 +27,8 @@ use clap::Args;
 use gatehouse::protocol::{KickReason, ROUTE_ANNOUNCEMENT, ROUTE_ROOM_RESTARTED};
 use gatehouse_client::{Client, ClientConfig, ClientError, Push, Pushes, Target};
 use prost::Message as _;
-use tokio::io::{AsyncBufReadExt, BufReader};
+
+use console::{Console, Out};
 
 #[derive(Args)]
 pub(crate) struct ClientArgs {
@@ -128,12 +137,25 @@ pub(crate) async fn run(args: ClientArgs) -> anyhow::Result<()> {
         tls_ca: args.ca,
         ..ClientConfig::default()
     };
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut console = Console::open();
+    let played = play(&target, &config, &login, &mut console).await;
+    console.close().await;
+    played
+}
+
+/// Sessions, one after another while the server goes away and comes back.
+async fn play(
+    target: &Target,
+    config: &ClientConfig,
+    login: &pb::LoginRequest,
+    console: &mut Console,
+) -> anyhow::Result<()> {
+    let out = console.out();
     // The first connection must work; after that the server may come back.
     let mut connected = false;
     let mut wait = RECONNECT_FIRST;
     loop {
-        let lost = match session(&target, &config, &login, &mut lines).await {
+        let lost = match session(target, config, login, console).await {
             Ok(Ended::Quit) => return Ok(()),
             Ok(Ended::Lost(why)) => {
                 connected = true;
@@ -144,17 +166,21 @@ pub(crate) async fn run(args: ClientArgs) -> anyhow::Result<()> {
                 wait = (wait * 2).min(RECONNECT_MAX);
                 e
             }
-            Err(e) if !connected => {
+            Err(e) if is_unreachable(&e) => {
                 return Err(anyhow::Error::new(e).context(format!("cannot connect to {target}")))
             }
-            Err(e) => bail!("disconnected: {e}"),
+            // A kick for cause, a refused login.
+            Err(e) => return Err(e.into()),
         };
-        println!("* disconnected ({lost}); reconnecting in {wait:?} (/quit to stop)");
+        out.line(format!(
+            "* disconnected ({lost}); reconnecting in {wait:?} (/quit to stop)"
+        ))
+        .await;
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
-            line = lines.next_line() => match line?.as_deref().map(str::trim) {
+            line = console.next_line() => match line.as_deref().map(str::trim) {
                 None | Some("/quit") => bail!("disconnected: {lost}"),
-                Some(_) => println!("* not connected; reconnecting in a moment"),
+                Some(_) => out.line("* not connected; reconnecting in a moment").await,
             },
         }
     }
@@ -184,7 +210,7 @@ async fn session(
     target: &Target,
     config: &ClientConfig,
     login: &pb::LoginRequest,
-    lines: &mut tokio::io::Lines<BufReader<tokio::io::Stdin>>,
+    console: &mut Console,
 ) -> Result<Ended, ClientError> {
     let (client, pushes) = Client::connect_to(target, config.clone()).await?;
     let reply = client.request(routes::LOGIN, login.encode_to_vec()).await?;
@@ -192,19 +218,21 @@ async fn session(
         .map_err(|e| ClientError::Protocol(e.to_string()))?
         .state
         .unwrap_or_default();
-    println!(
+    let out = console.out();
+    out.line(format!(
         "logged in as {} in {} at ({}, {}); login #{}. {HELP}",
         state.name, state.room, state.x, state.y, state.logins
-    );
+    ))
+    .await;
 
     let view = Arc::new(Mutex::new(View {
         me: state.name.clone(),
         ..View::default()
     }));
-    let mut printer = tokio::spawn(print_pushes(pushes, view.clone()));
+    let mut printer = tokio::spawn(print_pushes(pushes, view.clone(), out.clone()));
     let ended = loop {
         let line = tokio::select! {
-            line = lines.next_line() => line.map_err(|e| ClientError::Io(e.to_string()))?,
+            line = console.next_line() => line,
             _ = &mut printer => {
                 // The pushes ended: the server closed the connection (a kick says why).
                 break lost_or_error(client.ended().unwrap_or(ClientError::Closed))?;
@@ -219,15 +247,18 @@ async fn session(
             break Ended::Quit;
         }
         if line == "/look" {
-            println!("{}", lock(&view).look());
+            let look = lock(&view).look();
+            out.line(look).await;
             continue;
         }
         match command(&client, line).await {
-            Ok(Some(answer)) => println!("{answer}"),
+            Ok(Some(answer)) => out.line(answer).await,
             Ok(None) => {}
-            Err(CommandError::Usage(HELP)) => println!("{HELP}"),
-            Err(CommandError::Usage(usage)) => println!("usage: {usage}"),
-            Err(CommandError::Server(e @ ClientError::Status { .. })) => println!("error: {e}"),
+            Err(CommandError::Usage(HELP)) => out.line(HELP).await,
+            Err(CommandError::Usage(usage)) => out.line(format!("usage: {usage}")).await,
+            Err(CommandError::Server(e @ ClientError::Status { .. })) => {
+                out.line(format!("error: {e}")).await;
+            }
             Err(CommandError::Server(e)) => break lost_or_error(e)?,
         }
     };
@@ -372,19 +403,21 @@ fn lock(view: &Mutex<View>) -> std::sync::MutexGuard<'_, View> {
 
 /// Prints pushes as they arrive, keeps the room's view, and every [`MOVES_EVERY`]
 /// prints the walkers that stopped.
-async fn print_pushes(mut pushes: Pushes, view: Arc<Mutex<View>>) {
+async fn print_pushes(mut pushes: Pushes, view: Arc<Mutex<View>>, out: Out) {
     let mut moves = tokio::time::interval(MOVES_EVERY);
     loop {
         tokio::select! {
             push = pushes.next() => {
                 let Some(push) = push else { return };
-                for line in apply_push(&push, &mut lock(&view)) {
-                    println!("{line}");
+                let lines = apply_push(&push, &mut lock(&view));
+                for line in lines {
+                    out.line(line).await;
                 }
             }
             _ = moves.tick() => {
-                for line in lock(&view).stopped() {
-                    println!("{line}");
+                let lines = lock(&view).stopped();
+                for line in lines {
+                    out.line(line).await;
                 }
             }
         }
