@@ -9,14 +9,18 @@
  *    gatehouse `Client`; it keeps the view, asks for the whole room again when a
  *    Delta was missed, and logs in again after an automatic reconnection;
  *  - `parseCommand`: what a line typed in the chat box means (`/w name text`, ...);
+ *  - what the page says in words: `describeClose` (a lost connection or a kick),
+ *    `presenceChanges` (who entered or left the room), `whoText`, `roomsText`, and
+ *    `ColourBook` (a colour per player, no two alike);
  *  - the page (index.html): login, the room on a canvas (click to walk there,
- *    arrow keys or WASD to walk), chat, rooms, who is online, kicks and reconnects.
+ *    arrow keys or WASD to walk), chat, rooms, who is online, kicks and reconnects,
+ *    log out.
  *    It starts only where there is a `document`, so Node can import the rest.
  */
 
 import {
-  Client, GatehouseError, Kicked, RequestError, ROUTE_ANNOUNCEMENT, ROUTE_ROOM_RESTARTED,
-  statusName,
+  Client, ConnectionClosed, GatehouseError, Kicked, RequestError, ROUTE_ANNOUNCEMENT,
+  ROUTE_ROOM_RESTARTED, kickReasonName, statusName,
 } from './gatehouse.js';
 import * as pb from './arena_pb.js';
 
@@ -340,6 +344,171 @@ export function parseCommand(line) {
   }
 }
 
+// ------------------------------------------------------------------------- words
+
+/** What each kick reason means to the player (gatehouse.js's names). */
+const KICK_WORDS = Object.freeze({
+  idle: 'you were idle too long',
+  dos: 'the page sent too much too fast',
+  server_full: 'the server is full',
+  shutdown: 'the server is shutting down',
+  server_restart: 'the server is restarting',
+  duplicate_login: 'you logged in somewhere else',
+  protocol_error: 'the server could not read what the page sent (a bug)',
+  slow_consumer: 'the connection could not keep up',
+  frame_too_large: 'the page sent a message too large for the server (a bug)',
+  login_timeout: 'you did not log in in time',
+  too_many_from_ip: 'too many connections from your address',
+  internal_error: 'the server failed',
+  kicked: 'you were kicked',
+  room_closed: 'the room closed after crashing',
+  game_kick: 'the game ended your session',
+});
+/**
+ * Kicks whose text says more than their name (PROTOCOL.md: "show the text"); the
+ * others' texts are mostly the server's own wording of the reason.
+ */
+const KICK_TEXT_MATTERS = new Set(['kicked', 'game_kick']);
+
+/** What a WebSocket close code without a kick means (RFC 6455, 7.4.1). */
+const CLOSE_WORDS = Object.freeze({
+  1000: 'the server closed the connection',
+  1001: 'the server is going away',
+  1002: 'the server refused what the page sent',
+  1003: 'the server refused what the page sent',
+  1006: 'connection lost',
+  1007: 'the server refused what the page sent',
+  1008: 'the server refused what the page sent',
+  1009: 'the page sent a message too large for the server',
+  1011: 'the server failed',
+  1012: 'the server is restarting',
+  1013: 'the server is busy; try again later',
+});
+
+/** A delay as the status line says it: "in 2 s", or nothing under a second. */
+function inSeconds(ms) {
+  return ms < 1000 ? '' : ` in ${Math.round(ms / 1000)} s`;
+}
+
+/**
+ * The words for the end of a connection, from the client's `close` event (`error`,
+ * `kick`, `reconnectIn`): {text, state}, `state` being the status line's
+ * `data-state`. `reached` is false when the socket never opened (the first connect,
+ * or a reconnection attempt): then the server could not be reached at `url`.
+ */
+export function describeClose({ error, kick, reconnectIn }, { url = '', reached = true } = {}) {
+  const again = reconnectIn !== null && reconnectIn !== undefined;
+  if (!reached && !kick) {
+    const what = `could not reach the server at ${url}`;
+    return again ? { text: `${what} — retrying${inSeconds(reconnectIn)}…`, state: 'reconnecting' }
+      : { text: what, state: 'offline' };
+  }
+  const kickName = kick ? kickReasonName(kick.reason) : null;
+  let what;
+  if (kick) {
+    what = KICK_WORDS[kickName];
+    if (kick.text && KICK_TEXT_MATTERS.has(kickName)) what += `: ${kick.text}`;
+  } else if (error?.byClient) {
+    return { text: 'disconnected', state: 'offline' };
+  } else if (error?.code !== null && error?.code !== undefined) {
+    what = CLOSE_WORDS[error.code] ?? `the connection closed (code ${error.code})`;
+  } else {
+    what = `the connection broke (${error?.message ?? error})`; // dead, or a malformed frame
+  }
+  if (again) return { text: `${what} — reconnecting${inSeconds(reconnectIn)}…`, state: 'reconnecting' };
+  if (kickName === 'duplicate_login') return { text: `${what} — not reconnecting here`, state: 'kicked' };
+  if (kick) return { text: `${what} — log in again to play`, state: 'kicked' };
+  return { text: what, state: 'offline' };
+}
+
+/**
+ * Who entered and who left between two looks at the room (`{room, names}`, names
+ * an iterable), for the chat's notices: {entered, left}, sorted, `me` left out.
+ * Nothing when the room changed or there was none before: a room's first state is
+ * not news (joining a full room would flood the chat).
+ */
+export function presenceChanges(before, after, me) {
+  if (!before.room || before.room !== after.room) return { entered: [], left: [] };
+  const was = new Set(before.names);
+  const is = new Set(after.names);
+  const only = (a, b) => [...a].filter((n) => !b.has(n) && n !== me).sort();
+  return { entered: only(is, was), left: only(was, is) };
+}
+
+/** A WhoReply as one line of the chat. */
+export function whoText({ players, online, in_room: inRoom }) {
+  const more = online > players.length ? `, and ${online - players.length} more` : '';
+  return `${online} online, ${inRoom} in this room: ${players.join(', ')}${more}`;
+}
+
+/** A RoomList as one line of the chat. */
+export function roomsText({ rooms, total }) {
+  if (!rooms.length) return 'no rooms in use';
+  const more = total > rooms.length ? `, and ${total - rooms.length} more` : '';
+  return `rooms: ${rooms.map((r) => `${r.name} (${r.players})`).join(', ')}${more}`;
+}
+
+/**
+ * Well-separated colours for the other players on the dark room; none near the
+ * player's own gold (--accent), which marks the player itself.
+ */
+export const PALETTE = Object.freeze([
+  '#ff6b6b', '#4dabf7', '#69db7c', '#da77f2', '#ff922b',
+  '#3bc9db', '#f783ac', '#a9e34b', '#9775fa', '#20c997',
+]);
+
+/** The colour of slot `k`: the palette, then golden-angle hues, each its own. */
+function slotColour(k) {
+  if (k < PALETTE.length) return PALETTE[k];
+  const n = k - PALETTE.length;
+  return `hsl(${((n * 137.508) % 360).toFixed(1)} 70% ${58 + (n % 3) * 8}%)`;
+}
+
+function nameHash(name) {
+  let hash = 0;
+  for (const ch of name) hash = (hash * 31 + ch.codePointAt(0)) >>> 0;
+  return hash;
+}
+
+/**
+ * A colour per player present, no two alike. A newcomer gets the palette colour its
+ * name hashes to (so a name tends to keep its colour from one visit to the next), or
+ * the next one free; past the palette, colours of their own. A colour stays with its
+ * player while they stay, and is free again once they leave.
+ */
+export class ColourBook {
+  #slots = new Map(); // name -> slot
+
+  /** The players present now (in order of appearance): keeps, frees, gives. */
+  update(names) {
+    const present = new Set(names);
+    for (const name of this.#slots.keys()) if (!present.has(name)) this.#slots.delete(name);
+    const taken = new Set(this.#slots.values());
+    for (const name of present) {
+      if (this.#slots.has(name)) continue;
+      const slot = freeSlot(nameHash(name) % PALETTE.length, taken);
+      this.#slots.set(name, slot);
+      taken.add(slot);
+    }
+  }
+
+  /** The colour of a player present, else null. */
+  colourOf(name) {
+    const slot = this.#slots.get(name);
+    return slot === undefined ? null : slotColour(slot);
+  }
+}
+
+function freeSlot(preferred, taken) {
+  for (let i = 0; i < PALETTE.length; i++) {
+    const slot = (preferred + i) % PALETTE.length;
+    if (!taken.has(slot)) return slot;
+  }
+  let slot = PALETTE.length;
+  while (taken.has(slot)) slot += 1;
+  return slot;
+}
+
 // -------------------------------------------------------------------------- page
 
 /** The page's WebSocket URL: the server that served it, path /ws. */
@@ -354,23 +523,18 @@ const KEY_DIRECTIONS = {
   ArrowLeft: 'left', KeyA: 'left', ArrowRight: 'right', KeyD: 'right',
 };
 
-/** A stable colour per name. */
-function colourOf(name) {
-  let hash = 0;
-  for (const ch of name) hash = (hash * 31 + ch.codePointAt(0)) >>> 0;
-  return `hsl(${hash % 360} 65% 55%)`;
-}
-
 /** The room drawn on a canvas: the world is -1000..1000 on both axes, y down. */
 class WorldCanvas {
   #canvas;
   #arena;
+  #colours;
   #target = null; // where the player last asked to walk
   #pending = false;
 
-  constructor(canvas, arena) {
+  constructor(canvas, arena, colours) {
     this.#canvas = canvas;
     this.#arena = arena;
+    this.#colours = colours;
     new ResizeObserver(() => this.redraw()).observe(canvas);
   }
 
@@ -439,7 +603,7 @@ class WorldCanvas {
     for (const [name, { x, y }] of this.#arena.view.players) {
       const px = toPixel(x);
       const py = toPixel(y);
-      g.fillStyle = name === me ? '#ffd166' : colourOf(name);
+      g.fillStyle = name === me ? '#ffd166' : (this.#colours.colourOf(name) ?? '#8b98a9');
       g.beginPath();
       g.arc(px, py, radius, 0, 2 * Math.PI);
       g.fill();
@@ -460,7 +624,8 @@ function startPage(doc) {
   const $ = (id) => doc.getElementById(id);
   const ui = {
     url: $('url'), name: $('name'), password: $('password'), login: $('login'),
-    loginForm: $('login-form'), status: $('status'), room: $('room'), players: $('players'),
+    loginForm: $('login-form'), loginHint: $('login-hint'), logout: $('logout'),
+    status: $('status'), room: $('room'), players: $('players'),
     chat: $('chat'), sayForm: $('say-form'), sayText: $('say-text'), joinForm: $('join-form'),
     roomName: $('room-name'), listRooms: $('list-rooms'), rooms: $('rooms'), leave: $('leave'),
     whoButton: $('who-button'), who: $('who'), world: $('world'), pad: $('pad'),
@@ -469,7 +634,8 @@ function startPage(doc) {
 
   const arena = new ArenaClient(new Client());
   const client = arena.client;
-  const canvas = new WorldCanvas(ui.world, arena);
+  const colours = new ColourBook();
+  const canvas = new WorldCanvas(ui.world, arena, colours);
   window.arena = arena; // for debugging: arena.client is the gatehouse Client
 
   // ---- what the user reads
@@ -478,9 +644,10 @@ function startPage(doc) {
   function chatLine(className, parts) {
     const li = doc.createElement('li');
     li.className = className;
-    for (const [cls, text] of parts) {
+    for (const [cls, text, colour] of parts) {
       const span = doc.createElement('span');
       if (cls) span.className = cls;
+      if (colour) span.style.color = colour;
       span.textContent = text;
       li.append(span);
     }
@@ -505,13 +672,22 @@ function startPage(doc) {
     setStatus(`connected as ${arena.state.name} in ${arena.state.room}`, 'online');
   }
 
+  /** Logged in (or getting back in): the log out button instead of the login form. */
+  function showSession(on) {
+    ui.loginForm.hidden = on;
+    ui.loginHint.hidden = on;
+    ui.logout.hidden = !on;
+  }
+
   /** The player list: one <li data-name data-x data-y> per player, sorted by name. */
   const playerItems = new Map();
   function renderPlayers() {
     const view = arena.view;
+    ui.players.dataset.room = view.room;
     const names = [...view.players.keys()].sort();
     const sameSet = names.length === playerItems.size && names.every((n) => playerItems.has(n));
     if (!sameSet) {
+      colours.update([...view.players.keys()].filter((n) => n !== arena.name));
       for (const [name, li] of playerItems) {
         if (!view.players.has(name)) {
           li.remove();
@@ -523,9 +699,9 @@ function startPage(doc) {
         if (!li) {
           li = doc.createElement('li');
           li.dataset.name = name;
-          li.style.setProperty('--dot', colourOf(name));
           playerItems.set(name, li);
         }
+        li.style.setProperty('--dot', colours.colourOf(name));
         ui.players.append(li); // appending in sorted order sorts the list
       }
     }
@@ -540,35 +716,50 @@ function startPage(doc) {
     canvas.redraw();
   }
 
+  /** "bob entered", "bob left": the changes of the room the player is in. */
+  let lastLook = { room: '', names: [] };
+  function announceComings() {
+    const look = { room: arena.view.room, names: [...arena.view.players.keys()] };
+    const { entered, left } = presenceChanges(lastLook, look, arena.name);
+    lastLook = look;
+    for (const name of entered) notice(`${name} entered`);
+    for (const name of left) notice(`${name} left`);
+  }
+
   // ---- what the client tells
 
-  arena.addEventListener('view', renderPlayers);
+  arena.addEventListener('view', () => {
+    renderPlayers();
+    announceComings();
+  });
   arena.addEventListener('state', ({ detail }) => {
     ui.room.textContent = detail.room;
     showConnected();
   });
+  /** A player's name in the chat, in their colour (the player's own: gold, --accent). */
+  const from = (name, label = name) => ['from', label, name === arena.name ? 'var(--accent)' : colours.colourOf(name)];
   arena.addEventListener('chat', ({ detail: chat }) => {
-    if (chat.whisper) chatLine('whisper', [['from', `(whisper) ${chat.from}`], [null, ': '], ['text', chat.text]]);
-    else chatLine('chat', [['from', chat.from], [null, ': '], ['text', chat.text]]);
+    const said = [[null, ': '], ['text', chat.text]];
+    if (chat.whisper) chatLine('whisper', [from(chat.from, `(whisper) ${chat.from}`), ...said]);
+    else chatLine('chat', [from(chat.from), ...said]);
   });
   arena.addEventListener('restarted', ({ detail }) => notice(`the room ${detail} restarted`));
   arena.addEventListener('announcement', ({ detail }) => notice(`announcement: ${detail}`));
   arena.addEventListener('resync', ({ detail }) => notice(`missed an update of ${detail}; asking for the room again`));
 
-  client.addEventListener('kick', ({ detail: kick }) => notice(`kicked: ${kick}`));
+  // A socket that closes before it opened (a first connect, a reconnection attempt)
+  // could not reach the server.
+  let live = false;
+  client.addEventListener('open', () => { live = true; });
   client.addEventListener('close', ({ detail }) => {
+    const reached = live;
+    live = false;
     ui.room.textContent = '';
-    const why = detail.kick ? `kicked: ${detail.kick}` : detail.error.message;
-    if (detail.reconnectIn !== null) {
-      setStatus(`${why}; reconnecting in ${(detail.reconnectIn / 1000).toFixed(1)} s`, 'reconnecting');
-    } else if (detail.kick?.name === 'duplicate_login') {
-      setStatus(`${why}. You logged in somewhere else; not reconnecting.`, 'kicked');
-    } else {
-      setStatus(detail.kick ? `${why}; not reconnecting` : 'disconnected', detail.kick ? 'kicked' : 'offline');
-    }
-  });
-  client.addEventListener('reconnecting', ({ detail }) => {
-    notice(`reconnecting in ${(detail.delay / 1000).toFixed(1)} s (attempt ${detail.attempt})`);
+    const { text, state } = describeClose(detail, { url: client.url, reached });
+    setStatus(text, state);
+    // Failed attempts only update the status: one notice per lost connection.
+    if (reached && !detail.error?.byClient) notice(text);
+    if (detail.reconnectIn === null) showSession(false);
   });
   client.addEventListener('reconnected', () => {
     notice('reconnected');
@@ -577,6 +768,7 @@ function startPage(doc) {
   client.addEventListener('error', ({ detail }) => {
     // The login after a reconnection failed: stop, and say why.
     client.close();
+    showSession(false);
     setStatus(`could not log in again: ${describeError(detail.error)}`, 'offline');
   });
 
@@ -606,7 +798,8 @@ function startPage(doc) {
         try {
           await client.connect(url);
         } catch (e) {
-          setStatus(`cannot connect to ${url}: ${describeError(e)}`, 'offline');
+          // A socket that closed said why in its close event.
+          if (!(e instanceof ConnectionClosed)) setStatus(`cannot connect to ${url}: ${describeError(e)}`, 'offline');
           return;
         }
       }
@@ -620,10 +813,30 @@ function startPage(doc) {
         } // else the connection ended: its close event said why, and whether it reconnects
         return;
       }
-      notice(`logged in as ${arena.state.name} (login #${arena.state.logins}). ${HELP}`);
+      showSession(true);
+      notice(`logged in as ${arena.state.name} (login #${arena.state.logins})`); // the hint says the commands
     } finally {
       ui.login.disabled = false;
     }
+  });
+
+  /**
+   * Log out: the connection closes for good (close() cancels any reconnection; the
+   * server saves the player and takes it out of its room), and the page forgets the
+   * session but for the name, ready for the next login.
+   */
+  ui.logout.addEventListener('click', () => {
+    const name = arena.name;
+    client.close();
+    arena.reset();
+    canvas.setTarget(null);
+    ui.password.value = '';
+    ui.room.textContent = '';
+    ui.rooms.replaceChildren();
+    ui.who.textContent = '';
+    ui.chat.replaceChildren();
+    showSession(false);
+    setStatus(name ? `logged out (${name})` : 'logged out', 'offline');
   });
 
   async function join(room) {
@@ -675,9 +888,11 @@ function startPage(doc) {
   });
   ui.leave.addEventListener('click', () => attempt('cannot leave', () => arena.leave()));
 
+  /** The rooms in use: in the chat (where a phone shows it), and as buttons to join. */
   async function listRooms() {
     const list = await attempt('cannot list rooms', () => arena.rooms());
     if (!list) return;
+    notice(roomsText(list));
     ui.rooms.replaceChildren(...list.rooms.map((room) => {
       const li = doc.createElement('li');
       const button = doc.createElement('button');
@@ -696,11 +911,12 @@ function startPage(doc) {
   }
   ui.listRooms.addEventListener('click', listRooms);
 
+  /** Who is online: in the chat, and under the buttons. */
   async function showWho() {
     const who = await attempt('cannot ask who is online', () => arena.who());
     if (!who) return;
-    const more = who.online > who.players.length ? ', …' : '';
-    ui.who.textContent = `${who.online} online (${who.in_room} in your room): ${who.players.join(', ')}${more}`;
+    ui.who.textContent = whoText(who);
+    notice(ui.who.textContent);
   }
   ui.whoButton.addEventListener('click', showWho);
 

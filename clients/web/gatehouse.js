@@ -109,8 +109,18 @@ export class RequestError extends GatehouseError {
 /** No answer in time. The connection stays open; a late answer is dropped. */
 export class RequestTimeout extends GatehouseError {}
 
-/** The connection is closed (by the client, by the server without a kick, or lost). */
-export class ConnectionClosed extends GatehouseError {}
+/**
+ * The connection is closed (by the client, by the server without a kick, or lost).
+ * `code` is the WebSocket close code when the socket's close ended it (1006: lost),
+ * else null; `byClient` is true after `close()`. Pages word their notices by them.
+ */
+export class ConnectionClosed extends GatehouseError {
+  constructor(message, { code = null, byClient = false } = {}) {
+    super(message);
+    this.code = code;
+    this.byClient = byClient;
+  }
+}
 
 /** A kick from the server: `reason` (the code), `name`, `text`. */
 export class Kick {
@@ -454,7 +464,7 @@ export class Client extends EventTarget {
     this.#userClosed = true;
     this.#cancelReconnect();
     if (this.#state === 'open' || this.#state === 'connecting') {
-      this.#finish(new ConnectionClosed('closed by the client'));
+      this.#finish(new ConnectionClosed('closed by the client', { byClient: true }));
     }
     this.#state = 'closed';
   }
@@ -680,7 +690,7 @@ export class Client extends EventTarget {
       this.#finish(new Kicked(new Kick(reason, event.reason ?? '')));
     } else {
       const reason = event.reason ? `: ${event.reason}` : '';
-      this.#finish(new ConnectionClosed(`connection lost (close code ${code}${reason})`));
+      this.#finish(new ConnectionClosed(`connection lost (close code ${code}${reason})`, { code }));
     }
   }
 

@@ -1,6 +1,7 @@
 // arena.js without a browser: RoomView's rules (those of
 // clients/python/test_arena_view.py), the chat box's commands, the page's default
-// WebSocket URL, and ArenaClient against a fake WebSocket (what login, walking and
+// WebSocket URL, what the page says in words (lost connections, kicks, who entered
+// or left, /who and /rooms), the players' colours, and ArenaClient against a fake WebSocket (what login, walking and
 // resync send, how pushes reach the view, logging in again after a reconnection).
 
 import { test } from 'node:test';
@@ -8,9 +9,10 @@ import assert from 'node:assert/strict';
 
 import * as pb from '../arena_pb.js';
 import {
-  ArenaClient, defaultSocketUrl, describeError, parseCommand, PushRoute, RoomView, Route, Status,
+  ArenaClient, ColourBook, defaultSocketUrl, describeClose, describeError, PALETTE, parseCommand,
+  presenceChanges, PushRoute, RoomView, roomsText, Route, Status, whoText,
 } from '../arena.js';
-import { Client, decodeBody, RequestError } from '../gatehouse.js';
+import { Client, ConnectionClosed, decodeBody, Kick, RequestError } from '../gatehouse.js';
 import { FakeClock, fakeWebSocket, settle } from '../testing/fakes.mjs';
 
 const body = ([name, x, y]) => pb.Body.create({ name, x, y });
@@ -103,6 +105,103 @@ test('describeError names arena statuses', () => {
   const error = new RequestError(Status.WRONG_PASSWORD, new TextEncoder().encode('wrong password'));
   assert.equal(describeError(error), 'wrong_password (1007): wrong password');
   assert.equal(describeError(new RequestError(404, new Uint8Array())), 'unknown_route (404): ');
+});
+
+const lost = (code) => new ConnectionClosed(`connection lost (close code ${code})`, { code });
+/** describeClose's words for a close event of `error` (or a kick) and a reconnection delay. */
+const closeWords = (error, reconnectIn, options) => describeClose({ error, kick: null, reconnectIn }, options);
+const kickWords = (reason, text, reconnectIn) => describeClose({ error: new Error('kicked'), kick: new Kick(reason, text), reconnectIn });
+const again = (text) => ({ text, state: 'reconnecting' });
+
+test('describeClose: lost connections in words, with what happens next', () => {
+  assert.deepEqual(closeWords(lost(1006), 2400), again('connection lost — reconnecting in 2 s…'));
+  assert.deepEqual(closeWords(lost(1006), 700), again('connection lost — reconnecting…'));
+  assert.deepEqual(closeWords(lost(1001), 900), again('the server is going away — reconnecting…'));
+  assert.deepEqual(closeWords(lost(1012), 1000), again('the server is restarting — reconnecting in 1 s…'));
+  assert.deepEqual(closeWords(lost(1011), null), { text: 'the server failed', state: 'offline' });
+  assert.equal(closeWords(lost(1000), null).text, 'the server closed the connection');
+  assert.equal(closeWords(lost(3333), null).text, 'the connection closed (code 3333)');
+  for (const code of [1002, 1003, 1007, 1008]) {
+    assert.equal(closeWords(lost(code), null).text, 'the server refused what the page sent');
+  }
+  assert.deepEqual(closeWords(new ConnectionClosed('no frame from the server for 30000 ms'), 800),
+    again('the connection broke (no frame from the server for 30000 ms) — reconnecting…'));
+  assert.deepEqual(closeWords(new ConnectionClosed('closed by the client', { byClient: true }), null),
+    { text: 'disconnected', state: 'offline' });
+});
+
+test('describeClose: kicks in words; their text where it says more than the reason', () => {
+  assert.deepEqual(kickWords(5, 'server restarting', 150), again('the server is restarting — reconnecting…'));
+  assert.deepEqual(kickWords(4, 'server shutting down', 5000), again('the server is shutting down — reconnecting in 5 s…'));
+  assert.deepEqual(kickWords(3, '', 1500), again('the server is full — reconnecting in 2 s…'));
+  assert.equal(kickWords(1, 'no frame for 60s', 600).text, 'you were idle too long — reconnecting…');
+  assert.equal(kickWords(14, '', 100).text, 'the room closed after crashing — reconnecting…');
+  const kicked = (text) => ({ text, state: 'kicked' });
+  assert.deepEqual(kickWords(6, 'elsewhere', null), kicked('you logged in somewhere else — not reconnecting here'));
+  assert.deepEqual(kickWords(13, 'no spamming', null), kicked('you were kicked: no spamming — log in again to play'));
+  assert.deepEqual(kickWords(99, '', null), kicked('you were kicked — log in again to play'), 'unknown: `kicked`');
+  assert.deepEqual(kickWords(1200, 'game over', null), kicked('the game ended your session: game over — log in again to play'));
+  for (let reason = 1; reason <= 14; reason++) {
+    assert.doesNotMatch(kickWords(reason, '', null).text, /undefined|\(\d+\)/, `reason ${reason} has words`);
+  }
+});
+
+test('describeClose: a socket that never opened could not reach the server', () => {
+  const url = 'ws://game.example/ws';
+  assert.deepEqual(closeWords(lost(1006), null, { url, reached: false }),
+    { text: 'could not reach the server at ws://game.example/ws', state: 'offline' });
+  assert.deepEqual(closeWords(lost(1006), 4200, { url, reached: false }),
+    again('could not reach the server at ws://game.example/ws — retrying in 4 s…'));
+});
+
+test('presenceChanges: who entered and left the room, not the player, not a first look', () => {
+  const look = (room, ...names) => ({ room, names });
+  const none = { entered: [], left: [] };
+  assert.deepEqual(presenceChanges(look('r', 'me', 'bo'), look('r', 'me', 'cy', 'al'), 'me'), { entered: ['al', 'cy'], left: ['bo'] });
+  assert.deepEqual(presenceChanges(look(''), look('r', 'me', 'bo', 'cy'), 'me'), none, 'first state');
+  assert.deepEqual(presenceChanges(look('lobby', 'me', 'x'), look('r', 'me', 'bo'), 'me'), none, 'another room');
+  assert.deepEqual(presenceChanges(look('r', 'bo'), look('r', 'me', 'bo'), 'me'), none, 'the player itself');
+  assert.deepEqual(presenceChanges(look('r', 'me', 'bo'), look(''), 'me'), none, 'the connection ended');
+});
+
+test('whoText and roomsText: the answers of /who and /rooms as chat lines', () => {
+  assert.equal(whoText({ players: ['al', 'bo'], online: 2, in_room: 1 }), '2 online, 1 in this room: al, bo');
+  assert.equal(whoText({ players: ['al'], online: 150, in_room: 3 }), '150 online, 3 in this room: al, and 149 more');
+  const rooms = [{ name: 'lobby', players: 2 }, { name: 'r', players: 1 }];
+  assert.equal(roomsText({ rooms, total: 2 }), 'rooms: lobby (2), r (1)');
+  assert.equal(roomsText({ rooms: [{ name: 'lobby', players: 2 }], total: 5 }), 'rooms: lobby (2), and 4 more');
+  assert.equal(roomsText({ rooms: [], total: 0 }), 'no rooms in use');
+});
+
+test('ColourBook: no two players present share a colour; a colour stays while its player does', () => {
+  const book = new ColourBook();
+  const names = Array.from({ length: 40 }, (_, i) => `player-${i}`);
+  book.update(names);
+  const colours = names.map((n) => book.colourOf(n));
+  assert.equal(new Set(colours).size, names.length, 'all distinct, past the palette too');
+  assert.ok(PALETTE.every((c) => colours.includes(c)), 'the palette is used first');
+  assert.equal(book.colourOf('nobody'), null);
+
+  // Two names that hash to the same palette colour get different ones.
+  const small = new ColourBook();
+  small.update(['ab', 'bC']); // 'a'*31+'b' = 'b'*31+'C'
+  assert.notEqual(small.colourOf('ab'), small.colourOf('bC'));
+  const ab = small.colourOf('ab');
+  const bc = small.colourOf('bC');
+
+  // Leaving frees a colour for the next newcomer; those who stay keep theirs.
+  small.update(['bC']);
+  assert.equal(small.colourOf('bC'), bc);
+  assert.equal(small.colourOf('ab'), null);
+  small.update(['bC', 'ab']);
+  assert.equal(small.colourOf('ab'), ab, 'back to the colour its name hashes to, free again');
+  for (let round = 0; round < 5; round++) {
+    book.update(names.slice(round * 5));
+    const present = names.slice(round * 5);
+    assert.deepEqual(present.map((n) => book.colourOf(n)), colours.slice(round * 5), 'stable while present');
+    book.update([...present, `new-${round}`]);
+    assert.equal(new Set(present.concat(`new-${round}`).map((n) => book.colourOf(n))).size, present.length + 1);
+  }
 });
 
 /** An ArenaClient on a fake socket; `server` answers and pushes like arena. */

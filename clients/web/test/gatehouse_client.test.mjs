@@ -278,7 +278,7 @@ test('a connection lost without a kick fails outstanding requests and pings, the
   t.socket.end(1006);
   for (const waiting of [request, ping]) {
     await assert.rejects(waiting, (e) => e instanceof ConnectionClosed && !(e instanceof Kicked)
-      && /connection lost \(close code 1006\)/.test(e.message));
+      && /connection lost \(close code 1006\)/.test(e.message) && e.code === 1006 && !e.byClient);
   }
   assert.equal(t.client.outstanding, 0);
   const [, close] = t.events.find(([type]) => type === 'close');
@@ -294,7 +294,8 @@ test('close() by the client fails outstanding requests and never reconnects', as
   const t = await connected();
   const waiting = t.client.request(1);
   t.client.close();
-  await assert.rejects(waiting, (e) => e instanceof ConnectionClosed && /closed by the client/.test(e.message));
+  await assert.rejects(waiting, (e) => e instanceof ConnectionClosed && /closed by the client/.test(e.message)
+    && e.byClient && e.code === null);
   assert.equal(t.events.find(([type]) => type === 'close')[1].reconnectIn, null);
   t.clock.advance(60_000);
   assert.equal(t.sockets.length, 1);
@@ -394,7 +395,7 @@ test('reconnect delays by kick reason (the pure policy), with jitter bounds', ()
   }
   // Not automatically: duplicate_login, kicked, protocol_error, frame_too_large,
   // unknown framework codes (like kicked) and the games' own codes.
-  for (const reason of [6, 13, 7, 9, 0, 15, 99, 999, 1000, 65535]) {
+  for (const reason of [6, 13, 7, 9, 0, 16, 99, 999, 1000, 65535]) {
     assert.equal(reconnectDelay(reason, 0, low), null, `reason ${reason}`);
     assert.equal(reconnectPolicy(reason), 'never');
   }

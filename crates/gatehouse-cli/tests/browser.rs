@@ -2,8 +2,11 @@
 //! (`clients/web/e2e/browser_e2e.mjs`), plays on the page the WebSocket listener
 //! serves. Two browser players see each other's chat and moves, and a third player on
 //! TCP (this test, through gatehouse-client) is in the same room: it answers the
-//! first browser's hello, and sees the second browser walk. The page's screenshot is
-//! saved under the test's output directory (`target/tmp/browser-e2e/`).
+//! first browser's hello, and sees the second browser walk. The page tells who
+//! entered and left, answers /who and "List rooms" in the chat, and logs out (the
+//! server must see that connection close cleanly); a fourth player on a phone-sized
+//! page must fit its width. The desktop and phone screenshots are saved under the
+//! test's output directory (`target/tmp/browser-e2e/`).
 //!
 //! Needs `node`, `clients/web/node_modules` (`npm ci --prefix clients/web`) and
 //! Chromium (`CHROMIUM_PATH`, default /usr/bin/chromium). Without them it prints a
@@ -28,6 +31,7 @@ const ROOM: &str = "e2e-room";
 const TCP_PLAYER: &str = "carol-tcp";
 const TCP_SAYS: &str = "hello browsers, from tcp";
 const PLAYER_B: &str = "bob-web";
+const PHONE_PLAYER: &str = "dora-phone";
 
 /// The TCP player: logs in, joins the room, answers the first browser's hello, and
 /// returns (still connected, so that the browsers keep seeing it) once it has seen
@@ -106,17 +110,20 @@ async fn two_browser_players_and_a_tcp_player_see_each_other_in_one_room() {
     let page = format!("http://{}/", server.listener("ws"));
     let tcp = tokio::spawn(tcp_player(server.addr));
 
-    let [screenshot] = fresh_screenshots("browser-e2e", ["arena.png"]);
+    let [screenshot, phone_screenshot] =
+        fresh_screenshots("browser-e2e", ["arena.png", "arena-phone.png"]);
     let mut browser = e2e_script("browser_e2e.mjs", &chromium);
     browser
         .env("GATEHOUSE_URL", &page)
         .env("ROOM", ROOM)
         .env("PLAYER_A", "alice-web")
         .env("PLAYER_B", PLAYER_B)
+        .env("PHONE_PLAYER", PHONE_PLAYER)
         .env("PASSWORD", "browser-secret")
         .env("TCP_PLAYER", TCP_PLAYER)
         .env("TCP_SAYS", TCP_SAYS)
         .env("SCREENSHOT", &screenshot)
+        .env("PHONE_SCREENSHOT", &phone_screenshot)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let output = tokio::task::spawn_blocking(move || browser.output())
@@ -126,8 +133,9 @@ async fn two_browser_players_and_a_tcp_player_see_each_other_in_one_room() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     println!(
-        "browser: {stdout}{stderr}\nscreenshot: {}",
-        screenshot.display()
+        "browser: {stdout}{stderr}\nscreenshots: {} {}",
+        screenshot.display(),
+        phone_screenshot.display()
     );
     assert!(
         output.status.success(),
@@ -135,6 +143,22 @@ async fn two_browser_players_and_a_tcp_player_see_each_other_in_one_room() {
         server.log()
     );
     assert_screenshot(&screenshot);
+    assert_screenshot(&phone_screenshot);
+
+    // B's Log out closed its connection (the server saw the peer close it, and took B
+    // out of the room), and nothing logged B in again.
+    let log = server.log();
+    let lines = |text: &str| log.lines().filter(|line| line.contains(text)).count();
+    assert_eq!(
+        (
+            lines(&format!("logged in player={PLAYER_B} ")),
+            lines(&format!(
+                "left; save queued player={PLAYER_B} reason=peer_closed"
+            )),
+        ),
+        (1, 1),
+        "{PLAYER_B} logs in once, and its logout closes the connection:\n{log}"
+    );
 
     let seen = tokio::time::timeout(Duration::from_secs(20), tcp).await;
     match seen {
