@@ -41,8 +41,10 @@ from typing import Callable, Dict, Optional, Tuple, Union
 __all__ = [
     "MAX_FRAME_BYTES", "MAX_NONCE_BYTES", "RESERVED_ROUTES", "ROUTE_ANNOUNCEMENT", "ROUTE_ROOM_RESTARTED",
     "KIND_REQUEST", "KIND_NOTIFY", "KIND_RESPONSE", "KIND_PUSH", "KIND_PING",
-    "KIND_PONG", "KIND_KICK",
-    "Empty", "Request", "Notify", "Response", "Push", "Ping", "Pong", "Kick", "Frame",
+    "KIND_PONG", "KIND_KICK", "KIND_SESSION", "KIND_RESUME", "KIND_RESUMED", "KIND_ACK",
+    "TOKEN_BYTES",
+    "Empty", "Request", "Notify", "Response", "Push", "Ping", "Pong", "Kick",
+    "Session", "Resume", "Resumed", "Ack", "Frame",
     "encode_body", "encode_frame", "decode_body", "decode_frame", "describe",
     "FrameBuffer",
     "STATUS_NAMES", "KICK_REASONS", "status_name", "kick_reason_name",
@@ -72,10 +74,20 @@ KIND_PUSH = 0x04
 KIND_PING = 0x05
 KIND_PONG = 0x06
 KIND_KICK = 0x07
+KIND_SESSION = 0x08
+KIND_RESUME = 0x09
+KIND_RESUMED = 0x0A
+KIND_ACK = 0x0B
+
+#: Bytes of a session's resume token.
+TOKEN_BYTES = 32
 
 _U32 = struct.Struct(">I")
 _HDR_ID_U16 = struct.Struct(">BIH")   # kind, id, route/status
 _HDR_U16 = struct.Struct(">BH")       # kind, route/reason
+_SESSION = struct.Struct(">BQI32s")   # kind, id, window_ms, token
+_RESUME = struct.Struct(">BQQ32s")    # kind, id, received, token
+_COUNT = struct.Struct(">BQ")         # kind, received/count (resumed, ack)
 
 # ------------------------------------------------------------------ names and codes
 
@@ -105,6 +117,7 @@ KICK_REASONS: Dict[int, str] = {
     12: "internal_error",
     13: "kicked",
     14: "room_closed",
+    15: "resume_failed",
 }
 
 
@@ -238,7 +251,35 @@ class Kick:
         return kick_reason_name(self.reason)
 
 
-Frame = Union[Empty, Request, Notify, Response, Push, Ping, Pong, Kick]
+@dataclass(frozen=True)
+class Session:
+    """Server to client: the session can be resumed for ``window_ms`` after a loss."""
+    id: int
+    window_ms: int
+    token: bytes
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Client to server, first frame only: take the session over."""
+    id: int
+    received: int
+    token: bytes
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """Server to client: the resume took; the server has ``received`` requests and notifies."""
+    received: int
+
+
+@dataclass(frozen=True)
+class Ack:
+    """Either way: the first ``count`` numbered frames of the session arrived."""
+    count: int
+
+
+Frame = Union[Empty, Request, Notify, Response, Push, Ping, Pong, Kick, Session, Resume, Resumed, Ack]
 
 
 # ---------------------------------------------------------------------------- codec
@@ -278,9 +319,34 @@ def encode_body(frame: Frame) -> bytes:
     if isinstance(frame, Kick):
         _check_uint(frame.reason, 16, "reason")
         return _HDR_U16.pack(KIND_KICK, frame.reason) + frame.text.encode("utf-8")
+    if isinstance(frame, Session):
+        _check_uint(frame.id, 64, "id")
+        _check_uint(frame.window_ms, 32, "window_ms")
+        return _SESSION.pack(KIND_SESSION, frame.id, frame.window_ms, _check_token(frame.token))
+    if isinstance(frame, Resume):
+        _check_uint(frame.id, 64, "id")
+        _check_uint(frame.received, 64, "received")
+        return _RESUME.pack(KIND_RESUME, frame.id, frame.received, _check_token(frame.token))
+    if isinstance(frame, Resumed):
+        _check_uint(frame.received, 64, "received")
+        return _COUNT.pack(KIND_RESUMED, frame.received)
+    if isinstance(frame, Ack):
+        _check_uint(frame.count, 64, "count")
+        return _COUNT.pack(KIND_ACK, frame.count)
     if isinstance(frame, Empty):
         return b""
     raise TypeError(f"not a frame: {frame!r}")
+
+
+def _check_token(token: bytes) -> bytes:
+    token = bytes(token)
+    if len(token) != TOKEN_BYTES:
+        raise ValueError(f"a token is {TOKEN_BYTES} bytes, got {len(token)}")
+    return token
+
+
+#: The session kinds' whole body lengths (they have no payload: more is an error).
+_FIXED = {KIND_SESSION: _SESSION, KIND_RESUME: _RESUME, KIND_RESUMED: _COUNT, KIND_ACK: _COUNT}
 
 
 def encode_frame(frame: Frame, max_body: int = MAX_FRAME_BYTES) -> bytes:
@@ -328,6 +394,14 @@ def decode_body(body: bytes) -> Frame:
         except UnicodeDecodeError as e:
             raise MalformedFrame("kick_text_not_utf8", str(e)) from None
         return Kick(reason, text)
+    if kind in _FIXED:
+        layout = _FIXED[kind]
+        if len(body) != layout.size:
+            error = "truncated" if len(body) < layout.size else "trailing_bytes"
+            raise MalformedFrame(error, f"kind {kind} is {layout.size} bytes, got {len(body)}")
+        _, *fields = layout.unpack(body)
+        return {KIND_SESSION: Session, KIND_RESUME: Resume,
+                KIND_RESUMED: Resumed, KIND_ACK: Ack}[kind](*fields)
     raise MalformedFrame("unknown_kind", f"kind byte 0x{kind:02x}")
 
 
@@ -363,6 +437,14 @@ def describe(frame: Frame) -> str:
         return f"pong nonce={frame.nonce.hex()}"
     if isinstance(frame, Kick):
         return f'kick reason={frame.reason} text="{frame.text}"'
+    if isinstance(frame, Session):
+        return f"session id={frame.id} window_ms={frame.window_ms} token={frame.token.hex()}"
+    if isinstance(frame, Resume):
+        return f"resume id={frame.id} received={frame.received} token={frame.token.hex()}"
+    if isinstance(frame, Resumed):
+        return f"resumed received={frame.received}"
+    if isinstance(frame, Ack):
+        return f"ack count={frame.count}"
     raise TypeError(f"not a frame: {frame!r}")
 
 
@@ -819,10 +901,10 @@ class Connection:
             self.kick = frame
             self._finish(Kicked(frame.reason, frame.reason_name, frame.text))
             return True
-        elif isinstance(frame, Empty):
-            pass
+        elif isinstance(frame, (Empty, Session, Ack)):
+            pass  # this client does not resume: a session's offer and acks need nothing
         else:
-            # A request or notify from the server: a kind a server never sends.
+            # A request, notify, resume or resumed (this client never resumes): not for a client.
             self._finish(ConnectionClosed(f"unexpected frame from the server: {describe(frame)}"))
             return True
         return False

@@ -23,7 +23,8 @@ PROTOCOL_MD = os.path.join(HERE, "..", "..", "docs", "PROTOCOL.md")
 # than these means the blocks were not found or not parsed.
 MIN_VALID = 40
 MIN_INVALID = 18
-MALFORMED_ERRORS = {"unknown_kind", "truncated", "nonce_too_long", "kick_text_not_utf8"}
+MALFORMED_ERRORS = {"unknown_kind", "truncated", "nonce_too_long", "kick_text_not_utf8",
+                    "trailing_bytes"}
 EVENT_TIMEOUT = 5.0  # seconds for something expected to happen (a deadline, not a pause)
 
 
@@ -80,6 +81,14 @@ def parse_form(form):
         frame = gc.Ping(hexed("nonce"))
     elif kind == "pong":
         frame = gc.Pong(hexed("nonce"))
+    elif kind == "session":
+        frame = gc.Session(number("id"), number("window_ms"), hexed("token"))
+    elif kind == "resume":
+        frame = gc.Resume(number("id"), number("received"), hexed("token"))
+    elif kind == "resumed":
+        frame = gc.Resumed(number("received"))
+    elif kind == "ack":
+        frame = gc.Ack(number("count"))
     else:
         raise ValueError(f"unknown kind in {form!r}")
     if fields:
@@ -178,7 +187,8 @@ class FramingLimits(unittest.TestCase):
     def test_encoder_refuses_out_of_range_fields(self):
         for frame in (gc.Request(1 << 32, 1), gc.Request(-1, 1), gc.Request(1, 1 << 16),
                       gc.Notify(-1), gc.Response(0, 70000), gc.Ping(b"x" * 65),
-                      gc.Pong(b"x" * 65), gc.Kick(1 << 16, "")):
+                      gc.Pong(b"x" * 65), gc.Kick(1 << 16, ""), gc.Ack(1 << 64),
+                      gc.Session(1, 1 << 32, bytes(32)), gc.Resume(1, 2, bytes(31))):
             with self.subTest(frame):
                 with self.assertRaises(ValueError):
                     gc.encode_frame(frame)
@@ -189,7 +199,8 @@ class FramingLimits(unittest.TestCase):
         self.assertEqual(gc.kick_reason_name(14), "room_closed")
         self.assertEqual(gc.kick_reason_name(1000), "game_kick")
         self.assertEqual(gc.kick_reason_name(99), "kicked")
-        self.assertEqual(len(gc.KICK_REASONS), 14)
+        self.assertEqual(gc.kick_reason_name(15), "resume_failed")
+        self.assertEqual(len(gc.KICK_REASONS), 15)
 
 
 class FakeServer:

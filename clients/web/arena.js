@@ -362,6 +362,7 @@ const KICK_WORDS = Object.freeze({
   internal_error: 'the server failed',
   kicked: 'you were kicked',
   room_closed: 'the room closed after crashing',
+  resume_failed: 'the session could not be resumed',
   game_kick: 'the game ended your session',
 });
 /**

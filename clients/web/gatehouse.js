@@ -46,8 +46,13 @@ export function kickFromCloseCode(code) {
 /** Envelope kind bytes. */
 export const Kind = Object.freeze({
   REQUEST: 1, NOTIFY: 2, RESPONSE: 3, PUSH: 4, PING: 5, PONG: 6, KICK: 7,
+  SESSION: 8, RESUME: 9, RESUMED: 10, ACK: 11,
 });
-const KIND_NAMES = ['', 'request', 'notify', 'response', 'push', 'ping', 'pong', 'kick'];
+const KIND_NAMES = ['', 'request', 'notify', 'response', 'push', 'ping', 'pong', 'kick',
+  'session', 'resume', 'resumed', 'ack'];
+
+/** Bytes of a session's resume token. */
+export const TOKEN_BYTES = 32;
 
 /** Framework response statuses (games use 1000 and up). */
 export const STATUS_NAMES = Object.freeze({
@@ -60,7 +65,7 @@ export const KICK_REASONS = Object.freeze({
   1: 'idle', 2: 'dos', 3: 'server_full', 4: 'shutdown', 5: 'server_restart',
   6: 'duplicate_login', 7: 'protocol_error', 8: 'slow_consumer', 9: 'frame_too_large',
   10: 'login_timeout', 11: 'too_many_from_ip', 12: 'internal_error', 13: 'kicked',
-  14: 'room_closed',
+  14: 'room_closed', 15: 'resume_failed',
 });
 
 /** The framework's name of a status; `game_error` from 1000 up, else `error`. */
@@ -185,6 +190,23 @@ function checkUint(value, bits, what) {
   }
 }
 
+/** A u64 (a BigInt, or a Number that is a safe integer) as a BigInt. */
+function checkU64(value, what) {
+  const big = typeof value === 'bigint' ? value : Number.isSafeInteger(value) ? BigInt(value) : null;
+  if (big === null || big < 0n || big >= 2n ** 64n) {
+    throw new RangeError(`${what} must be an integer in 0..2^64-1, got ${value}`);
+  }
+  return big;
+}
+
+function checkToken(token) {
+  const bytes = toBytes(token);
+  if (bytes.length !== TOKEN_BYTES) {
+    throw new RangeError(`a token is ${TOKEN_BYTES} bytes, got ${bytes.length}`);
+  }
+  return bytes;
+}
+
 function checkNonce(nonce) {
   const bytes = toBytes(nonce);
   if (bytes.length > MAX_NONCE_BYTES) {
@@ -201,7 +223,8 @@ function assemble(kind, fields, rest) {
   body[0] = kind;
   let at = 1;
   for (const [size, value] of fields) {
-    if (size === 4) view.setUint32(at, value);
+    if (size === 8) view.setBigUint64(at, value);
+    else if (size === 4) view.setUint32(at, value);
     else view.setUint16(at, value);
     at += size;
   }
@@ -238,8 +261,30 @@ export function encodeBody(frame) {
       checkUint(frame.reason, 16, 'reason');
       if (typeof frame.text !== 'string') throw new TypeError('a kick text is a string');
       return assemble(Kind.KICK, [[2, frame.reason]], utf8Encoder.encode(frame.text));
+    case 'session':
+      checkUint(frame.windowMs, 32, 'windowMs');
+      return assemble(Kind.SESSION, [[8, checkU64(frame.id, 'id')], [4, frame.windowMs]],
+        checkToken(frame.token));
+    case 'resume':
+      return assemble(Kind.RESUME,
+        [[8, checkU64(frame.id, 'id')], [8, checkU64(frame.received, 'received')]], checkToken(frame.token));
+    case 'resumed':
+      return assemble(Kind.RESUMED, [[8, checkU64(frame.received, 'received')]], new Uint8Array(0));
+    case 'ack':
+      return assemble(Kind.ACK, [[8, checkU64(frame.count, 'count')]], new Uint8Array(0));
     default:
       throw new TypeError(`not a frame: ${JSON.stringify(frame)}`);
+  }
+}
+
+/** The session kinds' whole body lengths: they have no payload, so more is an error. */
+const FIXED_LENGTH = { [Kind.SESSION]: 45, [Kind.RESUME]: 49, [Kind.RESUMED]: 9, [Kind.ACK]: 9 };
+
+function exactly(body) {
+  const length = FIXED_LENGTH[body[0]];
+  if (body.length !== length) {
+    throw new MalformedFrame(body.length < length ? 'truncated' : 'trailing_bytes',
+      `kind ${body[0]} is ${length} bytes, got ${body.length}`);
   }
 }
 
@@ -286,6 +331,18 @@ export function decodeBody(data) {
       }
       return { kind: 'kick', reason: view.getUint16(1), text };
     }
+    case Kind.SESSION:
+      exactly(body);
+      return { kind: 'session', id: view.getBigUint64(1), windowMs: view.getUint32(9), token: body.slice(13) };
+    case Kind.RESUME:
+      exactly(body);
+      return { kind: 'resume', id: view.getBigUint64(1), received: view.getBigUint64(9), token: body.slice(17) };
+    case Kind.RESUMED:
+      exactly(body);
+      return { kind: 'resumed', received: view.getBigUint64(1) };
+    case Kind.ACK:
+      exactly(body);
+      return { kind: 'ack', count: view.getBigUint64(1) };
     default:
       throw new MalformedFrame('unknown_kind', `kind byte 0x${kind.toString(16).padStart(2, '0')}`);
   }
@@ -302,6 +359,10 @@ export function describe(frame) {
     case 'ping': return `ping nonce=${toHex(frame.nonce)}`;
     case 'pong': return `pong nonce=${toHex(frame.nonce)}`;
     case 'kick': return `kick reason=${frame.reason} text="${frame.text}"`;
+    case 'session': return `session id=${frame.id} window_ms=${frame.windowMs} token=${toHex(frame.token)}`;
+    case 'resume': return `resume id=${frame.id} received=${frame.received} token=${toHex(frame.token)}`;
+    case 'resumed': return `resumed received=${frame.received}`;
+    case 'ack': return `ack count=${frame.count}`;
     default: throw new TypeError(`not a frame: ${JSON.stringify(frame)}`);
   }
 }
@@ -328,6 +389,7 @@ export const RECONNECT_POLICY = Object.freeze({
   internal_error: 'short',
   kicked: 'never',
   room_closed: 'now',
+  resume_failed: 'now', // log in again, as a new session
 });
 
 /** The policy name for a kick reason code, or for `null` (closed without a kick). */
@@ -660,8 +722,10 @@ export class Client extends EventTarget {
         this.#ponged(frame.nonce);
         return;
       case 'empty':
+      case 'session': // this client does not resume: a session's offer and acks need nothing
+      case 'ack':
         return;
-      default: // request or notify: kinds a server never sends
+      default: // request, notify, resume, or a resumed never asked for: not for a client
         this.#finish(new ConnectionClosed(`unexpected ${frame.kind} from the server`));
     }
   }

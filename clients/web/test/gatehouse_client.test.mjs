@@ -374,8 +374,8 @@ test('reconnect delays by kick reason (the pure policy), with jitter bounds', ()
     const b = reconnectDelay(reason, attempt, high);
     assert.ok(a >= lo && b < hi && a <= b, `${reason}@${attempt}: ${a}..${b} not in [${lo}, ${hi})`);
   };
-  // server_restart and room_closed: at once, a few hundred ms of jitter, every time.
-  for (const reason of [5, 14]) {
+  // server_restart, room_closed and resume_failed: at once, a few hundred ms of jitter, every time.
+  for (const reason of [5, 14, 15]) {
     for (const attempt of [0, 1, 5]) within(reason, attempt, 0, 300);
   }
   // shutdown, slow_consumer, idle, internal_error, login_timeout, and no kick: short, doubling.

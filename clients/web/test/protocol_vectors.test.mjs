@@ -16,7 +16,8 @@ const PROTOCOL_MD = new URL('../../../docs/PROTOCOL.md', import.meta.url);
 // means the blocks were not found or not parsed.
 const MIN_VALID = 40;
 const MIN_INVALID = 18;
-const MALFORMED_ERRORS = new Set(['unknown_kind', 'truncated', 'nonce_too_long', 'kick_text_not_utf8']);
+const MALFORMED_ERRORS = new Set(['unknown_kind', 'truncated', 'nonce_too_long', 'kick_text_not_utf8',
+  'trailing_bytes']);
 
 /** The rows of the fenced block opened with ```<info>, without comments and blanks. */
 function readBlock(text, info) {
@@ -54,6 +55,7 @@ function parseForm(form) {
     return [item.slice(0, eq), item.slice(eq + 1)];
   }));
   const number = (key) => Number(fields[key]);
+  const u64 = (key) => BigInt(fields[key]);
   const bytes = (key) => fromHex(fields[key]);
   const frames = {
     request: () => ({ kind, id: number('id'), route: number('route'), payload: bytes('payload') }),
@@ -62,10 +64,15 @@ function parseForm(form) {
     push: () => ({ kind, route: number('route'), payload: bytes('payload') }),
     ping: () => ({ kind, nonce: bytes('nonce') }),
     pong: () => ({ kind, nonce: bytes('nonce') }),
+    session: () => ({ kind, id: u64('id'), windowMs: number('window_ms'), token: bytes('token') }),
+    resume: () => ({ kind, id: u64('id'), received: u64('received'), token: bytes('token') }),
+    resumed: () => ({ kind, received: u64('received') }),
+    ack: () => ({ kind, count: u64('count') }),
   };
   assert.ok(frames[kind], `unknown kind in ${form}`);
   const frame = frames[kind]();
-  assert.deepEqual(Object.keys(fields).sort(), Object.keys(frame).filter((k) => k !== 'kind').sort(),
+  const camel = (key) => key.replace(/_(.)/g, (_, c) => c.toUpperCase()); // window_ms: windowMs
+  assert.deepEqual(Object.keys(fields).map(camel).sort(), Object.keys(frame).filter((k) => k !== 'kind').sort(),
     `fields of ${form}`);
   return frame;
 }
@@ -154,5 +161,6 @@ test('kick reason names', () => {
   assert.equal(kickReasonName(14), 'room_closed');
   assert.equal(kickReasonName(1000), 'game_kick');
   assert.equal(kickReasonName(99), 'kicked');
-  assert.equal(Object.keys(KICK_REASONS).length, 14);
+  assert.equal(kickReasonName(15), 'resume_failed');
+  assert.equal(Object.keys(KICK_REASONS).length, 15);
 });

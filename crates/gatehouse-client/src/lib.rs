@@ -367,10 +367,16 @@ async fn dispatch(
         }
         Message::Kick { reason, text } => return Some(ClientError::Kicked { reason, text }),
         Message::Ping(_) | Message::Pong(_) | Message::Empty => {} // pings: answered in `run`
-        Message::Request { .. } | Message::Notify { .. } => {
-            return Some(ClientError::Protocol(
-                "the server sent a client-only kind".into(),
-            ));
+        // This client does not resume: a session's offer and acks need nothing.
+        Message::Session { .. } | Message::Ack { .. } => {}
+        Message::Request { .. }
+        | Message::Notify { .. }
+        | Message::Resume { .. }
+        | Message::Resumed { .. } => {
+            return Some(ClientError::Protocol(format!(
+                "the server sent a {} frame, which is not for a client",
+                message.kind_name()
+            )));
         }
     }
     None

@@ -86,6 +86,9 @@ impl KickReason {
     /// The room this connection was in crashed more often than its restart intensity
     /// allows and was closed; the game decides where the player goes next.
     pub const ROOM_CLOSED: KickReason = KickReason(14);
+    /// A resume could not take its session over; the text starts with why
+    /// (`unknown`, `expired`, `gap`, `moved`, `busy`). Log in again.
+    pub const RESUME_FAILED: KickReason = KickReason(15);
 
     /// The reason's snake_case name, as used in logs and docs; `None` for codes the
     /// framework does not define.
@@ -105,13 +108,14 @@ impl KickReason {
             KickReason::INTERNAL_ERROR => "internal_error",
             KickReason::KICKED => "kicked",
             KickReason::ROOM_CLOSED => "room_closed",
+            KickReason::RESUME_FAILED => "resume_failed",
             _ => return None,
         })
     }
 
     /// The framework's reason of that name (`"idle"` → [`KickReason::IDLE`]).
     pub fn from_name(name: &str) -> Option<KickReason> {
-        (1..=KickReason::ROOM_CLOSED.0)
+        (1..=KickReason::RESUME_FAILED.0)
             .map(KickReason)
             .find(|reason| reason.name() == Some(name))
     }
@@ -163,7 +167,7 @@ mod tests {
 
     #[test]
     fn every_named_reason_is_found_by_its_name_and_nothing_else_is() {
-        for code in 1..=KickReason::ROOM_CLOSED.0 {
+        for code in 1..=KickReason::RESUME_FAILED.0 {
             let reason = KickReason(code);
             let name = reason.name().unwrap_or_default();
             assert_eq!(KickReason::from_name(name), Some(reason), "{name}");

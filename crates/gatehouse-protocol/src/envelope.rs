@@ -28,7 +28,23 @@ pub mod kind {
     pub const PONG: u8 = 6;
     /// [`Message::Kick`](super::Message::Kick).
     pub const KICK: u8 = 7;
+    /// [`Message::Session`](super::Message::Session).
+    pub const SESSION: u8 = 8;
+    /// [`Message::Resume`](super::Message::Resume).
+    pub const RESUME: u8 = 9;
+    /// [`Message::Resumed`](super::Message::Resumed).
+    pub const RESUMED: u8 = 10;
+    /// [`Message::Ack`](super::Message::Ack).
+    pub const ACK: u8 = 11;
 }
+
+/// Bytes of a session's resume token.
+pub const TOKEN_LEN: usize = 32;
+
+/// A session's resume token: 32 random bytes the server chose, shown only to the
+/// session's own client.
+pub type Token = [u8; TOKEN_LEN];
+
 /// One decoded frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
@@ -78,6 +94,42 @@ pub enum Message {
         /// A human-readable explanation (UTF-8).
         text: String,
     },
+    /// Server → client: this session can be resumed on a new connection for
+    /// `window_ms` after this one is lost, with `id` and `token` (after a login and
+    /// after each resume).
+    Session {
+        /// The session's id.
+        id: u64,
+        /// How long the server keeps the session after its connection is lost.
+        window_ms: u32,
+        /// The secret a resume must present.
+        token: Token,
+    },
+    /// Client → server, only as the first frame of a connection: take over the
+    /// session `id`, whose frames up to `received` (counted from the session's start)
+    /// this client has.
+    Resume {
+        /// The session's id, from its [`Message::Session`].
+        id: u64,
+        /// Responses and pushes this client received in the session.
+        received: u64,
+        /// The session's token.
+        token: Token,
+    },
+    /// Server → client, the answer to a [`Message::Resume`] that took the session
+    /// over: the server has the client's first `received` requests and notifies (the
+    /// client sends the rest again); the responses and pushes the client lacks follow.
+    Resumed {
+        /// Requests and notifies the server received in the session.
+        received: u64,
+    },
+    /// Either direction: the sender has the first `count` numbered frames the other
+    /// side sent in the session (responses and pushes from the server, requests and
+    /// notifies from the client), which need not be kept for a resume any longer.
+    Ack {
+        /// Numbered frames received, from the session's start.
+        count: u64,
+    },
 }
 
 /// Why a frame could not be decoded. Each one closes the connection with
@@ -103,6 +155,41 @@ pub enum DecodeError {
     /// A kick whose text is not UTF-8.
     #[error("kick text is not valid UTF-8")]
     KickTextNotUtf8,
+    /// A session, resume, resumed or ack envelope longer than its fields.
+    #[error("{kind} envelope of {actual} bytes, not {expected}")]
+    TrailingBytes {
+        /// The envelope kind's name.
+        kind: &'static str,
+        /// Bytes its fields take.
+        expected: usize,
+        /// Bytes the body has.
+        actual: usize,
+    },
+}
+
+/// Checks that a fixed-size kind's fields (`len` bytes after the kind byte) are the
+/// whole body: these kinds have no payload, so extra bytes are an error, not data.
+fn exactly(kind: &'static str, len: usize, body: &Bytes) -> Result<(), DecodeError> {
+    match body.len() {
+        n if n < len => Err(DecodeError::Truncated {
+            kind,
+            needed: len + 1,
+            actual: n + 1,
+        }),
+        n if n > len => Err(DecodeError::TrailingBytes {
+            kind,
+            expected: len + 1,
+            actual: n + 1,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The token at the front of `body` (whose length was checked).
+fn token(body: &mut Bytes) -> Token {
+    let mut token = [0; TOKEN_LEN];
+    body.copy_to_slice(&mut token);
+    token
 }
 
 impl Message {
@@ -177,6 +264,34 @@ impl Message {
                     String::from_utf8(body.to_vec()).map_err(|_| DecodeError::KickTextNotUtf8)?;
                 Ok(Message::Kick { reason, text })
             }
+            kind::SESSION => {
+                exactly("session", 8 + 4 + TOKEN_LEN, &body)?;
+                Ok(Message::Session {
+                    id: body.get_u64(),
+                    window_ms: body.get_u32(),
+                    token: token(&mut body),
+                })
+            }
+            kind::RESUME => {
+                exactly("resume", 8 + 8 + TOKEN_LEN, &body)?;
+                Ok(Message::Resume {
+                    id: body.get_u64(),
+                    received: body.get_u64(),
+                    token: token(&mut body),
+                })
+            }
+            kind::RESUMED => {
+                exactly("resumed", 8, &body)?;
+                Ok(Message::Resumed {
+                    received: body.get_u64(),
+                })
+            }
+            kind::ACK => {
+                exactly("ack", 8, &body)?;
+                Ok(Message::Ack {
+                    count: body.get_u64(),
+                })
+            }
             other => Err(DecodeError::UnknownKind(other)),
         }
     }
@@ -191,6 +306,9 @@ impl Message {
             Message::Notify { payload, .. } | Message::Push { payload, .. } => 3 + payload.len(),
             Message::Ping(nonce) | Message::Pong(nonce) => 1 + nonce.len(),
             Message::Kick { text, .. } => 3 + text.len(),
+            Message::Session { .. } => 1 + 8 + 4 + TOKEN_LEN,
+            Message::Resume { .. } => 1 + 8 + 8 + TOKEN_LEN,
+            Message::Resumed { .. } | Message::Ack { .. } => 1 + 8,
         }
     }
 
@@ -238,6 +356,34 @@ impl Message {
                 dst.put_u16(reason.0);
                 dst.put_slice(text.as_bytes());
             }
+            Message::Session {
+                id,
+                window_ms,
+                token,
+            } => {
+                dst.put_u8(kind::SESSION);
+                dst.put_u64(*id);
+                dst.put_u32(*window_ms);
+                dst.put_slice(token);
+            }
+            Message::Resume {
+                id,
+                received,
+                token,
+            } => {
+                dst.put_u8(kind::RESUME);
+                dst.put_u64(*id);
+                dst.put_u64(*received);
+                dst.put_slice(token);
+            }
+            Message::Resumed { received } => {
+                dst.put_u8(kind::RESUMED);
+                dst.put_u64(*received);
+            }
+            Message::Ack { count } => {
+                dst.put_u8(kind::ACK);
+                dst.put_u64(*count);
+            }
         }
     }
 
@@ -272,6 +418,10 @@ impl Message {
             Message::Ping(_) => "ping",
             Message::Pong(_) => "pong",
             Message::Kick { .. } => "kick",
+            Message::Session { .. } => "session",
+            Message::Resume { .. } => "resume",
+            Message::Resumed { .. } => "resumed",
+            Message::Ack { .. } => "ack",
         }
     }
 }
@@ -315,6 +465,18 @@ mod tests {
             reason: KickReason::SLOW_CONSUMER,
             text: "read your socket".into(),
         });
+        roundtrip(Message::Session {
+            id: u64::MAX,
+            window_ms: 30_000,
+            token: [7; TOKEN_LEN],
+        });
+        roundtrip(Message::Resume {
+            id: 1,
+            received: 200,
+            token: [0xff; TOKEN_LEN],
+        });
+        roundtrip(Message::Resumed { received: 50 });
+        roundtrip(Message::Ack { count: 0 });
     }
 
     #[test]
@@ -328,6 +490,11 @@ mod tests {
             &[7, 0],
             &[0],
             &[8, 1, 2],
+            &[9; 48],
+            &[9; 50],
+            &[10, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            &[11, 0, 0, 0, 0, 0, 0, 0],
+            &[12],
             &[255],
         ] {
             assert!(

@@ -104,8 +104,9 @@ pub fn cut_frames(max_body: usize, wire: &[u8], chunks: &[usize]) -> Cut {
 
 /// Decodes `body` as an envelope and checks the decision against the specification
 /// (`docs/PROTOCOL.md`), written out again here independently: an unknown kind, a
-/// body shorter than its kind's fixed fields, a nonce over [`MAX_NONCE_LEN`] and a
-/// kick text that is not UTF-8 are the only errors. A decoded message encodes back to
+/// body shorter than its kind's fixed fields, a session kind's body longer than its
+/// fields, a nonce over [`MAX_NONCE_LEN`] and a kick text that is not UTF-8 are the
+/// only errors. A decoded message encodes back to
 /// exactly `body`, and [`round_trip`] holds for it.
 pub fn decode_envelope(body: &[u8]) -> Result<Message, DecodeError> {
     let decoded = Message::decode(Bytes::copy_from_slice(body));
@@ -117,6 +118,18 @@ pub fn decode_envelope(body: &[u8]) -> Result<Message, DecodeError> {
             kind::PING | kind::PONG if rest.len() > MAX_NONCE_LEN => Err("nonce"),
             kind::KICK if std::str::from_utf8(&rest[2..]).is_err() => Err("utf8"),
             kind::REQUEST..=kind::KICK => Ok(()),
+            kind::SESSION..=kind::ACK => {
+                let fields = match kind {
+                    kind::SESSION => 44,
+                    kind::RESUME => 48,
+                    _ => 8,
+                };
+                match rest.len().cmp(&fields) {
+                    std::cmp::Ordering::Less => Err("truncated"),
+                    std::cmp::Ordering::Greater => Err("trailing"),
+                    std::cmp::Ordering::Equal => Ok(()),
+                }
+            }
             _ => Err("kind"),
         },
     };
@@ -138,6 +151,15 @@ pub fn decode_envelope(body: &[u8]) -> Result<Message, DecodeError> {
         }
         (Err(DecodeError::NonceTooLong(len)), Err("nonce")) => assert_eq!(*len, body.len() - 1),
         (Err(DecodeError::KickTextNotUtf8), Err("utf8")) => {}
+        (
+            Err(DecodeError::TrailingBytes {
+                expected, actual, ..
+            }),
+            Err("trailing"),
+        ) => {
+            assert_eq!(*actual, body.len());
+            assert!(expected < actual);
+        }
         (Err(DecodeError::UnknownKind(kind)), Err("kind")) => assert_eq!(Some(kind), body.first()),
         (decoded, expected) => panic!("{body:?} decoded as {decoded:?}, expected {expected:?}"),
     }

@@ -1,7 +1,8 @@
 //! gatehouse's wire protocol, without I/O: what goes over the socket between a
 //! gatehouse server and its clients. `{packet, 4}` framing (a 4-byte big-endian length,
 //! then the body), the envelope inside each frame (request, notify, response, push,
-//! ping, pong, kick), the status and kick-reason codes, and the reserved routes.
+//! ping, pong, kick, and the session kinds of a resume: session, resume, resumed, ack),
+//! the status and kick-reason codes, and the reserved routes.
 //! Everything here is pure and deterministic (no tokio, no sockets, no clock), so the
 //! server, the clients and the load generator share one definition, and every
 //! malformed input becomes an error value, never a panic. `docs/PROTOCOL.md` is the
@@ -28,7 +29,7 @@ pub mod fuzzing;
 mod properties;
 
 pub use codes::{KickReason, Status};
-pub use envelope::{DecodeError, Message};
+pub use envelope::{DecodeError, Message, Token, TOKEN_LEN};
 pub use framing::{FrameDecoder, FrameTooLarge, DEFAULT_MAX_FRAME_LEN, HEADER_LEN, MAX_NONCE_LEN};
 pub use routes::{
     RESERVED_ROUTES_START, ROUTE_ANNOUNCEMENT, ROUTE_FAULT_CRASH_HUB, ROUTE_FAULT_PANIC_HANDLER,

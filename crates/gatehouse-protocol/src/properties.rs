@@ -10,6 +10,7 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 
+use crate::envelope::TOKEN_LEN;
 use crate::framing::{HEADER_LEN, MAX_NONCE_LEN};
 use crate::fuzzing::{cut_frames, decode_envelope, round_trip};
 use crate::{KickReason, Message, Status};
@@ -52,6 +53,22 @@ fn message() -> impl Strategy<Value = Message> {
             reason: KickReason(reason),
             text,
         }),
+        (any::<u64>(), any::<u32>(), any::<[u8; TOKEN_LEN]>()).prop_map(
+            |(id, window_ms, token)| Message::Session {
+                id,
+                window_ms,
+                token
+            }
+        ),
+        (any::<u64>(), any::<u64>(), any::<[u8; TOKEN_LEN]>()).prop_map(|(id, received, token)| {
+            Message::Resume {
+                id,
+                received,
+                token,
+            }
+        }),
+        any::<u64>().prop_map(|received| Message::Resumed { received }),
+        any::<u64>().prop_map(|count| Message::Ack { count }),
     ]
 }
 

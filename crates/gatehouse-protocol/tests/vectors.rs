@@ -25,16 +25,18 @@ const PROTOCOL_MD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/PROTO
 const MIN_VALID_VECTORS: usize = 14;
 
 /// Every kind name [`Message::kind_name`] can return.
-const ALL_KINDS: [&str; 8] = [
-    "empty", "request", "notify", "response", "push", "ping", "pong", "kick",
+const ALL_KINDS: [&str; 12] = [
+    "empty", "request", "notify", "response", "push", "ping", "pong", "kick", "session", "resume",
+    "resumed", "ack",
 ];
 
 /// Every expected-error name the `invalid-vectors` block may use.
-const ALL_ERRORS: [&str; 4] = [
+const ALL_ERRORS: [&str; 5] = [
     "unknown_kind",
     "truncated",
     "nonce_too_long",
     "kick_text_not_utf8",
+    "trailing_bytes",
 ];
 
 /// One line of a vectors block: `name | hex | expected`.
@@ -155,6 +157,21 @@ fn render(message: &Message) -> String {
         Message::Ping(nonce) => format!("ping nonce={}", to_hex(nonce)),
         Message::Pong(nonce) => format!("pong nonce={}", to_hex(nonce)),
         Message::Kick { reason, text } => format!("kick reason={} text=\"{text}\"", reason.0),
+        Message::Session {
+            id,
+            window_ms,
+            token,
+        } => format!(
+            "session id={id} window_ms={window_ms} token={}",
+            to_hex(token)
+        ),
+        Message::Resume {
+            id,
+            received,
+            token,
+        } => format!("resume id={id} received={received} token={}", to_hex(token)),
+        Message::Resumed { received } => format!("resumed received={received}"),
+        Message::Ack { count } => format!("ack count={count}"),
     }
 }
 
@@ -164,6 +181,7 @@ fn error_name(error: &DecodeError) -> &'static str {
         DecodeError::Truncated { .. } => "truncated",
         DecodeError::NonceTooLong(_) => "nonce_too_long",
         DecodeError::KickTextNotUtf8 => "kick_text_not_utf8",
+        DecodeError::TrailingBytes { .. } => "trailing_bytes",
     }
 }
 
@@ -220,6 +238,9 @@ fn check_invalid(vector: &Vector) -> Result<&'static str, String> {
         DecodeError::Truncated { needed, actual, .. } => actual == body.len() && needed > actual,
         DecodeError::NonceTooLong(len) => len == body.len() - 1 && len > MAX_NONCE_LEN,
         DecodeError::KickTextNotUtf8 => true,
+        DecodeError::TrailingBytes {
+            expected, actual, ..
+        } => actual == body.len() && expected < actual,
     };
     if consistent {
         Ok(name)

@@ -38,7 +38,7 @@ pub const DISCONNECT_REASONS: [&str; 14] = [
 /// The `reason` label of a kick sent, in the order of [`StatsSnapshot::kicks`]:
 /// index = the kick code for the framework's reasons, `game` (index 0) for a game's
 /// own codes.
-pub const KICK_REASONS: [&str; 15] = [
+pub const KICK_REASONS: [&str; 16] = [
     "game",
     "idle",
     "dos",
@@ -54,6 +54,7 @@ pub const KICK_REASONS: [&str; 15] = [
     "internal_error",
     "kicked",
     "room_closed",
+    "resume_failed",
 ];
 
 /// The `reason` label of a refusal at accept, in the order of

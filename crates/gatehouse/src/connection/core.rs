@@ -362,6 +362,7 @@ impl ConnectionCore {
     /// once per frame, and a call costs a tenth of a pipelined request.
     #[inline(always)]
     fn on_frame(&mut self, frame: Bytes, now: Instant) -> Option<Event> {
+        let first = self.last_input.is_none();
         self.last_input = Some(now);
         if now != self.clock.0 {
             self.clock = (now, nanos_since(self.accepted, now));
@@ -393,8 +394,27 @@ impl ConnectionCore {
                 None
             }
             Message::Notify { route, payload } => Some(Event::Notify { route, payload }),
-            other @ (Message::Response { .. } | Message::Push { .. } | Message::Kick { .. }) => {
-                debug!(kind = other.kind_name(), "a client may not send this kind");
+            // No session was offered (the server does not resume yet): nothing is
+            // unacknowledged, and no session can be taken over.
+            Message::Ack { .. } => None,
+            Message::Resume { .. } if first => {
+                let text = "unknown: no such session on this server".to_owned();
+                self.close(
+                    DisconnectReason::Kicked(KickReason::RESUME_FAILED),
+                    Some(text),
+                );
+                None
+            }
+            other @ (Message::Response { .. }
+            | Message::Push { .. }
+            | Message::Kick { .. }
+            | Message::Session { .. }
+            | Message::Resume { .. }
+            | Message::Resumed { .. }) => {
+                debug!(
+                    kind = other.kind_name(),
+                    "a client may not send this kind (here)"
+                );
                 self.close(DisconnectReason::ProtocolError, None);
                 None
             }
@@ -985,6 +1005,12 @@ mod tests {
                 status: Status::OK,
                 payload: Bytes::new(),
             },
+            Message::Session {
+                id: 1,
+                window_ms: 1,
+                token: [0; 32],
+            },
+            Message::Resumed { received: 0 },
         ] {
             let mut h = harness(limits());
             h.receive(&wire(&server_only));
@@ -992,6 +1018,32 @@ mod tests {
             assert!(h.events(h.at(T)).is_empty(), "nothing after the violation");
             assert_eq!(h.closed(), Some(DisconnectReason::ProtocolError));
         }
+    }
+
+    #[test]
+    fn a_resume_first_is_refused_unknown_a_resume_later_is_a_protocol_error_and_acks_pass() {
+        let resume = Message::Resume {
+            id: 1,
+            received: 0,
+            token: [0; 32],
+        };
+        let mut h = harness(limits());
+        h.receive(&wire(&resume));
+        assert!(h.events(h.at(T)).is_empty());
+        let close = h.core.take_close().expect("refused");
+        assert_eq!(
+            close.reason,
+            DisconnectReason::Kicked(KickReason::RESUME_FAILED)
+        );
+        assert!(close.text.is_some_and(|t| t.starts_with("unknown")));
+
+        let mut h = harness(limits());
+        h.receive(&wire(&Message::Ack { count: 3 }));
+        h.receive(&wire(&request(1, 1, b"after an ack")));
+        assert_eq!(h.events(h.at(T)).len(), 1, "an ack is no event");
+        h.receive(&wire(&resume));
+        assert!(h.events(h.at(T)).is_empty());
+        assert_eq!(h.closed(), Some(DisconnectReason::ProtocolError));
     }
 
     #[test]
