@@ -25,13 +25,15 @@ use std::time::Instant;
 use bytes::{BufMut, Bytes, BytesMut};
 use gatehouse_protocol::envelope::kind;
 use gatehouse_protocol::{
-    FrameDecoder, FrameTooLarge, KickReason, Message, Status, HEADER_LEN, RESERVED_ROUTES_START,
+    FrameDecoder, FrameTooLarge, KickReason, Message, Status, Token, HEADER_LEN,
+    RESERVED_ROUTES_START,
 };
 use tracing::{debug, warn};
 
 use super::budget::OutboundBudget;
 use super::outbound::{reusable, OutputQueue};
 use super::reason::DisconnectReason;
+use super::resume::{Inbound, Replay};
 use crate::config::LimitsConfig;
 use crate::limits::memory::above_free;
 use crate::limits::{nanos_since, InboundRates, MemoryBudget, RateLimits};
@@ -201,6 +203,17 @@ pub(crate) struct ConnectionCore {
     logged_in: bool,
     close: Option<Close>,
     unknown_routes: u8,
+    /// A session offered a resume: what it sent that the client has not
+    /// acknowledged, and what it owes acknowledgements for. Boxed: most connections
+    /// have none, and each idle one holds this field.
+    session: Option<Box<SessionLog>>,
+}
+
+/// A resumable session's bookkeeping (see `super::resume`).
+#[derive(Debug)]
+struct SessionLog {
+    replay: Replay,
+    inbound: Inbound,
 }
 
 impl ConnectionCore {
@@ -223,6 +236,7 @@ impl ConnectionCore {
             logged_in: false,
             close: None,
             unknown_routes: 0,
+            session: None,
         }
     }
 
@@ -382,6 +396,9 @@ impl ConnectionCore {
                 return None;
             }
         };
+        if matches!(message, Message::Request { .. } | Message::Notify { .. }) {
+            self.count_inbound(now);
+        }
         match message {
             Message::Empty | Message::Pong(_) => None,
             Message::Ping(nonce) => {
@@ -394,9 +411,10 @@ impl ConnectionCore {
                 None
             }
             Message::Notify { route, payload } => Some(Event::Notify { route, payload }),
-            // No session was offered (the server does not resume yet): nothing is
-            // unacknowledged, and no session can be taken over.
-            Message::Ack { .. } => None,
+            Message::Ack { count } => {
+                self.on_ack(count);
+                None
+            }
             Message::Resume { .. } if first => {
                 let text = "unknown: no such session on this server".to_owned();
                 self.close(
@@ -457,11 +475,15 @@ impl ConnectionCore {
             return;
         }
         let tail = self.out.tail_for(len);
+        let at = tail.len();
         tail.put_u32(u32::try_from(FIXED + payload.len()).unwrap_or(u32::MAX));
         tail.put_u8(kind::RESPONSE);
         tail.put_u32(id);
         tail.put_u16(status.0);
         tail.put_slice(payload);
+        if let Some(session) = &mut self.session {
+            session.replay.record(Bytes::copy_from_slice(&tail[at..]));
+        }
         self.out.commit(len);
         self.budget.meter.queued();
     }
@@ -494,7 +516,12 @@ impl ConnectionCore {
     /// (a push staged by a handler that waits).
     pub(crate) fn queue_reserved(&mut self, message: &Message) {
         let len = HEADER_LEN + message.body_len();
-        message.encode_frame_into(self.out.tail_for(len));
+        let tail = self.out.tail_for(len);
+        let at = tail.len();
+        message.encode_frame_into(tail);
+        if let (Some(session), Message::Push { .. }) = (&mut self.session, message) {
+            session.replay.record(Bytes::copy_from_slice(&tail[at..]));
+        }
         self.out.commit(len);
         self.budget.meter.queued();
     }
@@ -502,6 +529,9 @@ impl ConnectionCore {
     /// Queues a frame encoded elsewhere (a broadcast), whose bytes the deliverer has
     /// already reserved from the budget.
     pub(crate) fn queue_reserved_frame(&mut self, frame: Bytes) {
+        if let Some(session) = &mut self.session {
+            session.replay.record(frame.clone()); // shared, not copied
+        }
         self.out.push_shared(frame);
         self.budget.meter.queued();
     }
@@ -559,6 +589,9 @@ impl ConnectionCore {
         if self.input_paused {
             due = due.min(now + MEMORY_RETRY);
         }
+        if let Some(at) = self.session.as_ref().and_then(|s| s.inbound.deadline()) {
+            due = due.min(at);
+        }
         due
     }
 
@@ -615,6 +648,14 @@ impl ConnectionCore {
         if self.input_paused {
             self.charge_input();
         }
+        if self
+            .session
+            .as_ref()
+            .and_then(|s| s.inbound.deadline())
+            .is_some_and(|at| now >= at)
+        {
+            self.send_ack();
+        }
         // Output may have drained since the deadline was computed.
         self.update_stall(now, transport_backlog);
         if now >= self.input_deadline() {
@@ -634,6 +675,71 @@ impl ConnectionCore {
             .is_some_and(|since| now >= since + self.config.limits.send_timeout)
         {
             self.close(DisconnectReason::SendTimeout, None);
+        }
+    }
+
+    // ---- session resume -------------------------------------------------------
+
+    /// Offers this connection's session a resume: queues the `session` frame, then
+    /// numbers and keeps (within `buffer_bytes`) every response and push after it,
+    /// and counts the client's requests and notifies from here, `held` of which
+    /// arrived already (behind the request being handled, which offers it). See
+    /// PROTOCOL.md, "Where numbering starts".
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "the driver's resume (issue 20, next) offers sessions"
+        )
+    )]
+    pub(crate) fn offer_session(
+        &mut self,
+        id: u64,
+        window_ms: u32,
+        token: Token,
+        held: u64,
+        buffer_bytes: usize,
+    ) {
+        self.enqueue(&Message::Session {
+            id,
+            window_ms,
+            token,
+        });
+        self.session = Some(Box::new(SessionLog {
+            replay: Replay::new(buffer_bytes, self.config.memory.clone()),
+            inbound: Inbound::starting_at(held),
+        }));
+    }
+
+    /// One more of the client's numbered frames, received at `now`.
+    fn count_inbound(&mut self, now: Instant) {
+        if let Some(session) = &mut self.session {
+            if session.inbound.on_frame(now) {
+                self.send_ack();
+            }
+        }
+    }
+
+    /// Acknowledges what the client sent, if anything is owed.
+    fn send_ack(&mut self) {
+        if let Some(count) = self.session.as_mut().and_then(|s| s.inbound.take_ack()) {
+            self.enqueue(&Message::Ack { count });
+        }
+    }
+
+    /// The client acknowledged the first `count` numbered frames. Without a session
+    /// there is nothing to acknowledge, and the ack is ignored.
+    fn on_ack(&mut self, count: u64) {
+        let Some(session) = &mut self.session else {
+            return;
+        };
+        if let Err(beyond) = session.replay.ack(count) {
+            debug!(
+                count = beyond.count,
+                sent = beyond.sent,
+                "ack beyond what was sent"
+            );
+            self.close(DisconnectReason::ProtocolError, None);
         }
     }
 
@@ -814,6 +920,122 @@ mod tests {
             route,
             payload: Bytes::from_static(payload),
         }
+    }
+
+    /// A session offered as the first request is handled (the login), with `held`
+    /// frames behind it already cut.
+    fn offered(h: &mut Harness, held: u64, buffer_bytes: usize) {
+        h.core.offer_session(9, 30_000, [7; 32], held, buffer_bytes);
+    }
+
+    #[test]
+    fn an_offered_session_numbers_and_keeps_responses_and_pushes_not_pongs_until_acked() {
+        let mut h = harness(limits());
+        offered(&mut h, 0, 10_000);
+        h.core.respond(1, Status::OK, b"logged in");
+        h.core.push(5, Bytes::from_static(b"p"));
+        let broadcast = Message::Push {
+            route: 6,
+            payload: Bytes::from_static(b"b"),
+        }
+        .to_frame();
+        assert!(h.budget.reserve(broadcast.len()), "as the mailbox does");
+        h.core.queue_reserved_frame(broadcast);
+        h.receive(&wire(&Message::Ping(Bytes::from_static(b"n"))));
+        assert!(h.events(h.at(T)).is_empty());
+        let sent = h.sent();
+        assert!(matches!(
+            sent[0],
+            Message::Session {
+                id: 9,
+                window_ms: 30_000,
+                ..
+            }
+        ));
+        assert_eq!(sent.len(), 5, "{sent:?}");
+        let replay = &h.core.session.as_ref().expect("a session").replay;
+        assert_eq!(
+            replay.sent(),
+            3,
+            "the response and two pushes; no session, no pong"
+        );
+        let kept: Vec<Message> = replay
+            .after(0)
+            .expect("all kept")
+            .map(|frame| Message::decode(frame.slice(HEADER_LEN..)).expect("a frame"))
+            .collect();
+        assert_eq!(kept[..], sent[1..4], "kept as sent");
+
+        h.receive(&wire(&Message::Ack { count: 2 }));
+        assert!(h.events(h.at(T)).is_empty());
+        let replay = &h.core.session.as_ref().expect("a session").replay;
+        assert_eq!(replay.after(2).map(Iterator::count), Ok(1));
+        h.receive(&wire(&Message::Ack { count: 4 }));
+        assert!(h.events(h.at(T)).is_empty());
+        assert_eq!(
+            h.closed(),
+            Some(DisconnectReason::ProtocolError),
+            "beyond what was sent"
+        );
+    }
+
+    #[test]
+    fn the_client_is_acked_after_32_frames_or_a_second_and_an_idle_session_arms_no_timer() {
+        let mut h = harness(LimitsConfig {
+            inbound_frames_burst: 1000,
+            ..limits()
+        });
+        let idle_deadline = h.core.poll_timeout(h.at(T), false);
+        offered(&mut h, 2, 10_000);
+        let _ = h.sent();
+        assert_eq!(
+            h.core.poll_timeout(h.at(T), false),
+            idle_deadline,
+            "nothing owed"
+        );
+
+        h.receive(&wire(&Message::Notify {
+            route: 1,
+            payload: Bytes::new(),
+        }));
+        assert_eq!(h.events(h.at(T)).len(), 1);
+        let due = h.core.poll_timeout(h.at(T), false);
+        assert_eq!(due, h.at(T) + super::super::resume::ACK_WITHIN);
+        h.core.handle_timeout(due, false);
+        assert_eq!(
+            h.sent(),
+            [Message::Ack { count: 3 }],
+            "the two held ones and this one"
+        );
+        assert_eq!(
+            h.core.poll_timeout(due, false),
+            h.at(T) + limits().idle_timeout,
+            "acked: the idle deadline again"
+        );
+
+        let mut bytes = Vec::new();
+        for id in 0..32 {
+            bytes.extend(wire(&request(id, 1, b"")));
+        }
+        h.receive(&bytes);
+        assert_eq!(h.events(h.at(T * 2)).len(), 32);
+        assert_eq!(
+            h.sent(),
+            [Message::Ack { count: 35 }],
+            "at the 32nd, not later"
+        );
+        assert!(h.closed().is_none());
+    }
+
+    #[test]
+    fn without_a_session_acks_are_ignored_and_nothing_is_kept() {
+        let mut h = harness(limits());
+        h.receive(&wire(&Message::Ack { count: 1_000 }));
+        h.receive(&wire(&request(1, 1, b"")));
+        assert_eq!(h.events(h.at(T)).len(), 1);
+        h.core.respond(1, Status::OK, b"");
+        assert!(h.core.session.is_none());
+        assert!(h.closed().is_none());
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! - [`budget`]: the unsent-byte budget the core shares with the mailbox.
 //! - [`meter`]: what crossed the connection, counted by its own task.
 //! - [`reason`]: [`DisconnectReason`], with its kick code, text and log level.
+//! - [`resume`]: a resumable session's replay of unacknowledged frames and its
+//!   acknowledgements owed (session resume; not wired to the core yet).
 //! - [`staged`]: what a handler that waits does to its connection, kept for the core.
 //! - `scenario` (tests and the `fuzzing` feature): the core driven by an arbitrary
 //!   script with its invariants checked; `properties` runs it under proptest, the
@@ -21,6 +23,7 @@ pub(crate) mod outbound;
 #[cfg(test)]
 mod properties;
 pub(crate) mod reason;
+pub(crate) mod resume;
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) mod scenario;
 pub(crate) mod staged;
