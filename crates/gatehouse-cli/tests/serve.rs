@@ -238,7 +238,10 @@ fn tls_flags_that_do_not_fit_the_listeners_are_refused_naming_the_flags() {
 fn a_taken_port_fails_the_start_before_any_listening_line() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
+    // arena on its defaults opens its store in ./data: not in the source tree.
+    let dir = scratch("taken-port");
     let output = gatehouse()
+        .current_dir(&dir)
         .args(["serve", "--host", "127.0.0.1", "--port", &port])
         .args(["--ws-port", "0", "--admin-port", "0"])
         .output()
