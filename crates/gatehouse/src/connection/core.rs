@@ -686,7 +686,7 @@ impl ConnectionCore {
     /// arrived already (behind the request being handled, which offers it). See
     /// PROTOCOL.md, "Where numbering starts".
     #[cfg_attr(
-        not(test),
+        not(any(test, feature = "fuzzing")),
         expect(
             dead_code,
             reason = "the driver's resume (issue 20, next) offers sessions"
@@ -819,6 +819,18 @@ impl ConnectionCore {
     #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn charged_input(&self) -> usize {
         self.charged_input as usize
+    }
+
+    /// The numbered frames sent since a session was offered, if one was.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn session_sent(&self) -> Option<u64> {
+        self.session.as_ref().map(|s| s.replay.sent())
+    }
+
+    /// Bytes a session's replay keeps (charged to the memory budget).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn replay_bytes(&self) -> usize {
+        self.session.as_ref().map_or(0, |s| s.replay.bytes())
     }
 }
 

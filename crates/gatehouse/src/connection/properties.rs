@@ -56,6 +56,8 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
         1 => Just(ClientFrame::Empty),
         1 => any::<u8>().prop_map(ClientFrame::ServerOnly),
         1 => any::<u16>().prop_map(ClientFrame::TooLarge),
+        1 => prop_oneof![0u64..40, any::<u64>()].prop_map(ClientFrame::Ack),
+        1 => prop_oneof![0u64..40, any::<u64>()].prop_map(ClientFrame::Resume),
     ]
 }
 
@@ -80,6 +82,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (any::<u32>(), any::<bool>())
             .prop_map(|(bytes, give_back)| Step::OtherConnections { bytes, give_back }),
         1 => Just(Step::PeerClosed),
+        1 => (any::<u8>(), any::<u16>()).prop_map(|(held, buffer)| Step::OfferSession { held, buffer }),
     ]
 }
 

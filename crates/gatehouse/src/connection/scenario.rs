@@ -17,8 +17,13 @@
 //! - a timer that fires early closes nothing, and one that fires on time leaves a
 //!   deadline in the future or a close (the driver never spins);
 //! - the connection's unsent-byte budget equals what is queued (zero once all is
-//!   written), the server-wide memory budget equals what the output and the partial
-//!   input charge, and it is back to zero once the core and its budget are dropped.
+//!   written), the server-wide memory budget equals what the output, the partial
+//!   input and a session's replay charge, and it is back to zero once the core and its
+//!   budget are dropped;
+//! - a session offered a resume sends its `session` frame once, acknowledges with
+//!   counts that only grow, and takes the client's acks (one beyond what was sent is a
+//!   protocol error); a `resume` first is refused `resume_failed`, later it is a
+//!   protocol error.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -27,6 +32,9 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use gatehouse_protocol::{KickReason, Message, Status, HEADER_LEN, RESERVED_ROUTES_START};
+
+/// The session a script may offer: its id, and its replay's byte limit at most.
+const SESSION_ID: u64 = 1;
 
 use super::budget::OutboundBudget;
 use super::core::{Close, ConnectionCore, CoreConfig, Event};
@@ -140,6 +148,15 @@ pub enum Step {
     },
     /// The client closes its side.
     PeerClosed,
+    /// A handler offers the session a resume (once; later offers are ignored), with
+    /// this many of the client's frames already held behind it and a replay of at
+    /// most this many bytes.
+    OfferSession {
+        /// Frames held (modulo 4).
+        held: u8,
+        /// The replay's limit, in bytes.
+        buffer: u16,
+    },
 }
 
 /// A frame a client may send, or one it may not.
@@ -172,6 +189,10 @@ pub enum ClientFrame {
     ServerOnly(u8),
     /// A header (a stream) or a message over the maximum, by this many bytes.
     TooLarge(u16),
+    /// An acknowledgement of this many of the server's numbered frames.
+    Ack(u64),
+    /// A resume of the session, having received this many frames.
+    Resume(u64),
 }
 
 impl Settings {
@@ -223,6 +244,11 @@ struct Client {
     pongs: Vec<Bytes>,
     /// Why the reading stopped: the close the core must decide at that point.
     violation: Option<DisconnectReason>,
+    /// Frames cut so far (a `resume` may only be the first).
+    frames_cut: u64,
+    /// The numbered frames the server sent, once a session was offered (set before
+    /// each read: nothing numbered is sent while a batch is cut).
+    session_sent: Option<u64>,
 }
 
 impl Client {
@@ -251,6 +277,12 @@ impl Client {
             ClientFrame::Ping(len) => Message::Ping(sized(u16::from(len) % 80)),
             ClientFrame::Pong(len) => Message::Pong(sized(u16::from(len) % 80)),
             ClientFrame::Empty => Message::Empty,
+            ClientFrame::Ack(count) => Message::Ack { count },
+            ClientFrame::Resume(received) => Message::Resume {
+                id: SESSION_ID,
+                received,
+                token: [0; 32],
+            },
             ClientFrame::ServerOnly(which) => match which % 3 {
                 0 => Message::Response {
                     id: 1,
@@ -324,7 +356,17 @@ impl Client {
                 break;
             };
             at += HEADER_LEN + len;
+            let first = self.frames_cut == 0;
+            self.frames_cut += 1;
             match Message::decode(Bytes::copy_from_slice(body)) {
+                Ok(Message::Ack { count }) => {
+                    if self.session_sent.is_some_and(|sent| count > sent) {
+                        self.violation = Some(DisconnectReason::ProtocolError);
+                    }
+                }
+                Ok(Message::Resume { .. }) if first => {
+                    self.violation = Some(DisconnectReason::Kicked(KickReason::RESUME_FAILED));
+                }
                 Ok(Message::Request { id, route, payload }) => {
                     self.events.push(Event::Request { id, route, payload });
                 }
@@ -351,6 +393,11 @@ struct Received {
     matched: usize,
     pongs: usize,
     kick: Option<(KickReason, String)>,
+    /// A session was offered, and whether its frame came.
+    offered: bool,
+    session_frames: usize,
+    /// The last acknowledgement's count.
+    acked: u64,
 }
 
 impl Received {
@@ -384,6 +431,16 @@ impl Received {
                     self.pongs += 1;
                 }
                 Message::Kick { reason, text } => self.kick = Some((reason, text)),
+                Message::Session { id, .. } => {
+                    assert!(self.offered && id == SESSION_ID, "a session never offered");
+                    self.session_frames += 1;
+                    assert_eq!(self.session_frames, 1, "the session offered twice");
+                }
+                Message::Ack { count } => {
+                    assert!(self.offered, "an ack without a session");
+                    assert!(count > self.acked, "acks that do not grow");
+                    self.acked = count;
+                }
                 Message::Response { .. } | Message::Push { .. } => {
                     // Later frames may have been dropped (a slow consumer), never reordered.
                     let Some(skip) = self.queued[self.matched..]
@@ -459,6 +516,8 @@ pub(crate) fn run(script: &Script, start: Instant) {
             events: Vec::new(),
             pongs: Vec::new(),
             violation: None,
+            frames_cut: 0,
+            session_sent: None,
         },
         received: Received::default(),
         unanswered: VecDeque::new(),
@@ -500,6 +559,7 @@ impl Run {
             Step::SendRaw(bytes) => self.client.send(bytes.clone()),
             Step::Read(amount) => {
                 if !self.core.input_paused() {
+                    self.client.session_sent = self.core.session_sent();
                     self.client.read(&mut self.core, *amount);
                     self.handle_events();
                 }
@@ -627,6 +687,14 @@ impl Run {
                 }
             }
             Step::PeerClosed => self.core.close(DisconnectReason::PeerClosed, None),
+            Step::OfferSession { held, buffer } => {
+                if !self.received.offered {
+                    self.received.offered = true;
+                    let held = u64::from(*held % 4);
+                    self.core
+                        .offer_session(SESSION_ID, 1_000, [0; 32], held, usize::from(*buffer));
+                }
+            }
         }
         self.after_step();
     }
@@ -677,7 +745,9 @@ impl Run {
             Some(close) => {
                 if matches!(
                     close.reason,
-                    DisconnectReason::ProtocolError | DisconnectReason::FrameTooLarge
+                    DisconnectReason::ProtocolError
+                        | DisconnectReason::FrameTooLarge
+                        | DisconnectReason::Kicked(KickReason::RESUME_FAILED)
                 ) {
                     assert_eq!(self.client.violation.as_ref(), Some(&close.reason));
                     assert_eq!(
@@ -771,7 +841,7 @@ impl Run {
         );
         assert_eq!(
             self.config.memory.used(),
-            above_free(queued) + self.core.charged_input() + self.others,
+            above_free(queued) + self.core.charged_input() + self.core.replay_bytes() + self.others,
             "the memory budget is not what the connection holds"
         );
     }
