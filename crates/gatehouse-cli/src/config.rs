@@ -41,7 +41,7 @@ pub(crate) struct FileConfig {
     pub(crate) store: StoreConfig,
     /// `[metrics]`: what the server measures (the runtime's).
     pub(crate) metrics: MetricsConfig,
-    /// `[admin]`: the admin listener (health, metrics, the JSON API, the live page).
+    /// `[admin]`: the admin listener (health, metrics, the JSON API, the console).
     pub(crate) admin: AdminSection,
 }
 

@@ -86,7 +86,7 @@ struct ServeArgs {
     /// The server table read with --server-id.
     #[arg(long, default_value = "servers.csv")]
     servers_csv: PathBuf,
-    /// Port of the admin listener (health, metrics, the JSON API, the live page;
+    /// Port of the admin listener (health, metrics, the JSON API, the console;
     /// overrides `admin.address`'s port; 0 picks one).
     #[arg(long)]
     admin_port: Option<u16>,

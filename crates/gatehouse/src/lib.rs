@@ -45,7 +45,7 @@
 //! - `scrape` (feature `metrics`): reading the running server into a
 //!   [`metrics::Sample`]; [`Metrics`], the embedder's handle on it.
 //! - [`admin`]: the admin listener: health, readiness, metrics, the JSON API, the
-//!   live page.
+//!   console.
 //! - `server`: [`Server`], the entry point, and the parts it owns.
 //! - [`bench_service`]: the built-in `bench` service.
 //! - [`protocol`]: the wire protocol (the `gatehouse-protocol` crate).

@@ -118,7 +118,7 @@ impl<S: Service> Server<S> {
     }
 
     /// Serves the admin API ([`crate::admin`]: health, readiness, metrics, the JSON
-    /// API, the live page) on `listener` while the server runs.
+    /// API, the console) on `listener` while the server runs.
     #[cfg(feature = "admin")]
     pub fn with_admin(
         mut self,

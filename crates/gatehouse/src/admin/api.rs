@@ -43,7 +43,7 @@ const MAX_ANNOUNCEMENT: usize = 4096;
 /// How often the event stream sends the metrics.
 const EVENT_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Event streams open at once (each live page holds one).
+/// Event streams open at once (each open console holds one).
 pub(super) const MAX_EVENT_STREAMS: usize = 32;
 
 /// How long one reading of the metrics serves every stream and scrape.
@@ -61,7 +61,7 @@ fn millis_as_seconds(duration: Duration) -> f64 {
 }
 
 /// The metrics text, at most [`SAMPLE_REUSE`] old: the event streams of every open
-/// live page share one reading (each is a census of every connection in the hub).
+/// console share one reading (each is a census of every connection in the hub).
 async fn metrics_text<S: Service>(admin: &AdminState<S>) -> Result<String, ApiError> {
     let mut cached = admin.last_text.lock().await;
     if let Some((at, text)) = &*cached {

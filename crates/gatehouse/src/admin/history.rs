@@ -1,4 +1,4 @@
-//! The console's history: the numbers the live page charts, read once a second for
+//! The console's history: the numbers the console charts, read once a second for
 //! the last [`WINDOW`] seconds and kept in the server, so that a page opened or
 //! reloaded draws its charts at once instead of from empty (`/api/history`).
 //!

@@ -88,7 +88,7 @@ pub struct AdminConfig {
 pub struct AdminLimits {
     /// Connections served at once. Past it, [`MAX_REFUSALS`] more are answered 503
     /// (`Retry-After: 1`) and closed; past those, new connections are closed at once.
-    /// Each open live page holds one (its event stream).
+    /// Each open console holds one (its event stream).
     pub max_connections: usize,
     /// A request's head (request line and headers) must be whole this long after the
     /// connection was accepted, or, on a kept-alive connection, after its first byte.
@@ -294,7 +294,7 @@ async fn check_host(
 }
 
 /// Largest request head (request line and headers), in bytes: 431 past it. Room for
-/// a browser's cookies for `localhost`, which the live page may be sent.
+/// a browser's cookies for `localhost`, which the console may be sent.
 pub const MAX_HEAD: usize = 64 * 1024;
 
 /// Largest request body, in bytes: the API's largest is a kick or an announcement,
