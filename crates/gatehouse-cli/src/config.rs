@@ -1,5 +1,5 @@
 //! The `gatehouse` binary's configuration file: the runtime's sections (`[server]`,
-//! `[limits]`, `[supervisor]`, `[metrics]`, owned and validated by the library), and the binary's
+//! `[limits]`, `[supervisor]`, `[metrics]`, `[resume]`, owned and validated by the library), and the binary's
 //! own: where to listen (`[[listeners]]`, each entry checked by the library), what to
 //! serve (`[game]`), where arena saves (`[store]`, owned by gatehouse-store) and the
 //! admin listener (`[admin]`, its token checked by the library). Also
@@ -17,7 +17,9 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use arena::ArenaOptions;
 use gatehouse::admin::{AdminConfig, AdminLimits};
-use gatehouse::config::{LimitsConfig, MetricsConfig, ServerConfig, SupervisorConfig};
+use gatehouse::config::{
+    LimitsConfig, MetricsConfig, ResumeConfig, ServerConfig, SupervisorConfig,
+};
 use gatehouse::ListenerConfig;
 use gatehouse_store::StoreConfig;
 use serde::Deserialize;
@@ -41,6 +43,8 @@ pub(crate) struct FileConfig {
     pub(crate) store: StoreConfig,
     /// `[metrics]`: what the server measures (the runtime's).
     pub(crate) metrics: MetricsConfig,
+    /// `[resume]`: session resume, for a game that offers it (the runtime's).
+    pub(crate) resume: ResumeConfig,
     /// `[admin]`: the admin listener (health, metrics, the JSON API, the console).
     pub(crate) admin: AdminSection,
 }
@@ -95,6 +99,7 @@ impl Default for FileConfig {
             supervisor: SupervisorConfig::default(),
             store: StoreConfig::default(),
             metrics: MetricsConfig::default(),
+            resume: ResumeConfig::default(),
             admin: AdminSection::default(),
         }
     }
@@ -217,6 +222,7 @@ impl FileConfig {
             limits: self.limits.clone(),
             supervisor: self.supervisor.clone(),
             metrics: self.metrics.clone(),
+            resume: self.resume.clone(),
         }
     }
 }

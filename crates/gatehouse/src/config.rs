@@ -30,7 +30,45 @@ pub struct Config {
     pub supervisor: SupervisorConfig,
     /// `[metrics]`: what the server measures.
     pub metrics: MetricsConfig,
+    /// `[resume]`: how a session whose connection is lost is kept for its client.
+    pub resume: ResumeConfig,
 }
+
+/// `[resume]`: session resume (`docs/PROTOCOL.md`, "session, resume, resumed and
+/// ack"), for a service that opts in ([`Service::RESUMABLE`](crate::Service::RESUMABLE)):
+/// its logged-in connections are offered a session, whose responses and pushes are
+/// numbered and kept until the client acknowledges them.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResumeConfig {
+    /// How long a session whose connection was lost is kept for its client to come
+    /// back (told to the client in the `session` frame); 0: no session is offered.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// The most bytes of responses and pushes a session keeps until they are
+    /// acknowledged, charged to `server.memory_budget_bytes`; past it the oldest go,
+    /// and a client that lacks them cannot resume.
+    pub buffer_bytes: usize,
+}
+
+impl Default for ResumeConfig {
+    fn default() -> Self {
+        ResumeConfig {
+            window: Duration::from_secs(30),
+            buffer_bytes: 256 * 1024,
+        }
+    }
+}
+
+/// Longest `resume.window`: the `session` frame carries it in milliseconds (u32),
+/// and an hour is more than any network change takes.
+pub const MAX_RESUME_WINDOW: Duration = Duration::from_secs(60 * 60);
+
+/// Smallest and largest `resume.buffer_bytes`. (A frame larger than the buffer is
+/// sent, not kept: a client that lost it cannot resume.)
+pub const MIN_RESUME_BUFFER: usize = 1024;
+/// See [`MIN_RESUME_BUFFER`].
+pub const MAX_RESUME_BUFFER: usize = 64 * 1024 * 1024;
 
 /// `[metrics]`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -333,6 +371,19 @@ impl Config {
                 ),
             );
         }
+        let r = &self.resume;
+        if r.window > MAX_RESUME_WINDOW {
+            return invalid("resume.window", "must be at most an hour".into());
+        }
+        if !(MIN_RESUME_BUFFER..=MAX_RESUME_BUFFER).contains(&r.buffer_bytes) {
+            return invalid(
+                "resume.buffer_bytes",
+                format!(
+                    "{} is out of range: must be between {MIN_RESUME_BUFFER} and {MAX_RESUME_BUFFER}",
+                    r.buffer_bytes
+                ),
+            );
+        }
         for (key, value) in [
             ("limits.first_frame_timeout", l.first_frame_timeout),
             ("limits.handshake_timeout", l.handshake_timeout),
@@ -368,6 +419,16 @@ mod tests {
         let c = Config::from_toml_str("").unwrap();
         assert_eq!(c.limits.max_frame_bytes, 262_144);
         assert!(!c.server.allow_fault_injection);
+    }
+
+    #[test]
+    fn a_resume_window_over_an_hour_or_a_buffer_out_of_range_is_refused_by_name() {
+        let window = error_of("[resume]\nwindow = \"2h\"\n");
+        assert!(window.starts_with("resume.window: "), "{window}");
+        let buffer = error_of("[resume]\nbuffer_bytes = 100\n");
+        assert!(buffer.starts_with("resume.buffer_bytes: "), "{buffer}");
+        let off = Config::from_toml_str("[resume]\nwindow = \"0s\"\n").unwrap();
+        assert!(off.resume.window.is_zero());
     }
 
     #[test]

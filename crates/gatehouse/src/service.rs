@@ -99,6 +99,15 @@ pub trait Service: Send + Sync + 'static {
     /// own status, or kicks with its own reason.
     const LOGIN_REQUIRED: bool = false;
 
+    /// Whether a logged-in connection is offered session resume (`[resume]`,
+    /// `docs/PROTOCOL.md`): when a request's handler logs the connection in
+    /// ([`Context::logged_in`]), a `session` frame goes before that request's
+    /// response, and from then on the responses and pushes are numbered and kept
+    /// (within `resume.buffer_bytes`) until the client acknowledges them. (Taking a
+    /// session over from a new connection is being built: a `resume` is refused
+    /// `resume_failed` for now.)
+    const RESUMABLE: bool = false;
+
     /// A connection was accepted: make its session.
     fn connect(
         &self,

@@ -685,13 +685,6 @@ impl ConnectionCore {
     /// and counts the client's requests and notifies from here, `held` of which
     /// arrived already (behind the request being handled, which offers it). See
     /// PROTOCOL.md, "Where numbering starts".
-    #[cfg_attr(
-        not(any(test, feature = "fuzzing")),
-        expect(
-            dead_code,
-            reason = "the driver's resume (issue 20, next) offers sessions"
-        )
-    )]
     pub(crate) fn offer_session(
         &mut self,
         id: u64,
@@ -709,6 +702,12 @@ impl ConnectionCore {
             replay: Replay::new(buffer_bytes, self.config.memory.clone()),
             inbound: Inbound::starting_at(held),
         }));
+    }
+
+    /// Whether a session is due an offer: the connection logged in, and none was
+    /// offered yet (the driver asks only for a service that resumes).
+    pub(crate) fn session_due(&self) -> bool {
+        self.logged_in && self.session.is_none()
     }
 
     /// One more of the client's numbered frames, received at `now`.

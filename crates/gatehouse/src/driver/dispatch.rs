@@ -394,7 +394,7 @@ impl<S: Service, T: Transport> Connection<S, T> {
             let Some(at_hand) = session.as_deref_mut() else {
                 return self.lent_out();
             };
-            if let Some(event) = self.answer_now(event, at_hand) {
+            if let Some(event) = self.answer_now(event, at_hand, 0) {
                 self.dispatch(Work::Event(event), session, busy, read_at);
             }
         }
@@ -465,7 +465,7 @@ impl<S: Service, T: Transport> Connection<S, T> {
             return self.lent_out();
         };
         let work = match work {
-            Work::Event(event) => match self.answer_now(event, at_hand) {
+            Work::Event(event) => match self.answer_now(event, at_hand, held_behind(busy)) {
                 Some(event) => Work::Event(event),
                 None => return,
             },
@@ -505,7 +505,10 @@ impl<S: Service, T: Transport> Connection<S, T> {
         let polled = Pin::new(&mut handler).poll(&mut cx);
         staged.apply(&mut self.core);
         match polled {
-            Poll::Ready(result) => self.finish(call, result, &staged, session),
+            Poll::Ready(result) => {
+                let held = held_behind(busy);
+                self.finish(call, result, &staged, session, held);
+            }
             Poll::Pending => {
                 // The answers so far are ready now; this one will be timed from the
                 // same read when it comes.
@@ -553,7 +556,8 @@ impl<S: Service, T: Transport> Connection<S, T> {
         };
         drop(handler);
         latency::begin(&self.shared.latency, read_at);
-        self.finish(call, result, &staged, session);
+        let held = held_behind(busy);
+        self.finish(call, result, &staged, session, held);
         latency::end(&self.shared.latency);
     }
 
@@ -577,7 +581,7 @@ impl<S: Service, T: Transport> Connection<S, T> {
         drop(handler);
         staged.finish(&mut self.core);
         latency::begin(&self.shared.latency, read_at);
-        self.conclude(call, Outcome::TimedOut);
+        self.conclude(call, Outcome::TimedOut, 0);
         latency::end(&self.shared.latency);
     }
 
@@ -599,6 +603,7 @@ impl<S: Service, T: Transport> Connection<S, T> {
         result: Result<Done<'s, S>, String>,
         staged: &Staged,
         session: &mut Option<&'s mut S::Session>,
+        held: u64,
     ) {
         staged.finish(&mut self.core);
         let outcome = match result {
@@ -608,13 +613,13 @@ impl<S: Service, T: Transport> Connection<S, T> {
             }
             Err(panic) => Outcome::Panicked(panic),
         };
-        self.conclude(call, outcome);
+        self.conclude(call, outcome, held);
     }
 
     /// The fast path: offers the event to the service's `request_now` or `notify_now`
     /// (no future, no allocation). Returns the event if the service left it to its
-    /// async handler.
-    fn answer_now(&mut self, event: Event, session: &mut S::Session) -> Option<Event> {
+    /// async handler. `held`: the requests and notifies held behind it.
+    fn answer_now(&mut self, event: Event, session: &mut S::Session, held: u64) -> Option<Event> {
         let (call, payload) = match &event {
             Event::Request { id, route, payload } if *route < RESERVED_ROUTES_START => {
                 let call = Call::Request {
@@ -645,9 +650,9 @@ impl<S: Service, T: Transport> Connection<S, T> {
             Call::Message | Call::Checkpoint => None,
         }));
         match answered {
-            Ok(Some(answer)) => self.answered(call, answer),
+            Ok(Some(answer)) => self.answered(call, answer, held),
             Ok(None) => return Some(event),
-            Err(panic) => self.conclude(call, Outcome::Panicked(panic_message(&*panic))),
+            Err(panic) => self.conclude(call, Outcome::Panicked(panic_message(&*panic)), held),
         }
         None
     }
@@ -661,30 +666,40 @@ impl<S: Service, T: Transport> Connection<S, T> {
         }));
         self.shared.stats.count_checkpoint();
         if let Err(panic) = done {
-            self.conclude(Call::Checkpoint, Outcome::Panicked(panic_message(&*panic)));
+            self.conclude(
+                Call::Checkpoint,
+                Outcome::Panicked(panic_message(&*panic)),
+                0,
+            );
         }
     }
 
     /// Puts a handler's answer where it belongs, or closes the connection if it gave
-    /// none.
-    fn conclude(&mut self, call: Call, outcome: Outcome<Answer>) {
+    /// none. `held`: the requests and notifies held behind the call.
+    fn conclude(&mut self, call: Call, outcome: Outcome<Answer>, held: u64) {
         // A handler that failed is timed too, to when the server gave up on it (a
         // cancelled one is not: its connection is ending for another reason).
         if let (Outcome::Panicked(_) | Outcome::TimedOut, Some(route)) = (&outcome, call.route()) {
             latency::answered(&self.shared.latency, route);
         }
         if let Some(answer) = self.settle(call.kind(), call.route(), outcome) {
-            self.answered(call, answer);
+            self.answered(call, answer, held);
         }
     }
 
-    /// Puts an answer in the output (and logs an unknown route).
-    fn answered(&mut self, call: Call, answer: Answer) {
+    /// Puts an answer in the output (and logs an unknown route). A request whose
+    /// handler logged a resumable service's connection in is answered after the
+    /// session's offer (`held`: the requests and notifies held behind it, which the
+    /// client numbers after it).
+    fn answered(&mut self, call: Call, answer: Answer, held: u64) {
         if let Some(route) = call.route() {
             latency::answered(&self.shared.latency, route);
         }
         match (call, answer) {
             (Call::Request { id, route, len }, Answer::Reply(reply)) => {
+                if S::RESUMABLE && self.core.session_due() {
+                    self.offer_session(held);
+                }
                 if reply.status == Status::UNKNOWN_ROUTE {
                     self.core.unknown_route("request", route, len);
                 }
@@ -725,6 +740,27 @@ impl<S: Service, T: Transport> Connection<S, T> {
         };
         self.core.close(reason, None);
         None
+    }
+
+    /// Offers the session a resume, unless `resume.window` is 0 (or no random
+    /// token can be had, which is logged).
+    #[cold]
+    fn offer_session(&mut self, held: u64) {
+        let resume = &self.shared.config.resume;
+        if resume.window.is_zero() {
+            return;
+        }
+        let mut keys = [0u8; 8 + 32];
+        if let Err(e) = getrandom::getrandom(&mut keys) {
+            warn!(error = %e, "no randomness for a session's token: no resume offered");
+            return;
+        }
+        let (id, token) = keys.split_at(8);
+        let id = u64::from_be_bytes(id.try_into().unwrap_or_default());
+        let token = token.try_into().unwrap_or_default();
+        let window_ms = u32::try_from(resume.window.as_millis()).unwrap_or(u32::MAX);
+        self.core
+            .offer_session(id, window_ms, token, held, resume.buffer_bytes);
     }
 
     /// Takes what the mailbox holds: a kick or an overflow decides the close first
@@ -776,4 +812,9 @@ impl<S: Service, T: Transport> Connection<S, T> {
             Verdict::Open => Close::from(self.group.stop_reason()),
         }
     }
+}
+
+/// The requests and notifies held behind the call being answered.
+fn held_behind<S: Service>(busy: &Option<Box<Busy<'_, S>>>) -> u64 {
+    busy.as_ref().map_or(0, |b| b.held_events as u64)
 }
