@@ -67,6 +67,15 @@ pub(crate) struct Shared<S: Service> {
 }
 
 impl<S: Service> Shared<S> {
+    /// The readings of the parts the server owns (nothing that can panic runs under
+    /// this lock).
+    #[cfg(feature = "metrics")]
+    pub(crate) fn parts(&self) -> std::sync::MutexGuard<'_, PartReadings> {
+        self.parts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     pub(crate) fn new(config: Config, service: S) -> Self {
         // Without the metrics feature nothing would read the histograms.
         let measure = cfg!(feature = "metrics") && config.metrics.enabled;

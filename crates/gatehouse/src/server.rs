@@ -109,7 +109,7 @@ impl<S: Service> Server<S> {
         {
             self.add_collector(writer.collector());
             let reading = writer.clone();
-            lock(&self.shared.parts).saves = Some(Box::new(move || reading.stats()));
+            self.shared.parts().saves = Some(Box::new(move || reading.stats()));
         }
         let writer = writer.clone();
         let close = move |timeout| async move { writer.close(timeout).await }.boxed();
@@ -181,7 +181,7 @@ impl<S: Service> Server<S> {
         #[cfg(feature = "metrics")]
         if !room_metrics.is_empty() {
             let room_metrics = Arc::new(room_metrics);
-            lock(&shared.parts).rooms = Some(room_metrics.clone());
+            shared.parts().rooms = Some(room_metrics.clone());
             lock(&shared.collectors).push(room_metrics);
         }
         let token = CancellationToken::new();

@@ -229,10 +229,7 @@ pub(super) async fn stats<S: Service>(State(admin): State<Admin<S>>) -> Json<Val
 /// The numbers of the parts the server owns: its room types (by kind) and its save
 /// writer (null without one).
 fn parts_json<S: Service>(shared: &Shared<S>) -> (Value, Value) {
-    let parts = shared
-        .parts
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let parts = shared.parts();
     let rooms: BTreeMap<&str, Value> = parts
         .rooms
         .iter()
@@ -285,14 +282,9 @@ pub(super) async fn rooms<S: Service>(
 ) -> Result<Json<Value>, ApiError> {
     let Query(query) = query.map_err(|e| bad_request(e.body_text()))?;
     let limit = page_limit(query.limit)?;
-    let mut rooms = {
-        let parts = admin
-            .shared
-            .parts
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        parts.rooms.as_ref().map(|r| r.list()).unwrap_or_default()
-    };
+    let mut rooms = (admin.shared.parts().rooms.as_ref())
+        .map(|r| r.list())
+        .unwrap_or_default();
     let total = rooms.len();
     rooms.sort_by(|(kind_a, a), (kind_b, b)| {
         (b.members, kind_a, &a.name).cmp(&(a.members, kind_b, &b.name))
@@ -370,11 +362,8 @@ fn connection_json(c: &ConnectionInfo, now: SystemTime, rooms: Vec<String>) -> V
 
 /// The rooms (of the server's room types) a connection is in.
 fn rooms_of<S: Service>(shared: &Shared<S>, id: ConnId) -> Vec<String> {
-    let parts = shared
-        .parts
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    parts
+    shared
+        .parts()
         .rooms
         .as_ref()
         .map(|rooms| rooms.rooms_of(id))

@@ -101,10 +101,11 @@ pub(super) async fn record<S: Service>(
             _ = every.tick() => {}
         }
         let sample = scrape::sample(&shared).await;
-        let save_queued = {
-            let parts = shared.parts.lock().unwrap_or_else(PoisonError::into_inner);
-            parts.saves.as_ref().map(|read| read().queued as u64)
-        };
+        let save_queued = shared
+            .parts()
+            .saves
+            .as_ref()
+            .map(|read| read().queued as u64);
         history.push(Point::of(&sample, save_queued, SystemTime::now()));
     }
 }
