@@ -733,6 +733,12 @@ async fn a_websocket_client_that_does_not_read_is_kicked_slow_consumer() {
     config.limits.close_linger = PATIENCE;
     let servers = start(config, WebOptions::default()).await;
     let mut bystander = servers.connect("ws").await;
+    // Its first frame now: the ordeal below may outlast the first-frame timeout,
+    // and a bystander kicked `login_timeout` would prove nothing.
+    assert_eq!(
+        bystander.request(0, routes::ECHO, b"here").await.0,
+        Status::OK
+    );
     let mut reader_less = servers.connect("ws").await;
     let Wire::Ws(ws) = &mut reader_less else {
         unreachable!()
