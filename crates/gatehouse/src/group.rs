@@ -27,6 +27,7 @@ use crate::metrics::TrafficHighWater;
 #[cfg(feature = "metrics")]
 use crate::room::RoomMetrics;
 use crate::service::Service;
+use crate::sessions::Sessions;
 use crate::stats::Stats;
 #[cfg(feature = "metrics")]
 use gatehouse_store::WriterStats;
@@ -53,6 +54,8 @@ pub(crate) struct Shared<S: Service> {
     /// The traffic counters' last reported values (they never go back).
     #[cfg(feature = "metrics")]
     pub(crate) traffic_high: TrafficHighWater,
+    /// The resumable sessions, by id.
+    pub(crate) sessions: Sessions,
     /// Cancelled to drain: stop accepting, kick everyone `shutdown`, return.
     pub(crate) drain: CancellationToken,
     /// When the server was made.
@@ -89,11 +92,14 @@ impl<S: Service> Shared<S> {
                 config.server.max_connections_per_ip,
                 config.server.ipv6_prefix_len,
             ),
-            core_config: Arc::new(CoreConfig::new(
-                config.limits.clone(),
-                config.server.memory_budget_bytes,
-                S::LOGIN_REQUIRED,
-            )),
+            core_config: Arc::new(
+                CoreConfig::new(
+                    config.limits.clone(),
+                    config.server.memory_budget_bytes,
+                    S::LOGIN_REQUIRED,
+                )
+                .resumable(S::RESUMABLE && !config.resume.window.is_zero()),
+            ),
             config,
             service,
             next_id: AtomicU64::new(1),
@@ -105,6 +111,7 @@ impl<S: Service> Shared<S> {
             latency,
             #[cfg(feature = "metrics")]
             traffic_high: TrafficHighWater::default(),
+            sessions: Sessions::default(),
             drain: CancellationToken::new(),
             started: SystemTime::now(),
             #[cfg(feature = "metrics")]

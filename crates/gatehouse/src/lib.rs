@@ -37,8 +37,9 @@
 //! - `group`: what the supervision tree's tasks share.
 //! - `handle`: [`ServerHandle`], the game's one handle on the server, which
 //!   survives hub restarts.
+//! - `sessions`: the resumable sessions by id, for a resume to find its session.
 //! - `driver`: the connection task, running a core over a transport (TCP, TLS,
-//!   WebSocket).
+//!   WebSocket); a resumable session's task outlives a lost connection.
 //! - [`listener`]: listeners and what they speak, accept loops, TLS and WebSocket
 //!   handshakes, refusals at accept.
 //! - `supervisor`: the supervision tree and its restart intensity.
@@ -99,6 +100,7 @@ pub mod room;
 mod scrape;
 mod server;
 pub mod service;
+mod sessions;
 pub mod stats;
 mod supervisor;
 mod sync;

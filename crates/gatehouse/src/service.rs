@@ -103,9 +103,16 @@ pub trait Service: Send + Sync + 'static {
     /// `docs/PROTOCOL.md`): when a request's handler logs the connection in
     /// ([`Context::logged_in`]), a `session` frame goes before that request's
     /// response, and from then on the responses and pushes are numbered and kept
-    /// (within `resume.buffer_bytes`) until the client acknowledges them. (Taking a
-    /// session over from a new connection is being built: a `resume` is refused
-    /// `resume_failed` for now.)
+    /// (within `resume.buffer_bytes`) until the client acknowledges them.
+    ///
+    /// A session whose connection is lost then waits `resume.window` for its client
+    /// to resume it on a new connection: the same session, id, groups, player and
+    /// rooms, with nothing lost or run twice, and no hook runs. If nobody comes,
+    /// [`Service::disconnect`] runs once, with the reason the connection was lost.
+    /// A connection that opens with `resume` has no session of its own, so for a
+    /// resumable service [`Service::connect`] runs when a connection's first frame
+    /// arrives, once it is known not to be a resume (a connection that sends
+    /// nothing has no hooks at all).
     const RESUMABLE: bool = false;
 
     /// A connection was accepted: make its session.

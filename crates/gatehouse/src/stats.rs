@@ -18,7 +18,7 @@ use crate::limits::Refusal;
 
 /// The `reason` label of a disconnect, in the order of
 /// [`StatsSnapshot::disconnects`]; see [`disconnect_label`].
-pub const DISCONNECT_REASONS: [&str; 14] = [
+pub const DISCONNECT_REASONS: [&str; 15] = [
     "peer_closed",
     "socket_error",
     "send_timeout",
@@ -33,6 +33,7 @@ pub const DISCONNECT_REASONS: [&str; 14] = [
     "kicked",
     "shutdown",
     "server_restart",
+    "resumed",
 ];
 
 /// The `reason` label of a kick sent, in the order of [`StatsSnapshot::kicks`]:
@@ -78,6 +79,7 @@ pub fn disconnect_label(reason: &DisconnectReason) -> usize {
         DisconnectReason::Kicked(_) => 11,
         DisconnectReason::Shutdown => 12,
         DisconnectReason::ServerRestart => 13,
+        DisconnectReason::Resumed => 14,
     }
 }
 
@@ -112,6 +114,8 @@ pub struct Stats {
     hub_restarts: AtomicU64,
     hook_timeouts: AtomicU64,
     checkpoints: AtomicU64,
+    sessions_detached: AtomicU64,
+    sessions_resumed: AtomicU64,
     handshake_failures: PerTransport<AtomicU64>,
     handshake_timeouts: PerTransport<AtomicU64>,
     pages_served: AtomicU64,
@@ -165,6 +169,10 @@ pub struct StatsSnapshot {
     pub hook_timeouts: u64,
     /// Checkpoints of dirty sessions.
     pub checkpoints: u64,
+    /// Resumable sessions whose connection was lost, kept for a resume.
+    pub sessions_detached: u64,
+    /// Sessions a new connection resumed.
+    pub sessions_resumed: u64,
     /// TLS handshakes and WebSocket upgrades that failed (a bad certificate, not
     /// TLS, a malformed or refused HTTP request, a page of another origin).
     pub handshake_failures: u64,
@@ -219,6 +227,8 @@ impl Stats {
             handler_timeouts: count(DisconnectReason::HandlerTimeout),
             hook_timeouts: self.hook_timeouts.load(Relaxed),
             checkpoints: self.checkpoints.load(Relaxed),
+            sessions_detached: self.sessions_detached.load(Relaxed),
+            sessions_resumed: self.sessions_resumed.load(Relaxed),
             handshake_failures: handshake_failures_by_transport.iter().map(|(_, n)| n).sum(),
             handshake_failures_by_transport,
             handshake_timeouts: handshake_timeouts_by_transport.iter().map(|(_, n)| n).sum(),
@@ -261,6 +271,14 @@ impl Stats {
 
     pub(crate) fn count_checkpoint(&self) {
         self.checkpoints.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn count_detached(&self) {
+        self.sessions_detached.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn count_resumed(&self) {
+        self.sessions_resumed.fetch_add(1, Relaxed);
     }
 
     /// A connection ended for `reason` (with the kick it was sent, if any).

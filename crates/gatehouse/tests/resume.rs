@@ -1,11 +1,18 @@
-//! Session resume's offer, over real sockets (`docs/PROTOCOL.md`, "session, resume,
-//! resumed and ack"): a resumable service's login is answered after a `session`
-//! frame; from then on the server numbers its responses and pushes, keeps them until
-//! the client acknowledges them (an ack of more than was sent is a protocol error),
-//! and acknowledges the client's requests and notifies after 32 of them or a second
-//! after the oldest. A service that does not opt in, or a window of 0, offers
-//! nothing. (Taking a session over from a new connection is not built yet: a resume
-//! is refused `resume_failed`.)
+//! Session resume over real sockets (`docs/PROTOCOL.md`, "session, resume, resumed
+//! and ack").
+//!
+//! The offer: a resumable service's login is answered after a `session` frame; from
+//! then on the server numbers its responses and pushes, keeps them until the client
+//! acknowledges them (an ack of more than was sent is a protocol error), and
+//! acknowledges the client's requests and notifies after 32 of them or a second after
+//! the oldest. A service that does not opt in, or a window of 0, offers nothing.
+//!
+//! The resume, through a proxy that cuts, half-opens and stalls connections: a
+//! session whose connection is lost waits for its client, which comes back on a new
+//! connection with nothing lost and nothing run twice, and no hook runs; a half-open
+//! old connection is replaced at once; a session nobody resumes ends once, at the
+//! window's end or when its replay overflows; wrong tokens, counts beyond what was
+//! sent and resumes after the first frame are refused.
 
 #![allow(clippy::unwrap_used)]
 
@@ -15,8 +22,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use gatehouse::{Config, Context, Disconnect, KickReason, Message, Reply, Service, Status};
-use support::{at_deadline, keep_the_clock_stepping, test_config, Client, Record, TestServer};
+use gatehouse::{
+    Config, ConnId, Context, Disconnect, DisconnectReason, KickReason, Message, Reply,
+    ServerHandle, Service, Status,
+};
+use support::proxy::Proxy;
+use support::{
+    at_deadline, eventually, keep_the_clock_stepping, test_config, Client, Record, TestServer,
+};
 use tokio::time::Instant;
 
 /// Request: log in as the payload's name.
@@ -25,20 +38,31 @@ const LOGIN: u16 = 1;
 const ECHO: u16 = 2;
 /// Notify: nothing.
 const NOTE: u16 = 3;
+/// Request: adds one to the session's counter, and answers it (u64 BE). Waits a
+/// little first, as a handler that writes somewhere would.
+const INCREMENT: u16 = 4;
+/// The route of the pushes the tests send.
+const PUSH: u16 = 100;
 
-/// A game that logs connections in; resumable when `RESUMABLE` is.
-struct Game<const RESUMABLE: bool>;
+/// A game that logs connections in and counts; resumable when `RESUMABLE` is. Its
+/// disconnect hooks are recorded.
+struct Game<const RESUMABLE: bool> {
+    record: Arc<Record>,
+}
 
 impl<const RESUMABLE: bool> Service for Game<RESUMABLE> {
-    type Session = ();
+    /// The counter.
+    type Session = u64;
     type Message = ();
     const RESUMABLE: bool = RESUMABLE;
 
-    async fn connect(&self, _ctx: &mut Context<'_, ()>) {}
+    async fn connect(&self, _ctx: &mut Context<'_, ()>) -> u64 {
+        0
+    }
 
     async fn request(
         &self,
-        _session: &mut (),
+        counter: &mut u64,
         ctx: &mut Context<'_, ()>,
         route: u16,
         payload: Bytes,
@@ -50,18 +74,23 @@ impl<const RESUMABLE: bool> Service for Game<RESUMABLE> {
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 let name = String::from_utf8_lossy(&payload).into_owned();
                 match ctx.logged_in(&name).await {
-                    Ok(()) => Reply::ok("welcome"),
+                    Ok(()) => Reply::ok(ctx.id().0.to_be_bytes().to_vec()),
                     Err(e) => Reply::error(Status::UNAVAILABLE, e.to_string()),
                 }
             }
             ECHO => Reply::ok(payload),
+            INCREMENT => {
+                tokio::task::yield_now().await;
+                *counter += 1;
+                Reply::ok(counter.to_be_bytes().to_vec())
+            }
             _ => Reply::error(Status::UNKNOWN_ROUTE, "no such route"),
         }
     }
 
     async fn notify(
         &self,
-        _session: &mut (),
+        _session: &mut u64,
         _ctx: &mut Context<'_, ()>,
         _route: u16,
         _payload: Bytes,
@@ -69,11 +98,27 @@ impl<const RESUMABLE: bool> Service for Game<RESUMABLE> {
         Status::OK
     }
 
-    async fn disconnect(&self, _session: (), _info: Disconnect) {}
+    async fn disconnect(&self, _counter: u64, info: Disconnect) {
+        self.record
+            .disconnects
+            .lock()
+            .unwrap()
+            .push((info.id, info.reason));
+    }
 }
 
 async fn start<const RESUMABLE: bool>(config: Config) -> TestServer {
-    TestServer::start_service(config, Game::<RESUMABLE>, Arc::new(Record::default())).await
+    start_with_handle::<RESUMABLE>(config).await.0
+}
+
+async fn start_with_handle<const RESUMABLE: bool>(
+    config: Config,
+) -> (TestServer, ServerHandle<()>) {
+    let record = Arc::new(Record::default());
+    let game = Game::<RESUMABLE> {
+        record: record.clone(),
+    };
+    TestServer::start_service_with_handle(config, game, record).await
 }
 
 fn request(id: u32, route: u16, payload: &'static [u8]) -> Message {
@@ -224,21 +269,360 @@ async fn a_game_that_does_not_resume_or_a_window_of_zero_offers_no_session() {
     server.shutdown().await.unwrap();
 }
 
-#[tokio::test]
-async fn a_resume_is_refused_for_now_and_a_resume_after_the_first_frame_is_a_protocol_error() {
-    let server = start::<true>(test_config()).await;
-    let resume = Message::Resume {
-        id: 1,
-        received: 0,
-        token: [0; 32],
-    };
-    let mut client = server.connect().await;
-    client.send(&resume).await;
-    assert_eq!(client.expect_kick().await, KickReason::RESUME_FAILED);
+/// A client that resumes: it counts the server's numbered frames (responses and
+/// pushes) and keeps every numbered frame it sent, to send again those the server
+/// lacks after a resume (a real client forgets what was acknowledged; a test keeps
+/// everything).
+struct Resumer {
+    client: Client,
+    id: u64,
+    token: [u8; 32],
+    /// The server's numbered frames received.
+    received: u64,
+    /// The numbered frames sent, in order (frame n at n - 1).
+    sent: Vec<Message>,
+    /// The connection id the login answered.
+    conn: ConnId,
+}
 
-    let mut client = server.connect().await;
-    log_in(&mut client).await;
-    client.send(&resume).await;
-    assert_eq!(client.expect_kick().await, KickReason::PROTOCOL_ERROR);
+impl Resumer {
+    /// Connects to `addr` and logs in; the session frame must come first.
+    async fn log_in(addr: std::net::SocketAddr) -> Resumer {
+        let mut client = Client::connect(addr).await;
+        let frames = log_in(&mut client).await;
+        let [Message::Session { id, token, .. }, Message::Response { payload, .. }] = &frames[..]
+        else {
+            panic!("a session, then the login's answer: {frames:?}");
+        };
+        let conn = ConnId(u64::from_be_bytes(payload[..8].try_into().unwrap()));
+        Resumer {
+            client,
+            id: *id,
+            token: *token,
+            // The login's answer is the server's frame 1.
+            received: 1,
+            sent: Vec::new(),
+            conn,
+        }
+    }
+
+    /// Sends a numbered frame (a request or notify), keeping it.
+    async fn send(&mut self, message: Message) {
+        self.client.send(&message).await;
+        self.sent.push(message);
+    }
+
+    /// The next response or push, `None` once the connection is gone. Sessions
+    /// renew the token; acks are taken note of and skipped.
+    async fn next(&mut self) -> Option<Message> {
+        loop {
+            match self.client.recv().await? {
+                Message::Session { id, token, .. } => {
+                    assert_eq!(id, self.id, "a resumed session keeps its id");
+                    self.token = token;
+                }
+                Message::Ack { .. } => {}
+                numbered @ (Message::Response { .. } | Message::Push { .. }) => {
+                    self.received += 1;
+                    return Some(numbered);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    /// The resume a new connection opens with.
+    fn resume_frame(&self) -> Message {
+        Message::Resume {
+            id: self.id,
+            received: self.received,
+            token: self.token,
+        }
+    }
+
+    /// Resumes on a new connection to `addr`: expects `resumed`, then sends again
+    /// what the server did not receive.
+    async fn resume(&mut self, addr: std::net::SocketAddr) {
+        self.client = Client::connect(addr).await;
+        self.client.send(&self.resume_frame()).await;
+        let received = match self.client.recv().await {
+            Some(Message::Resumed { received }) => received,
+            other => panic!("expected resumed, got {other:?}"),
+        };
+        let again = usize::try_from(received).unwrap();
+        assert!(
+            again <= self.sent.len(),
+            "the server received {received} of {}",
+            self.sent.len()
+        );
+        let resend: Vec<Message> = self.sent[again..].to_vec();
+        for message in &resend {
+            self.client.send(message).await;
+        }
+    }
+}
+
+/// The pushes (their numbers) and the counter's answers (id, count) a client got.
+#[derive(Default)]
+struct Got {
+    pushes: Vec<u32>,
+    counts: Vec<(u32, u64)>,
+}
+
+impl Got {
+    fn take(&mut self, frame: Message) {
+        match frame {
+            Message::Push {
+                route: PUSH,
+                payload,
+            } => self
+                .pushes
+                .push(u32::from_be_bytes(payload[..].try_into().unwrap())),
+            Message::Response {
+                id,
+                status: Status::OK,
+                payload,
+            } => self
+                .counts
+                .push((id, u64::from_be_bytes(payload[..].try_into().unwrap()))),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+fn increment(id: u32) -> Message {
+    Message::Request {
+        id,
+        route: INCREMENT,
+        payload: Bytes::new(),
+    }
+}
+
+/// The kick a connection that opens with `frame` gets, with its text.
+async fn kicked_for(addr: std::net::SocketAddr, frame: &Message) -> (KickReason, String) {
+    let mut client = Client::connect(addr).await;
+    client.send(frame).await;
+    loop {
+        match client.recv().await {
+            Some(Message::Kick { reason, text }) => return (reason, text),
+            Some(_) => {}
+            None => panic!("closed without a kick"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_during_pushes_and_pipelined_increments_loses_nothing_runs_nothing_twice_and_no_hook()
+{
+    let (server, handle) = start_with_handle::<true>(test_config()).await;
+    let proxy = Proxy::start(server.addr).await;
+    let mut player = Resumer::log_in(proxy.addr).await;
+    let conn = player.conn;
+    let pushing = tokio::spawn(async move {
+        for n in 0..200u32 {
+            handle
+                .push_to(conn, PUSH, n.to_be_bytes().to_vec())
+                .await
+                .unwrap();
+            if n % 10 == 0 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+    });
+    for id in 0..50 {
+        player.send(increment(id)).await;
+    }
+    let mut got = Got::default();
+    // Some of it, then the network goes.
+    for _ in 0..40 {
+        got.take(player.next().await.expect("frames before the cut"));
+    }
+    proxy.cut();
+    while let Some(frame) = player.next().await {
+        got.take(frame); // what was on its way before the cut
+    }
+    eventually("the server sees the connection lost", || {
+        (server.stats.snapshot().sessions_detached == 1).then_some(())
+    })
+    .await;
+    player.resume(proxy.addr).await;
+    while got.pushes.len() < 200 || got.counts.len() < 50 {
+        got.take(player.next().await.expect("everything, after the resume"));
+    }
+    pushing.await.unwrap();
+    assert_eq!(
+        got.pushes,
+        (0..200).collect::<Vec<_>>(),
+        "every push once, in order"
+    );
+    let ids: Vec<u32> = got.counts.iter().map(|(id, _)| *id).collect();
+    assert_eq!(
+        ids,
+        (0..50).collect::<Vec<_>>(),
+        "every answer once, in order"
+    );
+    assert_eq!(got.counts.last().unwrap().1, 50, "each increment ran once");
+    assert_eq!(server.stats.snapshot().sessions_resumed, 1);
+    assert!(
+        server.record.hooks().is_empty(),
+        "no hook ran: {:?}",
+        server.record.hooks()
+    );
+
+    // The session goes on over the new connection, and resumes again.
+    player.send(increment(50)).await;
+    assert!(matches!(
+        player.next().await,
+        Some(Message::Response { id: 50, .. })
+    ));
+    proxy.cut();
+    while player.next().await.is_some() {}
+    eventually("lost again", || {
+        (server.stats.snapshot().sessions_detached == 2).then_some(())
+    })
+    .await;
+    player.resume(proxy.addr).await;
+    player.send(increment(51)).await;
+    let Some(Message::Response {
+        id: 51, payload, ..
+    }) = player.next().await
+    else {
+        panic!("the counter's answer");
+    };
+    assert_eq!(payload[..], 52u64.to_be_bytes());
+    // Gone for good: the session waits, and the shutdown ends it.
+    drop(player);
+    let record = server.record.clone();
+    server.shutdown().await.unwrap();
+    let hooks = record.hooks();
+    assert_eq!(
+        hooks,
+        [(conn, DisconnectReason::Shutdown)],
+        "one hook, at the end"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_open_connection_is_replaced_at_once_by_the_resume() {
+    let server = start::<true>(test_config()).await;
+    let proxy = Proxy::start(server.addr).await;
+    let mut player = Resumer::log_in(proxy.addr).await;
+    player.send(increment(1)).await;
+    assert!(player.next().await.is_some());
+    // The client's side is gone; the server's is open and hears nothing (idle
+    // timeout: 60 s, far beyond this test's patience).
+    proxy.half_open();
+    while player.next().await.is_some() {}
+    player.resume(proxy.addr).await;
+    player.send(increment(2)).await;
+    let Some(Message::Response { id: 2, payload, .. }) = player.next().await else {
+        panic!("the counter's answer");
+    };
+    assert_eq!(payload[..], 2u64.to_be_bytes());
+    let stats = server.stats.snapshot();
+    assert_eq!((stats.sessions_detached, stats.sessions_resumed), (0, 1));
+    assert!(server.record.hooks().is_empty());
+    drop(player);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_nobody_resumes_ends_once_at_the_window_and_a_late_resume_is_expired() {
+    let mut config = test_config();
+    config.resume.window = Duration::from_millis(300);
+    let server = start::<true>(config).await;
+    let proxy = Proxy::start(server.addr).await;
+    let mut player = Resumer::log_in(proxy.addr).await;
+    proxy.cut();
+    while player.next().await.is_some() {}
+    let hooks = server.record.wait_hooks(1).await;
+    assert_eq!(hooks, [(player.conn, DisconnectReason::PeerClosed)]);
+    let (reason, text) = kicked_for(proxy.addr, &player.resume_frame()).await;
+    assert_eq!(reason, KickReason::RESUME_FAILED);
+    assert!(text.starts_with("expired"), "{text}");
+    assert_eq!(server.record.hooks().len(), 1, "the hook ran once");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_that_overflows_while_detached_ends_the_session_a_resume_is_gap_and_a_login_works()
+{
+    let mut config = test_config();
+    config.resume.buffer_bytes = 1024;
+    let (server, handle) = start_with_handle::<true>(config).await;
+    let proxy = Proxy::start(server.addr).await;
+    let mut player = Resumer::log_in(proxy.addr).await;
+    proxy.cut();
+    while player.next().await.is_some() {}
+    eventually("the server sees the connection lost", || {
+        (server.stats.snapshot().sessions_detached == 1).then_some(())
+    })
+    .await;
+    // More than the replay keeps, sent while nobody is there.
+    for _ in 0..20 {
+        handle
+            .push_to(player.conn, PUSH, vec![0u8; 100])
+            .await
+            .unwrap();
+    }
+    let hooks = server.record.wait_hooks(1).await;
+    assert_eq!(hooks, [(player.conn, DisconnectReason::PeerClosed)]);
+    let (reason, text) = kicked_for(proxy.addr, &player.resume_frame()).await;
+    assert_eq!(reason, KickReason::RESUME_FAILED);
+    assert!(text.starts_with("gap"), "{text}");
+    // The client logs in again, as a new session.
+    let again = Resumer::log_in(proxy.addr).await;
+    assert_ne!(again.id, player.id);
+    drop(again);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_tokens_unknown_ids_counts_beyond_what_was_sent_and_late_resumes_are_refused() {
+    let server = start::<true>(test_config()).await;
+    let proxy = Proxy::start(server.addr).await;
+    let mut player = Resumer::log_in(proxy.addr).await;
+    proxy.cut();
+    while player.next().await.is_some() {}
+
+    let mut wrong = player.resume_frame();
+    if let Message::Resume { token, .. } = &mut wrong {
+        token[0] ^= 1;
+    }
+    let (reason, text) = kicked_for(proxy.addr, &wrong).await;
+    assert_eq!(reason, KickReason::RESUME_FAILED);
+    assert!(text.starts_with("unknown"), "{text}");
+    let unknown = Message::Resume {
+        id: player.id.wrapping_add(1),
+        received: 0,
+        token: player.token,
+    };
+    let (reason, text) = kicked_for(proxy.addr, &unknown).await;
+    assert_eq!(reason, KickReason::RESUME_FAILED);
+    assert!(text.starts_with("unknown"), "{text}");
+    // The server sent the login's answer only: a client claiming two is refused,
+    // and the session goes on waiting.
+    let beyond = Message::Resume {
+        id: player.id,
+        received: 2,
+        token: player.token,
+    };
+    let (reason, _) = kicked_for(proxy.addr, &beyond).await;
+    assert_eq!(reason, KickReason::PROTOCOL_ERROR);
+
+    // None of that hurt the session: its client resumes it.
+    player.resume(proxy.addr).await;
+    player.send(increment(1)).await;
+    assert!(matches!(
+        player.next().await,
+        Some(Message::Response { id: 1, .. })
+    ));
+    // A resume after the first frame is a protocol error.
+    player.client.send(&player.resume_frame()).await;
+    assert_eq!(
+        player.client.expect_kick().await,
+        KickReason::PROTOCOL_ERROR
+    );
+    assert!(server.record.wait_hooks(1).await.len() == 1);
     server.shutdown().await.unwrap();
 }

@@ -219,6 +219,8 @@ pub(super) async fn stats<S: Service>(State(admin): State<Admin<S>>) -> Json<Val
             "disconnect_hooks": s.disconnect_hooks,
             "hook_timeouts": s.hook_timeouts,
             "checkpoints": s.checkpoints,
+            "detached": s.sessions_detached,
+            "resumed": s.sessions_resumed,
         },
         "handlers": handlers,
         "rooms": rooms,

@@ -33,7 +33,7 @@ use tracing::{debug, warn};
 use super::budget::OutboundBudget;
 use super::outbound::{reusable, OutputQueue};
 use super::reason::DisconnectReason;
-use super::resume::{Inbound, Replay};
+use super::resume::{Inbound, Replay, ReplayRefusal};
 use crate::config::LimitsConfig;
 use crate::limits::memory::above_free;
 use crate::limits::{nanos_since, InboundRates, MemoryBudget, RateLimits};
@@ -149,6 +149,9 @@ pub(crate) struct CoreConfig {
     pub(crate) memory: Arc<MemoryBudget>,
     /// The service requires a login within `limits.login_timeout`.
     pub(crate) login_required: bool,
+    /// The service's sessions can be resumed: a `resume` first frame is left for
+    /// the driver ([`ConnectionCore::first_frame`]) instead of refused `unknown`.
+    pub(crate) resumable: bool,
 }
 
 impl CoreConfig {
@@ -162,7 +165,14 @@ impl CoreConfig {
             limits,
             memory: Arc::new(MemoryBudget::new(memory_budget_bytes)),
             login_required,
+            resumable: false,
         }
+    }
+
+    /// The service's sessions can be resumed.
+    pub(crate) fn resumable(mut self, resumable: bool) -> CoreConfig {
+        self.resumable = resumable;
+        self
     }
 }
 
@@ -212,8 +222,54 @@ pub(crate) struct ConnectionCore {
 /// A resumable session's bookkeeping (see `super::resume`).
 #[derive(Debug)]
 struct SessionLog {
+    id: u64,
     replay: Replay,
     inbound: Inbound,
+    /// The connection was lost: the session waits for a resume until then.
+    detached: Option<Detached>,
+    /// Why the session ended without its client coming back, once it has.
+    lost: Option<Lost>,
+}
+
+/// A session whose connection was lost.
+#[derive(Debug)]
+struct Detached {
+    /// The end of the resume window.
+    until: Instant,
+    /// How the connection was lost: the session's close if it is not resumed.
+    close: Close,
+    /// Numbered frames sent before it was lost: the most the client can have.
+    sent: u64,
+}
+
+/// Why a session whose connection was lost ended without being resumed; a resume
+/// that comes later is refused with this (`resume_failed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lost {
+    /// The window passed.
+    Expired,
+    /// The replay let go of frames sent after the connection was lost.
+    Gap,
+}
+
+/// What a resumable service's connection sent first, as far as it has arrived
+/// (see [`ConnectionCore::first_frame`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FirstFrame {
+    /// Not enough of it to tell.
+    Pending,
+    /// A whole `resume`: take it with [`ConnectionCore::take_resume`].
+    Resume,
+    /// Anything else (or nothing more will come: the connection is closing).
+    Other,
+}
+
+/// A `resume` a new connection opened with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ResumeRequest {
+    pub(crate) id: u64,
+    pub(crate) received: u64,
+    pub(crate) token: Token,
 }
 
 impl ConnectionCore {
@@ -263,6 +319,69 @@ impl ConnectionCore {
         self.recv.reserve(HEADER_LEN + body.len());
         self.recv.put_u32(announced);
         self.recv.put_slice(body);
+    }
+
+    /// For a resumable service, before its connect hook: whether the connection
+    /// opened with a `resume` (which takes a session over instead of starting one).
+    pub(crate) fn first_frame(&self) -> FirstFrame {
+        if self.last_input.is_some() || self.close.is_some() {
+            return FirstFrame::Other;
+        }
+        let Some(header) = self.recv.first_chunk::<HEADER_LEN>() else {
+            return FirstFrame::Pending;
+        };
+        let len = u32::from_be_bytes(*header) as usize;
+        match self.recv.get(HEADER_LEN) {
+            None if len == 0 => FirstFrame::Other,
+            None => FirstFrame::Pending,
+            // Over the maximum, the frame is the ordinary path's to refuse.
+            Some(&kind::RESUME) if len <= self.config.limits.max_frame_bytes => {
+                if self.recv.len() >= HEADER_LEN + len {
+                    FirstFrame::Resume
+                } else {
+                    FirstFrame::Pending
+                }
+            }
+            Some(_) => FirstFrame::Other,
+        }
+    }
+
+    /// Takes the `resume` [`ConnectionCore::first_frame`] found; `None` (with the
+    /// close decided) if it is malformed. What arrived behind it stays in the input
+    /// ([`ConnectionCore::take_input`]).
+    #[cold]
+    pub(crate) fn take_resume(&mut self, now: Instant) -> Option<ResumeRequest> {
+        let frame =
+            match FrameDecoder::new(self.config.limits.max_frame_bytes).decode(&mut self.recv) {
+                Ok(Some(frame)) => frame,
+                Ok(None) | Err(_) => return None, // first_frame said it is whole and fits
+            };
+        self.last_input = Some(now);
+        self.budget.meter.received(frame.len() + HEADER_LEN);
+        match Message::decode(frame) {
+            Ok(Message::Resume {
+                id,
+                received,
+                token,
+            }) => Some(ResumeRequest {
+                id,
+                received,
+                token,
+            }),
+            other => {
+                debug!(?other, "a malformed resume");
+                self.close(DisconnectReason::ProtocolError, None);
+                None
+            }
+        }
+    }
+
+    /// What arrived and was not cut into frames yet, taken (for the session a
+    /// resume moves this connection's transport to).
+    pub(crate) fn take_input(&mut self) -> BytesMut {
+        let input = std::mem::take(&mut self.recv);
+        self.charge_input(); // gives the charge back
+        input
     }
 
     /// The next request or notify that arrived, handling on the way everything that
@@ -481,11 +600,15 @@ impl ConnectionCore {
         tail.put_u32(id);
         tail.put_u16(status.0);
         tail.put_slice(payload);
-        if let Some(session) = &mut self.session {
-            session.replay.record(Bytes::copy_from_slice(&tail[at..]));
-        }
+        let numbered = self
+            .session
+            .is_some()
+            .then(|| Bytes::copy_from_slice(&tail[at..]));
         self.out.commit(len);
         self.budget.meter.queued();
+        if let Some(frame) = numbered {
+            self.record(frame);
+        }
     }
 
     /// Pushes to this connection. False if it was not queued: too large for the
@@ -519,18 +642,20 @@ impl ConnectionCore {
         let tail = self.out.tail_for(len);
         let at = tail.len();
         message.encode_frame_into(tail);
-        if let (Some(session), Message::Push { .. }) = (&mut self.session, message) {
-            session.replay.record(Bytes::copy_from_slice(&tail[at..]));
-        }
+        let numbered = (self.session.is_some() && matches!(message, Message::Push { .. }))
+            .then(|| Bytes::copy_from_slice(&tail[at..]));
         self.out.commit(len);
         self.budget.meter.queued();
+        if let Some(frame) = numbered {
+            self.record(frame);
+        }
     }
 
     /// Queues a frame encoded elsewhere (a broadcast), whose bytes the deliverer has
     /// already reserved from the budget.
     pub(crate) fn queue_reserved_frame(&mut self, frame: Bytes) {
-        if let Some(session) = &mut self.session {
-            session.replay.record(frame.clone()); // shared, not copied
+        if self.session.is_some() {
+            self.record(frame.clone()); // shared, not copied
         }
         self.out.push_shared(frame);
         self.budget.meter.queued();
@@ -575,6 +700,13 @@ impl ConnectionCore {
     /// transport holds output it took and could not send: TLS records, WebSocket
     /// frames). A parameter, not a field: every idle connection would carry it.
     pub(crate) fn poll_timeout(&mut self, now: Instant, transport_backlog: bool) -> Instant {
+        if let Some(detached) = self.session.as_ref().and_then(|s| s.detached.as_ref()) {
+            // No connection: no input, output, stall or acks; the window and the
+            // checkpoint.
+            return self
+                .checkpoint_at
+                .map_or(detached.until, |at| at.min(detached.until));
+        }
         self.update_stall(now, transport_backlog);
         let mut due = self.input_deadline();
         if let Some(since) = self.stalled_since {
@@ -645,6 +777,16 @@ impl ConnectionCore {
     /// The timer fired at `now`: closes the connection if a deadline has passed
     /// (`transport_backlog` as for [`ConnectionCore::poll_timeout`]).
     pub(crate) fn handle_timeout(&mut self, now: Instant, transport_backlog: bool) {
+        if let Some(session) = &mut self.session {
+            if let Some(detached) = session.detached.take_if(|d| now >= d.until) {
+                session.lost = Some(Lost::Expired);
+                self.close(detached.close.reason, detached.close.text);
+                return;
+            }
+            if session.detached.is_some() {
+                return;
+            }
+        }
         if self.input_paused {
             self.charge_input();
         }
@@ -699,9 +841,167 @@ impl ConnectionCore {
             token,
         });
         self.session = Some(Box::new(SessionLog {
+            id,
             replay: Replay::new(buffer_bytes, self.config.memory.clone()),
             inbound: Inbound::starting_at(held),
+            detached: None,
+            lost: None,
         }));
+    }
+
+    /// The offered session's id, if one was offered.
+    pub(crate) fn session_id(&self) -> Option<u64> {
+        self.session.as_ref().map(|s| s.id)
+    }
+
+    /// Keeps `frame` (numbered) for a resume. A session whose connection is lost
+    /// ends once the replay lets go of a frame its client cannot have had: no
+    /// resume could be served.
+    fn record(&mut self, frame: Bytes) {
+        let Some(session) = &mut self.session else {
+            return;
+        };
+        if session.replay.record(frame) {
+            return;
+        }
+        if let Some(detached) = &session.detached {
+            if !session.replay.serves(detached.sent) {
+                let close = detached.close.clone();
+                session.detached = None;
+                session.lost = Some(Lost::Gap);
+                let text = "not resumed, and its replay passed resume.buffer_bytes";
+                self.close(close.reason, Some(text.to_owned()));
+            }
+        }
+    }
+
+    /// Whether a close for `reason` may leave the session waiting for a resume
+    /// instead: the connection was lost (not closed by either side on purpose) and
+    /// the session is resumable and was not lost before.
+    pub(crate) fn may_detach(&self, reason: &DisconnectReason) -> bool {
+        let lost_transport = matches!(
+            reason,
+            DisconnectReason::PeerClosed
+                | DisconnectReason::SocketError(_)
+                | DisconnectReason::SendTimeout
+                | DisconnectReason::Idle
+        );
+        lost_transport
+            && self
+                .session
+                .as_ref()
+                .is_some_and(|s| s.detached.is_none() && s.lost.is_none())
+    }
+
+    /// The connection was lost (`close`) at `now`: the session waits `window` for
+    /// its client to resume, numbering and keeping what it sends meanwhile (the
+    /// output is discarded: [`ConnectionCore::discard_output`]). If nobody comes,
+    /// it closes with `close`.
+    pub(crate) fn detach(&mut self, close: Close, now: Instant, window: std::time::Duration) {
+        let Some(session) = &mut self.session else {
+            self.close = Some(close);
+            return;
+        };
+        session.detached = Some(Detached {
+            until: now + window,
+            close,
+            sent: session.replay.sent(),
+        });
+        self.discard_output();
+        self.stalled_since = None;
+        // A partial frame from the lost connection will never be completed.
+        self.recv.clear();
+        self.charge_input();
+    }
+
+    /// Whether the connection is gone: the session waits for a resume, or ended
+    /// waiting. Then nothing more can be sent.
+    pub(crate) fn is_detached(&self) -> bool {
+        self.session
+            .as_ref()
+            .is_some_and(|s| s.detached.is_some() || s.lost.is_some())
+    }
+
+    /// A resume came for frames the replay no longer has: the session ends (its
+    /// client must log in again).
+    pub(crate) fn end_with_gap(&mut self) {
+        let Some(session) = &mut self.session else {
+            return;
+        };
+        session.lost = Some(Lost::Gap);
+        let close = match session.detached.take() {
+            Some(detached) => detached.close,
+            // Still attached: the client left this connection for the new one.
+            None => Close {
+                reason: DisconnectReason::Kicked(KickReason::RESUME_FAILED),
+                text: Some(
+                    "gap: resumed on another connection without the frames it lacked".into(),
+                ),
+            },
+        };
+        self.close(close.reason, close.text);
+    }
+
+    /// Why the session ended without its client coming back, if it did.
+    pub(crate) fn lost(&self) -> Option<Lost> {
+        self.session.as_ref().and_then(|s| s.lost)
+    }
+
+    /// Drops every queued frame (nothing can send them: the connection was lost or
+    /// replaced); the numbered ones are in the replay.
+    pub(crate) fn discard_output(&mut self) {
+        let dropped = self.out.clear();
+        self.budget.release(dropped);
+    }
+
+    /// A new connection resumed the session at `now`: its client `received` so many
+    /// numbered frames and sent `input` behind its `resume`. Queues `resumed`, then
+    /// the frames the client lacks, in order; the old connection's output and
+    /// partial input are dropped. Refused if the client lacks frames that were not
+    /// kept, or claims more than was sent (then nothing changes).
+    pub(crate) fn resume(
+        &mut self,
+        received: u64,
+        input: BytesMut,
+        now: Instant,
+    ) -> Result<(), ReplayRefusal> {
+        let Some(session) = &mut self.session else {
+            return Err(ReplayRefusal::Gap {
+                received,
+                first_kept: u64::MAX,
+            });
+        };
+        let replay: Vec<Bytes> = session.replay.after(received)?.cloned().collect();
+        session.detached = None;
+        let resumed = Message::Resumed {
+            received: session.inbound.received(),
+        };
+        self.discard_output();
+        self.stalled_since = None;
+        self.recv = input;
+        self.charge_input();
+        self.last_input = Some(now);
+        // The replay was charged to memory when kept; it must go out whatever the
+        // queue's limit (it is at most `resume.buffer_bytes`).
+        self.budget.force(HEADER_LEN + resumed.body_len());
+        self.queue_reserved(&resumed);
+        for frame in replay {
+            self.budget.force(frame.len());
+            self.out.push_shared(frame);
+            self.budget.meter.queued();
+        }
+        Ok(())
+    }
+
+    /// Queues a fresh `session` frame for the session's next resume (a new token).
+    pub(crate) fn renew_session(&mut self, window_ms: u32, token: Token) {
+        if let Some(id) = self.session_id() {
+            self.enqueue(&Message::Session {
+                id,
+                window_ms,
+                token,
+            });
+        }
     }
 
     /// Whether a session is due an offer: the connection logged in, and none was

@@ -7,7 +7,7 @@
 //! - [`meter`]: what crossed the connection, counted by its own task.
 //! - [`reason`]: [`DisconnectReason`], with its kick code, text and log level.
 //! - [`resume`]: a resumable session's replay of unacknowledged frames and its
-//!   acknowledgements owed (session resume; not wired to the core yet).
+//!   acknowledgements owed.
 //! - [`staged`]: what a handler that waits does to its connection, kept for the core.
 //! - `scenario` (tests and the `fuzzing` feature): the core driven by an arbitrary
 //!   script with its invariants checked; `properties` runs it under proptest, the
@@ -33,7 +33,9 @@ use std::fmt;
 pub(crate) use self::budget::OutboundBudget;
 #[cfg(feature = "websocket")]
 pub(crate) use self::core::cut_at_char;
-pub(crate) use self::core::{Close, ConnectionCore, CoreConfig, Event, NoRoom};
+pub(crate) use self::core::{
+    Close, ConnectionCore, CoreConfig, Event, FirstFrame, Lost, NoRoom, ResumeRequest,
+};
 pub(crate) use self::meter::Meter;
 pub use self::meter::TrafficCounts;
 pub use self::reason::{DisconnectReason, Severity};

@@ -137,6 +137,15 @@ impl OutputQueue {
         dropped
     }
 
+    /// Drops everything queued, the frame partly sent too (its connection is gone);
+    /// returns the bytes dropped.
+    pub(crate) fn clear(&mut self) -> usize {
+        self.chunks.clear();
+        self.tail.clear();
+        self.front_remaining = 0;
+        std::mem::take(&mut self.len)
+    }
+
     /// Hands back the tail's buffer if nothing is queued, so an idle connection holds
     /// none (the driver keeps it for the next busy connection).
     pub(crate) fn take_spare_buffer(&mut self) -> Option<BytesMut> {

@@ -39,6 +39,9 @@ pub enum DisconnectReason {
     HandlerPanic,
     /// A handler ran past `limits.handler_timeout`.
     HandlerTimeout,
+    /// The connection opened with a `resume`, and its transport went on to serve
+    /// the session it resumed (it had no session of its own, and no hooks ran).
+    Resumed,
 }
 
 /// How loudly a close is logged: the client's own doing is routine, a limit hit by a
@@ -61,7 +64,8 @@ impl DisconnectReason {
         Some(match self {
             DisconnectReason::PeerClosed
             | DisconnectReason::SocketError(_)
-            | DisconnectReason::SendTimeout => return None,
+            | DisconnectReason::SendTimeout
+            | DisconnectReason::Resumed => return None,
             DisconnectReason::LoginTimeout => KickReason::LOGIN_TIMEOUT,
             DisconnectReason::Idle => KickReason::IDLE,
             DisconnectReason::Dos => KickReason::DOS,
@@ -105,7 +109,9 @@ impl DisconnectReason {
     /// How loudly this close is logged.
     pub fn severity(&self) -> Severity {
         match self {
-            DisconnectReason::PeerClosed | DisconnectReason::Shutdown => Severity::Debug,
+            DisconnectReason::PeerClosed
+            | DisconnectReason::Shutdown
+            | DisconnectReason::Resumed => Severity::Debug,
             DisconnectReason::Dos
             | DisconnectReason::FrameTooLarge
             | DisconnectReason::ProtocolError
@@ -142,6 +148,7 @@ impl fmt::Display for DisconnectReason {
             DisconnectReason::SendTimeout => f.write_str("send_timeout"),
             DisconnectReason::HandlerTimeout => f.write_str("handler_timeout"),
             DisconnectReason::HandlerPanic => f.write_str("handler_panic"),
+            DisconnectReason::Resumed => f.write_str("resumed"),
             other => match other.kick() {
                 Some(kick) => kick.fmt(f),
                 None => Ok(()),

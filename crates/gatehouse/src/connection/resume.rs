@@ -10,15 +10,8 @@
 //! that needs them is refused `gap`. An acknowledgement is due only while something
 //! is unacknowledged, so an idle session arms no timer.
 //!
-//! The connection core holds them for a session offered a resume; the driver's
-//! resume (issue 20's next part) will move them to the session's next connection.
-#![cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "the driver's resume (issue 20, next) reads the replay"
-    )
-)]
+//! The connection core holds them for a session offered a resume; they stay with
+//! the session's task while its connection is lost and serve the next one.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -84,14 +77,15 @@ impl Replay {
     }
 
     /// Bytes kept.
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn bytes(&self) -> usize {
         self.bytes
     }
 
-    /// Whether a resume by a client that received every frame acknowledged so far
-    /// could still be served: no unacknowledged frame was let go.
-    pub(crate) fn whole(&self, acked: u64) -> bool {
-        self.first <= acked + 1
+    /// Whether a client that received at most `received` frames could still be
+    /// served: nothing after them was let go.
+    pub(crate) fn serves(&self, received: u64) -> bool {
+        self.first <= received + 1
     }
 
     /// Counts `frame` (a whole frame, header included) as sent, and keeps it for a
@@ -299,8 +293,8 @@ mod tests {
         assert!(!replay.record(frame(4, 10)), "frame 1 had to go");
         assert_eq!(replay.bytes(), 30);
         assert_eq!(memory.used(), 30);
-        assert!(!replay.whole(0));
-        assert!(replay.whole(1));
+        assert!(!replay.serves(0));
+        assert!(replay.serves(1));
         assert_eq!(numbers(replay.after(1).unwrap()), [2, 3, 4]);
         assert!(matches!(replay.after(0), Err(ReplayRefusal::Gap { .. })));
         // A frame larger than the whole limit keeps nothing: every resume is a gap.

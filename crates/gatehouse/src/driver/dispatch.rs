@@ -759,8 +759,13 @@ impl<S: Service, T: Transport> Connection<S, T> {
         let id = u64::from_be_bytes(id.try_into().unwrap_or_default());
         let token = token.try_into().unwrap_or_default();
         let window_ms = u32::try_from(resume.window.as_millis()).unwrap_or(u32::MAX);
+        let buffer_bytes = resume.buffer_bytes;
+        if !self.register_session(id, token) {
+            warn!(id, "a session id drawn twice: no resume offered");
+            return;
+        }
         self.core
-            .offer_session(id, window_ms, token, held, resume.buffer_bytes);
+            .offer_session(id, window_ms, token, held, buffer_bytes);
     }
 
     /// Takes what the mailbox holds: a kick or an overflow decides the close first

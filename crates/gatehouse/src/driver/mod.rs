@@ -13,6 +13,8 @@
 //!   its loop.
 //! - [`dispatch`]: handler calls (panics, timeouts, cancellation), framework routes,
 //!   mailbox deliveries.
+//! - [`resume`]: the registry of resumable sessions; a lost connection's session
+//!   waiting for a resume, and a new connection's transport handed to it.
 //! - [`transport`]: the [`Transport`] trait; [`tcp`]: TCP; `stream` (feature `tls`):
 //!   any byte stream with its own buffers (TLS); `websocket` (feature `websocket`):
 //!   WebSocket.
@@ -33,6 +35,7 @@ macro_rules! context {
 }
 
 mod dispatch;
+pub(crate) mod resume;
 mod spare;
 #[cfg(feature = "tls")]
 pub(crate) mod stream;
@@ -57,7 +60,8 @@ use gatehouse_protocol::KickReason;
 
 use crate::config::{LimitsConfig, TransportKind};
 use crate::connection::{
-    Close, ConnId, ConnectionCore, CoreConfig, DisconnectReason, Meter, OutboundBudget, Severity,
+    Close, ConnId, ConnectionCore, CoreConfig, DisconnectReason, FirstFrame, Meter, OutboundBudget,
+    ResumeRequest, Severity,
 };
 use crate::group::{Group, Shared};
 use crate::limits::Permit;
@@ -114,11 +118,25 @@ pub(crate) fn serve<S: Service, T: Transport>(
         mailbox,
         shared,
         group,
+        inbox: None,
         _permit: permit,
     };
     // `run` borrows the connection rather than taking it: an `async fn`'s by-value
     // argument would be stored twice in the task (as the argument and as the local).
-    async move { conn.run().await }.instrument(span)
+    async move {
+        if let Some(resume) = conn.run().await {
+            let input = conn.core.take_input();
+            let handing = Box::pin(resume::hand_over(
+                conn.shared,
+                conn.transport,
+                conn.peer,
+                input,
+                resume,
+            ));
+            handing.await;
+        }
+    }
+    .instrument(span)
 }
 
 /// One connection's task state.
@@ -133,12 +151,15 @@ struct Connection<S: Service, T> {
     mailbox: Arc<Mailbox<S::Message>>,
     shared: Arc<Shared<S>>,
     group: Arc<Group<S::Message>>,
+    /// Where a resumed session's next transport arrives; `None` until a session is
+    /// offered (and always, for a service that does not resume).
+    inbox: Option<crate::sessions::Inbox<T>>,
     /// The admission slot, given back when the connection (and this) is dropped.
     _permit: Permit,
 }
 
 /// What woke the loop.
-enum Wake {
+enum Wake<T> {
     /// The handler that waited has finished (its result waits in it).
     Finished,
     Cancelled,
@@ -149,14 +170,18 @@ enum Wake {
     Sent,
     Timer,
     Failed(std::io::Error),
+    /// A new connection resumes this session.
+    Handoff(Box<crate::sessions::Handoff<T>>),
 }
 
 impl<S: Service, T: Transport> Connection<S, T> {
     /// The connection's whole life: register, connect, serve, close, hook, linger.
+    /// A resumable service's connection that opens with `resume` connects nothing:
+    /// it ends at once, returning the resume for its transport to be handed over.
     ///
     /// Awaits that run once per connection are boxed: a task is as large as its
     /// largest await point, and only the loop's should count.
-    async fn run(&mut self) {
+    async fn run(&mut self) -> Option<ResumeRequest> {
         debug!("accepted");
         // Each boxed future is bound before it is awaited: a temporary in the awaiting
         // statement would stay in the task beside its box for the whole await.
@@ -166,9 +191,24 @@ impl<S: Service, T: Transport> Connection<S, T> {
             self.mailbox.clone(),
         ));
         let registered = registering.await;
-        let (session, close) = if registered.is_err() {
+        let first = if registered.is_err() {
             // The hub died between accept and now; the group is being cancelled.
-            (None, Close::from(DisconnectReason::ServerRestart))
+            Err(Close::from(DisconnectReason::ServerRestart))
+        } else if self.shared.core_config.resumable {
+            let waiting = Box::pin(self.first_frame());
+            waiting.await
+        } else {
+            Ok(None)
+        };
+        if let Ok(Some(resume)) = first {
+            self.mailbox.close();
+            let unregistering = Box::pin(self.group.hub.unregister(self.id));
+            unregistering.await;
+            self.count_traffic();
+            return Some(resume);
+        }
+        let (session, close) = if let Err(close) = first {
+            (None, close)
         } else {
             let service = &self.shared.service;
             let timeout = self.shared.config.limits.connect_timeout;
@@ -201,10 +241,15 @@ impl<S: Service, T: Transport> Connection<S, T> {
         // lists it (and again below for the last bytes), so that the metrics do not
         // miss it while its hook runs.
         self.count_traffic();
+        self.close_session();
+        // A session that ended waiting for a resume has no connection to close.
+        let connected = !self.core.is_detached();
         // The kick is queued and written as far as it goes now; the hook runs next,
         // so a slow socket never delays a save.
-        self.core.queue_kick(&close);
-        let _ = self.send_now().await; // a failure here shows in finish_close
+        if connected {
+            self.core.queue_kick(&close);
+            let _ = self.send_now().await; // a failure here shows in finish_close
+        }
         self.shared.stats.count_close(&close.reason);
         if let Some(session) = session {
             let info = Disconnect {
@@ -231,10 +276,69 @@ impl<S: Service, T: Transport> Connection<S, T> {
         // Its player (if it logged in) is free only now: a login taking it over waits
         // for this, so that it loads what the hook saved.
         self.shared.hub_slot.players.release(self.id);
-        let finishing = Box::pin(self.finish_close(&close));
-        finishing.await;
+        if connected {
+            let finishing = Box::pin(self.finish_close(&close));
+            finishing.await;
+        }
         self.count_traffic();
         log_close(&close.reason, &self.shared.close_logs);
+        None
+    }
+
+    /// For a resumable service, before its connect hook: waits for the first frame
+    /// to tell whether it is a `resume` (`Ok(Some)`) or anything else (`Ok(None)`:
+    /// connect and serve as usual). `Err` if the connection ends first (no hooks
+    /// run for it).
+    async fn first_frame(&mut self) -> Result<Option<ResumeRequest>, Close> {
+        let mut now = clock();
+        let timer = tokio::time::sleep_until(self.core.poll_timeout(now, false).into());
+        let cancelled = self.cancel.clone().cancelled_owned();
+        tokio::pin!(timer, cancelled);
+        loop {
+            match self.core.first_frame() {
+                FirstFrame::Other => return Ok(None),
+                FirstFrame::Resume => {
+                    return match self.core.take_resume(now) {
+                        Some(resume) => Ok(Some(resume)),
+                        None => Err(self
+                            .core
+                            .take_close()
+                            .unwrap_or_else(|| Close::from(DisconnectReason::ProtocolError))),
+                    };
+                }
+                FirstFrame::Pending => {}
+            }
+            let (transport, core) = (&mut self.transport, &mut self.core);
+            let wake = std::future::poll_fn(|cx| {
+                if cancelled.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(None);
+                }
+                if let Poll::Ready(received) = transport.poll_receive(cx, core) {
+                    return Poll::Ready(Some(received));
+                }
+                if timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Some(Ok(Received::Input)));
+                }
+                Poll::Pending
+            })
+            .await;
+            now = clock();
+            match wake {
+                None => return Err(self.stop_reason()),
+                Some(Ok(Received::Input)) => {}
+                Some(Ok(Received::Closed)) => {
+                    return Err(Close::from(DisconnectReason::PeerClosed))
+                }
+                Some(Err(e)) => return Err(Close::from(DisconnectReason::SocketError(e.kind()))),
+            }
+            self.core.handle_timeout(now, false);
+            if let Some(close) = self.core.take_close() {
+                return Err(close);
+            }
+            timer
+                .as_mut()
+                .reset(self.core.poll_timeout(now, false).into());
+        }
     }
 
     /// The loop; returns why the connection must end.
@@ -279,10 +383,19 @@ impl<S: Service, T: Transport> Connection<S, T> {
                 _ => {}
             }
             if let Some(close) = self.core.take_close() {
-                return close;
+                // A resumable session outlives its connection (for `resume.window`).
+                match self.detach_or_end(close, now) {
+                    Some(close) => return close,
+                    None => input_ended = false,
+                }
             }
-            if let Poll::Ready(Err(e)) = self.send_now().await {
-                return Close::from(DisconnectReason::SocketError(e.kind()));
+            let detached = self.core.is_detached();
+            if detached {
+                self.core.discard_output();
+            } else if let Poll::Ready(Err(e)) = self.send_now().await {
+                self.core
+                    .close(DisconnectReason::SocketError(e.kind()), None);
+                continue;
             }
             spare::shed(&mut self.core);
             let due = self.deadline(now, busy.as_deref());
@@ -297,9 +410,10 @@ impl<S: Service, T: Transport> Connection<S, T> {
             if cancel_first {
                 since_cancel_check = 0;
             }
-            let sending = self.core.has_output() || self.transport.holds_output();
+            let sending = !detached && (self.core.has_output() || self.transport.holds_output());
             // Behind as much as a handler that waits may hold, input waits in the socket.
-            let reading = !self.core.input_paused()
+            let reading = !detached
+                && !self.core.input_paused()
                 && !input_ended
                 && busy.as_ref().is_none_or(|b| b.can_hold());
             let mut in_flight = busy.as_deref_mut().and_then(|b| b.in_flight.as_mut());
@@ -308,6 +422,7 @@ impl<S: Service, T: Transport> Connection<S, T> {
             // two are then looked at outside it, as `tokio::time::timeout` does.
             let unbudgeted = in_flight.is_some();
             let (transport, core, mailbox) = (&mut self.transport, &mut self.core, &self.mailbox);
+            let inbox = &mut self.inbox;
             let mail = |cx: &mut std::task::Context<'_>| mailbox.poll_mail(cx).is_ready();
             let wake = std::future::poll_fn(|cx| {
                 let mut changed = false;
@@ -357,6 +472,12 @@ impl<S: Service, T: Transport> Connection<S, T> {
                 if !cancel_first && stopped(cx) {
                     return Poll::Ready(Wake::Cancelled);
                 }
+                if let Some(handoffs) = inbox.as_mut() {
+                    // The registry holds the sender until the session ends.
+                    if let Poll::Ready(Some(handoff)) = handoffs.poll_recv(cx) {
+                        return Poll::Ready(Wake::Handoff(handoff));
+                    }
+                }
                 if changed {
                     return Poll::Ready(Wake::Sent);
                 }
@@ -397,6 +518,12 @@ impl<S: Service, T: Transport> Connection<S, T> {
                 Wake::Failed(e) => {
                     self.core
                         .close(DisconnectReason::SocketError(e.kind()), None);
+                }
+                Wake::Handoff(handoff) => {
+                    self.take_over(*handoff, now);
+                    input_ended = false;
+                    armed = self.deadline(now, busy.as_deref());
+                    timer.as_mut().reset(armed.into());
                 }
             }
         }

@@ -414,6 +414,20 @@ impl Collector for Sample {
             Counter,
             s.checkpoints as f64,
         )?;
+        encode_one(
+            &mut e,
+            "gatehouse_sessions_detached",
+            "Resumable sessions whose connection was lost, kept for a resume",
+            Counter,
+            s.sessions_detached as f64,
+        )?;
+        encode_one(
+            &mut e,
+            "gatehouse_sessions_resumed",
+            "Sessions a new connection resumed",
+            Counter,
+            s.sessions_resumed as f64,
+        )?;
 
         // The hub.
         encode_one(
