@@ -198,6 +198,22 @@ pub trait Service: Send + Sync + 'static {
         let _ = (session, ctx);
     }
 
+    /// A resumable session's connection was lost ([`Service::RESUMABLE`]): the
+    /// session waits `resume.window` for its client. Tell others the player is away,
+    /// say; the session itself goes on (its handler in flight finishes, pushes to it
+    /// are kept for the resume). It must not block, and runs under the panic guard
+    /// (a panic ends the session).
+    fn detached(&self, ctx: &mut Context<'_, Self::Message>) {
+        let _ = ctx;
+    }
+
+    /// A session that waited was resumed by a new connection (or a half-open one
+    /// replaced), with nothing lost: the counterpart of [`Service::detached`], which
+    /// did not always run before it (a half-open connection is not known lost).
+    fn resumed(&self, ctx: &mut Context<'_, Self::Message>) {
+        let _ = ctx;
+    }
+
     /// The connection ended (the seed's `save_on_end`): called exactly once per
     /// session, on every exit path. It runs under `limits.disconnect_timeout`: queue
     /// the save before anything that can wait, so a hook that is dropped has saved.

@@ -98,6 +98,22 @@ impl<const RESUMABLE: bool> Service for Game<RESUMABLE> {
         Status::OK
     }
 
+    fn detached(&self, ctx: &mut Context<'_, ()>) {
+        self.record
+            .moves
+            .lock()
+            .unwrap()
+            .push((ctx.id(), "detached"));
+    }
+
+    fn resumed(&self, ctx: &mut Context<'_, ()>) {
+        self.record
+            .moves
+            .lock()
+            .unwrap()
+            .push((ctx.id(), "resumed"));
+    }
+
     async fn disconnect(&self, _counter: u64, info: Disconnect) {
         self.record
             .disconnects
@@ -468,6 +484,12 @@ async fn a_cut_during_pushes_and_pipelined_increments_loses_nothing_runs_nothing
         "no hook ran: {:?}",
         server.record.hooks()
     );
+    let moves = server.record.moves.lock().unwrap().clone();
+    assert_eq!(
+        moves,
+        [(conn, "detached"), (conn, "resumed")],
+        "the game may tell"
+    );
 
     // The session goes on over the new connection, and resumes again.
     player.send(increment(50)).await;
@@ -521,6 +543,8 @@ async fn a_half_open_connection_is_replaced_at_once_by_the_resume() {
     assert_eq!(payload[..], 2u64.to_be_bytes());
     let stats = server.stats.snapshot();
     assert_eq!((stats.sessions_detached, stats.sessions_resumed), (0, 1));
+    let moves = server.record.moves.lock().unwrap().clone();
+    assert_eq!(moves, [(player.conn, "resumed")], "never known lost");
     assert!(server.record.hooks().is_empty());
     drop(player);
     server.shutdown().await.unwrap();

@@ -1291,6 +1291,131 @@ mod tests {
     }
 
     #[test]
+    fn a_lost_connection_detaches_discards_output_keeps_numbering_and_waits_only_for_the_window() {
+        let mut h = harness(limits());
+        h.receive(&wire(&request(1, 1, b"login")));
+        assert_eq!(h.events(h.at(T)).len(), 1);
+        offered(&mut h, 0, 10_000);
+        h.core.respond(1, Status::OK, b"welcome");
+        h.receive(&wire(&request(2, 1, b"x"))); // read, then the connection goes
+        assert_eq!(h.events(h.at(T)).len(), 1);
+        h.receive(&[0, 0, 0, 9, 1]); // a partial frame that will never be whole
+        assert!(h.events(h.at(T)).is_empty());
+        assert!(h.core.may_detach(&DisconnectReason::PeerClosed));
+        assert!(
+            !h.core.may_detach(&DisconnectReason::ProtocolError),
+            "on purpose"
+        );
+        h.core.detach(
+            Close::from(DisconnectReason::PeerClosed),
+            h.at(2 * T),
+            Duration::from_secs(30),
+        );
+        assert!(h.core.is_detached() && !h.core.has_output());
+        assert_eq!((h.budget.unsent(), h.core.buffered_input()), (0, 0));
+        // Meanwhile: an answer and a push, numbered 2 and 3, go nowhere.
+        h.core.respond(2, Status::OK, b"x");
+        h.core.push(5, Bytes::from_static(b"p"));
+        h.core.discard_output();
+        assert_eq!(h.core.session_sent(), Some(3));
+        // Neither the idle timeout nor the ack owed fires: only the window.
+        let due = h.core.poll_timeout(h.at(3 * T), false);
+        assert_eq!(due, h.at(2 * T) + Duration::from_secs(30));
+        h.core.handle_timeout(h.at(Duration::from_secs(29)), false);
+        assert_eq!(h.closed(), None);
+        h.core.handle_timeout(due, false);
+        assert_eq!(
+            h.closed(),
+            Some(DisconnectReason::PeerClosed),
+            "as it was lost"
+        );
+        assert_eq!(h.core.lost(), Some(Lost::Expired));
+        assert!(!h.core.may_detach(&DisconnectReason::PeerClosed), "once");
+    }
+
+    #[test]
+    fn a_resume_answers_resumed_then_replays_what_the_client_lacks_and_takes_its_input() {
+        let mut h = harness(limits());
+        offered(&mut h, 0, 10_000);
+        h.core.respond(1, Status::OK, b"welcome");
+        h.receive(&wire(&request(2, 1, b"x")));
+        assert_eq!(h.events(h.at(T)).len(), 1);
+        h.core.respond(2, Status::OK, b"two");
+        h.core.push(5, Bytes::from_static(b"three"));
+        h.sent();
+        h.core.detach(
+            Close::from(DisconnectReason::SocketError(
+                std::io::ErrorKind::ConnectionReset,
+            )),
+            h.at(T),
+            Duration::from_secs(30),
+        );
+        h.core.push(5, Bytes::from_static(b"four"));
+        h.core.discard_output();
+        // Beyond what was sent, or before what is kept: refused, and nothing changes.
+        assert!(matches!(
+            h.core.resume(5, BytesMut::new(), h.at(2 * T)),
+            Err(ReplayRefusal::BeyondSent {
+                received: 5,
+                sent: 4
+            })
+        ));
+        assert!(h.core.is_detached());
+        // The client had frames 1 and 2; it sent a request behind its resume.
+        let behind = BytesMut::from(&wire(&request(3, 1, b"y"))[..]);
+        h.core.resume(2, behind, h.at(2 * T)).expect("resumed");
+        assert!(!h.core.is_detached());
+        let sent = h.sent();
+        assert_eq!(sent[0], Message::Resumed { received: 1 });
+        let payloads: Vec<&[u8]> = sent[1..]
+            .iter()
+            .map(|m| match m {
+                Message::Push { payload, .. } => &payload[..],
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(payloads, [&b"three"[..], b"four"]);
+        assert!(matches!(
+            &h.events(h.at(2 * T))[..],
+            [Event::Request { id: 3, .. }]
+        ));
+        // A fresh token for the next resume; acks and the idle deadline as before.
+        h.core.renew_session(30_000, [8; 32]);
+        assert!(matches!(
+            h.sent()[..],
+            [Message::Session {
+                id: 9,
+                token: [8, ..],
+                ..
+            }]
+        ));
+        assert!(
+            h.core.may_detach(&DisconnectReason::Idle),
+            "it may be lost again"
+        );
+    }
+
+    #[test]
+    fn a_detached_session_whose_replay_lets_go_of_a_frame_after_the_loss_ends_with_gap() {
+        let mut h = harness(limits());
+        offered(&mut h, 0, 100);
+        h.core.respond(1, Status::OK, b"welcome");
+        h.sent();
+        h.core.detach(
+            Close::from(DisconnectReason::PeerClosed),
+            h.at(T),
+            Duration::from_secs(30),
+        );
+        for _ in 0..10 {
+            h.core.push(5, Bytes::from_static(b"0123456789"));
+            h.core.discard_output();
+        }
+        assert_eq!(h.closed(), Some(DisconnectReason::PeerClosed));
+        assert_eq!(h.core.lost(), Some(Lost::Gap));
+        assert!(h.core.is_detached(), "no connection to close");
+    }
+
+    #[test]
     fn the_client_is_acked_after_32_frames_or_a_second_and_an_idle_session_arms_no_timer() {
         let mut h = harness(LimitsConfig {
             inbound_frames_burst: 1000,

@@ -82,10 +82,19 @@ pub(super) enum Answer {
 /// What a handler call answers to, kept beside it so its outcome lands right.
 #[derive(Debug, Clone, Copy)]
 enum Call {
-    Request { id: u32, route: u16, len: usize },
-    Notify { route: u16, len: usize },
+    Request {
+        id: u32,
+        route: u16,
+        len: usize,
+    },
+    Notify {
+        route: u16,
+        len: usize,
+    },
     Message,
     Checkpoint,
+    /// The `detached` or `resumed` hook.
+    Moved,
 }
 
 impl Call {
@@ -95,13 +104,14 @@ impl Call {
             Call::Notify { .. } => "notify",
             Call::Message => "message",
             Call::Checkpoint => "checkpoint",
+            Call::Moved => "detached or resumed hook",
         }
     }
 
     fn route(self) -> Option<u16> {
         match self {
             Call::Request { route, .. } | Call::Notify { route, .. } => Some(route),
-            Call::Message | Call::Checkpoint => None,
+            Call::Message | Call::Checkpoint | Call::Moved => None,
         }
     }
 }
@@ -647,7 +657,7 @@ impl<S: Service, T: Transport> Connection<S, T> {
             Call::Notify { route, .. } => service
                 .notify_now(session, &mut ctx, route, payload)
                 .map(Answer::Status),
-            Call::Message | Call::Checkpoint => None,
+            Call::Message | Call::Checkpoint | Call::Moved => None,
         }));
         match answered {
             Ok(Some(answer)) => self.answered(call, answer, held),
@@ -671,6 +681,23 @@ impl<S: Service, T: Transport> Connection<S, T> {
                 Outcome::Panicked(panic_message(&*panic)),
                 0,
             );
+        }
+    }
+
+    /// Runs the service's `resumed` (else `detached`) hook, under the panic guard.
+    #[cold]
+    pub(super) fn moved(&mut self, resumed: bool) {
+        let service = &self.shared.service;
+        let mut ctx = context!(self);
+        let done = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            if resumed {
+                service.resumed(&mut ctx);
+            } else {
+                service.detached(&mut ctx);
+            }
+        }));
+        if let Err(panic) = done {
+            self.conclude(Call::Moved, Outcome::Panicked(panic_message(&*panic)), 0);
         }
     }
 

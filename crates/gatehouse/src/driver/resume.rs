@@ -108,6 +108,7 @@ impl<S: Service, T: Transport> Connection<S, T> {
         self.shared.stats.count_detached();
         self.core
             .detach(close, now, self.shared.config.resume.window);
+        self.moved(false);
         None
     }
 
@@ -128,6 +129,7 @@ impl<S: Service, T: Transport> Connection<S, T> {
                 self.peer = peer;
                 self.shared.stats.count_resumed();
                 self.renew_session();
+                self.moved(true);
             }
             Err(refusal) => {
                 let (reason, text) = match refusal {

@@ -70,6 +70,8 @@ pub mod routes {
 pub struct Record {
     pub connects: AtomicUsize,
     pub disconnects: Mutex<Vec<(ConnId, DisconnectReason)>>,
+    /// Resumable sessions' `detached` and `resumed` hooks, in order.
+    pub moves: Mutex<Vec<(ConnId, &'static str)>>,
     pub messages: AtomicUsize,
     /// HANG handlers that have started (and hang).
     pub hangs: AtomicUsize,
