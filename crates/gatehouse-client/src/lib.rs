@@ -11,17 +11,25 @@
 //! their waiting requests, and writes what the handles queue (bounded; a full queue
 //! makes callers wait).
 //!
+//! When the server offers session resume (a game that opts in), the client resumes:
+//! if the connection is lost (not kicked, not closed), it connects again within the
+//! server's window, resumes the session, and sends again what the server did not
+//! get; waiting requests get their answers and pushes go on, none lost or twice
+//! ([`Client::resumes`] counts them). A resume the server refuses ends the client
+//! with [`ClientError::Kicked`] and `resume_failed`: log in again on a new one.
+//!
 //! It speaks every transport a gatehouse server listens on ([`Target`]: TCP, TLS,
 //! WebSocket, WebSocket over TLS; see `transport`). It depends on the protocol crate,
 //! tokio, rustls and tungstenite: no server code comes with it.
 
+mod session;
 mod transport;
 
 pub use transport::{tls_config, Target};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -46,6 +54,9 @@ pub struct ClientConfig {
     /// TLS: trust only the certificates of this PEM file (a development certificate)
     /// instead of the system's roots.
     pub tls_ca: Option<std::path::PathBuf>,
+    /// Resume a session the server offered when the connection is lost (a client
+    /// made with [`Client::from_stream`] cannot: it does not know where it connected).
+    pub resume: bool,
 }
 
 impl Default for ClientConfig {
@@ -56,6 +67,7 @@ impl Default for ClientConfig {
             max_frame_bytes: gatehouse_protocol::DEFAULT_MAX_FRAME_LEN,
             push_buffer: 1024,
             tls_ca: None,
+            resume: true,
         }
     }
 }
@@ -115,6 +127,8 @@ struct Shared {
     /// Why the connection ended, once it has.
     ended: Mutex<Option<ClientError>>,
     next_id: AtomicU32,
+    /// Sessions resumed on a new connection.
+    resumes: AtomicU64,
     config: ClientConfig,
     /// Cancelled when the connection ends, to stop the connection task.
     stop: CancellationToken,
@@ -185,7 +199,7 @@ impl Client {
         config: ClientConfig,
     ) -> Result<(Client, Pushes), ClientError> {
         let (bodies, sink) = transport::open(target, &config).await?;
-        Ok(Client::start(bodies, sink, config))
+        Ok(Client::start(bodies, sink, config, Some(target.clone())))
     }
 
     /// A client over a connected stream (for example one bound to a chosen source
@@ -198,24 +212,32 @@ impl Client {
             .set_nodelay(true)
             .map_err(|e| ClientError::Io(e.to_string()))?;
         let (bodies, sink) = transport::framed(stream, &config);
-        Ok(Client::start(bodies, sink, config))
+        Ok(Client::start(bodies, sink, config, None))
     }
 
     fn start(
         bodies: transport::Bodies,
         sink: transport::BodySink,
         config: ClientConfig,
+        target: Option<Target>,
     ) -> (Client, Pushes) {
         let shared = Arc::new(Shared {
             pending: Mutex::new(HashMap::new()),
             ended: Mutex::new(None),
             next_id: AtomicU32::new(1),
+            resumes: AtomicU64::new(0),
             config,
             stop: CancellationToken::new(),
         });
         let (outbox, outgoing) = mpsc::channel(OUTBOX);
         let (push_tx, push_rx) = mpsc::channel(shared.config.push_buffer);
-        tokio::spawn(run(bodies, sink, shared.clone(), outgoing, push_tx));
+        let target = target.filter(|_| shared.config.resume);
+        let link = Link {
+            frames: bodies,
+            sink,
+            target,
+        };
+        tokio::spawn(run(link, shared.clone(), outgoing, push_tx));
         (Client { shared, outbox }, Pushes { rx: push_rx })
     }
 
@@ -276,63 +298,178 @@ impl Client {
     pub fn close(&self) {
         self.shared.end(ClientError::Closed);
     }
+
+    /// How many times the session was resumed on a new connection.
+    pub fn resumes(&self) -> u64 {
+        self.shared.resumes.load(Ordering::Relaxed)
+    }
 }
 
-/// The connection task: reads, writes, heartbeats, until the socket or the client ends.
+/// The connection the task runs over, and where to make the next one.
+struct Link {
+    frames: transport::Bodies,
+    sink: transport::BodySink,
+    /// Where to resume; `None`: never.
+    target: Option<Target>,
+}
+
+/// Why the task's loop stopped: the connection is lost (it may be resumed), or the
+/// client is done (kicked, closed, a protocol error).
+enum Stop {
+    Lost(ClientError),
+    Done(ClientError),
+}
+
+/// Encodes a frame's body.
+fn body_of(message: &Message) -> Bytes {
+    let mut body = bytes::BytesMut::with_capacity(message.body_len());
+    message.encode_body(&mut body);
+    body.freeze()
+}
+
+/// The connection task: reads, writes, heartbeats and acknowledgements, until the
+/// client ends; a lost connection whose session can be resumed is, within its window.
 async fn run(
-    mut frames: transport::Bodies,
-    mut sink: transport::BodySink,
+    mut link: Link,
     shared: Arc<Shared>,
     mut outgoing: mpsc::Receiver<Message>,
     pushes: mpsc::Sender<Push>,
 ) {
-    let mut heartbeat = tokio::time::interval(shared.config.heartbeat);
-    heartbeat.tick().await; // the first tick is immediate
+    let mut numbering = session::Numbering::default();
     let why = loop {
-        tokio::select! {
-            () = shared.stop.cancelled() => break ClientError::Closed,
-            frame = frames.next() => match frame {
-                None => break ClientError::Closed,
-                Some(Err(e)) => break e,
-                Some(Ok(body)) => match Message::decode(body) {
-                    Err(e) => break e.into(),
-                    // A server's ping is answered with its payload (PROTOCOL.md).
-                    Ok(Message::Ping(payload)) => {
-                        let pong = Message::Pong(payload);
-                        let mut body = bytes::BytesMut::with_capacity(pong.body_len());
-                        pong.encode_body(&mut body);
-                        if let Err(e) = sink.send(body.freeze()).await {
-                            break e;
-                        }
-                    }
-                    Ok(message) => {
-                        if let Some(why) = dispatch(message, &shared, &pushes).await {
-                            break why;
-                        }
-                    }
-                },
+        match serve(&mut link, &shared, &mut outgoing, &pushes, &mut numbering).await {
+            Stop::Done(why) => break why,
+            Stop::Lost(why) => match resume(&mut link, &shared, &mut numbering).await {
+                Ok(()) => {
+                    shared.resumes.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(None) => break why,
+                Err(Some(refused)) => break refused,
             },
-            message = outgoing.recv() => {
-                let Some(message) = message else { break ClientError::Closed };
-                let mut body = bytes::BytesMut::with_capacity(message.body_len());
-                message.encode_body(&mut body);
-                if let Err(e) = sink.send(body.freeze()).await {
-                    break e;
-                }
-            }
-            _ = heartbeat.tick() => {
-                let mut body = bytes::BytesMut::new();
-                Message::Ping(Bytes::new()).encode_body(&mut body);
-                if let Err(e) = sink.send(body.freeze()).await {
-                    break e;
-                }
-            }
         }
     };
     shared.end(why);
     // A clean close for the server (a WebSocket close frame, a TCP/TLS shutdown),
     // bounded: a peer that does not read cannot hold this task.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), sink.close()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), link.sink.close()).await;
+}
+
+/// Serves one connection until it is lost or the client is done.
+async fn serve(
+    link: &mut Link,
+    shared: &Shared,
+    outgoing: &mut mpsc::Receiver<Message>,
+    pushes: &mpsc::Sender<Push>,
+    numbering: &mut session::Numbering,
+) -> Stop {
+    let mut heartbeat = tokio::time::interval(shared.config.heartbeat);
+    heartbeat.tick().await; // the first tick is immediate
+    loop {
+        let ack_due = numbering.ack_due();
+        let acking = async {
+            match ack_due {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = shared.stop.cancelled() => return Stop::Done(ClientError::Closed),
+            frame = link.frames.next() => match frame {
+                None => return Stop::Lost(ClientError::Closed),
+                Some(Err(e @ (ClientError::Io(_) | ClientError::Closed))) => return Stop::Lost(e),
+                Some(Err(e)) => return Stop::Done(e),
+                Some(Ok(body)) => match Message::decode(body) {
+                    Err(e) => return Stop::Done(e.into()),
+                    // A server's ping is answered with its payload (PROTOCOL.md).
+                    Ok(Message::Ping(payload)) => {
+                        if let Err(e) = link.sink.send(body_of(&Message::Pong(payload))).await {
+                            return Stop::Lost(e);
+                        }
+                    }
+                    Ok(message) => {
+                        if let Some(why) = dispatch(message, shared, pushes, numbering).await {
+                            return Stop::Done(why);
+                        }
+                    }
+                },
+            },
+            message = outgoing.recv() => {
+                let Some(message) = message else { return Stop::Done(ClientError::Closed) };
+                let body = body_of(&message);
+                match &message {
+                    Message::Request { id, .. } => numbering.sent(Some(*id), body.clone()),
+                    Message::Notify { .. } => numbering.sent(None, body.clone()),
+                    _ => {}
+                }
+                if let Err(e) = link.sink.send(body).await {
+                    return Stop::Lost(e);
+                }
+            }
+            () = acking => {
+                if let Some(ack) = numbering.take_ack() {
+                    if let Err(e) = link.sink.send(body_of(&ack)).await {
+                        return Stop::Lost(e);
+                    }
+                }
+            }
+            _ = heartbeat.tick() => {
+                if let Err(e) = link.sink.send(body_of(&Message::Ping(Bytes::new()))).await {
+                    return Stop::Lost(e);
+                }
+            }
+        }
+    }
+}
+
+/// Resumes the session on a new connection, trying until the server's window
+/// ends. `Err(None)`: no session, or no new connection in time; `Err(Some)`: the
+/// server refused (a kick) or answered nonsense.
+async fn resume(
+    link: &mut Link,
+    shared: &Shared,
+    numbering: &mut session::Numbering,
+) -> Result<(), Option<ClientError>> {
+    let (Some(target), Some((resume, window))) = (link.target.clone(), numbering.resume()) else {
+        return Err(None);
+    };
+    let deadline = tokio::time::Instant::now() + window;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        if shared.stop.is_cancelled() || tokio::time::Instant::now() >= deadline {
+            return Err(None);
+        }
+        let attempt = async {
+            let (mut frames, mut sink) = transport::open(&target, &shared.config).await?;
+            sink.send(body_of(&resume)).await?;
+            let first = frames.next().await.ok_or(ClientError::Closed)??;
+            Ok::<_, ClientError>((frames, sink, Message::decode(first)?))
+        };
+        match tokio::time::timeout_at(deadline, attempt).await {
+            Ok(Ok((frames, mut sink, Message::Resumed { received }))) => {
+                let again = numbering.resumed(received).map_err(Some)?;
+                for body in again {
+                    sink.send(body).await.map_err(Some)?;
+                }
+                link.frames = frames;
+                link.sink = sink;
+                return Ok(());
+            }
+            Ok(Ok((_, _, Message::Kick { reason, text }))) => {
+                return Err(Some(ClientError::Kicked { reason, text }));
+            }
+            Ok(Ok((_, _, other))) => {
+                return Err(Some(ClientError::Protocol(format!(
+                    "a {} frame in answer to a resume",
+                    other.kind_name()
+                ))));
+            }
+            // Not there yet (a network still down): again, a little later.
+            Ok(Err(_)) | Err(_) => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
 }
 
 /// Handles one frame from the server; returns why the connection ends, if it does.
@@ -340,7 +477,9 @@ async fn dispatch(
     message: Message,
     shared: &Shared,
     pushes: &mpsc::Sender<Push>,
+    numbering: &mut session::Numbering,
 ) -> Option<ClientError> {
+    let now = tokio::time::Instant::now();
     match message {
         Message::Response {
             id,
@@ -359,16 +498,26 @@ async fn dispatch(
             if let Some(waiter) = shared.pending().remove(&id) {
                 let _ = waiter.send(result);
             }
+            numbering.response(id, now, |id| shared.pending().contains_key(&id));
         }
         Message::Push { route, payload } => {
+            numbering.push(now);
             // If the application stops taking pushes, reading stops too (and the
             // server eventually kicks this client as a slow consumer).
             let _ = pushes.send(Push { route, payload }).await;
         }
         Message::Kick { reason, text } => return Some(ClientError::Kicked { reason, text }),
         Message::Ping(_) | Message::Pong(_) | Message::Empty => {} // pings: answered in `run`
-        // This client does not resume: a session's offer and acks need nothing.
-        Message::Session { .. } | Message::Ack { .. } => {}
+        Message::Session {
+            id,
+            window_ms,
+            token,
+        } => numbering.session(id, window_ms, token),
+        Message::Ack { count } => {
+            if let Err(e) = numbering.ack(count) {
+                return Some(e);
+            }
+        }
         Message::Request { .. }
         | Message::Notify { .. }
         | Message::Resume { .. }

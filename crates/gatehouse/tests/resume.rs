@@ -18,124 +18,16 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use gatehouse::{
-    Config, ConnId, Context, Disconnect, DisconnectReason, KickReason, Message, Reply,
-    ServerHandle, Service, Status,
+use gatehouse::{ConnId, DisconnectReason, KickReason, Message, Status};
+use support::counter::{
+    push_numbers, start, start_with_handle, ECHO, INCREMENT, LOGIN, NOTE, PUSH,
 };
 use support::proxy::Proxy;
-use support::{
-    at_deadline, eventually, keep_the_clock_stepping, test_config, Client, Record, TestServer,
-};
+use support::{at_deadline, eventually, keep_the_clock_stepping, test_config, Client};
 use tokio::time::Instant;
-
-/// Request: log in as the payload's name.
-const LOGIN: u16 = 1;
-/// Request: echo.
-const ECHO: u16 = 2;
-/// Notify: nothing.
-const NOTE: u16 = 3;
-/// Request: adds one to the session's counter, and answers it (u64 BE). Waits a
-/// little first, as a handler that writes somewhere would.
-const INCREMENT: u16 = 4;
-/// The route of the pushes the tests send.
-const PUSH: u16 = 100;
-
-/// A game that logs connections in and counts; resumable when `RESUMABLE` is. Its
-/// disconnect hooks are recorded.
-struct Game<const RESUMABLE: bool> {
-    record: Arc<Record>,
-}
-
-impl<const RESUMABLE: bool> Service for Game<RESUMABLE> {
-    /// The counter.
-    type Session = u64;
-    type Message = ();
-    const RESUMABLE: bool = RESUMABLE;
-
-    async fn connect(&self, _ctx: &mut Context<'_, ()>) -> u64 {
-        0
-    }
-
-    async fn request(
-        &self,
-        counter: &mut u64,
-        ctx: &mut Context<'_, ()>,
-        route: u16,
-        payload: Bytes,
-    ) -> Reply {
-        match route {
-            LOGIN => {
-                // A login waits (a password hash, a load): what the client sends
-                // behind it is held meanwhile.
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                let name = String::from_utf8_lossy(&payload).into_owned();
-                match ctx.logged_in(&name).await {
-                    Ok(()) => Reply::ok(ctx.id().0.to_be_bytes().to_vec()),
-                    Err(e) => Reply::error(Status::UNAVAILABLE, e.to_string()),
-                }
-            }
-            ECHO => Reply::ok(payload),
-            INCREMENT => {
-                tokio::task::yield_now().await;
-                *counter += 1;
-                Reply::ok(counter.to_be_bytes().to_vec())
-            }
-            _ => Reply::error(Status::UNKNOWN_ROUTE, "no such route"),
-        }
-    }
-
-    async fn notify(
-        &self,
-        _session: &mut u64,
-        _ctx: &mut Context<'_, ()>,
-        _route: u16,
-        _payload: Bytes,
-    ) -> Status {
-        Status::OK
-    }
-
-    fn detached(&self, ctx: &mut Context<'_, ()>) {
-        self.record
-            .moves
-            .lock()
-            .unwrap()
-            .push((ctx.id(), "detached"));
-    }
-
-    fn resumed(&self, ctx: &mut Context<'_, ()>) {
-        self.record
-            .moves
-            .lock()
-            .unwrap()
-            .push((ctx.id(), "resumed"));
-    }
-
-    async fn disconnect(&self, _counter: u64, info: Disconnect) {
-        self.record
-            .disconnects
-            .lock()
-            .unwrap()
-            .push((info.id, info.reason));
-    }
-}
-
-async fn start<const RESUMABLE: bool>(config: Config) -> TestServer {
-    start_with_handle::<RESUMABLE>(config).await.0
-}
-
-async fn start_with_handle<const RESUMABLE: bool>(
-    config: Config,
-) -> (TestServer, ServerHandle<()>) {
-    let record = Arc::new(Record::default());
-    let game = Game::<RESUMABLE> {
-        record: record.clone(),
-    };
-    TestServer::start_service_with_handle(config, game, record).await
-}
 
 fn request(id: u32, route: u16, payload: &'static [u8]) -> Message {
     Message::Request {
@@ -434,17 +326,7 @@ async fn a_cut_during_pushes_and_pipelined_increments_loses_nothing_runs_nothing
     let proxy = Proxy::start(server.addr).await;
     let mut player = Resumer::log_in(proxy.addr).await;
     let conn = player.conn;
-    let pushing = tokio::spawn(async move {
-        for n in 0..200u32 {
-            handle
-                .push_to(conn, PUSH, n.to_be_bytes().to_vec())
-                .await
-                .unwrap();
-            if n % 10 == 0 {
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-        }
-    });
+    let pushing = push_numbers(handle, conn, 200);
     for id in 0..50 {
         player.send(increment(id)).await;
     }
@@ -533,7 +415,7 @@ async fn a_half_open_connection_is_replaced_at_once_by_the_resume() {
     assert!(player.next().await.is_some());
     // The client's side is gone; the server's is open and hears nothing (idle
     // timeout: 60 s, far beyond this test's patience).
-    proxy.half_open();
+    proxy.half_open().await;
     while player.next().await.is_some() {}
     player.resume(proxy.addr).await;
     player.send(increment(2)).await;

@@ -2,10 +2,11 @@
 //! ways networks do: [`Proxy::cut`] closes both sides (the server sees the client
 //! leave), [`Proxy::half_open`] drops the client's side and leaves the server's
 //! open and silent (the server cannot tell), [`Proxy::stall`] stops forwarding and
-//! keeps both open. Each acts on the connections open at the call; later ones are
-//! forwarded as usual.
+//! keeps both open, until [`Proxy::close_kept`]. Each acts on the connections open
+//! at the call; later ones are forwarded as usual.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -31,6 +32,8 @@ pub struct Proxy {
     pub addr: SocketAddr,
     links: Arc<Mutex<Vec<watch::Sender<Mode>>>>,
     kept: Kept,
+    /// Connections kept so far (for [`Proxy::park`] to wait on).
+    parked: Arc<AtomicUsize>,
     accepting: JoinHandle<()>,
 }
 
@@ -41,7 +44,8 @@ impl Proxy {
         let addr = listener.local_addr().unwrap();
         let links: Arc<Mutex<Vec<watch::Sender<Mode>>>> = Arc::default();
         let kept = Kept::default();
-        let (links_, kept_) = (links.clone(), kept.clone());
+        let parked = Arc::new(AtomicUsize::new(0));
+        let (links_, kept_, parked_) = (links.clone(), kept.clone(), parked.clone());
         let accepting = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(server) = TcpStream::connect(upstream).await else {
@@ -49,13 +53,20 @@ impl Proxy {
                 };
                 let (mode, watching) = watch::channel(Mode::Forward);
                 links_.lock().unwrap().push(mode);
-                tokio::spawn(link(client, server, watching, kept_.clone()));
+                tokio::spawn(link(
+                    client,
+                    server,
+                    watching,
+                    kept_.clone(),
+                    parked_.clone(),
+                ));
             }
         });
         Proxy {
             addr,
             links,
             kept,
+            parked,
             accepting,
         }
     }
@@ -66,20 +77,41 @@ impl Proxy {
     }
 
     /// Closes the client's side of every open connection; the server's stays open
-    /// and hears nothing more.
-    pub fn half_open(&self) {
-        self.set(Mode::HalfOpen);
+    /// and hears nothing more. Returns once it is so.
+    pub async fn half_open(&self) {
+        self.park(Mode::HalfOpen).await;
     }
 
-    /// Stops forwarding on every open connection, leaving both sides open.
-    pub fn stall(&self) {
-        self.set(Mode::Stall);
+    /// Stops forwarding on every open connection, leaving both sides open. Returns
+    /// once it is so.
+    pub async fn stall(&self) {
+        self.park(Mode::Stall).await;
     }
 
-    fn set(&self, mode: Mode) {
-        for link in self.links.lock().unwrap().drain(..) {
+    /// Sets `mode` and waits until every connection it applies to is kept.
+    async fn park(&self, mode: Mode) {
+        let before = self.parked.load(Ordering::SeqCst);
+        let links = self.set(mode);
+        let deadline = tokio::time::Instant::now() + super::PATIENCE;
+        while self.parked.load(Ordering::SeqCst) < before + links {
+            assert!(tokio::time::Instant::now() < deadline, "links not parked");
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Closes every connection a stall or half-open kept (both sides now).
+    pub fn close_kept(&self) {
+        self.kept.lock().unwrap().clear();
+    }
+
+    /// Sets `mode` on every open connection; how many there were.
+    fn set(&self, mode: Mode) -> usize {
+        let mut links = self.links.lock().unwrap();
+        let open = links.len();
+        for link in links.drain(..) {
             let _ = link.send(mode);
         }
+        open
     }
 }
 
@@ -90,7 +122,13 @@ impl Drop for Proxy {
     }
 }
 
-async fn link(client: TcpStream, server: TcpStream, mode: watch::Receiver<Mode>, kept: Kept) {
+async fn link(
+    client: TcpStream,
+    server: TcpStream,
+    mode: watch::Receiver<Mode>,
+    kept: Kept,
+    parked: Arc<AtomicUsize>,
+) {
     let (client_read, client_write) = client.into_split();
     let (server_read, server_write) = server.into_split();
     let ((client_read, server_write), (server_read, client_write)) = tokio::join!(
@@ -106,6 +144,9 @@ async fn link(client: TcpStream, server: TcpStream, mode: watch::Receiver<Mode>,
             kept.push((server_read, server_write));
             kept.push((client_read, client_write));
         }
+    }
+    if matches!(mode, Mode::HalfOpen | Mode::Stall) {
+        parked.fetch_add(1, Ordering::SeqCst);
     }
 }
 
