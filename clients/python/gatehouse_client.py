@@ -15,7 +15,10 @@ Two layers:
   reader thread. ``request()`` sends a request and waits for its response,
   ``notify()`` sends a notify, pushes are queued for ``next_push()``, pings are sent
   automatically when nothing was sent for ``heartbeat`` seconds, and ``close()`` ends
-  it all. ``tls=True`` speaks TLS (the same frames inside): the server's certificate
+  it all. When the server offers session resume (a game that opts in), a lost
+  connection is resumed on a new one within the server's window, with nothing lost
+  or sent twice (``resumes`` counts them); a refused resume ends the connection with
+  :class:`Kicked` ``resume_failed``: log in again. ``tls=True`` speaks TLS (the same frames inside): the server's certificate
   is checked against the system's trust store, or against ``cafile`` alone (e.g. the
   one ``gatehouse dev-cert`` writes); :func:`tls_context` makes those settings.
 
@@ -501,6 +504,21 @@ def tls_context(cafile: Optional[str] = None) -> ssl.SSLContext:
     return context
 
 
+def _open(host: str, port: int, context: Optional[ssl.SSLContext],
+          timeout: float) -> Union[socket.socket, "_TlsSocket"]:
+    """A connected socket (TLS over it with ``context``), the connect and the
+    handshake bounded by ``timeout``; then blocking."""
+    raw = socket.create_connection((host, port), timeout=timeout)
+    try:
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock = raw if context is None else _TlsSocket(raw, context, host)
+    except BaseException:
+        raw.close()
+        raise
+    raw.settimeout(None)
+    return sock
+
+
 # Where the platform has it: a close_notify must not block on a full send buffer.
 _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 
@@ -600,6 +618,117 @@ class _TlsSocket:
         return bool(data)
 
 
+#: An acknowledgement is sent once this many of the server's frames are unacknowledged,
+#: or this many seconds after the oldest arrived (PROTOCOL.md).
+ACK_EVERY_FRAMES = 32
+ACK_WITHIN = 1.0
+
+
+class _Numbering:
+    """What a resumable session counts and keeps (PROTOCOL.md, "session, resume,
+    resumed and ack"). Before a session is offered: the frames sent since the oldest
+    unanswered request. The response after the ``session`` frame names the request
+    that draws the line; the requests and notifies sent after it are numbered from 1
+    and kept until the server acknowledges them. The server's responses and pushes
+    are counted from that response on. Used under the connection's send lock (sent)
+    and by its reader (the rest); the lock is held for both."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.log: list = []            # [(id or None, body)] before the line
+        self.offered: Optional[Session] = None
+        self.session: Optional[Session] = None
+        self.received = 0              # the server's numbered frames
+        self.acked = 0                 # the count acknowledged to the server
+        self.ack_due: Optional[float] = None
+        self.unacked: list = []        # our numbered frames' bodies, oldest first
+        self.first = 1                 # the number of unacked[0]
+
+    def sent(self, frame: Frame, body: bytes) -> None:
+        if not isinstance(frame, (Request, Notify)):
+            return
+        with self.lock:
+            if self.session is not None:
+                self.unacked.append(body)
+            else:
+                self.log.append((frame.id if isinstance(frame, Request) else None, body))
+
+    def response(self, ident: int, pending: Callable[[int], bool]) -> None:
+        with self.lock:
+            if self.offered is not None:
+                ids = [i for i, _ in self.log]
+                after = ids.index(ident) + 1 if ident in ids else len(self.log)
+                self.unacked = [body for _, body in self.log[after:]]
+                self.log = []
+                self.session, self.offered = self.offered, None
+            if self.session is not None:
+                self._numbered()
+            else:
+                while self.log and (self.log[0][0] is None or not pending(self.log[0][0])):
+                    self.log.pop(0)
+
+    def push(self) -> None:
+        with self.lock:
+            if self.session is not None:
+                self._numbered()
+
+    def _numbered(self) -> None:
+        self.received += 1
+        now = time.monotonic()
+        if self.ack_due is None:
+            self.ack_due = now + ACK_WITHIN
+        if self.received - self.acked >= ACK_EVERY_FRAMES:
+            self.ack_due = now
+
+    def offer(self, session: Session) -> None:
+        with self.lock:
+            if self.session is not None:
+                self.session = session  # after a resume: a fresh token
+            else:
+                self.offered = session
+
+    def ack(self, count: int) -> None:
+        with self.lock:
+            if self.session is None:
+                return
+            sent = self.first - 1 + len(self.unacked)
+            if count > sent:
+                raise MalformedFrame("ack_beyond_sent", f"ack of {count}, {sent} sent")
+            drop = max(0, min(count - self.first + 1, len(self.unacked)))
+            del self.unacked[:drop]
+            self.first += drop
+
+    def take_ack(self, now: float) -> Optional[Ack]:
+        with self.lock:
+            if self.ack_due is None or now < self.ack_due:
+                return None
+            self.ack_due = None
+            if self.received <= self.acked:
+                return None
+            self.acked = self.received
+            return Ack(self.received)
+
+    def resume(self) -> Optional[Tuple[Resume, float]]:
+        with self.lock:
+            if self.session is None:
+                return None
+            return (Resume(self.session.id, self.received, self.session.token),
+                    self.session.window_ms / 1000)
+
+    def resumed(self, received: int) -> list:
+        """What to send again after a resume at ``received`` of our frames."""
+        with self.lock:
+            sent = self.first - 1 + len(self.unacked)
+            if received > sent or received + 1 < self.first:
+                raise MalformedFrame(
+                    "bad_resume", f"resumed at {received}; {sent} sent, before {self.first} acked")
+            drop = received - self.first + 1
+            del self.unacked[:drop]
+            self.first += drop
+            self.acked = min(self.acked, self.received)
+            return list(self.unacked)
+
+
 class _Pending:
     __slots__ = ("event", "response")
 
@@ -628,6 +757,8 @@ class Connection:
         from the constructor; other TLS failures ``ssl.SSLError``.
     :param cafile: with ``tls=True``: trust only the certificates in this PEM file
         (a development certificate) instead of the system's.
+    :param resume: resume a session the server offered when the connection is lost
+        (not after a kick or :meth:`close`), trying until the server's window ends.
 
     Thread-safe: any thread may call :meth:`request`, :meth:`notify`, :meth:`ping` and
     :meth:`close`.
@@ -645,6 +776,7 @@ class Connection:
         on_push: Optional[Callable[[Push], None]] = None,
         tls: Union[bool, ssl.SSLContext] = False,
         cafile: Optional[str] = None,
+        resume: bool = True,
     ) -> None:
         own_context = isinstance(tls, ssl.SSLContext)
         if cafile is not None and (own_context or not tls):
@@ -652,15 +784,12 @@ class Connection:
         context = tls if own_context else tls_context(cafile) if tls else None
         self.max_frame_bytes = max_frame_bytes
         self._on_push = on_push
-        raw = socket.create_connection((host, port), timeout=connect_timeout)
-        try:
-            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._sock: Union[socket.socket, _TlsSocket] = (
-                raw if context is None else _TlsSocket(raw, context, host))
-        except BaseException:
-            raw.close()
-            raise
-        raw.settimeout(None)  # connect_timeout bounded the connect and the handshake
+        self._address = (host, port, context, connect_timeout)
+        self._resume = resume
+        self._numbering = _Numbering()
+        #: Sessions resumed on a new connection so far.
+        self.resumes = 0
+        self._sock: Union[socket.socket, _TlsSocket] = _open(*self._address)
         self.peer: Tuple[str, int] = self._sock.getpeername()[:2]
         #: The TLS version in use ("TLSv1.3"), or None over plain TCP.
         self.tls_version: Optional[str] = (
@@ -810,6 +939,83 @@ class Connection:
 
     # ------------------------------------------------------------------ internals
 
+    def _lost(self, why: str) -> Optional[FrameBuffer]:
+        """The reader found the connection lost: resumes the session on a new one
+        (senders wait meanwhile) and returns the new connection's frame buffer, or
+        ends the connection and returns None."""
+        with self._send_lock:
+            if self._end is not None:
+                return None
+            resume = self._numbering.resume() if self._resume else None
+            if resume is None:
+                self._finish(ConnectionClosed(why))
+                return None
+            with contextlib.suppress(OSError):
+                self._sock.close()
+            frame, window = resume
+            deadline = time.monotonic() + window
+            backoff = 0.05
+            while not self._closed.is_set() and time.monotonic() < deadline:
+                try:
+                    sock, first, frames = self._resume_on_new_connection(frame, deadline)
+                except (OSError, ssl.SSLError, MalformedFrame):
+                    time.sleep(backoff)  # the network may still be down
+                    backoff = min(backoff * 2, 1.0)
+                    continue
+                self._sock = sock
+                if isinstance(first, Kick):
+                    self.kick = first
+                    self._finish(Kicked(first.reason, first.reason_name, first.text))
+                    return None
+                try:
+                    if not isinstance(first, Resumed):
+                        raise MalformedFrame("unexpected", f"{describe(first)} for a resume")
+                    for body in self._numbering.resumed(first.received):
+                        sock.sendall(_U32.pack(len(body)) + body)
+                except (OSError, MalformedFrame) as e:
+                    self._finish(ConnectionClosed(f"resume failed: {e}"))
+                    return None
+                self._last_sent = self._last_received = time.monotonic()
+                self._ping_outstanding_since = None
+                self.resumes += 1
+                return frames
+            self._finish(ConnectionClosed(f"{why}; not resumed within {window} s"))
+            return None
+
+    def _resume_on_new_connection(self, frame: Resume, deadline: float):
+        """Connects again, sends ``frame``, and reads the first frame back; returns
+        the socket, that frame, and the buffer holding what came behind it."""
+        host, port, context, connect_timeout = self._address
+        timeout = max(0.01, min(connect_timeout, deadline - time.monotonic()))
+        sock = _open(host, port, context, timeout)
+        raw = sock._sock if isinstance(sock, _TlsSocket) else sock
+        try:
+            sock.sendall(encode_frame(frame))
+            raw.settimeout(timeout)
+            frames = FrameBuffer(self.max_frame_bytes)
+            while True:
+                body = frames.next_body()
+                if body is not None:
+                    raw.settimeout(None)
+                    return sock, decode_body(body), frames
+                data = sock.recv(65536)
+                if not data:
+                    raise OSError("closed before answering the resume")
+                frames.feed(data)
+        except BaseException:
+            sock.close()
+            raise
+
+    def _resumable(self) -> bool:
+        return self._resume and self._numbering.resume() is not None
+
+    def _send_ack(self) -> None:
+        """Acknowledges the server's frames, if it is time."""
+        ack = self._numbering.take_ack(time.monotonic())
+        if ack is not None:
+            with contextlib.suppress(ConnectionClosed):
+                self._send(ack)
+
     def _raise_if_closed(self) -> None:
         if self._end is not None:
             raise self._end
@@ -818,11 +1024,17 @@ class Connection:
         data = encode_frame(frame, self.max_frame_bytes)
         with self._send_lock:
             self._raise_if_closed()
+            self._numbering.sent(frame, data[4:])
             try:
                 self._sock.sendall(data)
             except OSError as e:
-                self._finish(ConnectionClosed(f"send failed: {e}"))
-                self._raise_if_closed()
+                if self._resumable():
+                    # Kept: the reader resumes and sends it again.
+                    with contextlib.suppress(OSError):
+                        self._sock.shutdown(socket.SHUT_RDWR)
+                else:
+                    self._finish(ConnectionClosed(f"send failed: {e}"))
+                    self._raise_if_closed()
             self._last_sent = time.monotonic()
 
     def _finish(self, why: ConnectionClosed) -> None:
@@ -851,18 +1063,21 @@ class Connection:
             while not self._closed.is_set():
                 try:
                     data = self._sock.recv(65536)
+                    lost = None if data else "the server closed the connection (no kick)"
                 except OSError as e:
-                    self._finish(ConnectionClosed(f"connection lost: {e}"))
-                    return
-                if not data:
-                    self._finish(ConnectionClosed("the server closed the connection (no kick)"))
-                    return
+                    data, lost = b"", f"connection lost: {e}"
+                if lost is not None:
+                    resumed = self._lost(lost)
+                    if resumed is None:
+                        return
+                    frames = resumed
                 frames.feed(data)
                 for frame in frames:
                     self._last_received = time.monotonic()
                     self._ping_outstanding_since = None
                     if self._dispatch(frame):
                         return
+                self._send_ack()
         except MalformedFrame as e:
             # PROTOCOL.md: treat a malformed frame from the server like the server does.
             self._finish(ConnectionClosed(f"malformed frame from the server: {e}"))
@@ -878,7 +1093,9 @@ class Connection:
             if pending is not None and pending.response is None:
                 pending.response = frame
                 pending.event.set()
+            self._numbering.response(frame.id, lambda i: i in self._pending)
         elif isinstance(frame, Push):
+            self._numbering.push()
             if self._on_push is not None:
                 self._on_push(frame)
             else:
@@ -901,22 +1118,34 @@ class Connection:
             self.kick = frame
             self._finish(Kicked(frame.reason, frame.reason_name, frame.text))
             return True
-        elif isinstance(frame, (Empty, Session, Ack)):
-            pass  # this client does not resume: a session's offer and acks need nothing
+        elif isinstance(frame, Session):
+            self._numbering.offer(frame)
+        elif isinstance(frame, Ack):
+            self._numbering.ack(frame.count)
+        elif isinstance(frame, Empty):
+            pass
         else:
-            # A request, notify, resume or resumed (this client never resumes): not for a client.
+            # A request, notify, resume, or a resumed out of turn: not for a client.
             self._finish(ConnectionClosed(f"unexpected frame from the server: {describe(frame)}"))
             return True
         return False
 
     def _heartbeat_loop(self) -> None:
         assert self._heartbeat
-        tick = min(self._heartbeat / 4, 1.0)
+        # Often enough for the acknowledgements a session owes (due 1 s after a frame).
+        tick = min(self._heartbeat / 4, 0.25)
         while not self._closed.wait(tick):
             now = time.monotonic()
+            self._send_ack()
             since = self._ping_outstanding_since
             if (since is not None and self._dead_after is not None
                     and now - since > self._dead_after):
+                if self._resumable():
+                    # The reader wakes to a dead socket, and resumes.
+                    self._ping_outstanding_since = None
+                    with contextlib.suppress(OSError):
+                        self._sock.shutdown(socket.SHUT_RDWR)
+                    continue
                 self._finish(ConnectionClosed(
                     f"no frame from the server for {self._dead_after} s after a ping"))
                 return

@@ -56,13 +56,14 @@ DRILL_LOGIN_TIMEOUT = 2.0  # the drill server's limits.login_timeout
 
 
 class Server:
-    """A gatehouse process started by this module: ``config`` is extra TOML for its
+    """A gatehouse process started by this module (serving ``service``, arena unless
+    told otherwise): ``config`` is extra TOML for its
     configuration file (which always sets ``[store] data_dir``), ``args`` extra
     arguments of ``serve``. It listens on TCP (:attr:`host`, :attr:`port`), and with
     ``tls=True`` on TLS too (:attr:`listeners` ``["tls"]``), with a development
     certificate made for it (:attr:`cafile`)."""
 
-    def __init__(self, binary, config="", args=(), tls=False):
+    def __init__(self, binary, config="", args=(), tls=False, service="arena"):
         self.tmpdir = tempfile.mkdtemp(prefix="gatehouse-pytest-")
         config_path = os.path.join(self.tmpdir, "gatehouse.toml")
         data_dir = os.path.join(self.tmpdir, "data")
@@ -82,7 +83,7 @@ class Server:
         self.log_path = os.path.join(self.tmpdir, "gatehouse.log")
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [binary, "serve", *listen, "--admin-port", "0", "--service", "arena", "--config", config_path, *args],
+            [binary, "serve", *listen, "--admin-port", "0", "--service", service, "--config", config_path, *args],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.log, cwd=self.tmpdir)
         #: transport ("tcp", "tls") -> (host, port), from the "listening on" lines.
         self.listeners = {}

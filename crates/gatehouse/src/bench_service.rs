@@ -6,6 +6,13 @@
 //! | 1 | echo | response carries the payload back | pushed back on route 1 |
 //! | 2 | broadcast | payload pushed on route 2 to every connection, then an empty response | same, no response |
 //! | 3 | count | response payload: live connections, `u32` big-endian | — |
+//! | 4 | login | logs the connection in as the payload (a name); response: its connection id, `u64` big-endian | — |
+//! | 5 | increment | adds one to the connection's counter; response: the counter, `u64` big-endian | — |
+//! | 6 | push numbers | payload `u32` n: pushes 0..n (`u32` big-endian) on route 6 to this connection, a few milliseconds apart every ten; an empty response at once | — |
+//!
+//! It resumes ([`Service::RESUMABLE`]): a connection that logs in is offered a
+//! session (unless `resume.window` is 0), so clients' resume can be tried and
+//! measured against it. Connections that do not log in are served as before.
 
 use bytes::Bytes;
 
@@ -20,37 +27,83 @@ pub mod routes {
     pub const BROADCAST: u16 = 2;
     /// The number of live connections.
     pub const COUNT: u16 = 3;
+    /// Log in as the payload (a name).
+    pub const LOGIN: u16 = 4;
+    /// Add one to the connection's counter.
+    pub const INCREMENT: u16 = 5;
+    /// Push numbers to this connection (also the route of those pushes).
+    pub const PUSH_NUMBERS: u16 = 6;
 }
 
-/// The bench service; it keeps no per-connection state.
+/// The bench service; its only per-connection state is a counter.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct BenchService;
 
 impl Service for BenchService {
-    type Session = ();
+    /// The counter of [`routes::INCREMENT`].
+    type Session = u64;
     type Message = ();
+    const RESUMABLE: bool = true;
 
-    async fn connect(&self, _ctx: &mut Context<'_, ()>) {}
+    async fn connect(&self, _ctx: &mut Context<'_, ()>) -> u64 {
+        0
+    }
 
-    /// Echo needs no future: it is answered on the fast path.
+    /// Echo and increment need no future: they are answered on the fast path.
     fn request_now(
         &self,
-        _session: &mut (),
+        counter: &mut u64,
         _ctx: &mut Context<'_, ()>,
         route: u16,
         payload: &Bytes,
     ) -> Option<Reply> {
-        (route == routes::ECHO).then(|| Reply::ok(payload.clone()))
+        match route {
+            routes::ECHO => Some(Reply::ok(payload.clone())),
+            routes::INCREMENT => {
+                *counter += 1;
+                Some(Reply::ok(Bytes::copy_from_slice(&counter.to_be_bytes())))
+            }
+            _ => None,
+        }
     }
 
     async fn request(
         &self,
-        _session: &mut (),
+        _counter: &mut u64,
         ctx: &mut Context<'_, ()>,
         route: u16,
         payload: Bytes,
     ) -> Reply {
         match route {
+            routes::LOGIN => {
+                let name = String::from_utf8_lossy(&payload).into_owned();
+                match ctx.logged_in(&name).await {
+                    Ok(()) => Reply::ok(Bytes::copy_from_slice(&ctx.id().0.to_be_bytes())),
+                    Err(e) => Reply::error(Status::UNAVAILABLE, e.to_string()),
+                }
+            }
+            routes::PUSH_NUMBERS => {
+                let Ok(count) = <[u8; 4]>::try_from(&payload[..]).map(u32::from_be_bytes) else {
+                    return Reply::error(Status::BAD_REQUEST, "a u32 count");
+                };
+                let (server, id) = (ctx.server().clone(), ctx.id());
+                tokio::spawn(async move {
+                    for n in 0..count {
+                        let number = Bytes::copy_from_slice(&n.to_be_bytes());
+                        if server
+                            .push_to(id, routes::PUSH_NUMBERS, number)
+                            .await
+                            .is_err()
+                        {
+                            return; // gone
+                        }
+                        if n % 10 == 9 {
+                            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                        }
+                    }
+                });
+                Reply::empty()
+            }
             routes::ECHO => Reply::ok(payload),
             routes::BROADCAST => match ctx.server().broadcast(routes::BROADCAST, payload).await {
                 Ok(()) => Reply::empty(),
@@ -68,7 +121,7 @@ impl Service for BenchService {
 
     fn notify_now(
         &self,
-        _session: &mut (),
+        _counter: &mut u64,
         ctx: &mut Context<'_, ()>,
         route: u16,
         payload: &Bytes,
@@ -81,7 +134,7 @@ impl Service for BenchService {
 
     async fn notify(
         &self,
-        _session: &mut (),
+        _counter: &mut u64,
         ctx: &mut Context<'_, ()>,
         route: u16,
         payload: Bytes,
@@ -101,13 +154,16 @@ impl Service for BenchService {
         }
     }
 
-    async fn disconnect(&self, _session: (), _info: Disconnect) {}
+    async fn disconnect(&self, _counter: u64, _info: Disconnect) {}
 
     fn route_name(&self, route: u16) -> Option<&'static str> {
         match route {
             routes::ECHO => Some("echo"),
             routes::BROADCAST => Some("broadcast"),
             routes::COUNT => Some("count"),
+            routes::LOGIN => Some("login"),
+            routes::INCREMENT => Some("increment"),
+            routes::PUSH_NUMBERS => Some("push_numbers"),
             _ => None,
         }
     }
