@@ -331,17 +331,14 @@ impl ConnectionCore {
             return FirstFrame::Pending;
         };
         let len = u32::from_be_bytes(*header) as usize;
+        // Empty, or over the maximum (refused from the header alone): not a resume.
+        if len == 0 || len > self.config.limits.max_frame_bytes {
+            return FirstFrame::Other;
+        }
         match self.recv.get(HEADER_LEN) {
-            None if len == 0 => FirstFrame::Other,
             None => FirstFrame::Pending,
-            // Over the maximum, the frame is the ordinary path's to refuse.
-            Some(&kind::RESUME) if len <= self.config.limits.max_frame_bytes => {
-                if self.recv.len() >= HEADER_LEN + len {
-                    FirstFrame::Resume
-                } else {
-                    FirstFrame::Pending
-                }
-            }
+            Some(&kind::RESUME) if self.recv.len() < HEADER_LEN + len => FirstFrame::Pending,
+            Some(&kind::RESUME) => FirstFrame::Resume,
             Some(_) => FirstFrame::Other,
         }
     }
@@ -1288,6 +1285,33 @@ mod tests {
             Some(DisconnectReason::ProtocolError),
             "beyond what was sent"
         );
+    }
+
+    #[test]
+    fn the_first_frame_is_told_a_resume_only_once_whole_and_anything_else_at_its_kind_or_header() {
+        let mut h = harness(limits());
+        assert_eq!(h.core.first_frame(), FirstFrame::Pending);
+        let resume = wire(&Message::Resume {
+            id: 1,
+            received: 0,
+            token: [0; 32],
+        });
+        h.receive(&resume[..20]);
+        assert_eq!(h.core.first_frame(), FirstFrame::Pending);
+        h.receive(&resume[20..]);
+        assert_eq!(h.core.first_frame(), FirstFrame::Resume);
+        let taken = h.core.take_resume(h.at(T)).expect("a resume");
+        assert_eq!((taken.id, taken.received), (1, 0));
+        assert_eq!(h.core.first_frame(), FirstFrame::Other, "one first frame");
+        for first in [
+            &[0, 0, 0, 0][..],               // empty
+            &[0x7f, 0xff, 0xff, 0xff],       // over the maximum: refused from the header
+            &[0, 0, 0, 7, kind::REQUEST, 0], // its kind is enough
+        ] {
+            let mut h = harness(limits());
+            h.receive(first);
+            assert_eq!(h.core.first_frame(), FirstFrame::Other, "{first:?}");
+        }
     }
 
     #[test]

@@ -195,8 +195,8 @@ impl<S: Service, T: Transport> Connection<S, T> {
             // The hub died between accept and now; the group is being cancelled.
             Err(Close::from(DisconnectReason::ServerRestart))
         } else if self.shared.core_config.resumable {
-            let waiting = Box::pin(self.first_frame());
-            waiting.await
+            // Not boxed: smaller than the loop's await, it costs the task nothing.
+            self.first_frame().await
         } else {
             Ok(None)
         };
