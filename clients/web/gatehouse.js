@@ -12,7 +12,9 @@
  *    policy of PROTOCOL.md's kick table as a pure function;
  *  - `Client`: one connection at a time over an injectable WebSocket constructor,
  *    with request ids and timeouts, notifies, pushes by route, heartbeats, typed
- *    kicks, and reconnection with backoff chosen by the kick reason.
+ *    kicks, reconnection with backoff chosen by the kick reason, and session resume
+ *    (`SessionNumbering`): a lost connection of a session the server offered is
+ *    resumed on a new one, nothing lost or sent twice.
  *
  * The WebSocket mapping: one binary message is one frame body (the envelope without
  * the 4-byte length prefix); an empty binary message is the empty frame. A kick is
@@ -421,6 +423,120 @@ export function reconnectDelay(reason, attempt = 0, random = Math.random) {
   return Math.floor(step * (1 + random()));
 }
 
+// ------------------------------------------------------------------- resuming
+
+/** Acknowledge after this many of the server's frames, or this long after the oldest. */
+const ACK_EVERY_FRAMES = 32n;
+const ACK_WITHIN_MS = 1000;
+
+/**
+ * What a resumable session counts and keeps (PROTOCOL.md, "session, resume, resumed
+ * and ack"), without I/O. Before a session is offered: the frames sent since the
+ * oldest unanswered request. The response after the `session` frame names the
+ * request that draws the line; the requests and notifies sent after it are numbered
+ * from 1 and kept until the server acknowledges them; the server's responses and
+ * pushes are counted from that response on. Counts are BigInts (u64 on the wire).
+ */
+export class SessionNumbering {
+  /** The session ({id, windowMs, token}) once its line is drawn, else null. */
+  session = null;
+  /** The server's numbered frames received. */
+  received = 0n;
+  #log = []; // [{id (null for a notify), body}] before the line
+  #offered = null;
+  #acked = 0n;
+  #ackDue = null;
+  #unacked = []; // our numbered frames' bodies, oldest first
+  #first = 1n; // the number of #unacked[0]
+
+  /** A request or notify was sent (or is to be, once resumed). */
+  sent(frame, body) {
+    if (frame.kind !== 'request' && frame.kind !== 'notify') return;
+    if (this.session) this.#unacked.push(body);
+    else this.#log.push({ id: frame.kind === 'request' ? frame.id : null, body });
+  }
+
+  /** A response to request `id` came at `now` (ms); `pending(id)`: still unanswered. */
+  response(id, now, pending) {
+    if (this.#offered) {
+      const at = this.#log.findIndex((entry) => entry.id === id);
+      const after = at < 0 ? this.#log.length : at + 1;
+      this.#unacked = this.#log.slice(after).map((entry) => entry.body);
+      this.#log = [];
+      this.session = this.#offered;
+      this.#offered = null;
+    }
+    if (this.session) {
+      this.#numbered(now);
+      return;
+    }
+    while (this.#log.length && (this.#log[0].id === null || !pending(this.#log[0].id))) {
+      this.#log.shift();
+    }
+  }
+
+  /** A push came at `now`. */
+  push(now) {
+    if (this.session) this.#numbered(now);
+  }
+
+  #numbered(now) {
+    this.received += 1n;
+    this.#ackDue ??= now + ACK_WITHIN_MS;
+    if (this.received - this.#acked >= ACK_EVERY_FRAMES) this.#ackDue = now;
+  }
+
+  /** A `session` frame: the offer at the login, or a fresh token after a resume. */
+  offer(frame) {
+    const session = { id: frame.id, windowMs: frame.windowMs, token: frame.token };
+    if (this.session) this.session = session;
+    else this.#offered = session;
+  }
+
+  /** The server acknowledged our first `count` numbered frames. */
+  ack(count) {
+    if (!this.session) return;
+    const sent = this.#first - 1n + BigInt(this.#unacked.length);
+    if (count > sent) throw new MalformedFrame('ack_beyond_sent', `an ack of ${count}, ${sent} sent`);
+    while (this.#first <= count && this.#unacked.length) {
+      this.#unacked.shift();
+      this.#first += 1n;
+    }
+  }
+
+  /** When an acknowledgement is due (ms), or null. */
+  get ackDue() { return this.#ackDue; }
+
+  /** The ack frame to send at `now`, if one is due. */
+  takeAck(now) {
+    if (this.#ackDue === null || now < this.#ackDue) return null;
+    this.#ackDue = null;
+    if (this.received <= this.#acked) return null;
+    this.#acked = this.received;
+    return { kind: 'ack', count: this.received };
+  }
+
+  /** The `resume` frame a new connection opens with, or null without a session. */
+  resumeFrame() {
+    if (!this.session) return null;
+    return { kind: 'resume', id: this.session.id, received: this.received, token: this.session.token };
+  }
+
+  /** The server resumed at `received` of our frames: the bodies to send again. */
+  resumed(received) {
+    const sent = this.#first - 1n + BigInt(this.#unacked.length);
+    if (received > sent || received + 1n < this.#first) {
+      throw new MalformedFrame('bad_resume', `resumed at ${received}; ${sent} sent, before ${this.#first} acknowledged`);
+    }
+    while (this.#first <= received) {
+      this.#unacked.shift();
+      this.#first += 1n;
+    }
+    if (this.#acked > this.received) this.#acked = this.received;
+    return [...this.#unacked];
+  }
+}
+
 // ------------------------------------------------------------------------ client
 
 const defaultTimers = {
@@ -441,14 +557,23 @@ const HEARTBEAT_NONCE_FLAG = 1n << 63n; // marks a nonce that carries its send t
  * when no frame at all arrived for this long; 30 000; 0 turns it off),
  * `maxMessageBytes` (262 144), `reconnect` (true), `reconnectPolicy(reason, attempt,
  * random)` (`reconnectDelay` by default), `onReconnect(client)` (awaited after each
- * reconnection: log in again there), `random` and `timers` ({setTimeout,
+ * reconnection: log in again there), `resume` (true: resume a session the server
+ * offered when the connection is lost), `random` and `timers` ({setTimeout,
  * clearTimeout, now}: for tests).
+ *
+ * Session resume: when a session the server offered loses its connection (not a
+ * kick, not `close()`), the client connects again within the server's window and
+ * resumes it: waiting requests get their answers, pushes go on, requests and
+ * notifies made meanwhile are sent once it is back, and nothing is lost or twice. A
+ * resume the server refuses is a `resume_failed` kick: the requests fail, and the
+ * client reconnects and calls `onReconnect`, to log in again.
  *
  * Events (an EventTarget; `event.detail` says more): `open` ({url, reconnected}),
  * `push` ({route, payload}), `kick` (the Kick), `close` ({error, kick, reconnectIn:
  * ms or null}), `reconnecting` ({attempt, delay, kick}), `reconnected` (after
- * `onReconnect` resolved), `error` ({error}: `onReconnect` failed; the connection
- * stays open).
+ * `onReconnect` resolved), `resuming` ({error, attempt}: the connection was lost and
+ * the session is being resumed), `resumed` ({resumes}), `error` ({error}:
+ * `onReconnect` failed; the connection stays open).
  */
 export class Client extends EventTarget {
   /** Awaited after each automatic reconnection (before `reconnected`). */
@@ -477,6 +602,10 @@ export class Client extends EventTarget {
   #everOpened = false;
   #userClosed = false;
   #connecting = null; // {resolve, reject} of the pending connect()
+  #numbering = new SessionNumbering();
+  #resuming = null; // {error, deadline, attempt} while a lost session is resumed
+  #awaitingResumed = false; // a resume was sent on this connection; no answer yet
+  #resumes = 0;
 
   constructor(options = {}) {
     super();
@@ -487,6 +616,7 @@ export class Client extends EventTarget {
       deadAfter: 30_000,
       maxMessageBytes: MAX_FRAME_BYTES,
       reconnect: true,
+      resume: true,
       reconnectPolicy: reconnectDelay,
       random: Math.random,
       ...options,
@@ -495,8 +625,10 @@ export class Client extends EventTarget {
     this.onReconnect = options.onReconnect;
   }
 
-  /** `idle`, `connecting`, `open` or `closed`. */
+  /** `idle`, `connecting`, `open`, `resuming` (a lost session comes back) or `closed`. */
   get state() { return this.#state; }
+  /** Sessions resumed on a new connection so far. */
+  get resumes() { return this.#resumes; }
   /** The URL given to connect(). */
   get url() { return this.#url; }
   /** The kick that ended the last connection (null if none did). */
@@ -525,7 +657,7 @@ export class Client extends EventTarget {
   close() {
     this.#userClosed = true;
     this.#cancelReconnect();
-    if (this.#state === 'open' || this.#state === 'connecting') {
+    if (this.#state === 'open' || this.#state === 'connecting' || this.#state === 'resuming') {
       this.#finish(new ConnectionClosed('closed by the client', { byClient: true }));
     }
     this.#state = 'closed';
@@ -605,7 +737,8 @@ export class Client extends EventTarget {
   }
 
   #send(frame) {
-    if (this.#state !== 'open') {
+    const away = this.#state === 'resuming' || this.#awaitingResumed;
+    if (this.#state !== 'open' && !away) {
       throw this.#end ?? new ConnectionClosed(`not connected (${this.#state})`);
     }
     const body = encodeBody(frame);
@@ -613,15 +746,19 @@ export class Client extends EventTarget {
       throw new RangeError(
         `a message of ${body.length} bytes is over the maximum of ${this.#options.maxMessageBytes}`);
     }
+    this.#numbering.sent(frame, body); // requests and notifies: kept, and sent again once resumed
+    if (away) return; // the rest (pings, acks) is of no use to a connection that is gone
     this.#ws.send(body); // a Uint8Array: always a binary message, never text
     this.#lastSent = this.#timers.now();
   }
 
-  #open(reconnected) {
+  #open(reconnected, resuming = false) {
     return new Promise((resolve, reject) => {
-      this.#state = 'connecting';
-      this.#end = null;
-      this.#kick = null;
+      if (!resuming) {
+        this.#state = 'connecting';
+        this.#end = null;
+        this.#kick = null;
+      }
       if (!reconnected) this.#connecting = { resolve, reject };
       let ws;
       try {
@@ -639,7 +776,10 @@ export class Client extends EventTarget {
       this.#ws = ws;
       // Events of a socket this client has let go of are ignored.
       ws.addEventListener('open', () => {
-        if (ws === this.#ws) this.#opened(reconnected);
+        if (ws === this.#ws) {
+          if (resuming) this.#openedToResume();
+          else this.#opened(reconnected);
+        }
         resolve();
       });
       ws.addEventListener('message', (event) => {
@@ -650,6 +790,45 @@ export class Client extends EventTarget {
         resolve(); // a reconnection's end is handled by #finish; the first one rejected there
       });
     });
+  }
+
+  /** A new connection for the lost session: it opens with the resume. */
+  #openedToResume() {
+    const now = this.#timers.now();
+    this.#ws.send(encodeBody(this.#numbering.resumeFrame()));
+    this.#awaitingResumed = true;
+    this.#lastSent = now;
+    this.#lastReceived = now;
+    this.#lastBeat = now;
+  }
+
+  /** The server answered the resume with `frame`. */
+  #answeredResume(frame) {
+    this.#awaitingResumed = false;
+    if (frame.kind === 'kick') {
+      // Refused: the session is over; log in again on a fresh one (reconnect policy).
+      this.#resuming = null;
+      this.#numbering = new SessionNumbering();
+      this.#finish(new Kicked(new Kick(frame.reason, frame.text)));
+      return;
+    }
+    let again;
+    try {
+      if (frame.kind !== 'resumed') throw new MalformedFrame('unexpected', `${frame.kind} for a resume`);
+      again = this.#numbering.resumed(frame.received);
+    } catch (e) {
+      this.#resuming = null;
+      this.#numbering = new SessionNumbering();
+      this.#finish(new ConnectionClosed(`resume failed: ${e.message}`));
+      return;
+    }
+    for (const body of again) this.#ws.send(body);
+    this.#resuming = null;
+    this.#state = 'open';
+    this.#resumes += 1;
+    this.#attempt = 0;
+    this.#scheduleHeartbeat();
+    this.#emit('resumed', { resumes: this.#resumes });
   }
 
   async #opened(reconnected) {
@@ -689,7 +868,12 @@ export class Client extends EventTarget {
       this.#finish(new ConnectionClosed(`malformed frame from the server: ${e.message}`));
       return;
     }
-    this.#lastReceived = this.#timers.now();
+    const now = this.#timers.now();
+    this.#lastReceived = now;
+    if (this.#awaitingResumed) {
+      this.#answeredResume(frame);
+      return;
+    }
     if (frame.kind === 'kick') {
       this.#finish(new Kicked(new Kick(frame.reason, frame.text)));
       return;
@@ -698,14 +882,19 @@ export class Client extends EventTarget {
     switch (frame.kind) {
       case 'response': {
         const waiter = this.#pending.get(frame.id);
-        if (!waiter) return; // timed out: dropped
+        if (!waiter) { // timed out: dropped (and counted)
+          this.#numbered('response', frame.id, now);
+          return;
+        }
         this.#pending.delete(frame.id);
         if (waiter.timer !== null) this.#timers.clearTimeout(waiter.timer);
         if (frame.status === 0) waiter.resolve(frame.payload);
         else waiter.reject(new RequestError(frame.status, frame.payload));
+        this.#numbered('response', frame.id, now);
         return;
       }
       case 'push':
+        this.#numbered('push', null, now);
         for (const handler of this.#pushHandlers.get(frame.route) ?? []) {
           try {
             handler(frame.payload, frame.route);
@@ -722,12 +911,32 @@ export class Client extends EventTarget {
         this.#ponged(frame.nonce);
         return;
       case 'empty':
-      case 'session': // this client does not resume: a session's offer and acks need nothing
+        return;
+      case 'session':
+        this.#numbering.offer(frame);
+        return;
       case 'ack':
+        try {
+          this.#numbering.ack(frame.count);
+        } catch (e) {
+          this.#finish(new ConnectionClosed(`from the server: ${e.message}`));
+        }
         return;
       default: // request, notify, resume, or a resumed never asked for: not for a client
         this.#finish(new ConnectionClosed(`unexpected ${frame.kind} from the server`));
     }
+  }
+
+  /** Counts a response or push of a session, and acknowledges when it is time. */
+  #numbered(kind, id, now) {
+    if (kind === 'response') this.#numbering.response(id, now, (pending) => this.#pending.has(pending));
+    else this.#numbering.push(now);
+    this.#sendAck(now);
+  }
+
+  #sendAck(now) {
+    const ack = this.#numbering.takeAck(now);
+    if (ack && this.#state === 'open' && !this.#awaitingResumed) this.#send(ack);
   }
 
   #ponged(nonce) {
@@ -761,7 +970,8 @@ export class Client extends EventTarget {
   #scheduleHeartbeat() {
     const { heartbeat, deadAfter } = this.#options;
     if (!heartbeat && !deadAfter) return;
-    const every = Math.min(1000, (heartbeat || deadAfter) / 4);
+    // Often enough for a session's acknowledgements (due a second after a frame).
+    const every = Math.min(this.#numbering.session ? 250 : 1000, (heartbeat || deadAfter) / 4);
     this.#heartbeatTimer = this.#timers.setTimeout(() => this.#beat(), every);
   }
 
@@ -770,6 +980,7 @@ export class Client extends EventTarget {
     if (this.#state !== 'open') return;
     const { heartbeat, deadAfter } = this.#options;
     const now = this.#timers.now();
+    this.#sendAck(now);
     if (deadAfter && now - this.#lastReceived >= deadAfter) {
       this.#finish(new ConnectionClosed(`no frame from the server for ${deadAfter} ms`));
       return;
@@ -792,8 +1003,57 @@ export class Client extends EventTarget {
     this.#reconnectTimer = null;
   }
 
+  /**
+   * The connection of a session the server offered was lost (`error`): keeps what
+   * waits, and tries new connections to resume it until the window ends; then gives
+   * up (the usual end, with a reconnection that logs in again).
+   */
+  #lose(error) {
+    const ws = this.#ws;
+    this.#ws = null;
+    this.#awaitingResumed = false;
+    if (this.#heartbeatTimer !== null) this.#timers.clearTimeout(this.#heartbeatTimer);
+    this.#heartbeatTimer = null;
+    try {
+      ws?.close(1000);
+    } catch {
+      // already closing
+    }
+    for (const waiter of this.#pings.values()) {
+      if (waiter.timer !== null) this.#timers.clearTimeout(waiter.timer);
+      waiter.reject(error);
+    }
+    this.#pings.clear();
+    const now = this.#timers.now();
+    this.#resuming ??= { error, deadline: now + this.#numbering.session.windowMs, attempt: 0 };
+    this.#state = 'resuming';
+    const resuming = this.#resuming;
+    if (now >= resuming.deadline) {
+      // Not back in time: the session is over.
+      this.#resuming = null;
+      this.#numbering = new SessionNumbering();
+      this.#finish(resuming.error);
+      return;
+    }
+    resuming.attempt += 1;
+    this.#emit('resuming', { error, attempt: resuming.attempt });
+    const delay = Math.min(1000, 50 * 2 ** Math.min(resuming.attempt - 1, 5));
+    this.#reconnectTimer = this.#timers.setTimeout(() => {
+      this.#reconnectTimer = null;
+      if (!this.#userClosed && this.#state === 'resuming') this.#open(true, true);
+    }, Math.min(delay, Math.max(0, resuming.deadline - now)));
+  }
+
   /** Ends the current connection once: fails its waiters, tells why, maybe reconnects. */
   #finish(error) {
+    const lost = !(error instanceof Kicked) && !this.#userClosed && !error.byClient
+      && this.#options.resume && this.#numbering.session !== null;
+    if (lost) {
+      this.#lose(error);
+      return;
+    }
+    this.#resuming = null;
+    this.#awaitingResumed = false;
     const ws = this.#ws;
     this.#ws = null;
     this.#state = 'closed';

@@ -19,7 +19,6 @@ use arena::Arena;
 use clap::{Args, Parser, Subcommand};
 use config::{FileConfig, Game};
 use gatehouse::bench_service::BenchService;
-use gatehouse::listener::Pages;
 use gatehouse::{
     Certificates, Listener, ListenerConfig, Server, ServerError, Service, TransportKind,
 };
@@ -339,11 +338,11 @@ async fn run<S: Service>(
 ) -> anyhow::Result<Result<(), ServerError>> {
     let configs = &file.listeners;
     let fault_injection = file.server.allow_fault_injection;
-    // arena's WebSocket listeners serve its browser client.
+    // WebSocket listeners serve the browser library, and arena's its browser client.
     let pages = if name == "arena" {
         pages::arena()
     } else {
-        Pages::new()
+        pages::client_library()
     };
     // Every socket is bound before anything is announced: a port that is taken
     // fails the start before a line says the server (or its admin API) listens.
@@ -387,7 +386,7 @@ async fn run<S: Service>(
     for listener in &listeners {
         let url = listener.url()?;
         info!(%url, service = %name, fault_injection, "listening");
-        if listener.transport().is_websocket() && !pages.is_empty() {
+        if listener.transport().is_websocket() && name == "arena" {
             let scheme = if listener.transport().is_tls() {
                 "https"
             } else {

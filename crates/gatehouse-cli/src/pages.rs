@@ -1,6 +1,8 @@
-//! arena's browser client (`clients/web`), compiled into the binary and served by its
-//! WebSocket listeners: the page at `/`, its script modules and style sheet by name.
-//! The page connects back to the same listener at `/ws`.
+//! What the binary's WebSocket listeners serve over plain HTTP, compiled in: for
+//! every service the protocol's browser library (`clients/web/gatehouse.js`, for a
+//! page of any origin's own to import), and for arena its browser client: the page
+//! at `/`, its script modules and style sheet by name. The page connects back to
+//! the same listener at `/ws`.
 
 use gatehouse::listener::Pages;
 
@@ -8,17 +10,21 @@ const HTML: &str = "text/html; charset=utf-8";
 const JS: &str = "text/javascript; charset=utf-8";
 const CSS: &str = "text/css; charset=utf-8";
 
-/// The files of `clients/web` the page loads.
+/// The protocol's browser library, at `/gatehouse.js`.
+pub(crate) fn client_library() -> Pages {
+    Pages::new().with(
+        "/gatehouse.js",
+        JS,
+        include_str!("../../../clients/web/gatehouse.js"),
+    )
+}
+
+/// The files of `clients/web` arena's page loads.
 pub(crate) fn arena() -> Pages {
     let index = include_str!("../../../clients/web/index.html");
-    Pages::new()
+    client_library()
         .with("/", HTML, index)
         .with("/index.html", HTML, index)
-        .with(
-            "/gatehouse.js",
-            JS,
-            include_str!("../../../clients/web/gatehouse.js"),
-        )
         .with(
             "/arena_pb.js",
             JS,

@@ -18,11 +18,10 @@
 mod chromium;
 mod process;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use arena::{pb, routes};
-use chromium::{assert_screenshot, chromium_or_skip, e2e_script, fresh_screenshots};
+use chromium::{assert_screenshot, chromium_or_skip, e2e_script, fresh_screenshots, run_e2e};
 use gatehouse_client::{Client, ClientConfig, Pushes};
 use process::{arena_config, scratch, ServerProcess};
 use prost::Message as _;
@@ -123,23 +122,16 @@ async fn two_browser_players_and_a_tcp_player_see_each_other_in_one_room() {
         .env("TCP_PLAYER", TCP_PLAYER)
         .env("TCP_SAYS", TCP_SAYS)
         .env("SCREENSHOT", &screenshot)
-        .env("PHONE_SCREENSHOT", &phone_screenshot)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let output = tokio::task::spawn_blocking(move || browser.output())
-        .await
-        .unwrap()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
+        .env("PHONE_SCREENSHOT", &phone_screenshot);
+    let (passed, printed) = run_e2e(browser).await;
     println!(
-        "browser: {stdout}{stderr}\nscreenshots: {} {}",
+        "browser: {printed}\nscreenshots: {} {}",
         screenshot.display(),
         phone_screenshot.display()
     );
     assert!(
-        output.status.success(),
-        "the browser players failed:\n{stdout}{stderr}\nserver log:\n{}",
+        passed,
+        "the browser players failed:\n{printed}\nserver log:\n{}",
         server.log()
     );
     assert_screenshot(&screenshot);
@@ -166,4 +158,31 @@ async fn two_browser_players_and_a_tcp_player_see_each_other_in_one_room() {
         Ok(Ok(Err(e))) => panic!("the TCP player: {e}"),
         other => panic!("the TCP player did not finish: {}", other.is_ok()),
     }
+}
+
+/// The browser client (gatehouse.js in Chromium) resumes its session across cuts:
+/// `clients/web/e2e/resume_e2e.mjs` loads the page through a proxy of its own, logs
+/// in to the bench service, and cuts the proxy during 200 pushes and 50 increments:
+/// every push once and in order, the increments 1 to 50, and a second cut resumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_browser_client_resumes_its_session_across_cuts() {
+    let Some(chromium) = chromium_or_skip("the browser resume test") else {
+        return;
+    };
+    let dir = scratch("browser-resume");
+    let config = arena_config(&dir, "");
+    let server =
+        ServerProcess::start(&["--config", config.to_str().unwrap(), "--service", "bench"]);
+    let [screenshot] = fresh_screenshots("browser-resume-e2e", ["failure.png"]);
+    let mut browser = e2e_script("resume_e2e.mjs", &chromium);
+    browser
+        .env("SERVER", server.listener("ws").to_string())
+        .env("SCREENSHOT", &screenshot);
+    let (passed, printed) = run_e2e(browser).await;
+    println!("browser: {printed}");
+    assert!(
+        passed && printed.contains("\"ok\":true"),
+        "the browser client did not resume:\n{printed}\nserver log:\n{}",
+        server.log()
+    );
 }

@@ -6,7 +6,7 @@
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 /// The repository's root.
 fn root() -> PathBuf {
@@ -80,4 +80,20 @@ pub fn assert_screenshot(shot: &Path) {
         "a screenshot at {}",
         shot.display()
     );
+}
+
+/// Runs an e2e script to its end (off the async runtime's threads): whether it
+/// passed, and what it printed (stdout, then stderr).
+pub async fn run_e2e(mut script: Command) -> (bool, String) {
+    script.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let output = tokio::task::spawn_blocking(move || script.output())
+        .await
+        .expect("the script's thread")
+        .expect("run node");
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), printed)
 }
