@@ -11,16 +11,21 @@
 #   scripts/callgrind-metrics.sh                 # ~6 minutes on 2 cores
 #   scripts/callgrind-metrics.sh --baseline REV  # instead: gatehouse as of commit REV
 #                                                # beside this tree's, metrics on in both
+#   scripts/callgrind-metrics.sh --resume        # instead: this tree with connections
+#                                                # logged in to resumable sessions
+#                                                # (acknowledging) beside plain ones
 #
 # Everything runs on 127.0.0.0/8; raw figures go to target/callgrind-metrics/<time>/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 baseline=""
+resume=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --baseline) baseline="$2"; shift ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        --resume) resume=1 ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -35,6 +40,8 @@ modes=(off on)
 if [ -n "$baseline" ]; then
     build_baseline "$baseline"
     modes=(before after)
+elif [ -n "$resume" ]; then
+    modes=(plain resumed)
 fi
 
 server_pid=""
@@ -50,9 +57,11 @@ trap stop_server EXIT
 # MODE DEPTH SECONDS -> one line: instructions requests
 measure() {
     local mode="$1" depth="$2" secs="$3" out="$dir/callgrind.$1.d$2.s$3" flags json root=.
+    local gen_flags=()
     case "$mode" in
         before) root="$baseline_dir"; flags=() ;;
-        after) flags=() ;;
+        after|plain) flags=() ;;
+        resumed) flags=(); gen_flags=(--resume) ;;
         *) metrics_flags "$mode" ;;
     esac
     "${pin_server[@]}" valgrind --tool=callgrind --callgrind-out-file="$out" \
@@ -62,7 +71,8 @@ measure() {
     server_pid=$!
     wait_for_tcp "$out.stdout" "$out.stderr" 600
     json="$("${pin_gen[@]}" "$dir/gatehouse-gen" bench echo --quiet --addr "$addr" \
-        --connections 100 --depth "$depth" --payload 64 --duration "$secs" --warmup 0)"
+        --connections 100 --depth "$depth" --payload 64 --duration "$secs" --warmup 0 \
+        "${gen_flags[@]}")"
     stop_server
     python3 - "$out" "$json" <<'PY'
 import json, sys
@@ -93,6 +103,8 @@ for line in open(results):
     rows[(mode, int(depth))] = (per, int(errors))
 if rev:
     head = f"gatehouse as of `{rev}`: instructions per request | this tree | this / `{rev}`"
+elif first == "plain":
+    head = "resume off: instructions per request | resume on (logged in, acknowledging) | on / off"
 else:
     head = "metrics off: instructions per request | metrics on | on / off"
 print(f"| echo, 100 connections, 64 B | {head} |")

@@ -128,6 +128,10 @@ struct EchoArgs {
     /// The server's pid, for its CPU time over the measured window (/proc/PID/stat).
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Log each connection in first (the bench service then offers a resumable
+    /// session) and acknowledge the answers: what session resume costs.
+    #[arg(long)]
+    resume: bool,
 }
 
 #[derive(Args)]
@@ -289,6 +293,7 @@ async fn run_scenario(scenario: Scenario, progress: &Progress) -> anyhow::Result
             options.sources = sources;
             options.transport = transport;
             options.server_pid = a.server_pid;
+            options.resume = a.resume;
             let report = echo::run(&options, progress).await?;
             // The most telling first: a server that closed connections explains both
             // an empty measurement and lost requests.

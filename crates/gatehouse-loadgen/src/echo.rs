@@ -8,6 +8,11 @@
 //! that every request sent is accounted for: answered and verified, answered wrongly
 //! (an error), or never answered (lost).
 //!
+//! With `resume`, each connection first logs in to the bench service, which then
+//! offers a resumable session: the server numbers and keeps its answers, and the
+//! generator acknowledges them every 32, as a resuming client does. This measures
+//! what resume costs the server per request.
+//!
 //! Each connection is one task with one socket, one read buffer and one output
 //! buffer preallocated for its D requests, into which requests are encoded in place;
 //! it waits for readability and (while output is pending) writability together, so
@@ -59,6 +64,8 @@ pub struct EchoOptions {
     /// The server's pid, to read its CPU time over the measured window (same
     /// machine): the server's cost per request, whatever bounds the throughput.
     pub server_pid: Option<u32>,
+    /// Log each connection in first (a resumable session), and acknowledge.
+    pub resume: bool,
 }
 
 impl EchoOptions {
@@ -81,6 +88,7 @@ impl EchoOptions {
             sources: Sources::for_target(addr, Sources::DEFAULT_PER_ADDRESS),
             transport: Transport::Tcp,
             server_pid: None,
+            resume: false,
         }
     }
 }
@@ -101,6 +109,8 @@ pub struct EchoReport {
     pub connected: usize,
     /// Requests in flight per connection.
     pub depth: usize,
+    /// Whether the connections logged in to resumable sessions (and acknowledged).
+    pub resume: bool,
     /// Payload bytes per request.
     pub payload_bytes: usize,
     /// Warm-up, seconds.
@@ -191,6 +201,14 @@ pub async fn run(options: &EchoOptions, progress: &Progress) -> Result<EchoRepor
         progress,
     )
     .await?;
+    let mut conns = conns;
+    if options.resume {
+        for (index, (stream, reader)) in conns.iter_mut().enumerate() {
+            log_in(stream, reader, index)
+                .await
+                .map_err(|e| LoadError::Server(format!("logging connection {index} in: {e}")))?;
+        }
+    }
     let connected = conns.len();
 
     let histogram = Arc::new(Mutex::new(crate::new_histogram()));
@@ -239,6 +257,7 @@ pub async fn run(options: &EchoOptions, progress: &Progress) -> Result<EchoRepor
         connections: options.connections,
         connected,
         depth: options.depth,
+        resume: options.resume,
         payload_bytes: options.payload,
         warmup_s: crate::secs(options.warmup),
         duration_s,
@@ -301,6 +320,9 @@ struct Worker {
     /// first (up to) 4 bytes.
     pattern: Vec<u8>,
     counts: Counts,
+    /// With a resumable session: the server's numbered frames received, and the
+    /// count last acknowledged.
+    session: Option<(u64, u64)>,
 }
 
 impl Worker {
@@ -328,6 +350,8 @@ impl Worker {
             in_flight: 0,
             pattern,
             counts: Counts::default(),
+            // The login's answer was the server's frame 1.
+            session: options.resume.then_some((1, 0)),
         }
     }
 
@@ -554,6 +578,13 @@ impl Worker {
                     }
                     self.slots[slot].waiting = false;
                     self.in_flight -= 1;
+                    if let Some((received, acked)) = &mut self.session {
+                        *received += 1;
+                        if *received - *acked >= 32 {
+                            *acked = *received;
+                            self.out.extend_from_slice(&wire::ack(*received));
+                        }
+                    }
                     if issuing {
                         // Ids of a slot step by the depth; u32 wraps only after
                         // four billion requests on one connection.
@@ -571,12 +602,50 @@ impl Worker {
                     return Err(io::ErrorKind::ConnectionAborted.into());
                 }
                 Incoming::Unexpected => return Err(io::ErrorKind::InvalidData.into()),
-                Incoming::Push { .. } | Incoming::Pong(_) | Incoming::Empty => {
+                Incoming::Push { .. }
+                | Incoming::Pong(_)
+                | Incoming::Empty
+                | Incoming::Session
+                | Incoming::Ack => {
                     self.counts.other_frames += 1;
                 }
             }
         }
         Ok(())
+    }
+}
+
+/// Logs connection `index` in to the bench service and waits for the answer (after
+/// the session's offer).
+async fn log_in(stream: &mut Conn, reader: &mut FrameReader, index: usize) -> io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut login = Vec::new();
+    let name = format!("gen-{index}");
+    wire::put_request(&mut login, u32::MAX, routes::LOGIN, name.as_bytes());
+    stream.write_all(&login).await?;
+    stream.flush().await?;
+    loop {
+        while let Some(body) = reader
+            .next_frame()
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?
+        {
+            match wire::parse(body) {
+                Incoming::Response {
+                    id: u32::MAX,
+                    status: 0,
+                    ..
+                } => return Ok(()),
+                Incoming::Response { .. } | Incoming::Kick { .. } | Incoming::Unexpected => {
+                    return Err(io::ErrorKind::InvalidData.into());
+                }
+                _ => {}
+            }
+        }
+        let read = stream.read(reader.spare()).await?;
+        if read == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        reader.filled(read);
     }
 }
 

@@ -32,6 +32,15 @@ pub(crate) fn put_request(out: &mut Vec<u8>, id: u32, route: u16, payload: &[u8]
     out.extend_from_slice(payload);
 }
 
+/// An ack frame: the first `count` of the server's numbered frames arrived.
+pub(crate) fn ack(count: u64) -> [u8; 13] {
+    let mut frame = [0u8; 13];
+    frame[..4].copy_from_slice(&9u32.to_be_bytes());
+    frame[4] = kind::ACK;
+    frame[5..].copy_from_slice(&count.to_be_bytes());
+    frame
+}
+
 /// A ping frame with a one-byte nonce (empty nonces are legal too; a nonce lets the
 /// generator tell its pings apart).
 pub(crate) fn ping(nonce: u8) -> [u8; 6] {
@@ -57,6 +66,12 @@ pub(crate) enum Incoming<'a> {
     Pong(&'a [u8]),
     /// The server is closing this connection.
     Kick { reason: u16 },
+    /// A resumable session's offer, or the server's acknowledgement: nothing to do
+    /// for a generator that does not resume (it acknowledges, to keep the server's
+    /// replay short, as a resuming client does).
+    Session,
+    /// The server acknowledged the generator's requests.
+    Ack,
     /// Anything else (a kind a server does not send, a truncated envelope).
     Unexpected,
 }
@@ -80,6 +95,8 @@ pub(crate) fn parse(body: &[u8]) -> Incoming<'_> {
         kind::PING => Incoming::Ping(rest),
         kind::PONG => Incoming::Pong(rest),
         kind::KICK if rest.len() >= 2 => Incoming::Kick { reason: u16_at(0) },
+        kind::SESSION if rest.len() == 44 => Incoming::Session,
+        kind::ACK if rest.len() == 8 => Incoming::Ack,
         _ => Incoming::Unexpected,
     }
 }
@@ -206,6 +223,11 @@ mod tests {
         assert_eq!(parse(&[]), Incoming::Empty);
         assert_eq!(parse(&[6, 1]), Incoming::Pong(&[1]));
         assert_eq!(parse(&[7, 0, 4, b'x']), Incoming::Kick { reason: 4 });
+        let mut session = vec![8u8];
+        session.extend_from_slice(&[0; 44]);
+        assert_eq!(parse(&session), Incoming::Session);
+        assert_eq!(parse(&ack(3)[HEADER..]), Incoming::Ack);
+        assert_eq!(&ack(3)[..HEADER], &[0, 0, 0, 9]);
         assert_eq!(parse(&[3, 0]), Incoming::Unexpected);
         assert_eq!(parse(&[1, 0, 0, 0, 0, 0, 0]), Incoming::Unexpected);
     }

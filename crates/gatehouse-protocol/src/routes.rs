@@ -27,4 +27,12 @@ pub mod bench {
     pub const BROADCAST: u16 = 2;
     /// Count: the response carries the number of live connections, `u32` big-endian.
     pub const COUNT: u16 = 3;
+    /// Login: the connection logs in as the payload (a name); the response carries
+    /// its connection id, `u64` big-endian, after a `session` frame.
+    pub const LOGIN: u16 = 4;
+    /// Increment: adds one to the connection's counter; the response carries it,
+    /// `u64` big-endian.
+    pub const INCREMENT: u16 = 5;
+    /// Push numbers: payload a `u32` count n; 0..n are pushed on this route.
+    pub const PUSH_NUMBERS: u16 = 6;
 }

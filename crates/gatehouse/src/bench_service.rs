@@ -19,21 +19,8 @@ use bytes::Bytes;
 use crate::service::{Context, Disconnect, Reply, Service};
 use gatehouse_protocol::Status;
 
-/// Route numbers of the bench service.
-pub mod routes {
-    /// Echo the payload.
-    pub const ECHO: u16 = 1;
-    /// Push the payload to every connection.
-    pub const BROADCAST: u16 = 2;
-    /// The number of live connections.
-    pub const COUNT: u16 = 3;
-    /// Log in as the payload (a name).
-    pub const LOGIN: u16 = 4;
-    /// Add one to the connection's counter.
-    pub const INCREMENT: u16 = 5;
-    /// Push numbers to this connection (also the route of those pushes).
-    pub const PUSH_NUMBERS: u16 = 6;
-}
+/// Route numbers of the bench service (the protocol crate's, for its clients).
+pub use gatehouse_protocol::routes::bench as routes;
 
 /// The bench service; its only per-connection state is a counter.
 #[derive(Debug, Default, Clone, Copy)]
