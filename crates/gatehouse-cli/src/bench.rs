@@ -16,6 +16,7 @@ use clap::{Args, Subcommand};
 use gatehouse_loadgen::broadcast::{self, BroadcastOptions};
 use gatehouse_loadgen::echo::{self, EchoOptions};
 use gatehouse_loadgen::idle::{self, IdleOptions};
+use gatehouse_loadgen::resume::{self, ResumeOptions};
 use gatehouse_loadgen::storm::{self, StormOptions};
 use gatehouse_loadgen::{Progress, Sources, Transport};
 
@@ -39,6 +40,9 @@ enum Scenario {
     Storm(StormArgs),
     /// N listeners, one sender: time until every listener has each broadcast.
     Broadcast(BroadcastArgs),
+    /// N sessions with a replay each, dropped and resumed at once: each resume's
+    /// time to its last replayed frame, and all of them (TCP, the bench service).
+    Resume(ResumeArgs),
     /// N arena bots in rooms of M, walking: tick lateness, deltas per bot, missed
     /// deltas (needs an arena server).
     Arena(ArenaArgs),
@@ -168,6 +172,22 @@ struct StormArgs {
 }
 
 #[derive(Args)]
+struct ResumeArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Sessions, resumed all at once.
+    #[arg(long, default_value_t = 100)]
+    connections: usize,
+    /// Bytes of answers each session leaves unacknowledged: its replay (at most the
+    /// server's resume.buffer_bytes).
+    #[arg(long, default_value_t = 262_144)]
+    replay_bytes: usize,
+    /// Seconds after which what is not done counts as failed.
+    #[arg(long, default_value_t = 30.0)]
+    timeout: f64,
+}
+
+#[derive(Args)]
 struct BroadcastArgs {
     #[command(flatten)]
     common: Common,
@@ -217,6 +237,7 @@ impl Scenario {
             Scenario::Connections(a) => &a.common,
             Scenario::Storm(a) => &a.common,
             Scenario::Broadcast(a) => &a.common,
+            Scenario::Resume(a) => &a.common,
         }
     }
 }
@@ -348,6 +369,23 @@ async fn run_scenario(scenario: Scenario, progress: &Progress) -> anyhow::Result
             let report = storm::run(&options, progress).await?;
             let problem = problem(report.failed > 0, || {
                 format!("{} of {} connects failed", report.failed, report.count)
+            });
+            (serde_json::to_string(&report)?, problem)
+        }
+        Scenario::Resume(a) => {
+            let (addr, sources, transport) = a.common.connect()?;
+            if !matches!(transport, Transport::Tcp) {
+                bail!("the resume scenario runs over TCP");
+            }
+            let mut options = ResumeOptions::new(addr, a.connections, a.replay_bytes);
+            options.timeout = seconds("timeout", a.timeout)?;
+            options.sources = sources;
+            let report = resume::run(&options, progress).await?;
+            let problem = problem(report.failed > 0, || {
+                format!(
+                    "{} of {} sessions not resumed ({} prepared)",
+                    report.failed, report.connections, report.prepared
+                )
             });
             (serde_json::to_string(&report)?, problem)
         }

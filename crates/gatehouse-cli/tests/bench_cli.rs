@@ -138,6 +138,26 @@ fn every_scenario_prints_its_json_line() {
     assert_eq!(broadcast["lost"], 0);
     assert_eq!(broadcast["per_round"].as_array().unwrap().len(), 2);
     assert!(broadcast["median_time_to_all_ms"].is_number());
+
+    // Sessions with a replay of 64 KiB each, dropped and resumed at once: every one
+    // comes back with its whole replay.
+    let resume = bench(&[
+        "resume",
+        "--addr",
+        &addr,
+        "--connections",
+        "20",
+        "--replay-bytes",
+        "65536",
+        "--quiet",
+    ]);
+    assert_eq!(
+        (resume["resumed"].as_u64(), resume["failed"].as_u64()),
+        (Some(20), Some(0)),
+        "{resume}"
+    );
+    assert_eq!(resume["replay_bytes"], 65536);
+    assert_eq!(resume["latency"]["count"], 20);
 }
 
 #[test]

@@ -204,7 +204,7 @@ pub async fn run(options: &EchoOptions, progress: &Progress) -> Result<EchoRepor
     let mut conns = conns;
     if options.resume {
         for (index, (stream, reader)) in conns.iter_mut().enumerate() {
-            log_in(stream, reader, index)
+            net::log_in(stream, reader, index)
                 .await
                 .map_err(|e| LoadError::Server(format!("logging connection {index} in: {e}")))?;
         }
@@ -601,51 +601,19 @@ impl Worker {
                 Incoming::Kick { .. } => {
                     return Err(io::ErrorKind::ConnectionAborted.into());
                 }
-                Incoming::Unexpected => return Err(io::ErrorKind::InvalidData.into()),
+                Incoming::Unexpected | Incoming::Resumed => {
+                    return Err(io::ErrorKind::InvalidData.into())
+                }
                 Incoming::Push { .. }
                 | Incoming::Pong(_)
                 | Incoming::Empty
-                | Incoming::Session
+                | Incoming::Session { .. }
                 | Incoming::Ack => {
                     self.counts.other_frames += 1;
                 }
             }
         }
         Ok(())
-    }
-}
-
-/// Logs connection `index` in to the bench service and waits for the answer (after
-/// the session's offer).
-async fn log_in(stream: &mut Conn, reader: &mut FrameReader, index: usize) -> io::Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut login = Vec::new();
-    let name = format!("gen-{index}");
-    wire::put_request(&mut login, u32::MAX, routes::LOGIN, name.as_bytes());
-    stream.write_all(&login).await?;
-    stream.flush().await?;
-    loop {
-        while let Some(body) = reader
-            .next_frame()
-            .map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?
-        {
-            match wire::parse(body) {
-                Incoming::Response {
-                    id: u32::MAX,
-                    status: 0,
-                    ..
-                } => return Ok(()),
-                Incoming::Response { .. } | Incoming::Kick { .. } | Incoming::Unexpected => {
-                    return Err(io::ErrorKind::InvalidData.into());
-                }
-                _ => {}
-            }
-        }
-        let read = stream.read(reader.spare()).await?;
-        if read == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        reader.filled(read);
     }
 }
 

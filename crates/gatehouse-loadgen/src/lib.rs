@@ -12,6 +12,8 @@
 //! - [`storm`]: N simultaneous connects; time until every one is answered.
 //! - [`broadcast`]: N listeners, one sender; time until every listener has each push,
 //!   and how many never got it.
+//! - [`resume`]: N sessions, each with a replay of unacknowledged answers, dropped and
+//!   resumed at once; each resume's time to its last replayed frame, and all of them.
 //!
 //! Only the envelope's bench subset is used (requests on routes 1–3, pings), and
 //! nothing a gatehouse server alone does: a connection that ends without a kick, a
@@ -31,7 +33,7 @@
 //! ports nor the TIME_WAIT sockets of an earlier run limit a test.
 //!
 //! Crate map:
-//! - [`echo`], [`idle`], [`storm`], [`broadcast`]: the scenarios.
+//! - [`echo`], [`idle`], [`storm`], [`broadcast`], [`resume`]: the scenarios.
 //! - [`procfs`]: a process's RSS and CPU time from `/proc`.
 //! - `wire`: the frame reader and the few frames the generator writes and reads.
 //! - `net`: connecting from a chosen source address, ping and pong.
@@ -42,6 +44,7 @@ pub mod echo;
 pub mod idle;
 mod net;
 pub mod procfs;
+pub mod resume;
 pub mod storm;
 pub mod transport;
 mod wire;

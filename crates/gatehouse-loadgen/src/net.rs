@@ -155,3 +155,54 @@ pub(crate) async fn open_many(
     }
     Ok((open, failed))
 }
+
+/// A resumable session the bench service offered at a login.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Session {
+    pub(crate) id: u64,
+    pub(crate) token: [u8; 32],
+}
+
+/// Logs connection `index` in to the bench service (as `gen-INDEX`) and waits for
+/// the answer; the session offered before it.
+pub(crate) async fn log_in(
+    stream: &mut Conn,
+    reader: &mut FrameReader,
+    index: usize,
+) -> io::Result<Session> {
+    let mut login = Vec::new();
+    let name = format!("gen-{index}");
+    wire::put_request(
+        &mut login,
+        u32::MAX,
+        gatehouse_protocol::routes::bench::LOGIN,
+        name.as_bytes(),
+    );
+    stream.write_all(&login).await?;
+    stream.flush().await?;
+    let mut session = None;
+    loop {
+        while let Some(body) = reader
+            .next_frame()
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?
+        {
+            match wire::parse(body) {
+                Incoming::Session { id, token } => {
+                    session = token.try_into().ok().map(|token| Session { id, token });
+                }
+                Incoming::Response {
+                    id: u32::MAX,
+                    status: 0,
+                    ..
+                } => return session.ok_or_else(|| io::ErrorKind::InvalidData.into()),
+                Incoming::Response { .. } | Incoming::Kick { .. } | Incoming::Unexpected => {
+                    return Err(io::ErrorKind::InvalidData.into());
+                }
+                _ => {}
+            }
+        }
+        if reader.read_from(stream).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+}

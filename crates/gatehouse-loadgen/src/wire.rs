@@ -41,6 +41,17 @@ pub(crate) fn ack(count: u64) -> [u8; 13] {
     frame
 }
 
+/// A resume frame: session `id`, having received `received` numbered frames.
+pub(crate) fn resume(id: u64, received: u64, token: &[u8; 32]) -> [u8; 53] {
+    let mut frame = [0u8; 53];
+    frame[..4].copy_from_slice(&49u32.to_be_bytes());
+    frame[4] = kind::RESUME;
+    frame[5..13].copy_from_slice(&id.to_be_bytes());
+    frame[13..21].copy_from_slice(&received.to_be_bytes());
+    frame[21..].copy_from_slice(token);
+    frame
+}
+
 /// A ping frame with a one-byte nonce (empty nonces are legal too; a nonce lets the
 /// generator tell its pings apart).
 pub(crate) fn ping(nonce: u8) -> [u8; 6] {
@@ -66,10 +77,10 @@ pub(crate) enum Incoming<'a> {
     Pong(&'a [u8]),
     /// The server is closing this connection.
     Kick { reason: u16 },
-    /// A resumable session's offer, or the server's acknowledgement: nothing to do
-    /// for a generator that does not resume (it acknowledges, to keep the server's
-    /// replay short, as a resuming client does).
-    Session,
+    /// A resumable session's offer: its id and token.
+    Session { id: u64, token: &'a [u8] },
+    /// A resume took.
+    Resumed,
     /// The server acknowledged the generator's requests.
     Ack,
     /// Anything else (a kind a server does not send, a truncated envelope).
@@ -95,7 +106,11 @@ pub(crate) fn parse(body: &[u8]) -> Incoming<'_> {
         kind::PING => Incoming::Ping(rest),
         kind::PONG => Incoming::Pong(rest),
         kind::KICK if rest.len() >= 2 => Incoming::Kick { reason: u16_at(0) },
-        kind::SESSION if rest.len() == 44 => Incoming::Session,
+        kind::SESSION if rest.len() == 44 => Incoming::Session {
+            id: u64::from_be_bytes(rest[..8].try_into().unwrap_or_default()),
+            token: &rest[12..],
+        },
+        kind::RESUMED if rest.len() == 8 => Incoming::Resumed,
         kind::ACK if rest.len() == 8 => Incoming::Ack,
         _ => Incoming::Unexpected,
     }
@@ -225,7 +240,14 @@ mod tests {
         assert_eq!(parse(&[7, 0, 4, b'x']), Incoming::Kick { reason: 4 });
         let mut session = vec![8u8];
         session.extend_from_slice(&[0; 44]);
-        assert_eq!(parse(&session), Incoming::Session);
+        assert_eq!(
+            parse(&session),
+            Incoming::Session {
+                id: 0,
+                token: &[0; 32]
+            }
+        );
+        assert_eq!(&resume(1, 2, &[3; 32])[..6], &[0, 0, 0, 49, 9, 0]);
         assert_eq!(parse(&ack(3)[HEADER..]), Incoming::Ack);
         assert_eq!(&ack(3)[..HEADER], &[0, 0, 0, 9]);
         assert_eq!(parse(&[3, 0]), Incoming::Unexpected);
