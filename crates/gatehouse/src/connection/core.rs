@@ -597,14 +597,14 @@ impl ConnectionCore {
         tail.put_u32(id);
         tail.put_u16(status.0);
         tail.put_slice(payload);
-        let numbered = self
+        let whole = self
             .session
-            .is_some()
-            .then(|| Bytes::copy_from_slice(&tail[at..]));
+            .as_mut()
+            .map(|s| s.replay.record_own(&tail[at..]));
         self.out.commit(len);
         self.budget.meter.queued();
-        if let Some(frame) = numbered {
-            self.record(frame);
+        if whole == Some(false) {
+            self.replay_let_go();
         }
     }
 
@@ -639,20 +639,24 @@ impl ConnectionCore {
         let tail = self.out.tail_for(len);
         let at = tail.len();
         message.encode_frame_into(tail);
-        let numbered = (self.session.is_some() && matches!(message, Message::Push { .. }))
-            .then(|| Bytes::copy_from_slice(&tail[at..]));
+        let whole = match (&mut self.session, message) {
+            (Some(session), Message::Push { .. }) => Some(session.replay.record_own(&tail[at..])),
+            _ => None,
+        };
         self.out.commit(len);
         self.budget.meter.queued();
-        if let Some(frame) = numbered {
-            self.record(frame);
+        if whole == Some(false) {
+            self.replay_let_go();
         }
     }
 
     /// Queues a frame encoded elsewhere (a broadcast), whose bytes the deliverer has
     /// already reserved from the budget.
     pub(crate) fn queue_reserved_frame(&mut self, frame: Bytes) {
-        if self.session.is_some() {
-            self.record(frame.clone()); // shared, not copied
+        if let Some(session) = &mut self.session {
+            if !session.replay.record_shared(frame.clone()) {
+                self.replay_let_go();
+            }
         }
         self.out.push_shared(frame);
         self.budget.meter.queued();
@@ -851,16 +855,14 @@ impl ConnectionCore {
         self.session.as_ref().map(|s| s.id)
     }
 
-    /// Keeps `frame` (numbered) for a resume. A session whose connection is lost
-    /// ends once the replay lets go of a frame its client cannot have had: no
-    /// resume could be served.
-    fn record(&mut self, frame: Bytes) {
+    /// The replay let go of unacknowledged frames to keep the last one. A session
+    /// whose connection is lost ends once the replay lets go of a frame its client
+    /// cannot have had: no resume could be served.
+    #[cold]
+    fn replay_let_go(&mut self) {
         let Some(session) = &mut self.session else {
             return;
         };
-        if session.replay.record(frame) {
-            return;
-        }
         if let Some(detached) = &session.detached {
             if !session.replay.serves(detached.sent) {
                 let close = detached.close.clone();
@@ -968,7 +970,7 @@ impl ConnectionCore {
                 first_kept: u64::MAX,
             });
         };
-        let replay: Vec<Bytes> = session.replay.after(received)?.cloned().collect();
+        let replay: Vec<Bytes> = session.replay.after(received)?.collect();
         session.detached = None;
         let resumed = Message::Resumed {
             received: session.inbound.received(),
@@ -1123,10 +1125,10 @@ impl ConnectionCore {
         self.session.as_ref().map(|s| s.replay.sent())
     }
 
-    /// Bytes a session's replay keeps (charged to the memory budget).
+    /// Bytes a session's replay charges to the memory budget.
     #[cfg(any(test, feature = "fuzzing"))]
-    pub(crate) fn replay_bytes(&self) -> usize {
-        self.session.as_ref().map_or(0, |s| s.replay.bytes())
+    pub(crate) fn replay_charged(&self) -> usize {
+        self.session.as_ref().map_or(0, |s| s.replay.charged())
     }
 }
 

@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 
 use crate::limits::MemoryBudget;
 
@@ -26,20 +26,50 @@ pub(crate) const ACK_EVERY_FRAMES: u64 = 32;
 /// …or this long after the oldest unacknowledged one arrived, whichever is first.
 pub(crate) const ACK_WITHIN: Duration = Duration::from_secs(1);
 
-/// The numbered frames (responses and pushes) sent and not yet acknowledged, oldest
+/// The memory budget is charged in steps of this many bytes (a shared atomic per
+/// step, not per frame), and refunded once a step and more is unused.
+const CHARGE_STEP: usize = 4096;
+
+/// The numbered frames (responses and pushes) sent and not acknowledged, oldest
 /// first, numbered from 1 at the session's offer.
+///
+/// The frames the connection encodes itself (responses, its own pushes) are copied
+/// into one buffer, `own`, oldest first, so that keeping one costs a copy and no
+/// allocation; frames encoded elsewhere (a broadcast) are kept shared, as queued.
 #[derive(Debug)]
 pub(crate) struct Replay {
     /// Numbered frames sent.
     sent: u64,
     /// The number of `frames[0]` (`sent + 1` when none is kept).
     first: u64,
-    frames: VecDeque<Bytes>,
-    /// Bytes of `frames`, all charged to `memory`.
+    frames: VecDeque<Kept>,
+    /// The bytes of the `Kept::Own` frames, in order.
+    own: BytesMut,
+    /// Bytes of `frames`.
     bytes: usize,
+    /// Bytes charged to `memory`: at least `bytes`, in whole steps.
+    charged: usize,
+    step: usize,
     /// `resume.buffer_bytes`.
     limit: usize,
     memory: Arc<MemoryBudget>,
+}
+
+/// One kept frame.
+#[derive(Debug)]
+enum Kept {
+    /// This many bytes at the front of `own` (after the own frames before it).
+    Own(u32),
+    Shared(Bytes),
+}
+
+impl Kept {
+    fn len(&self) -> usize {
+        match self {
+            Kept::Own(len) => *len as usize,
+            Kept::Shared(frame) => frame.len(),
+        }
+    }
 }
 
 /// What a resume asked of the replay, and why it cannot be given.
@@ -61,11 +91,19 @@ pub(crate) struct AckBeyondSent {
 impl Replay {
     /// An empty replay keeping at most `limit` bytes, charged to `memory`.
     pub(crate) fn new(limit: usize, memory: Arc<MemoryBudget>) -> Replay {
+        Replay::charging_in_steps(limit, memory, CHARGE_STEP)
+    }
+
+    /// As [`Replay::new`], charging `memory` in steps of `step` bytes.
+    fn charging_in_steps(limit: usize, memory: Arc<MemoryBudget>, step: usize) -> Replay {
         Replay {
             sent: 0,
             first: 1,
             frames: VecDeque::new(),
+            own: BytesMut::new(),
             bytes: 0,
+            charged: 0,
+            step: step.max(1),
             limit,
             memory,
         }
@@ -77,9 +115,15 @@ impl Replay {
     }
 
     /// Bytes kept.
-    #[cfg(any(test, feature = "fuzzing"))]
+    #[cfg(test)]
     pub(crate) fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// Bytes charged to the memory budget.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn charged(&self) -> usize {
+        self.charged
     }
 
     /// Whether a client that received at most `received` frames could still be
@@ -88,27 +132,76 @@ impl Replay {
         self.first <= received + 1
     }
 
+    /// Counts `frame` (a whole frame, header included, encoded by the connection) as
+    /// sent, and keeps a copy of it for a resume; see [`Replay::record_shared`].
+    #[inline]
+    pub(crate) fn record_own(&mut self, frame: &[u8]) -> bool {
+        let whole = self.make_room(frame.len());
+        if whole.is_some() {
+            self.own.extend_from_slice(frame);
+            self.push(Kept::Own(u32::try_from(frame.len()).unwrap_or(u32::MAX)));
+        }
+        whole.unwrap_or(false)
+    }
+
     /// Counts `frame` (a whole frame, header included) as sent, and keeps it for a
-    /// resume. The oldest frames go to make room within the limit; a frame the
-    /// memory budget has no room for is not kept, and then neither are those before
-    /// it (a replay has no holes). Returns false if any unacknowledged frame was let
-    /// go: a resume from before it is now a gap.
-    pub(crate) fn record(&mut self, frame: Bytes) -> bool {
+    /// resume, shared. The oldest frames go to make room within the limit; a frame
+    /// the memory budget has no room for is not kept, and then neither are those
+    /// before it (a replay has no holes). Returns false if any unacknowledged frame
+    /// was let go: a resume from before it is now a gap.
+    pub(crate) fn record_shared(&mut self, frame: Bytes) -> bool {
+        let whole = self.make_room(frame.len());
+        if whole.is_some() {
+            self.push(Kept::Shared(frame));
+        }
+        whole.unwrap_or(false)
+    }
+
+    /// Counts a frame of `len` bytes as sent and makes room for it: `Some(whole)`
+    /// if it is to be kept (`whole`: nothing unacknowledged went), `None` if it
+    /// cannot be (then nothing is kept).
+    #[inline]
+    fn make_room(&mut self, len: usize) -> Option<bool> {
         self.sent += 1;
-        let len = frame.len();
         let mut whole = true;
         while !self.frames.is_empty() && self.bytes + len > self.limit {
             self.pop();
             whole = false;
         }
-        if len > self.limit || !self.memory.try_charge(len) {
+        if len > self.limit || !self.charge_for(self.bytes + len) {
             self.clear();
             self.first = self.sent + 1;
+            return None;
+        }
+        Some(whole)
+    }
+
+    fn push(&mut self, kept: Kept) {
+        self.bytes += kept.len();
+        self.frames.push_back(kept);
+    }
+
+    /// Charges the memory budget for `total` bytes kept, in whole steps.
+    #[inline]
+    fn charge_for(&mut self, total: usize) -> bool {
+        if total <= self.charged {
+            return true;
+        }
+        let wanted = total.div_ceil(self.step) * self.step;
+        if !self.memory.try_charge(wanted - self.charged) {
             return false;
         }
-        self.frames.push_back(frame);
-        self.bytes += len;
-        whole
+        self.charged = wanted;
+        true
+    }
+
+    /// Gives back the steps no longer needed (keeping one spare step).
+    fn refund_unused(&mut self) {
+        let needed = self.bytes.div_ceil(self.step) * self.step;
+        if self.charged > needed + self.step {
+            self.memory.refund(self.charged - needed);
+            self.charged = needed;
+        }
     }
 
     /// The client has the first `count` frames: they need not be kept.
@@ -123,6 +216,7 @@ impl Replay {
             self.pop();
         }
         self.first = self.first.max(count + 1);
+        self.refund_unused();
         Ok(())
     }
 
@@ -130,7 +224,7 @@ impl Replay {
     pub(crate) fn after(
         &self,
         received: u64,
-    ) -> Result<impl Iterator<Item = &Bytes>, ReplayRefusal> {
+    ) -> Result<impl Iterator<Item = Bytes> + '_, ReplayRefusal> {
         if received > self.sent {
             return Err(ReplayRefusal::BeyondSent {
                 received,
@@ -145,21 +239,37 @@ impl Replay {
         }
         // In range: `first <= received + 1 <= sent + 1`, and `frames` holds `first..=sent`.
         let skip = usize::try_from(received + 1 - self.first).unwrap_or(usize::MAX);
-        Ok(self.frames.iter().skip(skip))
+        let mut at = 0; // where the next own frame starts in `own`
+        Ok(self
+            .frames
+            .iter()
+            .enumerate()
+            .filter_map(move |(index, kept)| match kept {
+                Kept::Own(len) => {
+                    let (start, len) = (at, *len as usize);
+                    at += len;
+                    (index >= skip).then(|| Bytes::copy_from_slice(&self.own[start..start + len]))
+                }
+                Kept::Shared(frame) => (index >= skip).then(|| frame.clone()),
+            }))
     }
 
     fn pop(&mut self) {
-        if let Some(frame) = self.frames.pop_front() {
-            self.bytes -= frame.len();
-            self.memory.refund(frame.len());
+        if let Some(kept) = self.frames.pop_front() {
+            self.bytes -= kept.len();
+            if let Kept::Own(len) = kept {
+                self.own.advance(len as usize);
+            }
             self.first += 1;
         }
     }
 
     fn clear(&mut self) {
-        self.memory.refund(self.bytes);
+        self.memory.refund(self.charged);
+        self.charged = 0;
         self.bytes = 0;
         self.frames.clear();
+        self.own = BytesMut::new();
     }
 }
 
@@ -229,9 +339,10 @@ mod tests {
         Bytes::from(vec![n; len])
     }
 
+    /// A replay charging the budget byte by byte, so that tests can count.
     fn replay(limit: usize) -> (Replay, Arc<MemoryBudget>) {
         let memory = Arc::new(MemoryBudget::new(1 << 20));
-        (Replay::new(limit, memory.clone()), memory)
+        (Replay::charging_in_steps(limit, memory.clone(), 1), memory)
     }
 
     fn numbers(frames: impl Iterator<Item = impl AsRef<[u8]>>) -> Vec<u8> {
@@ -242,7 +353,7 @@ mod tests {
     fn a_resume_gets_every_frame_after_what_the_client_received_in_order() {
         let (mut replay, _) = replay(1000);
         for n in 1..=5 {
-            assert!(replay.record(frame(n, 10)));
+            assert!(replay.record_shared(frame(n, 10)));
         }
         assert_eq!(replay.sent(), 5);
         assert_eq!(numbers(replay.after(2).unwrap()), [3, 4, 5]);
@@ -261,7 +372,7 @@ mod tests {
     fn acks_free_frames_and_their_memory_and_a_resume_from_before_them_is_a_gap() {
         let (mut replay, memory) = replay(1000);
         for n in 1..=4 {
-            replay.record(frame(n, 10));
+            replay.record_shared(frame(n, 10));
         }
         assert_eq!(memory.used(), 40);
         replay.ack(3).unwrap();
@@ -288,9 +399,9 @@ mod tests {
     fn past_the_byte_limit_the_oldest_unacknowledged_frames_go_and_the_replay_says_so() {
         let (mut replay, memory) = replay(30);
         for n in 1..=3 {
-            assert!(replay.record(frame(n, 10)));
+            assert!(replay.record_shared(frame(n, 10)));
         }
-        assert!(!replay.record(frame(4, 10)), "frame 1 had to go");
+        assert!(!replay.record_shared(frame(4, 10)), "frame 1 had to go");
         assert_eq!(replay.bytes(), 30);
         assert_eq!(memory.used(), 30);
         assert!(!replay.serves(0));
@@ -298,7 +409,7 @@ mod tests {
         assert_eq!(numbers(replay.after(1).unwrap()), [2, 3, 4]);
         assert!(matches!(replay.after(0), Err(ReplayRefusal::Gap { .. })));
         // A frame larger than the whole limit keeps nothing: every resume is a gap.
-        assert!(!replay.record(frame(5, 31)));
+        assert!(!replay.record_shared(frame(5, 31)));
         assert_eq!((replay.bytes(), memory.used()), (0, 0));
         assert!(matches!(replay.after(4), Err(ReplayRefusal::Gap { .. })));
         assert!(replay.after(5).unwrap().next().is_none());
@@ -307,21 +418,21 @@ mod tests {
     #[test]
     fn a_frame_the_memory_budget_refuses_is_not_kept_nor_are_those_before_it() {
         let memory = Arc::new(MemoryBudget::new(25));
-        let mut replay = Replay::new(1000, memory.clone());
-        assert!(replay.record(frame(1, 10)));
-        assert!(replay.record(frame(2, 10)));
-        assert!(!replay.record(frame(3, 10)), "the budget is full");
+        let mut replay = Replay::charging_in_steps(1000, memory.clone(), 1);
+        assert!(replay.record_shared(frame(1, 10)));
+        assert!(replay.record_shared(frame(2, 10)));
+        assert!(!replay.record_shared(frame(3, 10)), "the budget is full");
         assert_eq!(memory.used(), 0, "no holes: everything before it went too");
         assert!(replay.after(3).unwrap().next().is_none());
         assert!(matches!(replay.after(2), Err(ReplayRefusal::Gap { .. })));
-        assert!(replay.record(frame(4, 10)));
+        assert!(replay.record_shared(frame(4, 10)));
         assert_eq!(numbers(replay.after(3).unwrap()), [4]);
     }
 
     #[test]
     fn dropping_a_replay_gives_its_memory_back() {
         let (mut replay, memory) = replay(1000);
-        replay.record(frame(1, 100));
+        replay.record_shared(frame(1, 100));
         drop(replay);
         assert_eq!(memory.used(), 0);
     }
@@ -356,7 +467,9 @@ mod tests {
     /// and with any numbers (the peer's are not to be trusted).
     #[derive(Debug, Clone)]
     enum Step {
-        Send(usize),
+        /// A frame of about this many bytes; encoded by the connection (kept as a
+        /// copy) or elsewhere (kept shared).
+        Send(usize, bool),
         Ack(u64),
         Resume(u64),
     }
@@ -364,7 +477,7 @@ mod tests {
     fn step() -> impl proptest::strategy::Strategy<Value = Step> {
         use proptest::prelude::*;
         prop_oneof![
-            (1usize..80).prop_map(Step::Send),
+            (1usize..80, any::<bool>()).prop_map(|(len, own)| Step::Send(len, own)),
             (0u64..40).prop_map(Step::Ack),
             any::<u64>().prop_map(Step::Ack),
             (0u64..40).prop_map(Step::Resume),
@@ -383,23 +496,30 @@ mod tests {
         fn the_replay_agrees_with_a_model_that_keeps_everything(
             limit in 1usize..300,
             budget in 1usize..400,
+            charge_step in proptest::sample::select(vec![1usize, 16, 64]),
             steps in proptest::collection::vec(step(), 0..60),
         ) {
             let memory = Arc::new(MemoryBudget::new(budget));
-            let mut replay = Replay::new(limit, memory.clone());
+            let mut replay = Replay::charging_in_steps(limit, memory.clone(), charge_step);
             let mut all: Vec<Bytes> = Vec::new();
             let mut acked = 0u64;
             for step in steps {
+                let mut acked_now = false;
                 match step {
-                    Step::Send(len) => {
+                    Step::Send(len, own) => {
                         let number = (all.len() + 1) as u64;
                         let frame = Bytes::from(number.to_be_bytes().repeat(len.div_ceil(8)));
                         all.push(frame.clone());
-                        replay.record(frame);
+                        if own {
+                            replay.record_own(&frame);
+                        } else {
+                            replay.record_shared(frame);
+                        }
                     }
                     Step::Ack(count) => {
                         let sent = all.len() as u64;
                         let answer = replay.ack(count);
+                        acked_now = answer.is_ok();
                         proptest::prop_assert_eq!(answer.is_err(), count > sent);
                         if count <= sent {
                             acked = acked.max(count);
@@ -407,8 +527,8 @@ mod tests {
                     }
                     Step::Resume(received) => match replay.after(received) {
                         Ok(frames) => {
-                            let got: Vec<&Bytes> = frames.collect();
-                            let want: Vec<&Bytes> = all.iter().skip(received as usize).collect();
+                            let got: Vec<Bytes> = frames.collect();
+                            let want: Vec<Bytes> = all.iter().skip(received as usize).cloned().collect();
                             proptest::prop_assert_eq!(got, want);
                         }
                         Err(ReplayRefusal::BeyondSent { .. }) => {
@@ -421,8 +541,18 @@ mod tests {
                     },
                 }
                 proptest::prop_assert!(replay.bytes() <= limit);
-                proptest::prop_assert!(replay.bytes() <= budget);
-                proptest::prop_assert_eq!(memory.used(), replay.bytes());
+                proptest::prop_assert!(memory.used() <= budget);
+                // Charged in whole steps: what is kept, never beyond the limit's last
+                // step, and after an ack at most a step spare beyond what is kept.
+                proptest::prop_assert_eq!(memory.used(), replay.charged);
+                proptest::prop_assert!(replay.charged >= replay.bytes());
+                proptest::prop_assert!(replay.charged <= limit.div_ceil(charge_step) * charge_step);
+                if acked_now {
+                    proptest::prop_assert!(
+                        replay.charged
+                            <= replay.bytes().div_ceil(charge_step) * charge_step + charge_step
+                    );
+                }
                 proptest::prop_assert_eq!(replay.sent(), all.len() as u64);
                 // Nothing acknowledged is kept.
                 proptest::prop_assert!(replay.frames.len() as u64 <= all.len() as u64 - acked);

@@ -841,7 +841,10 @@ impl Run {
         );
         assert_eq!(
             self.config.memory.used(),
-            above_free(queued) + self.core.charged_input() + self.core.replay_bytes() + self.others,
+            above_free(queued)
+                + self.core.charged_input()
+                + self.core.replay_charged()
+                + self.others,
             "the memory budget is not what the connection holds"
         );
     }
