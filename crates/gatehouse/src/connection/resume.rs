@@ -212,8 +212,19 @@ impl Replay {
                 sent: self.sent,
             });
         }
-        while self.first <= count && !self.frames.is_empty() {
-            self.pop();
+        // The acknowledged frames go together: one advance of `own` for all of them.
+        let acked = usize::try_from(count.saturating_sub(self.first - 1))
+            .unwrap_or(usize::MAX)
+            .min(self.frames.len());
+        if acked > 0 {
+            let mut own = 0;
+            for kept in self.frames.drain(..acked) {
+                self.bytes -= kept.len();
+                if let Kept::Own(len) = kept {
+                    own += len as usize;
+                }
+            }
+            self.own.advance(own);
         }
         self.first = self.first.max(count + 1);
         self.refund_unused();
@@ -311,7 +322,9 @@ impl Inbound {
     /// due at once ([`ACK_EVERY_FRAMES`] unacknowledged).
     pub(crate) fn on_frame(&mut self, now: Instant) -> bool {
         self.received += 1;
-        self.due.get_or_insert(now + ACK_WITHIN);
+        if self.due.is_none() {
+            self.due = Some(now + ACK_WITHIN);
+        }
         self.received - self.acked >= ACK_EVERY_FRAMES
     }
 
