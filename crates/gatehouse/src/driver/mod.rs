@@ -13,8 +13,8 @@
 //!   its loop.
 //! - [`dispatch`]: handler calls (panics, timeouts, cancellation), framework routes,
 //!   mailbox deliveries.
-//! - [`resume`]: the registry of resumable sessions; a lost connection's session
-//!   waiting for a resume, and a new connection's transport handed to it.
+//! - [`resume`]: a lost connection's session waiting for a resume, and a new
+//!   connection's transport handed to it (found in `crate::sessions`).
 //! - [`transport`]: the [`Transport`] trait; [`tcp`]: TCP; `stream` (feature `tls`):
 //!   any byte stream with its own buffers (TLS); `websocket` (feature `websocket`):
 //!   WebSocket.

@@ -1,12 +1,13 @@
 //! Session resume across connections (`docs/PROTOCOL.md`, "session, resume, resumed
-//! and ack"): the server's registry of resumable sessions, and how a new
-//! connection's transport reaches the task of the session it resumes.
+//! and ack"): a lost connection's session detaching instead of ending, and how a new
+//! connection's transport reaches the task of the session it resumes (through the
+//! server's registry, `crate::sessions`).
 //!
 //! A resumable session stays with its own connection task for its whole life. When
 //! its connection is lost, the task detaches (`ConnectionCore::detach`) and waits
 //! `resume.window`, keeping its id, groups, player and rooms, and numbering what it
 //! sends into its replay. A new connection that opens with `resume` runs no hooks:
-//! its task looks the session up here, checks the token in constant time, hands its
+//! its task looks the session up, the token checked in constant time, hands its
 //! transport (and what it read behind the resume) to the session's task through a
 //! channel of one, and ends. The session's task checks the replay, drops the old
 //! transport (lost, or still half-open), and goes on over the new one. So a session
