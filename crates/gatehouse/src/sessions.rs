@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use gatehouse_protocol::Token;
 use subtle::ConstantTimeEq;
-use tokio::sync::mpsc;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::connection::{ConnId, Lost, ResumeRequest};
@@ -33,8 +33,13 @@ pub(crate) struct Handoff<T> {
     pub(crate) input: BytesMut,
 }
 
-/// Where a session's task takes handoffs.
-pub(crate) type Inbox<T> = mpsc::Receiver<Box<Handoff<T>>>;
+/// Where a session's task takes its next handoff: one at a time (a oneshot, armed
+/// again after each; a few dozen bytes where a channel would take hundreds).
+pub(crate) type Inbox<T> = oneshot::Receiver<Box<Handoff<T>>>;
+
+/// The registry's end of an [`Inbox`]: taken by the resume that uses it, so that a
+/// second one meanwhile finds it gone (`busy`).
+type Outbox<T> = Option<oneshot::Sender<Box<Handoff<T>>>>;
 
 /// The server's resumable sessions, by id.
 #[derive(Default)]
@@ -52,7 +57,7 @@ enum Entry {
     Live {
         token: Token,
         owner: ConnId,
-        /// An `mpsc::Sender<Box<Handoff<T>>>` for the session's transport type.
+        /// An [`Outbox`] of the session's transport type.
         handoffs: Box<dyn Any + Send>,
     },
     Ended {
@@ -115,12 +120,12 @@ impl Sessions {
         token: Token,
         owner: ConnId,
     ) -> Option<Inbox<T>> {
-        let (sender, inbox) = mpsc::channel::<Box<Handoff<T>>>(1);
+        let (sender, inbox) = oneshot::channel::<Box<Handoff<T>>>();
         let mut registry = self.lock();
         if registry.by_id.contains_key(&id) {
             return None;
         }
-        let handoffs = Box::new(sender);
+        let handoffs: Box<Outbox<T>> = Box::new(Some(sender));
         registry.by_id.insert(
             id,
             Entry::Live {
@@ -142,6 +147,23 @@ impl Sessions {
                 *token = new_token;
             }
         }
+    }
+
+    /// Arms session `id`'s inbox again, after a handoff used it.
+    pub(crate) fn rearm<T: Send + 'static>(&self, id: u64, owner: ConnId) -> Option<Inbox<T>> {
+        let mut registry = self.lock();
+        let Some(Entry::Live {
+            owner: o, handoffs, ..
+        }) = registry.by_id.get_mut(&id)
+        else {
+            return None;
+        };
+        let outbox = handoffs
+            .downcast_mut::<Outbox<T>>()
+            .filter(|_| *o == owner)?;
+        let (sender, inbox) = oneshot::channel();
+        *outbox = Some(sender);
+        Some(inbox)
     }
 
     /// Session `id` ended. If it was lost (its client never came back), a resume
@@ -172,30 +194,27 @@ impl Sessions {
         handoff: Box<Handoff<T>>,
     ) -> Result<(), (Refusal, Box<Handoff<T>>)> {
         let mut registry = self.lock();
-        let refusal = match registry.by_id.get(&resume.id) {
-            None => Refusal::Unknown,
-            Some(&Entry::Ended { why, until }) => {
-                if Instant::now() < until {
-                    Refusal::from(why)
-                } else {
-                    registry.by_id.remove(&resume.id);
-                    registry.tombstones -= 1;
-                    Refusal::Unknown
-                }
+        if let Some(&Entry::Ended { until, .. }) = registry.by_id.get(&resume.id) {
+            if Instant::now() >= until {
+                registry.by_id.remove(&resume.id);
+                registry.tombstones -= 1;
             }
+        }
+        let refusal = match registry.by_id.get_mut(&resume.id) {
+            None => Refusal::Unknown,
+            Some(Entry::Ended { why, .. }) => Refusal::from(*why),
             Some(Entry::Live {
                 token, handoffs, ..
             }) => {
                 if !bool::from(token.ct_eq(&resume.token)) {
                     Refusal::Unknown
-                } else if let Some(sender) =
-                    handoffs.downcast_ref::<mpsc::Sender<Box<Handoff<T>>>>()
-                {
-                    return sender.try_send(handoff).map_err(|e| match e {
-                        mpsc::error::TrySendError::Full(h) => (Refusal::Busy, h),
+                } else if let Some(outbox) = handoffs.downcast_mut::<Outbox<T>>() {
+                    return match outbox.take() {
                         // The task ended between its close and this lookup.
-                        mpsc::error::TrySendError::Closed(h) => (Refusal::Expired, h),
-                    });
+                        Some(sender) => sender.send(handoff).map_err(|h| (Refusal::Expired, h)),
+                        // Another resume has it, and the task has not armed it again.
+                        None => Err((Refusal::Busy, handoff)),
+                    };
                 } else {
                     Refusal::OtherTransport
                 }

@@ -170,8 +170,8 @@ enum Wake<T> {
     Sent,
     Timer,
     Failed(std::io::Error),
-    /// A new connection resumes this session.
-    Handoff(Box<crate::sessions::Handoff<T>>),
+    /// A new connection resumes this session (`None`: nobody can any more).
+    Handoff(Option<Box<crate::sessions::Handoff<T>>>),
 }
 
 impl<S: Service, T: Transport> Connection<S, T> {
@@ -473,9 +473,9 @@ impl<S: Service, T: Transport> Connection<S, T> {
                     return Poll::Ready(Wake::Cancelled);
                 }
                 if let Some(handoffs) = inbox.as_mut() {
-                    // The registry holds the sender until the session ends.
-                    if let Poll::Ready(Some(handoff)) = handoffs.poll_recv(cx) {
-                        return Poll::Ready(Wake::Handoff(handoff));
+                    if let Poll::Ready(handoff) = std::pin::Pin::new(handoffs).poll(cx) {
+                        // `Err`: the registry let its end go (the session is ending).
+                        return Poll::Ready(Wake::Handoff(handoff.ok()));
                     }
                 }
                 if changed {
@@ -520,6 +520,12 @@ impl<S: Service, T: Transport> Connection<S, T> {
                         .close(DisconnectReason::SocketError(e.kind()), None);
                 }
                 Wake::Handoff(handoff) => {
+                    // One handoff per inbox: `take_over` arms a new one if the
+                    // session goes on.
+                    self.inbox = None;
+                    let Some(handoff) = handoff else {
+                        continue;
+                    };
                     self.take_over(*handoff, now);
                     input_ended = false;
                     armed = self.deadline(now, busy.as_deref());

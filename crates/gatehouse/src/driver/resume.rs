@@ -124,6 +124,7 @@ impl<S: Service, T: Transport> Connection<S, T> {
         } = handoff;
         match self.core.resume(received, input, now) {
             Ok(()) => {
+                self.rearm_inbox();
                 // The old transport (lost, or half-open) is closed here.
                 drop(std::mem::replace(&mut self.transport, transport));
                 info!(%peer, received, "resumed");
@@ -136,6 +137,7 @@ impl<S: Service, T: Transport> Connection<S, T> {
                 let (reason, text) = match refusal {
                     ReplayRefusal::BeyondSent { received, sent } => {
                         debug!(received, sent, "a resume counting more than was sent");
+                        self.rearm_inbox(); // the session waits on
                         (KickReason::PROTOCOL_ERROR, "malformed or unexpected frame")
                     }
                     ReplayRefusal::Gap { .. } => {
@@ -149,6 +151,13 @@ impl<S: Service, T: Transport> Connection<S, T> {
                     .tracker
                     .spawn(refuse_resume(transport, config, reason, text));
             }
+        }
+    }
+
+    /// Takes the next handoff: the last one used the inbox up.
+    fn rearm_inbox(&mut self) {
+        if let Some(id) = self.core.session_id() {
+            self.inbox = self.shared.sessions.rearm::<T>(id, self.id);
         }
     }
 
@@ -169,7 +178,8 @@ impl<S: Service, T: Transport> Connection<S, T> {
 
     /// The session ended: a later resume is told why, or finds nothing.
     pub(super) fn close_session(&mut self) {
-        if let (Some(id), Some(_)) = (self.core.session_id(), self.inbox.take()) {
+        self.inbox = None;
+        if let Some(id) = self.core.session_id() {
             let window = self.shared.config.resume.window;
             self.shared
                 .sessions
