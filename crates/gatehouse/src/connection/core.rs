@@ -778,15 +778,11 @@ impl ConnectionCore {
     /// The timer fired at `now`: closes the connection if a deadline has passed
     /// (`transport_backlog` as for [`ConnectionCore::poll_timeout`]).
     pub(crate) fn handle_timeout(&mut self, now: Instant, transport_backlog: bool) {
-        if let Some(session) = &mut self.session {
-            if let Some(detached) = session.detached.take_if(|d| now >= d.until) {
-                session.lost = Some(Lost::Expired);
-                self.close(detached.close.reason, detached.close.text);
-                return;
+        if let Some(detached) = self.session.as_ref().and_then(|s| s.detached.as_ref()) {
+            if now >= detached.until {
+                self.end_session(Lost::Expired, None);
             }
-            if session.detached.is_some() {
-                return;
-            }
+            return;
         }
         if self.input_paused {
             self.charge_input();
@@ -860,17 +856,16 @@ impl ConnectionCore {
     /// cannot have had: no resume could be served.
     #[cold]
     fn replay_let_go(&mut self) {
-        let Some(session) = &mut self.session else {
+        let Some(session) = &self.session else {
             return;
         };
-        if let Some(detached) = &session.detached {
-            if !session.replay.serves(detached.sent) {
-                let close = detached.close.clone();
-                session.detached = None;
-                session.lost = Some(Lost::Gap);
-                let text = "not resumed, and its replay passed resume.buffer_bytes";
-                self.close(close.reason, Some(text.to_owned()));
-            }
+        if session
+            .detached
+            .as_ref()
+            .is_some_and(|detached| !session.replay.serves(detached.sent))
+        {
+            let text = "not resumed, and its replay passed resume.buffer_bytes";
+            self.end_session(Lost::Gap, Some(text.to_owned()));
         }
     }
 
@@ -924,12 +919,23 @@ impl ConnectionCore {
     /// A resume came for frames the replay no longer has: the session ends (its
     /// client must log in again).
     pub(crate) fn end_with_gap(&mut self) {
+        self.end_session(Lost::Gap, None);
+    }
+
+    /// The session ends for `why` without its client coming back (the one place
+    /// that decides it): a waiting one closes as its connection was lost (with
+    /// `text`, if given, for the log), one still attached (a gap found at a resume)
+    /// is kicked `resume_failed`.
+    fn end_session(&mut self, why: Lost, text: Option<String>) {
         let Some(session) = &mut self.session else {
             return;
         };
-        session.lost = Some(Lost::Gap);
+        session.lost = Some(why);
         let close = match session.detached.take() {
-            Some(detached) => detached.close,
+            Some(detached) => Close {
+                reason: detached.close.reason,
+                text: text.or(detached.close.text),
+            },
             // Still attached: the client left this connection for the new one.
             None => Close {
                 reason: DisconnectReason::Kicked(KickReason::RESUME_FAILED),

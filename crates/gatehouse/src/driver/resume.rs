@@ -41,11 +41,11 @@ pub(crate) async fn refuse_resume<T: Transport>(
     transport: T,
     core_config: Arc<CoreConfig>,
     reason: KickReason,
-    text: &str,
+    text: String,
 ) {
     let _ = tokio::time::timeout(
         REFUSAL_TIMEOUT,
-        refuse(transport, core_config, reason, text),
+        refuse(transport, core_config, reason, &text),
     )
     .await;
 }
@@ -80,7 +80,7 @@ pub(crate) async fn hand_over<S: Service, T: Transport>(
                 handoff.transport,
                 config,
                 KickReason::RESUME_FAILED,
-                refusal.text(),
+                refusal.text().to_owned(),
             )
             .await;
         }
@@ -138,14 +138,16 @@ impl<S: Service, T: Transport> Connection<S, T> {
                     ReplayRefusal::BeyondSent { received, sent } => {
                         debug!(received, sent, "a resume counting more than was sent");
                         self.rearm_inbox(); // the session waits on
-                        (KickReason::PROTOCOL_ERROR, "malformed or unexpected frame")
+                        let limits = &self.shared.config.limits;
+                        let protocol_error = DisconnectReason::ProtocolError;
+                        (KickReason::PROTOCOL_ERROR, protocol_error.describe(limits))
                     }
                     ReplayRefusal::Gap { .. } => {
                         self.core.end_with_gap();
-                        (KickReason::RESUME_FAILED, Refusal::Gap.text())
+                        (KickReason::RESUME_FAILED, Refusal::Gap.text().to_owned())
                     }
                 };
-                info!(%peer, text, "resume refused");
+                info!(%peer, %text, "resume refused");
                 let config = self.shared.core_config.clone();
                 self.group
                     .tracker
