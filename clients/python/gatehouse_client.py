@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Tuple, Union
 
 __all__ = [
-    "MAX_FRAME_BYTES", "MAX_NONCE_BYTES", "RESERVED_ROUTES", "ROUTE_ANNOUNCEMENT", "ROUTE_ROOM_RESTARTED",
+    "MAX_FRAME_BYTES", "MAX_NONCE_BYTES", "RESERVED_ROUTES", "ROUTE_ANNOUNCEMENT", "ROUTE_END_SESSION", "ROUTE_ROOM_RESTARTED",
     "KIND_REQUEST", "KIND_NOTIFY", "KIND_RESPONSE", "KIND_PUSH", "KIND_PING",
     "KIND_PONG", "KIND_KICK", "KIND_SESSION", "KIND_RESUME", "KIND_RESUMED", "KIND_ACK",
     "TOKEN_BYTES",
@@ -69,6 +69,9 @@ ROUTE_ROOM_RESTARTED = 0xFF01
 #: The framework's push "announcement" (the operators', the admin API's broadcast):
 #: its payload is the text, UTF-8.
 ROUTE_ANNOUNCEMENT = 0xFF02
+#: The framework's request "end session": the client leaves on purpose, so the server
+#: does not keep its session for a resume (:meth:`Connection.close` sends it).
+ROUTE_END_SESSION = 0xFF10
 
 KIND_REQUEST = 0x01
 KIND_NOTIFY = 0x02
@@ -924,7 +927,15 @@ class Connection:
         return self._end
 
     def close(self) -> None:
-        """Closes the connection; outstanding requests fail with :class:`ConnectionClosed`."""
+        """Closes the connection; outstanding requests fail with :class:`ConnectionClosed`.
+        A session the server offered is ended first (the end session request, waited
+        for at most a second): the server then does not keep it for a resume."""
+        if (self._numbering.resume() is not None and not self.closed
+                and threading.current_thread() is not self._reader):
+            try:
+                self.request(ROUTE_END_SESSION, timeout=1.0)
+            except GatehouseError:
+                pass  # closing anyway: at worst the session waits out its window
         self._finish(ConnectionClosed("closed by the client"))
         if threading.current_thread() is not self._reader:
             self._reader.join(5)

@@ -5,7 +5,8 @@ arena), whose bench service offers session resume once a connection logs in. The
 proxy sits between this client and it; cutting it closes both sides of every
 connection open through it, as a network that drops would. The client must come
 back with nothing lost and nothing run twice: every push once and in order, every
-request answered once. Skipped, like test_arena_session, when the binary is not
+request answered once; and a client that closes ends its session (nothing can
+resume it after). Skipped, like test_arena_session, when the binary is not
 built (and ``GATEHOUSE_BIN`` unset).
 """
 
@@ -130,6 +131,23 @@ class Resume(unittest.TestCase):
                 time.sleep(0.01)
             self.assertEqual(conn.request(INCREMENT, timeout=TIMEOUT), struct.pack(">Q", n))
         self.assertEqual(conn.resumes, 2)
+
+    def test_a_closed_connection_ends_its_session_so_nothing_can_resume_it(self):
+        conn = self.connect()
+        resume, _ = conn._numbering.resume()
+        conn.close()
+        # Had the server kept the session for a resume, this would take it over.
+        with socket.create_connection(("127.0.0.1", self.server.port), timeout=TIMEOUT) as raw:
+            raw.sendall(gc.encode_frame(resume))
+            frames = gc.FrameBuffer()
+            kick = None
+            while kick is None:
+                data = raw.recv(65536)
+                self.assertTrue(data, "the server closed without a kick")
+                frames.feed(data)
+                kick = next((f for f in frames if isinstance(f, gc.Kick)), None)
+        self.assertEqual(kick.reason, 15, kick.text)  # resume_failed
+        self.assertTrue(kick.text.startswith("unknown"), kick.text)
 
 
 if __name__ == "__main__":

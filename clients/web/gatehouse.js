@@ -31,6 +31,16 @@ export const MAX_NONCE_BYTES = 64;
 export const ROUTE_ROOM_RESTARTED = 0xff01;
 /** The framework's push "announcement" (the operators'); its payload is the text (UTF-8). */
 export const ROUTE_ANNOUNCEMENT = 0xff02;
+/**
+ * The framework's request "end session": the client leaves on purpose. `close()`
+ * needs no such request: its WebSocket close frame tells the server the same.
+ */
+export const ROUTE_END_SESSION = 0xff10;
+/**
+ * The close code a client gives a connection it abandons as lost, to resume the
+ * session on a new one (PROTOCOL.md, "WebSocket"): not a goodbye.
+ */
+const CLOSE_TO_RESUME = 4000;
 /** Close codes 4000 + kick reason carry a kick in the WebSocket close frame. */
 export const KICK_CLOSE_BASE = 4000;
 
@@ -653,7 +663,11 @@ export class Client extends EventTarget {
     return this.#open(false);
   }
 
-  /** Closes the connection for good: no reconnection; outstanding requests fail. */
+  /**
+   * Closes the connection for good: no reconnection; outstanding requests fail. The
+   * WebSocket close frame tells the server the client left on purpose: a session it
+   * offered ends at once instead of waiting for a resume.
+   */
   close() {
     this.#userClosed = true;
     this.#cancelReconnect();
@@ -1015,7 +1029,8 @@ export class Client extends EventTarget {
     if (this.#heartbeatTimer !== null) this.#timers.clearTimeout(this.#heartbeatTimer);
     this.#heartbeatTimer = null;
     try {
-      ws?.close(1000);
+      // Not 1000: the server would take a normal close for a goodbye and end the session.
+      ws?.close(CLOSE_TO_RESUME, 'lost; resuming');
     } catch {
       // already closing
     }

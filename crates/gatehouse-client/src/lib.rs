@@ -132,6 +132,8 @@ struct Shared {
     config: ClientConfig,
     /// Cancelled when the connection ends, to stop the connection task.
     stop: CancellationToken,
+    /// Cancelled once the connection task has closed the connection.
+    finished: CancellationToken,
 }
 
 impl Shared {
@@ -183,6 +185,9 @@ impl Pushes {
 /// Frames the handles may queue for writing before callers wait.
 const OUTBOX: usize = 1024;
 
+/// How long [`Client::leave`] waits for the server's answer, then for the close.
+pub const LEAVE_PATIENCE: Duration = Duration::from_secs(2);
+
 impl Client {
     /// Connects to a gatehouse server over TCP.
     pub async fn connect(
@@ -228,6 +233,7 @@ impl Client {
             resumes: AtomicU64::new(0),
             config,
             stop: CancellationToken::new(),
+            finished: CancellationToken::new(),
         });
         let (outbox, outgoing) = mpsc::channel(OUTBOX);
         let (push_tx, push_rx) = mpsc::channel(shared.config.push_buffer);
@@ -294,9 +300,24 @@ impl Client {
         self.shared.ended()
     }
 
-    /// Closes the connection (other clones too).
+    /// Closes the connection (other clones too). Over WebSocket the close frame
+    /// tells the server the client left; over TCP and TLS a close looks like a lost
+    /// connection, and a session the server offered waits for a resume: end it with
+    /// [`Client::leave`].
     pub fn close(&self) {
         self.shared.end(ClientError::Closed);
+    }
+
+    /// Leaves on purpose (a logout, a quit): asks the server to end the session now
+    /// rather than wait its resume window for a client that will not come back
+    /// (`docs/PROTOCOL.md`, "Framework-reserved routes"), closes, and returns once
+    /// the connection is closed. Each step is bounded by [`LEAVE_PATIENCE`]; the
+    /// server's answer is not required (without a session it has nothing to end).
+    pub async fn leave(&self) {
+        let asked = self.request(gatehouse_protocol::ROUTE_END_SESSION, Bytes::new());
+        let _ = tokio::time::timeout(LEAVE_PATIENCE, asked).await;
+        self.close();
+        let _ = tokio::time::timeout(LEAVE_PATIENCE, self.shared.finished.cancelled()).await;
     }
 
     /// How many times the session was resumed on a new connection.
@@ -352,6 +373,7 @@ async fn run(
     // A clean close for the server (a WebSocket close frame, a TCP/TLS shutdown),
     // bounded: a peer that does not read cannot hold this task.
     let _ = tokio::time::timeout(Duration::from_secs(1), link.sink.close()).await;
+    shared.finished.cancel();
 }
 
 /// Serves one connection until it is lost or the client is done.

@@ -1,22 +1,44 @@
 //! The client resumes a session the server offered: through a proxy that cuts the
 //! connection during pushes and pipelined requests, every push arrives once and in
 //! order, every request is answered once and ran once, and the server ran no hook.
-//! A refused resume ends the client with `resume_failed`.
+//! A refused resume ends the client with `resume_failed`. A client that leaves (or
+//! closes its WebSocket normally) is not waited for; one that closes its WebSocket
+//! as lost, to resume, is.
 
 #![allow(clippy::unwrap_used)]
 
 #[path = "../../gatehouse/tests/support/mod.rs"]
 mod support;
 
-use gatehouse::{ConnId, KickReason};
-use gatehouse_client::{Client, ClientConfig, ClientError, Pushes};
-use support::counter::{push_numbers, start_with_handle, INCREMENT, LOGIN, PUSH};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use gatehouse::listener::WebOptions;
+use gatehouse::{ConnId, DisconnectReason, KickReason, Listener, Message};
+use gatehouse_client::{Client, ClientConfig, ClientError, Pushes, Target};
+use support::counter::{push_numbers, start_with_handle, Game, INCREMENT, LOGIN, PUSH};
 use support::proxy::Proxy;
-use support::{eventually, test_config, PATIENCE};
+use support::{eventually, test_config, Record, PATIENCE};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+/// A frame's body, as one WebSocket message carries it.
+fn body(message: &Message) -> bytes::Bytes {
+    let mut body = bytes::BytesMut::new();
+    message.encode_body(&mut body);
+    body.freeze()
+}
 
 /// Logs in through `addr`; the connection id the server answers.
 async fn log_in(addr: std::net::SocketAddr) -> (Client, Pushes, ConnId) {
-    let (client, pushes) = Client::connect(addr, ClientConfig::default())
+    log_in_to(&Target::Tcp(addr.to_string())).await
+}
+
+/// Logs in at `target`; the connection id the server answers.
+async fn log_in_to(target: &Target) -> (Client, Pushes, ConnId) {
+    let (client, pushes) = Client::connect_to(target, ClientConfig::default())
         .await
         .unwrap();
     let id = client.request(LOGIN, "ada").await.unwrap();
@@ -95,4 +117,76 @@ async fn a_resume_the_server_refuses_ends_the_client_with_resume_failed() {
         other => panic!("{other:?}"),
     }
     server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_over_tcp_or_closes_its_websocket_ends_its_session_at_once() {
+    let mut config = test_config();
+    // Nobody waits this long: a hook that runs is the leave's doing.
+    config.resume.window = Duration::from_secs(3600);
+    let record = Arc::new(Record::default());
+    let server = gatehouse::Server::new(config, Game::<true>::new(record.clone())).unwrap();
+    let stats = server.stats();
+    let bind = || gatehouse::bind("127.0.0.1:0".parse().unwrap());
+    let listeners = vec![
+        Listener::tcp(bind().await.unwrap()),
+        Listener::websocket(bind().await.unwrap(), WebOptions::default()),
+    ];
+    let tcp = Target::Tcp(listeners[0].local_addr().unwrap().to_string());
+    let ws_addr = listeners[1].local_addr().unwrap();
+    let ws: Target = format!("ws://{ws_addr}/ws").parse().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let serving = tokio::spawn(server.run(listeners, stop.clone().cancelled_owned()));
+
+    // Over TCP a close looks like a lost connection: the client says it leaves.
+    let (client, _pushes, conn) = log_in_to(&tcp).await;
+    client.leave().await;
+    assert_eq!(client.ended(), Some(ClientError::Closed));
+    assert_eq!(
+        record.wait_hooks(1).await[0],
+        (conn, DisconnectReason::PeerClosed)
+    );
+    // Over WebSocket the close frame says it.
+    let (client, _pushes, conn) = log_in_to(&ws).await;
+    client.close();
+    assert_eq!(
+        record.wait_hooks(2).await[1],
+        (conn, DisconnectReason::PeerClosed)
+    );
+    assert_eq!(stats.snapshot().sessions_detached, 0, "nothing waited");
+
+    // A client that gives up on a connection it thinks lost closes it with another
+    // code: the session waits for its resume.
+    let socket = tokio::net::TcpStream::connect(ws_addr).await.unwrap();
+    let (mut raw, _) = tokio_tungstenite::client_async(format!("ws://{ws_addr}/ws"), socket)
+        .await
+        .unwrap();
+    let login = Message::Request {
+        id: 1,
+        route: LOGIN,
+        payload: "bea".into(),
+    };
+    raw.send(WsMessage::Binary(body(&login))).await.unwrap();
+    loop {
+        let frame = raw.next().await.unwrap().unwrap().into_data();
+        if matches!(
+            Message::decode(frame).unwrap(),
+            Message::Response { id: 1, .. }
+        ) {
+            break;
+        }
+    }
+    let resuming = CloseFrame {
+        code: CloseCode::from(4000),
+        reason: "lost; resuming".into(),
+    };
+    raw.close(Some(resuming)).await.unwrap();
+    eventually("the session waits for a resume", || {
+        (stats.snapshot().sessions_detached == 1).then_some(())
+    })
+    .await;
+    assert_eq!(record.hooks().len(), 2, "no hook ran for it");
+
+    stop.cancel();
+    serving.await.unwrap().unwrap();
 }

@@ -12,6 +12,12 @@ pub const ROUTE_ROOM_RESTARTED: u16 = 0xFF01;
 /// API's broadcast); the payload is its text, UTF-8. Clients show it to the player.
 pub const ROUTE_ANNOUNCEMENT: u16 = 0xFF02;
 
+/// Framework route (request): end the session on purpose. The client is leaving (a
+/// logout, a quit): when this connection closes, its session ends with it instead of
+/// waiting for a resume. Answered with status 0 and an empty payload, with or without
+/// a session.
+pub const ROUTE_END_SESSION: u16 = 0xFF10;
+
 /// Framework route (request): crash the hub. Honoured only with fault injection enabled.
 pub const ROUTE_FAULT_CRASH_HUB: u16 = 0xFFF0;
 

@@ -12,7 +12,8 @@
 //! connection with nothing lost and nothing run twice, and no hook runs; a half-open
 //! old connection is replaced at once; a session nobody resumes ends once, at the
 //! window's end or when its replay overflows; wrong tokens, counts beyond what was
-//! sent and resumes after the first frame are refused.
+//! sent and resumes after the first frame are refused. A client that ends its
+//! session on purpose before closing is not waited for.
 
 #![allow(clippy::unwrap_used)]
 
@@ -21,6 +22,7 @@ mod support;
 use std::time::Duration;
 
 use bytes::Bytes;
+use gatehouse::protocol::ROUTE_END_SESSION;
 use gatehouse::{ConnId, DisconnectReason, KickReason, Message, Status};
 use support::counter::{
     push_numbers, start, start_with_handle, ECHO, INCREMENT, LOGIN, NOTE, PUSH,
@@ -530,5 +532,34 @@ async fn wrong_tokens_unknown_ids_counts_beyond_what_was_sent_and_late_resumes_a
         KickReason::PROTOCOL_ERROR
     );
     assert!(server.record.wait_hooks(1).await.len() == 1);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_ends_its_session_on_purpose_is_not_waited_for_and_cannot_resume_it() {
+    let mut config = test_config();
+    // Nobody waits this long: a hook that runs is the leave's doing.
+    config.resume.window = Duration::from_secs(3600);
+    let server = start::<true>(config).await;
+    let mut player = Resumer::log_in(server.addr).await;
+    player.send(request(2, ROUTE_END_SESSION, b"")).await;
+    assert!(matches!(
+        player.next().await,
+        Some(Message::Response {
+            id: 2,
+            status: Status::OK,
+            ..
+        })
+    ));
+    // The client closes as a lost connection would: the session ends with it.
+    let conn = player.conn;
+    let resume = player.resume_frame();
+    drop(player);
+    let hooks = server.record.wait_hooks(1).await;
+    assert_eq!(hooks, [(conn, DisconnectReason::PeerClosed)]);
+    assert_eq!(server.stats.snapshot().sessions_detached, 0);
+    let (reason, text) = kicked_for(server.addr, &resume).await;
+    assert_eq!(reason, KickReason::RESUME_FAILED);
+    assert!(text.starts_with("unknown"), "{text}");
     server.shutdown().await.unwrap();
 }

@@ -229,6 +229,8 @@ struct SessionLog {
     detached: Option<Detached>,
     /// Why the session ended without its client coming back, once it has.
     lost: Option<Lost>,
+    /// The client is leaving on purpose: the session ends with this connection.
+    leaving: bool,
 }
 
 /// A session whose connection was lost.
@@ -843,6 +845,7 @@ impl ConnectionCore {
             inbound: Inbound::starting_at(held),
             detached: None,
             lost: None,
+            leaving: false,
         }));
     }
 
@@ -884,7 +887,16 @@ impl ConnectionCore {
             && self
                 .session
                 .as_ref()
-                .is_some_and(|s| s.detached.is_none() && s.lost.is_none())
+                .is_some_and(|s| s.detached.is_none() && s.lost.is_none() && !s.leaving)
+    }
+
+    /// The client is leaving on purpose (it asked to end its session, or closed its
+    /// WebSocket with a close frame): when this connection closes, the session ends
+    /// with it, at once, instead of waiting for a resume.
+    pub(crate) fn leave_session(&mut self) {
+        if let Some(session) = &mut self.session {
+            session.leaving = true;
+        }
     }
 
     /// The connection was lost (`close`) at `now`: the session waits `window` for
@@ -1320,6 +1332,20 @@ mod tests {
             h.receive(first);
             assert_eq!(h.core.first_frame(), FirstFrame::Other, "{first:?}");
         }
+    }
+
+    #[test]
+    fn a_session_whose_client_leaves_on_purpose_does_not_wait_for_a_resume() {
+        let mut h = harness(limits());
+        h.receive(&wire(&request(1, 1, b"login")));
+        assert_eq!(h.events(h.at(T)).len(), 1);
+        offered(&mut h, 0, 10_000);
+        assert!(h.core.may_detach(&DisconnectReason::PeerClosed));
+        h.core.leave_session();
+        assert!(!h.core.may_detach(&DisconnectReason::PeerClosed));
+        assert!(!h.core.may_detach(&DisconnectReason::SocketError(
+            std::io::ErrorKind::ConnectionReset
+        )));
     }
 
     #[test]

@@ -27,7 +27,8 @@ use std::task::{Poll, Waker};
 use std::time::Instant;
 
 use gatehouse_protocol::{
-    Status, RESERVED_ROUTES_START, ROUTE_FAULT_CRASH_HUB, ROUTE_FAULT_PANIC_HANDLER,
+    Status, RESERVED_ROUTES_START, ROUTE_END_SESSION, ROUTE_FAULT_CRASH_HUB,
+    ROUTE_FAULT_PANIC_HANDLER,
 };
 use tracing::{error, warn};
 
@@ -350,7 +351,9 @@ fn start<'s, S: Service>(
     }
 }
 
-/// The framework's own routes: fault injection.
+/// The framework's own routes: ending a session on purpose (answered here; the
+/// driver marks the session when it answers: [`Connection::answered`]), and fault
+/// injection.
 fn framework_request<'s, S: Service>(
     group: Arc<Group<S::Message>>,
     id: ConnId,
@@ -358,6 +361,9 @@ fn framework_request<'s, S: Service>(
     route: u16,
     enabled: bool,
 ) -> Guarded<'s, Done<'s, S>> {
+    if route == ROUTE_END_SESSION {
+        return guarded(async move { (Answer::Reply(Reply::empty()), session) });
+    }
     let fault = matches!(route, ROUTE_FAULT_CRASH_HUB | ROUTE_FAULT_PANIC_HANDLER);
     if !fault {
         return guarded(async move { (Answer::Reply(Reply::unknown_route(route)), session) });
@@ -717,13 +723,17 @@ impl<S: Service, T: Transport> Connection<S, T> {
     /// Puts an answer in the output (and logs an unknown route). A request whose
     /// handler logged a resumable service's connection in is answered after the
     /// session's offer (`held`: the requests and notifies held behind it, which the
-    /// client numbers after it).
+    /// client numbers after it). A request to end the session marks it here, in its
+    /// turn after the requests before it.
     fn answered(&mut self, call: Call, answer: Answer, held: u64) {
         if let Some(route) = call.route() {
             latency::answered(&self.shared.latency, route);
         }
         match (call, answer) {
             (Call::Request { id, route, len }, Answer::Reply(reply)) => {
+                if route == ROUTE_END_SESSION {
+                    self.core.leave_session();
+                }
                 if S::RESUMABLE && self.core.session_due() {
                     self.offer_session(held);
                 }

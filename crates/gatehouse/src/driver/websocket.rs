@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use futures_util::{Sink, Stream};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
@@ -110,6 +111,14 @@ fn io_error(e: WsError) -> io::Error {
     }
 }
 
+/// Whether a client's close frame says it leaves on purpose: no code, or a normal
+/// close (1000) or going away (1001). A lost connection sends no close frame; a
+/// client that abandons one it thinks lost, to resume elsewhere, gives another code
+/// (`docs/PROTOCOL.md`, "WebSocket").
+fn is_goodbye(frame: Option<&CloseFrame>) -> bool {
+    frame.is_none_or(|f| matches!(f.code, CloseCode::Normal | CloseCode::Away))
+}
+
 /// The close frame for a kick, its text cut to what fits.
 pub(crate) fn close_frame(kick: Goodbye<'_>) -> CloseFrame {
     CloseFrame {
@@ -161,9 +170,12 @@ where
                     core.close(DisconnectReason::ProtocolError, Some(TEXT_REFUSED.into()));
                     return Poll::Ready(Ok(Received::Input));
                 }
-                Message::Close(_) => {
+                Message::Close(frame) => {
                     // tungstenite queued the answering close; it goes out with the flush.
                     self.peer_closed = true;
+                    if is_goodbye(frame.as_ref()) {
+                        core.leave_session();
+                    }
                     self.unflushed = true;
                     return Poll::Ready(Ok(Received::Closed));
                 }

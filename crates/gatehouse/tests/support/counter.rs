@@ -29,6 +29,13 @@ pub struct Game<const RESUMABLE: bool> {
     record: Arc<Record>,
 }
 
+impl<const RESUMABLE: bool> Game<RESUMABLE> {
+    /// The game, recording its hooks in `record`.
+    pub fn new(record: Arc<Record>) -> Self {
+        Game { record }
+    }
+}
+
 impl<const RESUMABLE: bool> Service for Game<RESUMABLE> {
     /// The counter.
     type Session = u64;
@@ -110,9 +117,7 @@ pub async fn start_with_handle<const RESUMABLE: bool>(
     config: Config,
 ) -> (TestServer, ServerHandle<()>) {
     let record = Arc::new(Record::default());
-    let game = Game::<RESUMABLE> {
-        record: record.clone(),
-    };
+    let game = Game::<RESUMABLE>::new(record.clone());
     TestServer::start_service_with_handle(config, game, record).await
 }
 
