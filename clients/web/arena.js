@@ -762,6 +762,15 @@ function startPage(doc) {
     if (reached && !detail.error?.byClient) notice(text);
     if (detail.reconnectIn === null) showSession(false);
   });
+  // A lost connection of a logged-in player is resumed: the room goes on where it was.
+  client.addEventListener('resuming', ({ detail }) => {
+    if (detail.attempt === 1) notice('connection lost; resuming');
+    setStatus('connection lost; resuming…', 'reconnecting');
+  });
+  client.addEventListener('resumed', () => {
+    notice('resumed: nothing missed');
+    showConnected();
+  });
   client.addEventListener('reconnected', () => {
     notice('reconnected');
     showConnected();

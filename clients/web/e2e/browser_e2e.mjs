@@ -7,7 +7,10 @@
  * is not news). A says "hello from A" and B sees it; B clicks on the canvas and A
  * sees B move; both see TCP_PLAYER (a player the caller connects over TCP, who
  * answers A's hello) in the room and what it says (TCP_SAYS) in the chat. A types
- * /who and clicks "List rooms": both answer in A's chat. B logs out: B's page shows
+ * /who and clicks "List rooms": both answer in A's chat. B's page is served through a
+ * TCP proxy, which then cuts B's connection: B's page says it resumes, then resumed,
+ * B sees what A said meanwhile, and A never hears B leave (arena keeps the session).
+ * B logs out: B's page shows
  * the login form again with the name kept and an empty chat, its client is closed
  * without a reconnection, and A's chat says "B left". Then PHONE_PLAYER logs in on a
  * phone-sized page (390x844, touch): the placeholders fit their inputs, the chat
@@ -29,7 +32,7 @@
 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { env, harness } from './harness.mjs';
+import { env, harness, tcpProxy } from './harness.mjs';
 
 const suffix = Math.random().toString(36).slice(2, 8);
 const config = {
@@ -54,8 +57,8 @@ const { left, step, checked } = e2e;
 
 // ---- what the page shows (the DOM contract of README.md)
 
-async function logIn(page, name) {
-  await page.goto(config.url, { timeout: left() });
+async function logIn(page, name, url = config.url) {
+  await page.goto(url, { timeout: left() });
   await page.fill('#name', name, { timeout: left() });
   await page.fill('#password', config.password, { timeout: left() });
   await page.click('#login', { timeout: left() });
@@ -182,8 +185,10 @@ async function main() {
   step(`${config.a} logs in and joins ${config.room}`);
   await logIn(pageA, config.a);
   await joinRoom(pageA, config.room);
-  step(`${config.b} logs in and joins ${config.room}`);
-  await logIn(pageB, config.b);
+  step(`${config.b} logs in through a proxy and joins ${config.room}`);
+  const server = new URL(config.url);
+  const through = await tcpProxy(`${server.hostname}:${server.port}`);
+  await logIn(pageB, config.b, `http://${through.address}/`);
   checked.push('both logged in; Log out instead of the login form');
   await joinRoom(pageB, config.room);
   await Promise.all([seesPlayer(pageA, config.b), seesPlayer(pageB, config.a)]);
@@ -232,6 +237,23 @@ async function main() {
   await seesNotice(pageA, { has: ['* rooms: ', `${config.room} (`] });
   checked.push('/who and List rooms answer in the chat');
 
+  step(`${config.b}'s connection is cut: the page must resume the session`);
+  through.cut();
+  const meanwhile = `said while ${config.b} was cut off`;
+  await say(pageA, meanwhile);
+  await seesNotice(pageB, { is: 'resumed: nothing missed' });
+  await seesChat(pageB, meanwhile);
+  await pageB.waitForFunction(
+    (n) => document.querySelector('#status')?.textContent.startsWith(`connected as ${n} in `),
+    config.b, { timeout: left() });
+  const heard = (await chatLines(pageA)).filter((line) => line.includes(`${config.b} left`)
+    || line.includes(`${config.b} entered`));
+  if (heard.length !== 1) throw new Error(`${config.a} heard ${JSON.stringify(heard)} of ${config.b}: not one entry`);
+  if ((await chatLines(pageB)).some((line) => line.includes('reconnected'))) {
+    throw new Error(`${config.b}'s page logged in again instead of resuming`);
+  }
+  checked.push('a cut: B resumed, saw what A said meanwhile; A never heard B leave');
+
   step(`${config.b} logs out; ${config.a} must see ${config.b} leave`);
   await countReconnections(pageB);
   await pageB.click('#logout', { timeout: left() });
@@ -256,6 +278,7 @@ async function main() {
     throw new Error(`after logging out, ${config.b}'s page shows ${JSON.stringify(afterLogout)}, not ${expected}`);
   }
   checked.push('logout: login form, name kept, chat and room cleared, closed, no reconnection; A told B left');
+  through.close();
 
   step(`${config.phone} on a phone`);
   const phoneSize = { width: 390, height: 844 };

@@ -5,7 +5,8 @@
  * hard limit after which a guard gives up even on a hang outside the waits), the
  * current step and the list of what was checked, headless Chromium (launched, and
  * closed at the end) and its pages (their uncaught errors collected), screenshots,
- * and the script's output: JSON lines on stdout (the Rust tests in
+ * the TCP proxy that cuts connections (`tcpProxy`), and the script's output: JSON
+ * lines on stdout (the Rust tests in
  * crates/gatehouse-cli/tests/ read them), each with `elapsed_ms`. `report()` prints
  * the script's own; on any failure it prints
  * {"ok":false,"step","error","checked","page_errors","screenshot"} (the screenshot,
@@ -18,8 +19,42 @@
  */
 
 import { mkdirSync } from 'node:fs';
+import net from 'node:net';
 import { dirname } from 'node:path';
 import { chromium } from 'playwright-core';
+
+/**
+ * A TCP proxy on 127.0.0.1 to `server` (host:port) whose `cut()` closes both sides of
+ * every connection open through it, as a network that drops would (later ones are
+ * forwarded as usual). Resolves with {address, cuts, cut(), close()}.
+ */
+export function tcpProxy(server) {
+  const at = server.lastIndexOf(':');
+  const [host, port] = [server.slice(0, at), Number(server.slice(at + 1))];
+  const open = new Set();
+  const listener = net.createServer((client) => {
+    const upstream = net.connect(port, host);
+    for (const socket of [client, upstream]) {
+      open.add(socket);
+      socket.on('close', () => open.delete(socket));
+      socket.on('error', () => {});
+    }
+    client.pipe(upstream);
+    upstream.pipe(client);
+  });
+  return new Promise((resolve) => {
+    listener.listen(0, '127.0.0.1', () => resolve({
+      address: `127.0.0.1:${listener.address().port}`,
+      cuts: 0,
+      cut() {
+        this.cuts += 1;
+        for (const socket of open) socket.destroy();
+        open.clear();
+      },
+      close() { listener.close(); this.cut(); },
+    }));
+  });
+}
 
 /** The environment variable `name`, or `fallback` when it is unset or empty. */
 export const env = (name, fallback) => process.env[name] || fallback;

@@ -21,10 +21,9 @@
  * `npm ci` in clients/web.
  */
 
-import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { env, harness } from './harness.mjs';
+import { env, harness, tcpProxy } from './harness.mjs';
 
 const config = {
   server: env('SERVER', '127.0.0.1:7080'),
@@ -34,37 +33,8 @@ const config = {
 const e2e = harness({ budgetMs: 50_000, hardLimitMs: 60_000, screenshot: config.screenshot });
 const { left, step, checked } = e2e;
 
-/** A TCP proxy to the server whose `cut()` closes both sides of every connection. */
-function proxy() {
-  const [host, port] = [config.server.slice(0, config.server.lastIndexOf(':')),
-    Number(config.server.slice(config.server.lastIndexOf(':') + 1))];
-  const open = new Set();
-  const server = net.createServer((client) => {
-    const upstream = net.connect(port, host);
-    for (const socket of [client, upstream]) {
-      open.add(socket);
-      socket.on('close', () => open.delete(socket));
-      socket.on('error', () => {});
-    }
-    client.pipe(upstream);
-    upstream.pipe(client);
-  });
-  return new Promise((resolve) => {
-    server.listen(0, '127.0.0.1', () => resolve({
-      address: `127.0.0.1:${server.address().port}`,
-      cuts: 0,
-      cut() {
-        this.cuts += 1;
-        for (const socket of open) socket.destroy();
-        open.clear();
-      },
-      close() { server.close(); this.cut(); },
-    }));
-  });
-}
-
 async function main() {
-  const through = await proxy();
+  const through = await tcpProxy(config.server);
   await e2e.launch(config.chromium);
   const page = await e2e.newPage({});
   await page.exposeFunction('cutTheNetwork', () => through.cut());

@@ -279,6 +279,11 @@ impl<S: Store> Service for Arena<S> {
     type Session = Session;
     type Message = ();
     const LOGIN_REQUIRED: bool = true;
+    /// A player whose connection drops (a phone changing networks) comes back to the
+    /// same session within `resume.window`, standing where they stood, with every
+    /// chat line and delta sent meanwhile; the save and the room's "left" wait until
+    /// the session ends. The clients leave on purpose when the player logs out.
+    const RESUMABLE: bool = true;
 
     async fn connect(&self, _ctx: &mut Context<'_, ()>) -> Session {
         Session::default()

@@ -280,6 +280,7 @@ async fn players_watch_each_other_walk_through_gapless_deltas_and_the_walk_is_sa
     assert_eq!(view.gaps, 0, "no delta missed");
 
     // Bob leaves; his save has the position the room walked him to.
+    bob.leave().await;
     drop(bob);
     view.until(&mut alice, |v| !v.players.contains_key("bob"))
         .await;
@@ -355,6 +356,7 @@ async fn a_walk_goes_on_after_its_room_restarts_without_new_input() {
         .await;
     assert_eq!(view.restarts, 1);
     // And his save has where the walk ended.
+    bob.leave().await;
     drop(bob);
     view.until(&mut alice, |v| !v.players.contains_key("bob"))
         .await;

@@ -124,7 +124,9 @@ pub(crate) async fn run(
     }
     let stats_client = joined[0].0.clone();
     let every = Duration::from_secs_f64(1.0 / options.input_rate);
+    let mut players = Vec::with_capacity(options.players);
     for (i, (client, pushes, room, tick)) in joined.into_iter().enumerate() {
+        players.push(client.clone());
         bots.push(tokio::spawn(follow(pushes, room, tick, counters.clone())));
         bots.push(tokio::spawn(walk(client, every, i as u64 + 1)));
     }
@@ -150,6 +152,13 @@ pub(crate) async fn run(
     for bot in bots {
         bot.abort();
     }
+    // Leaving on purpose: arena would keep each bot's session (and its room ticking)
+    // for the resume window, into whatever runs next against this server.
+    let mut leaving = tokio::task::JoinSet::new();
+    for player in players {
+        leaving.spawn(async move { player.leave().await });
+    }
+    leaving.join_all().await;
 
     let rooms = options.players.div_ceil(options.room_size);
     Ok(ArenaBenchReport {

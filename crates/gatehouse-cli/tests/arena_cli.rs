@@ -1,12 +1,15 @@
 //! What a new user does in five minutes, end to end with the real binaries: start the
 //! server, connect two terminal clients, chat, move, whisper, quit, restart the
 //! server (a client still open reconnects by itself), and find the player where they
-//! left. And the client in a real (pseudo-)terminal: its line editor, pushes printed
+//! left; a client whose connection is cut resumes, unseen by the room. And the client in a real (pseudo-)terminal: its line editor, pushes printed
 //! above the line being typed, and the terminal given back however it ends.
 
 #![allow(clippy::unwrap_used)]
 
 mod process;
+#[allow(dead_code, unreachable_pub)] // cut is used, not the other ways to lose a connection
+#[path = "../../gatehouse/tests/support/proxy.rs"]
+mod proxy;
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Stdio};
@@ -196,6 +199,50 @@ fn two_players_chat_move_quit_and_find_their_place_after_a_restart_that_reconnec
     assert!(bob.wait().success());
     alice.type_line("/quit");
     assert!(alice.wait().success());
+}
+
+#[test]
+fn a_cut_connection_is_resumed_and_the_room_never_sees_the_player_leave() {
+    let dir = scratch("arena-cli-cut");
+    let config = arena_config(&dir, "");
+    let server =
+        ServerProcess::start(&["--service", "arena", "--config", config.to_str().unwrap()]);
+    let network = tokio::runtime::Runtime::new().unwrap();
+    let proxy = network.block_on(proxy::Proxy::start(server.addr));
+
+    let mut alice = Terminal::open(proxy.addr, "alice");
+    alice.expect("logged in as alice in lobby at (0, 0)");
+    let mut bob = Terminal::open(server.addr, "bob");
+    bob.expect("logged in as bob in lobby at (0, 0)");
+    alice.type_line("before the cut");
+    bob.expect("[lobby] alice: before the cut");
+
+    proxy.cut();
+    bob.type_line("said while alice was cut off");
+    alice.expect("[lobby] bob: said while alice was cut off");
+    alice.type_line("after the cut");
+    bob.expect("[lobby] alice: after the cut");
+    bob.type_line("/who");
+    bob.expect("online (2, 2 in your room): alice, bob");
+    alice.type_line("/quit");
+    assert!(alice.wait().success());
+    bob.expect("* alice left lobby");
+    let bob_saw = bob.seen.clone();
+    bob.type_line("/quit");
+    assert!(bob.wait().success());
+    let left: Vec<_> = bob_saw
+        .iter()
+        .filter(|l| l.contains("alice left"))
+        .collect();
+    assert_eq!(
+        left.len(),
+        1,
+        "alice left once, when she quit: {bob_saw:#?}"
+    );
+    assert!(
+        !bob_saw.iter().any(|l| l.contains("alice entered")),
+        "alice never came back in: {bob_saw:#?}"
+    );
 }
 
 #[test]

@@ -3,10 +3,13 @@
 //! said to the room; lines starting with `/` are commands (`/help`). The room's
 //! players are kept live from its state and deltas: entries and exits are printed as
 //! they happen, a walk once it ends (where the walker stopped), `/look` lists them.
-//! When the server goes away (a shutdown, a restart, a broken connection) it
-//! reconnects and logs in again, waiting 1 s, then twice as long each failed try up to
-//! 30 s; a kick for cause (a duplicate login, an operator's) or a refused login ends
-//! it. The password is asked without echo, or read from `GATEHOUSE_PASSWORD`.
+//! A broken connection is resumed where it stood, nothing lost (arena keeps a
+//! session for a while, `docs/PROTOCOL.md`); when the server goes away (a shutdown, a
+//! restart) or the session could not be resumed, it reconnects and logs in again,
+//! waiting 1 s, then twice as long each failed try up to 30 s; a kick for cause (a
+//! duplicate login, an operator's) or a refused login ends it. `/quit` tells the
+//! server the player left, so the room sees them go at once. The password is asked
+//! without echo, or read from `GATEHOUSE_PASSWORD`.
 //!
 //! On a terminal, lines are edited in place and up/down recall earlier ones; what
 //! arrives while the player types is printed above the line being typed
@@ -262,7 +265,12 @@ async fn session(
             Err(CommandError::Server(e)) => break lost_or_error(e)?,
         }
     };
-    client.close();
+    match ended {
+        // On purpose: the server ends the session now instead of keeping it for a
+        // resume.
+        Ended::Quit => client.leave().await,
+        Ended::Lost(_) => client.close(),
+    }
     printer.abort();
     Ok(ended)
 }
@@ -270,8 +278,11 @@ async fn session(
 /// Whether a connection's end is the server going away (reconnect) or a reason to stop.
 fn lost_or_error(why: ClientError) -> Result<Ended, ClientError> {
     match &why {
+        // A session lost for longer than the server keeps it: log in again.
         ClientError::Kicked { reason, .. }
-            if *reason == KickReason::SHUTDOWN || *reason == KickReason::SERVER_RESTART =>
+            if *reason == KickReason::SHUTDOWN
+                || *reason == KickReason::SERVER_RESTART
+                || *reason == KickReason::RESUME_FAILED =>
         {
             Ok(Ended::Lost(why))
         }

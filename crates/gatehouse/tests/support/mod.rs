@@ -544,9 +544,20 @@ impl Client {
                     payload,
                 }) if rid == id => return (status, payload, pushes),
                 Some(Message::Push { route, payload }) => pushes.push((route, payload)),
+                // A resumable game's session offer and acks: this client does not resume.
+                Some(Message::Session { .. } | Message::Ack { .. }) => {}
                 other => panic!("expected response {id}, got {other:?}"),
             }
         }
+    }
+
+    /// Ends a resumable session on purpose (`ROUTE_END_SESSION`): a close that
+    /// follows ends it at once instead of leaving it for a resume.
+    pub async fn leave(&mut self) {
+        let (status, _) = self
+            .request(gatehouse::protocol::ROUTE_END_SESSION, Bytes::new())
+            .await;
+        assert_eq!(status, Status::OK);
     }
 
     /// Reads until a kick arrives (skipping other frames), then expects EOF.
