@@ -1143,6 +1143,14 @@ impl ConnectionCore {
         self.session.as_ref().map(|s| s.replay.sent())
     }
 
+    /// Whether a session's replay can serve a client that received `received` frames.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn replay_serves(&self, received: u64) -> bool {
+        self.session
+            .as_ref()
+            .is_some_and(|s| s.replay.serves(received))
+    }
+
     /// Bytes a session's replay charges to the memory budget.
     #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn replay_charged(&self) -> usize {

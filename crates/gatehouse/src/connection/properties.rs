@@ -1,6 +1,7 @@
 //! Property tests of the connection core: generated scripts (see `scenario`) of
 //! client bytes and frames, reads and writes of any size, handler answers, pushes,
-//! broadcasts, kicks and time, each run with every invariant checked. The case count
+//! broadcasts, kicks, time, lost connections and resumes, each run with every
+//! invariant checked. The case count
 //! is fixed so that `cargo test` stays fast; `PROPTEST_CASES=20000 cargo test -p
 //! gatehouse --lib properties` runs more. Failures are not persisted to files:
 //! proptest prints the smallest failing script, which becomes a named unit test.
@@ -83,7 +84,45 @@ fn step() -> impl Strategy<Value = Step> {
             .prop_map(|(bytes, give_back)| Step::OtherConnections { bytes, give_back }),
         1 => Just(Step::PeerClosed),
         1 => (any::<u8>(), any::<u16>()).prop_map(|(held, buffer)| Step::OfferSession { held, buffer }),
+        1 => Just(Step::Lose),
+        1 => Just(Step::Leave),
+        2 => (any::<u8>(), prop::bool::weighted(0.2)).prop_map(|(back, beyond)| Step::Resume { back, beyond }),
     ]
+}
+
+/// A session offered at once, then mostly what it sends, written or not, lost
+/// connections and resumes: so that resumes come after frames the client has.
+fn resuming_script() -> impl Strategy<Value = Script> {
+    let request = Step::Send(ClientFrame::Request {
+        id: 1,
+        route: 1,
+        size: 8,
+    });
+    let start = [
+        request,
+        Step::Read(3000),
+        Step::OfferSession {
+            held: 0,
+            buffer: u16::MAX,
+        },
+    ];
+    let step = prop_oneof![
+        3 => (any::<u16>(), 0u32..300).prop_map(|(status, size)| Step::Respond { status, size }),
+        3 => (any::<u16>(), 0u32..300, any::<bool>())
+            .prop_map(|(route, size, waiting)| Step::Push { route, size, waiting }),
+        1 => (0u32..300).prop_map(|size| Step::Broadcast { size }),
+        4 => (0u32..400).prop_map(Step::Write),
+        2 => (0u16..40).prop_map(|size| Step::Send(ClientFrame::Request { id: 2, route: 1, size })),
+        1 => (0u64..20).prop_map(|count| Step::Send(ClientFrame::Ack(count))),
+        2 => (0u32..3000).prop_map(Step::Read),
+        1 => (0u32..2000).prop_map(Step::Wait),
+        2 => Just(Step::Lose),
+        3 => (any::<u8>(), prop::bool::weighted(0.1)).prop_map(|(back, beyond)| Step::Resume { back, beyond }),
+    ];
+    (settings(), vec(step, 0..60)).prop_map(move |(settings, steps)| Script {
+        settings,
+        steps: start.iter().cloned().chain(steps).collect(),
+    })
 }
 
 fn script() -> impl Strategy<Value = Script> {
@@ -95,6 +134,11 @@ proptest! {
 
     #[test]
     fn any_script_keeps_every_invariant_of_the_connection_core(script in script()) {
+        connection_core(&script);
+    }
+
+    #[test]
+    fn a_lost_session_resumes_with_exactly_the_frames_its_client_lacks(script in resuming_script()) {
         connection_core(&script);
     }
 }

@@ -20,10 +20,16 @@
 //!   written), the server-wide memory budget equals what the output, the partial
 //!   input and a session's replay charge, and it is back to zero once the core and its
 //!   budget are dropped;
-//! - a session offered a resume sends its `session` frame once, acknowledges with
-//!   counts that only grow, and takes the client's acks (one beyond what was sent is a
-//!   protocol error); a `resume` first is refused `resume_failed`, later it is a
-//!   protocol error.
+//! - a session offered a resume sends its `session` frame once (and once more after
+//!   each resume), acknowledges with counts that only grow, and takes the client's
+//!   acks (one beyond what was sent is a protocol error); a `resume` first is refused
+//!   `resume_failed`, later it is a protocol error;
+//! - a lost connection's session detaches (unless the client said it leaves: then it
+//!   closes) and sends nothing while it waits; a resume on a new connection gets
+//!   `resumed` first, then exactly the responses and pushes after what the client
+//!   says it received, in order, then a fresh `session`; one claiming more than was
+//!   sent is refused and the session waits on; one the replay cannot serve ends it,
+//!   as does the window's end.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -36,9 +42,13 @@ use gatehouse_protocol::{KickReason, Message, Status, HEADER_LEN, RESERVED_ROUTE
 /// The session a script may offer: its id, and its replay's byte limit at most.
 const SESSION_ID: u64 = 1;
 
+/// How long a lost connection's session waits for a resume.
+const WINDOW: Duration = Duration::from_secs(30);
+
 use super::budget::OutboundBudget;
 use super::core::{Close, ConnectionCore, CoreConfig, Event};
 use super::reason::DisconnectReason;
+use super::resume::ReplayRefusal;
 use super::staged::Staged;
 use crate::config::{Config, LimitsConfig, ServerConfig, MAX_FRAME_FLOOR};
 use crate::limits::memory::above_free;
@@ -156,6 +166,19 @@ pub enum Step {
         held: u8,
         /// The replay's limit, in bytes.
         buffer: u16,
+    },
+    /// The connection is lost (the socket failed): a session offered a resume
+    /// detaches and waits, as the driver has it; otherwise the connection closes.
+    Lose,
+    /// The client asks to end its session (it leaves on purpose): a loss then closes.
+    Leave,
+    /// A new connection resumes a detached session, saying it received the frames it
+    /// did, less `back` (modulo 4), or (`beyond`) more than were sent.
+    Resume {
+        /// Frames claimed fewer than received.
+        back: u8,
+        /// Claims more than were sent.
+        beyond: bool,
     },
 }
 
@@ -398,6 +421,17 @@ struct Received {
     session_frames: usize,
     /// The last acknowledgement's count.
     acked: u64,
+    /// Where in `queued` the session's numbered frames start (its offer).
+    offered_at: usize,
+    /// The session's numbered frames (responses and pushes after its first
+    /// `session` frame) received whole, as the client counts them.
+    numbered: u64,
+    /// Resumes taken: each is answered `resumed` first, and renews the session.
+    resumes: usize,
+    /// A resume was taken and its `resumed` has not come yet.
+    awaiting_resumed: bool,
+    /// Up to here `queued` is a resume's replay: each must come, in order.
+    replayed_until: usize,
 }
 
 impl Received {
@@ -421,6 +455,16 @@ impl Received {
             assert!(self.kick.is_none(), "a frame after the kick");
             let message = Message::decode(Bytes::copy_from_slice(body))
                 .unwrap_or_else(|e| panic!("the server sent a malformed frame: {e}"));
+            // First `resumed`, unless a slow consumer's kick dropped it with the rest.
+            if self.awaiting_resumed && !matches!(message, Message::Kick { .. }) {
+                assert!(
+                    matches!(message, Message::Resumed { .. }),
+                    "a resume answered first with a {}",
+                    message.kind_name()
+                );
+                self.awaiting_resumed = false;
+                continue;
+            }
             match message {
                 Message::Pong(nonce) => {
                     assert_eq!(
@@ -434,7 +478,10 @@ impl Received {
                 Message::Session { id, .. } => {
                     assert!(self.offered && id == SESSION_ID, "a session never offered");
                     self.session_frames += 1;
-                    assert_eq!(self.session_frames, 1, "the session offered twice");
+                    assert!(
+                        self.session_frames <= 1 + self.resumes,
+                        "the session offered twice"
+                    );
                 }
                 Message::Ack { count } => {
                     assert!(self.offered, "an ack without a session");
@@ -442,6 +489,17 @@ impl Received {
                     self.acked = count;
                 }
                 Message::Response { .. } | Message::Push { .. } => {
+                    if self.session_frames > 0 {
+                        self.numbered += 1;
+                    }
+                    if self.matched < self.replayed_until {
+                        assert!(
+                            self.queued[self.matched] == message,
+                            "the replay is not the frames the client lacks, in order"
+                        );
+                        self.matched += 1;
+                        continue;
+                    }
                     // Later frames may have been dropped (a slow consumer), never reordered.
                     let Some(skip) = self.queued[self.matched..]
                         .iter()
@@ -477,6 +535,9 @@ struct Run {
     serial: u8,
     /// The close, once decided (and its kick queued).
     closed: Option<Close>,
+    /// The connection is gone and its session waits for a resume: nothing is read
+    /// or written, and what is queued is discarded.
+    lost: bool,
 }
 
 /// Runs `script` from `start` and checks every invariant; panics on the first broken.
@@ -527,6 +588,7 @@ pub(crate) fn run(script: &Script, start: Instant) {
         others: 0,
         serial: 0,
         closed: None,
+        lost: false,
     };
     for step in &script.steps {
         run.step(step);
@@ -549,12 +611,14 @@ impl Run {
     fn step(&mut self, step: &Step) {
         // Once closing, the driver only writes what is left (within the linger).
         if self.closed.is_some() {
-            if let Step::Write(n) = step {
+            if let (Step::Write(n), false) = (step, self.lost) {
                 self.write(*n);
             }
             return;
         }
         match step {
+            // Into the void while the connection is lost.
+            Step::Send(_) | Step::SendRaw(_) | Step::Read(_) | Step::Write(_) if self.lost => {}
             Step::Send(frame) => self.client.send_frame(frame),
             Step::SendRaw(bytes) => self.client.send(bytes.clone()),
             Step::Read(amount) => {
@@ -691,12 +755,95 @@ impl Run {
                 if !self.received.offered {
                     self.received.offered = true;
                     let held = u64::from(*held % 4);
+                    self.received.offered_at = self.received.queued.len();
                     self.core
                         .offer_session(SESSION_ID, 1_000, [0; 32], held, usize::from(*buffer));
                 }
             }
+            Step::Lose => self.lose(),
+            Step::Leave => self.core.leave_session(),
+            Step::Resume { back, beyond } => {
+                if self.lost {
+                    self.resume(*back, *beyond);
+                }
+            }
+        }
+        if self.lost {
+            // As the driver does while the session waits: its output goes nowhere.
+            self.core.discard_output();
         }
         self.after_step();
+    }
+
+    /// The connection is lost: the session detaches, or the connection closes.
+    fn lose(&mut self) {
+        let reason = DisconnectReason::PeerClosed;
+        if !self.core.may_detach(&reason) {
+            self.core.close(reason, None);
+            return;
+        }
+        self.core.detach(Close::from(reason), self.now, WINDOW);
+        assert!(
+            self.core.is_detached() && !self.core.has_output(),
+            "a detached session keeps output"
+        );
+        self.lost = true;
+        // What was in flight either way is gone with the connection.
+        self.client.unread.clear();
+        self.client.cutting.clear();
+        self.received.partial.clear();
+        self.armed = self.core.poll_timeout(self.now, false);
+        assert!(
+            self.armed <= self.now + WINDOW,
+            "the window is not the session's deadline"
+        );
+    }
+
+    /// A new connection resumes the lost one's session, as the driver hands it over.
+    fn resume(&mut self, back: u8, beyond: bool) {
+        let sent = self
+            .core
+            .session_sent()
+            .unwrap_or_else(|| panic!("detached without a session"));
+        let claimed = if beyond {
+            sent + 1 + u64::from(back % 4)
+        } else {
+            self.received.numbered.saturating_sub(u64::from(back % 4))
+        };
+        match self.core.resume(claimed, BytesMut::new(), self.now) {
+            Ok(()) => {
+                assert!(claimed <= sent, "a resume beyond what was sent was taken");
+                self.lost = false;
+                // The new connection's first frame was the resume: another is an error.
+                self.client.frames_cut += 1;
+                self.received.resumes += 1;
+                self.received.awaiting_resumed = true;
+                self.received.numbered = claimed;
+                let from =
+                    self.received.offered_at + usize::try_from(claimed).unwrap_or(usize::MAX);
+                self.received.matched = from.min(self.received.queued.len());
+                self.received.replayed_until = self.received.queued.len();
+                self.core.renew_session(1_000, [1; 32]);
+            }
+            Err(ReplayRefusal::BeyondSent { received, .. }) => {
+                assert!(received > sent, "a resume within what was sent refused");
+                assert!(
+                    self.core.is_detached(),
+                    "a refused resume ended the session"
+                );
+            }
+            Err(ReplayRefusal::Gap { received, .. }) => {
+                assert!(
+                    received <= sent,
+                    "a claim beyond what was sent taken for a gap"
+                );
+                assert!(
+                    !self.core.replay_serves(received),
+                    "a gap the replay could serve"
+                );
+                self.core.end_with_gap();
+            }
+        }
     }
 
     /// What the driver does after each wakeup: takes a close decision, or re-arms
@@ -854,6 +1001,10 @@ impl Run {
             self.core.close(DisconnectReason::Shutdown, None);
             self.close();
         }
+        if self.lost {
+            // Nowhere to write: nothing goes out since the loss, a kick included.
+            self.core.discard_output();
+        }
         while self.core.has_output() {
             self.write(u32::MAX);
         }
@@ -865,7 +1016,7 @@ impl Run {
             "all written, yet bytes are reserved"
         );
         let close = self.closed.take().unwrap_or_else(|| panic!("never closed"));
-        match close.reason.kick() {
+        match close.reason.kick().filter(|_| !self.lost) {
             Some(code) => {
                 let (reason, text) = self
                     .received
