@@ -109,6 +109,9 @@ pub trait Service: Send + Sync + 'static {
     /// to resume it on a new connection: the same session, id, groups, player and
     /// rooms, with nothing lost or run twice, and no hook runs. If nobody comes,
     /// [`Service::disconnect`] runs once, with the reason the connection was lost.
+    /// So a player who drops stays in their rooms for the window; the clients end
+    /// the session first when the player leaves on purpose (the end session request,
+    /// a normal WebSocket close), and then it ends with the connection, at once.
     /// A connection that opens with `resume` has no session of its own, so for a
     /// resumable service [`Service::connect`] runs when a connection's first frame
     /// arrives, once it is known not to be a resume (a connection that sends
