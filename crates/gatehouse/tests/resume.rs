@@ -551,9 +551,13 @@ async fn a_client_that_ends_its_session_on_purpose_is_not_waited_for_and_cannot_
             ..
         })
     ));
+    // From then on nothing can resume it, not even before the connection closes.
+    let resume = player.resume_frame();
+    let (reason, text) = kicked_for(server.addr, &resume).await;
+    assert_eq!(reason, KickReason::RESUME_FAILED);
+    assert!(text.starts_with("unknown"), "{text}");
     // The client closes as a lost connection would: the session ends with it.
     let conn = player.conn;
-    let resume = player.resume_frame();
     drop(player);
     let hooks = server.record.wait_hooks(1).await;
     assert_eq!(hooks, [(conn, DisconnectReason::PeerClosed)]);

@@ -732,7 +732,7 @@ impl<S: Service, T: Transport> Connection<S, T> {
         match (call, answer) {
             (Call::Request { id, route, len }, Answer::Reply(reply)) => {
                 if route == ROUTE_END_SESSION {
-                    self.core.leave_session();
+                    self.end_session_on_purpose();
                 }
                 if S::RESUMABLE && self.core.session_due() {
                     self.offer_session(held);

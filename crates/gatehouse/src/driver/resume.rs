@@ -178,6 +178,13 @@ impl<S: Service, T: Transport> Connection<S, T> {
         self.core.renew_session(window_ms, token);
     }
 
+    /// The client leaves on purpose (it asked to end its session): the session ends
+    /// with this connection, and a resume meanwhile finds nothing.
+    pub(super) fn end_session_on_purpose(&mut self) {
+        self.core.leave_session();
+        self.close_session();
+    }
+
     /// The session ended: a later resume is told why, or finds nothing.
     pub(super) fn close_session(&mut self) {
         self.inbox = None;
