@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """What an idle resumable session costs the server in memory: the release build of the
-bench service, N idle connections that only pinged, then N that logged in (each then
-holds a resumable session: its log, registry entry and handoff channel), with resume
+bench service, N idle connections that only pinged, then N that logged in and
+acknowledged the answer (each then holds a resumable session: its log, registry entry
+and handoff slot), with resume
 on and again with `[resume] window = "0s"` (logged in, no session). Prints the server's
 RSS growth per connection for each, and the differences. Loopback only; it stops the
 server it started.
@@ -78,6 +79,9 @@ def measure(config, count):
                     sock.sendall(frame(struct.pack(">BIH", 1, 1, 4) + name))  # login
                     while read_frame(sock)[0] != 3:  # its response, after the session
                         pass
+                    # Acknowledged, as a resuming client does within a second (a
+                    # server without a session ignores it).
+                    sock.sendall(frame(struct.pack(">BQ", 11, 1)))
                 held.append(sock)
             time.sleep(1.0)
             per[mode] = (rss(server.pid) - before) / count

@@ -225,8 +225,9 @@ struct SessionLog {
     id: u64,
     replay: Replay,
     inbound: Inbound,
-    /// The connection was lost: the session waits for a resume until then.
-    detached: Option<Detached>,
+    /// The connection was lost: the session waits for a resume until then (boxed:
+    /// every idle session would carry it).
+    detached: Option<Box<Detached>>,
     /// Why the session ended without its client coming back, once it has.
     lost: Option<Lost>,
     /// The client is leaving on purpose: the session ends with this connection.
@@ -908,11 +909,11 @@ impl ConnectionCore {
             self.close = Some(close);
             return;
         };
-        session.detached = Some(Detached {
+        session.detached = Some(Box::new(Detached {
             until: now + window,
             close,
             sent: session.replay.sent(),
-        });
+        }));
         self.discard_output();
         self.stalled_since = None;
         // A partial frame from the lost connection will never be completed.

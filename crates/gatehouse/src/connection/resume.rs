@@ -26,6 +26,10 @@ pub(crate) const ACK_EVERY_FRAMES: u64 = 32;
 /// …or this long after the oldest unacknowledged one arrived, whichever is first.
 pub(crate) const ACK_WITHIN: Duration = Duration::from_secs(1);
 
+/// A replay emptied by an acknowledgement lets its buffers go unless they have grown
+/// past this (a busy session's, which it would grow again at once).
+const KEEP_ABOVE: usize = 256;
+
 /// The memory budget is charged in steps of this many bytes (a shared atomic per
 /// step, not per frame), and refunded once a step and more is unused.
 const CHARGE_STEP: usize = 4096;
@@ -35,17 +39,28 @@ const CHARGE_STEP: usize = 4096;
 ///
 /// The frames the connection encodes itself (responses, its own pushes) are copied
 /// into one buffer, `own`, oldest first, so that keeping one costs a copy and no
-/// allocation; frames encoded elsewhere (a broadcast) are kept shared, as queued.
+/// allocation; frames encoded elsewhere (a broadcast) are kept shared, as queued,
+/// in `shared`. Each kept frame is a [`Mark`] of running totals, so that an
+/// acknowledgement of many frames costs the same as of one (but for the shared
+/// frames it drops).
 #[derive(Debug)]
 pub(crate) struct Replay {
     /// Numbered frames sent.
     sent: u64,
-    /// The number of `frames[0]` (`sent + 1` when none is kept).
+    /// The number of the frame `marks[0]` stands for (`sent + 1` when none is
+    /// kept).
     first: u64,
-    frames: VecDeque<Kept>,
-    /// The bytes of the `Kept::Own` frames, in order.
+    /// Each kept frame's mark, oldest first.
+    marks: VecDeque<Mark>,
+    /// The totals before `marks[0]` (those of the last frame let go).
+    base: Mark,
+    /// The totals after the last frame kept.
+    total: Mark,
+    /// The bytes of the own frames, in order.
     own: BytesMut,
-    /// Bytes of `frames`.
+    /// The shared frames, in order.
+    shared: VecDeque<Bytes>,
+    /// Bytes kept.
     bytes: usize,
     /// Bytes charged to `memory`: at least `bytes`, in whole steps.
     charged: usize,
@@ -55,20 +70,23 @@ pub(crate) struct Replay {
     memory: Arc<MemoryBudget>,
 }
 
-/// One kept frame.
-#[derive(Debug)]
-enum Kept {
-    /// This many bytes at the front of `own` (after the own frames before it).
-    Own(u32),
-    Shared(Bytes),
+/// Running totals of the frames kept, up to and including one: where it ends in
+/// the own bytes, and how many shared frames there are up to it. They wrap, and
+/// are only ever subtracted from one another, over at most `resume.buffer_bytes`
+/// (far below 4 GiB): the difference is exact.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Mark {
+    own: u32,
+    shared: u32,
 }
 
-impl Kept {
-    fn len(&self) -> usize {
-        match self {
-            Kept::Own(len) => *len as usize,
-            Kept::Shared(frame) => frame.len(),
-        }
+impl Mark {
+    /// Own bytes and shared frames from `earlier` to `self`.
+    fn since(self, earlier: Mark) -> (usize, usize) {
+        (
+            self.own.wrapping_sub(earlier.own) as usize,
+            self.shared.wrapping_sub(earlier.shared) as usize,
+        )
     }
 }
 
@@ -99,8 +117,11 @@ impl Replay {
         Replay {
             sent: 0,
             first: 1,
-            frames: VecDeque::new(),
+            marks: VecDeque::new(),
+            base: Mark::default(),
+            total: Mark::default(),
             own: BytesMut::new(),
+            shared: VecDeque::new(),
             bytes: 0,
             charged: 0,
             step: step.max(1),
@@ -139,7 +160,10 @@ impl Replay {
         let whole = self.make_room(frame.len());
         if whole.is_some() {
             self.own.extend_from_slice(frame);
-            self.push(Kept::Own(u32::try_from(frame.len()).unwrap_or(u32::MAX)));
+            self.bytes += frame.len();
+            // Within u32: make_room kept it within the limit.
+            self.total.own = self.total.own.wrapping_add(frame.len() as u32);
+            self.marks.push_back(self.total);
         }
         whole.unwrap_or(false)
     }
@@ -152,7 +176,10 @@ impl Replay {
     pub(crate) fn record_shared(&mut self, frame: Bytes) -> bool {
         let whole = self.make_room(frame.len());
         if whole.is_some() {
-            self.push(Kept::Shared(frame));
+            self.bytes += frame.len();
+            self.total.shared = self.total.shared.wrapping_add(1);
+            self.marks.push_back(self.total);
+            self.shared.push_back(frame);
         }
         whole.unwrap_or(false)
     }
@@ -160,11 +187,21 @@ impl Replay {
     /// Counts a frame of `len` bytes as sent and makes room for it: `Some(whole)`
     /// if it is to be kept (`whole`: nothing unacknowledged went), `None` if it
     /// cannot be (then nothing is kept).
-    #[inline]
+    #[inline(always)] // the fast path: within the limit and what is charged already
     fn make_room(&mut self, len: usize) -> Option<bool> {
         self.sent += 1;
+        let total = self.bytes + len;
+        if total <= self.limit && total <= self.charged {
+            return Some(true);
+        }
+        self.make_room_slowly(len)
+    }
+
+    /// [`Replay::make_room`] past the limit or the charge.
+    #[inline(never)]
+    fn make_room_slowly(&mut self, len: usize) -> Option<bool> {
         let mut whole = true;
-        while !self.frames.is_empty() && self.bytes + len > self.limit {
+        while !self.marks.is_empty() && self.bytes + len > self.limit {
             self.pop();
             whole = false;
         }
@@ -174,11 +211,6 @@ impl Replay {
             return None;
         }
         Some(whole)
-    }
-
-    fn push(&mut self, kept: Kept) {
-        self.bytes += kept.len();
-        self.frames.push_back(kept);
     }
 
     /// Charges the memory budget for `total` bytes kept, in whole steps.
@@ -215,16 +247,10 @@ impl Replay {
         // The acknowledged frames go together: one advance of `own` for all of them.
         let acked = usize::try_from(count.saturating_sub(self.first - 1))
             .unwrap_or(usize::MAX)
-            .min(self.frames.len());
+            .min(self.marks.len());
         if acked > 0 {
-            let mut own = 0;
-            for kept in self.frames.drain(..acked) {
-                self.bytes -= kept.len();
-                if let Kept::Own(len) = kept {
-                    own += len as usize;
-                }
-            }
-            self.own.advance(own);
+            let last = self.marks[acked - 1];
+            self.let_go(acked, last);
         }
         self.first = self.first.max(count + 1);
         self.refund_unused();
@@ -248,30 +274,48 @@ impl Replay {
                 first_kept: self.first,
             });
         }
-        // In range: `first <= received + 1 <= sent + 1`, and `frames` holds `first..=sent`.
+        // In range: `first <= received + 1 <= sent + 1`, and `marks` holds `first..=sent`.
         let skip = usize::try_from(received + 1 - self.first).unwrap_or(usize::MAX);
-        let mut at = 0; // where the next own frame starts in `own`
+        let mut before = self.base;
+        let mut shared = self.shared.iter();
         Ok(self
-            .frames
+            .marks
             .iter()
             .enumerate()
-            .filter_map(move |(index, kept)| match kept {
-                Kept::Own(len) => {
-                    let (start, len) = (at, *len as usize);
-                    at += len;
-                    (index >= skip).then(|| Bytes::copy_from_slice(&self.own[start..start + len]))
+            .filter_map(move |(index, &mark)| {
+                let start = before.since(self.base).0; // where this frame is in `own`
+                let (own, shared_frames) = mark.since(before);
+                before = mark;
+                if shared_frames == 0 {
+                    (index >= skip).then(|| Bytes::copy_from_slice(&self.own[start..start + own]))
+                } else {
+                    shared.next().cloned().filter(|_| index >= skip)
                 }
-                Kept::Shared(frame) => (index >= skip).then(|| frame.clone()),
             }))
     }
 
     fn pop(&mut self) {
-        if let Some(kept) = self.frames.pop_front() {
-            self.bytes -= kept.len();
-            if let Kept::Own(len) = kept {
-                self.own.advance(len as usize);
-            }
-            self.first += 1;
+        if let Some(&mark) = self.marks.front() {
+            self.let_go(1, mark);
+        }
+    }
+
+    /// Lets the oldest `frames` kept go, the last of them marked `last`.
+    fn let_go(&mut self, frames: usize, last: Mark) {
+        let (own, shared) = last.since(self.base);
+        let mut bytes = own;
+        for frame in self.shared.drain(..shared) {
+            bytes += frame.len();
+        }
+        self.own.advance(own);
+        self.marks.drain(..frames);
+        self.base = last;
+        self.bytes -= bytes;
+        self.first += frames as u64;
+        if self.marks.is_empty() && self.own.capacity() <= KEEP_ABOVE {
+            // A quiet session keeps no buffers; a busy one keeps its grown ones.
+            self.own = BytesMut::new();
+            self.marks = VecDeque::new();
         }
     }
 
@@ -279,7 +323,9 @@ impl Replay {
         self.memory.refund(self.charged);
         self.charged = 0;
         self.bytes = 0;
-        self.frames.clear();
+        self.marks.clear();
+        self.base = self.total;
+        self.shared.clear();
         self.own = BytesMut::new();
     }
 }
@@ -568,7 +614,7 @@ mod tests {
                 }
                 proptest::prop_assert_eq!(replay.sent(), all.len() as u64);
                 // Nothing acknowledged is kept.
-                proptest::prop_assert!(replay.frames.len() as u64 <= all.len() as u64 - acked);
+                proptest::prop_assert!(replay.marks.len() as u64 <= all.len() as u64 - acked);
             }
             drop(replay);
             proptest::prop_assert_eq!(memory.used(), 0);
