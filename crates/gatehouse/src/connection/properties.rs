@@ -1,9 +1,8 @@
 //! Property tests of the connection core: generated scripts (see `scenario`) of
 //! client bytes and frames, reads and writes of any size, handler answers, pushes,
 //! broadcasts, kicks, time, lost connections and resumes, each run with every
-//! invariant checked. The case count
-//! is fixed so that `cargo test` stays fast; `PROPTEST_CASES=20000 cargo test -p
-//! gatehouse --lib properties` runs more. Failures are not persisted to files:
+//! invariant checked. The case count is fixed so that `cargo test` stays fast;
+//! `PROPTEST_CASES=20000 cargo test -p gatehouse --lib properties` runs more. Failures are not persisted to files:
 //! proptest prints the smallest failing script, which becomes a named unit test.
 
 #![cfg(test)]
