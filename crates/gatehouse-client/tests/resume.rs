@@ -1,9 +1,9 @@
 //! The client resumes a session the server offered: through a proxy that cuts the
 //! connection during pushes and pipelined requests, every push arrives once and in
 //! order, every request is answered once and ran once, and the server ran no hook.
-//! A refused resume ends the client with `resume_failed`. A client that leaves (or
-//! closes its WebSocket normally) is not waited for; one that closes its WebSocket
-//! as lost, to resume, is.
+//! The same over TLS, WebSocket and WebSocket over TLS. A refused resume ends the
+//! client with `resume_failed`. A client that leaves (or closes its WebSocket
+//! normally) is not waited for; one that closes its WebSocket as lost, to resume, is.
 
 #![allow(clippy::unwrap_used)]
 
@@ -187,6 +187,80 @@ async fn a_client_that_leaves_over_tcp_or_closes_its_websocket_ends_its_session_
     .await;
     assert_eq!(record.hooks().len(), 2, "no hook ran for it");
 
+    stop.cancel();
+    serving.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_session_resumes_over_tls_websocket_and_websocket_over_tls_as_over_tcp() {
+    use gatehouse::Certificates;
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let certs = Certificates::from_pem(
+        cert.cert.pem().as_bytes(),
+        cert.signing_key.serialize_pem().as_bytes(),
+    )
+    .unwrap();
+    let ca = support::Scratch::new("resume-ca");
+    std::fs::create_dir_all(ca.path()).unwrap();
+    std::fs::write(ca.path().join("ca.pem"), cert.cert.pem()).unwrap();
+    let record = Arc::new(Record::default());
+    let server = gatehouse::Server::new(test_config(), Game::<true>::new(record.clone())).unwrap();
+    let (handle, stats) = (server.handle(), server.stats());
+    let bind = || gatehouse::bind("127.0.0.1:0".parse().unwrap());
+    let listeners = vec![
+        Listener::tls(bind().await.unwrap(), certs.clone()),
+        Listener::websocket(bind().await.unwrap(), WebOptions::default()),
+        Listener::secure_websocket(bind().await.unwrap(), certs, WebOptions::default()),
+    ];
+    let mut proxies = Vec::new();
+    for listener in &listeners {
+        proxies.push(Proxy::start(listener.local_addr().unwrap()).await);
+    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    let serving = tokio::spawn(server.run(listeners, stop.clone().cancelled_owned()));
+    let targets: Vec<Target> = [
+        format!("tls://localhost:{}", proxies[0].addr.port()),
+        format!("ws://127.0.0.1:{}/ws", proxies[1].addr.port()),
+        format!("wss://localhost:{}/ws", proxies[2].addr.port()),
+    ]
+    .iter()
+    .map(|t| t.parse().unwrap())
+    .collect();
+    let config = ClientConfig {
+        tls_ca: Some(ca.path().join("ca.pem")),
+        ..ClientConfig::default()
+    };
+
+    for (target, proxy) in targets.iter().zip(&proxies) {
+        let (client, mut pushes) = Client::connect_to(target, config.clone()).await.unwrap();
+        let id = client.request(LOGIN, "ada").await.unwrap();
+        let conn = ConnId(u64::from_be_bytes(id[..8].try_into().unwrap()));
+        let pushing = push_numbers(handle.clone(), conn, 100);
+        for n in 0..10 {
+            assert_eq!(next_number(&mut pushes).await, n, "{target}");
+        }
+        proxy.cut();
+        for n in 10..100 {
+            assert_eq!(
+                next_number(&mut pushes).await,
+                n,
+                "{target}: once, in order"
+            );
+        }
+        pushing.await.unwrap();
+        let count = client.request(INCREMENT, "").await.unwrap();
+        assert_eq!(count[..], 1u64.to_be_bytes(), "{target}");
+        assert_eq!(client.resumes(), 1, "{target}");
+        client.leave().await;
+    }
+    assert_eq!(stats.snapshot().sessions_resumed, 3);
+    let hooks = record.wait_hooks(3).await;
+    assert!(
+        hooks
+            .iter()
+            .all(|(_, reason)| *reason == DisconnectReason::PeerClosed),
+        "each ended once, when it left: {hooks:?}"
+    );
     stop.cancel();
     serving.await.unwrap().unwrap();
 }
