@@ -185,9 +185,24 @@ impl<S: Service, T: Transport> Connection<S, T> {
         self.close_session();
     }
 
-    /// The session ended: a later resume is told why, or finds nothing.
+    /// The session ended: a later resume is told why, or finds nothing. One handed
+    /// over just before, still in the inbox, is told why too.
     pub(super) fn close_session(&mut self) {
-        self.inbox = None;
+        if let Some(handoff) = self
+            .inbox
+            .take()
+            .and_then(|mut inbox| inbox.try_recv().ok())
+        {
+            let refusal = self.core.lost().map_or(Refusal::Unknown, Refusal::from);
+            info!(peer = %handoff.peer, text = refusal.text(), "resume refused: the session ended");
+            let config = self.shared.core_config.clone();
+            self.group.tracker.spawn(refuse_resume(
+                handoff.transport,
+                config,
+                KickReason::RESUME_FAILED,
+                refusal.text().to_owned(),
+            ));
+        }
         if let Some(id) = self.core.session_id() {
             let window = self.shared.config.resume.window;
             self.shared
