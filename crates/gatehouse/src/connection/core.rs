@@ -594,21 +594,16 @@ impl ConnectionCore {
             return;
         }
         let tail = self.out.tail_for(len);
-        let at = tail.len();
         tail.put_u32(u32::try_from(FIXED + payload.len()).unwrap_or(u32::MAX));
         tail.put_u8(kind::RESPONSE);
         tail.put_u32(id);
         tail.put_u16(status.0);
         tail.put_slice(payload);
-        let whole = self
-            .session
-            .as_mut()
-            .map(|s| s.replay.record_own(&tail[at..]));
+        if let Some(session) = &mut self.session {
+            session.replay.numbered_queued();
+        }
         self.out.commit(len);
         self.budget.meter.queued();
-        if whole == Some(false) {
-            self.replay_let_go();
-        }
     }
 
     /// Pushes to this connection. False if it was not queued: too large for the
@@ -640,26 +635,19 @@ impl ConnectionCore {
     pub(crate) fn queue_reserved(&mut self, message: &Message) {
         let len = HEADER_LEN + message.body_len();
         let tail = self.out.tail_for(len);
-        let at = tail.len();
         message.encode_frame_into(tail);
-        let whole = match (&mut self.session, message) {
-            (Some(session), Message::Push { .. }) => Some(session.replay.record_own(&tail[at..])),
-            _ => None,
-        };
+        if let (Some(session), Message::Push { .. }) = (&mut self.session, message) {
+            session.replay.numbered_queued();
+        }
         self.out.commit(len);
         self.budget.meter.queued();
-        if whole == Some(false) {
-            self.replay_let_go();
-        }
     }
 
     /// Queues a frame encoded elsewhere (a broadcast), whose bytes the deliverer has
     /// already reserved from the budget.
     pub(crate) fn queue_reserved_frame(&mut self, frame: Bytes) {
         if let Some(session) = &mut self.session {
-            if !session.replay.record_shared(frame.clone()) {
-                self.replay_let_go();
-            }
+            session.replay.numbered_queued();
         }
         self.out.push_shared(frame);
         self.budget.meter.queued();
@@ -676,8 +664,18 @@ impl ConnectionCore {
     }
 
     /// The transport took the first `n` bytes of [`ConnectionCore::output_slices`].
+    /// A session keeps them in its replay until they are acknowledged.
     pub(crate) fn consume_output(&mut self, n: usize) {
         if n > 0 {
+            if let Some(session) = &mut self.session {
+                let mut whole = true;
+                for part in self.out.front(n) {
+                    whole &= session.replay.written(part);
+                }
+                if !whole {
+                    self.replay_let_go();
+                }
+            }
             self.out.consume(n);
             self.budget.release(n);
             self.budget.meter.sent(n);
@@ -689,6 +687,12 @@ impl ConnectionCore {
     /// one message per frame; its bytes count as sent.
     pub(crate) fn take_output_frame(&mut self) -> Option<Bytes> {
         let (body, taken) = self.out.take_frame()?;
+        if let Some(session) = &mut self.session {
+            let header = u32::try_from(body.len()).unwrap_or(u32::MAX).to_be_bytes();
+            if !(session.replay.written(&header) & session.replay.written(&body)) {
+                self.replay_let_go();
+            }
+        }
         self.budget.release(taken);
         self.budget.meter.sent(taken);
         self.progressed = true;
@@ -842,7 +846,8 @@ impl ConnectionCore {
         });
         self.session = Some(Box::new(SessionLog {
             id,
-            replay: Replay::new(buffer_bytes, self.config.memory.clone()),
+            // What is queued already (the `session` frame last) is not the session's.
+            replay: Replay::new(buffer_bytes, self.config.memory.clone(), self.out.len()),
             inbound: Inbound::starting_at(held),
             detached: None,
             lost: None,
@@ -965,18 +970,24 @@ impl ConnectionCore {
         self.session.as_ref().and_then(|s| s.lost)
     }
 
-    /// Drops every queued frame (nothing can send them: the connection was lost or
-    /// replaced); the numbered ones are in the replay.
+    /// Takes every queued frame off the queue (nothing can send them: the connection
+    /// was lost or replaced); a session keeps them in its replay, for the connection
+    /// that resumes it.
     pub(crate) fn discard_output(&mut self) {
-        let dropped = self.out.clear();
-        self.budget.release(dropped);
+        let whole = match &mut self.session {
+            Some(session) => take_unsent(&mut self.out, &self.budget, Some(&mut session.replay)),
+            None => take_unsent(&mut self.out, &self.budget, None),
+        };
+        if !whole {
+            self.replay_let_go();
+        }
     }
 
     /// A new connection resumed the session at `now`: its client `received` so many
     /// numbered frames and sent `input` behind its `resume`. Queues `resumed`, then
     /// the frames the client lacks, in order; the old connection's output and
-    /// partial input are dropped. Refused if the client lacks frames that were not
-    /// kept, or claims more than was sent (then nothing changes).
+    /// partial input are dropped. Refused if the client claims more than was sent
+    /// (then nothing changes), or lacks frames that were not kept.
     pub(crate) fn resume(
         &mut self,
         received: u64,
@@ -989,12 +1000,15 @@ impl ConnectionCore {
                 first_kept: u64::MAX,
             });
         };
-        let replay: Vec<Bytes> = session.replay.after(received)?.collect();
+        session.replay.check(received)?;
+        // What the old connection had not written goes to the replay first (a gap,
+        // below, if keeping it let go of frames this client lacks).
+        take_unsent(&mut self.out, &self.budget, Some(&mut session.replay));
+        let replay = session.replay.resume_from(received)?;
         session.detached = None;
         let resumed = Message::Resumed {
             received: session.inbound.received(),
         };
-        self.discard_output();
         self.stalled_since = None;
         self.recv = input;
         self.charge_input();
@@ -1159,6 +1173,24 @@ impl ConnectionCore {
     }
 }
 
+/// Takes everything queued off `out`, into `replay` if there is one (for the
+/// connection that resumes the session). False if the replay let go of a numbered
+/// frame to keep it.
+fn take_unsent(
+    out: &mut OutputQueue,
+    budget: &OutboundBudget,
+    replay: Option<&mut Replay>,
+) -> bool {
+    let mut whole = true;
+    if let Some(replay) = replay {
+        for part in out.front(usize::MAX) {
+            whole &= replay.written(part);
+        }
+    }
+    budget.release(out.clear());
+    whole
+}
+
 impl Drop for ConnectionCore {
     fn drop(&mut self) {
         self.config.memory.refund(self.charged_input as usize);
@@ -1297,16 +1329,20 @@ mod tests {
             "the response and two pushes; no session, no pong"
         );
         let kept: Vec<Message> = replay
-            .after(0)
-            .expect("all kept")
-            .map(|frame| Message::decode(frame.slice(HEADER_LEN..)).expect("a frame"))
+            .kept()
+            .map(|(_, frame)| {
+                Message::decode(Bytes::copy_from_slice(&frame[HEADER_LEN..])).expect("a frame")
+            })
             .collect();
         assert_eq!(kept[..], sent[1..4], "kept as sent");
 
         h.receive(&wire(&Message::Ack { count: 2 }));
         assert!(h.events(h.at(T)).is_empty());
         let replay = &h.core.session.as_ref().expect("a session").replay;
-        assert_eq!(replay.after(2).map(Iterator::count), Ok(1));
+        assert_eq!(
+            replay.kept().map(|(number, _)| number).collect::<Vec<_>>(),
+            [3]
+        );
         h.receive(&wire(&Message::Ack { count: 4 }));
         assert!(h.events(h.at(T)).is_empty());
         assert_eq!(

@@ -35,6 +35,11 @@ impl OutputQueue {
         self.len == 0
     }
 
+    /// Bytes queued.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
     /// The buffer to encode the connection's own frames into, with room for
     /// `additional` more bytes; `commit` must follow with what was written.
     pub(crate) fn tail_for(&mut self, additional: usize) -> &mut BytesMut {
@@ -75,6 +80,21 @@ impl OutputQueue {
             used += 1;
         }
         used
+    }
+
+    /// The first `n` bytes queued (all of them, if fewer), in order, in as few
+    /// pieces as they are held.
+    pub(crate) fn front(&self, n: usize) -> impl Iterator<Item = &[u8]> {
+        let mut left = n.min(self.len);
+        self.chunks
+            .iter()
+            .map(|chunk| &chunk[..])
+            .chain(std::iter::once(&self.tail[..]))
+            .map_while(move |part| {
+                let piece = &part[..part.len().min(left)];
+                left -= piece.len();
+                (!piece.is_empty() || left > 0).then_some(piece)
+            })
     }
 
     /// Removes the first `n` bytes (the transport took them).
