@@ -156,16 +156,35 @@ impl Replay {
             bytes = &bytes[n..];
         }
         let total = self.own.len() + bytes.len();
-        if total <= self.limit && total <= self.charged {
+        if total <= self.limit && total <= self.charged && self.first <= self.sent {
             self.own.extend_from_slice(bytes); // the usual case: room, and charged
             return true;
         }
         self.own.extend_from_slice(bytes);
+        if self.first > self.sent {
+            // Every numbered frame is acknowledged: these are pongs, acks and the
+            // like, needed by no resume (an idle session keeps none of them).
+            self.drop_whole_frames();
+        }
         let mut whole = self.trim(self.limit);
         if !self.charge_for(self.own.len()) {
             whole &= self.trim(0);
         }
         whole
+    }
+
+    /// Lets every whole frame kept go (none of them is numbered and unacknowledged).
+    fn drop_whole_frames(&mut self) {
+        let mut at = 0;
+        while let Some(frame) = self.frame_at(at) {
+            at = frame.end;
+        }
+        self.own.advance(at);
+        self.refund_unused();
+        if self.own.is_empty() && self.own.capacity() <= KEEP_ABOVE {
+            // A quiet session keeps no buffer; a busy one keeps its grown one.
+            self.own = BytesMut::new();
+        }
     }
 
     /// The whole frame at `at` in `own`, if it is all there.
@@ -255,10 +274,10 @@ impl Replay {
             self.first += u64::from(frame.numbered);
         }
         self.own.advance(at);
-        self.refund_unused();
-        if self.own.is_empty() && self.own.capacity() <= KEEP_ABOVE {
-            // A quiet session keeps no buffer; a busy one keeps its grown one.
-            self.own = BytesMut::new();
+        if self.first > self.sent {
+            self.drop_whole_frames(); // what came after the last numbered frame
+        } else {
+            self.refund_unused();
         }
         Ok(())
     }
@@ -564,6 +583,29 @@ mod tests {
         send(&mut replay, 1, 10);
         replay.ack(1).unwrap();
         assert_eq!(replay.own.capacity(), 0);
+    }
+
+    #[test]
+    fn an_idle_session_keeps_none_of_its_pongs() {
+        let (mut replay, memory) = replay(1000);
+        send(&mut replay, 1, 10);
+        replay.written(&pong());
+        replay.ack(1).unwrap();
+        assert_eq!(
+            (replay.bytes(), memory.used()),
+            (0, 0),
+            "nor what followed the last"
+        );
+        for _ in 0..100 {
+            assert!(replay.written(&pong()));
+        }
+        assert_eq!((replay.bytes(), memory.used()), (0, 0));
+        // A pong written in pieces is kept only while it is partial.
+        let pong = pong();
+        replay.written(&pong[..2]);
+        assert_eq!(replay.bytes(), 2);
+        replay.written(&pong[2..]);
+        assert_eq!((replay.bytes(), replay.own.capacity()), (0, 0));
     }
 
     #[test]
