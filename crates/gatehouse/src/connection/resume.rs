@@ -204,6 +204,9 @@ impl Replay {
     /// partly written goes whole: the rest of it will be skipped. False if a
     /// numbered frame went.
     fn trim(&mut self, keep: usize) -> bool {
+        if self.own.len() > keep {
+            self.compact();
+        }
         let mut at = 0;
         let mut whole = true;
         while self.own.len() - at > keep {
@@ -231,6 +234,24 @@ impl Replay {
         self.own.advance(at);
         self.refund_unused();
         whole
+    }
+
+    /// Takes out the whole frames that are not numbered (pongs, acks and the like):
+    /// the limit is on responses and pushes. In place; only when over the limit.
+    #[cold]
+    fn compact(&mut self) {
+        let (mut at, mut kept) = (0, 0);
+        while let Some(frame) = self.frame_at(at) {
+            if frame.numbered {
+                self.own.copy_within(at..frame.end, kept);
+                kept += frame.end - at;
+            }
+            at = frame.end;
+        }
+        // A frame being written stays, after the rest.
+        let partial = self.own.len() - at;
+        self.own.copy_within(at.., kept);
+        self.own.truncate(kept + partial);
     }
 
     /// Charges the memory budget for `total` bytes kept, in whole steps.
@@ -586,6 +607,22 @@ mod tests {
     }
 
     #[test]
+    fn frames_that_are_not_numbered_do_not_count_against_the_limit() {
+        let one = push(1, 10).len();
+        let (mut replay, _) = replay(3 * one);
+        for n in 1..=3 {
+            assert!(send(&mut replay, n, 10));
+            assert!(
+                replay.written(&pong()),
+                "pongs make room for responses and pushes"
+            );
+        }
+        assert_eq!(replay.bytes(), 3 * one);
+        assert!(replay.serves(0));
+        assert_eq!(numbers(replay.resume_from(0).unwrap()), [1, 2, 3]);
+    }
+
+    #[test]
     fn an_idle_session_keeps_none_of_its_pongs() {
         let (mut replay, memory) = replay(1000);
         send(&mut replay, 1, 10);
@@ -685,6 +722,9 @@ mod tests {
             let mut replay = Replay::charging_in_steps(limit, memory.clone(), charge_step, 0);
             let mut all: Vec<Vec<u8>> = Vec::new(); // every numbered frame, by number
             let mut unwritten: Vec<u8> = Vec::new(); // queued, not yet written
+            let mut acked = 0u64;
+            // Room for the limit's worth, a frame's first bytes and the charge's steps.
+            let roomy = budget >= limit + HEADER_LEN + 2 * charge_step;
             for step in steps {
                 match step {
                     Step::Queue(len, pong_after) => {
@@ -704,6 +744,9 @@ mod tests {
                     Step::Ack(count) => {
                         let sent = all.len() as u64;
                         proptest::prop_assert_eq!(replay.ack(count).is_err(), count > sent);
+                        if count <= sent {
+                            acked = acked.max(count);
+                        }
                     }
                     Step::Resume(received) => {
                         // What was not written is kept for the next connection.
@@ -714,6 +757,8 @@ mod tests {
                                 let got: Vec<Vec<u8>> = frames.iter().map(|f| f.to_vec()).collect();
                                 let want: Vec<Vec<u8>> = all.iter().skip(received as usize).cloned().collect();
                                 proptest::prop_assert_eq!(&got, &want);
+                                // The client said it has them: as good as acknowledged.
+                                acked = acked.max(received);
                                 // Queued again on the new connection.
                                 for frame in got {
                                     unwritten.extend(frame);
@@ -725,6 +770,14 @@ mod tests {
                             Err(ReplayRefusal::Gap { first_kept, .. }) => {
                                 proptest::prop_assert!(received < all.len() as u64);
                                 proptest::prop_assert!(received + 1 < first_kept);
+                                // Only frames the client acknowledged, or past the limit
+                                // (responses and pushes alone count), may be missing.
+                                let lacked: usize =
+                                    all.iter().skip(received as usize).map(Vec::len).sum();
+                                proptest::prop_assert!(
+                                    !roomy || received < acked || lacked > limit,
+                                    "a gap for {} bytes lacked, within the limit", lacked
+                                );
                             }
                         }
                     }
