@@ -5,9 +5,10 @@
 //! received and when to acknowledge them. Both count from the session's offer and
 //! run on across resumes.
 //!
-//! Everything is bounded: the replay keeps at most `resume.buffer_bytes`, charged to
-//! the server-wide memory budget; past either, the oldest frames go, and a resume
-//! that needs them is refused `gap`. An acknowledgement is due only while something
+//! Everything is bounded: the replay keeps at most `resume.buffer_bytes` of
+//! responses and pushes (and the frames between them, up to a quarter more),
+//! charged to the server-wide memory budget; past either, the oldest frames go, and
+//! a resume that needs them is refused `gap`. An acknowledgement is due only while something
 //! is unacknowledged, so an idle session arms no timer.
 //!
 //! The connection core holds them for a session offered a resume; they stay with
@@ -44,7 +45,8 @@ const CHARGE_STEP: usize = 4096;
 /// written when the connection was lost. Frames are told apart by their own headers,
 /// and numbered ones by their kind, only when an acknowledgement or a resume needs
 /// them; the frames in between that are not numbered (pongs, acks, `session`) ride
-/// along until then.
+/// along until then, or until the kept bytes pass a quarter over the limit (the
+/// limit is on responses and pushes).
 #[derive(Debug)]
 pub(crate) struct Replay {
     /// Numbered frames queued.
@@ -58,12 +60,16 @@ pub(crate) struct Replay {
     /// Bytes of the stream still to be left out: those queued before the offer, or
     /// the rest of a frame let go while it was being written.
     skip: usize,
-    /// Bytes charged to `memory`: at least `own`'s, in whole steps.
+    /// Bytes charged to `memory`, in whole steps: `own`'s, but for the first bytes
+    /// of a frame being written when the budget had no room for more.
     charged: usize,
     step: usize,
     /// `resume.buffer_bytes`.
     limit: usize,
     memory: Arc<MemoryBudget>,
+    /// Passes over everything kept, counted for the tests.
+    #[cfg(test)]
+    compactions: usize,
 }
 
 /// What a resume asked of the replay, and why it cannot be given.
@@ -111,6 +117,8 @@ impl Replay {
             step: step.max(1),
             limit,
             memory,
+            #[cfg(test)]
+            compactions: 0,
         }
     }
 
@@ -156,7 +164,7 @@ impl Replay {
             bytes = &bytes[n..];
         }
         let total = self.own.len() + bytes.len();
-        if total <= self.limit && total <= self.charged && self.first <= self.sent {
+        if total <= self.ceiling() && total <= self.charged && self.first <= self.sent {
             self.own.extend_from_slice(bytes); // the usual case: room, and charged
             return true;
         }
@@ -166,11 +174,22 @@ impl Replay {
             // like, needed by no resume (an idle session keeps none of them).
             self.drop_whole_frames();
         }
-        let mut whole = self.trim(self.limit);
+        let mut whole = true;
+        if self.own.len() > self.ceiling() {
+            whole = self.trim(self.limit);
+        }
         if !self.charge_for(self.own.len()) {
             whole &= self.trim(0);
         }
         whole
+    }
+
+    /// What the kept bytes may reach before the frames that are not numbered are
+    /// taken out and the oldest numbered ones let go down to the limit: a quarter
+    /// more, so that taking them out (a pass over everything kept) happens once per
+    /// quarter of the limit written at most, whatever a client does.
+    fn ceiling(&self) -> usize {
+        self.limit + self.limit / 4
     }
 
     /// Lets every whole frame kept go (none of them is numbered and unacknowledged).
@@ -199,10 +218,10 @@ impl Replay {
         Some(Whole { end, numbered })
     }
 
-    /// Lets the oldest frames go until at most `keep` bytes are kept (but for the
-    /// first bytes of a frame being written, too few to tell what it is). A frame
-    /// partly written goes whole: the rest of it will be skipped. False if a
-    /// numbered frame went.
+    /// Takes out the frames that are not numbered, then lets the oldest frames go
+    /// until at most `keep` bytes are kept (but for the first bytes of a frame being
+    /// written, too few to tell what it is). A frame partly written goes whole: the
+    /// rest of it will be skipped. False if a numbered frame went.
     fn trim(&mut self, keep: usize) -> bool {
         if self.own.len() > keep {
             self.compact();
@@ -237,9 +256,13 @@ impl Replay {
     }
 
     /// Takes out the whole frames that are not numbered (pongs, acks and the like):
-    /// the limit is on responses and pushes. In place; only when over the limit.
+    /// the limit is on responses and pushes. In place; only past the ceiling.
     #[cold]
     fn compact(&mut self) {
+        #[cfg(test)]
+        {
+            self.compactions += 1;
+        }
         let (mut at, mut kept) = (0, 0);
         while let Some(frame) = self.frame_at(at) {
             if frame.numbered {
@@ -623,6 +646,24 @@ mod tests {
     }
 
     #[test]
+    fn a_client_that_never_acknowledges_costs_a_pass_over_the_replay_per_quarter_of_it() {
+        let limit = 100 * push(1, 10).len();
+        let (mut replay, _) = replay(limit);
+        let mut written = 0;
+        for n in 0..10_000u32 {
+            send(&mut replay, (n % 251) as u8, 10);
+            replay.written(&pong());
+            written += push(1, 10).len() + pong().len();
+        }
+        assert!(replay.bytes() <= limit + limit / 4);
+        assert!(
+            replay.compactions <= written / (limit / 4) + 1,
+            "{} passes for {written} bytes",
+            replay.compactions
+        );
+    }
+
+    #[test]
     fn an_idle_session_keeps_none_of_its_pongs() {
         let (mut replay, memory) = replay(1000);
         send(&mut replay, 1, 10);
@@ -723,8 +764,8 @@ mod tests {
             let mut all: Vec<Vec<u8>> = Vec::new(); // every numbered frame, by number
             let mut unwritten: Vec<u8> = Vec::new(); // queued, not yet written
             let mut acked = 0u64;
-            // Room for the limit's worth, a frame's first bytes and the charge's steps.
-            let roomy = budget >= limit + HEADER_LEN + 2 * charge_step;
+            // Room for the ceiling's worth, a frame's first bytes and the charge's steps.
+            let roomy = budget >= limit + limit / 4 + HEADER_LEN + 2 * charge_step;
             for step in steps {
                 match step {
                     Step::Queue(len, pong_after) => {
@@ -782,8 +823,8 @@ mod tests {
                         }
                     }
                 }
-                // Within the limit, but for the first bytes of a frame being written.
-                proptest::prop_assert!(replay.bytes() <= limit + HEADER_LEN);
+                // Within the ceiling, but for the first bytes of a frame being written.
+                proptest::prop_assert!(replay.bytes() <= replay.ceiling() + HEADER_LEN);
                 proptest::prop_assert!(memory.used() <= budget);
                 proptest::prop_assert_eq!(memory.used(), replay.charged);
                 proptest::prop_assert_eq!(replay.sent(), all.len() as u64);
