@@ -7,6 +7,8 @@
 #[path = "../../gatehouse/tests/support/mod.rs"]
 mod support;
 
+mod dev_cert;
+
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -238,16 +240,8 @@ struct EveryTransport {
 
 async fn serve_every_transport() -> EveryTransport {
     use gatehouse::listener::WebOptions;
-    use gatehouse::{Certificates, Listener};
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let certs = Certificates::from_pem(
-        cert.cert.pem().as_bytes(),
-        cert.signing_key.serialize_pem().as_bytes(),
-    )
-    .unwrap();
-    let ca = support::Scratch::new("client-ca");
-    std::fs::create_dir_all(ca.path()).unwrap();
-    std::fs::write(ca.path().join("ca.pem"), cert.cert.pem()).unwrap();
+    use gatehouse::Listener;
+    let (certs, ca) = dev_cert::localhost("client-ca");
     let bind = || gatehouse::bind("127.0.0.1:0".parse().unwrap());
     let listeners = vec![
         Listener::tcp(bind().await.unwrap()),

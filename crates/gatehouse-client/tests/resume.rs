@@ -10,6 +10,8 @@
 #[path = "../../gatehouse/tests/support/mod.rs"]
 mod support;
 
+mod dev_cert;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -193,16 +195,7 @@ async fn a_client_that_leaves_over_tcp_or_closes_its_websocket_ends_its_session_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_session_resumes_over_tls_websocket_and_websocket_over_tls_as_over_tcp() {
-    use gatehouse::Certificates;
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let certs = Certificates::from_pem(
-        cert.cert.pem().as_bytes(),
-        cert.signing_key.serialize_pem().as_bytes(),
-    )
-    .unwrap();
-    let ca = support::Scratch::new("resume-ca");
-    std::fs::create_dir_all(ca.path()).unwrap();
-    std::fs::write(ca.path().join("ca.pem"), cert.cert.pem()).unwrap();
+    let (certs, ca) = dev_cert::localhost("resume-ca");
     let record = Arc::new(Record::default());
     let server = gatehouse::Server::new(test_config(), Game::<true>::new(record.clone())).unwrap();
     let (handle, stats) = (server.handle(), server.stats());

@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use gatehouse_protocol::routes::bench as routes;
+use gatehouse_protocol::Message;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::future::Future;
@@ -582,7 +583,8 @@ impl Worker {
                         *received += 1;
                         if *received - *acked >= 32 {
                             *acked = *received;
-                            self.out.extend_from_slice(&wire::ack(*received));
+                            self.out
+                                .extend_from_slice(&Message::Ack { count: *received }.to_frame());
                         }
                     }
                     if issuing {

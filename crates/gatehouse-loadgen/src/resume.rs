@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use gatehouse_protocol::routes::bench as routes;
+use gatehouse_protocol::Message;
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 
@@ -174,7 +175,7 @@ async fn prepare(
     payloads: Arc<Vec<usize>>,
 ) -> std::io::Result<Session> {
     let session = log_in(&mut stream, &mut reader, index).await?;
-    let mut out = wire::ack(1).to_vec();
+    let mut out = Message::Ack { count: 1 }.to_frame().to_vec();
     let filler = vec![0x5a; CHUNK];
     for (id, &payload) in payloads.iter().enumerate() {
         let id = u32::try_from(id).unwrap_or(u32::MAX);
@@ -202,7 +203,12 @@ async fn prepare(
 /// how long from the `resume` written to the last of the `frames` replayed read.
 async fn resume(stream: &mut Conn, session: &Session, frames: usize) -> Option<Duration> {
     let mut reader = FrameReader::new(2 * CHUNK);
-    let frame = wire::resume(session.id, 1, &session.token);
+    let frame = Message::Resume {
+        id: session.id,
+        received: 1,
+        token: session.token,
+    }
+    .to_frame();
     let sent = Instant::now();
     stream.write_all(&frame).await.ok()?;
     let (mut resumed, mut replayed) = (false, 0);

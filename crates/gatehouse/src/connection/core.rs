@@ -668,11 +668,7 @@ impl ConnectionCore {
     pub(crate) fn consume_output(&mut self, n: usize) {
         if n > 0 {
             if let Some(session) = &mut self.session {
-                let mut whole = true;
-                for part in self.out.front(n) {
-                    whole &= session.replay.written(part);
-                }
-                if !whole {
+                if !session.replay.written_all(self.out.front(n)) {
                     self.replay_let_go();
                 }
             }
@@ -689,7 +685,7 @@ impl ConnectionCore {
         let (body, taken) = self.out.take_frame()?;
         if let Some(session) = &mut self.session {
             let header = u32::try_from(body.len()).unwrap_or(u32::MAX).to_be_bytes();
-            if !(session.replay.written(&header) & session.replay.written(&body)) {
+            if !session.replay.written_all([&header[..], &body[..]]) {
                 self.replay_let_go();
             }
         }
@@ -1181,12 +1177,7 @@ fn take_unsent(
     budget: &OutboundBudget,
     replay: Option<&mut Replay>,
 ) -> bool {
-    let mut whole = true;
-    if let Some(replay) = replay {
-        for part in out.front(usize::MAX) {
-            whole &= replay.written(part);
-        }
-    }
+    let whole = replay.is_none_or(|replay| replay.written_all(out.front(usize::MAX)));
     budget.release(out.clear());
     whole
 }

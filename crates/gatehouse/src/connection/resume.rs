@@ -88,6 +88,12 @@ pub(crate) struct AckBeyondSent {
     pub(crate) sent: u64,
 }
 
+/// Whether a frame of body length `len` whose first body byte is `kind` is numbered:
+/// a response or a push (an empty frame has no kind).
+fn is_numbered(len: usize, kind: u8) -> bool {
+    len > 0 && matches!(kind, kind::RESPONSE | kind::PUSH)
+}
+
 /// A whole frame in the stream: where it ends, and whether it is numbered.
 struct Whole {
     end: usize,
@@ -192,6 +198,14 @@ impl Replay {
         self.limit + self.limit / 4
     }
 
+    /// [`Replay::written`] for each of `parts`, in order: false if any let a
+    /// numbered frame go.
+    pub(crate) fn written_all<'a>(&mut self, parts: impl IntoIterator<Item = &'a [u8]>) -> bool {
+        parts
+            .into_iter()
+            .fold(true, |whole, part| self.written(part) & whole)
+    }
+
     /// Lets every whole frame kept go (none of them is numbered and unacknowledged).
     fn drop_whole_frames(&mut self) {
         let mut at = 0;
@@ -214,7 +228,8 @@ impl Replay {
         if end > self.own.len() {
             return None;
         }
-        let numbered = len > 0 && matches!(self.own[at + HEADER_LEN], kind::RESPONSE | kind::PUSH);
+        // An empty frame has no kind byte (and may end the stream).
+        let numbered = len > 0 && is_numbered(len, self.own[at + HEADER_LEN]);
         Some(Whole { end, numbered })
     }
 
@@ -243,7 +258,7 @@ impl Replay {
                 break;
             };
             let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
-            if len > 0 && matches!(head[HEADER_LEN], kind::RESPONSE | kind::PUSH) {
+            if is_numbered(len, head[HEADER_LEN]) {
                 self.first += 1;
                 whole = false;
             }

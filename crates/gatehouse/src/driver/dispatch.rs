@@ -78,6 +78,8 @@ pub(super) enum Answer {
     Reply(Reply),
     Status(Status),
     Nothing,
+    /// The framework's end session request: the session ends with the connection.
+    EndSession,
 }
 
 /// What a handler call answers to, kept beside it so its outcome lands right.
@@ -362,7 +364,7 @@ fn framework_request<'s, S: Service>(
     enabled: bool,
 ) -> Guarded<'s, Done<'s, S>> {
     if route == ROUTE_END_SESSION {
-        return guarded(async move { (Answer::Reply(Reply::empty()), session) });
+        return guarded(async move { (Answer::EndSession, session) });
     }
     let fault = matches!(route, ROUTE_FAULT_CRASH_HUB | ROUTE_FAULT_PANIC_HANDLER);
     if !fault {
@@ -730,10 +732,11 @@ impl<S: Service, T: Transport> Connection<S, T> {
             latency::answered(&self.shared.latency, route);
         }
         match (call, answer) {
+            (Call::Request { id, .. }, Answer::EndSession) => {
+                self.end_session_on_purpose();
+                self.core.respond(id, Status::OK, &[]);
+            }
             (Call::Request { id, route, len }, Answer::Reply(reply)) => {
-                if route == ROUTE_END_SESSION {
-                    self.end_session_on_purpose();
-                }
                 if S::RESUMABLE && self.core.session_due() {
                     self.offer_session(held);
                 }
