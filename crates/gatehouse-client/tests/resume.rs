@@ -48,6 +48,49 @@ async fn log_in_to(target: &Target) -> (Client, Pushes, ConnId) {
     (client, pushes, id)
 }
 
+/// A server of the counter game on a TCP and a WebSocket listener, its resume
+/// window an hour (nobody waits that long: a hook that runs is the test's doing).
+struct TcpAndWebSocket {
+    tcp: std::net::SocketAddr,
+    ws: std::net::SocketAddr,
+    record: Arc<Record>,
+    stats: Arc<gatehouse::stats::Stats>,
+    stop: tokio_util::sync::CancellationToken,
+    serving: tokio::task::JoinHandle<Result<(), gatehouse::ServerError>>,
+}
+
+impl TcpAndWebSocket {
+    async fn start() -> TcpAndWebSocket {
+        let mut config = test_config();
+        config.resume.window = Duration::from_secs(3600);
+        let record = Arc::new(Record::default());
+        let server = gatehouse::Server::new(config, Game::<true>::new(record.clone())).unwrap();
+        let stats = server.stats();
+        let bind = || gatehouse::bind("127.0.0.1:0".parse().unwrap());
+        let listeners = vec![
+            Listener::tcp(bind().await.unwrap()),
+            Listener::websocket(bind().await.unwrap(), WebOptions::default()),
+        ];
+        let tcp = listeners[0].local_addr().unwrap();
+        let ws = listeners[1].local_addr().unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let serving = tokio::spawn(server.run(listeners, stop.clone().cancelled_owned()));
+        TcpAndWebSocket {
+            tcp,
+            ws,
+            record,
+            stats,
+            stop,
+            serving,
+        }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        self.serving.await.unwrap().unwrap();
+    }
+}
+
 /// The next push's number.
 async fn next_number(pushes: &mut Pushes) -> u32 {
     let push = tokio::time::timeout(PATIENCE, pushes.next())
@@ -123,22 +166,10 @@ async fn a_resume_the_server_refuses_ends_the_client_with_resume_failed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_leaves_over_tcp_or_closes_its_websocket_ends_its_session_at_once() {
-    let mut config = test_config();
-    // Nobody waits this long: a hook that runs is the leave's doing.
-    config.resume.window = Duration::from_secs(3600);
-    let record = Arc::new(Record::default());
-    let server = gatehouse::Server::new(config, Game::<true>::new(record.clone())).unwrap();
-    let stats = server.stats();
-    let bind = || gatehouse::bind("127.0.0.1:0".parse().unwrap());
-    let listeners = vec![
-        Listener::tcp(bind().await.unwrap()),
-        Listener::websocket(bind().await.unwrap(), WebOptions::default()),
-    ];
-    let tcp = Target::Tcp(listeners[0].local_addr().unwrap().to_string());
-    let ws_addr = listeners[1].local_addr().unwrap();
-    let ws: Target = format!("ws://{ws_addr}/ws").parse().unwrap();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let serving = tokio::spawn(server.run(listeners, stop.clone().cancelled_owned()));
+    let server = TcpAndWebSocket::start().await;
+    let (record, stats) = (&server.record, &server.stats);
+    let tcp = Target::Tcp(server.tcp.to_string());
+    let ws: Target = format!("ws://{}/ws", server.ws).parse().unwrap();
 
     // Over TCP a close looks like a lost connection: the client says it leaves.
     let (client, _pushes, conn) = log_in_to(&tcp).await;
@@ -159,10 +190,7 @@ async fn a_client_that_leaves_over_tcp_or_closes_its_websocket_ends_its_session_
 
     // A client that gives up on a connection it thinks lost closes it with another
     // code: the session waits for its resume.
-    let socket = tokio::net::TcpStream::connect(ws_addr).await.unwrap();
-    let (mut raw, _) = tokio_tungstenite::client_async(format!("ws://{ws_addr}/ws"), socket)
-        .await
-        .unwrap();
+    let mut raw = raw_websocket(server.ws).await;
     let login = Message::Request {
         id: 1,
         route: LOGIN,
@@ -188,9 +216,7 @@ async fn a_client_that_leaves_over_tcp_or_closes_its_websocket_ends_its_session_
     })
     .await;
     assert_eq!(record.hooks().len(), 2, "no hook ran for it");
-
-    stop.cancel();
-    serving.await.unwrap().unwrap();
+    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -256,4 +282,157 @@ async fn a_cut_session_resumes_over_tls_websocket_and_websocket_over_tls_as_over
     );
     stop.cancel();
     serving.await.unwrap().unwrap();
+}
+
+/// A raw WebSocket to `addr`.
+async fn raw_websocket(
+    addr: std::net::SocketAddr,
+) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (raw, _) = tokio_tungstenite::client_async(format!("ws://{addr}/ws"), socket)
+        .await
+        .unwrap();
+    raw
+}
+
+/// The next envelope a raw WebSocket receives; `None` at its close, whose code and
+/// reason are then in `closed`.
+async fn next_envelope(
+    raw: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    closed: &mut Option<(u16, String)>,
+) -> Option<Message> {
+    loop {
+        match tokio::time::timeout(PATIENCE, raw.next())
+            .await
+            .expect("in time")?
+        {
+            Ok(WsMessage::Binary(data)) => return Some(Message::decode(data).unwrap()),
+            Ok(WsMessage::Close(frame)) => {
+                *closed = frame.map(|f| (u16::from(f.code), f.reason.to_string()));
+                return None;
+            }
+            Ok(_) => {}
+            Err(_) => return None,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_over_another_transport_or_with_a_token_used_already_is_refused() {
+    let server = TcpAndWebSocket::start().await;
+    let (record, stats) = (&server.record, &server.stats);
+    let (tcp_addr, ws_addr) = (server.tcp, server.ws);
+
+    // A WebSocket session, lost (closed as a client that will resume closes it).
+    let mut raw = raw_websocket(ws_addr).await;
+    let login = Message::Request {
+        id: 1,
+        route: LOGIN,
+        payload: "ada".into(),
+    };
+    raw.send(WsMessage::Binary(body(&login))).await.unwrap();
+    let mut closed = None;
+    let (mut session, mut received) = (None, 0);
+    while received == 0 {
+        match next_envelope(&mut raw, &mut closed).await.expect("open") {
+            Message::Session { id, token, .. } => session = Some((id, token)),
+            Message::Response { id: 1, .. } => received += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    let (id, token) = session.expect("a session before the answer");
+    let lost = CloseFrame {
+        code: CloseCode::from(4000),
+        reason: "lost; resuming".into(),
+    };
+    raw.close(Some(lost)).await.unwrap();
+    eventually("the session waits", || {
+        (stats.snapshot().sessions_detached == 1).then_some(())
+    })
+    .await;
+    let resume = Message::Resume {
+        id,
+        received,
+        token,
+    };
+
+    // Over TCP, with the right token: not this session's transport.
+    let mut tcp = support::Client::connect(tcp_addr).await;
+    tcp.send(&resume).await;
+    match tcp.recv().await {
+        Some(Message::Kick { reason, text }) => {
+            assert_eq!(reason, KickReason::RESUME_FAILED);
+            assert!(
+                text.starts_with("unknown: the session is on another transport"),
+                "{text}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Over WebSocket it resumes, and its token is used up: a second resume with it
+    // is `busy`; the fresh token that came with it works.
+    let mut first = raw_websocket(ws_addr).await;
+    first.send(WsMessage::Binary(body(&resume))).await.unwrap();
+    let mut fresh = None;
+    while fresh.is_none() {
+        match next_envelope(&mut first, &mut closed)
+            .await
+            .expect("resumed")
+        {
+            Message::Resumed { .. } => {}
+            Message::Session { token, .. } => fresh = Some(token),
+            other => panic!("{other:?}"),
+        }
+    }
+    let mut second = raw_websocket(ws_addr).await;
+    second.send(WsMessage::Binary(body(&resume))).await.unwrap();
+    match next_envelope(&mut second, &mut closed).await {
+        Some(Message::Kick { reason, text }) => {
+            assert_eq!(reason, KickReason::RESUME_FAILED);
+            assert!(text.starts_with("busy"), "{text}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // The session went on over the first: it answers.
+    let increment = Message::Request {
+        id: 2,
+        route: INCREMENT,
+        payload: bytes::Bytes::new(),
+    };
+    first
+        .send(WsMessage::Binary(body(&increment)))
+        .await
+        .unwrap();
+    loop {
+        match next_envelope(&mut first, &mut closed).await.expect("open") {
+            Message::Response { id: 2, .. } => break,
+            Message::Ack { .. } => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    // Lost again, it resumes with the fresh token.
+    let lost = CloseFrame {
+        code: CloseCode::from(4000),
+        reason: "lost; resuming".into(),
+    };
+    first.close(Some(lost)).await.unwrap();
+    eventually("the session waits again", || {
+        (stats.snapshot().sessions_detached == 2).then_some(())
+    })
+    .await;
+    let mut third = raw_websocket(ws_addr).await;
+    let again = Message::Resume {
+        id,
+        received: 2,
+        token: fresh.expect("a fresh token"),
+    };
+    third.send(WsMessage::Binary(body(&again))).await.unwrap();
+    assert!(matches!(
+        next_envelope(&mut third, &mut closed).await,
+        Some(Message::Resumed { received: 1 })
+    ));
+    assert_eq!(stats.snapshot().sessions_resumed, 2);
+    assert!(record.hooks().is_empty(), "no hook ran");
+    server.stop().await;
 }

@@ -32,6 +32,7 @@ use crate::config::{PerTransport, TransportKind};
 use crate::connection::{ConnId, TrafficCounts};
 use crate::mailbox::{Delivery, Mailbox};
 use crate::players::Players;
+use crate::sessions::Resuming;
 
 /// Why a [`ServerHandle`](crate::ServerHandle) call failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -188,6 +189,13 @@ enum Command<M> {
         id: ConnId,
         reply: oneshot::Sender<Option<ConnectionInfo>>,
     },
+    /// A new connection resumes connection `to`'s session: the handoff goes to its
+    /// mailbox, or back by `refused` (no such connection, or it has ended).
+    Resume {
+        to: ConnId,
+        handoff: Box<dyn Resuming>,
+        refused: oneshot::Sender<Box<dyn Resuming>>,
+    },
     /// Fault injection: panic inside the hub.
     Crash {
         by: ConnId,
@@ -245,6 +253,31 @@ impl<M: Send + 'static> HubHandle<M> {
     /// absence is not an error.
     pub(crate) fn unregister(&self, id: ConnId) -> impl Future<Output = ()> + Send + '_ {
         self.send(Command::Unregister { id }).map(|_| ())
+    }
+
+    /// Hands a new connection's transport to connection `to`'s session (through
+    /// its mailbox); given back if there is no such connection, it has ended, or
+    /// the hub is unavailable.
+    pub(crate) fn resume(
+        &self,
+        to: ConnId,
+        handoff: Box<dyn Resuming>,
+    ) -> impl Future<Output = Result<(), Box<dyn Resuming>>> + Send + '_ {
+        let (refused, answer) = oneshot::channel();
+        let command = Command::Resume {
+            to,
+            handoff,
+            refused,
+        };
+        async move {
+            if let Err(mpsc::error::SendError(Command::Resume { handoff, .. })) =
+                self.tx.send(command).await
+            {
+                return Err(handoff);
+            }
+            // Dropped unanswered: delivered.
+            answer.await.map_or(Ok(()), Err)
+        }
     }
 
     pub(crate) fn crash(
@@ -634,6 +667,19 @@ impl<M: Send + 'static> Hub<M> {
             }
             Command::Connection { id, reply } => {
                 let _ = reply.send(self.info(id));
+            }
+            Command::Resume {
+                to,
+                handoff,
+                refused,
+            } => {
+                let handed = match self.conns.get(&to) {
+                    Some(entry) => entry.mailbox.hand_over(handoff),
+                    None => Err(handoff),
+                };
+                if let Err(handoff) = handed {
+                    let _ = refused.send(handoff);
+                }
             }
             Command::Crash { by } => {
                 error!(conn = %by, "fault injection: crashing the hub");

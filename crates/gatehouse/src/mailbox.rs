@@ -17,6 +17,7 @@ use gatehouse_protocol::KickReason;
 use tokio_util::sync::CancellationToken;
 
 use crate::connection::OutboundBudget;
+use crate::sessions::Resuming;
 use crate::sync::atomic::{AtomicBool, Ordering};
 use crate::sync::{AtomicWaker, Mutex, MutexGuard};
 use crate::timer::{Timer, TimerError, Timers};
@@ -29,6 +30,9 @@ pub(crate) enum Delivery<M> {
     Message(M),
     /// Close the connection with this reason.
     Kick(KickReason, String),
+    /// A new connection resumes this connection's session
+    /// ([`Mailbox::hand_over`]).
+    Resume(Box<dyn Resuming>),
 }
 
 /// Budget charged for a [`Delivery::Message`], which has no byte size of its own, so
@@ -110,7 +114,8 @@ impl<M> Mailbox<M> {
         let cost = match &delivery {
             Delivery::Frame(frame) => frame.len(),
             Delivery::Message(_) => MESSAGE_COST,
-            Delivery::Kick(..) => 0, // a kick must always get through
+            // A kick must always get through (a resume comes by `hand_over`).
+            Delivery::Kick(..) | Delivery::Resume(_) => 0,
         };
         let mut kicked = false;
         let accepted = match delivery {
@@ -135,6 +140,21 @@ impl<M> Mailbox<M> {
             self.interrupt.cancel();
         }
         accepted
+    }
+
+    /// Hands a new connection's transport to this connection's session, in order
+    /// with the rest of its mail and outside its budget; given back if the
+    /// connection has ended.
+    pub(crate) fn hand_over(&self, handoff: Box<dyn Resuming>) -> Result<(), Box<dyn Resuming>> {
+        let mut state = self.lock();
+        if state.closed {
+            return Err(handoff);
+        }
+        state.queue.push_back(Delivery::Resume(handoff));
+        self.mail.store(true, Ordering::Release);
+        drop(state);
+        self.waker.wake();
+        Ok(())
     }
 
     /// Whether mail waits to be taken (no lock taken).
@@ -195,20 +215,25 @@ impl<M> Mailbox<M> {
     }
 
     /// Marks the connection ended; later deliveries are dropped, and so is what is
-    /// still queued (its budget given back).
-    pub(crate) fn close(&self) {
+    /// still queued (its budget given back), but for the resumes handed over, which
+    /// are returned for the caller to refuse.
+    #[must_use = "a resume handed over must be refused"]
+    pub(crate) fn close(&self) -> Vec<Box<dyn Resuming>> {
         if let Some(timers) = self.timers.get() {
             timers.cancel_all();
         }
         let mut state = self.lock();
         state.closed = true;
+        let mut resumes = Vec::new();
         for delivery in std::mem::take(&mut state.queue) {
             match delivery {
                 Delivery::Frame(frame) => self.budget.release(frame.len()),
                 Delivery::Message(_) => self.budget.release(MESSAGE_COST),
                 Delivery::Kick(..) => {}
+                Delivery::Resume(handoff) => resumes.push(handoff),
             }
         }
+        resumes
     }
 }
 
@@ -357,7 +382,7 @@ mod tests {
         let (mailbox, budget, _) = mailbox(1000);
         assert!(mailbox.deliver(frame(100)));
         assert!(mailbox.deliver(Delivery::Message("m")));
-        mailbox.close();
+        assert!(mailbox.close().is_empty());
         assert_eq!(budget.unsent(), 0);
         assert!(!mailbox.deliver(frame(1)));
         assert!(mailbox.next().is_none());
@@ -428,7 +453,7 @@ mod loom_tests {
                         self.messages += 1;
                         mailbox.release_message();
                     }
-                    Delivery::Kick(..) => panic!("a kick in the queue"),
+                    Delivery::Kick(..) | Delivery::Resume(_) => panic!("not sent here"),
                 }
             }
         }
@@ -532,7 +557,7 @@ mod loom_tests {
                     mailbox.deliver(Delivery::Message("m"));
                 })
             };
-            mailbox.close();
+            assert!(mailbox.close().is_empty());
             hub.join().unwrap_or(());
             assert_eq!(budget.unsent(), 0, "queued or refused, nothing is kept");
             assert!(mailbox.next().is_none());

@@ -33,7 +33,7 @@ use tracing::{debug, warn};
 use super::budget::OutboundBudget;
 use super::outbound::{reusable, OutputQueue};
 use super::reason::DisconnectReason;
-use super::resume::{Inbound, Replay, ReplayRefusal};
+use super::resume::{AckBeyondSent, Inbound, Replay, ReplayRefusal};
 use crate::config::LimitsConfig;
 use crate::limits::memory::above_free;
 use crate::limits::{nanos_since, InboundRates, MemoryBudget, RateLimits};
@@ -219,19 +219,115 @@ pub(crate) struct ConnectionCore {
     session: Option<Box<SessionLog>>,
 }
 
-/// A resumable session's bookkeeping (see `super::resume`).
+/// A resumable session's bookkeeping (see `super::resume`). A quiet session
+/// (everything acknowledged both ways, its replay's buffer given back, connected,
+/// not ending) keeps only its counts: its [`Active`] part is made again when a
+/// numbered frame goes either way, and let go when all is quiet again. So an idle
+/// session costs one allocation of 32 bytes, not a replay.
 #[derive(Debug)]
 struct SessionLog {
-    id: u64,
+    /// Numbered frames sent, while `active` is `None` (all acknowledged).
+    sent: u64,
+    /// Numbered frames received, while `active` is `None` (all acknowledged).
+    received: u64,
+    active: Option<Box<Active>>,
+    /// `resume.buffer_bytes` (at most `MAX_RESUME_BUFFER`, 64 MiB).
+    limit: u32,
+    /// Tokens issued so far, less one: the current token is the server's for this.
+    epoch: u32,
+}
+
+/// What a session keeps while something is unacknowledged or its connection is lost.
+#[derive(Debug)]
+struct Active {
     replay: Replay,
     inbound: Inbound,
-    /// The connection was lost: the session waits for a resume until then (boxed:
-    /// every idle session would carry it).
-    detached: Option<Box<Detached>>,
+    /// The connection was lost: the session waits for a resume.
+    detached: Option<Detached>,
     /// Why the session ended without its client coming back, once it has.
     lost: Option<Lost>,
     /// The client is leaving on purpose: the session ends with this connection.
     leaving: bool,
+}
+
+impl Active {
+    /// The active part of a quiet session that sent `sent` and received `received`
+    /// numbered frames; `queued` bytes of output wait already, none of them a
+    /// numbered frame not acknowledged.
+    #[cold]
+    fn continuing(
+        sent: u64,
+        received: u64,
+        limit: u32,
+        memory: &Arc<MemoryBudget>,
+        queued: usize,
+    ) -> Box<Active> {
+        Box::new(Active {
+            replay: Replay::continuing(sent, limit as usize, memory.clone(), queued),
+            inbound: Inbound::continuing(received),
+            detached: None,
+            lost: None,
+            leaving: false,
+        })
+    }
+}
+
+impl SessionLog {
+    /// Its active part, made again if the session was quiet (`queued` bytes of
+    /// output wait already).
+    #[inline(always)]
+    fn activate(&mut self, memory: &Arc<MemoryBudget>, queued: usize) -> &mut Active {
+        let (sent, received, limit) = (self.sent, self.received, self.limit);
+        self.active
+            .get_or_insert_with(|| Active::continuing(sent, received, limit, memory, queued))
+    }
+
+    /// A numbered frame was queued after `queued` bytes of output.
+    #[inline(always)]
+    fn numbered_queued(&mut self, memory: &Arc<MemoryBudget>, queued: usize) {
+        self.activate(memory, queued).replay.numbered_queued();
+    }
+
+    /// Lets the active part go if all is quiet (see [`SessionLog`]).
+    fn settle(&mut self) {
+        if let Some(active) = &self.active {
+            let ending = active.lost.is_some() || active.leaving;
+            if !ending
+                && active.detached.is_none()
+                && active.replay.is_quiet()
+                && active.inbound.is_quiet()
+            {
+                self.sent = active.replay.sent();
+                self.received = active.inbound.received();
+                self.active = None;
+            }
+        }
+    }
+
+    fn replay(&mut self) -> Option<&mut Replay> {
+        self.active.as_mut().map(|a| &mut a.replay)
+    }
+
+    fn detached(&self) -> Option<&Detached> {
+        self.active.as_ref().and_then(|a| a.detached.as_ref())
+    }
+
+    fn lost(&self) -> Option<Lost> {
+        self.active.as_ref().and_then(|a| a.lost)
+    }
+
+    fn leaving(&self) -> bool {
+        self.active.as_ref().is_some_and(|a| a.leaving)
+    }
+
+    fn ack_due(&self) -> Option<Instant> {
+        self.active.as_ref().and_then(|a| a.inbound.deadline())
+    }
+
+    #[cfg(any(test, feature = "fuzzing"))]
+    fn sent(&self) -> u64 {
+        self.active.as_ref().map_or(self.sent, |a| a.replay.sent())
+    }
 }
 
 /// A session whose connection was lost.
@@ -600,7 +696,7 @@ impl ConnectionCore {
         tail.put_u16(status.0);
         tail.put_slice(payload);
         if let Some(session) = &mut self.session {
-            session.replay.numbered_queued();
+            session.numbered_queued(&self.config.memory, self.out.len());
         }
         self.out.commit(len);
         self.budget.meter.queued();
@@ -637,7 +733,7 @@ impl ConnectionCore {
         let tail = self.out.tail_for(len);
         message.encode_frame_into(tail);
         if let (Some(session), Message::Push { .. }) = (&mut self.session, message) {
-            session.replay.numbered_queued();
+            session.numbered_queued(&self.config.memory, self.out.len());
         }
         self.out.commit(len);
         self.budget.meter.queued();
@@ -647,7 +743,7 @@ impl ConnectionCore {
     /// already reserved from the budget.
     pub(crate) fn queue_reserved_frame(&mut self, frame: Bytes) {
         if let Some(session) = &mut self.session {
-            session.replay.numbered_queued();
+            session.numbered_queued(&self.config.memory, self.out.len());
         }
         self.out.push_shared(frame);
         self.budget.meter.queued();
@@ -667,8 +763,8 @@ impl ConnectionCore {
     /// A session keeps them in its replay until they are acknowledged.
     pub(crate) fn consume_output(&mut self, n: usize) {
         if n > 0 {
-            if let Some(session) = &mut self.session {
-                if !session.replay.written_all(self.out.front(n)) {
+            if let Some(replay) = self.session.as_mut().and_then(|s| s.replay()) {
+                if !replay.written_all(self.out.front(n)) {
                     self.replay_let_go();
                 }
             }
@@ -683,9 +779,9 @@ impl ConnectionCore {
     /// one message per frame; its bytes count as sent.
     pub(crate) fn take_output_frame(&mut self) -> Option<Bytes> {
         let (body, taken) = self.out.take_frame()?;
-        if let Some(session) = &mut self.session {
+        if let Some(replay) = self.session.as_mut().and_then(|s| s.replay()) {
             let header = u32::try_from(body.len()).unwrap_or(u32::MAX).to_be_bytes();
-            if !session.replay.written_all([&header[..], &body[..]]) {
+            if !replay.written_all([&header[..], &body[..]]) {
                 self.replay_let_go();
             }
         }
@@ -704,7 +800,7 @@ impl ConnectionCore {
     /// transport holds output it took and could not send: TLS records, WebSocket
     /// frames). A parameter, not a field: every idle connection would carry it.
     pub(crate) fn poll_timeout(&mut self, now: Instant, transport_backlog: bool) -> Instant {
-        if let Some(detached) = self.session.as_ref().and_then(|s| s.detached.as_ref()) {
+        if let Some(detached) = self.session.as_ref().and_then(|s| s.detached()) {
             // No connection: no input, output, stall or acks; the window and the
             // checkpoint.
             return self
@@ -725,7 +821,7 @@ impl ConnectionCore {
         if self.input_paused {
             due = due.min(now + MEMORY_RETRY);
         }
-        if let Some(at) = self.session.as_ref().and_then(|s| s.inbound.deadline()) {
+        if let Some(at) = self.session.as_ref().and_then(|s| s.ack_due()) {
             due = due.min(at);
         }
         due
@@ -781,7 +877,7 @@ impl ConnectionCore {
     /// The timer fired at `now`: closes the connection if a deadline has passed
     /// (`transport_backlog` as for [`ConnectionCore::poll_timeout`]).
     pub(crate) fn handle_timeout(&mut self, now: Instant, transport_backlog: bool) {
-        if let Some(detached) = self.session.as_ref().and_then(|s| s.detached.as_ref()) {
+        if let Some(detached) = self.session.as_ref().and_then(|s| s.detached()) {
             if now >= detached.until {
                 self.end_session(Lost::Expired, None);
             }
@@ -793,7 +889,7 @@ impl ConnectionCore {
         if self
             .session
             .as_ref()
-            .and_then(|s| s.inbound.deadline())
+            .and_then(|s| s.ack_due())
             .is_some_and(|at| now >= at)
         {
             self.send_ack();
@@ -827,6 +923,8 @@ impl ConnectionCore {
     /// and counts the client's requests and notifies from here, `held` of which
     /// arrived already (behind the request being handled, which offers it). See
     /// PROTOCOL.md, "Where numbering starts".
+    /// `token` is the session's first (its epoch 0); `buffer_bytes` is at most
+    /// `MAX_RESUME_BUFFER`.
     pub(crate) fn offer_session(
         &mut self,
         id: u64,
@@ -840,20 +938,30 @@ impl ConnectionCore {
             window_ms,
             token,
         });
+        let limit = u32::try_from(buffer_bytes).unwrap_or(u32::MAX);
         self.session = Some(Box::new(SessionLog {
-            id,
-            // What is queued already (the `session` frame last) is not the session's.
-            replay: Replay::new(buffer_bytes, self.config.memory.clone(), self.out.len()),
-            inbound: Inbound::starting_at(held),
-            detached: None,
-            lost: None,
-            leaving: false,
+            sent: 0,
+            received: 0,
+            active: Some(Box::new(Active {
+                // What is queued already (the `session` frame last) is not the session's.
+                replay: Replay::new(limit as usize, self.config.memory.clone(), self.out.len()),
+                inbound: Inbound::starting_at(held),
+                detached: None,
+                lost: None,
+                leaving: false,
+            })),
+            limit,
+            epoch: 0,
         }));
     }
 
-    /// The offered session's id, if one was offered.
-    pub(crate) fn session_id(&self) -> Option<u64> {
-        self.session.as_ref().map(|s| s.id)
+    /// The epoch of the session's current token (how many were issued before it),
+    /// if it can be resumed: offered, not ended and not leaving.
+    pub(crate) fn resumable_epoch(&self) -> Option<u32> {
+        self.session
+            .as_ref()
+            .filter(|s| s.lost().is_none() && !s.leaving())
+            .map(|s| s.epoch)
     }
 
     /// The replay let go of unacknowledged frames to keep the last one. A session
@@ -861,14 +969,15 @@ impl ConnectionCore {
     /// cannot have had: no resume could be served.
     #[cold]
     fn replay_let_go(&mut self) {
-        let Some(session) = &self.session else {
+        let Some(Active {
+            detached: Some(detached),
+            replay,
+            ..
+        }) = self.session.as_ref().and_then(|s| s.active.as_deref())
+        else {
             return;
         };
-        if session
-            .detached
-            .as_ref()
-            .is_some_and(|detached| !session.replay.serves(detached.sent))
-        {
+        if !replay.serves(detached.sent) {
             let text = "not resumed, and its replay passed resume.buffer_bytes";
             self.end_session(Lost::Gap, Some(text.to_owned()));
         }
@@ -889,7 +998,7 @@ impl ConnectionCore {
             && self
                 .session
                 .as_ref()
-                .is_some_and(|s| s.detached.is_none() && s.lost.is_none() && !s.leaving)
+                .is_some_and(|s| s.detached().is_none() && s.lost().is_none() && !s.leaving())
     }
 
     /// The client is leaving on purpose (it asked to end its session, or closed its
@@ -897,7 +1006,9 @@ impl ConnectionCore {
     /// with it, at once, instead of waiting for a resume.
     pub(crate) fn leave_session(&mut self) {
         if let Some(session) = &mut self.session {
-            session.leaving = true;
+            session
+                .activate(&self.config.memory, self.out.len())
+                .leaving = true;
         }
     }
 
@@ -910,11 +1021,12 @@ impl ConnectionCore {
             self.close = Some(close);
             return;
         };
-        session.detached = Some(Box::new(Detached {
+        let active = session.activate(&self.config.memory, self.out.len());
+        active.detached = Some(Detached {
             until: now + window,
             close,
-            sent: session.replay.sent(),
-        }));
+            sent: active.replay.sent(),
+        });
         self.discard_output();
         self.stalled_since = None;
         // A partial frame from the lost connection will never be completed.
@@ -927,7 +1039,7 @@ impl ConnectionCore {
     pub(crate) fn is_detached(&self) -> bool {
         self.session
             .as_ref()
-            .is_some_and(|s| s.detached.is_some() || s.lost.is_some())
+            .is_some_and(|s| s.detached().is_some() || s.lost().is_some())
     }
 
     /// A resume came for frames the replay no longer has: the session ends (its
@@ -944,8 +1056,9 @@ impl ConnectionCore {
         let Some(session) = &mut self.session else {
             return;
         };
-        session.lost = Some(why);
-        let close = match session.detached.take() {
+        let active = session.activate(&self.config.memory, self.out.len());
+        active.lost = Some(why);
+        let close = match active.detached.take() {
             Some(detached) => Close {
                 reason: detached.close.reason,
                 text: text.or(detached.close.text),
@@ -963,17 +1076,15 @@ impl ConnectionCore {
 
     /// Why the session ended without its client coming back, if it did.
     pub(crate) fn lost(&self) -> Option<Lost> {
-        self.session.as_ref().and_then(|s| s.lost)
+        self.session.as_ref().and_then(|s| s.lost())
     }
 
     /// Takes every queued frame off the queue (nothing can send them: the connection
     /// was lost or replaced); a session keeps them in its replay, for the connection
     /// that resumes it.
     pub(crate) fn discard_output(&mut self) {
-        let whole = match &mut self.session {
-            Some(session) => take_unsent(&mut self.out, &self.budget, Some(&mut session.replay)),
-            None => take_unsent(&mut self.out, &self.budget, None),
-        };
+        let replay = self.session.as_mut().and_then(|s| s.replay());
+        let whole = take_unsent(&mut self.out, &self.budget, replay);
         if !whole {
             self.replay_let_go();
         }
@@ -996,14 +1107,15 @@ impl ConnectionCore {
                 first_kept: u64::MAX,
             });
         };
-        session.replay.check(received)?;
+        let active = session.activate(&self.config.memory, self.out.len());
+        active.replay.check(received)?;
         // What the old connection had not written goes to the replay first (a gap,
         // below, if keeping it let go of frames this client lacks).
-        take_unsent(&mut self.out, &self.budget, Some(&mut session.replay));
-        let replay = session.replay.resume_from(received)?;
-        session.detached = None;
+        take_unsent(&mut self.out, &self.budget, Some(&mut active.replay));
+        let replay = active.replay.resume_from(received)?;
+        active.detached = None;
         let resumed = Message::Resumed {
-            received: session.inbound.received(),
+            received: active.inbound.received(),
         };
         self.stalled_since = None;
         self.recv = input;
@@ -1021,9 +1133,17 @@ impl ConnectionCore {
         Ok(())
     }
 
-    /// Queues a fresh `session` frame for the session's next resume (a new token).
-    pub(crate) fn renew_session(&mut self, window_ms: u32, token: Token) {
-        if let Some(id) = self.session_id() {
+    /// Queues a fresh `session` frame for the session's next resume: a new token,
+    /// `token_for` the session's next epoch.
+    pub(crate) fn renew_session(
+        &mut self,
+        id: u64,
+        window_ms: u32,
+        token_for: impl FnOnce(u32) -> Token,
+    ) {
+        if let Some(session) = &mut self.session {
+            session.epoch = session.epoch.wrapping_add(1);
+            let token = token_for(session.epoch);
             self.enqueue(&Message::Session {
                 id,
                 window_ms,
@@ -1041,7 +1161,8 @@ impl ConnectionCore {
     /// One more of the client's numbered frames, received at `now`.
     fn count_inbound(&mut self, now: Instant) {
         if let Some(session) = &mut self.session {
-            if session.inbound.on_frame(now) {
+            let active = session.activate(&self.config.memory, self.out.len());
+            if active.inbound.on_frame(now) {
                 self.send_ack();
             }
         }
@@ -1049,7 +1170,12 @@ impl ConnectionCore {
 
     /// Acknowledges what the client sent, if anything is owed.
     fn send_ack(&mut self) {
-        if let Some(count) = self.session.as_mut().and_then(|s| s.inbound.take_ack()) {
+        let Some(session) = &mut self.session else {
+            return;
+        };
+        let owed = session.active.as_mut().and_then(|a| a.inbound.take_ack());
+        session.settle();
+        if let Some(count) = owed {
             self.enqueue(&Message::Ack { count });
         }
     }
@@ -1060,7 +1186,16 @@ impl ConnectionCore {
         let Some(session) = &mut self.session else {
             return;
         };
-        if let Err(beyond) = session.replay.ack(count) {
+        let acked = match session.active.as_mut() {
+            Some(active) => active.replay.ack(count),
+            None if count > session.sent => Err(AckBeyondSent {
+                count,
+                sent: session.sent,
+            }),
+            None => Ok(()),
+        };
+        session.settle();
+        if let Err(beyond) = acked {
             debug!(
                 count = beyond.count,
                 sent = beyond.sent,
@@ -1151,21 +1286,25 @@ impl ConnectionCore {
     /// The numbered frames sent since a session was offered, if one was.
     #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn session_sent(&self) -> Option<u64> {
-        self.session.as_ref().map(|s| s.replay.sent())
+        self.session.as_ref().map(|s| s.sent())
     }
 
     /// Whether a session's replay can serve a client that received `received` frames.
     #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn replay_serves(&self, received: u64) -> bool {
-        self.session
-            .as_ref()
-            .is_some_and(|s| s.replay.serves(received))
+        self.session.as_ref().is_some_and(|s| match &s.active {
+            Some(active) => active.replay.serves(received),
+            None => received >= s.sent,
+        })
     }
 
     /// Bytes a session's replay charges to the memory budget.
     #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn replay_charged(&self) -> usize {
-        self.session.as_ref().map_or(0, |s| s.replay.charged())
+        self.session
+            .as_ref()
+            .and_then(|s| s.active.as_ref())
+            .map_or(0, |a| a.replay.charged())
     }
 }
 
@@ -1268,6 +1407,12 @@ mod tests {
         fn closed(&mut self) -> Option<DisconnectReason> {
             self.core.take_close().map(|c| c.reason)
         }
+
+        /// The session's replay; it must be active.
+        fn replay(&self) -> &Replay {
+            let session = self.core.session.as_ref().expect("a session");
+            &session.active.as_ref().expect("active").replay
+        }
     }
 
     fn wire(message: &Message) -> Vec<u8> {
@@ -1286,6 +1431,67 @@ mod tests {
     /// frames behind it already cut.
     fn offered(h: &mut Harness, held: u64, buffer_bytes: usize) {
         h.core.offer_session(9, 30_000, [7; 32], held, buffer_bytes);
+    }
+
+    #[test]
+    fn a_quiet_session_keeps_only_its_counts_and_numbers_on_when_either_side_sends_again() {
+        // What an idle resumable session costs: one allocation of this size.
+        assert!(std::mem::size_of::<SessionLog>() <= 32);
+        let is_quiet = |h: &Harness| h.core.session.as_ref().is_some_and(|s| s.active.is_none());
+        let mut h = harness(limits());
+        offered(&mut h, 0, 10_000);
+        h.core.respond(1, Status::OK, b"logged in");
+        h.sent();
+        assert!(!is_quiet(&h), "the answer is not acknowledged");
+        h.receive(&wire(&Message::Ack { count: 1 }));
+        assert!(h.events(h.at(T)).is_empty());
+        assert!(is_quiet(&h), "acknowledged both ways");
+        // A pong on a quiet session is kept nowhere.
+        h.receive(&wire(&Message::Ping(Bytes::from_static(b"n"))));
+        assert!(h.events(h.at(T)).is_empty());
+        assert!(matches!(h.sent()[..], [Message::Pong(_)]));
+        assert!(is_quiet(&h));
+
+        // The client's request makes it active again: counted on from 0, its answer
+        // numbered on from 1.
+        h.receive(&wire(&request(7, 1, b"")));
+        assert_eq!(h.events(h.at(2 * T)).len(), 1);
+        h.core.respond(7, Status::OK, b"x");
+        assert_eq!(h.core.session_sent(), Some(2));
+        assert!(!is_quiet(&h));
+        let due = h.core.poll_timeout(h.at(2 * T), false);
+        assert_eq!(
+            due,
+            h.at(2 * T) + super::super::resume::ACK_WITHIN,
+            "an ack owed"
+        );
+        h.core.handle_timeout(due, false);
+        let sent = h.sent();
+        assert!(
+            matches!(sent.last(), Some(Message::Ack { count: 1 })),
+            "{sent:?}"
+        );
+        h.receive(&wire(&Message::Ack { count: 2 }));
+        assert!(h.events(h.at(3 * T)).is_empty());
+        assert!(is_quiet(&h));
+
+        // Lost while quiet, it resumes: nothing to replay, and it counts on.
+        h.core.detach(
+            Close::from(DisconnectReason::PeerClosed),
+            h.at(4 * T),
+            Duration::from_secs(30),
+        );
+        assert!(h.core.is_detached());
+        h.core
+            .resume(2, BytesMut::new(), h.at(5 * T))
+            .expect("served");
+        assert!(matches!(h.sent()[..], [Message::Resumed { received: 1 }]));
+        h.core.push(5, Bytes::from_static(b"p"));
+        assert_eq!(h.core.session_sent(), Some(3));
+        // An ack beyond what was sent is refused, quiet or not.
+        h.receive(&wire(&Message::Ack { count: 4 }));
+        assert!(h.events(h.at(6 * T)).is_empty());
+        assert_eq!(h.closed(), Some(DisconnectReason::ProtocolError));
     }
 
     #[test]
@@ -1313,7 +1519,7 @@ mod tests {
             }
         ));
         assert_eq!(sent.len(), 5, "{sent:?}");
-        let replay = &h.core.session.as_ref().expect("a session").replay;
+        let replay = h.replay();
         assert_eq!(
             replay.sent(),
             3,
@@ -1329,7 +1535,7 @@ mod tests {
 
         h.receive(&wire(&Message::Ack { count: 2 }));
         assert!(h.events(h.at(T)).is_empty());
-        let replay = &h.core.session.as_ref().expect("a session").replay;
+        let replay = h.replay();
         assert_eq!(
             replay.kept().map(|(number, _)| number).collect::<Vec<_>>(),
             [3]
@@ -1474,7 +1680,7 @@ mod tests {
             [Event::Request { id: 3, .. }]
         ));
         // A fresh token for the next resume; acks and the idle deadline as before.
-        h.core.renew_session(30_000, [8; 32]);
+        h.core.renew_session(9, 30_000, |_| [8; 32]);
         assert!(matches!(
             h.sent()[..],
             [Message::Session {

@@ -107,6 +107,20 @@ impl Replay {
         Replay::charging_in_steps(limit, memory, CHARGE_STEP, skip)
     }
 
+    /// As [`Replay::new`], for a session that sent `sent` numbered frames before, all
+    /// of them acknowledged (an idle session's that is sending again).
+    pub(crate) fn continuing(
+        sent: u64,
+        limit: usize,
+        memory: Arc<MemoryBudget>,
+        skip: usize,
+    ) -> Replay {
+        let mut replay = Replay::new(limit, memory, skip);
+        replay.sent = sent;
+        replay.first = sent + 1;
+        replay
+    }
+
     /// As [`Replay::new`], charging `memory` in steps of `step` bytes.
     fn charging_in_steps(
         limit: usize,
@@ -137,6 +151,12 @@ impl Replay {
     #[cfg(test)]
     pub(crate) fn bytes(&self) -> usize {
         self.own.len()
+    }
+
+    /// Whether it keeps nothing and holds no buffer, and every numbered frame was
+    /// acknowledged: then [`Replay::continuing`] from [`Replay::sent`] is the same.
+    pub(crate) fn is_quiet(&self) -> bool {
+        self.first > self.sent && self.own.capacity() == 0
     }
 
     /// Bytes charged to the memory budget.
@@ -426,9 +446,25 @@ impl Inbound {
         }
     }
 
+    /// Counts on from `received` frames, all of them acknowledged (an idle
+    /// session's that is receiving again).
+    pub(crate) fn continuing(received: u64) -> Inbound {
+        Inbound {
+            received,
+            acked: received,
+            due: None,
+        }
+    }
+
     /// Numbered frames received.
     pub(crate) fn received(&self) -> u64 {
         self.received
+    }
+
+    /// Whether nothing is owed: then [`Inbound::continuing`] from
+    /// [`Inbound::received`] is the same.
+    pub(crate) fn is_quiet(&self) -> bool {
+        self.acked == self.received && self.due.is_none()
     }
 
     /// Counts one numbered frame, received at `now`. True if an acknowledgement is

@@ -825,7 +825,7 @@ impl Run {
                     self.received.offered_at + usize::try_from(claimed).unwrap_or(usize::MAX);
                 self.received.matched = from.min(self.received.queued.len());
                 self.received.replayed_until = self.received.queued.len();
-                self.core.renew_session(1_000, [1; 32]);
+                self.core.renew_session(SESSION_ID, 1_000, |_| [1; 32]);
             }
             Err(ReplayRefusal::BeyondSent { received, .. }) => {
                 assert!(received > sent, "a resume within what was sent refused");

@@ -39,6 +39,7 @@ use crate::guard::panic_message;
 use crate::mailbox::{Delivery, Mailbox, Verdict};
 use crate::metrics::latency;
 use crate::service::{Context, Own, Reply, Service};
+use crate::sessions::Refusal;
 
 /// A handler's future on the heap (so that a large handler future does not enlarge
 /// every idle connection's task), resolving to its output or, if it panicked, the
@@ -733,7 +734,9 @@ impl<S: Service, T: Transport> Connection<S, T> {
         }
         match (call, answer) {
             (Call::Request { id, .. }, Answer::EndSession) => {
-                self.end_session_on_purpose();
+                // The session ends with this connection: a resume meanwhile is
+                // refused.
+                self.core.leave_session();
                 self.core.respond(id, Status::OK, &[]);
             }
             (Call::Request { id, route, len }, Answer::Reply(reply)) => {
@@ -782,28 +785,21 @@ impl<S: Service, T: Transport> Connection<S, T> {
         None
     }
 
-    /// Offers the session a resume, unless `resume.window` is 0 (or no random
-    /// token can be had, which is logged).
+    /// Offers the session a resume, unless `resume.window` is 0 (or the server
+    /// has no secret to make tokens with, which was logged at its start). The
+    /// session's id is the connection's.
     #[cold]
     fn offer_session(&mut self, held: u64) {
         let resume = &self.shared.config.resume;
         if resume.window.is_zero() {
             return;
         }
-        let mut keys = [0u8; 8 + 32];
-        if let Err(e) = getrandom::getrandom(&mut keys) {
-            warn!(error = %e, "no randomness for a session's token: no resume offered");
+        let id = self.id.0;
+        let Some(token) = self.shared.sessions.token(id, 0) else {
             return;
-        }
-        let (id, token) = keys.split_at(8);
-        let id = u64::from_be_bytes(id.try_into().unwrap_or_default());
-        let token = token.try_into().unwrap_or_default();
+        };
         let window_ms = u32::try_from(resume.window.as_millis()).unwrap_or(u32::MAX);
         let buffer_bytes = resume.buffer_bytes;
-        if !self.register_session(id, token) {
-            warn!(id, "a session id drawn twice: no resume offered");
-            return;
-        }
         self.core
             .offer_session(id, window_ms, token, held, buffer_bytes);
     }
@@ -812,12 +808,15 @@ impl<S: Service, T: Transport> Connection<S, T> {
     /// (before any message handler runs); frames are queued, to leave before the
     /// kick; messages join the `busy` backlog, in order, for
     /// [`Connection::run_ready`] (still charged to the budget until their handler
-    /// runs, so that messages piling up behind a handler that waits stay bounded).
+    /// runs, so that messages piling up behind a handler that waits stay bounded);
+    /// a new connection's transport resumes the session, or is refused. True if the
+    /// session was resumed.
     pub(super) fn take_mail<'s>(
         &mut self,
         busy: &mut Option<Box<Busy<'s, S>>>,
         delivered_at: Instant,
-    ) {
+    ) -> bool {
+        let mut resumed = false;
         match self.mailbox.verdict() {
             Verdict::Kicked(reason, text) => self.core.kick(reason, text),
             Verdict::Overflowed => self.core.close(DisconnectReason::SlowConsumer, None),
@@ -833,8 +832,12 @@ impl<S: Service, T: Transport> Connection<S, T> {
                         .hold_message(message, delivered_at);
                 }
                 Delivery::Kick(..) => {} // the mailbox keeps kicks apart
+                Delivery::Resume(handoff) => {
+                    resumed |= self.take_handoff(handoff, delivered_at);
+                }
             }
         }
+        resumed
     }
 
     /// Why the connection was cancelled: a kick in its mailbox (frames delivered
@@ -846,6 +849,8 @@ impl<S: Service, T: Transport> Connection<S, T> {
                 Delivery::Frame(frame) => self.core.queue_reserved_frame(frame),
                 Delivery::Message(_) => self.mailbox.release_message(),
                 Delivery::Kick(..) => {}
+                // The connection is stopping (a shutdown, a hub restart).
+                Delivery::Resume(handoff) => self.turn_away(handoff, Refusal::Unknown),
             }
         }
         match verdict {

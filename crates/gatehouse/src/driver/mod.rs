@@ -118,7 +118,6 @@ pub(crate) fn serve<S: Service, T: Transport>(
         mailbox,
         shared,
         group,
-        inbox: None,
         _permit: permit,
     };
     // `run` borrows the connection rather than taking it: an `async fn`'s by-value
@@ -128,6 +127,7 @@ pub(crate) fn serve<S: Service, T: Transport>(
             let input = conn.core.take_input();
             let handing = Box::pin(resume::hand_over(
                 conn.shared,
+                conn.group,
                 conn.transport,
                 conn.peer,
                 input,
@@ -151,15 +151,12 @@ struct Connection<S: Service, T> {
     mailbox: Arc<Mailbox<S::Message>>,
     shared: Arc<Shared<S>>,
     group: Arc<Group<S::Message>>,
-    /// Where a resumed session's next transport arrives; `None` until a session is
-    /// offered (and always, for a service that does not resume).
-    inbox: Option<crate::sessions::Inbox<T>>,
     /// The admission slot, given back when the connection (and this) is dropped.
     _permit: Permit,
 }
 
 /// What woke the loop.
-enum Wake<T> {
+enum Wake {
     /// The handler that waited has finished (its result waits in it).
     Finished,
     Cancelled,
@@ -170,8 +167,6 @@ enum Wake<T> {
     Sent,
     Timer,
     Failed(std::io::Error),
-    /// A new connection resumes this session (`None`: nobody can any more).
-    Handoff(Option<Box<crate::sessions::Handoff<T>>>),
 }
 
 impl<S: Service, T: Transport> Connection<S, T> {
@@ -201,7 +196,7 @@ impl<S: Service, T: Transport> Connection<S, T> {
             Ok(None)
         };
         if let Ok(Some(resume)) = first {
-            self.mailbox.close();
+            self.close_mailbox();
             let unregistering = Box::pin(self.group.hub.unregister(self.id));
             unregistering.await;
             self.count_traffic();
@@ -234,14 +229,13 @@ impl<S: Service, T: Transport> Connection<S, T> {
             }
         };
 
-        self.mailbox.close();
+        self.close_mailbox();
         let unregistering = Box::pin(self.group.hub.unregister(self.id));
         unregistering.await;
         // What it carried moves to the server's totals now that the hub no longer
         // lists it (and again below for the last bytes), so that the metrics do not
         // miss it while its hook runs.
         self.count_traffic();
-        self.close_session();
         // A session that ended waiting for a resume has no connection to close.
         let connected = !self.core.is_detached();
         // The kick is queued and written as far as it goes now; the hook runs next,
@@ -422,7 +416,6 @@ impl<S: Service, T: Transport> Connection<S, T> {
             // two are then looked at outside it, as `tokio::time::timeout` does.
             let unbudgeted = in_flight.is_some();
             let (transport, core, mailbox) = (&mut self.transport, &mut self.core, &self.mailbox);
-            let inbox = &mut self.inbox;
             let mail = |cx: &mut std::task::Context<'_>| mailbox.poll_mail(cx).is_ready();
             let wake = std::future::poll_fn(|cx| {
                 let mut changed = false;
@@ -472,12 +465,6 @@ impl<S: Service, T: Transport> Connection<S, T> {
                 if !cancel_first && stopped(cx) {
                     return Poll::Ready(Wake::Cancelled);
                 }
-                if let Some(handoffs) = inbox.as_mut() {
-                    if let Poll::Ready(handoff) = std::pin::Pin::new(handoffs).poll(cx) {
-                        // `Err`: the registry let its end go (the session is ending).
-                        return Poll::Ready(Wake::Handoff(handoff.ok()));
-                    }
-                }
                 if changed {
                     return Poll::Ready(Wake::Sent);
                 }
@@ -491,7 +478,14 @@ impl<S: Service, T: Transport> Connection<S, T> {
                     let stopped = self.stop_reason();
                     return self.core.take_close().unwrap_or(stopped);
                 }
-                Wake::Delivered => self.take_mail(&mut busy, now),
+                Wake::Delivered => {
+                    if self.take_mail(&mut busy, now) {
+                        // A new connection: its input, its deadlines.
+                        input_ended = false;
+                        armed = self.deadline(now, busy.as_deref());
+                        timer.as_mut().reset(armed.into());
+                    }
+                }
                 Wake::Received(Received::Input) => spare::lend_send(&mut self.core),
                 Wake::Sent => {}
                 Wake::Finished => self.finish_in_flight(&mut busy, &mut session),
@@ -518,18 +512,6 @@ impl<S: Service, T: Transport> Connection<S, T> {
                 Wake::Failed(e) => {
                     self.core
                         .close(DisconnectReason::SocketError(e.kind()), None);
-                }
-                Wake::Handoff(handoff) => {
-                    // One handoff per inbox: `take_over` arms a new one if the
-                    // session goes on.
-                    self.inbox = None;
-                    let Some(handoff) = handoff else {
-                        continue;
-                    };
-                    self.take_over(*handoff, now);
-                    input_ended = false;
-                    armed = self.deadline(now, busy.as_deref());
-                    timer.as_mut().reset(armed.into());
                 }
             }
         }
