@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
 """What an idle resumable session costs the server in memory: the release build of the
 bench service, N idle connections that only pinged, then N that logged in and
-acknowledged the answer (each then holds a resumable session: its log, registry entry
-and handoff slot), with resume
-on and again with `[resume] window = "0s"` (logged in, no session). Prints the server's
-RSS growth per connection for each, and the differences. Loopback only; it stops the
-server it started.
+acknowledged the answer (each then holds a quiet resumable session: its counts), with
+resume on and again with `[resume] window = "0s"` (logged in, no session). Prints the
+server's RSS growth per connection for each, and the differences. With `--heap` the
+growth of the heap glibc has in use (its chunks, headers included: `malloc_stats`,
+called through gdb) is compared instead, N logged-in connections with and without
+a session: RSS also counts memory the allocator holds freed, and varies by tens of
+bytes per connection from run to run. Loopback only; it stops the server it
+started.
 
     cargo build --release -p gatehouse-cli
-    python3 scripts/resume-idle-memory.py [--connections 2000]
+    python3 scripts/resume-idle-memory.py [--connections 2000] [--heap]
 """
 
 import argparse
@@ -50,12 +53,25 @@ def rss(pid):
     raise RuntimeError("no VmRSS")
 
 
-def measure(config, count):
-    """Bytes of RSS per connection: (pinged only, logged in)."""
-    server = subprocess.Popen(
-        [BINARY, "serve", "--service", "bench", "--config", config, "--port", "0",
-         "--admin-port", "0", "--log", "warn"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+def heap_in_use(server, log):
+    """The bytes glibc's malloc has in use in the server now (every arena, mmapped
+    chunks included): `malloc_stats()` called through gdb writes them to the
+    server's stderr, which goes to `log`."""
+    subprocess.run(["gdb", "-p", str(server.pid), "-batch", "-ex", "call (void)malloc_stats()"],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(log) as f:
+        totals = re.findall(r"Total \(incl\. mmap\):\s*system bytes\s*=\s*\d+\s*"
+                            r"in use bytes\s*=\s*(\d+)", f.read())
+    return int(totals[-1])
+
+
+def measure(config, count, heap_log=None):
+    """Bytes of RSS per connection: (pinged only, logged in); with `heap_log` (where
+    the server's stderr goes), the logged-in connections only, in heap bytes."""
+    command = [BINARY, "serve", "--service", "bench", "--config", config, "--port", "0",
+               "--admin-port", "0", "--log", "warn"]
+    stderr = open(heap_log, "w") if heap_log else subprocess.DEVNULL
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr)
     try:
         port = None
         while port is None:
@@ -65,9 +81,12 @@ def measure(config, count):
             match = re.search(r"listening on tcp://127\.0\.0\.1:(\d+)", line)
             port = int(match[1]) if match else None
         held, per = [], {}
-        for mode in ("pinged", "logged in"):
+        for mode in ("logged in",) if heap_log else ("pinged", "logged in"):
             time.sleep(0.5)
-            before = rss(server.pid)
+            if heap_log:
+                before = heap_in_use(server, heap_log)
+            else:
+                before = rss(server.pid)
             for i in range(count):
                 sock = socket.create_connection(("127.0.0.1", port))
                 if mode == "pinged":
@@ -84,6 +103,8 @@ def measure(config, count):
                     sock.sendall(frame(struct.pack(">BQ", 11, 1)))
                 held.append(sock)
             time.sleep(1.0)
+            if heap_log:
+                return {"heap": (heap_in_use(server, heap_log) - before) / count}
             per[mode] = (rss(server.pid) - before) / count
         for sock in held:
             sock.close()
@@ -91,15 +112,31 @@ def measure(config, count):
     finally:
         server.terminate()
         server.wait()
+        if heap_log:
+            stderr.close()
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--connections", type=int, default=2000)
+    parser.add_argument("--heap", action="store_true",
+                        help="compare the heap in use (glibc, through gdb), not RSS")
     args = parser.parse_args()
     with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as off:
         with open(CONFIG) as f:
             off.write(f.read() + '\n[resume]\nwindow = "0s"\n')
+    if args.heap:
+        with tempfile.TemporaryDirectory() as scratch:
+            try:
+                on = measure(CONFIG, args.connections, os.path.join(scratch, "on.log"))
+                without = measure(off.name, args.connections, os.path.join(scratch, "off.log"))
+            finally:
+                os.unlink(off.name)
+        print(f"{args.connections} logged-in connections, heap in use per connection (bytes):")
+        print(f"  no session:           {without['heap']:7.0f}")
+        print(f"  resumable session:    {on['heap']:7.0f}")
+        print(f"  the session's own cost: {on['heap'] - without['heap']:5.0f}")
+        return
     try:
         on = measure(CONFIG, args.connections)
         without = measure(off.name, args.connections)
