@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """What an idle resumable session costs the server in memory: the release build of the
 bench service, N idle connections that only pinged, then N that logged in and
-acknowledged the answer (each then holds a quiet resumable session: its counts), with
+acknowledged the answer (each then holds a resumable session, quiet a second later:
+its counts), with
 resume on and again with `[resume] window = "0s"` (logged in, no session). Prints the
 server's RSS growth per connection for each, and the differences. With `--heap` the
 growth of the heap glibc has in use (its chunks, headers included: `malloc_stats`,
@@ -102,7 +103,7 @@ def measure(config, count, heap_log=None):
                     # server without a session ignores it).
                     sock.sendall(frame(struct.pack(">BQ", 11, 1)))
                 held.append(sock)
-            time.sleep(1.0)
+            time.sleep(2.0)  # a session lets its replay go a second after it went quiet
             if heap_log:
                 return {"heap": (heap_in_use(server, heap_log) - before) / count}
             per[mode] = (rss(server.pid) - before) / count

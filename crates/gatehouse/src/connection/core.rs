@@ -222,8 +222,9 @@ pub(crate) struct ConnectionCore {
 /// A resumable session's bookkeeping (see `super::resume`). A quiet session
 /// (everything acknowledged both ways, its replay's buffer given back, connected,
 /// not ending) keeps only its counts: its [`Active`] part is made again when a
-/// numbered frame goes either way, and let go when all is quiet again. So an idle
-/// session costs one allocation of 32 bytes, not a replay.
+/// numbered frame goes either way, and let go once all has been quiet for a second
+/// ([`SETTLE_AFTER`]). So an idle session costs one allocation of 32 bytes, not a
+/// replay.
 #[derive(Debug)]
 struct SessionLog {
     /// Numbered frames sent, while `active` is `None` (all acknowledged).
@@ -248,9 +249,25 @@ struct Active {
     lost: Option<Lost>,
     /// The client is leaving on purpose: the session ends with this connection.
     leaving: bool,
+    /// It was quiet at an acknowledgement: it is let go if it is quiet at this.
+    settle_at: Option<Instant>,
 }
 
+/// How long a session that went quiet waits before it lets its active part go: a
+/// busy one goes quiet at every acknowledgement, and would make it again at once.
+const SETTLE_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl Active {
+    /// Whether nothing is owed either way and nothing ends it: then a
+    /// [`SessionLog`] keeps only its counts.
+    fn is_quiet(&self) -> bool {
+        self.lost.is_none()
+            && !self.leaving
+            && self.detached.is_none()
+            && self.replay.is_quiet()
+            && self.inbound.is_quiet()
+    }
+
     /// The active part of a quiet session that sent `sent` and received `received`
     /// numbered frames; `queued` bytes of output wait already, none of them a
     /// numbered frame not acknowledged.
@@ -268,6 +285,7 @@ impl Active {
             detached: None,
             lost: None,
             leaving: false,
+            settle_at: None,
         })
     }
 }
@@ -275,32 +293,58 @@ impl Active {
 impl SessionLog {
     /// Its active part, made again if the session was quiet (`queued` bytes of
     /// output wait already).
-    #[inline(always)]
     fn activate(&mut self, memory: &Arc<MemoryBudget>, queued: usize) -> &mut Active {
         let (sent, received, limit) = (self.sent, self.received, self.limit);
         self.active
             .get_or_insert_with(|| Active::continuing(sent, received, limit, memory, queued))
     }
 
-    /// A numbered frame was queued after `queued` bytes of output.
+    /// A numbered frame was queued after `queued` bytes of output. (On the path of
+    /// every answer: the session's counts are read only if it was quiet.)
     #[inline(always)]
     fn numbered_queued(&mut self, memory: &Arc<MemoryBudget>, queued: usize) {
-        self.activate(memory, queued).replay.numbered_queued();
+        if let Some(active) = self.active.as_deref_mut() {
+            active.replay.numbered_queued();
+        } else {
+            self.activate(memory, queued).replay.numbered_queued();
+        }
     }
 
-    /// Lets the active part go if all is quiet (see [`SessionLog`]).
-    fn settle(&mut self) {
-        if let Some(active) = &self.active {
-            let ending = active.lost.is_some() || active.leaving;
-            if !ending
-                && active.detached.is_none()
-                && active.replay.is_quiet()
-                && active.inbound.is_quiet()
-            {
-                self.sent = active.replay.sent();
-                self.received = active.inbound.received();
-                self.active = None;
+    /// One of the client's numbered frames arrived at `now` after `queued` bytes of
+    /// output; true if an acknowledgement is due at once.
+    #[inline(always)]
+    fn received_one(&mut self, memory: &Arc<MemoryBudget>, queued: usize, now: Instant) -> bool {
+        if let Some(active) = self.active.as_deref_mut() {
+            active.inbound.on_frame(now)
+        } else {
+            self.activate(memory, queued).inbound.on_frame(now)
+        }
+    }
+
+    /// After an acknowledgement either way, at `now`: if all is quiet, the active
+    /// part is let go [`SETTLE_AFTER`] from now if it is quiet then too.
+    fn quiet_at(&mut self, now: Instant) {
+        if let Some(active) = &mut self.active {
+            if active.settle_at.is_none() && active.is_quiet() {
+                active.settle_at = Some(now + SETTLE_AFTER);
             }
+        }
+    }
+
+    /// At `now`: lets the active part go if it was due to and is quiet (see
+    /// [`SessionLog`]); if it is busy again, it waits for the next quiet moment.
+    fn settle(&mut self, now: Instant) {
+        let Some(active) = &mut self.active else {
+            return;
+        };
+        if active.settle_at.is_none_or(|at| now < at) {
+            return;
+        }
+        active.settle_at = None;
+        if active.is_quiet() {
+            self.sent = active.replay.sent();
+            self.received = active.inbound.received();
+            self.active = None;
         }
     }
 
@@ -320,8 +364,13 @@ impl SessionLog {
         self.active.as_ref().is_some_and(|a| a.leaving)
     }
 
-    fn ack_due(&self) -> Option<Instant> {
-        self.active.as_ref().and_then(|a| a.inbound.deadline())
+    /// When an acknowledgement is owed, or the active part may be let go.
+    fn due(&self) -> Option<Instant> {
+        let active = self.active.as_ref()?;
+        match (active.inbound.deadline(), active.settle_at) {
+            (Some(ack), Some(settle)) => Some(ack.min(settle)),
+            (ack, settle) => ack.or(settle),
+        }
     }
 
     #[cfg(any(test, feature = "fuzzing"))]
@@ -627,7 +676,7 @@ impl ConnectionCore {
             }
             Message::Notify { route, payload } => Some(Event::Notify { route, payload }),
             Message::Ack { count } => {
-                self.on_ack(count);
+                self.on_ack(count, now);
                 None
             }
             Message::Resume { .. } if first => {
@@ -821,7 +870,7 @@ impl ConnectionCore {
         if self.input_paused {
             due = due.min(now + MEMORY_RETRY);
         }
-        if let Some(at) = self.session.as_ref().and_then(|s| s.ack_due()) {
+        if let Some(at) = self.session.as_ref().and_then(|s| s.due()) {
             due = due.min(at);
         }
         due
@@ -886,13 +935,14 @@ impl ConnectionCore {
         if self.input_paused {
             self.charge_input();
         }
-        if self
-            .session
-            .as_ref()
-            .and_then(|s| s.ack_due())
-            .is_some_and(|at| now >= at)
-        {
-            self.send_ack();
+        if let Some(session) = &self.session {
+            let owed = session.active.as_ref().and_then(|a| a.inbound.deadline());
+            if owed.is_some_and(|at| now >= at) {
+                self.send_ack(now);
+            }
+        }
+        if let Some(session) = &mut self.session {
+            session.settle(now);
         }
         // Output may have drained since the deadline was computed.
         self.update_stall(now, transport_backlog);
@@ -949,6 +999,7 @@ impl ConnectionCore {
                 detached: None,
                 lost: None,
                 leaving: false,
+                settle_at: None,
             })),
             limit,
             epoch: 0,
@@ -1158,23 +1209,26 @@ impl ConnectionCore {
         self.logged_in && self.session.is_none()
     }
 
-    /// One more of the client's numbered frames, received at `now`.
+    /// One more of the client's numbered frames, received at `now`. (Inlined into
+    /// the read path: one branch without a session, a count with one.)
+    #[inline(always)]
     fn count_inbound(&mut self, now: Instant) {
         if let Some(session) = &mut self.session {
-            let active = session.activate(&self.config.memory, self.out.len());
-            if active.inbound.on_frame(now) {
-                self.send_ack();
+            if session.received_one(&self.config.memory, self.out.len(), now) {
+                self.send_ack(now);
             }
         }
     }
 
-    /// Acknowledges what the client sent, if anything is owed.
-    fn send_ack(&mut self) {
+    /// Acknowledges what the client sent, if anything is owed, at `now` (once per
+    /// 32 frames at most: kept out of the read path).
+    #[cold]
+    fn send_ack(&mut self, now: Instant) {
         let Some(session) = &mut self.session else {
             return;
         };
         let owed = session.active.as_mut().and_then(|a| a.inbound.take_ack());
-        session.settle();
+        session.quiet_at(now);
         if let Some(count) = owed {
             self.enqueue(&Message::Ack { count });
         }
@@ -1182,7 +1236,7 @@ impl ConnectionCore {
 
     /// The client acknowledged the first `count` numbered frames. Without a session
     /// there is nothing to acknowledge, and the ack is ignored.
-    fn on_ack(&mut self, count: u64) {
+    fn on_ack(&mut self, count: u64, now: Instant) {
         let Some(session) = &mut self.session else {
             return;
         };
@@ -1194,7 +1248,7 @@ impl ConnectionCore {
             }),
             None => Ok(()),
         };
-        session.settle();
+        session.quiet_at(now);
         if let Err(beyond) = acked {
             debug!(
                 count = beyond.count,
@@ -1445,24 +1499,34 @@ mod tests {
         assert!(!is_quiet(&h), "the answer is not acknowledged");
         h.receive(&wire(&Message::Ack { count: 1 }));
         assert!(h.events(h.at(T)).is_empty());
-        assert!(is_quiet(&h), "acknowledged both ways");
+        assert!(
+            !is_quiet(&h),
+            "not at once: a busy session is quiet at every ack"
+        );
+        let settle = h.core.poll_timeout(h.at(T), false);
+        assert_eq!(settle, h.at(T) + SETTLE_AFTER);
+        h.core.handle_timeout(settle, false);
+        assert!(
+            is_quiet(&h),
+            "acknowledged both ways, and still so a second later"
+        );
         // A pong on a quiet session is kept nowhere.
         h.receive(&wire(&Message::Ping(Bytes::from_static(b"n"))));
-        assert!(h.events(h.at(T)).is_empty());
+        assert!(h.events(settle).is_empty());
         assert!(matches!(h.sent()[..], [Message::Pong(_)]));
         assert!(is_quiet(&h));
 
         // The client's request makes it active again: counted on from 0, its answer
         // numbered on from 1.
         h.receive(&wire(&request(7, 1, b"")));
-        assert_eq!(h.events(h.at(2 * T)).len(), 1);
+        assert_eq!(h.events(settle).len(), 1);
         h.core.respond(7, Status::OK, b"x");
         assert_eq!(h.core.session_sent(), Some(2));
         assert!(!is_quiet(&h));
-        let due = h.core.poll_timeout(h.at(2 * T), false);
+        let due = h.core.poll_timeout(settle, false);
         assert_eq!(
             due,
-            h.at(2 * T) + super::super::resume::ACK_WITHIN,
+            settle + super::super::resume::ACK_WITHIN,
             "an ack owed"
         );
         h.core.handle_timeout(due, false);
@@ -1472,25 +1536,34 @@ mod tests {
             "{sent:?}"
         );
         h.receive(&wire(&Message::Ack { count: 2 }));
-        assert!(h.events(h.at(3 * T)).is_empty());
+        assert!(h.events(due).is_empty());
+        let settle = h.core.poll_timeout(due, false);
+        assert_eq!(settle, due + SETTLE_AFTER);
+        h.core.handle_timeout(settle, false);
         assert!(is_quiet(&h));
 
         // Lost while quiet, it resumes: nothing to replay, and it counts on.
         h.core.detach(
             Close::from(DisconnectReason::PeerClosed),
-            h.at(4 * T),
+            settle,
             Duration::from_secs(30),
         );
         assert!(h.core.is_detached());
         h.core
-            .resume(2, BytesMut::new(), h.at(5 * T))
+            .resume(2, BytesMut::new(), settle + T)
             .expect("served");
         assert!(matches!(h.sent()[..], [Message::Resumed { received: 1 }]));
         h.core.push(5, Bytes::from_static(b"p"));
         assert_eq!(h.core.session_sent(), Some(3));
+        h.sent();
+        h.receive(&wire(&Message::Ack { count: 3 }));
+        let now = settle + 2 * T;
+        assert!(h.events(now).is_empty());
+        h.core.handle_timeout(now + SETTLE_AFTER, false);
+        assert!(is_quiet(&h));
         // An ack beyond what was sent is refused, quiet or not.
         h.receive(&wire(&Message::Ack { count: 4 }));
-        assert!(h.events(h.at(6 * T)).is_empty());
+        assert!(h.events(now + SETTLE_AFTER).is_empty());
         assert_eq!(h.closed(), Some(DisconnectReason::ProtocolError));
     }
 
@@ -1743,8 +1816,14 @@ mod tests {
             [Message::Ack { count: 3 }],
             "the two held ones and this one"
         );
+        // Quiet: once more, a second later, to let its active part go; then nothing
+        // but the idle deadline.
+        let settle = h.core.poll_timeout(due, false);
+        assert_eq!(settle, due + SETTLE_AFTER);
+        h.core.handle_timeout(settle, false);
+        assert!(h.sent().is_empty());
         assert_eq!(
-            h.core.poll_timeout(due, false),
+            h.core.poll_timeout(settle, false),
             h.at(T) + limits().idle_timeout,
             "acked: the idle deadline again"
         );
