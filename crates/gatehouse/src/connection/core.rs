@@ -222,9 +222,9 @@ pub(crate) struct ConnectionCore {
 /// A resumable session's bookkeeping (see `super::resume`). A quiet session
 /// (everything acknowledged both ways, its replay's buffer given back, connected,
 /// not ending) keeps only its counts: its [`Active`] part is made again when a
-/// numbered frame goes either way, and let go once all has been quiet for a second
-/// ([`SETTLE_AFTER`]). So an idle session costs one allocation of 32 bytes, not a
-/// replay.
+/// numbered frame goes either way, and let go when all is quiet again (at once
+/// after a few frames, a second later after a burst: [`SETTLE_AFTER`]). So an idle
+/// session costs one allocation of 32 bytes, not a replay.
 #[derive(Debug)]
 struct SessionLog {
     /// Numbered frames sent, while `active` is `None` (all acknowledged).
@@ -256,6 +256,12 @@ struct Active {
 /// How long a session that went quiet waits before it lets its active part go: a
 /// busy one goes quiet at every acknowledgement, and would make it again at once.
 const SETTLE_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A session whose active part carried at most this many numbered frames (both ways)
+/// lets it go as soon as it is quiet: a login's answer, a lone request. A burst
+/// waits [`SETTLE_AFTER`], so that a thousand logins do not hold a thousand replays
+/// for a second, nor a busy session make its replay again at every ack.
+const SETTLE_AT_ONCE_FRAMES: u64 = 2;
 
 impl Active {
     /// Whether nothing is owed either way and nothing ends it: then a
@@ -322,12 +328,22 @@ impl SessionLog {
     }
 
     /// After an acknowledgement either way, at `now`: if all is quiet, the active
-    /// part is let go [`SETTLE_AFTER`] from now if it is quiet then too.
+    /// part is let go now if it carried only a few frames, else [`SETTLE_AFTER`]
+    /// from now if it is quiet then too.
     fn quiet_at(&mut self, now: Instant) {
-        if let Some(active) = &mut self.active {
-            if active.settle_at.is_none() && active.is_quiet() {
-                active.settle_at = Some(now + SETTLE_AFTER);
-            }
+        let Some(active) = &mut self.active else {
+            return;
+        };
+        if active.settle_at.is_some() || !active.is_quiet() {
+            return;
+        }
+        // While active, the counts here are those it was made with.
+        let (sent, received) = (active.replay.sent(), active.inbound.received());
+        if (sent - self.sent) + (received - self.received) <= SETTLE_AT_ONCE_FRAMES {
+            (self.sent, self.received) = (sent, received);
+            self.active = None;
+        } else {
+            active.settle_at = Some(now + SETTLE_AFTER);
         }
     }
 
@@ -342,8 +358,7 @@ impl SessionLog {
         }
         active.settle_at = None;
         if active.is_quiet() {
-            self.sent = active.replay.sent();
-            self.received = active.inbound.received();
+            (self.sent, self.received) = (active.replay.sent(), active.inbound.received());
             self.active = None;
         }
     }
@@ -1499,48 +1514,42 @@ mod tests {
         assert!(!is_quiet(&h), "the answer is not acknowledged");
         h.receive(&wire(&Message::Ack { count: 1 }));
         assert!(h.events(h.at(T)).is_empty());
-        assert!(
-            !is_quiet(&h),
-            "not at once: a busy session is quiet at every ack"
-        );
-        let settle = h.core.poll_timeout(h.at(T), false);
-        assert_eq!(settle, h.at(T) + SETTLE_AFTER);
-        h.core.handle_timeout(settle, false);
-        assert!(
-            is_quiet(&h),
-            "acknowledged both ways, and still so a second later"
-        );
+        assert!(is_quiet(&h), "a login's answer alone: quiet at once");
         // A pong on a quiet session is kept nowhere.
         h.receive(&wire(&Message::Ping(Bytes::from_static(b"n"))));
-        assert!(h.events(settle).is_empty());
+        assert!(h.events(h.at(T)).is_empty());
         assert!(matches!(h.sent()[..], [Message::Pong(_)]));
         assert!(is_quiet(&h));
 
-        // The client's request makes it active again: counted on from 0, its answer
-        // numbered on from 1.
-        h.receive(&wire(&request(7, 1, b"")));
-        assert_eq!(h.events(settle).len(), 1);
-        h.core.respond(7, Status::OK, b"x");
-        assert_eq!(h.core.session_sent(), Some(2));
-        assert!(!is_quiet(&h));
-        let due = h.core.poll_timeout(settle, false);
-        assert_eq!(
-            due,
-            settle + super::super::resume::ACK_WITHIN,
-            "an ack owed"
-        );
+        // Requests make it active again: counted on from 0, their answers numbered
+        // on from 2. A burst lets its replay go only a second after it went quiet.
+        let mut burst = Vec::new();
+        for id in 7..10 {
+            burst.extend(wire(&request(id, 1, b"")));
+        }
+        h.receive(&burst);
+        for event in h.events(h.at(2 * T)) {
+            let Event::Request { id, .. } = event else {
+                panic!("{event:?}");
+            };
+            h.core.respond(id, Status::OK, b"x");
+        }
+        assert_eq!(h.core.session_sent(), Some(4));
+        let due = h.core.poll_timeout(h.at(2 * T), false);
+        assert_eq!(due, h.at(2 * T) + super::super::resume::ACK_WITHIN);
         h.core.handle_timeout(due, false);
         let sent = h.sent();
         assert!(
-            matches!(sent.last(), Some(Message::Ack { count: 1 })),
+            matches!(sent.last(), Some(Message::Ack { count: 3 })),
             "{sent:?}"
         );
-        h.receive(&wire(&Message::Ack { count: 2 }));
+        h.receive(&wire(&Message::Ack { count: 4 }));
         assert!(h.events(due).is_empty());
+        assert!(!is_quiet(&h), "not at once after a burst");
         let settle = h.core.poll_timeout(due, false);
         assert_eq!(settle, due + SETTLE_AFTER);
         h.core.handle_timeout(settle, false);
-        assert!(is_quiet(&h));
+        assert!(is_quiet(&h), "still quiet a second later");
 
         // Lost while quiet, it resumes: nothing to replay, and it counts on.
         h.core.detach(
@@ -1550,20 +1559,18 @@ mod tests {
         );
         assert!(h.core.is_detached());
         h.core
-            .resume(2, BytesMut::new(), settle + T)
+            .resume(4, BytesMut::new(), settle + T)
             .expect("served");
-        assert!(matches!(h.sent()[..], [Message::Resumed { received: 1 }]));
+        assert!(matches!(h.sent()[..], [Message::Resumed { received: 3 }]));
         h.core.push(5, Bytes::from_static(b"p"));
-        assert_eq!(h.core.session_sent(), Some(3));
+        assert_eq!(h.core.session_sent(), Some(5));
         h.sent();
-        h.receive(&wire(&Message::Ack { count: 3 }));
-        let now = settle + 2 * T;
-        assert!(h.events(now).is_empty());
-        h.core.handle_timeout(now + SETTLE_AFTER, false);
-        assert!(is_quiet(&h));
+        h.receive(&wire(&Message::Ack { count: 5 }));
+        assert!(h.events(settle + 2 * T).is_empty());
+        assert!(is_quiet(&h), "one push: quiet at once");
         // An ack beyond what was sent is refused, quiet or not.
-        h.receive(&wire(&Message::Ack { count: 4 }));
-        assert!(h.events(now + SETTLE_AFTER).is_empty());
+        h.receive(&wire(&Message::Ack { count: 6 }));
+        assert!(h.events(settle + 2 * T).is_empty());
         assert_eq!(h.closed(), Some(DisconnectReason::ProtocolError));
     }
 
