@@ -54,7 +54,8 @@ pub(crate) struct Shared<S: Service> {
     /// The traffic counters' last reported values (they never go back).
     #[cfg(feature = "metrics")]
     pub(crate) traffic_high: TrafficHighWater,
-    /// The resumable sessions, by id.
+    /// What resumable sessions need beside themselves: the secret of their tokens,
+    /// and why recent ones ended (`sessions.rs`).
     pub(crate) sessions: Sessions,
     /// Cancelled to drain: stop accepting, kick everyone `shutdown`, return.
     pub(crate) drain: CancellationToken,

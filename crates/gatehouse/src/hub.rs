@@ -275,7 +275,8 @@ impl<M: Send + 'static> HubHandle<M> {
             {
                 return Err(handoff);
             }
-            // Dropped unanswered: delivered.
+            // Dropped unanswered: delivered (or the hub crashed holding it, which ends
+            // every session anyway: the client's next resume is refused `unknown`).
             answer.await.map_or(Ok(()), Err)
         }
     }

@@ -162,11 +162,7 @@ impl<S: Service, T: Transport> Connection<S, T> {
                     .check(self.id.0, epoch, token)
                     .and_then(|()| {
                         let ours = handoff.handoff_type() == TypeId::of::<Handoff<T>>();
-                        if ours {
-                            Ok(())
-                        } else {
-                            Err(Refusal::OtherTransport)
-                        }
+                        ours.then_some(()).ok_or(Refusal::OtherTransport)
                     })
             }
         };
