@@ -206,15 +206,7 @@ async fn a_client_that_leaves_over_tcp_or_closes_its_websocket_ends_its_session_
             break;
         }
     }
-    let resuming = CloseFrame {
-        code: CloseCode::from(4000),
-        reason: "lost; resuming".into(),
-    };
-    raw.close(Some(resuming)).await.unwrap();
-    eventually("the session waits for a resume", || {
-        (stats.snapshot().sessions_detached == 1).then_some(())
-    })
-    .await;
+    close_as_lost(raw, stats, 1).await;
     assert_eq!(record.hooks().len(), 2, "no hook ran for it");
     server.stop().await;
 }
@@ -317,6 +309,24 @@ async fn next_envelope(
     }
 }
 
+/// Closes a raw WebSocket as a client that will resume closes it (code 4000), then
+/// waits until the server counts `detached` sessions waiting.
+async fn close_as_lost(
+    mut raw: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    stats: &gatehouse::stats::Stats,
+    detached: u64,
+) {
+    let lost = CloseFrame {
+        code: CloseCode::from(4000),
+        reason: "lost; resuming".into(),
+    };
+    raw.close(Some(lost)).await.unwrap();
+    eventually("the session waits for a resume", || {
+        (stats.snapshot().sessions_detached == detached).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resume_over_another_transport_or_with_a_token_used_already_is_refused() {
     let server = TcpAndWebSocket::start().await;
@@ -341,15 +351,7 @@ async fn a_resume_over_another_transport_or_with_a_token_used_already_is_refused
         }
     }
     let (id, token) = session.expect("a session before the answer");
-    let lost = CloseFrame {
-        code: CloseCode::from(4000),
-        reason: "lost; resuming".into(),
-    };
-    raw.close(Some(lost)).await.unwrap();
-    eventually("the session waits", || {
-        (stats.snapshot().sessions_detached == 1).then_some(())
-    })
-    .await;
+    close_as_lost(raw, stats, 1).await;
     let resume = Message::Resume {
         id,
         received,
@@ -412,15 +414,7 @@ async fn a_resume_over_another_transport_or_with_a_token_used_already_is_refused
         }
     }
     // Lost again, it resumes with the fresh token.
-    let lost = CloseFrame {
-        code: CloseCode::from(4000),
-        reason: "lost; resuming".into(),
-    };
-    first.close(Some(lost)).await.unwrap();
-    eventually("the session waits again", || {
-        (stats.snapshot().sessions_detached == 2).then_some(())
-    })
-    .await;
+    close_as_lost(first, stats, 2).await;
     let mut third = raw_websocket(ws_addr).await;
     let again = Message::Resume {
         id,
