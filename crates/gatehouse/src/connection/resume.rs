@@ -11,8 +11,10 @@
 //! a resume that needs them is refused `gap`. An acknowledgement is due only while something
 //! is unacknowledged, so an idle session arms no timer.
 //!
-//! The connection core holds them for a session offered a resume; they stay with
-//! the session's task while its connection is lost and serve the next one.
+//! The connection core holds them for a session offered a resume while something
+//! is unacknowledged or its connection is lost (they stay with the session's task
+//! then and serve the next connection); a quiet session keeps only its counts, and
+//! they are made again from those (`SessionLog` in `core.rs`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
