@@ -214,6 +214,9 @@ fn a_cut_connection_is_resumed_and_the_room_never_sees_the_player_leave() {
     alice.expect("logged in as alice in lobby at (0, 0)");
     let mut bob = Terminal::open(server.addr, "bob");
     bob.expect("logged in as bob in lobby at (0, 0)");
+    // The room's first state for bob, at its next tick: alice is in it. (Had she
+    // entered and left within one tick, the room would never tell of either.)
+    bob.expect("* in lobby: alice (0, 0), bob (0, 0)");
     alice.type_line("before the cut");
     bob.expect("[lobby] alice: before the cut");
 
