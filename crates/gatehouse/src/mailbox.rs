@@ -133,9 +133,7 @@ impl<M> Mailbox<M> {
                 true
             }
         };
-        self.mail.store(true, Ordering::Release);
-        drop(state);
-        self.waker.wake();
+        self.announce(state);
         if kicked {
             self.interrupt.cancel();
         }
@@ -151,10 +149,16 @@ impl<M> Mailbox<M> {
             return Err(handoff);
         }
         state.queue.push_back(Delivery::Resume(handoff));
+        self.announce(state);
+        Ok(())
+    }
+
+    /// Raises the mail flag (under the lock that changed the mail), then wakes the
+    /// connection outside it.
+    fn announce(&self, state: MutexGuard<'_, MailboxState<M>>) {
         self.mail.store(true, Ordering::Release);
         drop(state);
         self.waker.wake();
-        Ok(())
     }
 
     /// Whether mail waits to be taken (no lock taken).

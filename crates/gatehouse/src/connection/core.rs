@@ -338,10 +338,10 @@ impl SessionLog {
             return;
         }
         // While active, the counts here are those it was made with.
-        let (sent, received) = (active.replay.sent(), active.inbound.received());
-        if (sent - self.sent) + (received - self.received) <= SETTLE_AT_ONCE_FRAMES {
-            (self.sent, self.received) = (sent, received);
-            self.active = None;
+        let carried =
+            (active.replay.sent() - self.sent) + (active.inbound.received() - self.received);
+        if carried <= SETTLE_AT_ONCE_FRAMES {
+            self.let_go();
         } else {
             active.settle_at = Some(now + SETTLE_AFTER);
         }
@@ -358,8 +358,14 @@ impl SessionLog {
         }
         active.settle_at = None;
         if active.is_quiet() {
+            self.let_go();
+        }
+    }
+
+    /// Keeps the active part's counts and lets it go (it is quiet).
+    fn let_go(&mut self) {
+        if let Some(active) = self.active.take() {
             (self.sent, self.received) = (active.replay.sent(), active.inbound.received());
-            self.active = None;
         }
     }
 
@@ -1004,18 +1010,13 @@ impl ConnectionCore {
             token,
         });
         let limit = u32::try_from(buffer_bytes).unwrap_or(u32::MAX);
+        // What is queued already (the `session` frame last) is not the session's.
+        let mut active = Active::continuing(0, 0, limit, &self.config.memory, self.out.len());
+        active.inbound = Inbound::starting_at(held);
         self.session = Some(Box::new(SessionLog {
             sent: 0,
             received: 0,
-            active: Some(Box::new(Active {
-                // What is queued already (the `session` frame last) is not the session's.
-                replay: Replay::new(limit as usize, self.config.memory.clone(), self.out.len()),
-                inbound: Inbound::starting_at(held),
-                detached: None,
-                lost: None,
-                leaving: false,
-                settle_at: None,
-            })),
+            active: Some(active),
             limit,
             epoch: 0,
         }));
