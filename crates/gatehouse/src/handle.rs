@@ -19,8 +19,11 @@ use gatehouse_protocol::KickReason;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::cluster::node::Target;
+use crate::cluster::wire::{ClusterMessage, Heartbeat};
+use crate::cluster::{ClusterCounts, ClusterNode, ClusterStats, Located};
 use crate::connection::ConnId;
-use crate::hub::{ConnectionInfo, ConnectionPage, HandleError, HubHandle};
+use crate::hub::{check_frame, push_frame, ConnectionInfo, ConnectionPage, HandleError, HubHandle};
 use crate::players::{PlayerList, Players};
 
 /// How long a call waits for the hub by default while it restarts.
@@ -180,32 +183,52 @@ impl<M: Send + 'static> ServerHandle<M> {
 
     // ---- pushes ------------------------------------------------------------------
 
-    /// Pushes `payload` on `route` to every connection (encoded once).
+    /// The cluster this server is a node of, if any.
+    fn cluster(&self) -> Option<&Arc<ClusterNode>> {
+        self.players.cluster()
+    }
+
+    /// Pushes `payload` on `route` to every connection (encoded once), on every node
+    /// of a cluster (one message per node).
     pub async fn broadcast(
         &self,
         route: u16,
         payload: impl Into<Bytes>,
     ) -> Result<(), HandleError> {
-        self.call_with(payload, |hub, payload| async move {
-            hub.broadcast(route, payload, None).await
-        })
-        .await
+        self.broadcast_from(None, push_frame(route, payload.into()))
+            .await
     }
 
-    /// Pushes `payload` on `route` to every connection but `except` (the sender, say).
+    /// Pushes `payload` on `route` to every connection but `except` (the sender,
+    /// say), on every node.
     pub async fn broadcast_except(
         &self,
         except: ConnId,
         route: u16,
         payload: impl Into<Bytes>,
     ) -> Result<(), HandleError> {
-        self.call_with(payload, |hub, payload| async move {
-            hub.broadcast(route, payload, Some(except)).await
-        })
-        .await
+        self.broadcast_from(Some(except), push_frame(route, payload.into()))
+            .await
     }
 
-    /// Pushes `payload` on `route` to one connection; dropped if it is gone.
+    async fn broadcast_from(
+        &self,
+        except: Option<ConnId>,
+        frame: Bytes,
+    ) -> Result<(), HandleError> {
+        self.call(|hub| {
+            let frame = frame.clone();
+            async move { hub.broadcast(frame, except).await }
+        })
+        .await?;
+        if let Some(cluster) = self.cluster() {
+            cluster.send(Target::All, ClusterMessage::Broadcast { frame });
+        }
+        Ok(())
+    }
+
+    /// Pushes `payload` on `route` to one connection of this node; dropped if it is
+    /// gone.
     pub async fn push_to(
         &self,
         to: ConnId,
@@ -218,18 +241,36 @@ impl<M: Send + 'static> ServerHandle<M> {
         .await
     }
 
-    /// Pushes `payload` on `route` to the connection logged in as `player`; dropped
-    /// if nobody is.
+    /// Pushes `payload` on `route` to the connection logged in as `player`, on
+    /// whichever node it is; dropped if nobody is.
     pub async fn push_to_player(
         &self,
         player: &str,
         route: u16,
         payload: impl Into<Bytes>,
     ) -> Result<(), HandleError> {
-        self.call_with(payload, |hub, payload| async move {
-            hub.push_to_player(player, route, payload).await
+        let frame = push_frame(route, payload.into());
+        let player: Arc<str> = Arc::from(player);
+        if let Some((cluster, node)) = self.remote_owner(&player) {
+            check_frame(&frame, cluster.max_frame)?;
+            let message = ClusterMessage::PlayerPush { player, frame };
+            cluster.send(Target::Node(node), message);
+            return Ok(());
+        }
+        self.call(|hub| {
+            let (player, frame) = (player.clone(), frame.clone());
+            async move { hub.push_to_player(player, frame).await }
         })
         .await
+    }
+
+    /// The cluster and the other node that owns `player`, if it is not held here.
+    fn remote_owner(&self, player: &str) -> Option<(&Arc<ClusterNode>, Arc<str>)> {
+        let cluster = self.cluster()?;
+        if self.players.holder_conn(player).is_some() {
+            return None;
+        }
+        Some((cluster, cluster.owner_node(player)?))
     }
 
     /// Sends `message` to one connection's [`Service::message`](crate::Service::message)
@@ -260,7 +301,7 @@ impl<M: Send + 'static> ServerHandle<M> {
         .await
     }
 
-    /// Kicks the connection logged in as `player`, if any.
+    /// Kicks the connection logged in as `player`, on whichever node it is, if any.
     pub async fn kick_player(
         &self,
         player: &str,
@@ -268,8 +309,18 @@ impl<M: Send + 'static> ServerHandle<M> {
         text: impl Into<String>,
     ) -> Result<(), HandleError> {
         let text = text.into();
+        let player: Arc<str> = Arc::from(player);
+        if let Some((cluster, node)) = self.remote_owner(&player) {
+            let message = ClusterMessage::PlayerKick {
+                player,
+                reason,
+                text,
+            };
+            cluster.send(Target::Node(node), message);
+            return Ok(());
+        }
         self.call(|hub| {
-            let text = text.as_str();
+            let (player, text) = (player.clone(), text.as_str());
             async move { hub.kick_player(player, reason, text).await }
         })
         .await
@@ -289,20 +340,20 @@ impl<M: Send + 'static> ServerHandle<M> {
             .await
     }
 
-    /// Pushes `payload` on `route` to every member of `group` (encoded once).
+    /// Pushes `payload` on `route` to every member of `group` (encoded once), on
+    /// every node with a member (one message per such node).
     pub async fn group_broadcast(
         &self,
         group: &str,
         route: u16,
         payload: impl Into<Bytes>,
     ) -> Result<(), HandleError> {
-        self.call_with(payload, |hub, payload| async move {
-            hub.group_broadcast(group, route, payload, None).await
-        })
-        .await
+        self.group_broadcast_from(group, None, push_frame(route, payload.into()))
+            .await
     }
 
-    /// Pushes `payload` on `route` to every member of `group` but `except`.
+    /// Pushes `payload` on `route` to every member of `group` but `except`, on every
+    /// node.
     pub async fn group_broadcast_except(
         &self,
         group: &str,
@@ -310,11 +361,27 @@ impl<M: Send + 'static> ServerHandle<M> {
         route: u16,
         payload: impl Into<Bytes>,
     ) -> Result<(), HandleError> {
-        self.call_with(payload, |hub, payload| async move {
-            hub.group_broadcast(group, route, payload, Some(except))
-                .await
+        self.group_broadcast_from(group, Some(except), push_frame(route, payload.into()))
+            .await
+    }
+
+    async fn group_broadcast_from(
+        &self,
+        group: &str,
+        except: Option<ConnId>,
+        frame: Bytes,
+    ) -> Result<(), HandleError> {
+        let group: Arc<str> = Arc::from(group);
+        self.call(|hub| {
+            let (group, frame) = (group.clone(), frame.clone());
+            async move { hub.group_broadcast(group, frame, except).await }
         })
-        .await
+        .await?;
+        if let Some(cluster) = self.cluster() {
+            let target = Target::Group(group.clone());
+            cluster.send(target, ClusterMessage::Group { group, frame });
+        }
+        Ok(())
     }
 
     // ---- lookups and counts ------------------------------------------------------
@@ -347,6 +414,70 @@ impl<M: Send + 'static> ServerHandle<M> {
     /// has run.
     pub async fn players(&self, limit: usize) -> Result<PlayerList, HandleError> {
         Ok(self.players.list(limit))
+    }
+
+    /// Where `player` is logged in: on this node (its connection), on another live
+    /// node of the cluster, or nowhere.
+    pub async fn locate(&self, player: &str) -> Result<Option<Located>, HandleError> {
+        if let Some(conn) = self.players.holder_conn(player) {
+            return Ok(Some(Located::Here(conn)));
+        }
+        let elsewhere = self
+            .cluster()
+            .and_then(|cluster| cluster.owner_node(player));
+        Ok(elsewhere.map(|node| Located::On(node.to_string())))
+    }
+
+    /// Connections and players on every live node, this one first (only this one
+    /// outside a cluster). Other nodes' counts are as of their last heartbeat.
+    pub async fn cluster_counts(&self) -> Result<ClusterCounts, HandleError> {
+        let here = self.local_counts().await;
+        Ok(match self.cluster() {
+            Some(cluster) => cluster.counts(here),
+            None => ClusterNode::alone(here),
+        })
+    }
+
+    /// What this node's link to the cluster did, if it is in one.
+    pub fn cluster_stats(&self) -> Option<ClusterStats> {
+        self.cluster().map(|cluster| cluster.stats())
+    }
+
+    /// This node's counts, for its heartbeat (zero connections while the hub
+    /// restarts).
+    pub(crate) async fn local_counts(&self) -> Heartbeat {
+        Heartbeat {
+            connections: self.count().await.unwrap_or(0) as u64,
+            players: self.players.count() as u64,
+        }
+    }
+
+    /// Hands what another node sent to this node's connections (never back to the
+    /// cluster).
+    pub(crate) async fn deliver_from_cluster(
+        &self,
+        message: ClusterMessage,
+    ) -> Result<(), HandleError> {
+        self.call(|hub| {
+            let message = message.clone();
+            async move {
+                match message {
+                    ClusterMessage::Broadcast { frame } => hub.broadcast(frame, None).await,
+                    ClusterMessage::Group { group, frame } => {
+                        hub.group_broadcast(group, frame, None).await
+                    }
+                    ClusterMessage::PlayerPush { player, frame } => {
+                        hub.push_to_player(player, frame).await
+                    }
+                    ClusterMessage::PlayerKick {
+                        player,
+                        reason,
+                        text,
+                    } => hub.kick_player(player, reason, text).await,
+                }
+            }
+        })
+        .await
     }
 
     /// One live connection (its peer, transport, traffic, player), if it is.

@@ -296,17 +296,7 @@ impl<M: Send + 'static> HubHandle<M> {
         frame: Bytes,
         command: impl FnOnce(Bytes, Charge) -> Command<M> + Send + 'static,
     ) -> impl Future<Output = Result<(), HandleError>> + Send + '_ {
-        let len = frame.len().saturating_sub(HEADER_LEN);
-        if len > self.max_frame {
-            warn!(
-                len,
-                max = self.max_frame,
-                "push over max_frame_bytes; refused"
-            );
-            let refused = HandleError::FrameTooLarge {
-                len,
-                max: self.max_frame,
-            };
+        if let Err(refused) = check_frame(&frame, self.max_frame) {
             return Either::Left(std::future::ready(Err(refused)));
         }
         // A frame is at most max_frame_bytes + 4, which validation keeps within
@@ -326,48 +316,40 @@ impl<M: Send + 'static> HubHandle<M> {
         })
     }
 
-    /// Pushes `payload` on `route` to every connection but `except` (encoded once).
+    /// Pushes an encoded push `frame` to every connection but `except`.
     pub(crate) fn broadcast(
         &self,
-        route: u16,
-        payload: Bytes,
+        frame: Bytes,
         except: Option<ConnId>,
     ) -> impl Future<Output = Result<(), HandleError>> + Send + '_ {
-        self.send_frame(push_frame(route, payload), move |frame, _charge| {
-            Command::Broadcast {
-                frame,
-                except,
-                _charge,
-            }
+        self.send_frame(frame, move |frame, _charge| Command::Broadcast {
+            frame,
+            except,
+            _charge,
         })
     }
 
-    /// Pushes `payload` on `route` to the connection logged in as `player`; dropped
-    /// if nobody is.
+    /// Pushes an encoded push `frame` to the connection logged in as `player`;
+    /// dropped if nobody is.
     pub(crate) fn push_to_player(
         &self,
-        player: &str,
-        route: u16,
-        payload: Bytes,
+        player: Arc<str>,
+        frame: Bytes,
     ) -> impl Future<Output = Result<(), HandleError>> + Send + '_ {
-        let player = Arc::from(player);
-        self.send_frame(push_frame(route, payload), move |frame, _charge| {
-            Command::SendToPlayer {
-                player,
-                delivery: Delivery::Frame(frame),
-                _charge,
-            }
+        self.send_frame(frame, move |frame, _charge| Command::SendToPlayer {
+            player,
+            delivery: Delivery::Frame(frame),
+            _charge,
         })
     }
 
     /// Kicks the connection logged in as `player`, if any.
     pub(crate) fn kick_player(
         &self,
-        player: &str,
+        player: Arc<str>,
         reason: KickReason,
         text: impl Into<String>,
     ) -> impl Future<Output = Result<(), HandleError>> + Send + '_ {
-        let player = Arc::from(player);
         let delivery = Delivery::Kick(reason, text.into());
         self.send(Command::SendToPlayer {
             player,
@@ -441,22 +423,18 @@ impl<M: Send + 'static> HubHandle<M> {
         self.send(Command::Leave { id, group })
     }
 
-    /// Pushes to every member of a group but `except`.
+    /// Pushes an encoded push `frame` to every member of a group but `except`.
     pub(crate) fn group_broadcast(
         &self,
-        group: &str,
-        route: u16,
-        payload: Bytes,
+        group: Arc<str>,
+        frame: Bytes,
         except: Option<ConnId>,
     ) -> impl Future<Output = Result<(), HandleError>> + Send + '_ {
-        let group = Arc::from(group);
-        self.send_frame(push_frame(route, payload), move |frame, _charge| {
-            Command::GroupBroadcast {
-                group,
-                frame,
-                except,
-                _charge,
-            }
+        self.send_frame(frame, move |frame, _charge| Command::GroupBroadcast {
+            group,
+            frame,
+            except,
+            _charge,
         })
     }
 
@@ -517,7 +495,21 @@ impl<M: Send + 'static> HubHandle<M> {
     }
 }
 
-fn push_frame(route: u16, payload: Bytes) -> Bytes {
+/// Refuses a frame larger than any client accepts (`limits.max_frame_bytes`).
+pub(crate) fn check_frame(frame: &Bytes, max_frame: usize) -> Result<(), HandleError> {
+    let len = frame.len().saturating_sub(HEADER_LEN);
+    if len > max_frame {
+        warn!(len, max = max_frame, "push over max_frame_bytes; refused");
+        return Err(HandleError::FrameTooLarge {
+            len,
+            max: max_frame,
+        });
+    }
+    Ok(())
+}
+
+/// A push of `payload` on `route`, encoded once for every recipient.
+pub(crate) fn push_frame(route: u16, payload: Bytes) -> Bytes {
     Message::Push { route, payload }.to_frame()
 }
 
@@ -529,6 +521,10 @@ pub(crate) fn spawn<M: Send + 'static>(
     players: Arc<Players>,
 ) -> (HubHandle<M>, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(queue);
+    if let Some(cluster) = players.cluster() {
+        // The groups of the last life are gone: so are this node's subscriptions.
+        cluster.clear_groups();
+    }
     let hub = Hub {
         rx,
         conns: HashMap::new(),
@@ -612,7 +608,14 @@ impl<M: Send + 'static> Hub<M> {
                 let Some(entry) = self.conns.get_mut(&id) else {
                     return;
                 };
-                if self.groups.entry(group.clone()).or_default().insert(id) {
+                let members = self.groups.entry(group.clone()).or_default();
+                let first = members.is_empty();
+                if members.insert(id) {
+                    if first {
+                        if let Some(cluster) = self.players.cluster() {
+                            cluster.group_interest(&group, true);
+                        }
+                    }
                     entry.groups.push(group);
                 }
             }
@@ -745,6 +748,9 @@ impl<M: Send + 'static> Hub<M> {
             members.remove(&id);
             if members.is_empty() {
                 self.groups.remove(group);
+                if let Some(cluster) = self.players.cluster() {
+                    cluster.group_interest(group, false);
+                }
             }
         }
     }
@@ -849,12 +855,15 @@ mod tests {
         // Room for two frames of 100-byte payloads (103 + 4 bytes each), not three.
         let (hub, mut commands) = handle(2 * 107);
         let payload = Bytes::from(vec![0u8; 100]);
-        assert_eq!(ready(hub.broadcast(1, payload.clone(), None)), Some(Ok(())));
+        assert_eq!(
+            ready(hub.broadcast(push_frame(1, payload.clone()), None)),
+            Some(Ok(()))
+        );
         assert_eq!(
             ready(hub.push_to(ConnId(1), 1, payload.clone())),
             Some(Ok(()))
         );
-        let mut third = pin!(hub.broadcast(1, payload, None));
+        let mut third = pin!(hub.broadcast(push_frame(1, payload), None));
         assert_eq!(ready(third.as_mut()), None, "the queue is full of bytes");
         // The hub handles one command: its bytes are free again.
         drop(commands.try_recv().unwrap());
@@ -869,7 +878,7 @@ mod tests {
     #[test]
     fn a_push_over_the_frame_limit_is_refused_before_it_is_queued() {
         let (hub, mut commands) = handle(1 << 20);
-        let refused = ready(hub.broadcast(1, Bytes::from(vec![0u8; 998]), None));
+        let refused = ready(hub.broadcast(push_frame(1, Bytes::from(vec![0u8; 998])), None));
         assert_eq!(
             refused,
             Some(Err(HandleError::FrameTooLarge {
@@ -879,7 +888,7 @@ mod tests {
         );
         assert!(commands.try_recv().is_err(), "nothing reached the hub");
         assert_eq!(
-            ready(hub.broadcast(1, Bytes::from(vec![0u8; 997]), None)),
+            ready(hub.broadcast(push_frame(1, Bytes::from(vec![0u8; 997])), None)),
             Some(Ok(()))
         );
     }

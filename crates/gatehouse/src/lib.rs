@@ -25,6 +25,9 @@
 //! - [`logs`]: the budget of log lines a flood can cause (for games too).
 //! - [`timer`]: timers for sessions and rooms.
 //! - `mailbox`: how the hub, rooms and timers reach a connection.
+//! - [`cluster`]: one game across several processes: the [`cluster::ClusterLink`]
+//!   seam, this node's outbox and view of the others, the task that drives them,
+//!   an in-process bus for tests.
 //! - [`players`]: who is logged in until their disconnect hook has run; logins that
 //!   take turns and take a player over ([`LoginTurn`]).
 //! - `hub`: the seed's `gs_svr`: registry, groups, broadcast, counts; players by
@@ -81,6 +84,7 @@
 #[cfg(feature = "admin")]
 pub mod admin;
 pub mod bench_service;
+pub mod cluster;
 pub mod config;
 mod connection;
 mod driver;

@@ -14,11 +14,12 @@
 //! and however many logins of a name arrive at once, the last one is left online.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::{watch, OwnedMutexGuard};
 
+use crate::cluster::ClusterNode;
 use crate::connection::ConnId;
 
 /// How long a login waits for its turn, and for the session it takes over to end.
@@ -28,6 +29,9 @@ pub const LOGIN_WAIT: Duration = Duration::from_secs(5);
 #[derive(Default)]
 pub(crate) struct Players {
     state: Mutex<State>,
+    /// The cluster this node is in, if any: told of every change of holder, so that
+    /// it claims or releases the player there.
+    cluster: OnceLock<Arc<ClusterNode>>,
 }
 
 #[derive(Default)]
@@ -52,6 +56,16 @@ impl Players {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Joins the server to a cluster (once, before it serves).
+    pub(crate) fn set_cluster(&self, cluster: Arc<ClusterNode>) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    /// The cluster this node is in, if any.
+    pub(crate) fn cluster(&self) -> Option<&Arc<ClusterNode>> {
+        self.cluster.get()
+    }
+
     /// `conn` holds `name` from now on (and no other name it held before).
     pub(crate) fn log_in(&self, name: &str, conn: ConnId) {
         let mut state = self.state();
@@ -59,12 +73,14 @@ impl Players {
         if let Some(previous) = state.names.insert(conn, name.clone()) {
             if previous != name {
                 state.release(&previous, conn);
+                self.tell_cluster(&previous);
             }
         }
         let (gone, _) = watch::channel(false);
         // A connection that logged in without a turn replaces the holder (the latest
         // login has the name, as in the hub); waiters of the old one see it gone.
-        state.online.insert(name, Holder { conn, gone });
+        state.online.insert(name.clone(), Holder { conn, gone });
+        self.tell_cluster(&name);
     }
 
     /// `conn`'s disconnect hook has run: its name is free.
@@ -72,6 +88,13 @@ impl Players {
         let mut state = self.state();
         if let Some(name) = state.names.remove(&conn) {
             state.release(&name, conn);
+            self.tell_cluster(&name);
+        }
+    }
+
+    fn tell_cluster(&self, name: &Arc<str>) {
+        if let Some(cluster) = self.cluster.get() {
+            cluster.player_changed(name);
         }
     }
 

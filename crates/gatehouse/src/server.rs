@@ -20,8 +20,10 @@ use tracing::{error, info};
 
 #[cfg(feature = "admin")]
 use crate::admin::{self, AdminConfig};
+use crate::cluster::{ClusterConfig, ClusterLink, ClusterNode};
 use crate::config::{Config, ConfigError};
 use crate::group::Shared;
+use crate::guard::RestartIntensity;
 use crate::handle::{HubState, ServerHandle};
 #[cfg(doc)]
 use crate::listener::Listener;
@@ -64,6 +66,8 @@ pub struct Server<S: Service> {
     /// The metrics of the rooms handed over.
     #[cfg(feature = "metrics")]
     room_metrics: RoomMetrics,
+    /// This node of a cluster, if it is one.
+    cluster: Option<Arc<ClusterNode>>,
 }
 
 impl<S: Service> Server<S> {
@@ -77,7 +81,28 @@ impl<S: Service> Server<S> {
             parts: Parts::default(),
             #[cfg(feature = "metrics")]
             room_metrics: RoomMetrics::default(),
+            cluster: None,
         })
+    }
+
+    /// Makes this server one node of a cluster reached through `link`
+    /// (`gatehouse-cluster`'s NATS link, or a [`LocalBus`](crate::cluster::LocalBus)
+    /// in tests): broadcasts, group broadcasts, pushes and kicks by player reach
+    /// every node, a player is logged in on one node at a time (the newest login
+    /// wins), and [`ServerHandle::locate`] and [`ServerHandle::cluster_counts`] see
+    /// the whole cluster. The node serves its own connections whatever the link
+    /// does. Call it before [`Server::run`], at most once.
+    pub fn with_cluster(
+        mut self,
+        link: impl ClusterLink,
+        config: ClusterConfig,
+    ) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let max_frame = self.shared.config.limits.max_frame_bytes;
+        let node = Arc::new(ClusterNode::new(config, Arc::new(link), max_frame));
+        self.shared.hub_slot.players.set_cluster(node.clone());
+        self.cluster = Some(node);
+        Ok(self)
     }
 
     /// Owns the rooms of one type, reported as `kind` in the metrics: the rooms made
@@ -177,6 +202,7 @@ impl<S: Service> Server<S> {
             parts,
             #[cfg(feature = "metrics")]
             room_metrics,
+            cluster,
         } = self;
         #[cfg(feature = "metrics")]
         if !room_metrics.is_empty() {
@@ -207,6 +233,24 @@ impl<S: Service> Server<S> {
             }
             admin_stop.drop_guard()
         };
+        // The cluster task outlives the connections: their hooks' releases of
+        // players must reach the cluster.
+        let cluster_stop = CancellationToken::new();
+        let _stop_cluster = cluster_stop.clone().drop_guard();
+        let cluster_task = cluster.map(|node| {
+            let restarts = RestartIntensity::new(
+                shared.config.supervisor.max_restarts,
+                shared.config.supervisor.restart_window,
+            );
+            let timeout = node.config.request_timeout;
+            let supervised = supervisor::supervise_cluster(
+                node,
+                shared.handle.clone(),
+                cluster_stop.clone(),
+                restarts,
+            );
+            (tokio::spawn(supervised), timeout)
+        });
         let drain = shared.drain.clone();
         let crate::config::SupervisorConfig {
             drain_timeout,
@@ -242,7 +286,13 @@ impl<S: Service> Server<S> {
         };
         // Whatever happened to the connections, the rooms stop and what was queued
         // gets its chance to land.
-        match parts.stop(drain_timeout).await {
+        let unsaved = parts.stop(drain_timeout).await;
+        if let Some((task, timeout)) = cluster_task {
+            // Leaving takes a few calls to the cluster, each within request_timeout.
+            cluster_stop.cancel();
+            let _ = tokio::time::timeout(timeout * 4, task).await;
+        }
+        match unsaved {
             None => served,
             Some(saves) => {
                 if let Err(e) = served {

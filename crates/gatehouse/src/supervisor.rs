@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! admin listener                      admin::serve, beside the tree (Server::run): up until it has stopped
+//! cluster task                        cluster::run, beside the tree (supervise_cluster): up until it has stopped
 //! root (rest_for_one)                 supervise(): this function's loop
 //!  ├─ store writer                    gatehouse_store::SaveWriter: started before, closed after
 //!  ├─ room supervisors                room::Rooms, one per room type: started before, shut down after
@@ -36,6 +37,12 @@
 //! [`ServerHandle`](crate::ServerHandle), so neither a room crash nor a hub restart
 //! involves the other.
 //!
+//! The cluster task (only in a cluster, `Server::with_cluster`) is the one thing
+//! that awaits the link to other nodes; the hub and the connections only put into
+//! its bounded outbox. It starts before the tree and stops after it, so that the
+//! hooks' releases of players reach the cluster; if it panics it is restarted under
+//! its own restart intensity, the node serving its own connections meanwhile.
+//!
 //! A connection that panics is not a supervisor matter: its handler runs under
 //! `catch_unwind` in its own task (see `driver`), so only it ends.
 
@@ -49,10 +56,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
+use crate::cluster::{self, ClusterNode};
 use crate::connection::DisconnectReason;
 use crate::group::{Group, Shared};
 use crate::guard::{panic_message, RestartIntensity};
-use crate::handle::HubState;
+use crate::handle::{HubState, ServerHandle};
 use crate::hub;
 use crate::listener::{self, Listener, Listeners};
 use crate::service::Service;
@@ -113,6 +121,31 @@ impl Parts {
         }
         let (close, flush_timeout) = self.store?;
         close(flush_timeout).await.err().map(|Unsaved(saves)| saves)
+    }
+}
+
+/// Runs the cluster task until `stop` is cancelled, restarting it when it panics
+/// (at most `supervisor.max_restarts` times within `supervisor.restart_window`;
+/// past that the node goes on alone, and says so).
+pub(crate) async fn supervise_cluster<M: Send + 'static>(
+    node: Arc<ClusterNode>,
+    handle: ServerHandle<M>,
+    stop: CancellationToken,
+    mut restarts: RestartIntensity,
+) {
+    loop {
+        let task = tokio::spawn(cluster::run(node.clone(), handle.clone(), stop.clone()));
+        match task.await {
+            Ok(()) => return,
+            Err(e) => {
+                error!(cause = %describe_exit(Err(e)), "the cluster task crashed; restarting it");
+                if !restarts.allow(Instant::now()) {
+                    error!("the cluster task keeps crashing; this node goes on alone");
+                    node.set_connected(false);
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -192,6 +225,13 @@ pub(crate) async fn supervise<S: Service>(
 fn describe_hub_exit(joined: Result<(), JoinError>) -> String {
     match joined {
         Ok(()) => "the hub stopped unexpectedly".into(),
+        other => describe_exit(other),
+    }
+}
+
+fn describe_exit(joined: Result<(), JoinError>) -> String {
+    match joined {
+        Ok(()) => "ended".into(),
         Err(e) if e.is_panic() => panic_message(&*e.into_panic()),
         Err(e) => e.to_string(),
     }

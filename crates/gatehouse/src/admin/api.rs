@@ -503,7 +503,12 @@ pub(super) async fn broadcast<S: Service>(
     }
     let hub = admin.shared.live_hub().ok_or_else(hub_gone)?;
     let recipients = within(hub.count()).await?;
-    within(hub.broadcast(ROUTE_ANNOUNCEMENT, Bytes::from(text.clone()), None)).await?;
+    // Through the handle: in a cluster the announcement reaches every node.
+    let announce = admin
+        .shared
+        .handle
+        .broadcast(ROUTE_ANNOUNCEMENT, Bytes::from(text.clone()));
+    within(announce).await?;
     info!(
         recipients,
         text, "announcement broadcast through the admin API"

@@ -1,0 +1,397 @@
+//! This node's side of the cluster, shared by the handles, the hub and the cluster
+//! task: the bounded outbox, what the task must make true in the cluster (the groups
+//! this node has members of, the players whose ownership changed here), and what it
+//! learnt of the others (live nodes and their counts, who owns which player).
+//!
+//! Nothing here awaits: a handle call drops what does not fit and counts it; the
+//! task reads the rest when woken.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
+
+use super::wire::{Claim, ClusterMessage, Heartbeat};
+use super::{ClusterConfig, ClusterLink};
+use crate::connection::ConnId;
+
+/// Where an outgoing message goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// Every other node.
+    All,
+    /// The nodes with a member of the group the message names.
+    Group(Arc<str>),
+    /// One node.
+    Node(Arc<str>),
+}
+
+/// Where a player is logged in, as [`crate::ServerHandle::locate`] finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Located {
+    /// On this node, on this connection.
+    Here(ConnId),
+    /// On another live node, by its `cluster.node` name.
+    On(String),
+}
+
+/// One node's counts, from its last heartbeat (this node's: now).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NodeCounts {
+    /// Its `cluster.node`.
+    pub node: String,
+    /// Live connections.
+    pub connections: u64,
+    /// Players logged in.
+    pub players: u64,
+}
+
+/// The cluster's counts: every live node's, this one first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClusterCounts {
+    /// Each live node, this one first, then by name.
+    pub nodes: Vec<NodeCounts>,
+    /// Connections on all of them.
+    pub connections: u64,
+    /// Players on all of them.
+    pub players: u64,
+}
+
+/// What the cluster link did, for the metrics and `/api/cluster`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClusterStats {
+    /// Whether the link is connected now.
+    pub connected: bool,
+    /// Messages published to other nodes.
+    pub sent: u64,
+    /// Messages dropped because the outbox was full.
+    pub dropped_full: u64,
+    /// Messages dropped because the link was down (or a publish failed).
+    pub dropped_disconnected: u64,
+    /// Messages received from other nodes.
+    pub received: u64,
+    /// Messages from other nodes dropped as malformed.
+    pub malformed: u64,
+    /// Local copies of a player kicked because another node logged it in later.
+    pub lost_players: u64,
+    /// Nodes declared dead (not heard from for `cluster.dead_after`).
+    pub nodes_died: u64,
+    /// Other nodes alive now.
+    pub nodes_alive: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    sent: AtomicU64,
+    dropped_full: AtomicU64,
+    dropped_disconnected: AtomicU64,
+    received: AtomicU64,
+    malformed: AtomicU64,
+    lost_players: AtomicU64,
+    nodes_died: AtomicU64,
+}
+
+/// This node in the cluster (see the module docs).
+pub(crate) struct ClusterNode {
+    pub(crate) config: ClusterConfig,
+    pub(crate) name: Arc<str>,
+    pub(crate) link: Arc<dyn ClusterLink>,
+    /// `limits.max_frame_bytes`: no frame from another node larger than this is
+    /// delivered.
+    pub(crate) max_frame: usize,
+    outbox: mpsc::Sender<(Target, ClusterMessage)>,
+    /// The outbox's other end, taken by the task (again after a restart).
+    pub(crate) outbox_rx: tokio::sync::Mutex<mpsc::Receiver<(Target, ClusterMessage)>>,
+    /// Whether the task last found the link connected.
+    connected: AtomicBool,
+    /// What the task must make true: the groups with a local member, the players
+    /// whose holder changed here since it last looked.
+    wanted: Mutex<Wanted>,
+    /// Wakes the task when `wanted` changes.
+    pub(crate) changed: Notify,
+    /// What the task learnt of the other nodes.
+    view: Mutex<View>,
+    counters: Counters,
+}
+
+#[derive(Default)]
+pub(crate) struct Wanted {
+    pub(crate) groups: HashSet<Arc<str>>,
+    pub(crate) groups_changed: bool,
+    pub(crate) players: HashSet<Arc<str>>,
+}
+
+#[derive(Default)]
+struct View {
+    /// The other nodes heard from, alive or not.
+    nodes: HashMap<Arc<str>, Seen>,
+    /// Who owns each player, as the players bucket says.
+    owners: HashMap<Arc<str>, Owner>,
+}
+
+struct Seen {
+    beat: Heartbeat,
+    last: Instant,
+    alive: bool,
+}
+
+/// A player's owner and the revision that made it so.
+#[derive(Debug, Clone)]
+pub(crate) struct Owner {
+    pub(crate) claim: Claim,
+    pub(crate) revision: u64,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing that can panic runs under these locks.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl ClusterNode {
+    pub(crate) fn new(config: ClusterConfig, link: Arc<dyn ClusterLink>, max_frame: usize) -> Self {
+        let (outbox, outbox_rx) = mpsc::channel(config.outbox);
+        ClusterNode {
+            name: Arc::from(config.node.as_str()),
+            config,
+            link,
+            max_frame,
+            outbox,
+            outbox_rx: tokio::sync::Mutex::new(outbox_rx),
+            connected: AtomicBool::new(false),
+            wanted: Mutex::default(),
+            changed: Notify::new(),
+            view: Mutex::default(),
+            counters: Counters::default(),
+        }
+    }
+
+    // ---- the handles' side: never waits --------------------------------------------
+
+    /// Queues `message` for `target`; dropped and counted if the link is down or
+    /// the outbox full.
+    pub(crate) fn send(&self, target: Target, message: ClusterMessage) {
+        if !self.connected.load(Relaxed) {
+            self.counters.dropped_disconnected.fetch_add(1, Relaxed);
+            return;
+        }
+        if self.outbox.try_send((target, message)).is_err() {
+            self.counters.dropped_full.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// The live node that owns `player`, if another one does.
+    pub(crate) fn owner_node(&self, player: &str) -> Option<Arc<str>> {
+        let view = lock(&self.view);
+        let owner = view.owners.get(player)?;
+        let node = &owner.claim.node;
+        let alive = view.nodes.get(node).is_some_and(|seen| seen.alive);
+        (alive && *node != self.name).then(|| node.clone())
+    }
+
+    /// The counts of a server that is in no cluster.
+    pub(crate) fn alone(here: Heartbeat) -> ClusterCounts {
+        ClusterCounts {
+            nodes: vec![NodeCounts {
+                node: String::new(),
+                connections: here.connections,
+                players: here.players,
+            }],
+            connections: here.connections,
+            players: here.players,
+        }
+    }
+
+    /// This node's and every live node's counts, this one first.
+    pub(crate) fn counts(&self, here: Heartbeat) -> ClusterCounts {
+        let view = lock(&self.view);
+        let mut others: Vec<NodeCounts> = view
+            .nodes
+            .iter()
+            .filter(|(name, seen)| seen.alive && **name != self.name)
+            .map(|(name, seen)| NodeCounts {
+                node: name.to_string(),
+                connections: seen.beat.connections,
+                players: seen.beat.players,
+            })
+            .collect();
+        others.sort_unstable_by(|a, b| a.node.cmp(&b.node));
+        let mut nodes = vec![NodeCounts {
+            node: self.name.to_string(),
+            connections: here.connections,
+            players: here.players,
+        }];
+        nodes.extend(others);
+        ClusterCounts {
+            connections: nodes.iter().map(|n| n.connections).sum(),
+            players: nodes.iter().map(|n| n.players).sum(),
+            nodes,
+        }
+    }
+
+    pub(crate) fn stats(&self) -> ClusterStats {
+        let c = &self.counters;
+        let nodes_alive = lock(&self.view)
+            .nodes
+            .iter()
+            .filter(|(name, seen)| seen.alive && **name != self.name)
+            .count() as u64;
+        ClusterStats {
+            connected: self.connected.load(Relaxed),
+            sent: c.sent.load(Relaxed),
+            dropped_full: c.dropped_full.load(Relaxed),
+            dropped_disconnected: c.dropped_disconnected.load(Relaxed),
+            received: c.received.load(Relaxed),
+            malformed: c.malformed.load(Relaxed),
+            lost_players: c.lost_players.load(Relaxed),
+            nodes_died: c.nodes_died.load(Relaxed),
+            nodes_alive,
+        }
+    }
+
+    // ---- the hub's and the players' side ----------------------------------------
+
+    /// The hub has a first member of `group` (`true`) or lost its last (`false`).
+    pub(crate) fn group_interest(&self, group: &Arc<str>, member: bool) {
+        let mut wanted = lock(&self.wanted);
+        let changed = if member {
+            wanted.groups.insert(group.clone())
+        } else {
+            wanted.groups.remove(group)
+        };
+        if changed {
+            wanted.groups_changed = true;
+            drop(wanted);
+            self.changed.notify_one();
+        }
+    }
+
+    /// A fresh hub has no groups.
+    pub(crate) fn clear_groups(&self) {
+        let mut wanted = lock(&self.wanted);
+        wanted.groups.clear();
+        wanted.groups_changed = true;
+        drop(wanted);
+        self.changed.notify_one();
+    }
+
+    /// `player`'s holder on this node changed (a login, or its hook ran).
+    pub(crate) fn player_changed(&self, player: &Arc<str>) {
+        lock(&self.wanted).players.insert(player.clone());
+        self.changed.notify_one();
+    }
+
+    // ---- the task's side ------------------------------------------------------------
+
+    /// What changed since the task last looked: the groups wanted (if they changed)
+    /// and the players whose holder changed.
+    pub(crate) fn take_wanted(&self) -> (Option<HashSet<Arc<str>>>, Vec<Arc<str>>) {
+        let mut wanted = lock(&self.wanted);
+        let groups = std::mem::take(&mut wanted.groups_changed).then(|| wanted.groups.clone());
+        let players = wanted.players.drain().collect();
+        (groups, players)
+    }
+
+    /// The groups wanted now (after a reconnect).
+    pub(crate) fn wanted_groups(&self) -> HashSet<Arc<str>> {
+        lock(&self.wanted).groups.clone()
+    }
+
+    pub(crate) fn set_connected(&self, connected: bool) {
+        self.connected.store(connected, Relaxed);
+    }
+
+    /// A heartbeat of `node`, heard now.
+    pub(crate) fn heard(&self, node: Arc<str>, beat: Heartbeat, now: Instant) {
+        let mut view = lock(&self.view);
+        let seen = view.nodes.entry(node).or_insert(Seen {
+            beat,
+            last: now,
+            alive: true,
+        });
+        seen.beat = beat;
+        seen.last = now;
+        seen.alive = true;
+    }
+
+    /// `node` left the cluster on purpose (its heartbeat key was deleted).
+    pub(crate) fn left(&self, node: &str) {
+        lock(&self.view).nodes.remove(node);
+    }
+
+    /// Declares dead every node not heard from since `cutoff`; returns them.
+    pub(crate) fn declare_dead(&self, cutoff: Instant) -> Vec<Arc<str>> {
+        let mut view = lock(&self.view);
+        let mut dead = Vec::new();
+        for (name, seen) in &mut view.nodes {
+            if seen.alive && seen.last < cutoff {
+                seen.alive = false;
+                dead.push(name.clone());
+            }
+        }
+        self.counters
+            .nodes_died
+            .fetch_add(dead.len() as u64, Relaxed);
+        dead
+    }
+
+    /// Whether `node` is known and alive.
+    pub(crate) fn is_alive(&self, node: &str) -> bool {
+        lock(&self.view).nodes.get(node).is_some_and(|s| s.alive)
+    }
+
+    /// The players bucket says `player` is owned as `claim` since `revision`; the
+    /// owner it replaced, if any and older.
+    pub(crate) fn owned(&self, player: Arc<str>, claim: Claim, revision: u64) {
+        let mut view = lock(&self.view);
+        let newer = view
+            .owners
+            .get(&player)
+            .is_none_or(|owner| owner.revision < revision);
+        if newer {
+            view.owners.insert(player, Owner { claim, revision });
+        }
+    }
+
+    /// The players bucket deleted `player` at `revision`.
+    pub(crate) fn disowned(&self, player: &str, revision: u64) {
+        let mut view = lock(&self.view);
+        if view
+            .owners
+            .get(player)
+            .is_some_and(|owner| owner.revision < revision)
+        {
+            view.owners.remove(player);
+        }
+    }
+
+    /// Who owns `player` as the bucket last said.
+    pub(crate) fn owner(&self, player: &str) -> Option<Owner> {
+        lock(&self.view).owners.get(player).cloned()
+    }
+
+    pub(crate) fn count_sent(&self) {
+        self.counters.sent.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn count_send_failed(&self) {
+        self.counters.dropped_disconnected.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn count_received(&self) {
+        self.counters.received.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn count_malformed(&self) {
+        self.counters.malformed.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn count_lost_player(&self) {
+        self.counters.lost_players.fetch_add(1, Relaxed);
+    }
+}

@@ -1,0 +1,504 @@
+//! The cluster task: one per node, beside the hub in the supervision tree. It is
+//! the only code that awaits the link.
+//!
+//! - drains the outbox: each message published once, on the subject of every node
+//!   (`gatehouse.all`), of a group (subscribed by the nodes with a member), or of
+//!   one node;
+//! - subscribes to what is meant for this node and hands it to the hub (a pump task
+//!   per subscription);
+//! - heartbeats: puts this node's counts to the nodes bucket every
+//!   `cluster.heartbeat`, watches the bucket, and declares dead a node not heard
+//!   from for `cluster.dead_after` while this node is connected (a node cut off
+//!   declares nobody dead, and after it reconnects gives everyone `dead_after`
+//!   again);
+//! - owns this node's players in the players bucket: a login puts the player's key
+//!   (the newest put wins), a hook that ran deletes it if it is still this node's.
+//!   Watching the bucket, it kicks a local copy of a player that another node put
+//!   later (`duplicate_login`).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use gatehouse_protocol::KickReason;
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::node::{ClusterNode, Target};
+use super::wire::{self, Claim, ClusterMessage, Heartbeat, NODES_BUCKET, PLAYERS_BUCKET};
+use super::{within, KvChange, LinkStream};
+use crate::connection::ConnId;
+use crate::handle::ServerHandle;
+use crate::logs::{Admit, LogLimiter};
+
+/// How often the task looks at the link and the clock, at most.
+const TICK: Duration = Duration::from_millis(100);
+
+/// What the task's helpers report back to it.
+enum Report {
+    /// A change of the nodes or players bucket.
+    Change(&'static str, KvChange),
+    /// A watch of this bucket ended (the link lost it): watch again.
+    WatchEnded(&'static str),
+    /// A subscription ended: subscribe again.
+    SubscriptionEnded(String),
+    /// The put of a player's claim landed at this revision (or failed).
+    Claimed {
+        player: Arc<str>,
+        conn: ConnId,
+        revision: Option<u64>,
+    },
+}
+
+/// This node's claim on a player, as the bucket holds it.
+struct OwnClaim {
+    conn: ConnId,
+    revision: u64,
+}
+
+/// Runs this node's side of the cluster until `stop`; then deletes its heartbeat
+/// (the others see it leave at once) and returns.
+pub(crate) async fn run<M: Send + 'static>(
+    node: Arc<ClusterNode>,
+    handle: ServerHandle<M>,
+    stop: CancellationToken,
+) {
+    let mut outbox = node.outbox_rx.lock().await;
+    let (report_tx, mut reports) = mpsc::channel(1024);
+    let mut task = Task {
+        node: node.clone(),
+        handle,
+        reports: report_tx,
+        connected_since: None,
+        next_beat: Instant::now(),
+        node_subs: HashMap::new(),
+        group_subs: HashMap::new(),
+        watches: HashSet::new(),
+        claims: HashMap::new(),
+        logs: LogLimiter::default(),
+    };
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            Some((target, message)) = outbox.recv() => task.publish(target, message).await,
+            () = node.changed.notified() => task.reconcile().await,
+            Some(report) = reports.recv() => task.report(report).await,
+            _ = tick.tick() => task.tick().await,
+        }
+    }
+    task.leave().await;
+}
+
+struct Task<M> {
+    node: Arc<ClusterNode>,
+    handle: ServerHandle<M>,
+    reports: mpsc::Sender<Report>,
+    /// Since when the link is connected, as the task last saw.
+    connected_since: Option<Instant>,
+    next_beat: Instant,
+    /// The pumps of this node's own subscriptions (every node's, its own), by subject.
+    node_subs: HashMap<String, AbortHandle>,
+    /// The pumps of the group subscriptions, by group.
+    group_subs: HashMap<Arc<str>, AbortHandle>,
+    /// The buckets being watched.
+    watches: HashSet<&'static str>,
+    /// The players this node owns in the bucket, with the revision of its claim.
+    claims: HashMap<Arc<str>, OwnClaim>,
+    logs: LogLimiter,
+}
+
+impl<M: Send + 'static> Task<M> {
+    fn timeout(&self) -> Duration {
+        self.node.config.request_timeout
+    }
+
+    async fn publish(&mut self, target: Target, message: ClusterMessage) {
+        let subject = match &target {
+            Target::All => wire::ALL_SUBJECT.to_owned(),
+            Target::Group(group) => wire::group_subject(group),
+            Target::Node(node) => wire::node_subject(node),
+        };
+        let Some(payload) = message.encode() else {
+            self.node.count_send_failed();
+            if let Some(suppressed) = written(&self.logs) {
+                warn!(
+                    suppressed,
+                    "cluster: a group or player name too long to send; dropped"
+                );
+            }
+            return;
+        };
+        let published = within(self.timeout(), self.node.link.publish(subject, payload)).await;
+        match published {
+            Ok(()) => self.node.count_sent(),
+            Err(e) => {
+                self.node.count_send_failed();
+                if let Some(suppressed) = written(&self.logs) {
+                    warn!(suppressed, error = %e, "cluster: a message to other nodes was dropped");
+                }
+            }
+        }
+    }
+
+    /// Looks at the link and the clock: (re)connects what the link lost, beats,
+    /// declares the silent dead.
+    async fn tick(&mut self) {
+        let now = Instant::now();
+        if !self.node.link.connected() {
+            if self.connected_since.take().is_some() {
+                warn!("cluster: disconnected; local play goes on, nobody is declared dead");
+            }
+            self.node.set_connected(false);
+            return;
+        }
+        let since = *self.connected_since.get_or_insert_with(|| {
+            info!(node = %self.node.name, "cluster: connected");
+            now
+        });
+        self.node.set_connected(true);
+        self.ensure_subscribed().await;
+        if now >= self.next_beat {
+            self.next_beat = now + self.node.config.heartbeat;
+            self.beat();
+        }
+        // Nobody is dead whom this node could not have heard for dead_after.
+        let dead_after = self.node.config.dead_after;
+        if now.duration_since(since) >= dead_after {
+            for dead in self.node.declare_dead(now - dead_after) {
+                warn!(node = %dead, "cluster: node not heard from for dead_after: dead");
+            }
+        }
+    }
+
+    /// Subscribes to what the link lost or never had.
+    async fn ensure_subscribed(&mut self) {
+        for subject in [
+            wire::ALL_SUBJECT.to_owned(),
+            wire::node_subject(&self.node.name),
+        ] {
+            if !self.node_subs.contains_key(&subject) {
+                if let Some(pump) = self.subscribe(subject.clone()).await {
+                    self.node_subs.insert(subject, pump);
+                }
+            }
+        }
+        for bucket in [NODES_BUCKET, PLAYERS_BUCKET] {
+            if !self.watches.contains(bucket) {
+                self.watch(bucket).await;
+            }
+        }
+        let wanted = self.node.wanted_groups();
+        self.set_groups(wanted).await;
+    }
+
+    /// A pump from `subject` to the hub.
+    async fn subscribe(&mut self, subject: String) -> Option<AbortHandle> {
+        let stream = match within(self.timeout(), self.node.link.subscribe(subject.clone())).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                if let Some(suppressed) = written(&self.logs) {
+                    warn!(suppressed, %subject, error = %e, "cluster: cannot subscribe; trying again");
+                }
+                return None;
+            }
+        };
+        let pump = pump(
+            stream,
+            self.node.clone(),
+            self.handle.clone(),
+            self.reports.clone(),
+            subject,
+        );
+        Some(tokio::spawn(pump).abort_handle())
+    }
+
+    async fn watch(&mut self, bucket: &'static str) {
+        let stream = match within(self.timeout(), self.node.link.kv_watch(bucket)).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                if let Some(suppressed) = written(&self.logs) {
+                    warn!(suppressed, bucket, error = %e, "cluster: cannot watch; trying again");
+                }
+                return;
+            }
+        };
+        self.watches.insert(bucket);
+        let reports = self.reports.clone();
+        tokio::spawn(async move {
+            let mut stream = stream;
+            while let Some(change) = stream.next().await {
+                if reports.send(Report::Change(bucket, change)).await.is_err() {
+                    return;
+                }
+            }
+            let _ = reports.send(Report::WatchEnded(bucket)).await;
+        });
+    }
+
+    /// Subscribes to the groups in `wanted` and unsubscribes from the rest.
+    async fn set_groups(&mut self, wanted: HashSet<Arc<str>>) {
+        self.group_subs.retain(|group, pump| {
+            let keep = wanted.contains(group);
+            if !keep {
+                pump.abort();
+            }
+            keep
+        });
+        if self.connected_since.is_none() {
+            return; // subscribed on reconnect
+        }
+        for group in wanted {
+            if !self.group_subs.contains_key(&group) {
+                if let Some(pump) = self.subscribe(wire::group_subject(&group)).await {
+                    self.group_subs.insert(group, pump);
+                }
+            }
+        }
+    }
+
+    /// Puts this node's heartbeat (in the background: a slow store must not hold
+    /// the outbox).
+    fn beat(&self) {
+        let node = self.node.clone();
+        let handle = self.handle.clone();
+        tokio::spawn(async move {
+            let beat = handle.local_counts().await;
+            let put = node
+                .link
+                .kv_put(NODES_BUCKET, node.name.to_string(), beat.encode());
+            if let Err(e) = within(node.config.request_timeout, put).await {
+                debug!(error = %e, "cluster: a heartbeat did not land");
+            }
+        });
+    }
+
+    /// What the hub and the players changed: group subscriptions, player claims.
+    async fn reconcile(&mut self) {
+        let (groups, players) = self.node.take_wanted();
+        if let Some(groups) = groups {
+            self.set_groups(groups).await;
+        }
+        for player in players {
+            self.claim_or_release(player);
+        }
+    }
+
+    /// Makes the bucket say what this node holds of `player`: its key put for a new
+    /// holder here, deleted (if still this node's) when the holder is gone.
+    fn claim_or_release(&mut self, player: Arc<str>) {
+        let holder = self.handle.players.holder_conn(&player);
+        let ours = self.claims.get(&player).map(|c| (c.conn, c.revision));
+        let node = self.node.clone();
+        let key = wire::player_key(&player);
+        match (holder, ours) {
+            (Some(conn), Some((claimed, _))) if conn == claimed => {}
+            (Some(conn), _) => {
+                let reports = self.reports.clone();
+                let claim = Claim {
+                    node: node.name.clone(),
+                    conn,
+                };
+                tokio::spawn(async move {
+                    let put = node.link.kv_put(PLAYERS_BUCKET, key, claim.encode());
+                    let revision = within(node.config.request_timeout, put).await.ok();
+                    let report = Report::Claimed {
+                        player,
+                        conn,
+                        revision,
+                    };
+                    let _ = reports.send(report).await;
+                });
+            }
+            (None, Some((_, revision))) => {
+                self.claims.remove(&player);
+                tokio::spawn(async move {
+                    let delete = node.link.kv_delete(PLAYERS_BUCKET, key, Some(revision));
+                    // A conflict: another node owns it now, which is right.
+                    let _ = within(node.config.request_timeout, delete).await;
+                });
+            }
+            (None, None) => {}
+        }
+    }
+
+    async fn report(&mut self, report: Report) {
+        match report {
+            Report::Change(NODES_BUCKET, change) => self.node_changed(change),
+            Report::Change(_, change) => self.player_changed(change).await,
+            Report::WatchEnded(bucket) => {
+                self.watches.remove(bucket);
+            }
+            Report::SubscriptionEnded(subject) => {
+                self.node_subs.remove(&subject);
+                self.group_subs
+                    .retain(|group, _| wire::group_subject(group) != subject);
+            }
+            Report::Claimed {
+                player,
+                conn,
+                revision,
+            } => self.claimed(player, conn, revision).await,
+        }
+    }
+
+    fn node_changed(&mut self, change: KvChange) {
+        if change.key == *self.node.name {
+            return;
+        }
+        let name: Arc<str> = Arc::from(change.key.as_str());
+        match change.value {
+            None => {
+                info!(node = %name, "cluster: node left");
+                self.node.left(&name);
+            }
+            Some(value) => match Heartbeat::decode(&value) {
+                Some(beat) => {
+                    if !self.node.is_alive(&name) {
+                        info!(node = %name, "cluster: node alive");
+                    }
+                    self.node.heard(name, beat, Instant::now());
+                }
+                None => self.malformed("a heartbeat"),
+            },
+        }
+    }
+
+    async fn player_changed(&mut self, change: KvChange) {
+        let Some(player) = wire::player_of_key(&change.key) else {
+            return self.malformed("a player key");
+        };
+        let player: Arc<str> = Arc::from(player);
+        let Some(value) = change.value else {
+            self.node.disowned(&player, change.revision);
+            return;
+        };
+        let Some(claim) = Claim::decode(&value) else {
+            return self.malformed("a player claim");
+        };
+        let elsewhere = claim.node != self.node.name;
+        self.node.owned(player.clone(), claim, change.revision);
+        if elsewhere {
+            self.lost_if_older(&player, change.revision).await;
+        }
+    }
+
+    /// Another node put `player` at `revision`: if this node's claim is older, its
+    /// copy is kicked (the newest login wins).
+    async fn lost_if_older(&mut self, player: &Arc<str>, revision: u64) {
+        let Some(ours) = self.claims.get(player) else {
+            return;
+        };
+        if ours.revision >= revision {
+            return;
+        }
+        let conn = ours.conn;
+        self.claims.remove(player);
+        self.node.count_lost_player();
+        info!(%player, conn = %conn, "cluster: another node logged the player in later; kicking the copy here");
+        let _ = self
+            .handle
+            .kick(conn, KickReason::DUPLICATE_LOGIN, "logged in elsewhere")
+            .await;
+    }
+
+    async fn claimed(&mut self, player: Arc<str>, conn: ConnId, revision: Option<u64>) {
+        let Some(revision) = revision else {
+            // Not landed: try again when the link is back (the player stays wanted).
+            if self.handle.players.holder_conn(&player) == Some(conn) {
+                self.node.player_changed(&player);
+            }
+            return;
+        };
+        self.claims
+            .insert(player.clone(), OwnClaim { conn, revision });
+        // A later claim elsewhere may have been watched before this put returned.
+        if let Some(owner) = self.node.owner(&player) {
+            if owner.claim.node != self.node.name {
+                self.lost_if_older(&player, owner.revision).await;
+            }
+        }
+        // The holder may have gone (or changed) while the put was on its way.
+        if self.handle.players.holder_conn(&player) != Some(conn) {
+            self.claim_or_release(player);
+        }
+    }
+
+    fn malformed(&mut self, what: &str) {
+        self.node.count_malformed();
+        if let Some(suppressed) = written(&self.logs) {
+            warn!(
+                suppressed,
+                what, "cluster: a malformed value from the cluster's store; ignored"
+            );
+        }
+    }
+
+    /// A clean stop: this node's heartbeat and claims are deleted, so the others see
+    /// it gone at once rather than after dead_after.
+    async fn leave(self) {
+        for pump in self.node_subs.values().chain(self.group_subs.values()) {
+            pump.abort();
+        }
+        if !self.node.link.connected() {
+            return;
+        }
+        let timeout = self.timeout();
+        let link = &self.node.link;
+        let _ = within(
+            timeout,
+            link.kv_delete(NODES_BUCKET, self.node.name.to_string(), None),
+        )
+        .await;
+        for (player, claim) in &self.claims {
+            let key = wire::player_key(player);
+            let _ = within(
+                timeout,
+                link.kv_delete(PLAYERS_BUCKET, key, Some(claim.revision)),
+            )
+            .await;
+        }
+    }
+}
+
+/// Hands what arrives on one subscription to the hub until it ends.
+async fn pump<M: Send + 'static>(
+    mut stream: LinkStream<super::LinkMessage>,
+    node: Arc<ClusterNode>,
+    handle: ServerHandle<M>,
+    reports: mpsc::Sender<Report>,
+    subject: String,
+) {
+    let max_frame = node.max_frame;
+    let logs = LogLimiter::default();
+    while let Some(message) = stream.next().await {
+        match ClusterMessage::decode(message.payload, max_frame) {
+            Ok(message) => {
+                node.count_received();
+                // The hub is local: waiting for room in its queue is backpressure,
+                // not a wait on the network.
+                let _ = handle.deliver_from_cluster(message).await;
+            }
+            Err(e) => {
+                node.count_malformed();
+                if let Some(suppressed) = written(&logs) {
+                    warn!(suppressed, %subject, error = %e, "cluster: a malformed message from another node; dropped");
+                }
+            }
+        }
+    }
+    let _ = reports.send(Report::SubscriptionEnded(subject)).await;
+}
+
+/// Whether a line fits the budget, and how many were left out before it.
+fn written(logs: &LogLimiter) -> Option<u64> {
+    match logs.admit(std::time::Instant::now()) {
+        Admit::Write { suppressed } => Some(suppressed),
+        Admit::Skip => None,
+    }
+}

@@ -1,0 +1,425 @@
+//! What nodes send each other, as bytes: the messages on subjects, the values of the
+//! cluster's keys, and how names that are not subject tokens become them.
+//!
+//! Every decoder takes bytes from another process: it checks lengths before it
+//! slices, bounds what it keeps, and says what was wrong instead of panicking (the
+//! property tests throw arbitrary bytes at each).
+
+use std::sync::Arc;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use gatehouse_protocol::{KickReason, HEADER_LEN};
+
+use crate::connection::ConnId;
+
+/// Subjects and buckets, all under one prefix.
+pub(crate) const ALL_SUBJECT: &str = "gatehouse.all";
+/// The bucket of node heartbeats: a key per node.
+pub(crate) const NODES_BUCKET: &str = "gatehouse_nodes";
+/// The bucket of player ownership: a key per player.
+pub(crate) const PLAYERS_BUCKET: &str = "gatehouse_players";
+
+/// The subject one node listens on for what is meant for it alone.
+pub(crate) fn node_subject(node: &str) -> String {
+    format!("gatehouse.node.{node}")
+}
+
+/// The subject of a group's broadcasts (the name, hex-encoded: any name is a token).
+pub(crate) fn group_subject(group: &str) -> String {
+    format!("gatehouse.group.{}", hex(group.as_bytes()))
+}
+
+/// A player's key in [`PLAYERS_BUCKET`] (hex-encoded, as keys allow few characters).
+pub(crate) fn player_key(player: &str) -> String {
+    hex(player.as_bytes())
+}
+
+/// The player a key of [`PLAYERS_BUCKET`] names, if it is one.
+pub(crate) fn player_of_key(key: &str) -> Option<String> {
+    let bytes = unhex(key)?;
+    String::from_utf8(bytes).ok()
+}
+
+/// The longest kick text carried to another node (a client sees at most this).
+const MAX_KICK_TEXT: usize = 1024;
+
+/// One message between nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ClusterMessage {
+    /// A push frame for every connection of the receiving node.
+    Broadcast { frame: Bytes },
+    /// A push frame for every member of `group` on the receiving node.
+    Group { group: Arc<str>, frame: Bytes },
+    /// A push frame for the connection logged in as `player` there.
+    PlayerPush { player: Arc<str>, frame: Bytes },
+    /// Kick the connection logged in as `player` there.
+    PlayerKick {
+        player: Arc<str>,
+        reason: KickReason,
+        text: String,
+    },
+}
+
+const BROADCAST: u8 = 1;
+const GROUP: u8 = 2;
+const PLAYER_PUSH: u8 = 3;
+const PLAYER_KICK: u8 = 4;
+
+/// Why a message from another node was dropped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Malformed {
+    #[error("empty message")]
+    Empty,
+    #[error("unknown message kind {0}")]
+    UnknownKind(u8),
+    #[error("truncated message")]
+    Truncated,
+    #[error("a name that is not UTF-8")]
+    NotUtf8,
+    #[error("a frame whose length header says {said} but carries {carried}")]
+    FrameLength { said: usize, carried: usize },
+    #[error("a frame of {len} bytes, over max_frame_bytes ({max})")]
+    FrameTooLarge { len: usize, max: usize },
+    #[error("a kick text of {0} bytes")]
+    KickTextTooLong(usize),
+}
+
+impl ClusterMessage {
+    /// The message as bytes; `None` if a name in it is longer than [`MAX_NAME`].
+    pub(crate) fn encode(&self) -> Option<Bytes> {
+        let name = match self {
+            ClusterMessage::Broadcast { .. } => "",
+            ClusterMessage::Group { group: name, .. }
+            | ClusterMessage::PlayerPush { player: name, .. }
+            | ClusterMessage::PlayerKick { player: name, .. } => name,
+        };
+        if name.len() > MAX_NAME {
+            return None;
+        }
+        let mut out = BytesMut::new();
+        match self {
+            ClusterMessage::Broadcast { frame } => {
+                out.put_u8(BROADCAST);
+                out.put_slice(frame);
+            }
+            ClusterMessage::Group { group, frame } => {
+                out.put_u8(GROUP);
+                put_name(&mut out, group);
+                out.put_slice(frame);
+            }
+            ClusterMessage::PlayerPush { player, frame } => {
+                out.put_u8(PLAYER_PUSH);
+                put_name(&mut out, player);
+                out.put_slice(frame);
+            }
+            ClusterMessage::PlayerKick {
+                player,
+                reason,
+                text,
+            } => {
+                out.put_u8(PLAYER_KICK);
+                put_name(&mut out, player);
+                out.put_u16(reason.0);
+                let text = truncate(text, MAX_KICK_TEXT);
+                out.put_slice(text.as_bytes());
+            }
+        }
+        Some(out.freeze())
+    }
+
+    /// Decodes a message whose frames may be at most `max_frame` bytes of body.
+    pub(crate) fn decode(mut bytes: Bytes, max_frame: usize) -> Result<Self, Malformed> {
+        if bytes.is_empty() {
+            return Err(Malformed::Empty);
+        }
+        let kind = bytes.get_u8();
+        match kind {
+            BROADCAST => Ok(ClusterMessage::Broadcast {
+                frame: frame(bytes, max_frame)?,
+            }),
+            GROUP => {
+                let group = take_name(&mut bytes)?;
+                let frame = frame(bytes, max_frame)?;
+                Ok(ClusterMessage::Group { group, frame })
+            }
+            PLAYER_PUSH => {
+                let player = take_name(&mut bytes)?;
+                let frame = frame(bytes, max_frame)?;
+                Ok(ClusterMessage::PlayerPush { player, frame })
+            }
+            PLAYER_KICK => {
+                let player = take_name(&mut bytes)?;
+                if bytes.remaining() < 2 {
+                    return Err(Malformed::Truncated);
+                }
+                let reason = KickReason(bytes.get_u16());
+                if bytes.len() > MAX_KICK_TEXT {
+                    return Err(Malformed::KickTextTooLong(bytes.len()));
+                }
+                let text = String::from_utf8(bytes.to_vec()).map_err(|_| Malformed::NotUtf8)?;
+                Ok(ClusterMessage::PlayerKick {
+                    player,
+                    reason,
+                    text,
+                })
+            }
+            other => Err(Malformed::UnknownKind(other)),
+        }
+    }
+}
+
+fn put_name(out: &mut BytesMut, name: &str) {
+    // `encode` checked the length against MAX_NAME.
+    out.put_u16(u16::try_from(name.len()).unwrap_or(u16::MAX));
+    out.put_slice(name.as_bytes());
+}
+
+/// The longest group or player name that crosses to another node.
+pub(crate) const MAX_NAME: usize = u16::MAX as usize;
+
+fn take_name(bytes: &mut Bytes) -> Result<Arc<str>, Malformed> {
+    if bytes.remaining() < 2 {
+        return Err(Malformed::Truncated);
+    }
+    let len = usize::from(bytes.get_u16());
+    if bytes.remaining() < len {
+        return Err(Malformed::Truncated);
+    }
+    let name = bytes.split_to(len);
+    let name = std::str::from_utf8(&name).map_err(|_| Malformed::NotUtf8)?;
+    Ok(Arc::from(name))
+}
+
+/// The rest of a message as one push frame: its length header must say its length.
+fn frame(bytes: Bytes, max_frame: usize) -> Result<Bytes, Malformed> {
+    if bytes.len() < HEADER_LEN {
+        return Err(Malformed::Truncated);
+    }
+    let said = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+    let carried = bytes.len() - HEADER_LEN;
+    if said != carried {
+        return Err(Malformed::FrameLength { said, carried });
+    }
+    if carried > max_frame {
+        return Err(Malformed::FrameTooLarge {
+            len: carried,
+            max: max_frame,
+        });
+    }
+    Ok(bytes)
+}
+
+fn truncate(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// A node's heartbeat: what it holds, for [`crate::ServerHandle::cluster_counts`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Heartbeat {
+    pub(crate) connections: u64,
+    pub(crate) players: u64,
+}
+
+impl Heartbeat {
+    pub(crate) fn encode(&self) -> Bytes {
+        Bytes::from(format!("v1 {} {}", self.connections, self.players))
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Option<Heartbeat> {
+        let text = std::str::from_utf8(bytes).ok()?;
+        let mut parts = text.split(' ');
+        if parts.next()? != "v1" {
+            return None;
+        }
+        let connections = parts.next()?.parse().ok()?;
+        let players = parts.next()?.parse().ok()?;
+        parts.next().is_none().then_some(Heartbeat {
+            connections,
+            players,
+        })
+    }
+}
+
+/// A player's owner: the node and the connection there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Claim {
+    pub(crate) node: Arc<str>,
+    pub(crate) conn: ConnId,
+}
+
+impl Claim {
+    pub(crate) fn encode(&self) -> Bytes {
+        Bytes::from(format!("v1 {} {}", self.node, self.conn.0))
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Option<Claim> {
+        let text = std::str::from_utf8(bytes).ok()?;
+        let mut parts = text.split(' ');
+        if parts.next()? != "v1" {
+            return None;
+        }
+        let node = parts.next()?;
+        let conn = ConnId(parts.next()?.parse().ok()?);
+        (parts.next().is_none() && super::config::valid_name(node)).then(|| Claim {
+            node: Arc::from(node),
+            conn,
+        })
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+    out
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    let digit = |c: u8| char::from(c).to_digit(16).map(|d| d as u8);
+    text.as_bytes()
+        .chunks(2)
+        .map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use gatehouse_protocol::Message;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn push(payload: &[u8]) -> Bytes {
+        Message::Push {
+            route: 7,
+            payload: Bytes::copy_from_slice(payload),
+        }
+        .to_frame()
+    }
+
+    fn message() -> impl Strategy<Value = ClusterMessage> {
+        let name = "\\PC{0,40}".prop_map(|s: String| Arc::<str>::from(s));
+        let frame = proptest::collection::vec(any::<u8>(), 0..300).prop_map(|p| push(&p));
+        prop_oneof![
+            frame
+                .clone()
+                .prop_map(|frame| ClusterMessage::Broadcast { frame }),
+            (name.clone(), frame.clone())
+                .prop_map(|(group, frame)| ClusterMessage::Group { group, frame }),
+            (name.clone(), frame)
+                .prop_map(|(player, frame)| ClusterMessage::PlayerPush { player, frame }),
+            (name, any::<u16>(), "\\PC{0,100}").prop_map(|(player, reason, text)| {
+                ClusterMessage::PlayerKick {
+                    player,
+                    reason: KickReason(reason),
+                    text,
+                }
+            }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn every_message_decodes_to_itself(message in message()) {
+            let decoded = ClusterMessage::decode(message.encode().unwrap(), 1024);
+            prop_assert_eq!(decoded, Ok(message));
+        }
+
+        #[test]
+        fn arbitrary_bytes_decode_to_a_message_or_an_error_never_a_panic(
+            bytes in proptest::collection::vec(any::<u8>(), 0..200),
+            max in 0usize..300,
+        ) {
+            if let Ok(message) = ClusterMessage::decode(Bytes::from(bytes), max) {
+                // What decodes is well formed: it encodes to a message that decodes
+                // to the same.
+                let again = ClusterMessage::decode(message.encode().unwrap(), max);
+                prop_assert_eq!(again, Ok(message));
+            }
+        }
+
+        #[test]
+        fn a_truncated_message_is_refused(message in message(), cut in 1usize..8) {
+            let bytes = message.encode().unwrap();
+            if let ClusterMessage::PlayerKick { .. } = message {
+                // A kick's text is the rest of the message: cutting it shortens the
+                // text, which is still a kick.
+                return Ok(());
+            }
+            let cut = bytes.slice(..bytes.len().saturating_sub(cut));
+            prop_assert!(ClusterMessage::decode(cut, 1024).is_err());
+        }
+
+        #[test]
+        fn names_survive_the_hex_of_keys(name in "\\PC{0,40}") {
+            prop_assert_eq!(player_of_key(&player_key(&name)), Some(name));
+        }
+
+        #[test]
+        fn claims_and_heartbeats_decode_arbitrary_text_without_panic(text in "\\PC{0,40}") {
+            let _ = Claim::decode(text.as_bytes());
+            let _ = Heartbeat::decode(text.as_bytes());
+        }
+    }
+
+    #[test]
+    fn a_frame_over_the_limit_or_with_a_lying_header_is_refused() {
+        let frame = push(&[1; 100]);
+        let big = ClusterMessage::Broadcast {
+            frame: frame.clone(),
+        };
+        assert!(matches!(
+            ClusterMessage::decode(big.encode().unwrap(), 50),
+            Err(Malformed::FrameTooLarge { .. })
+        ));
+        let mut lying = BytesMut::from(&big.encode().unwrap()[..]);
+        lying[4] ^= 1; // the header's low byte
+        assert!(matches!(
+            ClusterMessage::decode(lying.freeze(), 1000),
+            Err(Malformed::FrameLength { .. })
+        ));
+    }
+
+    #[test]
+    fn claims_and_heartbeats_decode_to_themselves() {
+        let claim = Claim {
+            node: Arc::from("node-a"),
+            conn: ConnId(42),
+        };
+        assert_eq!(Claim::decode(&claim.encode()), Some(claim));
+        assert_eq!(Claim::decode(b"v1 bad.node 1"), None);
+        let beat = Heartbeat {
+            connections: 5,
+            players: 3,
+        };
+        assert_eq!(Heartbeat::decode(&beat.encode()), Some(beat));
+        assert_eq!(Heartbeat::decode(b"v1 5"), None);
+    }
+}
+
+#[cfg(test)]
+mod names {
+    use super::*;
+
+    #[test]
+    fn a_name_longer_than_a_message_carries_is_not_encoded() {
+        let long = ClusterMessage::Group {
+            group: Arc::from("g".repeat(MAX_NAME + 1)),
+            frame: Bytes::from_static(&[0, 0, 0, 0]),
+        };
+        assert_eq!(long.encode(), None);
+    }
+}
