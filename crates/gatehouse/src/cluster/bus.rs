@@ -66,6 +66,25 @@ impl LocalBus {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// How many nodes listen to `group`'s broadcasts now (those with a member).
+    pub fn group_listeners(&self, group: &str) -> usize {
+        let subject = super::wire::group_subject(group);
+        let mut state = self.state();
+        state.subscriptions.retain(|s| !s.tx.is_closed());
+        state
+            .subscriptions
+            .iter()
+            .filter(|s| s.subject == subject)
+            .count()
+    }
+
+    /// Publishes `payload` on the subject every node listens to, as a node that is
+    /// not one of the cluster's (a test's forged message).
+    pub fn publish_to_all(&self, payload: Bytes) {
+        let stranger = self.link();
+        stranger.deliver(super::wire::ALL_SUBJECT, payload, None);
+    }
+
     /// A new node's link, connected.
     pub fn link(&self) -> LocalLink {
         let member = {

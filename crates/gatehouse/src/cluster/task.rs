@@ -30,7 +30,7 @@ use tracing::{debug, info, warn};
 
 use super::node::{ClusterNode, Target};
 use super::wire::{self, Claim, ClusterMessage, Heartbeat, NODES_BUCKET, PLAYERS_BUCKET};
-use super::{within, KvChange, LinkStream};
+use super::{within, KvChange, LinkError, LinkStream};
 use crate::connection::ConnId;
 use crate::handle::ServerHandle;
 use crate::logs::{Admit, LogLimiter};
@@ -46,6 +46,8 @@ enum Report {
     WatchEnded(&'static str),
     /// A subscription ended: subscribe again.
     SubscriptionEnded(String),
+    /// The delete of a player's claim did not land: it is still this node's.
+    Unreleased { player: Arc<str>, claim: OwnClaim },
     /// The put of a player's claim landed at this revision (or failed).
     Claimed {
         player: Arc<str>,
@@ -79,6 +81,7 @@ pub(crate) async fn run<M: Send + 'static>(
         group_subs: HashMap::new(),
         watches: HashSet::new(),
         claims: HashMap::new(),
+        retry: HashSet::new(),
         logs: LogLimiter::default(),
     };
     let mut tick = tokio::time::interval(TICK);
@@ -110,6 +113,8 @@ struct Task<M> {
     watches: HashSet<&'static str>,
     /// The players this node owns in the bucket, with the revision of its claim.
     claims: HashMap<Arc<str>, OwnClaim>,
+    /// Players whose claim or release did not land: tried again once connected.
+    retry: HashSet<Arc<str>>,
     logs: LogLimiter,
 }
 
@@ -163,6 +168,9 @@ impl<M: Send + 'static> Task<M> {
         });
         self.node.set_connected(true);
         self.ensure_subscribed().await;
+        for player in std::mem::take(&mut self.retry) {
+            self.claim_or_release(player);
+        }
         if now >= self.next_beat {
             self.next_beat = now + self.node.config.heartbeat;
             self.beat();
@@ -315,12 +323,21 @@ impl<M: Send + 'static> Task<M> {
                     let _ = reports.send(report).await;
                 });
             }
-            (None, Some((_, revision))) => {
+            (None, Some((conn, revision))) => {
                 self.claims.remove(&player);
+                let reports = self.reports.clone();
                 tokio::spawn(async move {
                     let delete = node.link.kv_delete(PLAYERS_BUCKET, key, Some(revision));
                     // A conflict: another node owns it now, which is right.
-                    let _ = within(node.config.request_timeout, delete).await;
+                    let deleted = within(node.config.request_timeout, delete).await;
+                    if matches!(deleted, Ok(()) | Err(LinkError::Conflict)) {
+                        return;
+                    }
+                    let report = Report::Unreleased {
+                        player,
+                        claim: OwnClaim { conn, revision },
+                    };
+                    let _ = reports.send(report).await;
                 });
             }
             (None, None) => {}
@@ -344,6 +361,13 @@ impl<M: Send + 'static> Task<M> {
                 conn,
                 revision,
             } => self.claimed(player, conn, revision).await,
+            Report::Unreleased { player, claim } => {
+                // Unless it was claimed again meanwhile, released at the next tick.
+                if !self.claims.contains_key(&player) {
+                    self.claims.insert(player.clone(), claim);
+                    self.retry.insert(player);
+                }
+            }
         }
     }
 
@@ -409,10 +433,8 @@ impl<M: Send + 'static> Task<M> {
 
     async fn claimed(&mut self, player: Arc<str>, conn: ConnId, revision: Option<u64>) {
         let Some(revision) = revision else {
-            // Not landed: try again when the link is back (the player stays wanted).
-            if self.handle.players.holder_conn(&player) == Some(conn) {
-                self.node.player_changed(&player);
-            }
+            // Not landed: tried again at the next tick the link is up.
+            self.retry.insert(player);
             return;
         };
         self.claims

@@ -62,6 +62,12 @@ pub mod routes {
     /// Payload: u32 BE size s; broadcasts s bytes on PUSH; a refusal by the hub is
     /// answered with its text and status INTERNAL_ERROR.
     pub const BROADCAST_SIZED: u16 = 25;
+    /// Payload: a player name; logs in as it, taking it over.
+    pub const LOGIN: u16 = 26;
+    /// Payload: `player\0text`; pushes text on PUSH to the player, wherever it is.
+    pub const PUSH_TO_PLAYER: u16 = 27;
+    /// Payload: a player name; kicks it `kicked`, wherever it is.
+    pub const KICK_PLAYER: u16 = 28;
     /// Push route for everything the service pushes.
     pub const PUSH: u16 = 100;
 }
@@ -249,6 +255,29 @@ impl Service for Recorder {
                     .await,
             ),
             routes::WHOAMI => Reply::ok(Bytes::copy_from_slice(&session.id.0.to_be_bytes())),
+            routes::LOGIN => {
+                let name = text();
+                let login = async {
+                    let turn = ctx.login_turn(&name).await?;
+                    ctx.take_over(&turn).await?;
+                    ctx.logged_in(&name).await
+                };
+                done(login.await)
+            }
+            routes::PUSH_TO_PLAYER => {
+                let t = text();
+                let (player, said) = t.split_once('\0').unwrap();
+                done(
+                    server
+                        .push_to_player(player, routes::PUSH, said.to_owned())
+                        .await,
+                )
+            }
+            routes::KICK_PLAYER => done(
+                server
+                    .kick_player(&text(), KickReason::KICKED, "kicked by a test")
+                    .await,
+            ),
             routes::SPAM => {
                 let mut p = payload.clone();
                 let (n, size) = (p.get_u32(), p.get_u32() as usize);
