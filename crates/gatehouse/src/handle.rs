@@ -474,6 +474,8 @@ impl<M: Send + 'static> ServerHandle<M> {
                         reason,
                         text,
                     } => hub.kick_player(player, reason, text).await,
+                    // A request: the cluster task answers it, the hub has no part.
+                    ClusterMessage::TakeOver { .. } => Ok(()),
                 }
             }
         })

@@ -26,8 +26,8 @@
 //! - [`timer`]: timers for sessions and rooms.
 //! - `mailbox`: how the hub, rooms and timers reach a connection.
 //! - [`cluster`]: one game across several processes: the [`cluster::ClusterLink`]
-//!   seam, this node's outbox and view of the others, the task that drives them,
-//!   an in-process bus for tests.
+//!   seam, what crosses it, this node's outbox and view of the others, an
+//!   in-process bus for tests.
 //! - [`players`]: who is logged in until their disconnect hook has run; logins that
 //!   take turns and take a player over ([`LoginTurn`]).
 //! - `hub`: the seed's `gs_svr`: registry, groups, broadcast, counts; players by
@@ -40,6 +40,8 @@
 //! - `group`: what the supervision tree's tasks share.
 //! - `handle`: [`ServerHandle`], the game's one handle on the server, which
 //!   survives hub restarts.
+//! - `cluster_task`: the one task that awaits the cluster link: the outbox out,
+//!   other nodes' messages in to the hub, heartbeats, player claims.
 //! - `sessions`: the resumable sessions by id, for a resume to find its session.
 //! - `driver`: the connection task, running a core over a transport (TCP, TLS,
 //!   WebSocket); a resumable session's task outlives a lost connection.
@@ -85,6 +87,7 @@
 pub mod admin;
 pub mod bench_service;
 pub mod cluster;
+mod cluster_task;
 pub mod config;
 mod connection;
 mod driver;

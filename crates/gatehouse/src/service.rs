@@ -17,11 +17,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use gatehouse_protocol::{KickReason, Status};
 
+use crate::cluster::LinkError;
 use crate::connection::{ConnId, ConnectionCore, DisconnectReason, Staged};
 use crate::handle::ServerHandle;
 use crate::hub::HandleError;
 use crate::mailbox::{Mailbox, MemberSink};
-use crate::players::LoginTurn;
+use crate::players::{LoginTurn, LOGIN_WAIT};
 use crate::timer::{Timer, TimerError};
 
 /// A game (or any protocol service) served by gatehouse.
@@ -417,14 +418,30 @@ impl<M: Send + 'static> Context<'_, M> {
             .ok_or(HandleError::Busy)
     }
 
-    /// Takes `turn`'s player over: the connection logged in as it (if another) is
-    /// kicked `duplicate_login`, and this returns once that connection's disconnect
-    /// hook has run, so that a load after it sees the save the hook queued. Returns
-    /// the connection taken over from; [`HandleError::Busy`] if that session did not
-    /// end within [`LOGIN_WAIT`](crate::players::LOGIN_WAIT). Then log in
-    /// ([`Context::logged_in`]) before dropping the turn.
+    /// Takes `turn`'s player over: the connection logged in as it (if another),
+    /// on this node or on another of the cluster, is kicked `duplicate_login`, and
+    /// this returns once that connection's disconnect hook has run, so that a load
+    /// after it sees the save the hook queued. Returns the connection taken over
+    /// from if it was on this node; [`HandleError::Busy`] if that session did not
+    /// end within [`LOGIN_WAIT`](crate::players::LOGIN_WAIT), and
+    /// [`HandleError::Unavailable`] if the player is on another node and this one
+    /// is cut off from the cluster. A node that has died ends nothing: the login
+    /// goes on at once. Then log in ([`Context::logged_in`]) before dropping the
+    /// turn.
     pub async fn take_over(&self, turn: &LoginTurn) -> Result<Option<ConnId>, HandleError> {
         let Some((previous, mut gone)) = turn.place.players.holder(&turn.name) else {
+            let players = &turn.place.players;
+            if let Some(cluster) = players.cluster() {
+                if let Some(node) = cluster.owner_node(&turn.name) {
+                    let asked = cluster.ask_take_over(&node, turn.name.clone(), LOGIN_WAIT);
+                    match asked.await {
+                        // A node nobody answers for is gone: it has nothing to end.
+                        Ok(true) | Err(LinkError::NoResponders) => {}
+                        Ok(false) | Err(LinkError::TimedOut) => return Err(HandleError::Busy),
+                        Err(_) => return Err(HandleError::Unavailable),
+                    }
+                }
+            }
             return Ok(None);
         };
         if previous == self.id {
@@ -442,9 +459,7 @@ impl<M: Send + 'static> Context<'_, M> {
             .await;
         // A dropped sender means the holder was replaced or released: gone either way.
         let waiting = gone.wait_for(|gone| *gone);
-        let ended = tokio::time::timeout(crate::players::LOGIN_WAIT, waiting)
-            .await
-            .is_ok();
+        let ended = tokio::time::timeout(LOGIN_WAIT, waiting).await.is_ok();
         if ended {
             Ok(Some(previous))
         } else {

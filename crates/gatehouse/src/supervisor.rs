@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! admin listener                      admin::serve, beside the tree (Server::run): up until it has stopped
-//! cluster task                        cluster::run, beside the tree (supervise_cluster): up until it has stopped
+//! cluster task                        cluster_task::run, beside the tree (supervise_cluster): up until it has stopped
 //! root (rest_for_one)                 supervise(): this function's loop
 //!  ├─ store writer                    gatehouse_store::SaveWriter: started before, closed after
 //!  ├─ room supervisors                room::Rooms, one per room type: started before, shut down after
@@ -56,7 +56,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use crate::cluster::{self, ClusterNode};
+use crate::cluster::ClusterNode;
+use crate::cluster_task;
 use crate::connection::DisconnectReason;
 use crate::group::{Group, Shared};
 use crate::guard::{panic_message, RestartIntensity};
@@ -134,7 +135,11 @@ pub(crate) async fn supervise_cluster<M: Send + 'static>(
     mut restarts: RestartIntensity,
 ) {
     loop {
-        let task = tokio::spawn(cluster::run(node.clone(), handle.clone(), stop.clone()));
+        let task = tokio::spawn(cluster_task::run(
+            node.clone(),
+            handle.clone(),
+            stop.clone(),
+        ));
         match task.await {
             Ok(()) => return,
             Err(e) => {

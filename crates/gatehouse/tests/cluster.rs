@@ -334,3 +334,53 @@ async fn while_cut_off_broadcasts_reach_this_node_and_the_rest_are_dropped_and_c
     assert_eq!(stats.sent, 0);
     a.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_login_on_another_node_returns_after_the_previous_sessions_hook_has_run() {
+    let bus = LocalBus::new();
+    let (a, _) = node(&bus, "a").await;
+    let (b, _) = node(&bus, "b").await;
+    let mut ada_on_a = a.connect().await;
+    login(&mut ada_on_a, "ada").await;
+    let first = ada_on_a.whoami().await;
+    until_located(&b, "ada", Some(Located::On("a".into()))).await;
+
+    let mut ada_on_b = b.connect().await;
+    login(&mut ada_on_b, "ada").await;
+    // The login's answer came after a's hook: what it saved is there to load.
+    let hooks = a.record.hooks();
+    assert_eq!(
+        hooks,
+        vec![(
+            first,
+            gatehouse::DisconnectReason::Kicked(KickReason::DUPLICATE_LOGIN)
+        )]
+    );
+    assert_eq!(ada_on_a.expect_kick().await, KickReason::DUPLICATE_LOGIN);
+    until_located(&a, "ada", Some(Located::On("b".into()))).await;
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_login_does_not_wait_for_a_node_that_is_gone() {
+    let bus = LocalBus::new();
+    let (a, a_link) = node(&bus, "a").await;
+    let (b, _) = node(&bus, "b").await;
+    let mut ada_on_a = a.connect().await;
+    login(&mut ada_on_a, "ada").await;
+    until_located(&b, "ada", Some(Located::On("a".into()))).await;
+    // a is gone from the cluster (as a killed node is) before b declares it dead.
+    a_link.set_connected(false);
+    let mut ada_on_b = b.connect().await;
+    let started = Instant::now();
+    login(&mut ada_on_b, "ada").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "nobody answers for a: the login goes on at once, not after the wait ({:?})",
+        started.elapsed()
+    );
+    until_located(&b, "ada", Some(Located::Here(ada_on_b.whoami().await))).await;
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}

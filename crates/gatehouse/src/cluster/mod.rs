@@ -4,7 +4,8 @@
 //! The runtime keeps the cluster's logic: what crosses to other nodes and how it is
 //! encoded (`wire`), which nodes are alive (heartbeats and local timers), who owns
 //! which player (a key per player, the newest login wins), which groups this node
-//! listens to (`task`). A [`ClusterLink`] only carries bytes: publish and subscribe
+//! listens to (the cluster task, `cluster_task`, which sits above the hub and the
+//! handle it delivers to). A [`ClusterLink`] only carries bytes: publish and subscribe
 //! on subjects, requests with a deadline, and a key-value store with revisions and
 //! watches. `gatehouse-cluster` implements it over NATS (JetStream KV); [`LocalBus`]
 //! implements it in one process, for tests. Without a link (no
@@ -13,13 +14,12 @@
 //!
 //! The hub and the connections never wait on a link: what a handle call sends to
 //! other nodes goes into a bounded outbox (`node`), dropped and counted when it is
-//! full or the link is down; one task (`task`, in the supervision tree beside the
-//! hub) drains it, and hands what other nodes send to the hub.
+//! full or the link is down; one task (`cluster_task`, in the supervision tree
+//! beside the hub) drains it, and hands what other nodes send to the hub.
 
 mod bus;
 mod config;
 pub(crate) mod node;
-mod task;
 pub(crate) mod wire;
 
 use std::future::Future;
@@ -33,7 +33,6 @@ pub use bus::{LinkSwitch, LocalBus, LocalLink};
 pub use config::ClusterConfig;
 pub(crate) use node::ClusterNode;
 pub use node::{ClusterCounts, ClusterStats, Located, NodeCounts};
-pub(crate) use task::run;
 
 /// A future a [`ClusterLink`] returns.
 pub type LinkFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, LinkError>> + Send + 'a>>;

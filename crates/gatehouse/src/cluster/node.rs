@@ -9,12 +9,13 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
 use super::wire::{Claim, ClusterMessage, Heartbeat};
-use super::{ClusterConfig, ClusterLink};
+use super::{within, ClusterConfig, ClusterLink, LinkError};
 use crate::connection::ConnId;
 
 /// Where an outgoing message goes.
@@ -205,6 +206,24 @@ impl ClusterNode {
             connections: here.connections,
             players: here.players,
         }
+    }
+
+    /// Asks `node` to end its session of `player` and waits (at most `wait`) until
+    /// its disconnect hook has run: `Ok(true)` once it has (or there was none),
+    /// `Ok(false)` if it did not in time. [`LinkError::NoResponders`] at once if the
+    /// node is gone.
+    pub(crate) async fn ask_take_over(
+        &self,
+        node: &str,
+        player: Arc<str>,
+        wait: Duration,
+    ) -> Result<bool, LinkError> {
+        let request = (ClusterMessage::TakeOver { player })
+            .encode()
+            .ok_or_else(|| LinkError::Other("player name too long".into()))?;
+        let subject = super::wire::node_subject(node);
+        let answer = within(wait, self.link.request(subject, request, wait)).await?;
+        Ok(answer == super::wire::TAKEN_OVER)
     }
 
     /// This node's and every live node's counts, this one first.

@@ -58,12 +58,23 @@ pub(crate) enum ClusterMessage {
         reason: KickReason,
         text: String,
     },
+    /// A request: kick the connection logged in as `player` there `duplicate_login`
+    /// and answer once its disconnect hook has run ([`TAKEN_OVER`]) or did not in
+    /// time ([`STILL_ENDING`]).
+    TakeOver { player: Arc<str> },
 }
+
+/// The answer to [`ClusterMessage::TakeOver`]: the session there has ended (or
+/// there was none).
+pub(crate) const TAKEN_OVER: &[u8] = b"ended";
+/// The answer to [`ClusterMessage::TakeOver`]: the session there did not end in time.
+pub(crate) const STILL_ENDING: &[u8] = b"busy";
 
 const BROADCAST: u8 = 1;
 const GROUP: u8 = 2;
 const PLAYER_PUSH: u8 = 3;
 const PLAYER_KICK: u8 = 4;
+const TAKE_OVER: u8 = 5;
 
 /// Why a message from another node was dropped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -82,6 +93,8 @@ pub(crate) enum Malformed {
     FrameTooLarge { len: usize, max: usize },
     #[error("a kick text of {0} bytes")]
     KickTextTooLong(usize),
+    #[error("{0} bytes after the end of the message")]
+    Trailing(usize),
 }
 
 impl ClusterMessage {
@@ -91,7 +104,8 @@ impl ClusterMessage {
             ClusterMessage::Broadcast { .. } => "",
             ClusterMessage::Group { group: name, .. }
             | ClusterMessage::PlayerPush { player: name, .. }
-            | ClusterMessage::PlayerKick { player: name, .. } => name,
+            | ClusterMessage::PlayerKick { player: name, .. }
+            | ClusterMessage::TakeOver { player: name } => name,
         };
         if name.len() > MAX_NAME {
             return None;
@@ -122,6 +136,10 @@ impl ClusterMessage {
                 out.put_u16(reason.0);
                 let text = truncate(text, MAX_KICK_TEXT);
                 out.put_slice(text.as_bytes());
+            }
+            ClusterMessage::TakeOver { player } => {
+                out.put_u8(TAKE_OVER);
+                put_name(&mut out, player);
             }
         }
         Some(out.freeze())
@@ -162,6 +180,13 @@ impl ClusterMessage {
                     reason,
                     text,
                 })
+            }
+            TAKE_OVER => {
+                let player = take_name(&mut bytes)?;
+                if !bytes.is_empty() {
+                    return Err(Malformed::Trailing(bytes.len()));
+                }
+                Ok(ClusterMessage::TakeOver { player })
             }
             other => Err(Malformed::UnknownKind(other)),
         }
@@ -321,6 +346,8 @@ mod tests {
                 .prop_map(|(group, frame)| ClusterMessage::Group { group, frame }),
             (name.clone(), frame)
                 .prop_map(|(player, frame)| ClusterMessage::PlayerPush { player, frame }),
+            name.clone()
+                .prop_map(|player| ClusterMessage::TakeOver { player }),
             (name, any::<u16>(), "\\PC{0,100}").prop_map(|(player, reason, text)| {
                 ClusterMessage::PlayerKick {
                     player,

@@ -20,6 +20,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::StreamExt;
 use gatehouse_protocol::KickReason;
 use tokio::sync::mpsc;
@@ -28,12 +29,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::node::{ClusterNode, Target};
-use super::wire::{self, Claim, ClusterMessage, Heartbeat, NODES_BUCKET, PLAYERS_BUCKET};
-use super::{within, KvChange, LinkError, LinkStream};
+use crate::cluster::node::{ClusterNode, Target};
+use crate::cluster::wire::{self, Claim, ClusterMessage, Heartbeat, NODES_BUCKET, PLAYERS_BUCKET};
+use crate::cluster::{within, KvChange, LinkError, LinkMessage, LinkStream};
 use crate::connection::ConnId;
 use crate::handle::ServerHandle;
 use crate::logs::{Admit, LogLimiter};
+use crate::players::LOGIN_WAIT;
 
 /// How often the task looks at the link and the clock, at most.
 const TICK: Duration = Duration::from_millis(100);
@@ -490,7 +492,7 @@ impl<M: Send + 'static> Task<M> {
 
 /// Hands what arrives on one subscription to the hub until it ends.
 async fn pump<M: Send + 'static>(
-    mut stream: LinkStream<super::LinkMessage>,
+    mut stream: LinkStream<LinkMessage>,
     node: Arc<ClusterNode>,
     handle: ServerHandle<M>,
     reports: mpsc::Sender<Report>,
@@ -500,6 +502,13 @@ async fn pump<M: Send + 'static>(
     let logs = LogLimiter::default();
     while let Some(message) = stream.next().await {
         match ClusterMessage::decode(message.payload, max_frame) {
+            Ok(ClusterMessage::TakeOver { player }) => {
+                node.count_received();
+                if let Some(reply) = message.reply {
+                    let answer = answer_take_over(node.clone(), handle.clone(), player, reply);
+                    tokio::spawn(answer);
+                }
+            }
             Ok(message) => {
                 node.count_received();
                 // The hub is local: waiting for room in its queue is backpressure,
@@ -523,4 +532,34 @@ fn written(logs: &LogLimiter) -> Option<u64> {
         Admit::Write { suppressed } => Some(suppressed),
         Admit::Skip => None,
     }
+}
+
+/// Another node's login takes `player` over: the session here is kicked
+/// `duplicate_login`, and the answer goes once its disconnect hook has run (or
+/// [`LOGIN_WAIT`] passed).
+async fn answer_take_over<M: Send + 'static>(
+    node: Arc<ClusterNode>,
+    handle: ServerHandle<M>,
+    player: Arc<str>,
+    reply: String,
+) {
+    let mut answer = wire::TAKEN_OVER;
+    if let Some((conn, mut gone)) = handle.players.holder(&player) {
+        info!(%player, conn = %conn, "cluster: the player logs in on another node; kicking it here");
+        let _ = handle
+            .kick(
+                conn,
+                KickReason::DUPLICATE_LOGIN,
+                "logged in on another node",
+            )
+            .await;
+        // A little less than the asker waits, so that it hears a busy session.
+        let patience = LOGIN_WAIT.saturating_sub(node.config.request_timeout);
+        let waiting = gone.wait_for(|gone| *gone);
+        if tokio::time::timeout(patience, waiting).await.is_err() {
+            answer = wire::STILL_ENDING;
+        }
+    }
+    let answered = node.link.publish(reply, Bytes::from_static(answer));
+    let _ = within(node.config.request_timeout, answered).await;
 }
