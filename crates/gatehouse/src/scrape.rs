@@ -99,6 +99,7 @@ pub(crate) async fn sample<S: Service>(shared: &Shared<S>) -> Sample {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs_f64(),
+        cluster: shared.handle.cluster_stats(),
     }
 }
 

@@ -1025,3 +1025,108 @@ async fn connections_are_found_by_player_rooms_are_listed_and_stats_and_history_
     shutdown.cancel();
     task.await.unwrap().unwrap();
 }
+
+/// A config whose server stops without the drain grace.
+fn quick_stop() -> Config {
+    let mut config = Config::default();
+    config.supervisor.drain_grace = Duration::ZERO;
+    config
+}
+
+/// A bench server with its admin listener, as node `name` of `bus`'s cluster.
+async fn start_node(bus: &gatehouse::cluster::LocalBus, name: &str) -> Admin {
+    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let game = gatehouse::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let (game_addr, admin_addr) = (game.local_addr().unwrap(), admin.local_addr().unwrap());
+    let cluster = gatehouse::cluster::ClusterConfig {
+        heartbeat: Duration::from_millis(100),
+        dead_after: Duration::from_millis(400),
+        ..gatehouse::cluster::ClusterConfig::for_node(name)
+    };
+    let admin_config = AdminConfig {
+        token: Some(TOKEN.to_owned()),
+        ..AdminConfig::default()
+    };
+    let server = Server::new(quick_stop(), BenchService)
+        .unwrap()
+        .with_cluster(bus.link(), cluster)
+        .unwrap()
+        .with_admin(admin, admin_config)
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(server.run(game, shutdown.clone().cancelled_owned()));
+    Admin {
+        game: game_addr,
+        admin: admin_addr,
+        shutdown,
+        task,
+    }
+}
+
+#[tokio::test]
+async fn the_cluster_endpoint_and_metrics_show_every_node_and_what_the_link_did() {
+    let alone = start(quick_stop(), Some(TOKEN)).await;
+    let (status, off) = json(alone.admin, "GET", "/api/cluster", Some(TOKEN), None).await;
+    assert_eq!((status, &off["enabled"]), (200, &Value::from(false)));
+    assert!(!metrics(alone.admin, Some(TOKEN))
+        .await
+        .contains("gatehouse_cluster_"));
+    alone.stop().await;
+
+    let bus = gatehouse::cluster::LocalBus::new();
+    let a = start_node(&bus, "a").await;
+    let b = start_node(&bus, "b").await;
+    let _client = TcpStream::connect(b.game).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let cluster = loop {
+        let (status, cluster) = json(a.admin, "GET", "/api/cluster", Some(TOKEN), None).await;
+        assert_eq!(status, 200);
+        if cluster["nodes"].as_array().unwrap().len() == 2 && cluster["connections"] == 1 {
+            break cluster;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{cluster}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(cluster["node"], "a", "{cluster}");
+    assert_eq!(cluster["connected"], true, "{cluster}");
+    assert_eq!(cluster["nodes"][1]["node"], "b", "{cluster}");
+    assert_eq!(cluster["nodes"][1]["connections"], 1, "{cluster}");
+
+    // An announcement through a's API reaches b's client: one message crossed.
+    let (status, _) = json(
+        a.admin,
+        "POST",
+        "/api/broadcast",
+        Some(TOKEN),
+        Some(r#"{"text":"hello"}"#),
+    )
+    .await;
+    assert_eq!(status, 202);
+    // The outbox is drained by the cluster task: the count follows shortly.
+    let text = loop {
+        let text = metrics(a.admin, Some(TOKEN)).await;
+        if sample(&text, "gatehouse_cluster_messages_sent_total") >= 1.0 {
+            break text;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    expect(
+        &text,
+        &[
+            ("gatehouse_cluster_connected", 1.0),
+            ("gatehouse_cluster_nodes_alive", 1.0),
+            ("gatehouse_cluster_messages_sent_total", 1.0),
+            (
+                "gatehouse_cluster_messages_dropped_total{reason=\"outbox_full\"}",
+                0.0,
+            ),
+            ("gatehouse_cluster_messages_malformed_total", 0.0),
+            ("gatehouse_cluster_node_deaths_total", 0.0),
+        ],
+    );
+    a.stop().await;
+    b.stop().await;
+}

@@ -278,6 +278,40 @@ pub(super) struct RoomsQuery {
 
 /// The running rooms of every type, most members first (then by kind and name), at
 /// most `limit`; `total` counts them all.
+/// `GET /api/cluster`: this node and every live node with its counts, and what the
+/// link did; `{"enabled": false}` for a server that is in no cluster.
+pub(super) async fn cluster<S: Service>(
+    State(admin): State<Admin<S>>,
+) -> Result<Json<Value>, ApiError> {
+    let handle = &admin.shared.handle;
+    let Some(stats) = handle.cluster_stats() else {
+        return Ok(Json(json!({ "enabled": false })));
+    };
+    let counts = within(handle.cluster_counts()).await?;
+    let nodes: Vec<Value> = counts
+        .nodes
+        .iter()
+        .map(|n| json!({ "node": n.node, "connections": n.connections, "players": n.players }))
+        .collect();
+    Ok(Json(json!({
+        "enabled": true,
+        "node": counts.nodes.first().map(|n| n.node.clone()),
+        "connected": stats.connected,
+        "nodes": nodes,
+        "connections": counts.connections,
+        "players": counts.players,
+        "messages": {
+            "sent": stats.sent,
+            "received": stats.received,
+            "dropped_outbox_full": stats.dropped_full,
+            "dropped_disconnected": stats.dropped_disconnected,
+            "malformed": stats.malformed,
+        },
+        "players_lost": stats.lost_players,
+        "node_deaths": stats.nodes_died,
+    })))
+}
+
 pub(super) async fn rooms<S: Service>(
     State(admin): State<Admin<S>>,
     query: Result<Query<RoomsQuery>, QueryRejection>,

@@ -11,6 +11,7 @@
 //! | `/api/history` | GET | if set | the charted numbers of the last 5 minutes, one point a second |
 //! | `/api/connections` | GET | if set | live connections, paged (`?after=ID&limit=N`), or one player's (`?player=NAME`) |
 //! | `/api/rooms` | GET | if set | running rooms, most members first (`?limit=N`) |
+//! | `/api/cluster` | GET | if set | this node, every live node's counts, the link's numbers |
 //! | `/api/connections/{id}/kick` | POST | required | kick one connection with a reason |
 //! | `/api/broadcast` | POST | required | push an announcement to every connection |
 //! | `/api/drain` | POST | required | stop accepting, kick everyone `shutdown`, stop |
@@ -349,6 +350,7 @@ fn router<S: Service>(admin: Admin<S>, hosts: Arc<[String]>, body_timeout: Durat
         .route("/api/history", get(api::history::<S>))
         .route("/api/connections", get(api::connections::<S>))
         .route("/api/rooms", get(api::rooms::<S>))
+        .route("/api/cluster", get(api::cluster::<S>))
         .route_layer(needs(Access::Read));
     let writes = Router::new()
         .route("/api/connections/{id}/kick", post(api::kick::<S>))

@@ -11,6 +11,7 @@ use prometheus_client::registry::Registry;
 use prometheus_client::collector::Collector;
 
 use super::latency::HistogramSnapshot;
+use crate::cluster::ClusterStats;
 use crate::config::{PerTransport, TransportKind};
 use crate::connection::TrafficCounts;
 use crate::hub::Census;
@@ -44,6 +45,8 @@ pub struct Sample {
     pub max_connections: usize,
     /// When the server was made, in seconds since the Unix epoch.
     pub start_time: f64,
+    /// What the link to the cluster did, if the server is a node of one.
+    pub cluster: Option<ClusterStats>,
 }
 
 /// Keeps the traffic counters monotonic across scrapes: a connection that has just
@@ -451,6 +454,74 @@ impl Collector for Sample {
             Gauge,
             self.hub_queue.1 as f64,
         )?;
+        if let Some(cluster) = &self.cluster {
+            encode_cluster(&mut e, cluster)?;
+        }
         Ok(())
     }
+}
+
+/// The cluster's families: only a node of a cluster has them.
+fn encode_cluster(e: &mut DescriptorEncoder<'_>, c: &ClusterStats) -> Result<(), std::fmt::Error> {
+    use MetricType::{Counter, Gauge};
+    encode_one(
+        e,
+        "gatehouse_cluster_connected",
+        "1 while the link to the cluster is connected",
+        Gauge,
+        flag(c.connected),
+    )?;
+    encode_one(
+        e,
+        "gatehouse_cluster_nodes_alive",
+        "Other nodes heard from within cluster.dead_after",
+        Gauge,
+        c.nodes_alive as f64,
+    )?;
+    encode_one(
+        e,
+        "gatehouse_cluster_messages_sent",
+        "Messages published to other nodes",
+        Counter,
+        c.sent as f64,
+    )?;
+    encode_labelled(
+        e,
+        "gatehouse_cluster_messages_dropped",
+        "Messages to other nodes dropped: the outbox was full, or the link down",
+        Counter,
+        "reason",
+        [
+            ("outbox_full", c.dropped_full as f64),
+            ("disconnected", c.dropped_disconnected as f64),
+        ],
+    )?;
+    encode_one(
+        e,
+        "gatehouse_cluster_messages_received",
+        "Messages received from other nodes",
+        Counter,
+        c.received as f64,
+    )?;
+    encode_one(
+        e,
+        "gatehouse_cluster_messages_malformed",
+        "Messages and values from the cluster dropped as malformed",
+        Counter,
+        c.malformed as f64,
+    )?;
+    encode_one(
+        e,
+        "gatehouse_cluster_players_lost",
+        "Local sessions kicked because another node logged the player in later",
+        Counter,
+        c.lost_players as f64,
+    )?;
+    encode_one(
+        e,
+        "gatehouse_cluster_node_deaths",
+        "Nodes declared dead (not heard from within cluster.dead_after)",
+        Counter,
+        c.nodes_died as f64,
+    )
 }
