@@ -101,6 +101,11 @@ impl<S: Service> Server<S> {
         let max_frame = self.shared.config.limits.max_frame_bytes;
         let node = Arc::new(ClusterNode::new(config, Arc::new(link), max_frame));
         self.shared.hub_slot.players.set_cluster(node.clone());
+        // Connection (and session) ids name their node from now on.
+        let first_id = node.first_conn_id();
+        self.shared
+            .next_id
+            .store(first_id, std::sync::atomic::Ordering::Relaxed);
         self.cluster = Some(node);
         Ok(self)
     }

@@ -71,6 +71,7 @@ pub(crate) enum Refusal {
     Expired,
     Gap,
     Busy,
+    Moved,
 }
 
 impl Refusal {
@@ -83,6 +84,9 @@ impl Refusal {
                 "gap: frames this client lacks were not kept (resume.buffer_bytes); log in again"
             }
             Refusal::Busy => "busy: another connection resumed this session with this token",
+            Refusal::Moved => {
+                "moved: the session is on another node of the cluster; log in again"
+            }
         }
     }
 }

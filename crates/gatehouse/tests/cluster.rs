@@ -384,3 +384,77 @@ async fn a_login_does_not_wait_for_a_node_that_is_gone() {
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_resume_on_the_wrong_node_is_told_moved_and_a_login_there_ends_the_session() {
+    use support::counter::{Game, LOGIN as COUNTER_LOGIN};
+    let bus = LocalBus::new();
+    let mut nodes = Vec::new();
+    for name in ["a", "b"] {
+        let record = std::sync::Arc::new(support::Record::default());
+        let server = Server::new(test_config(), Game::<true>::new(record.clone()))
+            .unwrap()
+            .with_cluster(bus.link(), cluster_config(name))
+            .unwrap();
+        let handle = server.handle();
+        nodes.push((TestServer::serve(server, record).await, handle));
+    }
+    for (_, handle) in &nodes {
+        until("both nodes alive", || async {
+            handle.cluster_counts().await.unwrap().nodes.len() == 2
+        })
+        .await;
+    }
+    let (a, b) = (&nodes[0].0, &nodes[1].0);
+
+    // A session on a, its connection lost.
+    let mut on_a = a.connect().await;
+    on_a.send(&Message::Request {
+        id: 1,
+        route: COUNTER_LOGIN,
+        payload: Bytes::from("ada"),
+    })
+    .await;
+    let mut session = None;
+    loop {
+        match on_a.recv().await.unwrap() {
+            Message::Session { id, token, .. } => session = Some((id, token)),
+            Message::Response { id: 1, .. } => break,
+            _ => {}
+        }
+    }
+    let (id, token) = session.expect("a session is offered");
+    drop(on_a);
+    until("a's session detached", || async {
+        !a.record.moves.lock().unwrap().is_empty()
+    })
+    .await;
+
+    // Resumed on b: it is not there, and b says where it is not.
+    let mut on_b = b.connect().await;
+    on_b.send(&Message::Resume {
+        id,
+        received: 1,
+        token,
+    })
+    .await;
+    match on_b.recv().await {
+        Some(Message::Kick { reason, text }) => {
+            assert_eq!(reason, KickReason::RESUME_FAILED);
+            assert!(text.starts_with("moved"), "{text}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // The client logs in on b: a ends its kept session (its hook runs, which saves).
+    let mut again = b.connect().await;
+    let (status, _) = again.request(COUNTER_LOGIN, "ada").await;
+    assert_eq!(status, Status::OK);
+    let hooks = a.record.wait_hooks(1).await;
+    assert_eq!(
+        hooks[0].1,
+        gatehouse::DisconnectReason::Kicked(KickReason::DUPLICATE_LOGIN)
+    );
+    for (server, _) in nodes {
+        server.shutdown().await.unwrap();
+    }
+}

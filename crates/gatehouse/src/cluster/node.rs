@@ -172,6 +172,27 @@ impl ClusterNode {
         }
     }
 
+    /// The first connection id of this node: its tag in the top 16 bits, so that
+    /// ids (and the session ids clients hold) name the node they are on.
+    pub(crate) fn first_conn_id(&self) -> u64 {
+        (u64::from(node_tag(&self.name)) << 48) | 1
+    }
+
+    /// The live node another node's session `id` was made on, if the id names one
+    /// (a resume of it here is told `moved`).
+    pub(crate) fn node_of_session(&self, id: u64) -> Option<Arc<str>> {
+        let tag = u16::try_from(id >> 48).ok()?;
+        if tag == node_tag(&self.name) {
+            return None;
+        }
+        let view = lock(&self.view);
+        let found = view
+            .nodes
+            .iter()
+            .find(|(name, seen)| seen.alive && node_tag(name) == tag);
+        found.map(|(name, _)| name.clone())
+    }
+
     // ---- the handles' side: never waits --------------------------------------------
 
     /// Queues `message` for `target`; dropped and counted if the link is down or
@@ -413,4 +434,15 @@ impl ClusterNode {
     pub(crate) fn count_lost_player(&self) {
         self.counters.lost_players.fetch_add(1, Relaxed);
     }
+}
+
+/// A node's tag: 1 to 65535, from its name (FNV-1a). Two nodes of one cluster
+/// that share a tag only lose the `moved` answer to a resume between them.
+pub(crate) fn node_tag(name: &str) -> u16 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in name.bytes() {
+        hash ^= u32::from(byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    (hash % 65_535) as u16 + 1
 }

@@ -102,11 +102,16 @@ pub(crate) async fn hand_over<S: Service, T: Transport>(
         Some(why) => Some((why, handoff as Box<dyn Resuming>)),
         None => match group.hub.resume(ConnId(id), handoff).await {
             Ok(()) => None,
-            // No such connection, or it ended meanwhile: perhaps lost, just now.
-            Err(handoff) => Some((
-                shared.sessions.why_ended(id).unwrap_or(Refusal::Unknown),
-                handoff,
-            )),
+            // No such connection, or it ended meanwhile: perhaps lost, just now; or
+            // one of another node of the cluster.
+            Err(handoff) => {
+                let elsewhere = || {
+                    let cluster = shared.hub_slot.players.cluster()?;
+                    cluster.node_of_session(id).map(|_| Refusal::Moved)
+                };
+                let why = shared.sessions.why_ended(id).or_else(elsewhere);
+                Some((why.unwrap_or(Refusal::Unknown), handoff))
+            }
         },
     };
     match turned_away {
