@@ -343,7 +343,7 @@ async fn faulty_connection(stream: TcpStream, conn: u64, fault: Fault, registry:
                     let mut pong = body.clone();
                     pong[0] = 6;
                     let _ = own.send(frame(&pong));
-                    if fault == Fault::CloseEvery10thAfterFirstPong && conn % 10 == 0 {
+                    if fault == Fault::CloseEvery10thAfterFirstPong && conn.is_multiple_of(10) {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                         break 'conn;
                     }
@@ -356,7 +356,7 @@ async fn faulty_connection(stream: TcpStream, conn: u64, fault: Fault, registry:
                     match route {
                         1 => {
                             echoes += 1;
-                            let tenth = echoes % 10 == 0;
+                            let tenth = echoes.is_multiple_of(10);
                             if tenth && fault == Fault::DropEvery10thResponse {
                                 continue;
                             }

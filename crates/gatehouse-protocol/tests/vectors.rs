@@ -114,7 +114,7 @@ fn from_hex(text: &str) -> Result<Vec<u8>, String> {
         }
     }
     let digits = text.as_bytes();
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         return Err(format!("odd number of hex digits ({})", digits.len()));
     }
     digits

@@ -84,9 +84,7 @@ impl Refusal {
                 "gap: frames this client lacks were not kept (resume.buffer_bytes); log in again"
             }
             Refusal::Busy => "busy: another connection resumed this session with this token",
-            Refusal::Moved => {
-                "moved: the session is on another node of the cluster; log in again"
-            }
+            Refusal::Moved => "moved: the session is on another node of the cluster; log in again",
         }
     }
 }

@@ -121,6 +121,11 @@ fn the_runtime_modules_form_no_circle() {
     assert!(position("service") < position("driver"));
     assert!(position("driver") < position("listener"));
     assert!(position("listener") < position("supervisor"));
+    // The cluster's seam is below who is logged in and the hub; its task, which
+    // awaits the link, above the handle it delivers through.
+    assert!(position("cluster") < position("players"));
+    assert!(position("handle") < position("cluster_task"));
+    assert!(position("cluster_task") < position("supervisor"));
 }
 
 #[test]
@@ -183,15 +188,29 @@ fn each_crate_depends_only_on_what_its_role_allows() {
         );
     }
     for (package, banned) in [
-        ("gatehouse-client", ["sqlx", "gatehouse", "gatehouse-store"]),
+        (
+            "gatehouse-client",
+            ["sqlx", "gatehouse", "gatehouse-store", "async-nats"],
+        ),
         (
             "gatehouse-loadgen",
-            ["sqlx", "gatehouse", "gatehouse-store"],
+            ["sqlx", "gatehouse", "gatehouse-store", "async-nats"],
         ),
-        // The runtime owns the store writer, but never a database driver.
+        // The runtime owns the store writer, but never a database driver, and
+        // speaks to other nodes only through its ClusterLink seam.
         (
             "gatehouse",
-            ["sqlx", "gatehouse-client", "gatehouse-loadgen"],
+            [
+                "sqlx",
+                "gatehouse-client",
+                "gatehouse-loadgen",
+                "async-nats",
+            ],
+        ),
+        // The one crate with async-nats carries bytes; no database, no client.
+        (
+            "gatehouse-cluster",
+            ["sqlx", "gatehouse-client", "gatehouse-loadgen", "arena"],
         ),
     ] {
         let tree = dependency_tree(package, &[]);
@@ -213,6 +232,15 @@ fn each_crate_depends_only_on_what_its_role_allows() {
         "gatehouse-store without its `sql` feature must not compile sqlx"
     );
     assert!(depends_on(&dependency_tree("gatehouse-store", &[]), "sqlx"));
+    assert!(depends_on(
+        &dependency_tree("gatehouse-cluster", &[]),
+        "async-nats"
+    ));
+    let arena = dependency_tree("arena", &[]);
+    assert!(
+        !depends_on(&arena, "async-nats"),
+        "arena is written against the runtime's seam"
+    );
 }
 
 #[test]

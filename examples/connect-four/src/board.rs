@@ -28,7 +28,7 @@ pub struct Board {
 impl Board {
     /// Whose move it is.
     pub fn to_move(&self) -> Colour {
-        if self.moves % 2 == 0 {
+        if self.moves.is_multiple_of(2) {
             Colour::Red
         } else {
             Colour::Yellow
