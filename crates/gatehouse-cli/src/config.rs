@@ -17,11 +17,12 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use arena::ArenaOptions;
 use gatehouse::admin::{AdminConfig, AdminLimits};
+use gatehouse::cluster::ClusterConfig;
 use gatehouse::config::{
     LimitsConfig, MetricsConfig, ResumeConfig, ServerConfig, SupervisorConfig,
 };
 use gatehouse::ListenerConfig;
-use gatehouse_store::StoreConfig;
+use gatehouse_store::{StoreBackend, StoreConfig};
 use serde::Deserialize;
 
 /// The whole file.
@@ -47,6 +48,38 @@ pub(crate) struct FileConfig {
     pub(crate) resume: ResumeConfig,
     /// `[admin]`: the admin listener (health, metrics, the JSON API, the console).
     pub(crate) admin: AdminSection,
+    /// `[cluster]`: one node of a cluster over NATS (the runtime's keys, and whether).
+    pub(crate) cluster: ClusterSection,
+}
+
+/// `[cluster]`: `enabled`, and the runtime's keys ([`ClusterConfig`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(try_from = "toml::Table")]
+pub(crate) struct ClusterSection {
+    /// Join the cluster at `nats_url` as `node`.
+    pub(crate) enabled: bool,
+    /// The runtime's keys.
+    pub(crate) config: ClusterConfig,
+}
+
+impl TryFrom<toml::Table> for ClusterSection {
+    type Error = String;
+
+    /// `enabled` is the binary's; the rest go to the runtime's section, which
+    /// refuses unknown keys by name (serde's `flatten` would let them through).
+    fn try_from(mut table: toml::Table) -> Result<Self, String> {
+        let enabled = match table.remove("enabled") {
+            None => false,
+            Some(toml::Value::Boolean(enabled)) => enabled,
+            Some(other) => {
+                return Err(format!(
+                    "cluster.enabled: expected true or false, found {other}"
+                ))
+            }
+        };
+        let config = ClusterConfig::deserialize(table).map_err(|e| format!("cluster: {e}"))?;
+        Ok(ClusterSection { enabled, config })
+    }
 }
 
 /// `[admin]`.
@@ -101,6 +134,7 @@ impl Default for FileConfig {
             metrics: MetricsConfig::default(),
             resume: ResumeConfig::default(),
             admin: AdminSection::default(),
+            cluster: ClusterSection::default(),
         }
     }
 }
@@ -176,6 +210,15 @@ impl FileConfig {
         }
         self.runtime().validate()?;
         self.store.validate()?;
+        if self.cluster.enabled {
+            self.cluster.config.validate()?;
+            // Every node loads and saves the same players: one database for all.
+            if self.game.service == Game::Arena && self.store.backend == StoreBackend::Sqlite {
+                bail!(
+                    "cluster.enabled: the nodes must share one database; set store.backend = \"postgres\" (sqlite is one node's file)"
+                );
+            }
+        }
         self.admin.config().validate()?;
         let admin = self.admin.address;
         let overlaps = |game: SocketAddr| {
@@ -319,6 +362,29 @@ mod tests {
             .collect();
         assert_eq!(kinds, [("tcp", 7000), ("ws", 7080)]);
         assert_eq!(c.runtime(), gatehouse::Config::default());
+    }
+
+    #[test]
+    fn a_cluster_section_is_checked_by_the_runtime_and_refuses_sqlite_for_arena() {
+        let postgres = "[store]\nbackend = \"postgres\"\npostgres_url = \"postgres://x@db/game\"\n";
+        let on = |keys: &str| format!("{postgres}[cluster]\nenabled = true\n{keys}\n");
+        let config = FileConfig::from_toml_str(&on(
+            "node = \"a\"\nheartbeat = \"500ms\"\ndead_after = \"1500ms\"",
+        ))
+        .unwrap();
+        assert!(config.cluster.enabled);
+        assert_eq!(config.cluster.config.heartbeat, Duration::from_millis(500));
+        assert!(error_of(&on("node = \"a.b\"")).contains("cluster.node"));
+        assert!(error_of(&on("node = \"a\"\ndead_after = \"1s\"")).contains("cluster.dead_after"));
+        assert!(error_of(&on("node = \"a\"\nnats = \"x\"")).contains("nats"));
+        let sqlite = "[cluster]\nenabled = true\nnode = \"a\"\n";
+        assert!(error_of(sqlite).contains("store.backend = \"postgres\""));
+        // The bench service saves nothing: no database needed.
+        assert!(
+            FileConfig::from_toml_str(&format!("[game]\nservice = \"bench\"\n{sqlite}")).is_ok()
+        );
+        // Off, its keys are not checked.
+        assert!(FileConfig::from_toml_str("[cluster]\nnode = \"\"\n").is_ok());
     }
 
     #[test]

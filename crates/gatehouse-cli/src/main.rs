@@ -22,6 +22,7 @@ use gatehouse::bench_service::BenchService;
 use gatehouse::{
     Certificates, Listener, ListenerConfig, Server, ServerError, Service, TransportKind,
 };
+use gatehouse_cluster::NatsLink;
 use gatehouse_store::{AnyStore, SaveWriter};
 use tokio::net::TcpListener;
 use tracing::info;
@@ -95,6 +96,12 @@ struct ServeArgs {
     /// Count no frames or bytes and time no handler (`metrics.enabled = false`).
     #[arg(long)]
     no_metrics: bool,
+    /// Join a cluster as this node (`cluster.enabled = true`, `cluster.node`).
+    #[arg(long, value_name = "NAME")]
+    node: Option<String>,
+    /// The NATS server of the cluster (`cluster.nats_url`).
+    #[arg(long, value_name = "URL")]
+    nats: Option<String>,
     /// Enable the fault-injection routes (crash the hub, panic a handler). Tests only.
     #[arg(long)]
     allow_fault_injection: bool,
@@ -225,6 +232,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
     }
     if args.no_metrics {
         config.metrics.enabled = false;
+    }
+    if let Some(node) = args.node {
+        config.cluster.enabled = true;
+        config.cluster.config.node = node;
+    }
+    if let Some(url) = args.nats {
+        config.cluster.config.nats_url = url;
     }
     // Set and empty means no token (unset keeps the file's).
     if let Ok(token) = std::env::var("GATEHOUSE_ADMIN_TOKEN") {
@@ -382,6 +396,13 @@ async fn run<S: Service>(
         if announce {
             println!("admin listening on http://{address}");
         }
+    }
+    if file.cluster.enabled {
+        let cluster = &file.cluster.config;
+        // Returns at once: the node serves alone until NATS answers, then joins.
+        let link = NatsLink::connect(&cluster.nats_url, &cluster.node).await?;
+        server = server.with_cluster(link, cluster.clone())?;
+        info!(node = %cluster.node, nats = %cluster.nats_url, "a node of the cluster");
     }
     for listener in &listeners {
         let url = listener.url()?;

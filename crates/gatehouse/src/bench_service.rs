@@ -64,7 +64,14 @@ impl Service for BenchService {
         match route {
             routes::LOGIN => {
                 let name = String::from_utf8_lossy(&payload).into_owned();
-                match ctx.logged_in(&name).await {
+                // One session per name, on whichever node: a second login takes the
+                // player over (the first is kicked `duplicate_login`).
+                let login = async {
+                    let turn = ctx.login_turn(&name).await?;
+                    ctx.take_over(&turn).await?;
+                    ctx.logged_in(&name).await
+                };
+                match login.await {
                     Ok(()) => Reply::ok(Bytes::copy_from_slice(&ctx.id().0.to_be_bytes())),
                     Err(e) => Reply::error(Status::UNAVAILABLE, e.to_string()),
                 }
