@@ -58,9 +58,17 @@ pub struct NatsServer {
 impl NatsServer {
     /// The binary named by [`SERVER_ENV`]; when it is unset, prints that the test is
     /// skipped and returns `None`.
+    ///
+    /// # Panics
+    ///
+    /// When it is unset under `CI=true`: CI sets it (`.ci/run`), so a missing
+    /// nats-server fails there instead of skipping.
     pub fn binary_from_env() -> Option<PathBuf> {
         match std::env::var_os(SERVER_ENV) {
             Some(path) if !path.is_empty() => Some(PathBuf::from(path)),
+            _ if std::env::var("CI").is_ok_and(|ci| ci == "true") => {
+                panic!("{SERVER_ENV} is unset under CI=true: .ci/run must set it")
+            }
             _ => {
                 eprintln!("skipped: {SERVER_ENV} is unset");
                 None

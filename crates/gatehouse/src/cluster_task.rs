@@ -40,6 +40,10 @@ use crate::players::LOGIN_WAIT;
 /// How often the task looks at the link and the clock, at most.
 const TICK: Duration = Duration::from_millis(100);
 
+/// A gap between ticks longer than this (or a heartbeat) is a lapse: this node was
+/// not running, and heard nobody.
+const LAPSE: Duration = Duration::from_secs(1);
+
 /// What the task's helpers report back to it.
 enum Report {
     /// A change of the nodes or players bucket.
@@ -48,8 +52,12 @@ enum Report {
     WatchEnded(&'static str),
     /// A subscription ended: subscribe again.
     SubscriptionEnded(String),
-    /// The delete of a player's claim did not land: it is still this node's.
-    Unreleased { player: Arc<str>, claim: OwnClaim },
+    /// The delete of a player's claim is done; `unreleased`: it did not land, and
+    /// the claim is still this node's.
+    Released {
+        player: Arc<str>,
+        unreleased: Option<OwnClaim>,
+    },
     /// The put of a player's claim landed at this revision (or failed).
     Claimed {
         player: Arc<str>,
@@ -78,12 +86,14 @@ pub(crate) async fn run<M: Send + 'static>(
         handle,
         reports: report_tx,
         connected_since: None,
+        last_tick: Instant::now(),
         next_beat: Instant::now(),
         node_subs: HashMap::new(),
         group_subs: HashMap::new(),
         watches: HashSet::new(),
         claims: HashMap::new(),
         retry: HashSet::new(),
+        in_flight: HashSet::new(),
         logs: LogLimiter::default(),
     };
     let mut tick = tokio::time::interval(TICK);
@@ -104,8 +114,10 @@ struct Task<M> {
     node: Arc<ClusterNode>,
     handle: ServerHandle<M>,
     reports: mpsc::Sender<Report>,
-    /// Since when the link is connected, as the task last saw.
+    /// Since when the link is connected, as the task last saw (and this node ran).
     connected_since: Option<Instant>,
+    /// When the task last looked at the clock.
+    last_tick: Instant,
     next_beat: Instant,
     /// The pumps of this node's own subscriptions (every node's, its own), by subject.
     node_subs: HashMap<String, AbortHandle>,
@@ -117,6 +129,8 @@ struct Task<M> {
     claims: HashMap<Arc<str>, OwnClaim>,
     /// Players whose claim or release did not land: tried again once connected.
     retry: HashSet<Arc<str>>,
+    /// Players with a put or delete on its way to the bucket.
+    in_flight: HashSet<Arc<str>>,
     logs: LogLimiter,
 }
 
@@ -157,6 +171,17 @@ impl<M: Send + 'static> Task<M> {
     /// declares the silent dead.
     async fn tick(&mut self) {
         let now = Instant::now();
+        // A tick that comes this late means this node was not listening (stopped,
+        // starved): like a node cut off, it gives everyone dead_after again rather
+        // than declare dead whom it could not hear.
+        let lapse = now.duration_since(self.last_tick) > self.node.config.heartbeat.max(LAPSE);
+        self.last_tick = now;
+        if lapse && self.connected_since.is_some() {
+            warn!(
+                "cluster: this node did not run for a while; nobody is declared dead for dead_after"
+            );
+            self.connected_since = Some(now);
+        }
         if !self.node.link.connected() {
             if self.connected_since.take().is_some() {
                 warn!("cluster: disconnected; local play goes on, nobody is declared dead");
@@ -300,20 +325,41 @@ impl<M: Send + 'static> Task<M> {
     }
 
     /// Makes the bucket say what this node holds of `player`: its key put for a new
-    /// holder here, deleted (if still this node's) when the holder is gone.
+    /// holder here, deleted (if still this node's) when the holder is gone. One
+    /// call to the bucket per player at a time: two puts on their way could land in
+    /// either order, and an older login's put landing last would make it the
+    /// newest; the next is decided when the one on its way has landed.
     fn claim_or_release(&mut self, player: Arc<str>) {
+        if self.in_flight.contains(&player) {
+            return;
+        }
         let holder = self.handle.players.holder_conn(&player);
         let ours = self.claims.get(&player).map(|c| (c.conn, c.revision));
         let node = self.node.clone();
         let key = wire::player_key(&player);
+        let reports = self.reports.clone();
         match (holder, ours) {
             (Some(conn), Some((claimed, _))) if conn == claimed => {}
             (Some(conn), _) => {
-                let reports = self.reports.clone();
                 let claim = Claim {
                     node: node.name.clone(),
                     conn,
                 };
+                // A put that timed out may have landed: then it is ours already,
+                // and putting it again would make it look newer than it is.
+                if let Some(owner) = self.node.owner(&player) {
+                    if owner.claim == claim {
+                        self.claims.insert(
+                            player,
+                            OwnClaim {
+                                conn,
+                                revision: owner.revision,
+                            },
+                        );
+                        return;
+                    }
+                }
+                self.in_flight.insert(player.clone());
                 tokio::spawn(async move {
                     let put = node.link.kv_put(PLAYERS_BUCKET, key, claim.encode());
                     let revision = within(node.config.request_timeout, put).await.ok();
@@ -327,17 +373,16 @@ impl<M: Send + 'static> Task<M> {
             }
             (None, Some((conn, revision))) => {
                 self.claims.remove(&player);
-                let reports = self.reports.clone();
+                self.in_flight.insert(player.clone());
                 tokio::spawn(async move {
                     let delete = node.link.kv_delete(PLAYERS_BUCKET, key, Some(revision));
                     // A conflict: another node owns it now, which is right.
                     let deleted = within(node.config.request_timeout, delete).await;
-                    if matches!(deleted, Ok(()) | Err(LinkError::Conflict)) {
-                        return;
-                    }
-                    let report = Report::Unreleased {
+                    let landed = matches!(deleted, Ok(()) | Err(LinkError::Conflict));
+                    let claim = OwnClaim { conn, revision };
+                    let report = Report::Released {
                         player,
-                        claim: OwnClaim { conn, revision },
+                        unreleased: (!landed).then_some(claim),
                     };
                     let _ = reports.send(report).await;
                 });
@@ -363,11 +408,15 @@ impl<M: Send + 'static> Task<M> {
                 conn,
                 revision,
             } => self.claimed(player, conn, revision).await,
-            Report::Unreleased { player, claim } => {
-                // Unless it was claimed again meanwhile, released at the next tick.
-                if !self.claims.contains_key(&player) {
+            Report::Released { player, unreleased } => {
+                self.in_flight.remove(&player);
+                if let Some(claim) = unreleased {
+                    // Still this node's: released at the next tick.
                     self.claims.insert(player.clone(), claim);
                     self.retry.insert(player);
+                } else {
+                    // A login here while the delete was on its way.
+                    self.claim_or_release(player);
                 }
             }
         }
@@ -434,6 +483,7 @@ impl<M: Send + 'static> Task<M> {
     }
 
     async fn claimed(&mut self, player: Arc<str>, conn: ConnId, revision: Option<u64>) {
+        self.in_flight.remove(&player);
         let Some(revision) = revision else {
             // Not landed: tried again at the next tick the link is up.
             self.retry.insert(player);

@@ -1,0 +1,278 @@
+//! `gatehouse serve` processes as nodes of one cluster over a real nats-server of
+//! the test's own (`GATEHOUSE_TEST_NATS_SERVER`; unset, the tests skip with a
+//! notice): a broadcast reaches every client on every node once; of 20 logins of one
+//! name on three nodes one session is left; a killed node's player logs in
+//! elsewhere at once; a node stopped past `dead_after` kicks its copy of a player
+//! taken over meanwhile once it runs again; nodes serve with NATS down (at start
+//! and after) and join once it is back. The tests run one at a time (each starts
+//! its own nats-server and up to three nodes).
+
+#![allow(clippy::unwrap_used)]
+
+mod process;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use gatehouse::protocol::routes::bench::{BROADCAST, ECHO, LOGIN};
+use gatehouse::KickReason;
+use gatehouse_client::{Client, ClientConfig, ClientError, Pushes};
+use gatehouse_cluster::testing::NatsServer;
+use process::{http_get, scratch, write_file, Scratch, ServerProcess};
+use serde_json::Value;
+
+/// One test at a time: each runs its own nats-server and nodes.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// How long anything may take before the test fails.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// `gatehouse serve` of the bench service as node `name` of the cluster at `nats`,
+/// heartbeat 0.5 s, dead after 1.5 s.
+fn node(dir: &Scratch, name: &str, nats: &str) -> ServerProcess {
+    let config = format!(
+        "[game]\nservice = \"bench\"\n\n[cluster]\nenabled = true\nnats_url = \"{nats}\"\n\
+         node = \"{name}\"\nheartbeat = \"500ms\"\ndead_after = \"1500ms\"\n"
+    );
+    let path = write_file(dir, &format!("{name}.toml"), &config);
+    ServerProcess::start(&["-c", path.to_str().unwrap()])
+}
+
+/// The node's `/api/cluster`.
+fn cluster(node: &ServerProcess) -> Value {
+    let body = http_get(node.admin_addr().unwrap(), "/api/cluster");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Polls `check` (blocking calls allowed) until it holds, failing after
+/// [`PATIENCE`] with `what`.
+async fn until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !tokio::task::block_in_place(&mut check) {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn until_all_see(nodes: &[&ServerProcess], count: usize) {
+    for node in nodes {
+        until(&format!("{count} nodes alive"), || {
+            cluster(node)["nodes"].as_array().unwrap().len() == count
+        })
+        .await;
+    }
+}
+
+async fn connect(addr: SocketAddr) -> (Client, Pushes) {
+    let config = ClientConfig {
+        resume: false,
+        ..ClientConfig::default()
+    };
+    let (client, pushes) = Client::connect(addr, config).await.unwrap();
+    // The bench service resumes: a connection is served (and pushed to) once it
+    // has said it is not a resume.
+    client.request(ECHO, "hello").await.unwrap();
+    (client, pushes)
+}
+
+async fn next_push(pushes: &mut Pushes) -> Bytes {
+    tokio::time::timeout(PATIENCE, pushes.next())
+        .await
+        .expect("a push in time")
+        .expect("the connection is open")
+        .payload
+}
+
+fn nats() -> Option<NatsServer> {
+    NatsServer::from_env()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broadcast_from_one_node_reaches_every_client_on_three_once() {
+    let _serial = SERIAL.lock().await;
+    let Some(nats) = nats() else { return };
+    let dir = scratch("cluster-broadcast");
+    let nodes: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .map(|name| node(&dir, name, &nats.url()))
+        .collect();
+    until_all_see(&nodes.iter().collect::<Vec<_>>(), 3).await;
+    let mut clients = Vec::new();
+    for node in [&nodes[0], &nodes[0], &nodes[1], &nodes[2]] {
+        clients.push(connect(node.addr).await);
+    }
+    let sent = || cluster(&nodes[2])["messages"]["sent"].as_u64().unwrap();
+    let sent_before = sent();
+    let speaker = &clients[3].0;
+    speaker.request(BROADCAST, "hello").await.unwrap();
+    speaker.request(BROADCAST, "end").await.unwrap();
+    for (_, pushes) in &mut clients {
+        // In order and once: a copy of the first would come before the second.
+        assert_eq!(next_push(pushes).await, Bytes::from("hello"));
+        assert_eq!(next_push(pushes).await, Bytes::from("end"));
+    }
+    // Counted once the publish returned: it may trail the deliveries a little.
+    until("c counts its messages", || sent() >= sent_before + 2).await;
+    assert_eq!(sent() - sent_before, 2, "one message per broadcast");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_twenty_logins_of_one_name_on_three_nodes_one_session_is_left() {
+    let _serial = SERIAL.lock().await;
+    let Some(nats) = nats() else { return };
+    let dir = scratch("cluster-logins");
+    let nodes: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .map(|name| node(&dir, name, &nats.url()))
+        .collect();
+    until_all_see(&nodes.iter().collect::<Vec<_>>(), 3).await;
+    let mut clients = Vec::new();
+    for i in 0..20 {
+        clients.push(connect(nodes[i % 3].addr).await.0);
+    }
+    // All at once; a login may be answered, refused busy, or cut by its kick.
+    let logins = clients.iter().map(|client| client.request(LOGIN, "ada"));
+    let _ = futures_util::future::join_all(logins).await;
+    let kicked = |client: &Client| {
+        matches!(client.ended(), Some(ClientError::Kicked { reason, .. })
+            if reason == KickReason::DUPLICATE_LOGIN)
+    };
+    until("19 sessions kicked duplicate_login", || {
+        clients.iter().filter(|c| kicked(c)).count() == 19
+    })
+    .await;
+    let survivor = clients.iter().find(|c| c.ended().is_none()).unwrap();
+    survivor.request(ECHO, "still here").await.unwrap();
+    until("the cluster counts one player", || {
+        nodes.iter().all(|node| cluster(node)["players"] == 1)
+    })
+    .await;
+    assert_eq!(clients.iter().filter(|c| c.ended().is_none()).count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nodes_player_logs_in_elsewhere_at_once_and_the_node_is_declared_dead() {
+    let _serial = SERIAL.lock().await;
+    let Some(nats) = nats() else { return };
+    let dir = scratch("cluster-kill");
+    let mut a = node(&dir, "a", &nats.url());
+    let b = node(&dir, "b", &nats.url());
+    until_all_see(&[&a, &b], 2).await;
+    let (ada, _) = connect(a.addr).await;
+    ada.request(LOGIN, "ada").await.unwrap();
+    until("b counts ada", || cluster(&b)["players"] == 1).await;
+
+    a.child.kill().unwrap();
+    let _ = a.child.wait();
+    let (again, _) = connect(b.addr).await;
+    let started = Instant::now();
+    again.request(LOGIN, "ada").await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "nobody answers for a: the login goes on at once ({:?})",
+        started.elapsed()
+    );
+    let killed = Instant::now();
+    until("b declares a dead", || {
+        cluster(&b)["nodes"].as_array().unwrap().len() == 1
+    })
+    .await;
+    // dead_after (1.5 s) and a heartbeat, with room for a busy machine.
+    assert!(
+        killed.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        killed.elapsed()
+    );
+    assert_eq!(cluster(&b)["node_deaths"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopped_past_dead_after_kicks_its_copy_of_a_player_taken_over_meanwhile() {
+    let _serial = SERIAL.lock().await;
+    let Some(nats) = nats() else { return };
+    let dir = scratch("cluster-stop");
+    let a = node(&dir, "a", &nats.url());
+    let b = node(&dir, "b", &nats.url());
+    until_all_see(&[&a, &b], 2).await;
+    let (ada_on_a, _) = connect(a.addr).await;
+    ada_on_a.request(LOGIN, "ada").await.unwrap();
+    until("b counts ada", || cluster(&b)["players"] == 1).await;
+
+    a.signal("STOP");
+    until("b declares a dead", || {
+        cluster(&b)["nodes"].as_array().unwrap().len() == 1
+    })
+    .await;
+    let (ada_on_b, _) = connect(b.addr).await;
+    ada_on_b.request(LOGIN, "ada").await.unwrap();
+    a.signal("CONT");
+    until("a kicks its copy", || ada_on_a.ended().is_some()).await;
+    match ada_on_a.ended() {
+        Some(ClientError::Kicked { reason, .. }) => {
+            assert_eq!(reason, KickReason::DUPLICATE_LOGIN);
+        }
+        other => panic!("{other:?}"),
+    }
+    until("a counts the player lost", || {
+        cluster(&a)["players_lost"] == 1
+    })
+    .await;
+    ada_on_b.request(ECHO, "the one left").await.unwrap();
+    assert_eq!(cluster(&a)["node_deaths"], 0, "a declared nobody dead");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_serve_while_nats_is_down_and_join_once_it_is_back() {
+    let _serial = SERIAL.lock().await;
+    let Some(binary) = NatsServer::binary_from_env() else {
+        return;
+    };
+    let mut nats = NatsServer::new(binary).unwrap();
+    let dir = scratch("cluster-nats-down");
+    // NATS down at start: the nodes serve their own.
+    let a = node(&dir, "a", &nats.url());
+    let b = node(&dir, "b", &nats.url());
+    let (on_a, mut a_pushes) = connect(a.addr).await;
+    let (on_b, _) = connect(b.addr).await;
+    on_a.request(BROADCAST, "alone").await.unwrap();
+    assert_eq!(next_push(&mut a_pushes).await, Bytes::from("alone"));
+    assert_eq!(cluster(&a)["connected"], false);
+
+    nats.start().unwrap();
+    until_all_see(&[&a, &b], 2).await;
+    on_b.request(BROADCAST, "joined").await.unwrap();
+    assert_eq!(next_push(&mut a_pushes).await, Bytes::from("joined"));
+
+    // NATS goes: local play goes on, the cluster's calls are dropped and counted.
+    nats.kill().unwrap();
+    until("a sees NATS gone", || cluster(&a)["connected"] == false).await;
+    on_a.request(BROADCAST, "still local").await.unwrap();
+    assert_eq!(next_push(&mut a_pushes).await, Bytes::from("still local"));
+    let dropped = &cluster(&a)["messages"]["dropped_disconnected"];
+    assert!(dropped.as_u64().unwrap() >= 1, "{dropped}");
+    on_a.request(ECHO, "x").await.unwrap();
+
+    // Back: within 5 s the nodes hear each other again.
+    nats.restart().unwrap();
+    let back = Instant::now();
+    until("b hears a again", || {
+        cluster(&b)["connected"] == true && cluster(&a)["connected"] == true
+    })
+    .await;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        on_b.request(BROADCAST, "again").await.unwrap();
+        let heard = tokio::time::timeout(Duration::from_millis(200), a_pushes.next()).await;
+        if let Ok(Some(push)) = heard {
+            assert_eq!(push.payload, Bytes::from("again"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "a never heard b again");
+    }
+    assert!(
+        back.elapsed() < Duration::from_secs(5),
+        "recovered {:?} after NATS came back",
+        back.elapsed()
+    );
+}
