@@ -127,6 +127,17 @@ struct Exposition {
 }
 
 impl Exposition {
+    /// Adds `other`'s families whose names start with `prefix`.
+    fn add_families(&mut self, other: Exposition, prefix: &str) {
+        let ours = |name: &String| name.starts_with(prefix);
+        self.sample_types
+            .extend(other.sample_types.into_iter().filter(|(n, _)| ours(n)));
+        self.families
+            .extend(other.families.into_iter().filter(|(n, _)| ours(n)));
+        self.family_labels
+            .extend(other.family_labels.into_iter().filter(|(n, _)| ours(n)));
+    }
+
     fn parse(text: &str) -> Exposition {
         let mut sample_types = BTreeMap::new();
         let mut families: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -190,7 +201,23 @@ fn live_metrics() -> &'static Exposition {
         let admin = server.admin_addr().expect("an admin listener");
         let text = process::http_get(admin, "/metrics");
         drop(server);
-        let exposition = Exposition::parse(&text);
+        let mut exposition = Exposition::parse(&text);
+        // The cluster's families come from a node of one: a bench server (arena in a
+        // cluster needs PostgreSQL) whose NATS is nowhere, which exports them all
+        // the same.
+        let mut command = process::gatehouse();
+        command
+            .args(process::SERVE_ON_FREE_PORTS)
+            .args(["--service", "bench", "--node", "ops", "--nats", "nats://127.0.0.1:9"])
+            .env_remove("GATEHOUSE_ADMIN_TOKEN");
+        let node = ServerProcess::spawn(command);
+        let text = process::http_get(node.admin_addr().expect("an admin listener"), "/metrics");
+        drop(node);
+        exposition.add_families(Exposition::parse(&text), "gatehouse_cluster_");
+        assert!(
+            exposition.family_labels.contains_key("gatehouse_cluster_messages_dropped"),
+            "a node's /metrics has the cluster's:\n{text}"
+        );
         assert!(
             exposition.sample_types.contains_key("gatehouse_hub_up")
                 && exposition.sample_types.contains_key("gatehouse_save_queued")
