@@ -203,6 +203,10 @@ struct BroadcastArgs {
     /// Seconds a listener may take to get a push before it counts as lost.
     #[arg(long, default_value_t = 5.0)]
     timeout: f64,
+    /// Another node of the server's cluster (IP:PORT, repeatable): the listeners
+    /// are spread over --addr and these, so each broadcast crosses to every node.
+    #[arg(long, value_name = "ADDRESS")]
+    also: Vec<SocketAddr>,
 }
 
 #[derive(Args)]
@@ -397,6 +401,7 @@ async fn run_scenario(scenario: Scenario, progress: &Progress) -> anyhow::Result
             options.timeout = seconds("timeout", a.timeout)?;
             options.sources = sources;
             options.transport = transport;
+            options.also = a.also;
             let report = broadcast::run(&options, progress).await?;
             let problem = problem(report.lost > 0, || {
                 format!("{} listener-rounds lost", report.lost)

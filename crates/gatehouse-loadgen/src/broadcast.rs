@@ -53,6 +53,10 @@ pub struct BroadcastOptions {
     pub sources: Sources,
     /// What the connections run over (TCP by default).
     pub transport: Transport,
+    /// Other nodes of the server's cluster: the listeners are spread over `addr`
+    /// and these, an equal share each (the sender stays on `addr`), so that each
+    /// broadcast crosses to every other node.
+    pub also: Vec<SocketAddr>,
 }
 
 impl BroadcastOptions {
@@ -68,6 +72,7 @@ impl BroadcastOptions {
             parallel_connects: 512,
             sources: Sources::for_target(addr, Sources::DEFAULT_PER_ADDRESS),
             transport: Transport::Tcp,
+            also: Vec::new(),
         }
     }
 }
@@ -211,15 +216,28 @@ pub async fn run(
         return Err(LoadError::Invalid("too many rounds".into()));
     }
     progress.counted("connect", options.listeners as u64 + 1);
-    let (listeners, _failed) = net::open_many(
-        options.addr,
-        &options.transport,
-        options.sources,
-        options.listeners,
-        options.parallel_connects,
-        progress,
-    )
-    .await?;
+    // Each node's share of the listeners, the sender's node first.
+    let nodes: Vec<SocketAddr> = std::iter::once(options.addr)
+        .chain(options.also.iter().copied())
+        .collect();
+    let share = |node: usize| {
+        options.listeners / nodes.len() + usize::from(node < options.listeners % nodes.len())
+    };
+    let mut listeners = Vec::with_capacity(options.listeners);
+    let mut shares = Vec::with_capacity(nodes.len());
+    for (node, addr) in nodes.iter().enumerate() {
+        let (opened, _failed) = net::open_many(
+            *addr,
+            &options.transport,
+            options.sources,
+            share(node),
+            options.parallel_connects,
+            progress,
+        )
+        .await?;
+        shares.push(opened.len());
+        listeners.extend(opened);
+    }
     let connected = listeners.len();
     let sender_source = options.sources.source(options.listeners);
     let mut sender = net::connect(options.addr, sender_source, &options.transport)
@@ -254,7 +272,27 @@ pub async fn run(
 
     progress.counted("registered", connected as u64 + 1);
     let patience = Duration::from_secs(10);
-    let count = wait_for_count(&mut sender, &mut sender_reader, connected + 1, patience);
+    // The other nodes' listeners, counted there (with the connection that asks).
+    for (node, addr) in nodes.iter().enumerate().skip(1) {
+        let source = options.sources.source(options.listeners + node);
+        let mut counter = net::connect(*addr, source, &options.transport)
+            .await
+            .map_err(|e| LoadError::Connect {
+                addr: *addr,
+                error: e.to_string(),
+            })?;
+        let mut reader = FrameReader::new(4096);
+        let count = wait_for_count(&mut counter, &mut reader, shares[node] + 1, patience);
+        match tokio::time::timeout(patience + net::SETUP_TIMEOUT, count).await {
+            Ok(Ok(_)) => {}
+            _ => {
+                return Err(LoadError::Server(format!(
+                    "{addr} does not count its listeners"
+                )))
+            }
+        }
+    }
+    let count = wait_for_count(&mut sender, &mut sender_reader, shares[0] + 1, patience);
     let server_count = match tokio::time::timeout(patience + net::SETUP_TIMEOUT, count).await {
         Ok(Ok(count)) => count,
         Ok(Err(e)) => return Err(LoadError::Server(format!("broadcast sender: {e}"))),

@@ -406,7 +406,7 @@ impl<M: Send + 'static> Context<'_, M> {
     }
 
     /// Waits for this login's turn among the logins to `player` (at most
-    /// [`LOGIN_WAIT`](crate::players::LOGIN_WAIT), then [`HandleError::Busy`]): while
+    /// [`LOGIN_WAIT`], then [`HandleError::Busy`]): while
     /// the [`LoginTurn`] is held no other login to that name goes on, so a password
     /// check or an account creation cannot race a second login, and of many logins at
     /// once the last is left online. See [`LoginTurn`] for the whole login.
@@ -423,7 +423,7 @@ impl<M: Send + 'static> Context<'_, M> {
     /// this returns once that connection's disconnect hook has run, so that a load
     /// after it sees the save the hook queued. Returns the connection taken over
     /// from if it was on this node; [`HandleError::Busy`] if that session did not
-    /// end within [`LOGIN_WAIT`](crate::players::LOGIN_WAIT), and
+    /// end within [`LOGIN_WAIT`], and
     /// [`HandleError::Unavailable`] if the player is on another node and this one
     /// is cut off from the cluster. A node that has died ends nothing: the login
     /// goes on at once. Then log in ([`Context::logged_in`]) before dropping the
