@@ -458,3 +458,99 @@ async fn a_resume_on_the_wrong_node_is_told_moved_and_a_login_there_ends_the_ses
         server.shutdown().await.unwrap();
     }
 }
+
+/// A link that is connected and never gets anything done: every call waits forever.
+struct StalledLink;
+
+impl gatehouse::cluster::ClusterLink for StalledLink {
+    fn connected(&self) -> bool {
+        true
+    }
+
+    fn publish(&self, _: String, _: Bytes) -> gatehouse::cluster::LinkFuture<'_, ()> {
+        Box::pin(std::future::pending())
+    }
+
+    fn subscribe(
+        &self,
+        _: String,
+    ) -> gatehouse::cluster::LinkFuture<
+        '_,
+        gatehouse::cluster::LinkStream<gatehouse::cluster::LinkMessage>,
+    > {
+        Box::pin(std::future::pending())
+    }
+
+    fn request(
+        &self,
+        _: String,
+        _: Bytes,
+        _: Duration,
+    ) -> gatehouse::cluster::LinkFuture<'_, Bytes> {
+        Box::pin(std::future::pending())
+    }
+
+    fn kv_put(
+        &self,
+        _: &'static str,
+        _: String,
+        _: Bytes,
+    ) -> gatehouse::cluster::LinkFuture<'_, u64> {
+        Box::pin(std::future::pending())
+    }
+
+    fn kv_delete(
+        &self,
+        _: &'static str,
+        _: String,
+        _: Option<u64>,
+    ) -> gatehouse::cluster::LinkFuture<'_, ()> {
+        Box::pin(std::future::pending())
+    }
+
+    fn kv_watch(
+        &self,
+        _: &'static str,
+    ) -> gatehouse::cluster::LinkFuture<
+        '_,
+        gatehouse::cluster::LinkStream<gatehouse::cluster::KvChange>,
+    > {
+        Box::pin(std::future::pending())
+    }
+}
+
+#[tokio::test]
+async fn a_link_that_never_answers_fills_only_the_bounded_outbox_and_play_goes_on() {
+    let recorder = Recorder::default();
+    let record = recorder.record.clone();
+    let config = ClusterConfig {
+        outbox: 16,
+        ..cluster_config("a")
+    };
+    let server = Server::new(test_config(), recorder)
+        .unwrap()
+        .with_cluster(StalledLink, config)
+        .unwrap();
+    let a_handle = server.handle();
+    let mut a = TestServer::serve(server, record).await;
+    a.handle = Some(a_handle.clone());
+    let mut ada = a.connect().await;
+    login(&mut ada, "ada").await;
+    until("a connected", || async {
+        a_handle.cluster_stats().unwrap().connected
+    })
+    .await;
+    // Every call to the link hangs (each under request_timeout): the outbox holds 16,
+    // the rest are dropped and counted, and every broadcast reaches this node at once.
+    for _ in 0..1000 {
+        a_handle.broadcast(PUSH, "local").await.unwrap();
+    }
+    for _ in 0..1000 {
+        assert_eq!(ada.expect_push().await, (PUSH, Bytes::from("local")));
+    }
+    let stats = a_handle.cluster_stats().unwrap();
+    assert!(stats.dropped_full >= 1000 - 16 - 1, "{stats:?}");
+    let (status, _) = ada.request(ECHO, "fine").await;
+    assert_eq!(status, Status::OK);
+    a.shutdown().await.unwrap();
+}

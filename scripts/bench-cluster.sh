@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# What a cluster costs a broadcast: N listeners on one gatehouse (no cluster) against
+# the same N split over two gatehouse nodes of a cluster (a nats-server of this
+# script's own, on loopback), the bench service, one sender. For each, the CPU of
+# every server process (gatehouse, and nats-server) per delivery, as the difference
+# between a long and a short run divided by the difference in deliveries (start-up,
+# connecting and shutdown cancel out), and the time from the send to the median and
+# to the last listener. The generator runs on one core, the servers on the other.
+#
+#   scripts/bench-cluster.sh                                # 5,000 listeners, 3 repeats
+#   scripts/bench-cluster.sh --listeners 2000 --repeat 1
+#   scripts/bench-cluster.sh --nats /usr/sbin/nats-server   # else $GATEHOUSE_TEST_NATS_SERVER or PATH
+#
+# Everything runs on 127.0.0.0/8 and stops by itself; raw JSON goes to
+# target/bench-cluster/<time>/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+listeners=5000
+repeat=3
+short=20
+long=220
+nats_bin="${GATEHOUSE_TEST_NATS_SERVER:-$(command -v nats-server || echo /usr/sbin/nats-server)}"
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --listeners) listeners="$2"; shift ;;
+        --repeat) repeat="$2"; shift ;;
+        --nats) nats_bin="$2"; shift ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        *) echo "unknown option $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+[ -x "$nats_bin" ] || { echo "no nats-server at $nats_bin (apt install nats-server)" >&2; exit 1; }
+
+# shellcheck source=scripts/metrics-common.sh
+. scripts/metrics-common.sh
+metrics_setup bench-cluster
+bin="$dir/gatehouse-gen"
+
+pids=()
+stop_all() {
+    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    pids=()
+}
+trap stop_all EXIT
+
+# User + system CPU ticks of PID (fields 14 and 15 after the command name).
+ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# A gatehouse of the bench service on its own port; sets addr, adds its pid.
+start_gatehouse() { # NAME ARGS...
+    local name="$1"; shift
+    "${pin_server[@]}" "$bin" serve --service bench --no-admin --listen tcp://127.0.0.1:0 \
+        --log warn "$@" > "$dir/$name.out" 2> "$dir/$name.log" &
+    pids+=($!)
+    wait_for_tcp "$dir/$name.out" "$dir/$name.log" 200
+}
+
+# One run of MODE (single | split) with ROUNDS broadcasts: prints
+# "ticks deliveries p50_ms time_to_all_ms" and keeps the report.
+run_once() { # MODE ROUNDS N (in a subshell: its servers stop with it)
+    local mode="$1" rounds="$2" n="$3" also=() json
+    trap stop_all EXIT
+    if [ "$mode" = split ]; then
+        local port store
+        port="$(free_port)"
+        store="$dir/nats-$n-$rounds"
+        mkdir -p "$store"
+        "${pin_server[@]}" "$nats_bin" -a 127.0.0.1 -p "$port" -js -sd "$store" > "$dir/nats.log" 2>&1 &
+        pids+=($!)
+        for _ in $(seq 1 100); do
+            (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+            sleep 0.1
+        done
+        start_gatehouse b --node b --nats "nats://127.0.0.1:$port"
+        also=(--also "$addr")
+        start_gatehouse a --node a --nats "nats://127.0.0.1:$port"
+        # Both nodes hear each other before the first round (heartbeats, 2 s).
+        sleep 3
+    else
+        start_gatehouse single
+    fi
+    local before=0 after=0 pid
+    for pid in "${pids[@]}"; do before=$((before + $(ticks "$pid"))); done
+    json="$dir/$mode-r$rounds-$n.json"
+    "${pin_gen[@]}" "$bin" bench broadcast --addr "$addr" "${also[@]}" --quiet \
+        --listeners "$listeners" --rounds "$rounds" --timeout 5 > "$json"
+    for pid in "${pids[@]}"; do after=$((after + $(ticks "$pid"))); done
+    stop_all
+    python3 - "$json" "$((after - before))" "$rounds" "$listeners" <<'EOF'
+import json, statistics, sys
+report = json.load(open(sys.argv[1]))
+ticks, rounds, listeners = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+if report["lost"] or report["duplicates"]:
+    sys.exit(f"{sys.argv[1]}: lost {report['lost']}, duplicates {report['duplicates']}")
+p50 = statistics.median(r["p50_ms"] for r in report["per_round"])
+print(ticks, rounds * listeners, round(p50, 3), report["median_time_to_all_ms"])
+EOF
+}
+
+declare -A cost p50 all
+for mode in single split; do
+    costs=(); p50s=(); alls=()
+    for i in $(seq 1 "$repeat"); do
+        say "$mode, repeat $i: $short and $long broadcasts to $listeners"
+        read -r t1 d1 _ _ < <(run_once "$mode" "$short" "$i")
+        read -r t2 d2 m2 a2 < <(run_once "$mode" "$long" "$i")
+        # Ticks are 10 ms of CPU; microseconds per delivery.
+        costs+=("$(python3 -c "print(round(($t2 - $t1) * 10000 / ($d2 - $d1), 3))")")
+        p50s+=("$m2"); alls+=("$a2")
+    done
+    cost[$mode]="$(printf '%s\n' "${costs[@]}" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')"
+    p50[$mode]="$(printf '%s\n' "${p50s[@]}" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')"
+    all[$mode]="$(printf '%s\n' "${alls[@]}" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')"
+    say "$mode: CPU per delivery ${costs[*]} µs; p50 ${p50s[*]} ms; to all ${alls[*]} ms"
+done
+
+ratio="$(python3 -c "print(round(${cost[split]} / ${cost[single]}, 3))")"
+printf '\n%-34s %12s %12s %14s\n' "broadcast to $listeners (median of $repeat)" "CPU/delivery" "p50 (ms)" "to all (ms)"
+printf '%-34s %10s µs %12s %14s\n' "one node, no cluster" "${cost[single]}" "${p50[single]}" "${all[single]}"
+printf '%-34s %10s µs %12s %14s\n' "two nodes + nats-server" "${cost[split]}" "${p50[split]}" "${all[split]}"
+printf '%-34s %12s\n' "ratio, split ÷ one node" "$ratio"
+echo "raw reports: $dir" >&2
