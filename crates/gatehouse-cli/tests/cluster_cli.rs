@@ -84,6 +84,16 @@ async fn next_push(pushes: &mut Pushes) -> Bytes {
         .payload
 }
 
+/// Nodes a, b and c, each seeing the others alive.
+async fn three_nodes(dir: &Scratch, nats: &NatsServer) -> Vec<ServerProcess> {
+    let nodes: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .map(|name| node(dir, name, &nats.url()))
+        .collect();
+    until_all_see(&nodes.iter().collect::<Vec<_>>(), 3).await;
+    nodes
+}
+
 fn nats() -> Option<NatsServer> {
     NatsServer::from_env()
 }
@@ -93,11 +103,7 @@ async fn a_broadcast_from_one_node_reaches_every_client_on_three_once() {
     let _serial = SERIAL.lock().await;
     let Some(nats) = nats() else { return };
     let dir = scratch("cluster-broadcast");
-    let nodes: Vec<_> = ["a", "b", "c"]
-        .iter()
-        .map(|name| node(&dir, name, &nats.url()))
-        .collect();
-    until_all_see(&nodes.iter().collect::<Vec<_>>(), 3).await;
+    let nodes = three_nodes(&dir, &nats).await;
     let mut clients = Vec::new();
     for node in [&nodes[0], &nodes[0], &nodes[1], &nodes[2]] {
         clients.push(connect(node.addr).await);
@@ -122,11 +128,7 @@ async fn of_twenty_logins_of_one_name_on_three_nodes_one_session_is_left() {
     let _serial = SERIAL.lock().await;
     let Some(nats) = nats() else { return };
     let dir = scratch("cluster-logins");
-    let nodes: Vec<_> = ["a", "b", "c"]
-        .iter()
-        .map(|name| node(&dir, name, &nats.url()))
-        .collect();
-    until_all_see(&nodes.iter().collect::<Vec<_>>(), 3).await;
+    let nodes = three_nodes(&dir, &nats).await;
     let mut clients = Vec::new();
     for i in 0..20 {
         clients.push(connect(nodes[i % 3].addr).await.0);

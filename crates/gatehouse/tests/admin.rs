@@ -67,14 +67,21 @@ async fn start_with(config: Config, admin_config: AdminConfig) -> Admin {
 
 /// As [`start_with`], on an admin listener of the caller's.
 async fn start_on(admin: TcpListener, config: Config, admin_config: AdminConfig) -> Admin {
+    let server = Server::new(config, BenchService).unwrap();
+    serve(server, admin, admin_config).await
+}
+
+/// Runs `server` with its admin listener, the game's on a free port.
+async fn serve(
+    server: Server<BenchService>,
+    admin: TcpListener,
+    admin_config: AdminConfig,
+) -> Admin {
     let game = gatehouse::bind("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
     let (game_addr, admin_addr) = (game.local_addr().unwrap(), admin.local_addr().unwrap());
-    let server = Server::new(config, BenchService)
-        .unwrap()
-        .with_admin(admin, admin_config)
-        .unwrap();
+    let server = server.with_admin(admin, admin_config).unwrap();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(server.run(game, shutdown.clone().cancelled_owned()));
     Admin {
@@ -1035,11 +1042,6 @@ fn quick_stop() -> Config {
 
 /// A bench server with its admin listener, as node `name` of `bus`'s cluster.
 async fn start_node(bus: &gatehouse::cluster::LocalBus, name: &str) -> Admin {
-    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let game = gatehouse::bind("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let (game_addr, admin_addr) = (game.local_addr().unwrap(), admin.local_addr().unwrap());
     let cluster = gatehouse::cluster::ClusterConfig {
         heartbeat: Duration::from_millis(100),
         dead_after: Duration::from_millis(400),
@@ -1052,17 +1054,9 @@ async fn start_node(bus: &gatehouse::cluster::LocalBus, name: &str) -> Admin {
     let server = Server::new(quick_stop(), BenchService)
         .unwrap()
         .with_cluster(bus.link(), cluster)
-        .unwrap()
-        .with_admin(admin, admin_config)
         .unwrap();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(server.run(game, shutdown.clone().cancelled_owned()));
-    Admin {
-        game: game_addr,
-        admin: admin_addr,
-        shutdown,
-        task,
-    }
+    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    serve(server, admin, admin_config).await
 }
 
 #[tokio::test]
