@@ -119,9 +119,33 @@ for mode in single split; do
     say "$mode: CPU per delivery ${costs[*]} µs; p50 ${p50s[*]} ms; to all ${alls[*]} ms"
 done
 
+# Take-over logins (scripts/cluster-logins.py): on the same node, and from the other.
+takeovers() { # -> "same_node_p50 other_node_p50 fresh_p50" in ms
+    trap stop_all EXIT
+    local port b
+    port="$(free_port)"
+    mkdir -p "$dir/nats-logins"
+    "${pin_server[@]}" "$nats_bin" -a 127.0.0.1 -p "$port" -js -sd "$dir/nats-logins" > "$dir/nats.log" 2>&1 &
+    pids+=($!)
+    for _ in $(seq 1 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+        sleep 0.1
+    done
+    start_gatehouse b --node b --nats "nats://127.0.0.1:$port"
+    b="$addr"
+    start_gatehouse a --node a --nats "nats://127.0.0.1:$port"
+    sleep 3
+    "${pin_gen[@]}" python3 scripts/cluster-logins.py "$addr" "$b" 200
+    stop_all
+}
+say "take-over logins, 200 of each"
+read -r same_ms other_ms fresh_ms < <(takeovers)
+
 ratio="$(python3 -c "print(round(${cost[split]} / ${cost[single]}, 3))")"
 printf '\n%-34s %12s %12s %14s\n' "broadcast to $listeners (median of $repeat)" "CPU/delivery" "p50 (ms)" "to all (ms)"
 printf '%-34s %10s µs %12s %14s\n' "one node, no cluster" "${cost[single]}" "${p50[single]}" "${all[single]}"
 printf '%-34s %10s µs %12s %14s\n' "two nodes + nats-server" "${cost[split]}" "${p50[split]}" "${all[split]}"
 printf '%-34s %12s\n' "ratio, split ÷ one node" "$ratio"
+printf '\nlogin p50 (ms, 200 each): fresh %s; taking over on the same node %s; from the other node %s\n' \
+    "$fresh_ms" "$same_ms" "$other_ms"
 echo "raw reports: $dir" >&2
