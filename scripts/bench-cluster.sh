@@ -54,8 +54,9 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 # A gatehouse of the bench service on its own port; sets addr, adds its pid.
 start_gatehouse() { # NAME ARGS...
     local name="$1"; shift
-    "${pin_server[@]}" "$bin" serve --service bench --no-admin --listen tcp://127.0.0.1:0 \
-        --log warn "$@" > "$dir/$name.out" 2> "$dir/$name.log" &
+    # bench/gatehouse-bench.toml: the caps and rates a load generator needs.
+    "${pin_server[@]}" "$bin" serve -c bench/gatehouse-bench.toml --no-admin \
+        --listen tcp://127.0.0.1:0 --log warn "$@" > "$dir/$name.out" 2> "$dir/$name.log" &
     pids+=($!)
     wait_for_tcp "$dir/$name.out" "$dir/$name.log" 200
 }
