@@ -9,12 +9,14 @@
 //! - heartbeats: puts this node's counts to the nodes bucket every
 //!   `cluster.heartbeat`, watches the bucket, and declares dead a node not heard
 //!   from for `cluster.dead_after` while this node is connected (a node cut off
-//!   declares nobody dead, and after it reconnects gives everyone `dead_after`
-//!   again);
+//!   declares nobody dead, and after it reconnects, or after a pause of its own,
+//!   gives everyone `dead_after` again);
 //! - owns this node's players in the players bucket: a login puts the player's key
-//!   (the newest put wins), a hook that ran deletes it if it is still this node's.
-//!   Watching the bucket, it kicks a local copy of a player that another node put
-//!   later (`duplicate_login`).
+//!   (the newest put wins; one put or delete per player on its way at a time), a
+//!   hook that ran deletes it if it is still this node's. Watching the bucket, it
+//!   kicks a local copy of a player that another node put later (`duplicate_login`);
+//! - answers other nodes' take-overs: kicks the player here and answers once its
+//!   hook has run.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

@@ -122,10 +122,10 @@ pub(crate) struct ClusterNode {
 }
 
 #[derive(Default)]
-pub(crate) struct Wanted {
-    pub(crate) groups: HashSet<Arc<str>>,
-    pub(crate) groups_changed: bool,
-    pub(crate) players: HashSet<Arc<str>>,
+struct Wanted {
+    groups: HashSet<Arc<str>>,
+    groups_changed: bool,
+    players: HashSet<Arc<str>>,
 }
 
 #[derive(Default)]
@@ -385,8 +385,8 @@ impl ClusterNode {
         lock(&self.view).nodes.get(node).is_some_and(|s| s.alive)
     }
 
-    /// The players bucket says `player` is owned as `claim` since `revision`; the
-    /// owner it replaced, if any and older.
+    /// The players bucket says `player` is owned as `claim` since `revision` (kept
+    /// unless a later revision was seen already).
     pub(crate) fn owned(&self, player: Arc<str>, claim: Claim, revision: u64) {
         let mut view = lock(&self.view);
         let newer = view
