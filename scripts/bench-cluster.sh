@@ -51,6 +51,21 @@ ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
+# A nats-server with JetStream, its store in STORE, on a free port; sets port, adds
+# its pid.
+start_nats() { # STORE
+    port="$(free_port)"
+    mkdir -p "$1"
+    "${pin_server[@]}" "$nats_bin" -a 127.0.0.1 -p "$port" -js -sd "$1" > "$dir/nats.log" 2>&1 &
+    pids+=($!)
+    for _ in $(seq 1 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "nats-server did not start; see $dir/nats.log" >&2
+    exit 1
+}
+
 # A gatehouse of the bench service on its own port; sets addr, adds its pid.
 start_gatehouse() { # NAME ARGS...
     local name="$1"; shift
@@ -67,16 +82,7 @@ run_once() { # MODE ROUNDS N (in a subshell: its servers stop with it)
     local mode="$1" rounds="$2" n="$3" also=() json
     trap stop_all EXIT
     if [ "$mode" = split ]; then
-        local port store
-        port="$(free_port)"
-        store="$dir/nats-$n-$rounds"
-        mkdir -p "$store"
-        "${pin_server[@]}" "$nats_bin" -a 127.0.0.1 -p "$port" -js -sd "$store" > "$dir/nats.log" 2>&1 &
-        pids+=($!)
-        for _ in $(seq 1 100); do
-            (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-            sleep 0.1
-        done
+        start_nats "$dir/nats-$n-$rounds"
         start_gatehouse b --node b --nats "nats://127.0.0.1:$port"
         also=(--also "$addr")
         start_gatehouse a --node a --nats "nats://127.0.0.1:$port"
@@ -123,15 +129,8 @@ done
 # Take-over logins (scripts/cluster-logins.py): on the same node, and from the other.
 takeovers() { # -> "same_node_p50 other_node_p50 fresh_p50" in ms
     trap stop_all EXIT
-    local port b
-    port="$(free_port)"
-    mkdir -p "$dir/nats-logins"
-    "${pin_server[@]}" "$nats_bin" -a 127.0.0.1 -p "$port" -js -sd "$dir/nats-logins" > "$dir/nats.log" 2>&1 &
-    pids+=($!)
-    for _ in $(seq 1 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-        sleep 0.1
-    done
+    local b
+    start_nats "$dir/nats-logins"
     start_gatehouse b --node b --nats "nats://127.0.0.1:$port"
     b="$addr"
     start_gatehouse a --node a --nats "nats://127.0.0.1:$port"
