@@ -72,6 +72,14 @@ async fn until_all_see_each_other(servers: &[&TestServer]) {
     }
 }
 
+/// Waits until the node's cluster task finds its link connected (or not).
+async fn until_link(handle: &ServerHandle<String>, connected: bool) {
+    until(&format!("the link connected: {connected}"), || async {
+        handle.cluster_stats().unwrap().connected == connected
+    })
+    .await;
+}
+
 async fn login(client: &mut Client, name: &str) {
     assert_eq!(client.request(LOGIN, name.to_owned()).await.0, Status::OK);
 }
@@ -292,10 +300,7 @@ async fn a_malformed_message_from_the_cluster_is_counted_and_the_node_goes_on() 
     let (a, _) = node(&bus, "a").await;
     let mut client = a.connect().await;
     let a_handle = handle(&a);
-    until("a subscribed", || async {
-        a_handle.cluster_stats().unwrap().connected
-    })
-    .await;
+    until_link(&a_handle, true).await;
     // Subscriptions are made on the tick after connecting: forge until one lands.
     until("the forgery counted", || async {
         bus.publish_to_all(Bytes::from_static(&[1, 0, 0, 0, 9, 1]));
@@ -314,15 +319,9 @@ async fn while_cut_off_broadcasts_reach_this_node_and_the_rest_are_dropped_and_c
     let (a, a_link) = node(&bus, "a").await;
     let mut ada = a.connect().await;
     let a_handle = handle(&a);
-    until("a connected", || async {
-        a_handle.cluster_stats().unwrap().connected
-    })
-    .await;
+    until_link(&a_handle, true).await;
     a_link.set_connected(false);
-    until("a sees it is cut off", || async {
-        !a_handle.cluster_stats().unwrap().connected
-    })
-    .await;
+    until_link(&a_handle, false).await;
     for _ in 0..100 {
         a_handle.broadcast(PUSH, "local").await.unwrap();
     }
@@ -536,10 +535,7 @@ async fn a_link_that_never_answers_fills_only_the_bounded_outbox_and_play_goes_o
     a.handle = Some(a_handle.clone());
     let mut ada = a.connect().await;
     login(&mut ada, "ada").await;
-    until("a connected", || async {
-        a_handle.cluster_stats().unwrap().connected
-    })
-    .await;
+    until_link(&a_handle, true).await;
     // Every call to the link hangs (each under request_timeout): the outbox holds 16,
     // the rest are dropped and counted, and every broadcast reaches this node at once.
     for _ in 0..1000 {
