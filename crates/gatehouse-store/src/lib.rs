@@ -21,7 +21,9 @@
 //! Crate map:
 //! - the crate root: [`Store`] and what it speaks ([`Record`], [`Write`], [`Outcome`],
 //!   [`DeadLetter`], [`StoreError`]); `config`: [`StoreConfig`] (`[store]`).
-//! - `writer`: [`SaveWriter`] and the [`SaveSlot`] a session saves through.
+//! - `writer`: [`SaveWriter`] and the [`SaveSlot`] a session saves through, which is
+//!   also its fence: [`SaveWriter::land`] waits for a save to land ([`LandError`]), and
+//!   [`SaveSlot::on_lost`] hears when another session's save won.
 //! - `memory`: [`MemoryStore`], a store in memory for tests and examples.
 //! - `metrics` (feature `metrics`): `SaveWriter::collector`, the writer's numbers for
 //!   Prometheus.
@@ -48,7 +50,9 @@ pub use config::{StoreBackend, StoreConfig, StoreConfigError};
 pub use memory::MemoryStore;
 #[cfg(feature = "sql")]
 pub use sql::{AnyStore, SqlStore};
-pub use writer::{Loaded, SaveSlot, SaveWriter, Unsaved, WriterClosed, WriterConfig, WriterStats};
+pub use writer::{
+    LandError, Loaded, SaveSlot, SaveWriter, Unsaved, WriterClosed, WriterConfig, WriterStats,
+};
 
 /// One saved state, as the store holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -16,6 +16,12 @@
 //! removed from the queue only once that exact version has landed (or been
 //! dead-lettered). Loads look in the queue first, so a load always sees the latest save.
 //!
+//! A slot is also a fence. A session that must know its save landed (a login claiming
+//! the player before it serves) uses [`SaveWriter::land`]; and when one of a slot's
+//! saves loses to another session's (another node took the player over and saved
+//! first), the slot is marked lost and the callback given to [`SaveSlot::on_lost`]
+//! runs once, so that the session still holding it can be ended.
+//!
 //! A call that fails may still have committed (a timeout, a lost acknowledgement):
 //! the versions such calls carried are remembered per key. If a later write of the
 //! key then conflicts with one of those very versions, the writer reads the stored
@@ -78,11 +84,21 @@ impl<S> Clone for SaveWriter<S> {
 
 /// Where a session's saves go: its key and the version its state builds on. Made
 /// only by [`SaveWriter::load`], so that every save builds on what was loaded.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Clones share the slot's fence: whether its saves landed or lost.
+#[derive(Debug, Clone)]
 pub struct SaveSlot {
     key: String,
     version: u64,
+    fence: Arc<Fence>,
 }
+
+impl PartialEq for SaveSlot {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key && self.version == other.version
+    }
+}
+
+impl Eq for SaveSlot {}
 
 impl SaveSlot {
     /// The key saved.
@@ -93,6 +109,96 @@ impl SaveSlot {
     /// The version of the state this slot last loaded or saved (0: none yet).
     pub fn version(&self) -> u64 {
         self.version
+    }
+
+    /// Whether one of this slot's saves lost to another session's: the stored state
+    /// is someone else's now, and this slot's saves will all be dead letters.
+    pub fn is_lost(&self) -> bool {
+        lock(&self.fence.state).ended == Some(Ended::Lost)
+    }
+
+    /// Runs `callback` once when one of this slot's saves loses to another session's
+    /// (at once if one already has), outside the writer's locks; the one callback
+    /// given last counts. The session holding the slot should end: another has the
+    /// key now.
+    pub fn on_lost(&self, callback: impl FnOnce() + Send + 'static) {
+        let mut state = lock(&self.fence.state);
+        if state.ended == Some(Ended::Lost) {
+            drop(state);
+            callback();
+        } else {
+            state.on_lost = Some(Box::new(callback));
+        }
+    }
+}
+
+/// What the saves of one slot share with the writer: the newest of them that landed,
+/// whether one lost or was refused, and what to do when one loses.
+#[derive(Default)]
+struct Fence {
+    state: Mutex<FenceState>,
+    /// Something above changed.
+    changed: Notify,
+}
+
+#[derive(Default)]
+struct FenceState {
+    /// The newest version of this slot known to have landed (0: none).
+    landed: u64,
+    ended: Option<Ended>,
+    on_lost: Option<Box<dyn FnOnce() + Send>>,
+}
+
+/// Why a slot's saves stopped landing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// Another session's save won.
+    Lost,
+    /// The database kept refusing a save of it; it was dead-lettered.
+    Refused,
+}
+
+impl std::fmt::Debug for Fence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = lock(&self.state);
+        f.debug_struct("Fence")
+            .field("landed", &state.landed)
+            .field("ended", &state.ended)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Fence {
+    fn landed(&self, version: u64) {
+        lock(&self.state).landed = version;
+        self.changed.notify_waiters();
+    }
+
+    /// Marks the slot ended; a loss runs its callback. Call with no writer lock held.
+    fn end(&self, ended: Ended) {
+        let callback = {
+            let mut state = lock(&self.state);
+            state.ended.get_or_insert(ended);
+            match ended {
+                Ended::Lost => state.on_lost.take(),
+                Ended::Refused => None,
+            }
+        };
+        self.changed.notify_waiters();
+        if let Some(callback) = callback {
+            callback();
+        }
+    }
+
+    /// What became of `version`, if anything yet.
+    fn outcome(&self, version: u64) -> Option<Result<(), LandError>> {
+        let state = lock(&self.state);
+        match state.ended {
+            Some(Ended::Lost) => Some(Err(LandError::Lost)),
+            Some(Ended::Refused) => Some(Err(LandError::Refused)),
+            None if state.landed == version => Some(Ok(())),
+            None => None,
+        }
     }
 }
 
@@ -109,6 +215,23 @@ pub struct Loaded {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the save writer is closed; the save was not queued")]
 pub struct WriterClosed;
+
+/// Why [`SaveWriter::land`] did not see its save land.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LandError {
+    /// Another session saved the key first: its state wins, this one is a dead letter.
+    #[error("another session saved this key first; its state wins")]
+    Lost,
+    /// The database kept refusing the save; it was written to the dead letters.
+    #[error("the database kept refusing the save; it was dead-lettered")]
+    Refused,
+    /// The save had not landed in time. It stays queued and may land later.
+    #[error("the save had not landed within {0:?}; it stays queued")]
+    TimedOut(Duration),
+    /// The writer was closed; the save was not queued.
+    #[error("the save writer is closed; the save was not queued")]
+    Closed,
+}
 
 /// Saves that had not landed when the writer was closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -167,6 +290,9 @@ impl State {
     /// same session replaced it while it was being written; that one now builds on
     /// the stored version.
     fn landed(&mut self, key: &str, version: u64) {
+        if let Some(queued) = self.queued.get(key) {
+            queued.fence.landed(version);
+        }
         match self.queued.get_mut(key) {
             Some(queued) if queued.version != version => {
                 queued.expected = version;
@@ -200,6 +326,8 @@ struct Queued {
     unconfirmed: VecDeque<(u64, Bytes)>,
     /// When the oldest state of this key still queued arrived.
     since: Instant,
+    /// The fence of the slot whose save this is.
+    fence: Arc<Fence>,
 }
 
 impl<S: Store> SaveWriter<S> {
@@ -231,6 +359,7 @@ impl<S: Store> SaveWriter<S> {
                 slot: SaveSlot {
                     key: key.to_owned(),
                     version: queued.version,
+                    fence: Arc::default(),
                 },
             });
         }
@@ -239,6 +368,7 @@ impl<S: Store> SaveWriter<S> {
             slot: SaveSlot {
                 key: key.to_owned(),
                 version: record.as_ref().map_or(0, |r| r.version),
+                fence: Arc::default(),
             },
             data: record.map(|r| r.data),
         })
@@ -247,43 +377,55 @@ impl<S: Store> SaveWriter<S> {
     /// Queues `data` as the slot's next version. Never waits; replaces an older
     /// state of the same session still queued. A save from a second session of the
     /// same key that built on another version is a conflict: the state queued first
-    /// stays, this one becomes a dead letter.
+    /// stays, this one becomes a dead letter, and the slot is lost; so is every save
+    /// through a slot that has lost.
     pub fn save(&self, slot: &mut SaveSlot, data: Bytes) -> Result<(), WriterClosed> {
         let version = next_version(slot.version);
-        let mut state = lock(&self.inner.state);
-        if state.closed {
+        let mut guard = lock(&self.inner.state);
+        if guard.closed {
             return Err(WriterClosed);
         }
-        let state = &mut *state;
-        match state.queued.get_mut(&slot.key) {
-            Some(queued) if queued.version == slot.version => {
-                queued.version = version;
-                queued.data = data;
-            }
-            Some(queued) => {
+        let state = &mut *guard;
+        // Why this save cannot land, if it cannot: then it is kept as a dead letter.
+        let conflict = match state.queued.get(&slot.key) {
+            // Once lost, always lost: the slot's versions are another session's now.
+            _ if slot.is_lost() => Some("this session's earlier save lost to another's".to_owned()),
+            Some(queued) if queued.version != slot.version => Some(format!(
+                "built on version {}; a save at version {} was queued first",
+                slot.version, queued.version
+            )),
+            _ => None,
+        };
+        let lost = conflict.is_some();
+        match (conflict, state.queued.get_mut(&slot.key)) {
+            (Some(detail), _) => {
                 self.inner.conflicts.fetch_add(1, Relaxed);
                 warn!(
                     key = %slot.key,
                     built_on = slot.version,
-                    queued = queued.version,
-                    "save conflict: another session's save of this key is queued; it wins, this one is kept as a dead letter"
+                    detail,
+                    "save conflict: another session has this key; its state wins, this one is kept as a dead letter"
                 );
-                let detail = format!(
-                    "built on version {}; a save at version {} was queued first",
-                    slot.version, queued.version
-                );
+                let record = Record {
+                    key: slot.key.clone(),
+                    version,
+                    data,
+                };
                 let letter = DeadLetter {
-                    record: Record {
-                        key: slot.key.clone(),
-                        version,
-                        data,
-                    },
+                    record,
                     reason: DeadReason::Conflict,
                     detail,
                 };
                 state.letters.insert(slot.key.clone(), letter);
             }
-            None => {
+            (None, Some(queued)) => {
+                // The same session, or a new one that loaded this very state: it
+                // goes on from here.
+                queued.version = version;
+                queued.data = data;
+                queued.fence = slot.fence.clone();
+            }
+            (None, None) => {
                 let seq = state.next_seq;
                 state.next_seq += 1;
                 state.order.insert(seq, slot.key.clone());
@@ -297,13 +439,46 @@ impl<S: Store> SaveWriter<S> {
                         attempts: 0,
                         unconfirmed: VecDeque::new(),
                         since: Instant::now(),
+                        fence: slot.fence.clone(),
                     },
                 );
             }
         }
         slot.version = version;
         self.inner.wake.notify_one();
+        drop(guard);
+        if lost {
+            slot.fence.end(Ended::Lost);
+        }
         Ok(())
+    }
+
+    /// Saves like [`SaveWriter::save`], then waits (at most `timeout`) until that
+    /// save has landed: for a session that must not go on unless its state is the
+    /// stored one, like a login claiming a player that another node may still hold.
+    /// [`LandError::Lost`] if another session saved the key first.
+    pub async fn land(
+        &self,
+        slot: &mut SaveSlot,
+        data: Bytes,
+        timeout: Duration,
+    ) -> Result<(), LandError> {
+        self.save(slot, data)
+            .map_err(|WriterClosed| LandError::Closed)?;
+        let (fence, version) = (&slot.fence, slot.version);
+        let landed = tokio::time::timeout(timeout, async {
+            loop {
+                let changed = fence.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                if let Some(outcome) = fence.outcome(version) {
+                    return outcome;
+                }
+                changed.await;
+            }
+        })
+        .await;
+        landed.unwrap_or(Err(LandError::TimedOut(timeout)))
     }
 
     /// The writer's counters.
@@ -515,6 +690,7 @@ impl<S: Store> Inner<S> {
     fn settle(&self, writes: &[Write], outcomes: &[Outcome]) -> Vec<(Write, u64, Bytes)> {
         let mut state = lock(&self.state);
         let mut maybe_own = Vec::new();
+        let mut lost = Vec::new();
         for (write, outcome) in writes.iter().zip(outcomes) {
             let record = &write.record;
             match *outcome {
@@ -531,18 +707,25 @@ impl<S: Store> Inner<S> {
                     });
                     match sent {
                         Some((_, data)) => maybe_own.push((write.clone(), stored, data.clone())),
-                        None => self.lose(&mut state, write, stored),
+                        None => lost.extend(self.lose(&mut state, write, stored)),
                     }
                 }
             }
+        }
+        drop(state);
+        for fence in lost {
+            fence.end(Ended::Lost);
         }
         maybe_own
     }
 
     /// `write` lost to the stored version `stored`: the stored state wins, this one
-    /// becomes a dead letter.
-    fn lose(&self, state: &mut State, write: &Write, stored: u64) {
+    /// becomes a dead letter. Returns the fence of the slot that lost, to be ended
+    /// once the lock is released.
+    #[must_use]
+    fn lose(&self, state: &mut State, write: &Write, stored: u64) -> Option<Arc<Fence>> {
         let record = &write.record;
+        let fence = state.queued.get(&record.key).map(|q| q.fence.clone());
         // A newer save of the same session builds on this losing one: it stays
         // queued, and will lose too.
         state.settle(&record.key, record.version);
@@ -563,6 +746,7 @@ impl<S: Store> Inner<S> {
             ),
         };
         state.letters.insert(record.key.clone(), letter);
+        fence
     }
 
     /// Remembers what a failed call carried: it may have committed.
@@ -598,13 +782,17 @@ impl<S: Store> Inner<S> {
                 if let Some(queued) = state.queued.get_mut(key) {
                     queued.expected = stored;
                     queued.unconfirmed.clear();
+                    queued.fence.landed(stored);
                 }
                 self.saved.fetch_add(1, Relaxed);
                 info!(key = %key, version = stored, "a save whose acknowledgement was lost had landed; the newer one builds on it");
                 true
             }
             Ok(_) => {
-                self.lose(&mut lock(&self.state), write, stored);
+                let lost = self.lose(&mut lock(&self.state), write, stored);
+                if let Some(fence) = lost {
+                    fence.end(Ended::Lost);
+                }
                 true
             }
             Err(e) => {
@@ -674,7 +862,15 @@ impl<S: Store> Inner<S> {
             error = %e,
             "the database keeps refusing this save; it was written to the dead letters"
         );
-        lock(&self.state).settle(&record.key, record.version);
+        let fence = {
+            let mut state = lock(&self.state);
+            let fence = state.queued.get(&record.key).map(|q| q.fence.clone());
+            state.settle(&record.key, record.version);
+            fence
+        };
+        if let Some(fence) = fence {
+            fence.end(Ended::Refused);
+        }
         true
     }
 }

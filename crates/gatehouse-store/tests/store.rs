@@ -2,7 +2,8 @@
 //! keep what does not apply as a dead letter; the save writer lands every save through
 //! an outage, writes the oldest first, isolates and dead-letters a record the database
 //! keeps refusing, loses nothing to a clock that was ahead or to a second server on
-//! the same database, and refuses saves once closed.
+//! the same database, fences out a session whose player a claim on another server
+//! took, and refuses saves once closed.
 //!
 //! PostgreSQL runs when `GATEHOUSE_TEST_POSTGRES_URL` is set (`.ci/run` sets it);
 //! otherwise those tests print a notice and pass.
@@ -15,8 +16,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use gatehouse_store::{
-    postgres, sqlite, DeadLetter, DeadReason, Outcome, Record, SaveWriter, SqlStore, Store,
-    StoreError, Write, WriterClosed, WriterConfig,
+    postgres, sqlite, DeadLetter, DeadReason, LandError, Outcome, Record, SaveWriter, SqlStore,
+    Store, StoreError, Write, WriterClosed, WriterConfig,
 };
 
 /// A scratch directory, removed when the last holder lets go.
@@ -568,6 +569,92 @@ async fn a_second_session_of_a_key_in_one_process_conflicts_and_is_kept() {
     assert_eq!(kept[0].record.data, "second");
 }
 
+/// Fencing, with `a` and `b` two servers on one database: a session on `a` holds a
+/// player; a login on `b` takes it over and lands a claim save. The session on `a`
+/// saves once more: the database refuses it, `a` counts the conflict, keeps the state
+/// as a dead letter and tells the session (once) that it lost; a later landing save
+/// through its slot fails at once. The stored state is `b`'s.
+async fn a_claim_fences_out_the_session_it_took_over<S: Store + Clone>(
+    a: SaveWriter<S>,
+    b: SaveWriter<S>,
+) {
+    let k = key("fenced");
+    let patience = Duration::from_secs(10);
+    let mut held = a.load(&k).await.unwrap().slot;
+    a.land(&mut held, "on a".into(), patience).await.unwrap();
+    let told = Arc::new(AtomicUsize::new(0));
+    let count = told.clone();
+    held.on_lost(move || {
+        count.fetch_add(1, Ordering::SeqCst);
+    });
+
+    let loaded = b.load(&k).await.unwrap();
+    assert_eq!(loaded.data.unwrap(), "on a");
+    let mut claim = loaded.slot;
+    b.land(&mut claim, "claimed on b".into(), patience)
+        .await
+        .unwrap();
+
+    let conflicts = a.stats().conflicts;
+    a.save(&mut held, "stale, from a".into()).unwrap();
+    a.flush(patience).await.unwrap();
+    assert_eq!(
+        a.stats().conflicts,
+        conflicts + 1,
+        "the refused save is counted"
+    );
+    assert_eq!(told.load(Ordering::SeqCst), 1, "the session on a is told");
+    assert!(held.is_lost());
+    assert_eq!(
+        a.land(&mut held, "again".into(), patience).await,
+        Err(LandError::Lost)
+    );
+    a.flush(patience).await.unwrap();
+    assert_eq!(told.load(Ordering::SeqCst), 1, "told once");
+    assert_eq!(b.load(&k).await.unwrap().data.unwrap(), "claimed on b");
+    // The session on b goes on saving over its claim.
+    b.save(&mut claim, "played on b".into()).unwrap();
+    b.flush(patience).await.unwrap();
+    assert_eq!(a.load(&k).await.unwrap().data.unwrap(), "played on b");
+    assert!(!claim.is_lost());
+}
+
+#[tokio::test]
+async fn a_claim_on_another_server_fences_out_the_session_it_took_over_sqlite() {
+    let store = flaky_sqlite("fence").await;
+    let a = SaveWriter::start(store.clone(), WriterConfig::default());
+    let b = SaveWriter::start(store.clone(), WriterConfig::default());
+    a_claim_fences_out_the_session_it_took_over(a, b).await;
+}
+
+#[tokio::test]
+async fn a_landing_save_returns_once_stored_and_times_out_while_the_database_is_down() {
+    let store = flaky_sqlite("land").await;
+    let writer = SaveWriter::start(store.clone(), quick());
+    let mut slot = writer.load("lander").await.unwrap().slot;
+    writer
+        .land(&mut slot, "one".into(), Duration::from_secs(10))
+        .await
+        .unwrap();
+    let stored = store.inner.load("lander").await.unwrap().unwrap();
+    assert_eq!((stored.version, stored.data), (1, "one".into()));
+
+    store.down.store(true, Ordering::SeqCst);
+    let waited = Duration::from_millis(200);
+    assert_eq!(
+        writer.land(&mut slot, "two".into(), waited).await,
+        Err(LandError::TimedOut(waited))
+    );
+    // It stays queued, and lands once the database is back.
+    store.down.store(false, Ordering::SeqCst);
+    writer.flush(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(
+        store.inner.load("lander").await.unwrap().unwrap().data,
+        "two"
+    );
+    assert!(!slot.is_lost());
+}
+
 #[tokio::test]
 async fn two_servers_on_one_postgres_database_lose_nothing() {
     let Some(url) = postgres_url() else { return };
@@ -590,7 +677,12 @@ async fn two_servers_on_one_postgres_database_lose_nothing() {
     }
     assert_eq!(b.load(&k).await.unwrap().data.unwrap(), "back on one");
     // One logged in on both at once: the first save wins, the other is kept.
-    two_sessions_of_one_player(a, b, async |k: &str| one.dead_letters(k).await.unwrap()).await;
+    two_sessions_of_one_player(a.clone(), b.clone(), async |k: &str| {
+        one.dead_letters(k).await.unwrap()
+    })
+    .await;
+    // One taken over by a login on the other: the claim fences the first out.
+    a_claim_fences_out_the_session_it_took_over(a, b).await;
 }
 
 #[tokio::test]
