@@ -31,7 +31,7 @@ use gatehouse::room::{LatenessMark, Membership, Restart, RoomError, RoomOptions,
 use gatehouse::{typed, Context, Disconnect, Reply, Service, Status};
 use gatehouse_store::{SaveSlot, SaveWriter, Store};
 use prost::Message as _;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::accounts::{Accounts, AuthStats, Guessing};
 use crate::world::{ArenaRoom, Position};
@@ -116,6 +116,10 @@ pub const MAX_WHO: usize = 100;
 /// Most rooms a `rooms` answer lists: with names of at most [`MAX_NAME`] characters,
 /// an answer stays far below the smallest frame limit a server would set.
 pub const MAX_ROOMS: usize = 100;
+/// In a cluster, how long a login waits for its claim save to land, and a
+/// disconnect for its last save: less than a take-over from another node waits for
+/// the session it ends ([`gatehouse::LOGIN_WAIT`] less the cluster's request timeout).
+const LAND_WAIT: Duration = Duration::from_secs(2);
 
 /// How an arena server runs.
 #[derive(Debug, Clone)]
@@ -179,6 +183,9 @@ struct Player {
     room: Option<Membership<ArenaRoom>>,
     /// Where the state is saved: it builds on the version loaded at login.
     slot: SaveSlot,
+    /// In a cluster: the login claimed the player, and the last save must land
+    /// before another node's login loads it.
+    fenced: bool,
 }
 
 impl Player {
@@ -350,16 +357,28 @@ impl<S: Store> Service for Arena<S> {
         }
     }
 
-    /// Saves the player (the seed's `save_on_end`), then leaves the room; a login
-    /// taking the player over goes on once this has returned.
+    /// Leaves the room and saves the player (the seed's `save_on_end`); a login
+    /// taking the player over goes on once this has returned, so the room hears
+    /// "left" before its join. In a cluster the save has landed by then (or
+    /// [`LAND_WAIT`] passed), for a login on another node loads from the database.
     async fn disconnect(&self, session: Session, info: Disconnect) {
         let Some(mut player) = session.player else {
             return;
         };
-        self.save(&mut player);
-        // The room hears "left" before a waiting login's join.
         player.leave_room();
-        info!(player = %player.state.name, reason = %info.reason, "left; save queued");
+        if !player.fenced {
+            self.save(&mut player);
+            info!(player = %player.state.name, reason = %info.reason, "left; save queued");
+            return;
+        }
+        let data = player.saved().encode_to_vec().into();
+        let name = &player.state.name;
+        match self.writer.land(&mut player.slot, data, LAND_WAIT).await {
+            Ok(()) => info!(player = %name, reason = %info.reason, "left; saved"),
+            Err(e) => {
+                warn!(player = %name, reason = %info.reason, error = %e, "left; the save did not land")
+            }
+        }
     }
 
     fn route_name(&self, route: u16) -> Option<&'static str> {

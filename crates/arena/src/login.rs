@@ -8,20 +8,25 @@
 //! included), checks the password against its hash (or sets it, for a new player or
 //! one saved before passwords), and only then, with the right password, takes the
 //! player over and loads again, so that it sees everything the old session did.
+//!
+//! In a cluster the store is the fence: the login lands a claim save before it
+//! serves, and a session elsewhere that still thinks it has the player loses its
+//! next save (refused, counted, kept as a dead letter) and is kicked
+//! `duplicate_login`; its disconnect lands its save before a login elsewhere loads.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use gatehouse::typed::Failure;
-use gatehouse::{Context, HandleError, Status};
-use gatehouse_store::{SaveSlot, Store};
+use gatehouse::{Context, HandleError, KickReason, Status};
+use gatehouse_store::{LandError, SaveSlot, Store};
 use prost::Message as _;
 use tracing::{info, warn};
 
 use crate::accounts::{LoginResult, Refused, PASSWORD_BYTES};
 use crate::play::room_refused;
 use crate::world::{Joining, Position};
-use crate::{pb, status, valid_name, Arena, Player, Session, LOBBY};
+use crate::{pb, status, valid_name, Arena, Player, Session, LAND_WAIT, LOBBY};
 
 /// A login that waited too long for its turn, or for the previous session to end.
 fn busy(error: HandleError) -> Failure {
@@ -86,7 +91,8 @@ impl<S: Store> Arena<S> {
         if let Some(previous) = ctx.take_over(&turn).await.map_err(busy)? {
             info!(player = %name, %previous, "duplicate login; took the player over");
         }
-        // Loaded again: the previous connection (if any) has queued its last save.
+        // Loaded again: the previous connection (if any) has queued its last save
+        // (in a cluster: landed it).
         let (loaded, slot) = self.load(&name).await?;
         let mut state = loaded.unwrap_or_else(|| new_player(&name));
         let new_account = state.password_hash.is_empty();
@@ -108,19 +114,23 @@ impl<S: Store> Arena<S> {
             }
             Err(e) => return Err(room_refused(LOBBY, e)),
         };
-        // Named (and free of the login deadline) only once the player has a room.
-        ctx.logged_in(&name).await?;
         let mut player = Player {
             state,
             room: Some(room),
             slot,
+            fenced: ctx.server().in_cluster(),
         };
-        if new_account {
+        if player.fenced {
+            // Dropped (out of the room, unsaved) if the claim does not land.
+            self.claim(&mut player, ctx).await?;
+        } else if new_account {
             // The password is the player's from now on: save it at once.
             self.save(&mut player);
         } else {
             ctx.mark_dirty();
         }
+        // Named (and free of the login deadline) only once the player has a room.
+        ctx.logged_in(&name).await?;
         let result = if new_account {
             LoginResult::Created
         } else {
@@ -133,6 +143,40 @@ impl<S: Store> Arena<S> {
         };
         session.player = Some(player);
         Ok(reply)
+    }
+
+    /// In a cluster the player is this session's only once its claim is the stored
+    /// state: a session another node still holds (cut off, not yet told) then loses
+    /// its next save, and is kicked here when this session's saves lose in turn.
+    async fn claim(&self, player: &mut Player, ctx: &Context<'_, ()>) -> Result<(), Failure> {
+        let name = player.state.name.clone();
+        let claim = player.saved().encode_to_vec().into();
+        let claimed = self.writer.land(&mut player.slot, claim, LAND_WAIT).await;
+        match claimed {
+            Ok(()) => {}
+            Err(LandError::Lost) => {
+                return Err(Failure::new(
+                    status::LOGIN_BUSY,
+                    "the player logged in elsewhere meanwhile",
+                ))
+            }
+            Err(e) => {
+                warn!(player = %name, error = %e, "cannot claim the player");
+                return Err(Failure::new(
+                    Status::UNAVAILABLE,
+                    "the player store is unavailable",
+                ));
+            }
+        }
+        let (server, id) = (ctx.server().clone(), ctx.id());
+        player.slot.on_lost(move || {
+            warn!(player = %name, "another node saved this player over this session; kicking it");
+            tokio::spawn(async move {
+                let text = "logged in on another node";
+                let _ = server.kick(id, KickReason::DUPLICATE_LOGIN, text).await;
+            });
+        });
+        Ok(())
     }
 
     /// The player's saved state (or none yet) and where its next save goes.

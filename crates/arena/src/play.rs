@@ -149,7 +149,7 @@ impl<S: Store> Arena<S> {
         Ok(())
     }
 
-    /// Route WHISPER: to anyone online, wherever they are.
+    /// Route WHISPER: to anyone online, wherever they are (on another node too).
     pub(crate) async fn whisper(
         &self,
         player: &mut Player,
@@ -157,7 +157,7 @@ impl<S: Store> Arena<S> {
         whisper: pb::Whisper,
     ) -> Result<(), Failure> {
         check_text(&whisper.text)?;
-        if ctx.server().player(&whisper.to).await?.is_none() {
+        if ctx.server().locate(&whisper.to).await?.is_none() {
             return Err(Failure::new(status::NO_SUCH_PLAYER, "not online"));
         }
         let chat = pb::Chat {

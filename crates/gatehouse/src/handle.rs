@@ -438,6 +438,14 @@ impl<M: Send + 'static> ServerHandle<M> {
         })
     }
 
+    /// Whether this server is a node of a cluster ([`crate::Server::with_cluster`]):
+    /// then a player it serves may be taken over from another process, and a game
+    /// should fence its saves (land a claim at login, see `gatehouse_store`'s
+    /// `SaveWriter::land`).
+    pub fn in_cluster(&self) -> bool {
+        self.cluster().is_some()
+    }
+
     /// What this node's link to the cluster did, if it is in one.
     pub fn cluster_stats(&self) -> Option<ClusterStats> {
         self.cluster().map(|cluster| cluster.stats())

@@ -130,7 +130,7 @@ pub use hub::{Census, ConnectionInfo, ConnectionPage, HandleError};
 #[cfg(feature = "tls")]
 pub use listener::Certificates;
 pub use listener::{bind, Listener, ListenerConfig, Listeners, TransportKind};
-pub use players::{LoginTurn, PlayerList};
+pub use players::{LoginTurn, PlayerList, LOGIN_WAIT};
 pub use protocol::{KickReason, Message, Status};
 #[cfg(feature = "metrics")]
 pub use scrape::Metrics;
