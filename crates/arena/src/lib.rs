@@ -360,7 +360,7 @@ impl<S: Store> Service for Arena<S> {
     /// Leaves the room and saves the player (the seed's `save_on_end`); a login
     /// taking the player over goes on once this has returned, so the room hears
     /// "left" before its join. In a cluster the save has landed by then (or
-    /// [`LAND_WAIT`] passed), for a login on another node loads from the database.
+    /// two seconds passed), for a login on another node loads from the database.
     async fn disconnect(&self, session: Session, info: Disconnect) {
         let Some(mut player) = session.player else {
             return;

@@ -12,7 +12,6 @@
 #[path = "../../gatehouse/tests/support/mod.rs"]
 mod support;
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +23,7 @@ use gatehouse_store::{
     WriterConfig,
 };
 use prost::Message as _;
-use support::{test_config, Client, TestServer, PATIENCE};
+use support::{test_config, until, Client, TestServer, PATIENCE};
 use tokio::time::Instant;
 
 /// A database whose writes take a while to land, as a real one's do: a session's
@@ -94,18 +93,6 @@ async fn two_nodes(store: &MemoryStore) -> (LocalBus, Node, Node) {
         .await;
     }
     (bus, a, b)
-}
-
-async fn until<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + PATIENCE;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 async fn login(node: &Node, name: &str) -> (Client, pb::PlayerState) {

@@ -4,8 +4,12 @@
 //! name on three nodes one session is left; a killed node's player logs in
 //! elsewhere at once; a node stopped past `dead_after` kicks its copy of a player
 //! taken over meanwhile once it runs again; nodes serve with NATS down (at start
-//! and after) and join once it is back. The tests run one at a time (each starts
-//! its own nats-server and up to three nodes).
+//! and after) and join once it is back. And arena on PostgreSQL
+//! (`GATEHOUSE_TEST_POSTGRES_URL`): a player taken over from another node keeps
+//! what it did there; a node stopped past `dead_after` whose player was taken over
+//! meanwhile has its save refused (counted) and kicks its copy, and the stored state
+//! is the other node's. The tests run one at a time (each starts its own
+//! nats-server and up to three nodes).
 
 #![allow(clippy::unwrap_used)]
 
@@ -14,12 +18,14 @@ mod process;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use arena::{pb, routes};
 use bytes::Bytes;
 use gatehouse::protocol::routes::bench::{BROADCAST, ECHO, LOGIN};
 use gatehouse::KickReason;
 use gatehouse_client::{Client, ClientConfig, ClientError, Pushes};
 use gatehouse_cluster::testing::NatsServer;
 use process::{http_get, scratch, write_file, Scratch, ServerProcess};
+use prost::Message as _;
 use serde_json::Value;
 
 /// One test at a time: each runs its own nats-server and nodes.
@@ -277,4 +283,98 @@ async fn nodes_serve_while_nats_is_down_and_join_once_it_is_back() {
         "recovered {:?} after NATS came back",
         back.elapsed()
     );
+}
+
+/// `gatehouse serve` of arena on the PostgreSQL at `postgres` as node `name`.
+fn arena_node(dir: &Scratch, name: &str, nats: &str, postgres: &str) -> ServerProcess {
+    let config = format!(
+        "[game]\nservice = \"arena\"\n\n[store]\nbackend = \"postgres\"\n\
+         postgres_url = \"{postgres}\"\n\n[cluster]\nenabled = true\nnats_url = \"{nats}\"\n\
+         node = \"{name}\"\nheartbeat = \"500ms\"\ndead_after = \"1500ms\"\n"
+    );
+    let path = write_file(dir, &format!("{name}.toml"), &config);
+    ServerProcess::start(&["-c", path.to_str().unwrap()])
+}
+
+fn postgres_url() -> Option<String> {
+    let url = std::env::var("GATEHOUSE_TEST_POSTGRES_URL").ok();
+    if url.is_none() {
+        println!("GATEHOUSE_TEST_POSTGRES_URL is unset: skipping the arena cluster test");
+    }
+    url
+}
+
+/// An arena login to `addr`; the client and the state the server answered.
+async fn arena_login(addr: SocketAddr, name: &str) -> (Client, pb::PlayerState) {
+    let config = ClientConfig {
+        resume: false,
+        ..ClientConfig::default()
+    };
+    let (client, _) = Client::connect(addr, config).await.unwrap();
+    let login = pb::LoginRequest {
+        name: name.into(),
+        password: format!("{name}-secret"),
+    };
+    let reply = client
+        .request(routes::LOGIN, login.encode_to_vec())
+        .await
+        .unwrap();
+    let state = pb::LoginReply::decode(reply).unwrap().state.unwrap();
+    (client, state)
+}
+
+async fn arena_move(client: &Client, x: i32, y: i32) {
+    client
+        .request(routes::MOVE, pb::Move { x, y }.encode_to_vec())
+        .await
+        .unwrap();
+}
+
+fn kicked_duplicate(client: &Client) -> bool {
+    matches!(client.ended(), Some(ClientError::Kicked { reason, .. })
+        if reason == KickReason::DUPLICATE_LOGIN)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arena_across_nodes_keeps_a_taken_over_players_state_and_refuses_a_stopped_nodes_save() {
+    let _serial = SERIAL.lock().await;
+    let Some(nats) = nats() else { return };
+    let Some(postgres) = postgres_url() else {
+        return;
+    };
+    let dir = scratch("cluster-arena");
+    let a = arena_node(&dir, "a", &nats.url(), &postgres);
+    let b = arena_node(&dir, "b", &nats.url(), &postgres);
+    until_all_see(&[&a, &b], 2).await;
+    // Unique per run: the database outlives the test.
+    let ada = format!("ada{}", std::process::id());
+
+    // Taken over from another node: nothing done there is lost.
+    let (on_a, first) = arena_login(a.addr, &ada).await;
+    arena_move(&on_a, 3, 4).await;
+    let (on_b, state) = arena_login(b.addr, &ada).await;
+    until("a kicks its session", || kicked_duplicate(&on_a)).await;
+    assert_eq!((state.x, state.y), (3, 4));
+    assert_eq!(state.logins, first.logins + 1);
+
+    // b stops past dead_after; a takes the player over and plays on.
+    let conflicts = || b.metric("gatehouse_save_conflicts_total").unwrap();
+    let before = conflicts();
+    b.signal("STOP");
+    until("a declares b dead", || {
+        cluster(&a)["nodes"].as_array().unwrap().len() == 1
+    })
+    .await;
+    let (again_on_a, _) = arena_login(a.addr, &ada).await;
+    arena_move(&again_on_a, -5, -6).await;
+    b.signal("CONT");
+    // b learns it lost the player (from the cluster, or from its refused save),
+    // kicks its copy, and its save of it is refused and counted.
+    until("b kicks its copy", || kicked_duplicate(&on_b)).await;
+    until("b's refused save counted", || conflicts() > before).await;
+    again_on_a.request(routes::WHO, Vec::new()).await.unwrap();
+
+    // The stored state is a's: a login on b (from the database) finds it.
+    let (_, stored) = arena_login(b.addr, &ada).await;
+    assert_eq!((stored.x, stored.y), (-5, -6));
 }

@@ -10,14 +10,13 @@
 
 mod support;
 
-use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
 use gatehouse::cluster::{ClusterConfig, LinkSwitch, LocalBus, Located};
 use gatehouse::{KickReason, Message, Server, ServerHandle, Status};
 use support::routes::{ECHO, GROUP_SAY, JOIN, KICK_PLAYER, LEAVE, LOGIN, PUSH, PUSH_TO_PLAYER};
-use support::{test_config, Client, Recorder, TestServer, PATIENCE};
+use support::{test_config, until, Client, Recorder, TestServer, PATIENCE};
 use tokio::time::Instant;
 
 fn cluster_config(node: &str) -> ClusterConfig {
@@ -46,19 +45,6 @@ async fn node(bus: &LocalBus, name: &str) -> (TestServer, LinkSwitch) {
 
 fn handle(server: &TestServer) -> ServerHandle<String> {
     server.handle.clone().unwrap()
-}
-
-/// Polls `check` until it holds, failing after [`PATIENCE`].
-async fn until<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + PATIENCE;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// Waits until every node sees every other alive.
