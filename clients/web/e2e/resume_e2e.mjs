@@ -65,8 +65,18 @@ async function main() {
     const counts = Array.from({ length: 50 }, () => client.request(5, new Uint8Array(0)));
     await ten;
     await window.cutTheNetwork();
+    // Everything may have reached the page before the cut, and the answers come
+    // before the resume is done: wait for it (bounded; a missing one is reported).
+    const resumed = (n) => new Promise((resolve) => {
+      if (client.resumes >= n) return resolve();
+      const done = () => { clearTimeout(late); client.removeEventListener('resumed', seen); resolve(); };
+      const seen = () => { if (client.resumes >= n) done(); };
+      const late = setTimeout(done, timeout);
+      client.addEventListener('resumed', seen);
+    });
     const answered = (await Promise.all(counts)).map(u64).sort((a, b) => a - b);
     await all;
+    await resumed(1);
     const firstResumes = client.resumes;
     await window.cutTheNetwork();
     const after = u64(await client.request(5, new Uint8Array(0)));
