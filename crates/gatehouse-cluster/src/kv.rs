@@ -1,5 +1,6 @@
 //! The key-value side of [`NatsLink`](crate::NatsLink): JetStream KV buckets, made
-//! on first use and kept open, and their puts, deletes and watches.
+//! on first use and kept open, and their puts (conditional ones too), gets, deletes
+//! and watches.
 //!
 //! A bucket is a stream `KV_<bucket>` on subjects `$KV.<bucket>.>` keeping one
 //! message per subject: a key's value, or the delete marker that replaced it. The
@@ -10,7 +11,9 @@ use std::error::Error as StdError;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use async_nats::jetstream::context::{CreateStreamErrorKind, PublishError, PublishErrorKind};
-use async_nats::jetstream::kv::{Operation, Store, UpdateErrorKind, Watch, WatchErrorKind};
+use async_nats::jetstream::kv::{
+    CreateErrorKind, EntryErrorKind, Operation, Store, UpdateErrorKind, Watch, WatchErrorKind,
+};
 use async_nats::jetstream::stream::{self, DiscardPolicy, StorageType};
 use async_nats::jetstream::Context;
 use bytes::Bytes;
@@ -118,6 +121,56 @@ impl Buckets {
             };
             self.forget_on(bucket, error)
         })
+    }
+
+    pub(crate) async fn put_if(
+        &self,
+        bucket: &'static str,
+        key: String,
+        value: Bytes,
+        expected: Option<u64>,
+    ) -> Result<u64, LinkError> {
+        let store = self.bucket(bucket).await?;
+        let timed_out = |e: &(dyn StdError + 'static)| {
+            matches!(publish_kind(e), Some(PublishErrorKind::TimedOut))
+        };
+        match expected {
+            // `create` also takes a key whose latest change is a delete marker.
+            None => store.create(&key, value).await.map_err(|e| {
+                let error = match e.kind() {
+                    CreateErrorKind::AlreadyExists => LinkError::Conflict,
+                    _ if timed_out(&e) => LinkError::TimedOut,
+                    _ => other(&format!("create in {bucket}"), e),
+                };
+                self.forget_on(bucket, error)
+            }),
+            Some(revision) => store.update(&key, value, revision).await.map_err(|e| {
+                let error = match e.kind() {
+                    UpdateErrorKind::WrongLastRevision => LinkError::Conflict,
+                    UpdateErrorKind::TimedOut => LinkError::TimedOut,
+                    _ => other(&format!("update in {bucket}"), e),
+                };
+                self.forget_on(bucket, error)
+            }),
+        }
+    }
+
+    pub(crate) async fn get(
+        &self,
+        bucket: &'static str,
+        key: String,
+    ) -> Result<Option<(Bytes, u64)>, LinkError> {
+        let store = self.bucket(bucket).await?;
+        let entry = store.entry(key).await.map_err(|e| {
+            let error = match e.kind() {
+                EntryErrorKind::TimedOut => LinkError::TimedOut,
+                _ => other(&format!("get from {bucket}"), e),
+            };
+            self.forget_on(bucket, error)
+        })?;
+        Ok(entry
+            .filter(|entry| entry.operation == Operation::Put)
+            .map(|entry| (entry.value, entry.revision)))
     }
 
     pub(crate) async fn delete(

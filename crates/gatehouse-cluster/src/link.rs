@@ -181,6 +181,20 @@ impl ClusterLink for NatsLink {
         Box::pin(self.call(self.buckets.put(bucket, key, value)))
     }
 
+    fn kv_put_if(
+        &self,
+        bucket: &'static str,
+        key: String,
+        value: Bytes,
+        expected: Option<u64>,
+    ) -> LinkFuture<'_, u64> {
+        Box::pin(self.call(self.buckets.put_if(bucket, key, value, expected)))
+    }
+
+    fn kv_get(&self, bucket: &'static str, key: String) -> LinkFuture<'_, Option<(Bytes, u64)>> {
+        Box::pin(self.call(self.buckets.get(bucket, key)))
+    }
+
     fn kv_delete(
         &self,
         bucket: &'static str,

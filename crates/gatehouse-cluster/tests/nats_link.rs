@@ -1,6 +1,7 @@
 //! `NatsLink` against a real nats-server: subjects (a publisher never hears itself),
 //! requests (nobody there fails at once; an answer comes back), buckets (a watch
-//! starts with every key, a stale conditional delete is a conflict), and the link's
+//! starts with every key, a stale conditional delete or put is a conflict, of two
+//! creates one wins, a get reads the latest), and the link's
 //! life with the server (down at start, killed and restarted, hung).
 //!
 //! Each test starts a nats-server of its own (`gatehouse_cluster::testing`) from the
@@ -200,6 +201,49 @@ async fn a_delete_with_a_stale_revision_is_a_conflict_and_with_the_latest_delete
     assert!(deleted.revision > second);
     let again = a.kv_delete("players", "p".into(), Some(second)).await;
     assert_eq!(again, Err(LinkError::Conflict), "already deleted");
+}
+
+#[tokio::test]
+async fn of_two_conditional_puts_one_wins_and_a_get_reads_the_latest() {
+    let Some(nats) = NatsServer::from_env() else {
+        return;
+    };
+    let (a, b) = (link(&nats, "a").await, link(&nats, "b").await);
+    // Made where there is no value: the first wins.
+    let first = a
+        .kv_put_if("rooms", "r".into(), bytes("a"), None)
+        .await
+        .unwrap();
+    let late = b.kv_put_if("rooms", "r".into(), bytes("b"), None).await;
+    assert_eq!(late, Err(LinkError::Conflict));
+    assert_eq!(
+        b.kv_get("rooms", "r".into()).await.unwrap(),
+        Some((bytes("a"), first))
+    );
+    assert_eq!(b.kv_get("rooms", "nobody".into()).await.unwrap(), None);
+    // Replaced at the revision read: again the first wins.
+    let second = b
+        .kv_put_if("rooms", "r".into(), bytes("b"), Some(first))
+        .await
+        .unwrap();
+    assert!(second > first);
+    let stale = a
+        .kv_put_if("rooms", "r".into(), bytes("a2"), Some(first))
+        .await;
+    assert_eq!(stale, Err(LinkError::Conflict));
+    // Deleted: no value, and a put where there is none works again.
+    a.kv_delete("rooms", "r".into(), Some(second))
+        .await
+        .unwrap();
+    assert_eq!(a.kv_get("rooms", "r".into()).await.unwrap(), None);
+    let again = a
+        .kv_put_if("rooms", "r".into(), bytes("a3"), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        b.kv_get("rooms", "r".into()).await.unwrap(),
+        Some((bytes("a3"), again))
+    );
 }
 
 #[tokio::test]

@@ -16,7 +16,10 @@
 //!   hook that ran deletes it if it is still this node's. Watching the bucket, it
 //!   kicks a local copy of a player that another node put later (`duplicate_login`);
 //! - answers other nodes' take-overs: kicks the player here and answers once its
-//!   hook has run.
+//!   hook has run;
+//! - hands shared rooms what other nodes send them (joins, answered in the
+//!   background; members' messages, in order; leaves), and tells them when a node
+//!   is gone.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -33,7 +36,7 @@ use tracing::{debug, info, warn};
 
 use crate::cluster::node::{ClusterNode, Target};
 use crate::cluster::wire::{self, Claim, ClusterMessage, Heartbeat, NODES_BUCKET, PLAYERS_BUCKET};
-use crate::cluster::{within, KvChange, LinkError, LinkMessage, LinkStream};
+use crate::cluster::{within, KvChange, LinkError, LinkMessage, LinkStream, SharedKind};
 use crate::connection::ConnId;
 use crate::handle::ServerHandle;
 use crate::logs::{Admit, LogLimiter};
@@ -209,6 +212,7 @@ impl<M: Send + 'static> Task<M> {
         if now.duration_since(since) >= dead_after {
             for dead in self.node.declare_dead(now - dead_after) {
                 warn!(node = %dead, "cluster: node not heard from for dead_after: dead");
+                self.node_gone(&dead);
             }
         }
     }
@@ -433,6 +437,7 @@ impl<M: Send + 'static> Task<M> {
             None => {
                 info!(node = %name, "cluster: node left");
                 self.node.left(&name);
+                self.node_gone(&name);
             }
             Some(value) => match Heartbeat::decode(&value) {
                 Some(beat) => {
@@ -505,6 +510,14 @@ impl<M: Send + 'static> Task<M> {
         }
     }
 
+    /// `node` died or left: the shared rooms let go of its members, and tell this
+    /// node's members of its rooms that they closed.
+    fn node_gone(&self, node: &str) {
+        for rooms in self.node.room_kinds() {
+            rooms.node_gone(node);
+        }
+    }
+
     fn malformed(&mut self, what: &str) {
         self.node.count_malformed();
         if let Some(suppressed) = written(&self.logs) {
@@ -561,6 +574,52 @@ async fn pump<M: Send + 'static>(
                     tokio::spawn(answer);
                 }
             }
+            Ok(ClusterMessage::RoomJoin {
+                kind,
+                room,
+                node: from,
+                member,
+                address,
+                join,
+            }) => {
+                node.count_received();
+                let (Some(reply), Some(rooms)) = (message.reply, room_kind(&node, &kind, &logs))
+                else {
+                    continue;
+                };
+                // Answered in the background: a join waits for its room.
+                let answering = node.clone();
+                tokio::spawn(async move {
+                    let answer = rooms.join(room, from, member, address, join).await;
+                    let link = &answering.link;
+                    let answered = link.publish(reply, answer);
+                    let _ = within(answering.config.request_timeout, answered).await;
+                });
+            }
+            Ok(ClusterMessage::RoomInput {
+                kind,
+                room,
+                node: from,
+                member,
+                message,
+            }) => {
+                node.count_received();
+                if let Some(rooms) = room_kind(&node, &kind, &logs) {
+                    // In order: this waits for room in the room's mailbox.
+                    rooms.input(room, from, member, message).await;
+                }
+            }
+            Ok(ClusterMessage::RoomLeave {
+                kind,
+                room,
+                node: from,
+                member,
+            }) => {
+                node.count_received();
+                if let Some(rooms) = room_kind(&node, &kind, &logs) {
+                    rooms.leave(&room, &from, member);
+                }
+            }
             Ok(message) => {
                 node.count_received();
                 // The hub is local: waiting for room in its queue is backpressure,
@@ -576,6 +635,22 @@ async fn pump<M: Send + 'static>(
         }
     }
     let _ = reports.send(Report::SubscriptionEnded(subject)).await;
+}
+
+/// The shared room type `kind` of this node; a message for a type it does not
+/// share (a node running another game) is counted and logged within budget.
+fn room_kind(node: &ClusterNode, kind: &str, logs: &LogLimiter) -> Option<Arc<dyn SharedKind>> {
+    let rooms = node.room_kind(kind);
+    if rooms.is_none() {
+        node.count_malformed();
+        if let Some(suppressed) = written(logs) {
+            warn!(
+                suppressed,
+                kind, "cluster: a message for a room type this node does not share; dropped"
+            );
+        }
+    }
+    rooms
 }
 
 /// Whether a line fits the budget, and how many were left out before it.

@@ -482,8 +482,18 @@ impl<M: Send + 'static> ServerHandle<M> {
                         reason,
                         text,
                     } => hub.kick_player(player, reason, text).await,
-                    // A request: the cluster task answers it, the hub has no part.
-                    ClusterMessage::TakeOver { .. } => Ok(()),
+                    ClusterMessage::ConnFrames { conns, frame } => {
+                        hub.push_frame_each(conns, frame).await
+                    }
+                    ClusterMessage::ConnKick { conn, reason, text } => {
+                        hub.kick(conn, reason, text).await
+                    }
+                    // The cluster task answers requests, and shared rooms take
+                    // their own messages: the hub has no part.
+                    ClusterMessage::TakeOver { .. }
+                    | ClusterMessage::RoomJoin { .. }
+                    | ClusterMessage::RoomInput { .. }
+                    | ClusterMessage::RoomLeave { .. } => Ok(()),
                 }
             }
         })

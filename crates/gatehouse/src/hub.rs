@@ -156,6 +156,12 @@ enum Command<M> {
         delivery: Delivery<M>,
         _charge: Charge,
     },
+    /// One frame for each of these connections (a room's broadcast from another node).
+    SendEach {
+        to: Vec<ConnId>,
+        frame: Bytes,
+        _charge: Charge,
+    },
     Join {
         id: ConnId,
         group: Arc<str>,
@@ -371,6 +377,19 @@ impl<M: Send + 'static> HubHandle<M> {
                 delivery: Delivery::Frame(frame),
                 _charge,
             }
+        })
+    }
+
+    /// Pushes an encoded push `frame` to each of `to`; those gone are skipped.
+    pub(crate) fn push_frame_each(
+        &self,
+        to: Vec<ConnId>,
+        frame: Bytes,
+    ) -> impl Future<Output = Result<(), HandleError>> + Send + '_ {
+        self.send_frame(frame, move |frame, _charge| Command::SendEach {
+            to,
+            frame,
+            _charge,
         })
     }
 
@@ -602,6 +621,13 @@ impl<M: Send + 'static> Hub<M> {
             Command::Send { to, delivery, .. } => {
                 if let Some(entry) = self.conns.get(&to) {
                     entry.mailbox.deliver(delivery);
+                }
+            }
+            Command::SendEach { to, frame, .. } => {
+                for id in to {
+                    if let Some(entry) = self.conns.get(&id) {
+                        entry.mailbox.deliver(Delivery::Frame(frame.clone()));
+                    }
                 }
             }
             Command::Join { id, group } => {

@@ -30,12 +30,15 @@ use crate::listener::Listener;
 use crate::listener::Listeners;
 #[cfg(feature = "metrics")]
 use crate::room::RoomMetrics;
-use crate::room::{Room, Rooms};
+use crate::room::{Room, RoomCodec, Rooms};
 #[cfg(feature = "metrics")]
 use crate::scrape::Metrics;
 use crate::service::Service;
 use crate::stats::Stats;
 use crate::supervisor::{self, Parts, ServerError};
+
+/// Shares a room type with the cluster, once the server has one.
+type ShareRooms = Box<dyn FnOnce(&Arc<ClusterNode>) + Send>;
 
 /// A gatehouse server for one service, and the parts it owns: it starts the admin
 /// listener beside the connections, and once the last disconnect hook has run it
@@ -68,6 +71,8 @@ pub struct Server<S: Service> {
     room_metrics: RoomMetrics,
     /// This node of a cluster, if it is one.
     cluster: Option<Arc<ClusterNode>>,
+    /// Room types to share with the cluster once there is one.
+    shared_rooms: Vec<ShareRooms>,
 }
 
 impl<S: Service> Server<S> {
@@ -82,6 +87,7 @@ impl<S: Service> Server<S> {
             #[cfg(feature = "metrics")]
             room_metrics: RoomMetrics::default(),
             cluster: None,
+            shared_rooms: Vec::new(),
         })
     }
 
@@ -101,6 +107,9 @@ impl<S: Service> Server<S> {
         let max_frame = self.shared.config.limits.max_frame_bytes;
         let node = Arc::new(ClusterNode::new(config, Arc::new(link), max_frame));
         self.shared.hub_slot.players.set_cluster(node.clone());
+        for share in self.shared_rooms.drain(..) {
+            share(&node);
+        }
         // Connection (and session) ids name their node from now on.
         let first_id = node.first_conn_id();
         self.shared
@@ -124,6 +133,25 @@ impl<S: Service> Server<S> {
             kind,
             Box::new(move |timeout| async move { rooms.shutdown(timeout).await }.boxed()),
         ));
+        self
+    }
+
+    /// As [`Server::with_rooms`], and in a cluster ([`Server::with_cluster`]) the
+    /// rooms are shared by every node under `kind` (the same on every node, as is the
+    /// room type's [`RoomCodec`]): one room of a name in the whole cluster, run by the
+    /// node where it was first joined, and joined from any node ([`Rooms::join`]).
+    /// Outside a cluster the rooms are this server's, as with `with_rooms`.
+    pub fn with_shared_rooms<R: RoomCodec>(mut self, kind: &'static str, rooms: &Rooms<R>) -> Self {
+        self = self.with_rooms(kind, rooms);
+        if let Some(cluster) = &self.cluster {
+            cluster.add_room_kind(Arc::from(kind), rooms.share(kind, cluster.clone()));
+        } else {
+            let rooms = rooms.clone();
+            self.shared_rooms
+                .push(Box::new(move |cluster: &Arc<ClusterNode>| {
+                    cluster.add_room_kind(Arc::from(kind), rooms.share(kind, cluster.clone()));
+                }));
+        }
         self
     }
 
@@ -208,6 +236,7 @@ impl<S: Service> Server<S> {
             #[cfg(feature = "metrics")]
             room_metrics,
             cluster,
+            shared_rooms: _,
         } = self;
         #[cfg(feature = "metrics")]
         if !room_metrics.is_empty() {

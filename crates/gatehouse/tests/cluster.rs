@@ -484,6 +484,24 @@ impl gatehouse::cluster::ClusterLink for StalledLink {
         Box::pin(std::future::pending())
     }
 
+    fn kv_put_if(
+        &self,
+        _: &'static str,
+        _: String,
+        _: Bytes,
+        _: Option<u64>,
+    ) -> gatehouse::cluster::LinkFuture<'_, u64> {
+        Box::pin(std::future::pending())
+    }
+
+    fn kv_get(
+        &self,
+        _: &'static str,
+        _: String,
+    ) -> gatehouse::cluster::LinkFuture<'_, Option<(Bytes, u64)>> {
+        Box::pin(std::future::pending())
+    }
+
     fn kv_delete(
         &self,
         _: &'static str,

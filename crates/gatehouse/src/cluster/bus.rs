@@ -232,16 +232,37 @@ impl ClusterLink for LocalLink {
         Box::pin(async move {
             self.check()?;
             let mut state = self.bus.state();
+            Ok(state.buckets.entry(bucket).or_default().set(key, value))
+        })
+    }
+
+    fn kv_put_if(
+        &self,
+        bucket: &'static str,
+        key: String,
+        value: Bytes,
+        expected: Option<u64>,
+    ) -> LinkFuture<'_, u64> {
+        Box::pin(async move {
+            self.check()?;
+            let mut state = self.bus.state();
             let bucket = state.buckets.entry(bucket).or_default();
-            bucket.revision += 1;
-            let revision = bucket.revision;
-            bucket.keys.insert(key.clone(), (value.clone(), revision));
-            bucket.notify(KvChange {
-                key,
-                value: Some(value),
-                revision,
-            });
-            Ok(revision)
+            let latest = bucket.keys.get(&key).map(|(_, revision)| *revision);
+            if latest != expected {
+                return Err(LinkError::Conflict);
+            }
+            Ok(bucket.set(key, value))
+        })
+    }
+
+    fn kv_get(&self, bucket: &'static str, key: String) -> LinkFuture<'_, Option<(Bytes, u64)>> {
+        Box::pin(async move {
+            self.check()?;
+            let state = self.bus.state();
+            Ok(state
+                .buckets
+                .get(bucket)
+                .and_then(|bucket| bucket.keys.get(&key).cloned()))
         })
     }
 
@@ -296,6 +317,19 @@ impl ClusterLink for LocalLink {
 }
 
 impl Bucket {
+    /// Sets `key` and tells the watchers; the change's revision.
+    fn set(&mut self, key: String, value: Bytes) -> u64 {
+        self.revision += 1;
+        let revision = self.revision;
+        self.keys.insert(key.clone(), (value.clone(), revision));
+        self.notify(KvChange {
+            key,
+            value: Some(value),
+            revision,
+        });
+        revision
+    }
+
     fn notify(&mut self, change: KvChange) {
         // A watcher that cannot take the change is ended (its reader watches again).
         self.watchers

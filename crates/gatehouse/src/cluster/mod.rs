@@ -31,8 +31,8 @@ use futures_util::Stream;
 
 pub use bus::{LinkSwitch, LocalBus, LocalLink};
 pub use config::ClusterConfig;
-pub(crate) use node::ClusterNode;
 pub use node::{ClusterCounts, ClusterStats, Located, NodeCounts};
+pub(crate) use node::{ClusterNode, SharedKind, Target};
 
 /// A future a [`ClusterLink`] returns.
 pub type LinkFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, LinkError>> + Send + 'a>>;
@@ -110,6 +110,20 @@ pub trait ClusterLink: Send + Sync + 'static {
 
     /// Sets `key` in `bucket` (made on first use) and returns the change's revision.
     fn kv_put(&self, bucket: &'static str, key: String, value: Bytes) -> LinkFuture<'_, u64>;
+
+    /// Sets `key` in `bucket` only if it has no value now (`expected` is `None`) or
+    /// `expected` is its latest revision; [`LinkError::Conflict`] otherwise. Returns
+    /// the change's revision. What makes one node, of many asking at once, the one.
+    fn kv_put_if(
+        &self,
+        bucket: &'static str,
+        key: String,
+        value: Bytes,
+        expected: Option<u64>,
+    ) -> LinkFuture<'_, u64>;
+
+    /// The value of `key` in `bucket` now and its revision, if it has one.
+    fn kv_get(&self, bucket: &'static str, key: String) -> LinkFuture<'_, Option<(Bytes, u64)>>;
 
     /// Deletes `key` from `bucket`; with `if_revision`, only if that is still the
     /// key's latest revision ([`LinkError::Conflict`] otherwise).

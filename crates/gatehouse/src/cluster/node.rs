@@ -7,16 +7,50 @@
 //! task reads the rest when woken.
 
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
 use super::wire::{Claim, ClusterMessage, Heartbeat};
 use super::{within, ClusterConfig, ClusterLink, LinkError};
 use crate::connection::ConnId;
+
+/// A room type shared by the cluster, as the cluster task reaches it on the host of
+/// its rooms (implemented by `room::shared`, over the type's codec).
+pub(crate) trait SharedKind: Send + Sync {
+    /// Another node's connection `member` asks to join `room` here with `join` (the
+    /// type's encoding) from `address`; the answer's bytes.
+    fn join(
+        self: Arc<Self>,
+        room: Arc<str>,
+        node: Arc<str>,
+        member: ConnId,
+        address: IpAddr,
+        join: Bytes,
+    ) -> BoxFuture<'static, Bytes>;
+
+    /// A message from a remote member of `room` here.
+    fn input(
+        self: Arc<Self>,
+        room: Arc<str>,
+        node: Arc<str>,
+        member: ConnId,
+        message: Bytes,
+    ) -> BoxFuture<'static, ()>;
+
+    /// A remote member of `room` here left.
+    fn leave(&self, room: &str, node: &str, member: ConnId);
+
+    /// `node` is gone (dead, or left): its members leave the rooms here, and this
+    /// node's members of rooms it hosted are told their room closed.
+    fn node_gone(&self, node: &str);
+}
 
 /// Where an outgoing message goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,6 +153,8 @@ pub(crate) struct ClusterNode {
     /// What the task learnt of the other nodes.
     view: Mutex<View>,
     counters: Counters,
+    /// The room types shared by the cluster, by their kind.
+    room_kinds: Mutex<HashMap<Arc<str>, Arc<dyn SharedKind>>>,
 }
 
 #[derive(Default)]
@@ -169,7 +205,23 @@ impl ClusterNode {
             changed: Notify::new(),
             view: Mutex::default(),
             counters: Counters::default(),
+            room_kinds: Mutex::default(),
         }
+    }
+
+    /// Shares the rooms of type `kind` with the cluster (once, before it serves).
+    pub(crate) fn add_room_kind(&self, kind: Arc<str>, rooms: Arc<dyn SharedKind>) {
+        lock(&self.room_kinds).insert(kind, rooms);
+    }
+
+    /// The shared room type `kind`, if this node has it.
+    pub(crate) fn room_kind(&self, kind: &str) -> Option<Arc<dyn SharedKind>> {
+        lock(&self.room_kinds).get(kind).cloned()
+    }
+
+    /// Every shared room type (to tell them a node is gone).
+    pub(crate) fn room_kinds(&self) -> Vec<Arc<dyn SharedKind>> {
+        lock(&self.room_kinds).values().cloned().collect()
     }
 
     /// The first connection id of this node: its tag in the top 16 bits, so that

@@ -5,6 +5,7 @@
 //! slices, bounds what it keeps, and says what was wrong instead of panicking (the
 //! property tests throw arbitrary bytes at each).
 
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -18,6 +19,9 @@ pub(crate) const ALL_SUBJECT: &str = "gatehouse.all";
 pub(crate) const NODES_BUCKET: &str = "gatehouse_nodes";
 /// The bucket of player ownership: a key per player.
 pub(crate) const PLAYERS_BUCKET: &str = "gatehouse_players";
+
+/// The bucket of the room directory: a key per shared room, naming its host.
+pub(crate) const ROOMS_BUCKET: &str = "gatehouse_rooms";
 
 /// The subject one node listens on for what is meant for it alone.
 pub(crate) fn node_subject(node: &str) -> String {
@@ -40,8 +44,14 @@ pub(crate) fn player_of_key(key: &str) -> Option<String> {
     String::from_utf8(bytes).ok()
 }
 
+/// A shared room's key in [`ROOMS_BUCKET`]: its type and name, hex-encoded (`_`
+/// is no hex digit, so the two never run together).
+pub(crate) fn room_key(kind: &str, room: &str) -> String {
+    format!("{}_{}", hex(kind.as_bytes()), hex(room.as_bytes()))
+}
+
 /// The longest kick text carried to another node (a client sees at most this).
-const MAX_KICK_TEXT: usize = 1024;
+pub(crate) const MAX_KICK_TEXT: usize = 1024;
 
 /// One message between nodes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +72,72 @@ pub(crate) enum ClusterMessage {
     /// and answer once its disconnect hook has run ([`TAKEN_OVER`]) or did not in
     /// time ([`STILL_ENDING`]).
     TakeOver { player: Arc<str> },
+    /// A request to the host of room `room` of type `kind`: join connection
+    /// `member` of node `node` (from `address`) with `join` (the type's codec);
+    /// answered with a `JoinAnswer` (`room::shared`).
+    RoomJoin {
+        kind: Arc<str>,
+        room: Arc<str>,
+        node: Arc<str>,
+        member: ConnId,
+        address: IpAddr,
+        join: Bytes,
+    },
+    /// A message from a remote member to its room, on the host.
+    RoomInput {
+        kind: Arc<str>,
+        room: Arc<str>,
+        node: Arc<str>,
+        member: ConnId,
+        message: Bytes,
+    },
+    /// A remote member left its room.
+    RoomLeave {
+        kind: Arc<str>,
+        room: Arc<str>,
+        node: Arc<str>,
+        member: ConnId,
+    },
+    /// A push frame for each of these connections of the receiving node (a room's
+    /// broadcast to its members there: one message per node).
+    ConnFrames { conns: Vec<ConnId>, frame: Bytes },
+    /// Kick this connection of the receiving node.
+    ConnKick {
+        conn: ConnId,
+        reason: KickReason,
+        text: String,
+    },
+}
+
+/// The most connections one [`ClusterMessage::ConnFrames`] names.
+pub(crate) const MAX_CONNS: usize = u16::MAX as usize;
+
+/// The rest of a message as a kick or refusal text.
+pub(crate) fn text(bytes: Bytes) -> Result<String, Malformed> {
+    if bytes.len() > MAX_KICK_TEXT {
+        return Err(Malformed::KickTextTooLong(bytes.len()));
+    }
+    String::from_utf8(bytes.to_vec()).map_err(|_| Malformed::NotUtf8)
+}
+
+/// A shared room's host, as [`ROOMS_BUCKET`] holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RoomHost {
+    pub(crate) node: Arc<str>,
+}
+
+impl RoomHost {
+    pub(crate) fn encode(&self) -> Bytes {
+        Bytes::from(format!("v1 {}", self.node))
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Option<RoomHost> {
+        let text = std::str::from_utf8(bytes).ok()?;
+        let node = text.strip_prefix("v1 ")?;
+        super::config::valid_name(node).then(|| RoomHost {
+            node: Arc::from(node),
+        })
+    }
 }
 
 /// The answer to [`ClusterMessage::TakeOver`]: the session there has ended (or
@@ -75,6 +151,11 @@ const GROUP: u8 = 2;
 const PLAYER_PUSH: u8 = 3;
 const PLAYER_KICK: u8 = 4;
 const TAKE_OVER: u8 = 5;
+const ROOM_JOIN: u8 = 6;
+const ROOM_INPUT: u8 = 7;
+const ROOM_LEAVE: u8 = 8;
+const CONN_FRAMES: u8 = 9;
+const CONN_KICK: u8 = 10;
 
 /// Why a message from another node was dropped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -95,20 +176,38 @@ pub(crate) enum Malformed {
     KickTextTooLong(usize),
     #[error("{0} bytes after the end of the message")]
     Trailing(usize),
+    #[error("a message for no connection")]
+    NoConnections,
 }
 
 impl ClusterMessage {
     /// The message as bytes; `None` if a name in it is longer than [`MAX_NAME`].
     pub(crate) fn encode(&self) -> Option<Bytes> {
-        let name = match self {
-            ClusterMessage::Broadcast { .. } => "",
+        let names: &[&str] = match self {
+            ClusterMessage::Broadcast { .. }
+            | ClusterMessage::ConnFrames { .. }
+            | ClusterMessage::ConnKick { .. } => &[],
             ClusterMessage::Group { group: name, .. }
             | ClusterMessage::PlayerPush { player: name, .. }
             | ClusterMessage::PlayerKick { player: name, .. }
-            | ClusterMessage::TakeOver { player: name } => name,
+            | ClusterMessage::TakeOver { player: name } => &[name],
+            ClusterMessage::RoomJoin {
+                kind, room, node, ..
+            }
+            | ClusterMessage::RoomInput {
+                kind, room, node, ..
+            }
+            | ClusterMessage::RoomLeave {
+                kind, room, node, ..
+            } => &[kind, room, node],
         };
-        if name.len() > MAX_NAME {
+        if names.iter().any(|name| name.len() > MAX_NAME) {
             return None;
+        }
+        if let ClusterMessage::ConnFrames { conns, .. } = self {
+            if conns.is_empty() || conns.len() > MAX_CONNS {
+                return None;
+            }
         }
         let mut out = BytesMut::new();
         match self {
@@ -141,6 +240,58 @@ impl ClusterMessage {
                 out.put_u8(TAKE_OVER);
                 put_name(&mut out, player);
             }
+            ClusterMessage::RoomJoin {
+                kind,
+                room,
+                node,
+                member,
+                address,
+                join,
+            } => {
+                out.put_u8(ROOM_JOIN);
+                put_seat(&mut out, kind, room, node, *member);
+                let address = match address {
+                    IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+                    IpAddr::V6(v6) => *v6,
+                };
+                out.put_slice(&address.octets());
+                out.put_slice(join);
+            }
+            ClusterMessage::RoomInput {
+                kind,
+                room,
+                node,
+                member,
+                message,
+            } => {
+                out.put_u8(ROOM_INPUT);
+                put_seat(&mut out, kind, room, node, *member);
+                out.put_slice(message);
+            }
+            ClusterMessage::RoomLeave {
+                kind,
+                room,
+                node,
+                member,
+            } => {
+                out.put_u8(ROOM_LEAVE);
+                put_seat(&mut out, kind, room, node, *member);
+            }
+            ClusterMessage::ConnFrames { conns, frame } => {
+                out.put_u8(CONN_FRAMES);
+                // `encode` checked the count against MAX_CONNS.
+                out.put_u16(u16::try_from(conns.len()).unwrap_or(u16::MAX));
+                for conn in conns {
+                    out.put_u64(conn.0);
+                }
+                out.put_slice(frame);
+            }
+            ClusterMessage::ConnKick { conn, reason, text } => {
+                out.put_u8(CONN_KICK);
+                out.put_u64(conn.0);
+                out.put_u16(reason.0);
+                out.put_slice(truncate(text, MAX_KICK_TEXT).as_bytes());
+            }
         }
         Some(out.freeze())
     }
@@ -171,10 +322,7 @@ impl ClusterMessage {
                     return Err(Malformed::Truncated);
                 }
                 let reason = KickReason(bytes.get_u16());
-                if bytes.len() > MAX_KICK_TEXT {
-                    return Err(Malformed::KickTextTooLong(bytes.len()));
-                }
-                let text = String::from_utf8(bytes.to_vec()).map_err(|_| Malformed::NotUtf8)?;
+                let text = text(bytes)?;
                 Ok(ClusterMessage::PlayerKick {
                     player,
                     reason,
@@ -188,6 +336,69 @@ impl ClusterMessage {
                 }
                 Ok(ClusterMessage::TakeOver { player })
             }
+            ROOM_JOIN => {
+                let (kind, room, node, member) = take_seat(&mut bytes)?;
+                if bytes.remaining() < 16 {
+                    return Err(Malformed::Truncated);
+                }
+                let mut octets = [0; 16];
+                bytes.copy_to_slice(&mut octets);
+                let address = Ipv6Addr::from(octets).to_canonical();
+                Ok(ClusterMessage::RoomJoin {
+                    kind,
+                    room,
+                    node,
+                    member,
+                    address,
+                    join: bytes,
+                })
+            }
+            ROOM_INPUT => {
+                let (kind, room, node, member) = take_seat(&mut bytes)?;
+                Ok(ClusterMessage::RoomInput {
+                    kind,
+                    room,
+                    node,
+                    member,
+                    message: bytes,
+                })
+            }
+            ROOM_LEAVE => {
+                let (kind, room, node, member) = take_seat(&mut bytes)?;
+                if !bytes.is_empty() {
+                    return Err(Malformed::Trailing(bytes.len()));
+                }
+                Ok(ClusterMessage::RoomLeave {
+                    kind,
+                    room,
+                    node,
+                    member,
+                })
+            }
+            CONN_FRAMES => {
+                if bytes.remaining() < 2 {
+                    return Err(Malformed::Truncated);
+                }
+                let count = usize::from(bytes.get_u16());
+                if count == 0 {
+                    return Err(Malformed::NoConnections);
+                }
+                if bytes.remaining() < count * 8 {
+                    return Err(Malformed::Truncated);
+                }
+                let conns = (0..count).map(|_| ConnId(bytes.get_u64())).collect();
+                let frame = frame(bytes, max_frame)?;
+                Ok(ClusterMessage::ConnFrames { conns, frame })
+            }
+            CONN_KICK => {
+                if bytes.remaining() < 10 {
+                    return Err(Malformed::Truncated);
+                }
+                let conn = ConnId(bytes.get_u64());
+                let reason = KickReason(bytes.get_u16());
+                let text = text(bytes)?;
+                Ok(ClusterMessage::ConnKick { conn, reason, text })
+            }
             other => Err(Malformed::UnknownKind(other)),
         }
     }
@@ -197,6 +408,26 @@ fn put_name(out: &mut BytesMut, name: &str) {
     // `encode` checked the length against MAX_NAME.
     out.put_u16(u16::try_from(name.len()).unwrap_or(u16::MAX));
     out.put_slice(name.as_bytes());
+}
+
+/// A room seat: the room's type and name, the member's node and connection.
+fn put_seat(out: &mut BytesMut, kind: &str, room: &str, node: &str, member: ConnId) {
+    put_name(out, kind);
+    put_name(out, room);
+    put_name(out, node);
+    out.put_u64(member.0);
+}
+
+type Seat = (Arc<str>, Arc<str>, Arc<str>, ConnId);
+
+fn take_seat(bytes: &mut Bytes) -> Result<Seat, Malformed> {
+    let kind = take_name(bytes)?;
+    let room = take_name(bytes)?;
+    let node = take_name(bytes)?;
+    if bytes.remaining() < 8 {
+        return Err(Malformed::Truncated);
+    }
+    Ok((kind, room, node, ConnId(bytes.get_u64())))
 }
 
 /// The longest group or player name that crosses to another node.
@@ -234,7 +465,7 @@ fn frame(bytes: Bytes, max_frame: usize) -> Result<Bytes, Malformed> {
     Ok(bytes)
 }
 
-fn truncate(text: &str, max: usize) -> &str {
+pub(crate) fn truncate(text: &str, max: usize) -> &str {
     if text.len() <= max {
         return text;
     }
@@ -348,9 +579,61 @@ mod tests {
                 .prop_map(|(player, frame)| ClusterMessage::PlayerPush { player, frame }),
             name.clone()
                 .prop_map(|player| ClusterMessage::TakeOver { player }),
-            (name, any::<u16>(), "\\PC{0,100}").prop_map(|(player, reason, text)| {
+            (name.clone(), any::<u16>(), "\\PC{0,100}").prop_map(|(player, reason, text)| {
                 ClusterMessage::PlayerKick {
                     player,
+                    reason: KickReason(reason),
+                    text,
+                }
+            }),
+            room_message(),
+        ]
+    }
+
+    /// The messages of shared rooms.
+    fn room_message() -> impl Strategy<Value = ClusterMessage> {
+        let name = || "\\PC{0,20}".prop_map(|s: String| Arc::<str>::from(s));
+        let seat = (name(), name(), name(), any::<u64>().prop_map(ConnId));
+        let bytes = proptest::collection::vec(any::<u8>(), 0..100).prop_map(Bytes::from);
+        let frame = proptest::collection::vec(any::<u8>(), 0..300).prop_map(|p| push(&p));
+        let address = prop_oneof![
+            any::<[u8; 4]>().prop_map(IpAddr::from),
+            any::<[u8; 16]>().prop_map(|o| Ipv6Addr::from(o).to_canonical()),
+        ];
+        prop_oneof![
+            (seat.clone(), address, bytes.clone()).prop_map(
+                |((kind, room, node, member), address, join)| ClusterMessage::RoomJoin {
+                    kind,
+                    room,
+                    node,
+                    member,
+                    address,
+                    join,
+                }
+            ),
+            (seat.clone(), bytes).prop_map(|((kind, room, node, member), message)| {
+                ClusterMessage::RoomInput {
+                    kind,
+                    room,
+                    node,
+                    member,
+                    message,
+                }
+            }),
+            seat.prop_map(|(kind, room, node, member)| ClusterMessage::RoomLeave {
+                kind,
+                room,
+                node,
+                member,
+            }),
+            (
+                proptest::collection::vec(any::<u64>().prop_map(ConnId), 1..20),
+                frame
+            )
+                .prop_map(|(conns, frame)| ClusterMessage::ConnFrames { conns, frame }),
+            (any::<u64>(), any::<u16>(), "\\PC{0,100}").prop_map(|(conn, reason, text)| {
+                ClusterMessage::ConnKick {
+                    conn: ConnId(conn),
                     reason: KickReason(reason),
                     text,
                 }
@@ -381,9 +664,13 @@ mod tests {
         #[test]
         fn a_truncated_message_is_refused(message in message(), cut in 1usize..8) {
             let bytes = message.encode().unwrap();
-            if let ClusterMessage::PlayerKick { .. } = message {
-                // A kick's text is the rest of the message: cutting it shortens the
-                // text, which is still a kick.
+            if let ClusterMessage::PlayerKick { .. }
+            | ClusterMessage::ConnKick { .. }
+            | ClusterMessage::RoomJoin { .. }
+            | ClusterMessage::RoomInput { .. } = message
+            {
+                // A kick's text, a join's or an input's payload is the rest of the
+                // message: cutting it shortens that, which is still a message.
                 return Ok(());
             }
             let cut = bytes.slice(..bytes.len().saturating_sub(cut));
@@ -399,7 +686,9 @@ mod tests {
         fn claims_and_heartbeats_decode_arbitrary_text_without_panic(text in "\\PC{0,40}") {
             let _ = Claim::decode(text.as_bytes());
             let _ = Heartbeat::decode(text.as_bytes());
+            let _ = RoomHost::decode(text.as_bytes());
         }
+
     }
 
     #[test]

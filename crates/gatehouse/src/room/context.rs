@@ -8,6 +8,7 @@ use gatehouse_protocol::{KickReason, Message, HEADER_LEN};
 use tokio::sync::mpsc;
 use tracing::warn;
 
+use super::shared::OtherNode;
 use super::task::{Input, Members};
 use super::Room;
 use crate::connection::ConnId;
@@ -139,11 +140,31 @@ impl<R: Room> RoomContext<'_, R> {
         let Some(frame) = self.frame(route, payload.into()) else {
             return 0;
         };
-        self.members
-            .iter()
-            .filter(|(id, _)| Some(**id) != except)
-            .filter(|(_, member)| member.sink.deliver_frame(frame.clone()))
-            .count()
+        let mut delivered = 0;
+        // Members on other nodes, by node: one message per node, after the loop.
+        let mut elsewhere: Vec<(&OtherNode, Vec<ConnId>)> = Vec::new();
+        for (id, member) in self.members {
+            if Some(*id) == except {
+                continue;
+            }
+            match &member.away {
+                None => delivered += usize::from(member.sink.deliver_frame(frame.clone())),
+                Some(away) => {
+                    delivered += 1;
+                    match elsewhere
+                        .iter_mut()
+                        .find(|(node, _)| node.node == away.node)
+                    {
+                        Some((_, conns)) => conns.push(*id),
+                        None => elsewhere.push((away, vec![*id])),
+                    }
+                }
+            }
+        }
+        for (node, conns) in elsewhere {
+            node.deliver(&conns, &frame);
+        }
+        delivered
     }
 
     /// Pushes to one member; false if it is not a member or did not take it.

@@ -24,6 +24,8 @@
 //! - this file: the [`Room`] trait and the types its hooks see.
 //! - `registry`: [`Rooms`], [`RoomHandle`], [`Membership`].
 //! - `context`: [`RoomContext`], what a hook can do.
+//! - `shared`: rooms shared by a cluster ([`RoomCodec`]): the directory, remote
+//!   members, and what crosses between a room's host and its members' nodes.
 //! - `task`: a room's task: its lives, restarts and tick loop.
 //! - `stats`: per-room counters and the registry's lateness histogram.
 //! - `metrics` (feature `metrics`): the rooms' Prometheus collector.
@@ -32,6 +34,7 @@ mod context;
 #[cfg(feature = "metrics")]
 mod metrics;
 mod registry;
+mod shared;
 mod stats;
 mod task;
 
@@ -45,6 +48,7 @@ pub use self::context::RoomContext;
 #[cfg(feature = "metrics")]
 pub(crate) use self::metrics::RoomMetrics;
 pub use self::registry::{Membership, RoomHandle, Rooms};
+pub use self::shared::RoomCodec;
 pub use self::stats::{LatenessMark, RoomStats, TickLateness};
 
 /// A room type. Hooks are plain functions: a room never waits, it answers at once
@@ -327,6 +331,10 @@ pub enum RoomError {
     /// The registry has shut down.
     #[error("the rooms are shut down")]
     ShutDown,
+    /// The room is shared by a cluster, and its host (or the cluster's directory)
+    /// cannot be reached now.
+    #[error("the room's node cannot be reached")]
+    Unavailable,
     /// [`RoomOptions`] that cannot work.
     #[error("bad room options: {0}")]
     BadOptions(String),
@@ -344,7 +352,8 @@ impl RoomError {
             | RoomError::AddressShareFull
             | RoomError::Flooded
             | RoomError::TooManyRooms
-            | RoomError::ShutDown => Status::UNAVAILABLE,
+            | RoomError::ShutDown
+            | RoomError::Unavailable => Status::UNAVAILABLE,
         }
     }
 }

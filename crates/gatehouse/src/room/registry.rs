@@ -3,9 +3,10 @@
 //! ([`RoomHandle`]) and to one connection's place in it ([`Membership`]).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
 use gatehouse_protocol::KickReason;
@@ -13,9 +14,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::shared::{OtherNode, RoomCodec, Shared};
 use super::stats::{LatenessHistogram, LatenessMark, RoomCounters, RoomStats, TickLateness};
 use super::task::{Input, Leave, MemberState, RoomTask};
 use super::{Origin, Room, RoomError, RoomOptions};
+use crate::cluster::{ClusterNode, SharedKind};
 use crate::config::LimitsConfig;
 use crate::connection::ConnId;
 use crate::limits::counted_as;
@@ -39,7 +42,7 @@ impl<R: Room> Clone for Rooms<R> {
     }
 }
 
-struct Registry<R: Room> {
+pub(super) struct Registry<R: Room> {
     config: Arc<R::Config>,
     options: Arc<RoomOptions>,
     /// The largest push a room sends: the server's `limits.max_frame_bytes`, set by
@@ -51,6 +54,8 @@ struct Registry<R: Room> {
     lateness: Arc<LatenessHistogram>,
     next_id: AtomicU64,
     seats: Arc<Seats>,
+    /// The registry's part in a cluster, once it is shared with one.
+    shared: OnceLock<Arc<Shared<R>>>,
 }
 
 /// Which room each connection has a membership of, for operators
@@ -79,8 +84,30 @@ impl<R: Room> Rooms<R> {
                 lateness: Arc::new(LatenessHistogram::new()),
                 next_id: AtomicU64::new(1),
                 seats: Arc::default(),
+                shared: OnceLock::new(),
             }),
         })
+    }
+
+    pub(super) fn registry(&self) -> &Arc<Registry<R>> {
+        &self.registry
+    }
+
+    pub(super) fn from_registry(registry: Arc<Registry<R>>) -> Self {
+        Rooms { registry }
+    }
+
+    /// Shares these rooms with the cluster `cluster` is a node of, as type `kind`:
+    /// from now on a join finds its room wherever it runs.
+    pub(crate) fn share(&self, kind: &str, cluster: Arc<ClusterNode>) -> Arc<dyn SharedKind>
+    where
+        R: RoomCodec,
+    {
+        let shared = self
+            .registry
+            .shared
+            .get_or_init(|| Shared::new(kind, cluster, self));
+        shared.clone()
     }
 
     /// Creates and starts a room (inside a tokio runtime).
@@ -146,6 +173,10 @@ impl<R: Room> Rooms<R> {
                 let mut rooms = registry.rooms();
                 if rooms.get(&name).is_some_and(|room| room.link.id == id) {
                     rooms.remove(&name);
+                    drop(rooms);
+                    if let Some(shared) = registry.shared.get() {
+                        shared.stopped(&name);
+                    }
                 }
             }
         });
@@ -178,16 +209,46 @@ impl<R: Room> Rooms<R> {
     }
 
     /// Joins `ctx`'s connection to the room called `name`, creating it if needed; a
-    /// room that closes (empty) just as the join arrives is made again, once.
+    /// room that closes (empty) just as the join arrives is made again, once. Rooms
+    /// shared by a cluster ([`Server::with_shared_rooms`](crate::Server::with_shared_rooms))
+    /// are joined wherever they run, or made here if they run nowhere.
     pub async fn join<M: Send + 'static>(
         &self,
         name: &str,
         ctx: &Context<'_, M>,
         join: R::Join,
     ) -> Result<Membership<R>, RoomError> {
+        let address = counted_as(ctx.peer().ip(), SEAT_SHARE_IPV6_PREFIX);
+        let sink = ctx.member_sink();
+        match self.registry.shared.get() {
+            Some(shared) => shared.join(name, ctx.id(), sink, address, join).await,
+            None => {
+                self.join_here(name, ctx.id(), sink, address, join, None)
+                    .await
+            }
+        }
+    }
+
+    /// Joins `member` to the room `name` of this node, making it if needed (again,
+    /// once, if it closes just as the join arrives).
+    pub(super) async fn join_here(
+        &self,
+        name: &str,
+        member: ConnId,
+        sink: Arc<dyn MemberSink>,
+        address: IpAddr,
+        join: R::Join,
+        away: Option<OtherNode>,
+    ) -> Result<Membership<R>, RoomError> {
         let room = self.get_or_create(name)?;
-        match room.join(ctx, join.clone()).await {
-            Err(RoomError::Closed) => self.get_or_create(name)?.join(ctx, join).await,
+        let joined = room
+            .join_sink(member, sink.clone(), address, join.clone(), away.clone())
+            .await;
+        match joined {
+            Err(RoomError::Closed) => {
+                let room = self.get_or_create(name)?;
+                room.join_sink(member, sink, address, join, away).await
+            }
             joined => joined,
         }
     }
@@ -310,7 +371,7 @@ impl<R: Room> RoomHandle<R> {
         join: R::Join,
     ) -> Result<Membership<R>, RoomError> {
         let address = counted_as(ctx.peer().ip(), SEAT_SHARE_IPV6_PREFIX);
-        self.join_sink(ctx.id(), ctx.member_sink(), address, join)
+        self.join_sink(ctx.id(), ctx.member_sink(), address, join, None)
             .await
     }
 
@@ -320,18 +381,21 @@ impl<R: Room> RoomHandle<R> {
         sink: Arc<dyn MemberSink>,
         address: IpAddr,
         join: R::Join,
+        away: Option<OtherNode>,
     ) -> Result<Membership<R>, RoomError> {
         let serial = self.link.serials.fetch_add(1, Ordering::Relaxed);
         let state = MemberState::default();
         // Made first, so that a join whose caller is dropped mid-way still leaves.
         let membership = Membership {
-            link: self.link.clone(),
-            member,
-            serial,
-            queued: Arc::new(AtomicU32::new(0)),
-            sink: sink.clone(),
-            joined: join.clone(),
-            state: state.clone(),
+            seat: Seat::Here(Here {
+                link: self.link.clone(),
+                member,
+                serial,
+                queued: Arc::new(AtomicU32::new(0)),
+                sink: sink.clone(),
+                joined: join.clone(),
+                state: state.clone(),
+            }),
         };
         let (reply, answer) = oneshot::channel();
         let input = Input::Join {
@@ -341,6 +405,7 @@ impl<R: Room> RoomHandle<R> {
             address,
             join,
             state,
+            away,
             reply,
         };
         self.link
@@ -377,8 +442,20 @@ impl<R: Room> RoomHandle<R> {
 }
 
 /// One connection's place in a room. Messages sent through it reach the room in
-/// order; dropping it leaves the room.
+/// order; dropping it leaves the room. The room may run on another node of the
+/// cluster (a shared room): then the messages and the leave cross to it.
 pub struct Membership<R: Room> {
+    seat: Seat<R>,
+}
+
+enum Seat<R: Room> {
+    /// In a room of this node.
+    Here(Here<R>),
+    /// In a room on another node.
+    There(There<R>),
+}
+
+struct Here<R: Room> {
     link: Arc<RoomLink<R>>,
     member: ConnId,
     serial: u64,
@@ -391,57 +468,153 @@ pub struct Membership<R: Room> {
     state: MemberState<R::Join>,
 }
 
+struct There<R: Room> {
+    shared: Arc<Shared<R>>,
+    host: Arc<str>,
+    room: Arc<str>,
+    member: ConnId,
+    joined: R::Join,
+}
+
 impl<R: Room> Membership<R> {
+    /// A seat in `room` on node `host`.
+    pub(super) fn remote(
+        shared: Arc<Shared<R>>,
+        host: Arc<str>,
+        room: Arc<str>,
+        member: ConnId,
+        joined: R::Join,
+    ) -> Self {
+        Membership {
+            seat: Seat::There(There {
+                shared,
+                host,
+                room,
+                member,
+                joined,
+            }),
+        }
+    }
+
     /// The member's state as its room last recorded it
     /// ([`RoomContext::set_member_state`](super::RoomContext::set_member_state)), or
     /// what it joined with: what its session saves. Read at once, without waiting
-    /// for the room.
+    /// for the room. Of a room on another node: what it joined with (state crosses
+    /// between nodes by message).
     pub fn state(&self) -> R::Join {
-        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.clone().unwrap_or_else(|| self.joined.clone())
+        match &self.seat {
+            Seat::Here(here) => {
+                let state = here.state.lock().unwrap_or_else(PoisonError::into_inner);
+                state.clone().unwrap_or_else(|| here.joined.clone())
+            }
+            Seat::There(away) => away.joined.clone(),
+        }
     }
 
     /// The room's name.
     pub fn room(&self) -> &str {
-        &self.link.name
+        match &self.seat {
+            Seat::Here(here) => &here.link.name,
+            Seat::There(away) => &away.room,
+        }
     }
 
-    /// A handle to the room.
-    pub fn handle(&self) -> RoomHandle<R> {
-        RoomHandle {
-            link: self.link.clone(),
+    /// The node the room runs on, if it is another node of the cluster.
+    pub fn host(&self) -> Option<&str> {
+        match &self.seat {
+            Seat::Here(_) => None,
+            Seat::There(away) => Some(&away.host),
+        }
+    }
+
+    /// A handle to the room, if it runs on this node.
+    pub fn handle(&self) -> Option<RoomHandle<R>> {
+        match &self.seat {
+            Seat::Here(here) => Some(RoomHandle {
+                link: here.link.clone(),
+            }),
+            Seat::There(_) => None,
         }
     }
 
     /// Sends the room a message from [`Origin::Member`]. With
     /// [`RoomOptions::member_queue`] messages already queued, it is a flood: the
-    /// member's connection is kicked `dos` and [`RoomError::Flooded`] returned.
+    /// member's connection is kicked `dos` and [`RoomError::Flooded`] returned. To a
+    /// room on another node it goes through the cluster's outbox at once (and its
+    /// host applies the flood check).
     pub async fn send(&self, message: R::Message) -> Result<(), RoomError> {
-        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.link.member_queue {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
-            let text = format!(
-                "more than {} messages queued at room {}",
-                self.link.member_queue, self.link.name
-            );
-            self.sink.kick(KickReason::DOS, text);
-            return Err(RoomError::Flooded);
+        match &self.seat {
+            Seat::Here(here) => here.send(message).await,
+            Seat::There(away) => {
+                away.shared
+                    .send_input(&away.host, &away.room, away.member, &message);
+                Ok(())
+            }
         }
-        // Counted back if the message never reaches the room (the room closed, or
-        // this future was dropped while waiting for room in its mailbox).
-        let unsent = Unsent(&self.queued);
-        let input = Input::Message {
-            from: Origin::Member(self.member),
-            message,
-            queued: Some(self.queued.clone()),
-        };
-        self.link
-            .inputs
-            .send(input)
-            .await
-            .map_err(|_| RoomError::Closed)?;
-        std::mem::forget(unsent); // the room counts it back when handled
-        Ok(())
     }
+
+    /// As [`Membership::send`] to a room of this node, as a future that holds no
+    /// borrow of the membership.
+    pub(super) fn send_later(
+        &self,
+        message: R::Message,
+    ) -> impl Future<Output = Result<(), RoomError>> + Send + 'static {
+        let here = match &self.seat {
+            Seat::Here(here) => Some((
+                here.link.clone(),
+                here.member,
+                here.queued.clone(),
+                here.sink.clone(),
+            )),
+            Seat::There(_) => None,
+        };
+        async move {
+            let Some((link, member, queued, sink)) = here else {
+                return Err(RoomError::Unavailable);
+            };
+            send_counted(&link, member, &queued, &sink, message).await
+        }
+    }
+}
+
+impl<R: Room> Here<R> {
+    async fn send(&self, message: R::Message) -> Result<(), RoomError> {
+        send_counted(&self.link, self.member, &self.queued, &self.sink, message).await
+    }
+}
+
+/// A member's message into its room's mailbox, counted against its queue (see
+/// [`Membership::send`]).
+async fn send_counted<R: Room>(
+    link: &RoomLink<R>,
+    member: ConnId,
+    queued: &Arc<AtomicU32>,
+    sink: &Arc<dyn MemberSink>,
+    message: R::Message,
+) -> Result<(), RoomError> {
+    if queued.fetch_add(1, Ordering::AcqRel) >= link.member_queue {
+        queued.fetch_sub(1, Ordering::AcqRel);
+        let text = format!(
+            "more than {} messages queued at room {}",
+            link.member_queue, link.name
+        );
+        sink.kick(KickReason::DOS, text);
+        return Err(RoomError::Flooded);
+    }
+    // Counted back if the message never reaches the room (the room closed, or
+    // this future was dropped while waiting for room in its mailbox).
+    let unsent = Unsent(queued);
+    let input = Input::Message {
+        from: Origin::Member(member),
+        message,
+        queued: Some(queued.clone()),
+    };
+    link.inputs
+        .send(input)
+        .await
+        .map_err(|_| RoomError::Closed)?;
+    std::mem::forget(unsent); // the room counts it back when handled
+    Ok(())
 }
 
 /// A queued message's count, taken back unless it was sent.
@@ -455,16 +628,23 @@ impl Drop for Unsent<'_> {
 
 impl<R: Room> Drop for Membership<R> {
     fn drop(&mut self) {
-        let mut seats = lock(&self.link.seats);
-        let this = |seat: &(u64, u64, Arc<str>)| (seat.0, seat.1) == (self.link.id, self.serial);
-        if seats.get(&self.member).is_some_and(this) {
-            seats.remove(&self.member);
+        let here = match &self.seat {
+            Seat::Here(here) => here,
+            Seat::There(away) => {
+                away.shared.left_remote(&away.host, &away.room, away.member);
+                return;
+            }
+        };
+        let mut seats = lock(&here.link.seats);
+        let this = |seat: &(u64, u64, Arc<str>)| (seat.0, seat.1) == (here.link.id, here.serial);
+        if seats.get(&here.member).is_some_and(this) {
+            seats.remove(&here.member);
         }
         drop(seats);
         // A stopped room has nobody left to tell.
-        let _ = self.link.leaves.send(Leave {
-            member: self.member,
-            serial: self.serial,
+        let _ = here.link.leaves.send(Leave {
+            member: here.member,
+            serial: here.serial,
         });
     }
 }
@@ -528,13 +708,13 @@ mod tests {
         // The join is queued (sent into the mailbox), then its caller is dropped
         // before the room answers: its leave goes first, down the side channel.
         {
-            let mut joining = pin!(room.join_sink(ConnId(7), Arc::new(Nobody), HERE, ()));
+            let mut joining = pin!(room.join_sink(ConnId(7), Arc::new(Nobody), HERE, (), None));
             let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
             assert!(matches!(joining.as_mut().poll(&mut cx), Poll::Pending));
         }
         // A later join of another connection is answered after the room has seen both.
         let kept = room
-            .join_sink(ConnId(8), Arc::new(Nobody), HERE, ())
+            .join_sink(ConnId(8), Arc::new(Nobody), HERE, (), None)
             .await
             .unwrap();
         assert_eq!(room.stats().members, 1, "only the join that waited counts");
@@ -554,8 +734,9 @@ mod tests {
         };
         let rooms = Rooms::<Empty>::new((), options).unwrap();
         let room = rooms.create("r").unwrap();
-        let join =
-            |id: u64, address: IpAddr| room.join_sink(ConnId(id), Arc::new(Nobody), address, ());
+        let join = |id: u64, address: IpAddr| {
+            room.join_sink(ConnId(id), Arc::new(Nobody), address, (), None)
+        };
         let other: IpAddr = "192.0.2.7".parse().unwrap();
         let first = join(1, HERE).await.unwrap();
         let _second = join(2, HERE).await.unwrap();

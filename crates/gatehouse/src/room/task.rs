@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::context::RoomContext;
+use super::shared::OtherNode;
 use super::stats::{LatenessHistogram, RoomCounters};
 use super::{Origin, Restart, Room, RoomError, RoomOptions, StopReason};
 use crate::connection::ConnId;
@@ -32,6 +33,8 @@ pub(crate) enum Input<R: Room> {
         join: R::Join,
         /// The member's state as the room records it, shared with its membership.
         state: MemberState<R::Join>,
+        /// The member's node, if it is another one of the cluster.
+        away: Option<OtherNode>,
         reply: oneshot::Sender<Result<(), RoomError>>,
     },
     Message {
@@ -76,6 +79,9 @@ pub(crate) struct Member<J> {
     serial: u64,
     /// The member's address (an IPv6 /64), for the per-address share of seats.
     address: IpAddr,
+    /// The member's node, if it is another one of the cluster: a broadcast reaches
+    /// all its members there in one message.
+    pub(crate) away: Option<OtherNode>,
 }
 
 impl<J: Clone> Member<J> {
@@ -390,6 +396,7 @@ impl<R: Room> RoomTask<R> {
                 address,
                 join,
                 state,
+                away,
                 reply,
             } => {
                 if reply.is_closed() {
@@ -424,6 +431,7 @@ impl<R: Room> RoomTask<R> {
                         state,
                         serial,
                         address,
+                        away,
                     },
                 );
                 self.had_members = true;

@@ -1,0 +1,385 @@
+//! Rooms shared by a cluster, over the in-process bus with real sockets to each
+//! node: a room joined from several nodes is one room, run by the node where it was
+//! first joined; its members everywhere hear each broadcast once, one message per
+//! node; a join that is refused there is refused here; of many nodes making a room
+//! at once one wins; a room that empties gives its name back; and when its node is
+//! gone, its members elsewhere are told the room closed and the next join makes it
+//! again.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use gatehouse::cluster::{ClusterConfig, LinkSwitch, LocalBus};
+use gatehouse::room::{
+    Origin, Refusal, Room, RoomCodec, RoomContext, RoomError, RoomOptions, Rooms,
+};
+use gatehouse::{ConnId, Context, Disconnect, KickReason, Message, Reply, Server, Service, Status};
+use support::{test_config, until, Client, TestServer, PATIENCE};
+use tokio::time::Instant;
+
+/// A chat room: members join with their name, and everything said is pushed to
+/// every member as "name: text" on [`SAID`]; a member is greeted on [`WELCOME`] with
+/// how many members there are.
+struct Chat {
+    names: std::collections::HashMap<ConnId, String>,
+}
+
+const SAID: u16 = 100;
+const WELCOME: u16 = 101;
+
+/// Join: the route to join the room named in the payload (as the name `as`).
+const JOIN: u16 = 1;
+/// Say: the payload to the room.
+const SAY: u16 = 2;
+/// Leave the room.
+const LEAVE: u16 = 3;
+
+impl Room for Chat {
+    type Config = ();
+    type Join = String;
+    type Message = String;
+    type Snapshot = ();
+
+    fn create(_: &str, _: &(), _: Option<()>) -> Self {
+        Chat {
+            names: Default::default(),
+        }
+    }
+
+    fn join(
+        &mut self,
+        ctx: &mut RoomContext<'_, Self>,
+        member: ConnId,
+        name: &String,
+    ) -> Result<(), Refusal> {
+        if name == "banned" {
+            return Err(Refusal::new(Status(1099), "not you"));
+        }
+        self.names.insert(member, name.clone());
+        let count = ctx.member_count().to_string();
+        ctx.push(member, WELCOME, count);
+        Ok(())
+    }
+
+    fn leave(&mut self, _: &mut RoomContext<'_, Self>, member: ConnId) {
+        self.names.remove(&member);
+    }
+
+    fn message(&mut self, ctx: &mut RoomContext<'_, Self>, from: Origin, text: String) {
+        let Origin::Member(member) = from else { return };
+        let name = self.names.get(&member).cloned().unwrap_or_default();
+        ctx.broadcast(SAID, format!("{name}: {text}"));
+    }
+}
+
+impl RoomCodec for Chat {
+    fn encode_join(join: &String) -> Bytes {
+        Bytes::from(join.clone())
+    }
+    fn decode_join(bytes: Bytes) -> Option<String> {
+        String::from_utf8(bytes.to_vec()).ok()
+    }
+    fn encode_message(message: &String) -> Bytes {
+        Bytes::from(message.clone())
+    }
+    fn decode_message(bytes: Bytes) -> Option<String> {
+        String::from_utf8(bytes.to_vec()).ok()
+    }
+}
+
+struct Game {
+    rooms: Rooms<Chat>,
+}
+
+impl Service for Game {
+    type Session = Option<gatehouse::room::Membership<Chat>>;
+    type Message = ();
+
+    async fn connect(&self, _: &mut Context<'_, ()>) -> Self::Session {
+        None
+    }
+
+    async fn request(
+        &self,
+        seat: &mut Self::Session,
+        ctx: &mut Context<'_, ()>,
+        route: u16,
+        payload: Bytes,
+    ) -> Reply {
+        let text = String::from_utf8_lossy(&payload).into_owned();
+        match route {
+            JOIN => {
+                *seat = None;
+                let (room, name) = text.split_once(' ').unwrap_or((&text, "someone"));
+                match self.rooms.join(room, ctx, name.to_owned()).await {
+                    Ok(membership) => {
+                        let host = membership.host().unwrap_or("here").to_owned();
+                        *seat = Some(membership);
+                        Reply::ok(host)
+                    }
+                    Err(e) => Reply::error(e.status(), e.to_string()),
+                }
+            }
+            SAY => match seat {
+                Some(room) => match room.send(text).await {
+                    Ok(()) => Reply::empty(),
+                    Err(e) => Reply::error(e.status(), e.to_string()),
+                },
+                None => Reply::error(Status::BAD_REQUEST, "not in a room"),
+            },
+            LEAVE => {
+                *seat = None;
+                Reply::empty()
+            }
+            _ => Reply::unknown_route(route),
+        }
+    }
+
+    async fn disconnect(&self, _: Self::Session, _: Disconnect) {}
+}
+
+/// A node of `bus` serving the chat, its rooms shared.
+struct Node {
+    server: TestServer,
+    rooms: Rooms<Chat>,
+    switch: LinkSwitch,
+    handle: gatehouse::ServerHandle<()>,
+}
+
+async fn node(bus: &LocalBus, name: &str, options: RoomOptions) -> Node {
+    let rooms = Rooms::new((), options).unwrap();
+    let link = bus.link();
+    let switch = link.switch();
+    let cluster = ClusterConfig {
+        heartbeat: Duration::from_millis(100),
+        dead_after: Duration::from_millis(400),
+        ..ClusterConfig::for_node(name)
+    };
+    let game = Game {
+        rooms: rooms.clone(),
+    };
+    let server = Server::new(test_config(), game)
+        .unwrap()
+        .with_shared_rooms("chat", &rooms)
+        .with_cluster(link, cluster)
+        .unwrap();
+    let handle = server.handle();
+    let server = TestServer::serve(server, Arc::default()).await;
+    Node {
+        server,
+        rooms,
+        switch,
+        handle,
+    }
+}
+
+async fn nodes(bus: &LocalBus, names: &[&str], options: RoomOptions) -> Vec<Node> {
+    let mut nodes = Vec::new();
+    for name in names {
+        nodes.push(node(bus, name, options.clone()).await);
+    }
+    for node in &nodes {
+        until("every node alive", || async {
+            node.handle.cluster_counts().await.unwrap().nodes.len() == names.len()
+        })
+        .await;
+    }
+    nodes
+}
+
+/// Joins `room` as `name` from a new connection to `node`; the client and the
+/// node the room runs on ("here" for the node itself).
+async fn join(node: &Node, room: &str, name: &str) -> (Client, String) {
+    let (client, host, _) = join_welcomed(node, room, name).await;
+    (client, host)
+}
+
+/// As [`join`], with the room's welcome: how many members it has with this one.
+async fn join_welcomed(node: &Node, room: &str, name: &str) -> (Client, String, String) {
+    let mut client = node.server.connect().await;
+    let (status, host, pushes) = client
+        .request_seeing_pushes(JOIN, format!("{room} {name}"))
+        .await;
+    assert_eq!(status, Status::OK, "{}", String::from_utf8_lossy(&host));
+    // The room greets the member as it joins: before or after the answer.
+    let welcome = match pushes.into_iter().find(|(route, _)| *route == WELCOME) {
+        Some((_, count)) => String::from_utf8(count.to_vec()).unwrap(),
+        None => next_on(&mut client, WELCOME).await,
+    };
+    (client, String::from_utf8(host.to_vec()).unwrap(), welcome)
+}
+
+/// The next push on `route`, skipping others.
+async fn next_on(client: &mut Client, route: u16) -> String {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        assert!(Instant::now() < deadline, "no push on {route}");
+        match client.recv().await {
+            Some(Message::Push { route: r, payload }) if r == route => {
+                return String::from_utf8(payload.to_vec()).unwrap();
+            }
+            Some(_) => {}
+            None => panic!("closed while waiting for a push on {route}"),
+        }
+    }
+}
+
+fn options() -> RoomOptions {
+    RoomOptions::default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_joined_from_two_nodes_is_one_room_and_a_broadcast_is_one_message_per_node() {
+    let bus = LocalBus::new();
+    let nodes = nodes(&bus, &["a", "b"], options()).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let (mut ann, host, welcome) = join_welcomed(a, "pit", "ann").await;
+    assert_eq!(host, "here", "made on the node of its first joiner");
+    assert_eq!(welcome, "1");
+    let mut on_b = Vec::new();
+    for (i, name) in ["bob", "bea", "bill"].iter().enumerate() {
+        let (client, host, welcome) = join_welcomed(b, "pit", name).await;
+        assert_eq!(host, "a", "b joins the room a runs");
+        assert_eq!(welcome, (i + 2).to_string());
+        on_b.push(client);
+    }
+    assert_eq!(a.rooms.len(), 1);
+    assert_eq!(b.rooms.len(), 0, "no second room of that name");
+    assert_eq!(a.rooms.get("pit").unwrap().stats().members, 4);
+
+    // A member on b speaks: the room on a hears it, every member hears it once, and
+    // the three on b get it in one message from a.
+    let published = a.switch.published();
+    let (status, _) = on_b[0].request(SAY, "hello").await;
+    assert_eq!(status, Status::OK);
+    assert_eq!(next_on(&mut ann, SAID).await, "bob: hello");
+    for client in &mut on_b {
+        assert_eq!(next_on(client, SAID).await, "bob: hello");
+    }
+    assert_eq!(
+        a.switch.published() - published,
+        1,
+        "one message to b for its three members"
+    );
+    // In order, as sent.
+    for text in ["one", "two", "three"] {
+        let (status, _) = on_b[1].request(SAY, text).await;
+        assert_eq!(status, Status::OK);
+    }
+    for text in ["one", "two", "three"] {
+        assert_eq!(next_on(&mut ann, SAID).await, format!("bea: {text}"));
+    }
+
+    // Leaving from b: the room on a loses the member.
+    let (status, _) = on_b[2].request(LEAVE, "").await;
+    assert_eq!(status, Status::OK);
+    until("bill's seat given back", || async {
+        a.rooms.get("pit").unwrap().stats().members == 3
+    })
+    .await;
+    // A connection that ends leaves too.
+    drop(on_b.pop());
+    drop(on_b.pop());
+    until("bea's seat given back", || async {
+        a.rooms.get("pit").unwrap().stats().members == 2
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_refused_by_the_room_on_another_node_is_refused_with_its_status() {
+    let bus = LocalBus::new();
+    let small = RoomOptions {
+        max_members: 2,
+        ..options()
+    };
+    let nodes = nodes(&bus, &["a", "b"], small).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let (_ann, _) = join(a, "den", "ann").await;
+    let mut banned = b.server.connect().await;
+    let (status, text) = banned.request(JOIN, "den banned").await;
+    assert_eq!(status, Status(1099), "{}", String::from_utf8_lossy(&text));
+    let (_bob, host) = join(b, "den", "bob").await;
+    assert_eq!(host, "a");
+    let mut third = b.server.connect().await;
+    let (status, text) = third.request(JOIN, "den carl").await;
+    assert_eq!(
+        (status, String::from_utf8_lossy(&text).into_owned()),
+        (RoomError::Full.status(), RoomError::Full.to_string())
+    );
+    assert_eq!(a.rooms.get("den").unwrap().stats().members, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_three_nodes_making_one_room_at_once_one_runs_it() {
+    let bus = LocalBus::new();
+    let nodes = nodes(&bus, &["a", "b", "c"], options()).await;
+    for round in 0..5 {
+        let room = format!("race-{round}");
+        let joins = nodes.iter().map(|node| join(node, &room, "x"));
+        let joined = futures_util::future::join_all(joins).await;
+        let running: Vec<usize> = nodes
+            .iter()
+            .map(|node| usize::from(node.rooms.get(&room).is_some()))
+            .collect();
+        assert_eq!(running.iter().sum::<usize>(), 1, "{room}: {running:?}");
+        let host = running.iter().position(|r| *r == 1).unwrap();
+        let members = nodes[host].rooms.get(&room).unwrap().stats().members;
+        assert_eq!(members, 3, "{room}: every joiner in the one room");
+        drop(joined);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_that_empties_gives_its_name_back_to_the_next_joiner_anywhere() {
+    let bus = LocalBus::new();
+    let nodes = nodes(&bus, &["a", "b"], options()).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let (ann, host) = join(a, "hall", "ann").await;
+    assert_eq!(host, "here");
+    drop(ann);
+    until("the hall closes on a", || async {
+        a.rooms.get("hall").is_none()
+    })
+    .await;
+    // Its key goes with it: b makes the room itself now (a join that finds the key
+    // not yet deleted asks a, which makes it again: either is one room).
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (client, host) = join(b, "hall", "bob").await;
+        if host == "here" {
+            assert!(a.rooms.get("hall").is_none());
+            break;
+        }
+        assert!(Instant::now() < deadline, "b never made the hall");
+        drop(client);
+        until("the hall closes on a", || async {
+            a.rooms.get("hall").is_none()
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_a_rooms_node_is_gone_its_members_elsewhere_are_told_and_the_next_join_makes_it_again()
+{
+    let bus = LocalBus::new();
+    let nodes = nodes(&bus, &["a", "b"], options()).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let (_ann, _) = join(a, "keep", "ann").await;
+    let (mut bob, host) = join(b, "keep", "bob").await;
+    assert_eq!(host, "a");
+
+    // a is cut off for good: b declares it dead, and bob's room is gone with it.
+    a.switch.set_connected(false);
+    assert_eq!(bob.expect_kick().await, KickReason::ROOM_CLOSED);
+    // The next join takes the room over on b.
+    let (_bea, host, welcome) = join_welcomed(b, "keep", "bea").await;
+    assert_eq!((host.as_str(), welcome.as_str()), ("here", "1"));
+    assert!(b.rooms.get("keep").is_some());
+}
