@@ -2,9 +2,9 @@
 //! node: a room joined from several nodes is one room, run by the node where it was
 //! first joined; its members everywhere hear each broadcast once, one message per
 //! node; a join that is refused there is refused here; of many nodes making a room
-//! at once one wins; a room that empties gives its name back; and when its node is
-//! gone, its members elsewhere are told the room closed and the next join makes it
-//! again.
+//! at once one wins; a room that empties gives its name back; when its node is gone,
+//! its members elsewhere are joined again where one node makes it next, from its
+//! last checkpoint, and a copy left on a node cut off closes at its next checkpoint.
 
 #![allow(clippy::unwrap_used)]
 
@@ -15,10 +15,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use gatehouse::cluster::{ClusterConfig, LinkSwitch, LocalBus};
+use gatehouse::protocol::ROUTE_ROOM_RESTARTED;
 use gatehouse::room::{
     Origin, Refusal, Room, RoomCodec, RoomContext, RoomError, RoomOptions, Rooms,
 };
-use gatehouse::{ConnId, Context, Disconnect, KickReason, Message, Reply, Server, Service, Status};
+use gatehouse::{ConnId, Context, Disconnect, Message, Reply, Server, Service, Status};
+use gatehouse_store::{MemoryStore, SaveWriter, WriterConfig};
 use support::{test_config, until, Client, TestServer, PATIENCE};
 use tokio::time::Instant;
 
@@ -27,10 +29,14 @@ use tokio::time::Instant;
 /// how many members there are.
 struct Chat {
     names: std::collections::HashMap<ConnId, String>,
+    /// Lines said so far: the room's snapshot.
+    lines: u64,
 }
 
 const SAID: u16 = 100;
 const WELCOME: u16 = 101;
+/// Pushed to a joiner: how many lines were said in the room before.
+const LINES: u16 = 102;
 
 /// Join: the route to join the room named in the payload (as the name `as`).
 const JOIN: u16 = 1;
@@ -43,11 +49,12 @@ impl Room for Chat {
     type Config = ();
     type Join = String;
     type Message = String;
-    type Snapshot = ();
+    type Snapshot = u64;
 
-    fn create(_: &str, _: &(), _: Option<()>) -> Self {
+    fn create(_: &str, _: &(), lines: Option<u64>) -> Self {
         Chat {
             names: Default::default(),
+            lines: lines.unwrap_or(0),
         }
     }
 
@@ -63,6 +70,7 @@ impl Room for Chat {
         self.names.insert(member, name.clone());
         let count = ctx.member_count().to_string();
         ctx.push(member, WELCOME, count);
+        ctx.push(member, LINES, self.lines.to_string());
         Ok(())
     }
 
@@ -73,7 +81,12 @@ impl Room for Chat {
     fn message(&mut self, ctx: &mut RoomContext<'_, Self>, from: Origin, text: String) {
         let Origin::Member(member) = from else { return };
         let name = self.names.get(&member).cloned().unwrap_or_default();
+        self.lines += 1;
         ctx.broadcast(SAID, format!("{name}: {text}"));
+    }
+
+    fn snapshot(&self) -> Option<u64> {
+        Some(self.lines)
     }
 }
 
@@ -89,6 +102,12 @@ impl RoomCodec for Chat {
     }
     fn decode_message(bytes: Bytes) -> Option<String> {
         String::from_utf8(bytes.to_vec()).ok()
+    }
+    fn encode_snapshot(lines: &u64) -> Option<Bytes> {
+        Some(Bytes::copy_from_slice(&lines.to_be_bytes()))
+    }
+    fn decode_snapshot(bytes: Bytes) -> Option<u64> {
+        Some(u64::from_be_bytes(bytes.as_ref().try_into().ok()?))
     }
 }
 
@@ -118,7 +137,7 @@ impl Service for Game {
                 let (room, name) = text.split_once(' ').unwrap_or((&text, "someone"));
                 match self.rooms.join(room, ctx, name.to_owned()).await {
                     Ok(membership) => {
-                        let host = membership.host().unwrap_or("here").to_owned();
+                        let host = membership.host().unwrap_or_else(|| "here".into());
                         *seat = Some(membership);
                         Reply::ok(host)
                     }
@@ -152,7 +171,21 @@ struct Node {
 }
 
 async fn node(bus: &LocalBus, name: &str, options: RoomOptions) -> Node {
+    node_saving(bus, name, options, None).await
+}
+
+/// A node whose rooms checkpoint to `store` (every 50 ms), if given.
+async fn node_saving(
+    bus: &LocalBus,
+    name: &str,
+    options: RoomOptions,
+    store: Option<&MemoryStore>,
+) -> Node {
     let rooms = Rooms::new((), options).unwrap();
+    if let Some(store) = store {
+        let writer = SaveWriter::start(store.clone(), WriterConfig::default());
+        rooms.checkpoint_to(&writer, Duration::from_millis(50));
+    }
     let link = bus.link();
     let switch = link.switch();
     let cluster = ClusterConfig {
@@ -366,20 +399,95 @@ async fn a_room_that_empties_gives_its_name_back_to_the_next_joiner_anywhere() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn when_a_rooms_node_is_gone_its_members_elsewhere_are_told_and_the_next_join_makes_it_again()
-{
+async fn when_a_rooms_node_is_gone_its_members_elsewhere_join_it_again_where_it_is_made_next() {
     let bus = LocalBus::new();
-    let nodes = nodes(&bus, &["a", "b"], options()).await;
-    let (a, b) = (&nodes[0], &nodes[1]);
+    let nodes = nodes(&bus, &["a", "b", "c"], options()).await;
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
     let (_ann, _) = join(a, "keep", "ann").await;
     let (mut bob, host) = join(b, "keep", "bob").await;
     assert_eq!(host, "a");
+    let (mut cid, host) = join(c, "keep", "cid").await;
+    assert_eq!(host, "a");
 
-    // a is cut off for good: b declares it dead, and bob's room is gone with it.
+    // a is cut off for good: b and c declare it dead, and join bob and cid again
+    // where the room is made next: on one of them, the one that took it first.
     a.switch.set_connected(false);
-    assert_eq!(bob.expect_kick().await, KickReason::ROOM_CLOSED);
-    // The next join takes the room over on b.
-    let (_bea, host, welcome) = join_welcomed(b, "keep", "bea").await;
-    assert_eq!((host.as_str(), welcome.as_str()), ("here", "1"));
-    assert!(b.rooms.get("keep").is_some());
+    for client in [&mut bob, &mut cid] {
+        assert_eq!(next_on(client, ROUTE_ROOM_RESTARTED).await, "keep");
+        assert_eq!(next_on(client, LINES).await, "0", "made afresh");
+    }
+    until("one of b and c runs the room", || async {
+        usize::from(b.rooms.get("keep").is_some()) + usize::from(c.rooms.get("keep").is_some()) == 1
+    })
+    .await;
+    let host = if b.rooms.get("keep").is_some() { b } else { c };
+    until("both joined again", || async {
+        host.rooms
+            .get("keep")
+            .is_some_and(|room| room.stats().members == 2)
+    })
+    .await;
+    // They hear each other through it, and a newcomer joins the same room.
+    let (status, _) = bob.request(SAY, "still here").await;
+    assert_eq!(status, Status::OK);
+    for client in [&mut bob, &mut cid] {
+        assert_eq!(next_on(client, SAID).await, "bob: still here");
+    }
+    let (_dan, _, welcome) = join_welcomed(c, "keep", "dan").await;
+    assert_eq!(welcome, "3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_taken_over_from_a_node_cut_off_starts_from_its_checkpoint_and_the_copy_there_closes(
+) {
+    let bus = LocalBus::new();
+    let store = MemoryStore::new();
+    let a = node_saving(&bus, "a", options(), Some(&store)).await;
+    let b = node_saving(&bus, "b", options(), Some(&store)).await;
+    for node in [&a, &b] {
+        until("both nodes alive", || async {
+            node.handle.cluster_counts().await.unwrap().nodes.len() == 2
+        })
+        .await;
+    }
+    let (mut ann, _) = join(&a, "log", "ann").await;
+    let (mut bob, host) = join(&b, "log", "bob").await;
+    assert_eq!(host, "a");
+    for text in ["one", "two", "three"] {
+        let (status, _) = bob.request(SAY, text).await;
+        assert_eq!(status, Status::OK);
+        assert_eq!(next_on(&mut ann, SAID).await, format!("bob: {text}"));
+    }
+    // Checkpointed: the store has the three lines (after one more, a checkpoint
+    // being due at most every 50 ms).
+    let deadline = Instant::now() + PATIENCE;
+    while !store
+        .get("room/chat/log")
+        .is_some_and(|record| record.data.len() == 8 && record.data[7] >= 3)
+    {
+        assert!(Instant::now() < deadline, "never checkpointed");
+        let (status, _) = ann.request(SAY, "tick").await;
+        assert_eq!(status, Status::OK);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let lines = |store: &MemoryStore| {
+        let data = store.get("room/chat/log").unwrap().data;
+        u64::from_be_bytes(data.as_ref().try_into().unwrap())
+    };
+    let checkpointed = lines(&store);
+
+    // a is cut off; b takes the room over from its last checkpoint.
+    a.switch.set_connected(false);
+    assert_eq!(next_on(&mut bob, ROUTE_ROOM_RESTARTED).await, "log");
+    assert_eq!(next_on(&mut bob, LINES).await, checkpointed.to_string());
+    assert!(b.rooms.get("log").is_some());
+    // a's copy goes on with ann until its next checkpoint, which the store refuses
+    // (b's claim came first): then it closes.
+    let deadline = Instant::now() + PATIENCE;
+    while a.rooms.get("log").is_some() {
+        assert!(Instant::now() < deadline, "a's copy never closed");
+        let _ = ann.request(SAY, "anyone?").await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(lines(&store) >= checkpointed, "b's state is what is stored");
 }

@@ -48,8 +48,8 @@ pub(crate) trait SharedKind: Send + Sync {
     fn leave(&self, room: &str, node: &str, member: ConnId);
 
     /// `node` is gone (dead, or left): its members leave the rooms here, and this
-    /// node's members of rooms it hosted are told their room closed.
-    fn node_gone(&self, node: &str);
+    /// node's members of rooms it ran are joined again where the room is made next.
+    fn node_gone(self: Arc<Self>, node: &str);
 }
 
 /// Where an outgoing message goes.

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::shared::{OtherNode, RoomCodec, Shared};
+use super::shared::{Checkpoint, HostCell, OtherNode, RoomCodec, Shared, Snapshots};
 use super::stats::{LatenessHistogram, LatenessMark, RoomCounters, RoomStats, TickLateness};
 use super::task::{Input, Leave, MemberState, RoomTask};
 use super::{Origin, Room, RoomError, RoomOptions};
@@ -24,6 +24,7 @@ use crate::connection::ConnId;
 use crate::limits::counted_as;
 use crate::mailbox::MemberSink;
 use crate::service::Context;
+use gatehouse_store::{SaveWriter, Store};
 
 /// The rooms of one type, and their supervisor. Cheap to clone; usable from any
 /// task. Hand it to the server ([`Server::with_rooms`](crate::Server::with_rooms)),
@@ -56,6 +57,8 @@ pub(super) struct Registry<R: Room> {
     seats: Arc<Seats>,
     /// The registry's part in a cluster, once it is shared with one.
     shared: OnceLock<Arc<Shared<R>>>,
+    /// Where a shared room's snapshots are checkpointed, and how often.
+    pub(super) snapshots: OnceLock<Snapshots>,
 }
 
 /// Which room each connection has a membership of, for operators
@@ -85,6 +88,7 @@ impl<R: Room> Rooms<R> {
                 next_id: AtomicU64::new(1),
                 seats: Arc::default(),
                 shared: OnceLock::new(),
+                snapshots: OnceLock::new(),
             }),
         })
     }
@@ -110,8 +114,37 @@ impl<R: Room> Rooms<R> {
         shared.clone()
     }
 
+    /// Checkpoints the snapshots of these rooms, once shared by a cluster
+    /// ([`Server::with_shared_rooms`](crate::Server::with_shared_rooms)), through
+    /// `writer` every `every` (under the key `room/<kind>/<name>`, encoded by the
+    /// type's [`RoomCodec::encode_snapshot`]): a room whose node is gone is made
+    /// again, on the node that takes it over, from its last checkpoint. Each node that
+    /// makes a room first lands a claim on its key, so a node cut off from the cluster
+    /// that still runs the room has its next checkpoint refused, and closes it.
+    pub fn checkpoint_to<S: Store>(&self, writer: &SaveWriter<S>, every: Duration)
+    where
+        R: RoomCodec,
+    {
+        let snapshots = Snapshots {
+            store: Arc::new(writer.clone()),
+            every,
+        };
+        let _ = self.registry.snapshots.set(snapshots);
+    }
+
     /// Creates and starts a room (inside a tokio runtime).
     pub fn create(&self, name: &str) -> Result<RoomHandle<R>, RoomError> {
+        self.create_with(name, None, None)
+    }
+
+    /// Creates and starts a room, made from `restored` and checkpointed by
+    /// `checkpoint` (a shared room).
+    pub(super) fn create_with(
+        &self,
+        name: &str,
+        restored: Option<R::Snapshot>,
+        checkpoint: Option<Checkpoint<R>>,
+    ) -> Result<RoomHandle<R>, RoomError> {
         let registry = &self.registry;
         let mut rooms = registry.rooms();
         if registry.shutdown.is_cancelled() {
@@ -124,12 +157,17 @@ impl<R: Room> Rooms<R> {
         if rooms.len() >= registry.options.max_rooms {
             return Err(RoomError::TooManyRooms);
         }
-        let handle = self.start(name);
+        let handle = self.start(name, restored, checkpoint);
         rooms.insert(handle.link.name.clone(), handle.clone());
         Ok(handle)
     }
 
-    fn start(&self, name: &str) -> RoomHandle<R> {
+    fn start(
+        &self,
+        name: &str,
+        restored: Option<R::Snapshot>,
+        checkpoint: Option<Checkpoint<R>>,
+    ) -> RoomHandle<R> {
         let registry = &self.registry;
         let name: Arc<str> = Arc::from(name);
         let (sender, inputs) = mpsc::channel(registry.options.mailbox);
@@ -148,6 +186,11 @@ impl<R: Room> Rooms<R> {
             serials: AtomicU64::new(1),
             seats: registry.seats.clone(),
         });
+        if let Some(checkpoint) = &checkpoint {
+            // A claim elsewhere won: this copy of the room is a duplicate.
+            let stop = stop.clone();
+            checkpoint.slot.on_lost(move || stop.cancel());
+        }
         let task = RoomTask::<R> {
             name: name.clone(),
             config: registry.config.clone(),
@@ -163,6 +206,8 @@ impl<R: Room> Rooms<R> {
             members: HashMap::new(),
             had_members: false,
             snapshot: None,
+            restored,
+            checkpoint,
             life: 0,
         };
         let weak: Weak<Registry<R>> = Arc::downgrade(registry);
@@ -251,6 +296,21 @@ impl<R: Room> Rooms<R> {
             }
             joined => joined,
         }
+    }
+
+    /// Joins `member` to the room `name` of this node if it runs ([`RoomError::Closed`]
+    /// if not: a shared room is made only by [`Shared`]).
+    pub(super) async fn join_running(
+        &self,
+        name: &str,
+        member: ConnId,
+        sink: Arc<dyn MemberSink>,
+        address: IpAddr,
+        join: R::Join,
+        away: Option<OtherNode>,
+    ) -> Result<Membership<R>, RoomError> {
+        let room = self.get(name).ok_or(RoomError::Closed)?;
+        room.join_sink(member, sink, address, join, away).await
     }
 
     /// Every running room's counters, by name.
@@ -470,7 +530,7 @@ struct Here<R: Room> {
 
 struct There<R: Room> {
     shared: Arc<Shared<R>>,
-    host: Arc<str>,
+    host: HostCell,
     room: Arc<str>,
     member: ConnId,
     joined: R::Join,
@@ -480,7 +540,7 @@ impl<R: Room> Membership<R> {
     /// A seat in `room` on node `host`.
     pub(super) fn remote(
         shared: Arc<Shared<R>>,
-        host: Arc<str>,
+        host: HostCell,
         room: Arc<str>,
         member: ConnId,
         joined: R::Join,
@@ -519,11 +579,13 @@ impl<R: Room> Membership<R> {
         }
     }
 
-    /// The node the room runs on, if it is another node of the cluster.
-    pub fn host(&self) -> Option<&str> {
+    /// The node the room runs on, if the member joined it on another node of the
+    /// cluster (after that node went, the one that took the room over: this one,
+    /// possibly; `None` while the member is being joined there).
+    pub fn host(&self) -> Option<String> {
         match &self.seat {
             Seat::Here(_) => None,
-            Seat::There(away) => Some(&away.host),
+            Seat::There(away) => away.host.borrow().as_deref().map(str::to_owned),
         }
     }
 
@@ -546,9 +608,10 @@ impl<R: Room> Membership<R> {
         match &self.seat {
             Seat::Here(here) => here.send(message).await,
             Seat::There(away) => {
-                away.shared
-                    .send_input(&away.host, &away.room, away.member, &message);
-                Ok(())
+                let shared = &away.shared;
+                shared
+                    .send_input(&away.host, &away.room, away.member, message)
+                    .await
             }
         }
     }

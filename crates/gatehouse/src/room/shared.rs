@@ -16,19 +16,27 @@
 //!   message per node however many members are there; its messages reach the room in
 //!   the order sent.
 //! - A node gone (dead, or left): its members leave the rooms here, and this node's
-//!   members of rooms it hosted are kicked `room_closed` (as when a room closes).
-//!   Rooms are not yet adopted from a snapshot: the next join makes the room afresh.
+//!   members of rooms it ran are told `ROUTE_ROOM_RESTARTED` and joined again where
+//!   the room is made next: one node takes its key over (compare-and-set) and makes
+//!   it, from its last checkpoint if the registry keeps them
+//!   ([`Rooms::checkpoint_to`]). Making a room lands a claim on its checkpoint key
+//!   first, so that a copy still running on a node cut off is refused its next
+//!   checkpoint and closes.
 //! - A room that stops gives its directory key back (a delete of that revision), so
 //!   that the next join anywhere makes it again.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
-use gatehouse_protocol::KickReason;
+use gatehouse_protocol::{KickReason, Message, ROUTE_ROOM_RESTARTED};
+use gatehouse_store::{LandError, Loaded, SaveSlot, SaveWriter, Store, StoreError, WriterClosed};
+use tokio::sync::watch;
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::registry::{Membership, Registry, Rooms};
@@ -54,6 +62,20 @@ pub trait RoomCodec: Room {
     fn encode_message(message: &Self::Message) -> Bytes;
     /// A member's message from bytes; `None`: unreadable (it is dropped).
     fn decode_message(bytes: Bytes) -> Option<Self::Message>;
+
+    /// A snapshot as bytes, for the checkpoints of [`Rooms::checkpoint_to`]; `None`
+    /// (the default): the room is not checkpointed, and a room whose node is gone is
+    /// made afresh.
+    fn encode_snapshot(snapshot: &Self::Snapshot) -> Option<Bytes> {
+        let _ = snapshot;
+        None
+    }
+
+    /// A snapshot from a checkpoint; `None`: unreadable (the room is made afresh).
+    fn decode_snapshot(bytes: Bytes) -> Option<Self::Snapshot> {
+        let _ = bytes;
+        None
+    }
 }
 
 /// A [`RoomCodec`]'s functions, kept by a registry whose type is only a [`Room`].
@@ -62,7 +84,84 @@ struct Codec<R: Room> {
     decode_join: fn(Bytes) -> Option<R::Join>,
     encode_message: fn(&R::Message) -> Bytes,
     decode_message: fn(Bytes) -> Option<R::Message>,
+    encode_snapshot: fn(&R::Snapshot) -> Option<Bytes>,
+    decode_snapshot: fn(Bytes) -> Option<R::Snapshot>,
 }
+
+/// Where a shared room type's snapshots are checkpointed, and how often
+/// ([`Rooms::checkpoint_to`]).
+pub(crate) struct Snapshots {
+    pub(crate) store: Arc<dyn SnapshotStore>,
+    pub(crate) every: Duration,
+}
+
+/// A save writer, whatever its store.
+pub(crate) trait SnapshotStore: Send + Sync {
+    fn load<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Loaded, StoreError>>;
+    fn land<'a>(
+        &'a self,
+        slot: &'a mut SaveSlot,
+        data: Bytes,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<(), LandError>>;
+    fn save(&self, slot: &mut SaveSlot, data: Bytes) -> Result<(), WriterClosed>;
+}
+
+impl<S: Store> SnapshotStore for SaveWriter<S> {
+    fn load<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Loaded, StoreError>> {
+        SaveWriter::load(self, key).boxed()
+    }
+
+    fn land<'a>(
+        &'a self,
+        slot: &'a mut SaveSlot,
+        data: Bytes,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<(), LandError>> {
+        SaveWriter::land(self, slot, data, timeout).boxed()
+    }
+
+    fn save(&self, slot: &mut SaveSlot, data: Bytes) -> Result<(), WriterClosed> {
+        SaveWriter::save(self, slot, data)
+    }
+}
+
+/// A shared room's checkpoints, kept by its task: the slot its claim landed in.
+pub(crate) struct Checkpoint<R: Room> {
+    store: Arc<dyn SnapshotStore>,
+    pub(crate) slot: SaveSlot,
+    every: Duration,
+    next: Instant,
+    encode: fn(&R::Snapshot) -> Option<Bytes>,
+}
+
+impl<R: Room> Checkpoint<R> {
+    pub(crate) fn due(&self, now: Instant) -> bool {
+        now >= self.next
+    }
+
+    /// Queues `snapshot` (never waits); the next is due `every` from `now`.
+    pub(crate) fn save(&mut self, room: &str, snapshot: &R::Snapshot, now: Instant) {
+        self.next = now + self.every;
+        let Some(data) = (self.encode)(snapshot) else {
+            return;
+        };
+        if self.store.save(&mut self.slot, data).is_err() {
+            warn!(
+                room,
+                "the room's checkpoint could not be queued: the store is closed"
+            );
+        }
+    }
+}
+
+/// The key of a shared room's checkpoints in the store.
+fn snapshot_key(kind: &str, room: &str) -> String {
+    format!("room/{kind}/{room}")
+}
+
+/// How long making a shared room waits for its claim to land in the store.
+const CLAIM_WAIT: Duration = Duration::from_secs(2);
 
 /// How many times a join looks the room up again (its host moved or went) before
 /// it gives up with [`RoomError::Unavailable`].
@@ -79,9 +178,33 @@ enum Hosting {
 /// Where a remote member sits on its host: the room, the member's node and connection.
 type SeatKey = (Arc<str>, Arc<str>, ConnId);
 
-/// A seat of this node's connection in a room on another node: the host, and the
-/// member's own sink.
-type SeatAway = (Arc<str>, Arc<dyn MemberSink>);
+/// This node's member of a room elsewhere: its connection and the room.
+type AwayKey = (ConnId, Arc<str>);
+
+/// The node that runs the room a member of this node sits in. It changes when that
+/// node is gone and the member is joined again where the room is made next, and is
+/// `None` while that is under way (the member's messages wait for it).
+pub(crate) type HostCell = Arc<watch::Sender<Option<Arc<str>>>>;
+
+/// A seat of this node's connection in a room on another node: what it takes to
+/// join it again elsewhere.
+struct SeatAway<R: Room> {
+    host: HostCell,
+    sink: Arc<dyn MemberSink>,
+    address: IpAddr,
+    join: R::Join,
+}
+
+impl<R: Room> Clone for SeatAway<R> {
+    fn clone(&self) -> Self {
+        SeatAway {
+            host: self.host.clone(),
+            sink: self.sink.clone(),
+            address: self.address,
+            join: self.join.clone(),
+        }
+    }
+}
 
 /// A member of a room on another node, as the host's room keeps it: its node (for
 /// a broadcast, one message per node) and the way there.
@@ -134,11 +257,14 @@ pub(crate) struct Shared<R: Room> {
     codec: Codec<R>,
     rooms: Weak<Registry<R>>,
     hosted: Mutex<HashMap<Arc<str>, Hosting>>,
-    /// The host's side: remote members' seats in the rooms here.
+    /// One room made at a time, so that a node never claims a room twice.
+    starting: tokio::sync::Mutex<()>,
+    /// The host's side: the seats of members that joined through the cluster (from
+    /// other nodes, or this node's own joined again here after their host went).
     seats: Mutex<HashMap<SeatKey, Membership<R>>>,
     /// The joiner's side: this node's members of rooms on other nodes, by connection
-    /// and room, with the host and the member's own sink (to tell it the room closed).
-    away: Mutex<HashMap<(ConnId, Arc<str>), SeatAway>>,
+    /// and room.
+    away: Mutex<HashMap<AwayKey, SeatAway<R>>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -147,13 +273,21 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// What became of a join sent to a host.
-enum Remote<R: Room> {
-    Joined(Membership<R>),
+enum Remote {
+    Joined,
     /// The host does not hold the room: look again.
     NotHere,
     /// Nobody answers for the host.
     Gone,
     Failed(RoomError),
+}
+
+/// Where a join placed its member.
+enum Placed<R: Room> {
+    /// In the room on this node.
+    Here(Membership<R>),
+    /// In the room on that node.
+    There(Arc<str>),
 }
 
 impl<R: RoomCodec> Shared<R> {
@@ -166,9 +300,12 @@ impl<R: RoomCodec> Shared<R> {
                 decode_join: R::decode_join,
                 encode_message: R::encode_message,
                 decode_message: R::decode_message,
+                encode_snapshot: R::encode_snapshot,
+                decode_snapshot: R::decode_snapshot,
             },
             rooms: Arc::downgrade(rooms.registry()),
             hosted: Mutex::default(),
+            starting: tokio::sync::Mutex::new(()),
             seats: Mutex::default(),
             away: Mutex::default(),
         })
@@ -197,66 +334,93 @@ impl<R: Room> Shared<R> {
         address: IpAddr,
         join: R::Join,
     ) -> Result<Membership<R>, RoomError> {
+        match self
+            .place(name, member, &sink, address, join.clone())
+            .await?
+        {
+            Placed::Here(membership) => Ok(membership),
+            Placed::There(host) => {
+                let room: Arc<str> = Arc::from(name);
+                let host: HostCell = Arc::new(watch::Sender::new(Some(host)));
+                let seat = SeatAway {
+                    host: host.clone(),
+                    sink,
+                    address,
+                    join: join.clone(),
+                };
+                lock(&self.away).insert((member, room.clone()), seat);
+                Ok(Membership::remote(self.clone(), host, room, member, join))
+            }
+        }
+    }
+
+    /// Finds the room `name` (or makes it here) and seats `member` in it.
+    async fn place(
+        self: &Arc<Self>,
+        name: &str,
+        member: ConnId,
+        sink: &Arc<dyn MemberSink>,
+        address: IpAddr,
+        join: R::Join,
+    ) -> Result<Placed<R>, RoomError> {
         let rooms = self.rooms()?;
         let timeout = self.cluster.config.request_timeout;
         let link = &self.cluster.link;
         let key = self.key(name);
         for _ in 0..LOOKUPS {
-            if self.holds(name) {
-                return rooms
-                    .join_here(name, member, sink, address, join, None)
-                    .await;
-            }
-            let found = within(timeout, link.kv_get(ROOMS_BUCKET, key.clone()))
-                .await
-                .map_err(|_| RoomError::Unavailable)?;
-            let (host, revision) = match found {
-                None => {
-                    if !self.claim(name, None).await? {
-                        continue;
-                    }
-                    return rooms
-                        .join_here(name, member, sink, address, join, None)
-                        .await;
-                }
-                Some((value, revision)) => match RoomHost::decode(&value) {
-                    Some(host) => (host.node, revision),
+            // Made here (or taken over) on the way, or running here already: joined
+            // here, unless it stopped meanwhile (then looked up again).
+            let made_here = if self.holds(name) {
+                true
+            } else {
+                let found = within(timeout, link.kv_get(ROOMS_BUCKET, key.clone()))
+                    .await
+                    .map_err(|_| RoomError::Unavailable)?;
+                match found {
                     None => {
-                        self.cluster.count_malformed();
-                        warn!(kind = %self.kind, room = name, "cluster: an unreadable room directory entry");
-                        return Err(RoomError::Unavailable);
+                        self.claim(name, None).await? && self.start(&rooms, name, false).await?
                     }
-                },
+                    Some((value, revision)) => {
+                        let Some(host) = RoomHost::decode(&value) else {
+                            self.cluster.count_malformed();
+                            warn!(kind = %self.kind, room = name, "cluster: an unreadable room directory entry");
+                            return Err(RoomError::Unavailable);
+                        };
+                        if host.node == self.cluster.name {
+                            self.own_again(&rooms, name, revision).await?
+                        } else {
+                            let encoded = (self.codec.encode_join)(&join);
+                            let asked = self
+                                .join_remote(&host.node, name, member, address, encoded)
+                                .await;
+                            match asked {
+                                Remote::Joined => return Ok(Placed::There(host.node)),
+                                Remote::NotHere => false,
+                                // Its host is gone: this node makes the room again
+                                // (from its last checkpoint), unless another did first.
+                                Remote::Gone if !self.cluster.is_alive(&host.node) => {
+                                    let taken = self.claim(name, Some(revision)).await?
+                                        && self.start(&rooms, name, true).await?;
+                                    if taken {
+                                        info!(kind = %self.kind, room = name, from = %host.node, "cluster: took over a room whose node is gone");
+                                    }
+                                    taken
+                                }
+                                Remote::Gone => return Err(RoomError::Unavailable),
+                                Remote::Failed(e) => return Err(e),
+                            }
+                        }
+                    }
+                }
             };
-            if host == self.cluster.name {
-                if self.releasing(name) {
-                    // Its delete is on its way: the next look finds it gone.
-                    tokio::task::yield_now().await;
-                    continue;
-                }
-                lock(&self.hosted).insert(Arc::from(name), Hosting::Held(revision));
-                return rooms
-                    .join_here(name, member, sink, address, join, None)
+            if made_here {
+                let joined = rooms
+                    .join_running(name, member, sink.clone(), address, join.clone(), None)
                     .await;
-            }
-            match self
-                .join_remote(&host, name, member, &sink, address, &join)
-                .await
-            {
-                Remote::Joined(membership) => return Ok(membership),
-                Remote::NotHere => continue,
-                Remote::Gone if !self.cluster.is_alive(&host) => {
-                    // Its host is gone: this node makes the room again, unless another
-                    // did first.
-                    if self.claim(name, Some(revision)).await? {
-                        info!(kind = %self.kind, room = name, from = %host, "cluster: took over a room whose node is gone");
-                        return rooms
-                            .join_here(name, member, sink, address, join, None)
-                            .await;
-                    }
+                match joined {
+                    Err(RoomError::Closed) => continue,
+                    joined => return joined.map(Placed::Here),
                 }
-                Remote::Gone => return Err(RoomError::Unavailable),
-                Remote::Failed(e) => return Err(e),
             }
         }
         Err(RoomError::Unavailable)
@@ -268,8 +432,32 @@ impl<R: Room> Shared<R> {
             && self.rooms().is_ok_and(|rooms| rooms.get(name).is_some())
     }
 
-    fn releasing(&self, name: &str) -> bool {
-        matches!(lock(&self.hosted).get(name), Some(Hosting::Releasing))
+    /// The directory names this node (at `revision`) for `name`: a room it runs, or
+    /// made before and stopped (its key being given back: look again), or one of an
+    /// earlier life of this node (taken over again, from its checkpoint). Whether
+    /// it runs here now.
+    async fn own_again(
+        &self,
+        rooms: &Rooms<R>,
+        name: &str,
+        revision: u64,
+    ) -> Result<bool, RoomError> {
+        let hosting = match lock(&self.hosted).get(name) {
+            Some(Hosting::Held(_)) => Some(false),
+            Some(Hosting::Releasing) => None,
+            None => Some(true),
+        };
+        match hosting {
+            None => {
+                // Its delete is on its way: the next look finds it gone.
+                tokio::task::yield_now().await;
+                Ok(false)
+            }
+            Some(false) => self.start(rooms, name, false).await,
+            Some(true) => Ok(
+                self.claim(name, Some(revision)).await? && self.start(rooms, name, true).await?
+            ),
+        }
     }
 
     /// Makes this node the room's host in the directory: where it has no host
@@ -293,15 +481,59 @@ impl<R: Room> Shared<R> {
         }
     }
 
+    /// Runs the room `name` here (this node holds it in the directory), made afresh
+    /// or, `restore`, from its last checkpoint. With checkpoints, this node first
+    /// lands a claim on the room's key in the store: a copy still running on a node
+    /// cut off from the cluster then has its next checkpoint refused, and closes.
+    async fn start(&self, rooms: &Rooms<R>, name: &str, restore: bool) -> Result<bool, RoomError> {
+        let _one_at_a_time = self.starting.lock().await;
+        if rooms.get(name).is_some() {
+            return Ok(true);
+        }
+        let Some(snapshots) = rooms.registry().snapshots.get() else {
+            return match rooms.create(name) {
+                Ok(_) | Err(RoomError::Exists(_)) => Ok(true),
+                Err(e) => Err(e),
+            };
+        };
+        let key = snapshot_key(&self.kind, name);
+        let loaded = snapshots.store.load(&key).await.map_err(|e| {
+            warn!(kind = %self.kind, room = name, error = %e, "cannot load the room's checkpoint");
+            RoomError::Unavailable
+        })?;
+        let kept = loaded.data.filter(|data| restore && !data.is_empty());
+        let restored = kept.clone().and_then(self.codec.decode_snapshot);
+        if restore {
+            info!(kind = %self.kind, room = name, restored = restored.is_some(), "cluster: making a room taken over from its last checkpoint");
+        }
+        let mut slot = loaded.slot;
+        let claim = kept.unwrap_or_default();
+        let landed = snapshots.store.land(&mut slot, claim, CLAIM_WAIT).await;
+        if let Err(e) = landed {
+            warn!(kind = %self.kind, room = name, error = %e, "cannot claim the room's checkpoint");
+            return Err(RoomError::Unavailable);
+        }
+        let checkpoint = Checkpoint {
+            store: snapshots.store.clone(),
+            slot,
+            every: snapshots.every,
+            next: Instant::now() + snapshots.every,
+            encode: self.codec.encode_snapshot,
+        };
+        match rooms.create_with(name, restored, Some(checkpoint)) {
+            Ok(_) | Err(RoomError::Exists(_)) => Ok(true),
+            Err(e) => Err(e),
+        }
+    }
+
     async fn join_remote(
-        self: &Arc<Self>,
+        &self,
         host: &Arc<str>,
         name: &str,
         member: ConnId,
-        sink: &Arc<dyn MemberSink>,
         address: IpAddr,
-        join: &R::Join,
-    ) -> Remote<R> {
+        join: Bytes,
+    ) -> Remote {
         let room: Arc<str> = Arc::from(name);
         let request = ClusterMessage::RoomJoin {
             kind: self.kind.clone(),
@@ -309,7 +541,7 @@ impl<R: Room> Shared<R> {
             node: self.cluster.name.clone(),
             member,
             address,
-            join: (self.codec.encode_join)(join),
+            join,
         };
         let Some(request) = request.encode() else {
             return Remote::Failed(RoomError::Unavailable);
@@ -329,17 +561,7 @@ impl<R: Room> Shared<R> {
             }
         };
         match answer {
-            Ok(JoinAnswer::Joined) => {
-                let seat = (host.clone(), sink.clone());
-                lock(&self.away).insert((member, room.clone()), seat);
-                Remote::Joined(Membership::remote(
-                    self.clone(),
-                    host.clone(),
-                    room,
-                    member,
-                    join.clone(),
-                ))
-            }
+            Ok(JoinAnswer::Joined) => Remote::Joined,
             Ok(JoinAnswer::NotHere) => Remote::NotHere,
             Ok(JoinAnswer::Failed(e)) => Remote::Failed(e),
             Err(_) => {
@@ -349,28 +571,62 @@ impl<R: Room> Shared<R> {
         }
     }
 
-    /// A remote member's message, to its host.
-    pub(crate) fn send_input(
+    /// A message of this node's member of `room`, to the room wherever it runs.
+    pub(crate) async fn send_input(
         &self,
-        host: &Arc<str>,
+        host: &HostCell,
         room: &Arc<str>,
         member: ConnId,
-        message: &R::Message,
-    ) {
+        message: R::Message,
+    ) -> Result<(), RoomError> {
+        let now = host.borrow().clone();
+        let host = match now {
+            Some(host) => host,
+            None => {
+                // Being joined again elsewhere: sent once that is done.
+                let mut moved = host.subscribe();
+                let moving = LOOKUPS as u32 * self.cluster.config.request_timeout;
+                let settled = tokio::time::timeout(moving, moved.wait_for(Option::is_some)).await;
+                match settled {
+                    Ok(Ok(host)) => host.clone().unwrap_or_else(|| self.cluster.name.clone()),
+                    _ => return Err(RoomError::Unavailable),
+                }
+            }
+        };
+        if host == self.cluster.name {
+            // Joined again here after its room's node went.
+            let send = lock(&self.seats)
+                .get(&(room.clone(), host, member))
+                .map(|seat| seat.send_later(message));
+            return match send {
+                Some(send) => send.await,
+                None => Err(RoomError::Closed),
+            };
+        }
         let message = ClusterMessage::RoomInput {
             kind: self.kind.clone(),
             room: room.clone(),
             node: self.cluster.name.clone(),
             member,
-            message: (self.codec.encode_message)(message),
+            message: (self.codec.encode_message)(&message),
         };
-        self.cluster.send(Target::Node(host.clone()), message);
+        self.cluster.send(Target::Node(host), message);
+        Ok(())
     }
 
-    /// A remote member leaves (its membership was dropped).
-    pub(crate) fn left_remote(&self, host: &Arc<str>, room: &Arc<str>, member: ConnId) {
+    /// This node's member of `room` left (its membership was dropped).
+    pub(crate) fn left_remote(&self, host: &HostCell, room: &Arc<str>, member: ConnId) {
         lock(&self.away).remove(&(member, room.clone()));
-        self.send_leave(host, room, member);
+        // Being joined again elsewhere (`None`): that seat is given back once made.
+        let Some(host) = host.borrow().clone() else {
+            return;
+        };
+        if host == self.cluster.name {
+            let seat = lock(&self.seats).remove(&(room.clone(), host, member));
+            drop(seat);
+        } else {
+            self.send_leave(&host, room, member);
+        }
     }
 
     fn send_leave(&self, host: &Arc<str>, room: &Arc<str>, member: ConnId) {
@@ -386,7 +642,16 @@ impl<R: Room> Shared<R> {
     /// A room of this registry stopped: its remote members' seats go, and its
     /// directory key is given back.
     pub(crate) fn stopped(self: &Arc<Self>, name: &Arc<str>) {
-        lock(&self.seats).retain(|(room, _, _), _| room != name);
+        let seats: Vec<Membership<R>> = {
+            let mut seats = lock(&self.seats);
+            let keys: Vec<SeatKey> = seats
+                .keys()
+                .filter(|(room, _, _)| room == name)
+                .cloned()
+                .collect();
+            keys.iter().filter_map(|key| seats.remove(key)).collect()
+        };
+        drop(seats);
         let revision = {
             let mut hosted = lock(&self.hosted);
             match hosted.get(name) {
@@ -415,13 +680,11 @@ impl<R: Room> Shared<R> {
         });
     }
 
-    /// Whether this node is `name`'s host: it holds it, or the directory names it
-    /// (a room that stopped and is joined again). `false`: the joiner looks again.
-    async fn hosts(&self, name: &Arc<str>) -> bool {
-        match lock(&self.hosted).get(name) {
-            Some(Hosting::Held(_)) => return true,
-            Some(Hosting::Releasing) => return false,
-            None => {}
+    /// Runs the room `name` for a join from another node, if this node is its host:
+    /// it holds it, or the directory names it. `false`: the joiner looks again.
+    async fn host(&self, rooms: &Rooms<R>, name: &str) -> bool {
+        if self.holds(name) {
+            return true;
         }
         let get = self.cluster.link.kv_get(ROOMS_BUCKET, self.key(name));
         let Ok(Some((value, revision))) = within(self.cluster.config.request_timeout, get).await
@@ -431,10 +694,7 @@ impl<R: Room> Shared<R> {
         if RoomHost::decode(&value).is_none_or(|host| host.node != self.cluster.name) {
             return false;
         }
-        lock(&self.hosted)
-            .entry(name.clone())
-            .or_insert(Hosting::Held(revision));
-        true
+        self.own_again(rooms, name, revision).await.unwrap_or(false)
     }
 
     async fn host_join(
@@ -449,13 +709,13 @@ impl<R: Room> Shared<R> {
             let refusal = Refusal::new(Status::BAD_REQUEST, "the join could not be read");
             return JoinAnswer::Failed(RoomError::Refused(refusal));
         };
-        if !self.hosts(&room).await {
-            return JoinAnswer::NotHere;
-        }
         let rooms = match self.rooms() {
             Ok(rooms) => rooms,
             Err(e) => return JoinAnswer::Failed(e),
         };
+        if !self.host(&rooms, &room).await {
+            return JoinAnswer::NotHere;
+        }
         let away = OtherNode {
             node: node.clone(),
             cluster: self.cluster.clone(),
@@ -465,14 +725,53 @@ impl<R: Room> Shared<R> {
             member,
         });
         let joined = rooms
-            .join_here(&room, member, sink, address, join, Some(away))
+            .join_running(&room, member, sink, address, join, Some(away))
             .await;
         match joined {
             Ok(membership) => {
                 lock(&self.seats).insert((room, node, member), membership);
                 JoinAnswer::Joined
             }
+            Err(RoomError::Closed) => JoinAnswer::NotHere,
             Err(e) => JoinAnswer::Failed(e),
+        }
+    }
+
+    /// This node's member of `room` sat in a room on a node that is gone: it is told
+    /// the room restarted, and joined again where the room is made next (here, or on
+    /// the node that took it over first); if that fails it is kicked `room_closed`.
+    async fn rejoin(self: Arc<Self>, member: ConnId, room: Arc<str>, seat: SeatAway<R>) {
+        let notice = Message::Push {
+            route: ROUTE_ROOM_RESTARTED,
+            payload: Bytes::copy_from_slice(room.as_bytes()),
+        }
+        .to_frame();
+        seat.host.send_replace(None);
+        seat.sink.deliver_frame(notice);
+        let placed = self
+            .place(&room, member, &seat.sink, seat.address, seat.join.clone())
+            .await;
+        // The member may have left meanwhile: then the new seat is given back.
+        let still = lock(&self.away)
+            .get(&(member, room.clone()))
+            .is_some_and(|now| Arc::ptr_eq(&now.host, &seat.host));
+        match placed {
+            Ok(Placed::Here(membership)) if still => {
+                let name = self.cluster.name.clone();
+                lock(&self.seats).insert((room, name.clone(), member), membership);
+                seat.host.send_replace(Some(name));
+            }
+            Ok(Placed::There(host)) if still => {
+                seat.host.send_replace(Some(host));
+            }
+            Ok(Placed::Here(membership)) => drop(membership),
+            Ok(Placed::There(host)) => self.send_leave(&host, &room, member),
+            Err(e) => {
+                lock(&self.away).remove(&(member, room.clone()));
+                warn!(kind = %self.kind, %room, error = %e, "cluster: cannot join a member again after its room's node went");
+                let text = format!("room {room} closed: its node is gone");
+                seat.sink.kick(KickReason::ROOM_CLOSED, text);
+            }
         }
     }
 }
@@ -507,14 +806,13 @@ impl<R: Room> SharedKind for Shared<R> {
                 return;
             };
             // Sent while the seat is held here: the room answers in its own time.
-            let send = {
-                let seats = lock(&self.seats);
-                let Some(membership) = seats.get(&(room, node, member)) else {
-                    return; // it left, or its room stopped
-                };
-                membership.send_later(message)
-            };
-            let _ = send.await;
+            let send = lock(&self.seats)
+                .get(&(room, node, member))
+                .map(|seat| seat.send_later(message));
+            // None: it left, or its room stopped.
+            if let Some(send) = send {
+                let _ = send.await;
+            }
         }
         .boxed()
     }
@@ -525,7 +823,7 @@ impl<R: Room> SharedKind for Shared<R> {
         drop(seat); // leaves the room
     }
 
-    fn node_gone(&self, node: &str) {
+    fn node_gone(self: Arc<Self>, node: &str) {
         let gone: Vec<Membership<R>> = {
             let mut seats = lock(&self.seats);
             let keys: Vec<SeatKey> = seats
@@ -536,21 +834,13 @@ impl<R: Room> SharedKind for Shared<R> {
             keys.iter().filter_map(|key| seats.remove(key)).collect()
         };
         drop(gone);
-        let closed: Vec<Arc<dyn MemberSink>> = {
-            let mut away = lock(&self.away);
-            let keys: Vec<(ConnId, Arc<str>)> = away
-                .iter()
-                .filter(|(_, (host, _))| &**host == node)
-                .map(|(key, _)| key.clone())
-                .collect();
-            keys.iter()
-                .filter_map(|key| away.remove(key))
-                .map(|(_, sink)| sink)
-                .collect()
-        };
-        for sink in closed {
-            let text = format!("the room's node {node} is gone");
-            sink.kick(KickReason::ROOM_CLOSED, text);
+        let moved: Vec<(AwayKey, SeatAway<R>)> = lock(&self.away)
+            .iter()
+            .filter(|(_, seat)| seat.host.borrow().as_deref() == Some(node))
+            .map(|(key, seat)| (key.clone(), seat.clone()))
+            .collect();
+        for ((member, room), seat) in moved {
+            tokio::spawn(self.clone().rejoin(member, room, seat));
         }
     }
 }

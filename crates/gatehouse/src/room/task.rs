@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::context::RoomContext;
-use super::shared::OtherNode;
+use super::shared::{Checkpoint, OtherNode};
 use super::stats::{LatenessHistogram, RoomCounters};
 use super::{Origin, Restart, Room, RoomError, RoomOptions, StopReason};
 use crate::connection::ConnId;
@@ -122,6 +122,11 @@ pub(crate) struct RoomTask<R: Room> {
     /// Whether anyone ever joined: only then does an empty room close.
     pub(crate) had_members: bool,
     pub(crate) snapshot: Option<R::Snapshot>,
+    /// What the first life is made from (a shared room taken over from its last
+    /// checkpoint).
+    pub(crate) restored: Option<R::Snapshot>,
+    /// Where a shared room's snapshots are checkpointed.
+    pub(crate) checkpoint: Option<Checkpoint<R>>,
     /// Which life of the room runs (for its timers).
     pub(crate) life: u64,
 }
@@ -131,7 +136,7 @@ impl<R: Room> RoomTask<R> {
     pub(crate) async fn run(mut self) -> StopReason {
         let mut intensity =
             RestartIntensity::new(self.options.max_restarts, self.options.restart_window);
-        let mut restored = None;
+        let mut restored = self.restored.take();
         let mut restarted = false;
         let reason = loop {
             self.life += 1;
@@ -340,11 +345,20 @@ impl<R: Room> RoomTask<R> {
     }
 
     fn keep_snapshot(&mut self, room: &R) {
-        if self.options.restart != Restart::FromSnapshot {
+        let now = Instant::now();
+        let checkpoint_due = self.checkpoint.as_ref().is_some_and(|c| c.due(now));
+        if self.options.restart != Restart::FromSnapshot && !checkpoint_due {
             return;
         }
         match catch(|| room.snapshot()) {
-            Ok(Some(snapshot)) => self.snapshot = Some(snapshot),
+            Ok(Some(snapshot)) => {
+                if let Some(checkpoint) = self.checkpoint.as_mut().filter(|_| checkpoint_due) {
+                    checkpoint.save(&self.name, &snapshot, now);
+                }
+                if self.options.restart == Restart::FromSnapshot {
+                    self.snapshot = Some(snapshot);
+                }
+            }
             Ok(None) => {}
             Err(cause) => {
                 warn!(room = %self.name, cause, "the room's snapshot hook panicked; keeping the previous one")
