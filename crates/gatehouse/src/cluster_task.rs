@@ -18,8 +18,8 @@
 //! - answers other nodes' take-overs: kicks the player here and answers once its
 //!   hook has run;
 //! - hands shared rooms what other nodes send them (joins, answered in the
-//!   background; members' messages, in order; leaves), and tells them when a node
-//!   is gone.
+//!   background; members' messages, in order; leaves; the states rooms recorded
+//!   for members here), and tells them when a node is gone.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -618,6 +618,12 @@ async fn pump<M: Send + 'static>(
                 node.count_received();
                 if let Some(rooms) = room_kind(&node, &kind, &logs) {
                     rooms.leave(&room, &from, member);
+                }
+            }
+            Ok(ClusterMessage::MemberStates { kind, room, states }) => {
+                node.count_received();
+                if let Some(rooms) = room_kind(&node, &kind, &logs) {
+                    rooms.member_states(&room, states);
                 }
             }
             Ok(message) => {

@@ -493,7 +493,8 @@ impl<M: Send + 'static> ServerHandle<M> {
                     ClusterMessage::TakeOver { .. }
                     | ClusterMessage::RoomJoin { .. }
                     | ClusterMessage::RoomInput { .. }
-                    | ClusterMessage::RoomLeave { .. } => Ok(()),
+                    | ClusterMessage::RoomLeave { .. }
+                    | ClusterMessage::MemberStates { .. } => Ok(()),
                 }
             }
         })

@@ -1,7 +1,7 @@
 //! Rooms shared by a cluster, over the in-process bus with real sockets to each
 //! node: a room joined from several nodes is one room, run by the node where it was
 //! first joined; its members everywhere hear each broadcast once, one message per
-//! node; a join that is refused there is refused here; of many nodes making a room
+//! node, and the state it records for a member reaches the member's node; a join that is refused there is refused here; of many nodes making a room
 //! at once one wins; a room that empties gives its name back; when its node is gone,
 //! its members elsewhere are joined again where one node makes it next, from its
 //! last checkpoint, and a copy left on a node cut off closes at its next checkpoint.
@@ -28,7 +28,9 @@ use tokio::time::Instant;
 /// every member as "name: text" on [`SAID`]; a member is greeted on [`WELCOME`] with
 /// how many members there are.
 struct Chat {
-    names: std::collections::HashMap<ConnId, String>,
+    /// Each member's name and how many lines it said: recorded as its state,
+    /// "name:count", which it joins with again after a restart.
+    names: std::collections::HashMap<ConnId, (String, u64)>,
     /// Lines said so far: the room's snapshot.
     lines: u64,
 }
@@ -44,6 +46,8 @@ const JOIN: u16 = 1;
 const SAY: u16 = 2;
 /// Leave the room.
 const LEAVE: u16 = 3;
+/// The member's state as its membership reads it.
+const STATE: u16 = 4;
 
 impl Room for Chat {
     type Config = ();
@@ -67,7 +71,11 @@ impl Room for Chat {
         if name == "banned" {
             return Err(Refusal::new(Status(1099), "not you"));
         }
-        self.names.insert(member, name.clone());
+        let (name, said) = match name.split_once(':') {
+            Some((name, said)) => (name.to_owned(), said.parse().unwrap_or(0)),
+            None => (name.clone(), 0),
+        };
+        self.names.insert(member, (name, said));
         let count = ctx.member_count().to_string();
         ctx.push(member, WELCOME, count);
         ctx.push(member, LINES, self.lines.to_string());
@@ -80,7 +88,12 @@ impl Room for Chat {
 
     fn message(&mut self, ctx: &mut RoomContext<'_, Self>, from: Origin, text: String) {
         let Origin::Member(member) = from else { return };
-        let name = self.names.get(&member).cloned().unwrap_or_default();
+        let Some((name, said)) = self.names.get_mut(&member) else {
+            return;
+        };
+        *said += 1;
+        let (name, said) = (name.clone(), *said);
+        ctx.set_member_state(member, format!("{name}:{said}"));
         self.lines += 1;
         ctx.broadcast(SAID, format!("{name}: {text}"));
     }
@@ -155,6 +168,10 @@ impl Service for Game {
                 *seat = None;
                 Reply::empty()
             }
+            STATE => match seat {
+                Some(room) => Reply::ok(room.state()),
+                None => Reply::error(Status::BAD_REQUEST, "not in a room"),
+            },
             _ => Reply::unknown_route(route),
         }
     }
@@ -294,10 +311,15 @@ async fn a_room_joined_from_two_nodes_is_one_room_and_a_broadcast_is_one_message
     for client in &mut on_b {
         assert_eq!(next_on(client, SAID).await, "bob: hello");
     }
+    // Counted as the cluster task publishes: bob's state may trail the line.
+    until("a publishes the line and bob's state", || async {
+        a.switch.published() - published >= 2
+    })
+    .await;
     assert_eq!(
         a.switch.published() - published,
-        1,
-        "one message to b for its three members"
+        2,
+        "one message to b with the line for its three members, one with bob's state"
     );
     // In order, as sent.
     for text in ["one", "two", "three"] {
@@ -306,6 +328,20 @@ async fn a_room_joined_from_two_nodes_is_one_room_and_a_broadcast_is_one_message
     }
     for text in ["one", "two", "three"] {
         assert_eq!(next_on(&mut ann, SAID).await, format!("bea: {text}"));
+    }
+    // The state the room on a records for bea reaches her membership on b.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (status, state) = on_b[1].request(STATE, "").await;
+        assert_eq!(status, Status::OK);
+        if state == "bea:3" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "bea's state never came: {state:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
     // Leaving from b: the room on a loses the member.
@@ -408,6 +444,14 @@ async fn when_a_rooms_node_is_gone_its_members_elsewhere_join_it_again_where_it_
     assert_eq!(host, "a");
     let (mut cid, host) = join(c, "keep", "cid").await;
     assert_eq!(host, "a");
+    let (status, _) = bob.request(SAY, "before").await;
+    assert_eq!(status, Status::OK);
+    assert_eq!(next_on(&mut cid, SAID).await, "bob: before");
+    let deadline = Instant::now() + PATIENCE;
+    while bob.request(STATE, "").await.1 != "bob:1" {
+        assert!(Instant::now() < deadline, "bob's state never came");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     // a is cut off for good: b and c declare it dead, and join bob and cid again
     // where the room is made next: on one of them, the one that took it first.
@@ -432,6 +476,12 @@ async fn when_a_rooms_node_is_gone_its_members_elsewhere_join_it_again_where_it_
     assert_eq!(status, Status::OK);
     for client in [&mut bob, &mut cid] {
         assert_eq!(next_on(client, SAID).await, "bob: still here");
+    }
+    // Joined again with the state the room had recorded: bob's count goes on.
+    let deadline = Instant::now() + PATIENCE;
+    while bob.request(STATE, "").await.1 != "bob:2" {
+        assert!(Instant::now() < deadline, "bob's count did not go on");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let (_dan, _, welcome) = join_welcomed(c, "keep", "dan").await;
     assert_eq!(welcome, "3");

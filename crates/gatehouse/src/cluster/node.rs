@@ -47,6 +47,10 @@ pub(crate) trait SharedKind: Send + Sync {
     /// A remote member of `room` here left.
     fn leave(&self, room: &str, node: &str, member: ConnId);
 
+    /// The room `room` on another node recorded these states for members of this
+    /// node (the type's join encoding).
+    fn member_states(&self, room: &str, states: Vec<(ConnId, Bytes)>);
+
     /// `node` is gone (dead, or left): its members leave the rooms here, and this
     /// node's members of rooms it ran are joined again where the room is made next.
     fn node_gone(self: Arc<Self>, node: &str);

@@ -107,6 +107,14 @@ pub(crate) enum ClusterMessage {
         reason: KickReason,
         text: String,
     },
+    /// The states a shared room recorded for its members on the receiving node
+    /// (`RoomContext::set_member_state`, in the type's join encoding), one message
+    /// per node after a hook.
+    MemberStates {
+        kind: Arc<str>,
+        room: Arc<str>,
+        states: Vec<(ConnId, Bytes)>,
+    },
 }
 
 /// The most connections one [`ClusterMessage::ConnFrames`] names.
@@ -156,6 +164,7 @@ const ROOM_INPUT: u8 = 7;
 const ROOM_LEAVE: u8 = 8;
 const CONN_FRAMES: u8 = 9;
 const CONN_KICK: u8 = 10;
+const MEMBER_STATES: u8 = 11;
 
 /// Why a message from another node was dropped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -200,12 +209,21 @@ impl ClusterMessage {
             | ClusterMessage::RoomLeave {
                 kind, room, node, ..
             } => &[kind, room, node],
+            ClusterMessage::MemberStates { kind, room, .. } => &[kind, room],
         };
         if names.iter().any(|name| name.len() > MAX_NAME) {
             return None;
         }
         if let ClusterMessage::ConnFrames { conns, .. } = self {
             if conns.is_empty() || conns.len() > MAX_CONNS {
+                return None;
+            }
+        }
+        if let ClusterMessage::MemberStates { states, .. } = self {
+            let too_long = states
+                .iter()
+                .any(|(_, state)| state.len() > u32::MAX as usize);
+            if states.is_empty() || states.len() > MAX_CONNS || too_long {
                 return None;
             }
         }
@@ -291,6 +309,18 @@ impl ClusterMessage {
                 out.put_u64(conn.0);
                 out.put_u16(reason.0);
                 out.put_slice(truncate(text, MAX_KICK_TEXT).as_bytes());
+            }
+            ClusterMessage::MemberStates { kind, room, states } => {
+                out.put_u8(MEMBER_STATES);
+                put_name(&mut out, kind);
+                put_name(&mut out, room);
+                // `encode` checked the count and each length.
+                out.put_u16(u16::try_from(states.len()).unwrap_or(u16::MAX));
+                for (conn, state) in states {
+                    out.put_u64(conn.0);
+                    out.put_u32(u32::try_from(state.len()).unwrap_or(u32::MAX));
+                    out.put_slice(state);
+                }
             }
         }
         Some(out.freeze())
@@ -398,6 +428,39 @@ impl ClusterMessage {
                 let reason = KickReason(bytes.get_u16());
                 let text = text(bytes)?;
                 Ok(ClusterMessage::ConnKick { conn, reason, text })
+            }
+            MEMBER_STATES => {
+                let kind = take_name(&mut bytes)?;
+                let room = take_name(&mut bytes)?;
+                if bytes.remaining() < 2 {
+                    return Err(Malformed::Truncated);
+                }
+                let count = usize::from(bytes.get_u16());
+                if count == 0 {
+                    return Err(Malformed::NoConnections);
+                }
+                let mut states = Vec::with_capacity(count);
+                for _ in 0..count {
+                    if bytes.remaining() < 12 {
+                        return Err(Malformed::Truncated);
+                    }
+                    let conn = ConnId(bytes.get_u64());
+                    let len = bytes.get_u32() as usize;
+                    if len > max_frame {
+                        return Err(Malformed::FrameTooLarge {
+                            len,
+                            max: max_frame,
+                        });
+                    }
+                    if bytes.remaining() < len {
+                        return Err(Malformed::Truncated);
+                    }
+                    states.push((conn, bytes.split_to(len)));
+                }
+                if !bytes.is_empty() {
+                    return Err(Malformed::Trailing(bytes.len()));
+                }
+                Ok(ClusterMessage::MemberStates { kind, room, states })
             }
             other => Err(Malformed::UnknownKind(other)),
         }
@@ -638,6 +701,22 @@ mod tests {
                     text,
                 }
             }),
+            (
+                name(),
+                name(),
+                proptest::collection::vec(
+                    (
+                        any::<u64>().prop_map(ConnId),
+                        proptest::collection::vec(any::<u8>(), 0..50).prop_map(Bytes::from),
+                    ),
+                    1..10,
+                ),
+            )
+                .prop_map(|(kind, room, states)| ClusterMessage::MemberStates {
+                    kind,
+                    room,
+                    states
+                }),
         ]
     }
 

@@ -1,6 +1,7 @@
 //! [`RoomContext`]: what a room's hook can do: push to its members (a broadcast is
 //! encoded once), kick one, start timers, close the room.
 
+use std::cell::RefCell;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -26,6 +27,9 @@ pub struct RoomContext<'a, R: Room> {
     pub(super) max_frame: usize,
     /// Set by [`RoomContext::close`]: the room stops after this hook.
     pub(super) close: &'a mut bool,
+    /// Members on other nodes whose state this hook recorded: sent to their nodes
+    /// after it.
+    pub(super) states_away: &'a RefCell<Vec<ConnId>>,
 }
 
 impl<R: Room> RoomContext<'_, R> {
@@ -55,8 +59,9 @@ impl<R: Room> RoomContext<'_, R> {
     /// [`Membership::state`](super::Membership::state) to save and checkpoint it,
     /// and after a restart the member is joined with it. State a game keeps for a
     /// player while it is in a room lives here, with no cell shared between the room
-    /// and the session, and a room the player has left writes to nobody. Returns
-    /// false if `member` is not a member.
+    /// and the session, and a room the player has left writes to nobody. A member
+    /// on another node of the cluster (a shared room) gets it by message, one per
+    /// node after this hook. Returns false if `member` is not a member.
     ///
     /// ```
     /// use std::collections::HashMap;
@@ -97,13 +102,16 @@ impl<R: Room> RoomContext<'_, R> {
     /// }
     /// ```
     pub fn set_member_state(&self, member: ConnId, state: R::Join) -> bool {
-        let Some(member) = self.members.get(&member) else {
+        let Some(seat) = self.members.get(&member) else {
             return false;
         };
-        *member
+        *seat
             .state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(state);
+        if seat.away.is_some() {
+            self.states_away.borrow_mut().push(member);
+        }
         true
     }
 

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::shared::{Checkpoint, HostCell, OtherNode, RoomCodec, Shared, Snapshots};
+use super::shared::{Checkpoint, HostCell, OtherNode, RoomCodec, Shared, SharedRoom, Snapshots};
 use super::stats::{LatenessHistogram, LatenessMark, RoomCounters, RoomStats, TickLateness};
 use super::task::{Input, Leave, MemberState, RoomTask};
 use super::{Origin, Room, RoomError, RoomOptions};
@@ -134,7 +134,7 @@ impl<R: Room> Rooms<R> {
 
     /// Creates and starts a room (inside a tokio runtime).
     pub fn create(&self, name: &str) -> Result<RoomHandle<R>, RoomError> {
-        self.create_with(name, None, None)
+        self.create_with(name, None, None, None)
     }
 
     /// Creates and starts a room, made from `restored` and checkpointed by
@@ -144,6 +144,7 @@ impl<R: Room> Rooms<R> {
         name: &str,
         restored: Option<R::Snapshot>,
         checkpoint: Option<Checkpoint<R>>,
+        shared: Option<SharedRoom<R>>,
     ) -> Result<RoomHandle<R>, RoomError> {
         let registry = &self.registry;
         let mut rooms = registry.rooms();
@@ -157,7 +158,7 @@ impl<R: Room> Rooms<R> {
         if rooms.len() >= registry.options.max_rooms {
             return Err(RoomError::TooManyRooms);
         }
-        let handle = self.start(name, restored, checkpoint);
+        let handle = self.start(name, restored, checkpoint, shared);
         rooms.insert(handle.link.name.clone(), handle.clone());
         Ok(handle)
     }
@@ -167,6 +168,7 @@ impl<R: Room> Rooms<R> {
         name: &str,
         restored: Option<R::Snapshot>,
         checkpoint: Option<Checkpoint<R>>,
+        shared: Option<SharedRoom<R>>,
     ) -> RoomHandle<R> {
         let registry = &self.registry;
         let name: Arc<str> = Arc::from(name);
@@ -208,6 +210,7 @@ impl<R: Room> Rooms<R> {
             snapshot: None,
             restored,
             checkpoint,
+            shared,
             life: 0,
         };
         let weak: Weak<Registry<R>> = Arc::downgrade(registry);
@@ -286,20 +289,30 @@ impl<R: Room> Rooms<R> {
         away: Option<OtherNode>,
     ) -> Result<Membership<R>, RoomError> {
         let room = self.get_or_create(name)?;
+        let state = MemberState::default();
         let joined = room
-            .join_sink(member, sink.clone(), address, join.clone(), away.clone())
+            .join_sink(
+                member,
+                sink.clone(),
+                address,
+                join.clone(),
+                away.clone(),
+                state.clone(),
+            )
             .await;
         match joined {
             Err(RoomError::Closed) => {
                 let room = self.get_or_create(name)?;
-                room.join_sink(member, sink, address, join, away).await
+                room.join_sink(member, sink, address, join, away, state)
+                    .await
             }
             joined => joined,
         }
     }
 
     /// Joins `member` to the room `name` of this node if it runs ([`RoomError::Closed`]
-    /// if not: a shared room is made only by [`Shared`]).
+    /// if not: a shared room is made only by [`Shared`]), its state kept in `state`.
+    #[allow(clippy::too_many_arguments)] // one call per way a shared room seats a member
     pub(super) async fn join_running(
         &self,
         name: &str,
@@ -308,9 +321,11 @@ impl<R: Room> Rooms<R> {
         address: IpAddr,
         join: R::Join,
         away: Option<OtherNode>,
+        state: MemberState<R::Join>,
     ) -> Result<Membership<R>, RoomError> {
         let room = self.get(name).ok_or(RoomError::Closed)?;
-        room.join_sink(member, sink, address, join, away).await
+        room.join_sink(member, sink, address, join, away, state)
+            .await
     }
 
     /// Every running room's counters, by name.
@@ -431,7 +446,8 @@ impl<R: Room> RoomHandle<R> {
         join: R::Join,
     ) -> Result<Membership<R>, RoomError> {
         let address = counted_as(ctx.peer().ip(), SEAT_SHARE_IPV6_PREFIX);
-        self.join_sink(ctx.id(), ctx.member_sink(), address, join, None)
+        let state = MemberState::default();
+        self.join_sink(ctx.id(), ctx.member_sink(), address, join, None, state)
             .await
     }
 
@@ -442,9 +458,9 @@ impl<R: Room> RoomHandle<R> {
         address: IpAddr,
         join: R::Join,
         away: Option<OtherNode>,
+        state: MemberState<R::Join>,
     ) -> Result<Membership<R>, RoomError> {
         let serial = self.link.serials.fetch_add(1, Ordering::Relaxed);
-        let state = MemberState::default();
         // Made first, so that a join whose caller is dropped mid-way still leaves.
         let membership = Membership {
             seat: Seat::Here(Here {
@@ -534,6 +550,8 @@ struct There<R: Room> {
     room: Arc<str>,
     member: ConnId,
     joined: R::Join,
+    /// The state its room last recorded for it, sent from the room's node.
+    state: MemberState<R::Join>,
 }
 
 impl<R: Room> Membership<R> {
@@ -544,6 +562,7 @@ impl<R: Room> Membership<R> {
         room: Arc<str>,
         member: ConnId,
         joined: R::Join,
+        state: MemberState<R::Join>,
     ) -> Self {
         Membership {
             seat: Seat::There(There {
@@ -552,6 +571,7 @@ impl<R: Room> Membership<R> {
                 room,
                 member,
                 joined,
+                state,
             }),
         }
     }
@@ -559,16 +579,14 @@ impl<R: Room> Membership<R> {
     /// The member's state as its room last recorded it
     /// ([`RoomContext::set_member_state`](super::RoomContext::set_member_state)), or
     /// what it joined with: what its session saves. Read at once, without waiting
-    /// for the room. Of a room on another node: what it joined with (state crosses
-    /// between nodes by message).
+    /// for the room. Of a room on another node, as its last message from there said.
     pub fn state(&self) -> R::Join {
-        match &self.seat {
-            Seat::Here(here) => {
-                let state = here.state.lock().unwrap_or_else(PoisonError::into_inner);
-                state.clone().unwrap_or_else(|| here.joined.clone())
-            }
-            Seat::There(away) => away.joined.clone(),
-        }
+        let (state, joined) = match &self.seat {
+            Seat::Here(here) => (&here.state, &here.joined),
+            Seat::There(away) => (&away.state, &away.joined),
+        };
+        let state = state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.clone().unwrap_or_else(|| joined.clone())
     }
 
     /// The room's name.
@@ -771,13 +789,27 @@ mod tests {
         // The join is queued (sent into the mailbox), then its caller is dropped
         // before the room answers: its leave goes first, down the side channel.
         {
-            let mut joining = pin!(room.join_sink(ConnId(7), Arc::new(Nobody), HERE, (), None));
+            let mut joining = pin!(room.join_sink(
+                ConnId(7),
+                Arc::new(Nobody),
+                HERE,
+                (),
+                None,
+                Default::default()
+            ));
             let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
             assert!(matches!(joining.as_mut().poll(&mut cx), Poll::Pending));
         }
         // A later join of another connection is answered after the room has seen both.
         let kept = room
-            .join_sink(ConnId(8), Arc::new(Nobody), HERE, (), None)
+            .join_sink(
+                ConnId(8),
+                Arc::new(Nobody),
+                HERE,
+                (),
+                None,
+                Default::default(),
+            )
             .await
             .unwrap();
         assert_eq!(room.stats().members, 1, "only the join that waited counts");
@@ -798,7 +830,14 @@ mod tests {
         let rooms = Rooms::<Empty>::new((), options).unwrap();
         let room = rooms.create("r").unwrap();
         let join = |id: u64, address: IpAddr| {
-            room.join_sink(ConnId(id), Arc::new(Nobody), address, (), None)
+            room.join_sink(
+                ConnId(id),
+                Arc::new(Nobody),
+                address,
+                (),
+                None,
+                Default::default(),
+            )
         };
         let other: IpAddr = "192.0.2.7".parse().unwrap();
         let first = join(1, HERE).await.unwrap();

@@ -9,8 +9,8 @@
 //!   there with a request under `cluster.request_timeout`. A host that nobody answers
 //!   for and that is not alive is replaced the same way (a compare-and-set on its
 //!   revision: one node wins). A remote membership sends its messages and its leave
-//!   to the host through the outbox; what it reads as its state is what it joined
-//!   with (positions and the like cross by message, not through a shared cell).
+//!   to the host through the outbox; the state the room records for it crosses back
+//!   by message (one per node after each hook), not through a shared cell.
 //! - The host's side ([`SharedKind`], called by the cluster task): a remote member is
 //!   a seat whose sink sends its pushes to its node, a room broadcast being one
 //!   message per node however many members are there; its messages reach the room in
@@ -40,12 +40,14 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::registry::{Membership, Registry, Rooms};
+use super::task::MemberState;
 use super::{Refusal, Room, RoomError};
 use crate::cluster::wire::{
     self, node_subject, room_key, ClusterMessage, Malformed, RoomHost, MAX_KICK_TEXT, ROOMS_BUCKET,
 };
 use crate::cluster::{within, ClusterNode, LinkError, SharedKind, Target};
 use crate::connection::ConnId;
+use crate::guard::catch;
 use crate::mailbox::MemberSink;
 use crate::Status;
 
@@ -143,7 +145,7 @@ impl<R: Room> Checkpoint<R> {
     /// Queues `snapshot` (never waits); the next is due `every` from `now`.
     pub(crate) fn save(&mut self, room: &str, snapshot: &R::Snapshot, now: Instant) {
         self.next = now + self.every;
-        let Some(data) = (self.encode)(snapshot) else {
+        let Some(data) = guarded("encode_snapshot", || (self.encode)(snapshot)) else {
             return;
         };
         if self.store.save(&mut self.slot, data).is_err() {
@@ -151,6 +153,18 @@ impl<R: Room> Checkpoint<R> {
                 room,
                 "the room's checkpoint could not be queued: the store is closed"
             );
+        }
+    }
+}
+
+/// A codec function of the game's, run so that a panic in it is a value it could
+/// not encode or decode (logged), not a dead room task or cluster pump.
+pub(crate) fn guarded<T>(what: &str, codec: impl FnOnce() -> Option<T>) -> Option<T> {
+    match catch(codec) {
+        Ok(value) => value,
+        Err(cause) => {
+            warn!(what, cause, "a room codec panicked; the value is dropped");
+            None
         }
     }
 }
@@ -186,13 +200,21 @@ type AwayKey = (ConnId, Arc<str>);
 /// `None` while that is under way (the member's messages wait for it).
 pub(crate) type HostCell = Arc<watch::Sender<Option<Arc<str>>>>;
 
+/// A shared room's type and its join encoding, kept by the room's task: the states
+/// it records for members on other nodes cross to them in it.
+pub(crate) struct SharedRoom<R: Room> {
+    pub(crate) kind: Arc<str>,
+    pub(crate) encode_join: fn(&R::Join) -> Bytes,
+}
+
 /// A seat of this node's connection in a room on another node: what it takes to
-/// join it again elsewhere.
+/// join it again elsewhere, and the state the room last recorded for it.
 struct SeatAway<R: Room> {
     host: HostCell,
     sink: Arc<dyn MemberSink>,
     address: IpAddr,
     join: R::Join,
+    state: MemberState<R::Join>,
 }
 
 impl<R: Room> Clone for SeatAway<R> {
@@ -202,7 +224,18 @@ impl<R: Room> Clone for SeatAway<R> {
             sink: self.sink.clone(),
             address: self.address,
             join: self.join.clone(),
+            state: self.state.clone(),
         }
+    }
+}
+
+impl<R: Room> SeatAway<R> {
+    /// What the member would bring if it joined again: its recorded state, or what
+    /// it joined with.
+    fn latest(&self) -> R::Join {
+        lock(&self.state)
+            .clone()
+            .unwrap_or_else(|| self.join.clone())
     }
 }
 
@@ -215,6 +248,26 @@ pub(crate) struct OtherNode {
 }
 
 impl OtherNode {
+    /// Sends the states `room` of type `kind` recorded for members on this node.
+    pub(crate) fn send_states(
+        &self,
+        kind: &Arc<str>,
+        room: &Arc<str>,
+        states: Vec<(ConnId, Bytes)>,
+    ) {
+        let mut states = states;
+        while !states.is_empty() {
+            let rest = states.split_off(states.len().min(wire::MAX_CONNS));
+            let message = ClusterMessage::MemberStates {
+                kind: kind.clone(),
+                room: room.clone(),
+                states,
+            };
+            self.cluster.send(Target::Node(self.node.clone()), message);
+            states = rest;
+        }
+    }
+
     /// Sends `frame` to `conns` on this member's node, in as few messages as fit.
     pub(crate) fn deliver(&self, conns: &[ConnId], frame: &Bytes) {
         for chunk in conns.chunks(wire::MAX_CONNS) {
@@ -334,8 +387,9 @@ impl<R: Room> Shared<R> {
         address: IpAddr,
         join: R::Join,
     ) -> Result<Membership<R>, RoomError> {
+        let state = MemberState::default();
         match self
-            .place(name, member, &sink, address, join.clone())
+            .place(name, member, &sink, address, join.clone(), &state)
             .await?
         {
             Placed::Here(membership) => Ok(membership),
@@ -347,9 +401,17 @@ impl<R: Room> Shared<R> {
                     sink,
                     address,
                     join: join.clone(),
+                    state: state.clone(),
                 };
                 lock(&self.away).insert((member, room.clone()), seat);
-                Ok(Membership::remote(self.clone(), host, room, member, join))
+                Ok(Membership::remote(
+                    self.clone(),
+                    host,
+                    room,
+                    member,
+                    join,
+                    state,
+                ))
             }
         }
     }
@@ -362,6 +424,7 @@ impl<R: Room> Shared<R> {
         sink: &Arc<dyn MemberSink>,
         address: IpAddr,
         join: R::Join,
+        state: &MemberState<R::Join>,
     ) -> Result<Placed<R>, RoomError> {
         let rooms = self.rooms()?;
         let timeout = self.cluster.config.request_timeout;
@@ -415,7 +478,15 @@ impl<R: Room> Shared<R> {
             };
             if made_here {
                 let joined = rooms
-                    .join_running(name, member, sink.clone(), address, join.clone(), None)
+                    .join_running(
+                        name,
+                        member,
+                        sink.clone(),
+                        address,
+                        join.clone(),
+                        None,
+                        state.clone(),
+                    )
                     .await;
                 match joined {
                     Err(RoomError::Closed) => continue,
@@ -490,8 +561,12 @@ impl<R: Room> Shared<R> {
         if rooms.get(name).is_some() {
             return Ok(true);
         }
+        let shared = || SharedRoom {
+            kind: self.kind.clone(),
+            encode_join: self.codec.encode_join,
+        };
         let Some(snapshots) = rooms.registry().snapshots.get() else {
-            return match rooms.create(name) {
+            return match rooms.create_with(name, None, None, Some(shared())) {
                 Ok(_) | Err(RoomError::Exists(_)) => Ok(true),
                 Err(e) => Err(e),
             };
@@ -502,7 +577,10 @@ impl<R: Room> Shared<R> {
             RoomError::Unavailable
         })?;
         let kept = loaded.data.filter(|data| restore && !data.is_empty());
-        let restored = kept.clone().and_then(self.codec.decode_snapshot);
+        let decode = self.codec.decode_snapshot;
+        let restored = kept
+            .clone()
+            .and_then(|kept| guarded("decode_snapshot", || decode(kept)));
         if restore {
             info!(kind = %self.kind, room = name, restored = restored.is_some(), "cluster: making a room taken over from its last checkpoint");
         }
@@ -520,7 +598,7 @@ impl<R: Room> Shared<R> {
             next: Instant::now() + snapshots.every,
             encode: self.codec.encode_snapshot,
         };
-        match rooms.create_with(name, restored, Some(checkpoint)) {
+        match rooms.create_with(name, restored, Some(checkpoint), Some(shared())) {
             Ok(_) | Err(RoomError::Exists(_)) => Ok(true),
             Err(e) => Err(e),
         }
@@ -705,7 +783,7 @@ impl<R: Room> Shared<R> {
         address: IpAddr,
         join: Bytes,
     ) -> JoinAnswer {
-        let Some(join) = (self.codec.decode_join)(join) else {
+        let Some(join) = guarded("decode_join", || (self.codec.decode_join)(join)) else {
             let refusal = Refusal::new(Status::BAD_REQUEST, "the join could not be read");
             return JoinAnswer::Failed(RoomError::Refused(refusal));
         };
@@ -725,7 +803,15 @@ impl<R: Room> Shared<R> {
             member,
         });
         let joined = rooms
-            .join_running(&room, member, sink, address, join, Some(away))
+            .join_running(
+                &room,
+                member,
+                sink,
+                address,
+                join,
+                Some(away),
+                MemberState::default(),
+            )
             .await;
         match joined {
             Ok(membership) => {
@@ -749,7 +835,14 @@ impl<R: Room> Shared<R> {
         seat.host.send_replace(None);
         seat.sink.deliver_frame(notice);
         let placed = self
-            .place(&room, member, &seat.sink, seat.address, seat.join.clone())
+            .place(
+                &room,
+                member,
+                &seat.sink,
+                seat.address,
+                seat.latest(),
+                &seat.state,
+            )
             .await;
         // The member may have left meanwhile: then the new seat is given back.
         let still = lock(&self.away)
@@ -801,7 +894,8 @@ impl<R: Room> SharedKind for Shared<R> {
         message: Bytes,
     ) -> BoxFuture<'static, ()> {
         async move {
-            let Some(message) = (self.codec.decode_message)(message) else {
+            let decoded = guarded("decode_message", || (self.codec.decode_message)(message));
+            let Some(message) = decoded else {
                 self.cluster.count_malformed();
                 return;
             };
@@ -821,6 +915,20 @@ impl<R: Room> SharedKind for Shared<R> {
         let key: SeatKey = (Arc::from(room), Arc::from(node), member);
         let seat = lock(&self.seats).remove(&key);
         drop(seat); // leaves the room
+    }
+
+    fn member_states(&self, room: &str, states: Vec<(ConnId, Bytes)>) {
+        let room: Arc<str> = Arc::from(room);
+        let away = lock(&self.away);
+        for (member, state) in states {
+            let Some(seat) = away.get(&(member, room.clone())) else {
+                continue; // it left meanwhile
+            };
+            match guarded("decode_join", || (self.codec.decode_join)(state)) {
+                Some(state) => *lock(&seat.state) = Some(state),
+                None => self.cluster.count_malformed(),
+            }
+        }
     }
 
     fn node_gone(self: Arc<Self>, node: &str) {

@@ -2,11 +2,13 @@
 //! loop over stop, ticks, leaves and the mailbox), and after a crash restarts it by
 //! its policy and restart intensity, or closes it.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use bytes::Bytes;
 use gatehouse_protocol::{KickReason, Message, ROUTE_ROOM_RESTARTED};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -14,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::context::RoomContext;
-use super::shared::{Checkpoint, OtherNode};
+use super::shared::{guarded, Checkpoint, OtherNode, SharedRoom};
 use super::stats::{LatenessHistogram, RoomCounters};
 use super::{Origin, Restart, Room, RoomError, RoomOptions, StopReason};
 use crate::connection::ConnId;
@@ -127,6 +129,9 @@ pub(crate) struct RoomTask<R: Room> {
     pub(crate) restored: Option<R::Snapshot>,
     /// Where a shared room's snapshots are checkpointed.
     pub(crate) checkpoint: Option<Checkpoint<R>>,
+    /// A shared room's type and its join encoding (its members' states cross to
+    /// their nodes in it).
+    pub(crate) shared: Option<SharedRoom<R>>,
     /// Which life of the room runs (for its timers).
     pub(crate) life: u64,
 }
@@ -206,6 +211,7 @@ impl<R: Room> RoomTask<R> {
         hook: impl FnOnce(&mut RoomContext<'_, R>) -> T,
     ) -> (Result<T, String>, bool) {
         let mut close = false;
+        let states_away = RefCell::new(Vec::new());
         let mut ctx = RoomContext {
             name: &self.name,
             members: &self.members,
@@ -214,9 +220,43 @@ impl<R: Room> RoomTask<R> {
             life: self.life,
             max_frame: self.max_frame,
             close: &mut close,
+            states_away: &states_away,
         };
         let result = catch(|| hook(&mut ctx));
+        let states_away = states_away.into_inner();
+        if !states_away.is_empty() {
+            self.send_states_away(states_away);
+        }
         (result, close)
+    }
+
+    /// Sends the states recorded for members on other nodes, one message per node.
+    fn send_states_away(&self, mut members: Vec<ConnId>) {
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        members.sort_unstable();
+        members.dedup();
+        let mut by_node: Vec<(&OtherNode, Vec<(ConnId, Bytes)>)> = Vec::new();
+        for id in members {
+            let Some(member) = self.members.get(&id) else {
+                continue;
+            };
+            let Some(away) = &member.away else {
+                continue;
+            };
+            let latest = member.latest();
+            let Some(state) = guarded("encode_join", || Some((shared.encode_join)(&latest))) else {
+                continue;
+            };
+            match by_node.iter_mut().find(|(node, _)| node.node == away.node) {
+                Some((_, states)) => states.push((id, state)),
+                None => by_node.push((away, vec![(id, state)])),
+            }
+        }
+        for (node, states) in by_node {
+            node.send_states(&shared.kind, &self.name, states);
+        }
     }
 
     /// After a restart: joins every member again; one the new room refuses is kicked.
