@@ -116,6 +116,8 @@ pub const MAX_WHO: usize = 100;
 /// Most rooms a `rooms` answer lists: with names of at most [`MAX_NAME`] characters,
 /// an answer stays far below the smallest frame limit a server would set.
 pub const MAX_ROOMS: usize = 100;
+/// In a cluster, how often a room's walks are checkpointed to the store.
+const ROOM_CHECKPOINT: Duration = Duration::from_secs(5);
 /// In a cluster, how long a login waits for its claim save to land, and a
 /// disconnect for its last save: less than a take-over from another node waits for
 /// the session it ends ([`gatehouse::LOGIN_WAIT`] less the cluster's request timeout).
@@ -246,6 +248,9 @@ impl<S: Store> Arena<S> {
             ..RoomOptions::default()
         };
         let rooms = Rooms::new((), room_options)?;
+        // In a cluster (the rooms shared), a room whose node is gone is made again
+        // from its last checkpoint.
+        rooms.checkpoint_to(&writer, ROOM_CHECKPOINT);
         Ok(Arena {
             writer,
             rooms,

@@ -7,18 +7,22 @@
 //! What each player was doing (walking towards a target, or in a direction) is in
 //! the room's [`Intents`] snapshot, taken after every tick: the room restarts from
 //! it, and a walk goes on after a crash without new input.
+//!
+//! In a cluster the rooms are shared: one room of a name on all the nodes. Its
+//! [`RoomCodec`] carries joins, messages and snapshots between nodes (the states it
+//! records for a player on another node cross by message too).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use gatehouse::room::{Origin, Refusal, Room, RoomContext};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use gatehouse::room::{Origin, Refusal, Room, RoomCodec, RoomContext};
 use gatehouse::ConnId;
 use prost::Message as _;
 use tokio::sync::oneshot;
 
-use crate::{pb, routes, WORLD_EDGE};
+use crate::{pb, routes, MAX_TEXT, WORLD_EDGE};
 
 /// Units a walking player covers per tick, along each axis it walks on.
 pub const SPEED: i32 = 20;
@@ -372,6 +376,227 @@ impl Room for ArenaRoom {
             .map(|(id, walker)| (*id, walker.walk))
             .collect();
         Some(Intents { walks })
+    }
+}
+
+/// How arena's rooms cross between nodes of a cluster (the rooms are shared): what
+/// a player brings, what it sends, and a room's walks, as bytes. Every decode takes
+/// bytes from another process: it checks lengths first and answers `None` for what
+/// it cannot read.
+impl RoomCodec for ArenaRoom {
+    fn encode_join(join: &Joining) -> Bytes {
+        let mut out = BytesMut::new();
+        put_str(&mut out, &join.name);
+        put_position(&mut out, &join.at);
+        out.freeze()
+    }
+
+    fn decode_join(mut bytes: Bytes) -> Option<Joining> {
+        let name = take_str(&mut bytes)?;
+        let at = take_position(&mut bytes)?;
+        bytes.is_empty().then(|| Joining {
+            name: Arc::from(name),
+            at,
+        })
+    }
+
+    fn encode_message(message: &ToRoom) -> Bytes {
+        let mut out = BytesMut::new();
+        match message {
+            ToRoom::Input(input) => {
+                out.put_u8(INPUT);
+                out.put_slice(&input.encode_to_vec());
+            }
+            // The answer cannot cross: the session on the other node does not wait
+            // for it (see `play::move_to`).
+            ToRoom::Place { x, y, .. } => {
+                out.put_u8(PLACE);
+                out.put_i32(*x);
+                out.put_i32(*y);
+            }
+            ToRoom::Say(text) => {
+                out.put_u8(SAY);
+                out.put_slice(text.as_bytes());
+            }
+            ToRoom::Resync => out.put_u8(RESYNC),
+            ToRoom::Crash => out.put_u8(CRASH),
+        }
+        out.freeze()
+    }
+
+    fn decode_message(mut bytes: Bytes) -> Option<ToRoom> {
+        if bytes.is_empty() {
+            return None;
+        }
+        let message = match bytes.get_u8() {
+            INPUT => return pb::Input::decode(bytes).ok().map(ToRoom::Input),
+            PLACE if bytes.len() == 8 => {
+                let (done, _) = oneshot::channel();
+                let (x, y) = (bytes.get_i32(), bytes.get_i32());
+                ToRoom::Place { x, y, done }
+            }
+            SAY if bytes.len() <= MAX_TEXT => {
+                return String::from_utf8(bytes.to_vec()).ok().map(ToRoom::Say)
+            }
+            RESYNC => ToRoom::Resync,
+            CRASH => ToRoom::Crash,
+            _ => return None,
+        };
+        bytes.is_empty().then_some(message)
+    }
+
+    fn encode_snapshot(intents: &Intents) -> Option<Bytes> {
+        let mut out = BytesMut::new();
+        for (member, walk) in &intents.walks {
+            out.put_u64(member.0);
+            let (kind, a, b) = match *walk {
+                Walk::Still => (0, 0, 0),
+                Walk::Direction(dx, dy) => (1, dx, dy),
+                Walk::Target(x, y) => (2, x, y),
+            };
+            out.put_u8(kind);
+            out.put_i32(a);
+            out.put_i32(b);
+        }
+        Some(out.freeze())
+    }
+
+    fn decode_snapshot(mut bytes: Bytes) -> Option<Intents> {
+        const WALK: usize = 8 + 1 + 4 + 4;
+        if !bytes.len().is_multiple_of(WALK) {
+            return None;
+        }
+        let mut walks = HashMap::new();
+        while bytes.has_remaining() {
+            let member = ConnId(bytes.get_u64());
+            let (kind, a, b) = (bytes.get_u8(), bytes.get_i32(), bytes.get_i32());
+            let walk = match kind {
+                0 => Walk::Still,
+                1 => Walk::Direction(a.clamp(-1, 1), b.clamp(-1, 1)),
+                2 => Walk::Target(
+                    a.clamp(-WORLD_EDGE, WORLD_EDGE),
+                    b.clamp(-WORLD_EDGE, WORLD_EDGE),
+                ),
+                _ => return None,
+            };
+            walks.insert(member, walk);
+        }
+        Some(Intents { walks })
+    }
+}
+
+const INPUT: u8 = 1;
+const PLACE: u8 = 2;
+const SAY: u8 = 3;
+const RESYNC: u8 = 4;
+const CRASH: u8 = 5;
+
+fn put_str(out: &mut BytesMut, text: &str) {
+    // Names are at most MAX_NAME characters: well within u16.
+    out.put_u16(u16::try_from(text.len()).unwrap_or(u16::MAX));
+    out.put_slice(text.as_bytes());
+}
+
+fn take_str(bytes: &mut Bytes) -> Option<String> {
+    if bytes.remaining() < 2 {
+        return None;
+    }
+    let len = usize::from(bytes.get_u16());
+    if bytes.remaining() < len {
+        return None;
+    }
+    String::from_utf8(bytes.split_to(len).to_vec()).ok()
+}
+
+fn put_position(out: &mut BytesMut, at: &Position) {
+    out.put_i32(at.x);
+    out.put_i32(at.y);
+    out.put_u64(at.moves);
+    out.put_u8(u8::from(at.walking));
+}
+
+fn take_position(bytes: &mut Bytes) -> Option<Position> {
+    if bytes.remaining() < 4 + 4 + 8 + 1 {
+        return None;
+    }
+    Some(Position {
+        x: bytes.get_i32().clamp(-WORLD_EDGE, WORLD_EDGE),
+        y: bytes.get_i32().clamp(-WORLD_EDGE, WORLD_EDGE),
+        moves: bytes.get_u64(),
+        walking: bytes.get_u8() != 0,
+    })
+}
+
+#[cfg(test)]
+mod codec {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn position() -> impl Strategy<Value = Position> {
+        let edge = -WORLD_EDGE..=WORLD_EDGE;
+        (edge.clone(), edge, any::<u64>(), any::<bool>()).prop_map(|(x, y, moves, walking)| {
+            Position {
+                x,
+                y,
+                moves,
+                walking,
+            }
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn joins_and_messages_cross_nodes_unchanged(
+            name in "[a-z0-9_-]{1,24}",
+            at in position(),
+            (x, y) in (any::<i32>(), any::<i32>()),
+            text in "\\PC{0,64}",
+        ) {
+            let join = Joining { name: Arc::from(name.as_str()), at };
+            let back = ArenaRoom::decode_join(ArenaRoom::encode_join(&join)).unwrap();
+            prop_assert_eq!((&*back.name, back.at), (name.as_str(), at));
+            let (done, _) = oneshot::channel();
+            let place = ArenaRoom::encode_message(&ToRoom::Place { x, y, done });
+            let placed = match ArenaRoom::decode_message(place) {
+                Some(ToRoom::Place { x, y, .. }) => Some((x, y)),
+                _ => None,
+            };
+            prop_assert_eq!(placed, Some((x, y)));
+            let say = ArenaRoom::encode_message(&ToRoom::Say(text.clone()));
+            let said = match ArenaRoom::decode_message(say) {
+                Some(ToRoom::Say(said)) => Some(said),
+                _ => None,
+            };
+            prop_assert_eq!(said, Some(text));
+        }
+
+        #[test]
+        fn bytes_from_another_node_decode_or_are_refused_never_a_panic(
+            bytes in proptest::collection::vec(any::<u8>(), 0..80),
+        ) {
+            let bytes = Bytes::from(bytes);
+            let _ = ArenaRoom::decode_join(bytes.clone());
+            let _ = ArenaRoom::decode_message(bytes.clone());
+            if let Some(intents) = ArenaRoom::decode_snapshot(bytes) {
+                // A walk read back stays within the world.
+                for walk in intents.walks.values() {
+                    if let Walk::Target(x, y) = walk {
+                        prop_assert!(x.abs() <= WORLD_EDGE && y.abs() <= WORLD_EDGE);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_rooms_walks_cross_in_its_checkpoint() {
+        let mut walks = HashMap::new();
+        walks.insert(ConnId(7), Walk::Target(10, -20));
+        walks.insert(ConnId(9), Walk::Direction(1, 0));
+        let intents = Intents { walks };
+        let back = ArenaRoom::decode_snapshot(ArenaRoom::encode_snapshot(&intents).unwrap());
+        assert_eq!(back.unwrap().walks, intents.walks);
     }
 }
 

@@ -1,16 +1,19 @@
 //! arena on two nodes of one cluster (the in-process bus), each with its own save
 //! writer over one shared store (whose writes take 100 ms), as two processes over
-//! one database: a login on one
-//! node takes a player over from the other and loses nothing it did there; a node
-//! cut off from the cluster, whose player was taken over meanwhile, has its next save
-//! refused (counted, kept as a dead letter) and kicks its copy `duplicate_login`; and
-//! a whisper reaches a player on the other node. The same over NATS and PostgreSQL,
-//! as processes, is in `gatehouse-cli`'s `cluster_cli`.
+//! one database: a login on one node takes a player over from the other and loses
+//! nothing it did there; a node cut off from the cluster, whose player was taken
+//! over meanwhile, has its next save refused (counted, kept as a dead letter) and
+//! kicks its copy `duplicate_login`; a whisper reaches a player on the other node;
+//! and players on the two nodes share a room (it runs on one), see each other move
+//! and chat, and keep where they stood. The same over NATS and PostgreSQL, as
+//! processes, is in `gatehouse-cli`'s `cluster_cli`.
 
 #![allow(clippy::unwrap_used)]
 
 #[path = "../../gatehouse/tests/support/mod.rs"]
 mod support;
+#[path = "common/view.rs"]
+mod view;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +28,7 @@ use gatehouse_store::{
 use prost::Message as _;
 use support::{test_config, until, Client, TestServer, PATIENCE};
 use tokio::time::Instant;
+use view::View;
 
 /// A database whose writes take a while to land, as a real one's do: a session's
 /// last save is still on its way when its hook returns, unless the hook waits.
@@ -49,6 +53,7 @@ impl Store for Slow {
 /// An arena node of `bus` saving to `store`: its server, writer, handle and link.
 struct Node {
     server: TestServer,
+    rooms: gatehouse::room::Rooms<arena::world::ArenaRoom>,
     writer: SaveWriter<Slow>,
     handle: ServerHandle<()>,
     switch: LinkSwitch,
@@ -57,6 +62,7 @@ struct Node {
 async fn node(bus: &LocalBus, store: &MemoryStore, name: &str) -> Node {
     let writer = SaveWriter::start(Slow(store.clone()), WriterConfig::default());
     let arena = Arena::with_options(writer.clone(), ArenaOptions::default()).unwrap();
+    let rooms = arena.rooms().clone();
     let mut config = test_config();
     // A moved player is saved at once, so that a test sees the save.
     config.limits.checkpoint_interval = Duration::from_millis(50);
@@ -69,12 +75,14 @@ async fn node(bus: &LocalBus, store: &MemoryStore, name: &str) -> Node {
     let switch = link.switch();
     let server = Server::new(config, arena)
         .unwrap()
+        .with_shared_rooms("arena", &rooms)
         .with_cluster(link, cluster)
         .unwrap();
     let handle = server.handle();
     let server = TestServer::serve(server, Arc::default()).await;
     Node {
         server,
+        rooms,
         writer,
         handle,
         switch,
@@ -161,6 +169,12 @@ async fn a_node_cut_off_has_its_players_next_save_refused_and_kicks_it() {
         !a.handle.cluster_stats().unwrap().connected
     })
     .await;
+    // The lobby ran on a: b makes it again once it has declared a dead (before, a
+    // login there is refused, unavailable, rather than make a second lobby).
+    until("b declares a dead", || async {
+        b.handle.cluster_counts().await.unwrap().nodes.len() == 1
+    })
+    .await;
     let (mut on_b, claimed) = login(&b, "bob").await;
     assert_eq!(claimed.logins, 2);
     move_to(&mut on_b, -7, 9).await;
@@ -225,4 +239,72 @@ async fn a_whisper_reaches_a_player_on_another_node() {
     };
     let (status, _) = dave.request(routes::WHISPER, nobody.encode_to_vec()).await;
     assert_eq!(status, status::NO_SUCH_PLAYER);
+}
+
+async fn join_room(client: &mut Client, room: &str) {
+    let join = pb::JoinRoom { room: room.into() };
+    let (status, text) = client.request(routes::JOIN, join.encode_to_vec()).await;
+    assert_eq!(status, Status::OK, "{}", String::from_utf8_lossy(&text));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn players_on_two_nodes_share_a_room_see_each_other_move_and_keep_where_they_stood() {
+    let store = MemoryStore::new();
+    let (_bus, a, b) = two_nodes(&store).await;
+    let (mut erin, _) = login(&a, "erin").await;
+    let (mut finn, _) = login(&b, "finn").await;
+    join_room(&mut erin, "pit").await;
+    join_room(&mut finn, "pit").await;
+    // One room, on a (its first joiner's node).
+    assert!(a.rooms.get("pit").is_some() && b.rooms.get("pit").is_none());
+    let (mut on_a, mut on_b) = (View::default(), View::default());
+    on_a.until(&mut erin, |v| v.players.contains_key("finn"))
+        .await;
+    on_b.until(&mut finn, |v| v.players.contains_key("erin"))
+        .await;
+
+    // finn (on b) moves: erin (on a) sees it, in the room on a.
+    move_to(&mut finn, 10, 20).await;
+    on_a.until(&mut erin, |v| v.players.get("finn") == Some(&(10, 20)))
+        .await;
+    // erin walks: finn sees her arrive.
+    let walk = pb::Input {
+        dx: 0,
+        dy: 0,
+        target: Some(pb::Position { x: 40, y: 0 }),
+    };
+    erin.send(&Message::Notify {
+        route: routes::INPUT,
+        payload: walk.encode_to_vec().into(),
+    })
+    .await;
+    on_b.until(&mut finn, |v| v.players.get("erin") == Some(&(40, 0)))
+        .await;
+    // Chat crosses too.
+    let say = pb::Say {
+        text: "hi from b".into(),
+    };
+    let (status, _) = finn.request(routes::SAY, say.encode_to_vec()).await;
+    assert_eq!(status, Status::OK);
+    on_a.until(&mut erin, |v| {
+        v.chat.iter().any(|line| line == "finn: hi from b")
+    })
+    .await;
+
+    // finn leaves: the position the room on a recorded for him reached b, and is
+    // what b saves.
+    finn.leave().await;
+    drop(finn);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        b.writer.flush(PATIENCE).await.unwrap();
+        if let Some(record) = store.get("finn") {
+            let saved = pb::PlayerState::decode(record.data).unwrap();
+            if (saved.x, saved.y) == (10, 20) {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "finn's position was not saved");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

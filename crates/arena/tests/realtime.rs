@@ -8,6 +8,8 @@
 
 #[path = "../../gatehouse/tests/support/mod.rs"]
 mod support;
+#[path = "common/view.rs"]
+mod view;
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -17,12 +19,13 @@ use std::time::Duration;
 use arena::accounts::Guessing;
 use arena::{pb, routes, status, Arena, ArenaOptions};
 use bytes::Bytes;
-use gatehouse::protocol::{ROUTE_FAULT_CRASH_HUB, ROUTE_ROOM_RESTARTED};
+use gatehouse::protocol::ROUTE_FAULT_CRASH_HUB;
 use gatehouse::{KickReason, Message, Status};
 use gatehouse_store::{sqlite, Record, SaveWriter, Store, Write, WriterConfig};
 use prost::Message as _;
 use support::{test_config, Client, Scratch, TestServer, PATIENCE};
 use tokio::time::Instant;
+use view::View;
 
 struct Served {
     server: TestServer,
@@ -105,65 +108,6 @@ async fn walk_to(client: &mut Client, x: i32, y: i32) {
             payload: walk.encode_to_vec().into(),
         })
         .await;
-}
-
-/// The room as one member sees it, from its RoomState and Deltas.
-#[derive(Default, Debug)]
-struct View {
-    tick: u64,
-    players: std::collections::BTreeMap<String, (i32, i32)>,
-    gaps: usize,
-    restarts: usize,
-    /// Players in each RoomState received, in order.
-    states: Vec<usize>,
-}
-
-impl View {
-    fn apply(&mut self, route: u16, payload: Bytes) {
-        match route {
-            routes::ROOM_STATE => {
-                let state = pb::RoomState::decode(payload).unwrap();
-                self.states.push(state.players.len());
-                self.tick = state.tick;
-                self.players = state
-                    .players
-                    .into_iter()
-                    .map(|b| (b.name, (b.x, b.y)))
-                    .collect();
-            }
-            routes::DELTA => {
-                let delta = pb::Delta::decode(payload).unwrap();
-                if delta.since != self.tick {
-                    self.gaps += 1;
-                }
-                self.tick = delta.tick;
-                for name in delta.left {
-                    self.players.remove(&name);
-                }
-                for body in delta.entered.into_iter().chain(delta.moved) {
-                    self.players.insert(body.name, (body.x, body.y));
-                }
-            }
-            ROUTE_ROOM_RESTARTED => self.restarts += 1,
-            _ => {}
-        }
-    }
-
-    /// Reads pushes into the view until `done` holds.
-    async fn until(&mut self, client: &mut Client, mut done: impl FnMut(&View) -> bool) {
-        let deadline = Instant::now() + PATIENCE;
-        while !done(self) {
-            assert!(
-                Instant::now() < deadline,
-                "the view never got there: {self:?}"
-            );
-            match client.recv().await {
-                Some(Message::Push { route, payload }) => self.apply(route, payload),
-                Some(_) => {}
-                None => panic!("closed while watching: {self:?}"),
-            }
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

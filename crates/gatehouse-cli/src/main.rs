@@ -336,8 +336,9 @@ async fn serve_arena(config: &FileConfig) -> anyhow::Result<Exit> {
     let writer = SaveWriter::start(opened, store.writer());
     let arena = Arena::with_options(writer.clone(), options)?;
     let (rooms, auth) = (arena.rooms().clone(), arena.auth_stats().collector());
+    // Shared by the cluster's nodes when it is in one (`[cluster]`).
     let server = Server::new(config.runtime(), arena)?
-        .with_rooms("arena", &rooms)
+        .with_shared_rooms("arena", &rooms)
         .with_store(&writer, store.flush_timeout);
     server.add_collector(auth);
     Ok(exit_status(run(config, "arena", server).await?))

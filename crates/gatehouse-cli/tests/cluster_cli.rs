@@ -8,8 +8,9 @@
 //! (`GATEHOUSE_TEST_POSTGRES_URL`): a player taken over from another node keeps
 //! what it did there; a node stopped past `dead_after` whose player was taken over
 //! meanwhile has its save refused (counted) and kicks its copy, and the stored state
-//! is the other node's. The tests run one at a time (each starts its own
-//! nats-server and up to three nodes).
+//! is the other node's; players on two nodes share a room and whisper across
+//! nodes. The tests run one at a time (each starts its own nats-server and up to
+//! three nodes).
 
 #![allow(clippy::unwrap_used)]
 
@@ -306,11 +307,17 @@ fn postgres_url() -> Option<String> {
 
 /// An arena login to `addr`; the client and the state the server answered.
 async fn arena_login(addr: SocketAddr, name: &str) -> (Client, pb::PlayerState) {
+    let (client, _, state) = arena_login_hearing(addr, name).await;
+    (client, state)
+}
+
+/// As [`arena_login`], with the client's pushes.
+async fn arena_login_hearing(addr: SocketAddr, name: &str) -> (Client, Pushes, pb::PlayerState) {
     let config = ClientConfig {
         resume: false,
         ..ClientConfig::default()
     };
-    let (client, _) = Client::connect(addr, config).await.unwrap();
+    let (client, pushes) = Client::connect(addr, config).await.unwrap();
     let login = pb::LoginRequest {
         name: name.into(),
         password: format!("{name}-secret"),
@@ -320,7 +327,25 @@ async fn arena_login(addr: SocketAddr, name: &str) -> (Client, pb::PlayerState) 
         .await
         .unwrap();
     let state = pb::LoginReply::decode(reply).unwrap().state.unwrap();
-    (client, state)
+    (client, pushes, state)
+}
+
+/// Reads `pushes` until a push on `route` satisfies `found`.
+async fn heard<T: prost::Message + Default>(
+    pushes: &mut Pushes,
+    route: u16,
+    mut found: impl FnMut(&T) -> bool,
+) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let push = tokio::time::timeout(deadline - Instant::now(), pushes.next())
+            .await
+            .expect("heard in time")
+            .expect("the connection is open");
+        if push.route == route && found(&T::decode(push.payload).unwrap()) {
+            return;
+        }
+    }
 }
 
 async fn arena_move(client: &Client, x: i32, y: i32) {
@@ -377,4 +402,56 @@ async fn arena_across_nodes_keeps_a_taken_over_players_state_and_refuses_a_stopp
     // The stored state is a's: a login on b (from the database) finds it.
     let (_, stored) = arena_login(b.addr, &ada).await;
     assert_eq!((stored.x, stored.y), (-5, -6));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arena_players_on_two_nodes_share_a_room_and_whisper_across_nodes() {
+    let _serial = SERIAL.lock().await;
+    let Some(nats) = nats() else { return };
+    let Some(postgres) = postgres_url() else {
+        return;
+    };
+    let dir = scratch("cluster-arena-room");
+    let a = arena_node(&dir, "a", &nats.url(), &postgres);
+    let b = arena_node(&dir, "b", &nats.url(), &postgres);
+    until_all_see(&[&a, &b], 2).await;
+    let id = std::process::id();
+    let (erin, finn) = (format!("erin{id}"), format!("finn{id}"));
+    let room = format!("pit{id}");
+    let (on_a, mut a_hears, _) = arena_login_hearing(a.addr, &erin).await;
+    let (on_b, mut b_hears, _) = arena_login_hearing(b.addr, &finn).await;
+    let join = pb::JoinRoom { room: room.clone() };
+    on_a.request(routes::JOIN, join.encode_to_vec())
+        .await
+        .unwrap();
+    on_b.request(routes::JOIN, join.encode_to_vec())
+        .await
+        .unwrap();
+
+    // One room: each sees the other in it, and a move on b reaches a.
+    let has = |name: &str, state: &pb::RoomState| state.players.iter().any(|p| p.name == name);
+    heard(&mut b_hears, routes::ROOM_STATE, |s: &pb::RoomState| {
+        has(&erin, s)
+    })
+    .await;
+    arena_move(&on_b, 12, 34).await;
+    heard(&mut a_hears, routes::DELTA, |d: &pb::Delta| {
+        d.moved
+            .iter()
+            .chain(&d.entered)
+            .any(|p| p.name == finn && (p.x, p.y) == (12, 34))
+    })
+    .await;
+    // A whisper from a reaches b.
+    let whisper = pb::Whisper {
+        to: finn.clone(),
+        text: "psst".into(),
+    };
+    on_a.request(routes::WHISPER, whisper.encode_to_vec())
+        .await
+        .unwrap();
+    heard(&mut b_hears, routes::CHAT, |c: &pb::Chat| {
+        c.whisper && c.from == erin && c.text == "psst"
+    })
+    .await;
 }

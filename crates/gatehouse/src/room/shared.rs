@@ -332,6 +332,9 @@ enum Remote {
     NotHere,
     /// Nobody answers for the host.
     Gone,
+    /// The host did not answer in time (it may be stopped while NATS still holds
+    /// its subscription).
+    Silent,
     Failed(RoomError),
 }
 
@@ -459,9 +462,12 @@ impl<R: Room> Shared<R> {
                             match asked {
                                 Remote::Joined => return Ok(Placed::There(host.node)),
                                 Remote::NotHere => false,
-                                // Its host is gone: this node makes the room again
-                                // (from its last checkpoint), unless another did first.
-                                Remote::Gone if !self.cluster.is_alive(&host.node) => {
+                                // Its host is gone (or stopped, and declared dead):
+                                // this node makes the room again (from its last
+                                // checkpoint), unless another did first.
+                                Remote::Gone | Remote::Silent
+                                    if !self.cluster.is_alive(&host.node) =>
+                                {
                                     let taken = self.claim(name, Some(revision)).await?
                                         && self.start(&rooms, name, true).await?;
                                     if taken {
@@ -469,7 +475,9 @@ impl<R: Room> Shared<R> {
                                     }
                                     taken
                                 }
-                                Remote::Gone => return Err(RoomError::Unavailable),
+                                Remote::Gone | Remote::Silent => {
+                                    return Err(RoomError::Unavailable)
+                                }
                                 Remote::Failed(e) => return Err(e),
                             }
                         }
@@ -632,10 +640,13 @@ impl<R: Room> Shared<R> {
         let answer = match within(timeout, asked).await {
             Ok(answer) => JoinAnswer::decode(answer),
             Err(LinkError::NoResponders) => return Remote::Gone,
-            Err(_) => {
+            Err(e) => {
                 // The host may have seated it all the same: take the seat back.
                 self.send_leave(host, &room, member);
-                return Remote::Failed(RoomError::Unavailable);
+                return match e {
+                    LinkError::TimedOut => Remote::Silent,
+                    _ => Remote::Failed(RoomError::Unavailable),
+                };
             }
         };
         match answer {
