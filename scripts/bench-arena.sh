@@ -10,6 +10,9 @@
 #   scripts/bench-arena.sh --sizes "10"             # one room size
 #   scripts/bench-arena.sh --players "100 200 400"  # the steps of N
 #   scripts/bench-arena.sh --duration 10            # measured seconds per run
+#   scripts/bench-arena.sh --bin PATH               # measure this gatehouse binary
+#                                                   # (another commit's) instead of
+#                                                   # building this tree's
 #
 # Everything runs on 127.0.0.0/8; each run starts its own server (SQLite in a fresh
 # directory) on a free port and stops it. With two cores or more the server runs on
@@ -21,19 +24,23 @@ cd "$(dirname "$0")/.."
 sizes="10 50"
 players="100 200 400 800 1200 1600 2400 3200 4800 6400"
 duration=10
+bin=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --sizes) sizes="$2"; shift ;;
         --players) players="$2"; shift ;;
         --duration) duration="$2"; shift ;;
-        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        --bin) bin="$(realpath "$2")"; shift ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
     shift
 done
 
-cargo build --release -q -p gatehouse-cli
-bin="$(pwd)/target/release/gatehouse"
+if [ -z "$bin" ]; then
+    cargo build --release -q -p gatehouse-cli
+    bin="$(pwd)/target/release/gatehouse"
+fi
 out="target/bench/arena-$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$out"
 # The generator runs from its own copy of the binary (see scripts/bench.sh).
