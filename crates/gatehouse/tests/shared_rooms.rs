@@ -435,6 +435,22 @@ async fn a_room_that_empties_gives_its_name_back_to_the_next_joiner_anywhere() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_joined_again_just_as_it_empties_is_made_again_not_refused() {
+    let bus = LocalBus::new();
+    let nodes = nodes(&bus, &["a", "b"], options()).await;
+    let a = &nodes[0];
+    // Each join comes as the last member's leave stops the room and its key is on
+    // its way out: it waits for that, and makes the room again.
+    let mut last = None;
+    for round in 0..10 {
+        drop(last.take());
+        let (client, host) = join(a, "door", &format!("p{round}")).await;
+        assert_eq!(host, "here");
+        last = Some(client);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_a_rooms_node_is_gone_its_members_elsewhere_join_it_again_where_it_is_made_next() {
     let bus = LocalBus::new();
     let nodes = nodes(&bus, &["a", "b", "c"], options()).await;

@@ -312,6 +312,8 @@ pub(crate) struct Shared<R: Room> {
     hosted: Mutex<HashMap<Arc<str>, Hosting>>,
     /// One room made at a time, so that a node never claims a room twice.
     starting: tokio::sync::Mutex<()>,
+    /// A stopped room's key was given back (or could not be).
+    released: tokio::sync::Notify,
     /// The host's side: the seats of members that joined through the cluster (from
     /// other nodes, or this node's own joined again here after their host went).
     seats: Mutex<HashMap<SeatKey, Membership<R>>>,
@@ -362,6 +364,7 @@ impl<R: RoomCodec> Shared<R> {
             rooms: Arc::downgrade(rooms.registry()),
             hosted: Mutex::default(),
             starting: tokio::sync::Mutex::new(()),
+            released: tokio::sync::Notify::new(),
             seats: Mutex::default(),
             away: Mutex::default(),
         })
@@ -511,6 +514,11 @@ impl<R: Room> Shared<R> {
             && self.rooms().is_ok_and(|rooms| rooms.get(name).is_some())
     }
 
+    /// Whether `name`'s key is being given back.
+    fn releasing(&self, name: &str) -> bool {
+        matches!(lock(&self.hosted).get(name), Some(Hosting::Releasing))
+    }
+
     /// The directory names this node (at `revision`) for `name`: a room it runs, or
     /// made before and stopped (its key being given back: look again), or one of an
     /// earlier life of this node (taken over again, from its checkpoint). Whether
@@ -529,7 +537,13 @@ impl<R: Room> Shared<R> {
         match hosting {
             None => {
                 // Its delete is on its way: the next look finds it gone.
-                tokio::task::yield_now().await;
+                let released = self.released.notified();
+                tokio::pin!(released);
+                released.as_mut().enable();
+                if self.releasing(name) {
+                    let wait = self.cluster.config.request_timeout;
+                    let _ = tokio::time::timeout(wait, released).await;
+                }
                 Ok(false)
             }
             Some(false) => self.start(rooms, name, false).await,
@@ -762,10 +776,13 @@ impl<R: Room> Shared<R> {
             // Not deleted (cut off, or another node holds it now): the key stays,
             // and a join finds it this node's again, or its node gone.
             let _ = within(cluster.config.request_timeout, delete).await;
-            let mut hosted = lock(&shared.hosted);
-            if matches!(hosted.get(&name), Some(Hosting::Releasing)) {
-                hosted.remove(&name);
+            {
+                let mut hosted = lock(&shared.hosted);
+                if matches!(hosted.get(&name), Some(Hosting::Releasing)) {
+                    hosted.remove(&name);
+                }
             }
+            shared.released.notify_waiters();
         });
     }
 
