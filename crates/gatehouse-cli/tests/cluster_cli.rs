@@ -9,7 +9,8 @@
 //! what it did there; a node stopped past `dead_after` whose player was taken over
 //! meanwhile has its save refused (counted) and kicks its copy, and the stored state
 //! is the other node's; players on two nodes share a room and whisper across
-//! nodes. The tests run one at a time (each starts its own nats-server and up to
+//! nodes; a killed node's room is made again by exactly one other node, and its
+//! players there are joined again. The tests run one at a time (each starts its own nats-server and up to
 //! three nodes).
 
 #![allow(clippy::unwrap_used)]
@@ -452,6 +453,111 @@ async fn arena_players_on_two_nodes_share_a_room_and_whisper_across_nodes() {
         .unwrap();
     heard(&mut b_hears, routes::CHAT, |c: &pb::Chat| {
         c.whisper && c.from == erin && c.text == "psst"
+    })
+    .await;
+}
+
+/// Whether `node` runs a room named `room` (`/api/rooms`).
+fn runs(node: &ServerProcess, room: &str) -> bool {
+    let body = http_get(node.admin_addr().unwrap(), "/api/rooms?limit=1000");
+    let rooms: Value = serde_json::from_str(&body).unwrap();
+    rooms["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["name"] == room)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nodes_room_is_made_again_by_exactly_one_node_and_its_players_rejoin() {
+    let _serial = SERIAL.lock().await;
+    let Some(nats) = nats() else { return };
+    let Some(postgres) = postgres_url() else {
+        return;
+    };
+    let dir = scratch("cluster-arena-adopt");
+    let mut a = arena_node(&dir, "a", &nats.url(), &postgres);
+    let b = arena_node(&dir, "b", &nats.url(), &postgres);
+    let c = arena_node(&dir, "c", &nats.url(), &postgres);
+    until_all_see(&[&a, &b, &c], 3).await;
+    let id = std::process::id();
+    let room = format!("keep{id}");
+    let join = pb::JoinRoom { room: room.clone() };
+    let (ann, _, _) = arena_login_hearing(a.addr, &format!("ann{id}")).await;
+    ann.request(routes::JOIN, join.encode_to_vec())
+        .await
+        .unwrap();
+    let mut others = Vec::new();
+    for (node, name) in [(&b, format!("bob{id}")), (&c, format!("cid{id}"))] {
+        let (client, pushes, _) = arena_login_hearing(node.addr, &name).await;
+        client
+            .request(routes::JOIN, join.encode_to_vec())
+            .await
+            .unwrap();
+        others.push((client, pushes, name));
+    }
+    until("the room runs on a", || runs(&a, &room)).await;
+
+    a.child.kill().unwrap();
+    let _ = a.child.wait();
+    let killed = Instant::now();
+    // Each is told the room restarted, and joined again where one node made it:
+    // its RoomState there has both.
+    for (_, pushes, _) in &mut others {
+        loop {
+            let push = tokio::time::timeout(PATIENCE, pushes.next())
+                .await
+                .expect("told in time")
+                .expect("the connection is open");
+            if push.route == gatehouse::protocol::ROUTE_ROOM_RESTARTED {
+                assert_eq!(push.payload, room.as_bytes());
+                break;
+            }
+        }
+    }
+    let names: Vec<String> = others.iter().map(|(_, _, name)| name.clone()).collect();
+    for (_, pushes, _) in &mut others {
+        // Who is in the room, as the RoomState and the Deltas after it say.
+        let mut present = std::collections::BTreeSet::new();
+        let deadline = Instant::now() + PATIENCE;
+        while !names.iter().all(|n| present.contains(n)) {
+            let push = tokio::time::timeout(deadline - Instant::now(), pushes.next())
+                .await
+                .expect("both in the room in time")
+                .expect("the connection is open");
+            match push.route {
+                routes::ROOM_STATE => {
+                    let state = pb::RoomState::decode(push.payload).unwrap();
+                    present = state.players.into_iter().map(|p| p.name).collect();
+                }
+                routes::DELTA => {
+                    let delta = pb::Delta::decode(push.payload).unwrap();
+                    for name in delta.left {
+                        present.remove(&name);
+                    }
+                    present.extend(delta.entered.into_iter().map(|p| p.name));
+                }
+                _ => {}
+            }
+        }
+    }
+    // dead_after (1.5 s) and a heartbeat, with room for a busy machine.
+    assert!(
+        killed.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        killed.elapsed()
+    );
+    let hosts = [&b, &c].iter().filter(|node| runs(node, &room)).count();
+    assert_eq!(hosts, 1, "exactly one node runs the room");
+    // And it goes on: a move on one reaches the other.
+    let (mover, _, name) = &others[0];
+    arena_move(mover, 5, 6).await;
+    let seen = name.clone();
+    heard(&mut others[1].1, routes::DELTA, |d: &pb::Delta| {
+        d.moved
+            .iter()
+            .chain(&d.entered)
+            .any(|p| p.name == seen && (p.x, p.y) == (5, 6))
     })
     .await;
 }
