@@ -10,7 +10,8 @@
 //! meanwhile has its save refused (counted) and kicks its copy, and the stored state
 //! is the other node's; players on two nodes share a room and whisper across
 //! nodes; a killed node's room is made again by exactly one other node, and its
-//! players there are joined again. The tests run one at a time (each starts its own nats-server and up to
+//! players there are joined again; a stopped node's copy of a room taken over
+//! meanwhile closes at its next checkpoint. The tests run one at a time (each starts its own nats-server and up to
 //! three nodes).
 
 #![allow(clippy::unwrap_used)]
@@ -560,4 +561,57 @@ async fn a_killed_nodes_room_is_made_again_by_exactly_one_node_and_its_players_r
             .any(|p| p.name == seen && (p.x, p.y) == (5, 6))
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_nodes_room_taken_over_meanwhile_closes_there_at_its_next_checkpoint() {
+    let _serial = SERIAL.lock().await;
+    let Some(nats) = nats() else { return };
+    let Some(postgres) = postgres_url() else {
+        return;
+    };
+    let dir = scratch("cluster-arena-partition");
+    let a = arena_node(&dir, "a", &nats.url(), &postgres);
+    let b = arena_node(&dir, "b", &nats.url(), &postgres);
+    until_all_see(&[&a, &b], 2).await;
+    let id = std::process::id();
+    let room = format!("split{id}");
+    let join = pb::JoinRoom { room: room.clone() };
+    // The room is made on b; ann, on a, joins it there.
+    let (bob, _, _) = arena_login_hearing(b.addr, &format!("bob{id}")).await;
+    bob.request(routes::JOIN, join.encode_to_vec())
+        .await
+        .unwrap();
+    let (ann, mut ann_hears, _) = arena_login_hearing(a.addr, &format!("ann{id}")).await;
+    ann.request(routes::JOIN, join.encode_to_vec())
+        .await
+        .unwrap();
+    until("the room runs on b", || runs(&b, &room)).await;
+    let conflicts = || b.metric("gatehouse_save_conflicts_total").unwrap();
+    let before = conflicts();
+
+    // b stops past dead_after: a makes the room again, and ann is joined there.
+    b.signal("STOP");
+    until("a declares b dead", || {
+        cluster(&a)["nodes"].as_array().unwrap().len() == 1
+    })
+    .await;
+    loop {
+        let push = tokio::time::timeout(PATIENCE, ann_hears.next())
+            .await
+            .expect("ann told in time")
+            .expect("the connection is open");
+        if push.route == gatehouse::protocol::ROUTE_ROOM_RESTARTED {
+            break;
+        }
+    }
+    until("the room runs on a", || runs(&a, &room)).await;
+
+    // b runs again: its copy of the room is refused its next checkpoint (a's claim
+    // came first), and closes. One copy goes on, on a.
+    b.signal("CONT");
+    until("b's copy closes", || !runs(&b, &room)).await;
+    assert!(conflicts() > before, "the refused checkpoint is counted");
+    assert!(runs(&a, &room));
+    arena_move(&ann, 3, 3).await;
 }

@@ -20,7 +20,10 @@
 //! the player before it serves) uses [`SaveWriter::land`]; and when one of a slot's
 //! saves loses to another session's (another node took the player over and saved
 //! first), the slot is marked lost and the callback given to [`SaveSlot::on_lost`]
-//! runs once, so that the session still holding it can be ended.
+//! runs once, so that the session still holding it can be ended. (A store takes a
+//! write of the very version and bytes it holds for a retry of its own, so a claim
+//! must differ in its bytes from what the displaced session would write: arena's
+//! counts the login, a shared room's names its node.)
 //!
 //! A call that fails may still have committed (a timeout, a lost acknowledgement):
 //! the versions such calls carried are remembered per key. If a later write of the

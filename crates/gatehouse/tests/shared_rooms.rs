@@ -526,21 +526,24 @@ async fn a_room_taken_over_from_a_node_cut_off_starts_from_its_checkpoint_and_th
     }
     // Checkpointed: the store has the three lines (after one more, a checkpoint
     // being due at most every 50 ms).
+    // A checkpoint is stored as the node that wrote it (a u16 length, the name),
+    // then the snapshot; `None` before the first.
+    let checkpoint = |store: &MemoryStore| -> Option<(String, u64)> {
+        let data = store.get("room/chat/log")?.data;
+        let len = usize::from(u16::from_be_bytes([data[0], data[1]]));
+        let node = String::from_utf8(data[2..2 + len].to_vec()).unwrap();
+        let lines = data[2 + len..].try_into().ok().map(u64::from_be_bytes)?;
+        Some((node, lines))
+    };
     let deadline = Instant::now() + PATIENCE;
-    while !store
-        .get("room/chat/log")
-        .is_some_and(|record| record.data.len() == 8 && record.data[7] >= 3)
-    {
+    while !checkpoint(&store).is_some_and(|(_, lines)| lines >= 3) {
         assert!(Instant::now() < deadline, "never checkpointed");
         let (status, _) = ann.request(SAY, "tick").await;
         assert_eq!(status, Status::OK);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let lines = |store: &MemoryStore| {
-        let data = store.get("room/chat/log").unwrap().data;
-        u64::from_be_bytes(data.as_ref().try_into().unwrap())
-    };
-    let checkpointed = lines(&store);
+    let (node, checkpointed) = checkpoint(&store).unwrap();
+    assert_eq!(node, "a");
 
     // a is cut off; b takes the room over from its last checkpoint.
     a.switch.set_connected(false);
@@ -555,5 +558,7 @@ async fn a_room_taken_over_from_a_node_cut_off_starts_from_its_checkpoint_and_th
         let _ = ann.request(SAY, "anyone?").await;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(lines(&store) >= checkpointed, "b's state is what is stored");
+    let (node, lines) = checkpoint(&store).unwrap();
+    assert_eq!(node, "b", "b's checkpoint is what is stored");
+    assert!(lines >= checkpointed);
 }

@@ -130,6 +130,8 @@ impl<S: Store> SnapshotStore for SaveWriter<S> {
 
 /// A shared room's checkpoints, kept by its task: the slot its claim landed in.
 pub(crate) struct Checkpoint<R: Room> {
+    /// This node: every checkpoint is stamped with it.
+    node: Arc<str>,
     store: Arc<dyn SnapshotStore>,
     pub(crate) slot: SaveSlot,
     every: Duration,
@@ -148,7 +150,11 @@ impl<R: Room> Checkpoint<R> {
         let Some(data) = guarded("encode_snapshot", || (self.encode)(snapshot)) else {
             return;
         };
-        if self.store.save(&mut self.slot, data).is_err() {
+        if self
+            .store
+            .save(&mut self.slot, stamped(&self.node, &data))
+            .is_err()
+        {
             warn!(
                 room,
                 "the room's checkpoint could not be queued: the store is closed"
@@ -167,6 +173,32 @@ pub(crate) fn guarded<T>(what: &str, codec: impl FnOnce() -> Option<T>) -> Optio
             None
         }
     }
+}
+
+/// A checkpoint as stored: the node that wrote it, then the snapshot. Two nodes
+/// never store the same bytes, so a stale copy's checkpoint can never pass for the
+/// claim another node landed at that version (a store takes a write of the very
+/// version and bytes it holds as its own retry).
+fn stamped(node: &str, snapshot: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(2 + node.len() + snapshot.len());
+    // Node names are at most 64 characters.
+    out.put_u16(u16::try_from(node.len()).unwrap_or(u16::MAX));
+    out.put_slice(node.as_bytes());
+    out.put_slice(snapshot);
+    out.freeze()
+}
+
+/// The snapshot of a stored checkpoint (`None`: none, or unreadable).
+fn unstamped(mut stored: Bytes) -> Option<Bytes> {
+    if stored.remaining() < 2 {
+        return None;
+    }
+    let len = usize::from(stored.get_u16());
+    if stored.remaining() < len {
+        return None;
+    }
+    stored.advance(len);
+    (!stored.is_empty()).then_some(stored)
 }
 
 /// The key of a shared room's checkpoints in the store.
@@ -598,7 +630,7 @@ impl<R: Room> Shared<R> {
             warn!(kind = %self.kind, room = name, error = %e, "cannot load the room's checkpoint");
             RoomError::Unavailable
         })?;
-        let kept = loaded.data.filter(|data| restore && !data.is_empty());
+        let kept = loaded.data.filter(|_| restore).and_then(unstamped);
         let decode = self.codec.decode_snapshot;
         let restored = kept
             .clone()
@@ -607,13 +639,14 @@ impl<R: Room> Shared<R> {
             info!(kind = %self.kind, room = name, restored = restored.is_some(), "cluster: making a room taken over from its last checkpoint");
         }
         let mut slot = loaded.slot;
-        let claim = kept.unwrap_or_default();
+        let claim = stamped(&self.cluster.name, &kept.unwrap_or_default());
         let landed = snapshots.store.land(&mut slot, claim, CLAIM_WAIT).await;
         if let Err(e) = landed {
             warn!(kind = %self.kind, room = name, error = %e, "cannot claim the room's checkpoint");
             return Err(RoomError::Unavailable);
         }
         let checkpoint = Checkpoint {
+            node: self.cluster.name.clone(),
             store: snapshots.store.clone(),
             slot,
             every: snapshots.every,
@@ -1054,6 +1087,21 @@ mod tests {
     use super::*;
 
     proptest! {
+        #[test]
+        fn a_checkpoint_is_stamped_with_its_node_and_read_back_without_it(
+            node in "[a-z0-9]{1,20}",
+            other in "[A-Z]{1,20}",
+            snapshot in proptest::collection::vec(any::<u8>(), 0..60),
+            garbage in proptest::collection::vec(any::<u8>(), 0..40),
+        ) {
+            let stored = stamped(&node, &snapshot);
+            let back = unstamped(stored.clone());
+            prop_assert_eq!(back.as_deref(), (!snapshot.is_empty()).then_some(&snapshot[..]));
+            // Another node's checkpoint of the same snapshot is other bytes.
+            prop_assert_ne!(stamped(&other, &snapshot), stored);
+            let _ = unstamped(Bytes::from(garbage));
+        }
+
         #[test]
         fn join_answers_decode_to_themselves_and_arbitrary_bytes_never_panic(
             status in any::<u16>(),
