@@ -299,6 +299,36 @@ fn arena_node(dir: &Scratch, name: &str, nats: &str, postgres: &str) -> ServerPr
     ServerProcess::start(&["-c", path.to_str().unwrap()])
 }
 
+/// What an arena cluster test runs on: its turn among the tests, its nats-server,
+/// and arena nodes a, b (and c) on PostgreSQL that see each other. Dropped in that
+/// order: the nodes first.
+struct ArenaCluster {
+    nodes: Vec<ServerProcess>,
+    _dir: Scratch,
+    _nats: NatsServer,
+    _turn: tokio::sync::MutexGuard<'static, ()>,
+}
+
+/// `count` arena nodes for the test `test`; `None` (the test skips) without NATS
+/// or PostgreSQL.
+async fn arena_cluster(test: &str, count: usize) -> Option<ArenaCluster> {
+    let turn = SERIAL.lock().await;
+    let nats = nats()?;
+    let postgres = postgres_url()?;
+    let dir = scratch(test);
+    let nodes: Vec<ServerProcess> = ["a", "b", "c"][..count]
+        .iter()
+        .map(|name| arena_node(&dir, name, &nats.url(), &postgres))
+        .collect();
+    until_all_see(&nodes.iter().collect::<Vec<_>>(), count).await;
+    Some(ArenaCluster {
+        nodes,
+        _dir: dir,
+        _nats: nats,
+        _turn: turn,
+    })
+}
+
 fn postgres_url() -> Option<String> {
     let url = std::env::var("GATEHOUSE_TEST_POSTGRES_URL").ok();
     if url.is_none() {
@@ -364,15 +394,12 @@ fn kicked_duplicate(client: &Client) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn arena_across_nodes_keeps_a_taken_over_players_state_and_refuses_a_stopped_nodes_save() {
-    let _serial = SERIAL.lock().await;
-    let Some(nats) = nats() else { return };
-    let Some(postgres) = postgres_url() else {
+    let Some(arena) = arena_cluster("cluster-arena", 2).await else {
         return;
     };
-    let dir = scratch("cluster-arena");
-    let a = arena_node(&dir, "a", &nats.url(), &postgres);
-    let b = arena_node(&dir, "b", &nats.url(), &postgres);
-    until_all_see(&[&a, &b], 2).await;
+    let [a, b] = &arena.nodes[..] else {
+        unreachable!()
+    };
     // Unique per run: the database outlives the test.
     let ada = format!("ada{}", std::process::id());
 
@@ -389,7 +416,7 @@ async fn arena_across_nodes_keeps_a_taken_over_players_state_and_refuses_a_stopp
     let before = conflicts();
     b.signal("STOP");
     until("a declares b dead", || {
-        cluster(&a)["nodes"].as_array().unwrap().len() == 1
+        cluster(a)["nodes"].as_array().unwrap().len() == 1
     })
     .await;
     let (again_on_a, _) = arena_login(a.addr, &ada).await;
@@ -408,15 +435,12 @@ async fn arena_across_nodes_keeps_a_taken_over_players_state_and_refuses_a_stopp
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn arena_players_on_two_nodes_share_a_room_and_whisper_across_nodes() {
-    let _serial = SERIAL.lock().await;
-    let Some(nats) = nats() else { return };
-    let Some(postgres) = postgres_url() else {
+    let Some(arena) = arena_cluster("cluster-arena-room", 2).await else {
         return;
     };
-    let dir = scratch("cluster-arena-room");
-    let a = arena_node(&dir, "a", &nats.url(), &postgres);
-    let b = arena_node(&dir, "b", &nats.url(), &postgres);
-    until_all_see(&[&a, &b], 2).await;
+    let [a, b] = &arena.nodes[..] else {
+        unreachable!()
+    };
     let id = std::process::id();
     let (erin, finn) = (format!("erin{id}"), format!("finn{id}"));
     let room = format!("pit{id}");
@@ -471,16 +495,12 @@ fn runs(node: &ServerProcess, room: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_nodes_room_is_made_again_by_exactly_one_node_and_its_players_rejoin() {
-    let _serial = SERIAL.lock().await;
-    let Some(nats) = nats() else { return };
-    let Some(postgres) = postgres_url() else {
+    let Some(mut arena) = arena_cluster("cluster-arena-adopt", 3).await else {
         return;
     };
-    let dir = scratch("cluster-arena-adopt");
-    let mut a = arena_node(&dir, "a", &nats.url(), &postgres);
-    let b = arena_node(&dir, "b", &nats.url(), &postgres);
-    let c = arena_node(&dir, "c", &nats.url(), &postgres);
-    until_all_see(&[&a, &b, &c], 3).await;
+    let [a, b, c] = &mut arena.nodes[..] else {
+        unreachable!()
+    };
     let id = std::process::id();
     let room = format!("keep{id}");
     let join = pb::JoinRoom { room: room.clone() };
@@ -497,7 +517,7 @@ async fn a_killed_nodes_room_is_made_again_by_exactly_one_node_and_its_players_r
             .unwrap();
         others.push((client, pushes, name));
     }
-    until("the room runs on a", || runs(&a, &room)).await;
+    until("the room runs on a", || runs(a, &room)).await;
 
     a.child.kill().unwrap();
     let _ = a.child.wait();
@@ -565,15 +585,12 @@ async fn a_killed_nodes_room_is_made_again_by_exactly_one_node_and_its_players_r
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_nodes_room_taken_over_meanwhile_closes_there_at_its_next_checkpoint() {
-    let _serial = SERIAL.lock().await;
-    let Some(nats) = nats() else { return };
-    let Some(postgres) = postgres_url() else {
+    let Some(arena) = arena_cluster("cluster-arena-partition", 2).await else {
         return;
     };
-    let dir = scratch("cluster-arena-partition");
-    let a = arena_node(&dir, "a", &nats.url(), &postgres);
-    let b = arena_node(&dir, "b", &nats.url(), &postgres);
-    until_all_see(&[&a, &b], 2).await;
+    let [a, b] = &arena.nodes[..] else {
+        unreachable!()
+    };
     let id = std::process::id();
     let room = format!("split{id}");
     let join = pb::JoinRoom { room: room.clone() };
@@ -586,14 +603,14 @@ async fn a_stopped_nodes_room_taken_over_meanwhile_closes_there_at_its_next_chec
     ann.request(routes::JOIN, join.encode_to_vec())
         .await
         .unwrap();
-    until("the room runs on b", || runs(&b, &room)).await;
+    until("the room runs on b", || runs(b, &room)).await;
     let conflicts = || b.metric("gatehouse_save_conflicts_total").unwrap();
     let before = conflicts();
 
     // b stops past dead_after: a makes the room again, and ann is joined there.
     b.signal("STOP");
     until("a declares b dead", || {
-        cluster(&a)["nodes"].as_array().unwrap().len() == 1
+        cluster(a)["nodes"].as_array().unwrap().len() == 1
     })
     .await;
     loop {
@@ -605,13 +622,13 @@ async fn a_stopped_nodes_room_taken_over_meanwhile_closes_there_at_its_next_chec
             break;
         }
     }
-    until("the room runs on a", || runs(&a, &room)).await;
+    until("the room runs on a", || runs(a, &room)).await;
 
     // b runs again: its copy of the room is refused its next checkpoint (a's claim
     // came first), and closes. One copy goes on, on a.
     b.signal("CONT");
-    until("b's copy closes", || !runs(&b, &room)).await;
+    until("b's copy closes", || !runs(b, &room)).await;
     assert!(conflicts() > before, "the refused checkpoint is counted");
-    assert!(runs(&a, &room));
+    assert!(runs(a, &room));
     arena_move(&ann, 3, 3).await;
 }

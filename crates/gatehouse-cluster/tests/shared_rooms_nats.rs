@@ -11,122 +11,21 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
 use gatehouse::cluster::ClusterConfig;
 use gatehouse::protocol::ROUTE_ROOM_RESTARTED;
-use gatehouse::room::{Origin, Refusal, Room, RoomCodec, RoomContext, Rooms};
-use gatehouse::{
-    Config, ConnId, Context, Disconnect, Reply, Server, ServerHandle, Service, Status,
-};
+use gatehouse::room::Rooms;
+use gatehouse::{Config, Server, ServerHandle};
 use gatehouse_client::{Client, ClientConfig, Pushes};
 use gatehouse_cluster::testing::{wait_until, NatsServer};
 use gatehouse_cluster::NatsLink;
 use tokio::sync::oneshot;
 
+#[path = "../../gatehouse/tests/support/chat.rs"]
+mod chat;
+
+use chat::{Game, JOIN, SAID, SAY};
+
 const DEADLINE: Duration = Duration::from_secs(30);
-
-/// Pushed to every member: "name: text".
-const SAID: u16 = 100;
-/// Join the room named in the payload ("room name"); answers the room's node.
-const JOIN: u16 = 1;
-/// Say the payload in the room.
-const SAY: u16 = 2;
-
-struct Chat {
-    names: std::collections::HashMap<ConnId, String>,
-}
-
-impl Room for Chat {
-    type Config = ();
-    type Join = String;
-    type Message = String;
-    type Snapshot = ();
-
-    fn create(_: &str, _: &(), _: Option<()>) -> Self {
-        Chat {
-            names: Default::default(),
-        }
-    }
-
-    fn join(
-        &mut self,
-        _: &mut RoomContext<'_, Self>,
-        member: ConnId,
-        name: &String,
-    ) -> Result<(), Refusal> {
-        self.names.insert(member, name.clone());
-        Ok(())
-    }
-
-    fn leave(&mut self, _: &mut RoomContext<'_, Self>, member: ConnId) {
-        self.names.remove(&member);
-    }
-
-    fn message(&mut self, ctx: &mut RoomContext<'_, Self>, from: Origin, text: String) {
-        let Origin::Member(member) = from else { return };
-        let name = self.names.get(&member).cloned().unwrap_or_default();
-        ctx.broadcast(SAID, format!("{name}: {text}"));
-    }
-}
-
-impl RoomCodec for Chat {
-    fn encode_join(join: &String) -> Bytes {
-        Bytes::from(join.clone())
-    }
-    fn decode_join(bytes: Bytes) -> Option<String> {
-        String::from_utf8(bytes.to_vec()).ok()
-    }
-    fn encode_message(message: &String) -> Bytes {
-        Bytes::from(message.clone())
-    }
-    fn decode_message(bytes: Bytes) -> Option<String> {
-        String::from_utf8(bytes.to_vec()).ok()
-    }
-}
-
-struct Game {
-    rooms: Rooms<Chat>,
-}
-
-impl Service for Game {
-    type Session = Option<gatehouse::room::Membership<Chat>>;
-    type Message = ();
-
-    async fn connect(&self, _: &mut Context<'_, ()>) -> Self::Session {
-        None
-    }
-
-    async fn request(
-        &self,
-        seat: &mut Self::Session,
-        ctx: &mut Context<'_, ()>,
-        route: u16,
-        payload: Bytes,
-    ) -> Reply {
-        let text = String::from_utf8_lossy(&payload).into_owned();
-        match (route, seat.as_ref()) {
-            (JOIN, _) => {
-                *seat = None;
-                let (room, name) = text.split_once(' ').unwrap_or((&text, "someone"));
-                match self.rooms.join(room, ctx, name.to_owned()).await {
-                    Ok(membership) => {
-                        let host = membership.host().unwrap_or_else(|| "here".into());
-                        *seat = Some(membership);
-                        Reply::ok(host)
-                    }
-                    Err(e) => Reply::error(e.status(), e.to_string()),
-                }
-            }
-            (SAY, Some(room)) => match room.send(text).await {
-                Ok(()) => Reply::empty(),
-                Err(e) => Reply::error(e.status(), e.to_string()),
-            },
-            _ => Reply::error(Status::BAD_REQUEST, "no"),
-        }
-    }
-
-    async fn disconnect(&self, _: Self::Session, _: Disconnect) {}
-}
 
 /// A node of the cluster at `nats`: its address, its handle, and what stops it.
 struct Node {

@@ -2,6 +2,7 @@
 //! client that speaks the wire protocol over a real socket.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+pub mod chat;
 pub mod counter;
 pub mod proxy;
 pub mod resources;
