@@ -203,6 +203,7 @@ impl<M: Send + 'static> Task<M> {
         for player in std::mem::take(&mut self.retry) {
             self.claim_or_release(player);
         }
+        self.send_kept().await;
         if now >= self.next_beat {
             self.next_beat = now + self.node.config.heartbeat;
             self.beat();
@@ -327,6 +328,25 @@ impl<M: Send + 'static> Task<M> {
         }
         for player in players {
             self.claim_or_release(player);
+        }
+        self.send_kept().await;
+    }
+
+    /// Sends the messages that must not be dropped, once connected; put back (in
+    /// order) if the link goes down on the way.
+    async fn send_kept(&mut self) {
+        if self.connected_since.is_none() {
+            return;
+        }
+        let mut kept = self.node.take_kept().into_iter();
+        while let Some((target, message)) = kept.next() {
+            if !self.node.link.connected() {
+                let mut rest = vec![(target, message)];
+                rest.extend(kept);
+                self.node.keep_again(rest);
+                return;
+            }
+            self.publish(target, message).await;
         }
     }
 

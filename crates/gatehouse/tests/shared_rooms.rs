@@ -41,6 +41,17 @@ async fn node_saving(
     options: RoomOptions,
     store: Option<&MemoryStore>,
 ) -> Node {
+    node_dead_after(bus, name, options, store, Duration::from_millis(400)).await
+}
+
+/// A node that declares another dead after `dead_after`.
+async fn node_dead_after(
+    bus: &LocalBus,
+    name: &str,
+    options: RoomOptions,
+    store: Option<&MemoryStore>,
+    dead_after: Duration,
+) -> Node {
     let rooms = Rooms::new((), options).unwrap();
     if let Some(store) = store {
         let writer = SaveWriter::start(store.clone(), WriterConfig::default());
@@ -50,7 +61,7 @@ async fn node_saving(
     let switch = link.switch();
     let cluster = ClusterConfig {
         heartbeat: Duration::from_millis(100),
-        dead_after: Duration::from_millis(400),
+        dead_after,
         ..ClusterConfig::for_node(name)
     };
     let game = Game {
@@ -291,6 +302,38 @@ async fn a_room_joined_again_just_as_it_empties_is_made_again_not_refused() {
         assert_eq!(host, "here");
         last = Some(client);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leave_while_its_node_is_cut_off_reaches_the_room_once_it_is_back() {
+    let bus = LocalBus::new();
+    // Nobody is declared dead in this test: only the leave can free the seat.
+    let patient = Duration::from_secs(60);
+    let a = node_dead_after(&bus, "a", options(), None, patient).await;
+    let b = node_dead_after(&bus, "b", options(), None, patient).await;
+    for node in [&a, &b] {
+        until("both nodes alive", || async {
+            node.handle.cluster_counts().await.unwrap().nodes.len() == 2
+        })
+        .await;
+    }
+    let (_ann, _) = join(&a, "den", "ann").await;
+    let (bob, host) = join(&b, "den", "bob").await;
+    assert_eq!(host, "a");
+    assert_eq!(a.rooms.get("den").unwrap().stats().members, 2);
+
+    // bob leaves while b is cut off: the leave cannot go, and is kept.
+    b.switch.set_connected(false);
+    until("b knows it is cut off", || async {
+        !b.handle.cluster_stats().unwrap().connected
+    })
+    .await;
+    drop(bob);
+    b.switch.set_connected(true);
+    until("bob's seat given back once b is back", || async {
+        a.rooms.get("den").unwrap().stats().members == 1
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -159,6 +159,11 @@ pub(crate) struct ClusterNode {
     counters: Counters,
     /// The room types shared by the cluster, by their kind.
     room_kinds: Mutex<HashMap<Arc<str>, Arc<dyn SharedKind>>>,
+    /// Messages that must not be dropped (a member's leave of a room on another
+    /// node, which would leave a seat there): kept here when the outbox is full or
+    /// the link down, and sent by the task as soon as it can. At most one per
+    /// membership, so bounded by the seats this node's connections held.
+    kept: Mutex<Vec<(Target, ClusterMessage)>>,
 }
 
 #[derive(Default)]
@@ -210,6 +215,7 @@ impl ClusterNode {
             view: Mutex::default(),
             counters: Counters::default(),
             room_kinds: Mutex::default(),
+            kept: Mutex::default(),
         }
     }
 
@@ -261,6 +267,36 @@ impl ClusterNode {
         if self.outbox.try_send((target, message)).is_err() {
             self.counters.dropped_full.fetch_add(1, Relaxed);
         }
+    }
+
+    /// Queues `message` for `target` like [`ClusterNode::send`], but keeps it (never
+    /// waits, never drops it) when the outbox is full or the link down: the task
+    /// sends it once it can.
+    pub(crate) fn send_or_keep(&self, target: Target, message: ClusterMessage) {
+        if self.connected.load(Relaxed) {
+            match self.outbox.try_send((target, message)) {
+                Ok(()) => return,
+                Err(refused) => {
+                    let (target, message) = refused.into_inner();
+                    lock(&self.kept).push((target, message));
+                }
+            }
+        } else {
+            lock(&self.kept).push((target, message));
+        }
+        self.changed.notify_one();
+    }
+
+    /// The messages kept by [`ClusterNode::send_or_keep`], for the task to send.
+    pub(crate) fn take_kept(&self) -> Vec<(Target, ClusterMessage)> {
+        std::mem::take(&mut *lock(&self.kept))
+    }
+
+    /// Puts back kept messages the task could not send (the link went down).
+    pub(crate) fn keep_again(&self, messages: Vec<(Target, ClusterMessage)>) {
+        let mut kept = lock(&self.kept);
+        let newer = std::mem::replace(&mut *kept, messages);
+        kept.extend(newer);
     }
 
     /// The live node that owns `player`, if another one does.
@@ -501,4 +537,44 @@ pub(crate) fn node_tag(name: &str) -> u16 {
         hash = hash.wrapping_mul(0x0100_0193);
     }
     (hash % 65_535) as u16 + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::LocalBus;
+
+    fn leave(n: u64) -> ClusterMessage {
+        ClusterMessage::RoomLeave {
+            kind: Arc::from("k"),
+            room: Arc::from("r"),
+            node: Arc::from("n"),
+            member: ConnId(n),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_message_that_must_not_be_dropped_is_kept_when_the_outbox_is_full_or_the_link_down() {
+        let config = ClusterConfig {
+            outbox: 1,
+            ..ClusterConfig::for_node("a")
+        };
+        let node = ClusterNode::new(config, Arc::new(LocalBus::new().link()), 1024);
+        // Down: kept, not dropped.
+        node.send_or_keep(Target::Node(Arc::from("b")), leave(1));
+        assert_eq!(node.stats().dropped_disconnected, 0);
+        // Up, the outbox takes one; the next is kept.
+        node.set_connected(true);
+        node.send_or_keep(Target::Node(Arc::from("b")), leave(2));
+        node.send_or_keep(Target::Node(Arc::from("b")), leave(3));
+        let kept: Vec<ClusterMessage> = node.take_kept().into_iter().map(|(_, m)| m).collect();
+        assert_eq!(kept, [leave(1), leave(3)]);
+        assert!(node.take_kept().is_empty());
+        // Put back ahead of newer ones, in order.
+        node.set_connected(false);
+        node.send_or_keep(Target::All, leave(4));
+        node.keep_again(vec![(Target::All, leave(1))]);
+        let kept: Vec<ClusterMessage> = node.take_kept().into_iter().map(|(_, m)| m).collect();
+        assert_eq!(kept, [leave(1), leave(4)]);
+    }
 }

@@ -765,6 +765,7 @@ impl<R: Room> Shared<R> {
         }
     }
 
+    /// A leave is never dropped (a lost one would keep the seat on the host).
     fn send_leave(&self, host: &Arc<str>, room: &Arc<str>, member: ConnId) {
         let message = ClusterMessage::RoomLeave {
             kind: self.kind.clone(),
@@ -772,7 +773,8 @@ impl<R: Room> Shared<R> {
             node: self.cluster.name.clone(),
             member,
         };
-        self.cluster.send(Target::Node(host.clone()), message);
+        self.cluster
+            .send_or_keep(Target::Node(host.clone()), message);
     }
 
     /// A room of this registry stopped: its remote members' seats go, and its
