@@ -270,44 +270,40 @@ impl<R: Room> Rooms<R> {
         let sink = ctx.member_sink();
         match self.registry.shared.get() {
             Some(shared) => shared.join(name, ctx.id(), sink, address, join).await,
-            None => {
-                self.join_here(name, ctx.id(), sink, address, join, None)
-                    .await
-            }
+            None => self.join_here(name, ctx.id(), sink, address, join).await,
         }
     }
 
     /// Joins `member` to the room `name` of this node, making it if needed (again,
     /// once, if it closes just as the join arrives).
-    pub(super) async fn join_here(
+    async fn join_here(
         &self,
         name: &str,
         member: ConnId,
         sink: Arc<dyn MemberSink>,
         address: IpAddr,
         join: R::Join,
-        away: Option<OtherNode>,
     ) -> Result<Membership<R>, RoomError> {
-        let room = self.get_or_create(name)?;
+        self.get_or_create(name)?;
         let state = MemberState::default();
-        let joined = room
-            .join_sink(
+        let first = self
+            .join_running(
+                name,
                 member,
                 sink.clone(),
                 address,
                 join.clone(),
-                away.clone(),
-                state.clone(),
+                None,
+                state,
             )
             .await;
-        match joined {
-            Err(RoomError::Closed) => {
-                let room = self.get_or_create(name)?;
-                room.join_sink(member, sink, address, join, away, state)
-                    .await
-            }
-            joined => joined,
+        if !matches!(first, Err(RoomError::Closed)) {
+            return first;
         }
+        self.get_or_create(name)?;
+        let state = MemberState::default();
+        self.join_running(name, member, sink, address, join, None, state)
+            .await
     }
 
     /// Joins `member` to the room `name` of this node if it runs ([`RoomError::Closed`]
@@ -600,10 +596,10 @@ impl<R: Room> Membership<R> {
     /// The node the room runs on, if the member joined it on another node of the
     /// cluster (after that node went, the one that took the room over: this one,
     /// possibly; `None` while the member is being joined there).
-    pub fn host(&self) -> Option<String> {
+    pub fn host(&self) -> Option<Arc<str>> {
         match &self.seat {
             Seat::Here(_) => None,
-            Seat::There(away) => away.host.borrow().as_deref().map(str::to_owned),
+            Seat::There(away) => away.host.borrow().clone(),
         }
     }
 

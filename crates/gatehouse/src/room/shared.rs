@@ -546,6 +546,16 @@ impl<R: Room> Shared<R> {
             && self.rooms().is_ok_and(|rooms| rooms.get(name).is_some())
     }
 
+    /// Takes the seats `which` picks out of the table; dropped by the caller once the
+    /// lock is released (each leaves its room).
+    fn take_seats(&self, which: impl Fn(&SeatKey) -> bool) -> Vec<Membership<R>> {
+        let mut seats = lock(&self.seats);
+        seats
+            .extract_if(|key, _| which(key))
+            .map(|(_, seat)| seat)
+            .collect()
+    }
+
     /// Whether `name`'s key is being given back.
     fn releasing(&self, name: &str) -> bool {
         matches!(lock(&self.hosted).get(name), Some(Hosting::Releasing))
@@ -780,16 +790,7 @@ impl<R: Room> Shared<R> {
     /// A room of this registry stopped: its remote members' seats go, and its
     /// directory key is given back.
     pub(crate) fn stopped(self: &Arc<Self>, name: &Arc<str>) {
-        let seats: Vec<Membership<R>> = {
-            let mut seats = lock(&self.seats);
-            let keys: Vec<SeatKey> = seats
-                .keys()
-                .filter(|(room, _, _)| room == name)
-                .cloned()
-                .collect();
-            keys.iter().filter_map(|key| seats.remove(key)).collect()
-        };
-        drop(seats);
+        drop(self.take_seats(|(room, _, _)| room == name));
         let revision = {
             let mut hosted = lock(&self.hosted);
             match hosted.get(name) {
@@ -995,16 +996,7 @@ impl<R: Room> SharedKind for Shared<R> {
     }
 
     fn node_gone(self: Arc<Self>, node: &str) {
-        let gone: Vec<Membership<R>> = {
-            let mut seats = lock(&self.seats);
-            let keys: Vec<SeatKey> = seats
-                .keys()
-                .filter(|(_, n, _)| &**n == node)
-                .cloned()
-                .collect();
-            keys.iter().filter_map(|key| seats.remove(key)).collect()
-        };
-        drop(gone);
+        drop(self.take_seats(|(_, n, _)| &**n == node));
         let moved: Vec<(AwayKey, SeatAway<R>)> = lock(&self.away)
             .iter()
             .filter(|(_, seat)| seat.host.borrow().as_deref() == Some(node))

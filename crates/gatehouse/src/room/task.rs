@@ -385,14 +385,17 @@ impl<R: Room> RoomTask<R> {
     }
 
     fn keep_snapshot(&mut self, room: &R) {
-        let now = Instant::now();
-        let checkpoint_due = self.checkpoint.as_ref().is_some_and(|c| c.due(now));
-        if self.options.restart != Restart::FromSnapshot && !checkpoint_due {
+        // The clock is read only by a shared room that checkpoints.
+        let due = self
+            .checkpoint
+            .as_ref()
+            .and_then(|checkpoint| Some(Instant::now()).filter(|now| checkpoint.due(*now)));
+        if self.options.restart != Restart::FromSnapshot && due.is_none() {
             return;
         }
         match catch(|| room.snapshot()) {
             Ok(Some(snapshot)) => {
-                if let Some(checkpoint) = self.checkpoint.as_mut().filter(|_| checkpoint_due) {
+                if let (Some(checkpoint), Some(now)) = (self.checkpoint.as_mut(), due) {
                     checkpoint.save(&self.name, &snapshot, now);
                 }
                 if self.options.restart == Restart::FromSnapshot {

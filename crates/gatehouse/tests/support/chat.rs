@@ -133,7 +133,7 @@ impl Service for Game {
                 let (room, name) = text.split_once(' ').unwrap_or((&text, "someone"));
                 match self.rooms.join(room, ctx, name.to_owned()).await {
                     Ok(membership) => {
-                        let host = membership.host().unwrap_or_else(|| "here".into());
+                        let host = membership.host().map_or("here".into(), |h| h.to_string());
                         *seat = Some(membership);
                         Reply::ok(host)
                     }
