@@ -3,7 +3,7 @@
 //!
 //! - drains the outbox: each message published once, on the subject of every node
 //!   (`gatehouse.all`), of a group (subscribed by the nodes with a member), or of
-//!   one node;
+//!   one node; what waits together for one subject goes as one batch;
 //! - subscribes to what is meant for this node and hands it to the hub (a pump task
 //!   per subscription);
 //! - heartbeats: puts this node's counts to the nodes bucket every
@@ -48,6 +48,9 @@ const TICK: Duration = Duration::from_millis(100);
 /// A gap between ticks longer than this (or a heartbeat) is a lapse: this node was
 /// not running, and heard nobody.
 const LAPSE: Duration = Duration::from_secs(1);
+
+/// The most messages taken from the outbox at once, to publish as batches.
+const MAX_DRAIN: usize = 256;
 
 /// What the task's helpers report back to it.
 enum Report {
@@ -106,7 +109,7 @@ pub(crate) async fn run<M: Send + 'static>(
     loop {
         tokio::select! {
             () = stop.cancelled() => break,
-            Some((target, message)) = outbox.recv() => task.publish(target, message).await,
+            Some(first) = outbox.recv() => task.publish(first, &mut outbox).await,
             () = node.changed.notified() => task.reconcile().await,
             Some(report) = reports.recv() => task.report(report).await,
             _ = tick.tick() => task.tick().await,
@@ -144,29 +147,66 @@ impl<M: Send + 'static> Task<M> {
         self.node.config.request_timeout
     }
 
-    async fn publish(&mut self, target: Target, message: ClusterMessage) {
-        let subject = match &target {
-            Target::All => wire::ALL_SUBJECT.to_owned(),
-            Target::Group(group) => wire::group_subject(group),
-            Target::Node(node) => wire::node_subject(node),
-        };
-        let Some(payload) = message.encode() else {
-            self.node.count_send_failed();
-            if let Some(suppressed) = written(&self.logs) {
-                warn!(
-                    suppressed,
-                    "cluster: a group or player name too long to send; dropped"
-                );
-            }
-            return;
-        };
-        let published = within(self.timeout(), self.node.link.publish(subject, payload)).await;
-        match published {
-            Ok(()) => self.node.count_sent(),
-            Err(e) => {
-                self.node.count_send_failed();
+    /// Publishes `first` and whatever else waits in the outbox (up to
+    /// [`MAX_DRAIN`]): one NATS message per subject, a batch when it has several,
+    /// in the order they were sent. Under load a room's broadcast and its members'
+    /// states travel together; alone, a message goes as itself.
+    async fn publish(
+        &mut self,
+        first: (Target, ClusterMessage),
+        outbox: &mut mpsc::Receiver<(Target, ClusterMessage)>,
+    ) {
+        let mut messages = vec![first];
+        while messages.len() < MAX_DRAIN {
+            let Ok(next) = outbox.try_recv() else { break };
+            messages.push(next);
+        }
+        self.publish_all(messages).await;
+    }
+
+    /// Publishes `messages`: one NATS message per subject, in order.
+    async fn publish_all(&mut self, messages: Vec<(Target, ClusterMessage)>) {
+        // (subject, encoded messages, their bytes), in first-sent order.
+        let mut batches: Vec<(String, Vec<Bytes>, usize)> = Vec::new();
+        for (target, message) in messages {
+            let Some(encoded) = message.encode() else {
+                self.node.count_send_failed(1);
                 if let Some(suppressed) = written(&self.logs) {
-                    warn!(suppressed, error = %e, "cluster: a message to other nodes was dropped");
+                    warn!(
+                        suppressed,
+                        "cluster: a group or player name too long to send; dropped"
+                    );
+                }
+                continue;
+            };
+            let subject = match &target {
+                Target::All => wire::ALL_SUBJECT.to_owned(),
+                Target::Group(group) => wire::group_subject(group),
+                Target::Node(node) => wire::node_subject(node),
+            };
+            // The subject's last batch, if this still fits in it.
+            let open = batches.iter_mut().rev().find(|(s, ..)| *s == subject);
+            match open {
+                Some((_, messages, bytes)) if *bytes + encoded.len() <= wire::MAX_BATCH_BYTES => {
+                    *bytes += encoded.len();
+                    messages.push(encoded);
+                }
+                _ => {
+                    let bytes = encoded.len();
+                    batches.push((subject, vec![encoded], bytes));
+                }
+            }
+        }
+        for (subject, messages, _) in batches {
+            let payload = wire::batch(&messages);
+            let published = within(self.timeout(), self.node.link.publish(subject, payload)).await;
+            match published {
+                Ok(()) => self.node.count_sent(messages.len()),
+                Err(e) => {
+                    self.node.count_send_failed(messages.len());
+                    if let Some(suppressed) = written(&self.logs) {
+                        warn!(suppressed, error = %e, "cluster: a message to other nodes was dropped");
+                    }
                 }
             }
         }
@@ -346,7 +386,7 @@ impl<M: Send + 'static> Task<M> {
                 self.node.keep_again(rest);
                 return;
             }
-            self.publish(target, message).await;
+            self.publish_all(vec![(target, message)]).await;
         }
     }
 
@@ -586,76 +626,94 @@ async fn pump<M: Send + 'static>(
     let max_frame = node.max_frame;
     let logs = LogLimiter::default();
     while let Some(message) = stream.next().await {
-        match ClusterMessage::decode(message.payload, max_frame) {
-            Ok(ClusterMessage::TakeOver { player }) => {
-                node.count_received();
-                if let Some(reply) = message.reply {
-                    let answer = answer_take_over(node.clone(), handle.clone(), player, reply);
-                    tokio::spawn(answer);
-                }
-            }
-            Ok(ClusterMessage::RoomJoin {
-                kind,
-                room,
-                node: from,
-                member,
-                address,
-                join,
-            }) => {
-                node.count_received();
-                let (Some(reply), Some(rooms)) = (message.reply, room_kind(&node, &kind, &logs))
-                else {
-                    continue;
-                };
-                // Answered in the background: a join waits for its room.
-                let answering = node.clone();
-                tokio::spawn(async move {
-                    let answer = rooms.join(room, from, member, address, join).await;
-                    let link = &answering.link;
-                    let answered = link.publish(reply, answer);
-                    let _ = within(answering.config.request_timeout, answered).await;
-                });
-            }
-            Ok(ClusterMessage::RoomInput {
-                kind,
-                room,
-                node: from,
-                member,
-                message,
-            }) => {
-                node.count_received();
-                if let Some(rooms) = room_kind(&node, &kind, &logs) {
-                    // In order: this waits for room in the room's mailbox.
-                    rooms.input(room, from, member, message).await;
-                }
-            }
-            Ok(ClusterMessage::RoomLeave {
-                kind,
-                room,
-                node: from,
-                member,
-            }) => {
-                node.count_received();
-                if let Some(rooms) = room_kind(&node, &kind, &logs) {
-                    rooms.leave(&room, &from, member);
-                }
-            }
-            Ok(ClusterMessage::MemberStates { kind, room, states }) => {
-                node.count_received();
-                if let Some(rooms) = room_kind(&node, &kind, &logs) {
-                    rooms.member_states(&room, states);
-                }
-            }
-            Ok(message) => {
-                node.count_received();
-                // The hub is local: waiting for room in its queue is backpressure,
-                // not a wait on the network.
-                let _ = handle.deliver_from_cluster(message).await;
-            }
+        let parts = match wire::unbatch(message.payload) {
+            Ok(parts) => parts,
             Err(e) => {
                 node.count_malformed();
                 if let Some(suppressed) = written(&logs) {
-                    warn!(suppressed, %subject, error = %e, "cluster: a malformed message from another node; dropped");
+                    warn!(suppressed, %subject, error = %e, "cluster: a malformed batch from another node; dropped");
+                }
+                continue;
+            }
+        };
+        // A request is never batched: only a message alone has a reply subject.
+        let mut reply = if parts.len() == 1 {
+            message.reply
+        } else {
+            None
+        };
+        for part in parts {
+            match ClusterMessage::decode(part, max_frame) {
+                Ok(ClusterMessage::TakeOver { player }) => {
+                    node.count_received();
+                    if let Some(reply) = reply.take() {
+                        let answer = answer_take_over(node.clone(), handle.clone(), player, reply);
+                        tokio::spawn(answer);
+                    }
+                }
+                Ok(ClusterMessage::RoomJoin {
+                    kind,
+                    room,
+                    node: from,
+                    member,
+                    address,
+                    join,
+                }) => {
+                    node.count_received();
+                    let (Some(reply), Some(rooms)) = (reply.take(), room_kind(&node, &kind, &logs))
+                    else {
+                        continue;
+                    };
+                    // Answered in the background: a join waits for its room.
+                    let answering = node.clone();
+                    tokio::spawn(async move {
+                        let answer = rooms.join(room, from, member, address, join).await;
+                        let link = &answering.link;
+                        let answered = link.publish(reply, answer);
+                        let _ = within(answering.config.request_timeout, answered).await;
+                    });
+                }
+                Ok(ClusterMessage::RoomInput {
+                    kind,
+                    room,
+                    node: from,
+                    member,
+                    message,
+                }) => {
+                    node.count_received();
+                    if let Some(rooms) = room_kind(&node, &kind, &logs) {
+                        // In order: this waits for room in the room's mailbox.
+                        rooms.input(room, from, member, message).await;
+                    }
+                }
+                Ok(ClusterMessage::RoomLeave {
+                    kind,
+                    room,
+                    node: from,
+                    member,
+                }) => {
+                    node.count_received();
+                    if let Some(rooms) = room_kind(&node, &kind, &logs) {
+                        rooms.leave(&room, &from, member);
+                    }
+                }
+                Ok(ClusterMessage::MemberStates { kind, room, states }) => {
+                    node.count_received();
+                    if let Some(rooms) = room_kind(&node, &kind, &logs) {
+                        rooms.member_states(&room, states);
+                    }
+                }
+                Ok(message) => {
+                    node.count_received();
+                    // The hub is local: waiting for room in its queue is backpressure,
+                    // not a wait on the network.
+                    let _ = handle.deliver_from_cluster(message).await;
+                }
+                Err(e) => {
+                    node.count_malformed();
+                    if let Some(suppressed) = written(&logs) {
+                        warn!(suppressed, %subject, error = %e, "cluster: a malformed message from another node; dropped");
+                    }
                 }
             }
         }

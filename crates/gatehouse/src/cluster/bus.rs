@@ -53,6 +53,7 @@ pub struct LocalLink {
     member: u64,
     connected: Arc<AtomicBool>,
     published: Arc<AtomicU64>,
+    carried: Arc<AtomicU64>,
 }
 
 impl LocalBus {
@@ -97,6 +98,7 @@ impl LocalBus {
             member,
             connected: Arc::new(AtomicBool::new(true)),
             published: Arc::default(),
+            carried: Arc::default(),
         }
     }
 }
@@ -108,6 +110,7 @@ pub struct LinkSwitch {
     member: u64,
     connected: Arc<AtomicBool>,
     published: Arc<AtomicU64>,
+    carried: Arc<AtomicU64>,
 }
 
 impl LinkSwitch {
@@ -128,6 +131,11 @@ impl LinkSwitch {
     pub fn published(&self) -> u64 {
         self.published.load(Relaxed)
     }
+
+    /// The cluster messages those carried: a batch counts as its messages.
+    pub fn carried(&self) -> u64 {
+        self.carried.load(Relaxed)
+    }
 }
 
 impl LocalLink {
@@ -138,6 +146,7 @@ impl LocalLink {
             member: self.member,
             connected: self.connected.clone(),
             published: self.published.clone(),
+            carried: self.carried.clone(),
         }
     }
 
@@ -152,6 +161,8 @@ impl LocalLink {
     /// Delivers to every subscriber of `subject` but this member; how many got it.
     fn deliver(&self, subject: &str, payload: Bytes, reply: Option<String>) -> usize {
         self.published.fetch_add(1, Relaxed);
+        let carried = super::wire::unbatch(payload.clone()).map_or(1, |parts| parts.len());
+        self.carried.fetch_add(carried as u64, Relaxed);
         let mut state = self.bus.state();
         state.subscriptions.retain(|s| !s.tx.is_closed());
         let mut delivered = 0;

@@ -507,12 +507,15 @@ impl ClusterNode {
         lock(&self.view).owners.get(player).cloned()
     }
 
-    pub(crate) fn count_sent(&self) {
-        self.counters.sent.fetch_add(1, Relaxed);
+    /// `messages` published (in one NATS message or several).
+    pub(crate) fn count_sent(&self, messages: usize) {
+        self.counters.sent.fetch_add(messages as u64, Relaxed);
     }
 
-    pub(crate) fn count_send_failed(&self) {
-        self.counters.dropped_disconnected.fetch_add(1, Relaxed);
+    pub(crate) fn count_send_failed(&self, messages: usize) {
+        self.counters
+            .dropped_disconnected
+            .fetch_add(messages as u64, Relaxed);
     }
 
     pub(crate) fn count_received(&self) {

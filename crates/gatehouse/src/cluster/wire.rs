@@ -165,6 +165,61 @@ const ROOM_LEAVE: u8 = 8;
 const CONN_FRAMES: u8 = 9;
 const CONN_KICK: u8 = 10;
 const MEMBER_STATES: u8 = 11;
+/// Not a message: several, for one subject, published as one (see [`batch`]).
+const BATCH: u8 = 12;
+
+/// The most bytes of messages one [`batch`] carries (NATS' default payload limit
+/// is 1 MiB); a message larger than this goes alone.
+pub(crate) const MAX_BATCH_BYTES: usize = 64 * 1024;
+
+/// The payload that carries these encoded messages (each from
+/// [`ClusterMessage::encode`]) on one subject: the message itself when it is one,
+/// else a batch of them, each after its length. The other end takes them apart
+/// with [`unbatch`], in order.
+pub(crate) fn batch(messages: &[Bytes]) -> Bytes {
+    if let [one] = messages {
+        return one.clone();
+    }
+    let len = messages
+        .iter()
+        .map(|message| 4 + message.len())
+        .sum::<usize>();
+    let mut out = BytesMut::with_capacity(1 + len);
+    out.put_u8(BATCH);
+    for message in messages {
+        out.put_u32(u32::try_from(message.len()).unwrap_or(u32::MAX));
+        out.put_slice(message);
+    }
+    out.freeze()
+}
+
+/// The messages a payload carries (one, or a batch's), each for
+/// [`ClusterMessage::decode`].
+pub(crate) fn unbatch(mut payload: Bytes) -> Result<Vec<Bytes>, Malformed> {
+    if payload.first() != Some(&BATCH) {
+        return Ok(vec![payload]);
+    }
+    payload.advance(1);
+    let mut messages = Vec::new();
+    while !payload.is_empty() {
+        if payload.remaining() < 4 {
+            return Err(Malformed::Truncated);
+        }
+        let len = payload.get_u32() as usize;
+        if payload.remaining() < len {
+            return Err(Malformed::Truncated);
+        }
+        let message = payload.split_to(len);
+        if message.first() == Some(&BATCH) {
+            return Err(Malformed::NestedBatch);
+        }
+        messages.push(message);
+    }
+    if messages.is_empty() {
+        return Err(Malformed::Empty);
+    }
+    Ok(messages)
+}
 
 /// Why a message from another node was dropped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -187,6 +242,8 @@ pub(crate) enum Malformed {
     Trailing(usize),
     #[error("a message for no connection")]
     NoConnections,
+    #[error("a batch inside a batch")]
+    NestedBatch,
 }
 
 impl ClusterMessage {
@@ -757,6 +814,36 @@ mod tests {
         }
 
         #[test]
+        fn a_batch_carries_its_messages_in_order(
+            messages in proptest::collection::vec(message(), 1..8),
+        ) {
+            let encoded: Vec<Bytes> = messages.iter().map(|m| m.encode().unwrap()).collect();
+            let parts = unbatch(batch(&encoded)).unwrap();
+            let decoded: Vec<ClusterMessage> = parts
+                .into_iter()
+                .map(|part| ClusterMessage::decode(part, 1024).unwrap())
+                .collect();
+            prop_assert_eq!(decoded, messages);
+        }
+
+        #[test]
+        fn arbitrary_bytes_unbatch_to_parts_or_an_error_never_a_panic(
+            bytes in proptest::collection::vec(any::<u8>(), 0..200),
+            batched in any::<bool>(),
+        ) {
+            let mut payload = bytes;
+            if batched {
+                payload.insert(0, BATCH);
+            }
+            if let Ok(parts) = unbatch(Bytes::from(payload)) {
+                for part in parts {
+                    prop_assert_ne!(part.first(), Some(&BATCH));
+                    let _ = ClusterMessage::decode(part, 1024);
+                }
+            }
+        }
+
+        #[test]
         fn names_survive_the_hex_of_keys(name in "\\PC{0,40}") {
             prop_assert_eq!(player_of_key(&player_key(&name)), Some(name));
         }
@@ -768,6 +855,20 @@ mod tests {
             let _ = RoomHost::decode(text.as_bytes());
         }
 
+    }
+
+    #[test]
+    fn a_batch_inside_a_batch_or_an_empty_one_is_refused() {
+        let one = ClusterMessage::Broadcast { frame: push(b"x") }
+            .encode()
+            .unwrap();
+        let inner = batch(&[one.clone(), one.clone()]);
+        assert_eq!(unbatch(batch(&[one, inner])), Err(Malformed::NestedBatch));
+        assert_eq!(unbatch(Bytes::from_static(&[BATCH])), Err(Malformed::Empty));
+        assert_eq!(
+            unbatch(Bytes::from_static(&[BATCH, 0, 0, 0, 9, 1])),
+            Err(Malformed::Truncated)
+        );
     }
 
     #[test]

@@ -621,6 +621,24 @@ impl Client {
         }
     }
 
+    /// Resumes session `id` with `token` on this connection, expecting the server
+    /// to refuse it `resume_failed`; the refusal's text.
+    pub async fn resume_refused(&mut self, id: u64, token: gatehouse::protocol::Token) -> String {
+        self.send(&Message::Resume {
+            id,
+            received: 0,
+            token,
+        })
+        .await;
+        match self.recv().await {
+            Some(Message::Kick { reason, text }) => {
+                assert_eq!(reason, KickReason::RESUME_FAILED, "{text}");
+                text
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
     /// Reads the next push's payload, skipping nothing.
     pub async fn expect_push(&mut self) -> (u16, Bytes) {
         match self.recv().await {
