@@ -293,7 +293,8 @@ impl Room for ArenaRoom {
                 };
                 walker.set_walk(walk);
                 walker.count_move();
-                walker.record(ctx, member);
+                // Recorded at the next tick, with the step it takes: for a member on
+                // another node, its state then travels with the tick's delta.
             }
             ToRoom::Place { x, y, done } => {
                 walker.set_walk(Walk::Still);
