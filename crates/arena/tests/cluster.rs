@@ -308,3 +308,50 @@ async fn players_on_two_nodes_share_a_room_see_each_other_move_and_keep_where_th
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_on_the_wrong_node_is_told_moved_and_the_login_there_keeps_every_acknowledged_move(
+) {
+    let store = MemoryStore::new();
+    let (_bus, a, b) = two_nodes(&store).await;
+    // cara logs in on a, which offers her a session to resume.
+    let mut on_a = Client::connect(a.server.addr).await;
+    let request = pb::LoginRequest {
+        name: "cara".into(),
+        password: "cara-secret".into(),
+    };
+    on_a.send(&Message::Request {
+        id: 1,
+        route: routes::LOGIN,
+        payload: request.encode_to_vec().into(),
+    })
+    .await;
+    let mut session = None;
+    loop {
+        match on_a.recv().await.expect("the login is answered") {
+            Message::Session { id, token, .. } => session = Some((id, token)),
+            Message::Response { id: 1, status, .. } => {
+                assert_eq!(status, Status::OK);
+                break;
+            }
+            _ => {}
+        }
+    }
+    let (id, token) = session.expect("arena offers a session to resume");
+    // Moves that a answered: acknowledged state.
+    move_to(&mut on_a, 5, 6).await;
+    move_to(&mut on_a, -8, 2).await;
+    // The connection is lost; a keeps the session for a resume.
+    drop(on_a);
+
+    // The client tries b: the session is not there, and b says it moved.
+    let mut on_b = Client::connect(b.server.addr).await;
+    let text = on_b.resume_refused(id, token).await;
+    assert!(text.starts_with("moved"), "{text}");
+    // It logs in on b: a ends the kept session (its save lands first), and b's
+    // login starts from every move a acknowledged.
+    let (_on_b, state) = login(&b, "cara").await;
+    assert_eq!((state.x, state.y, state.logins), (-8, 2, 2));
+    let (_, saved) = stored(&store, "cara");
+    assert_eq!((saved.x, saved.y, saved.logins), (-8, 2, 2));
+}
