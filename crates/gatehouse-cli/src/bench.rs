@@ -228,9 +228,15 @@ struct ArenaArgs {
     /// Seconds of play before measuring.
     #[arg(long, default_value_t = 2.0)]
     warmup: f64,
-    /// The server's pid, for its CPU over the window and its RSS.
+    /// The server's pid, for its CPU over the window and its RSS (repeatable: every
+    /// node and the nats-server of a cluster, summed).
     #[arg(long)]
-    server_pid: Option<u32>,
+    server_pid: Vec<u32>,
+    /// Another node of the server's cluster: the second half of every room's players
+    /// play there (the first half, who make the rooms, on --addr), and the report
+    /// times how much later they get each delta.
+    #[arg(long, value_name = "ADDRESS")]
+    also: Option<SocketAddr>,
 }
 
 impl Scenario {
@@ -415,12 +421,13 @@ async fn run_scenario(scenario: Scenario, progress: &Progress) -> anyhow::Result
             }
             let options = ArenaBenchOptions {
                 addr,
+                also: a.also,
                 players: a.players,
                 room_size: a.room_size,
                 input_rate: a.input_rate,
                 duration: seconds("duration", a.duration)?,
                 warmup: seconds("warmup", a.warmup)?,
-                server_pid: a.server_pid,
+                server_pids: a.server_pid.clone(),
                 sources: Sources::for_target(addr, a.common.per_source),
             };
             let report = bench_arena::run(&options, progress).await?;

@@ -6,12 +6,20 @@
 //! from the server (arena's STATS route) how late the rooms' ticks started: p50, p99,
 //! max and how many were late; with `--server-pid`, the server's CPU and RSS.
 //!
+//! With `--also ADDR` every room is split over two nodes of a cluster: its first
+//! half (the near players, the first of whom makes the room) on `--addr`, its second
+//! half (the far ones) on ADDR. Each delta's arrival is timed at every bot, and the
+//! report gives how much later the far half got it than the near half: the latency a
+//! room's second node adds. Without `--also` the same halves on one server give
+//! the baseline.
+//!
 //! Lives in the binary rather than in `gatehouse-loadgen`, which speaks only the
 //! bench service: this one needs arena's messages.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
@@ -26,13 +34,16 @@ use tokio::net::TcpSocket;
 /// What to run.
 pub(crate) struct ArenaBenchOptions {
     pub(crate) addr: SocketAddr,
+    /// Another node of the cluster: the far half of every room plays there.
+    pub(crate) also: Option<SocketAddr>,
     pub(crate) players: usize,
     pub(crate) room_size: usize,
     /// Direction changes per bot per second.
     pub(crate) input_rate: f64,
     pub(crate) duration: Duration,
     pub(crate) warmup: Duration,
-    pub(crate) server_pid: Option<u32>,
+    /// The server's processes (every node, and NATS): their CPU and RSS, summed.
+    pub(crate) server_pids: Vec<u32>,
     pub(crate) sources: Sources,
 }
 
@@ -60,7 +71,15 @@ pub(crate) struct ArenaBenchReport {
     pub(crate) lateness_p50_us: u64,
     pub(crate) lateness_p99_us: u64,
     pub(crate) lateness_max_us: u64,
-    /// The server's CPU over the window, in % of one core, and RSS at the end.
+    /// Whether the far half of every room played on another node (`--also`).
+    pub(crate) split: bool,
+    /// How much later a room's far half got its deltas than its near half: for each
+    /// delta and far bot, its arrival minus the near half's median arrival (µs;
+    /// percentiles over the window, negative when the far bot was first).
+    pub(crate) far_after_near_p50_us: i64,
+    pub(crate) far_after_near_p99_us: i64,
+    /// The server processes' CPU over the window, in % of one core (summed), and
+    /// their RSS at the end.
     pub(crate) server_cpu_percent: Option<f64>,
     pub(crate) server_rss_bytes: Option<u64>,
 }
@@ -71,6 +90,57 @@ struct Counters {
     deltas: AtomicU64,
     missing: AtomicU64,
     dropped: AtomicU64,
+    /// Whether the window is on: arrivals are timed only then.
+    measuring: AtomicBool,
+    arrivals: Mutex<HashMap<(usize, u64), Arrivals>>,
+}
+
+/// When one delta (a room's tick) reached the room's near and far bots.
+#[derive(Default)]
+struct Arrivals {
+    near: Vec<Instant>,
+    far: Vec<Instant>,
+}
+
+/// Which half of its room a bot is in.
+#[derive(Clone, Copy, PartialEq)]
+enum Half {
+    /// On `--addr`, the node its room runs on.
+    Near,
+    /// On `--also` (or, without it, the same server: the baseline).
+    Far,
+}
+
+impl Counters {
+    /// Per delta and far bot: its arrival minus the near half's median (µs), sorted.
+    fn far_after_near_us(&self) -> Vec<i64> {
+        let arrivals = self.arrivals.lock().expect("arrivals");
+        let mut lags = Vec::new();
+        for tick in arrivals.values() {
+            let mut near = tick.near.clone();
+            if near.is_empty() {
+                continue;
+            }
+            near.sort();
+            let median = near[near.len() / 2];
+            for &far in &tick.far {
+                lags.push(if far >= median {
+                    (far - median).as_micros() as i64
+                } else {
+                    -((median - far).as_micros() as i64)
+                });
+            }
+        }
+        lags.sort_unstable();
+        lags
+    }
+}
+
+fn percentile(sorted: &[i64], p: f64) -> i64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
 /// xorshift: a bot's directions, cheap and reproducible per bot.
@@ -104,49 +174,83 @@ pub(crate) async fn run(
     let run_id = std::process::id();
     let counters = Arc::new(Counters::default());
 
-    // Log in and join, a few at a time (each login hashes or checks a password).
+    // Log in and join, a few at a time (each login hashes or checks a password). The
+    // first bot of every room joins first, so that each room runs on `--addr`.
     progress.counted("join", options.players as u64);
-    let mut bots = Vec::with_capacity(options.players);
-    let mut joined = Vec::new();
-    for chunk in (0..options.players).collect::<Vec<_>>().chunks(32) {
+    let half = options.room_size.div_ceil(2);
+    let (firsts, rest): (Vec<usize>, Vec<usize>) =
+        (0..options.players).partition(|i| i % options.room_size == 0);
+    let mut joined: Vec<Option<Joined>> = (0..options.players).map(|_| None).collect();
+    for chunk in firsts.chunks(32).chain(rest.chunks(32)) {
         let mut logins = Vec::new();
         for &i in chunk {
+            let near = i % options.room_size < half;
+            let addr = match options.also {
+                Some(also) if !near => also,
+                _ => options.addr,
+            };
             let source = options.sources.source(i);
             let name = format!("bot{run_id:x}-{i}");
             let room = format!("bench-{}", i / options.room_size);
-            logins.push(tokio::spawn(join(options.addr, source, name, room)));
+            logins.push((i, tokio::spawn(join(addr, source, name, room))));
         }
-        for login in logins {
-            let joined_room = login.await.context("a bot panicked")??;
-            joined.push(joined_room);
+        for (i, login) in logins {
+            joined[i] = Some(login.await.context("a bot panicked")??);
             progress.advance(1);
         }
     }
+    let joined: Vec<Joined> = joined.into_iter().flatten().collect();
     let stats_client = joined[0].0.clone();
     let every = Duration::from_secs_f64(1.0 / options.input_rate);
+    let mut bots = Vec::with_capacity(2 * options.players);
     let mut players = Vec::with_capacity(options.players);
     for (i, (client, pushes, room, tick)) in joined.into_iter().enumerate() {
+        let follower = Follower {
+            room,
+            room_index: i / options.room_size,
+            half: if i % options.room_size < half {
+                Half::Near
+            } else {
+                Half::Far
+            },
+            counters: counters.clone(),
+        };
         players.push(client.clone());
-        bots.push(tokio::spawn(follow(pushes, room, tick, counters.clone())));
+        bots.push(tokio::spawn(follower.follow(pushes, tick)));
         bots.push(tokio::spawn(walk(client, every, i as u64 + 1)));
     }
 
     progress.timed("warmup", options.warmup);
     tokio::time::sleep(options.warmup).await;
     let _ = server_stats(&stats_client).await?; // starts the server's window
-    let cpu_before = options.server_pid.map(CpuSample::take).transpose()?;
+    let cpu_before = cpu_samples(&options.server_pids)?;
+    counters.measuring.store(true, Relaxed);
     let deltas_before = counters.deltas.load(Relaxed);
     let missing_before = counters.missing.load(Relaxed);
     let started = Instant::now();
     progress.timed("measure", options.duration);
     tokio::time::sleep(options.duration).await;
+    counters.measuring.store(false, Relaxed);
     let seconds = started.elapsed().as_secs_f64();
     let stats = server_stats(&stats_client).await?;
-    let cpu = match (options.server_pid, cpu_before) {
-        (Some(pid), Some(before)) => Some(before.percent_of_core_until(&CpuSample::take(pid)?)),
-        _ => None,
-    };
-    let rss = options.server_pid.map(procfs::rss_bytes).transpose()?;
+    let cpu_after = cpu_samples(&options.server_pids)?;
+    let cpu = (!cpu_after.is_empty()).then(|| {
+        let (before, after) = (cpu_before.iter(), cpu_after.iter());
+        before
+            .zip(after)
+            .map(|(before, after)| before.percent_of_core_until(after))
+            .sum()
+    });
+    let rss = (!options.server_pids.is_empty())
+        .then(|| {
+            options
+                .server_pids
+                .iter()
+                .map(|&pid| procfs::rss_bytes(pid))
+                .sum()
+        })
+        .transpose()?;
+    let lags = counters.far_after_near_us();
     let deltas = counters.deltas.load(Relaxed) - deltas_before;
     let missing = counters.missing.load(Relaxed) - missing_before;
     for bot in bots {
@@ -177,10 +281,23 @@ pub(crate) async fn run(
         lateness_p50_us: stats.lateness_p50_us,
         lateness_p99_us: stats.lateness_p99_us,
         lateness_max_us: stats.lateness_max_us,
+        split: options.also.is_some(),
+        far_after_near_p50_us: percentile(&lags, 0.5),
+        far_after_near_p99_us: percentile(&lags, 0.99),
         server_cpu_percent: cpu,
         server_rss_bytes: rss,
     })
 }
+
+fn cpu_samples(pids: &[u32]) -> anyhow::Result<Vec<CpuSample>> {
+    Ok(pids
+        .iter()
+        .map(|&pid| CpuSample::take(pid))
+        .collect::<Result<_, _>>()?)
+}
+
+/// A bot once joined: its client, its pushes, its room, and its room state's tick.
+type Joined = (Client, Pushes, String, u64);
 
 /// One bot: connects (from `source`), logs in (creating its account), joins `room`;
 /// returns its client, its pushes, its room, and the tick its room state was at.
@@ -189,7 +306,7 @@ async fn join(
     source: Option<std::net::IpAddr>,
     name: String,
     room: String,
-) -> anyhow::Result<(Client, Pushes, String, u64)> {
+) -> anyhow::Result<Joined> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
@@ -228,25 +345,46 @@ async fn join(
     }
 }
 
-/// Reads a bot's pushes: counts its room's deltas and the ones missed.
-async fn follow(mut pushes: Pushes, room: String, mut tick: u64, counters: Arc<Counters>) {
-    while let Some(push) = pushes.next().await {
-        if push.route != routes::DELTA {
-            continue;
+/// What a bot's pushes are checked and timed against.
+struct Follower {
+    room: String,
+    room_index: usize,
+    half: Half,
+    counters: Arc<Counters>,
+}
+
+impl Follower {
+    /// Reads a bot's pushes: counts its room's deltas and the ones missed, and times
+    /// each one's arrival while the window is on.
+    async fn follow(self, mut pushes: Pushes, mut tick: u64) {
+        let counters = &self.counters;
+        while let Some(push) = pushes.next().await {
+            let arrived = Instant::now();
+            if push.route != routes::DELTA {
+                continue;
+            }
+            let Ok(delta) = pb::Delta::decode(push.payload) else {
+                continue;
+            };
+            if delta.room != self.room {
+                continue; // the lobby's last ones
+            }
+            if delta.since != tick {
+                counters.missing.fetch_add(1, Relaxed);
+            }
+            tick = delta.tick;
+            counters.deltas.fetch_add(1, Relaxed);
+            if counters.measuring.load(Relaxed) {
+                let mut arrivals = counters.arrivals.lock().expect("arrivals");
+                let times = arrivals.entry((self.room_index, tick)).or_default();
+                match self.half {
+                    Half::Near => times.near.push(arrived),
+                    Half::Far => times.far.push(arrived),
+                }
+            }
         }
-        let Ok(delta) = pb::Delta::decode(push.payload) else {
-            continue;
-        };
-        if delta.room != room {
-            continue; // the lobby's last ones
-        }
-        if delta.since != tick {
-            counters.missing.fetch_add(1, Relaxed);
-        }
-        tick = delta.tick;
-        counters.deltas.fetch_add(1, Relaxed);
+        counters.dropped.fetch_add(1, Relaxed);
     }
-    counters.dropped.fetch_add(1, Relaxed);
 }
 
 /// A bot's inputs: a new direction every `every`, the first at a random point of

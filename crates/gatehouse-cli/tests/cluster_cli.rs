@@ -11,7 +11,8 @@
 //! is the other node's; players on two nodes share a room and whisper across
 //! nodes; a killed node's room is made again by exactly one other node, and its
 //! players there are joined again; a stopped node's copy of a room taken over
-//! meanwhile closes at its next checkpoint. The tests run one at a time (each starts its own nats-server and up to
+//! meanwhile closes at its next checkpoint; `bench arena --also` splits every room
+//! over two nodes and times the far half. The tests run one at a time (each starts its own nats-server and up to
 //! three nodes).
 
 #![allow(clippy::unwrap_used)]
@@ -631,4 +632,65 @@ async fn a_stopped_nodes_room_taken_over_meanwhile_closes_there_at_its_next_chec
     assert!(conflicts() > before, "the refused checkpoint is counted");
     assert!(runs(a, &room));
     arena_move(&ann, 3, 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_arena_splits_every_room_over_two_nodes_and_times_the_far_half() {
+    let Some(arena) = arena_cluster("cluster-bench-arena", 2).await else {
+        return;
+    };
+    let [a, b] = &arena.nodes[..] else {
+        unreachable!()
+    };
+    let (a_addr, b_addr) = (a.addr.to_string(), b.addr.to_string());
+    let (a_pid, b_pid) = (a.child.id().to_string(), b.child.id().to_string());
+    let args = [
+        "bench",
+        "arena",
+        "--quiet",
+        "--addr",
+        &a_addr,
+        "--also",
+        &b_addr,
+        "--players",
+        "8",
+        "--room-size",
+        "4",
+        "--duration",
+        "1.5",
+        "--warmup",
+        "0.5",
+        "--server-pid",
+        &a_pid,
+        "--server-pid",
+        &b_pid,
+    ]
+    .map(str::to_owned);
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+            .args(args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["split"], true, "{report}");
+    assert_eq!(
+        (report["missing"].as_u64(), report["dropped"].as_u64()),
+        (Some(0), Some(0))
+    );
+    // Every room ran on a (its first player's node), and the far half on b followed
+    // it: a delta nearly every tick for every bot.
+    let deltas = report["deltas_per_bot_per_sec"].as_f64().unwrap();
+    assert!(deltas > 10.0 && deltas <= 21.0, "{report}");
+    assert!(report["ticks"].as_u64().unwrap() >= 2 * 20, "{report}");
+    assert!(report["far_after_near_p50_us"].is_i64(), "{report}");
+    assert!(report["far_after_near_p99_us"].is_i64(), "{report}");
+    assert!(
+        report["server_cpu_percent"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
 }
