@@ -40,13 +40,14 @@ while [ $# -gt 0 ]; do
         --steps) steps="$2"; shift ;;
         --players) players="$2"; shift ;;
         --postgres) postgres="$2"; shift ;;
-        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
     shift
 done
 [ -x "$nats_bin" ] || { echo "no nats-server at $nats_bin (apt install nats-server)" >&2; exit 1; }
 step() { [[ " $steps " == *" $1 "* ]]; }
+case "$postgres" in *'"'*|*'\'*) echo "a PostgreSQL URL with \" or \\ cannot go into TOML here" >&2; exit 2 ;; esac
 if step rooms && [ -z "$postgres" ]; then
     echo "no PostgreSQL (--postgres or GATEHOUSE_TEST_POSTGRES_URL): skipping the rooms step" >&2
     steps="${steps/rooms/}"
@@ -203,6 +204,8 @@ import json, sys
 r = json.load(open(sys.argv[1]))
 if r["missing"] or r["dropped"]:
     sys.exit(f"{sys.argv[1]}: {r['missing']} deltas missed, {r['dropped']} bots dropped")
+if r["far_after_near_p50_us"] is None:
+    sys.exit(f"{sys.argv[1]}: no delta reached both halves of a room")
 print(round(r["server_cpu_percent"], 2), r["far_after_near_p50_us"],
       r["far_after_near_p99_us"], r["lateness_p99_us"])
 EOF

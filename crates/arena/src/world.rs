@@ -293,8 +293,9 @@ impl Room for ArenaRoom {
                 };
                 walker.set_walk(walk);
                 walker.count_move();
-                // Recorded at the next tick, with the step it takes: for a member on
-                // another node, its state then travels with the tick's delta.
+                // Recorded at once: a disconnect, a checkpoint or a move to another
+                // room may read the state before the next tick.
+                walker.record(ctx, member);
             }
             ToRoom::Place { x, y, done } => {
                 walker.set_walk(Walk::Still);

@@ -75,9 +75,10 @@ pub(crate) struct ArenaBenchReport {
     pub(crate) split: bool,
     /// How much later a room's far half got its deltas than its near half: for each
     /// delta and far bot, its arrival minus the near half's median arrival (µs;
-    /// percentiles over the window, negative when the far bot was first).
-    pub(crate) far_after_near_p50_us: i64,
-    pub(crate) far_after_near_p99_us: i64,
+    /// percentiles over the window, negative when the far bot was first; `None`
+    /// when no delta reached both halves in the window).
+    pub(crate) far_after_near_p50_us: Option<i64>,
+    pub(crate) far_after_near_p99_us: Option<i64>,
     /// The server processes' CPU over the window, in % of one core (summed), and
     /// their RSS at the end.
     pub(crate) server_cpu_percent: Option<f64>,
@@ -136,11 +137,11 @@ impl Counters {
     }
 }
 
-fn percentile(sorted: &[i64], p: f64) -> i64 {
+fn percentile(sorted: &[i64], p: f64) -> Option<i64> {
     if sorted.is_empty() {
-        return 0;
+        return None;
     }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+    Some(sorted[((sorted.len() - 1) as f64 * p).round() as usize])
 }
 
 /// xorshift: a bot's directions, cheap and reproducible per bot.
@@ -167,6 +168,9 @@ pub(crate) async fn run(
 ) -> anyhow::Result<ArenaBenchReport> {
     if options.players == 0 || options.room_size == 0 {
         bail!("--players and --room-size must be at least 1");
+    }
+    if options.also.is_some() && options.room_size < 2 {
+        bail!("--also needs --room-size of at least 2: a room's far half plays there");
     }
     if !(options.input_rate > 0.0 && options.input_rate.is_finite()) {
         bail!("--input-rate must be above zero");

@@ -178,6 +178,26 @@ fn a_server_that_is_not_there_is_an_error_not_a_report() {
 }
 
 #[test]
+fn bench_arena_refuses_to_split_rooms_of_one_over_two_nodes() {
+    let output = gatehouse()
+        .args([
+            "bench",
+            "arena",
+            "--addr",
+            "127.0.0.1:9",
+            "--also",
+            "127.0.0.1:9",
+        ])
+        .args(["--room-size", "1"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(output.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--room-size of at least 2"), "{stderr}");
+}
+
+#[test]
 fn bench_arena_drives_bots_in_rooms_and_reports_ticks_and_deltas() {
     if !can_run("bench_arena_drives_bots_in_rooms_and_reports_ticks_and_deltas") {
         return;
