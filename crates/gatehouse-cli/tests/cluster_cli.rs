@@ -11,8 +11,10 @@
 //! is the other node's; players on two nodes share a room and whisper across
 //! nodes; a killed node's room is made again by exactly one other node, and its
 //! players there are joined again; a stopped node's copy of a room taken over
-//! meanwhile closes at its next checkpoint; `bench arena --also` splits every room
-//! over two nodes and times the far half. The tests run one at a time (each starts its own nats-server and up to
+//! meanwhile closes at its next checkpoint; a node whose NATS link a proxy
+//! blackholes loses its player to another node, and kicks its copy, its save of it
+//! refused, once the link heals; `bench arena --also` splits every room over two
+//! nodes and times the far half. The tests run one at a time (each starts its own nats-server and up to
 //! three nodes).
 
 #![allow(clippy::unwrap_used)]
@@ -693,4 +695,139 @@ async fn bench_arena_splits_every_room_over_two_nodes_and_times_the_far_half() {
         report["server_cpu_percent"].as_f64().unwrap() > 0.0,
         "{report}"
     );
+}
+
+/// A TCP proxy to `upstream` that can blackhole what it carries: while it does,
+/// every byte either way is read and dropped, as a network partition loses them
+/// (the connections stay open; nobody is told). Healed, it carries the
+/// connections made from then on; one that lost bytes loses them until an end
+/// gives up on it (a NATS client does, when its pings go unanswered).
+struct Blackhole {
+    addr: SocketAddr,
+    /// Cancelled to blackhole; a new token opens it again.
+    open: std::sync::Arc<std::sync::Mutex<tokio_util::sync::CancellationToken>>,
+    accepting: tokio::task::JoinHandle<()>,
+}
+
+impl Blackhole {
+    async fn start(upstream: SocketAddr) -> Blackhole {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let open = std::sync::Arc::new(std::sync::Mutex::new(
+            tokio_util::sync::CancellationToken::new(),
+        ));
+        let tokens = open.clone();
+        let accepting = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let open = tokens.lock().unwrap().clone();
+                tokio::spawn(Blackhole::carry(client, upstream, open));
+            }
+        });
+        Blackhole {
+            addr,
+            open,
+            accepting,
+        }
+    }
+
+    /// Carries one connection while `open`, and drops its bytes once it is
+    /// cancelled.
+    async fn carry(
+        client: tokio::net::TcpStream,
+        upstream: SocketAddr,
+        open: tokio_util::sync::CancellationToken,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+            return;
+        };
+        let pipe = |mut from: tokio::net::tcp::OwnedReadHalf,
+                    mut to: tokio::net::tcp::OwnedWriteHalf,
+                    open: tokio_util::sync::CancellationToken| async move {
+            let mut buf = vec![0; 16 * 1024];
+            loop {
+                let n = match from.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                if !open.is_cancelled() && to.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        };
+        let (client_read, client_write) = client.into_split();
+        let (server_read, server_write) = server.into_split();
+        tokio::select! {
+            () = pipe(client_read, server_write, open.clone()) => {}
+            () = pipe(server_read, client_write, open.clone()) => {}
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://{}", self.addr)
+    }
+
+    /// Drops everything from now on.
+    fn cut(&self) {
+        self.open.lock().unwrap().cancel();
+    }
+
+    /// Carries again, on new connections.
+    fn heal(&self) {
+        *self.open.lock().unwrap() = tokio_util::sync::CancellationToken::new();
+    }
+}
+
+impl Drop for Blackhole {
+    fn drop(&mut self) {
+        self.accepting.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_nats_link_is_blackholed_loses_its_player_and_kicks_it_once_healed() {
+    let turn = SERIAL.lock().await;
+    let (Some(nats), Some(postgres)) = (nats(), postgres_url()) else {
+        return;
+    };
+    let dir = scratch("cluster-blackhole");
+    let upstream: SocketAddr = format!("127.0.0.1:{}", nats.port()).parse().unwrap();
+    let proxy = Blackhole::start(upstream).await;
+    // a reaches NATS through the proxy, b directly.
+    let a = arena_node(&dir, "a", &proxy.url(), &postgres);
+    let b = arena_node(&dir, "b", &nats.url(), &postgres);
+    until_all_see(&[&a, &b], 2).await;
+    let ada = format!("ada{}", std::process::id());
+    let (on_a, _) = arena_login(a.addr, &ada).await;
+    arena_move(&on_a, 1, 2).await;
+
+    // The partition: a keeps running and serving ada, but hears nothing and is
+    // heard by nobody. b declares it dead and takes ada over.
+    let conflicts = || a.metric("gatehouse_save_conflicts_total").unwrap();
+    let before = conflicts();
+    proxy.cut();
+    until("b declares a dead", || {
+        cluster(&b)["nodes"].as_array().unwrap().len() == 1
+    })
+    .await;
+    let (on_b, _) = arena_login(b.addr, &ada).await;
+    arena_move(&on_b, 8, 9).await;
+    // ada on a plays on, unaware.
+    let _ = on_a
+        .request(routes::MOVE, pb::Move { x: 50, y: 50 }.encode_to_vec())
+        .await;
+
+    // Healed: a learns it lost ada (from the players' keys, or from its refused
+    // save), kicks its copy, and its save of it is refused and counted.
+    proxy.heal();
+    until("a kicks its copy", || kicked_duplicate(&on_a)).await;
+    until("a's refused save counted", || conflicts() > before).await;
+    until_all_see(&[&a, &b], 2).await;
+    on_b.request(routes::WHO, Vec::new()).await.unwrap();
+
+    // The stored state is b's: a login on a (from the database) finds it.
+    drop(on_b);
+    let (_, stored) = arena_login(a.addr, &ada).await;
+    assert_eq!((stored.x, stored.y), (8, 9));
+    drop((a, b, nats, turn));
 }
