@@ -19,7 +19,8 @@
 //!   hook has run;
 //! - hands shared rooms what other nodes send them (joins, answered in the
 //!   background; members' messages, in order; leaves; the states rooms recorded
-//!   for members here), and tells them when a node is gone.
+//!   for members here), and tells them when a node is gone; watching the room
+//!   directory, it offers them the rooms that node ran (to take over).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -35,7 +36,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::cluster::node::{ClusterNode, Target};
-use crate::cluster::wire::{self, Claim, ClusterMessage, Heartbeat, NODES_BUCKET, PLAYERS_BUCKET};
+use crate::cluster::wire::{
+    self, Claim, ClusterMessage, Heartbeat, RoomHost, NODES_BUCKET, PLAYERS_BUCKET, ROOMS_BUCKET,
+};
 use crate::cluster::{within, KvChange, LinkError, LinkMessage, LinkStream, SharedKind};
 use crate::connection::ConnId;
 use crate::handle::ServerHandle;
@@ -102,6 +105,7 @@ pub(crate) async fn run<M: Send + 'static>(
         claims: HashMap::new(),
         retry: HashSet::new(),
         in_flight: HashSet::new(),
+        room_hosts: HashMap::new(),
         logs: LogLimiter::default(),
     };
     let mut tick = tokio::time::interval(TICK);
@@ -139,6 +143,9 @@ struct Task<M> {
     retry: HashSet<Arc<str>>,
     /// Players with a put or delete on its way to the bucket.
     in_flight: HashSet<Arc<str>>,
+    /// The room directory as watched (with shared rooms): each room's host and the
+    /// revision that put it, by key.
+    room_hosts: HashMap<String, (Arc<str>, u64)>,
     logs: LogLimiter,
 }
 
@@ -270,7 +277,11 @@ impl<M: Send + 'static> Task<M> {
                 }
             }
         }
-        for bucket in [NODES_BUCKET, PLAYERS_BUCKET] {
+        let shares_rooms = !self.node.room_kinds().is_empty();
+        for bucket in [NODES_BUCKET, PLAYERS_BUCKET, ROOMS_BUCKET] {
+            if bucket == ROOMS_BUCKET && !shares_rooms {
+                continue;
+            }
             if !self.watches.contains(bucket) {
                 self.watch(bucket).await;
             }
@@ -460,6 +471,7 @@ impl<M: Send + 'static> Task<M> {
     async fn report(&mut self, report: Report) {
         match report {
             Report::Change(NODES_BUCKET, change) => self.node_changed(change),
+            Report::Change(ROOMS_BUCKET, change) => self.room_changed(change),
             Report::Change(_, change) => self.player_changed(change).await,
             Report::WatchEnded(bucket) => {
                 self.watches.remove(bucket);
@@ -575,6 +587,32 @@ impl<M: Send + 'static> Task<M> {
     fn node_gone(&self, node: &str) {
         for rooms in self.node.room_kinds() {
             rooms.node_gone(node);
+        }
+        for (key, (host, revision)) in &self.room_hosts {
+            if **host != *node {
+                continue;
+            }
+            let Some((kind, room)) = wire::room_of_key(key) else {
+                continue;
+            };
+            if let Some(rooms) = self.node.room_kind(&kind) {
+                rooms.adopt(Arc::from(room), *revision);
+            }
+        }
+    }
+
+    /// A change of the room directory: who runs which room.
+    fn room_changed(&mut self, change: KvChange) {
+        let Some(value) = change.value else {
+            self.room_hosts.remove(&change.key);
+            return;
+        };
+        match RoomHost::decode(&value) {
+            Some(host) => {
+                self.room_hosts
+                    .insert(change.key, (host.node, change.revision));
+            }
+            None => self.malformed("a room directory entry"),
         }
     }
 

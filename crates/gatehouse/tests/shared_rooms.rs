@@ -4,7 +4,9 @@
 //! node, and the state it records for a member reaches the member's node; a join that is refused there is refused here; of many nodes making a room
 //! at once one wins; a room that empties gives its name back; when its node is gone,
 //! its members elsewhere are joined again where one node makes it next, from its
-//! last checkpoint, and a copy left on a node cut off closes at its next checkpoint.
+//! last checkpoint, and a copy left on a node cut off closes at its next checkpoint;
+//! a room that runs without members is made again by exactly one node as soon as
+//! its node is declared dead.
 
 #![allow(clippy::unwrap_used)]
 
@@ -135,6 +137,37 @@ async fn next_on(client: &mut Client, route: u16) -> String {
 
 fn options() -> RoomOptions {
     RoomOptions::default()
+}
+
+/// The checkpoint of `room` in `store`: the node that wrote it and the lines it
+/// holds. It is stored as that node (a u16 length, the name), then the snapshot;
+/// `None` before the first.
+fn checkpoint(store: &MemoryStore, room: &str) -> Option<(String, u64)> {
+    let data = store.get(&format!("room/chat/{room}"))?.data;
+    let len = usize::from(u16::from_be_bytes([data[0], data[1]]));
+    let node = String::from_utf8(data[2..2 + len].to_vec()).unwrap();
+    let lines = data[2 + len..].try_into().ok().map(u64::from_be_bytes)?;
+    Some((node, lines))
+}
+
+/// Says lines in `room` as `client` until its checkpoint holds at least `lines`;
+/// that checkpoint.
+async fn say_until_checkpointed(
+    client: &mut Client,
+    store: &MemoryStore,
+    room: &str,
+    lines: u64,
+) -> (String, u64) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(kept) = checkpoint(store, room).filter(|(_, kept)| *kept >= lines) {
+            return kept;
+        }
+        assert!(Instant::now() < deadline, "never checkpointed");
+        let (status, _) = client.request(SAY, "tick").await;
+        assert_eq!(status, Status::OK);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -414,23 +447,8 @@ async fn a_room_taken_over_from_a_node_cut_off_starts_from_its_checkpoint_and_th
     }
     // Checkpointed: the store has the three lines (after one more, a checkpoint
     // being due at most every 50 ms).
-    // A checkpoint is stored as the node that wrote it (a u16 length, the name),
-    // then the snapshot; `None` before the first.
-    let checkpoint = |store: &MemoryStore| -> Option<(String, u64)> {
-        let data = store.get("room/chat/log")?.data;
-        let len = usize::from(u16::from_be_bytes([data[0], data[1]]));
-        let node = String::from_utf8(data[2..2 + len].to_vec()).unwrap();
-        let lines = data[2 + len..].try_into().ok().map(u64::from_be_bytes)?;
-        Some((node, lines))
-    };
-    let deadline = Instant::now() + PATIENCE;
-    while checkpoint(&store).is_none_or(|(_, lines)| lines < 3) {
-        assert!(Instant::now() < deadline, "never checkpointed");
-        let (status, _) = ann.request(SAY, "tick").await;
-        assert_eq!(status, Status::OK);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let (node, checkpointed) = checkpoint(&store).unwrap();
+    let checkpoint = |store: &MemoryStore| checkpoint(store, "log");
+    let (node, checkpointed) = say_until_checkpointed(&mut ann, &store, "log", 3).await;
     assert_eq!(node, "a");
 
     // a is cut off; b takes the room over from its last checkpoint.
@@ -449,4 +467,70 @@ async fn a_room_taken_over_from_a_node_cut_off_starts_from_its_checkpoint_and_th
     let (node, lines) = checkpoint(&store).unwrap();
     assert_eq!(node, "b", "b's checkpoint is what is stored");
     assert!(lines >= checkpointed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_that_runs_without_members_is_made_again_by_exactly_one_node_when_its_node_is_gone()
+{
+    let bus = LocalBus::new();
+    let store = MemoryStore::new();
+    let stays = RoomOptions {
+        close_when_empty: false,
+        ..options()
+    };
+    let mut nodes = Vec::new();
+    for name in ["a", "b", "c"] {
+        nodes.push(node_saving(&bus, name, stays.clone(), Some(&store)).await);
+    }
+    for node in &nodes {
+        until("every node alive", || async {
+            node.handle.cluster_counts().await.unwrap().nodes.len() == 3
+        })
+        .await;
+    }
+    let [a, b, c] = &nodes[..] else {
+        unreachable!()
+    };
+    // The hall runs on a; its one member says two lines and leaves: it runs on,
+    // empty, with nobody on another node to join it again.
+    let (mut ann, host) = join(a, "hall", "ann").await;
+    assert_eq!(host, "here");
+    let (_, checkpointed) = say_until_checkpointed(&mut ann, &store, "hall", 2).await;
+    let (status, _) = ann.request(LEAVE, "").await;
+    assert_eq!(status, Status::OK);
+    assert!(a.rooms.get("hall").is_some());
+
+    // a is gone (cut off: declared dead); one of b and c makes the hall again from
+    // its checkpoint, without a join asking for it.
+    let cut = Instant::now();
+    a.switch.set_connected(false);
+    until("b or c runs the hall", || async {
+        b.rooms.get("hall").is_some() || c.rooms.get("hall").is_some()
+    })
+    .await;
+    let took = cut.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "adopted {took:?} after the cut (dead_after 400 ms, heartbeat 100 ms)"
+    );
+    // Its claim is in the store once it runs: the other node's put on the old
+    // revision lost, and it never makes a second hall.
+    let (adopter, other) = if b.rooms.get("hall").is_some() {
+        (b, c)
+    } else {
+        (c, b)
+    };
+    let (node, _) = checkpoint(&store, "hall").unwrap();
+    assert_ne!(node, "a", "the adopter's claim is stored");
+    assert!(other.rooms.get("hall").is_none(), "exactly one node adopts");
+    // Joined from the other node, it is the adopter's, with the lines said on a.
+    let mut bob = other.server.connect().await;
+    let (status, host, pushes) = bob.request_seeing_pushes(JOIN, "hall bob").await;
+    assert_eq!(status, Status::OK);
+    assert_eq!(host, if std::ptr::eq(adopter, b) { "b" } else { "c" });
+    let lines = match pushes.into_iter().find(|(route, _)| *route == LINES) {
+        Some((_, lines)) => String::from_utf8(lines.to_vec()).unwrap(),
+        None => next_on(&mut bob, LINES).await,
+    };
+    assert_eq!(lines, checkpointed.to_string());
 }

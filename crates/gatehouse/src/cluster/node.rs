@@ -54,6 +54,12 @@ pub(crate) trait SharedKind: Send + Sync {
     /// `node` is gone (dead, or left): its members leave the rooms here, and this
     /// node's members of rooms it ran are joined again where the room is made next.
     fn node_gone(self: Arc<Self>, node: &str);
+
+    /// The room `room` ran on a node that is gone, as the directory said at
+    /// `revision`: a type whose rooms run without members makes it here from its
+    /// last checkpoint, unless another node does first (the put on that revision
+    /// decides). Rooms that close when empty wait for their next join.
+    fn adopt(self: Arc<Self>, room: Arc<str>, revision: u64);
 }
 
 /// Where an outgoing message goes.

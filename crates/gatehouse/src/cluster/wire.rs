@@ -50,6 +50,13 @@ pub(crate) fn room_key(kind: &str, room: &str) -> String {
     format!("{}_{}", hex(kind.as_bytes()), hex(room.as_bytes()))
 }
 
+/// The room type and room a key of [`ROOMS_BUCKET`] names, if it is one.
+pub(crate) fn room_of_key(key: &str) -> Option<(String, String)> {
+    let (kind, room) = key.split_once('_')?;
+    let text = |hex: &str| String::from_utf8(unhex(hex)?).ok();
+    Some((text(kind)?, text(room)?))
+}
+
 /// The longest kick text carried to another node (a client sees at most this).
 pub(crate) const MAX_KICK_TEXT: usize = 1024;
 
@@ -844,8 +851,9 @@ mod tests {
         }
 
         #[test]
-        fn names_survive_the_hex_of_keys(name in "\\PC{0,40}") {
-            prop_assert_eq!(player_of_key(&player_key(&name)), Some(name));
+        fn names_survive_the_hex_of_keys(name in "\\PC{0,40}", kind in "\\PC{0,10}") {
+            prop_assert_eq!(player_of_key(&player_key(&name)), Some(name.clone()));
+            prop_assert_eq!(room_of_key(&room_key(&kind, &name)), Some((kind, name)));
         }
 
         #[test]

@@ -97,6 +97,12 @@ impl<R: Room> Rooms<R> {
         &self.registry
     }
 
+    /// Whether its rooms run on without members ([`RoomOptions::close_when_empty`]
+    /// off).
+    pub(super) fn run_empty(&self) -> bool {
+        !self.registry.options.close_when_empty
+    }
+
     pub(super) fn from_registry(registry: Arc<Registry<R>>) -> Self {
         Rooms { registry }
     }

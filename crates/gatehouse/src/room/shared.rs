@@ -995,6 +995,22 @@ impl<R: Room> SharedKind for Shared<R> {
         }
     }
 
+    fn adopt(self: Arc<Self>, room: Arc<str>, revision: u64) {
+        let Ok(rooms) = self.rooms() else {
+            return;
+        };
+        if !rooms.run_empty() {
+            return;
+        }
+        tokio::spawn(async move {
+            let taken = self.claim(&room, Some(revision)).await.unwrap_or(false)
+                && self.start(&rooms, &room, true).await.unwrap_or(false);
+            if taken {
+                info!(kind = %self.kind, room = %room, "cluster: took over a room whose node is gone");
+            }
+        });
+    }
+
     fn node_gone(self: Arc<Self>, node: &str) {
         drop(self.take_seats(|(_, n, _)| &**n == node));
         let moved: Vec<(AwayKey, SeatAway<R>)> = lock(&self.away)
