@@ -475,6 +475,11 @@ impl<M: Send + 'static> Task<M> {
             Report::Change(_, change) => self.player_changed(change).await,
             Report::WatchEnded(bucket) => {
                 self.watches.remove(bucket);
+                if bucket == ROOMS_BUCKET {
+                    // The next watch lists the directory afresh, without the keys
+                    // deleted meanwhile.
+                    self.room_hosts.clear();
+                }
             }
             Report::SubscriptionEnded(subject) => {
                 self.node_subs.remove(&subject);
