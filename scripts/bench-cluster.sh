@@ -69,6 +69,11 @@ trap stop_all EXIT
 # User + system CPU ticks of PID (fields 14 and 15 after the command name).
 ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
 
+# The median of the numbers in WORDS (separated by spaces).
+median() { # WORDS
+    printf '%s\n' $1 | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'
+}
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # A nats-server with JetStream, its store in STORE, on a free port; sets port, adds
@@ -140,9 +145,9 @@ step broadcast && for mode in single split; do
         costs+=("$(python3 -c "print(round(($t2 - $t1) * 10000 / ($d2 - $d1), 3))")")
         p50s+=("$m2"); alls+=("$a2")
     done
-    cost[$mode]="$(printf '%s\n' "${costs[@]}" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')"
-    p50[$mode]="$(printf '%s\n' "${p50s[@]}" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')"
-    all[$mode]="$(printf '%s\n' "${alls[@]}" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')"
+    cost[$mode]="$(median "${costs[*]}")"
+    p50[$mode]="$(median "${p50s[*]}")"
+    all[$mode]="$(median "${alls[*]}")"
     say "$mode: CPU per delivery ${costs[*]} µs; p50 ${p50s[*]} ms; to all ${alls[*]} ms"
 done
 
@@ -221,7 +226,6 @@ if step rooms; then
         done
     done
 fi
-median() { printf '%s\n' $1 | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 if step broadcast; then
 ratio="$(python3 -c "print(round(${cost[split]} / ${cost[single]}, 3))")"

@@ -312,6 +312,16 @@ struct ArenaCluster {
     _turn: tokio::sync::MutexGuard<'static, ()>,
 }
 
+impl ArenaCluster {
+    /// Nodes a and b of a cluster of two.
+    fn two(&self) -> (&ServerProcess, &ServerProcess) {
+        let [a, b] = &self.nodes[..] else {
+            panic!("a cluster of {} nodes, not two", self.nodes.len())
+        };
+        (a, b)
+    }
+}
+
 /// `count` arena nodes for the test `test`; `None` (the test skips) without NATS
 /// or PostgreSQL.
 async fn arena_cluster(test: &str, count: usize) -> Option<ArenaCluster> {
@@ -400,9 +410,7 @@ async fn arena_across_nodes_keeps_a_taken_over_players_state_and_refuses_a_stopp
     let Some(arena) = arena_cluster("cluster-arena", 2).await else {
         return;
     };
-    let [a, b] = &arena.nodes[..] else {
-        unreachable!()
-    };
+    let (a, b) = arena.two();
     // Unique per run: the database outlives the test.
     let ada = format!("ada{}", std::process::id());
 
@@ -441,9 +449,7 @@ async fn arena_players_on_two_nodes_share_a_room_and_whisper_across_nodes() {
     let Some(arena) = arena_cluster("cluster-arena-room", 2).await else {
         return;
     };
-    let [a, b] = &arena.nodes[..] else {
-        unreachable!()
-    };
+    let (a, b) = arena.two();
     let id = std::process::id();
     let (erin, finn) = (format!("erin{id}"), format!("finn{id}"));
     let room = format!("pit{id}");
@@ -591,9 +597,7 @@ async fn a_stopped_nodes_room_taken_over_meanwhile_closes_there_at_its_next_chec
     let Some(arena) = arena_cluster("cluster-arena-partition", 2).await else {
         return;
     };
-    let [a, b] = &arena.nodes[..] else {
-        unreachable!()
-    };
+    let (a, b) = arena.two();
     let id = std::process::id();
     let room = format!("split{id}");
     let join = pb::JoinRoom { room: room.clone() };
@@ -641,9 +645,7 @@ async fn bench_arena_splits_every_room_over_two_nodes_and_times_the_far_half() {
     let Some(arena) = arena_cluster("cluster-bench-arena", 2).await else {
         return;
     };
-    let [a, b] = &arena.nodes[..] else {
-        unreachable!()
-    };
+    let (a, b) = arena.two();
     let (a_addr, b_addr) = (a.addr.to_string(), b.addr.to_string());
     let (a_pid, b_pid) = (a.child.id().to_string(), b.child.id().to_string());
     let args = [
